@@ -1,0 +1,76 @@
+//! The chunkd wire protocol (service `Chunkd`), carried in `shardfs_rpc` frames.
+//!
+//! Every request gets exactly one `ChunkdResponse`, which is `Result<ChunkdReply, ChunkdError>`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk_id::ShardId;
+use crate::codec::Encoding;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChunkdRequest {
+    /// Store one shard durably. `checksum` is BLAKE3 of `data`; a mismatch is rejected.
+    /// Storing a shard that is already present (and verifies) succeeds without rewriting it.
+    Put {
+        shard: ShardId,
+        encoding: Encoding,
+        /// Length of the whole chunk the shard belongs to.
+        chunk_len: u64,
+        checksum: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Read one shard, verified against its stored checksum.
+    Get { shard: ShardId },
+    /// Remove one shard. Removing an absent shard is not an error.
+    Delete { shard: ShardId },
+    /// Shards held, in `ShardId` order, starting after `after`, at most `limit`.
+    List { after: Option<ShardId>, limit: u32 },
+    /// Capacity and usage.
+    Stat,
+}
+
+pub type ChunkdResponse = Result<ChunkdReply, ChunkdError>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChunkdReply {
+    Stored,
+    Shard {
+        encoding: Encoding,
+        chunk_len: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Deleted { existed: bool },
+    Listed { shards: Vec<ShardId> },
+    Stat(ChunkdStat),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkdStat {
+    /// Bytes of the filesystem holding the data directory.
+    pub capacity_bytes: u64,
+    /// Bytes still free on that filesystem.
+    pub free_bytes: u64,
+    /// Bytes of shard files this chunkd holds.
+    pub used_bytes: u64,
+    pub shard_count: u64,
+    /// Shards moved to quarantine since start.
+    pub quarantined: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ChunkdError {
+    #[error("shard {0} not found")]
+    NotFound(String),
+    #[error("shard {0} failed verification and was quarantined")]
+    Corrupt(String),
+    #[error("shard {0} content does not match its declared checksum")]
+    ChecksumMismatch(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("chunkd disk full: {0}")]
+    NoSpace(String),
+    #[error("chunkd i/o error: {0}")]
+    Io(String),
+}

@@ -1,0 +1,187 @@
+//! A multiplexed client: one TCP connection, many concurrent calls, reconnect on demand.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::frame::{self, Kind};
+use crate::{Error, Service, handshake};
+
+/// Timeouts of a client.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Time allowed to open a connection and finish the handshake.
+    pub connect_timeout: Duration,
+    /// Time allowed for one request to be answered.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client for one daemon address and one service.
+pub struct Client {
+    addr: String,
+    service: Service,
+    options: ClientOptions,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+struct Connection {
+    outgoing: mpsc::Sender<(u64, Vec<u8>)>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Bytes>>,
+    /// Set once the connection has failed; no new call may wait on it.
+    closed: bool,
+}
+
+impl Pending {
+    fn close(&mut self) {
+        self.closed = true;
+        self.waiting.clear();
+    }
+}
+
+impl Client {
+    pub fn new(addr: impl Into<String>, service: Service, options: ClientOptions) -> Client {
+        Client { addr: addr.into(), service, options, connection: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `request` and waits for its response.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+    ) -> Result<Resp, Error> {
+        let body = crate::encode(request);
+        let bytes = self.call_raw(body).await?;
+        crate::decode(&bytes)
+    }
+
+    async fn call_raw(&self, body: Vec<u8>) -> Result<Bytes, Error> {
+        let connection = self.connection().await?;
+        let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = connection.pending.lock().expect("pending lock");
+            if pending.closed {
+                return Err(self.lost());
+            }
+            pending.waiting.insert(id, tx);
+        }
+        if connection.outgoing.send((id, body)).await.is_err() {
+            return Err(self.lost());
+        }
+        match tokio::time::timeout(self.options.request_timeout, rx).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(_)) => Err(self.lost()),
+            Err(_) => {
+                connection.pending.lock().expect("pending lock").waiting.remove(&id);
+                Err(Error::Timeout { addr: self.addr.clone(), timeout: self.options.request_timeout })
+            }
+        }
+    }
+
+    fn lost(&self) -> Error {
+        Error::ConnectionLost { addr: self.addr.clone() }
+    }
+
+    /// The live connection, opening a new one if there is none or the last one failed.
+    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && !connection.pending.lock().expect("pending lock").closed
+        {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(self.connect().await?);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn connect(&self) -> Result<Connection, Error> {
+        let timeout = self.options.connect_timeout;
+        let attempt = async {
+            let mut stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| Error::Connect { addr: self.addr.clone(), source })?;
+            stream.set_nodelay(true)?;
+            handshake::client(&mut stream, &self.addr, self.service).await?;
+            Ok::<_, Error>(stream)
+        };
+        let stream = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| Error::ConnectTimeout { addr: self.addr.clone(), timeout })??;
+        debug!(addr = %self.addr, service = self.service.name(), "connected");
+        let (read_half, write_half) = stream.into_split();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let (outgoing, mut queue) = mpsc::channel::<(u64, Vec<u8>)>(256);
+
+        let writer_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
+            let result = async {
+                while let Some((id, body)) = queue.recv().await {
+                    frame::write(&mut writer, Kind::Request, id, &body).await?;
+                    while let Ok((id, body)) = queue.try_recv() {
+                        frame::write(&mut writer, Kind::Request, id, &body).await?;
+                    }
+                    writer.flush().await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            if result.is_err() {
+                writer_pending.lock().expect("pending lock").close();
+            }
+        });
+
+        let reader_pending = pending.clone();
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::with_capacity(256 * 1024, read_half);
+            loop {
+                match frame::read(&mut reader).await {
+                    Ok(Some(frame)) if frame.kind == Kind::Response => {
+                        let waiter =
+                            reader_pending.lock().expect("pending lock").waiting.remove(&frame.id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(frame.body);
+                        }
+                    }
+                    Ok(Some(frame)) => debug!(%addr, "ignoring {:?} frame", frame.kind),
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(%addr, "connection failed: {e}");
+                        break;
+                    }
+                }
+            }
+            reader_pending.lock().expect("pending lock").close();
+        });
+
+        Ok(Connection { outgoing, pending, next_id: AtomicU64::new(1) })
+    }
+}

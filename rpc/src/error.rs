@@ -1,0 +1,30 @@
+//! Transport errors. Application errors travel inside response bodies instead.
+
+use std::io;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("timed out after {timeout:?} connecting to {addr}")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("{addr} did not answer the shardfs handshake (is it a shardfs daemon?)")]
+    NotShardfs { addr: String },
+    #[error("protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}")]
+    VersionMismatch { addr: String, theirs: u16, ours: u16 },
+    #[error("{addr} does not serve the {service} protocol")]
+    WrongService { addr: String, service: &'static str },
+    #[error("connection to {addr} lost")]
+    ConnectionLost { addr: String },
+    #[error("request to {addr} timed out after {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("malformed frame: {0}")]
+    BadFrame(String),
+    #[error("cannot decode message: {0}")]
+    Decode(postcard::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
