@@ -1,1 +1,14 @@
+//! shardfs metadata daemon: the namespace (inodes, directories, symlinks, xattrs), file
+//! layouts, the chunk catalogue with placement, and the chunkd registry, kept in SQLite.
+//!
+//! `proto` and `client` are what other crates use; the rest is the daemon.
 
+pub mod client;
+pub mod daemon;
+pub mod members;
+pub mod placement;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+pub use client::{MetaClient, MetaClientError};

@@ -11,8 +11,14 @@ pub enum Error {
     ConnectTimeout { addr: String, timeout: Duration },
     #[error("{addr} did not answer the shardfs handshake (is it a shardfs daemon?)")]
     NotShardfs { addr: String },
-    #[error("protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}")]
-    VersionMismatch { addr: String, theirs: u16, ours: u16 },
+    #[error(
+        "protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}"
+    )]
+    VersionMismatch {
+        addr: String,
+        theirs: u16,
+        ours: u16,
+    },
     #[error("{addr} does not serve the {service} protocol")]
     WrongService { addr: String, service: &'static str },
     #[error("connection to {addr} lost")]

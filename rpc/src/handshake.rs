@@ -77,16 +77,29 @@ pub async fn client(stream: &mut TcpStream, addr: &str, service: Service) -> Res
     };
     let answer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(_)) | Err(_) => return Err(Error::NotShardfs { addr: addr.to_owned() }),
+        Ok(Err(_)) | Err(_) => {
+            return Err(Error::NotShardfs {
+                addr: addr.to_owned(),
+            });
+        }
     };
     if &answer[..4] != MAGIC {
-        return Err(Error::NotShardfs { addr: addr.to_owned() });
+        return Err(Error::NotShardfs {
+            addr: addr.to_owned(),
+        });
     }
     let theirs = u16::from_be_bytes([answer[4], answer[5]]);
     match answer[6] {
         STATUS_OK => Ok(()),
-        STATUS_SERVICE => Err(Error::WrongService { addr: addr.to_owned(), service: service.name() }),
-        _ => Err(Error::VersionMismatch { addr: addr.to_owned(), theirs, ours: PROTOCOL_VERSION }),
+        STATUS_SERVICE => Err(Error::WrongService {
+            addr: addr.to_owned(),
+            service: service.name(),
+        }),
+        _ => Err(Error::VersionMismatch {
+            addr: addr.to_owned(),
+            theirs,
+            ours: PROTOCOL_VERSION,
+        }),
     }
 }
 
@@ -101,7 +114,9 @@ pub async fn server(
         .await
         .map_err(|_| Error::BadFrame("handshake timed out".into()))??;
     if &hello[..4] != MAGIC {
-        return Err(Error::BadFrame("peer is not speaking the shardfs protocol".into()));
+        return Err(Error::BadFrame(
+            "peer is not speaking the shardfs protocol".into(),
+        ));
     }
     let theirs = u16::from_be_bytes([hello[4], hello[5]]);
     let service = Service::from_code(hello[6]).filter(|s| offers(*s));
@@ -122,6 +137,9 @@ pub async fn server(
         (STATUS_VERSION, _) => Err(Error::BadFrame(format!(
             "peer speaks protocol v{theirs}, this build speaks v{PROTOCOL_VERSION}"
         ))),
-        _ => Err(Error::BadFrame(format!("peer asked for unknown service {}", hello[6]))),
+        _ => Err(Error::BadFrame(format!(
+            "peer asked for unknown service {}",
+            hello[6]
+        ))),
     }
 }

@@ -1,1 +1,86 @@
-fn main() {}
+//! `shardfs-metad`: the metadata daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use shardfs_chunkd::Encoding;
+use shardfs_metad::daemon::{self, MetadConfig};
+use tokio::net::TcpListener;
+
+/// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Directory for the metadata database (created if missing).
+    #[arg(long)]
+    data: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Data shards per chunk for new data (default 4 on a new volume).
+    #[arg(long, requires = "m")]
+    k: Option<u8>,
+    /// Parity shards per chunk for new data (default 2 on a new volume).
+    #[arg(long, requires = "k")]
+    m: Option<u8>,
+    /// Chunk size for new data, e.g. 4MiB (default on a new volume).
+    #[arg(long, value_parser = daemon::parse_size)]
+    chunk_size: Option<u64>,
+    /// Seconds without a heartbeat after which a chunkd counts as down.
+    #[arg(long, default_value_t = 10)]
+    down_after: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardfs-metad: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<()> {
+    let encoding = match (args.k, args.m) {
+        (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
+        _ => None,
+    };
+    let config = MetadConfig {
+        data: args.data,
+        encoding,
+        chunk_size: args.chunk_size,
+        down_after: Duration::from_secs(args.down_after),
+    };
+    let server = daemon::open(&config)?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("shardfs-metad listening on {addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "metad serving");
+    daemon::run(listener, server, shutdown_signal()).await;
+    tracing::info!("metad stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,250 @@
+//! The typed metad client used by the FUSE client and the CLI.
+
+use shardfs_chunkd::{ChunkId, ShardId};
+use shardfs_rpc::{Client, ClientOptions, Service};
+
+use crate::proto::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaClientError {
+    #[error(transparent)]
+    Rpc(#[from] shardfs_rpc::Error),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("metad sent an unexpected reply to {0}")]
+    UnexpectedReply(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, MetaClientError>;
+
+pub struct MetaClient {
+    rpc: Client,
+}
+
+/// Sends a request and unpacks the one reply variant it may get.
+macro_rules! call {
+    ($self:ident, $request:expr, $op:literal, $pattern:pat => $value:expr) => {
+        match $self.call($request).await? {
+            $pattern => Ok($value),
+            _ => Err(MetaClientError::UnexpectedReply($op)),
+        }
+    };
+}
+
+impl MetaClient {
+    pub fn new(addr: impl Into<String>, options: ClientOptions) -> MetaClient {
+        MetaClient {
+            rpc: Client::new(addr, Service::Metad, options),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        self.rpc.addr()
+    }
+
+    async fn call(&self, request: MetaRequest) -> Result<MetaReply> {
+        let response: MetaResponse = self.rpc.call(&request).await?;
+        Ok(response?)
+    }
+
+    pub async fn volume(&self) -> Result<VolumeInfo> {
+        call!(self, MetaRequest::Volume, "volume", MetaReply::Volume(v) => v)
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let request = MetaRequest::Lookup {
+            parent,
+            name: name.to_vec(),
+        };
+        call!(self, request, "lookup", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn get_attr(&self, ino: Ino) -> Result<Attr> {
+        call!(self, MetaRequest::GetAttr { ino }, "getattr", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> Result<Attr> {
+        let request = MetaRequest::SetAttr { ino, cred, changes };
+        call!(self, request, "setattr", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn make_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        cred: Cred,
+    ) -> Result<Attr> {
+        let request = MetaRequest::MakeNode {
+            parent,
+            name: name.to_vec(),
+            mode,
+            rdev,
+            cred,
+        };
+        call!(self, request, "mknod", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn make_dir(&self, parent: Ino, name: &[u8], mode: u32, cred: Cred) -> Result<Attr> {
+        let request = MetaRequest::MakeDir {
+            parent,
+            name: name.to_vec(),
+            mode,
+            cred,
+        };
+        call!(self, request, "mkdir", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        cred: Cred,
+    ) -> Result<Attr> {
+        let request = MetaRequest::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            cred,
+        };
+        call!(self, request, "symlink", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
+        call!(self, MetaRequest::ReadLink { ino }, "readlink", MetaReply::Target(t) => t)
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let request = MetaRequest::Unlink {
+            parent,
+            name: name.to_vec(),
+        };
+        call!(self, request, "unlink", MetaReply::Done => ())
+    }
+
+    pub async fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let request = MetaRequest::RemoveDir {
+            parent,
+            name: name.to_vec(),
+        };
+        call!(self, request, "rmdir", MetaReply::Done => ())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        let request = MetaRequest::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            mode,
+        };
+        call!(self, request, "rename", MetaReply::Done => ())
+    }
+
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        let request = MetaRequest::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+        };
+        call!(self, request, "link", MetaReply::Attr(a) => a)
+    }
+
+    /// `(the directory's parent, entries after cookie `after`)`.
+    pub async fn read_dir(&self, ino: Ino, after: u64, limit: u32) -> Result<(Ino, Vec<DirEntry>)> {
+        let request = MetaRequest::ReadDir { ino, after, limit };
+        call!(self, request, "readdir", MetaReply::Entries { parent, entries } => (parent, entries))
+    }
+
+    pub async fn layout(&self, ino: Ino) -> Result<Layout> {
+        call!(self, MetaRequest::GetLayout { ino }, "layout", MetaReply::Layout(l) => l)
+    }
+
+    pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
+        let request = MetaRequest::PrepareWrite { chunks };
+        call!(self, request, "prepare write", MetaReply::Plans(p) => p)
+    }
+
+    pub async fn commit_write(
+        &self,
+        ino: Ino,
+        stored: Vec<StoredChunk>,
+        extents: Vec<Extent>,
+        mtime: Timestamp,
+    ) -> Result<Attr> {
+        let request = MetaRequest::CommitWrite {
+            ino,
+            stored,
+            extents,
+            mtime,
+        };
+        call!(self, request, "commit write", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> Result<()> {
+        let request = MetaRequest::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            mode,
+        };
+        call!(self, request, "setxattr", MetaReply::Done => ())
+    }
+
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let request = MetaRequest::GetXattr {
+            ino,
+            name: name.to_vec(),
+        };
+        call!(self, request, "getxattr", MetaReply::Xattr(v) => v)
+    }
+
+    pub async fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        call!(self, MetaRequest::ListXattr { ino }, "listxattr", MetaReply::XattrNames(n) => n)
+    }
+
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let request = MetaRequest::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        };
+        call!(self, request, "removexattr", MetaReply::Done => ())
+    }
+
+    pub async fn stat_fs(&self) -> Result<StatFs> {
+        call!(self, MetaRequest::StatFs, "statfs", MetaReply::StatFs(s) => s)
+    }
+
+    pub async fn report_bad_shard(&self, shard: ShardId, chunkd: String) -> Result<()> {
+        let request = MetaRequest::ReportBadShard { shard, chunkd };
+        call!(self, request, "report bad shard", MetaReply::Done => ())
+    }
+
+    pub async fn chunkds(&self) -> Result<Vec<ChunkdStatus>> {
+        call!(self, MetaRequest::Chunkds, "chunkds", MetaReply::Chunkds(c) => c)
+    }
+
+    pub async fn chunk_status(&self, chunk: ChunkId) -> Result<Option<ChunkStatus>> {
+        let request = MetaRequest::ChunkStatus { chunk };
+        call!(self, request, "chunk status", MetaReply::ChunkStatus(s) => s)
+    }
+
+    pub async fn catalogue_stats(&self) -> Result<CatalogueStats> {
+        call!(self, MetaRequest::CatalogueStats, "catalogue stats", MetaReply::CatalogueStats(s) => s)
+    }
+}

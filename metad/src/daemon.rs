@@ -1,0 +1,112 @@
+//! Starting metad: open the store, load the registry, serve until shutdown. Shared by the
+//! `shardfs-metad` binary and the embedded local cluster.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use shardfs_chunkd::Encoding;
+use tokio::net::TcpListener;
+
+use crate::members::Members;
+use crate::server::MetadServer;
+use crate::store::{Store, VolumeSettings};
+
+/// Chunk size of a new volume.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// Encoding of a new volume: 4 data + 2 parity shards.
+pub const DEFAULT_ENCODING: Encoding = Encoding { k: 4, m: 2 };
+/// Smallest and largest chunk sizes accepted.
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1024;
+
+pub struct MetadConfig {
+    /// Directory holding the SQLite database.
+    pub data: PathBuf,
+    /// Encoding for chunks written from now on; `None` keeps the volume's.
+    pub encoding: Option<Encoding>,
+    /// Chunk size for data written from now on; `None` keeps the volume's.
+    pub chunk_size: Option<u64>,
+    /// A chunkd silent for longer than this is down: it gets no new shards.
+    pub down_after: Duration,
+}
+
+/// Opens the metadata store in `config.data`, creating it on first use.
+pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
+    if let Some(size) = config.chunk_size
+        && !CHUNK_SIZE_RANGE.contains(&size)
+    {
+        anyhow::bail!(
+            "chunk size {size} is outside {}..={} bytes",
+            CHUNK_SIZE_RANGE.start(),
+            CHUNK_SIZE_RANGE.end()
+        );
+    }
+    let path = config.data.join("meta.db");
+    let overrides = match (config.encoding, config.chunk_size) {
+        (None, None) => None,
+        (encoding, chunk_size) => Some(VolumeSettings {
+            encoding: encoding.unwrap_or(DEFAULT_ENCODING),
+            chunk_size: chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+        }),
+    };
+    let defaults = VolumeSettings {
+        encoding: DEFAULT_ENCODING,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+    };
+    let store = Store::open(&path, overrides, defaults)
+        .with_context(|| format!("cannot open metadata database {}", path.display()))?;
+    let store = Arc::new(store);
+    let members = Members::load(store.clone(), config.down_after)
+        .context("cannot load the chunkd registry")?;
+    Ok(Arc::new(MetadServer::new(store, members)))
+}
+
+/// Serves clients and chunkds on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    server: Arc<MetadServer>,
+    shutdown: impl Future<Output = ()>,
+) {
+    shardfs_rpc::serve(listener, server, shutdown).await;
+}
+
+/// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert!(parse_size("4XB").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! Live view of the chunkd registry: which chunkds are up, and how full they are.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardfs_chunkd::proto::ChunkdStat;
+
+use crate::proto::{ChunkdStatus, MetaError};
+use crate::store::{ChunkdRecord, Store};
+
+/// A chunkd with less free space than this takes no new shards.
+const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
+struct Member {
+    record: ChunkdRecord,
+    /// Last registration or heartbeat since this metad started; `None` until then.
+    last_seen: Option<Instant>,
+}
+
+pub struct Members {
+    store: Arc<Store>,
+    down_after: Duration,
+    members: Mutex<HashMap<String, Member>>,
+}
+
+impl Members {
+    /// Loads the registry. Every chunkd counts as down until it next heartbeats.
+    pub fn load(store: Arc<Store>, down_after: Duration) -> Result<Members, MetaError> {
+        let members = store
+            .chunkds()?
+            .into_iter()
+            .map(|record| {
+                (
+                    record.id.clone(),
+                    Member {
+                        record,
+                        last_seen: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Members {
+            store,
+            down_after,
+            members: Mutex::new(members),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(
+        &self,
+        id: String,
+        addr: String,
+        zone: Option<String>,
+        stat: &ChunkdStat,
+    ) -> Result<(), MetaError> {
+        let record = ChunkdRecord {
+            id: id.clone(),
+            addr,
+            zone,
+            capacity_bytes: stat.capacity_bytes,
+            free_bytes: stat.free_bytes,
+            used_bytes: stat.used_bytes,
+            shard_count: stat.shard_count,
+        };
+        self.store.register_chunkd(&record)?;
+        self.lock().insert(
+            id,
+            Member {
+                record,
+                last_seen: Some(Instant::now()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a heartbeat; `false` if the chunkd is unknown and must register.
+    pub fn heartbeat(&self, id: &str, stat: &ChunkdStat) -> bool {
+        let mut members = self.lock();
+        let Some(member) = members.get_mut(id) else {
+            return false;
+        };
+        member.last_seen = Some(Instant::now());
+        member.record.capacity_bytes = stat.capacity_bytes;
+        member.record.free_bytes = stat.free_bytes;
+        member.record.used_bytes = stat.used_bytes;
+        member.record.shard_count = stat.shard_count;
+        true
+    }
+
+    pub fn is_known(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    fn is_up(&self, member: &Member, now: Instant) -> bool {
+        member
+            .last_seen
+            .is_some_and(|seen| now.duration_since(seen) <= self.down_after)
+    }
+
+    /// Chunkds that may take new shards: up, and not full.
+    pub fn usable(&self) -> Vec<ChunkdRecord> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|m| self.is_up(m, now) && m.record.free_bytes >= MIN_FREE_BYTES)
+            .map(|m| m.record.clone())
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<ChunkdStatus> {
+        let now = Instant::now();
+        let mut all: Vec<ChunkdStatus> = self
+            .lock()
+            .values()
+            .map(|m| ChunkdStatus {
+                id: m.record.id.clone(),
+                addr: m.record.addr.clone(),
+                zone: m.record.zone.clone(),
+                up: self.is_up(m, now),
+                capacity_bytes: m.record.capacity_bytes,
+                free_bytes: m.record.free_bytes,
+                used_bytes: m.record.used_bytes,
+                shard_count: m.record.shard_count,
+            })
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+}

@@ -1,0 +1,435 @@
+//! The metad client protocol (service `Metad`), carried in `shardfs_rpc` frames.
+//!
+//! Every `MetaRequest` gets one `MetaResponse = Result<MetaReply, MetaError>`. Requests that
+//! act for a user carry the caller's credentials (`Cred`).
+
+use serde::{Deserialize, Serialize};
+use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+
+/// Inode number. The root directory is always [`ROOT_INO`].
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+/// Longest name of a directory entry, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest symlink target, in bytes.
+pub const MAX_SYMLINK_LEN: usize = 4095;
+/// Longest extended attribute value, in bytes (Linux's own limit).
+pub const MAX_XATTR_VALUE_LEN: usize = 64 * 1024;
+/// Longest extended attribute name, in bytes.
+pub const MAX_XATTR_NAME_LEN: usize = 255;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind encoded in the `S_IFMT` bits of a mode, if any.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Some(FileKind::File),
+            libc::S_IFDIR => Some(FileKind::Dir),
+            libc::S_IFLNK => Some(FileKind::Symlink),
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice),
+            libc::S_IFBLK => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            sec: now.as_secs() as i64,
+            nsec: now.subsec_nanos(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: Ino,
+    pub generation: u64,
+    pub kind: FileKind,
+    /// Permission bits including suid, sgid and sticky (`mode & 0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Bytes of file content actually stored (extents), for `st_blocks`.
+    pub allocated: u64,
+    pub nlink: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub rdev: u32,
+}
+
+/// Who is asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cred {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+/// Attribute changes; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Position of this entry: pass it back as `after` to continue after it. Stays valid
+    /// while the directory changes.
+    pub cookie: u64,
+    pub attr: Attr,
+}
+
+/// File bytes `[offset, offset + len)` are bytes `[chunk_offset, chunk_offset + len)` of
+/// `chunk`. Bytes of a file covered by no extent are a hole and read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub chunk: ChunkId,
+    pub chunk_offset: u64,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// Where one shard lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlace {
+    pub index: u8,
+    pub chunkd: String,
+    /// Current address of that chunkd, if it is registered.
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLocation {
+    pub chunk: ChunkId,
+    pub len: u64,
+    pub encoding: Encoding,
+    pub shards: Vec<ShardPlace>,
+}
+
+/// A file's committed content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub attr: Attr,
+    /// Sorted by offset, never overlapping.
+    pub extents: Vec<Extent>,
+    /// One entry per distinct chunk the extents use.
+    pub chunks: Vec<ChunkLocation>,
+}
+
+/// A chunk a client is about to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkToWrite {
+    pub chunk: ChunkId,
+    pub len: u64,
+}
+
+/// metad's answer for one chunk to write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkPlan {
+    /// Already stored with full redundancy: reference it, put nothing (dedup).
+    Stored,
+    /// Put shard `i` on `targets[i]`, then commit with these places.
+    Place {
+        encoding: Encoding,
+        targets: Vec<ShardPlace>,
+    },
+}
+
+/// A chunk whose shards the client has stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChunk {
+    pub chunk: ChunkId,
+    pub len: u64,
+    pub encoding: Encoding,
+    pub shards: Vec<ShardPlace>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub encoding: Encoding,
+    pub chunk_size: u64,
+    pub root: Ino,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    /// Raw bytes of the live chunkds' disks.
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub inodes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkdStatus {
+    pub id: String,
+    pub addr: String,
+    pub zone: Option<String>,
+    pub up: bool,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub shard_count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub index: u8,
+    pub chunkd: String,
+    /// `false` once the shard was reported corrupt or missing.
+    pub healthy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStatus {
+    pub chunk: ChunkId,
+    pub len: u64,
+    pub encoding: Encoding,
+    pub refcount: u64,
+    pub shards: Vec<ShardStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogueStats {
+    pub chunks: u64,
+    /// Sum of the lengths of all catalogued chunks (each stored once).
+    pub chunk_bytes: u64,
+    pub unhealthy_shards: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Any,
+    /// Fail with `Exists` if present (XATTR_CREATE).
+    Create,
+    /// Fail with `NoData` if absent (XATTR_REPLACE).
+    Replace,
+}
+
+/// Rename variants, as in renameat2(2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaRequest {
+    Volume,
+    Lookup {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        cred: Cred,
+        changes: SetAttr,
+    },
+    /// Creates a regular file, fifo, socket or device node; `mode` includes the type bits.
+    MakeNode {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        rdev: u32,
+        cred: Cred,
+    },
+    MakeDir {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        cred: Cred,
+    },
+    Symlink {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        cred: Cred,
+    },
+    ReadLink {
+        ino: Ino,
+    },
+    Unlink {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    RemoveDir {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        new_parent: Ino,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+    },
+    /// Entries after `after` (0 = from the start), at most `limit`.
+    ReadDir {
+        ino: Ino,
+        after: u64,
+        limit: u32,
+    },
+    GetLayout {
+        ino: Ino,
+    },
+    /// Asks which chunks must be stored and where (dedup and placement).
+    PrepareWrite {
+        chunks: Vec<ChunkToWrite>,
+    },
+    /// Records stored chunks and the extents that now use them, in one transaction.
+    CommitWrite {
+        ino: Ino,
+        stored: Vec<StoredChunk>,
+        extents: Vec<Extent>,
+        mtime: Timestamp,
+    },
+    SetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    GetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: Ino,
+    },
+    RemoveXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    StatFs,
+    /// A reader found a shard missing or corrupt.
+    ReportBadShard {
+        shard: ShardId,
+        chunkd: String,
+    },
+    Chunkds,
+    ChunkStatus {
+        chunk: ChunkId,
+    },
+    CatalogueStats,
+}
+
+pub type MetaResponse = Result<MetaReply, MetaError>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MetaReply {
+    Volume(VolumeInfo),
+    Attr(Attr),
+    Done,
+    Target(#[serde(with = "serde_bytes")] Vec<u8>),
+    Entries { parent: Ino, entries: Vec<DirEntry> },
+    Layout(Layout),
+    Plans(Vec<ChunkPlan>),
+    Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    StatFs(StatFs),
+    Chunkds(Vec<ChunkdStatus>),
+    ChunkStatus(Option<ChunkStatus>),
+    CatalogueStats(CatalogueStats),
+}
+
+/// Application errors. The FUSE client maps each to one errno.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("no such attribute")]
+    NoData,
+    #[error("attribute value too large")]
+    TooBig,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// A chunk the client meant to reference is gone; it must prepare the write again.
+    #[error("chunk {0} is no longer stored")]
+    ChunkGone(String),
+    #[error("metadata store error: {0}")]
+    Store(String),
+}

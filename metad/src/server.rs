@@ -1,0 +1,225 @@
+//! metad's request handler: the client protocol (`Metad`) and chunkd membership.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shardfs_chunkd::membership::{
+    MembershipError, MembershipReply, MembershipRequest, MembershipResponse,
+};
+use shardfs_rpc::{Handler, Service};
+use tracing::{debug, info, warn};
+
+use crate::members::Members;
+use crate::placement;
+use crate::proto::{
+    ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs,
+};
+use crate::store::Store;
+
+pub struct MetadServer {
+    store: Arc<Store>,
+    members: Members,
+}
+
+impl MetadServer {
+    pub fn new(store: Arc<Store>, members: Members) -> MetadServer {
+        MetadServer { store, members }
+    }
+
+    fn answer(&self, request: MetaRequest) -> MetaResponse {
+        let store = &self.store;
+        Ok(match request {
+            MetaRequest::Volume => MetaReply::Volume(store.volume()),
+            MetaRequest::Lookup { parent, name } => MetaReply::Attr(store.lookup(parent, &name)?),
+            MetaRequest::GetAttr { ino } => MetaReply::Attr(store.get_attr(ino)?),
+            MetaRequest::SetAttr {
+                ino,
+                cred: _,
+                changes,
+            } => MetaReply::Attr(store.set_attr(ino, &changes)?),
+            MetaRequest::MakeNode {
+                parent,
+                name,
+                mode,
+                rdev,
+                cred,
+            } => MetaReply::Attr(store.make_node(parent, &name, mode, rdev, cred)?),
+            MetaRequest::MakeDir {
+                parent,
+                name,
+                mode,
+                cred,
+            } => MetaReply::Attr(store.make_dir(parent, &name, mode, cred)?),
+            MetaRequest::Symlink {
+                parent,
+                name,
+                target,
+                cred,
+            } => MetaReply::Attr(store.symlink(parent, &name, &target, cred)?),
+            MetaRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
+            MetaRequest::Unlink { parent, name } => {
+                store.unlink(parent, &name)?;
+                MetaReply::Done
+            }
+            MetaRequest::RemoveDir { parent, name } => {
+                store.remove_dir(parent, &name)?;
+                MetaReply::Done
+            }
+            MetaRequest::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode,
+            } => {
+                store.rename(parent, &name, new_parent, &new_name, mode)?;
+                MetaReply::Done
+            }
+            MetaRequest::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => MetaReply::Attr(store.link(ino, new_parent, &new_name)?),
+            MetaRequest::ReadDir { ino, after, limit } => {
+                let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;
+                MetaReply::Entries { parent, entries }
+            }
+            MetaRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
+            MetaRequest::PrepareWrite { chunks } => {
+                let usable = self.members.usable();
+                let encoding = store.settings().encoding;
+                MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
+                    let Some(chosen) = placement::place(&chunk.chunk, encoding.total(), &usable)
+                    else {
+                        let why = format!(
+                            "{}+{} encoding needs {} usable chunkds, only {} are up and not full",
+                            encoding.k,
+                            encoding.m,
+                            encoding.total(),
+                            usable.len()
+                        );
+                        warn!("refusing write: {why}");
+                        return Err(MetaError::NoSpace(why));
+                    };
+                    let targets = chosen
+                        .iter()
+                        .enumerate()
+                        .map(|(index, c)| ShardPlace {
+                            index: index as u8,
+                            chunkd: c.id.clone(),
+                            addr: c.addr.clone(),
+                        })
+                        .collect();
+                    Ok(ChunkPlan::Place { encoding, targets })
+                })?)
+            }
+            MetaRequest::CommitWrite {
+                ino,
+                stored,
+                extents,
+                mtime,
+            } => MetaReply::Attr(store.commit_write(ino, &stored, &extents, mtime)?),
+            MetaRequest::SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+            } => {
+                store.set_xattr(ino, &name, &value, mode)?;
+                MetaReply::Done
+            }
+            MetaRequest::GetXattr { ino, name } => MetaReply::Xattr(store.get_xattr(ino, &name)?),
+            MetaRequest::ListXattr { ino } => MetaReply::XattrNames(store.list_xattr(ino)?),
+            MetaRequest::RemoveXattr { ino, name } => {
+                store.remove_xattr(ino, &name)?;
+                MetaReply::Done
+            }
+            MetaRequest::StatFs => {
+                let mut stat = StatFs {
+                    inodes: store.inode_count()?,
+                    ..StatFs::default()
+                };
+                for chunkd in self.members.status().iter().filter(|c| c.up) {
+                    stat.capacity_bytes += chunkd.capacity_bytes;
+                    stat.free_bytes += chunkd.free_bytes;
+                }
+                MetaReply::StatFs(stat)
+            }
+            MetaRequest::ReportBadShard { shard, chunkd } => {
+                if store.mark_shard_unhealthy(shard, &chunkd)? {
+                    warn!(%shard, %chunkd, "client reported a bad shard");
+                }
+                MetaReply::Done
+            }
+            MetaRequest::Chunkds => MetaReply::Chunkds(self.members.status()),
+            MetaRequest::ChunkStatus { chunk } => {
+                MetaReply::ChunkStatus(store.chunk_status(chunk)?)
+            }
+            MetaRequest::CatalogueStats => MetaReply::CatalogueStats(store.catalogue_stats()?),
+        })
+    }
+
+    fn membership(&self, request: MembershipRequest, peer: SocketAddr) -> MembershipResponse {
+        let rejected = |e: MetaError| MembershipError::Rejected(e.to_string());
+        match request {
+            MembershipRequest::Register {
+                id,
+                addr,
+                zone,
+                stat,
+            } => {
+                info!(%id, %addr, ?zone, %peer, "chunkd registered");
+                self.members
+                    .register(id, addr, zone, &stat)
+                    .map_err(rejected)?;
+            }
+            MembershipRequest::Heartbeat { id, stat } => {
+                if !self.members.heartbeat(&id, &stat) {
+                    return Err(MembershipError::UnknownChunkd(id));
+                }
+            }
+            MembershipRequest::ReportCorrupt { id, shard } => {
+                if !self.members.is_known(&id) {
+                    return Err(MembershipError::UnknownChunkd(id));
+                }
+                warn!(chunkd = %id, %shard, "chunkd quarantined a corrupt shard");
+                self.store
+                    .mark_shard_unhealthy(shard, &id)
+                    .map_err(rejected)?;
+            }
+        }
+        Ok(MembershipReply::Ok)
+    }
+}
+
+impl Handler for MetadServer {
+    fn offers(&self, service: Service) -> bool {
+        matches!(service, Service::Metad | Service::Membership)
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        service: Service,
+        peer: SocketAddr,
+        body: Bytes,
+    ) -> Result<Vec<u8>, shardfs_rpc::Error> {
+        // SQLite calls block; keep them off the async workers.
+        let run = move || match service {
+            Service::Membership => {
+                let request: MembershipRequest = shardfs_rpc::decode(&body)?;
+                Ok(shardfs_rpc::encode(&self.membership(request, peer)))
+            }
+            _ => {
+                let request: MetaRequest = shardfs_rpc::decode(&body)?;
+                debug!(?request, "request");
+                Ok(shardfs_rpc::encode(&self.answer(request)))
+            }
+        };
+        tokio::task::spawn_blocking(run).await.map_err(|e| {
+            shardfs_rpc::Error::Io(std::io::Error::other(format!(
+                "request handler failed: {e}"
+            )))
+        })?
+    }
+}

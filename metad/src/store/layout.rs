@@ -1,0 +1,371 @@
+//! File layouts: extents mapping file ranges onto chunks, and the writes that change them.
+//!
+//! Extents of one file never overlap. A write punches the range it covers out of the
+//! existing extents (splitting them where needed) and inserts its own, so a small write into
+//! a large file adds a small chunk instead of rewriting a large one. Every extent holds one
+//! reference on its chunk.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use shardfs_chunkd::{ChunkId, Encoding};
+
+use super::{Store, get_attr};
+use crate::proto::{
+    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, Ino, Layout, MetaError, ShardPlace,
+    StoredChunk, Timestamp,
+};
+
+/// How long a prepared write keeps garbage collection away from its chunks.
+const INTENT_SECONDS: i64 = 3600;
+/// Largest file size (bytes): what SQLite's signed integers can hold.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+impl Store {
+    pub fn layout(&self, ino: Ino) -> Result<Layout, MetaError> {
+        self.read(|tx| {
+            let attr = get_attr(tx, ino)?;
+            let extents = tx
+                .prepare_cached(
+                    "SELECT offset, len, chunk, chunk_offset FROM extents
+                     WHERE ino = ?1 ORDER BY offset",
+                )?
+                .query_map([ino], |r| {
+                    Ok(Extent {
+                        offset: r.get(0)?,
+                        len: r.get(1)?,
+                        chunk: chunk_id(r.get(2)?)?,
+                        chunk_offset: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let distinct: BTreeSet<ChunkId> = extents.iter().map(|e| e.chunk).collect();
+            let chunks = distinct
+                .into_iter()
+                .map(|chunk| chunk_location(tx, chunk))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Layout {
+                attr,
+                extents,
+                chunks,
+            })
+        })
+    }
+
+    /// Decides, per chunk, whether it is already stored (dedup) or where to put it, and
+    /// records an intent for each so garbage collection leaves them alone until commit.
+    pub fn prepare_write(
+        &self,
+        chunks: &[ChunkToWrite],
+        place: impl Fn(&ChunkToWrite) -> Result<ChunkPlan, MetaError>,
+    ) -> Result<Vec<ChunkPlan>, MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            chunks
+                .iter()
+                .map(|chunk| {
+                    tx.prepare_cached(
+                        "INSERT INTO intents (chunk, expires) VALUES (?1, ?2)
+                         ON CONFLICT (chunk) DO UPDATE SET expires = excluded.expires",
+                    )?
+                    .execute(params![&chunk.chunk.0[..], now.sec + INTENT_SECONDS])?;
+                    if readable(tx, chunk.chunk)? {
+                        Ok(ChunkPlan::Stored)
+                    } else {
+                        place(chunk)
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Records newly stored chunks and points `extents` of `ino` at them, in one transaction.
+    pub fn commit_write(
+        &self,
+        ino: Ino,
+        stored: &[StoredChunk],
+        extents: &[Extent],
+        mtime: Timestamp,
+    ) -> Result<crate::proto::Attr, MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            let attr = get_attr(tx, ino)?;
+            match attr.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(MetaError::IsDir),
+                _ => return Err(MetaError::Invalid("write to a special file".into())),
+            }
+            for chunk in stored {
+                record_chunk(tx, chunk, now)?;
+            }
+            let mut end = attr.size;
+            for extent in extents {
+                let chunk_len: u64 = tx
+                    .prepare_cached("SELECT len FROM chunks WHERE id = ?1")?
+                    .query_row([&extent.chunk.0[..]], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| MetaError::ChunkGone(extent.chunk.to_hex()))?;
+                if extent.len == 0
+                    || extent
+                        .chunk_offset
+                        .checked_add(extent.len)
+                        .is_none_or(|e| e > chunk_len)
+                    || extent
+                        .offset
+                        .checked_add(extent.len)
+                        .is_none_or(|e| e > MAX_FILE_SIZE)
+                {
+                    return Err(MetaError::Invalid(format!(
+                        "extent {extent:?} out of range"
+                    )));
+                }
+                punch(tx, ino, extent.offset, extent.end(), now)?;
+                insert_extent(tx, ino, extent, now)?;
+                end = end.max(extent.end());
+            }
+            for chunk in stored {
+                tx.prepare_cached("DELETE FROM intents WHERE chunk = ?1")?
+                    .execute([&chunk.chunk.0[..]])?;
+            }
+            tx.prepare_cached(
+                "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
+                     ctime_sec = ?3, ctime_nsec = ?4
+                 WHERE ino = ?1",
+            )?
+            .execute(params![ino, end, mtime.sec, mtime.nsec])?;
+            get_attr(tx, ino)
+        })
+    }
+}
+
+/// Sets the size of `ino`, dropping content past it. Growing leaves a hole.
+pub(super) fn truncate(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    size: u64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    if size > MAX_FILE_SIZE {
+        return Err(MetaError::Invalid(format!("size {size} too large")));
+    }
+    punch(tx, ino, size, MAX_FILE_SIZE, now)?;
+    tx.prepare_cached(
+        "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4, ctime_sec = ?3,
+             ctime_nsec = ?4
+         WHERE ino = ?1",
+    )?
+    .execute(params![ino, size, now.sec, now.nsec])?;
+    Ok(())
+}
+
+/// Drops every extent of `ino` (the inode is going away).
+pub(super) fn release_all(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+    punch(tx, ino, 0, MAX_FILE_SIZE, now)
+}
+
+/// Removes file range `[start, end)` from the extents of `ino`, splitting extents that
+/// straddle its edges.
+fn punch(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    start: u64,
+    end: u64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    if start >= end {
+        return Ok(());
+    }
+    // The extent starting at or before `start` (it may straddle it), then those inside.
+    let mut overlapping: Vec<Extent> = Vec::new();
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok(Extent {
+            offset: r.get(0)?,
+            len: r.get(1)?,
+            chunk: chunk_id(r.get(2)?)?,
+            chunk_offset: r.get(3)?,
+        })
+    };
+    if let Some(first) = tx
+        .prepare_cached(
+            "SELECT offset, len, chunk, chunk_offset FROM extents
+             WHERE ino = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1",
+        )?
+        .query_row(params![ino, start], row)
+        .optional()?
+        && first.end() > start
+    {
+        overlapping.push(first);
+    }
+    overlapping.extend(
+        tx.prepare_cached(
+            "SELECT offset, len, chunk, chunk_offset FROM extents
+             WHERE ino = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset",
+        )?
+        .query_map(params![ino, start, end], row)?
+        .collect::<Result<Vec<_>, _>>()?,
+    );
+    for old in overlapping {
+        delete_extent(tx, ino, &old, now)?;
+        if old.offset < start {
+            let left = Extent {
+                len: start - old.offset,
+                ..old
+            };
+            insert_extent(tx, ino, &left, now)?;
+        }
+        if old.end() > end {
+            let cut = end - old.offset;
+            let right = Extent {
+                offset: end,
+                len: old.len - cut,
+                chunk: old.chunk,
+                chunk_offset: old.chunk_offset + cut,
+            };
+            insert_extent(tx, ino, &right, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_extent(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    extent: &Extent,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "INSERT INTO extents (ino, offset, len, chunk, chunk_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        ino,
+        extent.offset,
+        extent.len,
+        &extent.chunk.0[..],
+        extent.chunk_offset
+    ])?;
+    change_usage(tx, ino, extent, 1, now)
+}
+
+fn delete_extent(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    extent: &Extent,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    tx.prepare_cached("DELETE FROM extents WHERE ino = ?1 AND offset = ?2")?
+        .execute(params![ino, extent.offset])?;
+    change_usage(tx, ino, extent, -1, now)
+}
+
+/// Moves the chunk's refcount and the inode's allocated bytes by one extent.
+fn change_usage(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    extent: &Extent,
+    sign: i64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "UPDATE chunks SET refcount = refcount + ?2,
+             zero_since = CASE WHEN refcount + ?2 = 0 THEN ?3 ELSE NULL END
+         WHERE id = ?1",
+    )?
+    .execute(params![&extent.chunk.0[..], sign, now.sec])?;
+    tx.prepare_cached("UPDATE inodes SET allocated = allocated + ?2 WHERE ino = ?1")?
+        .execute(params![ino, sign * extent.len as i64])?;
+    Ok(())
+}
+
+/// Whether `chunk` is catalogued with at least k healthy shards.
+fn readable(tx: &Transaction<'_>, chunk: ChunkId) -> Result<bool, MetaError> {
+    let found: Option<(u32, u32)> = tx
+        .prepare_cached(
+            "SELECT c.k, (SELECT COUNT(*) FROM shards s WHERE s.chunk = c.id AND s.healthy)
+             FROM chunks c WHERE c.id = ?1",
+        )?
+        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(found.is_some_and(|(k, healthy)| healthy >= k))
+}
+
+fn record_chunk(
+    tx: &Transaction<'_>,
+    chunk: &StoredChunk,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    chunk
+        .encoding
+        .validate()
+        .map_err(|e| MetaError::Invalid(e.to_string()))?;
+    if chunk.shards.len() != chunk.encoding.total() {
+        return Err(MetaError::Invalid(format!(
+            "chunk {} has {} shards, its encoding needs {}",
+            chunk.chunk,
+            chunk.shards.len(),
+            chunk.encoding.total()
+        )));
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            &chunk.chunk.0[..],
+            chunk.len,
+            chunk.encoding.k,
+            chunk.encoding.m,
+            now.sec
+        ])?;
+    // If another writer catalogued the same content first, its placement stands and these
+    // shards become orphans for the sweep to collect.
+    if inserted == 1 {
+        for shard in &chunk.shards {
+            tx.prepare_cached("INSERT INTO shards (chunk, idx, chunkd) VALUES (?1, ?2, ?3)")?
+                .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn chunk_location(
+    tx: &Transaction<'_>,
+    chunk: ChunkId,
+) -> Result<ChunkLocation, MetaError> {
+    let (len, k, m): (u64, u8, u8) = tx
+        .prepare_cached("SELECT len, k, m FROM chunks WHERE id = ?1")?
+        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?
+        .ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))?;
+    let shards = tx
+        .prepare_cached(
+            "SELECT s.idx, s.chunkd, COALESCE(d.addr, '') FROM shards s
+             LEFT JOIN chunkds d ON d.id = s.chunkd
+             WHERE s.chunk = ?1 AND s.healthy ORDER BY s.idx",
+        )?
+        .query_map([&chunk.0[..]], |r| {
+            Ok(ShardPlace {
+                index: r.get(0)?,
+                chunkd: r.get(1)?,
+                addr: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ChunkLocation {
+        chunk,
+        len,
+        encoding: Encoding { k, m },
+        shards,
+    })
+}
+
+pub(super) fn chunk_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
+    let len = bytes.len();
+    bytes.try_into().map(ChunkId).map_err(|_| {
+        rusqlite::Error::InvalidColumnType(
+            0,
+            format!("chunk id of {len} bytes"),
+            rusqlite::types::Type::Blob,
+        )
+    })
+}

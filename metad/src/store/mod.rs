@@ -1,0 +1,258 @@
+//! The metadata store: every namespace and catalogue operation, each one SQLite transaction.
+//!
+//! This is the only module that speaks SQL. One connection serves all operations behind a
+//! mutex (SQLite allows one writer at a time anyway); callers on async tasks run store
+//! operations through `spawn_blocking`.
+
+mod catalogue;
+mod layout;
+mod namespace;
+mod registry;
+mod schema;
+mod xattr;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use shardfs_chunkd::Encoding;
+
+use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
+
+pub use registry::ChunkdRecord;
+pub use schema::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata database has schema v{found}; this build supports up to v{supported}")]
+    TooNew { found: i64, supported: i64 },
+    #[error("metadata database is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl From<rusqlite::Error> for MetaError {
+    fn from(e: rusqlite::Error) -> MetaError {
+        MetaError::Store(e.to_string())
+    }
+}
+
+/// Volume settings fixed or updated at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeSettings {
+    pub encoding: Encoding,
+    pub chunk_size: u64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    volume: VolumeSettings,
+}
+
+const GENERATION: u64 = 1;
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`. `overrides` replace the stored
+    /// encoding and chunk size for chunks written from now on; a new volume takes them, or
+    /// the defaults.
+    pub fn open(
+        path: &Path,
+        overrides: Option<VolumeSettings>,
+        defaults: VolumeSettings,
+    ) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path)?;
+        // WAL with synchronous=FULL: a commit returns only after its WAL frames are fsynced,
+        // so an acknowledged metadata change survives power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        schema::migrate(&mut conn)?;
+        let volume = init_volume(&mut conn, overrides, defaults)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            volume,
+        })
+    }
+
+    pub fn volume(&self) -> VolumeInfo {
+        VolumeInfo {
+            encoding: self.volume.encoding,
+            chunk_size: self.volume.chunk_size,
+            root: ROOT_INO,
+        }
+    }
+
+    pub fn settings(&self) -> VolumeSettings {
+        self.volume
+    }
+
+    /// Runs `f` in one write transaction, committed only if it returns `Ok`.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        f(&tx)
+    }
+}
+
+fn init_volume(
+    conn: &mut Connection,
+    overrides: Option<VolumeSettings>,
+    defaults: VolumeSettings,
+) -> Result<VolumeSettings, StoreError> {
+    let tx = conn.transaction()?;
+    let setting = |key: &str| -> Result<Option<String>, rusqlite::Error> {
+        tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+    };
+    let stored = match (setting("k")?, setting("m")?, setting("chunk_size")?) {
+        (Some(k), Some(m), Some(size)) => {
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")))
+            };
+            let encoding = Encoding::new(parse(&k)? as u8, parse(&m)? as u8)
+                .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
+            Some(VolumeSettings {
+                encoding,
+                chunk_size: parse(&size)?,
+            })
+        }
+        _ => None,
+    };
+    let volume = overrides.or(stored).unwrap_or(defaults);
+    for (key, value) in [
+        ("k", volume.encoding.k as u64),
+        ("m", volume.encoding.m as u64),
+        ("chunk_size", volume.chunk_size),
+    ] {
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value.to_string()],
+        )?;
+    }
+    let has_root: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)",
+        [ROOT_INO],
+        |r| r.get(0),
+    )?;
+    if !has_root {
+        let now = Timestamp::now();
+        tx.execute(
+            "INSERT INTO inodes (ino, generation, kind, perm, uid, gid, size, allocated, nlink,
+                 atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent)
+             VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 2, ?5, ?6, ?5, ?6, ?5, ?6, 0, ?1)",
+            params![
+                ROOT_INO,
+                GENERATION,
+                kind_code(FileKind::Dir),
+                0o755,
+                now.sec,
+                now.nsec
+            ],
+        )?;
+    }
+    tx.commit()?;
+    Ok(volume)
+}
+
+fn kind_code(kind: FileKind) -> i64 {
+    match kind {
+        FileKind::File => 1,
+        FileKind::Dir => 2,
+        FileKind::Symlink => 3,
+        FileKind::Fifo => 4,
+        FileKind::Socket => 5,
+        FileKind::CharDevice => 6,
+        FileKind::BlockDevice => 7,
+    }
+}
+
+fn kind_from_code(code: i64) -> rusqlite::Result<FileKind> {
+    Ok(match code {
+        1 => FileKind::File,
+        2 => FileKind::Dir,
+        3 => FileKind::Symlink,
+        4 => FileKind::Fifo,
+        5 => FileKind::Socket,
+        6 => FileKind::CharDevice,
+        7 => FileKind::BlockDevice,
+        other => {
+            return Err(rusqlite::Error::IntegralValueOutOfRange(2, other));
+        }
+    })
+}
+
+/// Columns of `inodes` read by [`attr_from_row`], in order.
+const ATTR_COLUMNS: &str = "ino, generation, kind, perm, uid, gid, size, allocated, nlink,
+    atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev";
+
+fn attr_from_row(row: &Row<'_>) -> rusqlite::Result<Attr> {
+    attr_at(row, 0)
+}
+
+/// Reads the [`ATTR_COLUMNS`] of a row, starting at column `at`.
+fn attr_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Attr> {
+    let time = |sec: usize| -> rusqlite::Result<Timestamp> {
+        Ok(Timestamp {
+            sec: row.get(at + sec)?,
+            nsec: row.get(at + sec + 1)?,
+        })
+    };
+    Ok(Attr {
+        ino: row.get(at)?,
+        generation: row.get(at + 1)?,
+        kind: kind_from_code(row.get(at + 2)?)?,
+        perm: row.get(at + 3)?,
+        uid: row.get(at + 4)?,
+        gid: row.get(at + 5)?,
+        size: row.get(at + 6)?,
+        allocated: row.get(at + 7)?,
+        nlink: row.get(at + 8)?,
+        atime: time(9)?,
+        mtime: time(11)?,
+        ctime: time(13)?,
+        rdev: row.get(at + 15)?,
+    })
+}
+
+fn get_attr(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
+    tx.prepare_cached(&format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1"))?
+        .query_row([ino], attr_from_row)
+        .optional()?
+        .ok_or(MetaError::NotFound)
+}
+
+fn set_ctime(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE inodes SET ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1")?
+        .execute(params![ino, now.sec, now.nsec])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,554 @@
+//! Inodes and directory entries: create, look up, link, unlink, rename, list.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
+use crate::proto::{
+    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, MetaError, ROOT_INO,
+    RenameMode, SetAttr, SetTime, Timestamp,
+};
+
+/// Most hard links one inode may have.
+const MAX_LINKS: u32 = 65_000;
+/// Readdir cookies 1 and 2 belong to "." and ".." (made up by the client); a dentry's
+/// cookie is its row id shifted past them.
+const COOKIE_BASE: u64 = 2;
+
+/// Rejects names no directory entry may have.
+pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(MetaError::Invalid(
+            "empty, \".\" or \"..\" as a name".into(),
+        ));
+    }
+    if name.iter().any(|b| *b == b'/' || *b == 0) {
+        return Err(MetaError::Invalid("name contains '/' or NUL".into()));
+    }
+    Ok(())
+}
+
+/// What a new inode looks like.
+struct NewInode<'a> {
+    kind: FileKind,
+    perm: u32,
+    cred: Cred,
+    rdev: u32,
+    target: Option<&'a [u8]>,
+}
+
+impl Store {
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, MetaError> {
+        self.read(|tx| {
+            require_dir(tx, parent)?;
+            if name.len() > MAX_NAME_LEN {
+                return Err(MetaError::NameTooLong);
+            }
+            let ino = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?.1;
+            get_attr(tx, ino)
+        })
+    }
+
+    pub fn get_attr(&self, ino: Ino) -> Result<Attr, MetaError> {
+        self.read(|tx| get_attr(tx, ino))
+    }
+
+    pub fn set_attr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr, MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            let attr = get_attr(tx, ino)?;
+            if let Some(size) = changes.size {
+                if attr.kind == FileKind::Dir {
+                    return Err(MetaError::IsDir);
+                }
+                if attr.kind != FileKind::File {
+                    return Err(MetaError::Invalid("truncate of a special file".into()));
+                }
+                layout::truncate(tx, ino, size, now)?;
+            }
+            let mut perm = u32::from(attr.perm);
+            if let Some(mode) = changes.mode {
+                perm = mode & 0o7777;
+            }
+            if (changes.uid.is_some_and(|u| u != attr.uid)
+                || changes.gid.is_some_and(|g| g != attr.gid))
+                && attr.kind != FileKind::Dir
+            {
+                // chown clears set-user-id, and set-group-id when it means "setgid"
+                // (group-executable), as Linux does for every caller.
+                perm &= !libc::S_ISUID;
+                if perm & libc::S_IXGRP != 0 {
+                    perm &= !libc::S_ISGID;
+                }
+            }
+            let resolve = |t: &Option<SetTime>, old: Timestamp| match t {
+                None => old,
+                Some(SetTime::Now) => now,
+                Some(SetTime::At(at)) => *at,
+            };
+            let current = get_attr(tx, ino)?;
+            tx.prepare_cached(
+                "UPDATE inodes SET perm = ?2, uid = ?3, gid = ?4,
+                     atime_sec = ?5, atime_nsec = ?6, mtime_sec = ?7, mtime_nsec = ?8,
+                     ctime_sec = ?9, ctime_nsec = ?10
+                 WHERE ino = ?1",
+            )?
+            .execute(params![
+                ino,
+                perm,
+                changes.uid.unwrap_or(attr.uid),
+                changes.gid.unwrap_or(attr.gid),
+                resolve(&changes.atime, current.atime).sec,
+                resolve(&changes.atime, current.atime).nsec,
+                resolve(&changes.mtime, current.mtime).sec,
+                resolve(&changes.mtime, current.mtime).nsec,
+                now.sec,
+                now.nsec,
+            ])?;
+            get_attr(tx, ino)
+        })
+    }
+
+    /// Creates a regular file, fifo, socket or device node.
+    pub fn make_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        cred: Cred,
+    ) -> Result<Attr, MetaError> {
+        let kind = match FileKind::from_mode(mode) {
+            Some(FileKind::Dir) | Some(FileKind::Symlink) => {
+                return Err(MetaError::Invalid("mknod of a directory or symlink".into()));
+            }
+            Some(kind) => kind,
+            // mknod(2) with no type bits makes a regular file.
+            None if mode & libc::S_IFMT == 0 => FileKind::File,
+            None => {
+                return Err(MetaError::Invalid(format!(
+                    "unknown file type in mode {mode:o}"
+                )));
+            }
+        };
+        let rdev = if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            rdev
+        } else {
+            0
+        };
+        let new = NewInode {
+            kind,
+            perm: mode & 0o7777,
+            cred,
+            rdev,
+            target: None,
+        };
+        self.write(|tx| create(tx, parent, name, new))
+    }
+
+    pub fn make_dir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        cred: Cred,
+    ) -> Result<Attr, MetaError> {
+        let new = NewInode {
+            kind: FileKind::Dir,
+            perm: mode & 0o7777,
+            cred,
+            rdev: 0,
+            target: None,
+        };
+        self.write(|tx| create(tx, parent, name, new))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        cred: Cred,
+    ) -> Result<Attr, MetaError> {
+        if target.is_empty() {
+            return Err(MetaError::NotFound);
+        }
+        if target.len() > MAX_SYMLINK_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        let new = NewInode {
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            cred,
+            rdev: 0,
+            target: Some(target),
+        };
+        self.write(|tx| create(tx, parent, name, new))
+    }
+
+    pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>, MetaError> {
+        self.read(|tx| {
+            let target: Option<Option<Vec<u8>>> = tx
+                .prepare_cached("SELECT target FROM inodes WHERE ino = ?1")?
+                .query_row([ino], |r| r.get(0))
+                .optional()?;
+            match target {
+                None => Err(MetaError::NotFound),
+                Some(None) => Err(MetaError::Invalid("not a symlink".into())),
+                Some(Some(target)) => Ok(target),
+            }
+        })
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            require_dir(tx, parent)?;
+            let (id, ino) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            if get_attr(tx, ino)?.kind == FileKind::Dir {
+                return Err(MetaError::IsDir);
+            }
+            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
+                .execute([id])?;
+            drop_link(tx, ino, now)?;
+            touch(tx, parent, now)
+        })
+    }
+
+    pub fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<(), MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            require_dir(tx, parent)?;
+            let (id, ino) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            if get_attr(tx, ino)?.kind != FileKind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if has_entries(tx, ino)? {
+                return Err(MetaError::NotEmpty);
+            }
+            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
+                .execute([id])?;
+            delete_inode(tx, ino, now)?;
+            add_links(tx, parent, -1)?;
+            touch(tx, parent, now)
+        })
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr, MetaError> {
+        validate_name(new_name)?;
+        let now = Timestamp::now();
+        self.write(|tx| {
+            require_dir(tx, new_parent)?;
+            let attr = get_attr(tx, ino)?;
+            if attr.kind == FileKind::Dir {
+                return Err(MetaError::NotPermitted);
+            }
+            if attr.nlink >= MAX_LINKS {
+                return Err(MetaError::TooManyLinks);
+            }
+            if find_entry(tx, new_parent, new_name)?.is_some() {
+                return Err(MetaError::Exists);
+            }
+            insert_entry(tx, new_parent, new_name, ino)?;
+            add_links(tx, ino, 1)?;
+            set_ctime(tx, ino, now)?;
+            touch(tx, new_parent, now)?;
+            get_attr(tx, ino)
+        })
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), MetaError> {
+        validate_name(new_name)?;
+        let now = Timestamp::now();
+        self.write(|tx| {
+            require_dir(tx, parent)?;
+            require_dir(tx, new_parent)?;
+            let (src_id, src_ino) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+            let src = get_attr(tx, src_ino)?;
+            let dst = find_entry(tx, new_parent, new_name)?;
+            if mode == RenameMode::Exchange {
+                let (dst_id, dst_ino) = dst.ok_or(MetaError::NotFound)?;
+                let dst = get_attr(tx, dst_ino)?;
+                return exchange(tx, (parent, src_id, &src), (new_parent, dst_id, &dst), now);
+            }
+            if let Some((dst_id, dst_ino)) = dst {
+                if mode == RenameMode::NoReplace {
+                    return Err(MetaError::Exists);
+                }
+                if dst_ino == src_ino {
+                    return Ok(());
+                }
+                let dst = get_attr(tx, dst_ino)?;
+                match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
+                    (true, false) => return Err(MetaError::NotDir),
+                    (false, true) => return Err(MetaError::IsDir),
+                    (true, true) if has_entries(tx, dst_ino)? => return Err(MetaError::NotEmpty),
+                    _ => {}
+                }
+                if src.kind == FileKind::Dir {
+                    refuse_move_into_itself(tx, src_ino, new_parent)?;
+                }
+                tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
+                    .execute([dst_id])?;
+                if dst.kind == FileKind::Dir {
+                    delete_inode(tx, dst_ino, now)?;
+                    add_links(tx, new_parent, -1)?;
+                } else {
+                    drop_link(tx, dst_ino, now)?;
+                }
+            } else if src.kind == FileKind::Dir {
+                refuse_move_into_itself(tx, src_ino, new_parent)?;
+            }
+            tx.prepare_cached("UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")?
+                .execute(params![src_id, new_parent, new_name])?;
+            if src.kind == FileKind::Dir && parent != new_parent {
+                move_dir(tx, src_ino, parent, new_parent)?;
+            }
+            set_ctime(tx, src_ino, now)?;
+            touch(tx, parent, now)?;
+            touch(tx, new_parent, now)
+        })
+    }
+
+    /// Entries of directory `ino` after cookie `after`, with the directory's parent.
+    pub fn read_dir(
+        &self,
+        ino: Ino,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Ino, Vec<DirEntry>), MetaError> {
+        self.read(|tx| {
+            require_dir(tx, ino)?;
+            let parent: Ino = tx
+                .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
+                .query_row([ino], |r| r.get(0))?;
+            let columns = ATTR_COLUMNS.replace("ino,", "i.ino,");
+            let mut statement = tx.prepare_cached(&format!(
+                "SELECT d.id, d.name, {columns} FROM dentries d JOIN inodes i ON i.ino = d.ino
+                 WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3"
+            ))?;
+            let entries = statement
+                .query_map(
+                    params![ino, after.saturating_sub(COOKIE_BASE), limit],
+                    |row| {
+                        let id: u64 = row.get(0)?;
+                        let name: Vec<u8> = row.get(1)?;
+                        let attr = attr_at(row, 2)?;
+                        Ok(DirEntry {
+                            name,
+                            cookie: id + COOKIE_BASE,
+                            attr,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((parent, entries))
+        })
+    }
+
+    pub fn inode_count(&self) -> Result<u64, MetaError> {
+        self.read(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
+    }
+}
+
+fn create(
+    tx: &Transaction<'_>,
+    parent: Ino,
+    name: &[u8],
+    new: NewInode<'_>,
+) -> Result<Attr, MetaError> {
+    validate_name(name)?;
+    let now = Timestamp::now();
+    let dir = require_dir(tx, parent)?;
+    if find_entry(tx, parent, name)?.is_some() {
+        return Err(MetaError::Exists);
+    }
+    let mut perm = new.perm;
+    let mut gid = new.cred.gid;
+    // A set-group-id directory passes its group on, and its setgid bit to subdirectories.
+    if u32::from(dir.perm) & libc::S_ISGID != 0 {
+        gid = dir.gid;
+        if new.kind == FileKind::Dir {
+            perm |= libc::S_ISGID;
+        }
+    }
+    let is_dir = new.kind == FileKind::Dir;
+    let size = new.target.map_or(0, |t| t.len() as u64);
+    tx.prepare_cached(
+        "INSERT INTO inodes (generation, kind, perm, uid, gid, size, allocated, nlink,
+             atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent,
+             target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?8, ?9, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        GENERATION,
+        kind_code(new.kind),
+        perm,
+        new.cred.uid,
+        gid,
+        size,
+        if is_dir { 2 } else { 1 },
+        now.sec,
+        now.nsec,
+        new.rdev,
+        if is_dir { Some(parent) } else { None },
+        new.target,
+    ])?;
+    let ino = tx.last_insert_rowid() as Ino;
+    insert_entry(tx, parent, name, ino)?;
+    if is_dir {
+        add_links(tx, parent, 1)?;
+    }
+    touch(tx, parent, now)?;
+    get_attr(tx, ino)
+}
+
+fn require_dir(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
+    let attr = get_attr(tx, ino)?;
+    if attr.kind != FileKind::Dir {
+        return Err(MetaError::NotDir);
+    }
+    Ok(attr)
+}
+
+/// `(dentry id, ino)` of `name` in `parent`.
+fn find_entry(
+    tx: &Transaction<'_>,
+    parent: Ino,
+    name: &[u8],
+) -> Result<Option<(u64, Ino)>, MetaError> {
+    Ok(tx
+        .prepare_cached("SELECT id, ino FROM dentries WHERE parent = ?1 AND name = ?2")?
+        .query_row(params![parent, name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+fn insert_entry(tx: &Transaction<'_>, parent: Ino, name: &[u8], ino: Ino) -> Result<(), MetaError> {
+    tx.prepare_cached("INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")?
+        .execute(params![parent, name, ino])?;
+    Ok(())
+}
+
+fn has_entries(tx: &Transaction<'_>, dir: Ino) -> Result<bool, MetaError> {
+    Ok(tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = ?1)")?
+        .query_row([dir], |r| r.get(0))?)
+}
+
+fn add_links(tx: &Transaction<'_>, ino: Ino, delta: i64) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE inodes SET nlink = nlink + ?2 WHERE ino = ?1")?
+        .execute(params![ino, delta])?;
+    Ok(())
+}
+
+/// A directory's content changed: its mtime and ctime move.
+fn touch(tx: &Transaction<'_>, dir: Ino, now: Timestamp) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "UPDATE inodes SET mtime_sec = ?2, mtime_nsec = ?3, ctime_sec = ?2, ctime_nsec = ?3
+         WHERE ino = ?1",
+    )?
+    .execute(params![dir, now.sec, now.nsec])?;
+    Ok(())
+}
+
+/// One name of `ino` went away; the inode goes with its last name.
+fn drop_link(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+    let nlink: u32 = tx
+        .prepare_cached(
+            "UPDATE inodes SET nlink = nlink - 1, ctime_sec = ?2, ctime_nsec = ?3
+                         WHERE ino = ?1 RETURNING nlink",
+        )?
+        .query_row(params![ino, now.sec, now.nsec], |r| r.get(0))?;
+    if nlink == 0 {
+        delete_inode(tx, ino, now)?;
+    }
+    Ok(())
+}
+
+fn delete_inode(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+    layout::release_all(tx, ino, now)?;
+    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?
+        .execute([ino])?;
+    tx.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
+        .execute([ino])?;
+    Ok(())
+}
+
+/// A directory may not move below itself.
+fn refuse_move_into_itself(
+    tx: &Transaction<'_>,
+    dir: Ino,
+    new_parent: Ino,
+) -> Result<(), MetaError> {
+    let mut cursor = new_parent;
+    loop {
+        if cursor == dir {
+            return Err(MetaError::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        if cursor == ROOT_INO {
+            return Ok(());
+        }
+        cursor = tx
+            .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
+            .query_row([cursor], |r| r.get::<_, Option<Ino>>(0))?
+            .ok_or_else(|| MetaError::Store(format!("directory {cursor} has no parent")))?;
+    }
+}
+
+/// Directory `dir` moved from `from` to `to`: ".." and the parents' link counts follow.
+fn move_dir(tx: &Transaction<'_>, dir: Ino, from: Ino, to: Ino) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?
+        .execute(params![dir, to])?;
+    add_links(tx, from, -1)?;
+    add_links(tx, to, 1)
+}
+
+/// RENAME_EXCHANGE: the two names swap the inodes they point at.
+fn exchange(
+    tx: &Transaction<'_>,
+    (parent, src_id, src): (Ino, u64, &Attr),
+    (new_parent, dst_id, dst): (Ino, u64, &Attr),
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    if src.ino == dst.ino {
+        return Ok(());
+    }
+    if parent != new_parent {
+        if src.kind == FileKind::Dir {
+            refuse_move_into_itself(tx, src.ino, new_parent)?;
+        }
+        if dst.kind == FileKind::Dir {
+            refuse_move_into_itself(tx, dst.ino, parent)?;
+        }
+    }
+    let point = |id: u64, ino: Ino| -> Result<(), MetaError> {
+        tx.prepare_cached("UPDATE dentries SET ino = ?2 WHERE id = ?1")?
+            .execute(params![id, ino])?;
+        Ok(())
+    };
+    point(src_id, dst.ino)?;
+    point(dst_id, src.ino)?;
+    if parent != new_parent {
+        if src.kind == FileKind::Dir {
+            move_dir(tx, src.ino, parent, new_parent)?;
+        }
+        if dst.kind == FileKind::Dir {
+            move_dir(tx, dst.ino, new_parent, parent)?;
+        }
+    }
+    set_ctime(tx, src.ino, now)?;
+    set_ctime(tx, dst.ino, now)?;
+    touch(tx, parent, now)?;
+    touch(tx, new_parent, now)
+}

@@ -1,0 +1,130 @@
+//! The SQLite schema, as numbered migrations tracked in `PRAGMA user_version`.
+//!
+//! Migrations only ever append: a database written by an older build is brought forward one
+//! step at a time; a database from a newer build is refused.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the namespace, file layouts, chunk catalogue and chunkd registry.
+    r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    -- AUTOINCREMENT: inode numbers are never reused, so a client's cached ino never
+    -- names a different file.
+    CREATE TABLE inodes (
+        ino        INTEGER PRIMARY KEY AUTOINCREMENT,
+        generation INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        perm       INTEGER NOT NULL,
+        uid        INTEGER NOT NULL,
+        gid        INTEGER NOT NULL,
+        size       INTEGER NOT NULL,
+        allocated  INTEGER NOT NULL,
+        nlink      INTEGER NOT NULL,
+        atime_sec  INTEGER NOT NULL, atime_nsec INTEGER NOT NULL,
+        mtime_sec  INTEGER NOT NULL, mtime_nsec INTEGER NOT NULL,
+        ctime_sec  INTEGER NOT NULL, ctime_nsec INTEGER NOT NULL,
+        rdev       INTEGER NOT NULL,
+        -- Directories only: the directory holding this one (the root's is itself).
+        parent     INTEGER,
+        -- Symlinks only.
+        target     BLOB
+    ) STRICT;
+
+    -- id orders entries for readdir and is the cookie clients resume from.
+    CREATE TABLE dentries (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        parent INTEGER NOT NULL,
+        name   BLOB NOT NULL,
+        ino    INTEGER NOT NULL,
+        UNIQUE (parent, name)
+    ) STRICT;
+    CREATE INDEX dentries_by_parent_id ON dentries (parent, id);
+    CREATE INDEX dentries_by_ino ON dentries (ino);
+
+    CREATE TABLE xattrs (
+        ino   INTEGER NOT NULL,
+        name  BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)
+    ) STRICT, WITHOUT ROWID;
+
+    -- Non-overlapping pieces of file content, each pointing into one chunk.
+    CREATE TABLE extents (
+        ino          INTEGER NOT NULL,
+        offset       INTEGER NOT NULL,
+        len          INTEGER NOT NULL,
+        chunk        BLOB NOT NULL,
+        chunk_offset INTEGER NOT NULL,
+        PRIMARY KEY (ino, offset)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX extents_by_chunk ON extents (chunk);
+
+    -- refcount = number of extents referencing the chunk. zero_since marks when it last
+    -- dropped to zero, so garbage collection can wait out a grace period.
+    CREATE TABLE chunks (
+        id         BLOB PRIMARY KEY,
+        len        INTEGER NOT NULL,
+        k          INTEGER NOT NULL,
+        m          INTEGER NOT NULL,
+        refcount   INTEGER NOT NULL,
+        created    INTEGER NOT NULL,
+        zero_since INTEGER
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE shards (
+        chunk   BLOB NOT NULL,
+        idx     INTEGER NOT NULL,
+        chunkd  TEXT NOT NULL,
+        healthy INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (chunk, idx)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX shards_by_chunkd ON shards (chunkd);
+
+    -- A chunk a client is writing but has not committed: garbage collection must keep
+    -- its shards until the intent expires.
+    CREATE TABLE intents (
+        chunk   BLOB PRIMARY KEY,
+        expires INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE chunkds (
+        id             TEXT PRIMARY KEY,
+        addr           TEXT NOT NULL,
+        zone           TEXT,
+        capacity_bytes INTEGER NOT NULL,
+        free_bytes     INTEGER NOT NULL,
+        used_bytes     INTEGER NOT NULL,
+        shard_count    INTEGER NOT NULL,
+        registered     INTEGER NOT NULL,
+        last_seen      INTEGER NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The store's test suite: every namespace and layout operation against a real SQLite file.
+
+use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+
+use super::{Store, VolumeSettings};
+use crate::proto::*;
+
+const ROOT: Cred = Cred { uid: 0, gid: 0 };
+const SETTINGS: VolumeSettings = VolumeSettings {
+    encoding: Encoding { k: 2, m: 1 },
+    chunk_size: 1 << 20,
+};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("meta.db"), None, SETTINGS).unwrap()
+}
+
+fn file(store: &Store, parent: Ino, name: &str) -> Attr {
+    store
+        .make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT)
+        .unwrap()
+}
+
+fn names(store: &Store, dir: Ino) -> Vec<String> {
+    let (_, entries) = store.read_dir(dir, 0, 1000).unwrap();
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect()
+}
+
+fn stored(chunk: ChunkId, len: u64) -> StoredChunk {
+    let shards = (0..3)
+        .map(|i| ShardPlace {
+            index: i,
+            chunkd: format!("c{i}"),
+            addr: String::new(),
+        })
+        .collect();
+    StoredChunk {
+        chunk,
+        len,
+        encoding: SETTINGS.encoding,
+        shards,
+    }
+}
+
+fn extent(offset: u64, len: u64, chunk: ChunkId, chunk_offset: u64) -> Extent {
+    Extent {
+        offset,
+        len,
+        chunk,
+        chunk_offset,
+    }
+}
+
+fn refcount(store: &Store, chunk: ChunkId) -> u64 {
+    store.chunk_status(chunk).unwrap().unwrap().refcount
+}
+
+#[test]
+fn create_lookup_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let root = store.get_attr(ROOT_INO).unwrap();
+    assert_eq!((root.kind, root.nlink), (FileKind::Dir, 2));
+    let a = file(&store, ROOT_INO, "a");
+    assert_eq!(store.lookup(ROOT_INO, b"a").unwrap().ino, a.ino);
+    assert_eq!(
+        store.make_node(ROOT_INO, b"a", libc::S_IFREG, 0, ROOT),
+        Err(MetaError::Exists)
+    );
+    assert_eq!(store.lookup(ROOT_INO, b"zz"), Err(MetaError::NotFound));
+    assert_eq!(store.lookup(a.ino, b"x"), Err(MetaError::NotDir));
+    let long = vec![b'x'; 256];
+    assert_eq!(
+        store.make_dir(ROOT_INO, &long, 0o755, ROOT),
+        Err(MetaError::NameTooLong)
+    );
+    assert!(matches!(
+        store.make_dir(ROOT_INO, b"a/b", 0o755, ROOT),
+        Err(MetaError::Invalid(_))
+    ));
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    assert_eq!(store.get_attr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(d.nlink, 2);
+    let fifo = store
+        .make_node(d.ino, b"p", libc::S_IFIFO | 0o600, 0, ROOT)
+        .unwrap();
+    assert_eq!(fifo.kind, FileKind::Fifo);
+    let dev = store
+        .make_node(d.ino, b"c", libc::S_IFCHR | 0o600, 0x0103, ROOT)
+        .unwrap();
+    assert_eq!((dev.kind, dev.rdev), (FileKind::CharDevice, 0x0103));
+    let link = store.symlink(d.ino, b"l", b"../a", ROOT).unwrap();
+    assert_eq!((link.kind, link.size), (FileKind::Symlink, 4));
+    assert_eq!(store.read_link(link.ino).unwrap(), b"../a");
+    assert_eq!(store.remove_dir(ROOT_INO, b"d"), Err(MetaError::NotEmpty));
+    assert_eq!(store.unlink(ROOT_INO, b"d"), Err(MetaError::IsDir));
+    assert_eq!(store.remove_dir(ROOT_INO, b"a"), Err(MetaError::NotDir));
+}
+
+#[test]
+fn hard_links_and_unlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let a = file(&store, ROOT_INO, "a");
+    let linked = store.link(a.ino, ROOT_INO, b"b").unwrap();
+    assert_eq!(linked.nlink, 2);
+    store.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(store.get_attr(a.ino).unwrap().nlink, 1);
+    store.unlink(ROOT_INO, b"b").unwrap();
+    assert_eq!(store.get_attr(a.ino), Err(MetaError::NotFound));
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    assert_eq!(
+        store.link(d.ino, ROOT_INO, b"e"),
+        Err(MetaError::NotPermitted)
+    );
+    // Inode numbers are never reused.
+    let c = file(&store, ROOT_INO, "c");
+    assert!(c.ino > d.ino && d.ino > a.ino);
+}
+
+#[test]
+fn rename_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let d1 = store.make_dir(ROOT_INO, b"d1", 0o755, ROOT).unwrap();
+    let d2 = store.make_dir(ROOT_INO, b"d2", 0o755, ROOT).unwrap();
+    let f = file(&store, d1.ino, "f");
+    let g = file(&store, d2.ino, "g");
+    // Across directories, over an existing file.
+    store
+        .rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, f.ino);
+    assert_eq!(store.get_attr(g.ino), Err(MetaError::NotFound));
+    assert!(names(&store, d1.ino).is_empty());
+    // NOREPLACE and EXCHANGE.
+    let h = file(&store, d1.ino, "h");
+    assert_eq!(
+        store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::NoReplace),
+        Err(MetaError::Exists)
+    );
+    store
+        .rename(d1.ino, b"h", d2.ino, b"g", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(store.lookup(d1.ino, b"h").unwrap().ino, f.ino);
+    assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, h.ino);
+    // A directory into its own subtree.
+    let sub = store.make_dir(d1.ino, b"sub", 0o755, ROOT).unwrap();
+    assert!(matches!(
+        store.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameMode::Replace),
+        Err(MetaError::Invalid(_))
+    ));
+    // Directory moves fix ".." and link counts; over an empty directory is allowed.
+    let empty = store.make_dir(d2.ino, b"empty", 0o755, ROOT).unwrap();
+    store
+        .rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(store.get_attr(empty.ino), Err(MetaError::NotFound));
+    assert_eq!(store.get_attr(d1.ino).unwrap().nlink, 2);
+    assert_eq!(store.get_attr(d2.ino).unwrap().nlink, 3);
+    assert_eq!(store.read_dir(sub.ino, 0, 10).unwrap().0, d2.ino);
+    // Directory over a non-empty directory, over a file, and a file over a directory.
+    file(&store, sub.ino, "x");
+    store.make_dir(ROOT_INO, b"d3", 0o755, ROOT).unwrap();
+    assert_eq!(
+        store.rename(ROOT_INO, b"d3", d2.ino, b"empty", RenameMode::Replace),
+        Err(MetaError::NotEmpty)
+    );
+    assert_eq!(
+        store.rename(ROOT_INO, b"d3", d2.ino, b"g", RenameMode::Replace),
+        Err(MetaError::NotDir)
+    );
+    assert_eq!(
+        store.rename(d2.ino, b"g", ROOT_INO, b"d3", RenameMode::Replace),
+        Err(MetaError::IsDir)
+    );
+}
+
+#[test]
+fn readdir_cookies_survive_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for i in 0..10 {
+        file(&store, ROOT_INO, &format!("f{i}"));
+    }
+    let (_, first) = store.read_dir(ROOT_INO, 0, 4).unwrap();
+    assert_eq!(first.len(), 4);
+    // Entries before the cursor go away, new ones appear: nothing untouched is lost.
+    store.unlink(ROOT_INO, b"f0").unwrap();
+    store.unlink(ROOT_INO, b"f1").unwrap();
+    file(&store, ROOT_INO, "new");
+    let (_, rest) = store
+        .read_dir(ROOT_INO, first.last().unwrap().cookie, 100)
+        .unwrap();
+    let rest: Vec<_> = rest
+        .iter()
+        .map(|e| String::from_utf8(e.name.clone()).unwrap())
+        .collect();
+    assert_eq!(rest, ["f4", "f5", "f6", "f7", "f8", "f9", "new"]);
+}
+
+#[test]
+fn writes_split_extents_and_move_refcounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let f = file(&store, ROOT_INO, "f");
+    let big = ChunkId::of(b"big");
+    let small = ChunkId::of(b"small");
+    let t = Timestamp::now();
+    store
+        .commit_write(f.ino, &[stored(big, 1000)], &[extent(0, 1000, big, 0)], t)
+        .unwrap();
+    assert_eq!(refcount(&store, big), 1);
+    let attr = store
+        .commit_write(f.ino, &[stored(small, 10)], &[extent(100, 10, small, 0)], t)
+        .unwrap();
+    assert_eq!((attr.size, attr.allocated), (1000, 1000));
+    let layout = store.layout(f.ino).unwrap();
+    assert_eq!(
+        layout.extents,
+        vec![
+            extent(0, 100, big, 0),
+            extent(100, 10, small, 0),
+            extent(110, 890, big, 110)
+        ]
+    );
+    assert_eq!(layout.chunks.len(), 2);
+    assert_eq!(layout.chunks[0].shards.len(), 3);
+    assert_eq!(refcount(&store, big), 2);
+    // Truncate down drops and trims; truncate up leaves a hole.
+    store
+        .set_attr(
+            f.ino,
+            &SetAttr {
+                size: Some(50),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.layout(f.ino).unwrap().extents,
+        vec![extent(0, 50, big, 0)]
+    );
+    assert_eq!(refcount(&store, small), 0);
+    let grown = store.set_attr(
+        f.ino,
+        &SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        (grown.as_ref().unwrap().size, grown.unwrap().allocated),
+        (5000, 50)
+    );
+    // Unlinking the last name releases every reference.
+    store.unlink(ROOT_INO, b"f").unwrap();
+    assert_eq!(refcount(&store, big), 0);
+    // An extent must lie inside its chunk, and the chunk must exist.
+    let g = file(&store, ROOT_INO, "g");
+    assert!(matches!(
+        store.commit_write(g.ino, &[], &[extent(0, 2000, big, 0)], t),
+        Err(MetaError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.commit_write(g.ino, &[], &[extent(0, 1, ChunkId::of(b"nope"), 0)], t),
+        Err(MetaError::ChunkGone(_))
+    ));
+}
+
+#[test]
+fn prepare_dedups_readable_chunks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let f = file(&store, ROOT_INO, "f");
+    let known = ChunkId::of(b"known");
+    let t = Timestamp::now();
+    store
+        .commit_write(f.ino, &[stored(known, 5)], &[extent(0, 5, known, 0)], t)
+        .unwrap();
+    let fresh = ChunkId::of(b"fresh");
+    let place = |_: &ChunkToWrite| {
+        Ok(ChunkPlan::Place {
+            encoding: SETTINGS.encoding,
+            targets: vec![],
+        })
+    };
+    let plans = store
+        .prepare_write(
+            &[
+                ChunkToWrite {
+                    chunk: known,
+                    len: 5,
+                },
+                ChunkToWrite {
+                    chunk: fresh,
+                    len: 5,
+                },
+            ],
+            place,
+        )
+        .unwrap();
+    assert_eq!(plans[0], ChunkPlan::Stored);
+    assert!(matches!(plans[1], ChunkPlan::Place { .. }));
+    // Two of three shards reported bad: below k, so the chunk must be written again.
+    for (index, chunkd) in [(0, "c0"), (1, "c1")] {
+        assert!(
+            store
+                .mark_shard_unhealthy(
+                    ShardId {
+                        chunk: known,
+                        index
+                    },
+                    chunkd
+                )
+                .unwrap()
+        );
+    }
+    let plans = store
+        .prepare_write(
+            &[ChunkToWrite {
+                chunk: known,
+                len: 5,
+            }],
+            place,
+        )
+        .unwrap();
+    assert!(matches!(plans[0], ChunkPlan::Place { .. }));
+    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 2);
+}
+
+#[test]
+fn xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let f = file(&store, ROOT_INO, "f");
+    assert_eq!(store.get_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Replace),
+        Err(MetaError::NoData)
+    );
+    store
+        .set_xattr(f.ino, b"user.a", b"1", XattrMode::Create)
+        .unwrap();
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create),
+        Err(MetaError::Exists)
+    );
+    store
+        .set_xattr(f.ino, b"user.a", b"2", XattrMode::Any)
+        .unwrap();
+    store
+        .set_xattr(f.ino, b"user.b", b"", XattrMode::Any)
+        .unwrap();
+    assert_eq!(store.get_xattr(f.ino, b"user.a").unwrap(), b"2");
+    assert_eq!(
+        store.list_xattr(f.ino).unwrap(),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
+    store.remove_xattr(f.ino, b"user.a").unwrap();
+    assert_eq!(store.remove_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
+    let big = vec![0u8; MAX_XATTR_VALUE_LEN + 1];
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.c", &big, XattrMode::Any),
+        Err(MetaError::TooBig)
+    );
+}
+
+#[test]
+fn setattr_times_mode_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let f = file(&store, ROOT_INO, "f");
+    let at = Timestamp {
+        sec: 1_000_000_000,
+        nsec: 123_456_789,
+    };
+    let changes = SetAttr {
+        mode: Some(0o4755),
+        mtime: Some(SetTime::At(at)),
+        atime: Some(SetTime::At(at)),
+        ..Default::default()
+    };
+    let attr = store.set_attr(f.ino, &changes).unwrap();
+    assert_eq!((attr.perm, attr.mtime, attr.atime), (0o4755, at, at));
+    assert!(attr.ctime > at);
+    let attr = store
+        .set_attr(
+            f.ino,
+            &SetAttr {
+                uid: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (attr.uid, attr.perm),
+        (1000, 0o755),
+        "chown clears set-user-id"
+    );
+}
+
+#[test]
+fn reopen_keeps_everything_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ino = {
+        let store = open(&dir);
+        store.make_dir(ROOT_INO, b"kept", 0o700, ROOT).unwrap().ino
+    };
+    let store = open(&dir);
+    assert_eq!(store.lookup(ROOT_INO, b"kept").unwrap().ino, ino);
+    assert_eq!(store.settings(), SETTINGS);
+    let other = VolumeSettings {
+        encoding: Encoding { k: 4, m: 2 },
+        chunk_size: 4 << 20,
+    };
+    drop(store);
+    let store = Store::open(&dir.path().join("meta.db"), Some(other), SETTINGS).unwrap();
+    assert_eq!(store.settings(), other);
+}

@@ -1,0 +1,77 @@
+//! Extended attributes.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, get_attr, set_ctime};
+use crate::proto::{Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode};
+
+impl Store {
+    pub fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> Result<(), MetaError> {
+        if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
+            return Err(MetaError::Invalid("xattr name empty or too long".into()));
+        }
+        if value.len() > MAX_XATTR_VALUE_LEN {
+            return Err(MetaError::TooBig);
+        }
+        let now = Timestamp::now();
+        self.write(|tx| {
+            get_attr(tx, ino)?;
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")?
+                .query_row(params![ino, name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            match (mode, exists) {
+                (XattrMode::Create, true) => return Err(MetaError::Exists),
+                (XattrMode::Replace, false) => return Err(MetaError::NoData),
+                _ => {}
+            }
+            tx.prepare_cached(
+                "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![ino, name, value])?;
+            set_ctime(tx, ino, now)
+        })
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
+        self.read(|tx| {
+            get_attr(tx, ino)?;
+            tx.prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?
+                .query_row(params![ino, name], |r| r.get(0))
+                .optional()?
+                .ok_or(MetaError::NoData)
+        })
+    }
+
+    pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, MetaError> {
+        self.read(|tx| {
+            get_attr(tx, ino)?;
+            Ok(tx
+                .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?
+                .query_map([ino], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            get_attr(tx, ino)?;
+            let removed = tx
+                .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+                .execute(params![ino, name])?;
+            if removed == 0 {
+                return Err(MetaError::NoData);
+            }
+            set_ctime(tx, ino, now)
+        })
+    }
+}
