@@ -18,9 +18,15 @@ pub enum MembershipRequest {
         zone: Option<String>,
         stat: ChunkdStat,
     },
-    Heartbeat { id: String, stat: ChunkdStat },
+    Heartbeat {
+        id: String,
+        stat: ChunkdStat,
+    },
     /// A shard failed verification and was quarantined.
-    ReportCorrupt { id: String, shard: ShardId },
+    ReportCorrupt {
+        id: String,
+        shard: ShardId,
+    },
 }
 
 pub type MembershipResponse = Result<MembershipReply, MembershipError>;

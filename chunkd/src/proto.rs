@@ -10,7 +10,9 @@ use crate::codec::Encoding;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChunkdRequest {
     /// Store one shard durably. `checksum` is BLAKE3 of `data`; a mismatch is rejected.
-    /// Storing a shard that is already present (and verifies) succeeds without rewriting it.
+    /// Storing a shard that is already present (and verifies) succeeds without rewriting it;
+    /// storing different content under a present shard id is `Invalid`. `data` must be
+    /// exactly `encoding.shard_len(chunk_len)` bytes, as `codec::encode` produces.
     Put {
         shard: ShardId,
         encoding: Encoding,
@@ -24,7 +26,8 @@ pub enum ChunkdRequest {
     Get { shard: ShardId },
     /// Remove one shard. Removing an absent shard is not an error.
     Delete { shard: ShardId },
-    /// Shards held, in `ShardId` order, starting after `after`, at most `limit`.
+    /// Shards held, in `ShardId` order, starting after `after`, at most `limit` (and at most
+    /// `store::MAX_LIST_LIMIT`). A page may be shorter than asked; an empty one ends the list.
     List { after: Option<ShardId>, limit: u32 },
     /// Capacity and usage.
     Stat,
@@ -41,8 +44,12 @@ pub enum ChunkdReply {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    Deleted { existed: bool },
-    Listed { shards: Vec<ShardId> },
+    Deleted {
+        existed: bool,
+    },
+    Listed {
+        shards: Vec<ShardId>,
+    },
     Stat(ChunkdStat),
 }
 

@@ -1,1 +1,9 @@
+//! shardfs client: the FUSE filesystem and the `shardfs` command line.
 
+pub mod chunk_io;
+pub mod core;
+pub mod dirty;
+pub mod error;
+pub mod fuse;
+pub mod local;
+pub mod mount;

@@ -1,1 +1,110 @@
-fn main() {}
+//! `shardfs-chunkd`: serves one data directory's shards and keeps metad informed.
+//!
+//! Prints `shardfs-chunkd listening on <addr>` on stdout once it accepts connections (test
+//! harnesses read it to learn the port of `--listen 127.0.0.1:0`); logs go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
+use shardfs_chunkd::store::ShardStore;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "shardfs-chunkd", version, about = "shardfs chunk daemon")]
+struct Args {
+    /// Data directory holding the shard store (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:7100 or 127.0.0.1:0 for any free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Address of shardfs-metad.
+    #[arg(long, value_name = "ADDR")]
+    metad: String,
+    /// Failure-domain label (host, rack): a chunk's shards go to distinct zones.
+    #[arg(long, value_name = "LABEL")]
+    zone: Option<String>,
+    /// Address clients use to reach this chunkd [default: the bound listen address].
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Seconds between heartbeats to metad.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    heartbeat_interval: f64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shardfs-chunkd: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let heartbeat_interval = Duration::try_from_secs_f64(args.heartbeat_interval)
+        .ok()
+        .filter(|interval| !interval.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--heartbeat-interval {} is not a positive number",
+                args.heartbeat_interval
+            )
+        })?;
+    let config = ChunkdConfig {
+        data_dir: args.data,
+        metad_addr: args.metad,
+        zone: args.zone,
+        advertise_addr: args.advertise,
+        heartbeat_interval,
+    };
+    let store = ShardStore::open(&config.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "shardfs-chunkd listening on {bound}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    drop(stdout);
+
+    run_with_store(config, store, listener, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}

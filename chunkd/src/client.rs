@@ -1,0 +1,159 @@
+//! The typed client of the chunkd protocol, and a pool of them keyed by address.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shardfs_rpc::{ClientOptions, Service};
+
+use crate::chunk_id::ShardId;
+use crate::codec::Encoding;
+use crate::proto::{ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse, ChunkdStat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkClientError {
+    /// The chunkd could not be reached or the connection failed.
+    #[error(transparent)]
+    Rpc(#[from] shardfs_rpc::Error),
+    /// The chunkd answered with an error.
+    #[error(transparent)]
+    Chunkd(#[from] ChunkdError),
+    /// The chunkd answered with a reply of the wrong kind: it is broken.
+    #[error("chunkd sent a reply that does not match the request")]
+    UnexpectedReply,
+}
+
+impl ChunkClientError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ChunkClientError::Chunkd(ChunkdError::NotFound(_)))
+    }
+}
+
+/// A client for one chunkd. Calls may run concurrently over its one connection, which is
+/// re-opened on demand after a failure.
+pub struct ChunkClient {
+    rpc: shardfs_rpc::Client,
+}
+
+impl ChunkClient {
+    pub fn new(addr: impl Into<String>, options: ClientOptions) -> ChunkClient {
+        ChunkClient {
+            rpc: shardfs_rpc::Client::new(addr, Service::Chunkd, options),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        self.rpc.addr()
+    }
+
+    /// Stores one shard durably.
+    pub async fn put(
+        &self,
+        shard: ShardId,
+        encoding: Encoding,
+        chunk_len: u64,
+        data: Vec<u8>,
+    ) -> Result<(), ChunkClientError> {
+        // Shards are at most a few MiB and BLAKE3 runs at GB/s, so hashing inline costs
+        // about a millisecond: not worth a trip to the blocking pool.
+        let checksum = *blake3::hash(&data).as_bytes();
+        match self
+            .call(ChunkdRequest::Put {
+                shard,
+                encoding,
+                chunk_len,
+                checksum,
+                data,
+            })
+            .await?
+        {
+            ChunkdReply::Stored => Ok(()),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    /// Reads one shard, verified by the chunkd: `(encoding, chunk_len, data)`.
+    pub async fn get(&self, shard: ShardId) -> Result<(Encoding, u64, Vec<u8>), ChunkClientError> {
+        match self.call(ChunkdRequest::Get { shard }).await? {
+            ChunkdReply::Shard {
+                encoding,
+                chunk_len,
+                data,
+            } => Ok((encoding, chunk_len, data)),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    /// Removes one shard; `Ok(false)` if the chunkd did not have it.
+    pub async fn delete(&self, shard: ShardId) -> Result<bool, ChunkClientError> {
+        match self.call(ChunkdRequest::Delete { shard }).await? {
+            ChunkdReply::Deleted { existed } => Ok(existed),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    /// Up to `limit` shards after `after`, in order. The chunkd may return fewer than asked
+    /// (it caps pages); only an empty page marks the end.
+    pub async fn list(
+        &self,
+        after: Option<ShardId>,
+        limit: u32,
+    ) -> Result<Vec<ShardId>, ChunkClientError> {
+        match self.call(ChunkdRequest::List { after, limit }).await? {
+            ChunkdReply::Listed { shards } => Ok(shards),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    pub async fn stat(&self) -> Result<ChunkdStat, ChunkClientError> {
+        match self.call(ChunkdRequest::Stat).await? {
+            ChunkdReply::Stat(stat) => Ok(stat),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    async fn call(&self, request: ChunkdRequest) -> Result<ChunkdReply, ChunkClientError> {
+        let response: ChunkdResponse = self.rpc.call(&request).await?;
+        Ok(response?)
+    }
+}
+
+/// One `ChunkClient` per chunkd address, created on first use and shared after that.
+pub struct ChunkClientPool {
+    options: ClientOptions,
+    clients: Mutex<HashMap<String, Arc<ChunkClient>>>,
+}
+
+impl ChunkClientPool {
+    pub fn new(options: ClientOptions) -> ChunkClientPool {
+        ChunkClientPool {
+            options,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for `addr`.
+    pub fn get(&self, addr: &str) -> Arc<ChunkClient> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(addr) {
+            return client.clone();
+        }
+        let client = Arc::new(ChunkClient::new(addr, self.options));
+        clients.insert(addr.to_owned(), client.clone());
+        client
+    }
+
+    /// Forgets the client for `addr` (a chunkd that left or moved); its connection closes
+    /// once the last caller still holding it is done.
+    pub fn remove(&self, addr: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+    }
+}
+
+impl Default for ChunkClientPool {
+    fn default() -> Self {
+        ChunkClientPool::new(ClientOptions::default())
+    }
+}

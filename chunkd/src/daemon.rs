@@ -1,0 +1,152 @@
+//! A whole chunkd: shard store, protocol server and membership heartbeat, run together until
+//! shutdown. The `shardfs-chunkd` binary and in-process test clusters both start chunkds
+//! through here.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::heartbeat::{self, HeartbeatConfig};
+use crate::server;
+use crate::store::{ShardStore, StoreError};
+
+/// How often a chunkd reports to metad unless configured otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Settings of one chunkd.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChunkdConfig {
+    /// Directory holding the shard store (created if missing).
+    pub data_dir: PathBuf,
+    /// Address of metad, for registration, heartbeats and corrupt-shard reports.
+    pub metad_addr: String,
+    /// Failure-domain label (host, rack); metad puts a chunk's shards in distinct zones.
+    pub zone: Option<String>,
+    /// Address clients should use to reach this chunkd; defaults to the listener's address.
+    pub advertise_addr: Option<String>,
+    /// Time between heartbeats to metad.
+    pub heartbeat_interval: Duration,
+}
+
+impl ChunkdConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, metad_addr: impl Into<String>) -> ChunkdConfig {
+        ChunkdConfig {
+            data_dir: data_dir.into(),
+            metad_addr: metad_addr.into(),
+            zone: None,
+            advertise_addr: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read the listening address: {0}")]
+    Listener(io::Error),
+}
+
+/// Opens the store in `config.data_dir` and runs the chunkd on `listener` until `shutdown`.
+pub async fn run_chunkd(
+    config: ChunkdConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let store = ShardStore::open(&config.data_dir).await?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// Runs the chunkd on an already opened store (`config.data_dir` is not used). Returns once
+/// `shutdown` has completed and the server and heartbeat have stopped; the store is closed
+/// (its directory unlocked) by then, unless requests still in flight hold it a moment longer.
+pub async fn run_with_store(
+    config: ChunkdConfig,
+    store: ShardStore,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let local_addr = listener.local_addr().map_err(DaemonError::Listener)?;
+    let advertise_addr = match config.advertise_addr {
+        Some(addr) => addr,
+        None => {
+            if local_addr.ip().is_unspecified() {
+                warn!(
+                    "listening on {local_addr} without an advertise address: other hosts \
+                     cannot reach this chunkd through it"
+                );
+            }
+            local_addr.to_string()
+        }
+    };
+    let store = Arc::new(store);
+    let corrupt_reports = store.subscribe_corrupt_reports();
+    let heartbeat_config = HeartbeatConfig {
+        metad_addr: config.metad_addr,
+        id: store.id().to_owned(),
+        advertise_addr,
+        zone: config.zone,
+        interval: config.heartbeat_interval,
+    };
+    info!(id = %store.id(), %local_addr, "chunkd serving");
+
+    // Dropping the sender on shutdown completes every `stopped` future at once.
+    let (stop, stop_rx) = watch::channel(());
+    let stopped = |mut rx: watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let serving = server::run(listener, store.clone(), stopped(stop_rx.clone()));
+    let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        drop(stop);
+    };
+    tokio::join!(stop_on_shutdown, serving, beating);
+    info!(%local_addr, "chunkd stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::client::ChunkClient;
+
+    /// The way an in-process cluster uses it: start on an ephemeral port, use, stop, restart
+    /// on the same directory.
+    #[tokio::test]
+    async fn runs_in_process_and_releases_its_directory_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..2 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            // No metad here: the heartbeat keeps retrying in the background.
+            let config = ChunkdConfig::new(dir.path(), "127.0.0.1:1");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let chunkd = tokio::spawn(run_chunkd(config, listener, async {
+                let _ = stopped.await;
+            }));
+            let client = ChunkClient::new(addr, Default::default());
+            let stat = client.stat().await.unwrap();
+            assert_eq!(stat.shard_count, round);
+            let chunk = vec![round as u8; 10];
+            let shard = crate::ShardId {
+                chunk: crate::ChunkId::of(&chunk),
+                index: 0,
+            };
+            let encoding = crate::Encoding::new(1, 1).unwrap();
+            client.put(shard, encoding, 10, chunk).await.unwrap();
+            stop.send(()).unwrap();
+            chunkd.await.unwrap().unwrap();
+        }
+    }
+}

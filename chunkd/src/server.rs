@@ -1,0 +1,133 @@
+//! The chunkd side of the `Chunkd` service: decodes requests, runs them against the
+//! [`ShardStore`], encodes the answers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use shardfs_rpc::{Handler, Service};
+use tokio::net::TcpListener;
+use tracing::{debug, instrument, warn};
+
+use crate::chunk_id::ShardId;
+use crate::codec::Encoding;
+use crate::proto::{ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
+use crate::store::ShardStore;
+
+/// Serves the chunkd protocol for `store` on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<ShardStore>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let server = Arc::new(ChunkdServer::new(store));
+    shardfs_rpc::serve(listener, server.clone(), shutdown).await;
+    server.close();
+}
+
+pub struct ChunkdServer {
+    /// `None` once closed. `shardfs_rpc::serve` stops accepting on shutdown but leaves open
+    /// connections running; closing makes them answer errors and drops our reference to the
+    /// store, so the store (and its directory lock) is released when its owner drops it.
+    store: RwLock<Option<Arc<ShardStore>>>,
+}
+
+impl ChunkdServer {
+    pub fn new(store: Arc<ShardStore>) -> ChunkdServer {
+        ChunkdServer {
+            store: RwLock::new(Some(store)),
+        }
+    }
+
+    /// Stops serving: every later request is answered with an error.
+    pub fn close(&self) {
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Answers one decoded request.
+    pub async fn answer(&self, request: ChunkdRequest) -> ChunkdResponse {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(store) = store else {
+            return Err(ChunkdError::Io("chunkd is shutting down".into()));
+        };
+        match request {
+            ChunkdRequest::Put {
+                shard,
+                encoding,
+                chunk_len,
+                checksum,
+                data,
+            } => put(&store, shard, encoding, chunk_len, checksum, data).await,
+            ChunkdRequest::Get { shard } => get(&store, shard).await,
+            ChunkdRequest::Delete { shard } => delete(&store, shard).await,
+            ChunkdRequest::List { after, limit } => store
+                .list(after, limit)
+                .await
+                .map(|shards| ChunkdReply::Listed { shards }),
+            ChunkdRequest::Stat => store.stat().await.map(ChunkdReply::Stat),
+        }
+    }
+}
+
+impl Handler for ChunkdServer {
+    fn offers(&self, service: Service) -> bool {
+        service == Service::Chunkd
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _service: Service,
+        peer: SocketAddr,
+        body: Bytes,
+    ) -> Result<Vec<u8>, shardfs_rpc::Error> {
+        let request: ChunkdRequest = shardfs_rpc::decode(&body).inspect_err(|e| {
+            warn!(%peer, "undecodable chunkd request: {e}");
+        })?;
+        Ok(shardfs_rpc::encode(&self.answer(request).await))
+    }
+}
+
+#[instrument(skip_all, fields(shard = %shard, len = data.len()))]
+async fn put(
+    store: &Arc<ShardStore>,
+    shard: ShardId,
+    encoding: Encoding,
+    chunk_len: u64,
+    checksum: [u8; 32],
+    data: Vec<u8>,
+) -> ChunkdResponse {
+    let result = store.put(shard, encoding, chunk_len, checksum, data).await;
+    log_outcome(&result);
+    result.map(|()| ChunkdReply::Stored)
+}
+
+#[instrument(skip_all, fields(shard = %shard))]
+async fn get(store: &Arc<ShardStore>, shard: ShardId) -> ChunkdResponse {
+    let result = store.get(shard).await;
+    log_outcome(&result);
+    result.map(|stored| ChunkdReply::Shard {
+        encoding: stored.encoding,
+        chunk_len: stored.chunk_len,
+        data: stored.data,
+    })
+}
+
+#[instrument(skip_all, fields(shard = %shard))]
+async fn delete(store: &Arc<ShardStore>, shard: ShardId) -> ChunkdResponse {
+    let result = store.delete(shard).await;
+    log_outcome(&result);
+    result.map(|existed| ChunkdReply::Deleted { existed })
+}
+
+/// Failures of the disk are worth an operator's attention; a client's mistakes are not.
+fn log_outcome<T>(result: &Result<T, ChunkdError>) {
+    match result {
+        Ok(_) => debug!("ok"),
+        Err(e @ (ChunkdError::Io(_) | ChunkdError::NoSpace(_))) => warn!("{e}"),
+        Err(e) => debug!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! The server and the typed client together, over real loopback TCP.
+
+use std::time::Duration;
+
+use shardfs_rpc::ClientOptions;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::chunk_id::ChunkId;
+use crate::client::{ChunkClient, ChunkClientError, ChunkClientPool};
+use crate::codec;
+use crate::store::shard_file_path;
+
+struct Running {
+    dir: tempfile::TempDir,
+    addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, store, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        dir,
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn client_and_server_round_trip() {
+    let server = start().await;
+    let client = Arc::new(ChunkClient::new(&server.addr, options()));
+    let encoding = Encoding::new(4, 2).unwrap();
+    let chunk = vec![7u8; 100_000];
+    let id = ChunkId::of(&chunk);
+    let shards = codec::encode(encoding, &chunk);
+
+    // Puts in parallel over the one connection.
+    let puts: Vec<_> = (0..6u8)
+        .map(|index| {
+            let (client, data) = (client.clone(), shards[index as usize].clone());
+            let shard = ShardId { chunk: id, index };
+            tokio::spawn(async move { client.put(shard, encoding, 100_000, data).await })
+        })
+        .collect();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+
+    let (got_encoding, chunk_len, data) = client
+        .get(ShardId {
+            chunk: id,
+            index: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (got_encoding, chunk_len, &data),
+        (encoding, 100_000, &shards[5])
+    );
+
+    let listed = client.list(None, 100).await.unwrap();
+    assert_eq!(
+        listed,
+        (0..6)
+            .map(|index| ShardId { chunk: id, index })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        client.list(listed.last().copied(), 100).await.unwrap(),
+        vec![]
+    );
+
+    let stat = client.stat().await.unwrap();
+    assert_eq!(stat.shard_count, 6);
+
+    assert!(
+        client
+            .delete(ShardId {
+                chunk: id,
+                index: 0
+            })
+            .await
+            .unwrap()
+    );
+    let missing = client
+        .get(ShardId {
+            chunk: id,
+            index: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+}
+
+#[tokio::test]
+async fn errors_travel_to_the_client() {
+    let server = start().await;
+    let pool = ChunkClientPool::new(options());
+    let client = pool.get(&server.addr);
+    assert!(Arc::ptr_eq(&client, &pool.get(&server.addr)));
+
+    let encoding = Encoding::new(1, 2).unwrap();
+    let chunk = b"some chunk".to_vec();
+    let shard = ShardId {
+        chunk: ChunkId::of(&chunk),
+        index: 1,
+    };
+    client
+        .put(shard, encoding, chunk.len() as u64, chunk.clone())
+        .await
+        .unwrap();
+
+    // Damage the stored shard: the read is refused as corrupt.
+    let path = shard_file_path(server.dir.path(), shard);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let error = client.get(shard).await.unwrap_err();
+    assert!(
+        matches!(error, ChunkClientError::Chunkd(ChunkdError::Corrupt(_))),
+        "{error}"
+    );
+
+    let bad_index = ShardId { index: 9, ..shard };
+    let error = client
+        .put(bad_index, encoding, chunk.len() as u64, chunk)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving() {
+    let mut server = start().await;
+    let client = ChunkClient::new(&server.addr, options());
+    client.stat().await.unwrap();
+    server.stop.take().unwrap().send(()).unwrap();
+    (&mut server.task).await.unwrap();
+
+    // The open connection now gets errors; new connections are refused.
+    let error = client.stat().await.unwrap_err();
+    assert!(
+        matches!(error, ChunkClientError::Chunkd(ChunkdError::Io(_))),
+        "{error}"
+    );
+    let fresh = ChunkClient::new(&server.addr, options());
+    assert!(matches!(fresh.stat().await, Err(ChunkClientError::Rpc(_))));
+    // And the store was released, so the directory can be opened again.
+    ShardStore::open(server.dir.path()).await.unwrap();
+}

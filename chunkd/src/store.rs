@@ -1,0 +1,598 @@
+//! The shard store: one verified, durably written file per shard in a data directory.
+//!
+//! ```text
+//! DIR/chunkd.id                         stable identity of this chunkd (32 hex digits)
+//! DIR/chunkd.lock                       flock'd while a chunkd uses DIR
+//! DIR/shards/<aa>/<bb>/<chunkhex>.<i>   one file per shard (format in `shard`);
+//!                                       aa, bb = first two bytes of the chunk id in hex
+//! DIR/tmp/                              temp files, renamed into shards/ once durable
+//! DIR/quarantine/                       shard files that failed verification
+//! ```
+//!
+//! Every read re-verifies the file's checksum; a file that fails is moved to `quarantine/`
+//! (kept for inspection, never deleted) and reported so metad can rebuild the shard
+//! elsewhere. Operations on one shard are serialised by lock stripes, so a put, get and
+//! delete of the same shard never interleave; file I/O runs on tokio's blocking pool.
+
+mod durable;
+mod layout;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tracing::{info, warn};
+
+use crate::chunk_id::ShardId;
+use crate::codec::Encoding;
+use crate::proto::{ChunkdError, ChunkdStat};
+use crate::shard::{self, HEADER_LEN, ShardFormatError, ShardHeader};
+
+pub use layout::shard_file_path;
+
+/// Number of lock stripes. Shards hash onto them; 64 keeps collisions between unrelated
+/// concurrent requests rare at the concurrency one chunkd sees.
+const LOCK_STRIPES: usize = 64;
+
+/// Largest page `list` returns whatever the caller asks for, which bounds the response
+/// frame (about 40 bytes per shard id).
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Errors opening a store. Errors of individual operations are `ChunkdError`s, since they
+/// travel to clients as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {}: {source}", dir.display())]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("data directory {} is not writable: {source}", dir.display())]
+    NotWritable { dir: PathBuf, source: io::Error },
+    #[error("data directory {} is in use by another shardfs-chunkd", dir.display())]
+    InUse { dir: PathBuf },
+    #[error(
+        "{} does not hold a valid chunkd id (32 lowercase hex digits); restore it, or remove \
+         it to give this chunkd a new identity",
+        path.display()
+    )]
+    BadId { path: PathBuf },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// A shard read back from the store, verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredShard {
+    pub encoding: Encoding,
+    pub chunk_len: u64,
+    pub data: Vec<u8>,
+}
+
+/// The shards of one data directory. Operations take `self: &Arc<Self>` because they hand
+/// work to the blocking pool.
+pub struct ShardStore {
+    dir: PathBuf,
+    shards_dir: PathBuf,
+    tmp_dir: PathBuf,
+    quarantine_dir: PathBuf,
+    id: String,
+    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    shard_count: AtomicU64,
+    used_bytes: AtomicU64,
+    quarantined: AtomicU64,
+    corrupt_reports: Mutex<Option<UnboundedSender<ShardId>>>,
+    /// Held for the store's lifetime so that two chunkds never share a data directory (each
+    /// would delete the other's temp files and miscount its shards).
+    _lock: Flock<File>,
+}
+
+/// What reading a shard file found.
+enum ReadOutcome {
+    Missing,
+    Valid(StoredShard),
+    Invalid {
+        error: ShardFormatError,
+        file_len: u64,
+    },
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the store in `dir`: checks that it is writable, takes its
+    /// lock, loads or creates the chunkd id, removes stale temp files and counts shards.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<ShardStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let joined_dir = dir.clone();
+        tokio::task::spawn_blocking(move || ShardStore::open_blocking(dir))
+            .await
+            .map_err(|e| StoreError::Io {
+                action: "open",
+                path: joined_dir,
+                source: io::Error::other(e),
+            })?
+    }
+
+    fn open_blocking(dir: PathBuf) -> Result<ShardStore, StoreError> {
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        durable::create_dir_durable(&dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        probe_writable(&dir).map_err(|source| StoreError::NotWritable {
+            dir: dir.clone(),
+            source,
+        })?;
+        let lock = lock_dir(&dir)?;
+
+        let shards_dir = dir.join(layout::SHARDS_DIR);
+        let tmp_dir = dir.join(layout::TMP_DIR);
+        let quarantine_dir = dir.join(layout::QUARANTINE_DIR);
+        for sub in [&shards_dir, &tmp_dir, &quarantine_dir] {
+            durable::create_dir_durable(sub).map_err(io_err("create", sub))?;
+        }
+        let stale = durable::clean_tmp(&tmp_dir).map_err(io_err("clean", &tmp_dir))?;
+        if stale > 0 {
+            info!(
+                count = stale,
+                "removed temp files left by an interrupted write"
+            );
+        }
+        let id = load_or_create_id(&dir, &tmp_dir)?;
+        let (shard_count, used_bytes) =
+            layout::scan(&shards_dir).map_err(io_err("scan", &shards_dir))?;
+        info!(dir = %dir.display(), %id, shard_count, used_bytes, "shard store opened");
+
+        Ok(ShardStore {
+            dir,
+            shards_dir,
+            tmp_dir,
+            quarantine_dir,
+            id,
+            stripes: (0..LOCK_STRIPES).map(|_| Arc::default()).collect(),
+            shard_count: AtomicU64::new(shard_count),
+            used_bytes: AtomicU64::new(used_bytes),
+            quarantined: AtomicU64::new(0),
+            corrupt_reports: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
+    /// This chunkd's stable identity, kept in `DIR/chunkd.id`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts delivering the id of every shard that fails verification on read to the
+    /// returned receiver (replacing any earlier one). Until then such shards are only logged.
+    pub fn subscribe_corrupt_reports(&self) -> UnboundedReceiver<ShardId> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self
+            .corrupt_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Stores a shard durably. `checksum` is BLAKE3 of `data`. A shard already stored with
+    /// the same content is left untouched.
+    pub async fn put(
+        self: &Arc<Self>,
+        shard: ShardId,
+        encoding: Encoding,
+        chunk_len: u64,
+        checksum: [u8; 32],
+        data: Vec<u8>,
+    ) -> Result<(), ChunkdError> {
+        let encoding = validate_shard(shard, encoding)?;
+        let expected_len = shard::expected_payload_len(encoding, chunk_len);
+        if expected_len != Some(data.len() as u64) {
+            return Err(ChunkdError::Invalid(format!(
+                "shard {shard} has {} bytes, but shards of a {chunk_len}-byte chunk with \
+                 encoding {}+{} have {}",
+                data.len(),
+                encoding.k,
+                encoding.m,
+                expected_len.map_or("no valid length".into(), |len| len.to_string()),
+            )));
+        }
+        self.with_shard_locked(shard, move |store| {
+            if *blake3::hash(&data).as_bytes() != checksum {
+                return Err(ChunkdError::ChecksumMismatch(shard.to_string()));
+            }
+            store.put_blocking(shard, encoding, chunk_len, &data)
+        })
+        .await
+    }
+
+    /// Reads and verifies a shard. A shard that fails verification is quarantined, reported
+    /// and answered with `Corrupt`.
+    pub async fn get(self: &Arc<Self>, shard: ShardId) -> Result<StoredShard, ChunkdError> {
+        self.with_shard_locked(shard, move |store| {
+            let path = store.shard_path(shard);
+            match store.read_shard(shard, &path)? {
+                ReadOutcome::Missing => Err(ChunkdError::NotFound(shard.to_string())),
+                ReadOutcome::Valid(stored) => Ok(stored),
+                ReadOutcome::Invalid { error, file_len } => {
+                    Err(store.reject_invalid(shard, &path, error, file_len, true))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes a shard; `Ok(false)` if it was not there.
+    pub async fn delete(self: &Arc<Self>, shard: ShardId) -> Result<bool, ChunkdError> {
+        self.with_shard_locked(shard, move |store| {
+            let path = store.shard_path(shard);
+            let file_len = match fs::symlink_metadata(&path) {
+                Ok(metadata) => metadata.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_error("stat", &path, e)),
+            };
+            fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
+            sync_parent(&path)?;
+            store.forget(file_len);
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Up to `min(limit, MAX_LIST_LIMIT)` shards after `after`, in `ShardId` order. An empty
+    /// answer marks the end.
+    pub async fn list(
+        self: &Arc<Self>,
+        after: Option<ShardId>,
+        limit: u32,
+    ) -> Result<Vec<ShardId>, ChunkdError> {
+        let limit = (limit as usize).min(MAX_LIST_LIMIT);
+        let store = self.clone();
+        blocking(move || {
+            layout::list(&store.shards_dir, after, limit)
+                .map_err(|e| io_error("list", &store.shards_dir, e))
+        })
+        .await
+    }
+
+    /// Capacity of the data directory's file system and this store's usage.
+    pub async fn stat(self: &Arc<Self>) -> Result<ChunkdStat, ChunkdError> {
+        let store = self.clone();
+        blocking(move || {
+            let fs_stat = nix::sys::statvfs::statvfs(&store.dir)
+                .map_err(|e| io_error("statvfs", &store.dir, e.into()))?;
+            let fragment = fs_stat.fragment_size() as u64;
+            Ok(ChunkdStat {
+                capacity_bytes: (fs_stat.blocks() as u64).saturating_mul(fragment),
+                free_bytes: (fs_stat.blocks_available() as u64).saturating_mul(fragment),
+                used_bytes: store.used_bytes.load(Ordering::Relaxed),
+                shard_count: store.shard_count.load(Ordering::Relaxed),
+                quarantined: store.quarantined.load(Ordering::Relaxed),
+            })
+        })
+        .await
+    }
+
+    fn shard_path(&self, shard: ShardId) -> PathBuf {
+        layout::shard_path_in(&self.shards_dir, shard)
+    }
+
+    /// Runs `work` on the blocking pool holding `shard`'s lock stripe. The guard moves into
+    /// the blocking task, so the stripe stays held even if the caller stops waiting.
+    async fn with_shard_locked<T: Send + 'static>(
+        self: &Arc<Self>,
+        shard: ShardId,
+        work: impl FnOnce(&ShardStore) -> Result<T, ChunkdError> + Send + 'static,
+    ) -> Result<T, ChunkdError> {
+        let stripe = &self.stripes[stripe_of(shard)];
+        let guard = stripe.clone().lock_owned().await;
+        let store = self.clone();
+        blocking(move || {
+            let _guard = guard;
+            work(&store)
+        })
+        .await
+    }
+
+    fn put_blocking(
+        &self,
+        shard: ShardId,
+        encoding: Encoding,
+        chunk_len: u64,
+        data: &[u8],
+    ) -> Result<(), ChunkdError> {
+        let path = self.shard_path(shard);
+        match self.read_shard(shard, &path)? {
+            ReadOutcome::Missing => {}
+            ReadOutcome::Valid(existing) => {
+                if existing.encoding == encoding
+                    && existing.chunk_len == chunk_len
+                    && existing.data == data
+                {
+                    return Ok(());
+                }
+                // Same id, different bytes: a client disagrees about the chunk's encoding.
+                // Overwriting could break the chunk for readers that rely on the stored one.
+                return Err(ChunkdError::Invalid(format!(
+                    "shard {shard} is already stored with encoding {}+{} and different content",
+                    existing.encoding.k, existing.encoding.m
+                )));
+            }
+            ReadOutcome::Invalid { error, file_len } => {
+                // The new copy replaces a damaged one; keep the damaged one for inspection,
+                // but no repair is needed, so metad is not told.
+                let error = self.reject_invalid(shard, &path, error, file_len, false);
+                if !matches!(error, ChunkdError::Corrupt(_)) {
+                    return Err(error);
+                }
+                if path.exists() {
+                    // Quarantine failed, so the rename below replaces the damaged file.
+                    self.forget(file_len);
+                }
+            }
+        }
+
+        let header = ShardHeader::new(shard, encoding, chunk_len, data).to_bytes();
+        if let Some(dir) = path.parent() {
+            durable::create_dir_durable(dir).map_err(|e| io_error("create", dir, e))?;
+        }
+        durable::write_durable(&self.tmp_dir, &path, &[&header, data])
+            .map_err(|e| io_error("write", &path, e))?;
+        self.shard_count.fetch_add(1, Ordering::Relaxed);
+        self.used_bytes
+            .fetch_add((HEADER_LEN + data.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads a shard file, fully verified. Only I/O failures are errors; damage is an outcome.
+    fn read_shard(&self, shard: ShardId, path: &Path) -> Result<ReadOutcome, ChunkdError> {
+        let read = || -> io::Result<ReadOutcome> {
+            let mut file = match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+                Err(e) => return Err(e),
+            };
+            let file_len = file.metadata()?.len();
+            let invalid = |error| Ok(ReadOutcome::Invalid { error, file_len });
+            let mut header_bytes = [0u8; HEADER_LEN];
+            if file_len < HEADER_LEN as u64 {
+                return invalid(ShardFormatError::TooShort {
+                    len: file_len as usize,
+                });
+            }
+            file.read_exact(&mut header_bytes)?;
+            let header = match ShardHeader::parse(&header_bytes, shard) {
+                Ok(header) => header,
+                Err(error) => return invalid(error),
+            };
+            // Size the buffer from the file, not the header, so a damaged length field
+            // cannot make us allocate more than the file holds.
+            let actual = file_len - HEADER_LEN as u64;
+            if actual != header.payload_len {
+                return invalid(ShardFormatError::Truncated {
+                    declared: header.payload_len,
+                    actual,
+                });
+            }
+            let mut data = vec![0u8; actual as usize];
+            file.read_exact(&mut data)?;
+            match header.verify_payload(&data) {
+                Ok(()) => Ok(ReadOutcome::Valid(StoredShard {
+                    encoding: header.encoding,
+                    chunk_len: header.chunk_len,
+                    data,
+                })),
+                Err(error) => invalid(error),
+            }
+        };
+        read().map_err(|e| io_error("read", path, e))
+    }
+
+    /// Deals with a shard file that failed verification and returns the error to answer
+    /// with. A file of an unknown format version is left alone: a newer build wrote it.
+    fn reject_invalid(
+        &self,
+        shard: ShardId,
+        path: &Path,
+        error: ShardFormatError,
+        file_len: u64,
+        report: bool,
+    ) -> ChunkdError {
+        if let ShardFormatError::UnsupportedVersion(_) = error {
+            return ChunkdError::Io(format!("shard {shard}: {error}"));
+        }
+        warn!(%shard, "shard failed verification ({error}); moving it to quarantine");
+        match self.quarantine(shard, path) {
+            Ok(()) => {
+                self.forget(file_len);
+                self.quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+            // Still corrupt, and still to be repaired: answer the same way.
+            Err(e) => warn!(%shard, "cannot quarantine {}: {e}", path.display()),
+        }
+        if report {
+            let sender = self
+                .corrupt_reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = sender.as_ref() {
+                let _ = sender.send(shard);
+            }
+        }
+        ChunkdError::Corrupt(shard.to_string())
+    }
+
+    fn quarantine(&self, shard: ShardId, path: &Path) -> io::Result<()> {
+        let name = layout::file_name(shard);
+        let mut target = self.quarantine_dir.join(&name);
+        if target.exists() {
+            // The same shard went bad before; keep both copies.
+            target = self
+                .quarantine_dir
+                .join(format!("{name}.{:016x}", rand::random::<u64>()));
+        }
+        fs::rename(path, &target)?;
+        durable::sync_dir(&self.quarantine_dir)?;
+        match path.parent() {
+            Some(dir) => durable::sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops a removed shard file from the usage counters.
+    fn forget(&self, file_len: u64) {
+        saturating_sub(&self.shard_count, 1);
+        saturating_sub(&self.used_bytes, file_len);
+    }
+}
+
+/// Checks the parts of a request that decide where and how a shard is stored.
+fn validate_shard(shard: ShardId, encoding: Encoding) -> Result<Encoding, ChunkdError> {
+    let encoding = encoding
+        .validate()
+        .map_err(|e| ChunkdError::Invalid(e.to_string()))?;
+    if usize::from(shard.index) >= encoding.total() {
+        return Err(ChunkdError::Invalid(format!(
+            "shard index {} is out of range for encoding {}+{}",
+            shard.index, encoding.k, encoding.m
+        )));
+    }
+    Ok(encoding)
+}
+
+fn stripe_of(shard: ShardId) -> usize {
+    // Chunk ids are uniformly random already; mixing in the index spreads a chunk's
+    // shards over stripes too.
+    (usize::from(shard.chunk.0[0]) + usize::from(shard.index)) % LOCK_STRIPES
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ChunkdError> + Send + 'static,
+) -> Result<T, ChunkdError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ChunkdError::Io(format!("storage task failed: {e}")))?
+}
+
+fn io_error(action: &str, path: &Path, e: io::Error) -> ChunkdError {
+    let message = format!("cannot {action} {}: {e}", path.display());
+    if durable::is_no_space(&e) {
+        ChunkdError::NoSpace(message)
+    } else {
+        ChunkdError::Io(message)
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), ChunkdError> {
+    match path.parent() {
+        Some(dir) => durable::sync_dir(dir).map_err(|e| io_error("sync", dir, e)),
+        None => Ok(()),
+    }
+}
+
+fn saturating_sub(counter: &AtomicU64, amount: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |value| {
+        Some(value.saturating_sub(amount))
+    });
+}
+
+/// Creates, fsyncs and removes a file in `dir`, so a read-only or full disk is reported at
+/// start-up rather than on the first put.
+fn probe_writable(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let probe = dir.join(format!(".write-probe.{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)?;
+        file.write_all(b"probe")?;
+        file.sync_all()
+    })();
+    let removed = fs::remove_file(&probe);
+    result?;
+    removed
+}
+
+fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
+    let path = dir.join(layout::LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            action: "open",
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            StoreError::InUse {
+                dir: dir.to_path_buf(),
+            }
+        } else {
+            StoreError::Io {
+                action: "lock",
+                path,
+                source: errno.into(),
+            }
+        }
+    })
+}
+
+/// Length in hex digits of a chunkd id (16 random bytes).
+const ID_HEX_LEN: usize = 32;
+
+fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
+    let path = dir.join(layout::ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(contents) => {
+            let id = contents.trim_end_matches('\n');
+            let valid = id.len() == ID_HEX_LEN
+                && id
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+            if valid {
+                Ok(id.to_owned())
+            } else {
+                Err(StoreError::BadId { path })
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = hex::encode(rand::random::<[u8; ID_HEX_LEN / 2]>());
+            durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"]).map_err(|source| {
+                StoreError::Io {
+                    action: "write",
+                    path,
+                    source,
+                }
+            })?;
+            info!(%id, "created a new chunkd identity");
+            Ok(id)
+        }
+        Err(source) => Err(StoreError::Io {
+            action: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

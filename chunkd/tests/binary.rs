@@ -1,0 +1,106 @@
+//! The `shardfs-chunkd` binary as an operator or test harness sees it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use shardfs_chunkd::client::ChunkClient;
+use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_rpc::ClientOptions;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_shardfs-chunkd");
+
+/// Kills the daemon if a test fails before stopping it.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut guard = KillOnDrop(None);
+    let child = guard.0.insert(
+        Command::new(BINARY)
+            .args(["--data", dir.path().join("data").to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--metad", "127.0.0.1:1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim_end()
+        .strip_prefix("shardfs-chunkd listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let client = ChunkClient::new(addr, ClientOptions::default());
+    let chunk = b"binary test chunk".to_vec();
+    let shard = ShardId {
+        chunk: ChunkId::of(&chunk),
+        index: 0,
+    };
+    let encoding = Encoding::new(1, 1).unwrap();
+    client
+        .put(shard, encoding, chunk.len() as u64, chunk.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get(shard).await.unwrap(),
+        (encoding, chunk.len() as u64, chunk)
+    );
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let mut child = guard.0.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn unusable_data_directory_is_one_error_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let output = Command::new(BINARY)
+        .args(["--data", file.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--metad", "127.0.0.1:1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("shardfs-chunkd: error: "), "{stderr}");
+}
+
+#[test]
+fn heartbeat_interval_must_be_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--heartbeat-interval",
+            "0",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--metad", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}

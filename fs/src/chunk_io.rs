@@ -1,0 +1,327 @@
+//! Moving chunks between the client and the chunkds: the read path (fetch k shards, fall
+//! back to parity, verify BLAKE3, cache) and the write path (hash, dedup, encode, put k+m
+//! shards in parallel).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use shardfs_chunkd::client::{ChunkClientError, ChunkClientPool};
+use shardfs_chunkd::proto::ChunkdError;
+use shardfs_chunkd::{ChunkId, ShardId, codec};
+use shardfs_metad::MetaClient;
+use shardfs_metad::proto::{
+    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, ShardPlace, StoredChunk,
+};
+use tokio::sync::OnceCell;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::dirty::Piece;
+use crate::error::{FsError, FsResult};
+
+pub type ChunkBytes = Arc<Vec<u8>>;
+
+/// Verified chunks, most recently used kept, bounded in bytes.
+struct ChunkCache {
+    entries: LruCache<ChunkId, ChunkBytes>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl ChunkCache {
+    fn get(&mut self, id: &ChunkId) -> Option<ChunkBytes> {
+        self.entries.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: ChunkId, chunk: ChunkBytes) {
+        if chunk.len() > self.limit {
+            return;
+        }
+        self.bytes += chunk.len();
+        if let Some(old) = self.entries.put(id, chunk) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.limit {
+            let Some((_, evicted)) = self.entries.pop_lru() else {
+                break;
+            };
+            self.bytes -= evicted.len();
+        }
+    }
+}
+
+type Fetch = Arc<OnceCell<Result<ChunkBytes, String>>>;
+
+pub struct ChunkIo {
+    pool: Arc<ChunkClientPool>,
+    meta: Arc<MetaClient>,
+    cache: Mutex<ChunkCache>,
+    /// Fetches under way, so concurrent readers of one chunk share one fetch.
+    fetching: Mutex<HashMap<ChunkId, Fetch>>,
+}
+
+impl ChunkIo {
+    pub fn new(pool: Arc<ChunkClientPool>, meta: Arc<MetaClient>, cache_bytes: usize) -> ChunkIo {
+        let cache = ChunkCache {
+            entries: LruCache::unbounded(),
+            bytes: 0,
+            limit: cache_bytes,
+        };
+        ChunkIo {
+            pool,
+            meta,
+            cache: Mutex::new(cache),
+            fetching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, id: &ChunkId) -> Option<ChunkBytes> {
+        self.cache.lock().expect("chunk cache lock").get(id)
+    }
+
+    /// The content of a chunk, verified against its id.
+    pub async fn read(&self, location: &ChunkLocation) -> FsResult<ChunkBytes> {
+        if let Some(chunk) = self.cached(&location.chunk) {
+            return Ok(chunk);
+        }
+        let cell = self
+            .fetching
+            .lock()
+            .expect("fetching lock")
+            .entry(location.chunk)
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| async {
+                let fetched = self.fetch(location).await.map_err(|e| e.to_string());
+                if let Ok(chunk) = &fetched {
+                    self.cache
+                        .lock()
+                        .expect("chunk cache lock")
+                        .insert(location.chunk, chunk.clone());
+                }
+                fetched
+            })
+            .await
+            .clone();
+        self.fetching
+            .lock()
+            .expect("fetching lock")
+            .remove(&location.chunk);
+        result.map_err(|reason| FsError::ChunkUnreadable {
+            chunk: location.chunk.to_hex(),
+            reason,
+        })
+    }
+
+    async fn fetch(&self, location: &ChunkLocation) -> Result<ChunkBytes, String> {
+        let encoding = location.encoding;
+        let k = encoding.k as usize;
+        let len = location.len as usize;
+        let shard_len = encoding.shard_len(len);
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
+        let mut failures = Vec::new();
+        // The code is systematic: the data shards alone are the chunk. Parity is fetched
+        // only when a data shard cannot be had.
+        let (data, parity): (Vec<&ShardPlace>, Vec<&ShardPlace>) =
+            location.shards.iter().partition(|s| (s.index as usize) < k);
+        for wave in [data, parity] {
+            if slots.iter().filter(|s| s.is_some()).count() >= k {
+                break;
+            }
+            let mut gets = JoinSet::new();
+            for place in wave {
+                let client = self.pool.get(&place.addr);
+                let shard = ShardId {
+                    chunk: location.chunk,
+                    index: place.index,
+                };
+                let place = place.clone();
+                gets.spawn(async move { (place, client.get(shard).await) });
+            }
+            while let Some(joined) = gets.join_next().await {
+                let (place, result) =
+                    joined.map_err(|e| format!("shard fetch task failed: {e}"))?;
+                match result {
+                    Ok((got_encoding, got_len, bytes))
+                        if got_encoding == encoding
+                            && got_len == location.len
+                            && bytes.len() == shard_len
+                            && (place.index as usize) < slots.len() =>
+                    {
+                        slots[place.index as usize] = Some(bytes);
+                    }
+                    Ok(_) => {
+                        failures.push(format!(
+                            "shard {} on {}: wrong shape",
+                            place.index, place.chunkd
+                        ));
+                        self.report_bad(location.chunk, &place);
+                    }
+                    Err(e) => {
+                        if matches!(
+                            e,
+                            ChunkClientError::Chunkd(
+                                ChunkdError::NotFound(_) | ChunkdError::Corrupt(_)
+                            )
+                        ) {
+                            self.report_bad(location.chunk, &place);
+                        }
+                        debug!(chunk = %location.chunk, index = place.index, "shard unavailable: {e}");
+                        failures.push(format!("shard {} on {}: {e}", place.index, place.chunkd));
+                    }
+                }
+            }
+        }
+        let chunk_id = location.chunk;
+        let chunk = tokio::task::spawn_blocking(move || {
+            let chunk = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
+            if ChunkId::of(&chunk) != chunk_id {
+                return Err("rebuilt content does not match the chunk's BLAKE3 id".to_string());
+            }
+            Ok(chunk)
+        })
+        .await
+        .map_err(|e| format!("decode task failed: {e}"))?
+        .map_err(|e| format!("{e}; {}", failures.join("; ")))?;
+        if !failures.is_empty() {
+            warn!(chunk = %chunk_id, "read degraded: {}", failures.join("; "));
+        }
+        Ok(Arc::new(chunk))
+    }
+
+    fn report_bad(&self, chunk: ChunkId, place: &ShardPlace) {
+        let meta = self.meta.clone();
+        let shard = ShardId {
+            chunk,
+            index: place.index,
+        };
+        let chunkd = place.chunkd.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meta.report_bad_shard(shard, chunkd).await {
+                warn!(%shard, "could not report bad shard: {e}");
+            }
+        });
+    }
+
+    /// Stores `pieces` as chunks: the already-stored ones are referenced (dedup), the others
+    /// put on k+m chunkds. Returns what to commit.
+    pub async fn store(&self, pieces: &[Piece]) -> FsResult<(Vec<StoredChunk>, Vec<Extent>)> {
+        let hashed: Vec<(ChunkId, u64)> = pieces
+            .iter()
+            .map(|p| (ChunkId::of(&p.data), p.data.len() as u64))
+            .collect();
+        let mut seen = HashSet::new();
+        let unique: Vec<(usize, ChunkToWrite)> = hashed
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| seen.insert(*id))
+            .map(|(i, (chunk, len))| {
+                (
+                    i,
+                    ChunkToWrite {
+                        chunk: *chunk,
+                        len: *len,
+                    },
+                )
+            })
+            .collect();
+        let plans = self
+            .meta
+            .prepare_write(unique.iter().map(|(_, c)| *c).collect())
+            .await?;
+        if plans.len() != unique.len() {
+            return Err(FsError::MetaProtocol(
+                "prepare write answered the wrong count".into(),
+            ));
+        }
+        let mut puts = JoinSet::new();
+        let mut stored = Vec::new();
+        for ((piece_index, chunk), plan) in unique.iter().zip(plans) {
+            let ChunkPlan::Place { encoding, targets } = plan else {
+                continue;
+            };
+            if targets.len() != encoding.total() {
+                return Err(FsError::MetaProtocol("placement of the wrong width".into()));
+            }
+            let data = pieces[*piece_index].data.clone();
+            let pool = self.pool.clone();
+            let chunk = *chunk;
+            let places = targets.clone();
+            puts.spawn(async move { put_chunk(pool, chunk, encoding, data, places).await });
+            stored.push(StoredChunk {
+                chunk: chunk.chunk,
+                len: chunk.len,
+                encoding,
+                shards: targets,
+            });
+        }
+        while let Some(joined) = puts.join_next().await {
+            joined.map_err(|e| FsError::MetaProtocol(format!("put task failed: {e}")))??;
+        }
+        let mut cache = self.cache.lock().expect("chunk cache lock");
+        let extents = pieces
+            .iter()
+            .zip(&hashed)
+            .map(|(piece, (chunk, len))| {
+                cache.insert(*chunk, Arc::new(piece.data.clone()));
+                Extent {
+                    offset: piece.offset,
+                    len: *len,
+                    chunk: *chunk,
+                    chunk_offset: 0,
+                }
+            })
+            .collect();
+        Ok((stored, extents))
+    }
+}
+
+/// Encodes one chunk and puts all k+m shards; succeeds only if every put does.
+async fn put_chunk(
+    pool: Arc<ChunkClientPool>,
+    chunk: ChunkToWrite,
+    encoding: shardfs_chunkd::Encoding,
+    data: Vec<u8>,
+    places: Vec<ShardPlace>,
+) -> FsResult<()> {
+    let shards = tokio::task::spawn_blocking(move || codec::encode(encoding, &data))
+        .await
+        .map_err(|e| FsError::ChunkNotStored {
+            chunk: chunk.chunk.to_hex(),
+            reason: format!("encode task failed: {e}"),
+        })?;
+    let mut puts = JoinSet::new();
+    for (place, shard) in places.into_iter().zip(shards) {
+        let client = pool.get(&place.addr);
+        let id = ShardId {
+            chunk: chunk.chunk,
+            index: place.index,
+        };
+        puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = puts.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((place, Err(e))) => {
+                failures.push(format!("shard {} on {}: {e}", place.index, place.addr))
+            }
+            Err(e) => failures.push(format!("put task failed: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        let reason = failures.join("; ");
+        warn!(chunk = %chunk.chunk, "write refused, redundancy not reached: {reason}");
+        Err(FsError::ChunkNotStored {
+            chunk: chunk.chunk.to_hex(),
+            reason,
+        })
+    }
+}
+
+/// The cache size used when none is configured.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;

@@ -1,0 +1,493 @@
+//! The filesystem core: every operation as an async function over metad and the chunkds,
+//! testable without a mount. `fuse.rs` only adapts it to the kernel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardfs_chunkd::client::ChunkClientPool;
+use shardfs_metad::MetaClient;
+use shardfs_metad::proto::{
+    Attr, Cred, DirEntry, FileKind, Ino, Layout, RenameMode, SetAttr, StatFs, Timestamp,
+    VolumeInfo, XattrMode,
+};
+use shardfs_rpc::ClientOptions;
+use tracing::warn;
+
+use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
+use crate::dirty::DirtyRanges;
+use crate::error::{FsError, FsResult};
+
+/// Client tuning.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Bytes of verified chunks kept in memory.
+    pub chunk_cache_bytes: usize,
+    /// Buffered bytes per open file that trigger a flush of its completed chunks.
+    pub dirty_flush_bytes: usize,
+    /// How long the kernel may cache attributes and entries.
+    pub attr_ttl: Duration,
+    pub rpc: ClientOptions,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            chunk_cache_bytes: DEFAULT_CACHE_BYTES,
+            dirty_flush_bytes: 16 * 1024 * 1024,
+            attr_ttl: Duration::from_secs(1),
+            rpc: ClientOptions::default(),
+        }
+    }
+}
+
+/// State of a file while at least one handle has it open.
+struct OpenFile {
+    ino: Ino,
+    data: tokio::sync::Mutex<FileData>,
+}
+
+#[derive(Default)]
+struct FileData {
+    /// Committed layout, fetched on demand and dropped after each commit.
+    layout: Option<Arc<Layout>>,
+    dirty: DirtyRanges,
+    /// Time of the last buffered write.
+    dirty_mtime: Option<Timestamp>,
+}
+
+struct Handle {
+    file: Arc<OpenFile>,
+    /// End of the previous read, to spot sequential reading.
+    last_read_end: AtomicU64,
+}
+
+pub struct Fs {
+    meta: Arc<MetaClient>,
+    io: Arc<ChunkIo>,
+    volume: VolumeInfo,
+    options: FsOptions,
+    /// Open files and how many handles each has.
+    files: Mutex<HashMap<Ino, (Arc<OpenFile>, usize)>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+}
+
+impl Fs {
+    /// Connects to metad and reads the volume's settings; fails fast if metad is unreachable.
+    pub async fn connect(metad: &str, options: FsOptions) -> FsResult<Fs> {
+        let meta = Arc::new(MetaClient::new(metad, options.rpc));
+        let volume = meta.volume().await?;
+        let pool = Arc::new(ChunkClientPool::new(options.rpc));
+        let io = Arc::new(ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes));
+        Ok(Fs {
+            meta,
+            io,
+            volume,
+            options,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    pub fn attr_ttl(&self) -> Duration {
+        self.options.attr_ttl
+    }
+
+    pub fn volume(&self) -> &VolumeInfo {
+        &self.volume
+    }
+
+    fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .expect("files lock")
+            .get(&ino)
+            .map(|(f, _)| f.clone())
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::Invalid("bad file handle"))
+    }
+
+    /// Shows buffered writes in an inode's attributes.
+    async fn with_dirty(&self, mut attr: Attr) -> Attr {
+        if let Some(file) = self.open_file(attr.ino) {
+            let data = file.data.lock().await;
+            if let Some(end) = data.dirty.end() {
+                attr.size = attr.size.max(end);
+            }
+            if let Some(mtime) = data.dirty_mtime {
+                attr.mtime = mtime;
+                attr.ctime = mtime;
+            }
+        }
+        attr
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let attr = self.meta.lookup(parent, name).await?;
+        Ok(self.with_dirty(attr).await)
+    }
+
+    pub async fn get_attr(&self, ino: Ino) -> FsResult<Attr> {
+        let attr = self.meta.get_attr(ino).await?;
+        Ok(self.with_dirty(attr).await)
+    }
+
+    pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
+        let Some(file) = self.open_file(ino) else {
+            return Ok(self.meta.set_attr(ino, cred, changes).await?);
+        };
+        let mut data = file.data.lock().await;
+        if let Some(size) = changes.size {
+            // Buffered bytes past the new end vanish; the rest must land before metad trims
+            // the committed content.
+            data.dirty.truncate(size);
+            self.flush_locked(&file, &mut data, true).await?;
+        }
+        let attr = self.meta.set_attr(ino, cred, changes).await?;
+        data.layout = None;
+        Ok(attr)
+    }
+
+    pub async fn make_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        cred: Cred,
+    ) -> FsResult<Attr> {
+        Ok(self.meta.make_node(parent, name, mode, rdev, cred).await?)
+    }
+
+    pub async fn make_dir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        cred: Cred,
+    ) -> FsResult<Attr> {
+        Ok(self
+            .meta
+            .make_dir(parent, name, mode & 0o7777, cred)
+            .await?)
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        cred: Cred,
+    ) -> FsResult<Attr> {
+        Ok(self.meta.symlink(parent, name, target, cred).await?)
+    }
+
+    pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        Ok(self.meta.read_link(ino).await?)
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        Ok(self.meta.unlink(parent, name).await?)
+    }
+
+    pub async fn remove_dir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        Ok(self.meta.remove_dir(parent, name).await?)
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        Ok(self
+            .meta
+            .rename(parent, name, new_parent, new_name, mode)
+            .await?)
+    }
+
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
+        let attr = self.meta.link(ino, new_parent, new_name).await?;
+        Ok(self.with_dirty(attr).await)
+    }
+
+    /// `(parent of the directory, entries after cookie `after`)`.
+    pub async fn read_dir(
+        &self,
+        ino: Ino,
+        after: u64,
+        limit: u32,
+    ) -> FsResult<(Ino, Vec<DirEntry>)> {
+        let (parent, mut entries) = self.meta.read_dir(ino, after, limit).await?;
+        for entry in &mut entries {
+            if entry.attr.kind == FileKind::File {
+                entry.attr = self.with_dirty(entry.attr.clone()).await;
+            }
+        }
+        Ok((parent, entries))
+    }
+
+    /// Opens a file handle on `ino`.
+    pub async fn open(&self, ino: Ino) -> FsResult<u64> {
+        let file = {
+            let mut files = self.files.lock().expect("files lock");
+            let entry = files.entry(ino).or_insert_with(|| {
+                (
+                    Arc::new(OpenFile {
+                        ino,
+                        data: Default::default(),
+                    }),
+                    0,
+                )
+            });
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        // Each open sees what others committed since (close-to-open at least).
+        file.data.lock().await.layout = None;
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle {
+            file,
+            last_read_end: AtomicU64::new(u64::MAX),
+        });
+        self.handles
+            .lock()
+            .expect("handles lock")
+            .insert(fh, handle);
+        Ok(fh)
+    }
+
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        cred: Cred,
+    ) -> FsResult<(Attr, u64)> {
+        let mode = (mode & 0o7777) | libc::S_IFREG;
+        let attr = self.meta.make_node(parent, name, mode, 0, cred).await?;
+        let fh = self.open(attr.ino).await?;
+        Ok((attr, fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
+        let mut data = file.data.lock().await;
+        let layout = match &data.layout {
+            Some(layout) => layout.clone(),
+            None => {
+                let layout = Arc::new(self.meta.layout(file.ino).await?);
+                data.layout = Some(layout.clone());
+                layout
+            }
+        };
+        let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let len = (size as u64).min(file_size - offset) as usize;
+        let mut buf = vec![0u8; len];
+        if data.dirty.overlaps(offset, offset + len as u64) {
+            self.fill(&layout, offset, &mut buf).await?;
+            data.dirty.overlay(offset, &mut buf);
+        } else {
+            // Without buffered bytes in the way, other readers need not wait for this one.
+            drop(data);
+            self.fill(&layout, offset, &mut buf).await?;
+        }
+        let previous_end = handle
+            .last_read_end
+            .swap(offset + len as u64, Ordering::Relaxed);
+        if previous_end == offset {
+            self.read_ahead(&layout, offset + len as u64);
+        }
+        Ok(buf)
+    }
+
+    /// Copies committed content of file bytes `[offset, offset + buf.len())` into `buf`;
+    /// holes stay zero.
+    async fn fill(&self, layout: &Layout, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let end = offset + buf.len() as u64;
+        let first = layout.extents.partition_point(|e| e.end() <= offset);
+        for extent in layout.extents[first..]
+            .iter()
+            .take_while(|e| e.offset < end)
+        {
+            let location = layout
+                .chunks
+                .binary_search_by_key(&extent.chunk, |c| c.chunk)
+                .map(|i| &layout.chunks[i])
+                .map_err(|_| FsError::MetaProtocol("layout lacks a chunk location".into()))?;
+            let chunk = self.io.read(location).await?;
+            let from = offset.max(extent.offset);
+            let to = end.min(extent.end());
+            let in_chunk = (extent.chunk_offset + (from - extent.offset)) as usize;
+            let n = (to - from) as usize;
+            let source =
+                chunk
+                    .get(in_chunk..in_chunk + n)
+                    .ok_or_else(|| FsError::ChunkUnreadable {
+                        chunk: extent.chunk.to_hex(),
+                        reason: "extent reaches past the chunk's end".into(),
+                    })?;
+            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(source);
+        }
+        Ok(())
+    }
+
+    /// Warms the cache with the chunk holding `offset`, in the background.
+    fn read_ahead(&self, layout: &Layout, offset: u64) {
+        let index = layout.extents.partition_point(|e| e.end() <= offset);
+        let Some(extent) = layout.extents.get(index) else {
+            return;
+        };
+        let Ok(i) = layout
+            .chunks
+            .binary_search_by_key(&extent.chunk, |c| c.chunk)
+        else {
+            return;
+        };
+        let location = layout.chunks[i].clone();
+        let io = self.io.clone();
+        tokio::spawn(async move {
+            let _ = io.read(&location).await;
+        });
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
+        let mut data = file.data.lock().await;
+        data.dirty.write(offset, bytes);
+        data.dirty_mtime = Some(Timestamp::now());
+        if data.dirty.bytes() >= self.options.dirty_flush_bytes {
+            self.flush_locked(file, &mut data, false).await?;
+            if data.dirty.bytes() >= self.options.dirty_flush_bytes {
+                self.flush_locked(file, &mut data, true).await?;
+            }
+        }
+        Ok(bytes.len() as u32)
+    }
+
+    /// Commits everything buffered for the file behind `fh` (close, fsync).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let mut data = handle.file.data.lock().await;
+        self.flush_locked(&handle.file, &mut data, true).await
+    }
+
+    /// Stores buffered pieces and commits them. With `everything` false, the last,
+    /// unfinished chunk-sized window of each range stays buffered.
+    async fn flush_locked(
+        &self,
+        file: &OpenFile,
+        data: &mut FileData,
+        everything: bool,
+    ) -> FsResult<()> {
+        let window = self.volume.chunk_size;
+        let pieces = if everything {
+            data.dirty.take_all(window)
+        } else {
+            data.dirty.take_completed(window)
+        };
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
+        let committed = async {
+            let (stored, extents) = self.io.store(&pieces).await?;
+            self.meta
+                .commit_write(file.ino, stored, extents, mtime)
+                .await?;
+            Ok::<_, FsError>(())
+        }
+        .await;
+        data.layout = None;
+        match committed {
+            Ok(()) => {
+                if data.dirty.is_empty() {
+                    data.dirty_mtime = None;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing is lost: the bytes stay buffered for the next flush.
+                data.dirty.restore(pieces);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes a handle, committing what it buffered.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handles.lock().expect("handles lock").remove(&fh);
+        let Some(handle) = handle else {
+            return Err(FsError::Invalid("bad file handle"));
+        };
+        let result = self.flush_handle(&handle).await;
+        let mut files = self.files.lock().expect("files lock");
+        if let Some(entry) = files.get_mut(&handle.file.ino) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                files.remove(&handle.file.ino);
+            }
+        }
+        if let Err(e) = &result {
+            warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
+        }
+        result
+    }
+
+    async fn flush_handle(&self, handle: &Handle) -> FsResult<()> {
+        let mut data = handle.file.data.lock().await;
+        self.flush_locked(&handle.file, &mut data, true).await
+    }
+
+    /// Capacity as users see it: raw chunkd space scaled by the encoding overhead.
+    pub async fn stat_fs(&self) -> FsResult<StatFs> {
+        let raw = self.meta.stat_fs().await?;
+        let encoding = self.volume.encoding;
+        let scale =
+            |bytes: u64| (bytes as u128 * encoding.k as u128 / encoding.total() as u128) as u64;
+        Ok(StatFs {
+            capacity_bytes: scale(raw.capacity_bytes),
+            free_bytes: scale(raw.free_bytes),
+            inodes: raw.inodes,
+        })
+    }
+
+    pub async fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> FsResult<()> {
+        Ok(self.meta.set_xattr(ino, name, value, mode).await?)
+    }
+
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        Ok(self.meta.get_xattr(ino, name).await?)
+    }
+
+    pub async fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self.meta.list_xattr(ino).await?)
+    }
+
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        Ok(self.meta.remove_xattr(ino, name).await?)
+    }
+}

@@ -1,0 +1,68 @@
+//! The client's error type, and the one place where errors become errno values.
+
+use fuser::Errno;
+use shardfs_metad::MetaClientError;
+use shardfs_metad::proto::MetaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("metad: {0}")]
+    MetaTransport(shardfs_rpc::Error),
+    #[error("metad protocol error: {0}")]
+    MetaProtocol(String),
+    /// A chunk could not be read back intact from enough shards.
+    #[error("chunk {chunk} unreadable: {reason}")]
+    ChunkUnreadable { chunk: String, reason: String },
+    /// Shards could not be stored at the promised redundancy.
+    #[error("chunk {chunk} not stored: {reason}")]
+    ChunkNotStored { chunk: String, reason: String },
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not supported")]
+    Unsupported,
+    #[error("result does not fit the caller's buffer")]
+    Range,
+}
+
+impl From<MetaClientError> for FsError {
+    fn from(e: MetaClientError) -> FsError {
+        match e {
+            MetaClientError::Meta(e) => FsError::Meta(e),
+            MetaClientError::Rpc(e) => FsError::MetaTransport(e),
+            MetaClientError::UnexpectedReply(op) => FsError::MetaProtocol(op.to_string()),
+        }
+    }
+}
+
+impl From<&FsError> for Errno {
+    fn from(e: &FsError) -> Errno {
+        match e {
+            FsError::Meta(e) => match e {
+                MetaError::NotFound => Errno::ENOENT,
+                MetaError::Exists => Errno::EEXIST,
+                MetaError::NotEmpty => Errno::ENOTEMPTY,
+                MetaError::NotDir => Errno::ENOTDIR,
+                MetaError::IsDir => Errno::EISDIR,
+                MetaError::NameTooLong => Errno::ENAMETOOLONG,
+                MetaError::Invalid(_) => Errno::EINVAL,
+                MetaError::NotPermitted => Errno::EPERM,
+                MetaError::NoData => Errno::NO_XATTR,
+                MetaError::TooBig => Errno::E2BIG,
+                MetaError::TooManyLinks => Errno::EMLINK,
+                MetaError::NoSpace(_) => Errno::ENOSPC,
+                MetaError::ChunkGone(_) | MetaError::Store(_) => Errno::EIO,
+            },
+            FsError::MetaTransport(_)
+            | FsError::MetaProtocol(_)
+            | FsError::ChunkUnreadable { .. }
+            | FsError::ChunkNotStored { .. } => Errno::EIO,
+            FsError::Invalid(_) => Errno::EINVAL,
+            FsError::Unsupported => Errno::EOPNOTSUPP,
+            FsError::Range => Errno::ERANGE,
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,707 @@
+//! The FUSE adapter: converts kernel requests into calls on [`Fs`] and results into replies.
+//!
+//! Each request is answered from a tokio task, so a slow chunkd never stalls the threads
+//! reading from /dev/fuse. Every path replies exactly once: a reply object that is dropped
+//! unanswered would itself answer EIO.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use shardfs_metad::proto::{
+    Attr, Cred, FileKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp, XattrMode,
+};
+use tokio::runtime::Handle;
+use tracing::debug;
+
+use crate::core::Fs;
+use crate::error::{FsError, FsResult};
+
+/// Largest write the kernel may send in one request.
+const MAX_WRITE: u32 = 1024 * 1024;
+/// `st_blksize`: the I/O size tools like cp and dd prefer.
+const PREFERRED_IO_SIZE: u32 = 128 * 1024;
+/// Directory entries fetched from metad per readdir request.
+const READDIR_BATCH: u32 = 512;
+
+pub struct FuseAdapter {
+    fs: Arc<Fs>,
+    runtime: Handle,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<Fs>, runtime: Handle) -> FuseAdapter {
+        FuseAdapter { fs, runtime }
+    }
+
+    /// Runs `op` on a task and answers with `ok` or the error's errno.
+    fn spawn<T, R, F>(
+        &self,
+        name: &'static str,
+        reply: R,
+        op: impl FnOnce(Arc<Fs>) -> F + Send + 'static,
+        ok: impl FnOnce(R, T) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        R: ErrorReply + Send + 'static,
+        F: Future<Output = FsResult<T>> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match op(fs).await {
+                Ok(value) => ok(reply, value),
+                Err(e) => {
+                    debug!(op = name, "{e}");
+                    reply.error(Errno::from(&e));
+                }
+            }
+        });
+    }
+}
+
+/// The error half shared by every reply type.
+trait ErrorReply {
+    fn error(self, errno: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {
+        $(impl ErrorReply for $t {
+            fn error(self, errno: Errno) {
+                <$t>::error(self, errno)
+            }
+        })*
+    };
+}
+error_reply!(
+    ReplyAttr,
+    ReplyEntry,
+    ReplyEmpty,
+    ReplyData,
+    ReplyOpen,
+    ReplyCreate,
+    ReplyWrite,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyStatfs,
+    ReplyXattr
+);
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let before = e.duration();
+            let (sec, nsec) = if before.subsec_nanos() == 0 {
+                (-(before.as_secs() as i64), 0)
+            } else {
+                (
+                    -(before.as_secs() as i64) - 1,
+                    1_000_000_000 - before.subsec_nanos(),
+                )
+            };
+            Timestamp { sec, nsec }
+        }
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(timestamp(t)),
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.allocated.div_ceil(512),
+        atime: system_time(attr.atime),
+        mtime: system_time(attr.mtime),
+        ctime: system_time(attr.ctime),
+        crtime: system_time(attr.ctime),
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev,
+        blksize: PREFERRED_IO_SIZE,
+        flags: 0,
+    }
+}
+
+fn cred(req: &Request) -> Cred {
+    Cred {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        let ttl = self.fs.attr_ttl();
+        self.spawn(
+            "lookup",
+            reply,
+            move |fs| async move { fs.lookup(parent.0, &name).await },
+            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.fs.attr_ttl();
+        self.spawn(
+            "getattr",
+            reply,
+            move |fs| async move { fs.get_attr(ino.0).await },
+            move |reply, attr| reply.attr(&ttl, &file_attr(&attr)),
+        );
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let cred = cred(req);
+        let ttl = self.fs.attr_ttl();
+        self.spawn(
+            "setattr",
+            reply,
+            move |fs| async move { fs.set_attr(ino.0, cred, changes).await },
+            move |reply, attr| reply.attr(&ttl, &file_attr(&attr)),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(
+            "readlink",
+            reply,
+            move |fs| async move { fs.read_link(ino.0).await },
+            |reply, target| reply.data(&target),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        self.spawn(
+            "mknod",
+            reply,
+            move |fs| async move { fs.make_node(parent.0, &name, mode, rdev, cred).await },
+            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        self.spawn(
+            "mkdir",
+            reply,
+            move |fs| async move { fs.make_dir(parent.0, &name, mode, cred).await },
+            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(
+            "unlink",
+            reply,
+            move |fs| async move { fs.unlink(parent.0, &name).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(
+            "rmdir",
+            reply,
+            move |fs| async move { fs.remove_dir(parent.0, &name).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, cred, ttl) = (name_bytes(link_name), cred(req), self.fs.attr_ttl());
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(
+            "symlink",
+            reply,
+            move |fs| async move { fs.symlink(parent.0, &name, &target, cred).await },
+            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (name, new_name) = (name_bytes(name), name_bytes(newname));
+        self.spawn(
+            "rename",
+            reply,
+            move |fs| async move {
+                fs.rename(parent.0, &name, newparent.0, &new_name, mode)
+                    .await
+            },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (name, ttl) = (name_bytes(newname), self.fs.attr_ttl());
+        self.spawn(
+            "link",
+            reply,
+            move |fs| async move { fs.link(ino.0, newparent.0, &name).await },
+            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(
+            "open",
+            reply,
+            move |fs| async move { fs.open(ino.0).await },
+            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(
+            "read",
+            reply,
+            move |fs| async move { fs.read(fh.0, offset, size).await },
+            |reply, data| reply.data(&data),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(
+            "write",
+            reply,
+            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            |reply, written| reply.written(written),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            "flush",
+            reply,
+            move |fs| async move { fs.flush(fh.0).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            "release",
+            reply,
+            move |fs| async move { fs.release(fh.0).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            "fsync",
+            reply,
+            move |fs| async move { fs.flush(fh.0).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every namespace change is already committed durably by metad before it returns.
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.spawn(
+            "readdir",
+            reply,
+            move |fs| async move { fs.read_dir(ino.0, offset, READDIR_BATCH).await },
+            move |mut reply, (parent, entries)| {
+                let dots = [(1, ino.0, "."), (2, parent, "..")];
+                for (cookie, dot_ino, name) in dots {
+                    if offset < cookie
+                        && reply.add(INodeNo(dot_ino), cookie, FileType::Directory, name)
+                    {
+                        return reply.ok();
+                    }
+                }
+                for entry in entries {
+                    let name = OsStr::from_bytes(&entry.name);
+                    let kind = file_type(entry.attr.kind);
+                    if reply.add(INodeNo(entry.attr.ino), entry.cookie, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.fs.attr_ttl();
+        self.spawn(
+            "readdirplus",
+            reply,
+            move |fs| async move {
+                let dir = fs.get_attr(ino.0).await?;
+                let (parent, entries) = fs.read_dir(ino.0, offset, READDIR_BATCH).await?;
+                Ok((dir, parent, entries))
+            },
+            move |mut reply, (dir, parent, entries)| {
+                // The kernel ignores the attributes of "." and "..".
+                let dir_attr = file_attr(&dir);
+                let dots = [(1, ino.0, "."), (2, parent, "..")];
+                for (cookie, dot_ino, name) in dots {
+                    let attr = FileAttr {
+                        ino: INodeNo(dot_ino),
+                        ..dir_attr
+                    };
+                    if offset < cookie
+                        && reply.add(INodeNo(dot_ino), cookie, name, &ttl, &attr, Generation(0))
+                    {
+                        return reply.ok();
+                    }
+                }
+                for entry in entries {
+                    let name = OsStr::from_bytes(&entry.name);
+                    let attr = file_attr(&entry.attr);
+                    let generation = Generation(entry.attr.generation);
+                    if reply.add(
+                        INodeNo(entry.attr.ino),
+                        entry.cookie,
+                        name,
+                        &ttl,
+                        &attr,
+                        generation,
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(
+            "statfs",
+            reply,
+            |fs| async move { fs.stat_fs().await },
+            |reply, stat| {
+                const BLOCK: u64 = 4096;
+                // Inodes are rows in metad: report a large pool, as btrfs and XFS do.
+                const INODE_POOL: u64 = 1 << 32;
+                reply.statfs(
+                    stat.capacity_bytes / BLOCK,
+                    stat.free_bytes / BLOCK,
+                    stat.free_bytes / BLOCK,
+                    INODE_POOL,
+                    INODE_POOL.saturating_sub(stat.inodes),
+                    BLOCK as u32,
+                    MAX_NAME_LEN as u32,
+                    BLOCK as u32,
+                )
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let (name, value) = (name_bytes(name), value.to_vec());
+        self.spawn(
+            "setxattr",
+            reply,
+            move |fs| async move { fs.set_xattr(ino.0, &name, &value, mode).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name_bytes(name);
+        self.spawn(
+            "getxattr",
+            reply,
+            move |fs| async move { fs.get_xattr(ino.0, &name).await },
+            move |reply, value| answer_xattr(reply, size, &value),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(
+            "listxattr",
+            reply,
+            move |fs| async move { fs.list_xattr(ino.0).await },
+            move |reply, names| {
+                let mut list = Vec::new();
+                for name in names {
+                    list.extend_from_slice(&name);
+                    list.push(0);
+                }
+                answer_xattr(reply, size, &list)
+            },
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(
+            "removexattr",
+            reply,
+            move |fs| async move { fs.remove_xattr(ino.0, &name).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are checked by the kernel (default_permissions); here only
+        // existence is left to answer.
+        self.spawn(
+            "access",
+            reply,
+            move |fs| async move { fs.get_attr(ino.0).await },
+            |reply, _| reply.ok(),
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        self.spawn(
+            "create",
+            reply,
+            move |fs| async move { fs.create(parent.0, &name, mode, cred).await },
+            move |reply, (attr, fh)| {
+                reply.created(
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(attr.generation),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            },
+        );
+    }
+}
+
+/// getxattr/listxattr protocol: size 0 asks for the length; a short buffer is ERANGE.
+fn answer_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from(&FsError::Range));
+    } else {
+        reply.data(value);
+    }
+}

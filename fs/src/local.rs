@@ -1,0 +1,92 @@
+//! The embedded local cluster behind `shardfs local`: one metad and N chunkds as tasks of
+//! this process, on loopback, with their data in one directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
+use shardfs_chunkd::store::ShardStore;
+use shardfs_metad::MetaClient;
+use shardfs_metad::daemon::{self as metad, MetadConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Heartbeat interval of embedded chunkds: short, so the cluster is ready quickly.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long to wait for every chunkd to register.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct LocalCluster {
+    pub metad_addr: String,
+    stop: watch::Sender<()>,
+    tasks: JoinSet<()>,
+}
+
+pub struct LocalSettings {
+    pub chunkds: usize,
+    pub metad: MetadConfig,
+}
+
+impl LocalCluster {
+    /// Starts metad and the chunkds under `data` and waits until all chunkds are up.
+    pub async fn start(data: &Path, settings: LocalSettings) -> anyhow::Result<LocalCluster> {
+        let (stop, stopped) = watch::channel(());
+        let until_stopped = |mut rx: watch::Receiver<()>| async move {
+            let _ = rx.changed().await;
+        };
+        let mut tasks = JoinSet::new();
+        let server = metad::open(&settings.metad)?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind metad")?;
+        let metad_addr = listener.local_addr()?.to_string();
+        tasks.spawn(metad::run(listener, server, until_stopped(stopped.clone())));
+        for i in 0..settings.chunkds {
+            let dir = data.join(format!("chunkd-{i}"));
+            let store = ShardStore::open(&dir)
+                .await
+                .with_context(|| format!("cannot open chunkd store {}", dir.display()))?;
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot bind chunkd")?;
+            let mut config = ChunkdConfig::new(&dir, &metad_addr);
+            config.heartbeat_interval = HEARTBEAT;
+            let stopped = until_stopped(stopped.clone());
+            tasks.spawn(async move {
+                if let Err(e) = run_with_store(config, store, listener, stopped).await {
+                    tracing::error!("chunkd {i} failed: {e}");
+                }
+            });
+        }
+        let cluster = LocalCluster {
+            metad_addr,
+            stop,
+            tasks,
+        };
+        cluster.wait_ready(settings.chunkds).await?;
+        Ok(cluster)
+    }
+
+    async fn wait_ready(&self, chunkds: usize) -> anyhow::Result<()> {
+        let client = MetaClient::new(&self.metad_addr, Default::default());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let up = client.chunkds().await?.iter().filter(|c| c.up).count();
+            if up >= chunkds {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {up} of {chunkds} chunkds came up within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every daemon and waits for them.
+    pub async fn shutdown(mut self) {
+        drop(self.stop);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
