@@ -9,7 +9,7 @@ use std::time::Duration;
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, Layout, RenameMode, SetAttr, StatFs, Timestamp,
+    Attr, Cred, DirEntry, FileKind, Ino, Layout, MetaError, RenameMode, SetAttr, StatFs, Timestamp,
     VolumeInfo, XattrMode,
 };
 use shardfs_rpc::ClientOptions;
@@ -148,11 +148,12 @@ impl Fs {
         };
         let mut data = file.data.lock().await;
         if let Some(size) = changes.size {
-            // Buffered bytes past the new end vanish; the rest must land before metad trims
-            // the committed content.
+            // Buffered bytes past the new end vanish.
             data.dirty.truncate(size);
-            self.flush_locked(&file, &mut data, true).await?;
         }
+        // Buffered writes land first: their commit must not undo a truncate, or replace
+        // times set explicitly (cp -p writes, then sets mtime, then closes).
+        self.flush_locked(&file, &mut data, true).await?;
         let attr = self.meta.set_attr(ino, cred, changes).await?;
         data.layout = None;
         Ok(attr)
@@ -476,10 +477,18 @@ impl Fs {
         value: &[u8],
         mode: XattrMode,
     ) -> FsResult<()> {
+        if is_posix_acl(name) {
+            // Refusing them makes tools fall back to mode bits (cp -a then calls fchmod)
+            // instead of storing an ACL that nothing would enforce.
+            return Err(FsError::Unsupported);
+        }
         Ok(self.meta.set_xattr(ino, name, value, mode).await?)
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        if is_posix_acl(name) {
+            return Err(FsError::Meta(MetaError::NoData));
+        }
         Ok(self.meta.get_xattr(ino, name).await?)
     }
 
@@ -490,4 +499,9 @@ impl Fs {
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         Ok(self.meta.remove_xattr(ino, name).await?)
     }
+}
+
+/// POSIX ACLs travel as these xattrs; shardfs does not support ACLs yet.
+fn is_posix_acl(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl_")
 }

@@ -1,1 +1,412 @@
+//! The cluster harness for integration tests: a real metad and N real chunkd processes on
+//! ephemeral loopback ports with temporary data directories, and real FUSE mounts of them.
+//!
+//! Everything started here is stopped in `Drop`, so a failing test leaves no process or
+//! mount behind. Readiness is polled, never slept for.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shardfs_metad::MetaClient;
+use tempfile::TempDir;
+
+/// How long any daemon or mount may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Heartbeat interval given to test chunkds.
+const HEARTBEAT_SECS: &str = "0.3";
+/// Seconds of silence after which metad counts a test chunkd as down.
+const DOWN_AFTER_SECS: &str = "2";
+
+/// Path of a workspace binary, built next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed and reaped on drop.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) {
+        self.signal_and_wait(signal);
+    }
+
+    fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// Starts `command` (stderr to `log`) and waits for its "listening on ADDR" stdout line.
+fn start_daemon(mut command: Command, log: &Path) -> (Process, String) {
+    let log_file = File::create(log).expect("create daemon log");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn daemon");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let process = Process {
+        child,
+        log: log.to_owned(),
+    };
+    let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
+    let Some((_, addr)) = line.trim().split_once(" listening on ") else {
+        panic!(
+            "daemon did not announce its address; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    (process, addr.to_string())
+}
+
+pub struct Chunkd {
+    pub process: Process,
+    pub addr: String,
+}
+
+/// metad plus chunkds, with their data in one temporary directory.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub metad: Option<Process>,
+    pub metad_addr: String,
+    /// `None` while stopped.
+    pub chunkds: Vec<Option<Chunkd>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts metad with encoding `k`+`m` and `n` chunkds, and waits until all are up.
+    pub fn start(n: usize, k: u8, m: u8) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("shardfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut cluster = Cluster {
+            dir,
+            metad: None,
+            metad_addr: String::new(),
+            chunkds: (0..n).map(|_| None).collect(),
+            runtime,
+        };
+        cluster.start_metad(&["--k", &k.to_string(), "--m", &m.to_string()]);
+        for i in 0..n {
+            cluster.start_chunkd(i);
+        }
+        cluster.wait_chunkds_up(n);
+        cluster
+    }
+
+    /// The default test cluster: RS 4+2 over 6 chunkds.
+    pub fn standard() -> Cluster {
+        Cluster::start(6, 4, 2)
+    }
+
+    fn start_metad(&mut self, extra: &[&str]) {
+        let data = self.dir.path().join("metad");
+        let mut command = Command::new(binary("shardfs-metad"));
+        command
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--down-after", DOWN_AFTER_SECS])
+            .args(extra);
+        let (process, addr) = start_daemon(command, &self.dir.path().join("metad.log"));
+        self.metad = Some(process);
+        self.metad_addr = addr;
+    }
+
+    pub fn chunkd_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("chunkd-{i}"))
+    }
+
+    pub fn start_chunkd(&mut self, i: usize) {
+        let mut command = Command::new(binary("shardfs-chunkd"));
+        command
+            .arg("--data")
+            .arg(self.chunkd_dir(i))
+            .args(["--listen", "127.0.0.1:0", "--metad", &self.metad_addr])
+            .args(["--heartbeat-interval", HEARTBEAT_SECS]);
+        let log = self.dir.path().join(format!("chunkd-{i}.log"));
+        let (process, addr) = start_daemon(command, &log);
+        self.chunkds[i] = Some(Chunkd { process, addr });
+    }
+
+    /// Stops chunkd `i` with `signal`.
+    pub fn stop_chunkd(&mut self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(chunkd) = self.chunkds[i].take() {
+            chunkd.process.stop(signal);
+        }
+    }
+
+    /// Stops every daemon, then starts them again on the same data directories.
+    pub fn restart_all(&mut self) {
+        let n = self.chunkds.len();
+        for i in 0..n {
+            self.stop_chunkd(i, nix::sys::signal::Signal::SIGTERM);
+        }
+        if let Some(metad) = self.metad.take() {
+            metad.stop(nix::sys::signal::Signal::SIGTERM);
+        }
+        self.start_metad(&[]);
+        for i in 0..n {
+            self.start_chunkd(i);
+        }
+        self.wait_chunkds_up(n);
+    }
+
+    /// Runs `f` with a metad client.
+    pub fn query<T>(&self, f: impl AsyncFnOnce(&MetaClient) -> T) -> T {
+        let client = MetaClient::new(&self.metad_addr, Default::default());
+        self.runtime.block_on(f(&client))
+    }
+
+    /// Waits until metad reports at least `n` chunkds up.
+    pub fn wait_chunkds_up(&self, n: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let up = self
+                .query(async |c| c.chunkds().await)
+                .map(|all| all.iter().filter(|c| c.up).count())
+                .unwrap_or(0);
+            if up >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {up} of {n} chunkds up; see {:?}",
+                self.dir.path()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Mounts the cluster on a new directory.
+    pub fn mount(&self) -> Mount {
+        let path = self.dir.path().join(format!("mnt-{}", unique()));
+        std::fs::create_dir(&path).expect("create mountpoint");
+        let log = self.dir.path().join(format!("mount-{}.log", unique()));
+        let mut command = Command::new(binary("shardfs"));
+        command.arg("mount").arg(&self.metad_addr).arg(&path);
+        Mount::start(command, path, &log)
+    }
+
+    /// Every shard file held by chunkd `i`.
+    pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut stack = vec![self.chunkd_dir(i).join("shards")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A live FUSE mount served by a `shardfs mount` process; unmounted on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    process: Option<Process>,
+}
+
+impl Mount {
+    fn start(mut command: Command, path: PathBuf, log: &Path) -> Mount {
+        let log_file = File::create(log).expect("create mount log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn shardfs mount");
+        let mut process = Process {
+            child,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !is_mounted(&path) {
+            if process.exited() || Instant::now() > deadline {
+                panic!(
+                    "mount at {} did not come up; log:\n{}",
+                    path.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            path,
+            process: Some(process),
+        }
+    }
+
+    pub fn join(&self, relative: &str) -> PathBuf {
+        self.path.join(relative)
+    }
+
+    /// Unmounts and waits for the serving process to exit.
+    pub fn unmount(mut self) {
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        if is_mounted(&self.path) {
+            let clean = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !clean {
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.path)
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Whether `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+}
+
+/// Runs a shell command line, panicking with its output if it fails.
+pub fn sh(script: &str) -> String {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run bash");
+    assert!(
+        output.status.success(),
+        "`{script}` failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Writes `len` pseudo-random bytes (deterministic per `seed`) to `path`.
+pub fn write_random(path: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(File::create(path).expect("create file"));
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n]).expect("write");
+        left -= n;
+    }
+    file.flush().expect("flush");
+}
+
+/// SHA-256 of a file, as sha256sum prints it.
+pub fn sha256(path: &Path) -> String {
+    let out = sh(&format!("sha256sum '{}'", path.display()));
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -1,0 +1,32 @@
+//! Identical content is stored once.
+
+use shardfs_tests::{Cluster, sha256, write_random};
+
+#[test]
+fn same_64_mib_twice_is_stored_once() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    let source = cluster.dir.path().join("data");
+    write_random(&source, 64 << 20, 3);
+    std::fs::copy(&source, mount.join("one")).unwrap();
+    let after_one = cluster.query(async |c| c.catalogue_stats().await).unwrap();
+    let used_one: u64 = (0..6).map(|i| shard_bytes(&cluster, i)).sum();
+    std::fs::copy(&source, mount.join("two")).unwrap();
+    let after_two = cluster.query(async |c| c.catalogue_stats().await).unwrap();
+    assert_eq!(after_one.chunk_bytes, 64 << 20);
+    assert_eq!(after_two, after_one, "the second copy added no chunk");
+    let used_two: u64 = (0..6).map(|i| shard_bytes(&cluster, i)).sum();
+    assert_eq!(used_two, used_one, "the second copy added no shard bytes");
+    // 4+2 coding: 1.5x the data, plus small shard headers.
+    let expected = (96 << 20)..(97 << 20);
+    assert!(expected.contains(&used_one), "{used_one} bytes of shards");
+    assert_eq!(sha256(&mount.join("two")), sha256(&source));
+}
+
+fn shard_bytes(cluster: &Cluster, i: usize) -> u64 {
+    cluster
+        .shard_files(i)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
+}

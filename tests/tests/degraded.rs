@@ -1,0 +1,93 @@
+//! Reads survive any m of the k+m chunkds being down, and a corrupt shard.
+
+use nix::sys::signal::Signal;
+use shardfs_tests::{Cluster, sha256, write_random};
+
+/// Writes files of assorted sizes and returns (name, sha256) pairs.
+fn populate(cluster: &Cluster) -> Vec<(String, String)> {
+    let mount = cluster.mount();
+    let mut files = Vec::new();
+    for (i, len) in [0usize, 1, 4095, 1 << 20, (9 << 20) + 12345]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("f{i}");
+        let source = cluster.dir.path().join(&name);
+        write_random(&source, len, i as u64);
+        std::fs::copy(&source, mount.join(&name)).unwrap();
+        files.push((name, sha256(&source)));
+    }
+    files
+}
+
+#[test]
+fn any_two_of_six_chunkds_down() {
+    let mut cluster = Cluster::standard();
+    let files = populate(&cluster);
+    for a in 0..6 {
+        for b in a + 1..6 {
+            cluster.stop_chunkd(a, Signal::SIGKILL);
+            cluster.stop_chunkd(b, Signal::SIGKILL);
+            // A fresh mount has nothing cached.
+            let mount = cluster.mount();
+            for (name, expected) in &files {
+                assert_eq!(
+                    &sha256(&mount.join(name)),
+                    expected,
+                    "{name} with {a} and {b} down"
+                );
+            }
+            mount.unmount();
+            cluster.start_chunkd(a);
+            cluster.start_chunkd(b);
+        }
+    }
+}
+
+#[test]
+fn flipped_byte_in_a_shard_is_quarantined_and_reported() {
+    let cluster = Cluster::standard();
+    let files = populate(&cluster);
+    // Damage the data shard 0 of some chunk: data shards are what a healthy read fetches.
+    let (chunkd, victim) = (0..6)
+        .flat_map(|i| cluster.shard_files(i).into_iter().map(move |f| (i, f)))
+        .find(|(_, f)| f.extension().is_some_and(|e| e == "0"))
+        .expect("some chunkd holds a data shard 0");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    let chunk_hex = victim.file_stem().unwrap().to_string_lossy().to_string();
+
+    let mount = cluster.mount();
+    for (name, expected) in &files {
+        assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
+    }
+    // The shard left the store for quarantine...
+    assert!(!victim.exists());
+    let quarantined = std::fs::read_dir(cluster.chunkd_dir(chunkd).join("quarantine")).unwrap();
+    assert_eq!(quarantined.count(), 1);
+    // ...and metad knows it is bad.
+    let chunk = chunk_hex.parse().unwrap();
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    loop {
+        let status = cluster
+            .query(async |c| c.chunk_status(chunk).await)
+            .unwrap()
+            .unwrap();
+        let bad: Vec<_> = status
+            .shards
+            .iter()
+            .filter(|s| !s.healthy)
+            .map(|s| s.index)
+            .collect();
+        if bad == [0] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "corrupt shard not reported: {status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
