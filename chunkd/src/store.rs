@@ -17,6 +17,7 @@
 mod durable;
 mod layout;
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct ShardStore {
     used_bytes: AtomicU64,
     quarantined: AtomicU64,
     corrupt_reports: Mutex<Option<UnboundedSender<ShardId>>>,
+    /// Fan-out directories whose creation is known to be durable.
+    synced_dirs: Mutex<HashSet<PathBuf>>,
     /// Held for the store's lifetime so that two chunkds never share a data directory (each
     /// would delete the other's temp files and miscount its shards).
     _lock: Flock<File>,
@@ -165,8 +168,33 @@ impl ShardStore {
             used_bytes: AtomicU64::new(used_bytes),
             quarantined: AtomicU64::new(0),
             corrupt_reports: Mutex::new(None),
+            synced_dirs: Mutex::new(HashSet::new()),
             _lock: lock,
         })
+    }
+
+    /// Makes sure the fan-out directory `dir` (`shards/aa/bb`) exists and that its entry and
+    /// its parent's are on disk before a shard in it is acknowledged. Another put may have
+    /// just created it without having synced yet, so existence alone proves nothing: each
+    /// directory is synced once per process lifetime, whoever created it.
+    fn ensure_fan_out_dir(&self, dir: &Path) -> io::Result<()> {
+        if self
+            .synced_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir)
+        {
+            return Ok(());
+        }
+        durable::create_dir_durable(dir)?;
+        let parent = dir.parent().unwrap_or(dir);
+        durable::sync_dir(parent)?;
+        durable::sync_dir(parent.parent().unwrap_or(parent))?;
+        self.synced_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_path_buf());
+        Ok(())
     }
 
     /// This chunkd's stable identity, kept in `DIR/chunkd.id`.
@@ -348,7 +376,8 @@ impl ShardStore {
 
         let header = ShardHeader::new(shard, encoding, chunk_len, data).to_bytes();
         if let Some(dir) = path.parent() {
-            durable::create_dir_durable(dir).map_err(|e| io_error("create", dir, e))?;
+            self.ensure_fan_out_dir(dir)
+                .map_err(|e| io_error("create", dir, e))?;
         }
         durable::write_durable(&self.tmp_dir, &path, &[&header, data])
             .map_err(|e| io_error("write", &path, e))?;

@@ -349,9 +349,12 @@ impl Fs {
         Ok(())
     }
 
-    /// Warms the cache with the chunk holding `offset`, in the background.
+    /// Warms the cache, in the background, with the chunk after the one holding `offset`:
+    /// the one a sequential reader needs next.
     fn read_ahead(&self, layout: &Layout, offset: u64) {
-        let index = layout.extents.partition_point(|e| e.end() <= offset);
+        let window = self.volume.chunk_size;
+        let next = (offset / window + 1) * window;
+        let index = layout.extents.partition_point(|e| e.end() <= next);
         let Some(extent) = layout.extents.get(index) else {
             return;
         };

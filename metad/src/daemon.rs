@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::members::Members;
 use crate::server::MetadServer;
-use crate::store::{Store, VolumeSettings};
+use crate::store::{Store, VolumeOverrides, VolumeSettings};
 
 /// Chunk size of a new volume.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
@@ -46,12 +46,9 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
         );
     }
     let path = config.data.join("meta.db");
-    let overrides = match (config.encoding, config.chunk_size) {
-        (None, None) => None,
-        (encoding, chunk_size) => Some(VolumeSettings {
-            encoding: encoding.unwrap_or(DEFAULT_ENCODING),
-            chunk_size: chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
-        }),
+    let overrides = VolumeOverrides {
+        encoding: config.encoding,
+        chunk_size: config.chunk_size,
     };
     let defaults = VolumeSettings {
         encoding: DEFAULT_ENCODING,

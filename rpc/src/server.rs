@@ -71,21 +71,29 @@ async fn connection<H: Handler>(
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
     let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(MAX_IN_FLIGHT_PER_CONNECTION);
+    // A handler that cannot decode its request, or a writer that cannot send, reports here,
+    // and the connection is dropped: its peer then reconnects instead of waiting forever.
+    let (bad_tx, mut bad_rx) = mpsc::channel::<Error>(1);
+    let writer_failed = bad_tx.clone();
     let writer = tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-        while let Some((id, body)) = rx.recv().await {
-            frame::write(&mut writer, Kind::Response, id, &body).await?;
-            // Batch responses that are already waiting into one flush.
-            while let Ok((id, body)) = rx.try_recv() {
+        let result = async {
+            while let Some((id, body)) = rx.recv().await {
                 frame::write(&mut writer, Kind::Response, id, &body).await?;
+                // Batch responses that are already waiting into one flush.
+                while let Ok((id, body)) = rx.try_recv() {
+                    frame::write(&mut writer, Kind::Response, id, &body).await?;
+                }
+                writer.flush().await?;
             }
-            writer.flush().await?;
+            Ok::<_, Error>(())
         }
-        Ok::<_, Error>(())
+        .await;
+        if let Err(e) = result {
+            let _ = writer_failed.try_send(e);
+        }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    // A handler that cannot decode its request reports here, and the connection is dropped.
-    let (bad_tx, mut bad_rx) = mpsc::channel::<Error>(1);
     let result = loop {
         let frame = tokio::select! {
             read = frame::read(&mut reader) => match read {

@@ -16,8 +16,6 @@ use crate::proto::{
     StoredChunk, Timestamp,
 };
 
-/// How long a prepared write keeps garbage collection away from its chunks.
-const INTENT_SECONDS: i64 = 3600;
 /// Largest file size (bytes): what SQLite's signed integers can hold.
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
@@ -52,24 +50,18 @@ impl Store {
         })
     }
 
-    /// Decides, per chunk, whether it is already stored (dedup) or where to put it, and
-    /// records an intent for each so garbage collection leaves them alone until commit.
+    /// Decides, per chunk, whether it is already stored with full redundancy (dedup) or
+    /// where to put it.
     pub fn prepare_write(
         &self,
         chunks: &[ChunkToWrite],
         place: impl Fn(&ChunkToWrite) -> Result<ChunkPlan, MetaError>,
     ) -> Result<Vec<ChunkPlan>, MetaError> {
-        let now = Timestamp::now();
-        self.write(|tx| {
+        self.read(|tx| {
             chunks
                 .iter()
                 .map(|chunk| {
-                    tx.prepare_cached(
-                        "INSERT INTO intents (chunk, expires) VALUES (?1, ?2)
-                         ON CONFLICT (chunk) DO UPDATE SET expires = excluded.expires",
-                    )?
-                    .execute(params![&chunk.chunk.0[..], now.sec + INTENT_SECONDS])?;
-                    if readable(tx, chunk.chunk)? {
+                    if fully_redundant(tx, chunk.chunk)? {
                         Ok(ChunkPlan::Stored)
                     } else {
                         place(chunk)
@@ -122,10 +114,6 @@ impl Store {
                 punch(tx, ino, extent.offset, extent.end(), now)?;
                 insert_extent(tx, ino, extent, now)?;
                 end = end.max(extent.end());
-            }
-            for chunk in stored {
-                tx.prepare_cached("DELETE FROM intents WHERE chunk = ?1")?
-                    .execute([&chunk.chunk.0[..]])?;
             }
             tx.prepare_cached(
                 "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
@@ -276,16 +264,17 @@ fn change_usage(
     Ok(())
 }
 
-/// Whether `chunk` is catalogued with at least k healthy shards.
-fn readable(tx: &Transaction<'_>, chunk: ChunkId) -> Result<bool, MetaError> {
+/// Whether `chunk` is catalogued with all k+m shards healthy. A write never references a
+/// chunk below full redundancy: it stores the chunk again, replacing the unhealthy shards.
+fn fully_redundant(tx: &Transaction<'_>, chunk: ChunkId) -> Result<bool, MetaError> {
     let found: Option<(u32, u32)> = tx
         .prepare_cached(
-            "SELECT c.k, (SELECT COUNT(*) FROM shards s WHERE s.chunk = c.id AND s.healthy)
+            "SELECT c.k + c.m, (SELECT COUNT(*) FROM shards s WHERE s.chunk = c.id AND s.healthy)
              FROM chunks c WHERE c.id = ?1",
         )?
         .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(found.is_some_and(|(k, healthy)| healthy >= k))
+    Ok(found.is_some_and(|(total, healthy)| healthy >= total))
 }
 
 fn record_chunk(
@@ -297,33 +286,42 @@ fn record_chunk(
         .encoding
         .validate()
         .map_err(|e| MetaError::Invalid(e.to_string()))?;
-    if chunk.shards.len() != chunk.encoding.total() {
+    let indexes: Vec<usize> = chunk.shards.iter().map(|s| s.index as usize).collect();
+    if indexes != (0..chunk.encoding.total()).collect::<Vec<_>>() {
         return Err(MetaError::Invalid(format!(
-            "chunk {} has {} shards, its encoding needs {}",
+            "chunk {} must list shards 0..{} in order",
             chunk.chunk,
-            chunk.shards.len(),
             chunk.encoding.total()
         )));
     }
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+    tx.prepare_cached(
+        "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        &chunk.chunk.0[..],
+        chunk.len,
+        chunk.encoding.k,
+        chunk.encoding.m,
+        now.sec
+    ])?;
+    let catalogued: (u8, u8) = tx
+        .prepare_cached("SELECT k, m FROM chunks WHERE id = ?1")?
+        .query_row([&chunk.chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if catalogued != (chunk.encoding.k, chunk.encoding.m) {
+        // Stored before under another encoding: its shards are not interchangeable.
+        return Ok(());
+    }
+    // Where the catalogue already has a healthy shard (another writer stored the same
+    // content first), that placement stands and the new copy is an orphan for the sweep;
+    // an unhealthy shard is replaced by the new copy.
+    for shard in &chunk.shards {
+        tx.prepare_cached(
+            "INSERT INTO shards (chunk, idx, chunkd, healthy) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (chunk, idx) DO UPDATE SET chunkd = excluded.chunkd, healthy = 1
+             WHERE NOT shards.healthy",
         )?
-        .execute(params![
-            &chunk.chunk.0[..],
-            chunk.len,
-            chunk.encoding.k,
-            chunk.encoding.m,
-            now.sec
-        ])?;
-    // If another writer catalogued the same content first, its placement stands and these
-    // shards become orphans for the sweep to collect.
-    if inserted == 1 {
-        for shard in &chunk.shards {
-            tx.prepare_cached("INSERT INTO shards (chunk, idx, chunkd) VALUES (?1, ?2, ?3)")?
-                .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])?;
-        }
+        .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])?;
     }
     Ok(())
 }

@@ -38,6 +38,13 @@ impl From<rusqlite::Error> for MetaError {
     }
 }
 
+/// Settings given at start-up; `None` keeps what the volume has (or the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VolumeOverrides {
+    pub encoding: Option<Encoding>,
+    pub chunk_size: Option<u64>,
+}
+
 /// Volume settings fixed or updated at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VolumeSettings {
@@ -54,11 +61,11 @@ const GENERATION: u64 = 1;
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. `overrides` replace the stored
-    /// encoding and chunk size for chunks written from now on; a new volume takes them, or
-    /// the defaults.
+    /// encoding or chunk size for data written from now on; a new volume takes them, or the
+    /// defaults.
     pub fn open(
         path: &Path,
-        overrides: Option<VolumeSettings>,
+        overrides: VolumeOverrides,
         defaults: VolumeSettings,
     ) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
@@ -119,7 +126,7 @@ impl Store {
 
 fn init_volume(
     conn: &mut Connection,
-    overrides: Option<VolumeSettings>,
+    overrides: VolumeOverrides,
     defaults: VolumeSettings,
 ) -> Result<VolumeSettings, StoreError> {
     let tx = conn.transaction()?;
@@ -144,7 +151,11 @@ fn init_volume(
         }
         _ => None,
     };
-    let volume = overrides.or(stored).unwrap_or(defaults);
+    let base = stored.unwrap_or(defaults);
+    let volume = VolumeSettings {
+        encoding: overrides.encoding.unwrap_or(base.encoding),
+        chunk_size: overrides.chunk_size.unwrap_or(base.chunk_size),
+    };
     for (key, value) in [
         ("k", volume.encoding.k as u64),
         ("m", volume.encoding.m as u64),

@@ -88,13 +88,6 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX shards_by_chunkd ON shards (chunkd);
 
-    -- A chunk a client is writing but has not committed: garbage collection must keep
-    -- its shards until the intent expires.
-    CREATE TABLE intents (
-        chunk   BLOB PRIMARY KEY,
-        expires INTEGER NOT NULL
-    ) STRICT, WITHOUT ROWID;
-
     CREATE TABLE chunkds (
         id             TEXT PRIMARY KEY,
         addr           TEXT NOT NULL,

@@ -2,7 +2,7 @@
 
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
-use super::{Store, VolumeSettings};
+use super::{Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
 
 const ROOT: Cred = Cred { uid: 0, gid: 0 };
@@ -12,7 +12,12 @@ const SETTINGS: VolumeSettings = VolumeSettings {
 };
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(&dir.path().join("meta.db"), None, SETTINGS).unwrap()
+    Store::open(
+        &dir.path().join("meta.db"),
+        VolumeOverrides::default(),
+        SETTINGS,
+    )
+    .unwrap()
 }
 
 fn file(store: &Store, parent: Ino, name: &str) -> Attr {
@@ -272,7 +277,7 @@ fn writes_split_extents_and_move_refcounts() {
 }
 
 #[test]
-fn prepare_dedups_readable_chunks_only() {
+fn prepare_dedups_only_fully_redundant_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let f = file(&store, ROOT_INO, "f");
@@ -288,48 +293,46 @@ fn prepare_dedups_readable_chunks_only() {
             targets: vec![],
         })
     };
-    let plans = store
-        .prepare_write(
-            &[
-                ChunkToWrite {
-                    chunk: known,
-                    len: 5,
-                },
-                ChunkToWrite {
-                    chunk: fresh,
-                    len: 5,
-                },
-            ],
-            place,
-        )
-        .unwrap();
+    let both = [
+        ChunkToWrite {
+            chunk: known,
+            len: 5,
+        },
+        ChunkToWrite {
+            chunk: fresh,
+            len: 5,
+        },
+    ];
+    let plans = store.prepare_write(&both, place).unwrap();
     assert_eq!(plans[0], ChunkPlan::Stored);
     assert!(matches!(plans[1], ChunkPlan::Place { .. }));
-    // Two of three shards reported bad: below k, so the chunk must be written again.
-    for (index, chunkd) in [(0, "c0"), (1, "c1")] {
-        assert!(
-            store
-                .mark_shard_unhealthy(
-                    ShardId {
-                        chunk: known,
-                        index
-                    },
-                    chunkd
-                )
-                .unwrap()
-        );
-    }
-    let plans = store
-        .prepare_write(
-            &[ChunkToWrite {
-                chunk: known,
-                len: 5,
-            }],
-            place,
-        )
-        .unwrap();
+    // One shard reported bad: the chunk is readable but under-protected, so a new write
+    // stores it again rather than referencing it.
+    let bad = ShardId {
+        chunk: known,
+        index: 1,
+    };
+    assert!(store.mark_shard_unhealthy(bad, "c1").unwrap());
+    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 1);
+    let plans = store.prepare_write(&both[..1], place).unwrap();
     assert!(matches!(plans[0], ChunkPlan::Place { .. }));
-    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 2);
+    // Committing the new copy replaces the bad shard and keeps the healthy ones.
+    let mut again = stored(known, 5);
+    for shard in &mut again.shards {
+        shard.chunkd = format!("new{}", shard.index);
+    }
+    let g = file(&store, ROOT_INO, "g");
+    store
+        .commit_write(g.ino, &[again], &[extent(0, 5, known, 0)], t)
+        .unwrap();
+    let status = store.chunk_status(known).unwrap().unwrap();
+    let places: Vec<_> = status
+        .shards
+        .iter()
+        .map(|s| (s.chunkd.as_str(), s.healthy))
+        .collect();
+    assert_eq!(places, [("c0", true), ("new1", true), ("c2", true)]);
+    assert_eq!(status.refcount, 2);
 }
 
 #[test]
@@ -413,11 +416,33 @@ fn reopen_keeps_everything_and_settings() {
     let store = open(&dir);
     assert_eq!(store.lookup(ROOT_INO, b"kept").unwrap().ino, ino);
     assert_eq!(store.settings(), SETTINGS);
-    let other = VolumeSettings {
-        encoding: Encoding { k: 4, m: 2 },
-        chunk_size: 4 << 20,
-    };
     drop(store);
-    let store = Store::open(&dir.path().join("meta.db"), Some(other), SETTINGS).unwrap();
-    assert_eq!(store.settings(), other);
+    // Overriding one setting keeps the other.
+    let path = dir.path().join("meta.db");
+    let chunk_only = VolumeOverrides {
+        chunk_size: Some(8 << 20),
+        ..Default::default()
+    };
+    let store = Store::open(&path, chunk_only, SETTINGS).unwrap();
+    assert_eq!(
+        store.settings(),
+        VolumeSettings {
+            chunk_size: 8 << 20,
+            ..SETTINGS
+        }
+    );
+    drop(store);
+    let encoding = Encoding { k: 4, m: 2 };
+    let encoding_only = VolumeOverrides {
+        encoding: Some(encoding),
+        ..Default::default()
+    };
+    let store = Store::open(&path, encoding_only, SETTINGS).unwrap();
+    assert_eq!(
+        store.settings(),
+        VolumeSettings {
+            encoding,
+            chunk_size: 8 << 20
+        }
+    );
 }
