@@ -242,7 +242,7 @@ impl Fs {
 
     /// Opens a file handle on `ino`.
     pub async fn open(&self, ino: Ino) -> FsResult<u64> {
-        let file = {
+        let (file, first) = {
             let mut files = self.files.lock().expect("files lock");
             let entry = files.entry(ino).or_insert_with(|| {
                 (
@@ -254,8 +254,15 @@ impl Fs {
                 )
             });
             entry.1 += 1;
-            entry.0.clone()
+            (entry.0.clone(), entry.1 == 1)
         };
+        if first {
+            // metad keeps the file alive while this client has it open, even unlinked.
+            if let Err(e) = self.meta.open_file(ino).await {
+                self.drop_open(ino);
+                return Err(e.into());
+            }
+        }
         // Each open sees what others committed since (close-to-open at least).
         file.data.lock().await.layout = None;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -442,17 +449,27 @@ impl Fs {
             return Err(FsError::Invalid("bad file handle"));
         };
         let result = self.flush_handle(&handle).await;
-        let mut files = self.files.lock().expect("files lock");
-        if let Some(entry) = files.get_mut(&handle.file.ino) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                files.remove(&handle.file.ino);
-            }
-        }
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
         }
+        if self.drop_open(handle.file.ino) {
+            self.meta.release_file(handle.file.ino).await?;
+        }
         result
+    }
+
+    /// Forgets one open of `ino`; returns whether it was this client's last.
+    fn drop_open(&self, ino: Ino) -> bool {
+        let mut files = self.files.lock().expect("files lock");
+        let Some(entry) = files.get_mut(&ino) else {
+            return false;
+        };
+        entry.1 -= 1;
+        if entry.1 > 0 {
+            return false;
+        }
+        files.remove(&ino);
+        true
     }
 
     async fn flush_handle(&self, handle: &Handle) -> FsResult<()> {

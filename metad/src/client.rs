@@ -169,6 +169,14 @@ impl MetaClient {
         call!(self, MetaRequest::GetLayout { ino }, "layout", MetaReply::Layout(l) => l)
     }
 
+    pub async fn open_file(&self, ino: Ino) -> Result<Attr> {
+        call!(self, MetaRequest::OpenFile { ino }, "open", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn release_file(&self, ino: Ino) -> Result<()> {
+        call!(self, MetaRequest::ReleaseFile { ino }, "release", MetaReply::Done => ())
+    }
+
     pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
         let request = MetaRequest::PrepareWrite { chunks };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)

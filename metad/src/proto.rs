@@ -333,6 +333,15 @@ pub enum MetaRequest {
         after: u64,
         limit: u32,
     },
+    /// The client opened file `ino`: while any client holds it open it outlives its last
+    /// name. Sent once per client and inode, not per file descriptor.
+    OpenFile {
+        ino: Ino,
+    },
+    /// The client closed its last handle on `ino`.
+    ReleaseFile {
+        ino: Ino,
+    },
     GetLayout {
         ino: Ino,
     },

@@ -27,7 +27,7 @@ impl MetadServer {
         MetadServer { store, members }
     }
 
-    fn answer(&self, request: MetaRequest) -> MetaResponse {
+    fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {
         let store = &self.store;
         Ok(match request {
             MetaRequest::Volume => MetaReply::Volume(store.volume()),
@@ -86,6 +86,11 @@ impl MetadServer {
                 MetaReply::Entries { parent, entries }
             }
             MetaRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
+            MetaRequest::OpenFile { ino } => MetaReply::Attr(store.open_file(ino, peer)?),
+            MetaRequest::ReleaseFile { ino } => {
+                store.release_file(ino, peer)?;
+                MetaReply::Done
+            }
             MetaRequest::PrepareWrite { chunks } => {
                 let usable = self.members.usable();
                 let encoding = store.settings().encoding;
@@ -213,7 +218,7 @@ impl Handler for MetadServer {
             _ => {
                 let request: MetaRequest = shardfs_rpc::decode(&body)?;
                 debug!(?request, "request");
-                Ok(shardfs_rpc::encode(&self.answer(request)))
+                Ok(shardfs_rpc::encode(&self.answer(request, peer)))
             }
         };
         tokio::task::spawn_blocking(run).await.map_err(|e| {
@@ -221,5 +226,17 @@ impl Handler for MetadServer {
                 "request handler failed: {e}"
             )))
         })?
+    }
+
+    fn disconnected(&self, service: Service, peer: SocketAddr) {
+        if service != Service::Metad {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.release_holder(peer) {
+                warn!(%peer, "cannot release the files of a departed client: {e}");
+            }
+        });
     }
 }

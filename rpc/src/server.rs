@@ -29,6 +29,10 @@ pub trait Handler: Send + Sync + 'static {
         peer: SocketAddr,
         body: Bytes,
     ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+
+    /// Called once a connection that completed its handshake has ended, however it ended,
+    /// so per-connection state (open files) can be released.
+    fn disconnected(&self, _service: Service, _peer: SocketAddr) {}
 }
 
 /// Serves connections from `listener` until `shutdown` completes.
@@ -131,5 +135,6 @@ async fn connection<H: Handler>(
     };
     drop(tx);
     let _ = writer.await;
+    handler.disconnected(service, peer);
     result
 }

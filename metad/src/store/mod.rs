@@ -7,6 +7,7 @@
 mod catalogue;
 mod layout;
 mod namespace;
+mod open_files;
 mod registry;
 mod schema;
 mod xattr;
@@ -19,6 +20,7 @@ use shardfs_chunkd::Encoding;
 
 use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
+pub use open_files::Holder;
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
 
@@ -30,6 +32,8 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("metadata database is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("cannot reclaim files unlinked while open: {0}")]
+    Reclaim(MetaError),
 }
 
 impl From<rusqlite::Error> for MetaError {
@@ -55,6 +59,7 @@ pub struct VolumeSettings {
 pub struct Store {
     conn: Mutex<Connection>,
     volume: VolumeSettings,
+    open_files: open_files::OpenFiles,
 }
 
 const GENERATION: u64 = 1;
@@ -77,10 +82,20 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         schema::migrate(&mut conn)?;
         let volume = init_volume(&mut conn, overrides, defaults)?;
-        Ok(Store {
+        let store = Store {
             conn: Mutex::new(conn),
             volume,
-        })
+            open_files: Default::default(),
+        };
+        // Files unlinked while open by the previous run: nobody holds them open now.
+        let reclaimed = store.reclaim_orphans().map_err(StoreError::Reclaim)?;
+        if reclaimed > 0 {
+            tracing::info!(
+                reclaimed,
+                "reclaimed files unlinked while open before the restart"
+            );
+        }
+        Ok(store)
     }
 
     pub fn volume(&self) -> VolumeInfo {

@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::open_files::{Holder, OpenFiles};
 use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
 use crate::proto::{
     Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, MetaError, ROOT_INO,
@@ -212,7 +213,7 @@ impl Store {
             }
             tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
                 .execute([id])?;
-            drop_link(tx, ino, now)?;
+            drop_link(tx, &self.open_files, ino, now)?;
             touch(tx, parent, now)
         })
     }
@@ -303,7 +304,7 @@ impl Store {
                     delete_inode(tx, dst_ino, now)?;
                     add_links(tx, new_parent, -1)?;
                 } else {
-                    drop_link(tx, dst_ino, now)?;
+                    drop_link(tx, &self.open_files, dst_ino, now)?;
                 }
             } else if src.kind == FileKind::Dir {
                 refuse_move_into_itself(tx, src_ino, new_parent)?;
@@ -352,6 +353,56 @@ impl Store {
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((parent, entries))
+        })
+    }
+
+    /// Records that `holder` opened file `ino`, which must still exist.
+    pub fn open_file(&self, ino: Ino, holder: Holder) -> Result<Attr, MetaError> {
+        // Checked and recorded under the store lock, so an unlink cannot slip in between.
+        self.read(|tx| {
+            let attr = get_attr(tx, ino)?;
+            self.open_files.add(ino, holder);
+            Ok(attr)
+        })
+    }
+
+    /// Records one close of `ino` by `holder`, deleting the file if that was the last
+    /// reference to an unlinked file.
+    pub fn release_file(&self, ino: Ino, holder: Holder) -> Result<(), MetaError> {
+        if self.open_files.remove(ino, holder) {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        self.write(|tx| reclaim_if_orphan(tx, &self.open_files, ino, now))
+    }
+
+    /// Drops every open of a holder that went away.
+    pub fn release_holder(&self, holder: Holder) -> Result<(), MetaError> {
+        let closed = self.open_files.remove_holder(holder);
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        self.write(|tx| {
+            for ino in closed {
+                reclaim_if_orphan(tx, &self.open_files, ino, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes every nameless inode nobody has open; returns how many.
+    pub(super) fn reclaim_orphans(&self) -> Result<usize, MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            let orphans: Vec<Ino> = tx
+                .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for ino in &orphans {
+                reclaim_if_orphan(tx, &self.open_files, *ino, now)?;
+            }
+            Ok(orphans.len())
         })
     }
 
@@ -460,15 +511,38 @@ fn touch(tx: &Transaction<'_>, dir: Ino, now: Timestamp) -> Result<(), MetaError
     Ok(())
 }
 
-/// One name of `ino` went away; the inode goes with its last name.
-fn drop_link(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+/// One name of `ino` went away; the inode goes with its last name unless a client still has
+/// it open, in which case it lives on, nameless, until its last close.
+fn drop_link(
+    tx: &Transaction<'_>,
+    open_files: &OpenFiles,
+    ino: Ino,
+    now: Timestamp,
+) -> Result<(), MetaError> {
     let nlink: u32 = tx
         .prepare_cached(
             "UPDATE inodes SET nlink = nlink - 1, ctime_sec = ?2, ctime_nsec = ?3
-                         WHERE ino = ?1 RETURNING nlink",
+             WHERE ino = ?1 RETURNING nlink",
         )?
         .query_row(params![ino, now.sec, now.nsec], |r| r.get(0))?;
-    if nlink == 0 {
+    if nlink == 0 && !open_files.is_open(ino) {
+        delete_inode(tx, ino, now)?;
+    }
+    Ok(())
+}
+
+/// Deletes `ino` if it has no name left and nobody has it open.
+fn reclaim_if_orphan(
+    tx: &Transaction<'_>,
+    open_files: &OpenFiles,
+    ino: Ino,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    let nlink: Option<u32> = tx
+        .prepare_cached("SELECT nlink FROM inodes WHERE ino = ?1")?
+        .query_row([ino], |r| r.get(0))
+        .optional()?;
+    if nlink == Some(0) && !open_files.is_open(ino) {
         delete_inode(tx, ino, now)?;
     }
     Ok(())

@@ -1,0 +1,306 @@
+//! POSIX conformance through real syscalls on a real mount: errno values and resulting state.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use shardfs_tests::{Cluster, Mount};
+
+fn c(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+/// The errno of the last failed libc call, asserting that it failed.
+fn errno_of(result: libc::c_int) -> i32 {
+    assert_eq!(result, -1, "call should have failed");
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+fn io_errno(result: std::io::Result<impl std::fmt::Debug>) -> i32 {
+    result
+        .expect_err("call should have failed")
+        .raw_os_error()
+        .unwrap()
+}
+
+fn setup() -> (Cluster, Mount) {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    (cluster, mount)
+}
+
+#[test]
+fn names_renames_and_links() {
+    let (_cluster, mount) = setup();
+    let m = &mount.path;
+    fs::create_dir(m.join("d1")).unwrap();
+    fs::create_dir(m.join("d1/sub")).unwrap();
+    fs::write(m.join("d1/a"), b"a").unwrap();
+    fs::write(m.join("d1/b"), b"b").unwrap();
+
+    // Names up to 255 bytes work; 256 is ENAMETOOLONG.
+    let ok = "x".repeat(255);
+    fs::write(m.join(&ok), b"").unwrap();
+    assert_eq!(
+        io_errno(fs::write(m.join("y".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+
+    // RENAME_NOREPLACE over an existing name is EEXIST; RENAME_EXCHANGE swaps.
+    let rename2 = |from: &str, to: &str, flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&m.join(from)).as_ptr(),
+            libc::AT_FDCWD,
+            c(&m.join(to)).as_ptr(),
+            flags,
+        )
+    };
+    assert_eq!(
+        errno_of(rename2("d1/a", "d1/b", libc::RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    assert_eq!(rename2("d1/a", "d1/b", libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.join("d1/a")).unwrap(), b"b");
+    assert_eq!(fs::read(m.join("d1/b")).unwrap(), b"a");
+    // A directory into its own subtree is EINVAL; over a non-empty directory ENOTEMPTY.
+    assert_eq!(
+        io_errno(fs::rename(m.join("d1"), m.join("d1/sub/x"))),
+        libc::EINVAL
+    );
+    fs::create_dir(m.join("d2")).unwrap();
+    assert_eq!(
+        io_errno(fs::rename(m.join("d2"), m.join("d1"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(io_errno(fs::remove_dir(m.join("d1"))), libc::ENOTEMPTY);
+    // Rename over an existing file replaces it atomically.
+    fs::rename(m.join("d1/a"), m.join("d1/b")).unwrap();
+    assert!(!m.join("d1/a").exists());
+    assert_eq!(fs::read(m.join("d1/b")).unwrap(), b"b");
+    // ".." follows a directory across a rename, and link counts follow too.
+    fs::rename(m.join("d1/sub"), m.join("d2/sub")).unwrap();
+    let d2 = fs::metadata(m.join("d2")).unwrap();
+    assert_eq!(fs::metadata(m.join("d2/sub/..")).unwrap().ino(), d2.ino());
+    assert_eq!(d2.nlink(), 3);
+    assert_eq!(fs::metadata(m.join("d1")).unwrap().nlink(), 2);
+
+    // Hard links share the inode and count nlink.
+    fs::hard_link(m.join("d1/b"), m.join("d2/hard")).unwrap();
+    let linked = fs::metadata(m.join("d2/hard")).unwrap();
+    assert_eq!(
+        (linked.ino(), linked.nlink()),
+        (fs::metadata(m.join("d1/b")).unwrap().ino(), 2)
+    );
+    assert_eq!(
+        io_errno(fs::hard_link(m.join("d1"), m.join("d1-link"))),
+        libc::EPERM
+    );
+    fs::remove_file(m.join("d1/b")).unwrap();
+    assert_eq!(fs::metadata(m.join("d2/hard")).unwrap().nlink(), 1);
+    assert_eq!(io_errno(fs::metadata(m.join("d1/b"))), libc::ENOENT);
+    assert_eq!(io_errno(fs::remove_file(m.join("d2"))), libc::EISDIR);
+    assert_eq!(io_errno(fs::remove_dir(m.join("d2/hard"))), libc::ENOTDIR);
+}
+
+#[test]
+fn unlinked_while_open_stays_usable_until_close() {
+    let (cluster, mount) = setup();
+    let path = mount.join("doomed");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(&vec![7u8; 3 << 20]).unwrap();
+    file.sync_all().unwrap();
+    let chunks_before = cluster
+        .query(async |c| c.catalogue_stats().await)
+        .unwrap()
+        .chunks;
+    assert!(chunks_before > 0);
+    fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    // Still readable and writable through the open descriptor.
+    assert_eq!(file.metadata().unwrap().nlink(), 0);
+    file.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    file.read_to_end(&mut back).unwrap();
+    assert_eq!(back, vec![7u8; 3 << 20]);
+    file.write_all(b"tail").unwrap();
+    file.sync_all().unwrap();
+    assert_eq!(file.metadata().unwrap().len(), (3 << 20) + 4);
+    // A second descriptor from another open of a different file does not matter; closing the
+    // last one lets metad drop the inode and release its chunks.
+    let ino = file.metadata().unwrap().ino();
+    drop(file);
+    let released = || cluster.query(async |c| c.get_attr(ino).await).is_err();
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    while !released() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inode {ino} not released at last close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn open_flags_append_excl_trunc() {
+    let (_cluster, mount) = setup();
+    let path = mount.join("f");
+    fs::write(&path, b"0123456789").unwrap();
+    // O_EXCL on an existing file.
+    let excl = OpenOptions::new().write(true).create_new(true).open(&path);
+    assert_eq!(io_errno(excl), libc::EEXIST);
+    // O_APPEND writes at the end whatever the offset.
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(b"ab").unwrap();
+    let mut other = OpenOptions::new().append(true).open(&path).unwrap();
+    other.write_all(b"cd").unwrap();
+    appender.write_all(b"ef").unwrap();
+    drop((appender, other));
+    assert_eq!(fs::read(&path).unwrap(), b"0123456789abcdef");
+    // O_TRUNC empties it.
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    // Opening a directory for writing is EISDIR; a missing file without O_CREAT ENOENT.
+    assert_eq!(
+        io_errno(OpenOptions::new().write(true).open(&mount.path)),
+        libc::EISDIR
+    );
+    assert_eq!(io_errno(File::open(mount.join("missing"))), libc::ENOENT);
+}
+
+#[test]
+fn sparse_files_read_holes_as_zeros() {
+    let (_cluster, mount) = setup();
+    let path = mount.join("sparse");
+    let mut file = File::create(&path).unwrap();
+    file.seek(SeekFrom::Start(10 << 20)).unwrap();
+    file.write_all(b"end").unwrap();
+    file.sync_all().unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), (10 << 20) + 3);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "holes are not allocated: {} blocks",
+        meta.blocks()
+    );
+    let data = fs::read(&path).unwrap();
+    assert!(data[..10 << 20].iter().all(|b| *b == 0));
+    assert_eq!(&data[10 << 20..], b"end");
+}
+
+#[test]
+fn xattr_flags_and_limits() {
+    let (_cluster, mount) = setup();
+    let path = c(&mount.join("x"));
+    fs::write(mount.join("x"), b"").unwrap();
+    let name = CString::new("user.k").unwrap();
+    let set = |value: &[u8], flags: i32| unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    assert_eq!(errno_of(set(b"v", libc::XATTR_REPLACE)), libc::ENODATA);
+    assert_eq!(set(b"v1", libc::XATTR_CREATE), 0);
+    assert_eq!(errno_of(set(b"v2", libc::XATTR_CREATE)), libc::EEXIST);
+    assert_eq!(set(b"value2", libc::XATTR_REPLACE), 0);
+    let mut buf = [0u8; 64];
+    let get = |buf: &mut [u8]| unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(get(&mut buf), 6);
+    assert_eq!(&buf[..6], b"value2");
+    assert_eq!(
+        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) },
+        6
+    );
+    assert_eq!(errno_of(get(&mut buf[..3]) as i32), libc::ERANGE);
+    let missing = CString::new("user.missing").unwrap();
+    let got =
+        unsafe { libc::getxattr(path.as_ptr(), missing.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    assert_eq!(errno_of(got as i32), libc::ENODATA);
+    assert_eq!(
+        errno_of(unsafe { libc::removexattr(path.as_ptr(), missing.as_ptr()) }),
+        libc::ENODATA
+    );
+    // Values up to 64 KiB are stored; larger ones are refused.
+    assert_eq!(set(&vec![1u8; 65536], 0), 0);
+    assert_eq!(errno_of(set(&vec![1u8; 65537], 0)), libc::E2BIG);
+}
+
+#[test]
+fn special_files_and_setgid_directories() {
+    let (_cluster, mount) = setup();
+    let m = &mount.path;
+    // Device nodes (as root), a fifo and a socket.
+    let dev = c(&m.join("null"));
+    let rdev = libc::makedev(1, 3);
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, rdev) },
+        0
+    );
+    let meta = fs::metadata(m.join("null")).unwrap();
+    assert_eq!(meta.rdev(), rdev);
+    assert_eq!(meta.mode() & libc::S_IFMT, libc::S_IFCHR);
+    // FUSE mounts are nodev by default, so opening the node is refused.
+    assert_eq!(io_errno(fs::write(m.join("null"), b"x")), libc::EACCES);
+    let listener = std::os::unix::net::UnixListener::bind(m.join("sock")).unwrap();
+    assert_eq!(
+        fs::metadata(m.join("sock")).unwrap().mode() & libc::S_IFMT,
+        libc::S_IFSOCK
+    );
+    drop(listener);
+    // A setgid directory passes its group, and setgid to subdirectories.
+    fs::create_dir(m.join("shared")).unwrap();
+    std::os::unix::fs::chown(m.join("shared"), None, Some(4242)).unwrap();
+    fs::set_permissions(m.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(m.join("shared/file"), b"").unwrap();
+    fs::create_dir(m.join("shared/sub")).unwrap();
+    assert_eq!(fs::metadata(m.join("shared/file")).unwrap().gid(), 4242);
+    let sub = fs::metadata(m.join("shared/sub")).unwrap();
+    assert_eq!((sub.gid(), sub.mode() & 0o2000), (4242, 0o2000));
+}
+
+#[test]
+fn utimensat_now_and_omit() {
+    let (_cluster, mount) = setup();
+    let path = c(&mount.join("t"));
+    fs::write(mount.join("t"), b"").unwrap();
+    let set = |atime: libc::timespec, mtime: libc::timespec| unsafe {
+        libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [atime, mtime].as_ptr(), 0)
+    };
+    let at = |sec, nsec| libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    assert_eq!(set(at(1_000_000_000, 1), at(1_100_000_000, 999_999_999)), 0);
+    // UTIME_OMIT leaves mtime alone; UTIME_NOW sets atime to now.
+    assert_eq!(set(at(0, libc::UTIME_NOW), at(0, libc::UTIME_OMIT)), 0);
+    let meta = fs::metadata(mount.join("t")).unwrap();
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_100_000_000, 999_999_999)
+    );
+    assert!(meta.atime() > 1_700_000_000);
+    assert!(meta.ctime() >= meta.atime());
+}
