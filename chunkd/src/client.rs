@@ -36,9 +36,7 @@ pub struct ChunkClient {
 
 impl ChunkClient {
     pub fn new(addr: impl Into<String>, options: ClientOptions) -> ChunkClient {
-        ChunkClient {
-            rpc: shardfs_rpc::Client::new(addr, Service::Chunkd, options),
-        }
+        ChunkClient { rpc: shardfs_rpc::Client::new(addr, Service::Chunkd, options) }
     }
 
     pub fn addr(&self) -> &str {
@@ -56,16 +54,7 @@ impl ChunkClient {
         // Shards are at most a few MiB and BLAKE3 runs at GB/s, so hashing inline costs
         // about a millisecond: not worth a trip to the blocking pool.
         let checksum = *blake3::hash(&data).as_bytes();
-        match self
-            .call(ChunkdRequest::Put {
-                shard,
-                encoding,
-                chunk_len,
-                checksum,
-                data,
-            })
-            .await?
-        {
+        match self.call(ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data }).await? {
             ChunkdReply::Stored => Ok(()),
             _ => Err(ChunkClientError::UnexpectedReply),
         }
@@ -74,11 +63,7 @@ impl ChunkClient {
     /// Reads one shard, verified by the chunkd: `(encoding, chunk_len, data)`.
     pub async fn get(&self, shard: ShardId) -> Result<(Encoding, u64, Vec<u8>), ChunkClientError> {
         match self.call(ChunkdRequest::Get { shard }).await? {
-            ChunkdReply::Shard {
-                encoding,
-                chunk_len,
-                data,
-            } => Ok((encoding, chunk_len, data)),
+            ChunkdReply::Shard { encoding, chunk_len, data } => Ok((encoding, chunk_len, data)),
             _ => Err(ChunkClientError::UnexpectedReply),
         }
     }
@@ -125,10 +110,7 @@ pub struct ChunkClientPool {
 
 impl ChunkClientPool {
     pub fn new(options: ClientOptions) -> ChunkClientPool {
-        ChunkClientPool {
-            options,
-            clients: Mutex::new(HashMap::new()),
-        }
+        ChunkClientPool { options, clients: Mutex::new(HashMap::new()) }
     }
 
     /// The client for `addr`.
@@ -145,10 +127,7 @@ impl ChunkClientPool {
     /// Forgets the client for `addr` (a chunkd that left or moved); its connection closes
     /// once the last caller still holding it is done.
     pub fn remove(&self, addr: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(addr);
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(addr);
     }
 }
 

@@ -56,10 +56,7 @@ impl Encoding {
 
     fn codec(self) -> Arc<ReedSolomon> {
         static CODECS: OnceLock<Mutex<HashMap<Encoding, Arc<ReedSolomon>>>> = OnceLock::new();
-        let mut codecs = CODECS
-            .get_or_init(Default::default)
-            .lock()
-            .expect("codec cache lock");
+        let mut codecs = CODECS.get_or_init(Default::default).lock().expect("codec cache lock");
         codecs
             .entry(self)
             .or_insert_with(|| {
@@ -86,10 +83,7 @@ pub fn encode(encoding: Encoding, chunk: &[u8]) -> Vec<Vec<u8>> {
             shard
         })
         .collect();
-    encoding
-        .codec()
-        .encode(&mut shards)
-        .expect("shards have equal, non-zero length");
+    encoding.codec().encode(&mut shards).expect("shards have equal, non-zero length");
     shards
 }
 
@@ -106,10 +100,7 @@ pub fn decode(
     assert_eq!(shards.len(), encoding.total(), "one slot per shard");
     for shard in shards.iter().flatten() {
         if shard.len() != shard_len {
-            return Err(CodecError::WrongShardLength {
-                got: shard.len(),
-                expected: shard_len,
-            });
+            return Err(CodecError::WrongShardLength { got: shard.len(), expected: shard_len });
         }
     }
     let present = shards.iter().filter(|s| s.is_some()).count();
@@ -199,10 +190,7 @@ mod tests {
         }
         assert_eq!(
             decode(encoding, chunk.len(), &mut slots),
-            Err(CodecError::NotEnoughShards {
-                present: 3,
-                needed: 4
-            })
+            Err(CodecError::NotEnoughShards { present: 3, needed: 4 })
         );
         let mut wrong = vec![Some(vec![0u8; 3]); 6];
         assert!(matches!(

@@ -54,13 +54,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let client = shardfs_rpc::Client::new(&config.metad_addr, Service::Membership, CLIENT_OPTIONS);
-    let mut member = Member {
-        config,
-        client,
-        store,
-        failing: false,
-        pending: BTreeSet::new(),
-    };
+    let mut member = Member { config, client, store, failing: false, pending: BTreeSet::new() };
     tokio::select! {
         _ = shutdown => {}
         never = member.run(&mut corrupt_reports) => match never {},
@@ -124,11 +118,7 @@ impl Member {
     }
 
     async fn try_register(&self) -> Result<(), Failure> {
-        let stat = self
-            .store
-            .stat()
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let stat = self.store.stat().await.map_err(|e| Failure::Other(e.to_string()))?;
         self.call(MembershipRequest::Register {
             id: self.config.id.clone(),
             addr: self.config.advertise_addr.clone(),
@@ -179,10 +169,7 @@ impl Member {
     async fn flush_reports(&mut self) -> Result<(), ()> {
         while let Some(shard) = self.pending.first().copied() {
             let id = self.config.id.clone();
-            match self
-                .call(MembershipRequest::ReportCorrupt { id, shard })
-                .await
-            {
+            match self.call(MembershipRequest::ReportCorrupt { id, shard }).await {
                 Ok(()) => {
                     self.succeeded();
                     self.pending.remove(&shard);
@@ -200,11 +187,8 @@ impl Member {
     }
 
     async fn call(&self, request: MembershipRequest) -> Result<(), Failure> {
-        let response: MembershipResponse = self
-            .client
-            .call(&request)
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let response: MembershipResponse =
+            self.client.call(&request).await.map_err(|e| Failure::Other(e.to_string()))?;
         match response {
             Ok(_) => Ok(()),
             Err(MembershipError::UnknownChunkd(_)) => Err(Failure::Unregistered),

@@ -35,9 +35,7 @@ pub struct ChunkdServer {
 
 impl ChunkdServer {
     pub fn new(store: Arc<ShardStore>) -> ChunkdServer {
-        ChunkdServer {
-            store: RwLock::new(Some(store)),
-        }
+        ChunkdServer { store: RwLock::new(Some(store)) }
     }
 
     /// Stops serving: every later request is answered with an error.
@@ -52,19 +50,14 @@ impl ChunkdServer {
             return Err(ChunkdError::Io("chunkd is shutting down".into()));
         };
         match request {
-            ChunkdRequest::Put {
-                shard,
-                encoding,
-                chunk_len,
-                checksum,
-                data,
-            } => put(&store, shard, encoding, chunk_len, checksum, data).await,
+            ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data } => {
+                put(&store, shard, encoding, chunk_len, checksum, data).await
+            }
             ChunkdRequest::Get { shard } => get(&store, shard).await,
             ChunkdRequest::Delete { shard } => delete(&store, shard).await,
-            ChunkdRequest::List { after, limit } => store
-                .list(after, limit)
-                .await
-                .map(|shards| ChunkdReply::Listed { shards }),
+            ChunkdRequest::List { after, limit } => {
+                store.list(after, limit).await.map(|shards| ChunkdReply::Listed { shards })
+            }
             ChunkdRequest::Stat => store.stat().await.map(ChunkdReply::Stat),
         }
     }

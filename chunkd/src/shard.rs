@@ -49,11 +49,7 @@ pub enum ShardFormatError {
     #[error("file holds shard {found}, expected {expected}")]
     WrongShard { expected: ShardId, found: ShardId },
     #[error("header declares {declared} payload bytes, a {chunk_len}-byte chunk needs {expected}")]
-    PayloadLenMismatch {
-        declared: u64,
-        chunk_len: u64,
-        expected: u64,
-    },
+    PayloadLenMismatch { declared: u64, chunk_len: u64, expected: u64 },
     #[error("header declares {declared} payload bytes, file has {actual}")]
     Truncated { declared: u64, actual: u64 },
     #[error("checksum mismatch")]
@@ -126,14 +122,10 @@ impl ShardHeader {
             return Err(ShardFormatError::UnsupportedVersion(version));
         }
         let (k, m, index) = (bytes[10], bytes[11], bytes[12]);
-        let encoding = Encoding { k, m }
-            .validate()
-            .map_err(|_| ShardFormatError::BadEncoding { k, m })?;
+        let encoding =
+            Encoding { k, m }.validate().map_err(|_| ShardFormatError::BadEncoding { k, m })?;
         if usize::from(index) >= encoding.total() {
-            return Err(ShardFormatError::IndexOutOfRange {
-                index,
-                total: encoding.total(),
-            });
+            return Err(ShardFormatError::IndexOutOfRange { index, total: encoding.total() });
         }
         if bytes[13..16] != [0, 0, 0] {
             return Err(ShardFormatError::ReservedNotZero);
@@ -141,10 +133,7 @@ impl ShardHeader {
         let chunk_len = read_u64(&bytes[16..24]);
         let mut chunk = [0u8; 32];
         chunk.copy_from_slice(&bytes[24..56]);
-        let found = ShardId {
-            chunk: ChunkId(chunk),
-            index,
-        };
+        let found = ShardId { chunk: ChunkId(chunk), index };
         if found != expected {
             return Err(ShardFormatError::WrongShard { expected, found });
         }
@@ -159,13 +148,7 @@ impl ShardHeader {
         }
         let mut checksum = [0u8; 32];
         checksum.copy_from_slice(&bytes[64..96]);
-        Ok(ShardHeader {
-            shard: found,
-            encoding,
-            chunk_len,
-            payload_len,
-            checksum,
-        })
+        Ok(ShardHeader { shard: found, encoding, chunk_len, payload_len, checksum })
     }
 
     /// Checks `payload` (the bytes after the header) against the declared length and checksum.
@@ -219,11 +202,7 @@ pub fn decode_file(bytes: &[u8], expected: ShardId) -> Result<DecodedShard<'_>, 
     let header = ShardHeader::parse(bytes, expected)?;
     let payload = &bytes[HEADER_LEN..];
     header.verify_payload(payload)?;
-    Ok(DecodedShard {
-        encoding: header.encoding,
-        chunk_len: header.chunk_len,
-        payload,
-    })
+    Ok(DecodedShard { encoding: header.encoding, chunk_len: header.chunk_len, payload })
 }
 
 #[cfg(test)]
@@ -232,10 +211,7 @@ mod tests {
 
     fn sample() -> (ShardId, Encoding, Vec<u8>) {
         let chunk = b"hello shard world".to_vec();
-        let shard = ShardId {
-            chunk: ChunkId::of(&chunk),
-            index: 5,
-        };
+        let shard = ShardId { chunk: ChunkId::of(&chunk), index: 5 };
         let encoding = Encoding::new(4, 2).unwrap();
         let payload = crate::codec::encode(encoding, &chunk).swap_remove(5);
         (shard, encoding, payload)
@@ -247,14 +223,7 @@ mod tests {
         let file = encode_file(shard, encoding, 17, &payload);
         assert_eq!(file.len(), HEADER_LEN + payload.len());
         let decoded = decode_file(&file, shard).unwrap();
-        assert_eq!(
-            decoded,
-            DecodedShard {
-                encoding,
-                chunk_len: 17,
-                payload: &payload
-            }
-        );
+        assert_eq!(decoded, DecodedShard { encoding, chunk_len: 17, payload: &payload });
     }
 
     /// A version 1 file built byte by byte from the table in the module doc, with its
@@ -273,17 +242,11 @@ mod tests {
         let checksum = hex::decode(V1_CHECKSUM).unwrap();
         file.extend_from_slice(&checksum);
         file.extend_from_slice(&payload);
-        let shard = ShardId {
-            chunk: chunk_id,
-            index: 1,
-        };
+        let shard = ShardId { chunk: chunk_id, index: 1 };
         let decoded = decode_file(&file, shard).unwrap();
         assert_eq!(decoded.encoding, Encoding { k: 2, m: 1 });
         assert_eq!((decoded.chunk_len, decoded.payload), (5, &payload[..]));
-        assert_eq!(
-            encode_file(shard, Encoding { k: 2, m: 1 }, 5, &payload),
-            file
-        );
+        assert_eq!(encode_file(shard, Encoding { k: 2, m: 1 }, 5, &payload), file);
     }
 
     const V1_CHECKSUM: &str = "e86928cfa43f070e37e3f7198134efefd2102b4134fa49899b4eb0fd019475c1";
@@ -293,17 +256,11 @@ mod tests {
         let (shard, encoding, payload) = sample();
         let file = encode_file(shard, encoding, 17, &payload);
         let other = ShardId { index: 4, ..shard };
-        assert!(matches!(
-            decode_file(&file, other),
-            Err(ShardFormatError::WrongShard { .. })
-        ));
+        assert!(matches!(decode_file(&file, other), Err(ShardFormatError::WrongShard { .. })));
 
         let mut v2 = file.clone();
         v2[8] = 2;
-        assert_eq!(
-            decode_file(&v2, shard),
-            Err(ShardFormatError::UnsupportedVersion(2))
-        );
+        assert_eq!(decode_file(&v2, shard), Err(ShardFormatError::UnsupportedVersion(2)));
 
         let mut bad_index = file.clone();
         bad_index[12] = 6;
@@ -313,17 +270,11 @@ mod tests {
         ));
 
         let truncated = &file[..file.len() - 1];
-        assert!(matches!(
-            decode_file(truncated, shard),
-            Err(ShardFormatError::Truncated { .. })
-        ));
+        assert!(matches!(decode_file(truncated, shard), Err(ShardFormatError::Truncated { .. })));
 
         let mut flipped = file.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(
-            decode_file(&flipped, shard),
-            Err(ShardFormatError::ChecksumMismatch)
-        );
+        assert_eq!(decode_file(&flipped, shard), Err(ShardFormatError::ChecksumMismatch));
     }
 
     /// Decoding must reject, never panic on, arbitrary input.

@@ -60,11 +60,7 @@ pub enum StoreError {
     )]
     BadId { path: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: io::Error },
 }
 
 /// A shard read back from the store, verified.
@@ -99,10 +95,7 @@ pub struct ShardStore {
 enum ReadOutcome {
     Missing,
     Valid(StoredShard),
-    Invalid {
-        error: ShardFormatError,
-        file_len: u64,
-    },
+    Invalid { error: ShardFormatError, file_len: u64 },
 }
 
 impl ShardStore {
@@ -111,32 +104,20 @@ impl ShardStore {
     pub async fn open(dir: impl AsRef<Path>) -> Result<ShardStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let joined_dir = dir.clone();
-        tokio::task::spawn_blocking(move || ShardStore::open_blocking(dir))
-            .await
-            .map_err(|e| StoreError::Io {
-                action: "open",
-                path: joined_dir,
-                source: io::Error::other(e),
-            })?
+        tokio::task::spawn_blocking(move || ShardStore::open_blocking(dir)).await.map_err(|e| {
+            StoreError::Io { action: "open", path: joined_dir, source: io::Error::other(e) }
+        })?
     }
 
     fn open_blocking(dir: PathBuf) -> Result<ShardStore, StoreError> {
         let io_err = |action, path: &Path| {
             let path = path.to_path_buf();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
+            move |source| StoreError::Io { action, path, source }
         };
-        durable::create_dir_durable(&dir).map_err(|source| StoreError::CreateDir {
-            dir: dir.clone(),
-            source,
-        })?;
-        probe_writable(&dir).map_err(|source| StoreError::NotWritable {
-            dir: dir.clone(),
-            source,
-        })?;
+        durable::create_dir_durable(&dir)
+            .map_err(|source| StoreError::CreateDir { dir: dir.clone(), source })?;
+        probe_writable(&dir)
+            .map_err(|source| StoreError::NotWritable { dir: dir.clone(), source })?;
         let lock = lock_dir(&dir)?;
 
         let shards_dir = dir.join(layout::SHARDS_DIR);
@@ -147,10 +128,7 @@ impl ShardStore {
         }
         let stale = durable::clean_tmp(&tmp_dir).map_err(io_err("clean", &tmp_dir))?;
         if stale > 0 {
-            info!(
-                count = stale,
-                "removed temp files left by an interrupted write"
-            );
+            info!(count = stale, "removed temp files left by an interrupted write");
         }
         let id = load_or_create_id(&dir, &tmp_dir)?;
         let (shard_count, used_bytes) =
@@ -178,22 +156,14 @@ impl ShardStore {
     /// just created it without having synced yet, so existence alone proves nothing: each
     /// directory is synced once per process lifetime, whoever created it.
     fn ensure_fan_out_dir(&self, dir: &Path) -> io::Result<()> {
-        if self
-            .synced_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(dir)
-        {
+        if self.synced_dirs.lock().unwrap_or_else(|e| e.into_inner()).contains(dir) {
             return Ok(());
         }
         durable::create_dir_durable(dir)?;
         let parent = dir.parent().unwrap_or(dir);
         durable::sync_dir(parent)?;
         durable::sync_dir(parent.parent().unwrap_or(parent))?;
-        self.synced_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dir.to_path_buf());
+        self.synced_dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf());
         Ok(())
     }
 
@@ -210,10 +180,7 @@ impl ShardStore {
     /// returned receiver (replacing any earlier one). Until then such shards are only logged.
     pub fn subscribe_corrupt_reports(&self) -> UnboundedReceiver<ShardId> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self
-            .corrupt_reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
     }
 
@@ -376,14 +343,12 @@ impl ShardStore {
 
         let header = ShardHeader::new(shard, encoding, chunk_len, data).to_bytes();
         if let Some(dir) = path.parent() {
-            self.ensure_fan_out_dir(dir)
-                .map_err(|e| io_error("create", dir, e))?;
+            self.ensure_fan_out_dir(dir).map_err(|e| io_error("create", dir, e))?;
         }
         durable::write_durable(&self.tmp_dir, &path, &[&header, data])
             .map_err(|e| io_error("write", &path, e))?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
-        self.used_bytes
-            .fetch_add((HEADER_LEN + data.len()) as u64, Ordering::Relaxed);
+        self.used_bytes.fetch_add((HEADER_LEN + data.len()) as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -399,9 +364,7 @@ impl ShardStore {
             let invalid = |error| Ok(ReadOutcome::Invalid { error, file_len });
             let mut header_bytes = [0u8; HEADER_LEN];
             if file_len < HEADER_LEN as u64 {
-                return invalid(ShardFormatError::TooShort {
-                    len: file_len as usize,
-                });
+                return invalid(ShardFormatError::TooShort { len: file_len as usize });
             }
             file.read_exact(&mut header_bytes)?;
             let header = match ShardHeader::parse(&header_bytes, shard) {
@@ -454,10 +417,7 @@ impl ShardStore {
             Err(e) => warn!(%shard, "cannot quarantine {}: {e}", path.display()),
         }
         if report {
-            let sender = self
-                .corrupt_reports
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let sender = self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(sender) = sender.as_ref() {
                 let _ = sender.send(shard);
             }
@@ -470,9 +430,7 @@ impl ShardStore {
         let mut target = self.quarantine_dir.join(&name);
         if target.exists() {
             // The same shard went bad before; keep both copies.
-            target = self
-                .quarantine_dir
-                .join(format!("{name}.{:016x}", rand::random::<u64>()));
+            target = self.quarantine_dir.join(format!("{name}.{:016x}", rand::random::<u64>()));
         }
         fs::rename(path, &target)?;
         durable::sync_dir(&self.quarantine_dir)?;
@@ -491,9 +449,7 @@ impl ShardStore {
 
 /// Checks the parts of a request that decide where and how a shard is stored.
 fn validate_shard(shard: ShardId, encoding: Encoding) -> Result<Encoding, ChunkdError> {
-    let encoding = encoding
-        .validate()
-        .map_err(|e| ChunkdError::Invalid(e.to_string()))?;
+    let encoding = encoding.validate().map_err(|e| ChunkdError::Invalid(e.to_string()))?;
     if usize::from(shard.index) >= encoding.total() {
         return Err(ChunkdError::Invalid(format!(
             "shard index {} is out of range for encoding {}+{}",
@@ -519,11 +475,7 @@ async fn blocking<T: Send + 'static>(
 
 fn io_error(action: &str, path: &Path, e: io::Error) -> ChunkdError {
     let message = format!("cannot {action} {}: {e}", path.display());
-    if durable::is_no_space(&e) {
-        ChunkdError::NoSpace(message)
-    } else {
-        ChunkdError::Io(message)
-    }
+    if durable::is_no_space(&e) { ChunkdError::NoSpace(message) } else { ChunkdError::Io(message) }
 }
 
 fn sync_parent(path: &Path) -> Result<(), ChunkdError> {
@@ -545,10 +497,7 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
     use std::io::Write;
     let probe = dir.join(format!(".write-probe.{:016x}", rand::random::<u64>()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&probe)?;
         file.write_all(b"probe")?;
         file.sync_all()
     })();
@@ -565,22 +514,12 @@ fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| StoreError::Io {
-            action: "open",
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| StoreError::Io { action: "open", path: path.clone(), source })?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
-            StoreError::InUse {
-                dir: dir.to_path_buf(),
-            }
+            StoreError::InUse { dir: dir.to_path_buf() }
         } else {
-            StoreError::Io {
-                action: "lock",
-                path,
-                source: errno.into(),
-            }
+            StoreError::Io { action: "lock", path, source: errno.into() }
         }
     })
 }
@@ -594,32 +533,17 @@ fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
         Ok(contents) => {
             let id = contents.trim_end_matches('\n');
             let valid = id.len() == ID_HEX_LEN
-                && id
-                    .bytes()
-                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-            if valid {
-                Ok(id.to_owned())
-            } else {
-                Err(StoreError::BadId { path })
-            }
+                && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+            if valid { Ok(id.to_owned()) } else { Err(StoreError::BadId { path }) }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let id = hex::encode(rand::random::<[u8; ID_HEX_LEN / 2]>());
-            durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"]).map_err(|source| {
-                StoreError::Io {
-                    action: "write",
-                    path,
-                    source,
-                }
-            })?;
+            durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"])
+                .map_err(|source| StoreError::Io { action: "write", path, source })?;
             info!(%id, "created a new chunkd identity");
             Ok(id)
         }
-        Err(source) => Err(StoreError::Io {
-            action: "read",
-            path,
-            source,
-        }),
+        Err(source) => Err(StoreError::Io { action: "read", path, source }),
     }
 }
 

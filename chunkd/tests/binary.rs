@@ -37,9 +37,7 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
             .unwrap(),
     );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line
         .trim_end()
         .strip_prefix("shardfs-chunkd listening on ")
@@ -48,26 +46,14 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
 
     let client = ChunkClient::new(addr, ClientOptions::default());
     let chunk = b"binary test chunk".to_vec();
-    let shard = ShardId {
-        chunk: ChunkId::of(&chunk),
-        index: 0,
-    };
+    let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
     let encoding = Encoding::new(1, 1).unwrap();
-    client
-        .put(shard, encoding, chunk.len() as u64, chunk.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        client.get(shard).await.unwrap(),
-        (encoding, chunk.len() as u64, chunk)
-    );
+    client.put(shard, encoding, chunk.len() as u64, chunk.clone()).await.unwrap();
+    assert_eq!(client.get(shard).await.unwrap(), (encoding, chunk.len() as u64, chunk));
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let mut child = guard.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -93,12 +79,7 @@ fn unusable_data_directory_is_one_error_line_and_exit_1() {
 fn heartbeat_interval_must_be_positive() {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(BINARY)
-        .args([
-            "--data",
-            dir.path().to_str().unwrap(),
-            "--heartbeat-interval",
-            "0",
-        ])
+        .args(["--data", dir.path().to_str().unwrap(), "--heartbeat-interval", "0"])
         .args(["--listen", "127.0.0.1:0", "--metad", "127.0.0.1:1"])
         .output()
         .unwrap();

@@ -63,17 +63,8 @@ pub struct ChunkIo {
 
 impl ChunkIo {
     pub fn new(pool: Arc<ChunkClientPool>, meta: Arc<MetaClient>, cache_bytes: usize) -> ChunkIo {
-        let cache = ChunkCache {
-            entries: LruCache::unbounded(),
-            bytes: 0,
-            limit: cache_bytes,
-        };
-        ChunkIo {
-            pool,
-            meta,
-            cache: Mutex::new(cache),
-            fetching: Mutex::new(HashMap::new()),
-        }
+        let cache = ChunkCache { entries: LruCache::unbounded(), bytes: 0, limit: cache_bytes };
+        ChunkIo { pool, meta, cache: Mutex::new(cache), fetching: Mutex::new(HashMap::new()) }
     }
 
     fn cached(&self, id: &ChunkId) -> Option<ChunkBytes> {
@@ -85,13 +76,8 @@ impl ChunkIo {
         if let Some(chunk) = self.cached(&location.chunk) {
             return Ok(chunk);
         }
-        let cell = self
-            .fetching
-            .lock()
-            .expect("fetching lock")
-            .entry(location.chunk)
-            .or_default()
-            .clone();
+        let cell =
+            self.fetching.lock().expect("fetching lock").entry(location.chunk).or_default().clone();
         let result = cell
             .get_or_init(|| async {
                 let fetched = self.fetch(location).await.map_err(|e| e.to_string());
@@ -105,14 +91,8 @@ impl ChunkIo {
             })
             .await
             .clone();
-        self.fetching
-            .lock()
-            .expect("fetching lock")
-            .remove(&location.chunk);
-        result.map_err(|reason| FsError::ChunkUnreadable {
-            chunk: location.chunk.to_hex(),
-            reason,
-        })
+        self.fetching.lock().expect("fetching lock").remove(&location.chunk);
+        result.map_err(|reason| FsError::ChunkUnreadable { chunk: location.chunk.to_hex(), reason })
     }
 
     async fn fetch(&self, location: &ChunkLocation) -> Result<ChunkBytes, String> {
@@ -133,10 +113,7 @@ impl ChunkIo {
             let mut gets = JoinSet::new();
             for place in wave {
                 let client = self.pool.get(&place.addr);
-                let shard = ShardId {
-                    chunk: location.chunk,
-                    index: place.index,
-                };
+                let shard = ShardId { chunk: location.chunk, index: place.index };
                 let place = place.clone();
                 gets.spawn(async move { (place, client.get(shard).await) });
             }
@@ -193,10 +170,7 @@ impl ChunkIo {
 
     fn report_bad(&self, chunk: ChunkId, place: &ShardPlace) {
         let meta = self.meta.clone();
-        let shard = ShardId {
-            chunk,
-            index: place.index,
-        };
+        let shard = ShardId { chunk, index: place.index };
         let chunkd = place.chunkd.clone();
         tokio::spawn(async move {
             if let Err(e) = meta.report_bad_shard(shard, chunkd).await {
@@ -208,33 +182,18 @@ impl ChunkIo {
     /// Stores `pieces` as chunks: the already-stored ones are referenced (dedup), the others
     /// put on k+m chunkds. Returns what to commit.
     pub async fn store(&self, pieces: &[Piece]) -> FsResult<(Vec<StoredChunk>, Vec<Extent>)> {
-        let hashed: Vec<(ChunkId, u64)> = pieces
-            .iter()
-            .map(|p| (ChunkId::of(&p.data), p.data.len() as u64))
-            .collect();
+        let hashed: Vec<(ChunkId, u64)> =
+            pieces.iter().map(|p| (ChunkId::of(&p.data), p.data.len() as u64)).collect();
         let mut seen = HashSet::new();
         let unique: Vec<(usize, ChunkToWrite)> = hashed
             .iter()
             .enumerate()
             .filter(|(_, (id, _))| seen.insert(*id))
-            .map(|(i, (chunk, len))| {
-                (
-                    i,
-                    ChunkToWrite {
-                        chunk: *chunk,
-                        len: *len,
-                    },
-                )
-            })
+            .map(|(i, (chunk, len))| (i, ChunkToWrite { chunk: *chunk, len: *len }))
             .collect();
-        let plans = self
-            .meta
-            .prepare_write(unique.iter().map(|(_, c)| *c).collect())
-            .await?;
+        let plans = self.meta.prepare_write(unique.iter().map(|(_, c)| *c).collect()).await?;
         if plans.len() != unique.len() {
-            return Err(FsError::MetaProtocol(
-                "prepare write answered the wrong count".into(),
-            ));
+            return Err(FsError::MetaProtocol("prepare write answered the wrong count".into()));
         }
         let mut puts = JoinSet::new();
         let mut stored = Vec::new();
@@ -266,12 +225,7 @@ impl ChunkIo {
             .zip(&hashed)
             .map(|(piece, (chunk, len))| {
                 cache.insert(*chunk, Arc::new(piece.data.clone()));
-                Extent {
-                    offset: piece.offset,
-                    len: *len,
-                    chunk: *chunk,
-                    chunk_offset: 0,
-                }
+                Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
             })
             .collect();
         Ok((stored, extents))
@@ -295,10 +249,7 @@ async fn put_chunk(
     let mut puts = JoinSet::new();
     for (place, shard) in places.into_iter().zip(shards) {
         let client = pool.get(&place.addr);
-        let id = ShardId {
-            chunk: chunk.chunk,
-            index: place.index,
-        };
+        let id = ShardId { chunk: chunk.chunk, index: place.index };
         puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
     }
     let mut failures = Vec::new();
@@ -316,10 +267,7 @@ async fn put_chunk(
     } else {
         let reason = failures.join("; ");
         warn!(chunk = %chunk.chunk, "write refused, redundancy not reached: {reason}");
-        Err(FsError::ChunkNotStored {
-            chunk: chunk.chunk.to_hex(),
-            reason,
-        })
+        Err(FsError::ChunkNotStored { chunk: chunk.chunk.to_hex(), reason })
     }
 }
 

@@ -101,11 +101,7 @@ impl Fs {
     }
 
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .expect("files lock")
-            .get(&ino)
-            .map(|(f, _)| f.clone())
+        self.files.lock().expect("files lock").get(&ino).map(|(f, _)| f.clone())
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -177,10 +173,7 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        Ok(self
-            .meta
-            .make_dir(parent, name, mode & 0o7777, cred)
-            .await?)
+        Ok(self.meta.make_dir(parent, name, mode & 0o7777, cred).await?)
     }
 
     pub async fn symlink(
@@ -213,10 +206,7 @@ impl Fs {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        Ok(self
-            .meta
-            .rename(parent, name, new_parent, new_name, mode)
-            .await?)
+        Ok(self.meta.rename(parent, name, new_parent, new_name, mode).await?)
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
@@ -244,15 +234,9 @@ impl Fs {
     pub async fn open(&self, ino: Ino) -> FsResult<u64> {
         let (file, first) = {
             let mut files = self.files.lock().expect("files lock");
-            let entry = files.entry(ino).or_insert_with(|| {
-                (
-                    Arc::new(OpenFile {
-                        ino,
-                        data: Default::default(),
-                    }),
-                    0,
-                )
-            });
+            let entry = files
+                .entry(ino)
+                .or_insert_with(|| (Arc::new(OpenFile { ino, data: Default::default() }), 0));
             entry.1 += 1;
             (entry.0.clone(), entry.1 == 1)
         };
@@ -266,14 +250,8 @@ impl Fs {
         // Each open sees what others committed since (close-to-open at least).
         file.data.lock().await.layout = None;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(Handle {
-            file,
-            last_read_end: AtomicU64::new(u64::MAX),
-        });
-        self.handles
-            .lock()
-            .expect("handles lock")
-            .insert(fh, handle);
+        let handle = Arc::new(Handle { file, last_read_end: AtomicU64::new(u64::MAX) });
+        self.handles.lock().expect("handles lock").insert(fh, handle);
         Ok(fh)
     }
 
@@ -316,9 +294,7 @@ impl Fs {
             drop(data);
             self.fill(&layout, offset, &mut buf).await?;
         }
-        let previous_end = handle
-            .last_read_end
-            .swap(offset + len as u64, Ordering::Relaxed);
+        let previous_end = handle.last_read_end.swap(offset + len as u64, Ordering::Relaxed);
         if previous_end == offset {
             self.read_ahead(&layout, offset + len as u64);
         }
@@ -330,10 +306,7 @@ impl Fs {
     async fn fill(&self, layout: &Layout, offset: u64, buf: &mut [u8]) -> FsResult<()> {
         let end = offset + buf.len() as u64;
         let first = layout.extents.partition_point(|e| e.end() <= offset);
-        for extent in layout.extents[first..]
-            .iter()
-            .take_while(|e| e.offset < end)
-        {
+        for extent in layout.extents[first..].iter().take_while(|e| e.offset < end) {
             let location = layout
                 .chunks
                 .binary_search_by_key(&extent.chunk, |c| c.chunk)
@@ -345,12 +318,10 @@ impl Fs {
             let in_chunk = (extent.chunk_offset + (from - extent.offset)) as usize;
             let n = (to - from) as usize;
             let source =
-                chunk
-                    .get(in_chunk..in_chunk + n)
-                    .ok_or_else(|| FsError::ChunkUnreadable {
-                        chunk: extent.chunk.to_hex(),
-                        reason: "extent reaches past the chunk's end".into(),
-                    })?;
+                chunk.get(in_chunk..in_chunk + n).ok_or_else(|| FsError::ChunkUnreadable {
+                    chunk: extent.chunk.to_hex(),
+                    reason: "extent reaches past the chunk's end".into(),
+                })?;
             buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(source);
         }
         Ok(())
@@ -365,10 +336,7 @@ impl Fs {
         let Some(extent) = layout.extents.get(index) else {
             return;
         };
-        let Ok(i) = layout
-            .chunks
-            .binary_search_by_key(&extent.chunk, |c| c.chunk)
-        else {
+        let Ok(i) = layout.chunks.binary_search_by_key(&extent.chunk, |c| c.chunk) else {
             return;
         };
         let location = layout.chunks[i].clone();
@@ -420,9 +388,7 @@ impl Fs {
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let committed = async {
             let (stored, extents) = self.io.store(&pieces).await?;
-            self.meta
-                .commit_write(file.ino, stored, extents, mtime)
-                .await?;
+            self.meta.commit_write(file.ino, stored, extents, mtime).await?;
             Ok::<_, FsError>(())
         }
         .await;

@@ -29,10 +29,7 @@ impl DirtyRanges {
 
     /// End of the last buffered byte.
     pub fn end(&self) -> Option<u64> {
-        self.ranges
-            .iter()
-            .next_back()
-            .map(|(start, data)| start + data.len() as u64)
+        self.ranges.iter().next_back().map(|(start, data)| start + data.len() as u64)
     }
 
     /// Buffers `data` at `offset`, replacing what it overlaps and merging with neighbours.
@@ -81,10 +78,7 @@ impl DirtyRanges {
 
     /// Whether any buffered byte lies in `[start, end)`.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.ranges
-            .range(..end)
-            .next_back()
-            .is_some_and(|(s, data)| s + data.len() as u64 > start)
+        self.ranges.range(..end).next_back().is_some_and(|(s, data)| s + data.len() as u64 > start)
     }
 
     /// Copies buffered bytes over `buf`, which holds file bytes `[offset, offset + len)`.

@@ -107,19 +107,13 @@ fn system_time(t: Timestamp) -> SystemTime {
 
 fn timestamp(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
-        },
+        Ok(d) => Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
         Err(e) => {
             let before = e.duration();
             let (sec, nsec) = if before.subsec_nanos() == 0 {
                 (-(before.as_secs() as i64), 0)
             } else {
-                (
-                    -(before.as_secs() as i64) - 1,
-                    1_000_000_000 - before.subsec_nanos(),
-                )
+                (-(before.as_secs() as i64) - 1, 1_000_000_000 - before.subsec_nanos())
             };
             Timestamp { sec, nsec }
         }
@@ -166,10 +160,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
 }
 
 fn cred(req: &Request) -> Cred {
-    Cred {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
+    Cred { uid: req.uid(), gid: req.gid() }
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -351,10 +342,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "rename",
             reply,
-            move |fs| async move {
-                fs.rename(parent.0, &name, newparent.0, &new_name, mode)
-                    .await
-            },
+            move |fs| async move { fs.rename(parent.0, &name, newparent.0, &new_name, mode).await },
             |reply, ()| reply.ok(),
         );
     }
@@ -542,10 +530,7 @@ impl Filesystem for FuseAdapter {
                 let dir_attr = file_attr(&dir);
                 let dots = [(1, ino.0, "."), (2, parent, "..")];
                 for (cookie, dot_ino, name) in dots {
-                    let attr = FileAttr {
-                        ino: INodeNo(dot_ino),
-                        ..dir_attr
-                    };
+                    let attr = FileAttr { ino: INodeNo(dot_ino), ..dir_attr };
                     if offset < cookie
                         && reply.add(INodeNo(dot_ino), cookie, name, &ttl, &attr, Generation(0))
                     {

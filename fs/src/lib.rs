@@ -7,3 +7,4 @@ pub mod error;
 pub mod fuse;
 pub mod local;
 pub mod mount;
+pub mod options;

@@ -38,9 +38,7 @@ impl LocalCluster {
         };
         let mut tasks = JoinSet::new();
         let server = metad::open(&settings.metad)?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("cannot bind metad")?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind metad")?;
         let metad_addr = listener.local_addr()?.to_string();
         tasks.spawn(metad::run(listener, server, until_stopped(stopped.clone())));
         for i in 0..settings.chunkds {
@@ -48,9 +46,7 @@ impl LocalCluster {
             let store = ShardStore::open(&dir)
                 .await
                 .with_context(|| format!("cannot open chunkd store {}", dir.display()))?;
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("cannot bind chunkd")?;
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind chunkd")?;
             let mut config = ChunkdConfig::new(&dir, &metad_addr);
             config.heartbeat_interval = HEARTBEAT;
             let stopped = until_stopped(stopped.clone());
@@ -60,11 +56,7 @@ impl LocalCluster {
                 }
             });
         }
-        let cluster = LocalCluster {
-            metad_addr,
-            stop,
-            tasks,
-        };
+        let cluster = LocalCluster { metad_addr, stop, tasks };
         cluster.wait_ready(settings.chunkds).await?;
         Ok(cluster)
     }

@@ -33,9 +33,7 @@ macro_rules! call {
 
 impl MetaClient {
     pub fn new(addr: impl Into<String>, options: ClientOptions) -> MetaClient {
-        MetaClient {
-            rpc: Client::new(addr, Service::Metad, options),
-        }
+        MetaClient { rpc: Client::new(addr, Service::Metad, options) }
     }
 
     pub fn addr(&self) -> &str {
@@ -52,10 +50,7 @@ impl MetaClient {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let request = MetaRequest::Lookup {
-            parent,
-            name: name.to_vec(),
-        };
+        let request = MetaRequest::Lookup { parent, name: name.to_vec() };
         call!(self, request, "lookup", MetaReply::Attr(a) => a)
     }
 
@@ -76,23 +71,12 @@ impl MetaClient {
         rdev: u32,
         cred: Cred,
     ) -> Result<Attr> {
-        let request = MetaRequest::MakeNode {
-            parent,
-            name: name.to_vec(),
-            mode,
-            rdev,
-            cred,
-        };
+        let request = MetaRequest::MakeNode { parent, name: name.to_vec(), mode, rdev, cred };
         call!(self, request, "mknod", MetaReply::Attr(a) => a)
     }
 
     pub async fn make_dir(&self, parent: Ino, name: &[u8], mode: u32, cred: Cred) -> Result<Attr> {
-        let request = MetaRequest::MakeDir {
-            parent,
-            name: name.to_vec(),
-            mode,
-            cred,
-        };
+        let request = MetaRequest::MakeDir { parent, name: name.to_vec(), mode, cred };
         call!(self, request, "mkdir", MetaReply::Attr(a) => a)
     }
 
@@ -103,12 +87,8 @@ impl MetaClient {
         target: &[u8],
         cred: Cred,
     ) -> Result<Attr> {
-        let request = MetaRequest::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            cred,
-        };
+        let request =
+            MetaRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), cred };
         call!(self, request, "symlink", MetaReply::Attr(a) => a)
     }
 
@@ -117,18 +97,12 @@ impl MetaClient {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::Unlink {
-            parent,
-            name: name.to_vec(),
-        };
+        let request = MetaRequest::Unlink { parent, name: name.to_vec() };
         call!(self, request, "unlink", MetaReply::Done => ())
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::RemoveDir {
-            parent,
-            name: name.to_vec(),
-        };
+        let request = MetaRequest::RemoveDir { parent, name: name.to_vec() };
         call!(self, request, "rmdir", MetaReply::Done => ())
     }
 
@@ -151,11 +125,7 @@ impl MetaClient {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        let request = MetaRequest::Link {
-            ino,
-            new_parent,
-            new_name: new_name.to_vec(),
-        };
+        let request = MetaRequest::Link { ino, new_parent, new_name: new_name.to_vec() };
         call!(self, request, "link", MetaReply::Attr(a) => a)
     }
 
@@ -189,12 +159,7 @@ impl MetaClient {
         extents: Vec<Extent>,
         mtime: Timestamp,
     ) -> Result<Attr> {
-        let request = MetaRequest::CommitWrite {
-            ino,
-            stored,
-            extents,
-            mtime,
-        };
+        let request = MetaRequest::CommitWrite { ino, stored, extents, mtime };
         call!(self, request, "commit write", MetaReply::Attr(a) => a)
     }
 
@@ -205,20 +170,13 @@ impl MetaClient {
         value: &[u8],
         mode: XattrMode,
     ) -> Result<()> {
-        let request = MetaRequest::SetXattr {
-            ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-            mode,
-        };
+        let request =
+            MetaRequest::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), mode };
         call!(self, request, "setxattr", MetaReply::Done => ())
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let request = MetaRequest::GetXattr {
-            ino,
-            name: name.to_vec(),
-        };
+        let request = MetaRequest::GetXattr { ino, name: name.to_vec() };
         call!(self, request, "getxattr", MetaReply::Xattr(v) => v)
     }
 
@@ -227,10 +185,7 @@ impl MetaClient {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::RemoveXattr {
-            ino,
-            name: name.to_vec(),
-        };
+        let request = MetaRequest::RemoveXattr { ino, name: name.to_vec() };
         call!(self, request, "removexattr", MetaReply::Done => ())
     }
 

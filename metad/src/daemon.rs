@@ -46,14 +46,8 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
         );
     }
     let path = config.data.join("meta.db");
-    let overrides = VolumeOverrides {
-        encoding: config.encoding,
-        chunk_size: config.chunk_size,
-    };
-    let defaults = VolumeSettings {
-        encoding: DEFAULT_ENCODING,
-        chunk_size: DEFAULT_CHUNK_SIZE,
-    };
+    let overrides = VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
+    let defaults = VolumeSettings { encoding: DEFAULT_ENCODING, chunk_size: DEFAULT_CHUNK_SIZE };
     let store = Store::open(&path, overrides, defaults)
         .with_context(|| format!("cannot open metadata database {}", path.display()))?;
     let store = Arc::new(store);
@@ -74,13 +68,9 @@ pub async fn run(
 /// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size"))?;
+    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
@@ -89,9 +79,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tib" | "tb" => 1 << 40,
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
-    value
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    value.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]

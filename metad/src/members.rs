@@ -30,27 +30,13 @@ impl Members {
         let members = store
             .chunkds()?
             .into_iter()
-            .map(|record| {
-                (
-                    record.id.clone(),
-                    Member {
-                        record,
-                        last_seen: None,
-                    },
-                )
-            })
+            .map(|record| (record.id.clone(), Member { record, last_seen: None }))
             .collect();
-        Ok(Members {
-            store,
-            down_after,
-            members: Mutex::new(members),
-        })
+        Ok(Members { store, down_after, members: Mutex::new(members) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
-        self.members
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn register(
@@ -70,13 +56,7 @@ impl Members {
             shard_count: stat.shard_count,
         };
         self.store.register_chunkd(&record)?;
-        self.lock().insert(
-            id,
-            Member {
-                record,
-                last_seen: Some(Instant::now()),
-            },
-        );
+        self.lock().insert(id, Member { record, last_seen: Some(Instant::now()) });
         Ok(())
     }
 
@@ -99,9 +79,7 @@ impl Members {
     }
 
     fn is_up(&self, member: &Member, now: Instant) -> bool {
-        member
-            .last_seen
-            .is_some_and(|seen| now.duration_since(seen) <= self.down_after)
+        member.last_seen.is_some_and(|seen| now.duration_since(seen) <= self.down_after)
     }
 
     /// Chunkds that may take new shards: up, and not full.

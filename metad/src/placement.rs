@@ -74,26 +74,14 @@ mod tests {
     fn distinct_deterministic_and_stable() {
         let all: Vec<_> = (0..8).map(|i| chunkd(&format!("c{i}"), None)).collect();
         let chunk = ChunkId::of(b"x");
-        let a: Vec<_> = place(&chunk, 6, &all)
-            .unwrap()
-            .iter()
-            .map(|c| c.id.clone())
-            .collect();
-        let b: Vec<_> = place(&chunk, 6, &all)
-            .unwrap()
-            .iter()
-            .map(|c| c.id.clone())
-            .collect();
+        let a: Vec<_> = place(&chunk, 6, &all).unwrap().iter().map(|c| c.id.clone()).collect();
+        let b: Vec<_> = place(&chunk, 6, &all).unwrap().iter().map(|c| c.id.clone()).collect();
         assert_eq!(a, b);
         assert_eq!(a.iter().collect::<HashSet<_>>().len(), 6);
         // Removing a chunkd that was not chosen changes nothing.
         let unchosen = all.iter().find(|c| !a.contains(&c.id)).unwrap().id.clone();
         let fewer: Vec<_> = all.iter().filter(|c| c.id != unchosen).cloned().collect();
-        let c: Vec<_> = place(&chunk, 6, &fewer)
-            .unwrap()
-            .iter()
-            .map(|c| c.id.clone())
-            .collect();
+        let c: Vec<_> = place(&chunk, 6, &fewer).unwrap().iter().map(|c| c.id.clone()).collect();
         assert_eq!(a, c);
         assert!(place(&chunk, 9, &all).is_none());
     }

@@ -55,13 +55,9 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn now() -> Timestamp {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp {
-            sec: now.as_secs() as i64,
-            nsec: now.subsec_nanos(),
-        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp { sec: now.as_secs() as i64, nsec: now.subsec_nanos() }
     }
 }
 
@@ -174,10 +170,7 @@ pub enum ChunkPlan {
     /// Already stored with full redundancy: reference it, put nothing (dedup).
     Stored,
     /// Put shard `i` on `targets[i]`, then commit with these places.
-    Place {
-        encoding: Encoding,
-        targets: Vec<ShardPlace>,
-    },
+    Place { encoding: Encoding, targets: Vec<ShardPlace> },
 }
 
 /// A chunk whose shards the client has stored.
@@ -333,15 +326,6 @@ pub enum MetaRequest {
         after: u64,
         limit: u32,
     },
-    /// The client opened file `ino`: while any client holds it open it outlives its last
-    /// name. Sent once per client and inode, not per file descriptor.
-    OpenFile {
-        ino: Ino,
-    },
-    /// The client closed its last handle on `ino`.
-    ReleaseFile {
-        ino: Ino,
-    },
     GetLayout {
         ino: Ino,
     },
@@ -388,6 +372,15 @@ pub enum MetaRequest {
         chunk: ChunkId,
     },
     CatalogueStats,
+    /// The client opened file `ino`: while any client holds it open it outlives its last
+    /// name. Sent once per client and inode, not per file descriptor.
+    OpenFile {
+        ino: Ino,
+    },
+    /// The client closed its last handle on `ino`.
+    ReleaseFile {
+        ino: Ino,
+    },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;

@@ -33,30 +33,18 @@ impl MetadServer {
             MetaRequest::Volume => MetaReply::Volume(store.volume()),
             MetaRequest::Lookup { parent, name } => MetaReply::Attr(store.lookup(parent, &name)?),
             MetaRequest::GetAttr { ino } => MetaReply::Attr(store.get_attr(ino)?),
-            MetaRequest::SetAttr {
-                ino,
-                cred: _,
-                changes,
-            } => MetaReply::Attr(store.set_attr(ino, &changes)?),
-            MetaRequest::MakeNode {
-                parent,
-                name,
-                mode,
-                rdev,
-                cred,
-            } => MetaReply::Attr(store.make_node(parent, &name, mode, rdev, cred)?),
-            MetaRequest::MakeDir {
-                parent,
-                name,
-                mode,
-                cred,
-            } => MetaReply::Attr(store.make_dir(parent, &name, mode, cred)?),
-            MetaRequest::Symlink {
-                parent,
-                name,
-                target,
-                cred,
-            } => MetaReply::Attr(store.symlink(parent, &name, &target, cred)?),
+            MetaRequest::SetAttr { ino, cred: _, changes } => {
+                MetaReply::Attr(store.set_attr(ino, &changes)?)
+            }
+            MetaRequest::MakeNode { parent, name, mode, rdev, cred } => {
+                MetaReply::Attr(store.make_node(parent, &name, mode, rdev, cred)?)
+            }
+            MetaRequest::MakeDir { parent, name, mode, cred } => {
+                MetaReply::Attr(store.make_dir(parent, &name, mode, cred)?)
+            }
+            MetaRequest::Symlink { parent, name, target, cred } => {
+                MetaReply::Attr(store.symlink(parent, &name, &target, cred)?)
+            }
             MetaRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
             MetaRequest::Unlink { parent, name } => {
                 store.unlink(parent, &name)?;
@@ -66,21 +54,13 @@ impl MetadServer {
                 store.remove_dir(parent, &name)?;
                 MetaReply::Done
             }
-            MetaRequest::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                mode,
-            } => {
+            MetaRequest::Rename { parent, name, new_parent, new_name, mode } => {
                 store.rename(parent, &name, new_parent, &new_name, mode)?;
                 MetaReply::Done
             }
-            MetaRequest::Link {
-                ino,
-                new_parent,
-                new_name,
-            } => MetaReply::Attr(store.link(ino, new_parent, &new_name)?),
+            MetaRequest::Link { ino, new_parent, new_name } => {
+                MetaReply::Attr(store.link(ino, new_parent, &new_name)?)
+            }
             MetaRequest::ReadDir { ino, after, limit } => {
                 let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;
                 MetaReply::Entries { parent, entries }
@@ -119,18 +99,10 @@ impl MetadServer {
                     Ok(ChunkPlan::Place { encoding, targets })
                 })?)
             }
-            MetaRequest::CommitWrite {
-                ino,
-                stored,
-                extents,
-                mtime,
-            } => MetaReply::Attr(store.commit_write(ino, &stored, &extents, mtime)?),
-            MetaRequest::SetXattr {
-                ino,
-                name,
-                value,
-                mode,
-            } => {
+            MetaRequest::CommitWrite { ino, stored, extents, mtime } => {
+                MetaReply::Attr(store.commit_write(ino, &stored, &extents, mtime)?)
+            }
+            MetaRequest::SetXattr { ino, name, value, mode } => {
                 store.set_xattr(ino, &name, &value, mode)?;
                 MetaReply::Done
             }
@@ -141,10 +113,7 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::StatFs => {
-                let mut stat = StatFs {
-                    inodes: store.inode_count()?,
-                    ..StatFs::default()
-                };
+                let mut stat = StatFs { inodes: store.inode_count()?, ..StatFs::default() };
                 for chunkd in self.members.status().iter().filter(|c| c.up) {
                     stat.capacity_bytes += chunkd.capacity_bytes;
                     stat.free_bytes += chunkd.free_bytes;
@@ -168,16 +137,9 @@ impl MetadServer {
     fn membership(&self, request: MembershipRequest, peer: SocketAddr) -> MembershipResponse {
         let rejected = |e: MetaError| MembershipError::Rejected(e.to_string());
         match request {
-            MembershipRequest::Register {
-                id,
-                addr,
-                zone,
-                stat,
-            } => {
+            MembershipRequest::Register { id, addr, zone, stat } => {
                 info!(%id, %addr, ?zone, %peer, "chunkd registered");
-                self.members
-                    .register(id, addr, zone, &stat)
-                    .map_err(rejected)?;
+                self.members.register(id, addr, zone, &stat).map_err(rejected)?;
             }
             MembershipRequest::Heartbeat { id, stat } => {
                 if !self.members.heartbeat(&id, &stat) {
@@ -189,9 +151,7 @@ impl MetadServer {
                     return Err(MembershipError::UnknownChunkd(id));
                 }
                 warn!(chunkd = %id, %shard, "chunkd quarantined a corrupt shard");
-                self.store
-                    .mark_shard_unhealthy(shard, &id)
-                    .map_err(rejected)?;
+                self.store.mark_shard_unhealthy(shard, &id).map_err(rejected)?;
             }
         }
         Ok(MembershipReply::Ok)
@@ -222,9 +182,7 @@ impl Handler for MetadServer {
             }
         };
         tokio::task::spawn_blocking(run).await.map_err(|e| {
-            shardfs_rpc::Error::Io(std::io::Error::other(format!(
-                "request handler failed: {e}"
-            )))
+            shardfs_rpc::Error::Io(std::io::Error::other(format!("request handler failed: {e}")))
         })?
     }
 

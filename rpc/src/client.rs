@@ -63,12 +63,7 @@ impl Pending {
 
 impl Client {
     pub fn new(addr: impl Into<String>, service: Service, options: ClientOptions) -> Client {
-        Client {
-            addr: addr.into(),
-            service,
-            options,
-            connection: tokio::sync::Mutex::new(None),
-        }
+        Client { addr: addr.into(), service, options, connection: tokio::sync::Mutex::new(None) }
     }
 
     pub fn addr(&self) -> &str {
@@ -103,12 +98,7 @@ impl Client {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
-                connection
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .waiting
-                    .remove(&id);
+                connection.pending.lock().expect("pending lock").waiting.remove(&id);
                 Err(Error::Timeout {
                     addr: self.addr.clone(),
                     timeout: self.options.request_timeout,
@@ -118,9 +108,7 @@ impl Client {
     }
 
     fn lost(&self) -> Error {
-        Error::ConnectionLost {
-            addr: self.addr.clone(),
-        }
+        Error::ConnectionLost { addr: self.addr.clone() }
     }
 
     /// The live connection, opening a new one if there is none or the last one failed.
@@ -139,24 +127,16 @@ impl Client {
     async fn connect(&self) -> Result<Connection, Error> {
         let timeout = self.options.connect_timeout;
         let attempt = async {
-            let mut stream =
-                TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|source| Error::Connect {
-                        addr: self.addr.clone(),
-                        source,
-                    })?;
+            let mut stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| Error::Connect { addr: self.addr.clone(), source })?;
             stream.set_nodelay(true)?;
             handshake::client(&mut stream, &self.addr, self.service).await?;
             Ok::<_, Error>(stream)
         };
-        let stream =
-            tokio::time::timeout(timeout, attempt)
-                .await
-                .map_err(|_| Error::ConnectTimeout {
-                    addr: self.addr.clone(),
-                    timeout,
-                })??;
+        let stream = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| Error::ConnectTimeout { addr: self.addr.clone(), timeout })??;
         debug!(addr = %self.addr, service = self.service.name(), "connected");
         let (read_half, write_half) = stream.into_split();
         let pending = Arc::new(Mutex::new(Pending::default()));
@@ -188,11 +168,8 @@ impl Client {
             loop {
                 match frame::read(&mut reader).await {
                     Ok(Some(frame)) if frame.kind == Kind::Response => {
-                        let waiter = reader_pending
-                            .lock()
-                            .expect("pending lock")
-                            .waiting
-                            .remove(&frame.id);
+                        let waiter =
+                            reader_pending.lock().expect("pending lock").waiting.remove(&frame.id);
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(frame.body);
                         }
@@ -208,10 +185,6 @@ impl Client {
             reader_pending.lock().expect("pending lock").close();
         });
 
-        Ok(Connection {
-            outgoing,
-            pending,
-            next_id: AtomicU64::new(1),
-        })
+        Ok(Connection { outgoing, pending, next_id: AtomicU64::new(1) })
     }
 }

@@ -14,11 +14,7 @@ pub enum Error {
     #[error(
         "protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}"
     )]
-    VersionMismatch {
-        addr: String,
-        theirs: u16,
-        ours: u16,
-    },
+    VersionMismatch { addr: String, theirs: u16, ours: u16 },
     #[error("{addr} does not serve the {service} protocol")]
     WrongService { addr: String, service: &'static str },
     #[error("connection to {addr} lost")]

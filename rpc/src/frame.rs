@@ -61,26 +61,16 @@ pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>,
     }
     let len = u32::from_be_bytes(len_bytes) as usize;
     if len > MAX_FRAME_LEN {
-        return Err(Error::FrameTooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(Error::FrameTooLarge { len, max: MAX_FRAME_LEN });
     }
     if len < HEADER_LEN {
-        return Err(Error::BadFrame(format!(
-            "frame of {len} bytes is shorter than its header"
-        )));
+        return Err(Error::BadFrame(format!("frame of {len} bytes is shorter than its header")));
     }
     let mut buf = BytesMut::zeroed(len);
-    reader
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                Error::BadFrame("stream ended inside a frame".into())
-            }
-            _ => Error::Io(e),
-        })?;
+    reader.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::BadFrame("stream ended inside a frame".into()),
+        _ => Error::Io(e),
+    })?;
     let kind = match buf[0] {
         0 => Kind::Request,
         1 => Kind::Response,
@@ -101,10 +91,7 @@ pub async fn write<W: AsyncWrite + Unpin>(
 ) -> Result<(), Error> {
     let len = HEADER_LEN + body.len();
     if len > MAX_FRAME_LEN {
-        return Err(Error::FrameTooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(Error::FrameTooLarge { len, max: MAX_FRAME_LEN });
     }
     let mut header = [0u8; 4 + HEADER_LEN];
     header[..4].copy_from_slice(&(len as u32).to_be_bytes());
@@ -126,10 +113,7 @@ mod tests {
         write(&mut buf, Kind::Response, 8, b"").await.unwrap();
         let mut reader = &buf[..];
         let a = read(&mut reader).await.unwrap().unwrap();
-        assert_eq!(
-            (a.kind, a.id, &a.body[..]),
-            (Kind::Request, 7, &b"hello"[..])
-        );
+        assert_eq!((a.kind, a.id, &a.body[..]), (Kind::Request, 7, &b"hello"[..]));
         let b = read(&mut reader).await.unwrap().unwrap();
         assert_eq!((b.kind, b.id, b.body.len()), (Kind::Response, 8, 0));
         assert!(read(&mut reader).await.unwrap().is_none());
@@ -141,23 +125,14 @@ mod tests {
         write(&mut buf, Kind::Request, 1, b"abcdef").await.unwrap();
         for cut in [2, 5, buf.len() - 1] {
             let mut reader = &buf[..cut];
-            assert!(
-                matches!(read(&mut reader).await, Err(Error::BadFrame(_))),
-                "cut {cut}"
-            );
+            assert!(matches!(read(&mut reader).await, Err(Error::BadFrame(_))), "cut {cut}");
         }
         let huge = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(
-            read(&mut &huge[..]).await,
-            Err(Error::FrameTooLarge { .. })
-        ));
+        assert!(matches!(read(&mut &huge[..]).await, Err(Error::FrameTooLarge { .. })));
         let mut bad = buf.clone();
         bad[4] = 9;
         assert!(matches!(read(&mut &bad[..]).await, Err(Error::BadFrame(_))));
         let short = 3u32.to_be_bytes();
-        assert!(matches!(
-            read(&mut &short[..]).await,
-            Err(Error::BadFrame(_))
-        ));
+        assert!(matches!(read(&mut &short[..]).await, Err(Error::BadFrame(_))));
     }
 }

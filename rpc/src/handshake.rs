@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::Error;
 
 /// Version of the frame layout and of every message enum carried in it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: &[u8; 4] = b"SHFS";
 const STATUS_OK: u8 = 0;
@@ -78,28 +78,19 @@ pub async fn client(stream: &mut TcpStream, addr: &str, service: Service) -> Res
     let answer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) | Err(_) => {
-            return Err(Error::NotShardfs {
-                addr: addr.to_owned(),
-            });
+            return Err(Error::NotShardfs { addr: addr.to_owned() });
         }
     };
     if &answer[..4] != MAGIC {
-        return Err(Error::NotShardfs {
-            addr: addr.to_owned(),
-        });
+        return Err(Error::NotShardfs { addr: addr.to_owned() });
     }
     let theirs = u16::from_be_bytes([answer[4], answer[5]]);
     match answer[6] {
         STATUS_OK => Ok(()),
-        STATUS_SERVICE => Err(Error::WrongService {
-            addr: addr.to_owned(),
-            service: service.name(),
-        }),
-        _ => Err(Error::VersionMismatch {
-            addr: addr.to_owned(),
-            theirs,
-            ours: PROTOCOL_VERSION,
-        }),
+        STATUS_SERVICE => {
+            Err(Error::WrongService { addr: addr.to_owned(), service: service.name() })
+        }
+        _ => Err(Error::VersionMismatch { addr: addr.to_owned(), theirs, ours: PROTOCOL_VERSION }),
     }
 }
 
@@ -114,9 +105,7 @@ pub async fn server(
         .await
         .map_err(|_| Error::BadFrame("handshake timed out".into()))??;
     if &hello[..4] != MAGIC {
-        return Err(Error::BadFrame(
-            "peer is not speaking the shardfs protocol".into(),
-        ));
+        return Err(Error::BadFrame("peer is not speaking the shardfs protocol".into()));
     }
     let theirs = u16::from_be_bytes([hello[4], hello[5]]);
     let service = Service::from_code(hello[6]).filter(|s| offers(*s));
@@ -137,9 +126,6 @@ pub async fn server(
         (STATUS_VERSION, _) => Err(Error::BadFrame(format!(
             "peer speaks protocol v{theirs}, this build speaks v{PROTOCOL_VERSION}"
         ))),
-        _ => Err(Error::BadFrame(format!(
-            "peer asked for unknown service {}",
-            hello[6]
-        ))),
+        _ => Err(Error::BadFrame(format!("peer asked for unknown service {}", hello[6]))),
     }
 }

@@ -30,10 +30,7 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(Error::Decode)?;
     if !rest.is_empty() {
-        return Err(Error::BadFrame(format!(
-            "{} trailing bytes after message",
-            rest.len()
-        )));
+        return Err(Error::BadFrame(format!("{} trailing bytes after message", rest.len())));
     }
     Ok(value)
 }

@@ -108,16 +108,9 @@ async fn connection<H: Handler>(
             Some(e) = bad_rx.recv() => break Err(e),
         };
         if frame.kind != Kind::Request {
-            break Err(Error::BadFrame(format!(
-                "unexpected {:?} frame from a client",
-                frame.kind
-            )));
+            break Err(Error::BadFrame(format!("unexpected {:?} frame from a client", frame.kind)));
         }
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
         let handler = handler.clone();
         let tx = tx.clone();
         let bad_tx = bad_tx.clone();

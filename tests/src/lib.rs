@@ -24,10 +24,7 @@ const DOWN_AFTER_SECS: &str = "2";
 /// Path of a workspace binary, built next to the test executable's directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -96,10 +93,7 @@ fn start_daemon(mut command: Command, log: &Path) -> (Process, String) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let process = Process {
-        child,
-        log: log.to_owned(),
-    };
+    let process = Process { child, log: log.to_owned() };
     let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
     let Some((_, addr)) = line.trim().split_once(" listening on ") else {
         panic!(
@@ -128,14 +122,9 @@ pub struct Cluster {
 impl Cluster {
     /// Starts metad with encoding `k`+`m` and `n` chunkds, and waits until all are up.
     pub fn start(n: usize, k: u8, m: u8) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("shardfs-test-")
-            .tempdir()
-            .expect("tempdir");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let dir = tempfile::Builder::new().prefix("shardfs-test-").tempdir().expect("tempdir");
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let mut cluster = Cluster {
             dir,
             metad: None,
@@ -269,11 +258,7 @@ impl Cluster {
 fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A live FUSE mount served by a `shardfs mount` process; unmounted on drop.
@@ -291,10 +276,7 @@ impl Mount {
             .stderr(log_file)
             .spawn()
             .expect("spawn shardfs mount");
-        let mut process = Process {
-            child,
-            log: log.to_owned(),
-        };
+        let mut process = Process { child, log: log.to_owned() };
         let deadline = Instant::now() + READY_TIMEOUT;
         while !is_mounted(&path) {
             if process.exited() || Instant::now() > deadline {
@@ -306,10 +288,7 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mount {
-            path,
-            process: Some(process),
-        }
+        Mount { path, process: Some(process) }
     }
 
     pub fn join(&self, relative: &str) -> PathBuf {
@@ -333,10 +312,7 @@ impl Mount {
                 .status()
                 .is_ok_and(|s| s.success());
             if !clean {
-                let _ = Command::new("fusermount3")
-                    .arg("-uz")
-                    .arg(&self.path)
-                    .status();
+                let _ = Command::new("fusermount3").arg("-uz").arg(&self.path).status();
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -358,18 +334,12 @@ pub fn is_mounted(path: &Path) -> bool {
         return false;
     };
     let wanted = path.to_string_lossy();
-    mountinfo
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
 }
 
 /// Runs a shell command line, panicking with its output if it fails.
 pub fn sh(script: &str) -> String {
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run bash");
+    let output = Command::new("bash").arg("-c").arg(script).output().expect("run bash");
     assert!(
         output.status.success(),
         "`{script}` failed ({}):\n{}{}",
@@ -405,8 +375,5 @@ pub fn write_random(path: &Path, len: usize, seed: u64) {
 /// SHA-256 of a file, as sha256sum prints it.
 pub fn sha256(path: &Path) -> String {
     let out = sh(&format!("sha256sum '{}'", path.display()));
-    out.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    out.split_whitespace().next().unwrap_or_default().to_string()
 }

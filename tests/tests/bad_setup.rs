@@ -15,33 +15,21 @@ fn fails_fast(command: &mut Command, expected: &str) {
     assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
-    assert!(
-        lines[0].contains(expected),
-        "{:?} lacks {expected:?}",
-        lines[0]
-    );
+    assert!(lines[0].contains(expected), "{:?} lacks {expected:?}", lines[0]);
 }
 
 #[test]
 fn mount_with_metad_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     fails_fast(
-        Command::new(binary("shardfs"))
-            .args(["mount", &addr])
-            .arg(dir.path()),
+        Command::new(binary("shardfs")).args(["mount", &addr]).arg(dir.path()),
         &format!("cannot reach metad at {addr}"),
     );
     fails_fast(
-        Command::new(binary("shardfs"))
-            .args(["mount", "--background", &addr])
-            .arg(dir.path()),
+        Command::new(binary("shardfs")).args(["mount", "--background", &addr]).arg(dir.path()),
         &format!("cannot reach metad at {addr}"),
     );
 }
@@ -51,9 +39,7 @@ fn mount_on_a_missing_mountpoint() {
     let cluster = Cluster::start(3, 2, 1);
     let missing = cluster.dir.path().join("no-such-dir");
     fails_fast(
-        Command::new(binary("shardfs"))
-            .args(["mount", &cluster.metad_addr])
-            .arg(&missing),
+        Command::new(binary("shardfs")).args(["mount", &cluster.metad_addr]).arg(&missing),
         "does not exist",
     );
 }
@@ -70,15 +56,14 @@ impl Drop for ReadOnlyDir {
 #[test]
 fn chunkd_on_a_read_only_directory() {
     let dir = ReadOnlyDir(tempfile::tempdir().unwrap());
-    sh(&format!(
-        "mount -t tmpfs -o ro,size=1m shardfs-test-ro {}",
-        dir.0.path().display()
-    ));
+    sh(&format!("mount -t tmpfs -o ro,size=1m shardfs-test-ro {}", dir.0.path().display()));
     fails_fast(
-        Command::new(binary("shardfs-chunkd"))
-            .arg("--data")
-            .arg(dir.0.path())
-            .args(["--listen", "127.0.0.1:0", "--metad", "127.0.0.1:1"]),
+        Command::new(binary("shardfs-chunkd")).arg("--data").arg(dir.0.path()).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metad",
+            "127.0.0.1:1",
+        ]),
         "not writable",
     );
 }

@@ -24,9 +24,5 @@ fn same_64_mib_twice_is_stored_once() {
 }
 
 fn shard_bytes(cluster: &Cluster, i: usize) -> u64 {
-    cluster
-        .shard_files(i)
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .sum()
+    cluster.shard_files(i).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
 }

@@ -7,10 +7,7 @@ use shardfs_tests::{Cluster, sha256, write_random};
 fn populate(cluster: &Cluster) -> Vec<(String, String)> {
     let mount = cluster.mount();
     let mut files = Vec::new();
-    for (i, len) in [0usize, 1, 4095, 1 << 20, (9 << 20) + 12345]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, len) in [0usize, 1, 4095, 1 << 20, (9 << 20) + 12345].into_iter().enumerate() {
         let name = format!("f{i}");
         let source = cluster.dir.path().join(&name);
         write_random(&source, len, i as u64);
@@ -31,11 +28,7 @@ fn any_two_of_six_chunkds_down() {
             // A fresh mount has nothing cached.
             let mount = cluster.mount();
             for (name, expected) in &files {
-                assert_eq!(
-                    &sha256(&mount.join(name)),
-                    expected,
-                    "{name} with {a} and {b} down"
-                );
+                assert_eq!(&sha256(&mount.join(name)), expected, "{name} with {a} and {b} down");
             }
             mount.unmount();
             cluster.start_chunkd(a);
@@ -71,23 +64,12 @@ fn flipped_byte_in_a_shard_is_quarantined_and_reported() {
     let chunk = chunk_hex.parse().unwrap();
     let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
     loop {
-        let status = cluster
-            .query(async |c| c.chunk_status(chunk).await)
-            .unwrap()
-            .unwrap();
-        let bad: Vec<_> = status
-            .shards
-            .iter()
-            .filter(|s| !s.healthy)
-            .map(|s| s.index)
-            .collect();
+        let status = cluster.query(async |c| c.chunk_status(chunk).await).unwrap().unwrap();
+        let bad: Vec<_> = status.shards.iter().filter(|s| !s.healthy).map(|s| s.index).collect();
         if bad == [0] {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "corrupt shard not reported: {status:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "corrupt shard not reported: {status:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -20,10 +20,7 @@ fn errno_of(result: libc::c_int) -> i32 {
 }
 
 fn io_errno(result: std::io::Result<impl std::fmt::Debug>) -> i32 {
-    result
-        .expect_err("call should have failed")
-        .raw_os_error()
-        .unwrap()
+    result.expect_err("call should have failed").raw_os_error().unwrap()
 }
 
 fn setup() -> (Cluster, Mount) {
@@ -44,10 +41,7 @@ fn names_renames_and_links() {
     // Names up to 255 bytes work; 256 is ENAMETOOLONG.
     let ok = "x".repeat(255);
     fs::write(m.join(&ok), b"").unwrap();
-    assert_eq!(
-        io_errno(fs::write(m.join("y".repeat(256)), b"")),
-        libc::ENAMETOOLONG
-    );
+    assert_eq!(io_errno(fs::write(m.join("y".repeat(256)), b"")), libc::ENAMETOOLONG);
 
     // RENAME_NOREPLACE over an existing name is EEXIST; RENAME_EXCHANGE swaps.
     let rename2 = |from: &str, to: &str, flags: u32| unsafe {
@@ -59,23 +53,14 @@ fn names_renames_and_links() {
             flags,
         )
     };
-    assert_eq!(
-        errno_of(rename2("d1/a", "d1/b", libc::RENAME_NOREPLACE)),
-        libc::EEXIST
-    );
+    assert_eq!(errno_of(rename2("d1/a", "d1/b", libc::RENAME_NOREPLACE)), libc::EEXIST);
     assert_eq!(rename2("d1/a", "d1/b", libc::RENAME_EXCHANGE), 0);
     assert_eq!(fs::read(m.join("d1/a")).unwrap(), b"b");
     assert_eq!(fs::read(m.join("d1/b")).unwrap(), b"a");
     // A directory into its own subtree is EINVAL; over a non-empty directory ENOTEMPTY.
-    assert_eq!(
-        io_errno(fs::rename(m.join("d1"), m.join("d1/sub/x"))),
-        libc::EINVAL
-    );
+    assert_eq!(io_errno(fs::rename(m.join("d1"), m.join("d1/sub/x"))), libc::EINVAL);
     fs::create_dir(m.join("d2")).unwrap();
-    assert_eq!(
-        io_errno(fs::rename(m.join("d2"), m.join("d1"))),
-        libc::ENOTEMPTY
-    );
+    assert_eq!(io_errno(fs::rename(m.join("d2"), m.join("d1"))), libc::ENOTEMPTY);
     assert_eq!(io_errno(fs::remove_dir(m.join("d1"))), libc::ENOTEMPTY);
     // Rename over an existing file replaces it atomically.
     fs::rename(m.join("d1/a"), m.join("d1/b")).unwrap();
@@ -91,14 +76,8 @@ fn names_renames_and_links() {
     // Hard links share the inode and count nlink.
     fs::hard_link(m.join("d1/b"), m.join("d2/hard")).unwrap();
     let linked = fs::metadata(m.join("d2/hard")).unwrap();
-    assert_eq!(
-        (linked.ino(), linked.nlink()),
-        (fs::metadata(m.join("d1/b")).unwrap().ino(), 2)
-    );
-    assert_eq!(
-        io_errno(fs::hard_link(m.join("d1"), m.join("d1-link"))),
-        libc::EPERM
-    );
+    assert_eq!((linked.ino(), linked.nlink()), (fs::metadata(m.join("d1/b")).unwrap().ino(), 2));
+    assert_eq!(io_errno(fs::hard_link(m.join("d1"), m.join("d1-link"))), libc::EPERM);
     fs::remove_file(m.join("d1/b")).unwrap();
     assert_eq!(fs::metadata(m.join("d2/hard")).unwrap().nlink(), 1);
     assert_eq!(io_errno(fs::metadata(m.join("d1/b"))), libc::ENOENT);
@@ -110,18 +89,10 @@ fn names_renames_and_links() {
 fn unlinked_while_open_stays_usable_until_close() {
     let (cluster, mount) = setup();
     let path = mount.join("doomed");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
     file.write_all(&vec![7u8; 3 << 20]).unwrap();
     file.sync_all().unwrap();
-    let chunks_before = cluster
-        .query(async |c| c.catalogue_stats().await)
-        .unwrap()
-        .chunks;
+    let chunks_before = cluster.query(async |c| c.catalogue_stats().await).unwrap().chunks;
     assert!(chunks_before > 0);
     fs::remove_file(&path).unwrap();
     assert!(!path.exists());
@@ -141,10 +112,7 @@ fn unlinked_while_open_stays_usable_until_close() {
     let released = || cluster.query(async |c| c.get_attr(ino).await).is_err();
     let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
     while !released() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "inode {ino} not released at last close"
-        );
+        assert!(std::time::Instant::now() < deadline, "inode {ino} not released at last close");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -166,17 +134,10 @@ fn open_flags_append_excl_trunc() {
     drop((appender, other));
     assert_eq!(fs::read(&path).unwrap(), b"0123456789abcdef");
     // O_TRUNC empties it.
-    OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     // Opening a directory for writing is EISDIR; a missing file without O_CREAT ENOENT.
-    assert_eq!(
-        io_errno(OpenOptions::new().write(true).open(&mount.path)),
-        libc::EISDIR
-    );
+    assert_eq!(io_errno(OpenOptions::new().write(true).open(&mount.path)), libc::EISDIR);
     assert_eq!(io_errno(File::open(mount.join("missing"))), libc::ENOENT);
 }
 
@@ -190,11 +151,7 @@ fn sparse_files_read_holes_as_zeros() {
     file.sync_all().unwrap();
     let meta = file.metadata().unwrap();
     assert_eq!(meta.len(), (10 << 20) + 3);
-    assert!(
-        meta.blocks() * 512 < 1 << 20,
-        "holes are not allocated: {} blocks",
-        meta.blocks()
-    );
+    assert!(meta.blocks() * 512 < 1 << 20, "holes are not allocated: {} blocks", meta.blocks());
     let data = fs::read(&path).unwrap();
     assert!(data[..10 << 20].iter().all(|b| *b == 0));
     assert_eq!(&data[10 << 20..], b"end");
@@ -207,13 +164,7 @@ fn xattr_flags_and_limits() {
     fs::write(mount.join("x"), b"").unwrap();
     let name = CString::new("user.k").unwrap();
     let set = |value: &[u8], flags: i32| unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
+        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
     };
     assert_eq!(errno_of(set(b"v", libc::XATTR_REPLACE)), libc::ENODATA);
     assert_eq!(set(b"v1", libc::XATTR_CREATE), 0);
@@ -221,19 +172,11 @@ fn xattr_flags_and_limits() {
     assert_eq!(set(b"value2", libc::XATTR_REPLACE), 0);
     let mut buf = [0u8; 64];
     let get = |buf: &mut [u8]| unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
     };
     assert_eq!(get(&mut buf), 6);
     assert_eq!(&buf[..6], b"value2");
-    assert_eq!(
-        unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) },
-        6
-    );
+    assert_eq!(unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) }, 6);
     assert_eq!(errno_of(get(&mut buf[..3]) as i32), libc::ERANGE);
     let missing = CString::new("user.missing").unwrap();
     let got =
@@ -255,20 +198,14 @@ fn special_files_and_setgid_directories() {
     // Device nodes (as root), a fifo and a socket.
     let dev = c(&m.join("null"));
     let rdev = libc::makedev(1, 3);
-    assert_eq!(
-        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, rdev) },
-        0
-    );
+    assert_eq!(unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, rdev) }, 0);
     let meta = fs::metadata(m.join("null")).unwrap();
     assert_eq!(meta.rdev(), rdev);
     assert_eq!(meta.mode() & libc::S_IFMT, libc::S_IFCHR);
     // FUSE mounts are nodev by default, so opening the node is refused.
     assert_eq!(io_errno(fs::write(m.join("null"), b"x")), libc::EACCES);
     let listener = std::os::unix::net::UnixListener::bind(m.join("sock")).unwrap();
-    assert_eq!(
-        fs::metadata(m.join("sock")).unwrap().mode() & libc::S_IFMT,
-        libc::S_IFSOCK
-    );
+    assert_eq!(fs::metadata(m.join("sock")).unwrap().mode() & libc::S_IFMT, libc::S_IFSOCK);
     drop(listener);
     // A setgid directory passes its group, and setgid to subdirectories.
     fs::create_dir(m.join("shared")).unwrap();
@@ -289,18 +226,12 @@ fn utimensat_now_and_omit() {
     let set = |atime: libc::timespec, mtime: libc::timespec| unsafe {
         libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [atime, mtime].as_ptr(), 0)
     };
-    let at = |sec, nsec| libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
+    let at = |sec, nsec| libc::timespec { tv_sec: sec, tv_nsec: nsec };
     assert_eq!(set(at(1_000_000_000, 1), at(1_100_000_000, 999_999_999)), 0);
     // UTIME_OMIT leaves mtime alone; UTIME_NOW sets atime to now.
     assert_eq!(set(at(0, libc::UTIME_NOW), at(0, libc::UTIME_OMIT)), 0);
     let meta = fs::metadata(mount.join("t")).unwrap();
-    assert_eq!(
-        (meta.mtime(), meta.mtime_nsec()),
-        (1_100_000_000, 999_999_999)
-    );
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_100_000_000, 999_999_999));
     assert!(meta.atime() > 1_700_000_000);
     assert!(meta.ctime() >= meta.atime());
 }

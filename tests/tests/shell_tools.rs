@@ -19,9 +19,7 @@ fn copy_a_real_tree_and_diff_it() {
     }
     assert_eq!(local.lines().count(), mounted.lines().count());
     // tar round trip through the mount.
-    sh(&format!(
-        "cd {m} && tar cf - include | (mkdir {m}/untar && cd {m}/untar && tar xf -)"
-    ));
+    sh(&format!("cd {m} && tar cf - include | (mkdir {m}/untar && cd {m}/untar && tar xf -)"));
     sh(&format!("diff -r /usr/include {m}/untar/include"));
     sh(&format!("rm -rf {m}/include {m}/untar"));
     assert_eq!(sh(&format!("ls -A {m}")), "");
@@ -40,20 +38,12 @@ fn dd_at_odd_offsets_and_truncate_match_a_local_file() {
         let t = target.display();
         let s = seed_file.display();
         sh(&format!("dd if={s} of={t} bs=1M count=9 status=none"));
-        sh(&format!(
-            "dd if=/dev/zero of={t} bs=1 seek=4194303 count=3 conv=notrunc status=none"
-        ));
-        sh(&format!(
-            "dd if={s} of={t} bs=4096 skip=3 seek=1001 count=7 conv=notrunc status=none"
-        ));
-        sh(&format!(
-            "dd if={s} of={t} bs=777 skip=1 seek=13000 count=5 conv=notrunc status=none"
-        ));
+        sh(&format!("dd if=/dev/zero of={t} bs=1 seek=4194303 count=3 conv=notrunc status=none"));
+        sh(&format!("dd if={s} of={t} bs=4096 skip=3 seek=1001 count=7 conv=notrunc status=none"));
+        sh(&format!("dd if={s} of={t} bs=777 skip=1 seek=13000 count=5 conv=notrunc status=none"));
         sh(&format!("truncate -s 5000001 {t}"));
         sh(&format!("truncate -s 12345678 {t}"));
-        sh(&format!(
-            "dd if={s} of={t} bs=1 seek=20000000 count=10 conv=notrunc status=none"
-        ));
+        sh(&format!("dd if={s} of={t} bs=1 seek=20000000 count=10 conv=notrunc status=none"));
         sh(&format!("truncate -s 19999999 {t}"));
     }
     assert_eq!(sha256(&local), sha256(&remote));
@@ -75,32 +65,19 @@ fn links_moves_permissions_times_fifos_and_xattrs() {
     assert_eq!(sh(&format!("readlink {m}/c/sym")).trim(), "../a/f");
     assert_eq!(sh(&format!("cat {m}/c/sym")), "hello\n");
     // mv within and across directories, including a directory.
-    sh(&format!(
-        "mv {m}/a/hard {m}/a/renamed && mv {m}/a/renamed {m}/c/moved"
-    ));
+    sh(&format!("mv {m}/a/hard {m}/a/renamed && mv {m}/a/renamed {m}/c/moved"));
     sh(&format!("mv {m}/a/b {m}/c/b"));
     assert_eq!(sh(&format!("cat {m}/c/moved")), "hello\n");
     assert_eq!(sh(&format!("ls {m}/c")), "b\nmoved\nsym\n");
     assert_eq!(sh(&format!("stat -c %h {m}/a {m}/c")), "2\n3\n");
     // chmod, chown, touch -d.
     sh(&format!("chmod 640 {m}/a/f && chown 1234:5678 {m}/a/f"));
-    assert_eq!(
-        sh(&format!("stat -c '%a %u %g' {m}/a/f")).trim(),
-        "640 1234 5678"
-    );
-    sh(&format!(
-        "touch -d '2001-02-03 04:05:06.123456789 UTC' {m}/a/f"
-    ));
-    assert_eq!(
-        sh(&format!("stat -c %y {m}/a/f")).trim(),
-        "2001-02-03 04:05:06.123456789 +0000"
-    );
+    assert_eq!(sh(&format!("stat -c '%a %u %g' {m}/a/f")).trim(), "640 1234 5678");
+    sh(&format!("touch -d '2001-02-03 04:05:06.123456789 UTC' {m}/a/f"));
+    assert_eq!(sh(&format!("stat -c %y {m}/a/f")).trim(), "2001-02-03 04:05:06.123456789 +0000");
     // A fifo works as a fifo.
     sh(&format!("mkfifo {m}/fifo && test -p {m}/fifo"));
-    assert_eq!(
-        sh(&format!("(echo through > {m}/fifo &) ; cat {m}/fifo")),
-        "through\n"
-    );
+    assert_eq!(sh(&format!("(echo through > {m}/fifo &) ; cat {m}/fifo")), "through\n");
     // Extended attributes.
     sh(&format!("setfattr -n user.color -v blue {m}/a/f"));
     assert!(sh(&format!("getfattr -d {m}/a/f")).contains("user.color=\"blue\""));
@@ -115,34 +92,15 @@ fn links_moves_permissions_times_fifos_and_xattrs() {
 fn df_reports_real_capacity() {
     let cluster = Cluster::standard();
     let mount = cluster.mount();
-    let out = sh(&format!(
-        "df -B1 --output=size,avail {}",
-        mount.path.display()
-    ));
-    let numbers: Vec<u64> = out
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let out = sh(&format!("df -B1 --output=size,avail {}", mount.path.display()));
+    let numbers: Vec<u64> =
+        out.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
     let (size, avail) = (numbers[0], numbers[1]);
     // Six chunkds share this machine's disk; 4+2 coding leaves 4/6 of it usable.
-    let disk = sh(&format!(
-        "df -B1 --output=size,avail {}",
-        cluster.dir.path().display()
-    ));
-    let disk: Vec<u64> = disk
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let disk = sh(&format!("df -B1 --output=size,avail {}", cluster.dir.path().display()));
+    let disk: Vec<u64> =
+        disk.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert!(size > 0 && avail > 0 && avail <= size);
     let expected = disk[0] * 6 * 4 / 6;
-    assert!(
-        size.abs_diff(expected) < expected / 100,
-        "size {size}, expected about {expected}"
-    );
+    assert!(size.abs_diff(expected) < expected / 100, "size {size}, expected about {expected}");
 }

@@ -62,10 +62,7 @@ async fn run(args: Args) -> Result<(), String> {
         .ok()
         .filter(|interval| !interval.is_zero())
         .ok_or_else(|| {
-            format!(
-                "--heartbeat-interval {} is not a positive number",
-                args.heartbeat_interval
-            )
+            format!("--heartbeat-interval {} is not a positive number", args.heartbeat_interval)
         })?;
     let config = ChunkdConfig {
         data_dir: args.data,
@@ -74,15 +71,12 @@ async fn run(args: Args) -> Result<(), String> {
         advertise_addr: args.advertise,
         heartbeat_interval,
     };
-    let store = ShardStore::open(&config.data_dir)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = ShardStore::open(&config.data_dir).await.map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let bound =
+        listener.local_addr().map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let mut stdout = std::io::stdout().lock();
@@ -91,9 +85,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
-    run_with_store(config, store, listener, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    run_with_store(config, store, listener, shutdown).await.map_err(|e| e.to_string())
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -49,10 +49,7 @@ impl Handler for FakeMetad {
 
 fn serve_fake(listener: TcpListener, forget: usize) -> mpsc::UnboundedReceiver<MembershipRequest> {
     let (seen, requests) = mpsc::unbounded_channel();
-    let fake = Arc::new(FakeMetad {
-        seen,
-        forget: Mutex::new(forget),
-    });
+    let fake = Arc::new(FakeMetad { seen, forget: Mutex::new(forget) });
     tokio::spawn(shardfs_rpc::serve(listener, fake, std::future::pending()));
     requests
 }
@@ -86,12 +83,7 @@ async fn start_heartbeat(metad_addr: String) -> Beating {
     tokio::spawn(run(config, store.clone(), corrupt, async {
         let _ = stopped.await;
     }));
-    Beating {
-        _dir: dir,
-        store,
-        reports,
-        _stop: stop,
-    }
+    Beating { _dir: dir, store, reports, _stop: stop }
 }
 
 #[tokio::test]
@@ -104,37 +96,20 @@ async fn registers_heartbeats_re_registers_and_reports() {
     match next(&mut requests).await {
         MembershipRequest::Register { id, addr, zone, .. } => {
             assert_eq!(id, beating.store.id());
-            assert_eq!(
-                (addr.as_str(), zone.as_deref()),
-                ("127.0.0.1:1", Some("z1"))
-            );
+            assert_eq!((addr.as_str(), zone.as_deref()), ("127.0.0.1:1", Some("z1")));
         }
         other => panic!("expected Register, got {other:?}"),
     }
     // The first heartbeat is refused as unknown: the chunkd must register again.
-    assert!(matches!(
-        next(&mut requests).await,
-        MembershipRequest::Heartbeat { .. }
-    ));
-    assert!(matches!(
-        next(&mut requests).await,
-        MembershipRequest::Register { .. }
-    ));
-    assert!(matches!(
-        next(&mut requests).await,
-        MembershipRequest::Heartbeat { .. }
-    ));
+    assert!(matches!(next(&mut requests).await, MembershipRequest::Heartbeat { .. }));
+    assert!(matches!(next(&mut requests).await, MembershipRequest::Register { .. }));
+    assert!(matches!(next(&mut requests).await, MembershipRequest::Heartbeat { .. }));
 
-    let shard = ShardId {
-        chunk: ChunkId::of(b"bad"),
-        index: 2,
-    };
+    let shard = ShardId { chunk: ChunkId::of(b"bad"), index: 2 };
     beating.reports.send(shard).unwrap();
     loop {
         match next(&mut requests).await {
-            MembershipRequest::ReportCorrupt {
-                shard: reported, ..
-            } => {
+            MembershipRequest::ReportCorrupt { shard: reported, .. } => {
                 assert_eq!(reported, shard);
                 break;
             }
@@ -156,12 +131,6 @@ async fn waits_for_metad_to_come_up() {
 
     let listener = TcpListener::bind(addr).await.unwrap();
     let mut requests = serve_fake(listener, 0);
-    assert!(matches!(
-        next(&mut requests).await,
-        MembershipRequest::Register { .. }
-    ));
-    assert!(matches!(
-        next(&mut requests).await,
-        MembershipRequest::Heartbeat { .. }
-    ));
+    assert!(matches!(next(&mut requests).await, MembershipRequest::Register { .. }));
+    assert!(matches!(next(&mut requests).await, MembershipRequest::Heartbeat { .. }));
 }

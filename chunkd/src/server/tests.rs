@@ -27,12 +27,7 @@ async fn start() -> Running {
     let task = tokio::spawn(run(listener, store, async {
         let _ = stopped.await;
     }));
-    Running {
-        dir,
-        addr,
-        stop: Some(stop),
-        task,
-    }
+    Running { dir, addr, stop: Some(stop), task }
 }
 
 fn options() -> ClientOptions {
@@ -63,49 +58,19 @@ async fn client_and_server_round_trip() {
         put.await.unwrap().unwrap();
     }
 
-    let (got_encoding, chunk_len, data) = client
-        .get(ShardId {
-            chunk: id,
-            index: 5,
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        (got_encoding, chunk_len, &data),
-        (encoding, 100_000, &shards[5])
-    );
+    let (got_encoding, chunk_len, data) =
+        client.get(ShardId { chunk: id, index: 5 }).await.unwrap();
+    assert_eq!((got_encoding, chunk_len, &data), (encoding, 100_000, &shards[5]));
 
     let listed = client.list(None, 100).await.unwrap();
-    assert_eq!(
-        listed,
-        (0..6)
-            .map(|index| ShardId { chunk: id, index })
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        client.list(listed.last().copied(), 100).await.unwrap(),
-        vec![]
-    );
+    assert_eq!(listed, (0..6).map(|index| ShardId { chunk: id, index }).collect::<Vec<_>>());
+    assert_eq!(client.list(listed.last().copied(), 100).await.unwrap(), vec![]);
 
     let stat = client.stat().await.unwrap();
     assert_eq!(stat.shard_count, 6);
 
-    assert!(
-        client
-            .delete(ShardId {
-                chunk: id,
-                index: 0
-            })
-            .await
-            .unwrap()
-    );
-    let missing = client
-        .get(ShardId {
-            chunk: id,
-            index: 0,
-        })
-        .await
-        .unwrap_err();
+    assert!(client.delete(ShardId { chunk: id, index: 0 }).await.unwrap());
+    let missing = client.get(ShardId { chunk: id, index: 0 }).await.unwrap_err();
     assert!(missing.is_not_found(), "{missing}");
 }
 
@@ -118,14 +83,8 @@ async fn errors_travel_to_the_client() {
 
     let encoding = Encoding::new(1, 2).unwrap();
     let chunk = b"some chunk".to_vec();
-    let shard = ShardId {
-        chunk: ChunkId::of(&chunk),
-        index: 1,
-    };
-    client
-        .put(shard, encoding, chunk.len() as u64, chunk.clone())
-        .await
-        .unwrap();
+    let shard = ShardId { chunk: ChunkId::of(&chunk), index: 1 };
+    client.put(shard, encoding, chunk.len() as u64, chunk.clone()).await.unwrap();
 
     // Damage the stored shard: the read is refused as corrupt.
     let path = shard_file_path(server.dir.path(), shard);
@@ -134,20 +93,11 @@ async fn errors_travel_to_the_client() {
     bytes[last] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     let error = client.get(shard).await.unwrap_err();
-    assert!(
-        matches!(error, ChunkClientError::Chunkd(ChunkdError::Corrupt(_))),
-        "{error}"
-    );
+    assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Corrupt(_))), "{error}");
 
     let bad_index = ShardId { index: 9, ..shard };
-    let error = client
-        .put(bad_index, encoding, chunk.len() as u64, chunk)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))),
-        "{error}"
-    );
+    let error = client.put(bad_index, encoding, chunk.len() as u64, chunk).await.unwrap_err();
+    assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))), "{error}");
 }
 
 #[tokio::test]
@@ -160,10 +110,7 @@ async fn shutdown_stops_serving() {
 
     // The open connection now gets errors; new connections are refused.
     let error = client.stat().await.unwrap_err();
-    assert!(
-        matches!(error, ChunkClientError::Chunkd(ChunkdError::Io(_))),
-        "{error}"
-    );
+    assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Io(_))), "{error}");
     let fresh = ChunkClient::new(&server.addr, options());
     assert!(matches!(fresh.stat().await, Err(ChunkClientError::Rpc(_))));
     // And the store was released, so the directory can be opened again.

@@ -41,10 +41,7 @@ pub fn temp_path(tmp_dir: &Path, final_name: &str) -> PathBuf {
 /// or all of the new ones: temp file in `tmp_dir`, fsync, rename, fsync of the target's
 /// directory. `target`'s directory must exist.
 pub fn write_durable(tmp_dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = temp_path(tmp_dir, name);
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;

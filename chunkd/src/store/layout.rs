@@ -27,10 +27,7 @@ pub fn shard_file_path(data_dir: &Path, shard: ShardId) -> PathBuf {
 
 pub(super) fn shard_path_in(shards_dir: &Path, shard: ShardId) -> PathBuf {
     let [a, b, ..] = shard.chunk.0;
-    shards_dir
-        .join(format!("{a:02x}"))
-        .join(format!("{b:02x}"))
-        .join(file_name(shard))
+    shards_dir.join(format!("{a:02x}")).join(format!("{b:02x}")).join(file_name(shard))
 }
 
 pub(super) fn file_name(shard: ShardId) -> String {
@@ -50,10 +47,7 @@ pub(super) fn parse_file_name(name: &str) -> Option<ShardId> {
     if !canonical {
         return None;
     }
-    Some(ShardId {
-        chunk,
-        index: index.parse().ok()?,
-    })
+    Some(ShardId { chunk, index: index.parse().ok()? })
 }
 
 fn is_lower_hex(c: u8) -> bool {
@@ -177,10 +171,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_only_canonical_names_parse() {
-        let shard = ShardId {
-            chunk: ChunkId::of(b"x"),
-            index: 12,
-        };
+        let shard = ShardId { chunk: ChunkId::of(b"x"), index: 12 };
         assert_eq!(parse_file_name(&file_name(shard)), Some(shard));
         let hex = shard.chunk.to_hex();
         for bad in [
@@ -196,10 +187,7 @@ mod tests {
         ] {
             assert_eq!(parse_file_name(&bad), None, "{bad}");
         }
-        assert_eq!(
-            parse_file_name(&format!("{hex}.0")).map(|s| s.index),
-            Some(0)
-        );
+        assert_eq!(parse_file_name(&format!("{hex}.0")).map(|s| s.index), Some(0));
         assert_eq!(parse_fanout("0a"), Some(10));
         assert_eq!(parse_fanout("0A"), None);
         assert_eq!(parse_fanout("a"), None);
@@ -210,14 +198,8 @@ mod tests {
         let mut id = [0u8; 32];
         id[0] = 0xab;
         id[1] = 0x01;
-        let shard = ShardId {
-            chunk: ChunkId(id),
-            index: 3,
-        };
+        let shard = ShardId { chunk: ChunkId(id), index: 3 };
         let path = shard_file_path(Path::new("/data"), shard);
-        assert_eq!(
-            path,
-            Path::new("/data/shards/ab/01").join(format!("{}.3", shard.chunk))
-        );
+        assert_eq!(path, Path::new("/data/shards/ab/01").join(format!("{}.3", shard.chunk)));
     }
 }

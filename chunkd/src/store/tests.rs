@@ -20,11 +20,7 @@ async fn fixture() -> Fixture {
 /// The shards of a chunk made from `seed`, and the chunk's length.
 fn shards_of(seed: &str) -> (ChunkId, u64, Vec<Vec<u8>>) {
     let chunk = seed.repeat(100).into_bytes();
-    (
-        ChunkId::of(&chunk),
-        chunk.len() as u64,
-        codec::encode(ENCODING, &chunk),
-    )
+    (ChunkId::of(&chunk), chunk.len() as u64, codec::encode(ENCODING, &chunk))
 }
 
 async fn put(store: &Arc<ShardStore>, seed: &str, index: u8) -> ShardId {
@@ -32,10 +28,7 @@ async fn put(store: &Arc<ShardStore>, seed: &str, index: u8) -> ShardId {
     let shard = ShardId { chunk, index };
     let data = shards[index as usize].clone();
     let checksum = *blake3::hash(&data).as_bytes();
-    store
-        .put(shard, ENCODING, chunk_len, checksum, data)
-        .await
-        .unwrap();
+    store.put(shard, ENCODING, chunk_len, checksum, data).await.unwrap();
     shard
 }
 
@@ -50,21 +43,11 @@ async fn put_get_round_trip() {
         let stored = f.store.get(ShardId { chunk, index }).await.unwrap();
         assert_eq!(
             stored,
-            StoredShard {
-                encoding: ENCODING,
-                chunk_len,
-                data: shards[index as usize].clone()
-            }
+            StoredShard { encoding: ENCODING, chunk_len, data: shards[index as usize].clone() }
         );
     }
-    let missing = ShardId {
-        chunk: ChunkId::of(b"nope"),
-        index: 0,
-    };
-    assert!(matches!(
-        f.store.get(missing).await,
-        Err(ChunkdError::NotFound(_))
-    ));
+    let missing = ShardId { chunk: ChunkId::of(b"nope"), index: 0 };
+    assert!(matches!(f.store.get(missing).await, Err(ChunkdError::NotFound(_))));
 }
 
 #[tokio::test]
@@ -74,11 +57,7 @@ async fn put_is_idempotent_and_does_not_rewrite() {
     let path = shard_file_path(f.dir.path(), shard);
     let inode = fs::metadata(&path).unwrap().ino();
     put(&f.store, "same", 1).await;
-    assert_eq!(
-        fs::metadata(&path).unwrap().ino(),
-        inode,
-        "file was rewritten"
-    );
+    assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "file was rewritten");
     let stat = f.store.stat().await.unwrap();
     assert_eq!(stat.shard_count, 1);
 }
@@ -91,10 +70,7 @@ async fn conflicting_content_for_a_stored_shard_is_rejected() {
     let mut other = stored.data.clone();
     other[0] ^= 1;
     let checksum = *blake3::hash(&other).as_bytes();
-    let result = f
-        .store
-        .put(shard, ENCODING, stored.chunk_len, checksum, other)
-        .await;
+    let result = f.store.put(shard, ENCODING, stored.chunk_len, checksum, other).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
     assert_eq!(f.store.get(shard).await.unwrap(), stored);
 }
@@ -109,33 +85,18 @@ async fn bad_puts_are_rejected() {
 
     let mut wrong_sum = checksum;
     wrong_sum[0] ^= 1;
-    let result = f
-        .store
-        .put(shard, ENCODING, chunk_len, wrong_sum, data.clone())
-        .await;
-    assert!(
-        matches!(result, Err(ChunkdError::ChecksumMismatch(_))),
-        "{result:?}"
-    );
+    let result = f.store.put(shard, ENCODING, chunk_len, wrong_sum, data.clone()).await;
+    assert!(matches!(result, Err(ChunkdError::ChecksumMismatch(_))), "{result:?}");
 
     let out_of_range = ShardId { chunk, index: 3 };
-    let result = f
-        .store
-        .put(out_of_range, ENCODING, chunk_len, checksum, data.clone())
-        .await;
+    let result = f.store.put(out_of_range, ENCODING, chunk_len, checksum, data.clone()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
     let bad_encoding = Encoding { k: 0, m: 1 };
-    let result = f
-        .store
-        .put(shard, bad_encoding, chunk_len, checksum, data.clone())
-        .await;
+    let result = f.store.put(shard, bad_encoding, chunk_len, checksum, data.clone()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
-    let result = f
-        .store
-        .put(shard, ENCODING, chunk_len * 3, checksum, data)
-        .await;
+    let result = f.store.put(shard, ENCODING, chunk_len * 3, checksum, data).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
     assert!(!shard_file_path(f.dir.path(), shard).exists());
@@ -155,23 +116,13 @@ async fn corrupt_shard_is_quarantined_and_reported() {
     let result = f.store.get(shard).await;
     assert!(matches!(result, Err(ChunkdError::Corrupt(_))), "{result:?}");
     assert!(!path.exists());
-    let quarantined = f
-        .dir
-        .path()
-        .join("quarantine")
-        .join(layout::file_name(shard));
+    let quarantined = f.dir.path().join("quarantine").join(layout::file_name(shard));
     assert_eq!(fs::read(quarantined).unwrap(), bytes);
     assert_eq!(reports.try_recv().unwrap(), shard);
 
     let stat = f.store.stat().await.unwrap();
-    assert_eq!(
-        (stat.quarantined, stat.shard_count, stat.used_bytes),
-        (1, 0, 0)
-    );
-    assert!(matches!(
-        f.store.get(shard).await,
-        Err(ChunkdError::NotFound(_))
-    ));
+    assert_eq!((stat.quarantined, stat.shard_count, stat.used_bytes), (1, 0, 0));
+    assert!(matches!(f.store.get(shard).await, Err(ChunkdError::NotFound(_))));
 
     // A fresh put restores it.
     put(&f.store, "corrupt", 2).await;
@@ -209,10 +160,7 @@ async fn list_is_ordered_and_paginates() {
     }
     expected.sort();
     // Names that are not shards must be skipped, not listed or counted.
-    let leaf = shard_file_path(f.dir.path(), expected[0])
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let leaf = shard_file_path(f.dir.path(), expected[0]).parent().unwrap().to_path_buf();
     fs::write(leaf.join("notes.txt"), b"x").unwrap();
     fs::write(leaf.join(format!("{}.1", "AB".repeat(32))), b"x").unwrap();
     fs::create_dir_all(f.dir.path().join("shards/zz")).unwrap();
@@ -239,10 +187,7 @@ async fn delete_removes_and_reports_absence() {
     let shard = put(&f.store, "delete", 1).await;
     assert!(f.store.delete(shard).await.unwrap());
     assert!(!f.store.delete(shard).await.unwrap());
-    assert!(matches!(
-        f.store.get(shard).await,
-        Err(ChunkdError::NotFound(_))
-    ));
+    assert!(matches!(f.store.get(shard).await, Err(ChunkdError::NotFound(_))));
     let stat = f.store.stat().await.unwrap();
     assert_eq!((stat.shard_count, stat.used_bytes), (0, 0));
 }
@@ -253,9 +198,7 @@ async fn stat_counts_and_reopen_keeps_id_and_counts() {
     let mut total = 0;
     for index in 0..3 {
         let shard = put(&f.store, "stat", index).await;
-        total += fs::metadata(shard_file_path(f.dir.path(), shard))
-            .unwrap()
-            .len();
+        total += fs::metadata(shard_file_path(f.dir.path(), shard)).unwrap().len();
     }
     let stat = f.store.stat().await.unwrap();
     assert_eq!((stat.shard_count, stat.used_bytes), (3, total));
@@ -277,11 +220,7 @@ async fn stat_counts_and_reopen_keeps_id_and_counts() {
 async fn a_data_directory_serves_one_chunkd_at_a_time() {
     let f = fixture().await;
     let second = ShardStore::open(f.dir.path()).await;
-    assert!(
-        matches!(second, Err(StoreError::InUse { .. })),
-        "{:?}",
-        second.err()
-    );
+    assert!(matches!(second, Err(StoreError::InUse { .. })), "{:?}", second.err());
 }
 
 #[tokio::test]
@@ -303,10 +242,7 @@ async fn unwritable_directory_is_a_clear_error() {
     let error = ShardStore::open(dir.path()).await.err().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let message = error.to_string();
-    assert!(
-        message.contains("is not writable: Permission denied"),
-        "{message}"
-    );
+    assert!(message.contains("is not writable: Permission denied"), "{message}");
 }
 
 #[tokio::test]
@@ -336,14 +272,9 @@ async fn full_disk_is_no_space() {
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
     let encoding = Encoding { k: 1, m: 1 };
     let chunk = vec![5u8; 8 << 20];
-    let shard = ShardId {
-        chunk: ChunkId::of(&chunk),
-        index: 0,
-    };
+    let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
     let checksum = *blake3::hash(&chunk).as_bytes();
-    let result = store
-        .put(shard, encoding, chunk.len() as u64, checksum, chunk)
-        .await;
+    let result = store.put(shard, encoding, chunk.len() as u64, checksum, chunk).await;
     assert!(matches!(result, Err(ChunkdError::NoSpace(_))), "{result:?}");
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert_eq!(store.stat().await.unwrap().shard_count, 0);

@@ -1,8 +1,9 @@
 //! `shardfs`: mount a shardfs namespace, or run a whole local cluster.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use shardfs::core::{Fs, FsOptions};
 use shardfs::local::{LocalCluster, LocalSettings};
 use shardfs::mount::{self, MountOptions};
+use shardfs::options::MountFlags;
 use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 
@@ -69,42 +71,50 @@ enum Commands {
 #[derive(Args)]
 struct ClientArgs {
     /// Memory for cached chunks, e.g. 256MiB.
-    #[arg(long, value_parser = metad::parse_size, default_value = "256MiB")]
-    cache_size: u64,
+    #[arg(long, value_parser = metad::parse_size)]
+    cache_size: Option<u64>,
     /// Allow other users to access the mount.
     #[arg(long)]
     allow_other: bool,
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Mount options as in fstab: ro, noatime, nosuid, nodev, noexec, sync, dirsync,
+    /// allow_other, cache_size=SIZE, remount, … (comma-separated).
+    #[arg(short = 'o', long = "options", value_parser = MountFlags::parse)]
+    options: Option<MountFlags>,
 }
 
 impl ClientArgs {
+    fn flags(&self) -> MountFlags {
+        let mut flags = self.options.clone().unwrap_or_default();
+        flags.read_only |= self.read_only;
+        flags.allow_other |= self.allow_other;
+        flags.cache_size = self.cache_size.or(flags.cache_size);
+        flags
+    }
+
     fn fs_options(&self) -> FsOptions {
-        FsOptions {
-            chunk_cache_bytes: self.cache_size as usize,
-            ..FsOptions::default()
-        }
+        let defaults = FsOptions::default();
+        let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
+        FsOptions { chunk_cache_bytes: cache, ..defaults }
     }
 
     fn mount_options(&self, source: String) -> MountOptions {
-        MountOptions {
-            allow_other: self.allow_other,
-            read_only: self.read_only,
-            source: Some(source),
-        }
+        MountOptions { flags: self.flags(), source: Some(source) }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = mount_helper_args().unwrap_or_else(|| std::env::args_os().collect());
+    let cli = Cli::parse_from(&args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
+    match run(cli, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shardfs: error: {e:#}");
@@ -113,40 +123,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<()> {
     match cli.command {
-        Commands::Mount {
-            metad,
-            mountpoint,
-            background,
-            client,
-        } => {
+        Commands::Mount { metad, mountpoint, background, client } => {
             mount::check_mountpoint(&mountpoint)?;
+            if client.flags().remount {
+                return mount::remount(&mountpoint, &client.flags());
+            }
             if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
-                return start_in_background();
+                return start_in_background(args);
             }
             let runtime = runtime()?;
             let fs = runtime
                 .block_on(Fs::connect(&metad, client.fs_options()))
                 .with_context(|| format!("cannot reach metad at {metad}"))?;
             let options = client.mount_options(metad.clone());
-            mount::serve(
-                &runtime,
-                Arc::new(fs),
-                &mountpoint,
-                &options,
-                announce_ready,
-            )
+            mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, announce_ready)
         }
-        Commands::Local {
-            mountpoint,
-            data,
-            chunkds,
-            k,
-            m,
-            chunk_size,
-            client,
-        } => {
+        Commands::Local { mountpoint, data, chunkds, k, m, chunk_size, client } => {
             mount::check_mountpoint(&mountpoint)?;
             let encoding = match (k, m) {
                 (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
@@ -191,6 +185,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// When run as a mount(8) helper (`/sbin/mount.fuse.shardfs SOURCE DIR [-o OPTIONS]
+/// [-n] [-s] [-v]`, via a link of that name), the equivalent `shardfs mount --background`
+/// command line: the helper must return once the mount is usable, and print nothing.
+fn mount_helper_args() -> Option<Vec<OsString>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    let name = Path::new(&argv0).file_name()?.to_str()?;
+    if !name.starts_with("mount.") {
+        return None;
+    }
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("-o") => options.extend(args.next()),
+            Some(joined) if joined.starts_with("-o") => options.push(joined[2..].into()),
+            // No mtab, sloppy, verbose, fake: nothing to do for a FUSE mount.
+            Some("-n" | "-s" | "-v" | "-f") => {}
+            _ => positional.push(arg),
+        }
+    }
+    let mut rebuilt: Vec<OsString> = vec!["shardfs".into(), "mount".into(), "--background".into()];
+    if !options.is_empty() {
+        rebuilt.push("-o".into());
+        rebuilt.push(options.join(OsStr::new(",")));
+    }
+    rebuilt.extend(positional);
+    Some(rebuilt)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,12 +238,9 @@ fn announce_ready() {
 
 /// Runs this same command again as a detached process and waits until it has mounted (or
 /// failed), so the caller gets a live mount or a one-line error.
-fn start_in_background() -> anyhow::Result<()> {
+fn start_in_background(args: &[OsString]) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the shardfs executable")?;
-    let args: Vec<_> = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--background")
-        .collect();
+    let args: Vec<_> = args.iter().skip(1).filter(|a| *a != "--background").collect();
     let mut child = Command::new(exe)
         .args(args)
         .env(BACKGROUND_CHILD, "1")

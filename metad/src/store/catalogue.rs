@@ -11,9 +11,7 @@ impl Store {
         self.read(|tx| {
             let Some((len, k, m, refcount)) = tx
                 .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")?
-                .query_row([&chunk.0[..]], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
+                .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?
             else {
                 return Ok(None);
@@ -23,39 +21,22 @@ impl Store {
                     "SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx",
                 )?
                 .query_map([&chunk.0[..]], |r| {
-                    Ok(ShardStatus {
-                        index: r.get(0)?,
-                        chunkd: r.get(1)?,
-                        healthy: r.get(2)?,
-                    })
+                    Ok(ShardStatus { index: r.get(0)?, chunkd: r.get(1)?, healthy: r.get(2)? })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(ChunkStatus {
-                chunk,
-                len,
-                encoding: Encoding { k, m },
-                refcount,
-                shards,
-            }))
+            Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
         })
     }
 
     pub fn catalogue_stats(&self) -> Result<CatalogueStats, MetaError> {
         self.read(|tx| {
-            let (chunks, chunk_bytes) = tx.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let unhealthy_shards =
-                tx.query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| {
-                    r.get(0)
+            let (chunks, chunk_bytes) =
+                tx.query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
                 })?;
-            Ok(CatalogueStats {
-                chunks,
-                chunk_bytes,
-                unhealthy_shards,
-            })
+            let unhealthy_shards =
+                tx.query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| r.get(0))?;
+            Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards })
         })
     }
 

@@ -42,11 +42,7 @@ impl Store {
                 .into_iter()
                 .map(|chunk| chunk_location(tx, chunk))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Layout {
-                attr,
-                extents,
-                chunks,
-            })
+            Ok(Layout { attr, extents, chunks })
         })
     }
 
@@ -98,18 +94,10 @@ impl Store {
                     .optional()?
                     .ok_or_else(|| MetaError::ChunkGone(extent.chunk.to_hex()))?;
                 if extent.len == 0
-                    || extent
-                        .chunk_offset
-                        .checked_add(extent.len)
-                        .is_none_or(|e| e > chunk_len)
-                    || extent
-                        .offset
-                        .checked_add(extent.len)
-                        .is_none_or(|e| e > MAX_FILE_SIZE)
+                    || extent.chunk_offset.checked_add(extent.len).is_none_or(|e| e > chunk_len)
+                    || extent.offset.checked_add(extent.len).is_none_or(|e| e > MAX_FILE_SIZE)
                 {
-                    return Err(MetaError::Invalid(format!(
-                        "extent {extent:?} out of range"
-                    )));
+                    return Err(MetaError::Invalid(format!("extent {extent:?} out of range")));
                 }
                 punch(tx, ino, extent.offset, extent.end(), now)?;
                 insert_extent(tx, ino, extent, now)?;
@@ -195,10 +183,7 @@ fn punch(
     for old in overlapping {
         delete_extent(tx, ino, &old, now)?;
         if old.offset < start {
-            let left = Extent {
-                len: start - old.offset,
-                ..old
-            };
+            let left = Extent { len: start - old.offset, ..old };
             insert_extent(tx, ino, &left, now)?;
         }
         if old.end() > end {
@@ -282,10 +267,7 @@ fn record_chunk(
     chunk: &StoredChunk,
     now: Timestamp,
 ) -> Result<(), MetaError> {
-    chunk
-        .encoding
-        .validate()
-        .map_err(|e| MetaError::Invalid(e.to_string()))?;
+    chunk.encoding.validate().map_err(|e| MetaError::Invalid(e.to_string()))?;
     let indexes: Vec<usize> = chunk.shards.iter().map(|s| s.index as usize).collect();
     if indexes != (0..chunk.encoding.total()).collect::<Vec<_>>() {
         return Err(MetaError::Invalid(format!(
@@ -342,19 +324,10 @@ pub(super) fn chunk_location(
              WHERE s.chunk = ?1 AND s.healthy ORDER BY s.idx",
         )?
         .query_map([&chunk.0[..]], |r| {
-            Ok(ShardPlace {
-                index: r.get(0)?,
-                chunkd: r.get(1)?,
-                addr: r.get(2)?,
-            })
+            Ok(ShardPlace { index: r.get(0)?, chunkd: r.get(1)?, addr: r.get(2)? })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ChunkLocation {
-        chunk,
-        len,
-        encoding: Encoding { k, m },
-        shards,
-    })
+    Ok(ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards })
 }
 
 pub(super) fn chunk_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {

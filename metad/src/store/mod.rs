@@ -82,18 +82,11 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         schema::migrate(&mut conn)?;
         let volume = init_volume(&mut conn, overrides, defaults)?;
-        let store = Store {
-            conn: Mutex::new(conn),
-            volume,
-            open_files: Default::default(),
-        };
+        let store = Store { conn: Mutex::new(conn), volume, open_files: Default::default() };
         // Files unlinked while open by the previous run: nobody holds them open now.
         let reclaimed = store.reclaim_orphans().map_err(StoreError::Reclaim)?;
         if reclaimed > 0 {
-            tracing::info!(
-                reclaimed,
-                "reclaimed files unlinked while open before the restart"
-            );
+            tracing::info!(reclaimed, "reclaimed files unlinked while open before the restart");
         }
         Ok(store)
     }
@@ -115,10 +108,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
@@ -130,10 +120,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         f(&tx)
     }
@@ -146,23 +133,16 @@ fn init_volume(
 ) -> Result<VolumeSettings, StoreError> {
     let tx = conn.transaction()?;
     let setting = |key: &str| -> Result<Option<String>, rusqlite::Error> {
-        tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
-        .optional()
+        tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
     };
     let stored = match (setting("k")?, setting("m")?, setting("chunk_size")?) {
         (Some(k), Some(m), Some(size)) => {
             let parse = |s: &str| {
-                s.parse::<u64>()
-                    .map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")))
+                s.parse::<u64>().map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")))
             };
             let encoding = Encoding::new(parse(&k)? as u8, parse(&m)? as u8)
                 .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
-            Some(VolumeSettings {
-                encoding,
-                chunk_size: parse(&size)?,
-            })
+            Some(VolumeSettings { encoding, chunk_size: parse(&size)? })
         }
         _ => None,
     };
@@ -182,25 +162,17 @@ fn init_volume(
             params![key, value.to_string()],
         )?;
     }
-    let has_root: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)",
-        [ROOT_INO],
-        |r| r.get(0),
-    )?;
+    let has_root: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)", [ROOT_INO], |r| {
+            r.get(0)
+        })?;
     if !has_root {
         let now = Timestamp::now();
         tx.execute(
             "INSERT INTO inodes (ino, generation, kind, perm, uid, gid, size, allocated, nlink,
                  atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent)
              VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 2, ?5, ?6, ?5, ?6, ?5, ?6, 0, ?1)",
-            params![
-                ROOT_INO,
-                GENERATION,
-                kind_code(FileKind::Dir),
-                0o755,
-                now.sec,
-                now.nsec
-            ],
+            params![ROOT_INO, GENERATION, kind_code(FileKind::Dir), 0o755, now.sec, now.nsec],
         )?;
     }
     tx.commit()?;
@@ -245,10 +217,7 @@ fn attr_from_row(row: &Row<'_>) -> rusqlite::Result<Attr> {
 /// Reads the [`ATTR_COLUMNS`] of a row, starting at column `at`.
 fn attr_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Attr> {
     let time = |sec: usize| -> rusqlite::Result<Timestamp> {
-        Ok(Timestamp {
-            sec: row.get(at + sec)?,
-            nsec: row.get(at + sec + 1)?,
-        })
+        Ok(Timestamp { sec: row.get(at + sec)?, nsec: row.get(at + sec + 1)? })
     };
     Ok(Attr {
         ino: row.get(at)?,

@@ -21,9 +21,7 @@ pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
         return Err(MetaError::NameTooLong);
     }
     if name.is_empty() || name == b"." || name == b".." {
-        return Err(MetaError::Invalid(
-            "empty, \".\" or \"..\" as a name".into(),
-        ));
+        return Err(MetaError::Invalid("empty, \".\" or \"..\" as a name".into()));
     }
     if name.iter().any(|b| *b == b'/' || *b == 0) {
         return Err(MetaError::Invalid("name contains '/' or NUL".into()));
@@ -129,23 +127,12 @@ impl Store {
             // mknod(2) with no type bits makes a regular file.
             None if mode & libc::S_IFMT == 0 => FileKind::File,
             None => {
-                return Err(MetaError::Invalid(format!(
-                    "unknown file type in mode {mode:o}"
-                )));
+                return Err(MetaError::Invalid(format!("unknown file type in mode {mode:o}")));
             }
         };
-        let rdev = if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
-            rdev
-        } else {
-            0
-        };
-        let new = NewInode {
-            kind,
-            perm: mode & 0o7777,
-            cred,
-            rdev,
-            target: None,
-        };
+        let rdev =
+            if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) { rdev } else { 0 };
+        let new = NewInode { kind, perm: mode & 0o7777, cred, rdev, target: None };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -156,13 +143,8 @@ impl Store {
         mode: u32,
         cred: Cred,
     ) -> Result<Attr, MetaError> {
-        let new = NewInode {
-            kind: FileKind::Dir,
-            perm: mode & 0o7777,
-            cred,
-            rdev: 0,
-            target: None,
-        };
+        let new =
+            NewInode { kind: FileKind::Dir, perm: mode & 0o7777, cred, rdev: 0, target: None };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -179,13 +161,8 @@ impl Store {
         if target.len() > MAX_SYMLINK_LEN {
             return Err(MetaError::NameTooLong);
         }
-        let new = NewInode {
-            kind: FileKind::Symlink,
-            perm: 0o777,
-            cred,
-            rdev: 0,
-            target: Some(target),
-        };
+        let new =
+            NewInode { kind: FileKind::Symlink, perm: 0o777, cred, rdev: 0, target: Some(target) };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -211,8 +188,7 @@ impl Store {
             if get_attr(tx, ino)?.kind == FileKind::Dir {
                 return Err(MetaError::IsDir);
             }
-            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
-                .execute([id])?;
+            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
             drop_link(tx, &self.open_files, ino, now)?;
             touch(tx, parent, now)
         })
@@ -229,8 +205,7 @@ impl Store {
             if has_entries(tx, ino)? {
                 return Err(MetaError::NotEmpty);
             }
-            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
-                .execute([id])?;
+            tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
             delete_inode(tx, ino, now)?;
             add_links(tx, parent, -1)?;
             touch(tx, parent, now)
@@ -298,8 +273,7 @@ impl Store {
                 if src.kind == FileKind::Dir {
                     refuse_move_into_itself(tx, src_ino, new_parent)?;
                 }
-                tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?
-                    .execute([dst_id])?;
+                tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([dst_id])?;
                 if dst.kind == FileKind::Dir {
                     delete_inode(tx, dst_ino, now)?;
                     add_links(tx, new_parent, -1)?;
@@ -338,19 +312,12 @@ impl Store {
                  WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3"
             ))?;
             let entries = statement
-                .query_map(
-                    params![ino, after.saturating_sub(COOKIE_BASE), limit],
-                    |row| {
-                        let id: u64 = row.get(0)?;
-                        let name: Vec<u8> = row.get(1)?;
-                        let attr = attr_at(row, 2)?;
-                        Ok(DirEntry {
-                            name,
-                            cookie: id + COOKIE_BASE,
-                            attr,
-                        })
-                    },
-                )?
+                .query_map(params![ino, after.saturating_sub(COOKIE_BASE), limit], |row| {
+                    let id: u64 = row.get(0)?;
+                    let name: Vec<u8> = row.get(1)?;
+                    let attr = attr_at(row, 2)?;
+                    Ok(DirEntry { name, cookie: id + COOKIE_BASE, attr })
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((parent, entries))
         })
@@ -550,10 +517,8 @@ fn reclaim_if_orphan(
 
 fn delete_inode(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
     layout::release_all(tx, ino, now)?;
-    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?
-        .execute([ino])?;
-    tx.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?
-        .execute([ino])?;
+    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?.execute([ino])?;
+    tx.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?.execute([ino])?;
     Ok(())
 }
 
@@ -566,9 +531,7 @@ fn refuse_move_into_itself(
     let mut cursor = new_parent;
     loop {
         if cursor == dir {
-            return Err(MetaError::Invalid(
-                "cannot move a directory into itself".into(),
-            ));
+            return Err(MetaError::Invalid("cannot move a directory into itself".into()));
         }
         if cursor == ROOT_INO {
             return Ok(());
@@ -582,8 +545,7 @@ fn refuse_move_into_itself(
 
 /// Directory `dir` moved from `from` to `to`: ".." and the parents' link counts follow.
 fn move_dir(tx: &Transaction<'_>, dir: Ino, from: Ino, to: Ino) -> Result<(), MetaError> {
-    tx.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?
-        .execute(params![dir, to])?;
+    tx.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?.execute(params![dir, to])?;
     add_links(tx, from, -1)?;
     add_links(tx, to, 1)
 }

@@ -21,18 +21,11 @@ pub struct OpenFiles {
 
 impl OpenFiles {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, HashMap<Holder, u32>>> {
-        self.by_ino
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.by_ino.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn add(&self, ino: Ino, holder: Holder) {
-        *self
-            .lock()
-            .entry(ino)
-            .or_default()
-            .entry(holder)
-            .or_default() += 1;
+        *self.lock().entry(ino).or_default().entry(holder).or_default() += 1;
     }
 
     /// Drops one open of `ino` by `holder`; returns whether anyone still has it open.
@@ -80,10 +73,8 @@ mod tests {
     #[test]
     fn counts_per_holder() {
         let open = OpenFiles::default();
-        let (a, b): (Holder, Holder) = (
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
+        let (a, b): (Holder, Holder) =
+            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         open.add(7, a);
         open.add(7, a);
         open.add(7, b);

@@ -108,10 +108,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::TooNew { found: current, supported: SCHEMA_VERSION });
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;

@@ -6,57 +6,31 @@ use super::{Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
 
 const ROOT: Cred = Cred { uid: 0, gid: 0 };
-const SETTINGS: VolumeSettings = VolumeSettings {
-    encoding: Encoding { k: 2, m: 1 },
-    chunk_size: 1 << 20,
-};
+const SETTINGS: VolumeSettings =
+    VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(
-        &dir.path().join("meta.db"),
-        VolumeOverrides::default(),
-        SETTINGS,
-    )
-    .unwrap()
+    Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), SETTINGS).unwrap()
 }
 
 fn file(store: &Store, parent: Ino, name: &str) -> Attr {
-    store
-        .make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT)
-        .unwrap()
+    store.make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT).unwrap()
 }
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {
     let (_, entries) = store.read_dir(dir, 0, 1000).unwrap();
-    entries
-        .into_iter()
-        .map(|e| String::from_utf8(e.name).unwrap())
-        .collect()
+    entries.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect()
 }
 
 fn stored(chunk: ChunkId, len: u64) -> StoredChunk {
     let shards = (0..3)
-        .map(|i| ShardPlace {
-            index: i,
-            chunkd: format!("c{i}"),
-            addr: String::new(),
-        })
+        .map(|i| ShardPlace { index: i, chunkd: format!("c{i}"), addr: String::new() })
         .collect();
-    StoredChunk {
-        chunk,
-        len,
-        encoding: SETTINGS.encoding,
-        shards,
-    }
+    StoredChunk { chunk, len, encoding: SETTINGS.encoding, shards }
 }
 
 fn extent(offset: u64, len: u64, chunk: ChunkId, chunk_offset: u64) -> Extent {
-    Extent {
-        offset,
-        len,
-        chunk,
-        chunk_offset,
-    }
+    Extent { offset, len, chunk, chunk_offset }
 }
 
 fn refcount(store: &Store, chunk: ChunkId) -> u64 {
@@ -71,31 +45,18 @@ fn create_lookup_and_errors() {
     assert_eq!((root.kind, root.nlink), (FileKind::Dir, 2));
     let a = file(&store, ROOT_INO, "a");
     assert_eq!(store.lookup(ROOT_INO, b"a").unwrap().ino, a.ino);
-    assert_eq!(
-        store.make_node(ROOT_INO, b"a", libc::S_IFREG, 0, ROOT),
-        Err(MetaError::Exists)
-    );
+    assert_eq!(store.make_node(ROOT_INO, b"a", libc::S_IFREG, 0, ROOT), Err(MetaError::Exists));
     assert_eq!(store.lookup(ROOT_INO, b"zz"), Err(MetaError::NotFound));
     assert_eq!(store.lookup(a.ino, b"x"), Err(MetaError::NotDir));
     let long = vec![b'x'; 256];
-    assert_eq!(
-        store.make_dir(ROOT_INO, &long, 0o755, ROOT),
-        Err(MetaError::NameTooLong)
-    );
-    assert!(matches!(
-        store.make_dir(ROOT_INO, b"a/b", 0o755, ROOT),
-        Err(MetaError::Invalid(_))
-    ));
+    assert_eq!(store.make_dir(ROOT_INO, &long, 0o755, ROOT), Err(MetaError::NameTooLong));
+    assert!(matches!(store.make_dir(ROOT_INO, b"a/b", 0o755, ROOT), Err(MetaError::Invalid(_))));
     let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
     assert_eq!(store.get_attr(ROOT_INO).unwrap().nlink, 3);
     assert_eq!(d.nlink, 2);
-    let fifo = store
-        .make_node(d.ino, b"p", libc::S_IFIFO | 0o600, 0, ROOT)
-        .unwrap();
+    let fifo = store.make_node(d.ino, b"p", libc::S_IFIFO | 0o600, 0, ROOT).unwrap();
     assert_eq!(fifo.kind, FileKind::Fifo);
-    let dev = store
-        .make_node(d.ino, b"c", libc::S_IFCHR | 0o600, 0x0103, ROOT)
-        .unwrap();
+    let dev = store.make_node(d.ino, b"c", libc::S_IFCHR | 0o600, 0x0103, ROOT).unwrap();
     assert_eq!((dev.kind, dev.rdev), (FileKind::CharDevice, 0x0103));
     let link = store.symlink(d.ino, b"l", b"../a", ROOT).unwrap();
     assert_eq!((link.kind, link.size), (FileKind::Symlink, 4));
@@ -117,10 +78,7 @@ fn hard_links_and_unlink() {
     store.unlink(ROOT_INO, b"b").unwrap();
     assert_eq!(store.get_attr(a.ino), Err(MetaError::NotFound));
     let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
-    assert_eq!(
-        store.link(d.ino, ROOT_INO, b"e"),
-        Err(MetaError::NotPermitted)
-    );
+    assert_eq!(store.link(d.ino, ROOT_INO, b"e"), Err(MetaError::NotPermitted));
     // Inode numbers are never reused.
     let c = file(&store, ROOT_INO, "c");
     assert!(c.ino > d.ino && d.ino > a.ino);
@@ -135,9 +93,7 @@ fn rename_cases() {
     let f = file(&store, d1.ino, "f");
     let g = file(&store, d2.ino, "g");
     // Across directories, over an existing file.
-    store
-        .rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace)
-        .unwrap();
+    store.rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace).unwrap();
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, f.ino);
     assert_eq!(store.get_attr(g.ino), Err(MetaError::NotFound));
     assert!(names(&store, d1.ino).is_empty());
@@ -147,9 +103,7 @@ fn rename_cases() {
         store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::NoReplace),
         Err(MetaError::Exists)
     );
-    store
-        .rename(d1.ino, b"h", d2.ino, b"g", RenameMode::Exchange)
-        .unwrap();
+    store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::Exchange).unwrap();
     assert_eq!(store.lookup(d1.ino, b"h").unwrap().ino, f.ino);
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, h.ino);
     // A directory into its own subtree.
@@ -160,9 +114,7 @@ fn rename_cases() {
     ));
     // Directory moves fix ".." and link counts; over an empty directory is allowed.
     let empty = store.make_dir(d2.ino, b"empty", 0o755, ROOT).unwrap();
-    store
-        .rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace)
-        .unwrap();
+    store.rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace).unwrap();
     assert_eq!(store.get_attr(empty.ino), Err(MetaError::NotFound));
     assert_eq!(store.get_attr(d1.ino).unwrap().nlink, 2);
     assert_eq!(store.get_attr(d2.ino).unwrap().nlink, 3);
@@ -197,13 +149,8 @@ fn readdir_cookies_survive_changes() {
     store.unlink(ROOT_INO, b"f0").unwrap();
     store.unlink(ROOT_INO, b"f1").unwrap();
     file(&store, ROOT_INO, "new");
-    let (_, rest) = store
-        .read_dir(ROOT_INO, first.last().unwrap().cookie, 100)
-        .unwrap();
-    let rest: Vec<_> = rest
-        .iter()
-        .map(|e| String::from_utf8(e.name.clone()).unwrap())
-        .collect();
+    let (_, rest) = store.read_dir(ROOT_INO, first.last().unwrap().cookie, 100).unwrap();
+    let rest: Vec<_> = rest.iter().map(|e| String::from_utf8(e.name.clone()).unwrap()).collect();
     assert_eq!(rest, ["f4", "f5", "f6", "f7", "f8", "f9", "new"]);
 }
 
@@ -215,52 +162,25 @@ fn writes_split_extents_and_move_refcounts() {
     let big = ChunkId::of(b"big");
     let small = ChunkId::of(b"small");
     let t = Timestamp::now();
-    store
-        .commit_write(f.ino, &[stored(big, 1000)], &[extent(0, 1000, big, 0)], t)
-        .unwrap();
+    store.commit_write(f.ino, &[stored(big, 1000)], &[extent(0, 1000, big, 0)], t).unwrap();
     assert_eq!(refcount(&store, big), 1);
-    let attr = store
-        .commit_write(f.ino, &[stored(small, 10)], &[extent(100, 10, small, 0)], t)
-        .unwrap();
+    let attr =
+        store.commit_write(f.ino, &[stored(small, 10)], &[extent(100, 10, small, 0)], t).unwrap();
     assert_eq!((attr.size, attr.allocated), (1000, 1000));
     let layout = store.layout(f.ino).unwrap();
     assert_eq!(
         layout.extents,
-        vec![
-            extent(0, 100, big, 0),
-            extent(100, 10, small, 0),
-            extent(110, 890, big, 110)
-        ]
+        vec![extent(0, 100, big, 0), extent(100, 10, small, 0), extent(110, 890, big, 110)]
     );
     assert_eq!(layout.chunks.len(), 2);
     assert_eq!(layout.chunks[0].shards.len(), 3);
     assert_eq!(refcount(&store, big), 2);
     // Truncate down drops and trims; truncate up leaves a hole.
-    store
-        .set_attr(
-            f.ino,
-            &SetAttr {
-                size: Some(50),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        store.layout(f.ino).unwrap().extents,
-        vec![extent(0, 50, big, 0)]
-    );
+    store.set_attr(f.ino, &SetAttr { size: Some(50), ..Default::default() }).unwrap();
+    assert_eq!(store.layout(f.ino).unwrap().extents, vec![extent(0, 50, big, 0)]);
     assert_eq!(refcount(&store, small), 0);
-    let grown = store.set_attr(
-        f.ino,
-        &SetAttr {
-            size: Some(5000),
-            ..Default::default()
-        },
-    );
-    assert_eq!(
-        (grown.as_ref().unwrap().size, grown.unwrap().allocated),
-        (5000, 50)
-    );
+    let grown = store.set_attr(f.ino, &SetAttr { size: Some(5000), ..Default::default() });
+    assert_eq!((grown.as_ref().unwrap().size, grown.unwrap().allocated), (5000, 50));
     // Unlinking the last name releases every reference.
     store.unlink(ROOT_INO, b"f").unwrap();
     assert_eq!(refcount(&store, big), 0);
@@ -283,35 +203,17 @@ fn prepare_dedups_only_fully_redundant_chunks() {
     let f = file(&store, ROOT_INO, "f");
     let known = ChunkId::of(b"known");
     let t = Timestamp::now();
-    store
-        .commit_write(f.ino, &[stored(known, 5)], &[extent(0, 5, known, 0)], t)
-        .unwrap();
+    store.commit_write(f.ino, &[stored(known, 5)], &[extent(0, 5, known, 0)], t).unwrap();
     let fresh = ChunkId::of(b"fresh");
-    let place = |_: &ChunkToWrite| {
-        Ok(ChunkPlan::Place {
-            encoding: SETTINGS.encoding,
-            targets: vec![],
-        })
-    };
-    let both = [
-        ChunkToWrite {
-            chunk: known,
-            len: 5,
-        },
-        ChunkToWrite {
-            chunk: fresh,
-            len: 5,
-        },
-    ];
+    let place =
+        |_: &ChunkToWrite| Ok(ChunkPlan::Place { encoding: SETTINGS.encoding, targets: vec![] });
+    let both = [ChunkToWrite { chunk: known, len: 5 }, ChunkToWrite { chunk: fresh, len: 5 }];
     let plans = store.prepare_write(&both, place).unwrap();
     assert_eq!(plans[0], ChunkPlan::Stored);
     assert!(matches!(plans[1], ChunkPlan::Place { .. }));
     // One shard reported bad: the chunk is readable but under-protected, so a new write
     // stores it again rather than referencing it.
-    let bad = ShardId {
-        chunk: known,
-        index: 1,
-    };
+    let bad = ShardId { chunk: known, index: 1 };
     assert!(store.mark_shard_unhealthy(bad, "c1").unwrap());
     assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 1);
     let plans = store.prepare_write(&both[..1], place).unwrap();
@@ -322,15 +224,9 @@ fn prepare_dedups_only_fully_redundant_chunks() {
         shard.chunkd = format!("new{}", shard.index);
     }
     let g = file(&store, ROOT_INO, "g");
-    store
-        .commit_write(g.ino, &[again], &[extent(0, 5, known, 0)], t)
-        .unwrap();
+    store.commit_write(g.ino, &[again], &[extent(0, 5, known, 0)], t).unwrap();
     let status = store.chunk_status(known).unwrap().unwrap();
-    let places: Vec<_> = status
-        .shards
-        .iter()
-        .map(|s| (s.chunkd.as_str(), s.healthy))
-        .collect();
+    let places: Vec<_> = status.shards.iter().map(|s| (s.chunkd.as_str(), s.healthy)).collect();
     assert_eq!(places, [("c0", true), ("new1", true), ("c2", true)]);
     assert_eq!(status.refcount, 2);
 }
@@ -341,35 +237,17 @@ fn xattrs() {
     let store = open(&dir);
     let f = file(&store, ROOT_INO, "f");
     assert_eq!(store.get_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
-    assert_eq!(
-        store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Replace),
-        Err(MetaError::NoData)
-    );
-    store
-        .set_xattr(f.ino, b"user.a", b"1", XattrMode::Create)
-        .unwrap();
-    assert_eq!(
-        store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create),
-        Err(MetaError::Exists)
-    );
-    store
-        .set_xattr(f.ino, b"user.a", b"2", XattrMode::Any)
-        .unwrap();
-    store
-        .set_xattr(f.ino, b"user.b", b"", XattrMode::Any)
-        .unwrap();
+    assert_eq!(store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Replace), Err(MetaError::NoData));
+    store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Create).unwrap();
+    assert_eq!(store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create), Err(MetaError::Exists));
+    store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Any).unwrap();
+    store.set_xattr(f.ino, b"user.b", b"", XattrMode::Any).unwrap();
     assert_eq!(store.get_xattr(f.ino, b"user.a").unwrap(), b"2");
-    assert_eq!(
-        store.list_xattr(f.ino).unwrap(),
-        vec![b"user.a".to_vec(), b"user.b".to_vec()]
-    );
+    assert_eq!(store.list_xattr(f.ino).unwrap(), vec![b"user.a".to_vec(), b"user.b".to_vec()]);
     store.remove_xattr(f.ino, b"user.a").unwrap();
     assert_eq!(store.remove_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
     let big = vec![0u8; MAX_XATTR_VALUE_LEN + 1];
-    assert_eq!(
-        store.set_xattr(f.ino, b"user.c", &big, XattrMode::Any),
-        Err(MetaError::TooBig)
-    );
+    assert_eq!(store.set_xattr(f.ino, b"user.c", &big, XattrMode::Any), Err(MetaError::TooBig));
 }
 
 #[test]
@@ -377,10 +255,7 @@ fn setattr_times_mode_owner() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let f = file(&store, ROOT_INO, "f");
-    let at = Timestamp {
-        sec: 1_000_000_000,
-        nsec: 123_456_789,
-    };
+    let at = Timestamp { sec: 1_000_000_000, nsec: 123_456_789 };
     let changes = SetAttr {
         mode: Some(0o4755),
         mtime: Some(SetTime::At(at)),
@@ -390,20 +265,8 @@ fn setattr_times_mode_owner() {
     let attr = store.set_attr(f.ino, &changes).unwrap();
     assert_eq!((attr.perm, attr.mtime, attr.atime), (0o4755, at, at));
     assert!(attr.ctime > at);
-    let attr = store
-        .set_attr(
-            f.ino,
-            &SetAttr {
-                uid: Some(1000),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        (attr.uid, attr.perm),
-        (1000, 0o755),
-        "chown clears set-user-id"
-    );
+    let attr = store.set_attr(f.ino, &SetAttr { uid: Some(1000), ..Default::default() }).unwrap();
+    assert_eq!((attr.uid, attr.perm), (1000, 0o755), "chown clears set-user-id");
 }
 
 #[test]
@@ -419,30 +282,12 @@ fn reopen_keeps_everything_and_settings() {
     drop(store);
     // Overriding one setting keeps the other.
     let path = dir.path().join("meta.db");
-    let chunk_only = VolumeOverrides {
-        chunk_size: Some(8 << 20),
-        ..Default::default()
-    };
+    let chunk_only = VolumeOverrides { chunk_size: Some(8 << 20), ..Default::default() };
     let store = Store::open(&path, chunk_only, SETTINGS).unwrap();
-    assert_eq!(
-        store.settings(),
-        VolumeSettings {
-            chunk_size: 8 << 20,
-            ..SETTINGS
-        }
-    );
+    assert_eq!(store.settings(), VolumeSettings { chunk_size: 8 << 20, ..SETTINGS });
     drop(store);
     let encoding = Encoding { k: 4, m: 2 };
-    let encoding_only = VolumeOverrides {
-        encoding: Some(encoding),
-        ..Default::default()
-    };
+    let encoding_only = VolumeOverrides { encoding: Some(encoding), ..Default::default() };
     let store = Store::open(&path, encoding_only, SETTINGS).unwrap();
-    assert_eq!(
-        store.settings(),
-        VolumeSettings {
-            encoding,
-            chunk_size: 8 << 20
-        }
-    );
+    assert_eq!(store.settings(), VolumeSettings { encoding, chunk_size: 8 << 20 });
 }

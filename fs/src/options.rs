@@ -1,0 +1,127 @@
+//! `-o` mount options, as given by `shardfs mount -o …`, mount(8) and /etc/fstab.
+
+use fuser::MountOption;
+use nix::mount::MsFlags;
+
+/// Options accepted and ignored: see [`MountFlags::parse`].
+const IGNORED: &[&str] = &[
+    "defaults",
+    "relatime",
+    "norelatime",
+    "lazytime",
+    "nolazytime",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "nofail",
+    "_netdev",
+    "default_permissions",
+    "fsname",
+    "subtype",
+    "user_id",
+    "group_id",
+    "rootmode",
+    "fd",
+    "max_read",
+    "blksize",
+];
+
+/// What a comma-separated option list asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    /// Options passed to the kernel with the mount.
+    pub kernel: Vec<MountOption>,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// `remount`: change the flags of an existing mount instead of mounting.
+    pub remount: bool,
+    /// `cache_size=256MiB`: memory for cached chunks.
+    pub cache_size: Option<u64>,
+}
+
+impl MountFlags {
+    /// Parses `list`; unknown options are an error so a typo in fstab is not ignored.
+    pub fn parse(list: &str) -> Result<MountFlags, String> {
+        let mut flags = MountFlags::default();
+        for option in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (name, value) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (option, None),
+            };
+            match (name, value) {
+                ("ro", None) => flags.read_only = true,
+                ("rw", None) => flags.read_only = false,
+                ("remount", None) => flags.remount = true,
+                ("allow_other", None) => flags.allow_other = true,
+                ("cache_size", Some(size)) => {
+                    flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
+                }
+                ("noatime", None) => flags.kernel.push(MountOption::NoAtime),
+                ("atime" | "strictatime", None) => flags.kernel.push(MountOption::Atime),
+                ("nosuid", None) => flags.kernel.push(MountOption::NoSuid),
+                ("suid", None) => flags.kernel.push(MountOption::Suid),
+                ("nodev", None) => flags.kernel.push(MountOption::NoDev),
+                ("dev", None) => flags.kernel.push(MountOption::Dev),
+                ("noexec", None) => flags.kernel.push(MountOption::NoExec),
+                ("exec", None) => flags.kernel.push(MountOption::Exec),
+                ("sync", None) => flags.kernel.push(MountOption::Sync),
+                ("async", None) => flags.kernel.push(MountOption::Async),
+                ("dirsync", None) => flags.kernel.push(MountOption::DirSync),
+                // The kernel's defaults, userspace-only markers, options shardfs always
+                // applies (default_permissions) or chooses itself (fsname, subtype), and the
+                // FUSE kernel options mount(8) copies from /proc/mounts into a remount.
+                (name, _) if IGNORED.contains(&name) => {}
+                (name, _) if name.starts_with("x-") => {}
+                _ => return Err(format!("unknown mount option {option:?}")),
+            }
+        }
+        Ok(flags)
+    }
+
+    /// The `mount(2)` flags these options ask for. Like every FUSE mount, shardfs is
+    /// nosuid and nodev unless `suid` or `dev` is given.
+    pub fn ms_flags(&self) -> MsFlags {
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if self.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        for option in &self.kernel {
+            match option {
+                MountOption::Suid => flags.remove(MsFlags::MS_NOSUID),
+                MountOption::Dev => flags.remove(MsFlags::MS_NODEV),
+                MountOption::Atime => flags.remove(MsFlags::MS_NOATIME),
+                MountOption::Exec => flags.remove(MsFlags::MS_NOEXEC),
+                MountOption::Async => flags.remove(MsFlags::MS_SYNCHRONOUS),
+                MountOption::NoAtime => flags |= MsFlags::MS_NOATIME,
+                MountOption::NoExec => flags |= MsFlags::MS_NOEXEC,
+                MountOption::Sync => flags |= MsFlags::MS_SYNCHRONOUS,
+                MountOption::DirSync => flags |= MsFlags::MS_DIRSYNC,
+                _ => {}
+            }
+        }
+        flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_options_translate() {
+        let flags =
+            MountFlags::parse("rw,ro,noatime,nosuid,_netdev,x-systemd.automount,cache_size=64MiB")
+                .unwrap();
+        assert!(flags.read_only && !flags.remount && !flags.allow_other);
+        assert_eq!(flags.kernel, [MountOption::NoAtime, MountOption::NoSuid]);
+        assert_eq!(flags.cache_size, Some(64 << 20));
+        let remount = MountFlags::parse("remount,ro,nodev").unwrap();
+        assert_eq!(remount.ms_flags(), MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID);
+        let open = MountFlags::parse("dev,suid,sync").unwrap();
+        assert_eq!(open.ms_flags(), MsFlags::MS_SYNCHRONOUS);
+        assert!(MountFlags::parse("colour=blue").is_err());
+        assert!(MountFlags::parse("cache_size=lots").is_err());
+    }
+}
