@@ -9,8 +9,8 @@ use std::time::Duration;
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, Layout, MetaError, RenameMode, SetAttr, StatFs, Timestamp,
-    VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, Ino, Layout, MetaError, RenameMode, SetAttr, SpaceOp, StatFs,
+    Timestamp, VolumeInfo, XattrMode,
 };
 use shardfs_rpc::ClientOptions;
 use tracing::warn;
@@ -441,6 +441,97 @@ impl Fs {
     async fn flush_handle(&self, handle: &Handle) -> FsResult<()> {
         let mut data = handle.file.data.lock().await;
         self.flush_locked(&handle.file, &mut data, true).await
+    }
+
+    /// fallocate(2): `mode` as the kernel passes it.
+    pub async fn allocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        let op = match mode {
+            0 => SpaceOp::Allocate { keep_size: false },
+            KEEP_SIZE => SpaceOp::Allocate { keep_size: true },
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | KEEP_SIZE => SpaceOp::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => SpaceOp::ZeroRange { keep_size: false },
+            m if m == libc::FALLOC_FL_ZERO_RANGE | KEEP_SIZE => {
+                SpaceOp::ZeroRange { keep_size: true }
+            }
+            // Collapse, insert and unshare ranges, and a hole punch that would change the size.
+            _ => return Err(FsError::Unsupported),
+        };
+        let handle = self.handle(fh)?;
+        let mut data = handle.file.data.lock().await;
+        // Buffered bytes land first, so a punch or zero also covers them.
+        self.flush_locked(&handle.file, &mut data, true).await?;
+        let result = self.meta.allocate(handle.file.ino, offset, len, op).await;
+        data.layout = None;
+        result?;
+        Ok(())
+    }
+
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE.
+    pub async fn seek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let offset = u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset"))?;
+        let handle = self.handle(fh)?;
+        let mut data = handle.file.data.lock().await;
+        self.flush_locked(&handle.file, &mut data, true).await?;
+        let layout = self.meta.layout(handle.file.ino).await?;
+        let size = layout.attr.size;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let first = layout.extents.partition_point(|e| e.end() <= offset);
+        let found = match whence {
+            libc::SEEK_DATA => layout
+                .extents
+                .get(first)
+                .map(|e| e.offset.max(offset))
+                .ok_or(FsError::NoSuchOffset)?,
+            libc::SEEK_HOLE => {
+                let mut position = offset;
+                for extent in &layout.extents[first..] {
+                    if extent.offset > position {
+                        break;
+                    }
+                    position = extent.end();
+                }
+                position.min(size)
+            }
+            _ => return Err(FsError::Invalid("lseek whence")),
+        };
+        Ok(found as i64)
+    }
+
+    /// copy_file_range(2): the destination shares the source's chunks; no bytes move.
+    pub async fn copy_range(
+        &self,
+        (fh_in, offset_in): (u64, u64),
+        (fh_out, offset_out): (u64, u64),
+        len: u64,
+    ) -> FsResult<u32> {
+        let (source, target) = (self.handle(fh_in)?, self.handle(fh_out)?);
+        // Both files' buffered bytes land first, locking in inode order.
+        let mut files = [&source.file, &target.file];
+        files.sort_by_key(|f| f.ino);
+        let mut first = files[0].data.lock().await;
+        self.flush_locked(files[0], &mut first, true).await?;
+        let mut second = if files[1].ino == files[0].ino {
+            None
+        } else {
+            let mut data = files[1].data.lock().await;
+            self.flush_locked(files[1], &mut data, true).await?;
+            Some(data)
+        };
+        // The reply counts bytes in 32 bits; the kernel asks again for the rest.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let result = self
+            .meta
+            .clone_range(source.file.ino, offset_in, target.file.ino, offset_out, len)
+            .await;
+        first.layout = None;
+        if let Some(data) = second.as_mut() {
+            data.layout = None;
+        }
+        let (_, copied) = result?;
+        Ok(copied as u32)
     }
 
     /// Capacity as users see it: raw chunkd space scaled by the encoding overhead.

@@ -24,6 +24,9 @@ pub enum FsError {
     Unsupported,
     #[error("result does not fit the caller's buffer")]
     Range,
+    /// lseek: no data (or hole) at or after the offset.
+    #[error("no such offset")]
+    NoSuchOffset,
 }
 
 impl From<MetaClientError> for FsError {
@@ -52,6 +55,7 @@ impl From<&FsError> for Errno {
                 MetaError::TooBig => Errno::E2BIG,
                 MetaError::TooManyLinks => Errno::EMLINK,
                 MetaError::NoSpace(_) => Errno::ENOSPC,
+                MetaError::FileTooBig => Errno::EFBIG,
                 MetaError::ChunkGone(_) | MetaError::Store(_) => Errno::EIO,
             },
             FsError::MetaTransport(_)
@@ -61,6 +65,7 @@ impl From<&FsError> for Errno {
             FsError::Invalid(_) => Errno::EINVAL,
             FsError::Unsupported => Errno::EOPNOTSUPP,
             FsError::Range => Errno::ERANGE,
+            FsError::NoSuchOffset => Errno::ENXIO,
         }
     }
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shardfs_metad::proto::{
     Attr, Cred, FileKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp, XattrMode,
@@ -94,7 +94,8 @@ error_reply!(
     ReplyDirectory,
     ReplyDirectoryPlus,
     ReplyStatfs,
-    ReplyXattr
+    ReplyXattr,
+    ReplyLseek
 );
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -649,6 +650,67 @@ impl Filesystem for FuseAdapter {
             reply,
             move |fs| async move { fs.get_attr(ino.0).await },
             |reply, _| reply.ok(),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            "fallocate",
+            reply,
+            move |fs| async move { fs.allocate(fh.0, offset, length, mode).await },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.spawn(
+            "lseek",
+            reply,
+            move |fs| async move { fs.seek(fh.0, offset, whence).await },
+            |reply, offset| reply.offset(offset),
+        );
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        self.spawn(
+            "copy_file_range",
+            reply,
+            move |fs| async move {
+                fs.copy_range((fh_in.0, offset_in), (fh_out.0, offset_out), len).await
+            },
+            |reply, copied| reply.written(copied),
         );
     }
 

@@ -147,6 +147,24 @@ impl MetaClient {
         call!(self, MetaRequest::ReleaseFile { ino }, "release", MetaReply::Done => ())
     }
 
+    pub async fn allocate(&self, ino: Ino, offset: u64, len: u64, op: SpaceOp) -> Result<Attr> {
+        let request = MetaRequest::Allocate { ino, offset, len, op };
+        call!(self, request, "fallocate", MetaReply::Attr(a) => a)
+    }
+
+    /// Returns the destination's attributes and the bytes copied.
+    pub async fn clone_range(
+        &self,
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(Attr, u64)> {
+        let request = MetaRequest::CloneRange { src, src_offset, dst, dst_offset, len };
+        call!(self, request, "copy_file_range", MetaReply::Cloned { attr, len } => (attr, len))
+    }
+
     pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
         let request = MetaRequest::PrepareWrite { chunks };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)

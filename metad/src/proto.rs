@@ -244,6 +244,18 @@ pub enum XattrMode {
     Replace,
 }
 
+/// What fallocate(2) asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpaceOp {
+    /// Mode 0 or FALLOC_FL_KEEP_SIZE: make the range usable. shardfs reserves no space; only
+    /// the size grows (unless `keep_size`).
+    Allocate { keep_size: bool },
+    /// FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE.
+    PunchHole,
+    /// FALLOC_FL_ZERO_RANGE, optionally with FALLOC_FL_KEEP_SIZE.
+    ZeroRange { keep_size: bool },
+}
+
 /// Rename variants, as in renameat2(2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenameMode {
@@ -381,6 +393,21 @@ pub enum MetaRequest {
     ReleaseFile {
         ino: Ino,
     },
+    Allocate {
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        op: SpaceOp,
+    },
+    /// Makes `dst` bytes `[dst_offset, +len)` share the chunks of `src` bytes
+    /// `[src_offset, +len)`.
+    CloneRange {
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+    },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;
@@ -400,6 +427,7 @@ pub enum MetaReply {
     Chunkds(Vec<ChunkdStatus>),
     ChunkStatus(Option<ChunkStatus>),
     CatalogueStats(CatalogueStats),
+    Cloned { attr: Attr, len: u64 },
 }
 
 /// Application errors. The FUSE client maps each to one errno.
@@ -434,4 +462,6 @@ pub enum MetaError {
     ChunkGone(String),
     #[error("metadata store error: {0}")]
     Store(String),
+    #[error("file too large")]
+    FileTooBig,
 }

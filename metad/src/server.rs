@@ -71,6 +71,13 @@ impl MetadServer {
                 store.release_file(ino, peer)?;
                 MetaReply::Done
             }
+            MetaRequest::Allocate { ino, offset, len, op } => {
+                MetaReply::Attr(store.allocate(ino, offset, len, op)?)
+            }
+            MetaRequest::CloneRange { src, src_offset, dst, dst_offset, len } => {
+                let (attr, len) = store.clone_range(src, src_offset, dst, dst_offset, len)?;
+                MetaReply::Cloned { attr, len }
+            }
             MetaRequest::PrepareWrite { chunks } => {
                 let usable = self.members.usable();
                 let encoding = store.settings().encoding;

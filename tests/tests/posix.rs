@@ -235,3 +235,68 @@ fn utimensat_now_and_omit() {
     assert!(meta.atime() > 1_700_000_000);
     assert!(meta.ctime() >= meta.atime());
 }
+
+#[test]
+fn fallocate_modes_seek_data_hole_and_copy_file_range() {
+    use std::os::fd::AsRawFd;
+    let (cluster, mount) = setup();
+    let path = mount.join("f");
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+    let fd = file.as_raw_fd();
+    let mib = 1i64 << 20;
+    // Mode 0 grows the file; KEEP_SIZE does not.
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 2 * mib) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), 2 << 20);
+    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 8 * mib) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), 2 << 20);
+    // Data in [0, 3 MiB); punch [1 MiB, 2 MiB) out of it.
+    file.write_all(&vec![0xAB; 3 << 20]).unwrap();
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(unsafe { libc::fallocate(fd, punch, mib, mib) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), 3 << 20);
+    let data = fs::read(&path).unwrap();
+    assert!(data[..1 << 20].iter().all(|b| *b == 0xAB));
+    assert!(data[1 << 20..2 << 20].iter().all(|b| *b == 0));
+    assert!(data[2 << 20..].iter().all(|b| *b == 0xAB));
+    // A punch that would change the size, and collapse range, are not supported.
+    assert_eq!(
+        errno_of(unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 1) }),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno_of(unsafe { libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, mib) }),
+        libc::EOPNOTSUPP
+    );
+    // ZERO_RANGE past the end grows the file with zeros.
+    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 2 * mib + 1, 2 * mib) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), (4 << 20) + 1);
+    let data = fs::read(&path).unwrap();
+    assert_eq!(data[2 << 20], 0xAB);
+    assert!(data[(2 << 20) + 1..].iter().all(|b| *b == 0));
+    // SEEK_DATA / SEEK_HOLE see the extents: data [0,1M), hole [1M,2M), data [2M, 2M+1),
+    // hole to the end.
+    let seek = |offset: i64, whence| unsafe { libc::lseek(fd, offset, whence) };
+    assert_eq!(seek(0, libc::SEEK_HOLE), mib);
+    assert_eq!(seek(mib, libc::SEEK_DATA), 2 * mib);
+    assert_eq!(seek(2 * mib, libc::SEEK_HOLE), 2 * mib + 1);
+    assert_eq!(errno_of(seek(2 * mib + 1, libc::SEEK_DATA) as i32), libc::ENXIO);
+    assert_eq!(seek(3 * mib, libc::SEEK_HOLE), 3 * mib);
+    assert_eq!(errno_of(seek(5 * mib, libc::SEEK_HOLE) as i32), libc::ENXIO);
+
+    // copy_file_range shares chunks instead of copying bytes.
+    let copy_path = mount.join("copy");
+    let copy = File::create(&copy_path).unwrap();
+    let chunks_before = cluster.query(async |c| c.catalogue_stats().await).unwrap();
+    let (mut off_in, mut off_out) = (0i64, 4096i64);
+    let copied = unsafe {
+        libc::copy_file_range(fd, &mut off_in, copy.as_raw_fd(), &mut off_out, 3 << 20, 0)
+    };
+    assert_eq!(copied, 3 << 20);
+    drop(copy);
+    let copied_data = fs::read(&copy_path).unwrap();
+    assert_eq!(copied_data.len(), 4096 + (3 << 20));
+    assert!(copied_data[..4096].iter().all(|b| *b == 0));
+    assert_eq!(&copied_data[4096..], &data[..3 << 20]);
+    let chunks_after = cluster.query(async |c| c.catalogue_stats().await).unwrap();
+    assert_eq!(chunks_after, chunks_before, "no new chunk for a copy");
+}

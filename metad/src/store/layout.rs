@@ -12,8 +12,8 @@ use shardfs_chunkd::{ChunkId, Encoding};
 
 use super::{Store, get_attr};
 use crate::proto::{
-    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, Ino, Layout, MetaError, ShardPlace,
-    StoredChunk, Timestamp,
+    Attr, ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, Ino, Layout, MetaError,
+    ShardPlace, SpaceOp, StoredChunk, Timestamp,
 };
 
 /// Largest file size (bytes): what SQLite's signed integers can hold.
@@ -67,6 +67,89 @@ impl Store {
         })
     }
 
+    /// fallocate(2): reserve (only the size changes: space is not reserved), punch a hole,
+    /// or zero a range (a hole reads as zeros).
+    pub fn allocate(
+        &self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        op: SpaceOp,
+    ) -> Result<Attr, MetaError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|end| *end <= MAX_FILE_SIZE)
+            .ok_or(MetaError::FileTooBig)?;
+        let now = Timestamp::now();
+        self.write(|tx| {
+            let attr = require_file(tx, ino)?;
+            let keep_size = match op {
+                SpaceOp::Allocate { keep_size } => keep_size,
+                SpaceOp::PunchHole => {
+                    punch(tx, ino, offset, end.min(attr.size), now)?;
+                    true
+                }
+                SpaceOp::ZeroRange { keep_size } => {
+                    punch(tx, ino, offset, if keep_size { end.min(attr.size) } else { end }, now)?;
+                    keep_size
+                }
+            };
+            let size = if keep_size { attr.size } else { attr.size.max(end) };
+            let changed = size != attr.size || !matches!(op, SpaceOp::Allocate { .. });
+            if changed {
+                tx.prepare_cached(
+                    "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
+                         ctime_sec = ?3, ctime_nsec = ?4
+                     WHERE ino = ?1",
+                )?
+                .execute(params![ino, size, now.sec, now.nsec])?;
+            }
+            get_attr(tx, ino)
+        })
+    }
+
+    /// copy_file_range(2) without copying bytes: the destination range points at the
+    /// source's chunks. Holes copy as holes. Returns the destination's attributes and the
+    /// number of bytes copied (the range is clipped to the source's size).
+    pub fn clone_range(
+        &self,
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(Attr, u64), MetaError> {
+        let now = Timestamp::now();
+        self.write(|tx| {
+            let source = require_file(tx, src)?;
+            require_file(tx, dst)?;
+            let len = len.min(source.size.saturating_sub(src_offset));
+            if len == 0 {
+                return Ok((get_attr(tx, dst)?, 0));
+            }
+            let dst_end = dst_offset
+                .checked_add(len)
+                .filter(|e| *e <= MAX_FILE_SIZE)
+                .ok_or(MetaError::FileTooBig)?;
+            if src == dst && src_offset < dst_end && dst_offset < src_offset + len {
+                return Err(MetaError::Invalid("overlapping ranges in one file".into()));
+            }
+            let pieces = extents_in(tx, src, src_offset, src_offset + len)?;
+            punch(tx, dst, dst_offset, dst_end, now)?;
+            for piece in pieces {
+                let moved = Extent { offset: piece.offset - src_offset + dst_offset, ..piece };
+                insert_extent(tx, dst, &moved, now)?;
+            }
+            tx.prepare_cached(
+                "UPDATE inodes SET size = MAX(size, ?2), mtime_sec = ?3, mtime_nsec = ?4,
+                     ctime_sec = ?3, ctime_nsec = ?4
+                 WHERE ino = ?1",
+            )?
+            .execute(params![dst, dst_end, now.sec, now.nsec])?;
+            Ok((get_attr(tx, dst)?, len))
+        })
+    }
+
     /// Records newly stored chunks and points `extents` of `ino` at them, in one transaction.
     pub fn commit_write(
         &self,
@@ -74,15 +157,10 @@ impl Store {
         stored: &[StoredChunk],
         extents: &[Extent],
         mtime: Timestamp,
-    ) -> Result<crate::proto::Attr, MetaError> {
+    ) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         self.write(|tx| {
-            let attr = get_attr(tx, ino)?;
-            match attr.kind {
-                FileKind::File => {}
-                FileKind::Dir => return Err(MetaError::IsDir),
-                _ => return Err(MetaError::Invalid("write to a special file".into())),
-            }
+            let attr = require_file(tx, ino)?;
             for chunk in stored {
                 record_chunk(tx, chunk, now)?;
             }
@@ -112,6 +190,52 @@ impl Store {
             get_attr(tx, ino)
         })
     }
+}
+
+/// The attributes of `ino`, which must be a regular file.
+fn require_file(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
+    let attr = get_attr(tx, ino)?;
+    match attr.kind {
+        FileKind::File => Ok(attr),
+        FileKind::Dir => Err(MetaError::IsDir),
+        _ => Err(MetaError::Invalid("not a regular file".into())),
+    }
+}
+
+/// Extents of `ino` overlapping file range `[start, end)`, clipped to it.
+fn extents_in(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Extent>, MetaError> {
+    let all = tx
+        .prepare_cached(
+            "SELECT offset, len, chunk, chunk_offset FROM extents
+             WHERE ino = ?1 AND offset < ?3 AND offset + len > ?2 ORDER BY offset",
+        )?
+        .query_map(params![ino, start, end], |r| {
+            Ok(Extent {
+                offset: r.get(0)?,
+                len: r.get(1)?,
+                chunk: chunk_id(r.get(2)?)?,
+                chunk_offset: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(all
+        .into_iter()
+        .map(|e| {
+            let from = e.offset.max(start);
+            let to = e.end().min(end);
+            Extent {
+                offset: from,
+                len: to - from,
+                chunk: e.chunk,
+                chunk_offset: e.chunk_offset + (from - e.offset),
+            }
+        })
+        .collect())
 }
 
 /// Sets the size of `ino`, dropping content past it. Growing leaves a hole.

@@ -291,3 +291,34 @@ fn reopen_keeps_everything_and_settings() {
     let store = Store::open(&path, encoding_only, SETTINGS).unwrap();
     assert_eq!(store.settings(), VolumeSettings { encoding, chunk_size: 8 << 20 });
 }
+
+#[test]
+fn clone_range_shares_chunks_and_allocate_punches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let src = file(&store, ROOT_INO, "src");
+    let dst = file(&store, ROOT_INO, "dst");
+    let chunk = ChunkId::of(b"c");
+    let t = Timestamp::now();
+    store.commit_write(src.ino, &[stored(chunk, 100)], &[extent(10, 100, chunk, 0)], t).unwrap();
+    // [0, 10) of src is a hole; it copies as a hole.
+    let (attr, len) = store.clone_range(src.ino, 0, dst.ino, 1000, 500).unwrap();
+    assert_eq!((len, attr.size), (110, 1110));
+    assert_eq!(store.layout(dst.ino).unwrap().extents, vec![extent(1010, 100, chunk, 0)]);
+    assert_eq!(refcount(&store, chunk), 2);
+    assert!(matches!(store.clone_range(src.ino, 0, src.ino, 50, 100), Err(MetaError::Invalid(_))));
+    // Punching the middle of the copy splits its extent; the size stays.
+    let attr = store.allocate(dst.ino, 1050, 10, SpaceOp::PunchHole).unwrap();
+    assert_eq!(attr.size, 1110);
+    assert_eq!(
+        store.layout(dst.ino).unwrap().extents,
+        vec![extent(1010, 40, chunk, 0), extent(1060, 50, chunk, 50)]
+    );
+    assert_eq!(refcount(&store, chunk), 3);
+    let grown = store.allocate(dst.ino, 5000, 10, SpaceOp::Allocate { keep_size: false }).unwrap();
+    assert_eq!(grown.size, 5010);
+    assert_eq!(
+        store.allocate(dst.ino, u64::MAX - 5, 10, SpaceOp::PunchHole),
+        Err(MetaError::FileTooBig)
+    );
+}
