@@ -300,3 +300,48 @@ fn fallocate_modes_seek_data_hole_and_copy_file_range() {
     let chunks_after = cluster.query(async |c| c.catalogue_stats().await).unwrap();
     assert_eq!(chunks_after, chunks_before, "no new chunk for a copy");
 }
+
+#[test]
+fn mmap_shared_writes_and_o_direct() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (_cluster, mount) = setup();
+    let path = mount.join("mapped");
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+    file.set_len(3 * 4096).unwrap();
+    let len = 3 * 4096;
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let bytes = unsafe { std::slice::from_raw_parts_mut(map.cast::<u8>(), len) };
+    bytes[..5].copy_from_slice(b"hello");
+    bytes[8192..8197].copy_from_slice(b"world");
+    assert_eq!(unsafe { libc::msync(map, len, libc::MS_SYNC) }, 0);
+    assert_eq!(unsafe { libc::munmap(map, len) }, 0);
+    drop(file);
+    let data = fs::read(&path).unwrap();
+    assert_eq!((&data[..5], &data[8192..8197]), (&b"hello"[..], &b"world"[..]));
+
+    // O_DIRECT is accepted for aligned I/O, and reads see what it wrote.
+    let mut direct =
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&path).unwrap();
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc(layout), 4096) };
+    buf.fill(b'd');
+    direct.seek(SeekFrom::Start(4096)).unwrap();
+    direct.write_all(buf).unwrap();
+    direct.sync_all().unwrap();
+    unsafe { std::alloc::dealloc(buf.as_mut_ptr(), layout) };
+    drop(direct);
+    let data = fs::read(&path).unwrap();
+    assert!(data[4096..8192].iter().all(|b| *b == b'd'));
+    assert_eq!(&data[8192..8197], b"world");
+}
