@@ -1,7 +1,7 @@
 //! The filesystem core: every operation as an async function over metad and the chunkds,
 //! testable without a mount. `fuse.rs` only adapts it to the kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, Layout, MetaError, RenameMode, SetAttr, SpaceOp, StatFs,
-    Timestamp, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MetaError, RenameMode,
+    SetAttr, SpaceOp, StatFs, Timestamp, VolumeInfo, XattrMode,
 };
 use shardfs_rpc::ClientOptions;
 use tracing::warn;
@@ -72,6 +72,8 @@ pub struct Fs {
     files: Mutex<HashMap<Ino, (Arc<OpenFile>, usize)>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
+    /// Inodes this client ever took a lock on: only their closes must release locks.
+    locked: Mutex<HashSet<Ino>>,
 }
 
 impl Fs {
@@ -89,6 +91,7 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            locked: Mutex::new(HashSet::new()),
         })
     }
 
@@ -532,6 +535,45 @@ impl Fs {
         }
         let (_, copied) = result?;
         Ok(copied as u32)
+    }
+
+    /// F_GETLK: the lock that would block `kind` over `[start, end]`, if any.
+    pub async fn test_lock(
+        &self,
+        ino: Ino,
+        owner: u64,
+        range: (u64, u64),
+        kind: LockKind,
+    ) -> FsResult<Option<HeldLock>> {
+        Ok(self.meta.test_lock(ino, owner, range, kind).await?)
+    }
+
+    /// F_SETLK / F_SETLKW; `None` unlocks the range.
+    pub async fn set_lock(
+        &self,
+        ino: Ino,
+        owner: u64,
+        (start, end): (u64, u64),
+        lock: Option<(LockKind, u32)>,
+        wait: bool,
+    ) -> FsResult<()> {
+        match lock {
+            None => Ok(self.meta.unlock(ino, owner, (start, end)).await?),
+            Some((kind, pid)) => {
+                self.locked.lock().expect("locked lock").insert(ino);
+                let held = HeldLock { start, end, kind, pid };
+                Ok(self.meta.set_lock(ino, owner, held, wait).await?)
+            }
+        }
+    }
+
+    /// Drops `owner`'s locks on `ino` (a close by that process, or the last close of a
+    /// flock'ed file). Free when this client never locked the file.
+    pub async fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
+        if !self.locked.lock().expect("locked lock").contains(&ino) {
+            return Ok(());
+        }
+        Ok(self.meta.unlock(ino, owner, (0, u64::MAX)).await?)
     }
 
     /// Capacity as users see it: raw chunkd space scaled by the encoding overhead.

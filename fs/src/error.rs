@@ -56,6 +56,7 @@ impl From<&FsError> for Errno {
                 MetaError::TooManyLinks => Errno::EMLINK,
                 MetaError::NoSpace(_) => Errno::ENOSPC,
                 MetaError::FileTooBig => Errno::EFBIG,
+                MetaError::WouldBlock => Errno::EAGAIN,
                 MetaError::ChunkGone(_) | MetaError::Store(_) => Errno::EIO,
             },
             FsError::MetaTransport(_)

@@ -15,11 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shardfs_metad::proto::{
-    Attr, Cred, FileKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp, XattrMode,
+    Attr, Cred, FileKind, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
+    XattrMode,
 };
 use tokio::runtime::Handle;
 use tracing::debug;
@@ -95,7 +96,8 @@ error_reply!(
     ReplyDirectoryPlus,
     ReplyStatfs,
     ReplyXattr,
-    ReplyLseek
+    ReplyLseek,
+    ReplyLock
 );
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -160,6 +162,21 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        _ => None,
+    }
+}
+
+fn lock_type(kind: LockKind) -> i32 {
+    match kind {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+    }
+}
+
 fn cred(req: &Request) -> Cred {
     Cred { uid: req.uid(), gid: req.gid() }
 }
@@ -174,7 +191,10 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(MAX_WRITE);
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            // Locks go to metad, so they hold across mounts.
+            | InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -417,15 +437,19 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.spawn(
             "flush",
             reply,
-            move |fs| async move { fs.flush(fh.0).await },
+            move |fs| async move {
+                // A close drops the closing process's fcntl locks on the file, as POSIX says.
+                fs.release_locks(ino.0, lock_owner.0).await?;
+                fs.flush(fh.0).await
+            },
             |reply, ()| reply.ok(),
         );
     }
@@ -433,17 +457,75 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        flock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(
             "release",
             reply,
-            move |fs| async move { fs.release(fh.0).await },
+            move |fs| async move {
+                // The last close of an open file drops its flock lock.
+                if let Some(owner) = flock_owner {
+                    fs.release_locks(ino.0, owner.0).await?;
+                }
+                fs.release(fh.0).await
+            },
+            |reply, ()| reply.ok(),
+        );
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else { return reply.error(Errno::EINVAL) };
+        self.spawn(
+            "getlk",
+            reply,
+            move |fs| async move { fs.test_lock(ino.0, lock_owner.0, (start, end), kind).await },
+            move |reply, conflict| match conflict {
+                Some(held) => reply.locked(held.start, held.end, lock_type(held.kind), held.pid),
+                None => reply.locked(start, end, libc::F_UNLCK, 0),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = match typ {
+            libc::F_UNLCK => None,
+            other => match lock_kind(other) {
+                Some(kind) => Some((kind, pid)),
+                None => return reply.error(Errno::EINVAL),
+            },
+        };
+        self.spawn(
+            "setlk",
+            reply,
+            move |fs| async move { fs.set_lock(ino.0, lock_owner.0, (start, end), lock, sleep).await },
             |reply, ()| reply.ok(),
         );
     }

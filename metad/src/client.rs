@@ -165,6 +165,36 @@ impl MetaClient {
         call!(self, request, "copy_file_range", MetaReply::Cloned { attr, len } => (attr, len))
     }
 
+    pub async fn test_lock(
+        &self,
+        ino: Ino,
+        owner: u64,
+        (start, end): (u64, u64),
+        kind: LockKind,
+    ) -> Result<Option<HeldLock>> {
+        let request = MetaRequest::TestLock { ino, owner, start, end, kind };
+        call!(self, request, "getlk", MetaReply::Lock(l) => l)
+    }
+
+    /// With `wait`, waits as long as the lock is held elsewhere (F_SETLKW).
+    pub async fn set_lock(&self, ino: Ino, owner: u64, lock: HeldLock, wait: bool) -> Result<()> {
+        let request = MetaRequest::SetLock { ino, owner, lock, wait };
+        let response: MetaResponse = if wait {
+            self.rpc.call_without_timeout(&request).await?
+        } else {
+            self.rpc.call(&request).await?
+        };
+        match response? {
+            MetaReply::Done => Ok(()),
+            _ => Err(MetaClientError::UnexpectedReply("setlk")),
+        }
+    }
+
+    pub async fn unlock(&self, ino: Ino, owner: u64, (start, end): (u64, u64)) -> Result<()> {
+        let request = MetaRequest::Unlock { ino, owner, start, end };
+        call!(self, request, "unlock", MetaReply::Done => ())
+    }
+
     pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
         let request = MetaRequest::PrepareWrite { chunks };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)

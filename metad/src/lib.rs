@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod locks;
 pub mod members;
 pub mod placement;
 pub mod proto;

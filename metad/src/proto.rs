@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
+pub use crate::locks::{HeldLock, LockKind};
+
 /// Inode number. The root directory is always [`ROOT_INO`].
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -408,6 +410,28 @@ pub enum MetaRequest {
         dst_offset: u64,
         len: u64,
     },
+    /// F_GETLK: the lock that would block this one, if any.
+    TestLock {
+        ino: Ino,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+    },
+    /// F_SETLK (`wait` false: `WouldBlock` on conflict) or F_SETLKW.
+    SetLock {
+        ino: Ino,
+        owner: u64,
+        lock: HeldLock,
+        wait: bool,
+    },
+    /// F_UNLCK of `[start, end]`.
+    Unlock {
+        ino: Ino,
+        owner: u64,
+        start: u64,
+        end: u64,
+    },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;
@@ -428,6 +452,7 @@ pub enum MetaReply {
     ChunkStatus(Option<ChunkStatus>),
     CatalogueStats(CatalogueStats),
     Cloned { attr: Attr, len: u64 },
+    Lock(Option<HeldLock>),
 }
 
 /// Application errors. The FUSE client maps each to one errno.
@@ -464,4 +489,7 @@ pub enum MetaError {
     Store(String),
     #[error("file too large")]
     FileTooBig,
+    /// A lock is held by another owner (F_SETLK).
+    #[error("resource temporarily unavailable")]
+    WouldBlock,
 }

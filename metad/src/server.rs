@@ -10,6 +10,7 @@ use shardfs_chunkd::membership::{
 use shardfs_rpc::{Handler, Service};
 use tracing::{debug, info, warn};
 
+use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
@@ -20,11 +21,12 @@ use crate::store::Store;
 pub struct MetadServer {
     store: Arc<Store>,
     members: Members,
+    locks: LockTable,
 }
 
 impl MetadServer {
     pub fn new(store: Arc<Store>, members: Members) -> MetadServer {
-        MetadServer { store, members }
+        MetadServer { store, members, locks: LockTable::default() }
     }
 
     fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {
@@ -77,6 +79,17 @@ impl MetadServer {
             MetaRequest::CloneRange { src, src_offset, dst, dst_offset, len } => {
                 let (attr, len) = store.clone_range(src, src_offset, dst, dst_offset, len)?;
                 MetaReply::Cloned { attr, len }
+            }
+            MetaRequest::TestLock { ino, owner, start, end, kind } => {
+                MetaReply::Lock(self.locks.test(ino, peer, owner, start, end, kind))
+            }
+            MetaRequest::SetLock { ino, owner, lock, wait } => {
+                self.locks.set(ino, peer, owner, lock, wait)?;
+                MetaReply::Done
+            }
+            MetaRequest::Unlock { ino, owner, start, end } => {
+                self.locks.unlock(ino, peer, owner, start, end);
+                MetaReply::Done
             }
             MetaRequest::PrepareWrite { chunks } => {
                 let usable = self.members.usable();
@@ -197,6 +210,7 @@ impl Handler for MetadServer {
         if service != Service::Metad {
             return;
         }
+        self.locks.release_holder(peer);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.release_holder(peer) {

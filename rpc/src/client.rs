@@ -76,11 +76,22 @@ impl Client {
         request: &Req,
     ) -> Result<Resp, Error> {
         let body = crate::encode(request);
-        let bytes = self.call_raw(body).await?;
+        let bytes = self.call_raw(body, Some(self.options.request_timeout)).await?;
         crate::decode(&bytes)
     }
 
-    async fn call_raw(&self, body: Vec<u8>) -> Result<Bytes, Error> {
+    /// Like [`call`](Self::call), for requests that may legitimately wait without bound
+    /// (a blocking lock): only a lost connection ends the wait.
+    pub async fn call_without_timeout<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+    ) -> Result<Resp, Error> {
+        let body = crate::encode(request);
+        let bytes = self.call_raw(body, None).await?;
+        crate::decode(&bytes)
+    }
+
+    async fn call_raw(&self, body: Vec<u8>, timeout: Option<Duration>) -> Result<Bytes, Error> {
         let connection = self.connection().await?;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -94,15 +105,15 @@ impl Client {
         if connection.outgoing.send((id, body)).await.is_err() {
             return Err(self.lost());
         }
-        match tokio::time::timeout(self.options.request_timeout, rx).await {
+        let Some(timeout) = timeout else {
+            return rx.await.map_err(|_| self.lost());
+        };
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
                 connection.pending.lock().expect("pending lock").waiting.remove(&id);
-                Err(Error::Timeout {
-                    addr: self.addr.clone(),
-                    timeout: self.options.request_timeout,
-                })
+                Err(Error::Timeout { addr: self.addr.clone(), timeout })
             }
         }
     }

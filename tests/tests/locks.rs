@@ -1,0 +1,110 @@
+//! fcntl and flock locks live in metad: they hold across mounts and die with their owner.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardfs_tests::{Cluster, READY_TIMEOUT};
+
+fn fcntl_lock(fd: i32, cmd: i32, typ: i32, start: i64, len: i64) -> (i32, libc::flock) {
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = typ as i16;
+    lock.l_whence = libc::SEEK_SET as i16;
+    lock.l_start = start;
+    lock.l_len = len;
+    let result = unsafe { libc::fcntl(fd, cmd, &mut lock) };
+    let errno =
+        if result == -1 { std::io::Error::last_os_error().raw_os_error().unwrap() } else { 0 };
+    (errno, lock)
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fcntl_locks_hold_across_mounts_and_go_with_close() {
+    let cluster = Cluster::start(3, 2, 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    std::fs::write(a.join("f"), b"0123456789").unwrap();
+    let on_a = OpenOptions::new().read(true).write(true).open(a.join("f")).unwrap();
+    let on_b = OpenOptions::new().read(true).write(true).open(b.join("f")).unwrap();
+    // A write-locks bytes [0, 5).
+    assert_eq!(fcntl_lock(on_a.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 5).0, 0);
+    // B cannot lock them, and F_GETLK names the holder's range and kind.
+    let (errno, _) = fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_RDLCK, 4, 1);
+    assert_eq!(errno, libc::EAGAIN);
+    let (errno, seen) = fcntl_lock(on_b.as_raw_fd(), libc::F_GETLK, libc::F_WRLCK, 0, 0);
+    assert_eq!(errno, 0);
+    assert_eq!((seen.l_type as i32, seen.l_start, seen.l_len), (libc::F_WRLCK, 0, 5));
+    assert_eq!(seen.l_pid as u32, std::process::id());
+    // Bytes after the locked range are free.
+    assert_eq!(fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 5, 5).0, 0);
+    // Closing A's descriptor releases A's locks.
+    drop(on_a);
+    assert_eq!(fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 5).0, 0);
+    let (_, seen) = fcntl_lock(on_b.as_raw_fd(), libc::F_GETLK, libc::F_WRLCK, 0, 0);
+    assert_eq!(seen.l_type as i32, libc::F_UNLCK, "own locks never conflict");
+}
+
+/// A command in its own process group, killed with its children on drop.
+struct Group(std::process::Child);
+
+impl Group {
+    fn spawn(command: &mut Command) -> Group {
+        use std::os::unix::process::CommandExt;
+        Group(command.process_group(0).spawn().unwrap())
+    }
+
+    fn kill(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn flock_across_mounts_blocks_waiters_and_dies_with_its_process() {
+    let cluster = Cluster::start(3, 2, 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    std::fs::write(a.join("f"), b"").unwrap();
+    let (on_a, on_b) = (a.join("f"), b.join("f"));
+    // A process on mount A holds an exclusive flock (shared with its child, the shell).
+    let mut holder = Group::spawn(
+        Command::new("flock")
+            .arg("-x")
+            .arg(&on_a)
+            .args(["-c", "echo locked; exec sleep 600"])
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    let stdout = holder.0.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line, "locked\n");
+    // A non-blocking attempt on mount B fails; a blocking one waits.
+    let try_b = Command::new("flock").arg("-n").arg(&on_b).arg("true").status().unwrap();
+    assert!(!try_b.success());
+    let mut waiter = Group::spawn(Command::new("flock").arg("-x").arg(&on_b).arg("true"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(waiter.0.try_wait().unwrap().is_none(), "waiter must block while A holds the lock");
+    // Killing the holder (the last process with the file open) releases the lock: the
+    // waiter gets it and finishes.
+    holder.kill();
+    let mut status = None;
+    eventually("the waiting flock to get the lock", || {
+        status = waiter.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success());
+}
