@@ -9,8 +9,8 @@ use std::time::Duration;
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MetaError, RenameMode,
-    SetAttr, SpaceOp, StatFs, Timestamp, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, RenameMode, SetAttr, SpaceOp,
+    StatFs, Timestamp, VolumeInfo, XattrMode,
 };
 use shardfs_rpc::ClientOptions;
 use tracing::warn;
@@ -596,18 +596,10 @@ impl Fs {
         value: &[u8],
         mode: XattrMode,
     ) -> FsResult<()> {
-        if is_posix_acl(name) {
-            // Refusing them makes tools fall back to mode bits (cp -a then calls fchmod)
-            // instead of storing an ACL that nothing would enforce.
-            return Err(FsError::Unsupported);
-        }
         Ok(self.meta.set_xattr(ino, name, value, mode).await?)
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        if is_posix_acl(name) {
-            return Err(FsError::Meta(MetaError::NoData));
-        }
         Ok(self.meta.get_xattr(ino, name).await?)
     }
 
@@ -618,9 +610,4 @@ impl Fs {
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         Ok(self.meta.remove_xattr(ino, name).await?)
     }
-}
-
-/// POSIX ACLs travel as these xattrs; shardfs does not support ACLs yet.
-fn is_posix_acl(name: &[u8]) -> bool {
-    name.starts_with(b"system.posix_acl_")
 }

@@ -57,6 +57,7 @@ impl From<&FsError> for Errno {
                 MetaError::NoSpace(_) => Errno::ENOSPC,
                 MetaError::FileTooBig => Errno::EFBIG,
                 MetaError::WouldBlock => Errno::EAGAIN,
+                MetaError::AccessDenied => Errno::EACCES,
                 MetaError::ChunkGone(_) | MetaError::Store(_) => Errno::EIO,
             },
             FsError::MetaTransport(_)

@@ -177,8 +177,9 @@ fn lock_type(kind: LockKind) -> i32 {
     }
 }
 
-fn cred(req: &Request) -> Cred {
-    Cred { uid: req.uid(), gid: req.gid() }
+/// The caller; `umask` where the kernel passes one (new inodes), else 0.
+fn cred(req: &Request, umask: u32) -> Cred {
+    Cred { uid: req.uid(), gid: req.gid(), umask }
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -194,7 +195,11 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_PARALLEL_DIROPS
             // Locks go to metad, so they hold across mounts.
             | InitFlags::FUSE_POSIX_LOCKS
-            | InitFlags::FUSE_FLOCK_LOCKS;
+            | InitFlags::FUSE_FLOCK_LOCKS
+            // The kernel enforces POSIX ACLs; metad keeps them consistent with the mode and
+            // applies the umask itself, since a default ACL replaces it.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -246,7 +251,7 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let cred = cred(req);
+        let cred = cred(req, 0);
         let ttl = self.fs.attr_ttl();
         self.spawn(
             "setattr",
@@ -271,11 +276,11 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
         self.spawn(
             "mknod",
             reply,
@@ -290,10 +295,10 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
         self.spawn(
             "mkdir",
             reply,
@@ -330,7 +335,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(link_name), cred(req), self.fs.attr_ttl());
+        let (name, cred, ttl) = (name_bytes(link_name), cred(req, 0), self.fs.attr_ttl());
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(
             "symlink",
@@ -802,11 +807,11 @@ impl Filesystem for FuseAdapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req), self.fs.attr_ttl());
+        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
         self.spawn(
             "create",
             reply,

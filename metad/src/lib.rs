@@ -13,3 +13,4 @@ pub mod server;
 pub mod store;
 
 pub use client::{MetaClient, MetaClientError};
+pub mod acl;

@@ -87,6 +87,8 @@ pub struct Attr {
 pub struct Cred {
     pub uid: u32,
     pub gid: u32,
+    /// The process's umask, for new inodes (ignored where a default ACL applies).
+    pub umask: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,6 +491,8 @@ pub enum MetaError {
     Store(String),
     #[error("file too large")]
     FileTooBig,
+    #[error("permission denied")]
+    AccessDenied,
     /// A lock is held by another owner (F_SETLK).
     #[error("resource temporarily unavailable")]
     WouldBlock,

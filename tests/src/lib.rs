@@ -225,11 +225,16 @@ impl Cluster {
 
     /// Mounts the cluster on a new directory.
     pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    /// Mounts the cluster on a new directory with extra `shardfs mount` arguments.
+    pub fn mount_with(&self, args: &[&str]) -> Mount {
         let path = self.dir.path().join(format!("mnt-{}", unique()));
         std::fs::create_dir(&path).expect("create mountpoint");
         let log = self.dir.path().join(format!("mount-{}.log", unique()));
         let mut command = Command::new(binary("shardfs"));
-        command.arg("mount").arg(&self.metad_addr).arg(&path);
+        command.arg("mount").args(args).arg(&self.metad_addr).arg(&path);
         Mount::start(command, path, &log)
     }
 

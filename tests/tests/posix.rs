@@ -345,3 +345,50 @@ fn mmap_shared_writes_and_o_direct() {
     assert!(data[4096..8192].iter().all(|b| *b == b'd'));
     assert_eq!(&data[8192..8197], b"world");
 }
+
+/// Runs a shell command as an unprivileged user, returning whether it succeeded.
+fn as_user(uid: u32, script: &str) -> bool {
+    std::process::Command::new("setpriv")
+        .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups"])
+        .args(["bash", "-c", script])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn posix_acls_are_enforced_follow_chmod_and_are_inherited() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    let m = mount.path.display();
+    shardfs_tests::sh(&format!("chmod 755 {m} && echo secret > {m}/f && chmod 600 {m}/f"));
+    assert!(!as_user(1000, &format!("cat {m}/f")));
+    // A named-user entry lets 1000 read; the mask shows in the group bits.
+    shardfs_tests::sh(&format!("setfacl -m u:1000:r {m}/f"));
+    assert!(as_user(1000, &format!("cat {m}/f > /dev/null")));
+    assert!(!as_user(1001, &format!("cat {m}/f > /dev/null")));
+    assert!(!as_user(1000, &format!("echo x >> {m}/f")));
+    let acl = shardfs_tests::sh(&format!("getfacl -cpn {m}/f"));
+    assert!(acl.contains("user:1000:r--"), "{acl}");
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/f")).trim(), "640");
+    // chmod rewrites the mask: group bits 0 revoke the named entry's access.
+    shardfs_tests::sh(&format!("chmod 600 {m}/f"));
+    assert!(!as_user(1000, &format!("cat {m}/f > /dev/null")));
+    // Removing the ACL leaves plain mode bits.
+    shardfs_tests::sh(&format!("setfacl -b {m}/f"));
+    assert!(!shardfs_tests::sh(&format!("getfacl -cpn {m}/f")).contains("user:1000"));
+
+    // A default ACL is inherited, and replaces the umask.
+    shardfs_tests::sh(&format!("mkdir {m}/d && setfacl -d -m u:1000:rwx {m}/d"));
+    shardfs_tests::sh(&format!("cd {m}/d && umask 022 && touch new && mkdir sub"));
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/d/new")).trim(), "664");
+    let inherited = shardfs_tests::sh(&format!("getfacl -cpn {m}/d/new"));
+    assert!(inherited.contains("user:1000:rwx"), "{inherited}");
+    let sub = shardfs_tests::sh(&format!("getfacl -cpn {m}/d/sub"));
+    assert!(sub.contains("default:user:1000:rwx"), "{sub}");
+    assert!(as_user(1000, &format!("echo ok > {m}/d/new")));
+    // Without a default ACL, the umask applies.
+    shardfs_tests::sh(&format!("cd {m} && umask 027 && touch plain"));
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/plain")).trim(), "640");
+}

@@ -3,7 +3,9 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::open_files::{Holder, OpenFiles};
+use super::xattr::{put_xattr, xattr_value};
 use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
+use crate::acl::{self, Acl};
 use crate::proto::{
     Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, MetaError, ROOT_INO,
     RenameMode, SetAttr, SetTime, Timestamp,
@@ -33,6 +35,8 @@ pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
 struct NewInode<'a> {
     kind: FileKind,
     perm: u32,
+    /// The creating process's umask, applied unless the directory has a default ACL.
+    umask: u32,
     cred: Cred,
     rdev: u32,
     target: Option<&'a [u8]>,
@@ -70,6 +74,13 @@ impl Store {
             let mut perm = u32::from(attr.perm);
             if let Some(mode) = changes.mode {
                 perm = mode & 0o7777;
+                // chmod rewrites the access ACL's base entries to match.
+                if let Some(mut acl) =
+                    xattr_value(tx, ino, acl::ACCESS)?.and_then(|value| Acl::parse(&value))
+                {
+                    acl.chmod(perm);
+                    put_xattr(tx, ino, acl::ACCESS, &acl.to_bytes())?;
+                }
             }
             if (changes.uid.is_some_and(|u| u != attr.uid)
                 || changes.gid.is_some_and(|g| g != attr.gid))
@@ -132,7 +143,8 @@ impl Store {
         };
         let rdev =
             if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) { rdev } else { 0 };
-        let new = NewInode { kind, perm: mode & 0o7777, cred, rdev, target: None };
+        let new =
+            NewInode { kind, perm: mode & 0o7777, umask: cred.umask, cred, rdev, target: None };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -143,8 +155,14 @@ impl Store {
         mode: u32,
         cred: Cred,
     ) -> Result<Attr, MetaError> {
-        let new =
-            NewInode { kind: FileKind::Dir, perm: mode & 0o7777, cred, rdev: 0, target: None };
+        let new = NewInode {
+            kind: FileKind::Dir,
+            perm: mode & 0o7777,
+            umask: cred.umask,
+            cred,
+            rdev: 0,
+            target: None,
+        };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -161,8 +179,14 @@ impl Store {
         if target.len() > MAX_SYMLINK_LEN {
             return Err(MetaError::NameTooLong);
         }
-        let new =
-            NewInode { kind: FileKind::Symlink, perm: 0o777, cred, rdev: 0, target: Some(target) };
+        let new = NewInode {
+            kind: FileKind::Symlink,
+            perm: 0o777,
+            umask: 0,
+            cred,
+            rdev: 0,
+            target: Some(target),
+        };
         self.write(|tx| create(tx, parent, name, new))
     }
 
@@ -390,7 +414,18 @@ fn create(
     if find_entry(tx, parent, name)?.is_some() {
         return Err(MetaError::Exists);
     }
-    let mut perm = new.perm;
+    // A default ACL on the directory replaces the umask and gives the new inode its ACL.
+    let default_acl = match new.kind {
+        FileKind::Symlink => None,
+        _ => xattr_value(tx, parent, acl::DEFAULT)?.and_then(|value| Acl::parse(&value)),
+    };
+    let (mut perm, inherited) = match &default_acl {
+        Some(default) => {
+            let (acl, perm) = default.inherit(new.perm);
+            (perm, Some(acl))
+        }
+        None => (new.perm & !new.umask, None),
+    };
     let mut gid = new.cred.gid;
     // A set-group-id directory passes its group on, and its setgid bit to subdirectories.
     if u32::from(dir.perm) & libc::S_ISGID != 0 {
@@ -423,6 +458,12 @@ fn create(
     ])?;
     let ino = tx.last_insert_rowid() as Ino;
     insert_entry(tx, parent, name, ino)?;
+    if let Some(acl) = inherited.filter(|acl| !acl.is_plain()) {
+        put_xattr(tx, ino, acl::ACCESS, &acl.to_bytes())?;
+    }
+    if let (Some(default), true) = (&default_acl, is_dir) {
+        put_xattr(tx, ino, acl::DEFAULT, &default.to_bytes())?;
+    }
     if is_dir {
         add_links(tx, parent, 1)?;
     }

@@ -3,7 +3,10 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, get_attr, set_ctime};
-use crate::proto::{Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode};
+use crate::acl::{self, Acl};
+use crate::proto::{
+    FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode,
+};
 
 impl Store {
     pub fn set_xattr(
@@ -20,8 +23,28 @@ impl Store {
             return Err(MetaError::TooBig);
         }
         let now = Timestamp::now();
+        let acl = match name {
+            acl::ACCESS | acl::DEFAULT => {
+                Some(Acl::parse(value).ok_or_else(|| MetaError::Invalid("malformed ACL".into()))?)
+            }
+            _ => None,
+        };
         self.write(|tx| {
-            get_attr(tx, ino)?;
+            let attr = get_attr(tx, ino)?;
+            if name == acl::DEFAULT && attr.kind != FileKind::Dir {
+                return Err(MetaError::AccessDenied);
+            }
+            if let (acl::ACCESS, Some(acl)) = (name, &acl) {
+                // The ACL decides the permission bits; a plain one is nothing but those bits.
+                let perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
+                tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")?
+                    .execute(params![ino, perm])?;
+                if acl.is_plain() {
+                    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+                        .execute(params![ino, name])?;
+                    return set_ctime(tx, ino, now);
+                }
+            }
             let exists = tx
                 .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")?
                 .query_row(params![ino, name], |_| Ok(()))
@@ -32,11 +55,7 @@ impl Store {
                 (XattrMode::Replace, false) => return Err(MetaError::NoData),
                 _ => {}
             }
-            tx.prepare_cached(
-                "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![ino, name, value])?;
+            put_xattr(tx, ino, name, value)?;
             set_ctime(tx, ino, now)
         })
     }
@@ -44,10 +63,7 @@ impl Store {
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
         self.read(|tx| {
             get_attr(tx, ino)?;
-            tx.prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?
-                .query_row(params![ino, name], |r| r.get(0))
-                .optional()?
-                .ok_or(MetaError::NoData)
+            xattr_value(tx, ino, name)?.ok_or(MetaError::NoData)
         })
     }
 
@@ -74,4 +90,30 @@ impl Store {
             set_ctime(tx, ino, now)
         })
     }
+}
+
+/// The value of one extended attribute, if set.
+pub(super) fn xattr_value(
+    tx: &rusqlite::Transaction<'_>,
+    ino: Ino,
+    name: &[u8],
+) -> Result<Option<Vec<u8>>, MetaError> {
+    Ok(tx
+        .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .query_row(params![ino, name], |r| r.get(0))
+        .optional()?)
+}
+
+pub(super) fn put_xattr(
+    tx: &rusqlite::Transaction<'_>,
+    ino: Ino,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![ino, name, value])?;
+    Ok(())
 }
