@@ -13,7 +13,7 @@ use shardfs_metad::proto::{
     StatFs, Timestamp, VolumeInfo, XattrMode,
 };
 use shardfs_rpc::ClientOptions;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::dirty::DirtyRanges;
@@ -28,6 +28,8 @@ pub struct FsOptions {
     pub dirty_flush_bytes: usize,
     /// How long the kernel may cache attributes and entries.
     pub attr_ttl: Duration,
+    /// Update atime on reads (relatime rule); off with the `noatime` mount option.
+    pub atime: bool,
     pub rpc: ClientOptions,
 }
 
@@ -37,6 +39,7 @@ impl Default for FsOptions {
             chunk_cache_bytes: DEFAULT_CACHE_BYTES,
             dirty_flush_bytes: 16 * 1024 * 1024,
             attr_ttl: Duration::from_secs(1),
+            atime: true,
             rpc: ClientOptions::default(),
         }
     }
@@ -50,6 +53,8 @@ struct OpenFile {
 
 #[derive(Default)]
 struct FileData {
+    /// Whether this open already reported a read (for atime).
+    accessed: bool,
     /// Committed layout, fetched on demand and dropped after each commit.
     layout: Option<Arc<Layout>>,
     dirty: DirtyRanges,
@@ -225,6 +230,9 @@ impl Fs {
         limit: u32,
     ) -> FsResult<(Ino, Vec<DirEntry>)> {
         let (parent, mut entries) = self.meta.read_dir(ino, after, limit).await?;
+        if after == 0 {
+            self.accessed(ino);
+        }
         for entry in &mut entries {
             if entry.attr.kind == FileKind::File {
                 entry.attr = self.with_dirty(entry.attr.clone()).await;
@@ -251,7 +259,11 @@ impl Fs {
             }
         }
         // Each open sees what others committed since (close-to-open at least).
-        file.data.lock().await.layout = None;
+        {
+            let mut data = file.data.lock().await;
+            data.layout = None;
+            data.accessed = false;
+        }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle { file, last_read_end: AtomicU64::new(u64::MAX) });
         self.handles.lock().expect("handles lock").insert(fh, handle);
@@ -283,6 +295,10 @@ impl Fs {
                 layout
             }
         };
+        if !data.accessed {
+            data.accessed = true;
+            self.accessed(file.ino);
+        }
         let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
         if offset >= file_size {
             return Ok(Vec::new());
@@ -302,6 +318,19 @@ impl Fs {
             self.read_ahead(&layout, offset + len as u64);
         }
         Ok(buf)
+    }
+
+    /// Tells metad, in the background, that `ino` was read (atime).
+    fn accessed(&self, ino: Ino) {
+        if !self.options.atime {
+            return;
+        }
+        let meta = self.meta.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meta.accessed(ino).await {
+                debug!(ino, "atime update failed: {e}");
+            }
+        });
     }
 
     /// Copies committed content of file bytes `[offset, offset + buf.len())` into `buf`;

@@ -195,6 +195,10 @@ impl MetaClient {
         call!(self, request, "unlock", MetaReply::Done => ())
     }
 
+    pub async fn accessed(&self, ino: Ino) -> Result<()> {
+        call!(self, MetaRequest::Accessed { ino }, "accessed", MetaReply::Done => ())
+    }
+
     pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
         let request = MetaRequest::PrepareWrite { chunks };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)

@@ -434,6 +434,10 @@ pub enum MetaRequest {
         start: u64,
         end: u64,
     },
+    /// The file or directory was read: update its atime under the relatime rule.
+    Accessed {
+        ino: Ino,
+    },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;

@@ -87,6 +87,10 @@ impl MetadServer {
                 self.locks.set(ino, peer, owner, lock, wait)?;
                 MetaReply::Done
             }
+            MetaRequest::Accessed { ino } => {
+                store.accessed(ino)?;
+                MetaReply::Done
+            }
             MetaRequest::Unlock { ino, owner, start, end } => {
                 self.locks.unlock(ino, peer, owner, start, end);
                 MetaReply::Done

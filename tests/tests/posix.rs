@@ -392,3 +392,49 @@ fn posix_acls_are_enforced_follow_chmod_and_are_inherited() {
     shardfs_tests::sh(&format!("cd {m} && umask 027 && touch plain"));
     assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/plain")).trim(), "640");
 }
+
+#[test]
+fn relatime_and_noatime() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    let path = mount.join("f");
+    fs::write(&path, b"data").unwrap();
+    shardfs_tests::sh(&format!("touch -a -d '2001-01-01 UTC' {}", path.display()));
+    let atime = || fs::metadata(&path).unwrap().atime();
+    assert!(atime() < 1_000_000_000);
+    // A read updates an atime that is older than the mtime (relatime).
+    fs::read(&path).unwrap();
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    while atime() < 1_700_000_000 {
+        assert!(std::time::Instant::now() < deadline, "atime not updated by a read");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Mounted noatime, reads leave it alone.
+    let quiet = cluster.mount_with(&["-o", "noatime"]);
+    let other = quiet.join("f");
+    shardfs_tests::sh(&format!("touch -a -d '2001-01-01 UTC' {}", other.display()));
+    fs::read(&other).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(fs::metadata(&other).unwrap().atime() < 1_000_000_000);
+}
+
+#[test]
+fn sticky_directories_and_privilege_bits_for_other_users() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    let m = mount.path.display();
+    shardfs_tests::sh(&format!("chmod 755 {m} && mkdir -m 1777 {m}/tmp"));
+    assert!(as_user(1000, &format!("echo mine > {m}/tmp/owned")));
+    // In a sticky directory only the owner (or root) may remove or rename an entry.
+    assert!(!as_user(1001, &format!("rm -f {m}/tmp/owned")));
+    assert!(!as_user(1001, &format!("mv {m}/tmp/owned {m}/tmp/stolen")));
+    assert!(as_user(1000, &format!("mv {m}/tmp/owned {m}/tmp/moved")));
+    // A write by another user clears set-user-id and set-group-id.
+    shardfs_tests::sh(&format!("echo x > {m}/tmp/prog && chown 1000:1000 {m}/tmp/prog"));
+    shardfs_tests::sh(&format!("chmod 6777 {m}/tmp/prog"));
+    assert!(as_user(1001, &format!("echo y >> {m}/tmp/prog")));
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/tmp/prog")).trim(), "777");
+    // Only root may give a file away.
+    assert!(!as_user(1000, &format!("chown 1001 {m}/tmp/moved")));
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %u {m}/tmp/moved")).trim(), "1000");
+}
