@@ -382,12 +382,26 @@ impl Fs {
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let mut data = file.data.lock().await;
+        // Buffered bytes are bounded: past twice the flush threshold (earlier flushes failed)
+        // a write must get everything committed first, or fail without buffering more.
+        let limit = 2 * self.options.dirty_flush_bytes;
+        if data.dirty.bytes() + bytes.len() > limit {
+            self.flush_locked(file, &mut data, true).await?;
+        }
         data.dirty.write(offset, bytes);
         data.dirty_mtime = Some(Timestamp::now());
         if data.dirty.bytes() >= self.options.dirty_flush_bytes {
-            self.flush_locked(file, &mut data, false).await?;
-            if data.dirty.bytes() >= self.options.dirty_flush_bytes {
-                self.flush_locked(file, &mut data, true).await?;
+            // Early write-back; a failure here leaves the bytes buffered for the next flush,
+            // which reports it.
+            let early = async {
+                self.flush_locked(file, &mut data, false).await?;
+                if data.dirty.bytes() >= self.options.dirty_flush_bytes {
+                    self.flush_locked(file, &mut data, true).await?;
+                }
+                Ok::<_, FsError>(())
+            };
+            if let Err(e) = early.await {
+                warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
             }
         }
         Ok(bytes.len() as u32)

@@ -73,3 +73,35 @@ fn flipped_byte_in_a_shard_is_quarantined_and_reported() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn writes_fail_cleanly_below_full_redundancy() {
+    use std::io::Write;
+    let mut cluster = Cluster::standard();
+    let files = populate(&cluster);
+    let mount = cluster.mount();
+    // A chunkd dies: until metad notices, puts to it fail (EIO); once it is marked down,
+    // placement refuses to write below 4+2 (ENOSPC). Either way nothing is acknowledged.
+    cluster.stop_chunkd(3, Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    loop {
+        let mut file = std::fs::File::create(mount.join("new")).unwrap();
+        file.write_all(&vec![1u8; 1 << 20]).unwrap();
+        let errno = file.sync_all().unwrap_err().raw_os_error().unwrap();
+        assert!(errno == libc::EIO || errno == libc::ENOSPC, "errno {errno}");
+        drop(file);
+        if errno == libc::ENOSPC {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "chunkd never marked down");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // What was stored before is intact, and the volume takes writes again once it is back.
+    for (name, expected) in &files {
+        assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
+    }
+    cluster.start_chunkd(3);
+    cluster.wait_chunkds_up(6);
+    std::fs::write(mount.join("after"), vec![2u8; 1 << 20]).unwrap();
+    assert_eq!(std::fs::read(mount.join("after")).unwrap(), vec![2u8; 1 << 20]);
+}
