@@ -199,6 +199,19 @@ impl MetaClient {
         call!(self, MetaRequest::Accessed { ino }, "accessed", MetaReply::Done => ())
     }
 
+    pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        call!(self, MetaRequest::Fsck { repair }, "fsck", MetaReply::Fsck(r) => r)
+    }
+
+    pub async fn list_chunks(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<ChunkLocation>> {
+        let request = MetaRequest::ListChunks { after, limit };
+        call!(self, request, "list chunks", MetaReply::Chunks(c) => c)
+    }
+
     pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
         let request = MetaRequest::PrepareWrite { chunks };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)

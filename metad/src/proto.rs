@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
 pub use crate::locks::{HeldLock, LockKind};
+pub use crate::store::{FsckReport, Problem};
 
 /// Inode number. The root directory is always [`ROOT_INO`].
 pub type Ino = u64;
@@ -438,6 +439,15 @@ pub enum MetaRequest {
     Accessed {
         ino: Ino,
     },
+    /// Checks (and with `repair` fixes) the metadata invariants.
+    Fsck {
+        repair: bool,
+    },
+    /// Catalogued chunks after `after`, in id order, at most `limit`.
+    ListChunks {
+        after: Option<ChunkId>,
+        limit: u32,
+    },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;
@@ -459,6 +469,8 @@ pub enum MetaReply {
     CatalogueStats(CatalogueStats),
     Cloned { attr: Attr, len: u64 },
     Lock(Option<HeldLock>),
+    Fsck(FsckReport),
+    Chunks(Vec<ChunkLocation>),
 }
 
 /// Application errors. The FUSE client maps each to one errno.

@@ -87,6 +87,10 @@ impl MetadServer {
                 self.locks.set(ino, peer, owner, lock, wait)?;
                 MetaReply::Done
             }
+            MetaRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
+            MetaRequest::ListChunks { after, limit } => {
+                MetaReply::Chunks(store.list_chunks(after, limit.min(4096))?)
+            }
             MetaRequest::Accessed { ino } => {
                 store.accessed(ino)?;
                 MetaReply::Done

@@ -4,7 +4,8 @@ use rusqlite::{OptionalExtension, params};
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
 use super::Store;
-use crate::proto::{CatalogueStats, ChunkStatus, MetaError, ShardStatus};
+use super::layout::{chunk_id, chunk_location};
+use crate::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
 
 impl Store {
     pub fn chunk_status(&self, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
@@ -25,6 +26,22 @@ impl Store {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
+        })
+    }
+
+    /// Catalogued chunks with their healthy shards, in id order after `after`.
+    pub fn list_chunks(
+        &self,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> Result<Vec<ChunkLocation>, MetaError> {
+        self.read(|tx| {
+            let start = after.map(|c| c.0.to_vec()).unwrap_or_default();
+            let ids: Vec<Vec<u8>> = tx
+                .prepare_cached("SELECT id FROM chunks WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![start, limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.into_iter().map(|id| chunk_location(tx, chunk_id(id)?)).collect()
         })
     }
 

@@ -258,6 +258,16 @@ pub(super) fn truncate(
     Ok(())
 }
 
+/// Drops content of `ino` past `size` without touching the size or times (fsck repair).
+pub(super) fn trim_past(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    size: u64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    punch(tx, ino, size, MAX_FILE_SIZE, now)
+}
+
 /// Drops every extent of `ino` (the inode is going away).
 pub(super) fn release_all(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
     punch(tx, ino, 0, MAX_FILE_SIZE, now)
@@ -411,6 +421,14 @@ fn record_chunk(
         chunk.encoding.m,
         now.sec
     ])?;
+    for shard in &chunk.shards {
+        let known: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunkds WHERE id = ?1)")?
+            .query_row([&shard.chunkd], |r| r.get(0))?;
+        if !known {
+            return Err(MetaError::Invalid(format!("chunkd {} is not registered", shard.chunkd)));
+        }
+    }
     let catalogued: (u8, u8) = tx
         .prepare_cached("SELECT k, m FROM chunks WHERE id = ?1")?
         .query_row([&chunk.chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;

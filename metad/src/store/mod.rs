@@ -5,6 +5,7 @@
 //! operations through `spawn_blocking`.
 
 mod catalogue;
+mod fsck;
 mod layout;
 mod namespace;
 mod open_files;
@@ -20,6 +21,7 @@ use shardfs_chunkd::Encoding;
 
 use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
+pub use fsck::{FsckReport, Problem};
 pub use open_files::Holder;
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;

@@ -2,7 +2,7 @@
 
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
-use super::{Store, VolumeOverrides, VolumeSettings};
+use super::{ChunkdRecord, Problem, Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
 
 const ROOT: Cred = Cred { uid: 0, gid: 0, umask: 0 };
@@ -10,7 +10,21 @@ const SETTINGS: VolumeSettings =
     VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), SETTINGS).unwrap()
+    let store =
+        Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), SETTINGS).unwrap();
+    for id in ["c0", "c1", "c2", "new0", "new1", "new2"] {
+        let record = ChunkdRecord {
+            id: id.into(),
+            addr: format!("{id}:1"),
+            zone: None,
+            capacity_bytes: 1 << 40,
+            free_bytes: 1 << 40,
+            used_bytes: 0,
+            shard_count: 0,
+        };
+        store.register_chunkd(&record).unwrap();
+    }
+    store
 }
 
 fn file(store: &Store, parent: Ino, name: &str) -> Attr {
@@ -321,4 +335,37 @@ fn clone_range_shares_chunks_and_allocate_punches() {
         store.allocate(dst.ino, u64::MAX - 5, 10, SpaceOp::PunchHole),
         Err(MetaError::FileTooBig)
     );
+}
+
+#[test]
+fn fsck_finds_and_repairs_broken_invariants() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    let f = file(&store, d.ino, "f");
+    let chunk = ChunkId::of(b"x");
+    let t = Timestamp::now();
+    store.commit_write(f.ino, &[stored(chunk, 10)], &[extent(0, 10, chunk, 0)], t).unwrap();
+    let clean = store.fsck(false).unwrap();
+    assert_eq!(clean.problems, vec![], "a fresh namespace is clean");
+    assert_eq!((clean.inodes, clean.entries, clean.chunks), (3, 2, 1));
+    {
+        // Break things behind the store's back.
+        let conn = store.conn.lock().unwrap();
+        conn.execute("UPDATE inodes SET nlink = 5 WHERE ino = ?1", [f.ino]).unwrap();
+        conn.execute("UPDATE inodes SET size = 4 WHERE ino = ?1", [f.ino]).unwrap();
+        conn.execute("UPDATE chunks SET refcount = 9", []).unwrap();
+        conn.execute("INSERT INTO dentries (parent, name, ino) VALUES (?1, x'67686f7374', 999)", [d.ino])
+            .unwrap();
+    }
+    let found = store.fsck(false).unwrap();
+    assert!(found.problems.contains(&Problem::WrongLinkCount { ino: f.ino, stored: 5, actual: 1 }));
+    assert!(found.problems.iter().any(|p| matches!(p, Problem::ExtentPastEof { .. })));
+    assert!(found.problems.iter().any(|p| matches!(p, Problem::DanglingEntry { ino: 999, .. })));
+    assert!(found.problems.iter().any(|p| matches!(p, Problem::WrongRefcount { stored: 9, .. })));
+    assert_eq!(found.repaired, 0);
+    let repaired = store.fsck(true).unwrap();
+    assert_eq!(repaired.repaired, repaired.problems.len() as u64);
+    assert_eq!(store.fsck(false).unwrap().problems, vec![]);
+    assert_eq!(store.layout(f.ino).unwrap().extents, vec![extent(0, 4, chunk, 0)]);
 }
