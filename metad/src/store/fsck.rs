@@ -103,7 +103,9 @@ fn check_entries(
     repair: bool,
     report: &mut FsckReport,
 ) -> Result<(), MetaError> {
-    let rows: Vec<(u64, Ino, Vec<u8>, Ino, Option<i64>)> = tx
+    /// A suspicious entry: its id, parent, name, inode, and its parent's kind if any.
+    type EntryRow = (u64, Ino, Vec<u8>, Ino, Option<i64>);
+    let rows: Vec<EntryRow> = tx
         .prepare(
             "SELECT d.id, d.parent, d.name, d.ino, p.kind FROM dentries d
              LEFT JOIN inodes i ON i.ino = d.ino LEFT JOIN inodes p ON p.ino = d.parent
