@@ -4,6 +4,7 @@ pub mod chunk_io;
 pub mod core;
 pub mod dirty;
 pub mod error;
+pub mod fsck;
 pub mod fuse;
 pub mod local;
 pub mod mount;

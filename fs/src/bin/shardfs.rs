@@ -1,7 +1,7 @@
 //! `shardfs`: mount a shardfs namespace, or run a whole local cluster.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -32,6 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Check the namespace's metadata (and with --verify-data, every chunk's shards).
+    /// Exit status: 0 clean, 1 problems repaired, 4 problems left.
+    Fsck(FsckArgs),
     /// Mount the namespace served by a metad.
     Mount {
         /// metad address, e.g. 127.0.0.1:7000.
@@ -66,6 +69,22 @@ enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// What `shardfs fsck` checks and how it reports.
+#[derive(Args)]
+struct FsckArgs {
+    /// metad address, e.g. 127.0.0.1:7000.
+    metad: String,
+    /// Fix what can be fixed safely (link counts, refcounts, dangling entries, …).
+    #[arg(long)]
+    repair: bool,
+    /// Also read back every shard and count the verified ones per chunk.
+    #[arg(long)]
+    verify_data: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -116,7 +135,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli, &args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("shardfs: error: {e:#}");
             ExitCode::FAILURE
@@ -124,66 +143,103 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<()> {
+fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Commands::Mount { metad, mountpoint, background, client } => {
-            mount::check_mountpoint(&mountpoint)?;
-            if client.flags().remount {
-                return mount::remount(&mountpoint, &client.flags());
-            }
-            if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
-                return start_in_background(args);
-            }
+        Commands::Fsck(fsck) => {
             let runtime = runtime()?;
-            let fs = runtime
-                .block_on(Fs::connect(&metad, client.fs_options()))
-                .with_context(|| format!("cannot reach metad at {metad}"))?;
-            let options = client.mount_options(metad.clone());
-            mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, announce_ready)
+            let meta = shardfs_metad::MetaClient::new(&fsck.metad, Default::default());
+            let progress = !fsck.json && std::io::stderr().is_terminal();
+            let report = runtime
+                .block_on(shardfs::fsck::run(&meta, fsck.repair, fsck.verify_data, progress))
+                .with_context(|| format!("fsck of {} failed", fsck.metad))?;
+            if fsck.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                shardfs::fsck::print(&report);
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Commands::Mount { metad, mountpoint, background, client } => {
+            mount_command(&metad, &mountpoint, background, &client, args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Commands::Local { mountpoint, data, chunkds, k, m, chunk_size, client } => {
-            mount::check_mountpoint(&mountpoint)?;
-            let encoding = match (k, m) {
-                (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
-                _ => None,
-            };
-            let needed = encoding.unwrap_or(metad::DEFAULT_ENCODING).total();
-            if chunkds < needed {
-                bail!(
-                    "{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons"
-                );
-            }
-            let settings = LocalSettings {
-                chunkds,
-                metad: MetadConfig {
-                    data: data.join("metad"),
-                    encoding,
-                    chunk_size,
-                    down_after: Duration::from_secs(10),
-                },
-            };
-            let runtime = runtime()?;
-            let cluster = runtime.block_on(LocalCluster::start(&data, settings))?;
-            let served = runtime
-                .block_on(Fs::connect(&cluster.metad_addr, client.fs_options()))
-                .map_err(anyhow::Error::from)
-                .and_then(|fs| {
-                    let options = client.mount_options(format!("shardfs-local:{}", data.display()));
-                    mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, || {
-                        eprintln!(
-                            "shardfs: local cluster (metad {}, {chunkds} chunkds, data in {}) \
-                             mounted at {}; Ctrl-C to stop",
-                            cluster.metad_addr,
-                            data.display(),
-                            mountpoint.display()
-                        );
-                        announce_ready();
-                    })
-                });
-            runtime.block_on(cluster.shutdown());
-            served
+            let volume = (k, m, chunk_size);
+            local_command(&mountpoint, &data, chunkds, volume, &client)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `shardfs mount`: mounts and serves in the foreground, or starts that in the background.
+fn mount_command(
+    metad: &str,
+    mountpoint: &Path,
+    background: bool,
+    client: &ClientArgs,
+    args: &[OsString],
+) -> anyhow::Result<()> {
+    mount::check_mountpoint(&mountpoint)?;
+    if client.flags().remount {
+        return mount::remount(&mountpoint, &client.flags());
+    }
+    if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
+        return start_in_background(args);
+    }
+    let runtime = runtime()?;
+    let fs = runtime
+        .block_on(Fs::connect(&metad, client.fs_options()))
+        .with_context(|| format!("cannot reach metad at {metad}"))?;
+    let options = client.mount_options(metad.to_string());
+    mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, announce_ready)
+}
+
+/// `shardfs local`: a whole cluster on loopback, mounted, until Ctrl-C or SIGTERM.
+fn local_command(
+    mountpoint: &Path,
+    data: &Path,
+    chunkds: usize,
+    (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
+    client: &ClientArgs,
+) -> anyhow::Result<()> {
+    mount::check_mountpoint(&mountpoint)?;
+    let encoding = match (k, m) {
+        (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
+        _ => None,
+    };
+    let needed = encoding.unwrap_or(metad::DEFAULT_ENCODING).total();
+    if chunkds < needed {
+        bail!("{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons");
+    }
+    let settings = LocalSettings {
+        chunkds,
+        metad: MetadConfig {
+            data: data.join("metad"),
+            encoding,
+            chunk_size,
+            down_after: Duration::from_secs(10),
+        },
+    };
+    let runtime = runtime()?;
+    let cluster = runtime.block_on(LocalCluster::start(&data, settings))?;
+    let served = runtime
+        .block_on(Fs::connect(&cluster.metad_addr, client.fs_options()))
+        .map_err(anyhow::Error::from)
+        .and_then(|fs| {
+            let options = client.mount_options(format!("shardfs-local:{}", data.display()));
+            mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, || {
+                eprintln!(
+                    "shardfs: local cluster (metad {}, {chunkds} chunkds, data in {}) \
+                         mounted at {}; Ctrl-C to stop",
+                    cluster.metad_addr,
+                    data.display(),
+                    mountpoint.display()
+                );
+                announce_ready();
+            })
+        });
+    runtime.block_on(cluster.shutdown());
+    served
 }
 
 /// When run as a mount(8) helper (`/sbin/mount.fuse.shardfs SOURCE DIR [-o OPTIONS]

@@ -355,8 +355,11 @@ fn fsck_finds_and_repairs_broken_invariants() {
         conn.execute("UPDATE inodes SET nlink = 5 WHERE ino = ?1", [f.ino]).unwrap();
         conn.execute("UPDATE inodes SET size = 4 WHERE ino = ?1", [f.ino]).unwrap();
         conn.execute("UPDATE chunks SET refcount = 9", []).unwrap();
-        conn.execute("INSERT INTO dentries (parent, name, ino) VALUES (?1, x'67686f7374', 999)", [d.ino])
-            .unwrap();
+        conn.execute(
+            "INSERT INTO dentries (parent, name, ino) VALUES (?1, x'67686f7374', 999)",
+            [d.ino],
+        )
+        .unwrap();
     }
     let found = store.fsck(false).unwrap();
     assert!(found.problems.contains(&Problem::WrongLinkCount { ino: f.ino, stored: 5, actual: 1 }));
