@@ -179,19 +179,19 @@ fn mount_command(
     client: &ClientArgs,
     args: &[OsString],
 ) -> anyhow::Result<()> {
-    mount::check_mountpoint(&mountpoint)?;
+    mount::check_mountpoint(mountpoint)?;
     if client.flags().remount {
-        return mount::remount(&mountpoint, &client.flags());
+        return mount::remount(mountpoint, &client.flags());
     }
     if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
         return start_in_background(args);
     }
     let runtime = runtime()?;
     let fs = runtime
-        .block_on(Fs::connect(&metad, client.fs_options()))
+        .block_on(Fs::connect(metad, client.fs_options()))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
     let options = client.mount_options(metad.to_string());
-    mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, announce_ready)
+    mount::serve(&runtime, Arc::new(fs), mountpoint, &options, announce_ready)
 }
 
 /// `shardfs local`: a whole cluster on loopback, mounted, until Ctrl-C or SIGTERM.
@@ -202,7 +202,7 @@ fn local_command(
     (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
-    mount::check_mountpoint(&mountpoint)?;
+    mount::check_mountpoint(mountpoint)?;
     let encoding = match (k, m) {
         (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
         _ => None,
@@ -221,13 +221,13 @@ fn local_command(
         },
     };
     let runtime = runtime()?;
-    let cluster = runtime.block_on(LocalCluster::start(&data, settings))?;
+    let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime
         .block_on(Fs::connect(&cluster.metad_addr, client.fs_options()))
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));
-            mount::serve(&runtime, Arc::new(fs), &mountpoint, &options, || {
+            mount::serve(&runtime, Arc::new(fs), mountpoint, &options, || {
                 eprintln!(
                     "shardfs: local cluster (metad {}, {chunkds} chunkds, data in {}) \
                          mounted at {}; Ctrl-C to stop",
