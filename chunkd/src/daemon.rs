@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::heartbeat::{self, HeartbeatConfig};
+use crate::scrub::{self, ScrubConfig};
 use crate::server;
 use crate::store::{ShardStore, StoreError};
 
@@ -33,6 +34,8 @@ pub struct ChunkdConfig {
     pub advertise_addr: Option<String>,
     /// Time between heartbeats to metad.
     pub heartbeat_interval: Duration,
+    /// Background re-verification of every shard.
+    pub scrub: ScrubConfig,
 }
 
 impl ChunkdConfig {
@@ -43,6 +46,7 @@ impl ChunkdConfig {
             zone: None,
             advertise_addr: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            scrub: ScrubConfig::default(),
         }
     }
 }
@@ -104,12 +108,13 @@ pub async fn run_with_store(
         let _ = rx.changed().await;
     };
     let serving = server::run(listener, store.clone(), stopped(stop_rx.clone()));
+    let scrubbing = scrub::run(store.clone(), config.scrub, stopped(stop_rx.clone()));
     let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);
     };
-    tokio::join!(stop_on_shutdown, serving, beating);
+    tokio::join!(stop_on_shutdown, serving, scrubbing, beating);
     info!(%local_addr, "chunkd stopped");
     Ok(())
 }

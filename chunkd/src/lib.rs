@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod heartbeat;
 pub mod membership;
 pub mod proto;
+pub mod scrub;
 pub mod server;
 pub mod shard;
 pub mod store;

@@ -116,6 +116,8 @@ pub struct Cluster {
     pub metad_addr: String,
     /// `None` while stopped.
     pub chunkds: Vec<Option<Chunkd>>,
+    /// Extra arguments for chunkds started from now on.
+    pub chunkd_args: Vec<String>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -130,6 +132,7 @@ impl Cluster {
             metad: None,
             metad_addr: String::new(),
             chunkds: (0..n).map(|_| None).collect(),
+            chunkd_args: Vec::new(),
             runtime,
         };
         cluster.start_metad(&["--k", &k.to_string(), "--m", &m.to_string()]);
@@ -168,7 +171,8 @@ impl Cluster {
             .arg("--data")
             .arg(self.chunkd_dir(i))
             .args(["--listen", "127.0.0.1:0", "--metad", &self.metad_addr])
-            .args(["--heartbeat-interval", HEARTBEAT_SECS]);
+            .args(["--heartbeat-interval", HEARTBEAT_SECS])
+            .args(&self.chunkd_args);
         let log = self.dir.path().join(format!("chunkd-{i}.log"));
         let (process, addr) = start_daemon(command, &log);
         self.chunkds[i] = Some(Chunkd { process, addr });

@@ -105,3 +105,34 @@ fn writes_fail_cleanly_below_full_redundancy() {
     std::fs::write(mount.join("after"), vec![2u8; 1 << 20]).unwrap();
     assert_eq!(std::fs::read(mount.join("after")).unwrap(), vec![2u8; 1 << 20]);
 }
+
+#[test]
+fn scrub_finds_a_flipped_byte_without_any_read() {
+    let mut cluster = Cluster::standard();
+    populate(&cluster);
+    // Damage a parity shard: no normal read would ever touch it.
+    let victim = cluster
+        .shard_files(2)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "4" || e == "5"))
+        .expect("chunkd 2 holds a parity shard");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    let chunk = victim.file_stem().unwrap().to_string_lossy().parse().unwrap();
+    let index: u8 = victim.extension().unwrap().to_string_lossy().parse().unwrap();
+    // Restart that chunkd with frequent scrub passes.
+    cluster.stop_chunkd(2, Signal::SIGTERM);
+    cluster.chunkd_args = vec!["--scrub-interval".into(), "0.2".into()];
+    cluster.start_chunkd(2);
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    loop {
+        let status = cluster.query(async |c| c.chunk_status(chunk).await).unwrap().unwrap();
+        if status.shards.iter().any(|s| s.index == index && !s.healthy) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "scrub did not report {victim:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!victim.exists(), "the corrupt shard went to quarantine");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
+use shardfs_chunkd::scrub::ScrubConfig;
 use shardfs_chunkd::store::ShardStore;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,6 +37,12 @@ struct Args {
     /// Seconds between heartbeats to metad.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     heartbeat_interval: f64,
+    /// Scrub: bytes per second re-read to verify stored shards.
+    #[arg(long, value_name = "BYTES", default_value_t = ScrubConfig::default().bytes_per_second)]
+    scrub_rate: u64,
+    /// Scrub: seconds between the end of one pass over all shards and the next.
+    #[arg(long, value_name = "SECS", default_value_t = ScrubConfig::default().pass_interval.as_secs_f64())]
+    scrub_interval: f64,
 }
 
 #[tokio::main]
@@ -70,6 +77,12 @@ async fn run(args: Args) -> Result<(), String> {
         zone: args.zone,
         advertise_addr: args.advertise,
         heartbeat_interval,
+        scrub: ScrubConfig {
+            bytes_per_second: args.scrub_rate.max(1),
+            pass_interval: Duration::try_from_secs_f64(args.scrub_interval).map_err(|_| {
+                format!("--scrub-interval {} is not a duration", args.scrub_interval)
+            })?,
+        },
     };
     let store = ShardStore::open(&config.data_dir).await.map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(&args.listen)

@@ -1,0 +1,162 @@
+//! The scrub worker: re-reads every shard in the background at a bounded rate. Reading
+//! verifies the shard's checksum; a corrupt shard is quarantined and reported to metad by
+//! the store itself, exactly as when a client reads it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::chunk_id::ShardId;
+use crate::proto::ChunkdError;
+use crate::store::ShardStore;
+
+/// Shards listed per page of a pass.
+const PAGE: u32 = 256;
+
+/// How fast and how often a chunkd scrubs.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ScrubConfig {
+    /// Bytes read per second at most, so scrubbing never starves client I/O.
+    pub bytes_per_second: u64,
+    /// Pause between the end of one pass and the start of the next.
+    pub pass_interval: Duration,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig {
+            bytes_per_second: 16 * 1024 * 1024,
+            pass_interval: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What one pass found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    pub shards: u64,
+    pub bytes: u64,
+    pub corrupt: u64,
+}
+
+/// Scrubs until `shutdown` completes: a pass over every shard, then a pause, forever.
+pub async fn run(store: Arc<ShardStore>, config: ScrubConfig, shutdown: impl Future<Output = ()>) {
+    let work = async {
+        loop {
+            let started = Instant::now();
+            let summary = pass(&store, config.bytes_per_second).await;
+            info!(
+                shards = summary.shards,
+                bytes = summary.bytes,
+                corrupt = summary.corrupt,
+                seconds = started.elapsed().as_secs(),
+                "scrub pass done"
+            );
+            tokio::time::sleep(config.pass_interval).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = work => {}
+    }
+}
+
+/// One pass over every shard, reading at most `bytes_per_second`.
+pub async fn pass(store: &Arc<ShardStore>, bytes_per_second: u64) -> PassSummary {
+    let started = Instant::now();
+    let mut summary = PassSummary::default();
+    let mut after: Option<ShardId> = None;
+    loop {
+        let page = match store.list(after, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!("scrub cannot list shards, pass abandoned: {e}");
+                return summary;
+            }
+        };
+        let Some(last) = page.last() else { return summary };
+        after = Some(*last);
+        for shard in page {
+            match store.get(shard).await {
+                Ok(stored) => {
+                    summary.shards += 1;
+                    summary.bytes += stored.data.len() as u64;
+                }
+                Err(ChunkdError::Corrupt(_)) => summary.corrupt += 1,
+                // Deleted since it was listed.
+                Err(ChunkdError::NotFound(_)) => {}
+                Err(e) => warn!(%shard, "scrub could not read shard: {e}"),
+            }
+            // Stay under the rate: sleep off any lead over it.
+            let due =
+                Duration::from_secs_f64(summary.bytes as f64 / bytes_per_second.max(1) as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk_id::ChunkId;
+    use crate::codec::{self, Encoding};
+    use crate::store::shard_file_path;
+
+    #[tokio::test]
+    async fn a_pass_finds_every_corrupt_shard_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+        let mut reports = store.subscribe_corrupt_reports();
+        let encoding = Encoding::new(2, 1).unwrap();
+        let mut shards = Vec::new();
+        for i in 0..5u8 {
+            let chunk = vec![i; 1000];
+            let id = ChunkId::of(&chunk);
+            for (index, data) in codec::encode(encoding, &chunk).into_iter().enumerate() {
+                let shard = ShardId { chunk: id, index: index as u8 };
+                let checksum = *blake3::hash(&data).as_bytes();
+                store.put(shard, encoding, 1000, checksum, data).await.unwrap();
+                shards.push(shard);
+            }
+        }
+        // Flip one byte in two shard files.
+        for victim in [shards[1], shards[7]] {
+            let path = shard_file_path(dir.path(), victim);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x40;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let summary = pass(&store, u64::MAX).await;
+        assert_eq!((summary.shards, summary.corrupt), (13, 2));
+        let mut reported = vec![reports.recv().await.unwrap(), reports.recv().await.unwrap()];
+        reported.sort();
+        let mut expected = vec![shards[1], shards[7]];
+        expected.sort();
+        assert_eq!(reported, expected);
+        // The next pass sees a clean store: the corrupt shards are in quarantine.
+        assert_eq!(pass(&store, u64::MAX).await.corrupt, 0);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+        let encoding = Encoding::new(1, 1).unwrap();
+        for i in 0..4u8 {
+            let chunk = vec![i; 50_000];
+            let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
+            let data = codec::encode(encoding, &chunk).remove(0);
+            let checksum = *blake3::hash(&data).as_bytes();
+            store.put(shard, encoding, 50_000, checksum, data).await.unwrap();
+        }
+        let started = Instant::now();
+        let summary = pass(&store, 400_000).await;
+        assert_eq!(summary.bytes, 200_000);
+        assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    }
+}
