@@ -79,69 +79,55 @@ fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
     }
 }
 
-/// Links `/sbin/mount.fuse.shardfs` to the built binary for the test's duration, as
-/// `shardfs install` would, unless something is installed there already.
-struct MountHelper(Option<std::path::PathBuf>);
-
-impl MountHelper {
-    fn install() -> MountHelper {
-        let link = std::path::PathBuf::from("/sbin/mount.fuse.shardfs");
-        if link.symlink_metadata().is_ok() {
-            return MountHelper(None);
-        }
-        std::os::unix::fs::symlink(binary("shardfs"), &link).unwrap();
-        MountHelper(Some(link))
-    }
-}
-
-impl Drop for MountHelper {
-    fn drop(&mut self) {
-        if let Some(link) = &self.0 {
-            let _ = std::fs::remove_file(link);
-        }
-    }
-}
-
-fn mount_line(mnt: &std::path::Path) -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let wanted = mnt.to_string_lossy().to_string();
-    mounts.lines().find(|l| l.split(' ').nth(1) == Some(wanted.as_str())).map(str::to_owned)
-}
-
 #[test]
 fn mount_t_fuse_shardfs_remount_and_fstab() {
-    let _helper = MountHelper::install();
     let cluster = Cluster::start(3, 2, 1);
     let mnt = cluster.dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let _guard = Unmount(&mnt);
-    let m = mnt.display();
-    let metad = &cluster.metad_addr;
-    // mount(8) with generic options; the helper prints nothing and returns once mounted.
-    let out = sh(&format!("mount -t fuse.shardfs -o noatime,nosuid {metad} {m} 2>&1"));
-    assert_eq!(out, "");
-    let line = mount_line(&mnt).expect("mounted");
-    let fields: Vec<_> = line.split(' ').collect();
-    assert_eq!((fields[0], fields[2]), (metad.as_str(), "fuse.shardfs"));
-    assert!(fields[3].contains("noatime"), "{line}");
-    sh(&format!("echo data > {m}/f"));
-    // Remount read-only and back.
-    sh(&format!("mount -o remount,ro {m}"));
-    let err = std::fs::write(mnt.join("g"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    sh(&format!("mount -o remount,rw {m}"));
-    sh(&format!("echo more > {m}/g"));
-    sh(&format!("umount {m}"));
-    assert!(mount_line(&mnt).is_none());
-    // An fstab line, through a private fstab.
     let fstab = cluster.dir.path().join("fstab");
+    std::fs::create_dir(&mnt).unwrap();
+    let (m, metad) = (mnt.display(), &cluster.metad_addr);
     std::fs::write(
         &fstab,
         format!("{metad} {m} fuse.shardfs defaults,_netdev,cache_size=64MiB 0 0\n"),
     )
     .unwrap();
-    sh(&format!("mount -T {} {m}", fstab.display()));
-    assert_eq!(sh(&format!("cat {m}/f {m}/g")), "data\nmore\n");
-    sh(&format!("umount {m}"));
-    assert!(mount_line(&mnt).is_none());
+    // mount(8) finds its helper at /sbin/mount.fuse.shardfs. The test installs the binary
+    // under test there in a private mount namespace, so nothing outside it changes.
+    let script = format!(
+        r#"
+        set -eu
+        trap 'umount -l {m} 2>/dev/null || true' EXIT
+        mount -t tmpfs shardfs-test-sbin /usr/sbin
+        ln -s {bin} /usr/sbin/mount.fuse.shardfs
+        # The helper prints nothing and returns once the mount is usable.
+        out=$(mount -t fuse.shardfs -o noatime,nosuid {metad} {m} 2>&1)
+        [ -z "$out" ] || {{ echo "helper printed: $out"; exit 1; }}
+        grep " {m} " /proc/mounts
+        echo data > {m}/f
+        mount -o remount,ro {m}
+        if echo x 2>/dev/null > {m}/g; then echo "wrote to a read-only mount"; exit 1; fi
+        mount -o remount,rw {m}
+        echo more > {m}/g
+        umount {m}
+        if grep -q " {m} " /proc/mounts; then echo "still mounted"; exit 1; fi
+        mount -T {fstab} {m}
+        cat {m}/f {m}/g
+        umount {m}
+        echo done
+        "#,
+        bin = binary("shardfs").display(),
+        fstab = fstab.display(),
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let mut lines = stdout.lines();
+    let fields: Vec<_> = lines.next().unwrap().split(' ').collect();
+    assert_eq!((fields[0], fields[2]), (metad.as_str(), "fuse.shardfs"));
+    assert!(fields[3].contains("noatime") && fields[3].contains("nosuid"), "{fields:?}");
+    assert_eq!(lines.collect::<Vec<_>>(), ["data", "more", "done"]);
+    assert!(!is_mounted(&mnt));
 }
