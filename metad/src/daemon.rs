@@ -11,6 +11,7 @@ use shardfs_chunkd::Encoding;
 use tokio::net::TcpListener;
 
 use crate::members::Members;
+use crate::repair::{self, RepairConfig};
 use crate::server::MetadServer;
 use crate::store::{Store, VolumeOverrides, VolumeSettings};
 
@@ -30,6 +31,8 @@ pub struct MetadConfig {
     pub chunk_size: Option<u64>,
     /// A chunkd silent for longer than this is down: it gets no new shards.
     pub down_after: Duration,
+    /// Rebuilding of lost and corrupt shards.
+    pub repair: RepairConfig,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -56,13 +59,31 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
     Ok(Arc::new(MetadServer::new(store, members)))
 }
 
-/// Serves clients and chunkds on `listener` until `shutdown` completes.
+/// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`
+/// completes.
 pub async fn run(
     listener: TcpListener,
     server: Arc<MetadServer>,
+    repair: RepairConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    shardfs_rpc::serve(listener, server, shutdown).await;
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let repairing = repair::run(
+        server.store.clone(),
+        server.members.clone(),
+        repair,
+        server.repair.clone(),
+        until_stopped(stopped.clone()),
+    );
+    let serving = shardfs_rpc::serve(listener, server, until_stopped(stopped));
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        drop(stop);
+    };
+    tokio::join!(stop_on_shutdown, serving, repairing);
 }
 
 /// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).

@@ -9,6 +9,7 @@ pub mod locks;
 pub mod members;
 pub mod placement;
 pub mod proto;
+pub mod repair;
 pub mod server;
 pub mod store;
 

@@ -1,6 +1,6 @@
 //! Live view of the chunkd registry: which chunkds are up, and how full they are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ struct Member {
 pub struct Members {
     store: Arc<Store>,
     down_after: Duration,
+    /// When this metad started: a chunkd never heard from since counts as silent from then.
+    started: Instant,
     members: Mutex<HashMap<String, Member>>,
 }
 
@@ -32,7 +34,7 @@ impl Members {
             .into_iter()
             .map(|record| (record.id.clone(), Member { record, last_seen: None }))
             .collect();
-        Ok(Members { store, down_after, members: Mutex::new(members) })
+        Ok(Members { store, down_after, started: Instant::now(), members: Mutex::new(members) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
@@ -80,6 +82,26 @@ impl Members {
 
     fn is_up(&self, member: &Member, now: Instant) -> bool {
         member.last_seen.is_some_and(|seen| now.duration_since(seen) <= self.down_after)
+    }
+
+    /// Chunkds silent for longer than `grace` beyond being marked down: their shards count as
+    /// lost and are rebuilt elsewhere.
+    pub fn lost(&self, grace: Duration) -> HashSet<String> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|m| {
+                let silent_since = m.last_seen.unwrap_or(self.started);
+                now.duration_since(silent_since) > self.down_after + grace
+            })
+            .map(|m| m.record.id.clone())
+            .collect()
+    }
+
+    /// The current address of a chunkd that is up.
+    pub fn address_if_up(&self, id: &str) -> Option<String> {
+        let now = Instant::now();
+        self.lock().get(id).filter(|m| self.is_up(m, now)).map(|m| m.record.addr.clone())
     }
 
     /// Chunkds that may take new shards: up, and not full.

@@ -16,17 +16,24 @@ use crate::placement;
 use crate::proto::{
     ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs,
 };
+use crate::repair::RepairStats;
 use crate::store::Store;
 
 pub struct MetadServer {
-    store: Arc<Store>,
-    members: Members,
+    pub(crate) store: Arc<Store>,
+    pub(crate) members: Arc<Members>,
     locks: LockTable,
+    pub(crate) repair: Arc<RepairStats>,
 }
 
 impl MetadServer {
     pub fn new(store: Arc<Store>, members: Members) -> MetadServer {
-        MetadServer { store, members, locks: LockTable::default() }
+        MetadServer {
+            store,
+            members: Arc::new(members),
+            locks: LockTable::default(),
+            repair: Arc::default(),
+        }
     }
 
     fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {

@@ -118,12 +118,19 @@ pub struct Cluster {
     pub chunkds: Vec<Option<Chunkd>>,
     /// Extra arguments for chunkds started from now on.
     pub chunkd_args: Vec<String>,
+    /// Extra arguments for metad, kept across restarts.
+    metad_args: Vec<String>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
     /// Starts metad with encoding `k`+`m` and `n` chunkds, and waits until all are up.
     pub fn start(n: usize, k: u8, m: u8) -> Cluster {
+        Cluster::start_with(n, k, m, &[])
+    }
+
+    /// [`start`](Self::start) with extra metad arguments.
+    pub fn start_with(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("shardfs-test-").tempdir().expect("tempdir");
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -133,6 +140,7 @@ impl Cluster {
             metad_addr: String::new(),
             chunkds: (0..n).map(|_| None).collect(),
             chunkd_args: Vec::new(),
+            metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
             runtime,
         };
         cluster.start_metad(&["--k", &k.to_string(), "--m", &m.to_string()]);
@@ -155,6 +163,7 @@ impl Cluster {
             .arg("--data")
             .arg(&data)
             .args(["--listen", "127.0.0.1:0", "--down-after", DOWN_AFTER_SECS])
+            .args(&self.metad_args)
             .args(extra);
         let (process, addr) = start_daemon(command, &self.dir.path().join("metad.log"));
         self.metad = Some(process);

@@ -52,3 +52,47 @@ fn clean_after_work_and_counts_lost_shards() {
     assert!(text.status.success());
     assert!(String::from_utf8_lossy(&text.stdout).contains("clean"));
 }
+
+/// Polls `fsck --verify-data` until every chunk is at full redundancy.
+fn wait_fully_redundant(cluster: &Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (code, report) = fsck(cluster, &["--verify-data"]);
+        if code == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "repair did not finish: {report:#}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn repair_rebuilds_lost_chunkds_and_a_wiped_disk() {
+    let repair = ["--repair-grace", "1", "--repair-interval", "0.2"];
+    let mut cluster = Cluster::start_with(8, 4, 2, &repair);
+    let source = cluster.dir.path().join("source");
+    shardfs_tests::write_random(&source, (13 << 20) + 17, 5);
+    let expected = shardfs_tests::sha256(&source);
+    {
+        let mount = cluster.mount();
+        for name in ["a", "b"] {
+            std::fs::copy(&source, mount.join(name)).unwrap();
+        }
+        sh(&format!("seq 1 1000 > {}/small", mount.path.display()));
+    }
+    // Two chunkds die for good: after the grace period their shards are rebuilt elsewhere.
+    cluster.stop_chunkd(0, Signal::SIGKILL);
+    cluster.stop_chunkd(1, Signal::SIGKILL);
+    wait_fully_redundant(&cluster);
+    // A third loses its whole disk and comes back empty, under a new identity.
+    cluster.stop_chunkd(2, Signal::SIGKILL);
+    std::fs::remove_dir_all(cluster.chunkd_dir(2)).unwrap();
+    cluster.start_chunkd(2);
+    wait_fully_redundant(&cluster);
+    // Everything reads back byte for byte, with 0 and 1 still gone.
+    let mount = cluster.mount();
+    for name in ["a", "b"] {
+        assert_eq!(shardfs_tests::sha256(&mount.join(name)), expected, "{name}");
+    }
+    assert_eq!(sh(&format!("tail -n1 {}/small", mount.path.display())), "1000\n");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
+use shardfs_metad::repair::RepairConfig;
 use tokio::net::TcpListener;
 
 /// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
@@ -32,6 +33,12 @@ struct Args {
     /// Seconds without a heartbeat after which a chunkd counts as down.
     #[arg(long, default_value_t = 10)]
     down_after: u64,
+    /// Seconds a chunkd may stay down before its shards are rebuilt elsewhere.
+    #[arg(long, default_value_t = RepairConfig::default().grace.as_secs_f64())]
+    repair_grace: f64,
+    /// Seconds between the repair worker's scans of the catalogue.
+    #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
+    repair_interval: f64,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         encoding,
         chunk_size: args.chunk_size,
         down_after: Duration::from_secs(args.down_after),
+        repair: RepairConfig {
+            grace: seconds("--repair-grace", args.repair_grace)?,
+            interval: seconds("--repair-interval", args.repair_interval)?,
+            ..RepairConfig::default()
+        },
     };
     let server = daemon::open(&config)?;
     let listener = TcpListener::bind(&args.listen)
@@ -71,9 +83,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("shardfs-metad listening on {addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "metad serving");
-    daemon::run(listener, server, shutdown_signal()).await;
+    daemon::run(listener, server, config.repair, shutdown_signal()).await;
     tracing::info!("metad stopped");
     Ok(())
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} {value} is not a duration"))
 }
 
 async fn shutdown_signal() {

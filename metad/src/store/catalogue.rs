@@ -1,6 +1,8 @@
 //! The chunk catalogue as seen by operators and fault reports.
 
-use rusqlite::{OptionalExtension, params};
+use std::collections::HashSet;
+
+use rusqlite::{OptionalExtension, Transaction, params};
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
 use super::Store;
@@ -9,24 +11,7 @@ use crate::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardS
 
 impl Store {
     pub fn chunk_status(&self, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
-        self.read(|tx| {
-            let Some((len, k, m, refcount)) = tx
-                .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")?
-                .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let shards = tx
-                .prepare_cached(
-                    "SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx",
-                )?
-                .query_map([&chunk.0[..]], |r| {
-                    Ok(ShardStatus { index: r.get(0)?, chunkd: r.get(1)?, healthy: r.get(2)? })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
-        })
+        self.read(|tx| chunk_status(tx, chunk))
     }
 
     /// Catalogued chunks with their healthy shards, in id order after `after`.
@@ -57,6 +42,62 @@ impl Store {
         })
     }
 
+    /// Chunks with a shard that is unhealthy or on a `lost` chunkd, least redundancy left
+    /// first, at most `limit`. Each comes with all its shard rows.
+    pub fn repair_candidates(
+        &self,
+        lost: &HashSet<String>,
+        limit: usize,
+    ) -> Result<Vec<ChunkStatus>, MetaError> {
+        self.read(|tx| {
+            let mut damaged: Vec<Vec<u8>> = tx
+                .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut on_lost =
+                tx.prepare_cached("SELECT DISTINCT chunk FROM shards WHERE chunkd = ?1")?;
+            for chunkd in lost {
+                damaged.extend(
+                    on_lost.query_map([chunkd], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?,
+                );
+            }
+            damaged.sort();
+            damaged.dedup();
+            let mut candidates = Vec::with_capacity(damaged.len());
+            for id in damaged {
+                if let Some(status) = chunk_status(tx, chunk_id(id)?)? {
+                    candidates.push(status);
+                }
+            }
+            let left = |c: &ChunkStatus| {
+                c.shards.iter().filter(|s| s.healthy && !lost.contains(&s.chunkd)).count()
+            };
+            candidates.sort_by_key(left);
+            candidates.truncate(limit);
+            Ok(candidates)
+        })
+    }
+
+    /// Moves shard `index` of `chunk` from `from` to `to` and marks it healthy, unless the
+    /// catalogue changed meanwhile. Returns whether it moved.
+    pub fn move_shard(
+        &self,
+        chunk: ChunkId,
+        index: u8,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            let moved = tx
+                .prepare_cached(
+                    "UPDATE shards SET chunkd = ?4, healthy = 1
+                     WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
+                )?
+                .execute(params![&chunk.0[..], index, from, to])?;
+            Ok(moved == 1)
+        })
+    }
+
     /// Marks a shard as unusable (corrupt or missing) so readers skip it and repair can
     /// rebuild it. Returns whether the catalogue placed that shard on that chunkd.
     pub fn mark_shard_unhealthy(&self, shard: ShardId, chunkd: &str) -> Result<bool, MetaError> {
@@ -69,4 +110,21 @@ impl Store {
             Ok(changed > 0)
         })
     }
+}
+
+fn chunk_status(tx: &Transaction<'_>, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
+    let Some((len, k, m, refcount)) = tx
+        .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")?
+        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let shards = tx
+        .prepare_cached("SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx")?
+        .query_map([&chunk.0[..]], |r| {
+            Ok(ShardStatus { index: r.get(0)?, chunkd: r.get(1)?, healthy: r.get(2)? })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
 }

@@ -1,0 +1,186 @@
+//! The repair worker: rebuilds shards that are corrupt, missing, or on chunkds gone longer
+//! than a grace period, from `k` verified shards, onto other chunkds. Chunks with the least
+//! redundancy left go first; the pace is bounded. All state is in the catalogue, so a
+//! restarted metad simply carries on.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shardfs_chunkd::client::ChunkClientPool;
+use shardfs_chunkd::{ChunkId, ShardId, codec};
+use tracing::{info, warn};
+
+use crate::members::Members;
+use crate::placement;
+use crate::proto::{ChunkStatus, MetaError};
+use crate::store::{ChunkdRecord, Store};
+
+/// Chunks looked at per scan.
+const BATCH: usize = 256;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct RepairConfig {
+    /// How long a chunkd may stay down before its shards are rebuilt elsewhere.
+    pub grace: Duration,
+    /// Pause between scans of the catalogue.
+    pub interval: Duration,
+    /// Chunks rebuilt per second at most.
+    pub chunks_per_second: u32,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            grace: Duration::from_secs(600),
+            interval: Duration::from_secs(10),
+            chunks_per_second: 50,
+        }
+    }
+}
+
+/// Progress, for status reporting.
+#[derive(Debug, Default)]
+pub struct RepairStats {
+    pub shards_rebuilt: AtomicU64,
+    pub chunks_failed: AtomicU64,
+    /// Chunks needing repair at the last scan (at most one batch).
+    pub backlog: AtomicU64,
+}
+
+/// Repairs until `shutdown` completes.
+pub async fn run(
+    store: Arc<Store>,
+    members: Arc<Members>,
+    config: RepairConfig,
+    stats: Arc<RepairStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let pool = ChunkClientPool::new(Default::default());
+    let pace = Duration::from_secs_f64(1.0 / f64::from(config.chunks_per_second.max(1)));
+    let work = async {
+        loop {
+            let lost = members.lost(config.grace);
+            let scan = {
+                let (store, lost) = (store.clone(), lost.clone());
+                tokio::task::spawn_blocking(move || store.repair_candidates(&lost, BATCH)).await
+            };
+            let candidates = match scan {
+                Ok(Ok(candidates)) => candidates,
+                Ok(Err(e)) => {
+                    warn!("repair scan failed: {e}");
+                    Vec::new()
+                }
+                Err(e) => {
+                    warn!("repair scan task failed: {e}");
+                    Vec::new()
+                }
+            };
+            stats.backlog.store(candidates.len() as u64, Ordering::Relaxed);
+            for chunk in candidates {
+                match repair_chunk(&store, &members, &pool, &chunk, &lost).await {
+                    Ok(0) => {}
+                    Ok(rebuilt) => {
+                        stats.shards_rebuilt.fetch_add(rebuilt, Ordering::Relaxed);
+                        info!(chunk = %chunk.chunk, rebuilt, "chunk repaired");
+                    }
+                    Err(e) => {
+                        stats.chunks_failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(chunk = %chunk.chunk, "repair failed: {e}");
+                    }
+                }
+                tokio::time::sleep(pace).await;
+            }
+            tokio::time::sleep(config.interval).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = work => {}
+    }
+}
+
+/// Rebuilds the bad shards of one chunk; returns how many were rebuilt.
+async fn repair_chunk(
+    store: &Arc<Store>,
+    members: &Members,
+    pool: &ChunkClientPool,
+    chunk: &ChunkStatus,
+    lost: &HashSet<String>,
+) -> Result<u64, String> {
+    let encoding = chunk.encoding;
+    let usable = |s: &&crate::proto::ShardStatus| s.healthy && !lost.contains(&s.chunkd);
+    let bad: Vec<_> = chunk.shards.iter().filter(|s| !usable(s)).collect();
+    if bad.is_empty() {
+        return Ok(0);
+    }
+    // Read k good shards (each verified by its chunkd), rebuild the chunk, check its id.
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
+    let mut found = 0;
+    for shard in chunk.shards.iter().filter(usable) {
+        if found == encoding.k as usize {
+            break;
+        }
+        let Some(addr) = members.address_if_up(&shard.chunkd) else { continue };
+        let id = ShardId { chunk: chunk.chunk, index: shard.index };
+        if let Ok((got, len, data)) = pool.get(&addr).get(id).await
+            && got == encoding
+            && len == chunk.len
+            && let Some(slot) = slots.get_mut(shard.index as usize)
+        {
+            *slot = Some(data);
+            found += 1;
+        }
+    }
+    let len = chunk.len as usize;
+    let (content, slots) = tokio::task::spawn_blocking(move || {
+        let content = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
+        Ok::<_, String>((content, slots))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    drop(slots);
+    if ChunkId::of(&content) != chunk.chunk {
+        return Err("rebuilt content does not match the chunk id".into());
+    }
+    let shards = tokio::task::spawn_blocking(move || codec::encode(encoding, &content))
+        .await
+        .map_err(|e| e.to_string())?;
+    // New homes: up, not full, and not already holding a good shard of this chunk.
+    let holding: HashSet<&str> =
+        chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();
+    let candidates: Vec<ChunkdRecord> =
+        members.usable().into_iter().filter(|c| !holding.contains(c.id.as_str())).collect();
+    let count = bad.len().min(candidates.len());
+    let targets = placement::place(&chunk.chunk, count, &candidates).unwrap_or_default();
+    let mut rebuilt = 0;
+    for (shard, target) in bad.iter().zip(targets) {
+        let id = ShardId { chunk: chunk.chunk, index: shard.index };
+        let data = shards[shard.index as usize].clone();
+        pool.get(&target.addr)
+            .put(id, encoding, chunk.len, data)
+            .await
+            .map_err(|e| format!("put of shard {} to {}: {e}", shard.index, target.id))?;
+        let moved = {
+            let (store, from, to) = (store.clone(), shard.chunkd.clone(), target.id.clone());
+            let index = shard.index;
+            let chunk = chunk.chunk;
+            tokio::task::spawn_blocking(move || store.move_shard(chunk, index, &from, &to))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e: MetaError| e.to_string())?
+        };
+        rebuilt += u64::from(moved);
+    }
+    if count < bad.len() {
+        return Err(format!(
+            "{} shards rebuilt, no chunkd left for {}",
+            rebuilt,
+            bad.len() - count
+        ));
+    }
+    Ok(rebuilt)
+}
