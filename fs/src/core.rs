@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, RenameMode, SetAttr, SpaceOp,
-    StatFs, Timestamp, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MetaError, RenameMode,
+    SetAttr, SpaceOp, StatFs, Timestamp, VolumeInfo, XattrMode,
 };
+use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
 use tracing::{debug, warn};
 
@@ -433,9 +433,18 @@ impl Fs {
         }
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let committed = async {
-            let (stored, extents) = self.io.store(&pieces).await?;
-            self.meta.commit_write(file.ino, stored, extents, mtime).await?;
-            Ok::<_, FsError>(())
+            let mut attempts = 0;
+            loop {
+                let (stored, extents) = self.io.store(&pieces).await?;
+                match self.meta.commit_write(file.ino, stored, extents, mtime).await {
+                    // Garbage collection removed a deduplicated chunk between prepare and
+                    // commit: prepare again, which now stores it.
+                    Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
+                        attempts += 1;
+                    }
+                    result => return result.map(drop).map_err(FsError::from),
+                }
+            }
         }
         .await;
         data.layout = None;

@@ -40,8 +40,8 @@ impl LocalCluster {
         let server = metad::open(&settings.metad)?;
         let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind metad")?;
         let metad_addr = listener.local_addr()?.to_string();
-        let repair = settings.metad.repair;
-        tasks.spawn(metad::run(listener, server, repair, until_stopped(stopped.clone())));
+        let workers = (settings.metad.repair, settings.metad.gc);
+        tasks.spawn(metad::run(listener, server, workers, until_stopped(stopped.clone())));
         for i in 0..settings.chunkds {
             let dir = data.join(format!("chunkd-{i}"));
             let store = ShardStore::open(&dir)

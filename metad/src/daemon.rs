@@ -10,6 +10,7 @@ use anyhow::Context;
 use shardfs_chunkd::Encoding;
 use tokio::net::TcpListener;
 
+use crate::gc::{self, GcConfig};
 use crate::members::Members;
 use crate::repair::{self, RepairConfig};
 use crate::server::MetadServer;
@@ -33,6 +34,8 @@ pub struct MetadConfig {
     pub down_after: Duration,
     /// Rebuilding of lost and corrupt shards.
     pub repair: RepairConfig,
+    /// Deletion of unreferenced chunks and orphan shards.
+    pub gc: GcConfig,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -64,7 +67,7 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
 pub async fn run(
     listener: TcpListener,
     server: Arc<MetadServer>,
-    repair: RepairConfig,
+    (repair, gc): (RepairConfig, GcConfig),
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(());
@@ -78,12 +81,20 @@ pub async fn run(
         server.repair.clone(),
         until_stopped(stopped.clone()),
     );
+    let collecting = gc::run(
+        server.store.clone(),
+        server.members.clone(),
+        server.intents.clone(),
+        gc,
+        server.gc.clone(),
+        until_stopped(stopped.clone()),
+    );
     let serving = shardfs_rpc::serve(listener, server, until_stopped(stopped));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);
     };
-    tokio::join!(stop_on_shutdown, serving, repairing);
+    tokio::join!(stop_on_shutdown, serving, repairing, collecting);
 }
 
 /// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).

@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod gc;
+pub mod intents;
 pub mod locks;
 pub mod members;
 pub mod placement;

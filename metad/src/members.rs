@@ -98,6 +98,16 @@ impl Members {
             .collect()
     }
 
+    /// `(id, address)` of every chunkd that is up.
+    pub fn up(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|m| self.is_up(m, now))
+            .map(|m| (m.record.id.clone(), m.record.addr.clone()))
+            .collect()
+    }
+
     /// The current address of a chunkd that is up.
     pub fn address_if_up(&self, id: &str) -> Option<String> {
         let now = Instant::now();

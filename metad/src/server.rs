@@ -10,6 +10,8 @@ use shardfs_chunkd::membership::{
 use shardfs_rpc::{Handler, Service};
 use tracing::{debug, info, warn};
 
+use crate::gc::GcStats;
+use crate::intents::Intents;
 use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
@@ -24,6 +26,8 @@ pub struct MetadServer {
     pub(crate) members: Arc<Members>,
     locks: LockTable,
     pub(crate) repair: Arc<RepairStats>,
+    pub(crate) intents: Arc<Intents>,
+    pub(crate) gc: Arc<GcStats>,
 }
 
 impl MetadServer {
@@ -33,6 +37,8 @@ impl MetadServer {
             members: Arc::new(members),
             locks: LockTable::default(),
             repair: Arc::default(),
+            intents: Arc::default(),
+            gc: Arc::default(),
         }
     }
 
@@ -107,6 +113,8 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::PrepareWrite { chunks } => {
+                // Before the catalogue is read: GC must not take what this write will use.
+                self.intents.record(chunks.iter().map(|c| c.chunk));
                 let usable = self.members.usable();
                 let encoding = store.settings().encoding;
                 MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
@@ -135,7 +143,10 @@ impl MetadServer {
                 })?)
             }
             MetaRequest::CommitWrite { ino, stored, extents, mtime } => {
-                MetaReply::Attr(store.commit_write(ino, &stored, &extents, mtime)?)
+                let attr = store.commit_write(ino, &stored, &extents, mtime)?;
+                // Referenced now: refcounts protect these chunks from here on.
+                self.intents.clear(extents.iter().map(|e| e.chunk));
+                MetaReply::Attr(attr)
             }
             MetaRequest::SetXattr { ino, name, value, mode } => {
                 store.set_xattr(ino, &name, &value, mode)?;

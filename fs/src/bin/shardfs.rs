@@ -16,6 +16,7 @@ use shardfs::mount::{self, MountOptions};
 use shardfs::options::MountFlags;
 use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
+use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 
 /// Set in the environment of the process `mount --background` starts.
@@ -220,6 +221,7 @@ fn local_command(
             chunk_size,
             down_after: Duration::from_secs(10),
             repair: RepairConfig::default(),
+            gc: GcConfig::default(),
         },
     };
     let runtime = runtime()?;

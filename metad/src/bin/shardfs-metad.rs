@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
+use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use tokio::net::TcpListener;
 
@@ -36,6 +37,12 @@ struct Args {
     /// Seconds a chunkd may stay down before its shards are rebuilt elsewhere.
     #[arg(long, default_value_t = RepairConfig::default().grace.as_secs_f64())]
     repair_grace: f64,
+    /// Seconds an unreferenced chunk or orphan shard is kept before it is deleted.
+    #[arg(long, default_value_t = GcConfig::default().grace.as_secs_f64())]
+    gc_grace: f64,
+    /// Seconds between garbage-collection sweeps.
+    #[arg(long, default_value_t = GcConfig::default().interval.as_secs_f64())]
+    gc_interval: f64,
     /// Seconds between the repair worker's scans of the catalogue.
     #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
     repair_interval: f64,
@@ -74,6 +81,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             interval: seconds("--repair-interval", args.repair_interval)?,
             ..RepairConfig::default()
         },
+        gc: GcConfig {
+            grace: seconds("--gc-grace", args.gc_grace)?,
+            interval: seconds("--gc-interval", args.gc_interval)?,
+        },
     };
     let server = daemon::open(&config)?;
     let listener = TcpListener::bind(&args.listen)
@@ -83,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("shardfs-metad listening on {addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "metad serving");
-    daemon::run(listener, server, config.repair, shutdown_signal()).await;
+    daemon::run(listener, server, (config.repair, config.gc), shutdown_signal()).await;
     tracing::info!("metad stopped");
     Ok(())
 }

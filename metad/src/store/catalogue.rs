@@ -98,6 +98,57 @@ impl Store {
         })
     }
 
+    /// Deletes from the catalogue every chunk unreferenced for at least `grace` that has no
+    /// live write intent, in one transaction, and returns its shards and their chunkds so
+    /// they can be deleted there.
+    pub fn remove_unreferenced_chunks(
+        &self,
+        grace: std::time::Duration,
+        has_intent: &dyn Fn(&ChunkId) -> bool,
+    ) -> Result<Vec<(ShardId, String)>, MetaError> {
+        let cutoff = crate::proto::Timestamp::now().sec - grace.as_secs() as i64;
+        self.write(|tx| {
+            let ids: Vec<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
+                     AND zero_since <= ?1",
+                )?
+                .query_map([cutoff], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut removed = Vec::new();
+            for id in ids {
+                let chunk = chunk_id(id)?;
+                if has_intent(&chunk) {
+                    continue;
+                }
+                let shards: Vec<(u8, String)> = tx
+                    .prepare_cached("SELECT idx, chunkd FROM shards WHERE chunk = ?1")?
+                    .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?
+                    .execute([&chunk.0[..]])?;
+                tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
+                removed.extend(
+                    shards.into_iter().map(|(index, chunkd)| (ShardId { chunk, index }, chunkd)),
+                );
+            }
+            Ok(removed)
+        })
+    }
+
+    /// For each of `shards`, whether the catalogue places it on `chunkd`.
+    pub fn placed_on(&self, chunkd: &str, shards: &[ShardId]) -> Result<Vec<bool>, MetaError> {
+        self.read(|tx| {
+            let mut query = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM shards WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3)",
+            )?;
+            shards
+                .iter()
+                .map(|s| Ok(query.query_row(params![&s.chunk.0[..], s.index, chunkd], |r| r.get(0))?))
+                .collect()
+        })
+    }
+
     /// Marks a shard as unusable (corrupt or missing) so readers skip it and repair can
     /// rebuild it. Returns whether the catalogue placed that shard on that chunkd.
     pub fn mark_shard_unhealthy(&self, shard: ShardId, chunkd: &str) -> Result<bool, MetaError> {
