@@ -253,10 +253,12 @@ async fn put_chunk(
         puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
     }
     let mut failures = Vec::new();
+    let mut disk_full = false;
     while let Some(joined) = puts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((place, Err(e))) => {
+                disk_full |= matches!(e, ChunkClientError::Chunkd(ChunkdError::NoSpace(_)));
                 failures.push(format!("shard {} on {}: {e}", place.index, place.addr))
             }
             Err(e) => failures.push(format!("put task failed: {e}")),
@@ -267,7 +269,12 @@ async fn put_chunk(
     } else {
         let reason = failures.join("; ");
         warn!(chunk = %chunk.chunk, "write refused, redundancy not reached: {reason}");
-        Err(FsError::ChunkNotStored { chunk: chunk.chunk.to_hex(), reason })
+        let chunk = chunk.chunk.to_hex();
+        Err(if disk_full {
+            FsError::NoSpace { chunk, reason }
+        } else {
+            FsError::ChunkNotStored { chunk, reason }
+        })
     }
 }
 

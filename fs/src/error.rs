@@ -15,6 +15,9 @@ pub enum FsError {
     /// A chunk could not be read back intact from enough shards.
     #[error("chunk {chunk} unreadable: {reason}")]
     ChunkUnreadable { chunk: String, reason: String },
+    /// A chunkd's disk is full, so shards could not be stored at the promised redundancy.
+    #[error("chunk {chunk} not stored, a chunkd is full: {reason}")]
+    NoSpace { chunk: String, reason: String },
     /// Shards could not be stored at the promised redundancy.
     #[error("chunk {chunk} not stored: {reason}")]
     ChunkNotStored { chunk: String, reason: String },
@@ -64,6 +67,7 @@ impl From<&FsError> for Errno {
             | FsError::MetaProtocol(_)
             | FsError::ChunkUnreadable { .. }
             | FsError::ChunkNotStored { .. } => Errno::EIO,
+            FsError::NoSpace { .. } => Errno::ENOSPC,
             FsError::Invalid(_) => Errno::EINVAL,
             FsError::Unsupported => Errno::EOPNOTSUPP,
             FsError::Range => Errno::ERANGE,

@@ -114,7 +114,7 @@ impl MetadServer {
             }
             MetaRequest::PrepareWrite { chunks } => {
                 // Before the catalogue is read: GC must not take what this write will use.
-                self.intents.record(chunks.iter().map(|c| c.chunk));
+                self.intents.record(peer, chunks.iter().map(|c| c.chunk));
                 let usable = self.members.usable();
                 let encoding = store.settings().encoding;
                 MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
@@ -145,7 +145,7 @@ impl MetadServer {
             MetaRequest::CommitWrite { ino, stored, extents, mtime } => {
                 let attr = store.commit_write(ino, &stored, &extents, mtime)?;
                 // Referenced now: refcounts protect these chunks from here on.
-                self.intents.clear(extents.iter().map(|e| e.chunk));
+                self.intents.clear(peer, extents.iter().map(|e| e.chunk));
                 MetaReply::Attr(attr)
             }
             MetaRequest::SetXattr { ino, name, value, mode } => {
@@ -237,6 +237,7 @@ impl Handler for MetadServer {
             return;
         }
         self.locks.release_holder(peer);
+        self.intents.release_holder(peer);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.release_holder(peer) {

@@ -318,6 +318,14 @@ impl Mount {
         self.teardown();
     }
 
+    /// Kills the serving process with SIGKILL (a client crash), then detaches the dead mount.
+    pub fn crash(mut self) {
+        if let Some(process) = self.process.take() {
+            process.stop(nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.path).status();
+    }
+
     fn teardown(&mut self) {
         let Some(mut process) = self.process.take() else {
             return;

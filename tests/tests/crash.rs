@@ -1,0 +1,118 @@
+//! Processes dying at bad moments, and full disks: nothing committed is lost or damaged.
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use shardfs_tests::{Cluster, READY_TIMEOUT, binary, sh};
+
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn shard_count(cluster: &Cluster) -> u64 {
+    (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len() as u64).sum()
+}
+
+fn fsck_clean(cluster: &Cluster) -> bool {
+    Command::new(binary("shardfs"))
+        .args(["fsck", &cluster.metad_addr, "--verify-data"])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn client_killed_mid_write_leaves_only_orphans_that_the_sweep_removes() {
+    let cluster = Cluster::start_with(3, 2, 1, &["--gc-grace", "1", "--gc-interval", "0.2"]);
+    let source = cluster.dir.path().join("source");
+    shardfs_tests::write_random(&source, 200 << 20, 9);
+    let mount = cluster.mount();
+    let target = mount.join("big");
+    let mut writer = Command::new("dd")
+        .arg(format!("if={}", source.display()))
+        .arg(format!("of={}", target.display()))
+        .args(["bs=1M", "status=none"])
+        .spawn()
+        .unwrap();
+    // Let some chunks get committed (early write-back) and more be in flight, then crash.
+    eventually("the write to get going", || shard_count(&cluster) >= 30);
+    mount.crash();
+    let _ = writer.wait();
+    // Every shard left on disk ends up referenced by the catalogue: the orphans of the
+    // write that never committed are swept, committed ones stay.
+    eventually("the orphan sweep", || {
+        let chunks = cluster.query(async |c| c.catalogue_stats().await).unwrap().chunks;
+        shard_count(&cluster) == chunks * 3
+    });
+    assert!(fsck_clean(&cluster));
+    // What was committed reads back as the source's prefix.
+    let mount = cluster.mount();
+    let committed = std::fs::metadata(mount.join("big")).map(|m| m.len()).unwrap_or(0);
+    if committed > 0 {
+        let mut got = vec![0u8; committed as usize];
+        std::fs::File::open(mount.join("big")).unwrap().read_exact(&mut got).unwrap();
+        let mut want = vec![0u8; committed as usize];
+        std::fs::File::open(&source).unwrap().read_exact(&mut want).unwrap();
+        assert!(got == want, "committed prefix of {committed} bytes differs");
+    }
+}
+
+/// A size-limited tmpfs, unmounted on drop (after the cluster using it is gone).
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_chunkd_gives_enospc_and_keeps_what_it_has() {
+    let mut disk = None;
+    let mut cluster = Cluster::start(3, 2, 1);
+    // Chunkd 2 moves onto a 96 MiB disk (empty, so it comes back as a new chunkd).
+    cluster.stop_chunkd(2, Signal::SIGTERM);
+    let dir = cluster.chunkd_dir(2);
+    sh(&format!("mount -t tmpfs -o size=96m shardfs-test-small {}", dir.display()));
+    disk.replace(SmallDisk(dir));
+    cluster.start_chunkd(2);
+    // The old chunkd 2 must count as down first, or writes may still be placed on it.
+    eventually("the replaced chunkd to count as down", || {
+        let all = cluster.query(async |c| c.chunkds().await).unwrap();
+        all.len() == 4 && all.iter().filter(|c| c.up).count() == 3
+    });
+    let mount = cluster.mount();
+    // Distinct content per file, so dedup cannot save the day.
+    let block = |i: usize| {
+        let mut block = vec![7u8; 1 << 20];
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        block
+    };
+    let mut written = 0;
+    let errno = loop {
+        let mut file = std::fs::File::create(mount.join(&format!("f{written}"))).unwrap();
+        let result = file.write_all(&block(written)).and_then(|()| file.sync_all());
+        match result {
+            Ok(()) => written += 1,
+            Err(e) => {
+                eprintln!("write {written} failed: {e}");
+                break e.raw_os_error().unwrap();
+            }
+        }
+        assert!(written < 200, "the small disk never filled");
+    };
+    assert_eq!(errno, libc::ENOSPC);
+    assert!(written > 0);
+    for i in 0..written {
+        assert_eq!(std::fs::read(mount.join(&format!("f{i}"))).unwrap(), block(i), "f{i}");
+    }
+    drop(mount);
+    drop(cluster);
+    drop(disk);
+}
