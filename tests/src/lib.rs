@@ -143,7 +143,7 @@ impl Cluster {
             metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
             runtime,
         };
-        cluster.start_metad(&["--k", &k.to_string(), "--m", &m.to_string()]);
+        cluster.start_metad("127.0.0.1:0", &["--k", &k.to_string(), "--m", &m.to_string()]);
         for i in 0..n {
             cluster.start_chunkd(i);
         }
@@ -156,13 +156,13 @@ impl Cluster {
         Cluster::start(6, 4, 2)
     }
 
-    fn start_metad(&mut self, extra: &[&str]) {
+    fn start_metad(&mut self, listen: &str, extra: &[&str]) {
         let data = self.dir.path().join("metad");
         let mut command = Command::new(binary("shardfs-metad"));
         command
             .arg("--data")
             .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--down-after", DOWN_AFTER_SECS])
+            .args(["--listen", listen, "--down-after", DOWN_AFTER_SECS])
             .args(&self.metad_args)
             .args(extra);
         let (process, addr) = start_daemon(command, &self.dir.path().join("metad.log"));
@@ -194,6 +194,17 @@ impl Cluster {
         }
     }
 
+    /// Stops metad with `signal` and starts it again on the same address and data, so
+    /// chunkds and mounts reconnect by themselves.
+    pub fn restart_metad(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(metad) = self.metad.take() {
+            metad.stop(signal);
+        }
+        let addr = self.metad_addr.clone();
+        self.start_metad(&addr, &[]);
+        assert_eq!(self.metad_addr, addr, "metad came back on another address");
+    }
+
     /// Stops every daemon, then starts them again on the same data directories.
     pub fn restart_all(&mut self) {
         let n = self.chunkds.len();
@@ -203,7 +214,7 @@ impl Cluster {
         if let Some(metad) = self.metad.take() {
             metad.stop(nix::sys::signal::Signal::SIGTERM);
         }
-        self.start_metad(&[]);
+        self.start_metad("127.0.0.1:0", &[]);
         for i in 0..n {
             self.start_chunkd(i);
         }
