@@ -191,33 +191,64 @@ impl ChunkIo {
             .filter(|(_, (id, _))| seen.insert(*id))
             .map(|(i, (chunk, len))| (i, ChunkToWrite { chunk: *chunk, len: *len }))
             .collect();
-        let plans = self.meta.prepare_write(unique.iter().map(|(_, c)| *c).collect()).await?;
-        if plans.len() != unique.len() {
-            return Err(FsError::MetaProtocol("prepare write answered the wrong count".into()));
-        }
-        let mut puts = JoinSet::new();
         let mut stored = Vec::new();
-        for ((piece_index, chunk), plan) in unique.iter().zip(plans) {
-            let ChunkPlan::Place { encoding, targets } = plan else {
-                continue;
-            };
-            if targets.len() != encoding.total() {
-                return Err(FsError::MetaProtocol("placement of the wrong width".into()));
+        let mut pending = unique;
+        // chunkds whose puts failed: the next placement avoids them, so a write routes
+        // around a chunkd that died before metad noticed.
+        let mut avoid: Vec<String> = Vec::new();
+        for attempt in 1..=PUT_ATTEMPTS {
+            let chunks = pending.iter().map(|(_, c)| *c).collect();
+            let plans = self.meta.prepare_write(chunks, avoid.clone()).await?;
+            if plans.len() != pending.len() {
+                return Err(FsError::MetaProtocol("prepare write answered the wrong count".into()));
             }
-            let data = pieces[*piece_index].data.clone();
-            let pool = self.pool.clone();
-            let chunk = *chunk;
-            let places = targets.clone();
-            puts.spawn(async move { put_chunk(pool, chunk, encoding, data, places).await });
-            stored.push(StoredChunk {
-                chunk: chunk.chunk,
-                len: chunk.len,
-                encoding,
-                shards: targets,
-            });
-        }
-        while let Some(joined) = puts.join_next().await {
-            joined.map_err(|e| FsError::MetaProtocol(format!("put task failed: {e}")))??;
+            let mut puts = JoinSet::new();
+            for ((piece_index, chunk), plan) in pending.iter().zip(plans) {
+                let ChunkPlan::Place { encoding, targets } = plan else {
+                    continue;
+                };
+                if targets.len() != encoding.total() {
+                    return Err(FsError::MetaProtocol("placement of the wrong width".into()));
+                }
+                let data = pieces[*piece_index].data.clone();
+                let pool = self.pool.clone();
+                let (piece_index, chunk) = (*piece_index, *chunk);
+                puts.spawn(async move {
+                    let result = put_chunk(pool, chunk, encoding, data, targets.clone()).await;
+                    (
+                        piece_index,
+                        chunk,
+                        StoredChunk {
+                            chunk: chunk.chunk,
+                            len: chunk.len,
+                            encoding,
+                            shards: targets,
+                        },
+                        result,
+                    )
+                });
+            }
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            while let Some(joined) = puts.join_next().await {
+                let (piece_index, chunk, placed, result) =
+                    joined.map_err(|e| FsError::MetaProtocol(format!("put task failed: {e}")))?;
+                match result {
+                    Ok(()) => stored.push(placed),
+                    Err(PutFailure { error, unreachable }) => {
+                        avoid.extend(unreachable);
+                        failed.push((piece_index, chunk));
+                        last_error = Some(error);
+                    }
+                }
+            }
+            pending = failed;
+            match last_error {
+                None => break,
+                // Only unreachable chunkds are worth another placement.
+                Some(error) if attempt == PUT_ATTEMPTS || avoid.is_empty() => return Err(error),
+                Some(error) => debug!("retrying {} chunks elsewhere: {error}", pending.len()),
+            }
         }
         let mut cache = self.cache.lock().expect("chunk cache lock");
         let extents = pieces
@@ -233,18 +264,27 @@ impl ChunkIo {
 }
 
 /// Encodes one chunk and puts all k+m shards; succeeds only if every put does.
+/// Why a chunk's puts failed, and which chunkds could not be reached at all.
+struct PutFailure {
+    error: FsError,
+    unreachable: Vec<String>,
+}
+
 async fn put_chunk(
     pool: Arc<ChunkClientPool>,
     chunk: ChunkToWrite,
     encoding: shardfs_chunkd::Encoding,
     data: Vec<u8>,
     places: Vec<ShardPlace>,
-) -> FsResult<()> {
+) -> Result<(), PutFailure> {
     let shards = tokio::task::spawn_blocking(move || codec::encode(encoding, &data))
         .await
-        .map_err(|e| FsError::ChunkNotStored {
-            chunk: chunk.chunk.to_hex(),
-            reason: format!("encode task failed: {e}"),
+        .map_err(|e| PutFailure {
+            error: FsError::ChunkNotStored {
+                chunk: chunk.chunk.to_hex(),
+                reason: format!("encode task failed: {e}"),
+            },
+            unreachable: Vec::new(),
         })?;
     let mut puts = JoinSet::new();
     for (place, shard) in places.into_iter().zip(shards) {
@@ -253,12 +293,16 @@ async fn put_chunk(
         puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
     }
     let mut failures = Vec::new();
+    let mut unreachable = Vec::new();
     let mut disk_full = false;
     while let Some(joined) = puts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((place, Err(e))) => {
                 disk_full |= matches!(e, ChunkClientError::Chunkd(ChunkdError::NoSpace(_)));
+                if matches!(e, ChunkClientError::Rpc(_)) {
+                    unreachable.push(place.chunkd.clone());
+                }
                 failures.push(format!("shard {} on {}: {e}", place.index, place.addr))
             }
             Err(e) => failures.push(format!("put task failed: {e}")),
@@ -270,13 +314,17 @@ async fn put_chunk(
         let reason = failures.join("; ");
         warn!(chunk = %chunk.chunk, "write refused, redundancy not reached: {reason}");
         let chunk = chunk.chunk.to_hex();
-        Err(if disk_full {
+        let error = if disk_full {
             FsError::NoSpace { chunk, reason }
         } else {
             FsError::ChunkNotStored { chunk, reason }
-        })
+        };
+        Err(PutFailure { error, unreachable })
     }
 }
+
+/// Placements tried for a chunk before a write fails.
+const PUT_ATTEMPTS: usize = 3;
 
 /// The cache size used when none is configured.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;

@@ -212,8 +212,13 @@ impl MetaClient {
         call!(self, request, "list chunks", MetaReply::Chunks(c) => c)
     }
 
-    pub async fn prepare_write(&self, chunks: Vec<ChunkToWrite>) -> Result<Vec<ChunkPlan>> {
-        let request = MetaRequest::PrepareWrite { chunks };
+    /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
+    pub async fn prepare_write(
+        &self,
+        chunks: Vec<ChunkToWrite>,
+        avoid: Vec<String>,
+    ) -> Result<Vec<ChunkPlan>> {
+        let request = MetaRequest::PrepareWrite { chunks, avoid };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)
     }
 

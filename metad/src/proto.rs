@@ -349,6 +349,8 @@ pub enum MetaRequest {
     /// Asks which chunks must be stored and where (dedup and placement).
     PrepareWrite {
         chunks: Vec<ChunkToWrite>,
+        /// chunkds the client could not reach: placement leaves them out.
+        avoid: Vec<String>,
     },
     /// Records stored chunks and the extents that now use them, in one transaction.
     CommitWrite {

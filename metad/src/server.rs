@@ -112,10 +112,11 @@ impl MetadServer {
                 self.locks.unlock(ino, peer, owner, start, end);
                 MetaReply::Done
             }
-            MetaRequest::PrepareWrite { chunks } => {
+            MetaRequest::PrepareWrite { chunks, avoid } => {
                 // Before the catalogue is read: GC must not take what this write will use.
                 self.intents.record(peer, chunks.iter().map(|c| c.chunk));
-                let usable = self.members.usable();
+                let usable: Vec<_> =
+                    self.members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
                 let encoding = store.settings().encoding;
                 MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
                     let Some(chosen) = placement::place(&chunk.chunk, encoding.total(), &usable)

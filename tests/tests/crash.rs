@@ -155,3 +155,28 @@ fn metad_killed_mid_workload_keeps_every_acknowledged_operation() {
     }
     assert!(fsck_clean(&cluster));
 }
+
+#[test]
+fn chunkds_dying_mid_write_are_routed_around() {
+    let repair = ["--repair-grace", "1", "--repair-interval", "0.2"];
+    let mut cluster = Cluster::start_with(8, 4, 2, &repair);
+    let source = cluster.dir.path().join("source");
+    shardfs_tests::write_random(&source, 120 << 20, 3);
+    let mount = cluster.mount();
+    let target = mount.join("big");
+    let writer = {
+        let (source, target) = (source.clone(), target.clone());
+        std::thread::spawn(move || std::fs::copy(source, target))
+    };
+    eventually("the write to get going", || shard_count(&cluster) >= 24);
+    // Two chunkds die while the copy runs; metad has not noticed yet when the next puts go
+    // out, so those fail and the client asks for a placement without them.
+    cluster.stop_chunkd(6, Signal::SIGKILL);
+    cluster.stop_chunkd(7, Signal::SIGKILL);
+    writer.join().unwrap().expect("the write completes on the remaining chunkds");
+    assert_eq!(shardfs_tests::sha256(&target), shardfs_tests::sha256(&source));
+    // Chunks written before the failure are rebuilt to full redundancy too.
+    eventually("full redundancy", || fsck_clean(&cluster));
+    let fresh = cluster.mount();
+    assert_eq!(shardfs_tests::sha256(&fresh.join("big")), shardfs_tests::sha256(&source));
+}
