@@ -134,6 +134,8 @@ async fn sweep(
     grace: Duration,
 ) -> Result<u64, String> {
     let client = pool.get(addr);
+    // A second of margin: catalogue times have one-second resolution.
+    let listed_at = crate::proto::Timestamp::now().sec - 1;
     let mut listed = Vec::new();
     let mut after = None;
     loop {
@@ -152,6 +154,18 @@ async fn sweep(
     let now = Instant::now();
     let mut deleted = 0;
     let present: HashSet<ShardId> = listed.iter().copied().collect();
+    // The other direction: shards the catalogue places here that the chunkd does not have
+    // (lost with a disk, deleted by hand) are marked unhealthy, for repair to rebuild.
+    let missing = {
+        let (store, chunkd, present) = (store.clone(), chunkd.to_string(), present.clone());
+        tokio::task::spawn_blocking(move || store.mark_missing(&chunkd, &present, listed_at))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("catalogue: {e}"))?
+    };
+    if missing > 0 {
+        warn!(chunkd, missing, "shards missing from their chunkd marked for repair");
+    }
     suspects.retain(|(where_, shard), _| where_ != chunkd || present.contains(shard));
     for (shard, is_placed) in listed.into_iter().zip(placed) {
         let key = (chunkd.to_string(), shard);

@@ -96,3 +96,60 @@ fn repair_rebuilds_lost_chunkds_and_a_wiped_disk() {
     }
     assert_eq!(sh(&format!("tail -n1 {}/small", mount.path.display())), "1000\n");
 }
+
+#[test]
+fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
+    let workers = [
+        "--repair-grace",
+        "1",
+        "--repair-interval",
+        "0.2",
+        "--gc-grace",
+        "1",
+        "--gc-interval",
+        "0.2",
+    ];
+    let mut cluster = Cluster::start_with(4, 2, 1, &workers);
+    cluster.chunkd_args = vec!["--scrub-interval".into(), "0.3".into()];
+    for i in 0..4 {
+        cluster.stop_chunkd(i, Signal::SIGTERM);
+        cluster.start_chunkd(i);
+    }
+    cluster.wait_chunkds_up(4);
+    {
+        let mount = cluster.mount();
+        for i in 0..4 {
+            shardfs_tests::write_random(&mount.join(&format!("f{i}")), 3 << 20, i);
+        }
+    }
+    // One damaged shard per chunk (any more and 2+1 could not rebuild it): flip a byte in
+    // three, delete the fourth outright.
+    let mut chunks_hit = std::collections::HashSet::new();
+    let mut damaged = 0;
+    for file in (0..4).flat_map(|i| cluster.shard_files(i)) {
+        let chunk = file.file_stem().unwrap().to_string_lossy().to_string();
+        if !chunks_hit.insert(chunk) {
+            continue;
+        }
+        if damaged == 3 {
+            std::fs::remove_file(&file).unwrap();
+        } else {
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes[100] ^= 0xff;
+            std::fs::write(&file, bytes).unwrap();
+        }
+        damaged += 1;
+    }
+    assert_eq!(damaged, 4);
+    // Scrub finds the flipped bytes, the sweep finds the missing shard, repair rebuilds all.
+    wait_fully_redundant(&cluster);
+    let mount = cluster.mount();
+    for i in 0..4u64 {
+        let expected = cluster.dir.path().join("expected");
+        shardfs_tests::write_random(&expected, 3 << 20, i);
+        assert_eq!(
+            shardfs_tests::sha256(&mount.join(&format!("f{i}"))),
+            shardfs_tests::sha256(&expected)
+        );
+    }
+}

@@ -136,6 +136,39 @@ impl Store {
         })
     }
 
+    /// Marks unhealthy every healthy shard the catalogue places on `chunkd` that is not in
+    /// `present` (the chunkd's complete inventory, listed from `listed_at` on); returns how
+    /// many. Chunks catalogued after the listing began are left alone: their shards may have
+    /// arrived after the chunkd was listed.
+    pub fn mark_missing(
+        &self,
+        chunkd: &str,
+        present: &HashSet<ShardId>,
+        listed_at: i64,
+    ) -> Result<u64, MetaError> {
+        self.write(|tx| {
+            let placed: Vec<(Vec<u8>, u8)> = tx
+                .prepare_cached(
+                    "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
+                     WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
+                )?
+                .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut marked = 0;
+            for (chunk, index) in placed {
+                let shard = ShardId { chunk: chunk_id(chunk)?, index };
+                if !present.contains(&shard) {
+                    tx.prepare_cached(
+                        "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
+                    )?
+                    .execute(params![&shard.chunk.0[..], index, chunkd])?;
+                    marked += 1;
+                }
+            }
+            Ok(marked)
+        })
+    }
+
     /// For each of `shards`, whether the catalogue places it on `chunkd`.
     pub fn placed_on(&self, chunkd: &str, shards: &[ShardId]) -> Result<Vec<bool>, MetaError> {
         self.read(|tx| {
