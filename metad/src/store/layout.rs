@@ -28,14 +28,7 @@ impl Store {
                     "SELECT offset, len, chunk, chunk_offset FROM extents
                      WHERE ino = ?1 ORDER BY offset",
                 )?
-                .query_map([ino], |r| {
-                    Ok(Extent {
-                        offset: r.get(0)?,
-                        len: r.get(1)?,
-                        chunk: chunk_id(r.get(2)?)?,
-                        chunk_offset: r.get(3)?,
-                    })
-                })?
+                .query_map([ino], extent_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             let distinct: BTreeSet<ChunkId> = extents.iter().map(|e| e.chunk).collect();
             let chunks = distinct
@@ -214,14 +207,7 @@ fn extents_in(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset < ?3 AND offset + len > ?2 ORDER BY offset",
         )?
-        .query_map(params![ino, start, end], |r| {
-            Ok(Extent {
-                offset: r.get(0)?,
-                len: r.get(1)?,
-                chunk: chunk_id(r.get(2)?)?,
-                chunk_offset: r.get(3)?,
-            })
-        })?
+        .query_map(params![ino, start, end], extent_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(all
         .into_iter()
@@ -287,20 +273,12 @@ fn punch(
     }
     // The extent starting at or before `start` (it may straddle it), then those inside.
     let mut overlapping: Vec<Extent> = Vec::new();
-    let row = |r: &rusqlite::Row<'_>| {
-        Ok(Extent {
-            offset: r.get(0)?,
-            len: r.get(1)?,
-            chunk: chunk_id(r.get(2)?)?,
-            chunk_offset: r.get(3)?,
-        })
-    };
     if let Some(first) = tx
         .prepare_cached(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1",
         )?
-        .query_row(params![ino, start], row)
+        .query_row(params![ino, start], extent_from_row)
         .optional()?
         && first.end() > start
     {
@@ -311,7 +289,7 @@ fn punch(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset",
         )?
-        .query_map(params![ino, start, end], row)?
+        .query_map(params![ino, start, end], extent_from_row)?
         .collect::<Result<Vec<_>, _>>()?,
     );
     for old in overlapping {
@@ -470,6 +448,16 @@ pub(super) fn chunk_location(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards })
+}
+
+/// Reads an extent from the columns `offset, len, chunk, chunk_offset`.
+fn extent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Extent> {
+    Ok(Extent {
+        offset: r.get(0)?,
+        len: r.get(1)?,
+        chunk: chunk_id(r.get(2)?)?,
+        chunk_offset: r.get(3)?,
+    })
 }
 
 pub(super) fn chunk_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
