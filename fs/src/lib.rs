@@ -9,3 +9,4 @@ pub mod fuse;
 pub mod local;
 pub mod mount;
 pub mod options;
+pub mod status;

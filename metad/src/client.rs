@@ -213,6 +213,10 @@ impl MetaClient {
     }
 
     /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
+    pub async fn workers(&self) -> Result<WorkerStatus> {
+        call!(self, MetaRequest::Workers, "workers", MetaReply::Workers(w) => w)
+    }
+
     pub async fn prepare_write(
         &self,
         chunks: Vec<ChunkToWrite>,

@@ -84,6 +84,13 @@ impl Members {
         member.last_seen.is_some_and(|seen| now.duration_since(seen) <= self.down_after)
     }
 
+    /// Up, but silent for more than half the down-after time: likely dying, so new shards
+    /// go elsewhere while it still counts as up.
+    fn is_suspect(&self, member: &Member, now: Instant) -> bool {
+        self.is_up(member, now)
+            && member.last_seen.is_some_and(|seen| now.duration_since(seen) > self.down_after / 2)
+    }
+
     /// Chunkds silent for longer than `grace` beyond being marked down: their shards count as
     /// lost and are rebuilt elsewhere.
     pub fn lost(&self, grace: Duration) -> HashSet<String> {
@@ -119,7 +126,11 @@ impl Members {
         let now = Instant::now();
         self.lock()
             .values()
-            .filter(|m| self.is_up(m, now) && m.record.free_bytes >= MIN_FREE_BYTES)
+            .filter(|m| {
+                self.is_up(m, now)
+                    && !self.is_suspect(m, now)
+                    && m.record.free_bytes >= MIN_FREE_BYTES
+            })
             .map(|m| m.record.clone())
             .collect()
     }
@@ -134,6 +145,7 @@ impl Members {
                 addr: m.record.addr.clone(),
                 zone: m.record.zone.clone(),
                 up: self.is_up(m, now),
+                suspect: self.is_suspect(m, now),
                 capacity_bytes: m.record.capacity_bytes,
                 free_bytes: m.record.free_bytes,
                 used_bytes: m.record.used_bytes,

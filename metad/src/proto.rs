@@ -208,10 +208,24 @@ pub struct ChunkdStatus {
     pub addr: String,
     pub zone: Option<String>,
     pub up: bool,
+    /// Up, but silent for more than half the down-after time: new shards avoid it.
+    pub suspect: bool,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     pub used_bytes: u64,
     pub shard_count: u64,
+}
+
+/// Counters of metad's background workers since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub shards_rebuilt: u64,
+    pub chunks_failed_repair: u64,
+    /// Chunks found needing repair at the last scan (at most one batch).
+    pub repair_backlog: u64,
+    pub chunks_collected: u64,
+    pub orphans_deleted: u64,
+    pub sweeps_aborted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +464,8 @@ pub enum MetaRequest {
         after: Option<ChunkId>,
         limit: u32,
     },
+    /// Repair and garbage-collection counters.
+    Workers,
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;
@@ -473,6 +489,7 @@ pub enum MetaReply {
     Lock(Option<HeldLock>),
     Fsck(FsckReport),
     Chunks(Vec<ChunkLocation>),
+    Workers(WorkerStatus),
 }
 
 /// Application errors. The FUSE client maps each to one errno.

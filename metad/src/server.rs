@@ -16,7 +16,7 @@ use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
-    ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs,
+    ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs, WorkerStatus,
 };
 use crate::repair::RepairStats;
 use crate::store::Store;
@@ -103,6 +103,20 @@ impl MetadServer {
             MetaRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
             MetaRequest::ListChunks { after, limit } => {
                 MetaReply::Chunks(store.list_chunks(after, limit.min(4096))?)
+            }
+            MetaRequest::Workers => {
+                let (repair, gc) = (&self.repair, &self.gc);
+                let get = |counter: &std::sync::atomic::AtomicU64| {
+                    counter.load(std::sync::atomic::Ordering::Relaxed)
+                };
+                MetaReply::Workers(WorkerStatus {
+                    shards_rebuilt: get(&repair.shards_rebuilt),
+                    chunks_failed_repair: get(&repair.chunks_failed),
+                    repair_backlog: get(&repair.backlog),
+                    chunks_collected: get(&gc.chunks_deleted),
+                    orphans_deleted: get(&gc.orphans_deleted),
+                    sweeps_aborted: get(&gc.sweeps_aborted),
+                })
             }
             MetaRequest::Accessed { ino } => {
                 store.accessed(ino)?;

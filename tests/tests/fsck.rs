@@ -95,6 +95,17 @@ fn repair_rebuilds_lost_chunkds_and_a_wiped_disk() {
         assert_eq!(shardfs_tests::sha256(&mount.join(name)), expected, "{name}");
     }
     assert_eq!(sh(&format!("tail -n1 {}/small", mount.path.display())), "1000\n");
+    // status shows the dead chunkds as down and what repair did.
+    let out = Command::new(binary("shardfs"))
+        .args(["status", &cluster.metad_addr, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let down = status["chunkds"].as_array().unwrap().iter().filter(|c| c["up"] == false).count();
+    assert_eq!(down, 3, "chunkds 0, 1 and the wiped 2's old identity: {status:#}");
+    assert!(status["workers"]["shards_rebuilt"].as_u64().unwrap() > 0, "{status:#}");
+    assert_eq!(status["catalogue"]["unhealthy_shards"], 0);
 }
 
 #[test]

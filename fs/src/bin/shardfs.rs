@@ -34,6 +34,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Show the chunkds (up, suspect, down), the catalogue and the repair and GC counters.
+    Status {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the namespace's metadata (and with --verify-data, every chunk's shards).
     /// Exit status: 0 clean, 1 problems repaired, 4 problems left.
     Fsck(FsckArgs),
@@ -147,6 +155,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Commands::Status { metad, json } => {
+            let meta = shardfs_metad::MetaClient::new(&metad, Default::default());
+            let status = runtime()?
+                .block_on(shardfs::status::fetch(&meta))
+                .with_context(|| format!("cannot reach metad at {metad}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                shardfs::status::print(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Fsck(fsck) => {
             let runtime = runtime()?;
             let meta = shardfs_metad::MetaClient::new(&fsck.metad, Default::default());
