@@ -133,8 +133,8 @@ fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
             shardfs_tests::write_random(&mount.join(&format!("f{i}")), 3 << 20, i);
         }
     }
-    // One damaged shard per chunk (any more and 2+1 could not rebuild it): flip a byte in
-    // three, delete the fourth outright.
+    // One damaged shard per chunk (any more and 2+1 could not rebuild it): delete the first
+    // outright, flip a byte in the others.
     let mut chunks_hit = std::collections::HashSet::new();
     let mut damaged = 0;
     for file in (0..4).flat_map(|i| cluster.shard_files(i)) {
@@ -142,7 +142,7 @@ fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
         if !chunks_hit.insert(chunk) {
             continue;
         }
-        if damaged == 3 {
+        if damaged == 0 {
             std::fs::remove_file(&file).unwrap();
         } else {
             let mut bytes = std::fs::read(&file).unwrap();
@@ -151,7 +151,8 @@ fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
         }
         damaged += 1;
     }
-    assert_eq!(damaged, 4);
+    // At least one chunk per file; a file may be stored as more than one chunk.
+    assert!(damaged >= 4, "{damaged} chunks");
     // Scrub finds the flipped bytes, the sweep finds the missing shard, repair rebuilds all.
     wait_fully_redundant(&cluster);
     let mount = cluster.mount();
