@@ -115,6 +115,11 @@ impl Members {
             .collect()
     }
 
+    /// The zone label of a registered chunkd.
+    pub fn zone_of(&self, id: &str) -> Option<String> {
+        self.lock().get(id).and_then(|m| m.record.zone.clone())
+    }
+
     /// The current address of a chunkd that is up.
     pub fn address_if_up(&self, id: &str) -> Option<String> {
         let now = Instant::now();

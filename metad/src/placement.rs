@@ -5,7 +5,7 @@
 //! removing a chunkd only changes the placement of chunks it wins or held, and the result is
 //! recorded per chunk, so membership changes never move existing data implicitly.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use shardfs_chunkd::ChunkId;
 
@@ -19,43 +19,43 @@ fn score(chunk: &ChunkId, chunkd: &str) -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Picks `count` distinct chunkds for `chunk`, one per zone while unused zones remain.
-/// Returns `None` when fewer than `count` candidates exist.
+/// Picks `count` distinct chunkds for `chunk`, keeping the number of shards per zone as even
+/// as possible so losing one zone loses as few shards as the zones allow. `held` names the
+/// zones that already hold shards of this chunk (for repair; empty for a new chunk). Returns
+/// `None` when fewer than `count` candidates exist.
 pub fn place<'a>(
     chunk: &ChunkId,
     count: usize,
     candidates: &'a [ChunkdRecord],
+    held: &[Option<&str>],
 ) -> Option<Vec<&'a ChunkdRecord>> {
     if candidates.len() < count {
         return None;
     }
     let mut ranked: Vec<&ChunkdRecord> = candidates.iter().collect();
     ranked.sort_by_cached_key(|c| std::cmp::Reverse(score(chunk, &c.id)));
-    let mut chosen: Vec<&ChunkdRecord> = Vec::with_capacity(count);
-    let mut zones: HashSet<Option<&str>> = HashSet::new();
-    // First pass: the best chunkd of each zone not yet used.
-    for candidate in &ranked {
-        if chosen.len() == count {
-            break;
-        }
-        if zones.insert(candidate.zone.as_deref()) {
-            chosen.push(candidate);
-        }
+    let mut per_zone: HashMap<Option<&str>, usize> = HashMap::new();
+    for zone in held {
+        *per_zone.entry(*zone).or_default() += 1;
     }
-    // Second pass: fill up by score, zones repeating.
-    for candidate in &ranked {
-        if chosen.len() == count {
-            break;
-        }
-        if !chosen.iter().any(|c| c.id == candidate.id) {
-            chosen.push(candidate);
-        }
+    let mut chosen: Vec<&ChunkdRecord> = Vec::with_capacity(count);
+    while chosen.len() < count {
+        // The best-scoring candidate among those whose zone holds the fewest shards so far.
+        let (position, _) = ranked
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, c)| (per_zone.get(&c.zone.as_deref()).copied().unwrap_or(0), *i))?;
+        let pick = ranked.remove(position);
+        *per_zone.entry(pick.zone.as_deref()).or_default() += 1;
+        chosen.push(pick);
     }
     Some(chosen)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn chunkd(id: &str, zone: Option<&str>) -> ChunkdRecord {
@@ -74,16 +74,17 @@ mod tests {
     fn distinct_deterministic_and_stable() {
         let all: Vec<_> = (0..8).map(|i| chunkd(&format!("c{i}"), None)).collect();
         let chunk = ChunkId::of(b"x");
-        let a: Vec<_> = place(&chunk, 6, &all).unwrap().iter().map(|c| c.id.clone()).collect();
-        let b: Vec<_> = place(&chunk, 6, &all).unwrap().iter().map(|c| c.id.clone()).collect();
+        let a: Vec<_> = place(&chunk, 6, &all, &[]).unwrap().iter().map(|c| c.id.clone()).collect();
+        let b: Vec<_> = place(&chunk, 6, &all, &[]).unwrap().iter().map(|c| c.id.clone()).collect();
         assert_eq!(a, b);
         assert_eq!(a.iter().collect::<HashSet<_>>().len(), 6);
         // Removing a chunkd that was not chosen changes nothing.
         let unchosen = all.iter().find(|c| !a.contains(&c.id)).unwrap().id.clone();
         let fewer: Vec<_> = all.iter().filter(|c| c.id != unchosen).cloned().collect();
-        let c: Vec<_> = place(&chunk, 6, &fewer).unwrap().iter().map(|c| c.id.clone()).collect();
+        let c: Vec<_> =
+            place(&chunk, 6, &fewer, &[]).unwrap().iter().map(|c| c.id.clone()).collect();
         assert_eq!(a, c);
-        assert!(place(&chunk, 9, &all).is_none());
+        assert!(place(&chunk, 9, &all, &[]).is_none());
     }
 
     #[test]
@@ -97,9 +98,29 @@ mod tests {
         ];
         for i in 0..50u32 {
             let chunk = ChunkId::of(&i.to_le_bytes());
-            let chosen = place(&chunk, 3, &all).unwrap();
+            let chosen = place(&chunk, 3, &all, &[]).unwrap();
             let zones: HashSet<_> = chosen.iter().map(|c| c.zone.clone()).collect();
             assert_eq!(zones.len(), 3, "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn balances_zones_and_counts_held_shards() {
+        let all: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|z| (0..3).map(move |i| chunkd(&format!("{z}{i}"), Some(z))))
+            .collect();
+        for i in 0..50u32 {
+            let chunk = ChunkId::of(&i.to_le_bytes());
+            let chosen = place(&chunk, 6, &all, &[]).unwrap();
+            for zone in ["a", "b", "c"] {
+                let n = chosen.iter().filter(|c| c.zone.as_deref() == Some(zone)).count();
+                assert_eq!(n, 2, "chunk {i} zone {zone}");
+            }
+            // Repair of one shard when zone a already holds two and b one: goes to c.
+            let held = [Some("a"), Some("a"), Some("b"), Some("c"), Some("b")];
+            let target = place(&chunk, 1, &all, &held).unwrap();
+            assert_eq!(target[0].zone.as_deref(), Some("c"), "chunk {i}");
         }
     }
 }

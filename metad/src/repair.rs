@@ -47,7 +47,7 @@ impl Default for RepairConfig {
 pub struct RepairStats {
     pub shards_rebuilt: AtomicU64,
     pub chunks_failed: AtomicU64,
-    /// Chunks needing repair at the last scan (at most one batch).
+    /// Chunks needing repair at the last scan.
     pub backlog: AtomicU64,
 }
 
@@ -69,7 +69,10 @@ pub async fn run(
                 tokio::task::spawn_blocking(move || store.repair_candidates(&lost, BATCH)).await
             };
             let candidates = match scan {
-                Ok(Ok(candidates)) => candidates,
+                Ok(Ok((backlog, candidates))) => {
+                    stats.backlog.store(backlog as u64, Ordering::Relaxed);
+                    candidates
+                }
                 Ok(Err(e)) => {
                     warn!("repair scan failed: {e}");
                     Vec::new()
@@ -79,7 +82,6 @@ pub async fn run(
                     Vec::new()
                 }
             };
-            stats.backlog.store(candidates.len() as u64, Ordering::Relaxed);
             for chunk in candidates {
                 match repair_chunk(&store, &members, &pool, &chunk, &lost).await {
                     Ok(0) => {}
@@ -154,8 +156,11 @@ async fn repair_chunk(
         chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();
     let candidates: Vec<ChunkdRecord> =
         members.usable().into_iter().filter(|c| !holding.contains(c.id.as_str())).collect();
+    let held_zones: Vec<Option<String>> = holding.iter().map(|id| members.zone_of(id)).collect();
+    let held_zones: Vec<Option<&str>> = held_zones.iter().map(Option::as_deref).collect();
     let count = bad.len().min(candidates.len());
-    let targets = placement::place(&chunk.chunk, count, &candidates).unwrap_or_default();
+    let targets =
+        placement::place(&chunk.chunk, count, &candidates, &held_zones).unwrap_or_default();
     let mut rebuilt = 0;
     for (shard, target) in bad.iter().zip(targets) {
         let id = ShardId { chunk: chunk.chunk, index: shard.index };

@@ -133,7 +133,8 @@ impl MetadServer {
                     self.members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
                 let encoding = store.settings().encoding;
                 MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
-                    let Some(chosen) = placement::place(&chunk.chunk, encoding.total(), &usable)
+                    let Some(chosen) =
+                        placement::place(&chunk.chunk, encoding.total(), &usable, &[])
                     else {
                         let why = format!(
                             "{}+{} encoding needs {} usable chunkds, only {} are up and not full",

@@ -180,3 +180,46 @@ fn chunkds_dying_mid_write_are_routed_around() {
     let fresh = cluster.mount();
     assert_eq!(shardfs_tests::sha256(&fresh.join("big")), shardfs_tests::sha256(&source));
 }
+
+#[test]
+fn chunkds_dying_mid_read_do_not_disturb_the_reader() {
+    let mut cluster = Cluster::start(6, 4, 2);
+    let source = cluster.dir.path().join("source");
+    shardfs_tests::write_random(&source, 120 << 20, 4);
+    std::fs::copy(&source, cluster.mount().join("big")).unwrap();
+    // A fresh mount has nothing cached: every read below goes to the chunkds.
+    let mount = cluster.mount();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (path, progress) = (mount.join("big"), progress.clone());
+        std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let mut file = std::fs::File::open(path)?;
+            let mut all = Vec::new();
+            let mut piece = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut piece)?;
+                if n == 0 {
+                    return Ok(all);
+                }
+                all.extend_from_slice(&piece[..n]);
+                progress.store(all.len(), std::sync::atomic::Ordering::Relaxed);
+                // Slow enough that the kills land in the middle of the file.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    eventually("the read to get going", || {
+        progress.load(std::sync::atomic::Ordering::Relaxed) >= 20 << 20
+    });
+    cluster.stop_chunkd(0, Signal::SIGKILL);
+    cluster.stop_chunkd(3, Signal::SIGKILL);
+    let at_kill = progress.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(at_kill < 100 << 20, "the kills came too late: {at_kill} bytes already read");
+    let got = reader.join().unwrap().expect("the read completes from the surviving shards");
+    assert!(got == std::fs::read(&source).unwrap(), "the data read differs from the source");
+    // The dead chunkds come back with their shards: fully redundant again.
+    cluster.start_chunkd(0);
+    cluster.start_chunkd(3);
+    cluster.wait_chunkds_up(6);
+    assert!(fsck_clean(&cluster));
+}

@@ -43,12 +43,13 @@ impl Store {
     }
 
     /// Chunks with a shard that is unhealthy or on a `lost` chunkd, least redundancy left
-    /// first, at most `limit`. Each comes with all its shard rows.
+    /// first, at most `limit`, with the number of such chunks in all. Each comes with all its
+    /// shard rows.
     pub fn repair_candidates(
         &self,
         lost: &HashSet<String>,
         limit: usize,
-    ) -> Result<Vec<ChunkStatus>, MetaError> {
+    ) -> Result<(usize, Vec<ChunkStatus>), MetaError> {
         self.read(|tx| {
             let mut damaged: Vec<Vec<u8>> = tx
                 .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
@@ -73,8 +74,9 @@ impl Store {
                 c.shards.iter().filter(|s| s.healthy && !lost.contains(&s.chunkd)).count()
             };
             candidates.sort_by_key(left);
+            let backlog = candidates.len();
             candidates.truncate(limit);
-            Ok(candidates)
+            Ok((backlog, candidates))
         })
     }
 
