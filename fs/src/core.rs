@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
+use crate::setid::{self, Caller};
 
 /// Client tuning.
 #[derive(Clone, Debug)]
@@ -66,6 +67,10 @@ struct Handle {
     file: Arc<OpenFile>,
     /// End of the previous read, to spot sequential reading.
     last_read_end: AtomicU64,
+    /// Lock owners that set fcntl locks through this handle and have not closed it since.
+    /// A process's owner is dropped at its close (flush); what remains at release are open
+    /// file description (OFD) locks, which the last close releases.
+    lock_owners: Mutex<HashSet<u64>>,
 }
 
 pub struct Fs {
@@ -265,7 +270,11 @@ impl Fs {
             data.accessed = false;
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(Handle { file, last_read_end: AtomicU64::new(u64::MAX) });
+        let handle = Arc::new(Handle {
+            file,
+            last_read_end: AtomicU64::new(u64::MAX),
+            lock_owners: Mutex::default(),
+        });
         self.handles.lock().expect("handles lock").insert(fh, handle);
         Ok(fh)
     }
@@ -469,6 +478,10 @@ impl Fs {
         let Some(handle) = handle else {
             return Err(FsError::Invalid("bad file handle"));
         };
+        let owners = std::mem::take(&mut *handle.lock_owners.lock().expect("owners lock"));
+        for owner in owners {
+            self.meta.unlock(handle.file.ino, owner, (0, u64::MAX)).await?;
+        }
         let result = self.flush_handle(&handle).await;
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
@@ -499,7 +512,16 @@ impl Fs {
     }
 
     /// fallocate(2): `mode` as the kernel passes it.
-    pub async fn allocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    /// fallocate(2) on behalf of `caller`, clearing set-id bits as a write would; returns
+    /// whether it changed the file's mode.
+    pub async fn allocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: &Caller,
+    ) -> FsResult<bool> {
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         let op = match mode {
             0 => SpaceOp::Allocate { keep_size: false },
@@ -518,8 +540,14 @@ impl Fs {
         self.flush_locked(&handle.file, &mut data, true).await?;
         let result = self.meta.allocate(handle.file.ino, offset, len, op).await;
         data.layout = None;
-        result?;
-        Ok(())
+        let attr = result?;
+        let perm = setid::cleared(attr.perm, attr.gid, caller);
+        if perm != attr.perm {
+            let root = Cred { uid: 0, gid: 0, umask: 0 };
+            let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
+            self.meta.set_attr(attr.ino, root, changes).await?;
+        }
+        Ok(perm != attr.perm)
     }
 
     /// lseek(2) with SEEK_DATA or SEEK_HOLE.
@@ -600,9 +628,10 @@ impl Fs {
         Ok(self.meta.test_lock(ino, owner, range, kind).await?)
     }
 
-    /// F_SETLK / F_SETLKW; `None` unlocks the range.
+    /// F_SETLK / F_SETLKW through handle `fh`; `None` unlocks the range.
     pub async fn set_lock(
         &self,
+        fh: u64,
         ino: Ino,
         owner: u64,
         (start, end): (u64, u64),
@@ -613,10 +642,20 @@ impl Fs {
             None => Ok(self.meta.unlock(ino, owner, (start, end)).await?),
             Some((kind, pid)) => {
                 self.locked.lock().expect("locked lock").insert(ino);
+                self.handle(fh)?.lock_owners.lock().expect("owners lock").insert(owner);
                 let held = HeldLock { start, end, kind, pid };
                 Ok(self.meta.set_lock(ino, owner, held, wait).await?)
             }
         }
+    }
+
+    /// A close of handle `fh` by the process `owner` stands for: drops its fcntl locks on the
+    /// file, as POSIX says.
+    pub async fn closed_by(&self, fh: u64, ino: Ino, owner: u64) -> FsResult<()> {
+        if let Ok(handle) = self.handle(fh) {
+            handle.lock_owners.lock().expect("owners lock").remove(&owner);
+        }
+        self.release_locks(ino, owner).await
     }
 
     /// Drops `owner`'s locks on `ino` (a close by that process, or the last close of a

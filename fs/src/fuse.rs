@@ -9,14 +9,15 @@ use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use shardfs_metad::proto::{
     Attr, Cred, FileKind, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
@@ -27,6 +28,7 @@ use tracing::debug;
 
 use crate::core::Fs;
 use crate::error::{FsError, FsResult};
+use crate::setid::Caller;
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -38,11 +40,18 @@ const READDIR_BATCH: u32 = 512;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     runtime: Handle,
+    /// Tells the kernel about changes it did not make itself; set once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, runtime: Handle) -> FuseAdapter {
-        FuseAdapter { fs, runtime }
+        FuseAdapter { fs, runtime, notifier: Arc::default() }
+    }
+
+    /// Where the session's notifier goes once the session is created.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// Runs `op` on a task and answers with `ok` or the error's errno.
@@ -451,8 +460,7 @@ impl Filesystem for FuseAdapter {
             "flush",
             reply,
             move |fs| async move {
-                // A close drops the closing process's fcntl locks on the file, as POSIX says.
-                fs.release_locks(ino.0, lock_owner.0).await?;
+                fs.closed_by(fh.0, ino.0, lock_owner.0).await?;
                 fs.flush(fh.0).await
             },
             |reply, ()| reply.ok(),
@@ -511,7 +519,7 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -530,7 +538,9 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "setlk",
             reply,
-            move |fs| async move { fs.set_lock(ino.0, lock_owner.0, (start, end), lock, sleep).await },
+            move |fs| async move {
+                fs.set_lock(fh.0, ino.0, lock_owner.0, (start, end), lock, sleep).await
+            },
             |reply, ()| reply.ok(),
         );
     }
@@ -742,19 +752,27 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        let notifier = self.notifier.clone();
         self.spawn(
             "fallocate",
             reply,
-            move |fs| async move { fs.allocate(fh.0, offset, length, mode).await },
-            |reply, ()| reply.ok(),
+            move |fs| async move { fs.allocate(fh.0, offset, length, mode, &caller).await },
+            move |reply, mode_changed| {
+                reply.ok();
+                // The kernel cached the mode from before the set-id bits were cleared.
+                if mode_changed && let Some(notifier) = notifier.get() {
+                    let _ = notifier.inval_inode(ino, -1, 0);
+                }
+            },
         );
     }
 

@@ -9,4 +9,5 @@ pub mod fuse;
 pub mod local;
 pub mod mount;
 pub mod options;
+pub mod setid;
 pub mod status;

@@ -110,6 +110,7 @@ pub fn serve(
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+    let notifier = adapter.notifier_slot();
     let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
     let (session, mut unmount): (Session<FuseAdapter>, Unmount) =
         match mount_directly(mountpoint, &source, &options.flags) {
@@ -128,6 +129,7 @@ pub fn serve(
             }
             Err(e) => return Err(std::io::Error::from(e)).with_context(cannot_mount),
         };
+    let _ = notifier.set(session.notifier());
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
         let result = session.run();

@@ -69,6 +69,9 @@ impl MountFlags {
                 ("sync", None) => flags.kernel.push(MountOption::Sync),
                 ("async", None) => flags.kernel.push(MountOption::Async),
                 ("dirsync", None) => flags.kernel.push(MountOption::DirSync),
+                ("nodiratime" | "diratime", None) => {
+                    flags.kernel.push(MountOption::CUSTOM(name.into()))
+                }
                 // The kernel's defaults, userspace-only markers, options shardfs always
                 // applies (default_permissions) or chooses itself (fsname, subtype), and the
                 // FUSE kernel options mount(8) copies from /proc/mounts into a remount.
@@ -94,10 +97,18 @@ impl MountFlags {
                 MountOption::Atime => flags.remove(MsFlags::MS_NOATIME),
                 MountOption::Exec => flags.remove(MsFlags::MS_NOEXEC),
                 MountOption::Async => flags.remove(MsFlags::MS_SYNCHRONOUS),
+                MountOption::NoSuid => flags |= MsFlags::MS_NOSUID,
+                MountOption::NoDev => flags |= MsFlags::MS_NODEV,
                 MountOption::NoAtime => flags |= MsFlags::MS_NOATIME,
                 MountOption::NoExec => flags |= MsFlags::MS_NOEXEC,
                 MountOption::Sync => flags |= MsFlags::MS_SYNCHRONOUS,
                 MountOption::DirSync => flags |= MsFlags::MS_DIRSYNC,
+                MountOption::CUSTOM(name) if name == "nodiratime" => {
+                    flags |= MsFlags::MS_NODIRATIME
+                }
+                MountOption::CUSTOM(name) if name == "diratime" => {
+                    flags.remove(MsFlags::MS_NODIRATIME)
+                }
                 _ => {}
             }
         }
@@ -121,6 +132,14 @@ mod tests {
         assert_eq!(remount.ms_flags(), MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID);
         let open = MountFlags::parse("dev,suid,sync").unwrap();
         assert_eq!(open.ms_flags(), MsFlags::MS_SYNCHRONOUS);
+        // The last word wins, as with mount(8).
+        let helper = MountFlags::parse("dev,suid,rw,nosuid").unwrap();
+        assert_eq!(helper.ms_flags(), MsFlags::MS_NOSUID);
+        let dirs = MountFlags::parse("noatime,nodiratime").unwrap();
+        assert_eq!(
+            dirs.ms_flags(),
+            MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+        );
         assert!(MountFlags::parse("colour=blue").is_err());
         assert!(MountFlags::parse("cache_size=lots").is_err());
     }

@@ -128,6 +128,8 @@ fn mount_t_fuse_shardfs_remount_and_fstab() {
     let fields: Vec<_> = lines.next().unwrap().split(' ').collect();
     assert_eq!((fields[0], fields[2]), (metad.as_str(), "fuse.shardfs"));
     assert!(fields[3].contains("noatime") && fields[3].contains("nosuid"), "{fields:?}");
+    // mount(8) drops `dev` as a default; the helper keeps the local-disk default of dev.
+    assert!(!fields[3].contains("nodev"), "{fields:?}");
     assert_eq!(lines.collect::<Vec<_>>(), ["data", "more", "done"]);
     assert!(!is_mounted(&mnt));
 }

@@ -108,3 +108,25 @@ fn flock_across_mounts_blocks_waiters_and_dies_with_its_process() {
     });
     assert!(status.unwrap().success());
 }
+
+#[test]
+fn ofd_locks_belong_to_the_open_file_and_go_with_its_last_close() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    std::fs::write(mount.join("f"), b"0123456789").unwrap();
+    let open = || OpenOptions::new().read(true).write(true).open(mount.join("f")).unwrap();
+    let (first, second) = (open(), open());
+    assert_eq!(fcntl_lock(first.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).0, 0);
+    // Two open files of one process conflict, unlike classic fcntl locks.
+    let (errno, _) = fcntl_lock(second.as_raw_fd(), libc::F_OFD_SETLK, libc::F_RDLCK, 3, 1);
+    assert_eq!(errno, libc::EAGAIN);
+    // Closing a duplicate descriptor keeps the lock: the open file is still open.
+    drop(first.try_clone().unwrap());
+    let (errno, _) = fcntl_lock(second.as_raw_fd(), libc::F_OFD_SETLK, libc::F_RDLCK, 3, 1);
+    assert_eq!(errno, libc::EAGAIN);
+    // The last close releases it.
+    drop(first);
+    eventually("the OFD lock to go with its open file", || {
+        fcntl_lock(second.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).0 == 0
+    });
+}

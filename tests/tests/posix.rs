@@ -434,6 +434,17 @@ fn sticky_directories_and_privilege_bits_for_other_users() {
     shardfs_tests::sh(&format!("chmod 6777 {m}/tmp/prog"));
     assert!(as_user(1001, &format!("echo y >> {m}/tmp/prog")));
     assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/tmp/prog")).trim(), "777");
+    // So does fallocate (which the kernel leaves to the filesystem); sgid without group
+    // execute stays when the caller is in the file's group, and root keeps both bits.
+    let stat = |name: &str| shardfs_tests::sh(&format!("stat -c %a {m}/tmp/{name}"));
+    shardfs_tests::sh(&format!("chmod 6666 {m}/tmp/prog"));
+    assert!(as_user(1001, &format!("fallocate -o 0 -l 8192 {m}/tmp/prog")));
+    assert_eq!(stat("prog").trim(), "666");
+    shardfs_tests::sh(&format!("chmod 6666 {m}/tmp/prog"));
+    assert!(as_user(1000, &format!("fallocate -p -o 0 -l 4096 {m}/tmp/prog")));
+    assert_eq!(stat("prog").trim(), "2666");
+    shardfs_tests::sh(&format!("chmod 6777 {m}/tmp/prog && fallocate -z -l 4096 {m}/tmp/prog"));
+    assert_eq!(stat("prog").trim(), "6777");
     // Only root may give a file away.
     assert!(!as_user(1000, &format!("chown 1001 {m}/tmp/moved")));
     assert_eq!(shardfs_tests::sh(&format!("stat -c %u {m}/tmp/moved")).trim(), "1000");

@@ -269,6 +269,9 @@ fn local_command(
 /// When run as a mount(8) helper (`/sbin/mount.fuse.shardfs SOURCE DIR [-o OPTIONS]
 /// [-n] [-s] [-v]`, via a link of that name), the equivalent `shardfs mount --background`
 /// command line: the helper must return once the mount is usable, and print nothing.
+///
+/// mount(8) passes `nodev` and `nosuid` but drops `dev` and `suid` as defaults, so a mount
+/// through it starts from `dev,suid` as a local disk does; `nodev`/`nosuid` still win.
 fn mount_helper_args() -> Option<Vec<OsString>> {
     let mut args = std::env::args_os();
     let argv0 = args.next()?;
@@ -277,7 +280,7 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
         return None;
     }
     let mut positional = Vec::new();
-    let mut options = Vec::new();
+    let mut options: Vec<OsString> = vec!["dev,suid".into()];
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("-o") => options.extend(args.next()),
@@ -288,10 +291,8 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
         }
     }
     let mut rebuilt: Vec<OsString> = vec!["shardfs".into(), "mount".into(), "--background".into()];
-    if !options.is_empty() {
-        rebuilt.push("-o".into());
-        rebuilt.push(options.join(OsStr::new(",")));
-    }
+    rebuilt.push("-o".into());
+    rebuilt.push(options.join(OsStr::new(",")));
     rebuilt.extend(positional);
     Some(rebuilt)
 }
