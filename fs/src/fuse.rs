@@ -208,7 +208,10 @@ impl Filesystem for FuseAdapter {
             // The kernel enforces POSIX ACLs; metad keeps them consistent with the mode and
             // applies the umask itself, since a default ACL replaces it.
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // File handles (name_to_handle_at, NFS export): inode numbers are stable and
+            // lookups of "." and ".." find an inode and a directory's parent by number.
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }

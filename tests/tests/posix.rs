@@ -449,3 +449,66 @@ fn sticky_directories_and_privilege_bits_for_other_users() {
     assert!(!as_user(1000, &format!("chown 1001 {m}/tmp/moved")));
     assert_eq!(shardfs_tests::sh(&format!("stat -c %u {m}/tmp/moved")).trim(), "1000");
 }
+
+/// A file handle from name_to_handle_at(2), as raw bytes (header and handle).
+fn file_handle(path: &Path) -> Vec<u8> {
+    const MAX_HANDLE: usize = 128;
+    let mut buf = vec![0u8; std::mem::size_of::<libc::file_handle>() + MAX_HANDLE];
+    let handle = buf.as_mut_ptr().cast::<libc::file_handle>();
+    let mut mount_id = 0;
+    unsafe { (*handle).handle_bytes = MAX_HANDLE as u32 };
+    let result = unsafe {
+        libc::name_to_handle_at(libc::AT_FDCWD, c(path).as_ptr(), handle, &mut mount_id, 0)
+    };
+    assert_eq!(
+        result,
+        0,
+        "name_to_handle_at {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    buf
+}
+
+fn open_by_handle(mount: &Path, handle: &mut [u8]) -> Result<File, i32> {
+    use std::os::fd::FromRawFd;
+    let root = File::open(mount).unwrap();
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            std::os::fd::AsRawFd::as_raw_fd(&root),
+            handle.as_mut_ptr().cast(),
+            libc::O_RDONLY,
+        )
+    };
+    if fd < 0 { Err(errno_of(fd)) } else { Ok(unsafe { File::from_raw_fd(fd) }) }
+}
+
+fn drop_kernel_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+}
+
+#[test]
+fn file_handles_survive_cache_eviction_and_go_stale_on_delete() {
+    let (_cluster, mount) = setup();
+    fs::create_dir_all(mount.join("d/sub")).unwrap();
+    fs::write(mount.join("d/sub/f"), b"by handle").unwrap();
+    let mut file = file_handle(&mount.join("d/sub/f"));
+    let mut dir = file_handle(&mount.join("d/sub"));
+    // With the kernel's inodes and dentries gone, the handles are resolved by inode number.
+    drop_kernel_caches();
+    let mut content = String::new();
+    open_by_handle(&mount.path, &mut file).unwrap().read_to_string(&mut content).unwrap();
+    assert_eq!(content, "by handle");
+    drop_kernel_caches();
+    let opened = open_by_handle(&mount.path, &mut dir).unwrap();
+    assert!(opened.metadata().unwrap().is_dir());
+    // The directory's path is found again through "..".
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&opened);
+    let path = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    assert_eq!(path, mount.join("d/sub"));
+    drop(opened);
+    // A deleted file's handle is stale.
+    fs::remove_file(mount.join("d/sub/f")).unwrap();
+    drop_kernel_caches();
+    assert_eq!(open_by_handle(&mount.path, &mut file).unwrap_err(), libc::ESTALE);
+}

@@ -46,9 +46,18 @@ struct NewInode<'a> {
 }
 
 impl Store {
+    /// The inode `name` names in `parent`. "." and ".." are answered too (the kernel asks
+    /// for them only to turn an NFS file handle back into an inode): "." is `parent` itself,
+    /// whatever its kind, and ".." the directory holding directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, MetaError> {
         self.read(|tx| {
+            if name == b"." {
+                return get_attr(tx, parent);
+            }
             require_dir(tx, parent)?;
+            if name == b".." {
+                return get_attr(tx, parent_of(tx, parent)?);
+            }
             if name.len() > MAX_NAME_LEN {
                 return Err(MetaError::NameTooLong);
             }
@@ -330,9 +339,7 @@ impl Store {
     ) -> Result<(Ino, Vec<DirEntry>), MetaError> {
         self.read(|tx| {
             require_dir(tx, ino)?;
-            let parent: Ino = tx
-                .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
-                .query_row([ino], |r| r.get(0))?;
+            let parent = parent_of(tx, ino)?;
             let columns = ATTR_COLUMNS.replace("ino,", "i.ino,");
             let mut statement = tx.prepare_cached(&format!(
                 "SELECT d.id, d.name, {columns} FROM dentries d JOIN inodes i ON i.ino = d.ino
@@ -500,6 +507,13 @@ fn require_dir(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
 }
 
 /// `(dentry id, ino)` of `name` in `parent`.
+/// The directory holding directory `dir` (the root holds itself).
+fn parent_of(tx: &Transaction<'_>, dir: Ino) -> Result<Ino, MetaError> {
+    Ok(tx
+        .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
+        .query_row([dir], |r| r.get(0))?)
+}
+
 fn find_entry(
     tx: &Transaction<'_>,
     parent: Ino,

@@ -372,3 +372,23 @@ fn fsck_finds_and_repairs_broken_invariants() {
     assert_eq!(store.fsck(false).unwrap().problems, vec![]);
     assert_eq!(store.layout(f.ino).unwrap().extents, vec![extent(0, 4, chunk, 0)]);
 }
+
+#[test]
+fn dot_and_dot_dot_lookups_resolve_file_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let sub = store.make_dir(ROOT_INO, b"sub", 0o755, ROOT).unwrap();
+    let f = file(&store, sub.ino, "f");
+    // "." is the inode itself, of any kind; ".." is a directory's parent.
+    assert_eq!(store.lookup(f.ino, b".").unwrap().ino, f.ino);
+    assert_eq!(store.lookup(sub.ino, b"..").unwrap().ino, ROOT_INO);
+    assert_eq!(store.lookup(ROOT_INO, b"..").unwrap().ino, ROOT_INO);
+    assert!(matches!(store.lookup(f.ino, b".."), Err(MetaError::NotDir)));
+    // A renamed directory's ".." follows it.
+    let other = store.make_dir(ROOT_INO, b"other", 0o755, ROOT).unwrap();
+    store.rename(ROOT_INO, b"sub", other.ino, b"sub", RenameMode::Replace).unwrap();
+    assert_eq!(store.lookup(sub.ino, b"..").unwrap().ino, other.ino);
+    // A removed inode is gone: the kernel turns this into ESTALE.
+    store.unlink(sub.ino, b"f").unwrap();
+    assert!(matches!(store.lookup(f.ino, b"."), Err(MetaError::NotFound)));
+}
