@@ -29,8 +29,10 @@ pub struct FsOptions {
     pub dirty_flush_bytes: usize,
     /// How long the kernel may cache attributes and entries.
     pub attr_ttl: Duration,
-    /// Update atime on reads (relatime rule); off with the `noatime` mount option.
-    pub atime: bool,
+    /// When reads update atime (`relatime`, `noatime`, `strictatime`).
+    pub atime: AtimePolicy,
+    /// Whether listing a directory updates its atime (off with `nodiratime`).
+    pub dir_atime: bool,
     pub rpc: ClientOptions,
 }
 
@@ -40,10 +42,21 @@ impl Default for FsOptions {
             chunk_cache_bytes: DEFAULT_CACHE_BYTES,
             dirty_flush_bytes: 16 * 1024 * 1024,
             attr_ttl: Duration::from_secs(1),
-            atime: true,
+            atime: AtimePolicy::Relative,
+            dir_atime: true,
             rpc: ClientOptions::default(),
         }
     }
+}
+
+/// When reads update atime. Updates happen at the first read of each open file (or
+/// listing of a directory), not at every read(2) call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtimePolicy {
+    Never,
+    /// relatime: only when atime is not newer than mtime or ctime, or over a day old.
+    Relative,
+    Always,
 }
 
 /// State of a file while at least one handle has it open.
@@ -235,8 +248,17 @@ impl Fs {
         limit: u32,
     ) -> FsResult<(Ino, Vec<DirEntry>)> {
         let (parent, mut entries) = self.meta.read_dir(ino, after, limit).await?;
-        if after == 0 {
-            self.accessed(ino);
+        if after == 0
+            && self.options.dir_atime
+            && let Some(strict) = self.atime_update(None)
+        {
+            // In the background: the directory's attributes are not at hand to skip it.
+            let meta = self.meta.clone();
+            tokio::spawn(async move {
+                if let Err(e) = meta.accessed(ino, strict).await {
+                    debug!(ino, "atime update failed: {e}");
+                }
+            });
         }
         for entry in &mut entries {
             if entry.attr.kind == FileKind::File {
@@ -306,7 +328,12 @@ impl Fs {
         };
         if !data.accessed {
             data.accessed = true;
-            self.accessed(file.ino);
+            // Before the data is returned, so a stat right after the read sees it.
+            if let Some(strict) = self.atime_update(Some(&layout.attr))
+                && let Err(e) = self.meta.accessed(file.ino, strict).await
+            {
+                debug!(ino = file.ino, "atime update failed: {e}");
+            }
         }
         let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
         if offset >= file_size {
@@ -329,17 +356,16 @@ impl Fs {
         Ok(buf)
     }
 
-    /// Tells metad, in the background, that `ino` was read (atime).
-    fn accessed(&self, ino: Ino) {
-        if !self.options.atime {
-            return;
-        }
-        let meta = self.meta.clone();
-        tokio::spawn(async move {
-            if let Err(e) = meta.accessed(ino).await {
-                debug!(ino, "atime update failed: {e}");
+    /// Whether a read updates atime: `Some(strict)` to tell metad. With `attr` at hand the
+    /// relatime rule is checked here, saving the round trip when nothing changes.
+    fn atime_update(&self, attr: Option<&Attr>) -> Option<bool> {
+        match self.options.atime {
+            AtimePolicy::Never => None,
+            AtimePolicy::Always => Some(true),
+            AtimePolicy::Relative => {
+                attr.is_none_or(|a| a.atime_due(Timestamp::now())).then_some(false)
             }
-        });
+        }
     }
 
     /// Copies committed content of file bytes `[offset, offset + buf.len())` into `buf`;

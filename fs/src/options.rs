@@ -1,13 +1,13 @@
 //! `-o` mount options, as given by `shardfs mount -o …`, mount(8) and /etc/fstab.
 
 use fuser::MountOption;
+
+use crate::core::AtimePolicy;
 use nix::mount::MsFlags;
 
 /// Options accepted and ignored: see [`MountFlags::parse`].
 const IGNORED: &[&str] = &[
     "defaults",
-    "relatime",
-    "norelatime",
     "lazytime",
     "nolazytime",
     "auto",
@@ -59,7 +59,7 @@ impl MountFlags {
                     flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
                 }
                 ("noatime", None) => flags.kernel.push(MountOption::NoAtime),
-                ("atime" | "strictatime", None) => flags.kernel.push(MountOption::Atime),
+                ("atime", None) => flags.kernel.push(MountOption::Atime),
                 ("nosuid", None) => flags.kernel.push(MountOption::NoSuid),
                 ("suid", None) => flags.kernel.push(MountOption::Suid),
                 ("nodev", None) => flags.kernel.push(MountOption::NoDev),
@@ -69,7 +69,7 @@ impl MountFlags {
                 ("sync", None) => flags.kernel.push(MountOption::Sync),
                 ("async", None) => flags.kernel.push(MountOption::Async),
                 ("dirsync", None) => flags.kernel.push(MountOption::DirSync),
-                ("nodiratime" | "diratime", None) => {
+                ("nodiratime" | "diratime" | "relatime" | "norelatime" | "strictatime", None) => {
                     flags.kernel.push(MountOption::CUSTOM(name.into()))
                 }
                 // The kernel's defaults, userspace-only markers, options shardfs always
@@ -81,6 +81,26 @@ impl MountFlags {
             }
         }
         Ok(flags)
+    }
+
+    /// When reads update atime, and whether listing a directory does; the last word wins.
+    pub fn atime(&self) -> (AtimePolicy, bool) {
+        let (mut policy, mut dirs) = (AtimePolicy::Relative, true);
+        for option in &self.kernel {
+            match option {
+                MountOption::NoAtime => policy = AtimePolicy::Never,
+                MountOption::Atime => policy = AtimePolicy::Relative,
+                MountOption::CUSTOM(name) => match name.as_str() {
+                    "relatime" => policy = AtimePolicy::Relative,
+                    "strictatime" | "norelatime" => policy = AtimePolicy::Always,
+                    "nodiratime" => dirs = false,
+                    "diratime" => dirs = true,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        (policy, dirs)
     }
 
     /// The `mount(2)` flags these options ask for. Like every FUSE mount, shardfs is
@@ -103,12 +123,19 @@ impl MountFlags {
                 MountOption::NoExec => flags |= MsFlags::MS_NOEXEC,
                 MountOption::Sync => flags |= MsFlags::MS_SYNCHRONOUS,
                 MountOption::DirSync => flags |= MsFlags::MS_DIRSYNC,
-                MountOption::CUSTOM(name) if name == "nodiratime" => {
-                    flags |= MsFlags::MS_NODIRATIME
-                }
-                MountOption::CUSTOM(name) if name == "diratime" => {
-                    flags.remove(MsFlags::MS_NODIRATIME)
-                }
+                MountOption::CUSTOM(name) => match name.as_str() {
+                    "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+                    "diratime" => flags.remove(MsFlags::MS_NODIRATIME),
+                    "relatime" => {
+                        flags.remove(MsFlags::MS_NOATIME | MsFlags::MS_STRICTATIME);
+                        flags |= MsFlags::MS_RELATIME;
+                    }
+                    "strictatime" | "norelatime" => {
+                        flags.remove(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME);
+                        flags |= MsFlags::MS_STRICTATIME;
+                    }
+                    _ => {}
+                },
                 _ => {}
             }
         }
@@ -135,6 +162,9 @@ mod tests {
         // The last word wins, as with mount(8).
         let helper = MountFlags::parse("dev,suid,rw,nosuid").unwrap();
         assert_eq!(helper.ms_flags(), MsFlags::MS_NOSUID);
+        let strict = MountFlags::parse("noatime,strictatime,nodiratime").unwrap();
+        assert_eq!(strict.atime(), (AtimePolicy::Always, false));
+        assert_eq!(MountFlags::parse("").unwrap().atime(), (AtimePolicy::Relative, true));
         let dirs = MountFlags::parse("noatime,nodiratime").unwrap();
         assert_eq!(
             dirs.ms_flags(),

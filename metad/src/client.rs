@@ -195,8 +195,8 @@ impl MetaClient {
         call!(self, request, "unlock", MetaReply::Done => ())
     }
 
-    pub async fn accessed(&self, ino: Ino) -> Result<()> {
-        call!(self, MetaRequest::Accessed { ino }, "accessed", MetaReply::Done => ())
+    pub async fn accessed(&self, ino: Ino, strict: bool) -> Result<()> {
+        call!(self, MetaRequest::Accessed { ino, strict }, "accessed", MetaReply::Done => ())
     }
 
     pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {

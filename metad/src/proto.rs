@@ -83,6 +83,19 @@ pub struct Attr {
     pub rdev: u32,
 }
 
+/// How often relatime refreshes an atime that is already newer than mtime and ctime.
+const RELATIME_INTERVAL_SECS: i64 = 24 * 3600;
+
+impl Attr {
+    /// Whether a read at `now` updates atime under the relatime rule: atime not newer than
+    /// mtime or ctime, or over a day old.
+    pub fn atime_due(&self, now: Timestamp) -> bool {
+        self.atime <= self.mtime
+            || self.atime <= self.ctime
+            || self.atime.sec < now.sec - RELATIME_INTERVAL_SECS
+    }
+}
+
 /// Who is asking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cred {
@@ -451,9 +464,11 @@ pub enum MetaRequest {
         start: u64,
         end: u64,
     },
-    /// The file or directory was read: update its atime under the relatime rule.
+    /// The file or directory was read: update its atime, under the relatime rule unless
+    /// `strict` (the `strictatime` mount option).
     Accessed {
         ino: Ino,
+        strict: bool,
     },
     /// Checks (and with `repair` fixes) the metadata invariants.
     Fsck {

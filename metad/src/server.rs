@@ -118,8 +118,8 @@ impl MetadServer {
                     sweeps_aborted: get(&gc.sweeps_aborted),
                 })
             }
-            MetaRequest::Accessed { ino } => {
-                store.accessed(ino)?;
+            MetaRequest::Accessed { ino, strict } => {
+                store.accessed(ino, strict)?;
                 MetaReply::Done
             }
             MetaRequest::Unlock { ino, owner, start, end } => {

@@ -402,13 +402,25 @@ fn relatime_and_noatime() {
     shardfs_tests::sh(&format!("touch -a -d '2001-01-01 UTC' {}", path.display()));
     let atime = || fs::metadata(&path).unwrap().atime();
     assert!(atime() < 1_000_000_000);
-    // A read updates an atime that is older than the mtime (relatime).
+    // A read updates an atime that is older than the mtime (relatime), visibly at once.
     fs::read(&path).unwrap();
-    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
-    while atime() < 1_700_000_000 {
-        assert!(std::time::Instant::now() < deadline, "atime not updated by a read");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(atime() > 1_700_000_000, "atime not updated by a read");
+    // Another read leaves the now recent atime alone.
+    let precise = |path: &Path| {
+        let meta = fs::metadata(path).unwrap();
+        (meta.atime(), meta.atime_nsec())
+    };
+    let first = precise(&path);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::read(&path).unwrap();
+    assert_eq!(precise(&path), first);
+    // Mounted strictatime, every read (open and read) updates it.
+    let strict = cluster.mount_with(&["-o", "strictatime"]);
+    fs::read(strict.join("f")).unwrap();
+    let before = precise(&strict.join("f"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::read(strict.join("f")).unwrap();
+    assert!(precise(&strict.join("f")) > before, "strictatime read left atime alone");
     // Mounted noatime, reads leave it alone.
     let quiet = cluster.mount_with(&["-o", "noatime"]);
     let other = quiet.join("f");

@@ -126,8 +126,8 @@ impl ClientArgs {
     fn fs_options(&self) -> FsOptions {
         let defaults = FsOptions::default();
         let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
-        let atime = !self.flags().kernel.contains(&fuser::MountOption::NoAtime);
-        FsOptions { chunk_cache_bytes: cache, atime, ..defaults }
+        let (atime, dir_atime) = self.flags().atime();
+        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, ..defaults }
     }
 
     fn mount_options(&self, source: String) -> MountOptions {

@@ -11,9 +11,6 @@ use crate::proto::{
     RenameMode, SetAttr, SetTime, Timestamp,
 };
 
-/// relatime: an atime older than this is refreshed by the next read even if the file did not
-/// change since.
-const RELATIME_INTERVAL_SECS: i64 = 24 * 3600;
 /// Most hard links one inode may have.
 const MAX_LINKS: u32 = 65_000;
 /// Readdir cookies 1 and 2 belong to "." and ".." (made up by the client); a dentry's
@@ -359,17 +356,15 @@ impl Store {
 
     /// Updates the atime of `ino` after a read, as relatime does: only if it is not newer
     /// than the mtime and ctime, or is more than a day old.
-    pub fn accessed(&self, ino: Ino) -> Result<(), MetaError> {
+    pub fn accessed(&self, ino: Ino, strict: bool) -> Result<(), MetaError> {
         let now = Timestamp::now();
         self.write(|tx| {
-            tx.prepare_cached(
-                "UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3
-                 WHERE ino = ?1 AND (
-                     (atime_sec, atime_nsec) <= (mtime_sec, mtime_nsec)
-                     OR (atime_sec, atime_nsec) <= (ctime_sec, ctime_nsec)
-                     OR atime_sec < ?2 - ?4)",
-            )?
-            .execute(params![ino, now.sec, now.nsec, RELATIME_INTERVAL_SECS])?;
+            if strict || get_attr(tx, ino)?.atime_due(now) {
+                tx.prepare_cached(
+                    "UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1",
+                )?
+                .execute(params![ino, now.sec, now.nsec])?;
+            }
             Ok(())
         })
     }
