@@ -411,6 +411,23 @@ impl Filesystem for FuseAdapter {
         );
     }
 
+    /// Directories are opened like files, so metad keeps one that is removed while open
+    /// alive until it is closed.
+    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.open(req, ino, flags, reply);
+    }
+
+    fn releasedir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.release(req, ino, fh, flags, None, false, reply);
+    }
+
     fn read(
         &self,
         _req: &Request,

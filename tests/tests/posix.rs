@@ -118,6 +118,39 @@ fn unlinked_while_open_stays_usable_until_close() {
 }
 
 #[test]
+fn directories_removed_or_replaced_while_open_live_until_closed() {
+    use std::os::fd::AsRawFd;
+    let (cluster, mount) = setup();
+    for name in ["gone", "replaced", "mover"] {
+        fs::create_dir(mount.join(name)).unwrap();
+    }
+    let gone = File::open(mount.join("gone")).unwrap();
+    let replaced = File::open(mount.join("replaced")).unwrap();
+    fs::remove_dir(mount.join("gone")).unwrap();
+    fs::rename(mount.join("mover"), mount.join("replaced")).unwrap();
+    for dir in [&gone, &replaced] {
+        let meta = dir.metadata().unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.nlink(), 0);
+        // Nothing can be created in a removed directory.
+        let name = c(Path::new("new"));
+        let fd = unsafe {
+            libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644)
+        };
+        assert_eq!(errno_of(fd), libc::ENOENT);
+    }
+    let inos = [gone.metadata().unwrap().ino(), replaced.metadata().unwrap().ino()];
+    drop((gone, replaced));
+    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
+    for ino in inos {
+        while cluster.query(async |c| c.get_attr(ino).await).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "directory {ino} kept after close");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
 fn open_flags_append_excl_trunc() {
     let (_cluster, mount) = setup();
     let path = mount.join("f");

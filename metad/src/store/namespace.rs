@@ -239,7 +239,7 @@ impl Store {
                 return Err(MetaError::NotEmpty);
             }
             tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
-            delete_inode(tx, ino, now)?;
+            drop_dir(tx, &self.open_files, ino, now)?;
             add_links(tx, parent, -1)?;
             touch(tx, parent, now)
         })
@@ -308,7 +308,7 @@ impl Store {
                 }
                 tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([dst_id])?;
                 if dst.kind == FileKind::Dir {
-                    delete_inode(tx, dst_ino, now)?;
+                    drop_dir(tx, &self.open_files, dst_ino, now)?;
                     add_links(tx, new_parent, -1)?;
                 } else {
                     drop_link(tx, &self.open_files, dst_ino, now)?;
@@ -493,15 +493,19 @@ fn create(
     get_attr(tx, ino)
 }
 
+/// A directory that still has its name: a removed one kept alive by an open handle can be
+/// neither listed nor searched nor added to (Linux: ENOENT).
 fn require_dir(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
     let attr = get_attr(tx, ino)?;
     if attr.kind != FileKind::Dir {
         return Err(MetaError::NotDir);
     }
+    if attr.nlink == 0 {
+        return Err(MetaError::NotFound);
+    }
     Ok(attr)
 }
 
-/// `(dentry id, ino)` of `name` in `parent`.
 /// The directory holding directory `dir` (the root holds itself).
 fn parent_of(tx: &Transaction<'_>, dir: Ino) -> Result<Ino, MetaError> {
     Ok(tx
@@ -509,6 +513,7 @@ fn parent_of(tx: &Transaction<'_>, dir: Ino) -> Result<Ino, MetaError> {
         .query_row([dir], |r| r.get(0))?)
 }
 
+/// `(dentry id, ino)` of `name` in `parent`.
 fn find_entry(
     tx: &Transaction<'_>,
     parent: Ino,
@@ -566,6 +571,21 @@ fn drop_link(
         delete_inode(tx, ino, now)?;
     }
     Ok(())
+}
+
+/// Empty directory `dir` lost its name: it goes unless a client has it open, in which case
+/// it lives on with no links until its last close.
+fn drop_dir(
+    tx: &Transaction<'_>,
+    open_files: &OpenFiles,
+    dir: Ino,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "UPDATE inodes SET nlink = 0, ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1",
+    )?
+    .execute(params![dir, now.sec, now.nsec])?;
+    reclaim_if_orphan(tx, open_files, dir, now)
 }
 
 /// Deletes `ino` if it has no name left and nobody has it open.
