@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
+use crate::seek;
 use crate::setid::{self, Caller};
 
 /// Client tuning.
@@ -578,34 +579,18 @@ impl Fs {
 
     /// lseek(2) with SEEK_DATA or SEEK_HOLE.
     pub async fn seek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
-        let offset = u64::try_from(offset).map_err(|_| FsError::Invalid("negative offset"))?;
+        // Linux answers a negative offset, like one past the end, with ENXIO.
+        let offset = u64::try_from(offset).map_err(|_| FsError::NoSuchOffset)?;
         let handle = self.handle(fh)?;
         let mut data = handle.file.data.lock().await;
         self.flush_locked(&handle.file, &mut data, true).await?;
         let layout = self.meta.layout(handle.file.ino).await?;
-        let size = layout.attr.size;
-        if offset >= size {
-            return Err(FsError::NoSuchOffset);
-        }
-        let first = layout.extents.partition_point(|e| e.end() <= offset);
-        let found = match whence {
-            libc::SEEK_DATA => layout
-                .extents
-                .get(first)
-                .map(|e| e.offset.max(offset))
-                .ok_or(FsError::NoSuchOffset)?,
-            libc::SEEK_HOLE => {
-                let mut position = offset;
-                for extent in &layout.extents[first..] {
-                    if extent.offset > position {
-                        break;
-                    }
-                    position = extent.end();
-                }
-                position.min(size)
-            }
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
             _ => return Err(FsError::Invalid("lseek whence")),
         };
+        let found = seek::seek(&layout.extents, layout.attr.size, offset, data)?;
         Ok(found as i64)
     }
 

@@ -9,5 +9,6 @@ pub mod fuse;
 pub mod local;
 pub mod mount;
 pub mod options;
+pub mod seek;
 pub mod setid;
 pub mod status;

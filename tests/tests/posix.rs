@@ -306,13 +306,15 @@ fn fallocate_modes_seek_data_hole_and_copy_file_range() {
     let data = fs::read(&path).unwrap();
     assert_eq!(data[2 << 20], 0xAB);
     assert!(data[(2 << 20) + 1..].iter().all(|b| *b == 0));
-    // SEEK_DATA / SEEK_HOLE see the extents: data [0,1M), hole [1M,2M), data [2M, 2M+1),
-    // hole to the end.
+    // SEEK_DATA / SEEK_HOLE see the extents in 4 KiB blocks: data [0,1M), hole [1M,2M),
+    // data [2M, 2M+1) so the block [2M, 2M+4K), hole to the end.
     let seek = |offset: i64, whence| unsafe { libc::lseek(fd, offset, whence) };
     assert_eq!(seek(0, libc::SEEK_HOLE), mib);
     assert_eq!(seek(mib, libc::SEEK_DATA), 2 * mib);
-    assert_eq!(seek(2 * mib, libc::SEEK_HOLE), 2 * mib + 1);
-    assert_eq!(errno_of(seek(2 * mib + 1, libc::SEEK_DATA) as i32), libc::ENXIO);
+    assert_eq!(seek(2 * mib, libc::SEEK_HOLE), 2 * mib + 4096);
+    assert_eq!(seek(2 * mib + 1, libc::SEEK_DATA), 2 * mib + 1);
+    assert_eq!(errno_of(seek(2 * mib + 4096, libc::SEEK_DATA) as i32), libc::ENXIO);
+    assert_eq!(errno_of(seek(-1, libc::SEEK_DATA) as i32), libc::ENXIO);
     assert_eq!(seek(3 * mib, libc::SEEK_HOLE), 3 * mib);
     assert_eq!(errno_of(seek(5 * mib, libc::SEEK_HOLE) as i32), libc::ENXIO);
 
