@@ -561,6 +561,15 @@ impl Fs {
             // Collapse, insert and unshare ranges, and a hole punch that would change the size.
             _ => return Err(FsError::Unsupported),
         };
+        // Nothing is reserved (content-addressed chunks are stored when written), but a
+        // request for more than the volume has left is refused up front.
+        if let SpaceOp::Allocate { .. } = op {
+            let free = self.stat_fs().await?.free_bytes;
+            if len > free {
+                let why = format!("fallocate of {len} bytes, {free} bytes free");
+                return Err(MetaError::NoSpace(why).into());
+            }
+        }
         let handle = self.handle(fh)?;
         let mut data = handle.file.data.lock().await;
         // Buffered bytes land first, so a punch or zero also covers them.

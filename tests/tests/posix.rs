@@ -300,6 +300,8 @@ fn fallocate_modes_seek_data_hole_and_copy_file_range() {
         errno_of(unsafe { libc::fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, mib) }),
         libc::EOPNOTSUPP
     );
+    // More than the volume has free is refused.
+    assert_eq!(errno_of(unsafe { libc::fallocate(fd, 0, 0, 1 << 50) }), libc::ENOSPC);
     // ZERO_RANGE past the end grows the file with zeros.
     assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 2 * mib + 1, 2 * mib) }, 0);
     assert_eq!(file.metadata().unwrap().len(), (4 << 20) + 1);
