@@ -98,6 +98,9 @@ pub struct Fs {
     next_handle: AtomicU64,
     /// Inodes this client ever took a lock on: only their closes must release locks.
     locked: Mutex<HashSet<Ino>>,
+    /// Held (write) while a closing handle drops its OFD locks; lock requests wait for it,
+    /// so a lock released by a close that reached this client is never seen as held.
+    releasing_locks: tokio::sync::RwLock<()>,
 }
 
 impl Fs {
@@ -116,6 +119,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
+            releasing_locks: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -506,8 +510,11 @@ impl Fs {
             return Err(FsError::Invalid("bad file handle"));
         };
         let owners = std::mem::take(&mut *handle.lock_owners.lock().expect("owners lock"));
-        for owner in owners {
-            self.meta.unlock(handle.file.ino, owner, (0, u64::MAX)).await?;
+        if !owners.is_empty() {
+            let _releasing = self.releasing_locks.write().await;
+            for owner in owners {
+                self.meta.unlock(handle.file.ino, owner, (0, u64::MAX)).await?;
+            }
         }
         let result = self.flush_handle(&handle).await;
         if let Err(e) = &result {
@@ -645,6 +652,7 @@ impl Fs {
         range: (u64, u64),
         kind: LockKind,
     ) -> FsResult<Option<HeldLock>> {
+        drop(self.releasing_locks.read().await);
         Ok(self.meta.test_lock(ino, owner, range, kind).await?)
     }
 
@@ -658,6 +666,7 @@ impl Fs {
         lock: Option<(LockKind, u32)>,
         wait: bool,
     ) -> FsResult<()> {
+        drop(self.releasing_locks.read().await);
         match lock {
             None => Ok(self.meta.unlock(ino, owner, (start, end)).await?),
             Some((kind, pid)) => {
