@@ -19,7 +19,7 @@ use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
 use crate::seek;
-use crate::setid::{self, Caller};
+use crate::setid;
 
 /// Client tuning.
 #[derive(Clone, Debug)]
@@ -159,8 +159,8 @@ impl Fs {
         attr
     }
 
-    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
-        let attr = self.meta.lookup(parent, name).await?;
+    pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
+        let attr = self.meta.lookup(parent, name, cred).await?;
         Ok(self.with_dirty(attr).await)
     }
 
@@ -221,12 +221,12 @@ impl Fs {
         Ok(self.meta.read_link(ino).await?)
     }
 
-    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        Ok(self.meta.unlink(parent, name).await?)
+    pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        Ok(self.meta.unlink(parent, name, cred).await?)
     }
 
-    pub async fn remove_dir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        Ok(self.meta.remove_dir(parent, name).await?)
+    pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        Ok(self.meta.remove_dir(parent, name, cred).await?)
     }
 
     pub async fn rename(
@@ -236,12 +236,19 @@ impl Fs {
         new_parent: Ino,
         new_name: &[u8],
         mode: RenameMode,
+        cred: &Cred,
     ) -> FsResult<()> {
-        Ok(self.meta.rename(parent, name, new_parent, new_name, mode).await?)
+        Ok(self.meta.rename(parent, name, new_parent, new_name, mode, cred).await?)
     }
 
-    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
-        let attr = self.meta.link(ino, new_parent, new_name).await?;
+    pub async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+        cred: &Cred,
+    ) -> FsResult<Attr> {
+        let attr = self.meta.link(ino, new_parent, new_name, cred).await?;
         Ok(self.with_dirty(attr).await)
     }
 
@@ -251,8 +258,9 @@ impl Fs {
         ino: Ino,
         after: u64,
         limit: u32,
+        cred: &Cred,
     ) -> FsResult<(Ino, Vec<DirEntry>)> {
-        let (parent, mut entries) = self.meta.read_dir(ino, after, limit).await?;
+        let (parent, mut entries) = self.meta.read_dir(ino, after, limit, cred).await?;
         if after == 0
             && self.options.dir_atime
             && let Some(strict) = self.atime_update(None)
@@ -554,7 +562,7 @@ impl Fs {
         offset: u64,
         len: u64,
         mode: i32,
-        caller: &Caller,
+        caller: &Cred,
     ) -> FsResult<bool> {
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         let op = match mode {
@@ -586,9 +594,8 @@ impl Fs {
         let attr = result?;
         let perm = setid::cleared(attr.perm, attr.gid, caller);
         if perm != attr.perm {
-            let root = Cred { uid: 0, gid: 0, umask: 0 };
             let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
-            self.meta.set_attr(attr.ino, root, changes).await?;
+            self.meta.set_attr(attr.ino, Cred::ROOT, changes).await?;
         }
         Ok(perm != attr.perm)
     }
@@ -715,19 +722,20 @@ impl Fs {
         name: &[u8],
         value: &[u8],
         mode: XattrMode,
+        cred: &Cred,
     ) -> FsResult<()> {
-        Ok(self.meta.set_xattr(ino, name, value, mode).await?)
+        Ok(self.meta.set_xattr(ino, name, value, mode, cred).await?)
     }
 
-    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        Ok(self.meta.get_xattr(ino, name).await?)
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<Vec<u8>> {
+        Ok(self.meta.get_xattr(ino, name, cred).await?)
     }
 
-    pub async fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
-        Ok(self.meta.list_xattr(ino).await?)
+    pub async fn list_xattr(&self, ino: Ino, cred: &Cred) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self.meta.list_xattr(ino, cred).await?)
     }
 
-    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        Ok(self.meta.remove_xattr(ino, name).await?)
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        Ok(self.meta.remove_xattr(ino, name, cred).await?)
     }
 }

@@ -28,7 +28,6 @@ use tracing::debug;
 
 use crate::core::Fs;
 use crate::error::{FsError, FsResult};
-use crate::setid::Caller;
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -186,9 +185,22 @@ fn lock_type(kind: LockKind) -> i32 {
     }
 }
 
-/// The caller; `umask` where the kernel passes one (new inodes), else 0.
+/// The caller; `umask` where the kernel passes one (new inodes), else 0. Supplementary
+/// groups are read from /proc for callers other than root (root passes every check
+/// without them).
 fn cred(req: &Request, umask: u32) -> Cred {
-    Cred { uid: req.uid(), gid: req.gid(), umask }
+    let groups = if req.uid() == 0 { Vec::new() } else { supplementary_groups(req.pid()) };
+    Cred { uid: req.uid(), gid: req.gid(), umask, groups }
+}
+
+/// The supplementary groups of process `pid`, as /proc reports them (none if it is gone).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -216,13 +228,14 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
         let ttl = self.fs.attr_ttl();
+        let cred = cred(req, 0);
         self.spawn(
             "lookup",
             reply,
-            move |fs| async move { fs.lookup(parent.0, &name).await },
+            move |fs| async move { fs.lookup(parent.0, &name, &cred).await },
             move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
         );
     }
@@ -319,22 +332,24 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
+        let cred = cred(req, 0);
         self.spawn(
             "unlink",
             reply,
-            move |fs| async move { fs.unlink(parent.0, &name).await },
+            move |fs| async move { fs.unlink(parent.0, &name, &cred).await },
             |reply, ()| reply.ok(),
         );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
+        let cred = cred(req, 0);
         self.spawn(
             "rmdir",
             reply,
-            move |fs| async move { fs.remove_dir(parent.0, &name).await },
+            move |fs| async move { fs.remove_dir(parent.0, &name, &cred).await },
             |reply, ()| reply.ok(),
         );
     }
@@ -359,7 +374,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -377,27 +392,31 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::EINVAL);
         };
         let (name, new_name) = (name_bytes(name), name_bytes(newname));
+        let cred = cred(req, 0);
         self.spawn(
             "rename",
             reply,
-            move |fs| async move { fs.rename(parent.0, &name, newparent.0, &new_name, mode).await },
+            move |fs| async move {
+                fs.rename(parent.0, &name, newparent.0, &new_name, mode, &cred).await
+            },
             |reply, ()| reply.ok(),
         );
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let (name, ttl) = (name_bytes(newname), self.fs.attr_ttl());
+        let cred = cred(req, 0);
         self.spawn(
             "link",
             reply,
-            move |fs| async move { fs.link(ino.0, newparent.0, &name).await },
+            move |fs| async move { fs.link(ino.0, newparent.0, &name, &cred).await },
             move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
         );
     }
@@ -595,16 +614,17 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        let cred = cred(req, 0);
         self.spawn(
             "readdir",
             reply,
-            move |fs| async move { fs.read_dir(ino.0, offset, READDIR_BATCH).await },
+            move |fs| async move { fs.read_dir(ino.0, offset, READDIR_BATCH, &cred).await },
             move |mut reply, (parent, entries)| {
                 let dots = [(1, ino.0, "."), (2, parent, "..")];
                 for (cookie, dot_ino, name) in dots {
@@ -628,19 +648,20 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.fs.attr_ttl();
+        let cred = cred(req, 0);
         self.spawn(
             "readdirplus",
             reply,
             move |fs| async move {
                 let dir = fs.get_attr(ino.0).await?;
-                let (parent, entries) = fs.read_dir(ino.0, offset, READDIR_BATCH).await?;
+                let (parent, entries) = fs.read_dir(ino.0, offset, READDIR_BATCH, &cred).await?;
                 Ok((dir, parent, entries))
             },
             move |mut reply, (dir, parent, entries)| {
@@ -700,7 +721,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -715,29 +736,32 @@ impl Filesystem for FuseAdapter {
             _ => return reply.error(Errno::EINVAL),
         };
         let (name, value) = (name_bytes(name), value.to_vec());
+        let cred = cred(req, 0);
         self.spawn(
             "setxattr",
             reply,
-            move |fs| async move { fs.set_xattr(ino.0, &name, &value, mode).await },
+            move |fs| async move { fs.set_xattr(ino.0, &name, &value, mode, &cred).await },
             |reply, ()| reply.ok(),
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name_bytes(name);
+        let cred = cred(req, 0);
         self.spawn(
             "getxattr",
             reply,
-            move |fs| async move { fs.get_xattr(ino.0, &name).await },
+            move |fs| async move { fs.get_xattr(ino.0, &name, &cred).await },
             move |reply, value| answer_xattr(reply, size, &value),
         );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let cred = cred(req, 0);
         self.spawn(
             "listxattr",
             reply,
-            move |fs| async move { fs.list_xattr(ino.0).await },
+            move |fs| async move { fs.list_xattr(ino.0, &cred).await },
             move |reply, names| {
                 let mut list = Vec::new();
                 for name in names {
@@ -749,12 +773,13 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
+        let cred = cred(req, 0);
         self.spawn(
             "removexattr",
             reply,
-            move |fs| async move { fs.remove_xattr(ino.0, &name).await },
+            move |fs| async move { fs.remove_xattr(ino.0, &name, &cred).await },
             |reply, ()| reply.ok(),
         );
     }
@@ -780,7 +805,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let caller = Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() };
+        let caller = cred(req, 0);
         let notifier = self.notifier.clone();
         self.spawn(
             "fallocate",

@@ -12,6 +12,8 @@ pub const ACCESS: &[u8] = b"system.posix_acl_access";
 /// Name of the default (inherited) ACL attribute, on directories.
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
 
+use crate::proto::Cred;
+
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;
 const USER: u16 = 0x02;
@@ -81,6 +83,35 @@ impl Acl {
         let owner = self.perm(USER_OBJ).unwrap_or(0);
         let other = self.perm(OTHER).unwrap_or(0);
         (u32::from(owner) << 6) | (u32::from(group) << 3) | u32::from(other)
+    }
+
+    /// Whether `cred` may have `want` (rwx bits) on an inode owned by `owner`:`group` with
+    /// this access ACL, by the POSIX.1e algorithm: owner entry, else a named user entry
+    /// (masked), else any matching group entry that grants all of `want` (masked), else
+    /// other. Root is not special here.
+    pub fn permits(&self, owner: u32, group: u32, cred: &Cred, want: u16) -> bool {
+        let mask = self.perm(MASK).unwrap_or(7);
+        if cred.uid == owner {
+            return self.perm(USER_OBJ).unwrap_or(0) & want == want;
+        }
+        if let Some(e) = self.entries.iter().find(|e| e.tag == USER && e.id == cred.uid) {
+            return e.perm & mask & want == want;
+        }
+        let mut in_some_group = false;
+        for e in &self.entries {
+            let matches = match e.tag {
+                GROUP_OBJ => cred.in_group(group),
+                GROUP => cred.in_group(e.id),
+                _ => false,
+            };
+            if matches {
+                if e.perm & mask & want == want {
+                    return true;
+                }
+                in_some_group = true;
+            }
+        }
+        !in_some_group && self.perm(OTHER).unwrap_or(0) & want == want
     }
 
     /// Whether the mode bits alone say everything this ACL says.

@@ -49,8 +49,8 @@ impl MetaClient {
         call!(self, MetaRequest::Volume, "volume", MetaReply::Volume(v) => v)
     }
 
-    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
-        let request = MetaRequest::Lookup { parent, name: name.to_vec() };
+    pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<Attr> {
+        let request = MetaRequest::Lookup { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "lookup", MetaReply::Attr(a) => a)
     }
 
@@ -96,13 +96,13 @@ impl MetaClient {
         call!(self, MetaRequest::ReadLink { ino }, "readlink", MetaReply::Target(t) => t)
     }
 
-    pub async fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::Unlink { parent, name: name.to_vec() };
+    pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<()> {
+        let request = MetaRequest::Unlink { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "unlink", MetaReply::Done => ())
     }
 
-    pub async fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::RemoveDir { parent, name: name.to_vec() };
+    pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<()> {
+        let request = MetaRequest::RemoveDir { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "rmdir", MetaReply::Done => ())
     }
 
@@ -113,6 +113,7 @@ impl MetaClient {
         new_parent: Ino,
         new_name: &[u8],
         mode: RenameMode,
+        cred: &Cred,
     ) -> Result<()> {
         let request = MetaRequest::Rename {
             parent,
@@ -120,18 +121,32 @@ impl MetaClient {
             new_parent,
             new_name: new_name.to_vec(),
             mode,
+            cred: cred.clone(),
         };
         call!(self, request, "rename", MetaReply::Done => ())
     }
 
-    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        let request = MetaRequest::Link { ino, new_parent, new_name: new_name.to_vec() };
+    pub async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+        cred: &Cred,
+    ) -> Result<Attr> {
+        let new_name = new_name.to_vec();
+        let request = MetaRequest::Link { ino, new_parent, new_name, cred: cred.clone() };
         call!(self, request, "link", MetaReply::Attr(a) => a)
     }
 
     /// `(the directory's parent, entries after cookie `after`)`.
-    pub async fn read_dir(&self, ino: Ino, after: u64, limit: u32) -> Result<(Ino, Vec<DirEntry>)> {
-        let request = MetaRequest::ReadDir { ino, after, limit };
+    pub async fn read_dir(
+        &self,
+        ino: Ino,
+        after: u64,
+        limit: u32,
+        cred: &Cred,
+    ) -> Result<(Ino, Vec<DirEntry>)> {
+        let request = MetaRequest::ReadDir { ino, after, limit, cred: cred.clone() };
         call!(self, request, "readdir", MetaReply::Entries { parent, entries } => (parent, entries))
     }
 
@@ -243,23 +258,25 @@ impl MetaClient {
         name: &[u8],
         value: &[u8],
         mode: XattrMode,
+        cred: &Cred,
     ) -> Result<()> {
-        let request =
-            MetaRequest::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), mode };
+        let (name, value) = (name.to_vec(), value.to_vec());
+        let request = MetaRequest::SetXattr { ino, name, value, mode, cred: cred.clone() };
         call!(self, request, "setxattr", MetaReply::Done => ())
     }
 
-    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let request = MetaRequest::GetXattr { ino, name: name.to_vec() };
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<Vec<u8>> {
+        let request = MetaRequest::GetXattr { ino, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "getxattr", MetaReply::Xattr(v) => v)
     }
 
-    pub async fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        call!(self, MetaRequest::ListXattr { ino }, "listxattr", MetaReply::XattrNames(n) => n)
+    pub async fn list_xattr(&self, ino: Ino, cred: &Cred) -> Result<Vec<Vec<u8>>> {
+        let request = MetaRequest::ListXattr { ino, cred: cred.clone() };
+        call!(self, request, "listxattr", MetaReply::XattrNames(n) => n)
     }
 
-    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        let request = MetaRequest::RemoveXattr { ino, name: name.to_vec() };
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<()> {
+        let request = MetaRequest::RemoveXattr { ino, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "removexattr", MetaReply::Done => ())
     }
 

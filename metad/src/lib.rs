@@ -16,4 +16,5 @@ pub mod server;
 pub mod store;
 
 pub use client::{MetaClient, MetaClientError};
+pub mod access;
 pub mod acl;

@@ -96,13 +96,24 @@ impl Attr {
     }
 }
 
-/// Who is asking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Who is asking: the calling process's filesystem ids, as its client asserts them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cred {
     pub uid: u32,
     pub gid: u32,
     /// The process's umask, for new inodes (ignored where a default ACL applies).
     pub umask: u32,
+    /// Supplementary groups, for permission checks.
+    pub groups: Vec<u32>,
+}
+
+impl Cred {
+    /// The superuser: what the client and tools use for work not done for a user.
+    pub const ROOT: Cred = Cred { uid: 0, gid: 0, umask: 0, groups: Vec::new() };
+
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +314,7 @@ pub enum MetaRequest {
         parent: Ino,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        cred: Cred,
     },
     GetAttr {
         ino: Ino,
@@ -343,11 +355,13 @@ pub enum MetaRequest {
         parent: Ino,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        cred: Cred,
     },
     RemoveDir {
         parent: Ino,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        cred: Cred,
     },
     Rename {
         parent: Ino,
@@ -357,18 +371,21 @@ pub enum MetaRequest {
         #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
         mode: RenameMode,
+        cred: Cred,
     },
     Link {
         ino: Ino,
         new_parent: Ino,
         #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
+        cred: Cred,
     },
     /// Entries after `after` (0 = from the start), at most `limit`.
     ReadDir {
         ino: Ino,
         after: u64,
         limit: u32,
+        cred: Cred,
     },
     GetLayout {
         ino: Ino,
@@ -393,19 +410,23 @@ pub enum MetaRequest {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         mode: XattrMode,
+        cred: Cred,
     },
     GetXattr {
         ino: Ino,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        cred: Cred,
     },
     ListXattr {
         ino: Ino,
+        cred: Cred,
     },
     RemoveXattr {
         ino: Ino,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        cred: Cred,
     },
     StatFs,
     /// A reader found a shard missing or corrupt.

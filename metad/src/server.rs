@@ -10,6 +10,7 @@ use shardfs_chunkd::membership::{
 use shardfs_rpc::{Handler, Service};
 use tracing::{debug, info, warn};
 
+use crate::access;
 use crate::gc::GcStats;
 use crate::intents::Intents;
 use crate::locks::LockTable;
@@ -44,9 +45,12 @@ impl MetadServer {
 
     fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {
         let store = &self.store;
+        access::check(store, &request)?;
         Ok(match request {
             MetaRequest::Volume => MetaReply::Volume(store.volume()),
-            MetaRequest::Lookup { parent, name } => MetaReply::Attr(store.lookup(parent, &name)?),
+            MetaRequest::Lookup { parent, name, .. } => {
+                MetaReply::Attr(store.lookup(parent, &name)?)
+            }
             MetaRequest::GetAttr { ino } => MetaReply::Attr(store.get_attr(ino)?),
             MetaRequest::SetAttr { ino, cred: _, changes } => {
                 MetaReply::Attr(store.set_attr(ino, &changes)?)
@@ -61,22 +65,22 @@ impl MetadServer {
                 MetaReply::Attr(store.symlink(parent, &name, &target, cred)?)
             }
             MetaRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
-            MetaRequest::Unlink { parent, name } => {
+            MetaRequest::Unlink { parent, name, .. } => {
                 store.unlink(parent, &name)?;
                 MetaReply::Done
             }
-            MetaRequest::RemoveDir { parent, name } => {
+            MetaRequest::RemoveDir { parent, name, .. } => {
                 store.remove_dir(parent, &name)?;
                 MetaReply::Done
             }
-            MetaRequest::Rename { parent, name, new_parent, new_name, mode } => {
+            MetaRequest::Rename { parent, name, new_parent, new_name, mode, .. } => {
                 store.rename(parent, &name, new_parent, &new_name, mode)?;
                 MetaReply::Done
             }
-            MetaRequest::Link { ino, new_parent, new_name } => {
+            MetaRequest::Link { ino, new_parent, new_name, .. } => {
                 MetaReply::Attr(store.link(ino, new_parent, &new_name)?)
             }
-            MetaRequest::ReadDir { ino, after, limit } => {
+            MetaRequest::ReadDir { ino, after, limit, .. } => {
                 let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;
                 MetaReply::Entries { parent, entries }
             }
@@ -164,13 +168,21 @@ impl MetadServer {
                 self.intents.clear(peer, extents.iter().map(|e| e.chunk));
                 MetaReply::Attr(attr)
             }
-            MetaRequest::SetXattr { ino, name, value, mode } => {
+            MetaRequest::SetXattr { ino, name, value, mode, .. } => {
                 store.set_xattr(ino, &name, &value, mode)?;
                 MetaReply::Done
             }
-            MetaRequest::GetXattr { ino, name } => MetaReply::Xattr(store.get_xattr(ino, &name)?),
-            MetaRequest::ListXattr { ino } => MetaReply::XattrNames(store.list_xattr(ino)?),
-            MetaRequest::RemoveXattr { ino, name } => {
+            MetaRequest::GetXattr { ino, name, .. } => {
+                MetaReply::Xattr(store.get_xattr(ino, &name)?)
+            }
+            MetaRequest::ListXattr { ino, cred } => {
+                let mut names = store.list_xattr(ino)?;
+                if cred.uid != 0 {
+                    names.retain(|name| !name.starts_with(b"trusted."));
+                }
+                MetaReply::XattrNames(names)
+            }
+            MetaRequest::RemoveXattr { ino, name, .. } => {
                 store.remove_xattr(ino, &name)?;
                 MetaReply::Done
             }

@@ -5,7 +5,7 @@ use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 use super::{ChunkdRecord, Problem, Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
 
-const ROOT: Cred = Cred { uid: 0, gid: 0, umask: 0 };
+const ROOT: Cred = Cred::ROOT;
 const SETTINGS: VolumeSettings =
     VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
 

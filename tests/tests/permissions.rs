@@ -1,0 +1,101 @@
+//! metad checks permissions itself, as the calling user, behind the kernel's
+//! default_permissions: requests that skip the kernel (a raw client) are still refused, and
+//! mounts agree with metad on supplementary groups.
+
+use shardfs_metad::MetaClientError;
+use shardfs_metad::proto::{Cred, MetaError, ROOT_INO, RenameMode, SetAttr, XattrMode};
+use shardfs_tests::{Cluster, sh};
+
+fn user(uid: u32, groups: &[u32]) -> Cred {
+    Cred { uid, gid: uid, umask: 0o022, groups: groups.to_vec() }
+}
+
+/// The metad error of a failed call.
+fn refused<T: std::fmt::Debug>(result: Result<T, MetaClientError>) -> MetaError {
+    match result {
+        Err(MetaClientError::Meta(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn metad_refuses_what_the_caller_may_not_do() {
+    let cluster = Cluster::start(3, 2, 1);
+    let alice = user(1000, &[]);
+    let bob = user(1001, &[]);
+    cluster.query(async |c| {
+        let root = Cred::ROOT;
+        c.set_attr(ROOT_INO, root.clone(), SetAttr { mode: Some(0o755), ..Default::default() })
+            .await
+            .unwrap();
+        // A private directory of root's, a shared sticky one, and a file of alice's.
+        let private = c.make_dir(ROOT_INO, b"private", 0o700, root.clone()).await.unwrap();
+        c.make_node(private.ino, b"secret", libc::S_IFREG | 0o644, 0, root.clone()).await.unwrap();
+        let tmp = c.make_dir(ROOT_INO, b"tmp", 0o1777, root.clone()).await.unwrap();
+        let mine =
+            c.make_node(tmp.ino, b"alice", libc::S_IFREG | 0o644, 0, alice.clone()).await.unwrap();
+        assert_eq!(mine.uid, 1000);
+
+        // Searching, listing and creating need x, r and wx on the directory.
+        let e = refused(c.lookup(private.ino, b"secret", &alice).await);
+        assert_eq!(e, MetaError::AccessDenied);
+        assert_eq!(refused(c.read_dir(private.ino, 0, 10, &alice).await), MetaError::AccessDenied);
+        let e = refused(c.make_node(ROOT_INO, b"x", libc::S_IFREG | 0o644, 0, alice.clone()).await);
+        assert_eq!(e, MetaError::AccessDenied);
+        assert_eq!(
+            refused(c.unlink(private.ino, b"secret", &alice).await),
+            MetaError::AccessDenied
+        );
+        // In a sticky directory only the owner removes or renames an entry away.
+        assert_eq!(refused(c.unlink(tmp.ino, b"alice", &bob).await), MetaError::NotPermitted);
+        let moved = c.rename(tmp.ino, b"alice", tmp.ino, b"bob", RenameMode::Replace, &bob).await;
+        assert_eq!(refused(moved), MetaError::NotPermitted);
+        // Only the owner changes the mode; only root gives a file away.
+        let chmod = SetAttr { mode: Some(0o777), ..Default::default() };
+        let e = refused(c.set_attr(mine.ino, bob.clone(), chmod.clone()).await);
+        assert_eq!(e, MetaError::NotPermitted);
+        c.set_attr(mine.ino, alice.clone(), chmod).await.unwrap();
+        let chown = SetAttr { uid: Some(1001), ..Default::default() };
+        assert_eq!(
+            refused(c.set_attr(mine.ino, alice.clone(), chown).await),
+            MetaError::NotPermitted
+        );
+        // trusted.* is root's: invisible to others and not theirs to set.
+        c.set_xattr(mine.ino, b"trusted.t", b"v", XattrMode::Any, &root).await.unwrap();
+        assert_eq!(refused(c.get_xattr(mine.ino, b"trusted.t", &alice).await), MetaError::NoData);
+        let names = c.list_xattr(mine.ino, &alice).await.unwrap();
+        assert!(!names.iter().any(|n| n.starts_with(b"trusted.")), "{names:?}");
+        let e = refused(c.set_xattr(mine.ino, b"trusted.t", b"w", XattrMode::Any, &alice).await);
+        assert_eq!(e, MetaError::NotPermitted);
+        // user.* needs write permission on the file to set.
+        let chmod = SetAttr { mode: Some(0o644), ..Default::default() };
+        c.set_attr(mine.ino, alice.clone(), chmod).await.unwrap();
+        let e = refused(c.set_xattr(mine.ino, b"user.u", b"v", XattrMode::Any, &bob).await);
+        assert_eq!(e, MetaError::AccessDenied);
+        c.set_xattr(mine.ino, b"user.u", b"v", XattrMode::Any, &alice).await.unwrap();
+        // Everything refused above is allowed to root.
+        c.lookup(private.ino, b"secret", &root).await.unwrap();
+        c.unlink(tmp.ino, b"alice", &root).await.unwrap();
+    });
+}
+
+#[test]
+fn supplementary_groups_count_on_a_mount() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    let m = mount.path.display();
+    sh(&format!("chmod 755 {m} && mkdir -m 2770 {m}/team && chgrp 4242 {m}/team"));
+    let as_user = |groups: &str, script: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", &format!("--groups={groups}")])
+            .args(["bash", "-c", script])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    // A member through a supplementary group may work in the directory; others may not.
+    assert!(as_user("4242", &format!("echo hi > {m}/team/note && ls {m}/team")));
+    assert!(!as_user("77", &format!("ls {m}/team")));
+    assert_eq!(sh(&format!("stat -c %g {m}/team/note")).trim(), "4242", "setgid directory");
+}
