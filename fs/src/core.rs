@@ -386,7 +386,9 @@ impl Fs {
     async fn fill(&self, layout: &Layout, offset: u64, buf: &mut [u8]) -> FsResult<()> {
         let end = offset + buf.len() as u64;
         let first = layout.extents.partition_point(|e| e.end() <= offset);
-        for extent in layout.extents[first..].iter().take_while(|e| e.offset < end) {
+        let extents = layout.extents[first..].iter().take_while(|e| e.offset < end);
+        // Unwritten extents read as the zeros `buf` starts with.
+        for extent in extents.filter(|e| !e.is_unwritten()) {
             let location = layout
                 .chunks
                 .binary_search_by_key(&extent.chunk, |c| c.chunk)

@@ -37,7 +37,8 @@ pub fn seek(extents: &[Extent], size: u64, offset: u64, data: bool) -> FsResult<
 /// overlapping ranges merged.
 fn block_ranges(extents: &[Extent], size: u64) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(extents.len());
-    for extent in extents.iter().filter(|e| e.len > 0) {
+    // Unwritten (fallocated) extents are holes, as on ext4 and XFS.
+    for extent in extents.iter().filter(|e| e.len > 0 && !e.is_unwritten()) {
         let start = extent.offset / BLOCK * BLOCK;
         let end = extent.end().div_ceil(BLOCK).saturating_mul(BLOCK).min(size);
         match ranges.last_mut() {

@@ -154,8 +154,16 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// The chunk id of an unwritten extent: space fallocate(2) set aside, which counts in
+    /// `st_blocks` and reads as zeros but holds no chunk (no content hashes to all zeros).
+    pub const UNWRITTEN: ChunkId = ChunkId([0; 32]);
+
     pub fn end(&self) -> u64 {
         self.offset + self.len
+    }
+
+    pub fn is_unwritten(&self) -> bool {
+        self.chunk == Extent::UNWRITTEN
     }
 }
 

@@ -561,3 +561,34 @@ fn file_handles_survive_cache_eviction_and_go_stale_on_delete() {
     drop_kernel_caches();
     assert_eq!(open_by_handle(&mount.path, &mut file).unwrap_err(), libc::ESTALE);
 }
+
+#[test]
+fn fallocated_space_counts_in_st_blocks_and_reads_as_zeros() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let (_cluster, mount) = setup();
+    let path = mount.join("prealloc");
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+    let fd = file.as_raw_fd();
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 4095, 2) }, 0);
+    let before = file.metadata().unwrap();
+    assert_eq!(before.len(), 4097);
+    assert!(before.blocks() > 0, "fallocated bytes are allocated");
+    // Writing into the allocated range does not allocate more.
+    file.write_all_at(b"ab", 4095).unwrap();
+    file.sync_all().unwrap();
+    assert!(file.metadata().unwrap().blocks() <= before.blocks());
+    // KEEP_SIZE past the end leaves the size alone; allocated space reads as zeros.
+    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 3 << 20) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), 4097);
+    let mut head = vec![1u8; 4097];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert!(head[..4095].iter().all(|b| *b == 0));
+    assert_eq!(&head[4095..], b"ab");
+    // SEEK_DATA treats allocated but unwritten space as a hole.
+    let empty = File::create(mount.join("allocated-only")).unwrap();
+    assert_eq!(unsafe { libc::fallocate(empty.as_raw_fd(), 0, 0, 16384) }, 0);
+    let seek = unsafe { libc::lseek(empty.as_raw_fd(), 0, libc::SEEK_DATA) };
+    assert_eq!(errno_of(seek as i32), libc::ENXIO);
+    assert!(empty.metadata().unwrap().blocks() >= 32);
+}

@@ -7,7 +7,7 @@ use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, layout};
-use crate::proto::{Ino, MetaError, ROOT_INO, Timestamp};
+use crate::proto::{Extent, Ino, MetaError, ROOT_INO, Timestamp};
 
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,9 +196,9 @@ fn check_extents(
     let missing: Vec<(Ino, u64, Vec<u8>)> = tx
         .prepare(
             "SELECT e.ino, e.offset, e.chunk FROM extents e
-             LEFT JOIN chunks c ON c.id = e.chunk WHERE c.id IS NULL",
+             LEFT JOIN chunks c ON c.id = e.chunk WHERE c.id IS NULL AND e.chunk != ?1",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([&Extent::UNWRITTEN.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (ino, offset, chunk) in missing {
         // Nothing can bring the data back; the extent stays so the loss is visible (reads

@@ -30,7 +30,8 @@ impl Store {
                 )?
                 .query_map([ino], extent_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            let distinct: BTreeSet<ChunkId> = extents.iter().map(|e| e.chunk).collect();
+            let distinct: BTreeSet<ChunkId> =
+                extents.iter().filter(|e| !e.is_unwritten()).map(|e| e.chunk).collect();
             let chunks = distinct
                 .into_iter()
                 .map(|chunk| chunk_location(tx, chunk))
@@ -60,8 +61,9 @@ impl Store {
         })
     }
 
-    /// fallocate(2): reserve (only the size changes: space is not reserved), punch a hole,
-    /// or zero a range (a hole reads as zeros).
+    /// fallocate(2): allocate (holes in the range, up to the size the file ends with, become
+    /// unwritten extents: counted in `st_blocks`, but no disk space is reserved), punch a
+    /// hole, or zero a range (a hole reads as zeros).
     pub fn allocate(
         &self,
         ino: Ino,
@@ -88,6 +90,9 @@ impl Store {
                 }
             };
             let size = if keep_size { attr.size } else { attr.size.max(end) };
+            if let SpaceOp::Allocate { .. } = op {
+                fill_holes(tx, ino, offset, end.min(size), now)?;
+            }
             let changed = size != attr.size || !matches!(op, SpaceOp::Allocate { .. });
             if changed {
                 tx.prepare_cached(
@@ -222,6 +227,33 @@ fn extents_in(
             }
         })
         .collect())
+}
+
+/// Turns the holes of `ino` within `[start, end)` into unwritten extents.
+fn fill_holes(
+    tx: &Transaction<'_>,
+    ino: Ino,
+    start: u64,
+    end: u64,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    let mut position = start;
+    let unwritten = |offset: u64, end: u64| Extent {
+        offset,
+        len: end - offset,
+        chunk: Extent::UNWRITTEN,
+        chunk_offset: 0,
+    };
+    for extent in extents_in(tx, ino, start, end)? {
+        if extent.offset > position {
+            insert_extent(tx, ino, &unwritten(position, extent.offset), now)?;
+        }
+        position = extent.end();
+    }
+    if position < end {
+        insert_extent(tx, ino, &unwritten(position, end), now)?;
+    }
+    Ok(())
 }
 
 /// Sets the size of `ino`, dropping content past it. Growing leaves a hole.

@@ -331,6 +331,23 @@ fn clone_range_shares_chunks_and_allocate_punches() {
     assert_eq!(refcount(&store, chunk), 3);
     let grown = store.allocate(dst.ino, 5000, 10, SpaceOp::Allocate { keep_size: false }).unwrap();
     assert_eq!(grown.size, 5010);
+    // Allocating over data and holes turns only the holes into unwritten extents, counted in
+    // the allocated bytes; KEEP_SIZE stops at the end of the file.
+    let allocated = store.allocate(dst.ino, 1000, 100, SpaceOp::Allocate { keep_size: true });
+    assert_eq!(allocated.unwrap().allocated, 90 + 10 + 10 + 10);
+    let unwritten = |offset, len| extent(offset, len, Extent::UNWRITTEN, 0);
+    assert_eq!(
+        store.layout(dst.ino).unwrap().extents,
+        vec![
+            unwritten(1000, 10),
+            extent(1010, 40, chunk, 0),
+            unwritten(1050, 10),
+            extent(1060, 50, chunk, 50),
+            unwritten(5000, 10),
+        ]
+    );
+    assert_eq!(store.layout(dst.ino).unwrap().chunks.len(), 1);
+    assert!(store.fsck(false).unwrap().problems.is_empty());
     assert_eq!(
         store.allocate(dst.ino, u64::MAX - 5, 10, SpaceOp::PunchHole),
         Err(MetaError::FileTooBig)
