@@ -50,6 +50,21 @@ impl Default for FsOptions {
     }
 }
 
+/// Keeps the client's metad session alive while the client is idle, until it is dropped.
+async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
+    loop {
+        let interval = match meta.upgrade() {
+            Some(meta) => meta.heartbeat_interval().unwrap_or(Duration::from_secs(1)),
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(meta) = meta.upgrade() else { return };
+        if let Err(e) = meta.heartbeat().await {
+            debug!("metad heartbeat failed: {e}");
+        }
+    }
+}
+
 /// When reads update atime. Updates happen at the first read of each open file (or
 /// listing of a directory), not at every read(2) call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,8 +121,12 @@ pub struct Fs {
 impl Fs {
     /// Connects to metad and reads the volume's settings; fails fast if metad is unreachable.
     pub async fn connect(metad: &str, options: FsOptions) -> FsResult<Fs> {
-        let meta = Arc::new(MetaClient::new(metad, options.rpc));
+        let host = nix::unistd::gethostname()
+            .map_or_else(|_| "unknown".to_string(), |name| name.to_string_lossy().into_owned());
+        let client = format!("{host} pid {}", std::process::id());
+        let meta = Arc::new(MetaClient::with_session(metad, options.rpc, client));
         let volume = meta.volume().await?;
+        tokio::spawn(heartbeats(Arc::downgrade(&meta)));
         let pool = Arc::new(ChunkClientPool::new(options.rpc));
         let io = Arc::new(ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes));
         Ok(Fs {

@@ -61,7 +61,9 @@ impl From<&FsError> for Errno {
                 MetaError::FileTooBig => Errno::EFBIG,
                 MetaError::WouldBlock => Errno::EAGAIN,
                 MetaError::AccessDenied => Errno::EACCES,
-                MetaError::ChunkGone(_) | MetaError::Store(_) => Errno::EIO,
+                MetaError::ChunkGone(_) | MetaError::Store(_) | MetaError::SessionExpired => {
+                    Errno::EIO
+                }
             },
             FsError::MetaTransport(_)
             | FsError::MetaProtocol(_)

@@ -1,7 +1,12 @@
 //! The typed metad client used by the FUSE client and the CLI.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use shardfs_chunkd::{ChunkId, ShardId};
-use shardfs_rpc::{Client, ClientOptions, Service};
+use shardfs_rpc::{Client, ClientOptions, Hello, Service};
+use tracing::{info, warn};
 
 use crate::proto::*;
 
@@ -19,6 +24,44 @@ pub type Result<T> = std::result::Result<T, MetaClientError>;
 
 pub struct MetaClient {
     rpc: Client,
+    session: Option<Arc<SessionHello>>,
+}
+
+/// Opens a session on the first connection and resumes it on every reconnect.
+struct SessionHello {
+    host: String,
+    /// The session's id, 0 until one is open.
+    id: AtomicU64,
+    timeout: Mutex<Duration>,
+}
+
+impl Hello for SessionHello {
+    fn request(&self) -> Vec<u8> {
+        let resume = Some(self.id.load(Ordering::Relaxed)).filter(|id| *id != 0);
+        shardfs_rpc::encode(&MetaRequest::OpenSession { host: self.host.clone(), resume })
+    }
+
+    fn answered(&self, response: &[u8]) -> std::result::Result<(), shardfs_rpc::Error> {
+        let response: MetaResponse = shardfs_rpc::decode(response)?;
+        let Ok(MetaReply::Session { id, timeout_ms }) = response else {
+            return Err(shardfs_rpc::Error::BadFrame(format!("session refused: {response:?}")));
+        };
+        self.adopt(id, timeout_ms);
+        Ok(())
+    }
+}
+
+impl SessionHello {
+    /// Records the session metad granted.
+    fn adopt(&self, id: u64, timeout_ms: u64) {
+        let previous = self.id.swap(id, Ordering::Relaxed);
+        if previous == 0 {
+            info!(id, "metad session opened");
+        } else if previous != id {
+            warn!(previous, id, "metad session expired: its locks and open files were released");
+        }
+        *self.timeout.lock().expect("timeout lock") = Duration::from_millis(timeout_ms);
+    }
 }
 
 /// Sends a request and unpacks the one reply variant it may get.
@@ -32,8 +75,48 @@ macro_rules! call {
 }
 
 impl MetaClient {
+    /// A client for tools: what it holds (open files, locks) ends with its connection.
     pub fn new(addr: impl Into<String>, options: ClientOptions) -> MetaClient {
-        MetaClient { rpc: Client::new(addr, Service::Metad, options) }
+        MetaClient { rpc: Client::new(addr, Service::Metad, options), session: None }
+    }
+
+    /// A client with a session (a mount): what it holds outlives a lost connection until
+    /// the session expires; [`heartbeat`](Self::heartbeat) keeps it alive while idle.
+    pub fn with_session(
+        addr: impl Into<String>,
+        options: ClientOptions,
+        host: String,
+    ) -> MetaClient {
+        let session = Arc::new(SessionHello {
+            host,
+            id: AtomicU64::new(0),
+            timeout: Mutex::new(Duration::ZERO),
+        });
+        let rpc = Client::new(addr, Service::Metad, options).with_hello(session.clone());
+        MetaClient { rpc, session: Some(session) }
+    }
+
+    /// How often to send heartbeats so the session never expires: a third of its timeout,
+    /// once a session is open.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        let session = self.session.as_ref()?;
+        let timeout = *session.timeout.lock().expect("timeout lock");
+        (!timeout.is_zero()).then(|| timeout / 3)
+    }
+
+    /// Keeps the session alive; after an expiry, opens a new one.
+    pub async fn heartbeat(&self) -> Result<()> {
+        match self.call(MetaRequest::Heartbeat).await {
+            Err(MetaClientError::Meta(MetaError::SessionExpired)) => {
+                let Some(session) = &self.session else { return Ok(()) };
+                let request = MetaRequest::OpenSession { host: session.host.clone(), resume: None };
+                let (id, timeout_ms) = call!(self, request, "open session",
+                    MetaReply::Session { id, timeout_ms } => (id, timeout_ms))?;
+                session.adopt(id, timeout_ms);
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     pub fn addr(&self) -> &str {

@@ -36,6 +36,9 @@ pub struct MetadConfig {
     pub repair: RepairConfig,
     /// Deletion of unreferenced chunks and orphan shards.
     pub gc: GcConfig,
+    /// How long a client session may stay silent before it expires and its locks and open
+    /// files are released.
+    pub session_timeout: Duration,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -59,7 +62,7 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
     let store = Arc::new(store);
     let members = Members::load(store.clone(), config.down_after)
         .context("cannot load the chunkd registry")?;
-    Ok(Arc::new(MetadServer::new(store, members)))
+    Ok(Arc::new(MetadServer::new(store, members, config.session_timeout)))
 }
 
 /// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`
@@ -89,12 +92,27 @@ pub async fn run(
         server.gc.clone(),
         until_stopped(stopped.clone()),
     );
+    let expiring = {
+        let (server, stopped) = (server.clone(), until_stopped(stopped.clone()));
+        async move {
+            let every_second = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    server.expire_sessions();
+                }
+            };
+            tokio::select! {
+                _ = stopped => {}
+                _ = every_second => {}
+            }
+        }
+    };
     let serving = shardfs_rpc::serve(listener, server, until_stopped(stopped));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);
     };
-    tokio::join!(stop_on_shutdown, serving, repairing, collecting);
+    tokio::join!(stop_on_shutdown, serving, repairing, collecting, expiring);
 }
 
 /// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).

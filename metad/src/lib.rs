@@ -13,6 +13,7 @@ pub mod placement;
 pub mod proto;
 pub mod repair;
 pub mod server;
+pub mod sessions;
 pub mod store;
 
 pub use client::{MetaClient, MetaClientError};

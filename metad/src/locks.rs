@@ -203,8 +203,7 @@ mod tests {
     #[test]
     fn conflicts_splits_and_owners() {
         let locks = LockTable::default();
-        let (a, b): (Holder, Holder) =
-            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let (a, b): (Holder, Holder) = (1, 2);
         locks.set(1, a, 7, held(0, 99, LockKind::Read), false).unwrap();
         // Readers share; a writer is refused, and told who is in the way.
         locks.set(1, b, 9, held(50, 60, LockKind::Read), false).unwrap();
@@ -230,8 +229,7 @@ mod tests {
     #[test]
     fn waiters_wake_on_unlock_and_give_up_on_disconnect() {
         let locks = Arc::new(LockTable::default());
-        let (a, b): (Holder, Holder) =
-            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let (a, b): (Holder, Holder) = (1, 2);
         locks.set(1, a, 1, held(0, u64::MAX, LockKind::Write), false).unwrap();
         let waiter = {
             let locks = locks.clone();

@@ -510,6 +510,13 @@ pub enum MetaRequest {
     },
     /// Repair and garbage-collection counters.
     Workers,
+    /// Opens a client session for this connection, or resumes `resume` after a reconnect.
+    OpenSession {
+        host: String,
+        resume: Option<u64>,
+    },
+    /// Keeps this connection's session alive while the client is idle.
+    Heartbeat,
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;
@@ -520,7 +527,10 @@ pub enum MetaReply {
     Attr(Attr),
     Done,
     Target(#[serde(with = "serde_bytes")] Vec<u8>),
-    Entries { parent: Ino, entries: Vec<DirEntry> },
+    Entries {
+        parent: Ino,
+        entries: Vec<DirEntry>,
+    },
     Layout(Layout),
     Plans(Vec<ChunkPlan>),
     Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -529,11 +539,19 @@ pub enum MetaReply {
     Chunkds(Vec<ChunkdStatus>),
     ChunkStatus(Option<ChunkStatus>),
     CatalogueStats(CatalogueStats),
-    Cloned { attr: Attr, len: u64 },
+    Cloned {
+        attr: Attr,
+        len: u64,
+    },
     Lock(Option<HeldLock>),
     Fsck(FsckReport),
     Chunks(Vec<ChunkLocation>),
     Workers(WorkerStatus),
+    /// The session a connection acts for, and how long it may stay silent before it expires.
+    Session {
+        id: u64,
+        timeout_ms: u64,
+    },
 }
 
 /// Application errors. The FUSE client maps each to one errno.
@@ -575,4 +593,7 @@ pub enum MetaError {
     /// A lock is held by another owner (F_SETLK).
     #[error("resource temporarily unavailable")]
     WouldBlock,
+    /// The client's session expired: what it held (locks, open files) was released.
+    #[error("client session expired")]
+    SessionExpired,
 }

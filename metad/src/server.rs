@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use shardfs_chunkd::membership::{
@@ -20,7 +21,8 @@ use crate::proto::{
     ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs, WorkerStatus,
 };
 use crate::repair::RepairStats;
-use crate::store::Store;
+use crate::sessions::Sessions;
+use crate::store::{Holder, Store};
 
 pub struct MetadServer {
     pub(crate) store: Arc<Store>,
@@ -29,10 +31,11 @@ pub struct MetadServer {
     pub(crate) repair: Arc<RepairStats>,
     pub(crate) intents: Arc<Intents>,
     pub(crate) gc: Arc<GcStats>,
+    sessions: Sessions,
 }
 
 impl MetadServer {
-    pub fn new(store: Arc<Store>, members: Members) -> MetadServer {
+    pub fn new(store: Arc<Store>, members: Members, session_timeout: Duration) -> MetadServer {
         MetadServer {
             store,
             members: Arc::new(members),
@@ -40,12 +43,36 @@ impl MetadServer {
             repair: Arc::default(),
             intents: Arc::default(),
             gc: Arc::default(),
+            sessions: Sessions::new(session_timeout),
+        }
+    }
+
+    /// Releases what a session that ended held: its locks, write intents and open files.
+    fn release_session(&self, holder: Holder) {
+        self.locks.release_holder(holder);
+        self.intents.release_holder(holder);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.release_holder(holder) {
+                warn!(holder, "cannot release the files of a departed client: {e}");
+            }
+        });
+    }
+
+    /// Ends the sessions silent for longer than the session timeout.
+    pub fn expire_sessions(&self) {
+        for (holder, host) in self.sessions.expire() {
+            info!(holder, %host, "client session expired; releasing its locks and open files");
+            self.release_session(holder);
         }
     }
 
     fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {
         let store = &self.store;
         access::check(store, &request)?;
+        // What the request takes or releases (open files, locks, intents) is its session's;
+        // asking also keeps the session alive.
+        let holder = self.sessions.of(peer);
         Ok(match request {
             MetaRequest::Volume => MetaReply::Volume(store.volume()),
             MetaRequest::Lookup { parent, name, .. } => {
@@ -85,9 +112,9 @@ impl MetadServer {
                 MetaReply::Entries { parent, entries }
             }
             MetaRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
-            MetaRequest::OpenFile { ino } => MetaReply::Attr(store.open_file(ino, peer)?),
+            MetaRequest::OpenFile { ino } => MetaReply::Attr(store.open_file(ino, holder)?),
             MetaRequest::ReleaseFile { ino } => {
-                store.release_file(ino, peer)?;
+                store.release_file(ino, holder)?;
                 MetaReply::Done
             }
             MetaRequest::Allocate { ino, offset, len, op } => {
@@ -98,16 +125,26 @@ impl MetadServer {
                 MetaReply::Cloned { attr, len }
             }
             MetaRequest::TestLock { ino, owner, start, end, kind } => {
-                MetaReply::Lock(self.locks.test(ino, peer, owner, start, end, kind))
+                MetaReply::Lock(self.locks.test(ino, holder, owner, start, end, kind))
             }
             MetaRequest::SetLock { ino, owner, lock, wait } => {
-                self.locks.set(ino, peer, owner, lock, wait)?;
+                self.locks.set(ino, holder, owner, lock, wait)?;
                 MetaReply::Done
             }
             MetaRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
             MetaRequest::ListChunks { after, limit } => {
                 MetaReply::Chunks(store.list_chunks(after, limit.min(4096))?)
             }
+            MetaRequest::OpenSession { host, resume } => {
+                let (id, replaced) = self.sessions.open(peer, host, resume);
+                if let Some(implicit) = replaced {
+                    self.release_session(implicit);
+                }
+                let timeout_ms = self.sessions.timeout().as_millis() as u64;
+                MetaReply::Session { id, timeout_ms }
+            }
+            MetaRequest::Heartbeat if self.sessions.is_explicit(holder) => MetaReply::Done,
+            MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
             MetaRequest::Workers => {
                 let (repair, gc) = (&self.repair, &self.gc);
                 let get = |counter: &std::sync::atomic::AtomicU64| {
@@ -127,12 +164,12 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::Unlock { ino, owner, start, end } => {
-                self.locks.unlock(ino, peer, owner, start, end);
+                self.locks.unlock(ino, holder, owner, start, end);
                 MetaReply::Done
             }
             MetaRequest::PrepareWrite { chunks, avoid } => {
                 // Before the catalogue is read: GC must not take what this write will use.
-                self.intents.record(peer, chunks.iter().map(|c| c.chunk));
+                self.intents.record(holder, chunks.iter().map(|c| c.chunk));
                 let usable: Vec<_> =
                     self.members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
                 let encoding = store.settings().encoding;
@@ -165,11 +202,11 @@ impl MetadServer {
             MetaRequest::CommitWrite { ino, stored, extents, mtime } => {
                 let attr = store.commit_write(ino, &stored, &extents, mtime)?;
                 // Referenced now: refcounts protect these chunks from here on.
-                self.intents.clear(peer, extents.iter().map(|e| e.chunk));
+                self.intents.clear(holder, extents.iter().map(|e| e.chunk));
                 MetaReply::Attr(attr)
             }
-            MetaRequest::SetXattr { ino, name, value, mode, .. } => {
-                store.set_xattr(ino, &name, &value, mode)?;
+            MetaRequest::SetXattr { ino, name, value, mode, cred } => {
+                store.set_xattr(ino, &name, &value, mode, &cred)?;
                 MetaReply::Done
             }
             MetaRequest::GetXattr { ino, name, .. } => {
@@ -264,13 +301,8 @@ impl Handler for MetadServer {
         if service != Service::Metad {
             return;
         }
-        self.locks.release_holder(peer);
-        self.intents.release_holder(peer);
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.release_holder(peer) {
-                warn!(%peer, "cannot release the files of a departed client: {e}");
-            }
-        });
+        if let Some(holder) = self.sessions.disconnected(peer) {
+            self.release_session(holder);
+        }
     }
 }

@@ -33,12 +33,20 @@ impl Default for ClientOptions {
     }
 }
 
+/// A request a client sends first on every new connection (to open or resume a session),
+/// and what it does with the answer. An error fails the connection attempt.
+pub trait Hello: Send + Sync {
+    fn request(&self) -> Vec<u8>;
+    fn answered(&self, response: &[u8]) -> Result<(), Error>;
+}
+
 /// A client for one daemon address and one service.
 pub struct Client {
     addr: String,
     service: Service,
     options: ClientOptions,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    hello: Option<Arc<dyn Hello>>,
 }
 
 struct Connection {
@@ -63,7 +71,18 @@ impl Pending {
 
 impl Client {
     pub fn new(addr: impl Into<String>, service: Service, options: ClientOptions) -> Client {
-        Client { addr: addr.into(), service, options, connection: tokio::sync::Mutex::new(None) }
+        Client {
+            addr: addr.into(),
+            service,
+            options,
+            connection: tokio::sync::Mutex::new(None),
+            hello: None,
+        }
+    }
+
+    /// This client, sending `hello` first on every connection it opens.
+    pub fn with_hello(self, hello: Arc<dyn Hello>) -> Client {
+        Client { hello: Some(hello), ..self }
     }
 
     pub fn addr(&self) -> &str {
@@ -93,6 +112,15 @@ impl Client {
 
     async fn call_raw(&self, body: Vec<u8>, timeout: Option<Duration>) -> Result<Bytes, Error> {
         let connection = self.connection().await?;
+        self.call_on(&connection, body, timeout).await
+    }
+
+    async fn call_on(
+        &self,
+        connection: &Connection,
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Error> {
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -131,6 +159,11 @@ impl Client {
             return Ok(connection.clone());
         }
         let connection = Arc::new(self.connect().await?);
+        if let Some(hello) = &self.hello {
+            let timeout = Some(self.options.connect_timeout);
+            let response = self.call_on(&connection, hello.request(), timeout).await?;
+            hello.answered(&response)?;
+        }
         *slot = Some(connection.clone());
         Ok(connection)
     }

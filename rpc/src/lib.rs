@@ -12,7 +12,7 @@ pub mod frame;
 pub mod handshake;
 pub mod server;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, Hello};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
 pub use server::{Handler, serve};

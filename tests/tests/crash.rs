@@ -29,7 +29,9 @@ fn fsck_clean(cluster: &Cluster) -> bool {
 
 #[test]
 fn client_killed_mid_write_leaves_only_orphans_that_the_sweep_removes() {
-    let cluster = Cluster::start_with(3, 2, 1, &["--gc-grace", "1", "--gc-interval", "0.2"]);
+    // The dead client's write intents end with its session, one second after it died.
+    let workers = ["--gc-grace", "1", "--gc-interval", "0.2", "--session-timeout", "1"];
+    let cluster = Cluster::start_with(3, 2, 1, &workers);
     let source = cluster.dir.path().join("source");
     shardfs_tests::write_random(&source, 200 << 20, 9);
     let mount = cluster.mount();

@@ -110,12 +110,13 @@ fn writes_fail_cleanly_below_full_redundancy() {
 fn scrub_finds_a_flipped_byte_without_any_read() {
     let mut cluster = Cluster::standard();
     populate(&cluster);
-    // Damage a parity shard: no normal read would ever touch it.
+    // Damage a parity shard's data (past its header): no normal read would ever touch it.
     let victim = cluster
         .shard_files(2)
         .into_iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 200))
         .find(|f| f.extension().is_some_and(|e| e == "4" || e == "5"))
-        .expect("chunkd 2 holds a parity shard");
+        .expect("chunkd 2 holds a parity shard of a large chunk");
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[200] ^= 0x10;
     std::fs::write(&victim, bytes).unwrap();

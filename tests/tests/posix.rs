@@ -428,6 +428,10 @@ fn posix_acls_are_enforced_follow_chmod_and_are_inherited() {
     // Without a default ACL, the umask applies.
     shardfs_tests::sh(&format!("cd {m} && umask 027 && touch plain"));
     assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/plain")).trim(), "640");
+    // An owner outside the file's group setting its ACL drops set-group-id, as chmod does.
+    shardfs_tests::sh(&format!("chown 1000:1001 {m}/plain && chmod 2755 {m}/plain"));
+    assert!(as_user(1000, &format!("setfacl -m u::rwx,g::rwx,o::rwx {m}/plain")));
+    assert_eq!(shardfs_tests::sh(&format!("stat -c %a {m}/plain")).trim(), "777");
 }
 
 #[test]

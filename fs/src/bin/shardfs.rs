@@ -242,6 +242,7 @@ fn local_command(
             down_after: Duration::from_secs(10),
             repair: RepairConfig::default(),
             gc: GcConfig::default(),
+            session_timeout: shardfs_metad::sessions::DEFAULT_TIMEOUT,
         },
     };
     let runtime = runtime()?;

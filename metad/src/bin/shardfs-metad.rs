@@ -10,6 +10,7 @@ use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::sessions;
 use tokio::net::TcpListener;
 
 /// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
@@ -43,6 +44,10 @@ struct Args {
     /// Seconds between garbage-collection sweeps.
     #[arg(long, default_value_t = GcConfig::default().interval.as_secs_f64())]
     gc_interval: f64,
+    /// Seconds a client session may stay silent (no request, no heartbeat) before it
+    /// expires and its locks and open files are released.
+    #[arg(long, default_value_t = sessions::DEFAULT_TIMEOUT.as_secs_f64())]
+    session_timeout: f64,
     /// Seconds between the repair worker's scans of the catalogue.
     #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
     repair_interval: f64,
@@ -85,6 +90,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             grace: seconds("--gc-grace", args.gc_grace)?,
             interval: seconds("--gc-interval", args.gc_interval)?,
         },
+        session_timeout: seconds("--session-timeout", args.session_timeout)?,
     };
     let server = daemon::open(&config)?;
     let listener = TcpListener::bind(&args.listen)

@@ -1,18 +1,18 @@
 //! Which files clients hold open, so a file unlinked while open lives on until its last
 //! close, as POSIX requires.
 //!
-//! Kept in memory per client connection: when a connection ends, its opens end with it. After
+//! Kept in memory per client session: when a session ends, its opens end with it. After
 //! a metad restart nothing counts as open, and [`Store::open`](super::Store::open) reclaims the
 //! unlinked-but-open inodes the previous run left behind.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use crate::proto::Ino;
 
-/// Who holds a file open: one client connection.
-pub type Holder = SocketAddr;
+/// Who holds a file open (or a lock, or a write intent): a client session
+/// (`crate::sessions`).
+pub type Holder = u64;
 
 #[derive(Default)]
 pub struct OpenFiles {
@@ -73,8 +73,7 @@ mod tests {
     #[test]
     fn counts_per_holder() {
         let open = OpenFiles::default();
-        let (a, b): (Holder, Holder) =
-            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let (a, b): (Holder, Holder) = (1, 2);
         open.add(7, a);
         open.add(7, a);
         open.add(7, b);

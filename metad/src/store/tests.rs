@@ -251,17 +251,26 @@ fn xattrs() {
     let store = open(&dir);
     let f = file(&store, ROOT_INO, "f");
     assert_eq!(store.get_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
-    assert_eq!(store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Replace), Err(MetaError::NoData));
-    store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Create).unwrap();
-    assert_eq!(store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create), Err(MetaError::Exists));
-    store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Any).unwrap();
-    store.set_xattr(f.ino, b"user.b", b"", XattrMode::Any).unwrap();
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Replace, &ROOT),
+        Err(MetaError::NoData)
+    );
+    store.set_xattr(f.ino, b"user.a", b"1", XattrMode::Create, &ROOT).unwrap();
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create, &ROOT),
+        Err(MetaError::Exists)
+    );
+    store.set_xattr(f.ino, b"user.a", b"2", XattrMode::Any, &ROOT).unwrap();
+    store.set_xattr(f.ino, b"user.b", b"", XattrMode::Any, &ROOT).unwrap();
     assert_eq!(store.get_xattr(f.ino, b"user.a").unwrap(), b"2");
     assert_eq!(store.list_xattr(f.ino).unwrap(), vec![b"user.a".to_vec(), b"user.b".to_vec()]);
     store.remove_xattr(f.ino, b"user.a").unwrap();
     assert_eq!(store.remove_xattr(f.ino, b"user.a"), Err(MetaError::NoData));
     let big = vec![0u8; MAX_XATTR_VALUE_LEN + 1];
-    assert_eq!(store.set_xattr(f.ino, b"user.c", &big, XattrMode::Any), Err(MetaError::TooBig));
+    assert_eq!(
+        store.set_xattr(f.ino, b"user.c", &big, XattrMode::Any, &ROOT),
+        Err(MetaError::TooBig)
+    );
 }
 
 #[test]

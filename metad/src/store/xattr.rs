@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{Store, get_attr, set_ctime};
 use crate::acl::{self, Acl};
 use crate::proto::{
-    FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode,
+    Cred, FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode,
 };
 
 impl Store {
@@ -15,6 +15,7 @@ impl Store {
         name: &[u8],
         value: &[u8],
         mode: XattrMode,
+        cred: &Cred,
     ) -> Result<(), MetaError> {
         if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
             return Err(MetaError::Invalid("xattr name empty or too long".into()));
@@ -36,7 +37,11 @@ impl Store {
             }
             if let (acl::ACCESS, Some(acl)) = (name, &acl) {
                 // The ACL decides the permission bits; a plain one is nothing but those bits.
-                let perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
+                // As with chmod, a caller outside the file's group loses its set-group-id.
+                let mut perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
+                if cred.uid != 0 && !cred.in_group(attr.gid) {
+                    perm &= !libc::S_ISGID;
+                }
                 tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")?
                     .execute(params![ino, perm])?;
                 if acl.is_plain() {

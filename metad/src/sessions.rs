@@ -1,0 +1,182 @@
+//! Client sessions. A mount opens a session when it connects and resumes it after a
+//! reconnect; the open files, locks and write intents it holds belong to the session, not
+//! to one TCP connection. A session heard from neither by a request nor a heartbeat for
+//! `timeout` expires, and only then is what it held released, so a client that loses its
+//! connection for a moment keeps its locks, while one that died loses them after a bounded
+//! wait.
+//!
+//! Connections that never open a session (tools: fsck, status) get an implicit one that
+//! ends with the connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::store::Holder;
+
+/// How long a silent session lives when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Session {
+    /// The host the client said it runs on, for status and logs.
+    host: String,
+    /// Opened by the client (expires after the timeout), or implicit (ends with its
+    /// connection).
+    explicit: bool,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<Holder, Session>,
+    by_peer: HashMap<SocketAddr, Holder>,
+    next: Holder,
+}
+
+pub struct Sessions {
+    table: Mutex<Table>,
+    timeout: Duration,
+}
+
+impl Sessions {
+    pub fn new(timeout: Duration) -> Sessions {
+        // Ids start from the clock so a client resuming a session of an earlier metad run
+        // cannot take over a new session by accident.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1);
+        Sessions { table: Mutex::new(Table { next: seed, ..Table::default() }), timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The session requests from `peer` act for, refreshed; an implicit one if the
+    /// connection opened none.
+    pub fn of(&self, peer: SocketAddr) -> Holder {
+        let mut table = self.lock();
+        if let Some(&id) = table.by_peer.get(&peer)
+            && let Some(session) = table.sessions.get_mut(&id)
+        {
+            session.last_seen = Instant::now();
+            return id;
+        }
+        let id = table.new_id();
+        let session =
+            Session { host: peer.to_string(), explicit: false, last_seen: Instant::now() };
+        table.sessions.insert(id, session);
+        table.by_peer.insert(peer, id);
+        id
+    }
+
+    /// Opens a session for the client on `peer`, or resumes `resume` if it has not
+    /// expired. Returns the session's id, and the implicit session the connection had until
+    /// now, which ends here (its holdings are for the caller to release).
+    pub fn open(
+        &self,
+        peer: SocketAddr,
+        host: String,
+        resume: Option<Holder>,
+    ) -> (Holder, Option<Holder>) {
+        let mut table = self.lock();
+        let id = match resume.filter(|id| table.sessions.get(id).is_some_and(|s| s.explicit)) {
+            Some(id) => id,
+            None => table.new_id(),
+        };
+        table.sessions.insert(id, Session { host, explicit: true, last_seen: Instant::now() });
+        let replaced = table
+            .by_peer
+            .insert(peer, id)
+            .filter(|old| *old != id && table.sessions.get(old).is_some_and(|s| !s.explicit));
+        if let Some(old) = replaced {
+            table.sessions.remove(&old);
+        }
+        (id, replaced)
+    }
+
+    /// Whether `id` is a session a client opened (and that has not expired).
+    pub fn is_explicit(&self, id: Holder) -> bool {
+        self.lock().sessions.get(&id).is_some_and(|s| s.explicit)
+    }
+
+    /// The connection from `peer` ended. Returns an implicit session to release now;
+    /// an explicit one waits for its client to come back or for expiry.
+    pub fn disconnected(&self, peer: SocketAddr) -> Option<Holder> {
+        let mut table = self.lock();
+        let id = table.by_peer.remove(&peer)?;
+        if table.sessions.get(&id).is_some_and(|s| !s.explicit) {
+            table.sessions.remove(&id);
+            return Some(id);
+        }
+        None
+    }
+
+    /// Removes and returns the explicit sessions silent for longer than the timeout, with
+    /// the host each said it runs on.
+    pub fn expire(&self) -> Vec<(Holder, String)> {
+        let mut table = self.lock();
+        let timeout = self.timeout;
+        let expired: Vec<Holder> = table
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.explicit && s.last_seen.elapsed() > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        table.by_peer.retain(|_, id| !expired.contains(id));
+        expired
+            .into_iter()
+            .filter_map(|id| table.sessions.remove(&id).map(|s| (id, s.host)))
+            .collect()
+    }
+}
+
+impl Table {
+    fn new_id(&mut self) -> Holder {
+        self.next = self.next.wrapping_add(2);
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_sessions_outlive_connections_until_they_expire() {
+        let sessions = Sessions::new(Duration::from_millis(50));
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        // The first request made an implicit session, which opening one replaces.
+        let implicit = sessions.of(a);
+        let (id, replaced) = sessions.open(a, "host-a".into(), None);
+        assert_eq!(replaced, Some(implicit));
+        assert_eq!(sessions.of(a), id);
+        // The connection drops; the client comes back on another one and resumes.
+        assert_eq!(sessions.disconnected(a), None);
+        assert_eq!(sessions.open(b, "host-a".into(), Some(id)), (id, None));
+        assert!(sessions.is_explicit(sessions.of(b)));
+        // Silent past the timeout: expired; the connection falls back to an implicit
+        // session, and a resume attempt gets a new session.
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(sessions.expire(), vec![(id, "host-a".to_string())]);
+        assert!(!sessions.is_explicit(sessions.of(b)));
+        assert_ne!(sessions.open(b, "host-a".into(), Some(id)).0, id);
+    }
+
+    #[test]
+    fn implicit_sessions_end_with_their_connection() {
+        let sessions = Sessions::new(Duration::from_millis(10));
+        let peer: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let id = sessions.of(peer);
+        assert_eq!(sessions.of(peer), id);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(sessions.expire().is_empty(), "implicit sessions do not time out");
+        assert_eq!(sessions.disconnected(peer), Some(id));
+    }
+}
