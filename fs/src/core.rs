@@ -50,6 +50,10 @@ impl Default for FsOptions {
     }
 }
 
+/// Longest a lock request that met a conflict waits for this client's pending closes to drop
+/// their OFD locks.
+const RELEASE_RACE_WAIT: Duration = Duration::from_millis(100);
+
 /// Keeps the client's metad session alive while the client is idle, until it is dropped.
 async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
     loop {
@@ -113,9 +117,9 @@ pub struct Fs {
     next_handle: AtomicU64,
     /// Inodes this client ever took a lock on: only their closes must release locks.
     locked: Mutex<HashSet<Ino>>,
-    /// Held (write) while a closing handle drops its OFD locks; lock requests wait for it,
-    /// so a lock released by a close that reached this client is never seen as held.
-    releasing_locks: tokio::sync::RwLock<()>,
+    /// Signalled when a closing handle has dropped its OFD locks (see
+    /// [`Fs::wait_for_release`]).
+    released_locks: tokio::sync::Notify,
 }
 
 impl Fs {
@@ -138,7 +142,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
-            releasing_locks: tokio::sync::RwLock::new(()),
+            released_locks: tokio::sync::Notify::new(),
         })
     }
 
@@ -534,17 +538,22 @@ impl Fs {
 
     /// Closes a handle, committing what it buffered.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let handle = self.handles.lock().expect("handles lock").remove(&fh);
-        let Some(handle) = handle else {
-            return Err(FsError::Invalid("bad file handle"));
-        };
-        let owners = std::mem::take(&mut *handle.lock_owners.lock().expect("owners lock"));
-        if !owners.is_empty() {
-            let _releasing = self.releasing_locks.write().await;
-            for owner in owners {
-                self.meta.unlock(handle.file.ino, owner, (0, u64::MAX)).await?;
+        // OFD locks go first, while the handle is still registered: lock requests that meet
+        // them wait for this (see `wait_for_release`).
+        let handle = self.handle(fh)?;
+        let owners: Vec<u64> =
+            handle.lock_owners.lock().expect("owners lock").iter().copied().collect();
+        let mut unlocked = Ok(());
+        for owner in &owners {
+            if let Err(e) = self.meta.unlock(handle.file.ino, *owner, (0, u64::MAX)).await {
+                unlocked = Err(e);
             }
         }
+        self.handles.lock().expect("handles lock").remove(&fh);
+        if !owners.is_empty() {
+            self.released_locks.notify_waiters();
+        }
+        unlocked?;
         let result = self.flush_handle(&handle).await;
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
@@ -680,8 +689,28 @@ impl Fs {
         range: (u64, u64),
         kind: LockKind,
     ) -> FsResult<Option<HeldLock>> {
-        drop(self.releasing_locks.read().await);
-        Ok(self.meta.test_lock(ino, owner, range, kind).await?)
+        let deadline = tokio::time::Instant::now() + RELEASE_RACE_WAIT;
+        loop {
+            let conflict = self.meta.test_lock(ino, owner, range, kind).await?;
+            if conflict.is_none() || !self.wait_for_release(ino, owner, deadline).await {
+                return Ok(conflict);
+            }
+        }
+    }
+
+    /// After a lock request on `ino` met a conflict: if another open file of this client
+    /// holds OFD locks on `ino`, waits until some handle drops its locks or `deadline`, and
+    /// says whether to ask again. The kernel sends RELEASE only after close(2) has returned,
+    /// so without this a lock whose last descriptor was just closed could still look held.
+    async fn wait_for_release(&self, ino: Ino, owner: u64, deadline: tokio::time::Instant) -> bool {
+        let released = self.released_locks.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        let others_hold = self.handles.lock().expect("handles lock").values().any(|h| {
+            h.file.ino == ino
+                && h.lock_owners.lock().expect("owners lock").iter().any(|o| *o != owner)
+        });
+        others_hold && tokio::time::timeout_at(deadline, released).await.is_ok()
     }
 
     /// F_SETLK / F_SETLKW through handle `fh`; `None` unlocks the range.
@@ -694,14 +723,18 @@ impl Fs {
         lock: Option<(LockKind, u32)>,
         wait: bool,
     ) -> FsResult<()> {
-        drop(self.releasing_locks.read().await);
-        match lock {
-            None => Ok(self.meta.unlock(ino, owner, (start, end)).await?),
-            Some((kind, pid)) => {
-                self.locked.lock().expect("locked lock").insert(ino);
-                self.handle(fh)?.lock_owners.lock().expect("owners lock").insert(owner);
-                let held = HeldLock { start, end, kind, pid };
-                Ok(self.meta.set_lock(ino, owner, held, wait).await?)
+        let Some((kind, pid)) = lock else {
+            return Ok(self.meta.unlock(ino, owner, (start, end)).await?);
+        };
+        self.locked.lock().expect("locked lock").insert(ino);
+        self.handle(fh)?.lock_owners.lock().expect("owners lock").insert(owner);
+        let held = HeldLock { start, end, kind, pid };
+        let deadline = tokio::time::Instant::now() + RELEASE_RACE_WAIT;
+        loop {
+            match self.meta.set_lock(ino, owner, held, wait).await {
+                Err(MetaClientError::Meta(MetaError::WouldBlock))
+                    if self.wait_for_release(ino, owner, deadline).await => {}
+                result => return Ok(result?),
             }
         }
     }
