@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
+use crate::leases::{Leases, Recall};
 use crate::seek;
 use crate::setid;
 
@@ -28,8 +29,6 @@ pub struct FsOptions {
     pub chunk_cache_bytes: usize,
     /// Buffered bytes per open file that trigger a flush of its completed chunks.
     pub dirty_flush_bytes: usize,
-    /// How long the kernel may cache attributes and entries.
-    pub attr_ttl: Duration,
     /// When reads update atime (`relatime`, `noatime`, `strictatime`).
     pub atime: AtimePolicy,
     /// Whether listing a directory updates its atime (off with `nodiratime`).
@@ -42,7 +41,6 @@ impl Default for FsOptions {
         FsOptions {
             chunk_cache_bytes: DEFAULT_CACHE_BYTES,
             dirty_flush_bytes: 16 * 1024 * 1024,
-            attr_ttl: Duration::from_secs(1),
             atime: AtimePolicy::Relative,
             dir_atime: true,
             rpc: ClientOptions::default(),
@@ -53,6 +51,18 @@ impl Default for FsOptions {
 /// Longest a lock request that met a conflict waits for this client's pending closes to drop
 /// their OFD locks.
 const RELEASE_RACE_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest an unmount waits for metad to close the session.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Grants of a file's write lease a write may see recalled before it fails. metad holds a
+/// new write lease for a moment before recalling it, so one attempt nearly always does.
+const WRITE_LEASE_ATTEMPTS: usize = 1000;
+
+/// Longest a recall waits for the kernel to drop what the mount cached before the lease is
+/// released anyway: the kernel may be holding the inode for a request of this mount that
+/// itself waits for the recall. The invalidation still completes after that.
+const INVALIDATE_WAIT: Duration = Duration::from_millis(100);
 
 /// Keeps the client's metad session alive while the client is idle, until it is dropped.
 async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
@@ -66,6 +76,18 @@ async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
         if let Err(e) = meta.heartbeat().await {
             debug!("metad heartbeat failed: {e}");
         }
+    }
+}
+
+/// Settles lease recalls as they arrive, each on its own task so a slow commit delays no
+/// other, until the client is dropped.
+async fn settle_recalls(
+    fs: std::sync::Weak<Fs>,
+    mut recalls: tokio::sync::mpsc::UnboundedReceiver<Ino>,
+) {
+    while let Some(ino) = recalls.recv().await {
+        let Some(fs) = fs.upgrade() else { return };
+        tokio::spawn(async move { fs.settle(ino).await });
     }
 }
 
@@ -83,6 +105,10 @@ pub enum AtimePolicy {
 struct OpenFile {
     ino: Ino,
     data: tokio::sync::Mutex<FileData>,
+    /// Set when the read lease that covered the cached layout was recalled.
+    stale: std::sync::atomic::AtomicBool,
+    /// Whether metad knows this client has the file open (see [`Fs::open`]).
+    registered: tokio::sync::Mutex<bool>,
 }
 
 #[derive(Default)]
@@ -94,6 +120,10 @@ struct FileData {
     dirty: DirtyRanges,
     /// Time of the last buffered write.
     dirty_mtime: Option<Timestamp>,
+    /// The committed attributes, when known while this mount holds the file's write lease:
+    /// O_APPEND writes go to their size (or past what is buffered beyond it), and clear the
+    /// set-id bits of their mode themselves (see [`Fs::write`]).
+    committed: Option<Attr>,
 }
 
 struct Handle {
@@ -120,20 +150,23 @@ pub struct Fs {
     /// Signalled when a closing handle has dropped its OFD locks (see
     /// [`Fs::wait_for_release`]).
     released_locks: tokio::sync::Notify,
+    leases: Arc<Leases>,
 }
 
 impl Fs {
     /// Connects to metad and reads the volume's settings; fails fast if metad is unreachable.
-    pub async fn connect(metad: &str, options: FsOptions) -> FsResult<Fs> {
+    pub async fn connect(metad: &str, options: FsOptions) -> FsResult<Arc<Fs>> {
         let host = nix::unistd::gethostname()
             .map_or_else(|_| "unknown".to_string(), |name| name.to_string_lossy().into_owned());
         let client = format!("{host} pid {}", std::process::id());
-        let meta = Arc::new(MetaClient::with_session(metad, options.rpc, client));
+        let (leases, recalls) = Leases::new();
+        let leases = Arc::new(leases);
+        let meta = Arc::new(MetaClient::with_session(metad, options.rpc, client, leases.clone()));
         let volume = meta.volume().await?;
         tokio::spawn(heartbeats(Arc::downgrade(&meta)));
         let pool = Arc::new(ChunkClientPool::new(options.rpc));
         let io = Arc::new(ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes));
-        Ok(Fs {
+        let fs = Arc::new(Fs {
             meta,
             io,
             volume,
@@ -143,11 +176,123 @@ impl Fs {
             next_handle: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
             released_locks: tokio::sync::Notify::new(),
-        })
+            leases,
+        });
+        tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
+        Ok(fs)
     }
 
-    pub fn attr_ttl(&self) -> Duration {
-        self.options.attr_ttl
+    /// Ends this mount's metad session, giving back its leases, locks and open files at
+    /// once. Bounded: an unreachable metad lets the session expire instead.
+    pub async fn close(&self) {
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.meta.close_session()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("cannot close the metad session (it will expire): {e}"),
+            Err(_) => warn!("metad did not answer the session close in {CLOSE_TIMEOUT:?}"),
+        }
+    }
+
+    /// Runs a metad call whose answer grants this mount read leases on the inodes `leased`
+    /// picks from it, and records them.
+    async fn granting<T>(
+        &self,
+        call: impl Future<Output = Result<T, MetaClientError>>,
+        leased: impl FnOnce(&T) -> Vec<Ino>,
+    ) -> FsResult<T> {
+        let epoch = self.leases.epoch();
+        let value = call.await?;
+        self.leases.granted(epoch, &leased(&value), false);
+        Ok(value)
+    }
+
+    /// Settles the recall of the lease on `ino`: commits what is buffered under a write
+    /// lease, drops the cached layout and the kernel's caches, and releases the lease.
+    async fn settle(&self, ino: Ino) {
+        let recall = match self.open_file(ino) {
+            // Only a write lease covers buffered writes. A read lease is settled without
+            // the file's data, which a write may hold while it waits for a write lease that
+            // waits for this very recall.
+            Some(file) if self.leases.write_recall_pending(ino) => {
+                let mut data = file.data.lock().await;
+                let Some(recall) = self.leases.take_recall(ino) else { return };
+                self.settle_locked(&file, &mut data).await;
+                recall
+            }
+            open => {
+                let Some(recall) = self.leases.take_recall(ino) else { return };
+                if let Some(file) = open {
+                    file.stale.store(true, Ordering::Relaxed);
+                }
+                recall
+            }
+        };
+        let recall = Arc::new(recall);
+        let invalidated = {
+            let (leases, recall) = (self.leases.clone(), recall.clone());
+            tokio::task::spawn_blocking(move || leases.invalidate(ino, &recall))
+        };
+        if tokio::time::timeout(INVALIDATE_WAIT, invalidated).await.is_err() {
+            debug!(ino, "kernel still busy with the inode; releasing its lease meanwhile");
+        }
+        self.give_back(ino, &recall).await;
+    }
+
+    /// The part of settling a recall that needs the open file's data.
+    async fn settle_locked(&self, file: &OpenFile, data: &mut FileData) {
+        if let Err(e) = self.flush_locked(file, data, true).await {
+            warn!(ino = file.ino, "recalled lease: buffered writes stay buffered: {e}");
+        }
+        data.layout = None;
+    }
+
+    /// Releases a recalled lease, first telling metad of an open the lease let this client
+    /// keep to itself.
+    async fn give_back(&self, ino: Ino, recall: &Recall) {
+        if let Some(file) = self.open_file(ino)
+            && let Err(e) = self.register_open(&file).await
+        {
+            warn!(ino, "cannot register an open file with metad: {e}");
+        }
+        if let Some(seq) = recall.seq
+            && let Err(e) = self.meta.release_lease(ino, seq).await
+        {
+            debug!(ino, "lease release failed (metad lets it expire): {e}");
+        }
+    }
+
+    /// The file's data, locked, with this mount holding its write lease: a write buffers
+    /// and picks the end of file only under it. The lease is asked for without the data
+    /// locked, so recalls (which settle under that lock) go on meanwhile; a grant recalled
+    /// before it was recorded is asked for again.
+    async fn locked_with_write_lease<'a>(
+        &self,
+        file: &'a OpenFile,
+    ) -> FsResult<tokio::sync::MutexGuard<'a, FileData>> {
+        for _ in 0..WRITE_LEASE_ATTEMPTS {
+            let data = file.data.lock().await;
+            if self.leases.holds_write(file.ino) {
+                return Ok(data);
+            }
+            drop(data);
+            let epoch = self.leases.epoch();
+            let attr = self.meta.write_lease(file.ino).await?;
+            let mut data = file.data.lock().await;
+            // Recorded under the data lock: the recall of this grant settles after the
+            // write that uses it.
+            self.leases.granted(epoch, &[file.ino], true);
+            if self.leases.holds_write(file.ino) {
+                data.committed = Some(attr.clone());
+                data.layout = None;
+                return Ok(data);
+            }
+        }
+        warn!(ino = file.ino, "no write lease after {WRITE_LEASE_ATTEMPTS} grants; giving up");
+        Err(FsError::Invalid("the file's write lease keeps being recalled"))
+    }
+
+    /// The leases this mount holds, which decide what the kernel may cache.
+    pub fn leases(&self) -> Arc<Leases> {
+        self.leases.clone()
     }
 
     pub fn volume(&self) -> &VolumeInfo {
@@ -183,18 +328,19 @@ impl Fs {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
-        let attr = self.meta.lookup(parent, name, cred).await?;
+        let attr =
+            self.granting(self.meta.lookup(parent, name, cred), |a| vec![parent, a.ino]).await?;
         Ok(self.with_dirty(attr).await)
     }
 
     pub async fn get_attr(&self, ino: Ino) -> FsResult<Attr> {
-        let attr = self.meta.get_attr(ino).await?;
+        let attr = self.granting(self.meta.get_attr(ino), |a| vec![a.ino]).await?;
         Ok(self.with_dirty(attr).await)
     }
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
         let Some(file) = self.open_file(ino) else {
-            return Ok(self.meta.set_attr(ino, cred, changes).await?);
+            return self.granting(self.meta.set_attr(ino, cred, changes), |a| vec![a.ino]).await;
         };
         let mut data = file.data.lock().await;
         if let Some(size) = changes.size {
@@ -204,8 +350,9 @@ impl Fs {
         // Buffered writes land first: their commit must not undo a truncate, or replace
         // times set explicitly (cp -p writes, then sets mtime, then closes).
         self.flush_locked(&file, &mut data, true).await?;
-        let attr = self.meta.set_attr(ino, cred, changes).await?;
+        let attr = self.granting(self.meta.set_attr(ino, cred, changes), |a| vec![a.ino]).await?;
         data.layout = None;
+        data.committed = Some(attr.clone());
         Ok(attr)
     }
 
@@ -217,7 +364,7 @@ impl Fs {
         rdev: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        Ok(self.meta.make_node(parent, name, mode, rdev, cred).await?)
+        self.granting(self.meta.make_node(parent, name, mode, rdev, cred), |a| vec![a.ino]).await
     }
 
     pub async fn make_dir(
@@ -227,7 +374,7 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        Ok(self.meta.make_dir(parent, name, mode & 0o7777, cred).await?)
+        self.granting(self.meta.make_dir(parent, name, mode & 0o7777, cred), |a| vec![a.ino]).await
     }
 
     pub async fn symlink(
@@ -237,7 +384,7 @@ impl Fs {
         target: &[u8],
         cred: Cred,
     ) -> FsResult<Attr> {
-        Ok(self.meta.symlink(parent, name, target, cred).await?)
+        self.granting(self.meta.symlink(parent, name, target, cred), |a| vec![a.ino]).await
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -245,11 +392,25 @@ impl Fs {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        self.register_opens().await?;
         Ok(self.meta.unlink(parent, name, cred).await?)
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        self.register_opens().await?;
         Ok(self.meta.remove_dir(parent, name, cred).await?)
+    }
+
+    /// Before this mount removes a name: registers the opens it kept to itself under leases,
+    /// since the inode may be losing its last name and metad recalls no lease from the mount
+    /// making the change.
+    async fn register_opens(&self) -> FsResult<()> {
+        let open: Vec<Arc<OpenFile>> =
+            self.files.lock().expect("files lock").values().map(|(f, _)| f.clone()).collect();
+        for file in open {
+            self.register_open(&file).await?;
+        }
+        Ok(())
     }
 
     pub async fn rename(
@@ -261,6 +422,7 @@ impl Fs {
         mode: RenameMode,
         cred: &Cred,
     ) -> FsResult<()> {
+        self.register_opens().await?;
         Ok(self.meta.rename(parent, name, new_parent, new_name, mode, cred).await?)
     }
 
@@ -271,7 +433,8 @@ impl Fs {
         new_name: &[u8],
         cred: &Cred,
     ) -> FsResult<Attr> {
-        let attr = self.meta.link(ino, new_parent, new_name, cred).await?;
+        let attr =
+            self.granting(self.meta.link(ino, new_parent, new_name, cred), |a| vec![a.ino]).await?;
         Ok(self.with_dirty(attr).await)
     }
 
@@ -283,7 +446,12 @@ impl Fs {
         limit: u32,
         cred: &Cred,
     ) -> FsResult<(Ino, Vec<DirEntry>)> {
-        let (parent, mut entries) = self.meta.read_dir(ino, after, limit, cred).await?;
+        let listed = self.meta.read_dir(ino, after, limit, cred);
+        let (parent, mut entries) = self
+            .granting(listed, |(_, entries): &(Ino, Vec<DirEntry>)| {
+                std::iter::once(ino).chain(entries.iter().map(|e| e.attr.ino)).collect()
+            })
+            .await?;
         if after == 0
             && self.options.dir_atime
             && let Some(strict) = self.atime_update(None)
@@ -308,23 +476,35 @@ impl Fs {
     pub async fn open(&self, ino: Ino) -> FsResult<u64> {
         let (file, first) = {
             let mut files = self.files.lock().expect("files lock");
-            let entry = files
-                .entry(ino)
-                .or_insert_with(|| (Arc::new(OpenFile { ino, data: Default::default() }), 0));
+            let entry = files.entry(ino).or_insert_with(|| {
+                let file = OpenFile {
+                    ino,
+                    data: Default::default(),
+                    stale: Default::default(),
+                    registered: Default::default(),
+                };
+                (Arc::new(file), 0)
+            });
             entry.1 += 1;
             (entry.0.clone(), entry.1 == 1)
         };
-        if first {
-            // metad keeps the file alive while this client has it open, even unlinked.
-            if let Err(e) = self.meta.open_file(ino).await {
-                self.drop_open(ino);
-                return Err(e.into());
-            }
+        // metad keeps the file alive while this client has it open, even unlinked. Under a
+        // lease it need not hear of the open yet: a change to the file elsewhere, its unlink
+        // included, recalls the lease first, and settling the recall registers the open.
+        // (The file is in `files` before the lease is checked, so that recall finds it.)
+        if first
+            && !self.leases.holds(ino)
+            && let Err(e) = self.register_open(&file).await
+        {
+            self.drop_open(ino);
+            return Err(e);
         }
-        // Each open sees what others committed since (close-to-open at least).
         {
             let mut data = file.data.lock().await;
-            data.layout = None;
+            // Without a lease, each open sees what others committed since.
+            if !self.leases.holds(ino) {
+                data.layout = None;
+            }
             data.accessed = false;
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -345,7 +525,7 @@ impl Fs {
         cred: Cred,
     ) -> FsResult<(Attr, u64)> {
         let mode = (mode & 0o7777) | libc::S_IFREG;
-        let attr = self.meta.make_node(parent, name, mode, 0, cred).await?;
+        let attr = self.make_node(parent, name, mode, 0, cred).await?;
         let fh = self.open(attr.ino).await?;
         Ok((attr, fh))
     }
@@ -354,10 +534,14 @@ impl Fs {
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let mut data = file.data.lock().await;
+        if file.stale.swap(false, Ordering::Relaxed) {
+            data.layout = None;
+        }
         let layout = match &data.layout {
             Some(layout) => layout.clone(),
             None => {
-                let layout = Arc::new(self.meta.layout(file.ino).await?);
+                let fetched = self.meta.layout(file.ino);
+                let layout = Arc::new(self.granting(fetched, |l| vec![l.attr.ino]).await?);
                 data.layout = Some(layout.clone());
                 layout
             }
@@ -451,10 +635,44 @@ impl Fs {
         });
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
+    /// Writes `bytes` at `offset`; returns how many were written and whether the file's
+    /// mode changed.
+    ///
+    /// `append` (`Some(writer)` for an O_APPEND handle) writes at the end of the file as this
+    /// mount knows it under the write lease: the kernel's idea of the end may predate another
+    /// mount's appends. Such handles bypass the page cache, where the kernel would also have
+    /// cleared set-id bits for an unprivileged writer, so that is done here.
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        bytes: &[u8],
+        append: Option<&Cred>,
+    ) -> FsResult<(u32, bool)> {
         let handle = self.handle(fh)?;
         let file = &handle.file;
-        let mut data = file.data.lock().await;
+        let mut data = self.locked_with_write_lease(file).await?;
+        let mut mode_changed = false;
+        let offset = match append {
+            None => offset,
+            Some(writer) => {
+                let committed = match data.committed.take() {
+                    Some(attr) => attr,
+                    None => self.meta.get_attr(file.ino).await?,
+                };
+                let committed = match setid::cleared(committed.perm, committed.gid, writer) {
+                    perm if perm == committed.perm => committed,
+                    perm => {
+                        mode_changed = true;
+                        let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
+                        self.meta.set_attr(file.ino, Cred::ROOT, changes).await?
+                    }
+                };
+                let end = committed.size.max(data.dirty.end().unwrap_or(0));
+                data.committed = Some(committed);
+                end
+            }
+        };
         // Buffered bytes are bounded: past twice the flush threshold (earlier flushes failed)
         // a write must get everything committed first, or fail without buffering more.
         let limit = 2 * self.options.dirty_flush_bytes;
@@ -477,7 +695,7 @@ impl Fs {
                 warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
             }
         }
-        Ok(bytes.len() as u32)
+        Ok((bytes.len() as u32, mode_changed))
     }
 
     /// Commits everything buffered for the file behind `fh` (close, fsync).
@@ -515,14 +733,15 @@ impl Fs {
                     Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
                         attempts += 1;
                     }
-                    result => return result.map(drop).map_err(FsError::from),
+                    result => return result.map_err(FsError::from),
                 }
             }
         }
         .await;
         data.layout = None;
         match committed {
-            Ok(()) => {
+            Ok(attr) => {
+                data.committed = Some(attr.clone());
                 if data.dirty.is_empty() {
                     data.dirty_mtime = None;
                 }
@@ -558,24 +777,33 @@ impl Fs {
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
         }
-        if self.drop_open(handle.file.ino) {
-            self.meta.release_file(handle.file.ino).await?;
+        if let Some(file) = self.drop_open(handle.file.ino)
+            && *file.registered.lock().await
+        {
+            self.meta.release_file(file.ino).await?;
         }
         result
     }
 
-    /// Forgets one open of `ino`; returns whether it was this client's last.
-    fn drop_open(&self, ino: Ino) -> bool {
+    /// Tells metad this client has `file` open, unless it knows already.
+    async fn register_open(&self, file: &OpenFile) -> FsResult<()> {
+        let mut registered = file.registered.lock().await;
+        if !*registered {
+            self.meta.open_file(file.ino).await?;
+            *registered = true;
+        }
+        Ok(())
+    }
+
+    /// Forgets one open of `ino`; returns the file if that was this client's last open.
+    fn drop_open(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         let mut files = self.files.lock().expect("files lock");
-        let Some(entry) = files.get_mut(&ino) else {
-            return false;
-        };
+        let entry = files.get_mut(&ino)?;
         entry.1 -= 1;
         if entry.1 > 0 {
-            return false;
+            return None;
         }
-        files.remove(&ino);
-        true
+        files.remove(&ino).map(|(file, _)| file)
     }
 
     async fn flush_handle(&self, handle: &Handle) -> FsResult<()> {
@@ -621,6 +849,7 @@ impl Fs {
         self.flush_locked(&handle.file, &mut data, true).await?;
         let result = self.meta.allocate(handle.file.ino, offset, len, op).await;
         data.layout = None;
+        data.committed = None;
         let attr = result?;
         let perm = setid::cleared(attr.perm, attr.gid, caller);
         if perm != attr.perm {
@@ -674,8 +903,10 @@ impl Fs {
             .clone_range(source.file.ino, offset_in, target.file.ino, offset_out, len)
             .await;
         first.layout = None;
+        first.committed = None;
         if let Some(data) = second.as_mut() {
             data.layout = None;
+            data.committed = None;
         }
         let (_, copied) = result?;
         Ok(copied as u32)

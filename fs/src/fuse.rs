@@ -9,18 +9,17 @@ use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use shardfs_metad::proto::{
-    Attr, Cred, FileKind, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
+    Attr, Cred, FileKind, Ino, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
     XattrMode,
 };
 use tokio::runtime::Handle;
@@ -28,6 +27,7 @@ use tracing::debug;
 
 use crate::core::Fs;
 use crate::error::{FsError, FsResult};
+use crate::leases::Leases;
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -39,18 +39,11 @@ const READDIR_BATCH: u32 = 512;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     runtime: Handle,
-    /// Tells the kernel about changes it did not make itself; set once the session exists.
-    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, runtime: Handle) -> FuseAdapter {
-        FuseAdapter { fs, runtime, notifier: Arc::default() }
-    }
-
-    /// Where the session's notifier goes once the session is created.
-    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
-        self.notifier.clone()
+        FuseAdapter { fs, runtime }
     }
 
     /// Runs `op` on a task and answers with `ok` or the error's errno.
@@ -203,6 +196,38 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// How the kernel treats a file opened with `flags`. O_APPEND writes land where this client
+/// finds the end (another mount may have appended since the kernel last learned the size),
+/// so they bypass the page cache, which would hold them where the kernel thought the end
+/// was.
+fn fopen_flags(flags: i32) -> FopenFlags {
+    match flags & libc::O_APPEND {
+        0 => FopenFlags::empty(),
+        _ => FopenFlags::FOPEN_DIRECT_IO,
+    }
+}
+
+/// Makes the kernel forget the mode it cached from before set-id bits were cleared here.
+/// After the reply: the kernel holds the inode while it waits for one.
+fn forget_mode(leases: &Leases, ino: INodeNo) {
+    if let Some(notifier) = leases.notifier() {
+        let _ = notifier.inval_inode(ino, -1, 0);
+    }
+}
+
+/// Answers with a directory entry, cached by the kernel while leased.
+fn reply_entry(leases: &Leases, (parent, name): (Ino, &[u8]), reply: ReplyEntry, attr: &Attr) {
+    leases.reply(|ttls| {
+        let ttl = ttls.of(attr.ino, Some((parent, name)));
+        reply.entry(&ttl, &file_attr(attr), Generation(attr.generation))
+    })
+}
+
+/// Answers with attributes, cached by the kernel while leased.
+fn reply_attr(leases: &Leases, reply: ReplyAttr, attr: &Attr) {
+    leases.reply(|ttls| reply.attr(&ttls.of(attr.ino, None), &file_attr(attr)))
+}
+
 fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
@@ -230,23 +255,23 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
-        let ttl = self.fs.attr_ttl();
         let cred = cred(req, 0);
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         self.spawn(
             "lookup",
             reply,
             move |fs| async move { fs.lookup(parent.0, &name, &cred).await },
-            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+            move |reply, attr| reply_entry(&leases, (parent.0, &entry_name), reply, &attr),
         );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let ttl = self.fs.attr_ttl();
+        let leases = self.fs.leases();
         self.spawn(
             "getattr",
             reply,
             move |fs| async move { fs.get_attr(ino.0).await },
-            move |reply, attr| reply.attr(&ttl, &file_attr(&attr)),
+            move |reply, attr| reply_attr(&leases, reply, &attr),
         );
     }
 
@@ -277,12 +302,12 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
         };
         let cred = cred(req, 0);
-        let ttl = self.fs.attr_ttl();
+        let leases = self.fs.leases();
         self.spawn(
             "setattr",
             reply,
             move |fs| async move { fs.set_attr(ino.0, cred, changes).await },
-            move |reply, attr| reply.attr(&ttl, &file_attr(&attr)),
+            move |reply, attr| reply_attr(&leases, reply, &attr),
         );
     }
 
@@ -305,12 +330,13 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
+        let (name, cred) = (name_bytes(name), cred(req, umask));
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         self.spawn(
             "mknod",
             reply,
             move |fs| async move { fs.make_node(parent.0, &name, mode, rdev, cred).await },
-            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+            move |reply, attr| reply_entry(&leases, (parent.0, &entry_name), reply, &attr),
         );
     }
 
@@ -323,12 +349,13 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
+        let (name, cred) = (name_bytes(name), cred(req, umask));
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         self.spawn(
             "mkdir",
             reply,
             move |fs| async move { fs.make_dir(parent.0, &name, mode, cred).await },
-            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+            move |reply, attr| reply_entry(&leases, (parent.0, &entry_name), reply, &attr),
         );
     }
 
@@ -362,13 +389,14 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (name, cred, ttl) = (name_bytes(link_name), cred(req, 0), self.fs.attr_ttl());
+        let (name, cred) = (name_bytes(link_name), cred(req, 0));
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(
             "symlink",
             reply,
             move |fs| async move { fs.symlink(parent.0, &name, &target, cred).await },
-            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+            move |reply, attr| reply_entry(&leases, (parent.0, &entry_name), reply, &attr),
         );
     }
 
@@ -411,29 +439,46 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (name, ttl) = (name_bytes(newname), self.fs.attr_ttl());
+        let name = name_bytes(newname);
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         let cred = cred(req, 0);
         self.spawn(
             "link",
             reply,
             move |fs| async move { fs.link(ino.0, newparent.0, &name, &cred).await },
-            move |reply, attr| reply.entry(&ttl, &file_attr(&attr), Generation(attr.generation)),
+            move |reply, attr| reply_entry(&leases, (newparent.0, &entry_name), reply, &attr),
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let open_flags = fopen_flags(flags.0);
         self.spawn(
             "open",
             reply,
             move |fs| async move { fs.open(ino.0).await },
-            |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            move |reply, fh| reply.opened(FileHandle(fh), open_flags),
         );
     }
 
     /// Directories are opened like files, so metad keeps one that is removed while open
-    /// alive until it is closed.
-    fn opendir(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.open(req, ino, flags, reply);
+    /// alive until it is closed. Under a lease the kernel keeps the listing it read; a
+    /// recall drops it.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let leases = self.fs.leases();
+        self.spawn(
+            "opendir",
+            reply,
+            move |fs| async move { fs.open(ino.0).await },
+            move |reply, fh| {
+                leases.reply(|ttls| {
+                    let flags = match ttls.of(ino.0, None).is_zero() {
+                        true => FopenFlags::empty(),
+                        false => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                })
+            },
+        );
     }
 
     fn releasedir(
@@ -468,22 +513,29 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let writer = (flags.0 & libc::O_APPEND != 0).then(|| cred(req, 0));
+        let leases = self.fs.leases();
         self.spawn(
             "write",
             reply,
-            move |fs| async move { fs.write(fh.0, offset, &data).await },
-            |reply, written| reply.written(written),
+            move |fs| async move { fs.write(fh.0, offset, &data, writer.as_ref()).await },
+            move |reply, (written, mode_changed)| {
+                reply.written(written);
+                if mode_changed {
+                    forget_mode(&leases, ino);
+                }
+            },
         );
     }
 
@@ -654,7 +706,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        let ttl = self.fs.attr_ttl();
+        let leases = self.fs.leases();
         let cred = cred(req, 0);
         self.spawn(
             "readdirplus",
@@ -665,33 +717,37 @@ impl Filesystem for FuseAdapter {
                 Ok((dir, parent, entries))
             },
             move |mut reply, (dir, parent, entries)| {
-                // The kernel ignores the attributes of "." and "..".
-                let dir_attr = file_attr(&dir);
-                let dots = [(1, ino.0, "."), (2, parent, "..")];
-                for (cookie, dot_ino, name) in dots {
-                    let attr = FileAttr { ino: INodeNo(dot_ino), ..dir_attr };
-                    if offset < cookie
-                        && reply.add(INodeNo(dot_ino), cookie, name, &ttl, &attr, Generation(0))
-                    {
-                        return reply.ok();
+                leases.reply(|ttls| {
+                    // The kernel ignores the attributes of "." and "..".
+                    let dir_attr = file_attr(&dir);
+                    let dots = [(1, ino.0, "."), (2, parent, "..")];
+                    for (cookie, dot_ino, name) in dots {
+                        let attr = FileAttr { ino: INodeNo(dot_ino), ..dir_attr };
+                        let ttl = ttls.of(dot_ino, None);
+                        if offset < cookie
+                            && reply.add(INodeNo(dot_ino), cookie, name, &ttl, &attr, Generation(0))
+                        {
+                            return reply.ok();
+                        }
                     }
-                }
-                for entry in entries {
-                    let name = OsStr::from_bytes(&entry.name);
-                    let attr = file_attr(&entry.attr);
-                    let generation = Generation(entry.attr.generation);
-                    if reply.add(
-                        INodeNo(entry.attr.ino),
-                        entry.cookie,
-                        name,
-                        &ttl,
-                        &attr,
-                        generation,
-                    ) {
-                        break;
+                    for entry in entries {
+                        let ttl = ttls.of(entry.attr.ino, Some((ino.0, &entry.name)));
+                        let name = OsStr::from_bytes(&entry.name);
+                        let attr = file_attr(&entry.attr);
+                        let generation = Generation(entry.attr.generation);
+                        if reply.add(
+                            INodeNo(entry.attr.ino),
+                            entry.cookie,
+                            name,
+                            &ttl,
+                            &attr,
+                            generation,
+                        ) {
+                            break;
+                        }
                     }
-                }
-                reply.ok();
+                    reply.ok();
+                })
             },
         );
     }
@@ -806,16 +862,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let caller = cred(req, 0);
-        let notifier = self.notifier.clone();
+        let leases = self.fs.leases();
         self.spawn(
             "fallocate",
             reply,
             move |fs| async move { fs.allocate(fh.0, offset, length, mode, &caller).await },
             move |reply, mode_changed| {
                 reply.ok();
-                // The kernel cached the mode from before the set-id bits were cleared.
-                if mode_changed && let Some(notifier) = notifier.get() {
-                    let _ = notifier.inval_inode(ino, -1, 0);
+                if mode_changed {
+                    forget_mode(&leases, ino);
                 }
             },
         );
@@ -871,22 +926,26 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        let (name, cred, ttl) = (name_bytes(name), cred(req, umask), self.fs.attr_ttl());
+        let open_flags = fopen_flags(flags);
+        let (name, cred) = (name_bytes(name), cred(req, umask));
+        let (leases, entry_name) = (self.fs.leases(), name.clone());
         self.spawn(
             "create",
             reply,
             move |fs| async move { fs.create(parent.0, &name, mode, cred).await },
             move |reply, (attr, fh)| {
-                reply.created(
-                    &ttl,
-                    &file_attr(&attr),
-                    Generation(attr.generation),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
+                leases.reply(|ttls| {
+                    reply.created(
+                        &ttls.of(attr.ino, Some((parent.0, &entry_name))),
+                        &file_attr(&attr),
+                        Generation(attr.generation),
+                        FileHandle(fh),
+                        open_flags,
+                    )
+                })
             },
         );
     }

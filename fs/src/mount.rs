@@ -109,8 +109,8 @@ pub fn serve(
     }
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
-    let notifier = adapter.notifier_slot();
+    let leases = fs.leases();
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
     let (session, mut unmount): (Session<FuseAdapter>, Unmount) =
         match mount_directly(mountpoint, &source, &options.flags) {
@@ -129,7 +129,8 @@ pub fn serve(
             }
             Err(e) => return Err(std::io::Error::from(e)).with_context(cannot_mount),
         };
-    let _ = notifier.set(session.notifier());
+    // Recalled leases drop what the kernel caches through it.
+    leases.set_notifier(session.notifier());
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let serving = std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
         let result = session.run();
@@ -155,6 +156,8 @@ pub fn serve(
         Ok(Err(e)) => warn!("FUSE session ended with an error: {e}"),
         Err(_) => bail!("FUSE session thread panicked"),
     }
+    // Other mounts need not wait for this one's leases to expire.
+    runtime.block_on(fs.close());
     info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }

@@ -66,4 +66,8 @@ pub fn print(status: &Status) {
         w.orphans_deleted,
         w.sweeps_aborted
     );
+    println!(
+        "leases: {} held, {} granted, {} recalled, {} revoked; {} requests from mounts",
+        w.leases_held, w.leases_granted, w.leases_recalled, w.leases_revoked, w.mount_requests
+    );
 }

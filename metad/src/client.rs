@@ -27,12 +27,22 @@ pub struct MetaClient {
     session: Option<Arc<SessionHello>>,
 }
 
+/// What a mount hears from metad besides answers.
+pub trait SessionEvents: Send + Sync {
+    /// metad pushed `push`. Called in arrival order on the task reading the connection:
+    /// must not block.
+    fn pushed(&self, push: MetaPush);
+    /// A session was opened or resumed on a new connection: metad holds no lease for it.
+    fn session_started(&self);
+}
+
 /// Opens a session on the first connection and resumes it on every reconnect.
 struct SessionHello {
     host: String,
     /// The session's id, 0 until one is open.
     id: AtomicU64,
     timeout: Mutex<Duration>,
+    events: Arc<dyn SessionEvents>,
 }
 
 impl Hello for SessionHello {
@@ -61,6 +71,7 @@ impl SessionHello {
             warn!(previous, id, "metad session expired: its locks and open files were released");
         }
         *self.timeout.lock().expect("timeout lock") = Duration::from_millis(timeout_ms);
+        self.events.session_started();
     }
 }
 
@@ -81,18 +92,29 @@ impl MetaClient {
     }
 
     /// A client with a session (a mount): what it holds outlives a lost connection until
-    /// the session expires; [`heartbeat`](Self::heartbeat) keeps it alive while idle.
+    /// the session expires; [`heartbeat`](Self::heartbeat) keeps it alive while idle. Lease
+    /// recalls and session starts go to `events`.
     pub fn with_session(
         addr: impl Into<String>,
         options: ClientOptions,
         host: String,
+        events: Arc<dyn SessionEvents>,
     ) -> MetaClient {
+        let pushes = events.clone();
+        let on_push =
+            Arc::new(move |body: bytes::Bytes| match shardfs_rpc::decode::<MetaPush>(&body) {
+                Ok(push) => pushes.pushed(push),
+                Err(e) => warn!("ignoring an undecodable push from metad: {e}"),
+            });
         let session = Arc::new(SessionHello {
             host,
             id: AtomicU64::new(0),
             timeout: Mutex::new(Duration::ZERO),
+            events,
         });
-        let rpc = Client::new(addr, Service::Metad, options).with_hello(session.clone());
+        let rpc = Client::new(addr, Service::Metad, options)
+            .with_hello(session.clone())
+            .with_push(on_push);
         MetaClient { rpc, session: Some(session) }
     }
 
@@ -117,6 +139,11 @@ impl MetaClient {
             }
             other => other.map(drop),
         }
+    }
+
+    /// Ends the session: metad releases what it held at once.
+    pub async fn close_session(&self) -> Result<()> {
+        call!(self, MetaRequest::CloseSession, "close session", MetaReply::Done => ())
     }
 
     pub fn addr(&self) -> &str {
@@ -235,6 +262,16 @@ impl MetaClient {
 
     pub async fn layout(&self, ino: Ino) -> Result<Layout> {
         call!(self, MetaRequest::GetLayout { ino }, "layout", MetaReply::Layout(l) => l)
+    }
+
+    /// Takes the exclusive lease on file `ino` (see [`MetaRequest::WriteLease`]).
+    pub async fn write_lease(&self, ino: Ino) -> Result<Attr> {
+        call!(self, MetaRequest::WriteLease { ino }, "write lease", MetaReply::Attr(a) => a)
+    }
+
+    /// Gives back the lease on `ino` a recall with `seq` asked for.
+    pub async fn release_lease(&self, ino: Ino, seq: u64) -> Result<()> {
+        call!(self, MetaRequest::ReleaseLease { ino, seq }, "release lease", MetaReply::Done => ())
     }
 
     pub async fn open_file(&self, ino: Ino) -> Result<Attr> {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod gc;
 pub mod intents;
+pub mod leases;
 pub mod locks;
 pub mod members;
 pub mod placement;
@@ -16,6 +17,6 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 
-pub use client::{MetaClient, MetaClientError};
+pub use client::{MetaClient, MetaClientError, SessionEvents};
 pub mod access;
 pub mod acl;

@@ -258,6 +258,15 @@ pub struct WorkerStatus {
     pub chunks_collected: u64,
     pub orphans_deleted: u64,
     pub sweeps_aborted: u64,
+    /// Leases mounts hold now, granted and recalled since start, and revoked (not released
+    /// within a session timeout of their recall).
+    pub leases_held: u64,
+    pub leases_granted: u64,
+    pub leases_recalled: u64,
+    pub leases_revoked: u64,
+    /// Requests from mounts (client sessions) since start, heartbeats and lease releases
+    /// excepted: the round trips their caches did not save.
+    pub mount_requests: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +324,7 @@ pub enum RenameMode {
     Exchange,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetaRequest {
     Volume,
     Lookup {
@@ -517,6 +526,27 @@ pub enum MetaRequest {
     },
     /// Keeps this connection's session alive while the client is idle.
     Heartbeat,
+    /// Takes an exclusive (write) lease on file `ino`, recalling every other session's
+    /// lease on it: while it is held, the session may buffer writes. Answers the file's
+    /// current attributes.
+    WriteLease {
+        ino: Ino,
+    },
+    /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
+    ReleaseLease {
+        ino: Ino,
+        seq: u64,
+    },
+    /// Ends this connection's session (a clean unmount): what it held is released now.
+    CloseSession,
+}
+
+/// What metad pushes to a mount over its session's connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaPush {
+    /// Give back the lease on `ino`: commit what is buffered, drop what is cached, then send
+    /// `ReleaseLease` with this `seq`.
+    Recall { ino: Ino, seq: u64 },
 }
 
 pub type MetaResponse = Result<MetaReply, MetaError>;

@@ -14,11 +14,13 @@ use tracing::{debug, info, warn};
 use crate::access;
 use crate::gc::GcStats;
 use crate::intents::Intents;
+use crate::leases::{Conflict, Leases, Need};
 use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
-    ChunkPlan, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs, WorkerStatus,
+    ChunkPlan, FileKind, Ino, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs,
+    WorkerStatus,
 };
 use crate::repair::RepairStats;
 use crate::sessions::Sessions;
@@ -32,6 +34,17 @@ pub struct MetadServer {
     pub(crate) intents: Arc<Intents>,
     pub(crate) gc: Arc<GcStats>,
     sessions: Sessions,
+    leases: Leases,
+    mount_requests: std::sync::atomic::AtomicU64,
+}
+
+/// What answering a request came to: an answer, or leases of other sessions to recall
+/// before it can be answered (the request comes back, to be tried again).
+enum Outcome {
+    Answered(MetaResponse),
+    Recall(MetaRequest, Vec<Conflict>),
+    /// A write lease waits while another request recalls leases on its file.
+    WaitRecalls(MetaRequest, Ino),
 }
 
 impl MetadServer {
@@ -44,11 +57,14 @@ impl MetadServer {
             intents: Arc::default(),
             gc: Arc::default(),
             sessions: Sessions::new(session_timeout),
+            leases: Leases::default(),
+            mount_requests: Default::default(),
         }
     }
 
     /// Releases what a session that ended held: its locks, write intents and open files.
     fn release_session(&self, holder: Holder) {
+        self.leases.release_holder(holder);
         self.locks.release_holder(holder);
         self.intents.release_holder(holder);
         let store = self.store.clone();
@@ -67,12 +83,101 @@ impl MetadServer {
         }
     }
 
-    fn answer(&self, request: MetaRequest, peer: SocketAddr) -> MetaResponse {
+    /// Answers `request` from `holder`, unless leases of other sessions must be recalled
+    /// first. Requests that read or change what leases cover check for conflicting leases,
+    /// run, and grant the asking mount read leases on what they answered, all under the
+    /// lease table's lock, so no grant lands between a recall and the change it made way for.
+    fn answer_leased(&self, request: MetaRequest, holder: Holder, peer: SocketAddr) -> Outcome {
+        if let Err(e) = access::check(&self.store, &request) {
+            return Outcome::Answered(Err(e));
+        }
+        if !self.leases_cover(&request) {
+            return Outcome::Answered(self.answer(request, holder, peer));
+        }
+        let leasing = self.sessions.is_explicit(holder);
+        let write = matches!(request, MetaRequest::WriteLease { .. });
+        if write && !leasing {
+            // Only mounts cache, so only their sessions take write leases.
+            let why = "only a mount's session can take a write lease";
+            return Outcome::Answered(Err(MetaError::Invalid(why.into())));
+        }
+        let mut table = self.leases.lock();
+        if let MetaRequest::WriteLease { ino } = request
+            && table.is_recalling(ino)
+        {
+            return Outcome::WaitRecalls(request, ino);
+        }
+        let before = self.lease_needs(&request);
+        let mut conflicts = Vec::new();
+        for (ino, need) in before {
+            table.conflicts(holder, ino, need, &mut conflicts);
+        }
+        if !conflicts.is_empty() {
+            return Outcome::Recall(request, conflicts);
+        }
+        let grants = grants_leases(&request);
+        // Lookups and listings find the inodes they read only as they run.
+        let retry = match &request {
+            MetaRequest::Lookup { .. } | MetaRequest::ReadDir { .. } => Some(request.clone()),
+            _ => None,
+        };
+        // A lookup's answer covers its directory's entry; a listing's, the directory.
+        let dir = match &request {
+            MetaRequest::Lookup { parent: dir, .. } | MetaRequest::ReadDir { ino: dir, .. } => {
+                Some(*dir)
+            }
+            _ => None,
+        };
+        let reply = match self.answer(request, holder, peer) {
+            Ok(reply) => reply,
+            Err(e) => return Outcome::Answered(Err(e)),
+        };
+        let mut granted: Vec<Ino> = dir.into_iter().collect();
+        match &reply {
+            MetaReply::Attr(attr) => granted.push(attr.ino),
+            MetaReply::Layout(layout) => granted.push(layout.attr.ino),
+            MetaReply::Entries { entries, .. } => {
+                granted.extend(entries.iter().map(|e| e.attr.ino))
+            }
+            _ => {}
+        }
+        if let Some(retry) = retry {
+            // What was read must not sit in another mount's write buffers.
+            for &ino in &granted {
+                table.conflicts(holder, ino, Need::Read, &mut conflicts);
+            }
+            if !conflicts.is_empty() {
+                return Outcome::Recall(retry, conflicts);
+            }
+        }
+        if leasing && grants {
+            let mut renewed = false;
+            for ino in granted {
+                renewed |= table.grant(holder, ino, write, &self.leases.counters);
+            }
+            drop(table);
+            if renewed {
+                self.leases.wake();
+            }
+        }
+        Outcome::Answered(Ok(reply))
+    }
+
+    /// Whether a request reads or changes what leases cover.
+    fn leases_cover(&self, request: &MetaRequest) -> bool {
+        !lease_needs_of(request, |_, _| None).is_empty()
+            || matches!(request, MetaRequest::Lookup { .. } | MetaRequest::ReadDir { .. })
+    }
+
+    /// The inodes a request reads or changes, and what it needs from other sessions' leases
+    /// on them before it runs. A change needs every other lease on what it changes gone; a
+    /// read needs other mounts' buffered writes committed.
+    fn lease_needs(&self, request: &MetaRequest) -> Vec<(Ino, Need)> {
+        lease_needs_of(request, |parent, name| self.store.lookup(parent, name).ok().map(|a| a.ino))
+    }
+
+    fn answer(&self, request: MetaRequest, holder: Holder, peer: SocketAddr) -> MetaResponse {
         let store = &self.store;
-        access::check(store, &request)?;
-        // What the request takes or releases (open files, locks, intents) is its session's;
-        // asking also keeps the session alive.
-        let holder = self.sessions.of(peer);
         Ok(match request {
             MetaRequest::Volume => MetaReply::Volume(store.volume()),
             MetaRequest::Lookup { parent, name, .. } => {
@@ -140,10 +245,30 @@ impl MetadServer {
                 if let Some(implicit) = replaced {
                     self.release_session(implicit);
                 }
+                // A mount (re)connecting starts with empty caches.
+                self.leases.release_holder(id);
                 let timeout_ms = self.sessions.timeout().as_millis() as u64;
                 MetaReply::Session { id, timeout_ms }
             }
             MetaRequest::Heartbeat if self.sessions.is_explicit(holder) => MetaReply::Done,
+            MetaRequest::WriteLease { ino } => {
+                let attr = store.get_attr(ino)?;
+                if attr.kind != FileKind::File {
+                    return Err(MetaError::Invalid("write leases are for regular files".into()));
+                }
+                MetaReply::Attr(attr)
+            }
+            MetaRequest::CloseSession => {
+                if let Some(id) = self.sessions.close(peer) {
+                    info!(holder = id, "client session closed");
+                    self.release_session(id);
+                }
+                MetaReply::Done
+            }
+            MetaRequest::ReleaseLease { ino, seq } => {
+                self.leases.release(holder, ino, seq);
+                MetaReply::Done
+            }
             MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
             MetaRequest::Workers => {
                 let (repair, gc) = (&self.repair, &self.gc);
@@ -157,6 +282,11 @@ impl MetadServer {
                     chunks_collected: get(&gc.chunks_deleted),
                     orphans_deleted: get(&gc.orphans_deleted),
                     sweeps_aborted: get(&gc.sweeps_aborted),
+                    leases_held: self.leases.lock().count(),
+                    leases_granted: get(&self.leases.counters.granted),
+                    leases_recalled: get(&self.leases.counters.recalled),
+                    leases_revoked: get(&self.leases.counters.revoked),
+                    mount_requests: get(&self.mount_requests),
                 })
             }
             MetaRequest::Accessed { ino, strict } => {
@@ -269,6 +399,59 @@ impl MetadServer {
     }
 }
 
+/// Whether the answer to `request` grants the asking mount read leases on the inodes it
+/// tells about (a write lease for `WriteLease`). Mounts rely on exactly this list.
+fn grants_leases(request: &MetaRequest) -> bool {
+    matches!(
+        request,
+        MetaRequest::Lookup { .. }
+            | MetaRequest::GetAttr { .. }
+            | MetaRequest::SetAttr { .. }
+            | MetaRequest::MakeNode { .. }
+            | MetaRequest::MakeDir { .. }
+            | MetaRequest::Symlink { .. }
+            | MetaRequest::Link { .. }
+            | MetaRequest::ReadDir { .. }
+            | MetaRequest::GetLayout { .. }
+            | MetaRequest::WriteLease { .. }
+    )
+}
+
+/// [`MetadServer::lease_needs`], finding named children with `child`.
+fn lease_needs_of(
+    request: &MetaRequest,
+    child: impl Fn(Ino, &[u8]) -> Option<Ino>,
+) -> Vec<(Ino, Need)> {
+    use Need::{Read, Write};
+    match request {
+        MetaRequest::Lookup { .. } | MetaRequest::ReadDir { .. } => Vec::new(),
+        MetaRequest::GetAttr { ino } | MetaRequest::GetLayout { ino } => vec![(*ino, Read)],
+        MetaRequest::SetAttr { ino, .. }
+        | MetaRequest::Allocate { ino, .. }
+        | MetaRequest::CommitWrite { ino, .. }
+        | MetaRequest::SetXattr { ino, .. }
+        | MetaRequest::RemoveXattr { ino, .. }
+        | MetaRequest::WriteLease { ino } => vec![(*ino, Write)],
+        MetaRequest::MakeNode { parent, .. }
+        | MetaRequest::MakeDir { parent, .. }
+        | MetaRequest::Symlink { parent, .. } => vec![(*parent, Write)],
+        MetaRequest::Unlink { parent, name, .. } | MetaRequest::RemoveDir { parent, name, .. } => {
+            let mut needs = vec![(*parent, Write)];
+            needs.extend(child(*parent, name).map(|ino| (ino, Write)));
+            needs
+        }
+        MetaRequest::Rename { parent, name, new_parent, new_name, .. } => {
+            let mut needs = vec![(*parent, Write), (*new_parent, Write)];
+            needs.extend(child(*parent, name).map(|ino| (ino, Write)));
+            needs.extend(child(*new_parent, new_name).map(|ino| (ino, Write)));
+            needs
+        }
+        MetaRequest::Link { ino, new_parent, .. } => vec![(*ino, Write), (*new_parent, Write)],
+        MetaRequest::CloneRange { src, dst, .. } => vec![(*src, Read), (*dst, Write)],
+        _ => Vec::new(),
+    }
+}
+
 impl Handler for MetadServer {
     fn offers(&self, service: Service) -> bool {
         matches!(service, Service::Metad | Service::Membership)
@@ -281,26 +464,59 @@ impl Handler for MetadServer {
         body: Bytes,
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
         // SQLite calls block; keep them off the async workers.
-        let run = move || match service {
-            Service::Membership => {
-                let request: MembershipRequest = shardfs_rpc::decode(&body)?;
-                Ok(shardfs_rpc::encode(&self.membership(request, peer)))
-            }
-            _ => {
-                let request: MetaRequest = shardfs_rpc::decode(&body)?;
-                debug!(?request, "request");
-                Ok(shardfs_rpc::encode(&self.answer(request, peer)))
-            }
-        };
-        tokio::task::spawn_blocking(run).await.map_err(|e| {
+        let failed = |e: tokio::task::JoinError| {
             shardfs_rpc::Error::Io(std::io::Error::other(format!("request handler failed: {e}")))
-        })?
+        };
+        if service == Service::Membership {
+            let request: MembershipRequest = shardfs_rpc::decode(&body)?;
+            let server = self.clone();
+            let response = tokio::task::spawn_blocking(move || server.membership(request, peer))
+                .await
+                .map_err(failed)?;
+            return Ok(shardfs_rpc::encode(&response));
+        }
+        let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
+        debug!(?request, "request");
+        // What the request takes or releases (open files, locks, intents, leases) is its
+        // session's; asking also keeps the session alive.
+        let holder = self.sessions.of(peer);
+        if self.sessions.is_explicit(holder)
+            && !matches!(request, MetaRequest::Heartbeat | MetaRequest::ReleaseLease { .. })
+        {
+            self.mount_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        loop {
+            let server = self.clone();
+            let outcome =
+                tokio::task::spawn_blocking(move || server.answer_leased(request, holder, peer))
+                    .await
+                    .map_err(failed)?;
+            match outcome {
+                Outcome::Answered(response) => return Ok(shardfs_rpc::encode(&response)),
+                Outcome::Recall(again, conflicts) => {
+                    let expiry = self.sessions.timeout();
+                    self.leases.recall(&conflicts, expiry, |h| self.sessions.peer_of(h)).await;
+                    request = again;
+                }
+                Outcome::WaitRecalls(again, ino) => {
+                    self.leases.wait_recalls(ino).await;
+                    request = again;
+                }
+            }
+        }
+    }
+
+    fn connected(&self, service: Service, peer: SocketAddr, pusher: shardfs_rpc::Pusher) {
+        if service == Service::Metad {
+            self.leases.connected(peer, pusher);
+        }
     }
 
     fn disconnected(&self, service: Service, peer: SocketAddr) {
         if service != Service::Metad {
             return;
         }
+        self.leases.disconnected(peer);
         if let Some(holder) = self.sessions.disconnected(peer) {
             self.release_session(holder);
         }

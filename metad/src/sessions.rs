@@ -100,6 +100,11 @@ impl Sessions {
         (id, replaced)
     }
 
+    /// The connection session `id` acts through now, if it is connected.
+    pub fn peer_of(&self, id: Holder) -> Option<SocketAddr> {
+        self.lock().by_peer.iter().find(|(_, holder)| **holder == id).map(|(peer, _)| *peer)
+    }
+
     /// Whether `id` is a session a client opened (and that has not expired).
     pub fn is_explicit(&self, id: Holder) -> bool {
         self.lock().sessions.get(&id).is_some_and(|s| s.explicit)
@@ -115,6 +120,15 @@ impl Sessions {
             return Some(id);
         }
         None
+    }
+
+    /// Ends the session the connection from `peer` acts for (its holdings are for the
+    /// caller to release); the connection falls back to an implicit session.
+    pub fn close(&self, peer: SocketAddr) -> Option<Holder> {
+        let mut table = self.lock();
+        let id = table.by_peer.remove(&peer)?;
+        table.sessions.remove(&id);
+        Some(id)
     }
 
     /// Removes and returns the explicit sessions silent for longer than the timeout, with

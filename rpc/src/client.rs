@@ -40,6 +40,10 @@ pub trait Hello: Send + Sync {
     fn answered(&self, response: &[u8]) -> Result<(), Error>;
 }
 
+/// Receives the messages a server pushes, in the order they arrive, on the task reading
+/// the connection: it must not block.
+pub type PushHandler = Arc<dyn Fn(Bytes) + Send + Sync>;
+
 /// A client for one daemon address and one service.
 pub struct Client {
     addr: String,
@@ -47,6 +51,7 @@ pub struct Client {
     options: ClientOptions,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
     hello: Option<Arc<dyn Hello>>,
+    on_push: Option<PushHandler>,
 }
 
 struct Connection {
@@ -77,7 +82,13 @@ impl Client {
             options,
             connection: tokio::sync::Mutex::new(None),
             hello: None,
+            on_push: None,
         }
+    }
+
+    /// This client, handing what the server pushes to `on_push`.
+    pub fn with_push(self, on_push: PushHandler) -> Client {
+        Client { on_push: Some(on_push), ..self }
     }
 
     /// This client, sending `hello` first on every connection it opens.
@@ -207,6 +218,7 @@ impl Client {
 
         let reader_pending = pending.clone();
         let addr = self.addr.clone();
+        let on_push = self.on_push.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::with_capacity(256 * 1024, read_half);
             loop {
@@ -218,7 +230,10 @@ impl Client {
                             let _ = waiter.send(frame.body);
                         }
                     }
-                    Ok(Some(frame)) => debug!(%addr, "ignoring {:?} frame", frame.kind),
+                    Ok(Some(frame)) => match &on_push {
+                        Some(on_push) if frame.kind == Kind::Push => on_push(frame.body),
+                        _ => debug!(%addr, "ignoring {:?} frame", frame.kind),
+                    },
                     Ok(None) => break,
                     Err(e) => {
                         debug!(%addr, "connection failed: {e}");

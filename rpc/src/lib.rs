@@ -12,10 +12,10 @@ pub mod frame;
 pub mod handshake;
 pub mod server;
 
-pub use client::{Client, ClientOptions, Hello};
+pub use client::{Client, ClientOptions, Hello, PushHandler};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
-pub use server::{Handler, serve};
+pub use server::{Handler, Pusher, serve};
 
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -30,9 +30,27 @@ pub trait Handler: Send + Sync + 'static {
         body: Bytes,
     ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
 
+    /// Called once a connection has completed its handshake, before any of its requests,
+    /// with the means to push messages to its peer.
+    fn connected(&self, _service: Service, _peer: SocketAddr, _pusher: Pusher) {}
+
     /// Called once a connection that completed its handshake has ended, however it ended,
     /// so per-connection state (open files) can be released.
     fn disconnected(&self, _service: Service, _peer: SocketAddr) {}
+}
+
+/// Sends unsolicited messages (push frames) to one connected peer, in order with the
+/// responses sent after them.
+#[derive(Clone, Debug)]
+pub struct Pusher {
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Pusher {
+    /// Queues `body` for the peer; false if the connection has ended.
+    pub fn push(&self, body: Vec<u8>) -> bool {
+        self.outgoing.send(body).is_ok()
+    }
 }
 
 /// Serves connections from `listener` until `shutdown` completes.
@@ -79,12 +97,31 @@ async fn connection<H: Handler>(
     // and the connection is dropped: its peer then reconnects instead of waiting forever.
     let (bad_tx, mut bad_rx) = mpsc::channel::<Error>(1);
     let writer_failed = bad_tx.clone();
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    handler.connected(service, peer, Pusher { outgoing: push_tx });
     let writer = tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
         let result = async {
-            while let Some((id, body)) = rx.recv().await {
-                frame::write(&mut writer, Kind::Response, id, &body).await?;
-                // Batch responses that are already waiting into one flush.
+            let mut pushing = true;
+            loop {
+                // Waiting pushes go before waiting responses, so a push is never overtaken
+                // by a response queued after it. The handler's pusher may outlive the
+                // connection, so only the end of responses ends the loop.
+                tokio::select! {
+                    biased;
+                    push = push_rx.recv(), if pushing => match push {
+                        Some(body) => frame::write(&mut writer, Kind::Push, 0, &body).await?,
+                        None => pushing = false,
+                    },
+                    response = rx.recv() => match response {
+                        Some((id, body)) => frame::write(&mut writer, Kind::Response, id, &body).await?,
+                        None => break,
+                    },
+                }
+                // Batch frames that are already waiting into one flush.
+                while let Ok(body) = push_rx.try_recv() {
+                    frame::write(&mut writer, Kind::Push, 0, &body).await?;
+                }
                 while let Ok((id, body)) = rx.try_recv() {
                     frame::write(&mut writer, Kind::Response, id, &body).await?;
                 }
@@ -130,4 +167,60 @@ async fn connection<H: Handler>(
     let _ = writer.await;
     handler.disconnected(service, peer);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{Client, ClientOptions};
+
+    /// Pushes every request body back to its sender before answering it.
+    #[derive(Default)]
+    struct Echo {
+        pushers: Mutex<Vec<Pusher>>,
+    }
+
+    impl Handler for Echo {
+        fn offers(&self, service: Service) -> bool {
+            service == Service::Metad
+        }
+
+        async fn handle(
+            self: Arc<Self>,
+            _service: Service,
+            _peer: SocketAddr,
+            body: Bytes,
+        ) -> Result<Vec<u8>, Error> {
+            let request: String = crate::decode(&body)?;
+            for pusher in self.pushers.lock().unwrap().iter() {
+                pusher.push(crate::encode(&format!("pushed {request}")));
+            }
+            Ok(crate::encode(&format!("answered {request}")))
+        }
+
+        fn connected(&self, _service: Service, _peer: SocketAddr, pusher: Pusher) {
+            self.pushers.lock().unwrap().push(pusher);
+        }
+    }
+
+    #[tokio::test]
+    async fn pushes_reach_the_client_before_the_response_queued_after_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server =
+            tokio::spawn(serve(listener, Arc::new(Echo::default()), std::future::pending()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = Client::new(addr, Service::Metad, ClientOptions::default()).with_push(
+            Arc::new(move |body: Bytes| {
+                let _ = tx.send(crate::decode::<String>(&body).unwrap());
+            }),
+        );
+        let answer: String = client.call(&"one".to_string()).await.unwrap();
+        assert_eq!(answer, "answered one");
+        // The push was read before the response that followed it.
+        assert_eq!(rx.try_recv().unwrap(), "pushed one");
+        server.abort();
+    }
 }

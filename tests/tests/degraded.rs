@@ -111,21 +111,26 @@ fn scrub_finds_a_flipped_byte_without_any_read() {
     let mut cluster = Cluster::standard();
     populate(&cluster);
     // Damage a parity shard's data (past its header): no normal read would ever touch it.
-    let victim = cluster
-        .shard_files(2)
-        .into_iter()
-        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 200))
-        .find(|f| f.extension().is_some_and(|e| e == "4" || e == "5"))
-        .expect("chunkd 2 holds a parity shard of a large chunk");
+    // Placement depends on the chunkds' random ids, so look for one on any chunkd.
+    let (holder, victim) = (0..cluster.chunkds.len())
+        .find_map(|i| {
+            let parity = cluster
+                .shard_files(i)
+                .into_iter()
+                .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 200))
+                .find(|f| f.extension().is_some_and(|e| e == "4" || e == "5"));
+            parity.map(|f| (i, f))
+        })
+        .expect("some chunkd holds a parity shard of a large chunk");
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[200] ^= 0x10;
     std::fs::write(&victim, bytes).unwrap();
     let chunk = victim.file_stem().unwrap().to_string_lossy().parse().unwrap();
     let index: u8 = victim.extension().unwrap().to_string_lossy().parse().unwrap();
     // Restart that chunkd with frequent scrub passes.
-    cluster.stop_chunkd(2, Signal::SIGTERM);
+    cluster.stop_chunkd(holder, Signal::SIGTERM);
     cluster.chunkd_args = vec!["--scrub-interval".into(), "0.2".into()];
-    cluster.start_chunkd(2);
+    cluster.start_chunkd(holder);
     let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
     loop {
         let status = cluster.query(async |c| c.chunk_status(chunk).await).unwrap().unwrap();

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -213,7 +212,7 @@ fn mount_command(
         .block_on(Fs::connect(metad, client.fs_options()))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
     let options = client.mount_options(metad.to_string());
-    mount::serve(&runtime, Arc::new(fs), mountpoint, &options, announce_ready)
+    mount::serve(&runtime, fs, mountpoint, &options, announce_ready)
 }
 
 /// `shardfs local`: a whole cluster on loopback, mounted, until Ctrl-C or SIGTERM.
@@ -252,7 +251,7 @@ fn local_command(
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));
-            mount::serve(&runtime, Arc::new(fs), mountpoint, &options, || {
+            mount::serve(&runtime, fs, mountpoint, &options, || {
                 eprintln!(
                     "shardfs: local cluster (metad {}, {chunkds} chunkds, data in {}) \
                          mounted at {}; Ctrl-C to stop",

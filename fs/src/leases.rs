@@ -1,0 +1,232 @@
+//! The leases this mount holds from metad, and what the kernel may cache because of them.
+//!
+//! metad grants a read lease on every inode it tells this mount about (lookups, getattr,
+//! listings, layouts, creates) and a write lease on request. While a lease is held the
+//! kernel gets long attribute and entry TTLs for the inode; without one it gets zero and
+//! asks again. A recall arrives as a push: it is recorded at once, on the connection's
+//! reader, so an answer that raced with it is never trusted, and settled by a task that
+//! commits buffered writes, drops cached layouts and kernel caches, and releases the lease.
+//!
+//! The race between a reply to the kernel and a recall is closed by the state lock: replies
+//! that hand out a long TTL are written to the kernel under it, and a recall takes the lease
+//! out under it before any invalidation, so an invalidation always follows every reply that
+//! trusted the lease.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use fuser::{INodeNo, Notifier};
+use shardfs_metad::SessionEvents;
+use shardfs_metad::proto::{Ino, MetaPush};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+/// How long the kernel may cache what a lease covers. Recalls invalidate it sooner.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// Kernel cache TTL without a lease: ask again every time.
+const NO_TTL: Duration = Duration::ZERO;
+
+/// Recalls remembered by inode, to spot answers that raced with them; older ones are
+/// forgotten under a watermark that treats every answer older than it as raced.
+const REMEMBERED_RECALLS: usize = 65_536;
+
+#[derive(Default)]
+struct Held {
+    write: bool,
+    /// Names under this directory the kernel was given with a long TTL.
+    names: HashSet<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bumped by every recall; requests note it before they are sent.
+    epoch: u64,
+    held: HashMap<Ino, Held>,
+    /// The epoch of the latest recall of each inode.
+    recalled: HashMap<Ino, u64>,
+    /// Answers older than this epoch are treated as raced with a recall.
+    forgotten: u64,
+    /// Recalls not yet settled.
+    pending: HashMap<Ino, Recall>,
+}
+
+impl State {
+    fn recalled_since(&self, ino: Ino, epoch: u64) -> bool {
+        epoch < self.forgotten || self.recalled.get(&ino).is_some_and(|&at| at > epoch)
+    }
+}
+
+/// Chooses the TTLs of one reply to the kernel.
+pub struct Ttls<'a> {
+    state: &'a mut State,
+}
+
+impl Ttls<'_> {
+    /// How long the kernel may cache the attributes of `ino`, and the directory entry
+    /// (parent, name) if the reply hands it one: long while both are leased.
+    pub fn of(&mut self, ino: Ino, entry: Option<(Ino, &[u8])>) -> Duration {
+        let held = &mut self.state.held;
+        if !held.contains_key(&ino) {
+            return NO_TTL;
+        }
+        match entry {
+            None => LEASE_TTL,
+            Some((parent, name)) => match held.get_mut(&parent) {
+                Some(dir) => {
+                    dir.names.insert(name.to_vec());
+                    LEASE_TTL
+                }
+                None => NO_TTL,
+            },
+        }
+    }
+}
+
+/// The point in the recall sequence a request started at (see [`Leases::epoch`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Epoch(u64);
+
+/// A lease taken away, to be settled: buffered writes committed, caches dropped, and the
+/// lease released.
+#[derive(Default)]
+pub struct Recall {
+    /// The grant to release; `None` when metad already dropped the lease (a new session).
+    pub seq: Option<u64>,
+    /// A write lease: buffered writes must be committed first.
+    pub write: bool,
+    /// Directory entries the kernel may still cache.
+    names: HashSet<Vec<u8>>,
+}
+
+pub struct Leases {
+    state: Mutex<State>,
+    notifier: OnceLock<Notifier>,
+    recalls: mpsc::UnboundedSender<Ino>,
+    /// Recalls settled, for tests and debugging.
+    pub settled: AtomicU64,
+}
+
+impl Leases {
+    /// The lease table and the receiver of inodes whose recall must be settled.
+    pub fn new() -> (Leases, mpsc::UnboundedReceiver<Ino>) {
+        let (recalls, receiver) = mpsc::unbounded_channel();
+        let leases = Leases {
+            state: Mutex::default(),
+            notifier: OnceLock::new(),
+            recalls,
+            settled: AtomicU64::new(0),
+        };
+        (leases, receiver)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where the FUSE session's notifier goes once the session exists.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    pub fn notifier(&self) -> Option<&Notifier> {
+        self.notifier.get()
+    }
+
+    /// Noted before a request that grants leases is sent.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.lock().epoch)
+    }
+
+    /// Records the leases an answer to a request sent at `epoch` granted, except on inodes
+    /// recalled since: that recall may be for this very grant.
+    pub fn granted(&self, epoch: Epoch, inos: &[Ino], write: bool) {
+        let mut state = self.lock();
+        for &ino in inos {
+            if !state.recalled_since(ino, epoch.0) {
+                state.held.entry(ino).or_default().write |= write;
+            }
+        }
+    }
+
+    pub fn holds_write(&self, ino: Ino) -> bool {
+        self.lock().held.get(&ino).is_some_and(|h| h.write)
+    }
+
+    pub fn holds(&self, ino: Ino) -> bool {
+        self.lock().held.contains_key(&ino)
+    }
+
+    /// Runs `reply`, which answers the kernel with TTLs from [`Ttls::of`], under the state
+    /// lock (see the module docs).
+    pub fn reply<R>(&self, reply: impl FnOnce(&mut Ttls) -> R) -> R {
+        let mut state = self.lock();
+        reply(&mut Ttls { state: &mut state })
+    }
+
+    /// Whether a recall of a write lease on `ino` waits to be settled.
+    pub fn write_recall_pending(&self, ino: Ino) -> bool {
+        self.lock().pending.get(&ino).is_some_and(|r| r.write)
+    }
+
+    /// Takes the pending recall of `ino`, if any, out of the table.
+    pub fn take_recall(&self, ino: Ino) -> Option<Recall> {
+        self.lock().pending.remove(&ino)
+    }
+
+    /// Drops what the kernel caches of `ino` under a recalled lease: attributes, data pages
+    /// and, for a directory, the entries it was given. Must not run inside a request on the
+    /// inode (the kernel may hold its pages or its lock while it waits for the answer).
+    pub fn invalidate(&self, ino: Ino, recall: &Recall) {
+        let Some(notifier) = self.notifier.get() else { return };
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+            debug!(ino, "kernel inode invalidation: {e}");
+        }
+        for name in &recall.names {
+            let _ = notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name));
+        }
+        self.settled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the lease on `ino` away, to be settled by the recall task.
+    fn take_away(&self, state: &mut State, ino: Ino, seq: Option<u64>) {
+        let held = state.held.remove(&ino).unwrap_or_default();
+        let recall = state.pending.entry(ino).or_default();
+        recall.seq = recall.seq.max(seq);
+        recall.write |= held.write;
+        recall.names.extend(held.names);
+        let _ = self.recalls.send(ino);
+    }
+}
+
+impl SessionEvents for Leases {
+    fn pushed(&self, push: MetaPush) {
+        let MetaPush::Recall { ino, seq } = push;
+        let mut state = self.lock();
+        state.epoch += 1;
+        let epoch = state.epoch;
+        if state.recalled.len() >= REMEMBERED_RECALLS {
+            state.forgotten = epoch;
+            state.recalled.clear();
+        }
+        state.recalled.insert(ino, epoch);
+        // Nothing may be served from the lease from here on.
+        self.take_away(&mut state, ino, Some(seq));
+    }
+
+    fn session_started(&self) {
+        let mut state = self.lock();
+        state.epoch += 1;
+        state.forgotten = state.epoch;
+        state.recalled.clear();
+        // metad dropped every lease of this mount: so must the kernel's caches.
+        let inos: Vec<Ino> = state.held.keys().copied().collect();
+        for ino in inos {
+            self.take_away(&mut state, ino, None);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Leases: what each client session may cache, and recalls that take it back.
+//!
+//! A read lease on an inode lets its holder cache the inode's attributes, its layout and
+//! data, and for a directory its entries. A write lease is exclusive and also lets the
+//! holder buffer writes. Every answer metad gives a mount about an inode grants a read
+//! lease on it (see [`crate::server`] for which requests grant what); a request that would
+//! change what a lease covers first recalls the leases other sessions hold: metad pushes a
+//! recall over the holder's connection and waits until the holder releases the lease (after
+//! flushing what it buffered and dropping what it cached), or until the lease expires, one
+//! session timeout after the recall. Grants and the checks for conflicting leases happen
+//! under one lock together with the store operation, so no lease is granted on a state that
+//! a concurrent change is about to replace.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use shardfs_rpc::Pusher;
+use tracing::{debug, warn};
+
+use crate::proto::{Ino, MetaPush};
+use crate::store::Holder;
+
+/// What a request needs from the leases other sessions hold on an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// To read current state: no other session may buffer writes (hold a write lease).
+    Read,
+    /// To change it: no other session may hold any lease.
+    Write,
+}
+
+/// A lease another session holds that stands in a request's way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub holder: Holder,
+    pub ino: Ino,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// The latest grant; a release for an older one does not end the lease.
+    seq: u64,
+    write: bool,
+    /// When the latest grant was made.
+    granted: Instant,
+    /// When metad asked for it back.
+    recalled: Option<Instant>,
+}
+
+/// How long a write lease is left alone after its grant before a recall is sent: the holder
+/// gets to use it (buffer at least the write it asked for) before giving it up, so two
+/// mounts writing one file take turns instead of recalling each other's grants forever.
+const WRITE_LEASE_MIN_HOLD: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+pub struct Table {
+    inodes: HashMap<Ino, HashMap<Holder, Held>>,
+    by_holder: HashMap<Holder, HashSet<Ino>>,
+    next_seq: u64,
+    /// Inodes requests are recalling leases on, with how many: new write leases on them
+    /// wait, so a busy writer cannot starve a reader.
+    recalling: HashMap<Ino, usize>,
+}
+
+#[derive(Default)]
+pub struct LeaseCounters {
+    pub granted: AtomicU64,
+    pub recalled: AtomicU64,
+    /// Leases that expired unreleased after a recall.
+    pub revoked: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Leases {
+    table: Mutex<Table>,
+    released: tokio::sync::Notify,
+    pushers: Mutex<HashMap<SocketAddr, Pusher>>,
+    pub counters: LeaseCounters,
+}
+
+impl Table {
+    /// Leases of sessions other than `holder` on `ino` that conflict with `need`.
+    pub fn conflicts(&self, holder: Holder, ino: Ino, need: Need, into: &mut Vec<Conflict>) {
+        let Some(holders) = self.inodes.get(&ino) else { return };
+        for (&other, held) in holders {
+            if other != holder && (need == Need::Write || held.write) {
+                into.push(Conflict { holder: other, ino });
+            }
+        }
+    }
+
+    /// Grants `holder` a lease on `ino`: a write lease if `write`, else a read lease (a
+    /// write lease it holds stays one). Returns whether this renewed a lease under recall,
+    /// whose recall must then be sent again (see [`Leases::wake`]).
+    pub fn grant(
+        &mut self,
+        holder: Holder,
+        ino: Ino,
+        write: bool,
+        counters: &LeaseCounters,
+    ) -> bool {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let now = Instant::now();
+        let held = self.inodes.entry(ino).or_default().entry(holder).or_insert(Held {
+            seq,
+            write,
+            granted: now,
+            recalled: None,
+        });
+        held.seq = seq;
+        held.granted = now;
+        held.write |= write;
+        // The pending recall names an older grant, whose release will not end this one:
+        // the waiting request recalls it again.
+        let renewed = held.recalled.take().is_some();
+        self.by_holder.entry(holder).or_default().insert(ino);
+        counters.granted.fetch_add(1, Ordering::Relaxed);
+        renewed
+    }
+
+    fn remove(&mut self, holder: Holder, ino: Ino) {
+        if let Some(holders) = self.inodes.get_mut(&ino) {
+            holders.remove(&holder);
+            if holders.is_empty() {
+                self.inodes.remove(&ino);
+            }
+        }
+        if let Some(inos) = self.by_holder.get_mut(&holder) {
+            inos.remove(&ino);
+            if inos.is_empty() {
+                self.by_holder.remove(&holder);
+            }
+        }
+    }
+
+    /// Whether a request is recalling leases on `ino`.
+    pub fn is_recalling(&self, ino: Ino) -> bool {
+        self.recalling.contains_key(&ino)
+    }
+
+    /// Leases held, for status.
+    pub fn count(&self) -> u64 {
+        self.by_holder.values().map(|inos| inos.len() as u64).sum()
+    }
+}
+
+impl Leases {
+    /// The lease table, locked: conflict checks, the store operation and grants happen
+    /// under one lock.
+    pub fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pushers(&self) -> MutexGuard<'_, HashMap<SocketAddr, Pusher>> {
+        self.pushers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes requests waiting for recalls, after a lease under recall was renewed.
+    pub fn wake(&self) {
+        self.released.notify_waiters();
+    }
+
+    pub fn connected(&self, peer: SocketAddr, pusher: Pusher) {
+        self.pushers().insert(peer, pusher);
+    }
+
+    pub fn disconnected(&self, peer: SocketAddr) {
+        self.pushers().remove(&peer);
+    }
+
+    /// The holder gave back its lease on `ino` as of grant `seq`.
+    pub fn release(&self, holder: Holder, ino: Ino, seq: u64) {
+        let mut table = self.lock();
+        if table.inodes.get(&ino).and_then(|h| h.get(&holder)).is_some_and(|held| held.seq <= seq) {
+            table.remove(holder, ino);
+            drop(table);
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Drops every lease of `holder` (its session ended, or it reconnected and dropped its
+    /// caches).
+    pub fn release_holder(&self, holder: Holder) {
+        let mut table = self.lock();
+        if let Some(inos) = table.by_holder.remove(&holder) {
+            for ino in inos {
+                if let Some(holders) = table.inodes.get_mut(&ino) {
+                    holders.remove(&holder);
+                    if holders.is_empty() {
+                        table.inodes.remove(&ino);
+                    }
+                }
+            }
+            drop(table);
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Recalls the `conflicts` and waits until each is released or has expired: `expiry`
+    /// after its recall. `peer_of` finds the connection a session currently uses.
+    pub async fn recall(
+        &self,
+        conflicts: &[Conflict],
+        expiry: Duration,
+        peer_of: impl Fn(Holder) -> Option<SocketAddr>,
+    ) {
+        {
+            let mut table = self.lock();
+            for conflict in conflicts {
+                *table.recalling.entry(conflict.ino).or_default() += 1;
+            }
+        }
+        self.wait_released(conflicts, expiry, peer_of).await;
+        let mut table = self.lock();
+        for conflict in conflicts {
+            if let Some(count) = table.recalling.get_mut(&conflict.ino) {
+                *count -= 1;
+                if *count == 0 {
+                    table.recalling.remove(&conflict.ino);
+                }
+            }
+        }
+        drop(table);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until no request recalls leases on `ino`.
+    pub async fn wait_recalls(&self, ino: Ino) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.lock().is_recalling(ino) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    async fn wait_released(
+        &self,
+        conflicts: &[Conflict],
+        expiry: Duration,
+        peer_of: impl Fn(Holder) -> Option<SocketAddr>,
+    ) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let mut to_push = Vec::new();
+            let wait = {
+                let mut table = self.lock();
+                let now = Instant::now();
+                let mut wait: Option<Duration> = None;
+                for conflict in conflicts {
+                    let Some(held) = table
+                        .inodes
+                        .get_mut(&conflict.ino)
+                        .and_then(|h| h.get_mut(&conflict.holder))
+                    else {
+                        continue;
+                    };
+                    let hold = WRITE_LEASE_MIN_HOLD.saturating_sub(now - held.granted);
+                    if held.recalled.is_none() && held.write && !hold.is_zero() {
+                        wait = Some(wait.map_or(hold, |w| w.min(hold)));
+                        continue;
+                    }
+                    // Recalled once per grant: a lease granted again since is recalled again.
+                    let recalled = *held.recalled.get_or_insert_with(|| {
+                        to_push.push((*conflict, held.seq));
+                        now
+                    });
+                    let left = expiry.saturating_sub(now - recalled);
+                    if left.is_zero() {
+                        warn!(
+                            holder = conflict.holder,
+                            ino = conflict.ino,
+                            "lease not released within {expiry:?} of its recall; revoking it"
+                        );
+                        table.remove(conflict.holder, conflict.ino);
+                        self.counters.revoked.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                    }
+                }
+                wait
+            };
+            for (conflict, seq) in to_push {
+                self.counters.recalled.fetch_add(1, Ordering::Relaxed);
+                let pusher =
+                    peer_of(conflict.holder).and_then(|peer| self.pushers().get(&peer).cloned());
+                let sent = pusher.is_some_and(|p| {
+                    p.push(shardfs_rpc::encode(&MetaPush::Recall { ino: conflict.ino, seq }))
+                });
+                debug!(holder = conflict.holder, ino = conflict.ino, sent, "lease recalled");
+            }
+            let Some(wait) = wait else { return };
+            let _ = tokio::time::timeout(wait, released).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recalls_wait_for_release_or_expiry_and_ignore_stale_releases() {
+        let leases = Leases::default();
+        let (a, b) = (1, 2);
+        {
+            let mut table = leases.lock();
+            assert!(!table.grant(a, 10, false, &leases.counters));
+            assert!(!table.grant(b, 10, false, &leases.counters));
+            assert!(!table.grant(b, 11, true, &leases.counters));
+            let mut found = Vec::new();
+            table.conflicts(a, 10, Need::Read, &mut found);
+            assert!(found.is_empty(), "readers do not conflict with a read");
+            table.conflicts(a, 10, Need::Write, &mut found);
+            assert_eq!(found, vec![Conflict { holder: b, ino: 10 }]);
+            table.conflicts(a, 11, Need::Read, &mut found);
+            assert_eq!(found.len(), 2, "a writer conflicts with a read");
+        }
+        // A release naming an older grant leaves the lease in place.
+        leases.release(b, 10, 0);
+        assert_eq!(leases.lock().count(), 3);
+        // A recall nobody answers ends at expiry.
+        let conflict = [Conflict { holder: b, ino: 11 }];
+        let started = Instant::now();
+        leases.recall(&conflict, Duration::from_millis(50), |_| None).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(leases.counters.revoked.load(Ordering::Relaxed), 1);
+        // A recall the holder answers ends at the release.
+        let conflict = [Conflict { holder: b, ino: 10 }];
+        let recall = leases.recall(&conflict, Duration::from_secs(60), |_| None);
+        let release = async {
+            tokio::task::yield_now().await;
+            leases.release(b, 10, u64::MAX);
+        };
+        tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(recall, release) })
+            .await
+            .expect("the release ends the recall");
+        assert_eq!(leases.lock().count(), 1);
+    }
+}

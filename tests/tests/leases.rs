@@ -1,0 +1,211 @@
+//! Several mounts of one namespace behave like one machine: what one mount does is seen
+//! by the very next operation on another, with no sleep between, while each mount caches
+//! what it holds leases on.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use shardfs_tests::{Cluster, Mount};
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Stats `path` on `mount`, so its kernel caches the answer (and the entry) if it may.
+fn warm(mount: &Mount, path: &str) -> Option<fs::Metadata> {
+    fs::symlink_metadata(mount.join(path)).ok()
+}
+
+#[test]
+fn namespace_changes_on_one_mount_are_seen_by_the_next_lookup_on_another() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    fs::create_dir(a.join("top")).unwrap();
+    fs::write(a.join("top/kept"), b"kept").unwrap();
+    // B caches the directory, its listing and a name that does not exist yet.
+    assert_eq!(names(&b.join("top")), ["kept"]);
+    assert!(warm(&b, "top/kept").is_some());
+    assert!(warm(&b, "top/new").is_none());
+
+    fs::write(a.join("top/new"), b"fresh").unwrap();
+    assert_eq!(fs::read(b.join("top/new")).unwrap(), b"fresh", "create");
+    assert_eq!(names(&b.join("top")), ["kept", "new"], "listing after create");
+
+    fs::create_dir(a.join("top/sub")).unwrap();
+    assert!(warm(&b, "top/sub").unwrap().is_dir(), "mkdir");
+
+    assert!(warm(&b, "top/sub/moved").is_none());
+    fs::rename(a.join("top/new"), a.join("top/sub/moved")).unwrap();
+    assert!(warm(&b, "top/new").is_none(), "rename: old name gone");
+    assert_eq!(fs::read(b.join("top/sub/moved")).unwrap(), b"fresh", "rename: new name");
+
+    let before = warm(&b, "top/sub/moved").unwrap();
+    fs::set_permissions(a.join("top/sub/moved"), fs::Permissions::from_mode(0o600)).unwrap();
+    let after = warm(&b, "top/sub/moved").unwrap();
+    assert_eq!(after.mode() & 0o7777, 0o600, "chmod");
+    assert!(after.ctime_nsec() != before.ctime_nsec() || after.ctime() != before.ctime());
+
+    fs::remove_file(a.join("top/sub/moved")).unwrap();
+    assert!(warm(&b, "top/sub/moved").is_none(), "unlink");
+    assert!(names(&b.join("top/sub")).is_empty(), "listing after unlink");
+
+    fs::remove_dir(a.join("top/sub")).unwrap();
+    assert!(warm(&b, "top/sub").is_none(), "rmdir");
+    assert_eq!(names(&b.join("top")), ["kept"]);
+
+    // And the other way round, for a name A has cached.
+    assert!(warm(&a, "top/kept").is_some());
+    fs::remove_file(b.join("top/kept")).unwrap();
+    assert!(warm(&a, "top/kept").is_none(), "unlink on B seen by A");
+    let workers = cluster.query(async |c| c.workers().await).unwrap();
+    assert!(workers.leases_recalled > 0, "changes recalled leases: {workers:?}");
+}
+
+#[test]
+fn data_written_on_one_mount_is_read_by_the_next_read_on_another() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let mut writer =
+        OpenOptions::new().create(true).truncate(true).write(true).open(a.join("shared")).unwrap();
+    writer.write_all(b"first").unwrap();
+    // Not fsynced, not closed: buffered on A under its write lease.
+    let mut reader = fs::File::open(b.join("shared")).unwrap();
+    let mut text = String::new();
+    reader.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "first");
+
+    // B keeps the file open (and its pages cached); A overwrites and extends.
+    writer.write_all_at(b"FIRST, then more", 0).unwrap();
+    let mut buf = vec![0; 64];
+    let n = reader.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"FIRST, then more");
+    assert_eq!(fs::metadata(b.join("shared")).unwrap().len(), 16);
+
+    // B writes; A reads it through the handle it wrote with.
+    OpenOptions::new().write(true).open(b.join("shared")).unwrap().write_all_at(b"B", 0).unwrap();
+    let mut again = OpenOptions::new().read(true).open(a.join("shared")).unwrap();
+    again.seek(SeekFrom::Start(0)).unwrap();
+    let mut text = String::new();
+    again.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "BIRST, then more");
+    drop(writer);
+    assert_eq!(fs::read(b.join("shared")).unwrap(), b"BIRST, then more");
+}
+
+#[test]
+fn appends_from_two_mounts_interleave_without_losing_a_record() {
+    const RECORDS: usize = 300;
+    const LEN: usize = 32;
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    fs::write(a.join("log"), b"").unwrap();
+    let append = |path: std::path::PathBuf, tag: char| {
+        std::thread::spawn(move || {
+            let mut log = OpenOptions::new().append(true).open(path).unwrap();
+            for i in 0..RECORDS {
+                let record = format!("{tag}{i:0width$}\n", width = LEN - 2);
+                // One write(2) per record: O_APPEND makes each land whole at the end.
+                assert_eq!(log.write(record.as_bytes()).unwrap(), LEN);
+            }
+        })
+    };
+    let writers = [append(a.join("log"), 'a'), append(b.join("log"), 'b')];
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let text = fs::read_to_string(b.join("log")).unwrap();
+    assert_eq!(text.len(), 2 * RECORDS * LEN, "no record lost or overwritten");
+    for tag in ['a', 'b'] {
+        let mine: Vec<usize> = text
+            .lines()
+            .filter(|l| l.starts_with(tag))
+            .map(|l| l[1..].parse().expect("a whole record"))
+            .collect();
+        assert_eq!(mine, (0..RECORDS).collect::<Vec<_>>(), "records of {tag} in order");
+    }
+}
+
+#[test]
+fn a_killed_writer_holds_others_up_only_until_its_lease_expires() {
+    let cluster = Cluster::start_with(3, 2, 1, &["--session-timeout", "2"]);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let synced: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let mut file =
+        OpenOptions::new().create(true).truncate(true).write(true).open(a.join("f")).unwrap();
+    file.write_all(&synced).unwrap();
+    file.sync_all().unwrap();
+    // Buffered under A's write lease when A dies.
+    file.write_all(&[0xEE; 1 << 20]).unwrap();
+    a.crash();
+    let started = std::time::Instant::now();
+    let data = fs::read(b.join("f")).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "B waited for expiry only");
+    assert_eq!(&data[..synced.len()], &synced[..], "fsynced data intact");
+    // What A had not fsynced is there as written or absent, never garbage.
+    let rest = &data[synced.len()..];
+    assert!(rest.len() <= 1 << 20 && rest.iter().all(|&b| b == 0xEE), "{} bytes", rest.len());
+}
+
+#[test]
+fn repeated_stats_of_an_unchanged_tree_cost_no_metad_round_trips() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    let mut paths = Vec::new();
+    for d in 0..5 {
+        fs::create_dir(mount.join(&format!("d{d}"))).unwrap();
+        for f in 0..10 {
+            let path = format!("d{d}/f{f}");
+            fs::write(mount.join(&path), b"x").unwrap();
+            paths.push(path);
+        }
+    }
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    // What `ls -l` does: list each directory, stat each entry.
+    let stat_all = || {
+        for d in 0..5 {
+            assert_eq!(names(&mount.join(&format!("d{d}"))).len(), 10);
+        }
+        for path in &paths {
+            assert_eq!(fs::metadata(mount.join(path)).unwrap().len(), 1);
+        }
+    };
+    // The first listings also update the directories' atimes (relatime), in the background;
+    // a second round lets those land.
+    stat_all();
+    stat_all();
+    let before = requests();
+    for _ in 0..3 {
+        stat_all();
+    }
+    assert_eq!(requests() - before, 0, "listings and stats served from leased caches");
+    // A change made elsewhere is still seen at once.
+    let other = cluster.mount();
+    fs::write(other.join("d0/f0"), b"changed").unwrap();
+    assert_eq!(fs::metadata(mount.join("d0/f0")).unwrap().len(), 7);
+}
+
+#[test]
+fn a_file_unlinked_on_one_mount_stays_usable_where_it_is_open() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    fs::write(a.join("doomed"), b"still here").unwrap();
+    // B opens it under a lease, so metad has not heard of that open yet.
+    assert!(warm(&b, "doomed").is_some());
+    let mut open = OpenOptions::new().read(true).write(true).open(b.join("doomed")).unwrap();
+    fs::remove_file(a.join("doomed")).unwrap();
+    assert!(warm(&b, "doomed").is_none(), "the name is gone on B too");
+    let mut text = String::new();
+    open.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "still here");
+    open.write_all_at(b"STILL", 0).unwrap();
+    let mut buf = [0u8; 10];
+    open.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"STILL here");
+}
