@@ -416,6 +416,10 @@ impl Filesystem for FuseAdapter {
             RenameMode::NoReplace
         } else if flags == RenameFlags::RENAME_EXCHANGE {
             RenameMode::Exchange
+        } else if flags == RenameFlags::RENAME_WHITEOUT {
+            RenameMode::Whiteout { no_replace: false }
+        } else if flags == RenameFlags::RENAME_WHITEOUT | RenameFlags::RENAME_NOREPLACE {
+            RenameMode::Whiteout { no_replace: true }
         } else {
             return reply.error(Errno::EINVAL);
         };

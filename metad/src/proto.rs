@@ -322,6 +322,11 @@ pub enum RenameMode {
     Replace,
     NoReplace,
     Exchange,
+    /// RENAME_WHITEOUT (overlayfs): also leaves a whiteout, a 0/0 character device owned by
+    /// the caller, under the old name, in the same transaction.
+    Whiteout {
+        no_replace: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -205,8 +205,8 @@ impl MetadServer {
                 store.remove_dir(parent, &name)?;
                 MetaReply::Done
             }
-            MetaRequest::Rename { parent, name, new_parent, new_name, mode, .. } => {
-                store.rename(parent, &name, new_parent, &new_name, mode)?;
+            MetaRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
+                store.rename(parent, &name, new_parent, &new_name, mode, &cred)?;
                 MetaReply::Done
             }
             MetaRequest::Link { ino, new_parent, new_name, .. } => {

@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use shardfs_tests::{Cluster, Mount};
@@ -57,6 +57,16 @@ fn names_renames_and_links() {
     assert_eq!(rename2("d1/a", "d1/b", libc::RENAME_EXCHANGE), 0);
     assert_eq!(fs::read(m.join("d1/a")).unwrap(), b"b");
     assert_eq!(fs::read(m.join("d1/b")).unwrap(), b"a");
+    // RENAME_WHITEOUT (overlayfs) leaves a 0/0 character device under the old name.
+    fs::write(m.join("d1/w"), b"w").unwrap();
+    assert_eq!(rename2("d1/w", "d1/moved", libc::RENAME_WHITEOUT), 0);
+    assert_eq!(fs::read(m.join("d1/moved")).unwrap(), b"w");
+    let whiteout = fs::symlink_metadata(m.join("d1/w")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    let flags = libc::RENAME_WHITEOUT | libc::RENAME_NOREPLACE;
+    assert_eq!(errno_of(rename2("d1/moved", "d1/w", flags)), libc::EEXIST);
+    fs::remove_file(m.join("d1/w")).unwrap();
+    fs::remove_file(m.join("d1/moved")).unwrap();
     // A directory into its own subtree is EINVAL; over a non-empty directory ENOTEMPTY.
     assert_eq!(io_errno(fs::rename(m.join("d1"), m.join("d1/sub/x"))), libc::EINVAL);
     fs::create_dir(m.join("d2")).unwrap();

@@ -275,9 +275,15 @@ impl Store {
         new_parent: Ino,
         new_name: &[u8],
         mode: RenameMode,
+        cred: &Cred,
     ) -> Result<(), MetaError> {
         validate_name(new_name)?;
         let now = Timestamp::now();
+        let (mode, whiteout) = match mode {
+            RenameMode::Whiteout { no_replace: true } => (RenameMode::NoReplace, true),
+            RenameMode::Whiteout { no_replace: false } => (RenameMode::Replace, true),
+            mode => (mode, false),
+        };
         self.write(|tx| {
             require_dir(tx, parent)?;
             require_dir(tx, new_parent)?;
@@ -323,7 +329,19 @@ impl Store {
             }
             set_ctime(tx, src_ino, now)?;
             touch(tx, parent, now)?;
-            touch(tx, new_parent, now)
+            touch(tx, new_parent, now)?;
+            if whiteout {
+                let new = NewInode {
+                    kind: FileKind::CharDevice,
+                    perm: 0,
+                    umask: 0,
+                    cred: cred.clone(),
+                    rdev: 0,
+                    target: None,
+                };
+                create(tx, parent, name, new)?;
+            }
+            Ok(())
         })
     }
 

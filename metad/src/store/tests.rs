@@ -107,28 +107,28 @@ fn rename_cases() {
     let f = file(&store, d1.ino, "f");
     let g = file(&store, d2.ino, "g");
     // Across directories, over an existing file.
-    store.rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace).unwrap();
+    store.rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, f.ino);
     assert_eq!(store.get_attr(g.ino), Err(MetaError::NotFound));
     assert!(names(&store, d1.ino).is_empty());
     // NOREPLACE and EXCHANGE.
     let h = file(&store, d1.ino, "h");
     assert_eq!(
-        store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::NoReplace),
+        store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::NoReplace, &Cred::ROOT),
         Err(MetaError::Exists)
     );
-    store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::Exchange).unwrap();
+    store.rename(d1.ino, b"h", d2.ino, b"g", RenameMode::Exchange, &Cred::ROOT).unwrap();
     assert_eq!(store.lookup(d1.ino, b"h").unwrap().ino, f.ino);
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, h.ino);
     // A directory into its own subtree.
     let sub = store.make_dir(d1.ino, b"sub", 0o755, ROOT).unwrap();
     assert!(matches!(
-        store.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameMode::Replace),
+        store.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameMode::Replace, &Cred::ROOT),
         Err(MetaError::Invalid(_))
     ));
     // Directory moves fix ".." and link counts; over an empty directory is allowed.
     let empty = store.make_dir(d2.ino, b"empty", 0o755, ROOT).unwrap();
-    store.rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace).unwrap();
+    store.rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.get_attr(empty.ino), Err(MetaError::NotFound));
     assert_eq!(store.get_attr(d1.ino).unwrap().nlink, 2);
     assert_eq!(store.get_attr(d2.ino).unwrap().nlink, 3);
@@ -137,15 +137,15 @@ fn rename_cases() {
     file(&store, sub.ino, "x");
     store.make_dir(ROOT_INO, b"d3", 0o755, ROOT).unwrap();
     assert_eq!(
-        store.rename(ROOT_INO, b"d3", d2.ino, b"empty", RenameMode::Replace),
+        store.rename(ROOT_INO, b"d3", d2.ino, b"empty", RenameMode::Replace, &Cred::ROOT),
         Err(MetaError::NotEmpty)
     );
     assert_eq!(
-        store.rename(ROOT_INO, b"d3", d2.ino, b"g", RenameMode::Replace),
+        store.rename(ROOT_INO, b"d3", d2.ino, b"g", RenameMode::Replace, &Cred::ROOT),
         Err(MetaError::NotDir)
     );
     assert_eq!(
-        store.rename(d2.ino, b"g", ROOT_INO, b"d3", RenameMode::Replace),
+        store.rename(d2.ino, b"g", ROOT_INO, b"d3", RenameMode::Replace, &Cred::ROOT),
         Err(MetaError::IsDir)
     );
 }
@@ -412,7 +412,7 @@ fn dot_and_dot_dot_lookups_resolve_file_handles() {
     assert!(matches!(store.lookup(f.ino, b".."), Err(MetaError::NotDir)));
     // A renamed directory's ".." follows it.
     let other = store.make_dir(ROOT_INO, b"other", 0o755, ROOT).unwrap();
-    store.rename(ROOT_INO, b"sub", other.ino, b"sub", RenameMode::Replace).unwrap();
+    store.rename(ROOT_INO, b"sub", other.ino, b"sub", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.lookup(sub.ino, b"..").unwrap().ino, other.ino);
     // A removed inode is gone: the kernel turns this into ESTALE.
     store.unlink(sub.ino, b"f").unwrap();
