@@ -52,6 +52,40 @@ fn fcntl_locks_hold_across_mounts_and_go_with_close() {
     assert_eq!(seen.l_type as i32, libc::F_UNLCK, "own locks never conflict");
 }
 
+#[test]
+fn an_fcntl_lock_on_one_mount_blocks_another_until_its_process_exits() {
+    let cluster = Cluster::start(3, 2, 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    std::fs::write(a.join("f"), b"0123456789").unwrap();
+    let path = std::ffi::CString::new(a.join("f").into_os_string().into_encoded_bytes()).unwrap();
+    let (ready_read, ready_write) = nix::unistd::pipe().unwrap();
+    // A child process locks the file through mount A and then waits to be killed. It only
+    // makes system calls, which is all a forked child of a threaded process may do.
+    let child = match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+            let locked = fcntl_lock(fd, libc::F_SETLK, libc::F_WRLCK, 0, 0).0 == 0;
+            libc::write(ready_write.as_raw_fd(), [u8::from(locked)].as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(ready_write);
+    let mut locked = [0u8];
+    nix::unistd::read(&ready_read, &mut locked).unwrap();
+    assert_eq!(locked, [1], "the child took the lock");
+    let on_b = OpenOptions::new().read(true).write(true).open(b.join("f")).unwrap();
+    assert_eq!(fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_RDLCK, 3, 1).0, libc::EAGAIN);
+    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::wait::waitpid(child, None).unwrap();
+    // The holder's exit closed its descriptor, which released its lock on every mount.
+    eventually("the lock to go with its process", || {
+        fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 0).0 == 0
+    });
+}
+
 /// A command in its own process group, killed with its children on drop.
 struct Group(std::process::Child);
 
