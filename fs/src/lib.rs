@@ -1,5 +1,6 @@
 //! shardfs client: the FUSE filesystem and the `shardfs` command line.
 
+pub mod bench;
 pub mod chunk_io;
 pub mod core;
 pub mod dirty;

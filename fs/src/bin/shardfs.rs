@@ -41,6 +41,9 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a fixed set of workloads on a directory (and another, with --compare):
+    /// sequential and random I/O, small files, and a real tree.
+    Bench(BenchArgs),
     /// Check the namespace's metadata (and with --verify-data, every chunk's shards).
     /// Exit status: 0 clean, 1 problems repaired, 4 problems left.
     Fsck(FsckArgs),
@@ -78,6 +81,38 @@ enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// What `shardfs bench` runs.
+#[derive(Args)]
+struct BenchArgs {
+    /// Directory to measure (a shardfs mount, or any other directory).
+    dir: PathBuf,
+    /// Another directory to measure in the same run, alternating rounds (A B A B …), e.g. a
+    /// local ext4 directory; the report adds how fast DIR is relative to it.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Rounds per directory; the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Size of the sequentially written and read file, e.g. 1GiB.
+    #[arg(long, value_parser = metad::parse_size, default_value = "1GiB")]
+    file_size: u64,
+    /// Random 4 KiB reads per random-read workload.
+    #[arg(long, default_value_t = 20_000)]
+    random_reads: usize,
+    /// Small files to create, stat, read and delete.
+    #[arg(long, default_value_t = 5_000)]
+    small_files: usize,
+    /// Directories the small files are spread over.
+    #[arg(long, default_value_t = 50)]
+    small_dirs: usize,
+    /// A real tree to copy (cp -a), compare (diff -r) and remove (rm -rf).
+    #[arg(long, default_value = "/usr/include")]
+    tree: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What `shardfs fsck` checks and how it reports.
@@ -179,6 +214,29 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
                 shardfs::fsck::print(&report);
             }
             Ok(ExitCode::from(report.exit_code()))
+        }
+        Commands::Bench(args) => {
+            let config = shardfs::bench::BenchConfig {
+                file_bytes: args.file_size,
+                random_reads: args.random_reads,
+                small_files: args.small_files,
+                small_dirs: args.small_dirs,
+                small_file_bytes: 4096,
+                tree: args.tree,
+            };
+            let progress = !args.json && std::io::stderr().is_terminal();
+            let report = shardfs::bench::run(
+                &config,
+                &args.dir,
+                args.compare.as_deref(),
+                args.rounds,
+                progress,
+            )?;
+            match args.json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => shardfs::bench::print(&report),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Commands::Mount { metad, mountpoint, background, client } => {
             mount_command(&metad, &mountpoint, background, &client, args)?;

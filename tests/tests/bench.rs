@@ -1,0 +1,53 @@
+//! `shardfs bench` runs its workloads on a mount and on a local directory side by side.
+//! Speed itself is not asserted here (see docs/performance.md); the command must run every
+//! workload, report sane numbers and find the client serving the mount.
+
+use std::process::Command;
+
+use shardfs_tests::{Cluster, binary};
+
+#[test]
+fn bench_compares_a_mount_with_a_local_directory() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    let local = cluster.dir.path().join("local");
+    let tree = cluster.dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..20 {
+        std::fs::write(tree.join(format!("sub/h{i}.h")), format!("#define H{i} {i}\n")).unwrap();
+    }
+    std::fs::create_dir(&local).unwrap();
+    let output = Command::new(binary("shardfs"))
+        .arg("bench")
+        .arg(&mount.path)
+        .arg("--compare")
+        .arg(&local)
+        .args(["--rounds", "1", "--file-size", "8MiB", "--random-reads", "200"])
+        .args(["--small-files", "100", "--small-dirs", "4", "--json", "--tree"])
+        .arg(&tree)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 11, "{report:#}");
+    for row in rows {
+        for key in ["value", "other", "speed_ratio"] {
+            let v = row[key].as_f64().unwrap_or(-1.0);
+            assert!(v.is_finite() && v > 0.0, "{key} of {row}");
+        }
+    }
+    let rss = report["client_peak_rss_bytes"].as_u64().expect("found the mount's client");
+    assert!(rss > 1 << 20, "{rss} bytes");
+    // Nothing is left behind in either directory.
+    assert_eq!(std::fs::read_dir(&mount.path).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+
+    // A directory that does not exist is one clear error line.
+    let output =
+        Command::new(binary("shardfs")).args(["bench", "/nonexistent/dir"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/dir is not a directory"), "{stderr}");
+}
