@@ -103,6 +103,9 @@ fn set_attr(store: &Store, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(
     Ok(())
 }
 
+/// File capabilities (setcap).
+const CAPABILITY: &[u8] = b"security.capability";
+
 /// Which namespace an attribute name is in, and so who may touch it.
 fn xattr(store: &Store, ino: Ino, name: &[u8], cred: &Cred, write: bool) -> Result<(), MetaError> {
     if name.starts_with(b"trusted.") && cred.uid != 0 {
@@ -167,6 +170,12 @@ pub fn check(store: &Store, request: &MetaRequest) -> Result<(), MetaError> {
             Ok(())
         }
         MetaRequest::SetAttr { ino, cred, changes } => set_attr(store, *ino, cred, changes),
+        MetaRequest::RemoveXattr { ino, name, cred } if name == CAPABILITY => {
+            // The kernel drops a file's capabilities when anyone who may write it changes
+            // it (killpriv, as the writer); its own check already kept unprivileged users
+            // from removing them explicitly.
+            need(store, *ino, cred, WRITE).map(drop)
+        }
         MetaRequest::SetXattr { ino, name, cred, .. }
         | MetaRequest::RemoveXattr { ino, name, cred } => xattr(store, *ino, name, cred, true),
         MetaRequest::GetXattr { ino, name, cred } => xattr(store, *ino, name, cred, false),

@@ -73,6 +73,14 @@ fn metad_refuses_what_the_caller_may_not_do() {
         let e = refused(c.set_xattr(mine.ino, b"user.u", b"v", XattrMode::Any, &bob).await);
         assert_eq!(e, MetaError::AccessDenied);
         c.set_xattr(mine.ino, b"user.u", b"v", XattrMode::Any, &alice).await.unwrap();
+        // File capabilities are root's to set; whoever may write the file drops them (the
+        // kernel does, as the writer, when it changes the file).
+        let caps: &[u8] = b"security.capability";
+        c.set_xattr(mine.ino, caps, b"\x01", XattrMode::Any, &root).await.unwrap();
+        let e = refused(c.set_xattr(mine.ino, caps, b"\x02", XattrMode::Any, &alice).await);
+        assert_eq!(e, MetaError::NotPermitted);
+        assert_eq!(refused(c.remove_xattr(mine.ino, caps, &bob).await), MetaError::AccessDenied);
+        c.remove_xattr(mine.ino, caps, &alice).await.unwrap();
         // Everything refused above is allowed to root.
         c.lookup(private.ino, b"secret", &root).await.unwrap();
         c.unlink(tmp.ino, b"alice", &root).await.unwrap();
