@@ -446,7 +446,12 @@ fn client_peak_rss(dir: &Path) -> Option<u64> {
         .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
         .filter(|point| dir.starts_with(point))
         .max_by_key(|point| point.components().count())?;
+    let me = std::process::id().to_string();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
+        // This very process names the mount point too.
+        if entry.file_name() == me.as_str() {
+            continue;
+        }
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let is_shardfs = args.first().is_some_and(|a| a.ends_with(b"shardfs"));
