@@ -24,12 +24,14 @@ fn a_dead_mounts_locks_and_open_files_last_until_its_session_expires() {
     let timeout = Duration::from_secs(2);
     let cluster = Cluster::start_with(3, 2, 1, &["--session-timeout", "2"]);
     let (a, b) = (cluster.mount(), cluster.mount());
-    std::fs::write(a.join("locked"), b"x").unwrap();
+    // Written through B: a write lease A died with would hold up every read of the file
+    // until A's session expired, which is not what this test is about.
+    std::fs::write(b.join("locked"), b"x").unwrap();
+    std::fs::write(b.join("doomed"), b"y").unwrap();
     let open = |path| OpenOptions::new().read(true).write(true).open(path).unwrap();
     // Mount A holds a lock, and an unlinked file open.
     let held = open(a.join("locked"));
     assert_eq!(write_lock(held.as_raw_fd()), 0);
-    std::fs::write(a.join("doomed"), b"y").unwrap();
     let doomed = open(a.join("doomed"));
     let doomed_ino = doomed.metadata().unwrap().ino();
     std::fs::remove_file(a.join("doomed")).unwrap();
