@@ -215,7 +215,10 @@ impl Fs {
             Some(file) if self.leases.write_recall_pending(ino) => {
                 let mut data = file.data.lock().await;
                 let Some(recall) = self.leases.take_recall(ino) else { return };
-                self.settle_locked(&file, &mut data).await;
+                if let Err(e) = self.flush_locked(&file, &mut data, true).await {
+                    warn!(ino, "recalled lease: buffered writes stay buffered: {e}");
+                }
+                data.layout = None;
                 recall
             }
             open => {
@@ -235,14 +238,6 @@ impl Fs {
             debug!(ino, "kernel still busy with the inode; releasing its lease meanwhile");
         }
         self.give_back(ino, &recall).await;
-    }
-
-    /// The part of settling a recall that needs the open file's data.
-    async fn settle_locked(&self, file: &OpenFile, data: &mut FileData) {
-        if let Err(e) = self.flush_locked(file, data, true).await {
-            warn!(ino = file.ino, "recalled lease: buffered writes stay buffered: {e}");
-        }
-        data.layout = None;
     }
 
     /// Releases a recalled lease, first telling metad of an open the lease let this client

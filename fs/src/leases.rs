@@ -15,7 +15,6 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -107,20 +106,13 @@ pub struct Leases {
     state: Mutex<State>,
     notifier: OnceLock<Notifier>,
     recalls: mpsc::UnboundedSender<Ino>,
-    /// Recalls settled, for tests and debugging.
-    pub settled: AtomicU64,
 }
 
 impl Leases {
     /// The lease table and the receiver of inodes whose recall must be settled.
     pub fn new() -> (Leases, mpsc::UnboundedReceiver<Ino>) {
         let (recalls, receiver) = mpsc::unbounded_channel();
-        let leases = Leases {
-            state: Mutex::default(),
-            notifier: OnceLock::new(),
-            recalls,
-            settled: AtomicU64::new(0),
-        };
+        let leases = Leases { state: Mutex::default(), notifier: OnceLock::new(), recalls };
         (leases, receiver)
     }
 
@@ -189,7 +181,6 @@ impl Leases {
         for name in &recall.names {
             let _ = notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name));
         }
-        self.settled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes the lease on `ino` away, to be settled by the recall task.
