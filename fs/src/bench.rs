@@ -34,6 +34,27 @@ pub struct BenchConfig {
     pub small_file_bytes: usize,
     /// A real tree to copy, compare and remove.
     pub tree: PathBuf,
+    /// The groups of workloads to run.
+    pub groups: Vec<Group>,
+}
+
+/// Workloads that run together: `random` reads the file `data` writes (written untimed when
+/// `data` is not selected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// Sequential write and cold read of the big file.
+    Data,
+    /// Random reads of the big file.
+    Random,
+    /// Small files: create, stat, read, delete.
+    Small,
+    /// Copy, compare and remove a real tree.
+    Tree,
+}
+
+impl Group {
+    pub const ALL: [Group; 4] = [Group::Data, Group::Random, Group::Small, Group::Tree];
 }
 
 impl Default for BenchConfig {
@@ -45,6 +66,7 @@ impl Default for BenchConfig {
             small_dirs: 50,
             small_file_bytes: 4096,
             tree: PathBuf::from("/usr/include"),
+            groups: Group::ALL.to_vec(),
         }
     }
 }
@@ -113,13 +135,33 @@ impl Workload {
     fn is_time(self) -> bool {
         self.unit() == "s"
     }
+
+    fn group(self) -> Group {
+        match self {
+            Workload::SeqWrite | Workload::SeqReadCold => Group::Data,
+            Workload::RandomRead | Workload::RandomRead4Threads => Group::Random,
+            Workload::SmallCreate
+            | Workload::SmallStat
+            | Workload::SmallRead
+            | Workload::SmallDelete => Group::Small,
+            Workload::TreeCopy | Workload::TreeDiff | Workload::TreeRemove => Group::Tree,
+        }
+    }
+}
+
+impl BenchConfig {
+    /// The workloads of the selected groups, in the order they run.
+    pub fn workloads(&self) -> Vec<Workload> {
+        Workload::ALL.into_iter().filter(|w| self.groups.contains(&w.group())).collect()
+    }
 }
 
 /// Median results of one directory.
 #[derive(Clone, Debug, Serialize)]
 pub struct DirResults {
     pub dir: PathBuf,
-    /// One value per workload, in [`Workload::ALL`] order: the median over the rounds.
+    /// One value per selected workload, in [`BenchConfig::workloads`] order: the median over
+    /// the rounds.
     pub medians: Vec<f64>,
     /// Every round's values.
     pub rounds: Vec<Vec<f64>>,
@@ -165,7 +207,10 @@ pub fn run(
     if config.small_dirs == 0 || config.small_files < config.small_dirs {
         bail!("need at least one small file per directory");
     }
-    if !config.tree.is_dir() {
+    if config.groups.is_empty() {
+        bail!("no workloads selected (--only)");
+    }
+    if config.groups.contains(&Group::Tree) && !config.tree.is_dir() {
         bail!("{} is not a directory to copy (--tree)", config.tree.display());
     }
     let dirs: Vec<&Path> = std::iter::once(dir).chain(compare).collect();
@@ -174,7 +219,8 @@ pub fn run(
             bail!("{} is not a directory", d.display());
         }
     }
-    let steps = (rounds * dirs.len() * Workload::ALL.len()) as u64;
+    let selected = config.workloads();
+    let steps = (rounds * dirs.len() * selected.len()) as u64;
     let bar = match progress {
         true => ProgressBar::new(steps).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
@@ -201,7 +247,7 @@ pub fn run(
         });
     let results_a = results.next().expect("dir is measured");
     let results_b = results.next();
-    let rows = Workload::ALL
+    let rows = selected
         .iter()
         .enumerate()
         .map(|(i, &workload)| {
@@ -225,7 +271,7 @@ pub fn run(
 }
 
 fn medians(rounds: &[Vec<f64>]) -> Vec<f64> {
-    (0..Workload::ALL.len())
+    (0..rounds[0].len())
         .map(|i| {
             let mut values: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
             values.sort_by(f64::total_cmp);
@@ -259,8 +305,9 @@ fn workloads(
     work: &Path,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<f64>, bool)> {
-    let mut values = Vec::with_capacity(Workload::ALL.len());
+    let mut values = Vec::new();
     let mut dropped = true;
+    let runs = |group: Group| config.groups.contains(&group);
     let mut step = |workload: Workload, value: anyhow::Result<f64>| -> anyhow::Result<()> {
         let value =
             value.with_context(|| format!("{} in {}", workload.describe(), work.display()))?;
@@ -273,20 +320,54 @@ fn workloads(
     };
 
     let big = work.join("big");
-    announce(Workload::SeqWrite);
-    step(Workload::SeqWrite, sequential_write(&big, config.file_bytes))?;
-    announce(Workload::SeqReadCold);
-    dropped &= drop_page_cache();
-    step(Workload::SeqReadCold, sequential_read(&big))?;
-    for (workload, threads) in
-        [(Workload::RandomRead, 1), (Workload::RandomRead4Threads, READ_THREADS)]
-    {
-        announce(workload);
+    if runs(Group::Data) {
+        announce(Workload::SeqWrite);
+        step(Workload::SeqWrite, sequential_write(&big, config.file_bytes))?;
+        announce(Workload::SeqReadCold);
         dropped &= drop_page_cache();
-        step(workload, random_reads(&big, config.file_bytes, config.random_reads, threads))?;
+        step(Workload::SeqReadCold, sequential_read(&big))?;
+    } else if runs(Group::Random) {
+        sequential_write(&big, config.file_bytes)?;
     }
-    fs::remove_file(&big)?;
+    if runs(Group::Random) {
+        for (workload, threads) in
+            [(Workload::RandomRead, 1), (Workload::RandomRead4Threads, READ_THREADS)]
+        {
+            announce(workload);
+            dropped &= drop_page_cache();
+            step(workload, random_reads(&big, config.file_bytes, config.random_reads, threads))?;
+        }
+    }
+    if runs(Group::Data) || runs(Group::Random) {
+        fs::remove_file(&big)?;
+    }
+    if runs(Group::Small) {
+        small_files(config, work, &mut step, &announce)?;
+    }
+    if runs(Group::Tree) {
+        let tree = work.join("tree");
+        for (workload, args) in [
+            (Workload::TreeCopy, vec!["cp".into(), "-a".into(), config.tree.clone(), tree.clone()]),
+            (
+                Workload::TreeDiff,
+                vec!["diff".into(), "-r".into(), config.tree.clone(), tree.clone()],
+            ),
+            (Workload::TreeRemove, vec!["rm".into(), "-rf".into(), tree.clone()]),
+        ] {
+            announce(workload);
+            step(workload, timed_command(&args))?;
+        }
+    }
+    Ok((values, dropped))
+}
 
+/// Creates, stats, reads and deletes the small files.
+fn small_files(
+    config: &BenchConfig,
+    work: &Path,
+    step: &mut impl FnMut(Workload, anyhow::Result<f64>) -> anyhow::Result<()>,
+    announce: &impl Fn(Workload),
+) -> anyhow::Result<()> {
     let small = work.join("small");
     let paths = small_file_paths(&small, config);
     announce(Workload::SmallCreate);
@@ -305,18 +386,7 @@ fn workloads(
     step(
         Workload::SmallDelete,
         per_second(paths.len(), || paths.iter().try_for_each(fs::remove_file)),
-    )?;
-
-    let tree = work.join("tree");
-    for (workload, args) in [
-        (Workload::TreeCopy, vec!["cp".into(), "-a".into(), config.tree.clone(), tree.clone()]),
-        (Workload::TreeDiff, vec!["diff".into(), "-r".into(), config.tree.clone(), tree.clone()]),
-        (Workload::TreeRemove, vec!["rm".into(), "-rf".into(), tree.clone()]),
-    ] {
-        announce(workload);
-        step(workload, timed_command(&args))?;
-    }
-    Ok((values, dropped))
+    )
 }
 
 /// Fills `buf` with data no other buffer of the run repeats, so deduplication cannot make

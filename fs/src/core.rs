@@ -359,7 +359,11 @@ impl Fs {
         rdev: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        self.granting(self.meta.make_node(parent, name, mode, rdev, cred), |a| vec![a.ino]).await
+        let epoch = self.leases.epoch();
+        let attr = self.meta.make_node(parent, name, mode, rdev, cred).await?;
+        // metad gives the creator of a regular file its write lease too.
+        self.leases.granted(epoch, &[attr.ino], attr.kind == FileKind::File);
+        Ok(attr)
     }
 
     pub async fn make_dir(
@@ -522,6 +526,9 @@ impl Fs {
         let mode = (mode & 0o7777) | libc::S_IFREG;
         let attr = self.make_node(parent, name, mode, 0, cred).await?;
         let fh = self.open(attr.ino).await?;
+        if self.leases.holds_write(attr.ino) {
+            self.handle(fh)?.file.data.lock().await.committed = Some(attr.clone());
+        }
         Ok((attr, fh))
     }
 
@@ -693,11 +700,22 @@ impl Fs {
         Ok((bytes.len() as u32, mode_changed))
     }
 
-    /// Commits everything buffered for the file behind `fh` (close, fsync).
+    /// Commits everything buffered for the file behind `fh` (close).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let mut data = handle.file.data.lock().await;
-        self.flush_locked(&handle.file, &mut data, true).await
+        self.flush_handle(&handle).await
+    }
+
+    /// fsync(2): commits what is buffered for the file behind `fh`, then has metad make its
+    /// metadata, and every change before it, durable.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await?;
+        self.sync().await
+    }
+
+    /// Makes every metadata change this mount made so far durable (fsync of a directory).
+    pub async fn sync(&self) -> FsResult<()> {
+        Ok(self.meta.sync().await?)
     }
 
     /// Stores buffered pieces and commits them. With `everything` false, the last,

@@ -651,7 +651,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "fsync",
             reply,
-            move |fs| async move { fs.flush(fh.0).await },
+            move |fs| async move { fs.fsync(fh.0).await },
             |reply, ()| reply.ok(),
         );
     }
@@ -664,8 +664,12 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace change is already committed durably by metad before it returns.
-        reply.ok();
+        self.spawn(
+            "fsyncdir",
+            reply,
+            move |fs| async move { fs.sync().await },
+            |reply, ()| reply.ok(),
+        );
     }
 
     fn readdir(

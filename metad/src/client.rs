@@ -146,6 +146,11 @@ impl MetaClient {
         call!(self, MetaRequest::CloseSession, "close session", MetaReply::Done => ())
     }
 
+    /// Makes every metadata change committed so far durable against power loss.
+    pub async fn sync(&self) -> Result<()> {
+        call!(self, MetaRequest::Sync, "sync", MetaReply::Done => ())
+    }
+
     pub fn addr(&self) -> &str {
         self.rpc.addr()
     }

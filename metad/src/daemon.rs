@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shardfs_chunkd::Encoding;
 use tokio::net::TcpListener;
+use tracing::warn;
 
 use crate::gc::{self, GcConfig};
 use crate::members::Members;
@@ -97,8 +98,9 @@ pub async fn run(
         async move {
             let every_second = async {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(SYNC_INTERVAL).await;
                     server.expire_sessions();
+                    sync(&server.store).await;
                 }
             };
             tokio::select! {
@@ -107,12 +109,27 @@ pub async fn run(
             }
         }
     };
+    let store = server.store.clone();
     let serving = shardfs_rpc::serve(listener, server, until_stopped(stopped));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);
     };
     tokio::join!(stop_on_shutdown, serving, repairing, collecting, expiring);
+    sync(&store).await;
+}
+
+/// How often metad makes recent metadata changes durable against power loss when no client
+/// asked for it sooner (fsync), and how often it expires sessions.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn sync(store: &Arc<Store>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.sync()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("cannot sync the metadata database: {e}"),
+        Err(e) => warn!("metadata sync task failed: {e}"),
+    }
 }
 
 /// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).

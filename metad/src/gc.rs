@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::intents::Intents;
 use crate::members::Members;
+use crate::proto::MetaError;
 use crate::store::Store;
 
 /// Shards listed per page during the orphan sweep.
@@ -102,8 +103,12 @@ async fn collect_chunks(
 ) -> Result<u64, String> {
     let removed = {
         let (store, intents) = (store.clone(), intents.clone());
+        // Durable before any shard goes: power loss must not bring back a reference to it.
         tokio::task::spawn_blocking(move || {
-            store.remove_unreferenced_chunks(grace, &|chunk| intents.is_live(chunk))
+            let removed =
+                store.remove_unreferenced_chunks(grace, &|chunk| intents.is_live(chunk))?;
+            store.sync()?;
+            Ok::<_, MetaError>(removed)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -177,13 +182,17 @@ async fn sweep(
         if now.duration_since(first_seen) < grace {
             continue;
         }
-        // Ask once more, right before deleting.
+        // Ask once more, right before deleting, of a catalogue made durable first: what it
+        // says then holds after power loss too.
         let still_orphan = {
             let (store, chunkd) = (store.clone(), chunkd.to_string());
-            tokio::task::spawn_blocking(move || store.placed_on(&chunkd, &[shard]))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("catalogue: {e}"))?
+            tokio::task::spawn_blocking(move || {
+                store.sync()?;
+                store.placed_on(&chunkd, &[shard])
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("catalogue: {e}"))?
                 == [false]
         };
         if still_orphan && !intents.is_live(&shard.chunk) {

@@ -544,6 +544,8 @@ pub enum MetaRequest {
     },
     /// Ends this connection's session (a clean unmount): what it held is released now.
     CloseSession,
+    /// Makes every metadata change committed so far durable against power loss (fsync).
+    Sync,
 }
 
 /// What metad pushes to a mount over its session's connection.

@@ -116,6 +116,7 @@ impl MetadServer {
             return Outcome::Recall(request, conflicts);
         }
         let grants = grants_leases(&request);
+        let creates = matches!(request, MetaRequest::MakeNode { .. });
         // Lookups and listings find the inodes they read only as they run.
         let retry = match &request {
             MetaRequest::Lookup { .. } | MetaRequest::ReadDir { .. } => Some(request.clone()),
@@ -150,6 +151,10 @@ impl MetadServer {
                 return Outcome::Recall(retry, conflicts);
             }
         }
+        // The creator of a regular file gets its write lease with it: nobody else knows the
+        // file yet, and the creator is about to write it.
+        let write =
+            write || (creates && matches!(&reply, MetaReply::Attr(a) if a.kind == FileKind::File));
         if leasing && grants {
             let mut renewed = false;
             for ino in granted {
@@ -257,6 +262,10 @@ impl MetadServer {
                     return Err(MetaError::Invalid("write leases are for regular files".into()));
                 }
                 MetaReply::Attr(attr)
+            }
+            MetaRequest::Sync => {
+                store.sync()?;
+                MetaReply::Done
             }
             MetaRequest::CloseSession => {
                 if let Some(id) = self.sessions.close(peer) {

@@ -110,6 +110,9 @@ struct BenchArgs {
     /// A real tree to copy (cp -a), compare (diff -r) and remove (rm -rf).
     #[arg(long, default_value = "/usr/include")]
     tree: PathBuf,
+    /// Run only these groups of workloads (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', default_value = "data,random,small,tree")]
+    only: Vec<shardfs::bench::Group>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -223,6 +226,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
                 small_dirs: args.small_dirs,
                 small_file_bytes: 4096,
                 tree: args.tree,
+                groups: args.only,
             };
             let progress = !args.json && std::io::stderr().is_terminal();
             let report = shardfs::bench::run(

@@ -15,6 +15,7 @@ mod xattr;
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use shardfs_chunkd::Encoding;
@@ -60,6 +61,8 @@ pub struct VolumeSettings {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Set by every write transaction, cleared by `sync`.
+    unsynced: AtomicBool,
     volume: VolumeSettings,
     open_files: open_files::OpenFiles,
 }
@@ -76,15 +79,22 @@ impl Store {
         defaults: VolumeSettings,
     ) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
-        // WAL with synchronous=FULL: a commit returns only after its WAL frames are fsynced,
-        // so an acknowledged metadata change survives power loss.
+        // WAL with synchronous=NORMAL: a commit is in the WAL (in the page cache) when it
+        // returns, so it survives a crash of metad at once, and power loss once the WAL is
+        // synced by `sync`: at a client's fsync, before garbage collection deletes anything,
+        // and within SYNC_INTERVAL by the daemon (see docs/SEMANTICS.md, "Durability").
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         schema::migrate(&mut conn)?;
         let volume = init_volume(&mut conn, overrides, defaults)?;
-        let store = Store { conn: Mutex::new(conn), volume, open_files: Default::default() };
+        let store = Store {
+            conn: Mutex::new(conn),
+            unsynced: AtomicBool::new(false),
+            volume,
+            open_files: Default::default(),
+        };
         // Files unlinked while open by the previous run: nobody holds them open now.
         let reclaimed = store.reclaim_orphans().map_err(StoreError::Reclaim)?;
         if reclaimed > 0 {
@@ -114,7 +124,24 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
+        self.unsynced.store(true, Ordering::Release);
         Ok(value)
+    }
+
+    /// Makes every committed transaction durable against power loss: a checkpoint, which
+    /// fsyncs the WAL first. Cheap when nothing was written since the last one.
+    pub fn sync(&self) -> Result<(), MetaError> {
+        // Under the connection lock: a sync that finds nothing to do is then sure no other
+        // sync is still on its way to making an earlier commit durable.
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let synced = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if synced.is_err() {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        Ok(synced?)
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot).
