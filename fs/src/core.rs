@@ -274,7 +274,7 @@ impl Fs {
             let mut data = file.data.lock().await;
             // Recorded under the data lock: the recall of this grant settles after the
             // write that uses it.
-            self.leases.granted(epoch, &[file.ino], true);
+            self.leases.granted_attr(epoch, &attr, true);
             if self.leases.holds_write(file.ino) {
                 data.committed = Some(attr.clone());
                 data.layout = None;
@@ -322,20 +322,39 @@ impl Fs {
         attr
     }
 
-    pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
-        let attr =
-            self.granting(self.meta.lookup(parent, name, cred), |a| vec![parent, a.ino]).await?;
-        Ok(self.with_dirty(attr).await)
+    /// Runs a metad call that answers an inode's attributes, granting this mount a read
+    /// lease on it (a write lease with `write`) and on `dir`; keeps the attributes while
+    /// the lease lasts.
+    async fn granting_attr(
+        &self,
+        call: impl Future<Output = Result<Attr, MetaClientError>>,
+        dir: Option<Ino>,
+        write: bool,
+    ) -> FsResult<Attr> {
+        let epoch = self.leases.epoch();
+        let attr = call.await?;
+        self.leases.granted(epoch, &Vec::from_iter(dir), false);
+        self.leases.granted_attr(epoch, &attr, write);
+        Ok(attr)
     }
 
+    pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
+        let attr = self.granting_attr(self.meta.lookup(parent, name, cred), Some(parent), false);
+        Ok(self.with_dirty(attr.await?).await)
+    }
+
+    /// Answered from the attributes kept under the inode's lease, if any.
     pub async fn get_attr(&self, ino: Ino) -> FsResult<Attr> {
-        let attr = self.granting(self.meta.get_attr(ino), |a| vec![a.ino]).await?;
+        let attr = match self.leases.cached_attr(ino) {
+            Some(attr) => attr,
+            None => self.granting_attr(self.meta.get_attr(ino), None, false).await?,
+        };
         Ok(self.with_dirty(attr).await)
     }
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
         let Some(file) = self.open_file(ino) else {
-            return self.granting(self.meta.set_attr(ino, cred, changes), |a| vec![a.ino]).await;
+            return self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false).await;
         };
         let mut data = file.data.lock().await;
         if let Some(size) = changes.size {
@@ -345,7 +364,7 @@ impl Fs {
         // Buffered writes land first: their commit must not undo a truncate, or replace
         // times set explicitly (cp -p writes, then sets mtime, then closes).
         self.flush_locked(&file, &mut data, true).await?;
-        let attr = self.granting(self.meta.set_attr(ino, cred, changes), |a| vec![a.ino]).await?;
+        let attr = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false).await?;
         data.layout = None;
         data.committed = Some(attr.clone());
         Ok(attr)
@@ -359,11 +378,12 @@ impl Fs {
         rdev: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        let epoch = self.leases.epoch();
-        let attr = self.meta.make_node(parent, name, mode, rdev, cred).await?;
         // metad gives the creator of a regular file its write lease too.
-        self.leases.granted(epoch, &[attr.ino], attr.kind == FileKind::File);
-        Ok(attr)
+        let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
+        let made = self.meta.make_node(parent, name, mode, rdev, cred);
+        let attr = self.granting_attr(made, None, is_file).await;
+        self.leases.forget_attrs(Some(parent));
+        attr
     }
 
     pub async fn make_dir(
@@ -373,7 +393,11 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        self.granting(self.meta.make_dir(parent, name, mode & 0o7777, cred), |a| vec![a.ino]).await
+        let attr =
+            self.granting_attr(self.meta.make_dir(parent, name, mode & 0o7777, cred), None, false);
+        let attr = attr.await;
+        self.leases.forget_attrs(Some(parent));
+        attr
     }
 
     pub async fn symlink(
@@ -383,7 +407,10 @@ impl Fs {
         target: &[u8],
         cred: Cred,
     ) -> FsResult<Attr> {
-        self.granting(self.meta.symlink(parent, name, target, cred), |a| vec![a.ino]).await
+        let attr = self.granting_attr(self.meta.symlink(parent, name, target, cred), None, false);
+        let attr = attr.await;
+        self.leases.forget_attrs(Some(parent));
+        attr
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -392,12 +419,16 @@ impl Fs {
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
         self.register_opens().await?;
-        Ok(self.meta.unlink(parent, name, cred).await?)
+        let unlinked = self.meta.unlink(parent, name, cred).await;
+        self.leases.forget_attrs(None);
+        Ok(unlinked?)
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
         self.register_opens().await?;
-        Ok(self.meta.remove_dir(parent, name, cred).await?)
+        let removed = self.meta.remove_dir(parent, name, cred).await;
+        self.leases.forget_attrs(None);
+        Ok(removed?)
     }
 
     /// Before this mount removes a name: registers the opens it kept to itself under leases,
@@ -422,7 +453,9 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<()> {
         self.register_opens().await?;
-        Ok(self.meta.rename(parent, name, new_parent, new_name, mode, cred).await?)
+        let renamed = self.meta.rename(parent, name, new_parent, new_name, mode, cred).await;
+        self.leases.forget_attrs(None);
+        Ok(renamed?)
     }
 
     pub async fn link(
@@ -432,9 +465,11 @@ impl Fs {
         new_name: &[u8],
         cred: &Cred,
     ) -> FsResult<Attr> {
-        let attr =
-            self.granting(self.meta.link(ino, new_parent, new_name, cred), |a| vec![a.ino]).await?;
-        Ok(self.with_dirty(attr).await)
+        let linked =
+            self.granting_attr(self.meta.link(ino, new_parent, new_name, cred), None, false);
+        let linked = linked.await;
+        self.leases.forget_attrs(Some(new_parent));
+        Ok(self.with_dirty(linked?).await)
     }
 
     /// `(parent of the directory, entries after cookie `after`)`.
@@ -456,11 +491,12 @@ impl Fs {
             && let Some(strict) = self.atime_update(None)
         {
             // In the background: the directory's attributes are not at hand to skip it.
-            let meta = self.meta.clone();
+            let (meta, leases) = (self.meta.clone(), self.leases.clone());
             tokio::spawn(async move {
                 if let Err(e) = meta.accessed(ino, strict).await {
                     debug!(ino, "atime update failed: {e}");
                 }
+                leases.forget_attrs(Some(ino));
             });
         }
         for entry in &mut entries {
@@ -472,7 +508,8 @@ impl Fs {
     }
 
     /// Opens a file handle on `ino`.
-    pub async fn open(&self, ino: Ino) -> FsResult<u64> {
+    /// Opens `ino`; `reading` if the handle may read (for atime).
+    pub async fn open(&self, ino: Ino, reading: bool) -> FsResult<u64> {
         let (file, first) = {
             let mut files = self.files.lock().expect("files lock");
             let entry = files.entry(ino).or_insert_with(|| {
@@ -505,6 +542,17 @@ impl Fs {
                 data.layout = None;
             }
             data.accessed = false;
+            // Reads from pages the kernel keeps never reach this client: the atime update
+            // their first read would make is made now.
+            if reading && self.leases.pages_valid(ino) {
+                let attr = self.leases.cached_attr(ino);
+                if let Some(strict) = self.atime_update(attr.as_ref()) {
+                    self.meta.accessed(ino, strict).await?;
+                    self.leases.forget_attrs(Some(ino));
+                    self.leases.forget_kernel_attrs(ino);
+                }
+                data.accessed = true;
+            }
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
@@ -525,7 +573,7 @@ impl Fs {
     ) -> FsResult<(Attr, u64)> {
         let mode = (mode & 0o7777) | libc::S_IFREG;
         let attr = self.make_node(parent, name, mode, 0, cred).await?;
-        let fh = self.open(attr.ino).await?;
+        let fh = self.open(attr.ino, false).await?;
         if self.leases.holds_write(attr.ino) {
             self.handle(fh)?.file.data.lock().await.committed = Some(attr.clone());
         }
@@ -551,10 +599,11 @@ impl Fs {
         if !data.accessed {
             data.accessed = true;
             // Before the data is returned, so a stat right after the read sees it.
-            if let Some(strict) = self.atime_update(Some(&layout.attr))
-                && let Err(e) = self.meta.accessed(file.ino, strict).await
-            {
-                debug!(ino = file.ino, "atime update failed: {e}");
+            if let Some(strict) = self.atime_update(Some(&layout.attr)) {
+                if let Err(e) = self.meta.accessed(file.ino, strict).await {
+                    debug!(ino = file.ino, "atime update failed: {e}");
+                }
+                self.leases.forget_attrs(Some(file.ino));
             }
         }
         let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
@@ -667,9 +716,14 @@ impl Fs {
                     perm => {
                         mode_changed = true;
                         let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
-                        self.meta.set_attr(file.ino, Cred::ROOT, changes).await?
+                        let epoch = self.leases.epoch();
+                        let attr = self.meta.set_attr(file.ino, Cred::ROOT, changes).await?;
+                        self.leases.update_attr(epoch, &attr);
+                        attr
                     }
                 };
+                // O_APPEND handles bypass the page cache.
+                self.leases.pages_changed(file.ino);
                 let end = committed.size.max(data.dirty.end().unwrap_or(0));
                 data.committed = Some(committed);
                 end
@@ -736,6 +790,7 @@ impl Fs {
             return Ok(());
         }
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
+        let epoch = self.leases.epoch();
         let committed = async {
             let mut attempts = 0;
             loop {
@@ -754,6 +809,7 @@ impl Fs {
         data.layout = None;
         match committed {
             Ok(attr) => {
+                self.leases.update_attr(epoch, &attr);
                 data.committed = Some(attr.clone());
                 if data.dirty.is_empty() {
                     data.dirty_mtime = None;
@@ -863,11 +919,14 @@ impl Fs {
         let result = self.meta.allocate(handle.file.ino, offset, len, op).await;
         data.layout = None;
         data.committed = None;
+        self.leases.forget_attrs(Some(handle.file.ino));
+        self.leases.pages_changed(handle.file.ino);
         let attr = result?;
         let perm = setid::cleared(attr.perm, attr.gid, caller);
         if perm != attr.perm {
             let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
             self.meta.set_attr(attr.ino, Cred::ROOT, changes).await?;
+            self.leases.forget_attrs(Some(attr.ino));
         }
         Ok(perm != attr.perm)
     }
@@ -917,6 +976,8 @@ impl Fs {
             .await;
         first.layout = None;
         first.committed = None;
+        self.leases.forget_attrs(Some(target.file.ino));
+        self.leases.pages_changed(target.file.ino);
         if let Some(data) = second.as_mut() {
             data.layout = None;
             data.committed = None;
@@ -1022,7 +1083,10 @@ impl Fs {
         mode: XattrMode,
         cred: &Cred,
     ) -> FsResult<()> {
-        Ok(self.meta.set_xattr(ino, name, value, mode, cred).await?)
+        let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
+        // The change time, and for an ACL the mode.
+        self.leases.forget_attrs(Some(ino));
+        Ok(set?)
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<Vec<u8>> {
@@ -1034,6 +1098,8 @@ impl Fs {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
-        Ok(self.meta.remove_xattr(ino, name, cred).await?)
+        let removed = self.meta.remove_xattr(ino, name, cred).await;
+        self.leases.forget_attrs(Some(ino));
+        Ok(removed?)
     }
 }

@@ -27,7 +27,7 @@ use tracing::debug;
 
 use crate::core::Fs;
 use crate::error::{FsError, FsResult};
-use crate::leases::Leases;
+use crate::leases::{Leases, Ttls};
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -207,11 +207,12 @@ fn fopen_flags(flags: i32) -> FopenFlags {
     }
 }
 
-/// Makes the kernel forget the mode it cached from before set-id bits were cleared here.
-/// After the reply: the kernel holds the inode while it waits for one.
-fn forget_mode(leases: &Leases, ino: INodeNo) {
-    if let Some(notifier) = leases.notifier() {
-        let _ = notifier.inval_inode(ino, -1, 0);
+/// `flags` for an open of `ino`, plus `FOPEN_KEEP_CACHE` where the lease vouches for the
+/// kernel's cached pages (see [`crate::leases::Ttls::keep_pages`]).
+fn with_kept_pages(ttls: &mut Ttls, ino: Ino, flags: FopenFlags) -> FopenFlags {
+    match !flags.contains(FopenFlags::FOPEN_DIRECT_IO) && ttls.keep_pages(ino) {
+        true => flags | FopenFlags::FOPEN_KEEP_CACHE,
+        false => flags,
     }
 }
 
@@ -456,11 +457,17 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let open_flags = fopen_flags(flags.0);
+        let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        let leases = self.fs.leases();
         self.spawn(
             "open",
             reply,
-            move |fs| async move { fs.open(ino.0).await },
-            move |reply, fh| reply.opened(FileHandle(fh), open_flags),
+            move |fs| async move { fs.open(ino.0, reading).await },
+            move |reply, fh| {
+                leases.reply(|ttls| {
+                    reply.opened(FileHandle(fh), with_kept_pages(ttls, ino.0, open_flags))
+                })
+            },
         );
     }
 
@@ -472,7 +479,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "opendir",
             reply,
-            move |fs| async move { fs.open(ino.0).await },
+            move |fs| async move { fs.open(ino.0, false).await },
             move |reply, fh| {
                 leases.reply(|ttls| {
                     let flags = match ttls.of(ino.0, None).is_zero() {
@@ -537,7 +544,7 @@ impl Filesystem for FuseAdapter {
             move |reply, (written, mode_changed)| {
                 reply.written(written);
                 if mode_changed {
-                    forget_mode(&leases, ino);
+                    leases.forget_kernel_attrs(ino.0);
                 }
             },
         );
@@ -878,7 +885,7 @@ impl Filesystem for FuseAdapter {
             move |reply, mode_changed| {
                 reply.ok();
                 if mode_changed {
-                    forget_mode(&leases, ino);
+                    leases.forget_kernel_attrs(ino.0);
                 }
             },
         );
@@ -946,12 +953,14 @@ impl Filesystem for FuseAdapter {
             move |fs| async move { fs.create(parent.0, &name, mode, cred).await },
             move |reply, (attr, fh)| {
                 leases.reply(|ttls| {
+                    let ttl = ttls.of(attr.ino, Some((parent.0, &entry_name)));
+                    let flags = with_kept_pages(ttls, attr.ino, open_flags);
                     reply.created(
-                        &ttls.of(attr.ino, Some((parent.0, &entry_name))),
+                        &ttl,
                         &file_attr(&attr),
                         Generation(attr.generation),
                         FileHandle(fh),
-                        open_flags,
+                        flags,
                     )
                 })
             },

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use shardfs_metad::SessionEvents;
-use shardfs_metad::proto::{Ino, MetaPush};
+use shardfs_metad::proto::{Attr, Ino, MetaPush};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -39,12 +39,21 @@ struct Held {
     write: bool,
     /// Names under this directory the kernel was given with a long TTL.
     names: HashSet<Vec<u8>>,
+    /// The inode's attributes as metad last answered them under this lease, dropped by any
+    /// change made here that does not answer the new ones: getattr is answered from it.
+    attr: Option<Attr>,
+    /// Whether the kernel's cached pages of the file are what metad holds: set by an open
+    /// that had the kernel drop them under this lease; cleared by changes made here that
+    /// bypass the page cache. Later opens then keep the pages.
+    pages_valid: bool,
 }
 
 #[derive(Default)]
 struct State {
     /// Bumped by every recall; requests note it before they are sent.
     epoch: u64,
+    /// Bumped by every change this mount makes to kept attributes.
+    changes: u64,
     held: HashMap<Ino, Held>,
     /// The epoch of the latest recall of each inode.
     recalled: HashMap<Ino, u64>,
@@ -84,11 +93,22 @@ impl Ttls<'_> {
             },
         }
     }
+
+    /// Whether an open of `ino` may keep the kernel's cached pages (`FOPEN_KEEP_CACHE`).
+    /// An open that may not makes the kernel drop them, so under a lease the next open may.
+    pub fn keep_pages(&mut self, ino: Ino) -> bool {
+        let Some(held) = self.state.held.get_mut(&ino) else { return false };
+        std::mem::replace(&mut held.pages_valid, true)
+    }
 }
 
-/// The point in the recall sequence a request started at (see [`Leases::epoch`]).
+/// The point in the recall sequence, and in this mount's own changes, a request started at
+/// (see [`Leases::epoch`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Epoch(u64);
+pub struct Epoch {
+    recalls: u64,
+    changes: u64,
+}
 
 /// A lease taken away, to be settled: buffered writes committed, caches dropped, and the
 /// lease released.
@@ -131,7 +151,8 @@ impl Leases {
 
     /// Noted before a request that grants leases is sent.
     pub fn epoch(&self) -> Epoch {
-        Epoch(self.lock().epoch)
+        let state = self.lock();
+        Epoch { recalls: state.epoch, changes: state.changes }
     }
 
     /// Records the leases an answer to a request sent at `epoch` granted, except on inodes
@@ -139,9 +160,68 @@ impl Leases {
     pub fn granted(&self, epoch: Epoch, inos: &[Ino], write: bool) {
         let mut state = self.lock();
         for &ino in inos {
-            if !state.recalled_since(ino, epoch.0) {
+            if !state.recalled_since(ino, epoch.recalls) {
                 state.held.entry(ino).or_default().write |= write;
             }
+        }
+    }
+
+    /// Records the lease an answer with `attr` granted, as [`Leases::granted`] does, and
+    /// keeps the attributes while the lease lasts, unless this mount changed something since
+    /// the request started: the answer may predate that change.
+    pub fn granted_attr(&self, epoch: Epoch, attr: &Attr, write: bool) {
+        let mut state = self.lock();
+        if !state.recalled_since(attr.ino, epoch.recalls) {
+            let current = state.changes == epoch.changes;
+            let held = state.held.entry(attr.ino).or_default();
+            held.write |= write;
+            if current {
+                held.attr = Some(attr.clone());
+            }
+        }
+    }
+
+    /// After a change made here that answered `attr`: keeps it if the lease is still held
+    /// and nothing else changed since the request started at `epoch`, else forgets it.
+    pub fn update_attr(&self, epoch: Epoch, attr: &Attr) {
+        let mut state = self.lock();
+        let current = state.changes == epoch.changes;
+        state.changes += 1;
+        if let Some(held) = state.held.get_mut(&attr.ino) {
+            held.attr = current.then(|| attr.clone());
+        }
+    }
+
+    /// The attributes kept under the lease on `ino`.
+    pub fn cached_attr(&self, ino: Ino) -> Option<Attr> {
+        self.lock().held.get(&ino).and_then(|h| h.attr.clone())
+    }
+
+    /// Forgets kept attributes after a change made here: of `ino`, or of every inode when
+    /// the change may reach inodes this mount cannot name (unlink, rename).
+    pub fn forget_attrs(&self, ino: Option<Ino>) {
+        let mut state = self.lock();
+        // Answers to requests started before are not kept either.
+        state.changes += 1;
+        match ino {
+            Some(ino) => {
+                if let Some(held) = state.held.get_mut(&ino) {
+                    held.attr = None;
+                }
+            }
+            None => state.held.values_mut().for_each(|h| h.attr = None),
+        }
+    }
+
+    /// Whether the next open of `ino` keeps the kernel's cached pages (as things stand).
+    pub fn pages_valid(&self, ino: Ino) -> bool {
+        self.lock().held.get(&ino).is_some_and(|h| h.pages_valid)
+    }
+
+    /// The file's data changed here by a path that bypasses the kernel's page cache.
+    pub fn pages_changed(&self, ino: Ino) {
+        if let Some(held) = self.lock().held.get_mut(&ino) {
+            held.pages_valid = false;
         }
     }
 
@@ -180,6 +260,15 @@ impl Leases {
         }
         for name in &recall.names {
             let _ = notifier.inval_entry(INodeNo(ino), OsStr::from_bytes(name));
+        }
+    }
+
+    /// Makes the kernel forget the attributes it cached of `ino` after a change it did not
+    /// see (set-id bits cleared here, an atime update for reads it served from its pages).
+    /// Pages stay, so this never waits on a request of the kernel's.
+    pub fn forget_kernel_attrs(&self, ino: Ino) {
+        if let Some(notifier) = self.notifier.get() {
+            let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
         }
     }
 

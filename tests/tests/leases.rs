@@ -192,6 +192,40 @@ fn repeated_stats_of_an_unchanged_tree_cost_no_metad_round_trips() {
 }
 
 #[test]
+fn rereads_and_stats_after_writes_are_served_locally_until_another_mount_writes() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        fs::write(b.join(name), name.repeat(100)).unwrap();
+    }
+    // Written, closed, then stat'ed and read twice: the first read of each file updates
+    // its atime (relatime); after that nothing needs metad, neither the stats (answered
+    // from the attributes kept under the lease) nor the reads (from the kernel's pages).
+    let read_all = || {
+        for name in &names {
+            assert_eq!(fs::metadata(b.join(name)).unwrap().len(), 100 * name.len() as u64);
+            assert_eq!(fs::read_to_string(b.join(name)).unwrap(), name.repeat(100));
+        }
+    };
+    read_all();
+    let before = requests();
+    read_all();
+    read_all();
+    assert_eq!(requests() - before, 0, "rereads and stats served without metad");
+    // A write elsewhere, same size, no fsync: B's next open and read see it.
+    fs::write(a.join("f3"), "F3".repeat(100)).unwrap();
+    assert_eq!(fs::read_to_string(b.join("f3")).unwrap(), "F3".repeat(100));
+    // And an in-place change of a few bytes through a handle A keeps open.
+    let open = OpenOptions::new().write(true).open(a.join("f5")).unwrap();
+    open.write_all_at(b"XY", 10).unwrap();
+    let mut expected = "f5".repeat(100).into_bytes();
+    expected[10..12].copy_from_slice(b"XY");
+    assert_eq!(fs::read(b.join("f5")).unwrap(), expected);
+}
+
+#[test]
 fn a_file_unlinked_on_one_mount_stays_usable_where_it_is_open() {
     let cluster = Cluster::standard();
     let (a, b) = (cluster.mount(), cluster.mount());
