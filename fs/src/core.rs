@@ -21,6 +21,7 @@ use crate::error::{FsError, FsResult};
 use crate::leases::{Leases, Recall};
 use crate::seek;
 use crate::setid;
+use crate::write_back::{self, WriteBack};
 
 /// Client tuning.
 #[derive(Clone, Debug)]
@@ -51,6 +52,9 @@ impl Default for FsOptions {
 /// Longest a lock request that met a conflict waits for this client's pending closes to drop
 /// their OFD locks.
 const RELEASE_RACE_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest an unmount waits for the commits closes left to the background.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest an unmount waits for metad to close the session.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -126,6 +130,20 @@ struct FileData {
     committed: Option<Attr>,
 }
 
+impl FileData {
+    /// `attr` with what is buffered: the size it reaches and the time it was written.
+    fn with_dirty(&self, mut attr: Attr) -> Attr {
+        if let Some(end) = self.dirty.end() {
+            attr.size = attr.size.max(end);
+        }
+        if let Some(mtime) = self.dirty_mtime {
+            attr.mtime = mtime;
+            attr.ctime = mtime;
+        }
+        attr
+    }
+}
+
 struct Handle {
     file: Arc<OpenFile>,
     /// End of the previous read, to spot sequential reading.
@@ -151,6 +169,10 @@ pub struct Fs {
     /// [`Fs::wait_for_release`]).
     released_locks: tokio::sync::Notify,
     leases: Arc<Leases>,
+    /// Commits left by closes to the background (see `write_back.rs`).
+    write_back: WriteBack,
+    /// This client, for the background tasks it starts.
+    me: std::sync::Weak<Fs>,
 }
 
 impl Fs {
@@ -166,7 +188,10 @@ impl Fs {
         tokio::spawn(heartbeats(Arc::downgrade(&meta)));
         let pool = Arc::new(ChunkClientPool::new(options.rpc));
         let io = Arc::new(ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes));
-        let fs = Arc::new(Fs {
+        let write_back = WriteBack::new(options.dirty_flush_bytes);
+        let fs = Arc::new_cyclic(|me| Fs {
+            write_back,
+            me: me.clone(),
             meta,
             io,
             volume,
@@ -185,6 +210,10 @@ impl Fs {
     /// Ends this mount's metad session, giving back its leases, locks and open files at
     /// once. Bounded: an unreachable metad lets the session expire instead.
     pub async fn close(&self) {
+        let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
+        if unfinished > 0 {
+            warn!(unfinished, "unmounting with closed files whose last writes are not committed");
+        }
         match tokio::time::timeout(CLOSE_TIMEOUT, self.meta.close_session()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("cannot close the metad session (it will expire): {e}"),
@@ -243,7 +272,7 @@ impl Fs {
     /// Releases a recalled lease, first telling metad of an open the lease let this client
     /// keep to itself.
     async fn give_back(&self, ino: Ino, recall: &Recall) {
-        if let Some(file) = self.open_file(ino)
+        if let Some(file) = self.file_in_use(ino)
             && let Err(e) = self.register_open(&file).await
         {
             warn!(ino, "cannot register an open file with metad: {e}");
@@ -294,8 +323,15 @@ impl Fs {
         &self.volume
     }
 
+    /// The file's state while it is open here or has a commit pending after its close.
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         self.files.lock().expect("files lock").get(&ino).map(|(f, _)| f.clone())
+    }
+
+    /// The file's state while a handle has it open.
+    fn file_in_use(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        let files = self.files.lock().expect("files lock");
+        files.get(&ino).filter(|(_, handles)| *handles > 0).map(|(f, _)| f.clone())
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -307,19 +343,13 @@ impl Fs {
             .ok_or(FsError::Invalid("bad file handle"))
     }
 
-    /// Shows buffered writes in an inode's attributes.
-    async fn with_dirty(&self, mut attr: Attr) -> Attr {
-        if let Some(file) = self.open_file(attr.ino) {
-            let data = file.data.lock().await;
-            if let Some(end) = data.dirty.end() {
-                attr.size = attr.size.max(end);
-            }
-            if let Some(mtime) = data.dirty_mtime {
-                attr.mtime = mtime;
-                attr.ctime = mtime;
-            }
+    /// An answer's attributes, or for a file open here (whose buffer and commits the answer
+    /// may not reflect) its attributes as [`Fs::get_attr`] gives them.
+    async fn with_dirty(&self, attr: Attr) -> FsResult<Attr> {
+        match self.open_file(attr.ino) {
+            Some(_) => self.get_attr(attr.ino).await,
+            None => Ok(attr),
         }
-        attr
     }
 
     /// Runs a metad call that answers an inode's attributes, granting this mount a read
@@ -340,16 +370,26 @@ impl Fs {
 
     pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
         let attr = self.granting_attr(self.meta.lookup(parent, name, cred), Some(parent), false);
-        Ok(self.with_dirty(attr.await?).await)
+        self.with_dirty(attr.await?).await
     }
 
-    /// Answered from the attributes kept under the inode's lease, if any.
+    /// Answered from the attributes kept under the inode's lease, if any. For a file open
+    /// here, under its data lock: a commit under way changes both the buffer and the kept
+    /// attributes, and must not be seen half done.
     pub async fn get_attr(&self, ino: Ino) -> FsResult<Attr> {
+        let file = self.open_file(ino);
+        let data = match &file {
+            Some(file) => Some(file.data.lock().await),
+            None => None,
+        };
         let attr = match self.leases.cached_attr(ino) {
             Some(attr) => attr,
             None => self.granting_attr(self.meta.get_attr(ino), None, false).await?,
         };
-        Ok(self.with_dirty(attr).await)
+        Ok(match data {
+            Some(data) => data.with_dirty(attr),
+            None => attr,
+        })
     }
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
@@ -435,8 +475,10 @@ impl Fs {
     /// since the inode may be losing its last name and metad recalls no lease from the mount
     /// making the change.
     async fn register_opens(&self) -> FsResult<()> {
-        let open: Vec<Arc<OpenFile>> =
-            self.files.lock().expect("files lock").values().map(|(f, _)| f.clone()).collect();
+        let open: Vec<Arc<OpenFile>> = (self.files.lock().expect("files lock").values())
+            .filter(|(_, handles)| *handles > 0)
+            .map(|(f, _)| f.clone())
+            .collect();
         for file in open {
             self.register_open(&file).await?;
         }
@@ -469,7 +511,7 @@ impl Fs {
             self.granting_attr(self.meta.link(ino, new_parent, new_name, cred), None, false);
         let linked = linked.await;
         self.leases.forget_attrs(Some(new_parent));
-        Ok(self.with_dirty(linked?).await)
+        self.with_dirty(linked?).await
     }
 
     /// `(parent of the directory, entries after cookie `after`)`.
@@ -501,7 +543,7 @@ impl Fs {
         }
         for entry in &mut entries {
             if entry.attr.kind == FileKind::File {
-                entry.attr = self.with_dirty(entry.attr.clone()).await;
+                entry.attr = self.with_dirty(entry.attr.clone()).await?;
             }
         }
         Ok((parent, entries))
@@ -754,16 +796,77 @@ impl Fs {
         Ok((bytes.len() as u32, mode_changed))
     }
 
-    /// Commits everything buffered for the file behind `fh` (close).
+    /// close(2): commits everything buffered for the file behind `fh`, unless the release
+    /// that follows may leave that to the background (see [`Fs::defers_commit`]).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
+        if self.defers_commit(&handle.file).await.is_some() {
+            return Ok(());
+        }
         self.flush_handle(&handle).await
+    }
+
+    /// Whether the last close of `file` may return before its buffered writes are committed,
+    /// and how many bytes wait: only under the write lease (so no other mount can miss
+    /// them), for a file metad does not track as open here (whose release must follow the
+    /// commit), with a single handle left, and within the background budget.
+    async fn defers_commit(&self, file: &OpenFile) -> Option<usize> {
+        let bytes = file.data.lock().await.dirty.bytes();
+        let last =
+            self.files.lock().expect("files lock").get(&file.ino).map(|(_, n)| *n) == Some(1);
+        let defer = bytes > 0
+            && last
+            && self.write_back.fits(bytes)
+            && self.leases.holds_write(file.ino)
+            && !*file.registered.lock().await;
+        defer.then_some(bytes)
+    }
+
+    /// Commits what a closed file buffered, on a background task; tries again after
+    /// failures until it succeeds, the file is gone, or the mount closes. Forgets the file
+    /// after, unless it was opened again meanwhile.
+    async fn commit_closed(self: Arc<Self>, file: Arc<OpenFile>, bytes: usize) {
+        let slot = self.write_back.slot().await;
+        let mut delay = write_back::FIRST_RETRY;
+        loop {
+            let mut data = file.data.lock().await;
+            match self.flush_locked(&file, &mut data, true).await {
+                Ok(()) => break,
+                Err(FsError::Meta(MetaError::NotFound)) => {
+                    // Unlinked here since: nothing can read what it buffered.
+                    data.dirty.take_all(self.volume.chunk_size);
+                    break;
+                }
+                Err(e) if self.write_back.closing() => {
+                    warn!(ino = file.ino, "unmounting: last writes of a closed file lost: {e}");
+                    break;
+                }
+                Err(e) => {
+                    warn!(ino = file.ino, "commit after close failed, retrying in {delay:?}: {e}");
+                }
+            }
+            drop(data);
+            self.write_back.pause(delay).await;
+            delay = (delay * 2).min(write_back::MAX_RETRY);
+        }
+        drop(slot);
+        {
+            let data = file.data.lock().await;
+            let mut files = self.files.lock().expect("files lock");
+            if data.dirty.is_empty()
+                && let Some((kept, 0)) = files.get(&file.ino)
+                && Arc::ptr_eq(kept, &file)
+            {
+                files.remove(&file.ino);
+            }
+        }
+        self.write_back.done(bytes);
     }
 
     /// fsync(2): commits what is buffered for the file behind `fh`, then has metad make its
     /// metadata, and every change before it, durable.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await?;
+        self.flush_handle(&*self.handle(fh)?).await?;
         self.sync().await
     }
 
@@ -842,6 +945,17 @@ impl Fs {
             self.released_locks.notify_waiters();
         }
         unlocked?;
+        if let Some(bytes) = self.defers_commit(&handle.file).await
+            && let Some(me) = self.me.upgrade()
+            && self.write_back.reserve(bytes)
+        {
+            // The entry stays, with no handle, until the commit is done.
+            if let Some(entry) = self.files.lock().expect("files lock").get_mut(&handle.file.ino) {
+                entry.1 -= 1;
+            }
+            tokio::spawn(me.commit_closed(handle.file.clone(), bytes));
+            return Ok(());
+        }
         let result = self.flush_handle(&handle).await;
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");

@@ -593,6 +593,22 @@ impl Filesystem for FuseAdapter {
         );
     }
 
+    /// No ioctls are supported; ENOTTY is what tools probing a regular file (isatty, FS_IOC_*)
+    /// expect, and answering it here keeps those probes out of the log.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn getlk(
         &self,
         _req: &Request,

@@ -14,3 +14,4 @@ pub mod options;
 pub mod seek;
 pub mod setid;
 pub mod status;
+pub mod write_back;
