@@ -23,7 +23,6 @@ use tracing::{info, warn};
 
 use crate::intents::Intents;
 use crate::members::Members;
-use crate::proto::MetaError;
 use crate::store::Store;
 
 /// Shards listed per page during the orphan sweep.
@@ -103,12 +102,23 @@ async fn collect_chunks(
 ) -> Result<u64, String> {
     let removed = {
         let (store, intents) = (store.clone(), intents.clone());
-        // Durable before any shard goes: power loss must not bring back a reference to it.
+        // Each chunk removed is claimed first, so no write can use it until its shards are
+        // gone (see `intents.rs`). Durable before any shard goes: power loss must not bring
+        // back a reference to it.
         tokio::task::spawn_blocking(move || {
-            let removed =
-                store.remove_unreferenced_chunks(grace, &|chunk| intents.is_live(chunk))?;
-            store.sync()?;
-            Ok::<_, MetaError>(removed)
+            let claimed = std::sync::Mutex::new(Vec::new());
+            let removed = store.remove_unreferenced_chunks(grace, &|chunk| {
+                let won = intents.claim(*chunk);
+                if won {
+                    claimed.lock().unwrap_or_else(|e| e.into_inner()).push(*chunk);
+                }
+                !won
+            });
+            let removed = removed.and_then(|removed| store.sync().map(|()| removed));
+            if removed.is_err() {
+                intents.unclaim(claimed.into_inner().unwrap_or_else(|e| e.into_inner()));
+            }
+            removed
         })
         .await
         .map_err(|e| e.to_string())?
@@ -121,6 +131,7 @@ async fn collect_chunks(
         }
     }
     let chunks = removed.iter().map(|(s, _)| s.chunk).collect::<HashSet<_>>();
+    intents.unclaim(chunks.iter().copied());
     if !chunks.is_empty() {
         info!(chunks = chunks.len(), shards = removed.len(), "unreferenced chunks deleted");
     }
@@ -195,8 +206,11 @@ async fn sweep(
             .map_err(|e| format!("catalogue: {e}"))?
                 == [false]
         };
-        if still_orphan && !intents.is_live(&shard.chunk) {
-            client.delete(shard).await.map_err(|e| format!("delete of {shard}: {e}"))?;
+        // Claimed while it goes, so no write finds it just before (see `intents.rs`).
+        if still_orphan && intents.claim(shard.chunk) {
+            let gone = client.delete(shard).await;
+            intents.unclaim([shard.chunk]);
+            gone.map_err(|e| format!("delete of {shard}: {e}"))?;
             suspects.remove(&key);
             deleted += 1;
         }
