@@ -518,15 +518,21 @@ fn client_peak_rss(dir: &Path) -> Option<u64> {
         .max_by_key(|point| point.components().count())?;
     let me = std::process::id().to_string();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        // This very process names the mount point too.
-        if entry.file_name() == me.as_str() {
+        // Processes only (not `self`, which is this very process and names the mount point
+        // too).
+        let name = entry.file_name();
+        if name == me.as_str()
+            || !name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
             continue;
         }
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let is_shardfs = args.first().is_some_and(|a| a.ends_with(b"shardfs"));
-        let serves = args.iter().any(|a| {
-            Path::new(std::ffi::OsStr::from_bytes(a)).canonicalize().is_ok_and(|p| p == mountpoint)
+        // Arguments are resolved from that process's working directory.
+        let Ok(cwd) = fs::read_link(entry.path().join("cwd")) else { continue };
+        let serves = args.iter().filter(|a| !a.is_empty()).any(|a| {
+            cwd.join(std::ffi::OsStr::from_bytes(a)).canonicalize().is_ok_and(|p| p == mountpoint)
         });
         if is_shardfs && serves {
             let status = fs::read_to_string(entry.path().join("status")).ok()?;
