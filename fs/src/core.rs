@@ -473,14 +473,20 @@ impl Fs {
 
     /// Before this mount removes a name: registers the opens it kept to itself under leases,
     /// since the inode may be losing its last name and metad recalls no lease from the mount
-    /// making the change.
+    /// making the change. The list covers every open file of the mount, other processes'
+    /// included, so a file in it may have been closed and removed meanwhile: that is no
+    /// reason to fail this removal.
     async fn register_opens(&self) -> FsResult<()> {
         let open: Vec<Arc<OpenFile>> = (self.files.lock().expect("files lock").values())
             .filter(|(_, handles)| *handles > 0)
             .map(|(f, _)| f.clone())
             .collect();
         for file in open {
-            self.register_open(&file).await?;
+            match self.register_open(&file).await {
+                // Gone from metad already: nothing left to keep alive.
+                Err(FsError::Meta(MetaError::NotFound)) => {}
+                result => result?,
+            }
         }
         Ok(())
     }
@@ -968,10 +974,13 @@ impl Fs {
         result
     }
 
-    /// Tells metad this client has `file` open, unless it knows already.
+    /// Tells metad this client has `file` open, unless it knows already or the file was
+    /// closed since it was picked: its last release found it unregistered and tells metad of
+    /// no close, so an open registered now would keep the inode until the session ends.
     async fn register_open(&self, file: &OpenFile) -> FsResult<()> {
         let mut registered = file.registered.lock().await;
-        if !*registered {
+        let still_open = self.open_file(file.ino).is_some_and(|f| std::ptr::eq(&*f, file));
+        if !*registered && still_open {
             self.meta.open_file(file.ino).await?;
             *registered = true;
         }
