@@ -856,15 +856,24 @@ impl Fs {
             delay = (delay * 2).min(write_back::MAX_RETRY);
         }
         drop(slot);
-        {
+        let forgotten = {
             let data = file.data.lock().await;
             let mut files = self.files.lock().expect("files lock");
-            if data.dirty.is_empty()
-                && let Some((kept, 0)) = files.get(&file.ino)
-                && Arc::ptr_eq(kept, &file)
-            {
+            let forget = data.dirty.is_empty()
+                && files
+                    .get(&file.ino)
+                    .is_some_and(|(kept, n)| *n == 0 && Arc::ptr_eq(kept, &file));
+            if forget {
                 files.remove(&file.ino);
             }
+            forget
+        };
+        // Another removal registered the open between the close's check and its release.
+        if forgotten
+            && *file.registered.lock().await
+            && let Err(e) = self.meta.release_file(file.ino).await
+        {
+            warn!(ino = file.ino, "cannot tell metad a file was closed: {e}");
         }
         self.write_back.done(bytes);
     }
@@ -979,7 +988,7 @@ impl Fs {
     /// no close, so an open registered now would keep the inode until the session ends.
     async fn register_open(&self, file: &OpenFile) -> FsResult<()> {
         let mut registered = file.registered.lock().await;
-        let still_open = self.open_file(file.ino).is_some_and(|f| std::ptr::eq(&*f, file));
+        let still_open = self.file_in_use(file.ino).is_some_and(|f| std::ptr::eq(&*f, file));
         if !*registered && still_open {
             self.meta.open_file(file.ino).await?;
             *registered = true;
