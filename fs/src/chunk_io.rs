@@ -11,7 +11,8 @@ use shardfs_chunkd::proto::ChunkdError;
 use shardfs_chunkd::{ChunkId, ShardId, codec};
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
-    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, ShardPlace, StoredChunk,
+    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, ShardPlace,
+    StoredChunk,
 };
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
@@ -96,6 +97,9 @@ impl ChunkIo {
     }
 
     async fn fetch(&self, location: &ChunkLocation) -> Result<ChunkBytes, String> {
+        if location.is_inline() {
+            return self.fetch_inline(location).await;
+        }
         let encoding = location.encoding;
         let k = encoding.k as usize;
         let len = location.len as usize;
@@ -168,6 +172,18 @@ impl ChunkIo {
         Ok(Arc::new(chunk))
     }
 
+    /// An inline chunk's content, from the layout or from metad, verified against its id.
+    async fn fetch_inline(&self, location: &ChunkLocation) -> Result<ChunkBytes, String> {
+        let data = match &location.inline {
+            Some(data) => data.clone(),
+            None => self.meta.read_inline(location.chunk).await.map_err(|e| e.to_string())?,
+        };
+        if data.len() as u64 != location.len || ChunkId::of(&data) != location.chunk {
+            return Err("inline content does not match the chunk's length and BLAKE3 id".into());
+        }
+        Ok(Arc::new(data))
+    }
+
     fn report_bad(&self, chunk: ChunkId, place: &ShardPlace) {
         let meta = self.meta.clone();
         let shard = ShardId { chunk, index: place.index };
@@ -179,24 +195,32 @@ impl ChunkIo {
         });
     }
 
-    /// Stores `pieces` as chunks: the already-stored ones are referenced (dedup), the others
-    /// put on k+m chunkds. Returns what to commit.
-    pub async fn store(&self, pieces: &[Piece]) -> FsResult<(Vec<StoredChunk>, Vec<Extent>)> {
+    /// Stores `pieces` as chunks: small ones go inline to metad with the commit, the
+    /// already-stored ones are referenced (dedup), the others put on k+m chunkds. Returns
+    /// what to commit.
+    pub async fn store(&self, pieces: &[Piece]) -> FsResult<Written> {
         let hashed: Vec<(ChunkId, u64)> =
             pieces.iter().map(|p| (ChunkId::of(&p.data), p.data.len() as u64)).collect();
         let mut seen = HashSet::new();
-        let unique: Vec<(usize, ChunkToWrite)> = hashed
+        let (small, large): (Vec<_>, Vec<_>) = hashed
             .iter()
             .enumerate()
             .filter(|(_, (id, _))| seen.insert(*id))
             .map(|(i, (chunk, len))| (i, ChunkToWrite { chunk: *chunk, len: *len }))
+            .partition(|(_, chunk)| chunk.len <= INLINE_MAX);
+        let inline = small
+            .into_iter()
+            .map(|(i, chunk)| InlineChunk { chunk: chunk.chunk, data: pieces[i].data.clone() })
             .collect();
         let mut stored = Vec::new();
-        let mut pending = unique;
+        let mut pending = large;
         // chunkds whose puts failed: the next placement avoids them, so a write routes
         // around a chunkd that died before metad noticed.
         let mut avoid: Vec<String> = Vec::new();
         for attempt in 1..=PUT_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
             let chunks = pending.iter().map(|(_, c)| *c).collect();
             let plans = self.meta.prepare_write(chunks, avoid.clone()).await?;
             if plans.len() != pending.len() {
@@ -259,8 +283,16 @@ impl ChunkIo {
                 Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
             })
             .collect();
-        Ok((stored, extents))
+        Ok(Written { stored, inline, extents })
     }
+}
+
+/// What a commit records: chunks put on chunkds, chunks kept inline, and the extents that
+/// use them.
+pub struct Written {
+    pub stored: Vec<StoredChunk>,
+    pub inline: Vec<InlineChunk>,
+    pub extents: Vec<Extent>,
 }
 
 /// Encodes one chunk and puts all k+m shards; succeeds only if every put does.

@@ -15,7 +15,7 @@ use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
 use tracing::{debug, warn};
 
-use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
+use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES, Written};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
 use crate::leases::{Leases, Recall};
@@ -49,6 +49,9 @@ impl Default for FsOptions {
     }
 }
 
+/// The extended attribute holding file capabilities, which the kernel reads before writes.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 /// Longest a lock request that met a conflict waits for this client's pending closes to drop
 /// their OFD locks.
 const RELEASE_RACE_WAIT: Duration = Duration::from_millis(100);
@@ -69,6 +72,22 @@ const WRITE_LEASE_ATTEMPTS: usize = 1000;
 const INVALIDATE_WAIT: Duration = Duration::from_millis(100);
 
 /// Keeps the client's metad session alive while the client is idle, until it is dropped.
+/// Has metad move the atime of `ino` (see [`Fs::atime_update`]); keeps the attributes it
+/// answers under the lease.
+async fn update_atime(meta: &MetaClient, leases: &Leases, ino: Ino, strict: bool) -> FsResult<()> {
+    let epoch = leases.epoch();
+    match meta.accessed(ino, strict).await {
+        Ok(attr) => {
+            leases.update_attr(epoch, &attr);
+            Ok(())
+        }
+        Err(e) => {
+            leases.forget_attrs(Some(ino));
+            Err(e.into())
+        }
+    }
+}
+
 async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
     loop {
         let interval = match meta.upgrade() {
@@ -420,8 +439,13 @@ impl Fs {
     ) -> FsResult<Attr> {
         // metad gives the creator of a regular file its write lease too.
         let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
+        let epoch = self.leases.epoch();
         let made = self.meta.make_node(parent, name, mode, rdev, cred);
         let attr = self.granting_attr(made, None, is_file).await;
+        if let Ok(attr) = &attr {
+            // A new file has no capability; its first write need not ask metad.
+            self.leases.lacks_capability_since(epoch, attr.ino);
+        }
         self.leases.forget_attrs(Some(parent));
         attr
     }
@@ -541,10 +565,9 @@ impl Fs {
             // In the background: the directory's attributes are not at hand to skip it.
             let (meta, leases) = (self.meta.clone(), self.leases.clone());
             tokio::spawn(async move {
-                if let Err(e) = meta.accessed(ino, strict).await {
+                if let Err(e) = update_atime(&meta, &leases, ino, strict).await {
                     debug!(ino, "atime update failed: {e}");
                 }
-                leases.forget_attrs(Some(ino));
             });
         }
         for entry in &mut entries {
@@ -595,8 +618,7 @@ impl Fs {
             if reading && self.leases.pages_valid(ino) {
                 let attr = self.leases.cached_attr(ino);
                 if let Some(strict) = self.atime_update(attr.as_ref()) {
-                    self.meta.accessed(ino, strict).await?;
-                    self.leases.forget_attrs(Some(ino));
+                    update_atime(&self.meta, &self.leases, ino, strict).await?;
                     self.leases.forget_kernel_attrs(ino);
                 }
                 data.accessed = true;
@@ -647,11 +669,10 @@ impl Fs {
         if !data.accessed {
             data.accessed = true;
             // Before the data is returned, so a stat right after the read sees it.
-            if let Some(strict) = self.atime_update(Some(&layout.attr)) {
-                if let Err(e) = self.meta.accessed(file.ino, strict).await {
-                    debug!(ino = file.ino, "atime update failed: {e}");
-                }
-                self.leases.forget_attrs(Some(file.ino));
+            if let Some(strict) = self.atime_update(Some(&layout.attr))
+                && let Err(e) = update_atime(&self.meta, &self.leases, file.ino, strict).await
+            {
+                debug!(ino = file.ino, "atime update failed: {e}");
             }
         }
         let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
@@ -912,8 +933,8 @@ impl Fs {
         let committed = async {
             let mut attempts = 0;
             loop {
-                let (stored, extents) = self.io.store(&pieces).await?;
-                match self.meta.commit_write(file.ino, stored, extents, mtime).await {
+                let Written { stored, inline, extents } = self.io.store(&pieces).await?;
+                match self.meta.commit_write(file.ino, stored, inline, extents, mtime).await {
                     // Garbage collection removed a deduplicated chunk between prepare and
                     // commit: prepare again, which now stores it.
                     Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
@@ -1222,7 +1243,16 @@ impl Fs {
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<Vec<u8>> {
-        Ok(self.meta.get_xattr(ino, name, cred).await?)
+        let capability = name == CAPABILITY_XATTR;
+        if capability && self.leases.lacks_capability(ino) {
+            return Err(MetaError::NoData.into());
+        }
+        let epoch = self.leases.epoch();
+        let value = self.meta.get_xattr(ino, name, cred).await;
+        if capability && matches!(value, Err(MetaClientError::Meta(MetaError::NoData))) {
+            self.leases.lacks_capability_since(epoch, ino);
+        }
+        Ok(value?)
     }
 
     pub async fn list_xattr(&self, ino: Ino, cred: &Cred) -> FsResult<Vec<Vec<u8>>> {

@@ -46,7 +46,9 @@ impl FuseAdapter {
         FuseAdapter { fs, runtime }
     }
 
-    /// Runs `op` on a task and answers with `ok` or the error's errno.
+    /// Runs `op` and answers with `ok` or the error's errno: right here on the thread that
+    /// read the request if `op` completes without waiting (a getattr from the lease cache,
+    /// a buffered write), else on a task, so nothing that waits holds this thread.
     fn spawn<T, R, F>(
         &self,
         name: &'static str,
@@ -59,7 +61,7 @@ impl FuseAdapter {
         F: Future<Output = FsResult<T>> + Send + 'static,
     {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        let mut answer = Box::pin(async move {
             match op(fs).await {
                 Ok(value) => ok(reply, value),
                 Err(e) => {
@@ -68,6 +70,21 @@ impl FuseAdapter {
                 }
             }
         });
+        // Handing every request to a task cost a thread wake-up per request (see
+        // docs/performance.md). A first poll that finds the answer waiting skips it. Its
+        // waker is a no-op: a future left pending is polled again by its task, which then
+        // registers the task's own waker, so no wake-up is lost.
+        let _runtime = self.runtime.enter();
+        let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+        // A panic answers EIO (the reply is dropped unanswered), as it would on a task,
+        // and leaves this thread serving.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer.as_mut().poll(&mut first)
+        })) {
+            Ok(std::task::Poll::Pending) => drop(self.runtime.spawn(answer)),
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!(op = name, "request handler panicked"),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ struct Held {
     /// that had the kernel drop them under this lease; cleared by changes made here that
     /// bypass the page cache. Later opens then keep the pages.
     pages_valid: bool,
+    /// Known to have no `security.capability` attribute, which the kernel asks for before
+    /// every write (to drop it); forgotten with `attr`.
+    lacks_capability: bool,
 }
 
 #[derive(Default)]
@@ -192,6 +195,23 @@ impl Leases {
         }
     }
 
+    /// An answer from a request started at `epoch` showed `ino` without a
+    /// `security.capability` attribute: kept while the lease is and nothing changes here.
+    pub fn lacks_capability_since(&self, epoch: Epoch, ino: Ino) {
+        let mut state = self.lock();
+        if !state.recalled_since(ino, epoch.recalls)
+            && state.changes == epoch.changes
+            && let Some(held) = state.held.get_mut(&ino)
+        {
+            held.lacks_capability = true;
+        }
+    }
+
+    /// Whether `ino` is known, under its lease, to have no `security.capability`.
+    pub fn lacks_capability(&self, ino: Ino) -> bool {
+        self.lock().held.get(&ino).is_some_and(|h| h.lacks_capability)
+    }
+
     /// The attributes kept under the lease on `ino`.
     pub fn cached_attr(&self, ino: Ino) -> Option<Attr> {
         self.lock().held.get(&ino).and_then(|h| h.attr.clone())
@@ -207,9 +227,13 @@ impl Leases {
             Some(ino) => {
                 if let Some(held) = state.held.get_mut(&ino) {
                     held.attr = None;
+                    held.lacks_capability = false;
                 }
             }
-            None => state.held.values_mut().for_each(|h| h.attr = None),
+            None => state.held.values_mut().for_each(|h| {
+                h.attr = None;
+                h.lacks_capability = false;
+            }),
         }
     }
 

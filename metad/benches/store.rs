@@ -78,7 +78,7 @@ fn store_benches(c: &mut Criterion) {
             seq += 1;
             let chunk = ChunkId::of(&seq.to_le_bytes());
             let extent = Extent { offset: 0, len: 4096, chunk, chunk_offset: 0 };
-            store.commit_write(known.ino, &[stored(chunk, 4096)], &[extent], Timestamp::now())
+            store.commit_write(known.ino, &[stored(chunk, 4096)], &[], &[extent], Timestamp::now())
         })
     });
     group.finish();

@@ -335,8 +335,9 @@ impl MetaClient {
         call!(self, request, "unlock", MetaReply::Done => ())
     }
 
-    pub async fn accessed(&self, ino: Ino, strict: bool) -> Result<()> {
-        call!(self, MetaRequest::Accessed { ino, strict }, "accessed", MetaReply::Done => ())
+    /// Answers the attributes with the atime as it now is.
+    pub async fn accessed(&self, ino: Ino, strict: bool) -> Result<Attr> {
+        call!(self, MetaRequest::Accessed { ino, strict }, "accessed", MetaReply::Attr(a) => a)
     }
 
     pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {
@@ -352,11 +353,11 @@ impl MetaClient {
         call!(self, request, "list chunks", MetaReply::Chunks(c) => c)
     }
 
-    /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
     pub async fn workers(&self) -> Result<WorkerStatus> {
         call!(self, MetaRequest::Workers, "workers", MetaReply::Workers(w) => w)
     }
 
+    /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
     pub async fn prepare_write(
         &self,
         chunks: Vec<ChunkToWrite>,
@@ -370,11 +371,18 @@ impl MetaClient {
         &self,
         ino: Ino,
         stored: Vec<StoredChunk>,
+        inline: Vec<InlineChunk>,
         extents: Vec<Extent>,
         mtime: Timestamp,
     ) -> Result<Attr> {
-        let request = MetaRequest::CommitWrite { ino, stored, extents, mtime };
+        let request = MetaRequest::CommitWrite { ino, stored, inline, extents, mtime };
         call!(self, request, "commit write", MetaReply::Attr(a) => a)
+    }
+
+    /// The content of a chunk kept inline in metad.
+    pub async fn read_inline(&self, chunk: ChunkId) -> Result<Vec<u8>> {
+        let request = MetaRequest::ReadInline { chunk };
+        call!(self, request, "read inline chunk", MetaReply::Data(d) => d)
     }
 
     pub async fn set_xattr(

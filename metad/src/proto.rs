@@ -21,6 +21,11 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 pub const MAX_XATTR_VALUE_LEN: usize = 64 * 1024;
 /// Longest extended attribute name, in bytes.
 pub const MAX_XATTR_NAME_LEN: usize = 255;
+/// Largest chunk kept inline in metad's database instead of erasure-coded on chunkds (see
+/// `docs/architecture.md`, "Small chunks inline").
+pub const INLINE_MAX: u64 = 64 * 1024;
+/// Inline content a layout carries at most; the rest is read with `ReadInline`.
+pub const LAYOUT_INLINE_BUDGET: usize = 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
@@ -176,12 +181,23 @@ pub struct ShardPlace {
     pub addr: String,
 }
 
+/// Where a chunk's content is: in `k + m` shards on chunkds, or, for a chunk kept inline in
+/// metad (encoding `0 + 0`, no shards), in `inline` or to be read with `ReadInline`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkLocation {
     pub chunk: ChunkId,
     pub len: u64,
     pub encoding: Encoding,
     pub shards: Vec<ShardPlace>,
+    #[serde(with = "serde_bytes")]
+    pub inline: Option<Vec<u8>>,
+}
+
+impl ChunkLocation {
+    /// Whether the chunk is kept in metad's database rather than on chunkds.
+    pub fn is_inline(&self) -> bool {
+        self.encoding.total() == 0
+    }
 }
 
 /// A file's committed content.
@@ -208,6 +224,14 @@ pub enum ChunkPlan {
     Stored,
     /// Put shard `i` on `targets[i]`, then commit with these places.
     Place { encoding: Encoding, targets: Vec<ShardPlace> },
+}
+
+/// A chunk of at most [`INLINE_MAX`] bytes, committed with its content, which metad keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineChunk {
+    pub chunk: ChunkId,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// A chunk whose shards the client has stored.
@@ -418,10 +442,12 @@ pub enum MetaRequest {
         /// chunkds the client could not reach: placement leaves them out.
         avoid: Vec<String>,
     },
-    /// Records stored chunks and the extents that now use them, in one transaction.
+    /// Records stored chunks, inline chunks with their content, and the extents that now
+    /// use them, in one transaction.
     CommitWrite {
         ino: Ino,
         stored: Vec<StoredChunk>,
+        inline: Vec<InlineChunk>,
         extents: Vec<Extent>,
         mtime: Timestamp,
     },
@@ -508,7 +534,7 @@ pub enum MetaRequest {
         end: u64,
     },
     /// The file or directory was read: update its atime, under the relatime rule unless
-    /// `strict` (the `strictatime` mount option).
+    /// `strict` (the `strictatime` mount option). Answers the attributes.
     Accessed {
         ino: Ino,
         strict: bool,
@@ -517,7 +543,12 @@ pub enum MetaRequest {
     Fsck {
         repair: bool,
     },
-    /// Catalogued chunks after `after`, in id order, at most `limit`.
+    /// The content of a chunk kept inline.
+    ReadInline {
+        chunk: ChunkId,
+    },
+    /// Catalogued chunks after `after`, in id order, at most `limit` (without inline
+    /// content).
     ListChunks {
         after: Option<ChunkId>,
         limit: u32,
@@ -583,6 +614,7 @@ pub enum MetaReply {
     Lock(Option<HeldLock>),
     Fsck(FsckReport),
     Chunks(Vec<ChunkLocation>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Workers(WorkerStatus),
     /// The session a connection acts for, and how long it may stay silent before it expires.
     Session {

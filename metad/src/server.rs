@@ -242,6 +242,7 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
+            MetaRequest::ReadInline { chunk } => MetaReply::Data(store.read_inline(chunk)?),
             MetaRequest::ListChunks { after, limit } => {
                 MetaReply::Chunks(store.list_chunks(after, limit.min(4096))?)
             }
@@ -298,10 +299,7 @@ impl MetadServer {
                     mount_requests: get(&self.mount_requests),
                 })
             }
-            MetaRequest::Accessed { ino, strict } => {
-                store.accessed(ino, strict)?;
-                MetaReply::Done
-            }
+            MetaRequest::Accessed { ino, strict } => MetaReply::Attr(store.accessed(ino, strict)?),
             MetaRequest::Unlock { ino, owner, start, end } => {
                 self.locks.unlock(ino, holder, owner, start, end);
                 MetaReply::Done
@@ -338,8 +336,8 @@ impl MetadServer {
                     Ok(ChunkPlan::Place { encoding, targets })
                 })?)
             }
-            MetaRequest::CommitWrite { ino, stored, extents, mtime } => {
-                let attr = store.commit_write(ino, &stored, &extents, mtime)?;
+            MetaRequest::CommitWrite { ino, stored, inline, extents, mtime } => {
+                let attr = store.commit_write(ino, &stored, &inline, &extents, mtime)?;
                 // Referenced now: refcounts protect these chunks from here on.
                 self.intents.clear(holder, extents.iter().map(|e| e.chunk));
                 MetaReply::Attr(attr)
@@ -461,6 +459,21 @@ fn lease_needs_of(
     }
 }
 
+/// Runs a request's SQLite work, which blocks. On a multi-threaded runtime it runs right
+/// here, the worker's other tasks moving to another thread meanwhile (`block_in_place`):
+/// handing it to the blocking pool and back cost two thread wake-ups per request, about a
+/// third of a lookup's round trip on a 2-core machine (`docs/performance.md`).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, shardfs_rpc::Error> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(work)),
+        _ => tokio::task::spawn_blocking(work).await.map_err(|e| {
+            shardfs_rpc::Error::Io(std::io::Error::other(format!("request handler failed: {e}")))
+        }),
+    }
+}
+
 impl Handler for MetadServer {
     fn offers(&self, service: Service) -> bool {
         matches!(service, Service::Metad | Service::Membership)
@@ -472,16 +485,10 @@ impl Handler for MetadServer {
         peer: SocketAddr,
         body: Bytes,
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
-        // SQLite calls block; keep them off the async workers.
-        let failed = |e: tokio::task::JoinError| {
-            shardfs_rpc::Error::Io(std::io::Error::other(format!("request handler failed: {e}")))
-        };
         if service == Service::Membership {
             let request: MembershipRequest = shardfs_rpc::decode(&body)?;
             let server = self.clone();
-            let response = tokio::task::spawn_blocking(move || server.membership(request, peer))
-                .await
-                .map_err(failed)?;
+            let response = blocking(move || server.membership(request, peer)).await?;
             return Ok(shardfs_rpc::encode(&response));
         }
         let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
@@ -496,10 +503,7 @@ impl Handler for MetadServer {
         }
         loop {
             let server = self.clone();
-            let outcome =
-                tokio::task::spawn_blocking(move || server.answer_leased(request, holder, peer))
-                    .await
-                    .map_err(failed)?;
+            let outcome = blocking(move || server.answer_leased(request, holder, peer)).await?;
             match outcome {
                 Outcome::Answered(response) => return Ok(shardfs_rpc::encode(&response)),
                 Outcome::Recall(again, conflicts) => {

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::Error;
 
 /// Version of the frame layout and of every message enum carried in it.
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 
 const MAGIC: &[u8; 4] = b"SHFS";
 const STATUS_OK: u8 = 0;

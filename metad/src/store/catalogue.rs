@@ -26,7 +26,7 @@ impl Store {
                 .prepare_cached("SELECT id FROM chunks WHERE id > ?1 ORDER BY id LIMIT ?2")?
                 .query_map(params![start, limit], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            ids.into_iter().map(|id| chunk_location(tx, chunk_id(id)?)).collect()
+            ids.into_iter().map(|id| chunk_location(tx, chunk_id(id)?, &mut 0)).collect()
         })
     }
 
@@ -130,6 +130,8 @@ impl Store {
                 tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?
                     .execute([&chunk.0[..]])?;
                 tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
+                tx.prepare_cached("DELETE FROM inline_chunks WHERE id = ?1")?
+                    .execute([&chunk.0[..]])?;
                 removed.extend(
                     shards.into_iter().map(|(index, chunkd)| (ShardId { chunk, index }, chunkd)),
                 );

@@ -7,6 +7,8 @@ use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, layout};
+use shardfs_chunkd::ChunkId;
+
 use crate::proto::{Extent, Ino, MetaError, ROOT_INO, Timestamp};
 
 /// One broken invariant.
@@ -30,6 +32,8 @@ pub enum Problem {
     UnknownChunkd { chunk: String, index: u8, chunkd: String },
     /// A chunk has the wrong number of shard rows for its encoding.
     WrongShardCount { chunk: String, shards: u64, expected: u64 },
+    /// An inline chunk's content is missing or does not match its length and BLAKE3 id.
+    BadInlineChunk { chunk: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -59,6 +63,9 @@ impl std::fmt::Display for Problem {
             }
             Problem::WrongShardCount { chunk, shards, expected } => {
                 write!(f, "chunk {chunk} has {shards} shards, its encoding needs {expected}")
+            }
+            Problem::BadInlineChunk { chunk } => {
+                write!(f, "inline chunk {chunk}: content missing or not matching its id")
             }
         }
     }
@@ -269,6 +276,20 @@ fn check_placement(tx: &Transaction<'_>, report: &mut FsckReport) -> Result<(), 
         .collect::<Result<_, _>>()?;
     for (chunk, shards, expected) in wrong {
         report.problems.push(Problem::WrongShardCount { chunk: hex(&chunk), shards, expected });
+    }
+    let inline: Vec<(Vec<u8>, u64, Option<Vec<u8>>)> = tx
+        .prepare(
+            "SELECT c.id, c.len, i.data FROM chunks c LEFT JOIN inline_chunks i ON i.id = c.id
+             WHERE c.k + c.m = 0",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (chunk, len, data) in inline {
+        let intact = data
+            .is_some_and(|data| data.len() as u64 == len && ChunkId::of(&data).0[..] == chunk[..]);
+        if !intact {
+            report.problems.push(Problem::BadInlineChunk { chunk: hex(&chunk) });
+        }
     }
     Ok(())
 }

@@ -12,8 +12,8 @@ use shardfs_chunkd::{ChunkId, Encoding};
 
 use super::{Store, get_attr};
 use crate::proto::{
-    Attr, ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, Ino, Layout, MetaError,
-    ShardPlace, SpaceOp, StoredChunk, Timestamp,
+    Attr, ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, INLINE_MAX, InlineChunk, Ino,
+    LAYOUT_INLINE_BUDGET, Layout, MetaError, ShardPlace, SpaceOp, StoredChunk, Timestamp,
 };
 
 /// Largest file size (bytes): what SQLite's signed integers can hold.
@@ -32,11 +32,22 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let distinct: BTreeSet<ChunkId> =
                 extents.iter().filter(|e| !e.is_unwritten()).map(|e| e.chunk).collect();
+            let mut budget = LAYOUT_INLINE_BUDGET;
             let chunks = distinct
                 .into_iter()
-                .map(|chunk| chunk_location(tx, chunk))
+                .map(|chunk| chunk_location(tx, chunk, &mut budget))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Layout { attr, extents, chunks })
+        })
+    }
+
+    /// The content of a chunk kept inline.
+    pub fn read_inline(&self, chunk: ChunkId) -> Result<Vec<u8>, MetaError> {
+        self.read(|tx| {
+            tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?
+                .query_row([&chunk.0[..]], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))
         })
     }
 
@@ -148,11 +159,13 @@ impl Store {
         })
     }
 
-    /// Records newly stored chunks and points `extents` of `ino` at them, in one transaction.
+    /// Records newly stored chunks and inline ones, and points `extents` of `ino` at them,
+    /// in one transaction.
     pub fn commit_write(
         &self,
         ino: Ino,
         stored: &[StoredChunk],
+        inline: &[InlineChunk],
         extents: &[Extent],
         mtime: Timestamp,
     ) -> Result<Attr, MetaError> {
@@ -161,6 +174,9 @@ impl Store {
             let attr = require_file(tx, ino)?;
             for chunk in stored {
                 record_chunk(tx, chunk, now)?;
+            }
+            for chunk in inline {
+                record_inline(tx, chunk, now)?;
             }
             let mut end = attr.size;
             for extent in extents {
@@ -460,9 +476,44 @@ fn record_chunk(
     Ok(())
 }
 
+/// Catalogues an inline chunk with its content, unless the id is catalogued already (then
+/// that copy, inline or on chunkds, stands).
+fn record_inline(
+    tx: &Transaction<'_>,
+    chunk: &InlineChunk,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    let len = chunk.data.len() as u64;
+    if len == 0 || len > INLINE_MAX {
+        return Err(MetaError::Invalid(format!(
+            "inline chunk {} of {len} bytes (1..={INLINE_MAX})",
+            chunk.chunk
+        )));
+    }
+    if ChunkId::of(&chunk.data) != chunk.chunk {
+        return Err(MetaError::Invalid(format!(
+            "inline chunk {}: content does not match its BLAKE3 id",
+            chunk.chunk
+        )));
+    }
+    let added = tx
+        .prepare_cached(
+            "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
+             VALUES (?1, ?2, 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![&chunk.chunk.0[..], len, now.sec])?;
+    if added > 0 {
+        tx.prepare_cached("INSERT INTO inline_chunks (id, data) VALUES (?1, ?2)")?
+            .execute(params![&chunk.chunk.0[..], &chunk.data])?;
+    }
+    Ok(())
+}
+
+/// Where `chunk` is. An inline chunk's content comes along while `budget` (bytes) lasts.
 pub(super) fn chunk_location(
     tx: &Transaction<'_>,
     chunk: ChunkId,
+    budget: &mut usize,
 ) -> Result<ChunkLocation, MetaError> {
     let (len, k, m): (u64, u8, u8) = tx
         .prepare_cached("SELECT len, k, m FROM chunks WHERE id = ?1")?
@@ -479,7 +530,16 @@ pub(super) fn chunk_location(
             Ok(ShardPlace { index: r.get(0)?, chunkd: r.get(1)?, addr: r.get(2)? })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards })
+    let mut location =
+        ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards, inline: None };
+    if location.is_inline() && len as usize <= *budget {
+        location.inline = tx
+            .prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?
+            .query_row([&chunk.0[..]], |r| r.get(0))
+            .optional()?;
+        *budget -= len as usize;
+    }
+    Ok(location)
 }
 
 /// Reads an extent from the columns `offset, len, chunk, chunk_offset`.

@@ -374,7 +374,7 @@ impl Store {
 
     /// Updates the atime of `ino` after a read, as relatime does: only if it is not newer
     /// than the mtime and ctime, or is more than a day old.
-    pub fn accessed(&self, ino: Ino, strict: bool) -> Result<(), MetaError> {
+    pub fn accessed(&self, ino: Ino, strict: bool) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         self.write(|tx| {
             if strict || get_attr(tx, ino)?.atime_due(now) {
@@ -383,7 +383,7 @@ impl Store {
                 )?
                 .execute(params![ino, now.sec, now.nsec])?;
             }
-            Ok(())
+            get_attr(tx, ino)
         })
     }
 

@@ -100,6 +100,14 @@ const MIGRATIONS: &[&str] = &[
         last_seen      INTEGER NOT NULL
     ) STRICT;
     "#,
+    // Version 2: chunks of at most INLINE_MAX bytes kept here, catalogued in `chunks` with
+    // k = m = 0 and no shards. A rowid table: its rows are too large for WITHOUT ROWID.
+    r#"
+    CREATE TABLE inline_chunks (
+        id   BLOB PRIMARY KEY,
+        data BLOB NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

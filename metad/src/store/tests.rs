@@ -176,10 +176,11 @@ fn writes_split_extents_and_move_refcounts() {
     let big = ChunkId::of(b"big");
     let small = ChunkId::of(b"small");
     let t = Timestamp::now();
-    store.commit_write(f.ino, &[stored(big, 1000)], &[extent(0, 1000, big, 0)], t).unwrap();
+    store.commit_write(f.ino, &[stored(big, 1000)], &[], &[extent(0, 1000, big, 0)], t).unwrap();
     assert_eq!(refcount(&store, big), 1);
-    let attr =
-        store.commit_write(f.ino, &[stored(small, 10)], &[extent(100, 10, small, 0)], t).unwrap();
+    let attr = store
+        .commit_write(f.ino, &[stored(small, 10)], &[], &[extent(100, 10, small, 0)], t)
+        .unwrap();
     assert_eq!((attr.size, attr.allocated), (1000, 1000));
     let layout = store.layout(f.ino).unwrap();
     assert_eq!(
@@ -201,11 +202,11 @@ fn writes_split_extents_and_move_refcounts() {
     // An extent must lie inside its chunk, and the chunk must exist.
     let g = file(&store, ROOT_INO, "g");
     assert!(matches!(
-        store.commit_write(g.ino, &[], &[extent(0, 2000, big, 0)], t),
+        store.commit_write(g.ino, &[], &[], &[extent(0, 2000, big, 0)], t),
         Err(MetaError::Invalid(_))
     ));
     assert!(matches!(
-        store.commit_write(g.ino, &[], &[extent(0, 1, ChunkId::of(b"nope"), 0)], t),
+        store.commit_write(g.ino, &[], &[], &[extent(0, 1, ChunkId::of(b"nope"), 0)], t),
         Err(MetaError::ChunkGone(_))
     ));
 }
@@ -217,7 +218,7 @@ fn prepare_dedups_only_fully_redundant_chunks() {
     let f = file(&store, ROOT_INO, "f");
     let known = ChunkId::of(b"known");
     let t = Timestamp::now();
-    store.commit_write(f.ino, &[stored(known, 5)], &[extent(0, 5, known, 0)], t).unwrap();
+    store.commit_write(f.ino, &[stored(known, 5)], &[], &[extent(0, 5, known, 0)], t).unwrap();
     let fresh = ChunkId::of(b"fresh");
     let place =
         |_: &ChunkToWrite| Ok(ChunkPlan::Place { encoding: SETTINGS.encoding, targets: vec![] });
@@ -238,7 +239,7 @@ fn prepare_dedups_only_fully_redundant_chunks() {
         shard.chunkd = format!("new{}", shard.index);
     }
     let g = file(&store, ROOT_INO, "g");
-    store.commit_write(g.ino, &[again], &[extent(0, 5, known, 0)], t).unwrap();
+    store.commit_write(g.ino, &[again], &[], &[extent(0, 5, known, 0)], t).unwrap();
     let status = store.chunk_status(known).unwrap().unwrap();
     let places: Vec<_> = status.shards.iter().map(|s| (s.chunkd.as_str(), s.healthy)).collect();
     assert_eq!(places, [("c0", true), ("new1", true), ("c2", true)]);
@@ -323,7 +324,9 @@ fn clone_range_shares_chunks_and_allocate_punches() {
     let dst = file(&store, ROOT_INO, "dst");
     let chunk = ChunkId::of(b"c");
     let t = Timestamp::now();
-    store.commit_write(src.ino, &[stored(chunk, 100)], &[extent(10, 100, chunk, 0)], t).unwrap();
+    store
+        .commit_write(src.ino, &[stored(chunk, 100)], &[], &[extent(10, 100, chunk, 0)], t)
+        .unwrap();
     // [0, 10) of src is a hole; it copies as a hole.
     let (attr, len) = store.clone_range(src.ino, 0, dst.ino, 1000, 500).unwrap();
     assert_eq!((len, attr.size), (110, 1110));
@@ -371,7 +374,7 @@ fn fsck_finds_and_repairs_broken_invariants() {
     let f = file(&store, d.ino, "f");
     let chunk = ChunkId::of(b"x");
     let t = Timestamp::now();
-    store.commit_write(f.ino, &[stored(chunk, 10)], &[extent(0, 10, chunk, 0)], t).unwrap();
+    store.commit_write(f.ino, &[stored(chunk, 10)], &[], &[extent(0, 10, chunk, 0)], t).unwrap();
     let clean = store.fsck(false).unwrap();
     assert_eq!(clean.problems, vec![], "a fresh namespace is clean");
     assert_eq!((clean.inodes, clean.entries, clean.chunks), (3, 2, 1));
@@ -417,4 +420,67 @@ fn dot_and_dot_dot_lookups_resolve_file_handles() {
     // A removed inode is gone: the kernel turns this into ESTALE.
     store.unlink(sub.ino, b"f").unwrap();
     assert!(matches!(store.lookup(f.ino, b"."), Err(MetaError::NotFound)));
+}
+
+#[test]
+fn small_chunks_are_kept_inline_verified_and_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let t = Timestamp::now();
+    let data = b"small file content".to_vec();
+    let chunk = ChunkId::of(&data);
+    let inline = InlineChunk { chunk, data: data.clone() };
+    let len = data.len() as u64;
+    // Content that does not hash to the id, or over the limit, is refused.
+    let f = file(&store, ROOT_INO, "f");
+    let forged = InlineChunk { chunk, data: b"other content, same id".to_vec() };
+    assert!(matches!(
+        store.commit_write(f.ino, &[], &[forged], &[extent(0, len, chunk, 0)], t),
+        Err(MetaError::Invalid(_))
+    ));
+    let big = vec![7u8; INLINE_MAX as usize + 1];
+    let too_big = InlineChunk { chunk: ChunkId::of(&big), data: big };
+    assert!(matches!(
+        store.commit_write(f.ino, &[], &[too_big], &[], t),
+        Err(MetaError::Invalid(_))
+    ));
+    // Committed: the layout carries the content; a second file dedups against it.
+    store
+        .commit_write(f.ino, &[], std::slice::from_ref(&inline), &[extent(0, len, chunk, 0)], t)
+        .unwrap();
+    let g = file(&store, ROOT_INO, "g");
+    store.commit_write(g.ino, &[], &[inline], &[extent(0, len, chunk, 0)], t).unwrap();
+    let layout = store.layout(f.ino).unwrap();
+    assert_eq!(layout.attr.size, len);
+    assert_eq!(layout.chunks.len(), 1);
+    assert!(layout.chunks[0].is_inline() && layout.chunks[0].shards.is_empty());
+    assert_eq!(layout.chunks[0].inline.as_deref(), Some(&data[..]));
+    assert_eq!(store.read_inline(chunk).unwrap(), data);
+    assert_eq!(refcount(&store, chunk), 2);
+    // A prepare of the same content needs nothing stored.
+    let plans = store
+        .prepare_write(&[ChunkToWrite { chunk, len }], |_| panic!("placed an inline chunk"))
+        .unwrap();
+    assert_eq!(plans, [ChunkPlan::Stored]);
+    let report = store.fsck(false).unwrap();
+    assert_eq!(report.problems, vec![]);
+    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 0);
+    // Unreferenced, it is collected with its content, and nothing is left for chunkds.
+    store.unlink(ROOT_INO, b"f").unwrap();
+    store.unlink(ROOT_INO, b"g").unwrap();
+    let removed = store.remove_unreferenced_chunks(std::time::Duration::ZERO, &|_| false).unwrap();
+    assert_eq!(removed, vec![]);
+    assert!(matches!(store.read_inline(chunk), Err(MetaError::ChunkGone(_))));
+    assert_eq!(store.fsck(false).unwrap().problems, vec![]);
+    // Content damaged behind the store's back is reported.
+    let h = file(&store, ROOT_INO, "h");
+    let other = b"more".to_vec();
+    let id = ChunkId::of(&other);
+    let inline = InlineChunk { chunk: id, data: other };
+    store.commit_write(h.ino, &[], &[inline], &[extent(0, 4, id, 0)], t).unwrap();
+    store.conn.lock().unwrap().execute("UPDATE inline_chunks SET data = x'00'", []).unwrap();
+    assert_eq!(
+        store.fsck(false).unwrap().problems,
+        vec![Problem::BadInlineChunk { chunk: id.to_hex() }]
+    );
 }
