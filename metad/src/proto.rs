@@ -543,10 +543,6 @@ pub enum MetaRequest {
     Fsck {
         repair: bool,
     },
-    /// The content of a chunk kept inline.
-    ReadInline {
-        chunk: ChunkId,
-    },
     /// Catalogued chunks after `after`, in id order, at most `limit` (without inline
     /// content).
     ListChunks {
@@ -577,6 +573,10 @@ pub enum MetaRequest {
     CloseSession,
     /// Makes every metadata change committed so far durable against power loss (fsync).
     Sync,
+    /// The content of a chunk kept inline.
+    ReadInline {
+        chunk: ChunkId,
+    },
 }
 
 /// What metad pushes to a mount over its session's connection.
@@ -614,13 +614,13 @@ pub enum MetaReply {
     Lock(Option<HeldLock>),
     Fsck(FsckReport),
     Chunks(Vec<ChunkLocation>),
-    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Workers(WorkerStatus),
     /// The session a connection acts for, and how long it may stay silent before it expires.
     Session {
         id: u64,
         timeout_ms: u64,
     },
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Application errors. The FUSE client maps each to one errno.
