@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use shardfs_rpc::ClusterKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -22,10 +22,12 @@ use crate::store::{ShardStore, StoreError};
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Settings of one chunkd.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct ChunkdConfig {
     /// Directory holding the shard store (created if missing).
     pub data_dir: PathBuf,
+    /// From the cluster secret: authenticates every connection, in and out.
+    pub key: ClusterKey,
     /// Address of metad, for registration, heartbeats and corrupt-shard reports.
     pub metad_addr: String,
     /// Failure-domain label (host, rack); metad puts a chunk's shards in distinct zones.
@@ -39,9 +41,14 @@ pub struct ChunkdConfig {
 }
 
 impl ChunkdConfig {
-    pub fn new(data_dir: impl Into<PathBuf>, metad_addr: impl Into<String>) -> ChunkdConfig {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        metad_addr: impl Into<String>,
+        key: ClusterKey,
+    ) -> ChunkdConfig {
         ChunkdConfig {
             data_dir: data_dir.into(),
+            key,
             metad_addr: metad_addr.into(),
             zone: None,
             advertise_addr: None,
@@ -99,6 +106,7 @@ pub async fn run_with_store(
         advertise_addr,
         zone: config.zone,
         interval: config.heartbeat_interval,
+        key: config.key,
     };
     info!(id = %store.id(), %local_addr, "chunkd serving");
 
@@ -107,7 +115,7 @@ pub async fn run_with_store(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let serving = server::run(listener, store.clone(), stopped(stop_rx.clone()));
+    let serving = server::run(listener, store.clone(), config.key, stopped(stop_rx.clone()));
     let scrubbing = scrub::run(store.clone(), config.scrub, stopped(stop_rx.clone()));
     let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
     let stop_on_shutdown = async move {
@@ -135,12 +143,14 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             // No metad here: the heartbeat keeps retrying in the background.
-            let config = ChunkdConfig::new(dir.path(), "127.0.0.1:1");
+            let key = ClusterKey::from_secret(b"a test cluster's secret, 32 bytes");
+            let config = ChunkdConfig::new(dir.path(), "127.0.0.1:1", key);
             let (stop, stopped) = oneshot::channel::<()>();
             let chunkd = tokio::spawn(run_chunkd(config, listener, async {
                 let _ = stopped.await;
             }));
-            let client = ChunkClient::new(addr, Default::default());
+            let options = shardfs_rpc::ClientOptions { key: Some(key), ..Default::default() };
+            let client = ChunkClient::new(addr, options);
             let stat = client.stat().await.unwrap();
             assert_eq!(stat.shard_count, round);
             let chunk = vec![round as u8; 10];

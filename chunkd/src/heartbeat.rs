@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardfs_rpc::{ClientOptions, Service};
+use shardfs_rpc::{ClientOptions, ClusterKey, Service};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
@@ -26,10 +26,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// after metad comes back.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Membership messages are tiny; an answer slower than this means metad is in trouble.
-const CLIENT_OPTIONS: ClientOptions = ClientOptions {
-    connect_timeout: Duration::from_secs(3),
-    request_timeout: Duration::from_secs(10),
-};
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Corrupt-shard reports kept while metad is unreachable. Beyond this they are dropped:
 /// metad's scrub finds those shards again.
 const MAX_PENDING_REPORTS: usize = 100_000;
@@ -44,6 +42,8 @@ pub struct HeartbeatConfig {
     pub advertise_addr: String,
     pub zone: Option<String>,
     pub interval: Duration,
+    /// Proves to metad that this chunkd holds the cluster secret.
+    pub key: ClusterKey,
 }
 
 /// Keeps this chunkd registered with metad until `shutdown` completes.
@@ -53,7 +53,12 @@ pub async fn run(
     mut corrupt_reports: mpsc::UnboundedReceiver<ShardId>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let client = shardfs_rpc::Client::new(&config.metad_addr, Service::Membership, CLIENT_OPTIONS);
+    let options = ClientOptions {
+        key: Some(config.key),
+        connect_timeout: CONNECT_TIMEOUT,
+        request_timeout: REQUEST_TIMEOUT,
+    };
+    let client = shardfs_rpc::Client::new(&config.metad_addr, Service::Membership, options);
     let mut member = Member { config, client, store, failing: false, pending: BTreeSet::new() };
     tokio::select! {
         _ = shutdown => {}

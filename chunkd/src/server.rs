@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use shardfs_rpc::{Handler, Service};
+use shardfs_rpc::{ClusterKey, Handler, ServerConfig, Service};
 use tokio::net::TcpListener;
 use tracing::{debug, instrument, warn};
 
@@ -15,14 +15,16 @@ use crate::codec::Encoding;
 use crate::proto::{ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
 use crate::store::ShardStore;
 
-/// Serves the chunkd protocol for `store` on `listener` until `shutdown` completes.
+/// Serves the chunkd protocol for `store` on `listener`, to peers holding the cluster secret
+/// behind `key`, until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     store: Arc<ShardStore>,
+    key: ClusterKey,
     shutdown: impl Future<Output = ()>,
 ) {
     let server = Arc::new(ChunkdServer::new(store));
-    shardfs_rpc::serve(listener, server.clone(), shutdown).await;
+    shardfs_rpc::serve(listener, server.clone(), ServerConfig::new(key), shutdown).await;
     server.close();
 }
 

@@ -229,6 +229,22 @@ impl Fs {
     /// Ends this mount's metad session, giving back its leases, locks and open files at
     /// once. Bounded: an unreachable metad lets the session expire instead.
     pub async fn close(&self) {
+        // close(2) leaves a file's last writes to the release that follows it, which the
+        // kernel sends in the background; an unmount drops releases still queued. What
+        // such files buffered is committed here. (A commit already under way for a file
+        // finds nothing left to do, or the other way round.)
+        let open: Vec<Arc<OpenFile>> =
+            self.files.lock().expect("files lock").values().map(|(f, _)| f.clone()).collect();
+        for file in open {
+            let mut data = file.data.lock().await;
+            match self.flush_locked(&file, &mut data, true).await {
+                // Unlinked meanwhile: nothing can read what it buffered.
+                Ok(()) | Err(FsError::Meta(MetaError::NotFound)) => {}
+                Err(e) => {
+                    warn!(ino = file.ino, "unmounting: last writes of an open file lost: {e}")
+                }
+            }
+        }
         let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
         if unfinished > 0 {
             warn!(unfinished, "unmounting with closed files whose last writes are not committed");

@@ -9,6 +9,7 @@ use shardfs_chunkd::ShardId;
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{ChunkLocation, FsckReport};
+use shardfs_rpc::ClientOptions;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -63,6 +64,7 @@ impl Report {
 /// Runs the checks; `progress` shows a bar while chunks are verified.
 pub async fn run(
     meta: &MetaClient,
+    rpc: ClientOptions,
     repair: bool,
     verify_data: bool,
     progress: bool,
@@ -79,7 +81,7 @@ pub async fn run(
         } else {
             ProgressBar::hidden()
         };
-        let report = verify_chunks(meta, &bar).await?;
+        let report = verify_chunks(meta, rpc, &bar).await?;
         bar.finish_and_clear();
         Some(report)
     } else {
@@ -88,8 +90,12 @@ pub async fn run(
     Ok(Report { metadata, data })
 }
 
-async fn verify_chunks(meta: &MetaClient, bar: &ProgressBar) -> anyhow::Result<DataReport> {
-    let pool = Arc::new(ChunkClientPool::new(Default::default()));
+async fn verify_chunks(
+    meta: &MetaClient,
+    rpc: ClientOptions,
+    bar: &ProgressBar,
+) -> anyhow::Result<DataReport> {
+    let pool = Arc::new(ChunkClientPool::new(rpc));
     let limit = Arc::new(Semaphore::new(PARALLEL_CHUNKS));
     let mut report = DataReport::default();
     let mut after = None;

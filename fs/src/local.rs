@@ -9,6 +9,7 @@ use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::store::ShardStore;
 use shardfs_metad::MetaClient;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
+use shardfs_rpc::{ClientOptions, ClusterKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,6 +21,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct LocalCluster {
     pub metad_addr: String,
+    /// The cluster's key, from the secret metad created in the data directory.
+    pub key: ClusterKey,
     stop: watch::Sender<()>,
     tasks: JoinSet<()>,
 }
@@ -38,6 +41,7 @@ impl LocalCluster {
         };
         let mut tasks = JoinSet::new();
         let server = metad::open(&settings.metad)?;
+        let key = server.key();
         let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind metad")?;
         let metad_addr = listener.local_addr()?.to_string();
         let workers = (settings.metad.repair, settings.metad.gc);
@@ -48,7 +52,7 @@ impl LocalCluster {
                 .await
                 .with_context(|| format!("cannot open chunkd store {}", dir.display()))?;
             let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind chunkd")?;
-            let mut config = ChunkdConfig::new(&dir, &metad_addr);
+            let mut config = ChunkdConfig::new(&dir, &metad_addr, key);
             config.heartbeat_interval = HEARTBEAT;
             let stopped = until_stopped(stopped.clone());
             tasks.spawn(async move {
@@ -57,13 +61,14 @@ impl LocalCluster {
                 }
             });
         }
-        let cluster = LocalCluster { metad_addr, stop, tasks };
+        let cluster = LocalCluster { metad_addr, key, stop, tasks };
         cluster.wait_ready(settings.chunkds).await?;
         Ok(cluster)
     }
 
     async fn wait_ready(&self, chunkds: usize) -> anyhow::Result<()> {
-        let client = MetaClient::new(&self.metad_addr, Default::default());
+        let options = ClientOptions { key: Some(self.key), ..ClientOptions::default() };
+        let client = MetaClient::new(&self.metad_addr, options);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let up = client.chunkds().await?.iter().filter(|c| c.up).count();

@@ -39,6 +39,8 @@ pub struct MountFlags {
     pub remount: bool,
     /// `cache_size=256MiB`: memory for cached chunks.
     pub cache_size: Option<u64>,
+    /// `secret_file=PATH`: the cluster secret.
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl MountFlags {
@@ -55,6 +57,7 @@ impl MountFlags {
                 ("rw", None) => flags.read_only = false,
                 ("remount", None) => flags.remount = true,
                 ("allow_other", None) => flags.allow_other = true,
+                ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
                 ("cache_size", Some(size)) => {
                     flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
                 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardfs_chunkd::Encoding;
+use shardfs_chunkd::client::ChunkClientPool;
+use shardfs_rpc::{ClientOptions, ClusterKey, ServerConfig};
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::gc::{self, GcConfig};
 use crate::members::Members;
@@ -27,6 +29,8 @@ pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1
 pub struct MetadConfig {
     /// Directory holding the SQLite database.
     pub data: PathBuf,
+    /// The cluster secret every connection proves; created (mode 0600) if missing.
+    pub secret_file: PathBuf,
     /// Encoding for chunks written from now on; `None` keeps the volume's.
     pub encoding: Option<Encoding>,
     /// Chunk size for data written from now on; `None` keeps the volume's.
@@ -63,7 +67,15 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
     let store = Arc::new(store);
     let members = Members::load(store.clone(), config.down_after)
         .context("cannot load the chunkd registry")?;
-    Ok(Arc::new(MetadServer::new(store, members, config.session_timeout)))
+    let new_secret = !config.secret_file.exists();
+    let key = ClusterKey::load_or_create(&config.secret_file)?;
+    if new_secret {
+        info!(
+            path = %config.secret_file.display(),
+            "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
+        );
+    }
+    Ok(Arc::new(MetadServer::new(store, members, config.session_timeout, key)))
 }
 
 /// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`
@@ -78,7 +90,12 @@ pub async fn run(
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+    let chunkds = || {
+        let options = ClientOptions { key: Some(server.key), ..ClientOptions::default() };
+        Arc::new(ChunkClientPool::new(options))
+    };
     let repairing = repair::run(
+        chunkds(),
         server.store.clone(),
         server.members.clone(),
         repair,
@@ -86,6 +103,7 @@ pub async fn run(
         until_stopped(stopped.clone()),
     );
     let collecting = gc::run(
+        chunkds(),
         server.store.clone(),
         server.members.clone(),
         server.intents.clone(),
@@ -110,7 +128,8 @@ pub async fn run(
         }
     };
     let store = server.store.clone();
-    let serving = shardfs_rpc::serve(listener, server, until_stopped(stopped));
+    let config = ServerConfig::new(server.key);
+    let serving = shardfs_rpc::serve(listener, server, config, until_stopped(stopped));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);

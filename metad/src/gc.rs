@@ -51,6 +51,7 @@ pub struct GcStats {
 
 /// Collects garbage until `shutdown` completes.
 pub async fn run(
+    pool: Arc<ChunkClientPool>,
     store: Arc<Store>,
     members: Arc<Members>,
     intents: Arc<Intents>,
@@ -58,7 +59,6 @@ pub async fn run(
     stats: Arc<GcStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let pool = ChunkClientPool::new(Default::default());
     // Orphans by where they were seen, with when they were first seen.
     let mut suspects: HashMap<(String, ShardId), Instant> = HashMap::new();
     let work = async {

@@ -53,13 +53,13 @@ pub struct RepairStats {
 
 /// Repairs until `shutdown` completes.
 pub async fn run(
+    pool: Arc<ChunkClientPool>,
     store: Arc<Store>,
     members: Arc<Members>,
     config: RepairConfig,
     stats: Arc<RepairStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let pool = ChunkClientPool::new(Default::default());
     let pace = Duration::from_secs_f64(1.0 / f64::from(config.chunks_per_second.max(1)));
     let work = async {
         loop {

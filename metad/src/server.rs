@@ -8,7 +8,7 @@ use bytes::Bytes;
 use shardfs_chunkd::membership::{
     MembershipError, MembershipReply, MembershipRequest, MembershipResponse,
 };
-use shardfs_rpc::{Handler, Service};
+use shardfs_rpc::{ClusterKey, Handler, Service};
 use tracing::{debug, info, warn};
 
 use crate::access;
@@ -36,6 +36,8 @@ pub struct MetadServer {
     sessions: Sessions,
     leases: Leases,
     mount_requests: std::sync::atomic::AtomicU64,
+    /// Authenticates every connection, in and out.
+    pub(crate) key: ClusterKey,
 }
 
 /// What answering a request came to: an answer, or leases of other sessions to recall
@@ -48,8 +50,14 @@ enum Outcome {
 }
 
 impl MetadServer {
-    pub fn new(store: Arc<Store>, members: Members, session_timeout: Duration) -> MetadServer {
+    pub fn new(
+        store: Arc<Store>,
+        members: Members,
+        session_timeout: Duration,
+        key: ClusterKey,
+    ) -> MetadServer {
         MetadServer {
+            key,
             store,
             members: Arc::new(members),
             locks: LockTable::default(),
@@ -60,6 +68,11 @@ impl MetadServer {
             leases: Leases::default(),
             mount_requests: Default::default(),
         }
+    }
+
+    /// The key connections to this metad are authenticated with.
+    pub fn key(&self) -> ClusterKey {
+        self.key
     }
 
     /// Releases what a session that ended held: its locks, write intents and open files.

@@ -13,11 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::frame::{self, Kind};
-use crate::{Error, Service, handshake};
+use crate::{ClusterKey, Error, Service, handshake};
 
-/// Timeouts of a client.
+/// The cluster key and timeouts of a client.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
+    /// Proves this client holds the cluster secret; every daemon refuses a client without.
+    pub key: Option<ClusterKey>,
     /// Time allowed to open a connection and finish the handshake.
     pub connect_timeout: Duration,
     /// Time allowed for one request to be answered.
@@ -27,6 +29,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
+            key: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
         }
@@ -181,12 +184,13 @@ impl Client {
 
     async fn connect(&self) -> Result<Connection, Error> {
         let timeout = self.options.connect_timeout;
+        let key = self.options.key.ok_or_else(|| Error::NoKey { addr: self.addr.clone() })?;
         let attempt = async {
             let mut stream = TcpStream::connect(&self.addr)
                 .await
                 .map_err(|source| Error::Connect { addr: self.addr.clone(), source })?;
-            stream.set_nodelay(true)?;
-            handshake::client(&mut stream, &self.addr, self.service).await?;
+            crate::tune(&stream)?;
+            handshake::client(&mut stream, &self.addr, self.service, &key).await?;
             Ok::<_, Error>(stream)
         };
         let stream = tokio::time::timeout(timeout, attempt)

@@ -15,6 +15,14 @@ pub enum Error {
         "protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}"
     )]
     VersionMismatch { addr: String, theirs: u16, ours: u16 },
+    #[error("no cluster secret configured for connecting to {addr} (give --secret-file)")]
+    NoKey { addr: String },
+    #[error("{addr} refused this process's cluster secret (is --secret-file the cluster's key?)")]
+    AuthRefused { addr: String },
+    #[error("{addr} could not prove it holds the cluster secret; not talking to it")]
+    AuthServer { addr: String },
+    #[error("peer did not prove it holds the cluster secret (wrong or missing key file)")]
+    AuthFailed,
     #[error("{addr} does not serve the {service} protocol")]
     WrongService { addr: String, service: &'static str },
     #[error("connection to {addr} lost")]
@@ -23,6 +31,8 @@ pub enum Error {
     Timeout { addr: String, timeout: Duration },
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
     FrameTooLarge { len: usize, max: usize },
+    #[error("idle for {after:?} with no request in flight")]
+    Idle { after: Duration },
     #[error("malformed frame: {0}")]
     BadFrame(String),
     #[error("cannot decode message: {0}")]

@@ -1,23 +1,47 @@
 //! The shardfs wire transport, shared by every daemon and client.
 //!
-//! One TCP connection carries many concurrent requests. After a fixed-size handshake
-//! (see [`handshake`]) both sides exchange frames (see [`frame`]); each request frame carries
+//! One TCP connection carries many concurrent requests. After a fixed-size handshake, in
+//! which each side proves it holds the cluster secret (see [`handshake`], [`auth`]), both
+//! sides exchange frames (see [`frame`]); each request frame carries
 //! an id that its response echoes, so responses may come back in any order. Message bodies
 //! are postcard-encoded enums owned by each daemon (`chunkd::proto`, `metad::proto`); this
 //! crate only moves bytes and never interprets them.
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod server;
 
+pub use auth::{ClusterKey, KeyError};
 pub use client::{Client, ClientOptions, Hello, PushHandler};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
-pub use server::{Handler, Pusher, serve};
+pub use server::{Handler, Pusher, ServerConfig, serve};
+
+use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::net::TcpStream;
+
+/// TCP keepalive: probes start after this long without traffic, so a peer that vanished
+/// without closing (a half-open connection) is noticed within about two minutes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Socket options of every connection, either end: no Nagle delay for small requests, and
+/// keepalive probes, so a connection to a vanished peer errors out instead of lasting
+/// forever.
+pub(crate) fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&probes)
+}
 
 /// Encodes a message body.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {

@@ -1,8 +1,10 @@
 //! The accept loop shared by metad and chunkd.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -11,10 +13,79 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use crate::frame::{self, Kind};
-use crate::{Error, Service, handshake};
+use crate::{ClusterKey, Error, Service, handshake};
 
 /// Requests one connection may have in flight at once; further frames wait to be read.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 128;
+
+/// Who may connect and for how long: the cluster key every peer must prove, and bounds on
+/// connections so that no peer can use up a daemon's sockets or memory.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    pub key: ClusterKey,
+    /// Connections one IP address may hold open at once; more are closed at once.
+    pub max_connections_per_peer: usize,
+    /// Connections open at once in all.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long while none of its requests is in
+    /// flight is closed (its client reconnects when it next needs to).
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(key: ClusterKey) -> ServerConfig {
+        ServerConfig {
+            key,
+            max_connections_per_peer: 1024,
+            max_connections: 16_384,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Open connections, by peer address; a [`Slot`] holds one until dropped.
+#[derive(Default)]
+struct Connections {
+    by_peer: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+struct Slot {
+    connections: Arc<Mutex<Connections>>,
+    peer: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.total -= 1;
+        if let Some(n) = connections.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                connections.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Takes a connection slot for `peer`, or says which limit it would pass.
+fn admit(
+    connections: &Arc<Mutex<Connections>>,
+    peer: IpAddr,
+    config: &ServerConfig,
+) -> Result<Slot, String> {
+    let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+    let from_peer = open.by_peer.get(&peer).copied().unwrap_or(0);
+    if from_peer >= config.max_connections_per_peer {
+        return Err(format!("it already has {from_peer} connections open (the limit)"));
+    }
+    if open.total >= config.max_connections {
+        return Err(format!("{} connections are open (the limit)", open.total));
+    }
+    open.total += 1;
+    *open.by_peer.entry(peer).or_default() += 1;
+    Ok(Slot { connections: connections.clone(), peer })
+}
 
 /// A daemon's request handler. Bodies are opaque bytes here; the daemon decodes them.
 pub trait Handler: Send + Sync + 'static {
@@ -53,21 +124,32 @@ impl Pusher {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` completes.
+/// Serves connections from `listener` until `shutdown` completes. Only peers that prove
+/// they hold the cluster secret behind `config.key` are served, within `config`'s limits.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let connections = Arc::new(Mutex::new(Connections::default()));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let slot = match admit(&connections, peer.ip(), &config) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            warn!(%peer, "refusing connection: {why}");
+                            continue;
+                        }
+                    };
                     let handler = handler.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, peer, handler).await {
+                        let _slot = slot;
+                        if let Err(e) = connection(stream, peer, handler, config).await {
                             warn!(%peer, "dropping connection: {e}");
                         }
                     });
@@ -86,9 +168,10 @@ async fn connection<H: Handler>(
     mut stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
+    config: ServerConfig,
 ) -> Result<(), Error> {
-    stream.set_nodelay(true)?;
-    let service = handshake::server(&mut stream, |s| handler.offers(s)).await?;
+    crate::tune(&stream)?;
+    let service = handshake::server(&mut stream, |s| handler.offers(s), &config.key).await?;
     debug!(%peer, service = service.name(), "connection accepted");
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
@@ -143,6 +226,9 @@ async fn connection<H: Handler>(
                 Err(e) => break Err(e),
             },
             Some(e) = bad_rx.recv() => break Err(e),
+            () = idle(&in_flight, config.idle_timeout) => {
+                break Err(Error::Idle { after: config.idle_timeout })
+            }
         };
         if frame.kind != Kind::Request {
             break Err(Error::BadFrame(format!("unexpected {:?} frame from a client", frame.kind)));
@@ -167,6 +253,16 @@ async fn connection<H: Handler>(
     let _ = writer.await;
     handler.disconnected(service, peer);
     result
+}
+
+/// Completes once `timeout` has passed with none of the connection's requests in flight.
+async fn idle(in_flight: &Semaphore, timeout: Duration) {
+    loop {
+        tokio::time::sleep(timeout).await;
+        if in_flight.available_permits() == MAX_IN_FLIGHT_PER_CONNECTION {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,14 +301,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pushes_reach_the_client_before_the_response_queued_after_them() {
+    fn key(secret: &str) -> ClusterKey {
+        ClusterKey::from_secret(format!("{secret:-<32}").as_bytes())
+    }
+
+    fn options(key: Option<ClusterKey>) -> ClientOptions {
+        ClientOptions { key, ..ClientOptions::default() }
+    }
+
+    async fn echo_server_with(config: ServerConfig) -> (String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server =
-            tokio::spawn(serve(listener, Arc::new(Echo::default()), std::future::pending()));
+        let echo = Arc::new(Echo::default());
+        (addr, tokio::spawn(serve(listener, echo, config, std::future::pending())))
+    }
+
+    async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
+        echo_server_with(ServerConfig::new(key("cluster"))).await
+    }
+
+    #[tokio::test]
+    async fn pushes_reach_the_client_before_the_response_queued_after_them() {
+        let (addr, server) = echo_server().await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let client = Client::new(addr, Service::Metad, ClientOptions::default()).with_push(
+        let client = Client::new(addr, Service::Metad, options(Some(key("cluster")))).with_push(
             Arc::new(move |body: Bytes| {
                 let _ = tx.send(crate::decode::<String>(&body).unwrap());
             }),
@@ -222,5 +334,102 @@ mod tests {
         // The push was read before the response that followed it.
         assert_eq!(rx.try_recv().unwrap(), "pushed one");
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn only_peers_holding_the_cluster_secret_are_served() {
+        let (addr, server) = echo_server().await;
+        let good = Client::new(addr.clone(), Service::Metad, options(Some(key("cluster"))));
+        let wrong = Client::new(addr.clone(), Service::Metad, options(Some(key("other"))));
+        let none = Client::new(addr.clone(), Service::Metad, options(None));
+        let refused = wrong.call::<_, String>(&"x".to_string()).await.unwrap_err();
+        assert!(matches!(refused, Error::AuthRefused { .. }), "{refused}");
+        assert!(refused.to_string().contains("refused this process's cluster secret"));
+        let missing = none.call::<_, String>(&"x".to_string()).await.unwrap_err();
+        assert!(matches!(missing, Error::NoKey { .. }), "{missing}");
+        // The valid peer is served meanwhile, on a connection opened before and after.
+        let answer: String = good.call(&"one".to_string()).await.unwrap();
+        assert_eq!(answer, "answered one");
+        assert!(matches!(
+            wrong.call::<_, String>(&"y".to_string()).await,
+            Err(Error::AuthRefused { .. })
+        ));
+        let answer: String = good.call(&"two".to_string()).await.unwrap();
+        assert_eq!(answer, "answered two");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn connections_past_a_peers_limit_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let config =
+            ServerConfig { max_connections_per_peer: 2, ..ServerConfig::new(key("cluster")) };
+        let (addr, server) = echo_server_with(config).await;
+        let first = TcpStream::connect(&addr).await.unwrap();
+        let _second = TcpStream::connect(&addr).await.unwrap();
+        let mut third = TcpStream::connect(&addr).await.unwrap();
+        // At once: not after the 10 s a silent peer gets for its handshake.
+        let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut [0u8; 8])).await;
+        assert_eq!(read.expect("closed at once").unwrap_or(0), 0, "closed unanswered");
+        // A slot frees when its connection ends: a client gets in again.
+        drop(first);
+        let client = Client::new(addr, Service::Metad, options(Some(key("cluster"))));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.call::<_, String>(&"in".to_string()).await {
+                Ok(answer) => break assert_eq!(answer, "answered in"),
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "never let in: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_busy_ones_are_not() {
+        use tokio::io::AsyncReadExt;
+        let idle_timeout = Duration::from_millis(300);
+        let (addr, server) =
+            echo_server_with(ServerConfig { idle_timeout, ..ServerConfig::new(key("cluster")) })
+                .await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        handshake::client(&mut stream, &addr, Service::Metad, &key("cluster")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut [0u8; 8])).await;
+        assert_eq!(read.expect("closed when idle").unwrap_or(0), 0);
+        assert!(started.elapsed() >= idle_timeout, "closed after {:?}", started.elapsed());
+        // A client that keeps asking stays connected past the timeout.
+        let client = Client::new(addr, Service::Metad, options(Some(key("cluster"))));
+        for i in 0..6 {
+            let answer: String = client.call(&i.to_string()).await.unwrap();
+            assert_eq!(answer, format!("answered {i}"));
+            tokio::time::sleep(idle_timeout / 3).await;
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_secret_is_not_trusted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // An impostor that accepts any client and answers with a made-up proof.
+        let impostor = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 8];
+            stream.read_exact(&mut hello).await.unwrap();
+            hello[6] = 0;
+            stream.write_all(&hello).await.unwrap();
+            stream.write_all(&[7u8; 32]).await.unwrap();
+            let mut proof = [0u8; 64];
+            stream.read_exact(&mut proof).await.unwrap();
+            stream.write_all(&[0u8; 33]).await.unwrap();
+            // The client hangs up without sending a frame.
+            assert_eq!(stream.read(&mut [0u8; 1]).await.unwrap(), 0);
+        });
+        let client = Client::new(addr, Service::Metad, options(Some(key("cluster"))));
+        let e = client.call::<_, String>(&"x".to_string()).await.unwrap_err();
+        assert!(matches!(e, Error::AuthServer { .. }), "{e}");
+        impostor.await.unwrap();
     }
 }

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shardfs_metad::MetaClient;
+use shardfs_rpc::{ClientOptions, ClusterKey};
 use tempfile::TempDir;
 
 /// How long any daemon or mount may take to become ready.
@@ -143,6 +144,7 @@ impl Cluster {
             metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
             runtime,
         };
+        ClusterKey::create(&cluster.secret_file()).expect("create the cluster secret");
         cluster.start_metad("127.0.0.1:0", &["--k", &k.to_string(), "--m", &m.to_string()]);
         for i in 0..n {
             cluster.start_chunkd(i);
@@ -162,6 +164,8 @@ impl Cluster {
         command
             .arg("--data")
             .arg(&data)
+            .arg("--secret-file")
+            .arg(self.secret_file())
             .args(["--listen", listen, "--down-after", DOWN_AFTER_SECS])
             .args(&self.metad_args)
             .args(extra);
@@ -179,6 +183,8 @@ impl Cluster {
         command
             .arg("--data")
             .arg(self.chunkd_dir(i))
+            .arg("--secret-file")
+            .arg(self.secret_file())
             .args(["--listen", "127.0.0.1:0", "--metad", &self.metad_addr])
             .args(["--heartbeat-interval", HEARTBEAT_SECS])
             .args(&self.chunkd_args);
@@ -221,9 +227,27 @@ impl Cluster {
         self.wait_chunkds_up(n);
     }
 
+    /// The cluster secret every daemon, mount and tool of this cluster is given.
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("cluster.key")
+    }
+
+    /// Connection options holding this cluster's key.
+    pub fn rpc_options(&self) -> ClientOptions {
+        let key = ClusterKey::load(&self.secret_file()).expect("the cluster secret");
+        ClientOptions { key: Some(key), ..ClientOptions::default() }
+    }
+
+    /// A command running binary `name` with this cluster's secret in its environment.
+    pub fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(binary(name));
+        command.env("SHARDFS_SECRET_FILE", self.secret_file());
+        command
+    }
+
     /// Runs `f` with a metad client.
     pub fn query<T>(&self, f: impl AsyncFnOnce(&MetaClient) -> T) -> T {
-        let client = MetaClient::new(&self.metad_addr, Default::default());
+        let client = MetaClient::new(&self.metad_addr, self.rpc_options());
         self.runtime.block_on(f(&client))
     }
 
@@ -257,7 +281,7 @@ impl Cluster {
         let path = self.dir.path().join(format!("mnt-{}", unique()));
         std::fs::create_dir(&path).expect("create mountpoint");
         let log = self.dir.path().join(format!("mount-{}.log", unique()));
-        let mut command = Command::new(binary("shardfs"));
+        let mut command = self.command("shardfs");
         command.arg("mount").args(args).arg(&self.metad_addr).arg(&path);
         Mount::start(command, path, &log)
     }
@@ -289,6 +313,9 @@ fn unique() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// How long an unmount waits for the client to exit cleanly before killing it.
+const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A live FUSE mount served by a `shardfs mount` process; unmounted on drop.
 pub struct Mount {
@@ -352,7 +379,9 @@ impl Mount {
                 let _ = Command::new("fusermount3").arg("-uz").arg(&self.path).status();
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The client commits what closes left to the background before it exits (up to
+        // 60 s); on a loaded machine that takes a while, and killing it sooner loses data.
+        let deadline = Instant::now() + UNMOUNT_TIMEOUT;
         while !process.exited() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -413,4 +442,26 @@ pub fn write_random(path: &Path, len: usize, seed: u64) {
 pub fn sha256(path: &Path) -> String {
     let out = sh(&format!("sha256sum '{}'", path.display()));
     out.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// A raw TCP connection to daemon `addr` that has sent this build's hello for `service`
+/// (its one-byte code) and read the accepting answer; returns it with the server's nonce.
+pub fn raw_hello(addr: &str, service: u8) -> (std::net::TcpStream, [u8; 32]) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).expect("read timeout");
+    let mut hello = *b"SHFS\0\0\0\0";
+    hello[4..6].copy_from_slice(&shardfs_rpc::PROTOCOL_VERSION.to_be_bytes());
+    hello[6] = service;
+    stream.write_all(&hello).expect("send hello");
+    let mut answer = [0u8; 8 + 32];
+    stream.read_exact(&mut answer).expect("read the answer");
+    assert_eq!((&answer[..4], answer[6]), (&b"SHFS"[..], 0), "hello accepted");
+    (stream, answer[8..].try_into().expect("nonce"))
+}
+
+/// Whether the peer closed the connection without answering (rather than waiting).
+pub fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    matches!(stream.read(&mut [0u8; 64]), Ok(0) | Err(_))
 }

@@ -18,19 +18,60 @@ fn fails_fast(command: &mut Command, expected: &str) {
     assert!(lines[0].contains(expected), "{:?} lacks {expected:?}", lines[0]);
 }
 
+/// `binary` with a freshly made cluster secret (in `dir`) in its environment.
+fn with_secret(binary_name: &str, dir: &std::path::Path) -> Command {
+    let secret = dir.join("cluster.key");
+    if !secret.exists() {
+        shardfs_rpc::ClusterKey::create(&secret).unwrap();
+    }
+    let mut command = Command::new(binary(binary_name));
+    command.env("SHARDFS_SECRET_FILE", secret);
+    command
+}
+
 #[test]
 fn mount_with_metad_unreachable() {
     let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     fails_fast(
-        Command::new(binary("shardfs")).args(["mount", &addr]).arg(dir.path()),
+        with_secret("shardfs", dir.path()).args(["mount", &addr]).arg(&mnt),
         &format!("cannot reach metad at {addr}"),
     );
     fails_fast(
-        Command::new(binary("shardfs")).args(["mount", "--background", &addr]).arg(dir.path()),
+        with_secret("shardfs", dir.path()).args(["mount", "--background", &addr]).arg(&mnt),
         &format!("cannot reach metad at {addr}"),
+    );
+}
+
+#[test]
+fn mount_without_the_cluster_secret() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mnt = cluster.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let missing = cluster.dir.path().join("no-such.key");
+    fails_fast(
+        Command::new(binary("shardfs"))
+            .args(["mount", "--background", "--secret-file"])
+            .arg(&missing)
+            .arg(&cluster.metad_addr)
+            .arg(&mnt),
+        &format!("cannot read the cluster secret {}", missing.display()),
+    );
+    // World-readable: refused before anything is sent.
+    let open = cluster.dir.path().join("open.key");
+    std::fs::copy(cluster.secret_file(), &open).unwrap();
+    sh(&format!("chmod 644 {}", open.display()));
+    fails_fast(
+        Command::new(binary("shardfs"))
+            .args(["mount", "--secret-file"])
+            .arg(&open)
+            .arg(&cluster.metad_addr)
+            .arg(&mnt),
+        "may be read by other users",
     );
 }
 
@@ -39,7 +80,7 @@ fn mount_on_a_missing_mountpoint() {
     let cluster = Cluster::start(3, 2, 1);
     let missing = cluster.dir.path().join("no-such-dir");
     fails_fast(
-        Command::new(binary("shardfs")).args(["mount", &cluster.metad_addr]).arg(&missing),
+        cluster.command("shardfs").args(["mount", &cluster.metad_addr]).arg(&missing),
         "does not exist",
     );
 }
@@ -57,8 +98,9 @@ impl Drop for ReadOnlyDir {
 fn chunkd_on_a_read_only_directory() {
     let dir = ReadOnlyDir(tempfile::tempdir().unwrap());
     sh(&format!("mount -t tmpfs -o ro,size=1m shardfs-test-ro {}", dir.0.path().display()));
+    let secrets = tempfile::tempdir().unwrap();
     fails_fast(
-        Command::new(binary("shardfs-chunkd")).arg("--data").arg(dir.0.path()).args([
+        with_secret("shardfs-chunkd", secrets.path()).arg("--data").arg(dir.0.path()).args([
             "--listen",
             "127.0.0.1:0",
             "--metad",

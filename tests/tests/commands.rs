@@ -30,7 +30,8 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
     let mnt = cluster.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _guard = Unmount(&mnt);
-    let status = Command::new(binary("shardfs"))
+    let status = cluster
+        .command("shardfs")
         .args(["mount", "--background", &cluster.metad_addr])
         .arg(&mnt)
         .status()
@@ -85,10 +86,13 @@ fn mount_t_fuse_shardfs_remount_and_fstab() {
     let mnt = cluster.dir.path().join("mnt");
     let fstab = cluster.dir.path().join("fstab");
     std::fs::create_dir(&mnt).unwrap();
-    let (m, metad) = (mnt.display(), &cluster.metad_addr);
+    let (m, metad, key) = (mnt.display(), &cluster.metad_addr, cluster.secret_file());
+    let key = key.display();
     std::fs::write(
         &fstab,
-        format!("{metad} {m} fuse.shardfs defaults,_netdev,cache_size=64MiB 0 0\n"),
+        format!(
+            "{metad} {m} fuse.shardfs defaults,_netdev,cache_size=64MiB,secret_file={key} 0 0\n"
+        ),
     )
     .unwrap();
     // mount(8) finds its helper at /sbin/mount.fuse.shardfs. The test installs the binary
@@ -100,7 +104,7 @@ fn mount_t_fuse_shardfs_remount_and_fstab() {
         mount -t tmpfs shardfs-test-sbin /usr/sbin
         ln -s {bin} /usr/sbin/mount.fuse.shardfs
         # The helper prints nothing and returns once the mount is usable.
-        out=$(mount -t fuse.shardfs -o noatime,nosuid {metad} {m} 2>&1)
+        out=$(mount -t fuse.shardfs -o noatime,nosuid,secret_file={key} {metad} {m} 2>&1)
         [ -z "$out" ] || {{ echo "helper printed: $out"; exit 1; }}
         grep " {m} " /proc/mounts
         echo data > {m}/f

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use shardfs_tests::{Cluster, READY_TIMEOUT, binary, sh};
+use shardfs_tests::{Cluster, READY_TIMEOUT, sh};
 
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -20,7 +20,8 @@ fn shard_count(cluster: &Cluster) -> u64 {
 }
 
 fn fsck_clean(cluster: &Cluster) -> bool {
-    Command::new(binary("shardfs"))
+    cluster
+        .command("shardfs")
         .args(["fsck", &cluster.metad_addr, "--verify-data"])
         .status()
         .unwrap()

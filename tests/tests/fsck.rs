@@ -1,12 +1,11 @@
 //! `shardfs fsck` on a live cluster: clean after real work, and it counts lost shards.
 
-use std::process::Command;
-
 use nix::sys::signal::Signal;
-use shardfs_tests::{Cluster, binary, sh};
+use shardfs_tests::{Cluster, sh};
 
 fn fsck(cluster: &Cluster, args: &[&str]) -> (i32, serde_json::Value) {
-    let output = Command::new(binary("shardfs"))
+    let output = cluster
+        .command("shardfs")
         .args(["fsck", &cluster.metad_addr, "--json"])
         .args(args)
         .output()
@@ -47,8 +46,7 @@ fn clean_after_work_and_counts_lost_shards() {
         degraded.iter().find(|c| c["chunk"] == victim_chunk.as_str()).expect("victim listed");
     assert!(entry["verified"].as_u64().unwrap() <= 5);
     // Metadata alone is still clean, and the human-readable form says so.
-    let text =
-        Command::new(binary("shardfs")).args(["fsck", &cluster.metad_addr]).output().unwrap();
+    let text = cluster.command("shardfs").args(["fsck", &cluster.metad_addr]).output().unwrap();
     assert!(text.status.success());
     assert!(String::from_utf8_lossy(&text.stdout).contains("clean"));
 }
@@ -96,7 +94,8 @@ fn repair_rebuilds_lost_chunkds_and_a_wiped_disk() {
     }
     assert_eq!(sh(&format!("tail -n1 {}/small", mount.path.display())), "1000\n");
     // status shows the dead chunkds as down and what repair did.
-    let out = Command::new(binary("shardfs"))
+    let out = cluster
+        .command("shardfs")
         .args(["status", &cluster.metad_addr, "--json"])
         .output()
         .unwrap();

@@ -35,9 +35,10 @@ fn unreferenced_chunks_and_orphan_shards_go_after_the_grace_period() {
     // An orphan: a shard put straight onto a chunkd, never committed.
     let orphan = ShardId { chunk: ChunkId::of(b"never committed"), index: 0 };
     let addr = cluster.chunkds[0].as_ref().unwrap().addr.clone();
+    let rpc = cluster.rpc_options();
     cluster
         .query(async |_| {
-            let client = ChunkClient::new(&addr, Default::default());
+            let client = ChunkClient::new(&addr, rpc);
             let encoding = Encoding::new(2, 1).unwrap();
             client.put(orphan, encoding, 2, vec![1]).await
         })
@@ -107,7 +108,8 @@ fn randomized_writes_deletes_and_dedup_under_aggressive_gc_lose_nothing() {
         };
         assert_eq!(sha256(&fresh.join(name)), expected, "{name} after {operations} operations");
     }
-    let fsck = std::process::Command::new(shardfs_tests::binary("shardfs"))
+    let fsck = cluster
+        .command("shardfs")
         .args(["fsck", &cluster.metad_addr, "--verify-data"])
         .output()
         .unwrap();

@@ -12,6 +12,7 @@ use clap::Parser;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::scrub::ScrubConfig;
 use shardfs_chunkd::store::ShardStore;
+use shardfs_rpc::ClusterKey;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -28,6 +29,9 @@ struct Args {
     /// Address of shardfs-metad.
     #[arg(long, value_name = "ADDR")]
     metad: String,
+    /// The cluster secret (the file metad created, mode 0600).
+    #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
+    secret_file: PathBuf,
     /// Failure-domain label (host, rack): a chunk's shards go to distinct zones.
     #[arg(long, value_name = "LABEL")]
     zone: Option<String>,
@@ -71,8 +75,10 @@ async fn run(args: Args) -> Result<(), String> {
         .ok_or_else(|| {
             format!("--heartbeat-interval {} is not a positive number", args.heartbeat_interval)
         })?;
+    let key = ClusterKey::load(&args.secret_file).map_err(|e| e.to_string())?;
     let config = ChunkdConfig {
         data_dir: args.data,
+        key,
         metad_addr: args.metad,
         zone: args.zone,
         advertise_addr: args.advertise,

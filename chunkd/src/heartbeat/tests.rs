@@ -47,10 +47,15 @@ impl Handler for FakeMetad {
     }
 }
 
+fn key() -> shardfs_rpc::ClusterKey {
+    shardfs_rpc::ClusterKey::from_secret(b"the heartbeat tests' cluster secret")
+}
+
 fn serve_fake(listener: TcpListener, forget: usize) -> mpsc::UnboundedReceiver<MembershipRequest> {
     let (seen, requests) = mpsc::unbounded_channel();
     let fake = Arc::new(FakeMetad { seen, forget: Mutex::new(forget) });
-    tokio::spawn(shardfs_rpc::serve(listener, fake, std::future::pending()));
+    let config = shardfs_rpc::ServerConfig::new(key());
+    tokio::spawn(shardfs_rpc::serve(listener, fake, config, std::future::pending()));
     requests
 }
 
@@ -79,6 +84,7 @@ async fn start_heartbeat(metad_addr: String) -> Beating {
         advertise_addr: "127.0.0.1:1".into(),
         zone: Some("z1".into()),
         interval: Duration::from_millis(50),
+        key: key(),
     };
     tokio::spawn(run(config, store.clone(), corrupt, async {
         let _ = stopped.await;

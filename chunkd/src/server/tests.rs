@@ -24,14 +24,19 @@ async fn start() -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, store, async {
+    let task = tokio::spawn(run(listener, store, key(), async {
         let _ = stopped.await;
     }));
     Running { dir, addr, stop: Some(stop), task }
 }
 
+fn key() -> shardfs_rpc::ClusterKey {
+    shardfs_rpc::ClusterKey::from_secret(b"the chunkd server tests' cluster secret")
+}
+
 fn options() -> ClientOptions {
     ClientOptions {
+        key: Some(key()),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
     }

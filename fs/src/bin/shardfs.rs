@@ -17,6 +17,7 @@ use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
+use shardfs_rpc::{ClientOptions, ClusterKey};
 
 /// Set in the environment of the process `mount --background` starts.
 const BACKGROUND_CHILD: &str = "SHARDFS_BACKGROUND_CHILD";
@@ -40,6 +41,8 @@ enum Commands {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
     },
     /// Measure a fixed set of workloads on a directory (and another, with --compare):
     /// sequential and random I/O, small files, and a real tree.
@@ -56,6 +59,8 @@ enum Commands {
         /// Return once mounted and keep serving in the background.
         #[arg(long)]
         background: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -132,6 +137,33 @@ struct FsckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+/// Where a client finds the cluster secret.
+#[derive(Args)]
+struct SecretArgs {
+    /// The cluster secret (the file metad created, mode 0600) [default:
+    /// /etc/shardfs/cluster.key].
+    #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+/// Where clients look for the cluster secret when not told.
+const DEFAULT_SECRET_FILE: &str = "/etc/shardfs/cluster.key";
+
+impl SecretArgs {
+    /// Connection options proving the secret at `--secret-file`, or at `chosen` (a mount's
+    /// `-o secret_file=`) when that is given.
+    fn rpc(&self, chosen: Option<&Path>) -> anyhow::Result<ClientOptions> {
+        let path = chosen.or(self.secret_file.as_deref()).unwrap_or(Path::new(DEFAULT_SECRET_FILE));
+        Ok(rpc_options(ClusterKey::load(path)?))
+    }
+}
+
+fn rpc_options(key: ClusterKey) -> ClientOptions {
+    ClientOptions { key: Some(key), ..ClientOptions::default() }
 }
 
 #[derive(Args)]
@@ -160,11 +192,11 @@ impl ClientArgs {
         flags
     }
 
-    fn fs_options(&self) -> FsOptions {
+    fn fs_options(&self, rpc: ClientOptions) -> FsOptions {
         let defaults = FsOptions::default();
         let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
         let (atime, dir_atime) = self.flags().atime();
-        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, ..defaults }
+        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, rpc, ..defaults }
     }
 
     fn mount_options(&self, source: String) -> MountOptions {
@@ -200,8 +232,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Commands::Status { metad, json } => {
-            let meta = shardfs_metad::MetaClient::new(&metad, Default::default());
+        Commands::Status { metad, json, secret } => {
+            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
             let status = runtime()?
                 .block_on(shardfs::status::fetch(&meta))
                 .with_context(|| format!("cannot reach metad at {metad}"))?;
@@ -214,10 +246,11 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
         }
         Commands::Fsck(fsck) => {
             let runtime = runtime()?;
-            let meta = shardfs_metad::MetaClient::new(&fsck.metad, Default::default());
+            let rpc = fsck.secret.rpc(None)?;
+            let meta = shardfs_metad::MetaClient::new(&fsck.metad, rpc);
             let progress = !fsck.json && std::io::stderr().is_terminal();
             let report = runtime
-                .block_on(shardfs::fsck::run(&meta, fsck.repair, fsck.verify_data, progress))
+                .block_on(shardfs::fsck::run(&meta, rpc, fsck.repair, fsck.verify_data, progress))
                 .with_context(|| format!("fsck of {} failed", fsck.metad))?;
             if fsck.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -250,8 +283,8 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Mount { metad, mountpoint, background, client } => {
-            mount_command(&metad, &mountpoint, background, &client, args)?;
+        Commands::Mount { metad, mountpoint, background, secret, client } => {
+            mount_command(&metad, &mountpoint, background, (&secret, &client), args)?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::Local { mountpoint, data, chunkds, k, m, chunk_size, client } => {
@@ -267,19 +300,21 @@ fn mount_command(
     metad: &str,
     mountpoint: &Path,
     background: bool,
-    client: &ClientArgs,
+    (secret, client): (&SecretArgs, &ClientArgs),
     args: &[OsString],
 ) -> anyhow::Result<()> {
     mount::check_mountpoint(mountpoint)?;
     if client.flags().remount {
         return mount::remount(mountpoint, &client.flags());
     }
+    // Read before going to the background, so a missing secret fails the mount command.
+    let rpc = secret.rpc(client.flags().secret_file.as_deref())?;
     if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
         return start_in_background(args);
     }
     let runtime = runtime()?;
     let fs = runtime
-        .block_on(Fs::connect(metad, client.fs_options()))
+        .block_on(Fs::connect(metad, client.fs_options(rpc)))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
     let options = client.mount_options(metad.to_string());
     mount::serve(&runtime, fs, mountpoint, &options, announce_ready)
@@ -306,6 +341,7 @@ fn local_command(
         chunkds,
         metad: MetadConfig {
             data: data.join("metad"),
+            secret_file: data.join("cluster.key"),
             encoding,
             chunk_size,
             down_after: Duration::from_secs(10),
@@ -317,7 +353,7 @@ fn local_command(
     let runtime = runtime()?;
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime
-        .block_on(Fs::connect(&cluster.metad_addr, client.fs_options()))
+        .block_on(Fs::connect(&cluster.metad_addr, client.fs_options(rpc_options(cluster.key))))
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));

@@ -20,6 +20,10 @@ struct Args {
     /// Directory for the metadata database (created if missing).
     #[arg(long)]
     data: PathBuf,
+    /// The cluster secret, created (mode 0600) on first start if missing; copy it to every
+    /// chunkd and client host [default: DATA/cluster.key].
+    #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: String,
@@ -77,6 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let config = MetadConfig {
+        secret_file: args.secret_file.unwrap_or_else(|| args.data.join("cluster.key")),
         data: args.data,
         encoding,
         chunk_size: args.chunk_size,
