@@ -72,6 +72,20 @@ impl ChunkIo {
         self.cache.lock().expect("chunk cache lock").get(id)
     }
 
+    /// Starts reading a chunk into the cache in the background, unless it is there or on
+    /// its way already.
+    pub fn prefetch(self: &Arc<Self>, location: &ChunkLocation) {
+        let id = location.chunk;
+        let known = self.cache.lock().expect("chunk cache lock").entries.contains(&id)
+            || self.fetching.lock().expect("fetching lock").contains_key(&id);
+        if !known {
+            let (io, location) = (self.clone(), location.clone());
+            tokio::spawn(async move {
+                let _ = io.read(&location).await;
+            });
+        }
+    }
+
     /// The content of a chunk, verified against its id.
     pub async fn read(&self, location: &ChunkLocation) -> FsResult<ChunkBytes> {
         if let Some(chunk) = self.cached(&location.chunk) {

@@ -49,6 +49,10 @@ impl Default for FsOptions {
     }
 }
 
+/// Chunks read ahead of a sequential reader at most: one after the first chunk read in a
+/// row, one more per further chunk, up to this many.
+const MAX_READ_AHEAD_CHUNKS: u64 = 4;
+
 /// The extended attribute holding file capabilities, which the kernel reads before writes.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
@@ -167,6 +171,9 @@ struct Handle {
     file: Arc<OpenFile>,
     /// End of the previous read, to spot sequential reading.
     last_read_end: AtomicU64,
+    /// Bytes read sequentially through this handle since the last jump: the read-ahead
+    /// grows with it.
+    sequential: AtomicU64,
     /// Lock owners that set fcntl locks through this handle and have not closed it since.
     /// A process's owner is dropped at its close (flush); what remains at release are open
     /// file description (OFD) locks, which the last close releases.
@@ -644,6 +651,7 @@ impl Fs {
         let handle = Arc::new(Handle {
             file,
             last_read_end: AtomicU64::new(u64::MAX),
+            sequential: AtomicU64::new(0),
             lock_owners: Mutex::default(),
         });
         self.handles.lock().expect("handles lock").insert(fh, handle);
@@ -707,7 +715,11 @@ impl Fs {
         }
         let previous_end = handle.last_read_end.swap(offset + len as u64, Ordering::Relaxed);
         if previous_end == offset {
-            self.read_ahead(&layout, offset + len as u64);
+            let run = handle.sequential.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+            let depth = (run / self.volume.chunk_size + 1).min(MAX_READ_AHEAD_CHUNKS);
+            self.read_ahead(&layout, offset + len as u64, depth);
+        } else {
+            handle.sequential.store(0, Ordering::Relaxed);
         }
         Ok(buf)
     }
@@ -752,23 +764,20 @@ impl Fs {
         Ok(())
     }
 
-    /// Warms the cache, in the background, with the chunk after the one holding `offset`:
-    /// the one a sequential reader needs next.
-    fn read_ahead(&self, layout: &Layout, offset: u64) {
+    /// Warms the cache, in the background, with the `depth` chunks after the one holding
+    /// `offset`: those a sequential reader needs next.
+    fn read_ahead(&self, layout: &Layout, offset: u64, depth: u64) {
         let window = self.volume.chunk_size;
-        let next = (offset / window + 1) * window;
-        let index = layout.extents.partition_point(|e| e.end() <= next);
-        let Some(extent) = layout.extents.get(index) else {
-            return;
-        };
-        let Ok(i) = layout.chunks.binary_search_by_key(&extent.chunk, |c| c.chunk) else {
-            return;
-        };
-        let location = layout.chunks[i].clone();
-        let io = self.io.clone();
-        tokio::spawn(async move {
-            let _ = io.read(&location).await;
-        });
+        for ahead in 1..=depth {
+            let next = (offset / window + ahead) * window;
+            let index = layout.extents.partition_point(|e| e.end() <= next);
+            let Some(extent) = layout.extents.get(index) else {
+                return;
+            };
+            if let Ok(i) = layout.chunks.binary_search_by_key(&extent.chunk, |c| c.chunk) {
+                self.io.prefetch(&layout.chunks[i]);
+            }
+        }
     }
 
     /// Writes `bytes` at `offset`; returns how many were written and whether the file's
