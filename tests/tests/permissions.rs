@@ -107,3 +107,35 @@ fn supplementary_groups_count_on_a_mount() {
     assert!(!as_user("77", &format!("ls {m}/team")));
     assert_eq!(sh(&format!("stat -c %g {m}/team/note")).trim(), "4242", "setgid directory");
 }
+
+/// Names the kernel never sends, from a client that skips it: refused with the errno a
+/// local filesystem would give, and nothing is created.
+#[test]
+fn metad_refuses_hostile_names() {
+    let cluster = Cluster::start(3, 2, 1);
+    let root = Cred::ROOT;
+    cluster.query(async |c| {
+        let file = c.make_node(ROOT_INO, b"file", libc::S_IFREG | 0o644, 0, root.clone());
+        let file = file.await.unwrap();
+        let long = vec![b'x'; 256];
+        let bad: [&[u8]; 6] = [b"a/b", b"/", b"a\0b", b".", b"..", b""];
+        for name in bad.into_iter().chain([&long[..]]) {
+            let expected_long = name.len() > 255;
+            let check = |e: MetaError| match e {
+                MetaError::NameTooLong => assert!(expected_long, "{name:?}"),
+                MetaError::Invalid(_) => assert!(!expected_long, "{name:?}"),
+                other => panic!("{name:?}: {other:?}"),
+            };
+            let mode = libc::S_IFREG | 0o644;
+            check(refused(c.make_node(ROOT_INO, name, mode, 0, root.clone()).await));
+            check(refused(c.make_dir(ROOT_INO, name, 0o755, root.clone()).await));
+            check(refused(c.symlink(ROOT_INO, name, b"target", root.clone()).await));
+            check(refused(c.link(file.ino, ROOT_INO, name, &root).await));
+            let rename = c.rename(ROOT_INO, b"file", ROOT_INO, name, RenameMode::Replace, &root);
+            check(refused(rename.await));
+        }
+        let (_, entries) = c.read_dir(ROOT_INO, 0, 100, &root).await.unwrap();
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, [b"file".as_slice()], "nothing else was created");
+    });
+}
