@@ -75,7 +75,6 @@ const WRITE_LEASE_ATTEMPTS: usize = 1000;
 /// itself waits for the recall. The invalidation still completes after that.
 const INVALIDATE_WAIT: Duration = Duration::from_millis(100);
 
-/// Keeps the client's metad session alive while the client is idle, until it is dropped.
 /// Has metad move the atime of `ino` (see [`Fs::atime_update`]); keeps the attributes it
 /// answers under the lease.
 async fn update_atime(meta: &MetaClient, leases: &Leases, ino: Ino, strict: bool) -> FsResult<()> {
@@ -92,6 +91,7 @@ async fn update_atime(meta: &MetaClient, leases: &Leases, ino: Ino, strict: bool
     }
 }
 
+/// Keeps the client's metad session alive while the client is idle, until it is dropped.
 async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
     loop {
         let interval = match meta.upgrade() {
