@@ -149,8 +149,7 @@ mod tests {
             let chunkd = tokio::spawn(run_chunkd(config, listener, async {
                 let _ = stopped.await;
             }));
-            let options = shardfs_rpc::ClientOptions { key: Some(key), ..Default::default() };
-            let client = ChunkClient::new(addr, options);
+            let client = ChunkClient::new(addr, shardfs_rpc::ClientOptions::with_key(key));
             let stat = client.stat().await.unwrap();
             assert_eq!(stat.shard_count, round);
             let chunk = vec![round as u8; 10];

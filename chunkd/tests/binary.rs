@@ -55,7 +55,7 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
 
-    let client = ChunkClient::new(addr, ClientOptions { key: Some(key), ..Default::default() });
+    let client = ChunkClient::new(addr, ClientOptions::with_key(key));
     let chunk = b"binary test chunk".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
     let encoding = Encoding::new(1, 1).unwrap();

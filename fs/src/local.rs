@@ -67,8 +67,7 @@ impl LocalCluster {
     }
 
     async fn wait_ready(&self, chunkds: usize) -> anyhow::Result<()> {
-        let options = ClientOptions { key: Some(self.key), ..ClientOptions::default() };
-        let client = MetaClient::new(&self.metad_addr, options);
+        let client = MetaClient::new(&self.metad_addr, ClientOptions::with_key(self.key));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let up = client.chunkds().await?.iter().filter(|c| c.up).count();

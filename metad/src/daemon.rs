@@ -90,10 +90,7 @@ pub async fn run(
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let chunkds = || {
-        let options = ClientOptions { key: Some(server.key), ..ClientOptions::default() };
-        Arc::new(ChunkClientPool::new(options))
-    };
+    let chunkds = || Arc::new(ChunkClientPool::new(ClientOptions::with_key(server.key)));
     let repairing = repair::run(
         chunkds(),
         server.store.clone(),

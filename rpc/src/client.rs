@@ -36,6 +36,13 @@ impl Default for ClientOptions {
     }
 }
 
+impl ClientOptions {
+    /// The default timeouts, proving `key`.
+    pub fn with_key(key: ClusterKey) -> ClientOptions {
+        ClientOptions { key: Some(key), ..ClientOptions::default() }
+    }
+}
+
 /// A request a client sends first on every new connection (to open or resume a session),
 /// and what it does with the answer. An error fails the connection attempt.
 pub trait Hello: Send + Sync {

@@ -235,7 +235,7 @@ impl Cluster {
     /// Connection options holding this cluster's key.
     pub fn rpc_options(&self) -> ClientOptions {
         let key = ClusterKey::load(&self.secret_file()).expect("the cluster secret");
-        ClientOptions { key: Some(key), ..ClientOptions::default() }
+        ClientOptions::with_key(key)
     }
 
     /// A command running binary `name` with this cluster's secret in its environment.

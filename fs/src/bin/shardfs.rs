@@ -158,12 +158,8 @@ impl SecretArgs {
     /// `-o secret_file=`) when that is given.
     fn rpc(&self, chosen: Option<&Path>) -> anyhow::Result<ClientOptions> {
         let path = chosen.or(self.secret_file.as_deref()).unwrap_or(Path::new(DEFAULT_SECRET_FILE));
-        Ok(rpc_options(ClusterKey::load(path)?))
+        Ok(ClientOptions::with_key(ClusterKey::load(path)?))
     }
-}
-
-fn rpc_options(key: ClusterKey) -> ClientOptions {
-    ClientOptions { key: Some(key), ..ClientOptions::default() }
 }
 
 #[derive(Args)]
@@ -353,7 +349,10 @@ fn local_command(
     let runtime = runtime()?;
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime
-        .block_on(Fs::connect(&cluster.metad_addr, client.fs_options(rpc_options(cluster.key))))
+        .block_on(Fs::connect(
+            &cluster.metad_addr,
+            client.fs_options(ClientOptions::with_key(cluster.key)),
+        ))
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));

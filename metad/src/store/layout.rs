@@ -44,10 +44,7 @@ impl Store {
     /// The content of a chunk kept inline.
     pub fn read_inline(&self, chunk: ChunkId) -> Result<Vec<u8>, MetaError> {
         self.read(|tx| {
-            tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?
-                .query_row([&chunk.0[..]], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))
+            inline_content(tx, chunk)?.ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))
         })
     }
 
@@ -509,6 +506,12 @@ fn record_inline(
     Ok(())
 }
 
+/// The content kept for an inline chunk, if any.
+fn inline_content(tx: &Transaction<'_>, chunk: ChunkId) -> Result<Option<Vec<u8>>, MetaError> {
+    let mut query = tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?;
+    Ok(query.query_row([&chunk.0[..]], |r| r.get(0)).optional()?)
+}
+
 /// Where `chunk` is. An inline chunk's content comes along while `budget` (bytes) lasts.
 pub(super) fn chunk_location(
     tx: &Transaction<'_>,
@@ -533,10 +536,7 @@ pub(super) fn chunk_location(
     let mut location =
         ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards, inline: None };
     if location.is_inline() && len as usize <= *budget {
-        location.inline = tx
-            .prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?
-            .query_row([&chunk.0[..]], |r| r.get(0))
-            .optional()?;
+        location.inline = inline_content(tx, chunk)?;
         *budget -= len as usize;
     }
     Ok(location)
