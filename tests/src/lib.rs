@@ -149,7 +149,7 @@ impl Cluster {
         for i in 0..n {
             cluster.start_chunkd(i);
         }
-        cluster.wait_chunkds_up(n);
+        cluster.wait_chunkds_up();
         cluster
     }
 
@@ -224,7 +224,7 @@ impl Cluster {
         for i in 0..n {
             self.start_chunkd(i);
         }
-        self.wait_chunkds_up(n);
+        self.wait_chunkds_up();
     }
 
     /// The cluster secret every daemon, mount and tool of this cluster is given.
@@ -251,20 +251,28 @@ impl Cluster {
         self.runtime.block_on(f(&client))
     }
 
-    /// Waits until metad reports at least `n` chunkds up.
-    pub fn wait_chunkds_up(&self, n: usize) {
+    /// Waits until metad reports every running chunkd up at its current address.
+    pub fn wait_chunkds_up(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
+        let running: Vec<&str> = self.chunkds.iter().flatten().map(|c| c.addr.as_str()).collect();
         loop {
-            let up = self
+            // Up at the address it listens on now: a chunkd killed moments ago still counts
+            // as up at its old address until metad notices.
+            let registered = self
                 .query(async |c| c.chunkds().await)
-                .map(|all| all.iter().filter(|c| c.up).count())
+                .map(|all| {
+                    let up: Vec<&str> =
+                        all.iter().filter(|c| c.up).map(|c| c.addr.as_str()).collect();
+                    running.iter().filter(|a| up.contains(a)).count()
+                })
                 .unwrap_or(0);
-            if up >= n {
+            if registered == running.len() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "only {up} of {n} chunkds up; see {:?}",
+                "only {registered} of {} running chunkds registered as up; see {:?}",
+                running.len(),
                 self.dir.path()
             );
             std::thread::sleep(Duration::from_millis(20));

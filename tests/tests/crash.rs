@@ -148,7 +148,7 @@ fn metad_killed_mid_workload_keeps_every_acknowledged_operation() {
         std::fs::read_to_string(&log).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert!(done.len() >= 20);
     // A fresh mount of the restarted metad sees every acknowledged step.
-    cluster.wait_chunkds_up(3);
+    cluster.wait_chunkds_up();
     let fresh = cluster.mount();
     for i in &done {
         let content = std::fs::read_to_string(fresh.join(&format!("e{i}/f")))
@@ -223,6 +223,6 @@ fn chunkds_dying_mid_read_do_not_disturb_the_reader() {
     // The dead chunkds come back with their shards: fully redundant again.
     cluster.start_chunkd(0);
     cluster.start_chunkd(3);
-    cluster.wait_chunkds_up(6);
+    cluster.wait_chunkds_up();
     assert!(fsck_clean(&cluster));
 }

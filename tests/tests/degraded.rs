@@ -101,7 +101,7 @@ fn writes_fail_cleanly_below_full_redundancy() {
         assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
     }
     cluster.start_chunkd(3);
-    cluster.wait_chunkds_up(6);
+    cluster.wait_chunkds_up();
     std::fs::write(mount.join("after"), vec![2u8; 1 << 20]).unwrap();
     assert_eq!(std::fs::read(mount.join("after")).unwrap(), vec![2u8; 1 << 20]);
 }

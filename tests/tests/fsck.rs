@@ -125,7 +125,7 @@ fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
         cluster.stop_chunkd(i, Signal::SIGTERM);
         cluster.start_chunkd(i);
     }
-    cluster.wait_chunkds_up(4);
+    cluster.wait_chunkds_up();
     {
         let mount = cluster.mount();
         for i in 0..4 {
