@@ -1,4 +1,4 @@
-//! The typed client of the chunkd protocol, and a pool of them keyed by address.
+//! The typed client of the chunkd protocol, and a pool of them keyed by chunkd.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,7 +7,9 @@ use shardfs_rpc::{ClientOptions, Service};
 
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
-use crate::proto::{ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse, ChunkdStat};
+use crate::proto::{
+    ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse, ChunkdStat,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkClientError {
@@ -26,17 +28,29 @@ impl ChunkClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ChunkClientError::Chunkd(ChunkdError::NotFound(_)))
     }
+
+    /// Whether another chunkd than the one meant answered at its address.
+    pub fn is_wrong_chunkd(&self) -> bool {
+        matches!(self, ChunkClientError::Chunkd(ChunkdError::WrongChunkd { .. }))
+    }
 }
 
-/// A client for one chunkd. Calls may run concurrently over its one connection, which is
-/// re-opened on demand after a failure.
+/// A client for one chunkd, named by its id and reached at an address. Calls may run
+/// concurrently over its one connection, which is re-opened on demand after a failure. A
+/// chunkd refuses calls meant for another (`ChunkdError::WrongChunkd`).
 pub struct ChunkClient {
     rpc: shardfs_rpc::Client,
+    chunkd: String,
 }
 
 impl ChunkClient {
-    pub fn new(addr: impl Into<String>, options: ClientOptions) -> ChunkClient {
-        ChunkClient { rpc: shardfs_rpc::Client::new(addr, Service::Chunkd, options) }
+    pub fn new(
+        addr: impl Into<String>,
+        chunkd: impl Into<String>,
+        options: ClientOptions,
+    ) -> ChunkClient {
+        let rpc = shardfs_rpc::Client::new(addr, Service::Chunkd, options);
+        ChunkClient { rpc, chunkd: chunkd.into() }
     }
 
     pub fn addr(&self) -> &str {
@@ -97,15 +111,16 @@ impl ChunkClient {
     }
 
     async fn call(&self, request: ChunkdRequest) -> Result<ChunkdReply, ChunkClientError> {
-        let response: ChunkdResponse = self.rpc.call(&request).await?;
+        let call = ChunkdCall { chunkd: self.chunkd.clone(), request };
+        let response: ChunkdResponse = self.rpc.call(&call).await?;
         Ok(response?)
     }
 }
 
-/// One `ChunkClient` per chunkd address, created on first use and shared after that.
+/// One `ChunkClient` per chunkd and address, created on first use and shared after that.
 pub struct ChunkClientPool {
     options: ClientOptions,
-    clients: Mutex<HashMap<String, Arc<ChunkClient>>>,
+    clients: Mutex<HashMap<(String, String), Arc<ChunkClient>>>,
 }
 
 impl ChunkClientPool {
@@ -113,21 +128,15 @@ impl ChunkClientPool {
         ChunkClientPool { options, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// The client for `addr`.
-    pub fn get(&self, addr: &str) -> Arc<ChunkClient> {
+    /// The client for chunkd `chunkd` at `addr`. A chunkd that moves gets a new client; old
+    /// ones stay in the pool (one per restart), their connections closed by the far side.
+    pub fn get(&self, addr: &str, chunkd: &str) -> Arc<ChunkClient> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(addr) {
-            return client.clone();
-        }
-        let client = Arc::new(ChunkClient::new(addr, self.options));
-        clients.insert(addr.to_owned(), client.clone());
-        client
-    }
-
-    /// Forgets the client for `addr` (a chunkd that left or moved); its connection closes
-    /// once the last caller still holding it is done.
-    pub fn remove(&self, addr: &str) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(addr);
+        let key = (addr.to_owned(), chunkd.to_owned());
+        clients
+            .entry(key)
+            .or_insert_with(|| Arc::new(ChunkClient::new(addr, chunkd, self.options)))
+            .clone()
     }
 }
 

@@ -139,6 +139,8 @@ mod tests {
     #[tokio::test]
     async fn runs_in_process_and_releases_its_directory_on_shutdown() {
         let dir = tempfile::tempdir().unwrap();
+        drop(ShardStore::open(dir.path()).await.unwrap());
+        let id = crate::store::read_id(dir.path()).unwrap().unwrap();
         for round in 0..2 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
@@ -149,7 +151,7 @@ mod tests {
             let chunkd = tokio::spawn(run_chunkd(config, listener, async {
                 let _ = stopped.await;
             }));
-            let client = ChunkClient::new(addr, shardfs_rpc::ClientOptions::with_key(key));
+            let client = ChunkClient::new(addr, &id, shardfs_rpc::ClientOptions::with_key(key));
             let stat = client.stat().await.unwrap();
             assert_eq!(stat.shard_count, round);
             let chunk = vec![round as u8; 10];

@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
 
+/// What a chunkd frame carries: a request and the id of the chunkd it is meant for. Callers
+/// reach a chunkd by the address metad registered for it, and another chunkd may have taken
+/// that address since (a restart on a reused port, a replaced disk); a chunkd refuses calls
+/// meant for another with `WrongChunkd`, so nobody takes its answer (or its shard list) for
+/// the other's.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChunkdCall {
+    pub chunkd: String,
+    pub request: ChunkdRequest,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChunkdRequest {
     /// Store one shard durably. `checksum` is BLAKE3 of `data`; a mismatch is rejected.
@@ -80,4 +91,6 @@ pub enum ChunkdError {
     NoSpace(String),
     #[error("chunkd i/o error: {0}")]
     Io(String),
+    #[error("call meant for chunkd {expected} reached chunkd {actual}")]
+    WrongChunkd { expected: String, actual: String },
 }

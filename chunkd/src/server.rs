@@ -12,7 +12,7 @@ use tracing::{debug, instrument, warn};
 
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
-use crate::proto::{ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
+use crate::proto::{ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
 use crate::store::ShardStore;
 
 /// Serves the chunkd protocol for `store` on `listener`, to peers holding the cluster secret
@@ -45,13 +45,20 @@ impl ChunkdServer {
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Answers one decoded request.
-    pub async fn answer(&self, request: ChunkdRequest) -> ChunkdResponse {
+    /// Answers one decoded call, if it is meant for this chunkd.
+    pub async fn answer(&self, call: ChunkdCall) -> ChunkdResponse {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(store) = store else {
             return Err(ChunkdError::Io("chunkd is shutting down".into()));
         };
-        match request {
+        if call.chunkd != store.id() {
+            warn!(expected = %call.chunkd, "refused a call meant for another chunkd");
+            return Err(ChunkdError::WrongChunkd {
+                expected: call.chunkd,
+                actual: store.id().to_owned(),
+            });
+        }
+        match call.request {
             ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data } => {
                 put(&store, shard, encoding, chunk_len, checksum, data).await
             }
@@ -76,10 +83,10 @@ impl Handler for ChunkdServer {
         peer: SocketAddr,
         body: Bytes,
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
-        let request: ChunkdRequest = shardfs_rpc::decode(&body).inspect_err(|e| {
+        let call: ChunkdCall = shardfs_rpc::decode(&body).inspect_err(|e| {
             warn!(%peer, "undecodable chunkd request: {e}");
         })?;
-        Ok(shardfs_rpc::encode(&self.answer(request).await))
+        Ok(shardfs_rpc::encode(&self.answer(call).await))
     }
 }
 

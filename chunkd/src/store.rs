@@ -527,24 +527,31 @@ fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
 /// Length in hex digits of a chunkd id (16 random bytes).
 const ID_HEX_LEN: usize = 32;
 
-fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
+/// The id of the chunkd whose data directory is `dir`; `None` before its first start.
+pub fn read_id(dir: &Path) -> Result<Option<String>, StoreError> {
     let path = dir.join(layout::ID_FILE);
     match fs::read_to_string(&path) {
         Ok(contents) => {
             let id = contents.trim_end_matches('\n');
             let valid = id.len() == ID_HEX_LEN
                 && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-            if valid { Ok(id.to_owned()) } else { Err(StoreError::BadId { path }) }
+            if valid { Ok(Some(id.to_owned())) } else { Err(StoreError::BadId { path }) }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = hex::encode(rand::random::<[u8; ID_HEX_LEN / 2]>());
-            durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"])
-                .map_err(|source| StoreError::Io { action: "write", path, source })?;
-            info!(%id, "created a new chunkd identity");
-            Ok(id)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StoreError::Io { action: "read", path, source }),
     }
+}
+
+fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
+    if let Some(id) = read_id(dir)? {
+        return Ok(id);
+    }
+    let id = hex::encode(rand::random::<[u8; ID_HEX_LEN / 2]>());
+    let path = dir.join(layout::ID_FILE);
+    durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"])
+        .map_err(|source| StoreError::Io { action: "write", path, source })?;
+    info!(%id, "created a new chunkd identity");
+    Ok(id)
 }
 
 #[cfg(test)]

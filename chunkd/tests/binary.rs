@@ -55,7 +55,8 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
 
-    let client = ChunkClient::new(addr, ClientOptions::with_key(key));
+    let id = shardfs_chunkd::store::read_id(&dir.path().join("data")).unwrap().unwrap();
+    let client = ChunkClient::new(addr, id, ClientOptions::with_key(key));
     let chunk = b"binary test chunk".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
     let encoding = Encoding::new(1, 1).unwrap();

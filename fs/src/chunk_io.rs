@@ -130,7 +130,7 @@ impl ChunkIo {
             }
             let mut gets = JoinSet::new();
             for place in wave {
-                let client = self.pool.get(&place.addr);
+                let client = self.pool.get(&place.addr, &place.chunkd);
                 let shard = ShardId { chunk: location.chunk, index: place.index };
                 let place = place.clone();
                 gets.spawn(async move { (place, client.get(shard).await) });
@@ -334,7 +334,7 @@ async fn put_chunk(
         })?;
     let mut puts = JoinSet::new();
     for (place, shard) in places.into_iter().zip(shards) {
-        let client = pool.get(&place.addr);
+        let client = pool.get(&place.addr, &place.chunkd);
         let id = ShardId { chunk: chunk.chunk, index: place.index };
         puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
     }
@@ -346,7 +346,8 @@ async fn put_chunk(
             Ok((_, Ok(()))) => {}
             Ok((place, Err(e))) => {
                 disk_full |= matches!(e, ChunkClientError::Chunkd(ChunkdError::NoSpace(_)));
-                if matches!(e, ChunkClientError::Rpc(_)) {
+                // Another chunkd at its address: the one meant is gone from there.
+                if matches!(e, ChunkClientError::Rpc(_)) || e.is_wrong_chunkd() {
                     unreachable.push(place.chunkd.clone());
                 }
                 failures.push(format!("shard {} on {}: {e}", place.index, place.addr))

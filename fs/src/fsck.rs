@@ -132,7 +132,7 @@ async fn verify_chunks(
 async fn verify_chunk(pool: &ChunkClientPool, location: &ChunkLocation) -> ChunkHealth {
     let mut reads = JoinSet::new();
     for place in &location.shards {
-        let client = pool.get(&place.addr);
+        let client = pool.get(&place.addr, &place.chunkd);
         let shard = ShardId { chunk: location.chunk, index: place.index };
         let expected = (location.encoding, location.len);
         reads.spawn(async move {

@@ -3,12 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfs_chunkd::proto::{ChunkdRequest, ChunkdResponse};
+use shardfs_chunkd::proto::{ChunkdCall, ChunkdResponse};
 use shardfs_rpc::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = decode::<ChunkdRequest>(data) {
-        decode::<ChunkdRequest>(&encode(&request)).expect("a decoded request re-encodes");
+    if let Ok(call) = decode::<ChunkdCall>(data) {
+        decode::<ChunkdCall>(&encode(&call)).expect("a decoded call re-encodes");
     }
     if let Ok(response) = decode::<ChunkdResponse>(data) {
         let again: ChunkdResponse = decode(&encode(&response)).expect("re-encodes");

@@ -126,7 +126,7 @@ async fn collect_chunks(
     };
     for (shard, chunkd) in &removed {
         let Some(addr) = members.address_if_up(chunkd) else { continue };
-        if let Err(e) = pool.get(&addr).delete(*shard).await {
+        if let Err(e) = pool.get(&addr, chunkd).delete(*shard).await {
             warn!(%shard, %chunkd, "shard delete failed, left for the orphan sweep: {e}");
         }
     }
@@ -149,7 +149,7 @@ async fn sweep(
     suspects: &mut HashMap<(String, ShardId), Instant>,
     grace: Duration,
 ) -> Result<u64, String> {
-    let client = pool.get(addr);
+    let client = pool.get(addr, chunkd);
     // A second of margin: catalogue times have one-second resolution.
     let listed_at = crate::proto::Timestamp::now().sec - 1;
     let mut listed = Vec::new();

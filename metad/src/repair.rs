@@ -128,7 +128,7 @@ async fn repair_chunk(
         }
         let Some(addr) = members.address_if_up(&shard.chunkd) else { continue };
         let id = ShardId { chunk: chunk.chunk, index: shard.index };
-        if let Ok((got, len, data)) = pool.get(&addr).get(id).await
+        if let Ok((got, len, data)) = pool.get(&addr, &shard.chunkd).get(id).await
             && got == encoding
             && len == chunk.len
             && let Some(slot) = slots.get_mut(shard.index as usize)
@@ -165,7 +165,7 @@ async fn repair_chunk(
     for (shard, target) in bad.iter().zip(targets) {
         let id = ShardId { chunk: chunk.chunk, index: shard.index };
         let data = shards[shard.index as usize].clone();
-        pool.get(&target.addr)
+        pool.get(&target.addr, &target.id)
             .put(id, encoding, chunk.len, data)
             .await
             .map_err(|e| format!("put of shard {} to {}: {e}", shard.index, target.id))?;

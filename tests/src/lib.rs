@@ -108,6 +108,7 @@ fn start_daemon(mut command: Command, log: &Path) -> (Process, String) {
 pub struct Chunkd {
     pub process: Process,
     pub addr: String,
+    pub id: String,
 }
 
 /// metad plus chunkds, with their data in one temporary directory.
@@ -179,18 +180,26 @@ impl Cluster {
     }
 
     pub fn start_chunkd(&mut self, i: usize) {
+        self.start_chunkd_at(i, &self.chunkd_dir(i), "127.0.0.1:0");
+    }
+
+    /// Starts a chunkd in slot `i` on data directory `data`, listening on `listen`.
+    pub fn start_chunkd_at(&mut self, i: usize, data: &Path, listen: &str) {
         let mut command = Command::new(binary("shardfs-chunkd"));
         command
             .arg("--data")
-            .arg(self.chunkd_dir(i))
+            .arg(data)
             .arg("--secret-file")
             .arg(self.secret_file())
-            .args(["--listen", "127.0.0.1:0", "--metad", &self.metad_addr])
+            .args(["--listen", listen, "--metad", &self.metad_addr])
             .args(["--heartbeat-interval", HEARTBEAT_SECS])
             .args(&self.chunkd_args);
         let log = self.dir.path().join(format!("chunkd-{i}.log"));
         let (process, addr) = start_daemon(command, &log);
-        self.chunkds[i] = Some(Chunkd { process, addr });
+        let id = shardfs_chunkd::store::read_id(data)
+            .expect("read the chunkd id")
+            .expect("a started chunkd has an id");
+        self.chunkds[i] = Some(Chunkd { process, addr, id });
     }
 
     /// Stops chunkd `i` with `signal`.

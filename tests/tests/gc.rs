@@ -34,11 +34,11 @@ fn unreferenced_chunks_and_orphan_shards_go_after_the_grace_period() {
     eventually("both files to be stored", || shard_count(&cluster) == 2 * 3 && chunks() == 3);
     // An orphan: a shard put straight onto a chunkd, never committed.
     let orphan = ShardId { chunk: ChunkId::of(b"never committed"), index: 0 };
-    let addr = cluster.chunkds[0].as_ref().unwrap().addr.clone();
+    let chunkd = cluster.chunkds[0].as_ref().unwrap();
     let rpc = cluster.rpc_options();
     cluster
         .query(async |_| {
-            let client = ChunkClient::new(&addr, rpc);
+            let client = ChunkClient::new(&chunkd.addr, &chunkd.id, rpc);
             let encoding = Encoding::new(2, 1).unwrap();
             client.put(orphan, encoding, 2, vec![1]).await
         })
@@ -114,4 +114,29 @@ fn randomized_writes_deletes_and_dedup_under_aggressive_gc_lose_nothing() {
         .output()
         .unwrap();
     assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+}
+
+/// A chunkd dies and a newcomer with an empty disk takes its address before metad notices
+/// (a restart on a reused port, a replaced disk): the orphan sweep reaches the newcomer under
+/// the dead chunkd's id. It must not take the newcomer's (empty) shard list for the dead
+/// one's and mark all of that chunkd's shards missing, and reads go on from the others.
+#[test]
+fn a_newcomer_at_a_dead_chunkds_address_is_not_taken_for_it() {
+    let mut cluster = Cluster::start_with(3, 2, 1, &FAST_GC);
+    let mount = cluster.mount();
+    shardfs_tests::write_random(&mount.join("kept"), 5 << 20, 2);
+    let expected = sha256(&mount.join("kept"));
+    eventually("the file to be stored", || shard_count(&cluster) == 2 * 3);
+    let addr = cluster.chunkds[0].as_ref().unwrap().addr.clone();
+    cluster.stop_chunkd(0, nix::sys::signal::Signal::SIGKILL);
+    let newcomer = cluster.dir.path().join("newcomer");
+    cluster.start_chunkd_at(0, &newcomer, &addr);
+    let log = cluster.dir.path().join("chunkd-0.log");
+    let unhealthy = || cluster.query(async |c| c.catalogue_stats().await).unwrap().unhealthy_shards;
+    eventually("the sweep to reach the newcomer under the dead chunkd's id", || {
+        assert_eq!(unhealthy(), 0, "the dead chunkd's shards were marked missing");
+        std::fs::read_to_string(&log).unwrap().contains("refused a call meant for another chunkd")
+    });
+    assert_eq!(unhealthy(), 0, "the dead chunkd's shards were marked missing");
+    assert_eq!(sha256(&cluster.mount().join("kept")), expected);
 }

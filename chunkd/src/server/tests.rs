@@ -14,6 +14,7 @@ use crate::store::shard_file_path;
 struct Running {
     dir: tempfile::TempDir,
     addr: String,
+    id: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -21,13 +22,14 @@ struct Running {
 async fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+    let id = store.id().to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(listener, store, key(), async {
         let _ = stopped.await;
     }));
-    Running { dir, addr, stop: Some(stop), task }
+    Running { dir, addr, id, stop: Some(stop), task }
 }
 
 fn key() -> shardfs_rpc::ClusterKey {
@@ -45,7 +47,7 @@ fn options() -> ClientOptions {
 #[tokio::test]
 async fn client_and_server_round_trip() {
     let server = start().await;
-    let client = Arc::new(ChunkClient::new(&server.addr, options()));
+    let client = Arc::new(ChunkClient::new(&server.addr, &server.id, options()));
     let encoding = Encoding::new(4, 2).unwrap();
     let chunk = vec![7u8; 100_000];
     let id = ChunkId::of(&chunk);
@@ -83,8 +85,8 @@ async fn client_and_server_round_trip() {
 async fn errors_travel_to_the_client() {
     let server = start().await;
     let pool = ChunkClientPool::new(options());
-    let client = pool.get(&server.addr);
-    assert!(Arc::ptr_eq(&client, &pool.get(&server.addr)));
+    let client = pool.get(&server.addr, &server.id);
+    assert!(Arc::ptr_eq(&client, &pool.get(&server.addr, &server.id)));
 
     let encoding = Encoding::new(1, 2).unwrap();
     let chunk = b"some chunk".to_vec();
@@ -105,10 +107,40 @@ async fn errors_travel_to_the_client() {
     assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))), "{error}");
 }
 
+/// Another chunkd at the address a caller has for the one it means (a restart on a reused
+/// port): every request is refused and changes nothing.
+#[tokio::test]
+async fn calls_meant_for_another_chunkd_are_refused() {
+    let server = start().await;
+    let pool = ChunkClientPool::new(options());
+    let right = pool.get(&server.addr, &server.id);
+    let wrong = pool.get(&server.addr, "an-earlier-chunkd");
+    assert!(!Arc::ptr_eq(&right, &wrong));
+    let encoding = Encoding::new(1, 1).unwrap();
+    let chunk = b"kept".to_vec();
+    let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
+    right.put(shard, encoding, chunk.len() as u64, chunk.clone()).await.unwrap();
+
+    let other = ShardId { index: 1, ..shard };
+    let refusals = [
+        wrong.put(other, encoding, chunk.len() as u64, chunk.clone()).await.map(drop),
+        wrong.get(shard).await.map(drop),
+        wrong.delete(shard).await.map(drop),
+        wrong.list(None, 10).await.map(drop),
+        wrong.stat().await.map(drop),
+    ];
+    for refusal in refusals {
+        let error = refusal.unwrap_err();
+        assert!(error.is_wrong_chunkd(), "{error}");
+        assert!(error.to_string().contains(&server.id), "{error}");
+    }
+    assert_eq!(right.list(None, 10).await.unwrap(), vec![shard]);
+}
+
 #[tokio::test]
 async fn shutdown_stops_serving() {
     let mut server = start().await;
-    let client = ChunkClient::new(&server.addr, options());
+    let client = ChunkClient::new(&server.addr, &server.id, options());
     client.stat().await.unwrap();
     server.stop.take().unwrap().send(()).unwrap();
     (&mut server.task).await.unwrap();
@@ -116,7 +148,7 @@ async fn shutdown_stops_serving() {
     // The open connection now gets errors; new connections are refused.
     let error = client.stat().await.unwrap_err();
     assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Io(_))), "{error}");
-    let fresh = ChunkClient::new(&server.addr, options());
+    let fresh = ChunkClient::new(&server.addr, &server.id, options());
     assert!(matches!(fresh.stat().await, Err(ChunkClientError::Rpc(_))));
     // And the store was released, so the directory can be opened again.
     ShardStore::open(server.dir.path()).await.unwrap();
