@@ -61,6 +61,7 @@ impl From<&FsError> for Errno {
                 MetaError::FileTooBig => Errno::EFBIG,
                 MetaError::WouldBlock => Errno::EAGAIN,
                 MetaError::AccessDenied => Errno::EACCES,
+                MetaError::TooManyOpenFiles(_) => Errno::ENFILE,
                 MetaError::ChunkGone(_) | MetaError::Store(_) | MetaError::SessionExpired => {
                     Errno::EIO
                 }

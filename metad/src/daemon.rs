@@ -17,6 +17,7 @@ use crate::gc::{self, GcConfig};
 use crate::members::Members;
 use crate::repair::{self, RepairConfig};
 use crate::server::MetadServer;
+use crate::sessions::SessionLimits;
 use crate::store::{Store, VolumeOverrides, VolumeSettings};
 
 /// Chunk size of a new volume.
@@ -41,9 +42,9 @@ pub struct MetadConfig {
     pub repair: RepairConfig,
     /// Deletion of unreferenced chunks and orphan shards.
     pub gc: GcConfig,
-    /// How long a client session may stay silent before it expires and its locks and open
-    /// files are released.
-    pub session_timeout: Duration,
+    /// How long a client session may stay silent before it expires (and its locks and open
+    /// files are released), and how much it may hold.
+    pub sessions: SessionLimits,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -75,7 +76,7 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
         );
     }
-    Ok(Arc::new(MetadServer::new(store, members, config.session_timeout, key)))
+    Ok(Arc::new(MetadServer::new(store, members, config.sessions, key)))
 }
 
 /// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`

@@ -63,7 +63,13 @@ pub struct Table {
     /// Inodes requests are recalling leases on, with how many: new write leases on them
     /// wait, so a busy writer cannot starve a reader.
     recalling: HashMap<Ino, usize>,
+    /// When each session past its lease limit last had leases picked for recall.
+    shed_at: HashMap<Holder, Instant>,
 }
+
+/// How often a session past its lease limit is looked over for leases to recall: the look
+/// is linear in what it holds, so it is not repeated on every grant.
+const SHED_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct LeaseCounters {
@@ -142,6 +148,33 @@ impl Table {
         self.recalling.contains_key(&ino)
     }
 
+    /// The oldest leases of `holder` to recall when it holds more than `limit` not already
+    /// under recall: enough to bring it an eighth below the limit, so a session at its
+    /// limit gives back leases in batches.
+    pub fn beyond_limit(&mut self, holder: Holder, limit: usize, now: Instant) -> Vec<Conflict> {
+        let Some(inos) = self.by_holder.get(&holder) else { return Vec::new() };
+        if inos.len() <= limit
+            || self.shed_at.get(&holder).is_some_and(|&at| now.duration_since(at) < SHED_EVERY)
+        {
+            return Vec::new();
+        }
+        self.shed_at.insert(holder, now);
+        let mut candidates: Vec<(Instant, Ino)> = inos
+            .iter()
+            .filter_map(|ino| {
+                let held = self.inodes.get(ino)?.get(&holder)?;
+                held.recalled.is_none().then_some((held.granted, *ino))
+            })
+            .collect();
+        if candidates.len() <= limit {
+            return Vec::new();
+        }
+        let shed = candidates.len() - (limit - limit / 8);
+        candidates.select_nth_unstable(shed - 1);
+        candidates.truncate(shed);
+        candidates.into_iter().map(|(_, ino)| Conflict { holder, ino }).collect()
+    }
+
     /// Leases held, for status.
     pub fn count(&self) -> u64 {
         self.by_holder.values().map(|inos| inos.len() as u64).sum()
@@ -186,6 +219,7 @@ impl Leases {
     /// caches).
     pub fn release_holder(&self, holder: Holder) {
         let mut table = self.lock();
+        table.shed_at.remove(&holder);
         if let Some(inos) = table.by_holder.remove(&holder) {
             for ino in inos {
                 if let Some(holders) = table.inodes.get_mut(&ino) {
@@ -345,5 +379,44 @@ mod tests {
             .await
             .expect("the release ends the recall");
         assert_eq!(leases.lock().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_past_its_limit_gives_back_its_oldest_leases() {
+        let leases = Leases::default();
+        let a = 1;
+        let now = Instant::now();
+        let shed = {
+            let mut table = leases.lock();
+            shed_oldest(&mut table, &leases.counters, now)
+        };
+        let shed: Vec<Conflict> = shed.into_iter().map(|ino| Conflict { holder: a, ino }).collect();
+        leases.recall(&shed, Duration::from_millis(10), |_| None).await;
+        assert_eq!(leases.lock().count(), 14 + 20);
+    }
+
+    /// Grants 20 leases to each of two sessions, one more to the first, and checks which
+    /// `beyond_limit` picks; returns them.
+    fn shed_oldest(table: &mut Table, counters: &LeaseCounters, now: Instant) -> Vec<Ino> {
+        let (a, b) = (1, 2);
+        for ino in 0..20 {
+            table.grant(a, ino, false, counters);
+            table.grant(b, ino, false, counters);
+            // Grant times are what orders them: make them distinct.
+            table.inodes.get_mut(&ino).unwrap().get_mut(&a).unwrap().granted =
+                now + Duration::from_millis(ino);
+        }
+        assert!(table.beyond_limit(a, 20, now).is_empty(), "at the limit is allowed");
+        table.grant(a, 20, false, counters);
+        table.inodes.get_mut(&20).unwrap().get_mut(&a).unwrap().granted = now + SHED_EVERY;
+        let mut shed: Vec<Ino> =
+            table.beyond_limit(a, 16, now).into_iter().map(|c| c.ino).collect();
+        shed.sort();
+        // 21 held, limit 16: down to 14 (an eighth below), the 7 oldest.
+        assert_eq!(shed, (0..7).collect::<Vec<_>>());
+        // Not looked at again at once, and b is not held to a's count.
+        assert!(table.beyond_limit(a, 16, now).is_empty());
+        assert!(table.beyond_limit(b, 20, now).is_empty());
+        shed
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod fair;
 pub mod gc;
 pub mod intents;
 pub mod leases;

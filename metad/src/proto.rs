@@ -665,4 +665,7 @@ pub enum MetaError {
     /// The client's session expired: what it held (locks, open files) was released.
     #[error("client session expired")]
     SessionExpired,
+    /// The client's session holds as many open files as metad allows one session.
+    #[error("too many open files: this client already holds {0}")]
+    TooManyOpenFiles(u64),
 }

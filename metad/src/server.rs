@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use shardfs_chunkd::membership::{
@@ -12,6 +11,7 @@ use shardfs_rpc::{ClusterKey, Handler, Service};
 use tracing::{debug, info, warn};
 
 use crate::access;
+use crate::fair::FairGate;
 use crate::gc::GcStats;
 use crate::intents::Intents;
 use crate::leases::{Conflict, Leases, Need};
@@ -23,7 +23,7 @@ use crate::proto::{
     WorkerStatus,
 };
 use crate::repair::RepairStats;
-use crate::sessions::Sessions;
+use crate::sessions::{SessionLimits, Sessions};
 use crate::store::{Holder, Store};
 
 pub struct MetadServer {
@@ -38,6 +38,8 @@ pub struct MetadServer {
     mount_requests: std::sync::atomic::AtomicU64,
     /// Authenticates every connection, in and out.
     pub(crate) key: ClusterKey,
+    /// Turns at the database for clients' requests, shared fairly between connections.
+    gate: FairGate,
 }
 
 /// What answering a request came to: an answer, or leases of other sessions to recall
@@ -53,7 +55,7 @@ impl MetadServer {
     pub fn new(
         store: Arc<Store>,
         members: Members,
-        session_timeout: Duration,
+        limits: SessionLimits,
         key: ClusterKey,
     ) -> MetadServer {
         MetadServer {
@@ -64,9 +66,10 @@ impl MetadServer {
             repair: Arc::default(),
             intents: Arc::default(),
             gc: Arc::default(),
-            sessions: Sessions::new(session_timeout),
+            sessions: Sessions::new(limits),
             leases: Leases::default(),
             mount_requests: Default::default(),
+            gate: FairGate::new(crate::fair::default_slots()),
         }
     }
 
@@ -181,6 +184,22 @@ impl MetadServer {
         Outcome::Answered(Ok(reply))
     }
 
+    /// Recalls, in the background, the oldest leases of a session past its lease limit: a
+    /// mount that walks a big tree would otherwise hold a lease on every inode it saw.
+    fn shed_leases(self: &Arc<Self>, holder: Holder) {
+        let limit = self.sessions.limits().leases;
+        let excess = self.leases.lock().beyond_limit(holder, limit, std::time::Instant::now());
+        if excess.is_empty() {
+            return;
+        }
+        debug!(holder, count = excess.len(), "session past its lease limit; recalling the oldest");
+        let server = self.clone();
+        tokio::spawn(async move {
+            let expiry = server.sessions.timeout();
+            server.leases.recall(&excess, expiry, |h| server.sessions.peer_of(h)).await;
+        });
+    }
+
     /// Whether a request reads or changes what leases cover.
     fn leases_cover(&self, request: &MetaRequest) -> bool {
         !lease_needs_of(request, |_, _| None).is_empty()
@@ -235,7 +254,9 @@ impl MetadServer {
                 MetaReply::Entries { parent, entries }
             }
             MetaRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
-            MetaRequest::OpenFile { ino } => MetaReply::Attr(store.open_file(ino, holder)?),
+            MetaRequest::OpenFile { ino } => {
+                MetaReply::Attr(store.open_file(ino, holder, self.sessions.limits().open_files)?)
+            }
             MetaRequest::ReleaseFile { ino } => {
                 store.release_file(ino, holder)?;
                 MetaReply::Done
@@ -516,9 +537,14 @@ impl Handler for MetadServer {
         }
         loop {
             let server = self.clone();
+            let turn = self.gate.enter(peer).await;
             let outcome = blocking(move || server.answer_leased(request, holder, peer)).await?;
+            drop(turn);
             match outcome {
-                Outcome::Answered(response) => return Ok(shardfs_rpc::encode(&response)),
+                Outcome::Answered(response) => {
+                    self.shed_leases(holder);
+                    return Ok(shardfs_rpc::encode(&response));
+                }
                 Outcome::Recall(again, conflicts) => {
                     let expiry = self.sessions.timeout();
                     self.leases.recall(&conflicts, expiry, |h| self.sessions.peer_of(h)).await;

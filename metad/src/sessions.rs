@@ -18,6 +18,23 @@ use crate::store::Holder;
 /// How long a silent session lives when none is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What one session may hold, so one client cannot exhaust metad's memory for the others.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Silence after which a session expires and what it held is released.
+    pub timeout: Duration,
+    /// Opens held at once; one more is refused (`TooManyOpenFiles`, ENFILE).
+    pub open_files: u64,
+    /// Leases held at once; past it, the oldest are recalled (see `crate::leases`).
+    pub leases: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { timeout: DEFAULT_TIMEOUT, open_files: 1 << 20, leases: 1 << 18 }
+    }
+}
+
 struct Session {
     /// The host the client said it runs on, for status and logs.
     host: String,
@@ -36,21 +53,25 @@ struct Table {
 
 pub struct Sessions {
     table: Mutex<Table>,
-    timeout: Duration,
+    limits: SessionLimits,
 }
 
 impl Sessions {
-    pub fn new(timeout: Duration) -> Sessions {
+    pub fn new(limits: SessionLimits) -> Sessions {
         // Ids start from the clock so a client resuming a session of an earlier metad run
         // cannot take over a new session by accident.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 | 1);
-        Sessions { table: Mutex::new(Table { next: seed, ..Table::default() }), timeout }
+        Sessions { table: Mutex::new(Table { next: seed, ..Table::default() }), limits }
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.limits.timeout
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -135,7 +156,7 @@ impl Sessions {
     /// the host each said it runs on.
     pub fn expire(&self) -> Vec<(Holder, String)> {
         let mut table = self.lock();
-        let timeout = self.timeout;
+        let timeout = self.limits.timeout;
         let expired: Vec<Holder> = table
             .sessions
             .iter()
@@ -163,7 +184,8 @@ mod tests {
 
     #[test]
     fn explicit_sessions_outlive_connections_until_they_expire() {
-        let sessions = Sessions::new(Duration::from_millis(50));
+        let limits = SessionLimits { timeout: Duration::from_millis(50), ..Default::default() };
+        let sessions = Sessions::new(limits);
         let (a, b): (SocketAddr, SocketAddr) =
             ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         // The first request made an implicit session, which opening one replaces.
@@ -185,7 +207,8 @@ mod tests {
 
     #[test]
     fn implicit_sessions_end_with_their_connection() {
-        let sessions = Sessions::new(Duration::from_millis(10));
+        let limits = SessionLimits { timeout: Duration::from_millis(10), ..Default::default() };
+        let sessions = Sessions::new(limits);
         let peer: SocketAddr = "127.0.0.1:3".parse().unwrap();
         let id = sessions.of(peer);
         assert_eq!(sessions.of(peer), id);

@@ -17,6 +17,15 @@ use tempfile::TempDir;
 
 /// How long any daemon or mount may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `done` until it holds; fails the test after [`READY_TIMEOUT`].
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 /// Heartbeat interval given to test chunkds.
 const HEARTBEAT_SECS: &str = "0.3";
 /// Seconds of silence after which metad counts a test chunkd as down.

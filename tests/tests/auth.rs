@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shardfs_rpc::ClusterKey;
-use shardfs_tests::{Cluster, READY_TIMEOUT, binary, closed_by_peer, is_mounted, raw_hello};
+use shardfs_tests::{Cluster, binary, closed_by_peer, eventually, is_mounted, raw_hello};
 
 /// A secret of the right form that is not the cluster's.
 fn wrong_secret(cluster: &Cluster) -> std::path::PathBuf {
@@ -19,14 +19,6 @@ fn wrong_secret(cluster: &Cluster) -> std::path::PathBuf {
 
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const METAD_REFUSES: &str = "did not prove it holds the cluster secret";

@@ -2,18 +2,10 @@
 
 use std::io::{Read, Write};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shardfs_tests::{Cluster, READY_TIMEOUT, sh};
-
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use shardfs_tests::{Cluster, eventually, sh};
 
 fn shard_count(cluster: &Cluster) -> u64 {
     (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len() as u64).sum()

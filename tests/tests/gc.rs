@@ -6,20 +6,12 @@ use std::time::{Duration, Instant};
 
 use shardfs_chunkd::client::ChunkClient;
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
-use shardfs_tests::{Cluster, READY_TIMEOUT, sh, sha256};
+use shardfs_tests::{Cluster, eventually, sh, sha256};
 
 const FAST_GC: [&str; 4] = ["--gc-grace", "0.5", "--gc-interval", "0.1"];
 
 fn shard_count(cluster: &Cluster) -> usize {
     (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len()).sum()
-}
-
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

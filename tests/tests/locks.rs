@@ -3,9 +3,9 @@
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use shardfs_tests::{Cluster, READY_TIMEOUT};
+use shardfs_tests::{Cluster, eventually};
 
 fn fcntl_lock(fd: i32, cmd: i32, typ: i32, start: i64, len: i64) -> (i32, libc::flock) {
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
@@ -17,14 +17,6 @@ fn fcntl_lock(fd: i32, cmd: i32, typ: i32, start: i64, len: i64) -> (i32, libc::
     let errno =
         if result == -1 { std::io::Error::last_os_error().raw_os_error().unwrap() } else { 0 };
     (errno, lock)
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -343,7 +343,7 @@ fn local_command(
             down_after: Duration::from_secs(10),
             repair: RepairConfig::default(),
             gc: GcConfig::default(),
-            session_timeout: shardfs_metad::sessions::DEFAULT_TIMEOUT,
+            sessions: shardfs_metad::sessions::SessionLimits::default(),
         },
     };
     let runtime = runtime()?;

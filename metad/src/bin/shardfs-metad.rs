@@ -10,7 +10,7 @@ use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
-use shardfs_metad::sessions;
+use shardfs_metad::sessions::{self, SessionLimits};
 use tokio::net::TcpListener;
 
 /// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
@@ -52,6 +52,12 @@ struct Args {
     /// expires and its locks and open files are released.
     #[arg(long, default_value_t = sessions::DEFAULT_TIMEOUT.as_secs_f64())]
     session_timeout: f64,
+    /// Files one client session may hold open at once; one more open fails with ENFILE.
+    #[arg(long, default_value_t = SessionLimits::default().open_files)]
+    max_open_files_per_session: u64,
+    /// Leases one client session may hold; past it, metad recalls its oldest ones.
+    #[arg(long, default_value_t = SessionLimits::default().leases)]
+    max_leases_per_session: usize,
     /// Seconds between the repair worker's scans of the catalogue.
     #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
     repair_interval: f64,
@@ -95,7 +101,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             grace: seconds("--gc-grace", args.gc_grace)?,
             interval: seconds("--gc-interval", args.gc_interval)?,
         },
-        session_timeout: seconds("--session-timeout", args.session_timeout)?,
+        sessions: SessionLimits {
+            timeout: seconds("--session-timeout", args.session_timeout)?,
+            open_files: args.max_open_files_per_session,
+            leases: args.max_leases_per_session,
+        },
     };
     let server = daemon::open(&config)?;
     let listener = TcpListener::bind(&args.listen)

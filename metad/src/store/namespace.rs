@@ -388,11 +388,12 @@ impl Store {
     }
 
     /// Records that `holder` opened file `ino`, which must still exist.
-    pub fn open_file(&self, ino: Ino, holder: Holder) -> Result<Attr, MetaError> {
+    /// Records one open of `ino` by `holder`, which may hold at most `limit` opens.
+    pub fn open_file(&self, ino: Ino, holder: Holder, limit: u64) -> Result<Attr, MetaError> {
         // Checked and recorded under the store lock, so an unlink cannot slip in between.
         self.read(|tx| {
             let attr = get_attr(tx, ino)?;
-            self.open_files.add(ino, holder);
+            self.open_files.add(ino, holder, limit)?;
             Ok(attr)
         })
     }

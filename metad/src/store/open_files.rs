@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::proto::Ino;
+use crate::proto::{Ino, MetaError};
 
 /// Who holds a file open (or a lock, or a write intent): a client session
 /// (`crate::sessions`).
@@ -16,22 +16,38 @@ pub type Holder = u64;
 
 #[derive(Default)]
 pub struct OpenFiles {
-    by_ino: Mutex<HashMap<Ino, HashMap<Holder, u32>>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Opens of each inode by each holder.
+    by_ino: HashMap<Ino, HashMap<Holder, u64>>,
+    /// Opens each holder has, of all inodes.
+    per_holder: HashMap<Holder, u64>,
 }
 
 impl OpenFiles {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, HashMap<Holder, u32>>> {
-        self.by_ino.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn add(&self, ino: Ino, holder: Holder) {
-        *self.lock().entry(ino).or_default().entry(holder).or_default() += 1;
+    /// Records one open of `ino` by `holder`, unless `holder` already has `limit` opens.
+    pub fn add(&self, ino: Ino, holder: Holder, limit: u64) -> Result<(), MetaError> {
+        let mut table = self.lock();
+        let total = table.per_holder.entry(holder).or_default();
+        if *total >= limit {
+            return Err(MetaError::TooManyOpenFiles(limit));
+        }
+        *total += 1;
+        *table.by_ino.entry(ino).or_default().entry(holder).or_default() += 1;
+        Ok(())
     }
 
     /// Drops one open of `ino` by `holder`; returns whether anyone still has it open.
     pub fn remove(&self, ino: Ino, holder: Holder) -> bool {
-        let mut by_ino = self.lock();
-        let Some(holders) = by_ino.get_mut(&ino) else {
+        let table = &mut *self.lock();
+        let Some(holders) = table.by_ino.get_mut(&ino) else {
             return false;
         };
         if let Some(count) = holders.get_mut(&holder) {
@@ -39,9 +55,15 @@ impl OpenFiles {
             if *count == 0 {
                 holders.remove(&holder);
             }
+            if let Some(total) = table.per_holder.get_mut(&holder) {
+                *total -= 1;
+                if *total == 0 {
+                    table.per_holder.remove(&holder);
+                }
+            }
         }
         if holders.is_empty() {
-            by_ino.remove(&ino);
+            table.by_ino.remove(&ino);
             return false;
         }
         true
@@ -49,9 +71,10 @@ impl OpenFiles {
 
     /// Drops every open of `holder`; returns the inodes nobody has open any more.
     pub fn remove_holder(&self, holder: Holder) -> Vec<Ino> {
-        let mut by_ino = self.lock();
+        let table = &mut *self.lock();
+        table.per_holder.remove(&holder);
         let mut closed = Vec::new();
-        by_ino.retain(|ino, holders| {
+        table.by_ino.retain(|ino, holders| {
             holders.remove(&holder);
             if holders.is_empty() {
                 closed.push(*ino);
@@ -62,7 +85,7 @@ impl OpenFiles {
     }
 
     pub fn is_open(&self, ino: Ino) -> bool {
-        self.lock().contains_key(&ino)
+        self.lock().by_ino.contains_key(&ino)
     }
 }
 
@@ -74,10 +97,10 @@ mod tests {
     fn counts_per_holder() {
         let open = OpenFiles::default();
         let (a, b): (Holder, Holder) = (1, 2);
-        open.add(7, a);
-        open.add(7, a);
-        open.add(7, b);
-        open.add(8, b);
+        open.add(7, a, 10).unwrap();
+        open.add(7, a, 10).unwrap();
+        open.add(7, b, 10).unwrap();
+        open.add(8, b, 10).unwrap();
         assert!(open.remove(7, a));
         assert!(open.remove(7, a));
         let mut closed = open.remove_holder(b);
@@ -85,5 +108,21 @@ mod tests {
         assert_eq!(closed, [7, 8]);
         assert!(!open.is_open(7) && !open.is_open(8));
         assert!(!open.remove(9, a));
+    }
+
+    #[test]
+    fn a_holder_at_its_limit_is_refused_until_it_closes() {
+        let open = OpenFiles::default();
+        let (a, b): (Holder, Holder) = (1, 2);
+        open.add(7, a, 2).unwrap();
+        open.add(8, a, 2).unwrap();
+        assert_eq!(open.add(9, a, 2), Err(MetaError::TooManyOpenFiles(2)));
+        assert!(!open.is_open(9));
+        // Others are not held to a's count.
+        open.add(9, b, 2).unwrap();
+        assert!(!open.remove(8, a));
+        open.add(8, a, 2).unwrap();
+        open.remove_holder(a);
+        open.add(7, a, 2).unwrap();
     }
 }
