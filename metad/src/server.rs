@@ -537,7 +537,10 @@ impl Handler for MetadServer {
         }
         loop {
             let server = self.clone();
-            let turn = self.gate.enter(peer).await;
+            // A lock request that waits for another owner's unlock must not hold a turn while
+            // it waits: enough of them would leave no turn for the unlock.
+            let waits = matches!(request, MetaRequest::SetLock { wait: true, .. });
+            let turn = if waits { None } else { Some(self.gate.enter(peer).await) };
             let outcome = blocking(move || server.answer_leased(request, holder, peer)).await?;
             drop(turn);
             match outcome {

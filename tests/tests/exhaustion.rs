@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shardfs_metad::proto::{Cred, MetaError, MetaPush, ROOT_INO};
 use shardfs_metad::{MetaClient, MetaClientError, SessionEvents};
-use shardfs_tests::{Cluster, eventually};
+use shardfs_tests::{Cluster, READY_TIMEOUT, eventually};
 
 /// A session's events from a client that ignores every recall.
 struct Deaf;
@@ -174,4 +174,40 @@ fn a_flood_of_requests_on_many_connections_waits_its_turns() {
     // one request per flooding connection (some 6,000 for its ~60 requests), not behind
     // everything the flood has in flight (4,096 at a time, over 200,000 in all before turns).
     assert!(during < 60_000, "the mount waited behind {during} flooding requests");
+}
+
+/// Waiting lock requests do not hold turns at metad: more waiters than metad runs requests
+/// at once still leave room for the unlock they wait for.
+#[test]
+fn many_waiting_locks_do_not_hold_up_the_unlock() {
+    use shardfs_metad::locks::{HeldLock, LockKind};
+    let cluster = Cluster::start(3, 2, 1);
+    cluster.query(async |c| {
+        let ino = c
+            .make_node(ROOT_INO, b"locked", libc::S_IFREG | 0o644, 0, Cred::ROOT)
+            .await
+            .unwrap()
+            .ino;
+        let whole = HeldLock { start: 0, end: u64::MAX, kind: LockKind::Write, pid: 1 };
+        c.set_lock(ino, 0, whole, false).await.unwrap();
+        let others = Arc::new(MetaClient::new(&cluster.metad_addr, cluster.rpc_options()));
+        let mut waiters = tokio::task::JoinSet::new();
+        for owner in 1..=32 {
+            let others = others.clone();
+            waiters.spawn(async move {
+                others.set_lock(ino, owner, whole, true).await.unwrap();
+                others.unlock(ino, owner, (0, u64::MAX)).await.unwrap();
+            });
+        }
+        // Time for all of them to queue up behind the lock (there is nothing to poll for:
+        // a waiter shows nowhere), then let go of it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.unlock(ino, 0, (0, u64::MAX)).await.unwrap();
+        let all = async {
+            while let Some(waiter) = waiters.join_next().await {
+                waiter.unwrap();
+            }
+        };
+        tokio::time::timeout(READY_TIMEOUT, all).await.expect("every waiter got the lock in turn");
+    });
 }
