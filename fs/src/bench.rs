@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -221,13 +221,7 @@ pub fn run(
     }
     let selected = config.workloads();
     let steps = (rounds * dirs.len() * selected.len()) as u64;
-    let bar = match progress {
-        true => ProgressBar::new(steps).with_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-                .expect("valid template"),
-        ),
-        false => ProgressBar::hidden(),
-    };
+    let bar = crate::progress::bar(steps, "{msg}", progress);
     let mut all: Vec<Vec<Vec<f64>>> = vec![Vec::new(); dirs.len()];
     let mut cache_dropped = vec![true; dirs.len()];
     for _ in 0..rounds {

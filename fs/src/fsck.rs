@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use shardfs_chunkd::ShardId;
 use shardfs_chunkd::client::ChunkClientPool;
@@ -71,16 +71,7 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let metadata = meta.fsck(repair).await?;
     let data = if verify_data {
-        let bar = if progress {
-            let bar = ProgressBar::new(metadata.chunks);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} chunks verified, {eta} left")
-                    .expect("valid progress template"),
-            );
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = crate::progress::bar(metadata.chunks, "chunks verified", progress);
         let report = verify_chunks(meta, rpc, &bar).await?;
         bar.finish_and_clear();
         Some(report)

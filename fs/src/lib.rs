@@ -11,6 +11,7 @@ pub mod leases;
 pub mod local;
 pub mod mount;
 pub mod options;
+pub mod progress;
 pub mod seek;
 pub mod setid;
 pub mod status;

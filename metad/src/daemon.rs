@@ -51,6 +51,7 @@ pub struct MetadConfig {
 pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
+    let data_lock = crate::backup::lock_data_dir(&config.data)?;
     if let Some(size) = config.chunk_size
         && !CHUNK_SIZE_RANGE.contains(&size)
     {
@@ -60,7 +61,7 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             CHUNK_SIZE_RANGE.end()
         );
     }
-    let path = config.data.join("meta.db");
+    let path = config.data.join(crate::backup::DATABASE);
     let overrides = VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
     let defaults = VolumeSettings { encoding: DEFAULT_ENCODING, chunk_size: DEFAULT_CHUNK_SIZE };
     let store = Store::open(&path, overrides, defaults)
@@ -76,7 +77,8 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
         );
     }
-    Ok(Arc::new(MetadServer::new(store, members, config.sessions, key)))
+    let server = MetadServer::new(store, members, config.sessions, key);
+    Ok(Arc::new(server.holding(data_lock)))
 }
 
 /// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`

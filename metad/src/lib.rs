@@ -21,3 +21,4 @@ pub mod store;
 pub use client::{MetaClient, MetaClientError, SessionEvents};
 pub mod access;
 pub mod acl;
+pub mod backup;

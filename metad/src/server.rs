@@ -40,6 +40,8 @@ pub struct MetadServer {
     pub(crate) key: ClusterKey,
     /// Turns at the database for clients' requests, shared fairly between connections.
     gate: FairGate,
+    /// The data directory's lock, held while this server lives (`crate::backup`).
+    _data_lock: Option<std::fs::File>,
 }
 
 /// What answering a request came to: an answer, or leases of other sessions to recall
@@ -70,7 +72,13 @@ impl MetadServer {
             leases: Leases::default(),
             mount_requests: Default::default(),
             gate: FairGate::new(crate::fair::default_slots()),
+            _data_lock: None,
         }
+    }
+
+    /// This server, holding `lock` (its data directory's) for as long as it lives.
+    pub fn holding(self, lock: std::fs::File) -> MetadServer {
+        MetadServer { _data_lock: Some(lock), ..self }
     }
 
     /// The key connections to this metad are authenticated with.

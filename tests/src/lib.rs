@@ -169,7 +169,7 @@ impl Cluster {
     }
 
     fn start_metad(&mut self, listen: &str, extra: &[&str]) {
-        let data = self.dir.path().join("metad");
+        let data = self.metad_dir();
         let mut command = Command::new(binary("shardfs-metad"));
         command
             .arg("--data")
@@ -221,12 +221,27 @@ impl Cluster {
     /// Stops metad with `signal` and starts it again on the same address and data, so
     /// chunkds and mounts reconnect by themselves.
     pub fn restart_metad(&mut self, signal: nix::sys::signal::Signal) {
+        self.stop_metad(signal);
+        self.resume_metad();
+    }
+
+    /// Stops metad with `signal`.
+    pub fn stop_metad(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(metad) = self.metad.take() {
             metad.stop(signal);
         }
+    }
+
+    /// Starts metad again on its address and data.
+    pub fn resume_metad(&mut self) {
         let addr = self.metad_addr.clone();
         self.start_metad(&addr, &[]);
         assert_eq!(self.metad_addr, addr, "metad came back on another address");
+    }
+
+    /// metad's data directory.
+    pub fn metad_dir(&self) -> PathBuf {
+        self.dir.path().join("metad")
     }
 
     /// Stops every daemon, then starts them again on the same data directories.

@@ -19,6 +19,35 @@ use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_rpc::{ClientOptions, ClusterKey};
 
+#[derive(Subcommand)]
+enum MetadCommands {
+    /// Copy the database of a metad, running or not, to FILE: consistent as of one moment
+    /// while metad keeps serving, checked, and synced before it takes its name.
+    Backup {
+        /// metad's data directory (its --data).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the backup; must not exist yet.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the database of a stopped metad with a backup. The database it replaces is
+    /// kept beside it (meta.db.before-restore-TIME). Run `shardfs fsck --verify-data` once
+    /// metad is back.
+    Restore {
+        /// metad's data directory (its --data); metad must not be running.
+        #[arg(long)]
+        data: PathBuf,
+        /// The backup to restore.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Set in the environment of the process `mount --background` starts.
 const BACKGROUND_CHILD: &str = "SHARDFS_BACKGROUND_CHILD";
 /// What that process prints on stdout once the mount is live.
@@ -43,6 +72,11 @@ enum Commands {
         json: bool,
         #[command(flatten)]
         secret: SecretArgs,
+    },
+    /// Back up or restore metad's database (run on the metad host).
+    Metad {
+        #[command(subcommand)]
+        command: MetadCommands,
     },
     /// Measure a fixed set of workloads on a directory (and another, with --compare):
     /// sequential and random I/O, small files, and a real tree.
@@ -255,6 +289,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(report.exit_code()))
         }
+        Commands::Metad { command } => metad_command(command),
         Commands::Bench(args) => {
             let config = shardfs::bench::BenchConfig {
                 file_bytes: args.file_size,
@@ -289,6 +324,46 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `shardfs metad backup` and `shardfs metad restore`.
+fn metad_command(command: MetadCommands) -> anyhow::Result<ExitCode> {
+    use shardfs_metad::backup;
+    match command {
+        MetadCommands::Backup { data, file, json } => {
+            let bar = shardfs::progress::bar(0, "pages", !json && std::io::stderr().is_terminal());
+            let pages = backup::backup(&data, &file, |p| {
+                bar.set_length(p.pages_total);
+                bar.set_position(p.pages_done);
+            })?;
+            bar.finish_and_clear();
+            let bytes = std::fs::metadata(&file)?.len();
+            if json {
+                let out = serde_json::json!({ "file": file, "pages": pages, "bytes": bytes });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "backed up {} ({pages} pages, {bytes} bytes) to {}",
+                    data.display(),
+                    file.display()
+                );
+            }
+        }
+        MetadCommands::Restore { data, file, json } => {
+            let kept = backup::restore(&data, &file)?;
+            if json {
+                let out = serde_json::json!({ "data": data, "restored": file, "kept": kept });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("restored {} into {}", file.display(), data.display());
+                if let Some(kept) = kept {
+                    println!("the database it replaced is kept as {}", kept.display());
+                }
+                println!("start metad, then check with: shardfs fsck METAD --verify-data");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `shardfs mount`: mounts and serves in the foreground, or starts that in the background.
