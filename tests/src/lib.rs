@@ -239,6 +239,19 @@ impl Cluster {
         assert_eq!(self.metad_addr, addr, "metad came back on another address");
     }
 
+    /// Whether `shardfs fsck --verify-data` finds nothing wrong; its report goes to the
+    /// test's output.
+    pub fn fsck_clean(&self) -> bool {
+        let out = self
+            .command("shardfs")
+            .args(["fsck", &self.metad_addr, "--verify-data"])
+            .output()
+            .expect("run shardfs fsck");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        out.status.success()
+    }
+
     /// metad's data directory.
     pub fn metad_dir(&self) -> PathBuf {
         self.dir.path().join("metad")

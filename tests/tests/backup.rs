@@ -113,10 +113,5 @@ fn backup_taken_during_writes_restores_to_a_consistent_clean_namespace() {
         whole += usize::from(!data.is_empty());
     }
     assert!(whole > 0, "no file the writer committed before the backup");
-    let fsck = cluster
-        .command("shardfs")
-        .args(["fsck", &cluster.metad_addr, "--verify-data"])
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(cluster.fsck_clean());
 }

@@ -11,15 +11,6 @@ fn shard_count(cluster: &Cluster) -> u64 {
     (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len() as u64).sum()
 }
 
-fn fsck_clean(cluster: &Cluster) -> bool {
-    cluster
-        .command("shardfs")
-        .args(["fsck", &cluster.metad_addr, "--verify-data"])
-        .status()
-        .unwrap()
-        .success()
-}
-
 #[test]
 fn client_killed_mid_write_leaves_only_orphans_that_the_sweep_removes() {
     // The dead client's write intents end with its session, one second after it died.
@@ -45,7 +36,7 @@ fn client_killed_mid_write_leaves_only_orphans_that_the_sweep_removes() {
         let chunks = cluster.query(async |c| c.catalogue_stats().await).unwrap().chunks;
         shard_count(&cluster) == chunks * 3
     });
-    assert!(fsck_clean(&cluster));
+    assert!(cluster.fsck_clean());
     // What was committed reads back as the source's prefix.
     let mount = cluster.mount();
     let committed = std::fs::metadata(mount.join("big")).map(|m| m.len()).unwrap_or(0);
@@ -148,7 +139,7 @@ fn metad_killed_mid_workload_keeps_every_acknowledged_operation() {
         assert_eq!(content, format!("{i}\n"));
         assert!(!fresh.join(&format!("d{i}")).exists());
     }
-    assert!(fsck_clean(&cluster));
+    assert!(cluster.fsck_clean());
 }
 
 #[test]
@@ -171,7 +162,7 @@ fn chunkds_dying_mid_write_are_routed_around() {
     writer.join().unwrap().expect("the write completes on the remaining chunkds");
     assert_eq!(shardfs_tests::sha256(&target), shardfs_tests::sha256(&source));
     // Chunks written before the failure are rebuilt to full redundancy too.
-    eventually("full redundancy", || fsck_clean(&cluster));
+    eventually("full redundancy", || cluster.fsck_clean());
     let fresh = cluster.mount();
     assert_eq!(shardfs_tests::sha256(&fresh.join("big")), shardfs_tests::sha256(&source));
 }
@@ -216,5 +207,5 @@ fn chunkds_dying_mid_read_do_not_disturb_the_reader() {
     cluster.start_chunkd(0);
     cluster.start_chunkd(3);
     cluster.wait_chunkds_up();
-    assert!(fsck_clean(&cluster));
+    assert!(cluster.fsck_clean());
 }

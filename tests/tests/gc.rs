@@ -100,12 +100,7 @@ fn randomized_writes_deletes_and_dedup_under_aggressive_gc_lose_nothing() {
         };
         assert_eq!(sha256(&fresh.join(name)), expected, "{name} after {operations} operations");
     }
-    let fsck = cluster
-        .command("shardfs")
-        .args(["fsck", &cluster.metad_addr, "--verify-data"])
-        .output()
-        .unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(cluster.fsck_clean());
 }
 
 /// A chunkd dies and a newcomer with an empty disk takes its address before metad notices
