@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardfs_rpc::ClusterKey;
+use shardfs_rpc::{ClusterKey, DaemonAuth};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -26,8 +26,9 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub struct ChunkdConfig {
     /// Directory holding the shard store (created if missing).
     pub data_dir: PathBuf,
-    /// From the cluster secret: authenticates every connection, in and out.
-    pub key: ClusterKey,
+    /// From the cluster secret (and TLS, if configured): authenticates every connection, in
+    /// and out.
+    pub auth: DaemonAuth,
     /// Address of metad, for registration, heartbeats and corrupt-shard reports.
     pub metad_addr: String,
     /// Failure-domain label (host, rack); metad puts a chunk's shards in distinct zones.
@@ -48,7 +49,7 @@ impl ChunkdConfig {
     ) -> ChunkdConfig {
         ChunkdConfig {
             data_dir: data_dir.into(),
-            key,
+            auth: DaemonAuth::new(key),
             metad_addr: metad_addr.into(),
             zone: None,
             advertise_addr: None,
@@ -106,7 +107,7 @@ pub async fn run_with_store(
         advertise_addr,
         zone: config.zone,
         interval: config.heartbeat_interval,
-        key: config.key,
+        auth: config.auth,
     };
     info!(id = %store.id(), %local_addr, "chunkd serving");
 
@@ -115,7 +116,8 @@ pub async fn run_with_store(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let serving = server::run(listener, store.clone(), config.key, stopped(stop_rx.clone()));
+    let serving =
+        server::run(listener, store.clone(), config.auth.server_config(), stopped(stop_rx.clone()));
     let scrubbing = scrub::run(store.clone(), config.scrub, stopped(stop_rx.clone()));
     let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
     let stop_on_shutdown = async move {

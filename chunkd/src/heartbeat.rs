@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardfs_rpc::{ClientOptions, ClusterKey, Service};
+use shardfs_rpc::{ClientOptions, DaemonAuth, Service};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
@@ -42,8 +42,8 @@ pub struct HeartbeatConfig {
     pub advertise_addr: String,
     pub zone: Option<String>,
     pub interval: Duration,
-    /// Proves to metad that this chunkd holds the cluster secret.
-    pub key: ClusterKey,
+    /// Proves to metad that this chunkd holds the cluster secret (over TLS if configured).
+    pub auth: DaemonAuth,
 }
 
 /// Keeps this chunkd registered with metad until `shutdown` completes.
@@ -54,9 +54,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let options = ClientOptions {
-        key: Some(config.key),
         connect_timeout: CONNECT_TIMEOUT,
         request_timeout: REQUEST_TIMEOUT,
+        ..config.auth.client_options()
     };
     let client = shardfs_rpc::Client::new(&config.metad_addr, Service::Membership, options);
     let mut member = Member { config, client, store, failing: false, pending: BTreeSet::new() };

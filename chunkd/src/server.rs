@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use shardfs_rpc::{ClusterKey, Handler, ServerConfig, Service};
+use shardfs_rpc::{Handler, ServerConfig, Service};
 use tokio::net::TcpListener;
 use tracing::{debug, instrument, warn};
 
@@ -16,15 +16,15 @@ use crate::proto::{ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdRe
 use crate::store::ShardStore;
 
 /// Serves the chunkd protocol for `store` on `listener`, to peers holding the cluster secret
-/// behind `key`, until `shutdown` completes.
+/// behind `config.key` (over TLS if `config` has it), until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     store: Arc<ShardStore>,
-    key: ClusterKey,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let server = Arc::new(ChunkdServer::new(store));
-    shardfs_rpc::serve(listener, server.clone(), ServerConfig::new(key), shutdown).await;
+    shardfs_rpc::serve(listener, server.clone(), config, shutdown).await;
     server.close();
 }
 

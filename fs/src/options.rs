@@ -41,6 +41,8 @@ pub struct MountFlags {
     pub cache_size: Option<u64>,
     /// `secret_file=PATH`: the cluster secret.
     pub secret_file: Option<std::path::PathBuf>,
+    /// `tls_ca=PATH`: connect over TLS, checking daemons against this CA certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl MountFlags {
@@ -58,6 +60,7 @@ impl MountFlags {
                 ("remount", None) => flags.remount = true,
                 ("allow_other", None) => flags.allow_other = true,
                 ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
+                ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),
                 ("cache_size", Some(size)) => {
                     flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
                 }
@@ -173,6 +176,9 @@ mod tests {
             dirs.ms_flags(),
             MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
         );
+        let files = MountFlags::parse("secret_file=/etc/k,tls_ca=/etc/ca.pem").unwrap();
+        assert_eq!(files.secret_file.as_deref(), Some(std::path::Path::new("/etc/k")));
+        assert_eq!(files.tls_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert!(MountFlags::parse("colour=blue").is_err());
         assert!(MountFlags::parse("cache_size=lots").is_err());
     }

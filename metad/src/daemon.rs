@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shardfs_chunkd::Encoding;
 use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_rpc::{ClientOptions, ClusterKey, ServerConfig};
+use shardfs_rpc::{ClusterKey, DaemonAuth, DaemonTls};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -45,6 +45,8 @@ pub struct MetadConfig {
     /// How long a client session may stay silent before it expires (and its locks and open
     /// files are released), and how much it may hold.
     pub sessions: SessionLimits,
+    /// TLS on every connection, in and out; `None`: plain TCP.
+    pub tls: Option<DaemonTls>,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -77,7 +79,8 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
         );
     }
-    let server = MetadServer::new(store, members, config.sessions, key);
+    let auth = DaemonAuth { key, tls: config.tls };
+    let server = MetadServer::new(store, members, config.sessions, auth);
     Ok(Arc::new(server.holding(data_lock)))
 }
 
@@ -93,7 +96,7 @@ pub async fn run(
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let chunkds = || Arc::new(ChunkClientPool::new(ClientOptions::with_key(server.key)));
+    let chunkds = || Arc::new(ChunkClientPool::new(server.auth.client_options()));
     let repairing = repair::run(
         chunkds(),
         server.store.clone(),
@@ -128,7 +131,7 @@ pub async fn run(
         }
     };
     let store = server.store.clone();
-    let config = ServerConfig::new(server.key);
+    let config = server.auth.server_config();
     let serving = shardfs_rpc::serve(listener, server, config, until_stopped(stopped));
     let stop_on_shutdown = async move {
         shutdown.await;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use shardfs_chunkd::membership::{
     MembershipError, MembershipReply, MembershipRequest, MembershipResponse,
 };
-use shardfs_rpc::{ClusterKey, Handler, Service};
+use shardfs_rpc::{ClusterKey, DaemonAuth, Handler, Service};
 use tracing::{debug, info, warn};
 
 use crate::access;
@@ -37,7 +37,7 @@ pub struct MetadServer {
     leases: Leases,
     mount_requests: std::sync::atomic::AtomicU64,
     /// Authenticates every connection, in and out.
-    pub(crate) key: ClusterKey,
+    pub(crate) auth: DaemonAuth,
     /// Turns at the database for clients' requests, shared fairly between connections.
     gate: FairGate,
     /// The data directory's lock, held while this server lives (`crate::backup`).
@@ -58,10 +58,10 @@ impl MetadServer {
         store: Arc<Store>,
         members: Members,
         limits: SessionLimits,
-        key: ClusterKey,
+        auth: DaemonAuth,
     ) -> MetadServer {
         MetadServer {
-            key,
+            auth,
             store,
             members: Arc::new(members),
             locks: LockTable::default(),
@@ -83,7 +83,7 @@ impl MetadServer {
 
     /// The key connections to this metad are authenticated with.
     pub fn key(&self) -> ClusterKey {
-        self.key
+        self.auth.key
     }
 
     /// Releases what a session that ended held: its locks, write intents and open files.

@@ -145,6 +145,37 @@ pub fn nonce() -> [u8; NONCE_LEN] {
     rand::random()
 }
 
+/// What a daemon proves and checks on every connection it accepts or opens: the cluster
+/// key and, if configured, TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct DaemonAuth {
+    pub key: ClusterKey,
+    pub tls: Option<crate::DaemonTls>,
+}
+
+impl DaemonAuth {
+    /// The key alone, over plain TCP.
+    pub fn new(key: ClusterKey) -> DaemonAuth {
+        DaemonAuth { key, tls: None }
+    }
+
+    /// How to serve: the key, TLS, and the default limits.
+    pub fn server_config(&self) -> crate::ServerConfig {
+        crate::ServerConfig {
+            tls: self.tls.map(|t| t.server),
+            ..crate::ServerConfig::new(self.key)
+        }
+    }
+
+    /// How to connect to other daemons: the key, TLS, and the default timeouts.
+    pub fn client_options(&self) -> crate::ClientOptions {
+        crate::ClientOptions {
+            tls: self.tls.map(|t| t.client),
+            ..crate::ClientOptions::with_key(self.key)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,13 +13,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::frame::{self, Kind};
+use crate::tls::TlsClient;
 use crate::{ClusterKey, Error, Service, handshake};
 
-/// The cluster key and timeouts of a client.
+/// The cluster key, TLS and timeouts of a client.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
     /// Proves this client holds the cluster secret; every daemon refuses a client without.
     pub key: Option<ClusterKey>,
+    /// TLS to daemons, checked against the cluster's CA; `None`: plain TCP.
+    pub tls: Option<&'static TlsClient>,
     /// Time allowed to open a connection and finish the handshake.
     pub connect_timeout: Duration,
     /// Time allowed for one request to be answered.
@@ -30,6 +33,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             key: None,
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
         }
@@ -197,14 +201,22 @@ impl Client {
                 .await
                 .map_err(|source| Error::Connect { addr: self.addr.clone(), source })?;
             crate::tune(&stream)?;
+            let Some(tls) = self.options.tls else {
+                handshake::client(&mut stream, &self.addr, self.service, &key).await?;
+                return Ok::<_, Error>(crate::Halves::plain(stream));
+            };
+            let mut stream = tls
+                .connect(&self.addr, stream)
+                .await
+                .map_err(|e| Error::Tls { addr: self.addr.clone(), reason: e.to_string() })?;
             handshake::client(&mut stream, &self.addr, self.service, &key).await?;
-            Ok::<_, Error>(stream)
+            Ok(crate::Halves::of(stream))
         };
-        let stream = tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| Error::ConnectTimeout { addr: self.addr.clone(), timeout })??;
+        let crate::Halves(read_half, write_half) =
+            tokio::time::timeout(timeout, attempt)
+                .await
+                .map_err(|_| Error::ConnectTimeout { addr: self.addr.clone(), timeout })??;
         debug!(addr = %self.addr, service = self.service.name(), "connected");
-        let (read_half, write_half) = stream.into_split();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (outgoing, mut queue) = mpsc::channel::<(u64, Vec<u8>)>(256);
 

@@ -11,6 +11,13 @@ pub enum Error {
     ConnectTimeout { addr: String, timeout: Duration },
     #[error("{addr} did not answer the shardfs handshake (is it a shardfs daemon?)")]
     NotShardfs { addr: String },
+    #[error("{addr} expects TLS: give the cluster's CA with --tls-ca")]
+    TlsExpected { addr: String },
+    #[error(
+        "TLS with {addr} failed: {reason} (is --tls-ca the cluster's CA, and does the daemon's \
+         certificate name the host dialled?)"
+    )]
+    Tls { addr: String, reason: String },
     #[error(
         "protocol version mismatch with {addr}: it speaks v{theirs}, this build speaks v{ours}"
     )]

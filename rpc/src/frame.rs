@@ -54,7 +54,13 @@ pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>,
     let mut len_bytes = [0u8; 4];
     let mut filled = 0;
     while filled < len_bytes.len() {
-        let n = reader.read(&mut len_bytes[filled..]).await?;
+        let n = match reader.read(&mut len_bytes[filled..]).await {
+            Ok(n) => n,
+            // A TLS peer that hangs up without close_notify, between frames: just a hang-up,
+            // since frames carry their lengths and a cut one is caught below.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             if filled == 0 {
                 return Ok(None);

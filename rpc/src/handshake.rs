@@ -17,8 +17,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Error;
 use crate::auth::{ClusterKey, NONCE_LEN, PROOF_LEN, Role, nonce};
@@ -31,6 +30,15 @@ const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_SERVICE: u8 = 2;
 const STATUS_REFUSED: u8 = 3;
+
+/// How a TLS record starts (content type, then major version 3): a handshake record is what
+/// a TLS client opens with, an alert what a TLS server answers plain bytes with.
+const TLS_HANDSHAKE: [u8; 2] = [0x16, 0x03];
+const TLS_ALERT: [u8; 2] = [0x15, 0x03];
+
+/// A connection, over TLS or not.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
 
 /// A peer must finish its handshake within this time or be dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +84,7 @@ impl Service {
 /// Client side: announce `service`, check the server's answer, and prove with `key` that
 /// this side holds the cluster secret while checking that the server does.
 pub async fn client(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     addr: &str,
     service: Service,
     key: &ClusterKey,
@@ -89,12 +97,21 @@ pub async fn client(
     let exchange = async {
         stream.write_all(&hello).await?;
         let mut answer = [0u8; 8];
-        stream.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        let mut got = 0;
+        while got < answer.len() {
+            match stream.read(&mut answer[got..]).await? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok::<_, std::io::Error>((answer, got))
     };
     let answer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) | Err(_) => return Err(not_shardfs()),
+        Ok(Ok((answer, got))) if got >= 2 && answer[..2] == TLS_ALERT => {
+            return Err(Error::TlsExpected { addr: addr.to_owned() });
+        }
+        Ok(Ok((answer, 8))) => answer,
+        Ok(_) | Err(_) => return Err(not_shardfs()),
     };
     if &answer[..4] != MAGIC {
         return Err(not_shardfs());
@@ -148,7 +165,7 @@ pub async fn client(
 /// cluster secret and prove this side's; returns the service asked for if `offers` accepts
 /// it. The whole exchange must finish within [`HANDSHAKE_TIMEOUT`].
 pub async fn server(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     offers: impl Fn(Service) -> bool,
     key: &ClusterKey,
 ) -> Result<Service, Error> {
@@ -158,12 +175,17 @@ pub async fn server(
 }
 
 async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     offers: impl Fn(Service) -> bool,
     key: &ClusterKey,
 ) -> Result<Service, Error> {
     let mut hello = [0u8; 8];
     stream.read_exact(&mut hello).await?;
+    if hello[..2] == TLS_HANDSHAKE {
+        return Err(Error::BadFrame(
+            "peer opened TLS, but this daemon serves without it (no --tls-cert)".into(),
+        ));
+    }
     if &hello[..4] != MAGIC {
         return Err(Error::BadFrame("peer is not speaking the shardfs protocol".into()));
     }

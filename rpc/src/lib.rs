@@ -13,12 +13,16 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod tls;
 
-pub use auth::{ClusterKey, KeyError};
+pub use auth::{ClusterKey, DaemonAuth, KeyError};
 pub use client::{Client, ClientOptions, Hello, PushHandler};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
 pub use server::{Handler, Pusher, ServerConfig, serve};
+pub use tls::{DaemonTls, DaemonTlsArgs, TlsClient, TlsError, TlsServer};
 
 use std::time::Duration;
 
@@ -41,6 +45,29 @@ pub(crate) fn tune(stream: &TcpStream) -> std::io::Result<()> {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
     socket2::SockRef::from(stream).set_tcp_keepalive(&probes)
+}
+
+/// The two directions of a connection, over TLS or not.
+pub(crate) struct Halves(
+    pub Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+);
+
+impl Halves {
+    /// A plain TCP stream's, split without a lock between the halves.
+    pub fn plain(stream: TcpStream) -> Halves {
+        let (read, write) = stream.into_split();
+        Halves(Box::new(read), Box::new(write))
+    }
+
+    /// Any other stream's (TLS).
+    pub fn of<S>(stream: S) -> Halves
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        Halves(Box::new(read), Box::new(write))
+    }
 }
 
 /// Encodes a message body.

@@ -23,6 +23,8 @@ const MAX_IN_FLIGHT_PER_CONNECTION: usize = 128;
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
     pub key: ClusterKey,
+    /// TLS under the handshake; `None`: plain TCP.
+    pub tls: Option<&'static crate::TlsServer>,
     /// Connections one IP address may hold open at once; more are closed at once.
     pub max_connections_per_peer: usize,
     /// Connections open at once in all.
@@ -36,6 +38,7 @@ impl ServerConfig {
     pub fn new(key: ClusterKey) -> ServerConfig {
         ServerConfig {
             key,
+            tls: None,
             max_connections_per_peer: 1024,
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(600),
@@ -171,9 +174,24 @@ async fn connection<H: Handler>(
     config: ServerConfig,
 ) -> Result<(), Error> {
     crate::tune(&stream)?;
-    let service = handshake::server(&mut stream, |s| handler.offers(s), &config.key).await?;
+    let offers = |s| handler.offers(s);
+    let (service, crate::Halves(read_half, write_half)) = match config.tls {
+        None => {
+            let service = handshake::server(&mut stream, offers, &config.key).await?;
+            (service, crate::Halves::plain(stream))
+        }
+        Some(tls) => {
+            let mut stream = tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, tls.accept(stream))
+                .await
+                .map_err(|_| Error::BadFrame("TLS handshake timed out".into()))?
+                .map_err(|e| {
+                    Error::BadFrame(format!("TLS handshake failed: {e} (a client without TLS?)"))
+                })?;
+            let service = handshake::server(&mut stream, offers, &config.key).await?;
+            (service, crate::Halves::of(stream))
+        }
+    };
     debug!(%peer, service = service.name(), "connection accepted");
-    let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
     let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(MAX_IN_FLIGHT_PER_CONNECTION);
     // A handler that cannot decode its request, or a writer that cannot send, reports here,
@@ -431,5 +449,74 @@ mod tests {
         let e = client.call::<_, String>(&"x".to_string()).await.unwrap_err();
         assert!(matches!(e, Error::AuthServer { .. }), "{e}");
         impostor.await.unwrap();
+    }
+
+    async fn tls_echo_server(dir: &std::path::Path) -> (String, &'static crate::TlsClient) {
+        let [ca, cert, key_file] = crate::testing::tls_files(dir, &["127.0.0.1"]);
+        let tls = Some(crate::TlsServer::load(&cert, &key_file).unwrap());
+        let (addr, _server) =
+            echo_server_with(ServerConfig { tls, ..ServerConfig::new(key("cluster")) }).await;
+        (addr, crate::TlsClient::load(&ca).unwrap())
+    }
+
+    #[tokio::test]
+    async fn tls_carries_the_protocol_and_each_mismatch_has_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, ca) = tls_echo_server(dir.path()).await;
+        let tls_options = ClientOptions { tls: Some(ca), ..options(Some(key("cluster"))) };
+        let client = Client::new(&addr, Service::Metad, tls_options);
+        let answer: String = client.call(&"over tls".to_string()).await.unwrap();
+        assert_eq!(answer, "answered over tls");
+        // The certificate must name the host dialled: it names 127.0.0.1, not localhost.
+        let port = addr.rsplit_once(':').unwrap().1;
+        let by_other_name = Client::new(format!("localhost:{port}"), Service::Metad, tls_options);
+        let e = by_other_name.call::<_, String>(&"x".to_string()).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Tls { reason, .. } if reason.contains("not valid for name")),
+            "{e}"
+        );
+        // A client without TLS is told the daemon expects it.
+        let plain = Client::new(&addr, Service::Metad, options(Some(key("cluster"))));
+        let e = plain.call::<_, String>(&"x".to_string()).await.unwrap_err();
+        assert!(matches!(e, Error::TlsExpected { .. }), "{e}");
+        // A CA that did not sign the daemon's certificate is refused.
+        let other = tempfile::tempdir().unwrap();
+        let [other_ca, ..] = crate::testing::tls_files(other.path(), &["127.0.0.1"]);
+        let wrong =
+            ClientOptions { tls: Some(crate::TlsClient::load(&other_ca).unwrap()), ..tls_options };
+        let e = Client::new(&addr, Service::Metad, wrong)
+            .call::<_, String>(&"x".to_string())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Tls { reason, .. } if reason.contains("invalid peer certificate")),
+            "{e}"
+        );
+        // The secret is still checked inside TLS.
+        let no_secret = ClientOptions { tls: Some(ca), ..options(Some(key("another"))) };
+        let e = Client::new(&addr, Service::Metad, no_secret)
+            .call::<_, String>(&"x".to_string())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::AuthRefused { .. }), "{e}");
+        // A TLS client reaching a daemon without TLS fails at the TLS handshake.
+        let (plain_addr, _plain_server) = echo_server().await;
+        let e = Client::new(plain_addr, Service::Metad, tls_options)
+            .call::<_, String>(&"x".to_string())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Tls { .. }), "{e}");
+        // A key others can read is refused, like the cluster secret.
+        let [_, cert, key_file] = crate::testing::tls_files(other.path(), &["127.0.0.1"]);
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let e = crate::TlsServer::load(&cert, &key_file).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        // Unreadable or empty files get one clear error each.
+        let e = crate::TlsClient::load(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let e = crate::TlsClient::load(&dir.path().join("empty.pem")).unwrap_err();
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
     }
 }

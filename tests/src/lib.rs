@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shardfs_metad::MetaClient;
-use shardfs_rpc::{ClientOptions, ClusterKey};
+use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 use tempfile::TempDir;
 
 /// How long any daemon or mount may take to become ready.
@@ -131,6 +131,8 @@ pub struct Cluster {
     pub chunkd_args: Vec<String>,
     /// Extra arguments for metad, kept across restarts.
     metad_args: Vec<String>,
+    /// The CA of a cluster run with TLS, and the client side loaded from it.
+    tls: Option<(PathBuf, &'static TlsClient)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -142,6 +144,17 @@ impl Cluster {
 
     /// [`start`](Self::start) with extra metad arguments.
     pub fn start_with(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, k, m, metad_args, false)
+    }
+
+    /// [`start`](Self::start) with TLS on every connection: a CA made for the test, and a
+    /// certificate for 127.0.0.1 that metad and every chunkd serve with. Mounts, tools and
+    /// [`query`](Self::query) use TLS too.
+    pub fn start_tls(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, k, m, metad_args, true)
+    }
+
+    fn start_inner(n: usize, k: u8, m: u8, metad_args: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::Builder::new().prefix("shardfs-test-").tempdir().expect("tempdir");
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -152,8 +165,20 @@ impl Cluster {
             chunkds: (0..n).map(|_| None).collect(),
             chunkd_args: Vec::new(),
             metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
+            tls: None,
             runtime,
         };
+        if tls {
+            let [ca, cert, key] =
+                shardfs_rpc::testing::tls_files(cluster.dir.path(), &["127.0.0.1"]);
+            let mut args = Vec::new();
+            for (flag, file) in [("--tls-cert", &cert), ("--tls-key", &key), ("--tls-ca", &ca)] {
+                args.extend([flag.to_string(), file.display().to_string()]);
+            }
+            cluster.metad_args.extend(args.iter().cloned());
+            cluster.chunkd_args.extend(args);
+            cluster.tls = Some((ca.clone(), TlsClient::load(&ca).expect("load the test CA")));
+        }
         ClusterKey::create(&cluster.secret_file()).expect("create the cluster secret");
         cluster.start_metad("127.0.0.1:0", &["--k", &k.to_string(), "--m", &m.to_string()]);
         for i in 0..n {
@@ -281,13 +306,19 @@ impl Cluster {
     /// Connection options holding this cluster's key.
     pub fn rpc_options(&self) -> ClientOptions {
         let key = ClusterKey::load(&self.secret_file()).expect("the cluster secret");
-        ClientOptions::with_key(key)
+        ClientOptions {
+            tls: self.tls.as_ref().map(|(_, tls)| *tls),
+            ..ClientOptions::with_key(key)
+        }
     }
 
     /// A command running binary `name` with this cluster's secret in its environment.
     pub fn command(&self, name: &str) -> Command {
         let mut command = Command::new(binary(name));
         command.env("SHARDFS_SECRET_FILE", self.secret_file());
+        if let Some((ca, _)) = &self.tls {
+            command.env("SHARDFS_TLS_CA", ca);
+        }
         command
     }
 
@@ -332,11 +363,16 @@ impl Cluster {
 
     /// Mounts the cluster on a new directory with extra `shardfs mount` arguments.
     pub fn mount_with(&self, args: &[&str]) -> Mount {
+        self.mount_via(&self.metad_addr, args)
+    }
+
+    /// Mounts the cluster through metad address `metad` (a proxy in front of metad).
+    pub fn mount_via(&self, metad: &str, args: &[&str]) -> Mount {
         let path = self.dir.path().join(format!("mnt-{}", unique()));
         std::fs::create_dir(&path).expect("create mountpoint");
         let log = self.dir.path().join(format!("mount-{}.log", unique()));
         let mut command = self.command("shardfs");
-        command.arg("mount").args(args).arg(&self.metad_addr).arg(&path);
+        command.arg("mount").args(args).arg(metad).arg(&path);
         Mount::start(command, path, &log)
     }
 

@@ -12,7 +12,7 @@ use clap::Parser;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::scrub::ScrubConfig;
 use shardfs_chunkd::store::ShardStore;
-use shardfs_rpc::ClusterKey;
+use shardfs_rpc::{ClusterKey, DaemonAuth, DaemonTlsArgs};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -26,6 +26,8 @@ struct Args {
     /// Address to listen on, e.g. 0.0.0.0:7100 or 127.0.0.1:0 for any free port.
     #[arg(long, value_name = "ADDR")]
     listen: String,
+    #[command(flatten)]
+    tls: DaemonTlsArgs,
     /// Address of shardfs-metad.
     #[arg(long, value_name = "ADDR")]
     metad: String,
@@ -76,9 +78,10 @@ async fn run(args: Args) -> Result<(), String> {
             format!("--heartbeat-interval {} is not a positive number", args.heartbeat_interval)
         })?;
     let key = ClusterKey::load(&args.secret_file).map_err(|e| e.to_string())?;
+    let tls = args.tls.load().map_err(|e| e.to_string())?;
     let config = ChunkdConfig {
         data_dir: args.data,
-        key,
+        auth: DaemonAuth { key, tls },
         metad_addr: args.metad,
         zone: args.zone,
         advertise_addr: args.advertise,

@@ -84,7 +84,7 @@ async fn start_heartbeat(metad_addr: String) -> Beating {
         advertise_addr: "127.0.0.1:1".into(),
         zone: Some("z1".into()),
         interval: Duration::from_millis(50),
-        key: key(),
+        auth: shardfs_rpc::DaemonAuth::new(key()),
     };
     tokio::spawn(run(config, store.clone(), corrupt, async {
         let _ = stopped.await;

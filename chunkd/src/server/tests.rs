@@ -26,7 +26,7 @@ async fn start() -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, store, key(), async {
+    let task = tokio::spawn(run(listener, store, shardfs_rpc::ServerConfig::new(key()), async {
         let _ = stopped.await;
     }));
     Running { dir, addr, id, stop: Some(stop), task }
@@ -37,11 +37,7 @@ fn key() -> shardfs_rpc::ClusterKey {
 }
 
 fn options() -> ClientOptions {
-    ClientOptions {
-        key: Some(key()),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(30),
-    }
+    ClientOptions { request_timeout: Duration::from_secs(30), ..ClientOptions::with_key(key()) }
 }
 
 #[tokio::test]

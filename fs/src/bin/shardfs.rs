@@ -17,7 +17,7 @@ use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
-use shardfs_rpc::{ClientOptions, ClusterKey};
+use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 
 #[derive(Subcommand)]
 enum MetadCommands {
@@ -175,24 +175,36 @@ struct FsckArgs {
     secret: SecretArgs,
 }
 
-/// Where a client finds the cluster secret.
+/// Where a client finds the cluster secret, and the CA of a cluster that uses TLS.
 #[derive(Args)]
 struct SecretArgs {
     /// The cluster secret (the file metad created, mode 0600) [default:
     /// /etc/shardfs/cluster.key].
     #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// PEM certificate of the cluster CA, for a cluster whose daemons run with --tls-cert:
+    /// connect over TLS and check each daemon's certificate against it.
+    #[arg(long, env = "SHARDFS_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// Where clients look for the cluster secret when not told.
 const DEFAULT_SECRET_FILE: &str = "/etc/shardfs/cluster.key";
 
 impl SecretArgs {
-    /// Connection options proving the secret at `--secret-file`, or at `chosen` (a mount's
-    /// `-o secret_file=`) when that is given.
-    fn rpc(&self, chosen: Option<&Path>) -> anyhow::Result<ClientOptions> {
-        let path = chosen.or(self.secret_file.as_deref()).unwrap_or(Path::new(DEFAULT_SECRET_FILE));
-        Ok(ClientOptions::with_key(ClusterKey::load(path)?))
+    /// Connection options proving the secret at `--secret-file` over TLS to `--tls-ca`'s
+    /// cluster; a mount's `-o secret_file=` and `-o tls_ca=` in `flags` win.
+    fn rpc(&self, flags: Option<&MountFlags>) -> anyhow::Result<ClientOptions> {
+        let chosen =
+            |f: fn(&MountFlags) -> Option<&PathBuf>| flags.and_then(f).map(PathBuf::as_path);
+        let path = chosen(|f| f.secret_file.as_ref())
+            .or(self.secret_file.as_deref())
+            .unwrap_or(Path::new(DEFAULT_SECRET_FILE));
+        let tls = match chosen(|f| f.tls_ca.as_ref()).or(self.tls_ca.as_deref()) {
+            Some(ca) => Some(TlsClient::load(ca)?),
+            None => None,
+        };
+        Ok(ClientOptions { tls, ..ClientOptions::with_key(ClusterKey::load(path)?) })
     }
 }
 
@@ -379,7 +391,7 @@ fn mount_command(
         return mount::remount(mountpoint, &client.flags());
     }
     // Read before going to the background, so a missing secret fails the mount command.
-    let rpc = secret.rpc(client.flags().secret_file.as_deref())?;
+    let rpc = secret.rpc(Some(&client.flags()))?;
     if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
         return start_in_background(args);
     }
@@ -419,6 +431,8 @@ fn local_command(
             repair: RepairConfig::default(),
             gc: GcConfig::default(),
             sessions: shardfs_metad::sessions::SessionLimits::default(),
+            // Loopback only: nothing to encrypt against.
+            tls: None,
         },
     };
     let runtime = runtime()?;

@@ -11,6 +11,7 @@ use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::sessions::{self, SessionLimits};
+use shardfs_rpc::DaemonTlsArgs;
 use tokio::net::TcpListener;
 
 /// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
@@ -27,6 +28,8 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: String,
+    #[command(flatten)]
+    tls: DaemonTlsArgs,
     /// Data shards per chunk for new data (default 4 on a new volume).
     #[arg(long, requires = "m")]
     k: Option<u8>,
@@ -106,6 +109,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             open_files: args.max_open_files_per_session,
             leases: args.max_leases_per_session,
         },
+        tls: args.tls.load()?,
     };
     let server = daemon::open(&config)?;
     let listener = TcpListener::bind(&args.listen)
