@@ -51,9 +51,10 @@ pub fn print(status: &Status) {
     }
     let cat = &status.catalogue;
     println!(
-        "{} chunks, {:.2} GiB of data, {} unhealthy shards",
+        "{} chunks, {:.2} GiB of data, {} degraded chunks, {} unhealthy shards",
         cat.chunks,
         gib(cat.chunk_bytes),
+        cat.degraded_chunks,
         cat.unhealthy_shards
     );
     let w = &status.workers;
@@ -67,7 +68,12 @@ pub fn print(status: &Status) {
         w.sweeps_aborted
     );
     println!(
-        "leases: {} held, {} granted, {} recalled, {} revoked; {} requests from mounts",
-        w.leases_held, w.leases_granted, w.leases_recalled, w.leases_revoked, w.mount_requests
+        "mounts: {} sessions, {} requests; leases: {} held, {} granted, {} recalled, {} revoked",
+        w.sessions,
+        w.mount_requests,
+        w.leases_held,
+        w.leases_granted,
+        w.leases_recalled,
+        w.leases_revoked
     );
 }

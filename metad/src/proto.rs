@@ -288,6 +288,8 @@ pub struct WorkerStatus {
     pub leases_granted: u64,
     pub leases_recalled: u64,
     pub leases_revoked: u64,
+    /// Client sessions (mounts) open now.
+    pub sessions: u64,
     /// Requests from mounts (client sessions) since start, heartbeats and lease releases
     /// excepted: the round trips their caches did not save.
     pub mount_requests: u64,
@@ -316,6 +318,8 @@ pub struct CatalogueStats {
     /// Sum of the lengths of all catalogued chunks (each stored once).
     pub chunk_bytes: u64,
     pub unhealthy_shards: u64,
+    /// Chunks short of full redundancy: a shard unhealthy or on a chunkd that is down.
+    pub degraded_chunks: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

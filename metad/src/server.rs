@@ -338,6 +338,7 @@ impl MetadServer {
                     leases_granted: get(&self.leases.counters.granted),
                     leases_recalled: get(&self.leases.counters.recalled),
                     leases_revoked: get(&self.leases.counters.revoked),
+                    sessions: self.sessions.mounts(),
                     mount_requests: get(&self.mount_requests),
                 })
             }
@@ -420,7 +421,10 @@ impl MetadServer {
             MetaRequest::ChunkStatus { chunk } => {
                 MetaReply::ChunkStatus(store.chunk_status(chunk)?)
             }
-            MetaRequest::CatalogueStats => MetaReply::CatalogueStats(store.catalogue_stats()?),
+            MetaRequest::CatalogueStats => {
+                let down = self.members.lost(std::time::Duration::ZERO);
+                MetaReply::CatalogueStats(store.catalogue_stats(&down)?)
+            }
         })
     }
 

@@ -74,6 +74,11 @@ impl Sessions {
         self.limits.timeout
     }
 
+    /// Sessions opened by clients (mounts), not the implicit ones of tools.
+    pub fn mounts(&self) -> u64 {
+        self.lock().sessions.values().filter(|s| s.explicit).count() as u64
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

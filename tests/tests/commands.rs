@@ -1,9 +1,8 @@
 //! The `shardfs` command's ways of running: `mount --background` and `local`.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use shardfs_tests::{Cluster, READY_TIMEOUT, binary, is_mounted, sh};
+use shardfs_tests::{Cluster, binary, eventually, is_mounted, sh};
 
 /// Unmounts `path` on drop if a test left it mounted.
 struct Unmount<'a>(&'a std::path::Path);
@@ -13,14 +12,6 @@ impl Drop for Unmount<'_> {
         if is_mounted(self.0) {
             let _ = Command::new("fusermount3").arg("-uz").arg(self.0).status();
         }
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -63,7 +54,7 @@ fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("the local cluster to mount", || is_mounted(&mnt));
+        eventually("the local cluster to mount", || is_mounted(&mnt));
         if round == 0 {
             sh(&format!("seq 1 100000 > {}/numbers", mnt.display()));
         }
@@ -71,7 +62,7 @@ fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let mut exit = None;
-        wait_for("shardfs local to exit", || {
+        eventually("shardfs local to exit", || {
             exit = child.try_wait().unwrap();
             exit.is_some()
         });

@@ -30,7 +30,8 @@ impl Store {
         })
     }
 
-    pub fn catalogue_stats(&self) -> Result<CatalogueStats, MetaError> {
+    /// Counts of the catalogue; chunks with a shard on a chunkd in `down` count as degraded.
+    pub fn catalogue_stats(&self, down: &HashSet<String>) -> Result<CatalogueStats, MetaError> {
         self.read(|tx| {
             let (chunks, chunk_bytes) =
                 tx.query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
@@ -38,7 +39,8 @@ impl Store {
                 })?;
             let unhealthy_shards =
                 tx.query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| r.get(0))?;
-            Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards })
+            let degraded_chunks = damaged_chunks(tx, down)?.len() as u64;
+            Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards, degraded_chunks })
         })
     }
 
@@ -51,19 +53,7 @@ impl Store {
         limit: usize,
     ) -> Result<(usize, Vec<ChunkStatus>), MetaError> {
         self.read(|tx| {
-            let mut damaged: Vec<Vec<u8>> = tx
-                .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut on_lost =
-                tx.prepare_cached("SELECT DISTINCT chunk FROM shards WHERE chunkd = ?1")?;
-            for chunkd in lost {
-                damaged.extend(
-                    on_lost.query_map([chunkd], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?,
-                );
-            }
-            damaged.sort();
-            damaged.dedup();
+            let damaged = damaged_chunks(tx, lost)?;
             let mut candidates = Vec::with_capacity(damaged.len());
             for id in damaged {
                 if let Some(status) = chunk_status(tx, chunk_id(id)?)? {
@@ -198,6 +188,22 @@ impl Store {
             Ok(changed > 0)
         })
     }
+}
+
+/// Ids of the chunks with a shard that is unhealthy or on a chunkd in `lost`, sorted, each
+/// once: the chunks short of full redundancy.
+fn damaged_chunks(tx: &Transaction<'_>, lost: &HashSet<String>) -> Result<Vec<Vec<u8>>, MetaError> {
+    let mut damaged: Vec<Vec<u8>> = tx
+        .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut on_lost = tx.prepare_cached("SELECT DISTINCT chunk FROM shards WHERE chunkd = ?1")?;
+    for chunkd in lost {
+        damaged.extend(on_lost.query_map([chunkd], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?);
+    }
+    damaged.sort();
+    damaged.dedup();
+    Ok(damaged)
 }
 
 fn chunk_status(tx: &Transaction<'_>, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {

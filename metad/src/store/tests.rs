@@ -230,7 +230,7 @@ fn prepare_dedups_only_fully_redundant_chunks() {
     // stores it again rather than referencing it.
     let bad = ShardId { chunk: known, index: 1 };
     assert!(store.mark_shard_unhealthy(bad, "c1").unwrap());
-    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 1);
+    assert_eq!(store.catalogue_stats(&Default::default()).unwrap().unhealthy_shards, 1);
     let plans = store.prepare_write(&both[..1], place).unwrap();
     assert!(matches!(plans[0], ChunkPlan::Place { .. }));
     // Committing the new copy replaces the bad shard and keeps the healthy ones.
@@ -464,7 +464,7 @@ fn small_chunks_are_kept_inline_verified_and_collected() {
     assert_eq!(plans, [ChunkPlan::Stored]);
     let report = store.fsck(false).unwrap();
     assert_eq!(report.problems, vec![]);
-    assert_eq!(store.catalogue_stats().unwrap().unhealthy_shards, 0);
+    assert_eq!(store.catalogue_stats(&Default::default()).unwrap().unhealthy_shards, 0);
     // Unreferenced, it is collected with its content, and nothing is left for chunkds.
     store.unlink(ROOT_INO, b"f").unwrap();
     store.unlink(ROOT_INO, b"g").unwrap();
