@@ -128,3 +128,62 @@ fn mount_t_fuse_shardfs_remount_and_fstab() {
     assert_eq!(lines.collect::<Vec<_>>(), ["data", "more", "done"]);
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn install_puts_binaries_helper_units_and_guide_in_place() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let install = || {
+        let out = Command::new(binary("shardfs"))
+            .args(["install", "--json", "--root"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    install();
+    // Again, as an upgrade would: every file is replaced, nothing fails.
+    let listed = install();
+    assert_eq!(listed.as_array().unwrap().len(), 9, "{listed}");
+    let at = |path: &str| root.path().join(path);
+    for name in ["shardfs", "shardfs-metad", "shardfs-chunkd"] {
+        let installed = at(&format!("usr/local/bin/{name}"));
+        assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(binary(name)).unwrap());
+        assert_eq!(std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+    let helper = std::fs::read_link(at("sbin/mount.fuse.shardfs")).unwrap();
+    assert_eq!(helper, std::path::Path::new("/usr/local/bin/shardfs"));
+    let metad = std::fs::read_to_string(at("etc/systemd/system/shardfs-metad.service")).unwrap();
+    assert!(metad.contains("ExecStart=/usr/local/bin/shardfs-metad --data"), "{metad}");
+    assert!(at("usr/local/share/doc/shardfs/operations.md").exists());
+    let config = std::fs::metadata(at("etc/shardfs")).unwrap();
+    assert_eq!(config.permissions().mode() & 0o777, 0o700);
+    // systemd's own check of the units, with the binaries where the units expect them (in a
+    // private mount namespace, so nothing outside the test changes).
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        println!("systemd-analyze is not installed: units not verified by systemd");
+        return;
+    }
+    let script = format!(
+        r#"
+        set -eu
+        mount -t tmpfs shardfs-test-bin /usr/local
+        mkdir /usr/local/bin
+        ln -s {root}/usr/local/bin/* /usr/local/bin/
+        mkdir -p /tmp/units-$$
+        cp {root}/etc/systemd/system/shardfs-metad.service /tmp/units-$$/
+        cp {root}/etc/systemd/system/shardfs-chunkd@.service /tmp/units-$$/shardfs-chunkd@disk1.service
+        systemd-analyze verify /tmp/units-$$/shardfs-metad.service /tmp/units-$$/shardfs-chunkd@disk1.service
+        rm -r /tmp/units-$$
+        "#,
+        root = root.path().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}

@@ -73,6 +73,19 @@ enum Commands {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Install the binaries, the mount(8) helper /sbin/mount.fuse.shardfs, the systemd units
+    /// and the operations guide (docs/operations.md).
+    Install {
+        /// Install under this directory instead of / (a package build).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where the binaries go (PREFIX/bin) and the guide (PREFIX/share/doc/shardfs).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Back up or restore metad's database (run on the metad host).
     Metad {
         #[command(subcommand)]
@@ -302,6 +315,23 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Commands::Metad { command } => metad_command(command),
+        Commands::Install { root, prefix, json } => {
+            let exe = std::env::current_exe().context("cannot find the running shardfs")?;
+            let from = exe.parent().context("the running shardfs has no directory")?;
+            let installed = shardfs::install::install(&root, &prefix, from)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&installed)?);
+            } else {
+                for item in &installed {
+                    println!("{:<24} {}", item.what, item.path.display());
+                }
+                println!(
+                    "next: systemctl daemon-reload; see {} for the rest",
+                    prefix.join("share/doc/shardfs/operations.md").display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Bench(args) => {
             let config = shardfs::bench::BenchConfig {
                 file_bytes: args.file_size,
