@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::heartbeat::{self, HeartbeatConfig};
+use crate::metrics::ChunkdMetrics;
 use crate::scrub::{self, ScrubConfig};
 use crate::server;
 use crate::store::{ShardStore, StoreError};
@@ -39,6 +40,8 @@ pub struct ChunkdConfig {
     pub heartbeat_interval: Duration,
     /// Background re-verification of every shard.
     pub scrub: ScrubConfig,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: not served.
+    pub metrics_listen: Option<String>,
 }
 
 impl ChunkdConfig {
@@ -55,6 +58,7 @@ impl ChunkdConfig {
             advertise_addr: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             scrub: ScrubConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -65,6 +69,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("cannot read the listening address: {0}")]
     Listener(io::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(io::Error),
 }
 
 /// Opens the store in `config.data_dir` and runs the chunkd on `listener` until `shutdown`.
@@ -116,8 +122,22 @@ pub async fn run_with_store(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let serving =
-        server::run(listener, store.clone(), config.auth.server_config(), stopped(stop_rx.clone()));
+    let metrics = Arc::new(ChunkdMetrics::new());
+    if let Some(addr) = &config.metrics_listen {
+        let (metrics, store) = (metrics.clone(), store.clone());
+        let render: shardfs_rpc::metrics::Render = Arc::new(move || {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            Box::pin(async move { metrics.render(&store).await })
+        });
+        let listener = TcpListener::bind(addr).await.map_err(DaemonError::Metrics)?;
+        tokio::spawn(shardfs_rpc::metrics::serve(listener, render, stopped(stop_rx.clone())));
+    }
+    let serving = server::run(
+        listener,
+        (store.clone(), metrics),
+        config.auth.server_config(),
+        stopped(stop_rx.clone()),
+    );
     let scrubbing = scrub::run(store.clone(), config.scrub, stopped(stop_rx.clone()));
     let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
     let stop_on_shutdown = async move {

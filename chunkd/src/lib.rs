@@ -15,6 +15,7 @@ pub mod codec;
 pub mod daemon;
 pub mod heartbeat;
 pub mod membership;
+pub mod metrics;
 pub mod proto;
 pub mod scrub;
 pub mod server;

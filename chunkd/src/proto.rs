@@ -18,7 +18,8 @@ pub struct ChunkdCall {
     pub request: ChunkdRequest,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `strum::IntoStaticStr` names each request for metrics (`Put`, `Get`, …).
+#[derive(Debug, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ChunkdRequest {
     /// Store one shard durably. `checksum` is BLAKE3 of `data`; a mismatch is rejected.
     /// Storing a shard that is already present (and verifies) succeeds without rewriting it;

@@ -12,6 +12,7 @@ use tracing::{debug, instrument, warn};
 
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
+use crate::metrics::ChunkdMetrics;
 use crate::proto::{ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
 use crate::store::ShardStore;
 
@@ -19,11 +20,11 @@ use crate::store::ShardStore;
 /// behind `config.key` (over TLS if `config` has it), until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
-    store: Arc<ShardStore>,
+    (store, metrics): (Arc<ShardStore>, Arc<ChunkdMetrics>),
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let server = Arc::new(ChunkdServer::new(store));
+    let server = Arc::new(ChunkdServer::new(store, metrics));
     shardfs_rpc::serve(listener, server.clone(), config, shutdown).await;
     server.close();
 }
@@ -33,11 +34,12 @@ pub struct ChunkdServer {
     /// connections running; closing makes them answer errors and drops our reference to the
     /// store, so the store (and its directory lock) is released when its owner drops it.
     store: RwLock<Option<Arc<ShardStore>>>,
+    metrics: Arc<ChunkdMetrics>,
 }
 
 impl ChunkdServer {
-    pub fn new(store: Arc<ShardStore>) -> ChunkdServer {
-        ChunkdServer { store: RwLock::new(Some(store)) }
+    pub fn new(store: Arc<ShardStore>, metrics: Arc<ChunkdMetrics>) -> ChunkdServer {
+        ChunkdServer { store: RwLock::new(Some(store)), metrics }
     }
 
     /// Stops serving: every later request is answered with an error.
@@ -45,8 +47,21 @@ impl ChunkdServer {
         *self.store.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Answers one decoded call, if it is meant for this chunkd.
+    /// Answers one decoded call, if it is meant for this chunkd, and counts it.
     pub async fn answer(&self, call: ChunkdCall) -> ChunkdResponse {
+        let (op, started): (&'static str, _) = ((&call.request).into(), std::time::Instant::now());
+        if let ChunkdRequest::Put { data, .. } = &call.request {
+            self.metrics.bytes_in.inc_by(data.len() as u64);
+        }
+        let response = self.answer_call(call).await;
+        if let Ok(ChunkdReply::Shard { data, .. }) = &response {
+            self.metrics.bytes_out.inc_by(data.len() as u64);
+        }
+        self.metrics.requests.record(op, response.is_ok(), started.elapsed());
+        response
+    }
+
+    async fn answer_call(&self, call: ChunkdCall) -> ChunkdResponse {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(store) = store else {
             return Err(ChunkdError::Io("chunkd is shutting down".into()));

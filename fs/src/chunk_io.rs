@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::dirty::Piece;
 use crate::error::{FsError, FsResult};
+use crate::metrics::ClientMetrics;
 
 pub type ChunkBytes = Arc<Vec<u8>>;
 
@@ -60,16 +61,34 @@ pub struct ChunkIo {
     cache: Mutex<ChunkCache>,
     /// Fetches under way, so concurrent readers of one chunk share one fetch.
     fetching: Mutex<HashMap<ChunkId, Fetch>>,
+    metrics: Arc<ClientMetrics>,
 }
 
 impl ChunkIo {
-    pub fn new(pool: Arc<ChunkClientPool>, meta: Arc<MetaClient>, cache_bytes: usize) -> ChunkIo {
+    pub fn new(
+        pool: Arc<ChunkClientPool>,
+        meta: Arc<MetaClient>,
+        cache_bytes: usize,
+        metrics: Arc<ClientMetrics>,
+    ) -> ChunkIo {
         let cache = ChunkCache { entries: LruCache::unbounded(), bytes: 0, limit: cache_bytes };
-        ChunkIo { pool, meta, cache: Mutex::new(cache), fetching: Mutex::new(HashMap::new()) }
+        let (cache, fetching) = (Mutex::new(cache), Mutex::new(HashMap::new()));
+        ChunkIo { pool, meta, cache, fetching, metrics }
     }
 
+    /// A chunk from the cache, counted as a hit or a miss.
     fn cached(&self, id: &ChunkId) -> Option<ChunkBytes> {
-        self.cache.lock().expect("chunk cache lock").get(id)
+        let found = self.cache.lock().expect("chunk cache lock").get(id);
+        match found {
+            Some(_) => self.metrics.cache_hits.inc(),
+            None => self.metrics.cache_misses.inc(),
+        };
+        found
+    }
+
+    /// Bytes of chunk content cached now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.lock().expect("chunk cache lock").bytes as u64
     }
 
     /// Starts reading a chunk into the cache in the background, unless it is there or on

@@ -19,6 +19,7 @@ use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES, Written};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
 use crate::leases::{Leases, Recall};
+use crate::metrics::ClientMetrics;
 use crate::seek;
 use crate::setid;
 use crate::write_back::{self, WriteBack};
@@ -199,6 +200,7 @@ pub struct Fs {
     write_back: WriteBack,
     /// This client, for the background tasks it starts.
     me: std::sync::Weak<Fs>,
+    metrics: Arc<ClientMetrics>,
 }
 
 impl Fs {
@@ -213,7 +215,9 @@ impl Fs {
         let volume = meta.volume().await?;
         tokio::spawn(heartbeats(Arc::downgrade(&meta)));
         let pool = Arc::new(ChunkClientPool::new(options.rpc));
-        let io = Arc::new(ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes));
+        let metrics = Arc::new(ClientMetrics::new());
+        let io = ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes, metrics.clone());
+        let io = Arc::new(io);
         let write_back = WriteBack::new(options.dirty_flush_bytes);
         let fs = Arc::new_cyclic(|me| Fs {
             write_back,
@@ -228,9 +232,20 @@ impl Fs {
             locked: Mutex::new(HashSet::new()),
             released_locks: tokio::sync::Notify::new(),
             leases,
+            metrics,
         });
         tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
         Ok(fs)
+    }
+
+    /// What this mount counts: FUSE operations, bytes, cache hits.
+    pub fn metrics(&self) -> &ClientMetrics {
+        &self.metrics
+    }
+
+    /// The metrics text, with leases and cache usage as of now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.leases.held_count(), self.io.cache_bytes())
     }
 
     /// Ends this mount's metad session, giving back its leases, locks and open files at

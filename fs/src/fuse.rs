@@ -61,8 +61,11 @@ impl FuseAdapter {
         F: Future<Output = FsResult<T>> + Send + 'static,
     {
         let fs = self.fs.clone();
+        let started = std::time::Instant::now();
         let mut answer = Box::pin(async move {
-            match op(fs).await {
+            let result = op(fs.clone()).await;
+            fs.metrics().fuse_ops.record(name, result.is_ok(), started.elapsed());
+            match result {
                 Ok(value) => ok(reply, value),
                 Err(e) => {
                     debug!(op = name, "{e}");
@@ -534,7 +537,11 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "read",
             reply,
-            move |fs| async move { fs.read(fh.0, offset, size).await },
+            move |fs| async move {
+                let data = fs.read(fh.0, offset, size).await?;
+                fs.metrics().bytes_read.inc_by(data.len() as u64);
+                Ok(data)
+            },
             |reply, data| reply.data(&data),
         );
     }
@@ -557,7 +564,11 @@ impl Filesystem for FuseAdapter {
         self.spawn(
             "write",
             reply,
-            move |fs| async move { fs.write(fh.0, offset, &data, writer.as_ref()).await },
+            move |fs| async move {
+                let written = fs.write(fh.0, offset, &data, writer.as_ref()).await?;
+                fs.metrics().bytes_written.inc_by(u64::from(written.0));
+                Ok(written)
+            },
             move |reply, (written, mode_changed)| {
                 reply.written(written);
                 if mode_changed {

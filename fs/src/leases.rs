@@ -217,6 +217,11 @@ impl Leases {
         self.lock().held.get(&ino).and_then(|h| h.attr.clone())
     }
 
+    /// Leases this mount holds now.
+    pub fn held_count(&self) -> u64 {
+        self.lock().held.len() as u64
+    }
+
     /// Forgets kept attributes after a change made here: of `ino`, or of every inode when
     /// the change may reach inodes this mount cannot name (unlink, rename).
     pub fn forget_attrs(&self, ino: Option<Ino>) {

@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod install;
 pub mod leases;
 pub mod local;
+pub mod metrics;
 pub mod mount;
 pub mod options;
 pub mod progress;

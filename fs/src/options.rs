@@ -43,6 +43,8 @@ pub struct MountFlags {
     pub secret_file: Option<std::path::PathBuf>,
     /// `tls_ca=PATH`: connect over TLS, checking daemons against this CA certificate.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// `metrics_listen=ADDR`: serve this mount's Prometheus metrics at http://ADDR/metrics.
+    pub metrics_listen: Option<String>,
 }
 
 impl MountFlags {
@@ -61,6 +63,7 @@ impl MountFlags {
                 ("allow_other", None) => flags.allow_other = true,
                 ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
                 ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),
+                ("metrics_listen", Some(addr)) => flags.metrics_listen = Some(addr.into()),
                 ("cache_size", Some(size)) => {
                     flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
                 }

@@ -357,7 +357,8 @@ pub enum RenameMode {
     },
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `strum::IntoStaticStr` names each request for metrics (`Lookup`, `CommitWrite`, …).
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum MetaRequest {
     Volume,
     Lookup {

@@ -11,6 +11,8 @@ use shardfs_rpc::{ClusterKey, DaemonAuth, Handler, Service};
 use tracing::{debug, info, warn};
 
 use crate::access;
+use shardfs_rpc::metrics::{OpMetrics, Registry, Snapshot, Value};
+
 use crate::fair::FairGate;
 use crate::gc::GcStats;
 use crate::intents::Intents;
@@ -40,8 +42,27 @@ pub struct MetadServer {
     pub(crate) auth: DaemonAuth,
     /// Turns at the database for clients' requests, shared fairly between connections.
     gate: FairGate,
+    /// Counts and latencies of requests, and the registry they are served from.
+    metrics: Metrics,
     /// The data directory's lock, held while this server lives (`crate::backup`).
     _data_lock: Option<std::fs::File>,
+}
+
+/// metad's metrics registry: request counts and latencies, and a snapshot of its state.
+struct Metrics {
+    registry: Registry,
+    requests: OpMetrics,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests =
+            OpMetrics::register(&mut registry, "shardfs_metad_requests", "Requests from clients");
+        let snapshot = Snapshot::register(&mut registry);
+        Metrics { registry, requests, snapshot }
+    }
 }
 
 /// What answering a request came to: an answer, or leases of other sessions to recall
@@ -73,6 +94,7 @@ impl MetadServer {
             mount_requests: Default::default(),
             gate: FairGate::new(crate::fair::default_slots()),
             _data_lock: None,
+            metrics: Metrics::new(),
         }
     }
 
@@ -190,6 +212,121 @@ impl MetadServer {
             }
         }
         Outcome::Answered(Ok(reply))
+    }
+
+    /// Counters of the background workers, leases and sessions.
+    fn worker_status(&self) -> WorkerStatus {
+        let (repair, gc) = (&self.repair, &self.gc);
+        let get = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        WorkerStatus {
+            shards_rebuilt: get(&repair.shards_rebuilt),
+            chunks_failed_repair: get(&repair.chunks_failed),
+            repair_backlog: get(&repair.backlog),
+            chunks_collected: get(&gc.chunks_deleted),
+            orphans_deleted: get(&gc.orphans_deleted),
+            sweeps_aborted: get(&gc.sweeps_aborted),
+            leases_held: self.leases.lock().count(),
+            leases_granted: get(&self.leases.counters.granted),
+            leases_recalled: get(&self.leases.counters.recalled),
+            leases_revoked: get(&self.leases.counters.revoked),
+            sessions: self.sessions.mounts(),
+            mount_requests: get(&self.mount_requests),
+        }
+    }
+
+    /// The metrics text: request counts and latencies, and what metad's state holds now.
+    pub async fn render_metrics(self: Arc<Self>) -> String {
+        let server = self.clone();
+        let values = tokio::task::spawn_blocking(move || server.metric_values()).await;
+        self.metrics.snapshot.set(values.unwrap_or_default());
+        shardfs_rpc::metrics::encode(&self.metrics.registry)
+    }
+
+    fn metric_values(&self) -> Vec<Value> {
+        let w = self.worker_status();
+        let mut values = vec![
+            Value::counter(
+                "shardfs_metad_shards_rebuilt",
+                "Shards rebuilt by repair",
+                w.shards_rebuilt,
+            ),
+            Value::counter(
+                "shardfs_metad_repair_failures",
+                "Chunks whose repair failed",
+                w.chunks_failed_repair,
+            ),
+            Value::gauge(
+                "shardfs_metad_repair_backlog",
+                "Chunks waiting for repair",
+                w.repair_backlog,
+            ),
+            Value::counter(
+                "shardfs_metad_chunks_collected",
+                "Unreferenced chunks deleted",
+                w.chunks_collected,
+            ),
+            Value::counter(
+                "shardfs_metad_orphans_deleted",
+                "Orphan shards deleted",
+                w.orphans_deleted,
+            ),
+            Value::counter(
+                "shardfs_metad_gc_sweeps_aborted",
+                "Orphan sweeps aborted",
+                w.sweeps_aborted,
+            ),
+            Value::gauge("shardfs_metad_leases_held", "Leases mounts hold", w.leases_held),
+            Value::counter("shardfs_metad_leases_granted", "Leases granted", w.leases_granted),
+            Value::counter("shardfs_metad_leases_recalled", "Leases recalled", w.leases_recalled),
+            Value::counter(
+                "shardfs_metad_leases_revoked",
+                "Leases revoked unreleased",
+                w.leases_revoked,
+            ),
+            Value::gauge("shardfs_metad_sessions", "Client sessions open", w.sessions),
+        ];
+        let down = self.members.lost(std::time::Duration::ZERO);
+        if let Ok(c) = self.store.catalogue_stats(&down) {
+            values.extend([
+                Value::gauge("shardfs_metad_chunks", "Chunks in the catalogue", c.chunks),
+                Value::gauge(
+                    "shardfs_metad_chunk_bytes",
+                    "Bytes of catalogued chunks",
+                    c.chunk_bytes,
+                ),
+                Value::gauge(
+                    "shardfs_metad_degraded_chunks",
+                    "Chunks short of full redundancy",
+                    c.degraded_chunks,
+                ),
+                Value::gauge(
+                    "shardfs_metad_unhealthy_shards",
+                    "Shards marked unhealthy",
+                    c.unhealthy_shards,
+                ),
+            ]);
+        }
+        let chunkds = self.members.status();
+        let each = |name, help, value: fn(&crate::proto::ChunkdStatus) -> u64| {
+            chunkds.iter().map(move |c| {
+                let zone = c.zone.clone().unwrap_or_default();
+                Value::gauge(name, help, value(c)).with("chunkd", c.id.clone()).with("zone", zone)
+            })
+        };
+        values.extend(each(
+            "shardfs_metad_chunkd_up",
+            "Whether a chunkd is up (1) or down (0)",
+            |c| u64::from(c.up),
+        ));
+        values.extend(each("shardfs_metad_chunkd_capacity_bytes", "A chunkd's disk size", |c| {
+            c.capacity_bytes
+        }));
+        values.extend(each("shardfs_metad_chunkd_free_bytes", "A chunkd's free disk space", |c| {
+            c.free_bytes
+        }));
+        values
     }
 
     /// Recalls, in the background, the oldest leases of a session past its lease limit: a
@@ -322,26 +459,7 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
-            MetaRequest::Workers => {
-                let (repair, gc) = (&self.repair, &self.gc);
-                let get = |counter: &std::sync::atomic::AtomicU64| {
-                    counter.load(std::sync::atomic::Ordering::Relaxed)
-                };
-                MetaReply::Workers(WorkerStatus {
-                    shards_rebuilt: get(&repair.shards_rebuilt),
-                    chunks_failed_repair: get(&repair.chunks_failed),
-                    repair_backlog: get(&repair.backlog),
-                    chunks_collected: get(&gc.chunks_deleted),
-                    orphans_deleted: get(&gc.orphans_deleted),
-                    sweeps_aborted: get(&gc.sweeps_aborted),
-                    leases_held: self.leases.lock().count(),
-                    leases_granted: get(&self.leases.counters.granted),
-                    leases_recalled: get(&self.leases.counters.recalled),
-                    leases_revoked: get(&self.leases.counters.revoked),
-                    sessions: self.sessions.mounts(),
-                    mount_requests: get(&self.mount_requests),
-                })
-            }
+            MetaRequest::Workers => MetaReply::Workers(self.worker_status()),
             MetaRequest::Accessed { ino, strict } => MetaReply::Attr(store.accessed(ino, strict)?),
             MetaRequest::Unlock { ino, owner, start, end } => {
                 self.locks.unlock(ino, holder, owner, start, end);
@@ -539,6 +657,7 @@ impl Handler for MetadServer {
         }
         let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
         debug!(?request, "request");
+        let (op, started): (&'static str, _) = ((&request).into(), std::time::Instant::now());
         // What the request takes or releases (open files, locks, intents, leases) is its
         // session's; asking also keeps the session alive.
         let holder = self.sessions.of(peer);
@@ -557,6 +676,7 @@ impl Handler for MetadServer {
             drop(turn);
             match outcome {
                 Outcome::Answered(response) => {
+                    self.metrics.requests.record(op, response.is_ok(), started.elapsed());
                     self.shed_leases(holder);
                     return Ok(shardfs_rpc::encode(&response));
                 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod metrics;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

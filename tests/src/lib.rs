@@ -441,6 +441,11 @@ impl Mount {
         self.path.join(relative)
     }
 
+    /// Where the mount process's stderr goes.
+    pub fn log(&self) -> Option<&Path> {
+        self.process.as_ref().map(|p| p.log.as_path())
+    }
+
     /// Unmounts and waits for the serving process to exit.
     pub fn unmount(mut self) {
         self.teardown();

@@ -28,6 +28,10 @@ struct Args {
     listen: String,
     #[command(flatten)]
     tls: DaemonTlsArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9701; port 0 picks one,
+    /// logged at start). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Address of shardfs-metad.
     #[arg(long, value_name = "ADDR")]
     metad: String,
@@ -86,6 +90,7 @@ async fn run(args: Args) -> Result<(), String> {
         zone: args.zone,
         advertise_addr: args.advertise,
         heartbeat_interval,
+        metrics_listen: args.metrics_listen,
         scrub: ScrubConfig {
             bytes_per_second: args.scrub_rate.max(1),
             pass_interval: Duration::try_from_secs_f64(args.scrub_interval).map_err(|_| {

@@ -26,9 +26,14 @@ async fn start() -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, store, shardfs_rpc::ServerConfig::new(key()), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(run(
+        listener,
+        (store, Default::default()),
+        shardfs_rpc::ServerConfig::new(key()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Running { dir, addr, id, stop: Some(stop), task }
 }
 

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -232,8 +233,13 @@ struct ClientArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Serve this mount's Prometheus metrics at http://ADDR/metrics (port 0 picks one,
+    /// logged at start).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Mount options as in fstab: ro, noatime, nosuid, nodev, noexec, sync, dirsync,
-    /// allow_other, cache_size=SIZE, remount, … (comma-separated).
+    /// allow_other, cache_size=SIZE, secret_file=PATH, tls_ca=PATH, metrics_listen=ADDR,
+    /// remount, … (comma-separated).
     #[arg(short = 'o', long = "options", value_parser = MountFlags::parse)]
     options: Option<MountFlags>,
 }
@@ -244,7 +250,23 @@ impl ClientArgs {
         flags.read_only |= self.read_only;
         flags.allow_other |= self.allow_other;
         flags.cache_size = self.cache_size.or(flags.cache_size);
+        flags.metrics_listen = self.metrics_listen.clone().or(flags.metrics_listen);
         flags
+    }
+
+    /// Serves `fs`'s metrics in the background, if asked to.
+    fn serve_metrics(&self, runtime: &tokio::runtime::Runtime, fs: &Arc<Fs>) -> anyhow::Result<()> {
+        let Some(addr) = self.flags().metrics_listen else { return Ok(()) };
+        let fs = Arc::downgrade(fs);
+        let render: shardfs_rpc::metrics::Render = Arc::new(move || {
+            let text = fs.upgrade().map(|fs| fs.render_metrics()).unwrap_or_default();
+            Box::pin(async move { text })
+        });
+        let bound = runtime
+            .block_on(shardfs_rpc::metrics::spawn_endpoint(&addr, render))
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eprintln!("shardfs: metrics at http://{bound}/metrics");
+        Ok(())
     }
 
     fn fs_options(&self, rpc: ClientOptions) -> FsOptions {
@@ -429,6 +451,7 @@ fn mount_command(
     let fs = runtime
         .block_on(Fs::connect(metad, client.fs_options(rpc)))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
+    client.serve_metrics(&runtime, &fs)?;
     let options = client.mount_options(metad.to_string());
     mount::serve(&runtime, fs, mountpoint, &options, announce_ready)
 }
@@ -474,6 +497,7 @@ fn local_command(
         ))
         .map_err(anyhow::Error::from)
         .and_then(|fs| {
+            client.serve_metrics(&runtime, &fs)?;
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));
             mount::serve(&runtime, fs, mountpoint, &options, || {
                 eprintln!(

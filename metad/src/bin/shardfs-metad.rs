@@ -30,6 +30,10 @@ struct Args {
     listen: String,
     #[command(flatten)]
     tls: DaemonTlsArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9700; port 0 picks one,
+    /// logged at start). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Data shards per chunk for new data (default 4 on a new volume).
     #[arg(long, requires = "m")]
     k: Option<u8>,
@@ -112,6 +116,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: args.tls.load()?,
     };
     let server = daemon::open(&config)?;
+    if let Some(addr) = &args.metrics_listen {
+        let metrics = server.clone();
+        let render: shardfs_rpc::metrics::Render =
+            std::sync::Arc::new(move || Box::pin(metrics.clone().render_metrics()));
+        shardfs_rpc::metrics::spawn_endpoint(addr, render)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    }
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;

@@ -1,0 +1,68 @@
+//! chunkd's Prometheus metrics: requests by operation, shard bytes in and out, and the
+//! store's disk usage read at each scrape.
+
+use std::sync::Arc;
+
+use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value};
+
+use crate::store::ShardStore;
+
+pub struct ChunkdMetrics {
+    registry: Registry,
+    pub requests: OpMetrics,
+    /// Shard bytes received by puts and sent by gets.
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    snapshot: Arc<Snapshot>,
+}
+
+impl ChunkdMetrics {
+    pub fn new() -> ChunkdMetrics {
+        let mut registry = Registry::default();
+        let requests =
+            OpMetrics::register(&mut registry, "shardfs_chunkd_requests", "Shard requests");
+        let (bytes_in, bytes_out) = (Counter::default(), Counter::default());
+        registry.register("shardfs_chunkd_bytes_in", "Shard bytes received", bytes_in.clone());
+        registry.register("shardfs_chunkd_bytes_out", "Shard bytes sent", bytes_out.clone());
+        let snapshot = Snapshot::register(&mut registry);
+        ChunkdMetrics { registry, requests, bytes_in, bytes_out, snapshot }
+    }
+
+    /// The metrics text, with `store`'s usage as of now.
+    pub async fn render(&self, store: &Arc<ShardStore>) -> String {
+        let values = match store.stat().await {
+            Ok(s) => vec![
+                Value::gauge(
+                    "shardfs_chunkd_capacity_bytes",
+                    "Size of the data disk",
+                    s.capacity_bytes,
+                ),
+                Value::gauge(
+                    "shardfs_chunkd_free_bytes",
+                    "Free space on the data disk",
+                    s.free_bytes,
+                ),
+                Value::gauge(
+                    "shardfs_chunkd_used_bytes",
+                    "Bytes of shard files held",
+                    s.used_bytes,
+                ),
+                Value::gauge("shardfs_chunkd_shards", "Shards held", s.shard_count),
+                Value::counter(
+                    "shardfs_chunkd_quarantined",
+                    "Shards quarantined as corrupt",
+                    s.quarantined,
+                ),
+            ],
+            Err(_) => Vec::new(),
+        };
+        self.snapshot.set(values);
+        shardfs_rpc::metrics::encode(&self.registry)
+    }
+}
+
+impl Default for ChunkdMetrics {
+    fn default() -> Self {
+        ChunkdMetrics::new()
+    }
+}

@@ -1,0 +1,61 @@
+//! The client's Prometheus metrics: FUSE operations by name with their latency, bytes read
+//! and written through the mount, chunk cache hits and misses, and leases held.
+
+use std::sync::Arc;
+
+use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value};
+
+pub struct ClientMetrics {
+    registry: Registry,
+    pub fuse_ops: OpMetrics,
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    snapshot: Arc<Snapshot>,
+}
+
+impl ClientMetrics {
+    pub fn new() -> ClientMetrics {
+        let mut registry = Registry::default();
+        let fuse_ops =
+            OpMetrics::register(&mut registry, "shardfs_client_fuse_ops", "FUSE operations");
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        ClientMetrics {
+            bytes_read: counter(&mut registry, "shardfs_client_bytes_read", "Bytes read"),
+            bytes_written: counter(&mut registry, "shardfs_client_bytes_written", "Bytes written"),
+            cache_hits: counter(
+                &mut registry,
+                "shardfs_client_cache_hits",
+                "Chunk reads from cache",
+            ),
+            cache_misses: counter(
+                &mut registry,
+                "shardfs_client_cache_misses",
+                "Chunk reads not cached",
+            ),
+            fuse_ops,
+            snapshot: Snapshot::register(&mut registry),
+            registry,
+        }
+    }
+
+    /// The metrics text, with `leases_held` and `cache_bytes` as of now.
+    pub fn render(&self, leases_held: u64, cache_bytes: u64) -> String {
+        self.snapshot.set(vec![
+            Value::gauge("shardfs_client_leases_held", "Leases this mount holds", leases_held),
+            Value::gauge("shardfs_client_cache_bytes", "Bytes in the chunk cache", cache_bytes),
+        ]);
+        shardfs_rpc::metrics::encode(&self.registry)
+    }
+}
+
+impl Default for ClientMetrics {
+    fn default() -> Self {
+        ClientMetrics::new()
+    }
+}

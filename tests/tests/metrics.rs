@@ -1,0 +1,121 @@
+//! `/metrics` on metad, a chunkd and a mount: OpenMetrics text that Prometheus' own parser
+//! (python3-prometheus-client, strict OpenMetrics) accepts, whose counters move with work.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+use shardfs_tests::{Cluster, eventually};
+
+/// The address a process logged for its metrics endpoint.
+fn endpoint(log: &Path) -> String {
+    let mut addr = None;
+    eventually("the metrics endpoint to be announced", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        addr = text.lines().find_map(|line| {
+            let rest = line.split("metrics at http://").nth(1)?;
+            Some(rest.split('/').next()?.to_string())
+        });
+        addr.is_some()
+    });
+    addr.unwrap()
+}
+
+/// Scrapes `addr` and parses the answer with Prometheus' parser: every sample, keyed by
+/// name and labels (`name{a="b",…}`, labels sorted; just `name` without labels).
+fn scrape(addr: &str) -> HashMap<String, f64> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let parse = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+print(json.dumps(samples))
+"#;
+    let mut python = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    python.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not OpenMetrics: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    samples.get(key).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
+    let mut cluster = Cluster::start_with(3, 2, 1, &["--metrics-listen", "127.0.0.1:0"]);
+    cluster.chunkd_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
+    cluster.stop_chunkd(0, Signal::SIGTERM);
+    cluster.start_chunkd(0);
+    cluster.wait_chunkds_up();
+    let mount = cluster.mount_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let metad = endpoint(&cluster.dir.path().join("metad.log"));
+    let chunkd = endpoint(&cluster.dir.path().join("chunkd-0.log"));
+    let client = endpoint(mount.log().unwrap());
+
+    let before = (scrape(&metad), scrape(&chunkd), scrape(&client));
+    shardfs_tests::write_random(&mount.join("data"), 8 << 20, 3);
+    std::fs::File::open(mount.join("data")).unwrap().sync_all().unwrap();
+    let fresh = cluster.mount();
+    assert_eq!(std::fs::read(fresh.join("data")).unwrap().len(), 8 << 20);
+    std::fs::read(mount.join("data")).unwrap();
+    let after = (scrape(&metad), scrape(&chunkd), scrape(&client));
+
+    // metad: requests by operation, with their latency; the chunkds it knows, up.
+    let commits = r#"shardfs_metad_requests_total{op="CommitWrite",outcome="ok"}"#;
+    assert!(value(&after.0, commits) > value(&before.0, commits), "{:?}", after.0);
+    let timed = r#"shardfs_metad_requests_seconds_count{op="CommitWrite"}"#;
+    assert_eq!(value(&after.0, timed), value(&after.0, commits));
+    let up: Vec<_> =
+        after.0.iter().filter(|(k, _)| k.starts_with("shardfs_metad_chunkd_up{")).collect();
+    assert!(up.len() == 3 && up.iter().all(|(_, v)| **v == 1.0), "{up:?}");
+    assert_eq!(value(&after.0, "shardfs_metad_degraded_chunks"), 0.0);
+    assert!(value(&after.0, "shardfs_metad_chunks") >= 2.0);
+    assert!(value(&after.0, "shardfs_metad_sessions") >= 2.0);
+    // chunkd 0: shard puts and their bytes, its disk usage.
+    let puts = r#"shardfs_chunkd_requests_total{op="Put",outcome="ok"}"#;
+    assert!(value(&after.1, puts) > value(&before.1, puts), "{:?}", after.1);
+    let bytes_in = "shardfs_chunkd_bytes_in_total";
+    assert!(value(&after.1, bytes_in) > value(&before.1, bytes_in));
+    assert!(value(&after.1, "shardfs_chunkd_shards") >= 2.0);
+    assert!(value(&after.1, "shardfs_chunkd_capacity_bytes") > 0.0);
+    // The mount: FUSE writes and reads, their bytes, and chunk cache use.
+    let writes = r#"shardfs_client_fuse_ops_total{op="write",outcome="ok"}"#;
+    assert!(value(&after.2, writes) > value(&before.2, writes), "{:?}", after.2);
+    let written = "shardfs_client_bytes_written_total";
+    assert!(value(&after.2, written) - value(&before.2, written) >= (8 << 20) as f64);
+    let read = "shardfs_client_bytes_read_total";
+    assert!(value(&after.2, read) - value(&before.2, read) >= (8 << 20) as f64);
+    let lookups = "shardfs_client_cache_hits_total";
+    let misses = "shardfs_client_cache_misses_total";
+    assert!(value(&after.2, lookups) + value(&after.2, misses) > 0.0);
+
+    // Anything but GET /metrics is turned away.
+    let mut stream = std::net::TcpStream::connect(&metad).unwrap();
+    stream.write_all(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+}
