@@ -32,10 +32,11 @@ pub fn print(status: &Status) {
         "chunkd", "address", "zone", "state", "size GiB", "free GiB", "used GiB", "shards"
     );
     for c in &status.chunkds {
-        let state = match (c.up, c.suspect) {
-            (true, false) => "up",
-            (true, true) => "suspect",
-            (false, _) => "down",
+        let state = match (c.up, c.suspect, c.draining) {
+            (true, false, false) => "up",
+            (true, false, true) => "drain",
+            (true, true, _) => "suspect",
+            (false, _, _) => "down",
         };
         println!(
             "{:<34} {:<22} {:<8} {:<7} {:>9.1} {:>9.1} {:>9.2} {:>8}",

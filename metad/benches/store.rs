@@ -23,11 +23,9 @@ fn store(dir: &tempfile::TempDir) -> Store {
         let record = ChunkdRecord {
             id: format!("c{i}"),
             addr: format!("127.0.0.1:{}", 7100 + i),
-            zone: None,
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 40,
-            used_bytes: 0,
-            shard_count: 0,
+            ..ChunkdRecord::default()
         };
         store.register_chunkd(&record).expect("registers");
     }

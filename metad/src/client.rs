@@ -422,6 +422,13 @@ impl MetaClient {
         call!(self, request, "report bad shard", MetaReply::Done => ())
     }
 
+    /// Starts (or with `undo`, stops) draining `chunkd`; answers how many shards the
+    /// catalogue still places on it.
+    pub async fn drain(&self, chunkd: &str, undo: bool) -> Result<u64> {
+        let request = MetaRequest::Drain { chunkd: chunkd.to_owned(), undo };
+        call!(self, request, "drain", MetaReply::Drained { remaining } => remaining)
+    }
+
     pub async fn chunkds(&self) -> Result<Vec<ChunkdStatus>> {
         call!(self, MetaRequest::Chunkds, "chunkds", MetaReply::Chunkds(c) => c)
     }

@@ -56,6 +56,7 @@ impl Members {
             free_bytes: stat.free_bytes,
             used_bytes: stat.used_bytes,
             shard_count: stat.shard_count,
+            draining: self.lock().get(&id).is_some_and(|m| m.record.draining),
         };
         self.store.register_chunkd(&record)?;
         self.lock().insert(id, Member { record, last_seen: Some(Instant::now()) });
@@ -126,7 +127,23 @@ impl Members {
         self.lock().get(id).filter(|m| self.is_up(m, now)).map(|m| m.record.addr.clone())
     }
 
-    /// Chunkds that may take new shards: up, and not full.
+    /// Starts or stops draining chunkd `id`; false if it is not registered.
+    pub fn set_draining(&self, id: &str, draining: bool) -> Result<bool, MetaError> {
+        if !self.store.set_draining(id, draining)? {
+            return Ok(false);
+        }
+        if let Some(member) = self.lock().get_mut(id) {
+            member.record.draining = draining;
+        }
+        Ok(true)
+    }
+
+    /// Chunkds being drained: repair moves their shards elsewhere.
+    pub fn draining(&self) -> HashSet<String> {
+        self.lock().values().filter(|m| m.record.draining).map(|m| m.record.id.clone()).collect()
+    }
+
+    /// Chunkds that may take new shards: up, not full, and not being drained.
     pub fn usable(&self) -> Vec<ChunkdRecord> {
         let now = Instant::now();
         self.lock()
@@ -134,6 +151,7 @@ impl Members {
             .filter(|m| {
                 self.is_up(m, now)
                     && !self.is_suspect(m, now)
+                    && !m.record.draining
                     && m.record.free_bytes >= MIN_FREE_BYTES
             })
             .map(|m| m.record.clone())
@@ -155,6 +173,7 @@ impl Members {
                 free_bytes: m.record.free_bytes,
                 used_bytes: m.record.used_bytes,
                 shard_count: m.record.shard_count,
+                draining: m.record.draining,
             })
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

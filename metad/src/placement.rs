@@ -65,8 +65,7 @@ mod tests {
             zone: zone.map(Into::into),
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 40,
-            used_bytes: 0,
-            shard_count: 0,
+            ..ChunkdRecord::default()
         }
     }
 

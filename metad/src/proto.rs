@@ -270,6 +270,8 @@ pub struct ChunkdStatus {
     pub free_bytes: u64,
     pub used_bytes: u64,
     pub shard_count: u64,
+    /// Being drained: takes no new shards, its shards are moved off.
+    pub draining: bool,
 }
 
 /// Counters of metad's background workers since it started.
@@ -582,6 +584,13 @@ pub enum MetaRequest {
     ReadInline {
         chunk: ChunkId,
     },
+    /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
+    /// and repair moves the shards catalogued on it to other chunkds. Answers how many are
+    /// still catalogued there.
+    Drain {
+        chunkd: String,
+        undo: bool,
+    },
 }
 
 /// What metad pushes to a mount over its session's connection.
@@ -626,6 +635,9 @@ pub enum MetaReply {
         timeout_ms: u64,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Drained {
+        remaining: u64,
+    },
 }
 
 /// Application errors. The FUSE client maps each to one errno.

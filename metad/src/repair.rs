@@ -63,7 +63,9 @@ pub async fn run(
     let pace = Duration::from_secs_f64(1.0 / f64::from(config.chunks_per_second.max(1)));
     let work = async {
         loop {
-            let lost = members.lost(config.grace);
+            // Shards on chunkds being drained are rebuilt elsewhere like lost ones.
+            let mut lost = members.lost(config.grace);
+            lost.extend(members.draining());
             let scan = {
                 let (store, lost) = (store.clone(), lost.clone());
                 tokio::task::spawn_blocking(move || store.repair_candidates(&lost, BATCH)).await

@@ -460,6 +460,13 @@ impl MetadServer {
             }
             MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
             MetaRequest::Workers => MetaReply::Workers(self.worker_status()),
+            MetaRequest::Drain { chunkd, undo } => {
+                if !self.members.set_draining(&chunkd, !undo)? {
+                    return Err(MetaError::Invalid(format!("no chunkd {chunkd} is registered")));
+                }
+                info!(chunkd, draining = !undo, "chunkd drain changed");
+                MetaReply::Drained { remaining: store.shards_on(&chunkd)? }
+            }
             MetaRequest::Accessed { ino, strict } => MetaReply::Attr(store.accessed(ino, strict)?),
             MetaRequest::Unlock { ino, owner, start, end } => {
                 self.locks.unlock(ino, holder, owner, start, end);

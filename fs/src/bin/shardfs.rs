@@ -21,6 +21,31 @@ use shardfs_metad::repair::RepairConfig;
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 
 #[derive(Subcommand)]
+enum ChunkdCommands {
+    /// Move every shard off chunkd ID: it takes no new shards, and metad's repair worker
+    /// rebuilds its shards on the other chunkds (reads go on meanwhile). Waits, with
+    /// progress, until the catalogue places nothing on it; then stop the chunkd. Its shard
+    /// files are removed by the orphan sweep after the GC grace.
+    Drain {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// The chunkd's id (see `shardfs status`).
+        id: String,
+        /// Stop draining: the chunkd takes new shards again.
+        #[arg(long)]
+        undo: bool,
+        /// Return once the drain is started instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum MetadCommands {
     /// Copy the database of a metad, running or not, to FILE: consistent as of one moment
     /// while metad keeps serving, checked, and synced before it takes its name.
@@ -86,6 +111,11 @@ enum Commands {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Manage chunkds: drain one before removing it.
+    Chunkd {
+        #[command(subcommand)]
+        command: ChunkdCommands,
     },
     /// Back up or restore metad's database (run on the metad host).
     Metad {
@@ -337,6 +367,27 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Commands::Metad { command } => metad_command(command),
+        Commands::Chunkd {
+            command: ChunkdCommands::Drain { metad, id, undo, no_wait, json, secret },
+        } => {
+            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
+            let progress = !json && std::io::stderr().is_terminal();
+            let remaining = runtime()?
+                .block_on(drain(&meta, &id, undo, !(undo || no_wait), progress))
+                .with_context(|| format!("drain of chunkd {id} through {metad} failed"))?;
+            if json {
+                let out =
+                    serde_json::json!({ "chunkd": id, "draining": !undo, "remaining": remaining });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if undo {
+                println!("chunkd {id} is no longer drained; it takes new shards again");
+            } else if remaining == 0 {
+                println!("chunkd {id} is drained: no shard is placed on it; stop it now");
+            } else {
+                println!("chunkd {id} is draining: {remaining} shards still to move");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Install { root, prefix, json } => {
             let exe = std::env::current_exe().context("cannot find the running shardfs")?;
             let from = exe.parent().context("the running shardfs has no directory")?;
@@ -388,6 +439,40 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How long a drain may go without moving a shard before `drain` gives up waiting.
+const DRAIN_STALL: Duration = Duration::from_secs(120);
+
+/// Starts (or undoes) a drain and, if `wait`, polls until no shard is placed on the chunkd.
+/// Returns the shards still placed there.
+async fn drain(
+    meta: &shardfs_metad::MetaClient,
+    id: &str,
+    undo: bool,
+    wait: bool,
+    progress: bool,
+) -> anyhow::Result<u64> {
+    let mut remaining = meta.drain(id, undo).await?;
+    let bar = shardfs::progress::bar(remaining, "shards moved", progress && wait);
+    let mut moved_at = std::time::Instant::now();
+    while wait && remaining > 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Asking again is harmless: the drain is already on.
+        let now = meta.drain(id, false).await?;
+        if now < remaining {
+            moved_at = std::time::Instant::now();
+        } else if moved_at.elapsed() > DRAIN_STALL {
+            bail!(
+                "no shard moved in {DRAIN_STALL:?}, {now} remain: repair needs k+m other \
+                 chunkds up with room (see shardfs status); the drain stays on"
+            );
+        }
+        remaining = now;
+        bar.set_position(bar.length().unwrap_or(0).saturating_sub(remaining));
+    }
+    bar.finish_and_clear();
+    Ok(remaining)
 }
 
 /// `shardfs metad backup` and `shardfs metad restore`.

@@ -6,7 +6,7 @@ use super::Store;
 use crate::proto::{MetaError, Timestamp};
 
 /// What metad persists about one chunkd.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkdRecord {
     pub id: String,
     pub addr: String,
@@ -15,6 +15,8 @@ pub struct ChunkdRecord {
     pub free_bytes: u64,
     pub used_bytes: u64,
     pub shard_count: u64,
+    /// Being drained (`Store::set_draining`); registrations leave it as it is.
+    pub draining: bool,
 }
 
 impl Store {
@@ -49,7 +51,8 @@ impl Store {
         self.read(|tx| {
             Ok(tx
                 .prepare_cached(
-                    "SELECT id, addr, zone, capacity_bytes, free_bytes, used_bytes, shard_count
+                    "SELECT id, addr, zone, capacity_bytes, free_bytes, used_bytes, shard_count,
+                         draining
                      FROM chunkds ORDER BY id",
                 )?
                 .query_map([], |r| {
@@ -61,9 +64,29 @@ impl Store {
                         free_bytes: r.get(4)?,
                         used_bytes: r.get(5)?,
                         shard_count: r.get(6)?,
+                        draining: r.get(7)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Marks chunkd `id` draining or not; false if no such chunkd is registered.
+    pub fn set_draining(&self, id: &str, draining: bool) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached("UPDATE chunkds SET draining = ?2 WHERE id = ?1")?
+                .execute(params![id, draining])?;
+            Ok(changed == 1)
+        })
+    }
+
+    /// Shards the catalogue places on chunkd `id`.
+    pub fn shards_on(&self, id: &str) -> Result<u64, MetaError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")?
+                .query_row([id], |r| r.get(0))?)
         })
     }
 }

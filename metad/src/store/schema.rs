@@ -108,6 +108,11 @@ const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL
     ) STRICT;
     "#,
+    // Version 3: chunkds being drained (`shardfs chunkd drain`) take no new shards, and
+    // repair moves theirs elsewhere.
+    r#"
+    ALTER TABLE chunkds ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,11 +16,9 @@ fn open(dir: &tempfile::TempDir) -> Store {
         let record = ChunkdRecord {
             id: id.into(),
             addr: format!("{id}:1"),
-            zone: None,
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 40,
-            used_bytes: 0,
-            shard_count: 0,
+            ..ChunkdRecord::default()
         };
         store.register_chunkd(&record).unwrap();
     }
