@@ -1257,15 +1257,7 @@ impl Fs {
 
     /// Capacity as users see it: raw chunkd space scaled by the encoding overhead.
     pub async fn stat_fs(&self) -> FsResult<StatFs> {
-        let raw = self.meta.stat_fs().await?;
-        let encoding = self.volume.encoding;
-        let scale =
-            |bytes: u64| (bytes as u128 * encoding.k as u128 / encoding.total() as u128) as u64;
-        Ok(StatFs {
-            capacity_bytes: scale(raw.capacity_bytes),
-            free_bytes: scale(raw.free_bytes),
-            inodes: raw.inodes,
-        })
+        Ok(self.meta.stat_fs().await?.usable(self.volume.encoding))
     }
 
     pub async fn set_xattr(

@@ -12,6 +12,69 @@ pub struct Status {
     pub workers: WorkerStatus,
 }
 
+/// `shardfs df`: the volume's size and use, as `df` shows a mount's.
+#[derive(Debug, Serialize)]
+pub struct Df {
+    pub metad: String,
+    pub k: u8,
+    pub m: u8,
+    /// Usable bytes: the up chunkds' disks, scaled by the encoding's overhead.
+    pub size_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    /// Bytes of file data stored (each distinct chunk once).
+    pub data_bytes: u64,
+    /// The disks' own figures, before the encoding's overhead.
+    pub raw_size_bytes: u64,
+    pub raw_free_bytes: u64,
+    pub inodes: u64,
+    pub chunkds_up: usize,
+}
+
+pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
+    let volume = meta.volume().await?;
+    let raw = meta.stat_fs().await?;
+    let usable = raw.usable(volume.encoding);
+    Ok(Df {
+        metad: meta.addr().to_string(),
+        k: volume.encoding.k,
+        m: volume.encoding.m,
+        size_bytes: usable.capacity_bytes,
+        free_bytes: usable.free_bytes,
+        used_bytes: usable.capacity_bytes.saturating_sub(usable.free_bytes),
+        data_bytes: meta.catalogue_stats().await?.chunk_bytes,
+        raw_size_bytes: raw.capacity_bytes,
+        raw_free_bytes: raw.free_bytes,
+        inodes: raw.inodes,
+        chunkds_up: meta.chunkds().await?.iter().filter(|c| c.up).count(),
+    })
+}
+
+pub fn print_df(df: &Df) {
+    println!(
+        "{:<22} {:<8} {:>10} {:>10} {:>10} {:>5} {:>10} {:>8}",
+        "metad", "encoding", "size GiB", "used GiB", "avail GiB", "use%", "data GiB", "inodes"
+    );
+    let percent = (df.used_bytes * 100).checked_div(df.size_bytes).unwrap_or(0);
+    println!(
+        "{:<22} {:<8} {:>10.1} {:>10.1} {:>10.1} {:>4}% {:>10.2} {:>8}",
+        df.metad,
+        format!("RS {}+{}", df.k, df.m),
+        gib(df.size_bytes),
+        gib(df.used_bytes),
+        gib(df.free_bytes),
+        percent,
+        gib(df.data_bytes),
+        df.inodes
+    );
+    println!(
+        "{} chunkds up; raw {:.1} GiB, {:.1} GiB free",
+        df.chunkds_up,
+        gib(df.raw_size_bytes),
+        gib(df.raw_free_bytes)
+    );
+}
+
 pub async fn fetch(meta: &MetaClient) -> anyhow::Result<Status> {
     Ok(Status {
         metad: meta.addr().to_string(),

@@ -258,6 +258,20 @@ pub struct StatFs {
     pub inodes: u64,
 }
 
+impl StatFs {
+    /// Capacity as users see it: raw chunkd space scaled by `encoding`'s overhead (`k` of
+    /// every `k + m` bytes hold data).
+    pub fn usable(&self, encoding: Encoding) -> StatFs {
+        let scale =
+            |bytes: u64| (bytes as u128 * encoding.k as u128 / encoding.total() as u128) as u64;
+        StatFs {
+            capacity_bytes: scale(self.capacity_bytes),
+            free_bytes: scale(self.free_bytes),
+            inodes: self.inodes,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkdStatus {
     pub id: String,

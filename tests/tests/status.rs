@@ -41,3 +41,30 @@ fn status_json_reports_a_killed_chunkd_down_and_counts_degraded_chunks() {
     assert!(others.clone().count() == 3 && others.clone().all(|c| c["up"] == true), "{after}");
     assert_eq!(std::fs::read(mount.join("data")).unwrap().len(), 20 << 20);
 }
+
+#[test]
+fn df_reports_the_volume_as_the_mount_does() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    shardfs_tests::write_random(&mount.join("data"), 3 << 20, 6);
+    std::fs::File::open(mount.join("data")).unwrap().sync_all().unwrap();
+    let out = cluster.command("shardfs").args(["df", "--json", &cluster.metad_addr]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let df: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((df["k"].as_u64(), df["m"].as_u64()), (Some(2), Some(1)), "{df}");
+    assert_eq!(df["chunkds_up"], 3);
+    assert!(df["data_bytes"].as_u64().unwrap() >= 3 << 20, "{df}");
+    // Usable size is two thirds of the raw size under RS 2+1, as the mount's statfs says.
+    let (size, raw) = (df["size_bytes"].as_u64().unwrap(), df["raw_size_bytes"].as_u64().unwrap());
+    assert_eq!(size, raw * 2 / 3);
+    let stat = nix::sys::statvfs::statvfs(&mount.path).unwrap();
+    let block = stat.fragment_size();
+    assert!(
+        size.abs_diff(stat.blocks() * block) < block,
+        "df {size}, statfs {}",
+        stat.blocks() * block
+    );
+    let text = cluster.command("shardfs").args(["df", &cluster.metad_addr]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("RS 2+1"));
+}

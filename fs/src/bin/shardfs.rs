@@ -122,6 +122,17 @@ enum Commands {
         #[command(subcommand)]
         command: MetadCommands,
     },
+    /// Show the volume's usable size, use and free space (raw chunkd space scaled by the
+    /// encoding), the file data stored, and inodes.
+    Df {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Measure a fixed set of workloads on a directory (and another, with --compare):
     /// sequential and random I/O, small files, and a real tree.
     Bench(BenchArgs),
@@ -340,16 +351,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Status { metad, json, secret } => {
-            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
-            let status = runtime()?
-                .block_on(shardfs::status::fetch(&meta))
-                .with_context(|| format!("cannot reach metad at {metad}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                shardfs::status::print(&status);
-            }
-            Ok(ExitCode::SUCCESS)
+            report(&metad, &secret, json, shardfs::status::fetch, shardfs::status::print)
+        }
+        Commands::Df { metad, json, secret } => {
+            report(&metad, &secret, json, shardfs::status::fetch_df, shardfs::status::print_df)
         }
         Commands::Fsck(fsck) => {
             let runtime = runtime()?;
@@ -439,6 +444,25 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Fetches a report from metad and prints it, as text or as JSON.
+fn report<T: serde::Serialize>(
+    metad: &str,
+    secret: &SecretArgs,
+    json: bool,
+    fetch: impl AsyncFnOnce(&shardfs_metad::MetaClient) -> anyhow::Result<T>,
+    print: fn(&T),
+) -> anyhow::Result<ExitCode> {
+    let meta = shardfs_metad::MetaClient::new(metad, secret.rpc(None)?);
+    let report = runtime()?
+        .block_on(fetch(&meta))
+        .with_context(|| format!("cannot reach metad at {metad}"))?;
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&report)?),
+        false => print(&report),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How long a drain may go without moving a shard before `drain` gives up waiting.
