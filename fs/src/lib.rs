@@ -7,6 +7,7 @@ pub mod dirty;
 pub mod error;
 pub mod fsck;
 pub mod fuse;
+pub mod info;
 pub mod install;
 pub mod leases;
 pub mod local;

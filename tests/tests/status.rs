@@ -68,3 +68,46 @@ fn df_reports_the_volume_as_the_mount_does() {
     let text = cluster.command("shardfs").args(["df", &cluster.metad_addr]).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("RS 2+1"));
 }
+
+#[test]
+fn info_shows_where_a_files_bytes_are() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    shardfs_tests::write_random(&mount.join("big"), 6 << 20, 4);
+    std::fs::write(mount.join("small"), "small\n").unwrap();
+    for name in ["big", "small"] {
+        std::fs::File::open(mount.join(name)).unwrap().sync_all().unwrap();
+    }
+    // The metad address comes from the mount holding the path.
+    let info = |name: &str| -> Value {
+        let out =
+            cluster.command("shardfs").arg("info").arg("--json").arg(mount.join(name)).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let big = info("big");
+    assert_eq!(big["size"], 6 << 20);
+    let extents = big["extents"].as_array().unwrap();
+    assert_eq!(extents.iter().map(|e| e["len"].as_u64().unwrap()).sum::<u64>(), 6 << 20);
+    let chunks = big["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 2, "{big}");
+    let ids: Vec<String> = cluster.chunkds.iter().flatten().map(|c| c.id.clone()).collect();
+    for chunk in chunks {
+        assert_eq!(chunk["encoding"], "RS 2+1");
+        let shards = chunk["shards"].as_array().unwrap();
+        let mut on: Vec<&str> = shards.iter().map(|s| s["chunkd"].as_str().unwrap()).collect();
+        on.sort();
+        on.dedup();
+        assert_eq!(on.len(), 3, "each shard on its own chunkd: {chunk}");
+        assert!(on.iter().all(|c| ids.iter().any(|id| id == c)));
+        assert!(shards.iter().all(|s| s["healthy"] == true));
+    }
+    let small = info("small");
+    assert_eq!(small["chunks"][0]["encoding"], "inline", "{small}");
+    // A directory, or a path on no shardfs mount, gets one clear line.
+    let out = cluster.command("shardfs").arg("info").arg(&mount.path).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a regular file"));
+    let out = cluster.command("shardfs").args(["info", "/etc/hostname"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not on a shardfs mount"));
+}

@@ -122,6 +122,20 @@ enum Commands {
         #[command(subcommand)]
         command: MetadCommands,
     },
+    /// Show where a file's bytes are: its extents, their chunks, and each chunk's shards
+    /// with the chunkd holding them and their health.
+    Info {
+        /// A file on a shardfs mount.
+        path: PathBuf,
+        /// metad address [default: the source of the mount holding PATH].
+        #[arg(long)]
+        metad: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Show the volume's usable size, use and free space (raw chunkd space scaled by the
     /// encoding), the file data stored, and inodes.
     Df {
@@ -352,6 +366,17 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Status { metad, json, secret } => {
             report(&metad, &secret, json, shardfs::status::fetch, shardfs::status::print)
+        }
+        Commands::Info { path, metad, json, secret } => {
+            let metad = match metad {
+                Some(metad) => metad,
+                None => shardfs::info::metad_of(&path)?.with_context(|| {
+                    format!("{} is not on a shardfs mount (give --metad)", path.display())
+                })?,
+            };
+            let ino = shardfs::info::file_ino(&path)?;
+            let fetch = async |m: &_| shardfs::info::fetch(m, &path, ino).await;
+            report(&metad, &secret, json, fetch, shardfs::info::print)
         }
         Commands::Df { metad, json, secret } => {
             report(&metad, &secret, json, shardfs::status::fetch_df, shardfs::status::print_df)

@@ -1,0 +1,170 @@
+//! `shardfs info PATH`: where a file's bytes are: its extents, the chunks they use, and each
+//! chunk's shards with the chunkd holding them and whether they are healthy.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use shardfs_metad::MetaClient;
+
+#[derive(Debug, Serialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub ino: u64,
+    pub size: u64,
+    pub extents: Vec<ExtentInfo>,
+    pub chunks: Vec<ChunkInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExtentInfo {
+    pub offset: u64,
+    pub len: u64,
+    pub chunk: String,
+    pub chunk_offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkInfo {
+    pub chunk: String,
+    pub len: u64,
+    /// `RS k+m`, or `inline` for a small chunk kept in metad's database.
+    pub encoding: String,
+    pub shards: Vec<ShardInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShardInfo {
+    pub index: u8,
+    pub chunkd: String,
+    pub addr: String,
+    pub healthy: bool,
+}
+
+/// The metad address a shardfs mount holding `path` was mounted from (its source in
+/// /proc/self/mountinfo), if `path` is on one.
+pub fn metad_of(path: &Path) -> anyhow::Result<Option<String>> {
+    let path = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+    let mut best: Option<(usize, String)> = None;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(point), Some(kind), Some(source)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            continue;
+        };
+        let point = unescape(point);
+        if *kind == "fuse.shardfs"
+            && path.starts_with(&point)
+            && best.as_ref().is_none_or(|(len, _)| point.len() > *len)
+        {
+            best = Some((point.len(), unescape(source)));
+        }
+    }
+    Ok(best.map(|(_, source)| source))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The inode number of the regular file at `path`.
+pub fn file_ino(path: &Path) -> anyhow::Result<u64> {
+    let stat =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    if !stat.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(std::os::unix::fs::MetadataExt::ino(&stat))
+}
+
+/// What metad says about file `ino` (at `path` on a mount of `meta`'s volume).
+pub async fn fetch(meta: &MetaClient, path: &Path, ino: u64) -> anyhow::Result<FileInfo> {
+    let layout = meta.layout(ino).await?;
+    let mut chunks = Vec::new();
+    for location in &layout.chunks {
+        let status = meta.chunk_status(location.chunk).await?;
+        let healthy = |index: u8| {
+            status
+                .as_ref()
+                .and_then(|s| s.shards.iter().find(|h| h.index == index))
+                .is_some_and(|h| h.healthy)
+        };
+        chunks.push(ChunkInfo {
+            chunk: location.chunk.to_hex(),
+            len: location.len,
+            encoding: match location.is_inline() {
+                true => "inline".into(),
+                false => format!("RS {}+{}", location.encoding.k, location.encoding.m),
+            },
+            shards: location
+                .shards
+                .iter()
+                .map(|s| ShardInfo {
+                    index: s.index,
+                    chunkd: s.chunkd.clone(),
+                    addr: s.addr.clone(),
+                    healthy: healthy(s.index),
+                })
+                .collect(),
+        });
+    }
+    let extents = layout
+        .extents
+        .iter()
+        .map(|e| ExtentInfo {
+            offset: e.offset,
+            len: e.len,
+            chunk: e.chunk.to_hex(),
+            chunk_offset: e.chunk_offset,
+        })
+        .collect();
+    Ok(FileInfo { path: path.display().to_string(), ino, size: layout.attr.size, extents, chunks })
+}
+
+pub fn print(info: &FileInfo) {
+    println!("{}: inode {}, {} bytes", info.path, info.ino, info.size);
+    println!("extents:");
+    for e in &info.extents {
+        let end = e.offset + e.len;
+        println!("  {:>12}..{:<12} chunk {} at {}", e.offset, end, &e.chunk[..16], e.chunk_offset);
+    }
+    println!("chunks:");
+    for c in &info.chunks {
+        println!("  {} {} bytes, {}", c.chunk, c.len, c.encoding);
+        for s in &c.shards {
+            let health = if s.healthy { "healthy" } else { "UNHEALTHY" };
+            println!("    shard {:>2} on {} ({}) {health}", s.index, s.chunkd, s.addr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(super::unescape(r"/mnt/with\040space\134x"), r"/mnt/with space\x");
+        assert_eq!(super::unescape("127.0.0.1:7000"), "127.0.0.1:7000");
+    }
+}
