@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod config_file;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -187,3 +187,35 @@ fn install_puts_binaries_helper_units_and_guide_in_place() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
 }
+
+#[test]
+fn daemons_take_settings_from_a_toml_file_under_their_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let metad = dir.path().join("metad.toml");
+    // GC settings the harness does not pass: they come from the file.
+    std::fs::write(&metad, "gc-grace = 0.5\ngc_interval = 0.1\n").unwrap();
+    let chunkd = dir.path().join("chunkd.toml");
+    // The harness passes --heartbeat-interval 0.3, which must win over the file's 30 s
+    // (with which metad would count the chunkds down after 2 s).
+    std::fs::write(&chunkd, "zone = \"rack-z\"\nheartbeat-interval = 30\n").unwrap();
+    let mut cluster = Cluster::start_with(3, 2, 1, &["--config", metad.to_str().unwrap()]);
+    cluster.chunkd_args = vec!["--config".into(), chunkd.display().to_string()];
+    for i in 0..3 {
+        cluster.stop_chunkd(i, nix::sys::signal::Signal::SIGTERM);
+        cluster.start_chunkd(i);
+    }
+    cluster.wait_chunkds_up();
+    let zones = cluster.query(async |c| c.chunkds().await.unwrap());
+    let up: Vec<_> = zones.iter().filter(|c| c.up).collect();
+    assert!(up.len() == 3 && up.iter().all(|c| c.zone.as_deref() == Some("rack-z")), "{zones:?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let still = cluster.query(async |c| c.chunkds().await.unwrap());
+    assert_eq!(still.iter().filter(|c| c.up).count(), 3, "the file's heartbeat interval won");
+    // The file's GC settings took effect: a deleted file's shards go within seconds.
+    let mount = cluster.mount();
+    shardfs_tests::write_random(&mount.join("doomed"), 3 << 20, 1);
+    std::fs::File::open(mount.join("doomed")).unwrap().sync_all().unwrap();
+    std::fs::remove_file(mount.join("doomed")).unwrap();
+    let shards = || (0..3).map(|i| cluster.shard_files(i).len()).sum::<usize>();
+    eventually("GC with the file's settings", || shards() == 0);
+}

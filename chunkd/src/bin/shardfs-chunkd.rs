@@ -20,6 +20,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "shardfs-chunkd", version, about = "shardfs chunk daemon")]
 struct Args {
+    /// Settings from a TOML file, one key per flag below (`listen = "10.0.0.2:7100"`,
+    /// `zone = "rack-a"`); environment variables and flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Data directory holding the shard store (created if missing).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
@@ -57,7 +61,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match shardfs_rpc::config_file::parse(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("shardfs-chunkd: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

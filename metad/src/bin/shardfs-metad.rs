@@ -18,6 +18,10 @@ use tokio::net::TcpListener;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// Settings from a TOML file, one key per flag below (`listen = "10.0.0.1:7000"`,
+    /// `down-after = 10`); environment variables and flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory for the metadata database (created if missing).
     #[arg(long)]
     data: PathBuf,
@@ -71,7 +75,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match shardfs_rpc::config_file::parse(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("shardfs-metad: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
