@@ -422,6 +422,12 @@ impl MetaClient {
         call!(self, request, "report bad shard", MetaReply::Done => ())
     }
 
+    /// Starts a garbage-collection pass now; answers the `gc_passes` count at which it has
+    /// ended.
+    pub async fn collect(&self) -> Result<u64> {
+        call!(self, MetaRequest::Collect, "collect", MetaReply::Collecting { done_after } => done_after)
+    }
+
     /// Starts (or with `undo`, stops) draining `chunkd`; answers how many shards the
     /// catalogue still places on it.
     pub async fn drain(&self, chunkd: &str, undo: bool) -> Result<u64> {

@@ -47,6 +47,12 @@ pub struct GcStats {
     pub chunks_deleted: AtomicU64,
     pub orphans_deleted: AtomicU64,
     pub sweeps_aborted: AtomicU64,
+    /// Passes completed since start.
+    pub passes: AtomicU64,
+    /// Whether a pass is under way.
+    pub running: std::sync::atomic::AtomicBool,
+    /// Wakes the collector for a pass now (`shardfs gc`).
+    pub wake: tokio::sync::Notify,
 }
 
 /// Collects garbage until `shutdown` completes.
@@ -63,6 +69,7 @@ pub async fn run(
     let mut suspects: HashMap<(String, ShardId), Instant> = HashMap::new();
     let work = async {
         loop {
+            stats.running.store(true, Ordering::SeqCst);
             match collect_chunks(&store, &members, &intents, &pool, config.grace).await {
                 Ok(deleted) => {
                     stats.chunks_deleted.fetch_add(deleted, Ordering::Relaxed);
@@ -82,7 +89,13 @@ pub async fn run(
                     }
                 }
             }
-            tokio::time::sleep(config.interval).await;
+            // Counted before `running` clears, so a reader never misses a pass in progress.
+            stats.passes.fetch_add(1, Ordering::SeqCst);
+            stats.running.store(false, Ordering::SeqCst);
+            tokio::select! {
+                () = tokio::time::sleep(config.interval) => {}
+                () = stats.wake.notified() => {}
+            }
         }
     };
     tokio::select! {

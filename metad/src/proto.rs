@@ -304,6 +304,8 @@ pub struct WorkerStatus {
     pub leases_granted: u64,
     pub leases_recalled: u64,
     pub leases_revoked: u64,
+    /// Garbage-collection passes completed since start.
+    pub gc_passes: u64,
     /// Client sessions (mounts) open now.
     pub sessions: u64,
     /// Requests from mounts (client sessions) since start, heartbeats and lease releases
@@ -598,6 +600,8 @@ pub enum MetaRequest {
     ReadInline {
         chunk: ChunkId,
     },
+    /// Starts a garbage-collection pass now; answers `Collecting`.
+    Collect,
     /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
     /// and repair moves the shards catalogued on it to other chunkds. Answers how many are
     /// still catalogued there.
@@ -651,6 +655,11 @@ pub enum MetaReply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Drained {
         remaining: u64,
+    },
+    /// A pass that began after the `Collect` has ended once `WorkerStatus.gc_passes`
+    /// reaches `done_after`.
+    Collecting {
+        done_after: u64,
     },
 }
 

@@ -112,6 +112,17 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Run a garbage-collection pass now (unreferenced chunks past the GC grace, orphan
+    /// shards on every chunkd) and report what it deleted.
+    Gc {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Manage chunkds: drain one before removing it.
     Chunkd {
         #[command(subcommand)]
@@ -397,6 +408,16 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Commands::Metad { command } => metad_command(command),
+        Commands::Gc { metad, json, secret } => {
+            let progress = !json && std::io::stderr().is_terminal();
+            let collect = async |m: &_| gc(m, progress).await;
+            report(&metad, &secret, json, collect, |r: &GcReport| {
+                println!(
+                    "gc pass done: {} chunks collected, {} orphan shards deleted, {} sweeps aborted",
+                    r.chunks_collected, r.orphans_deleted, r.sweeps_aborted
+                )
+            })
+        }
         Commands::Chunkd {
             command: ChunkdCommands::Drain { metad, id, undo, no_wait, json, secret },
         } => {
@@ -488,6 +509,35 @@ fn report<T: serde::Serialize>(
         false => print(&report),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one `shardfs gc` pass deleted.
+#[derive(serde::Serialize)]
+struct GcReport {
+    chunks_collected: u64,
+    orphans_deleted: u64,
+    sweeps_aborted: u64,
+}
+
+/// Asks metad for a garbage-collection pass and waits until it has ended.
+async fn gc(meta: &shardfs_metad::MetaClient, progress: bool) -> anyhow::Result<GcReport> {
+    let before = meta.workers().await?;
+    let done_after = meta.collect().await?;
+    let spinner = shardfs::progress::bar(0, "collecting garbage", progress);
+    let after = loop {
+        let now = meta.workers().await?;
+        if now.gc_passes >= done_after {
+            break now;
+        }
+        spinner.tick();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    spinner.finish_and_clear();
+    Ok(GcReport {
+        chunks_collected: after.chunks_collected - before.chunks_collected,
+        orphans_deleted: after.orphans_deleted - before.orphans_deleted,
+        sweeps_aborted: after.sweeps_aborted - before.sweeps_aborted,
+    })
 }
 
 /// How long a drain may go without moving a shard before `drain` gives up waiting.
