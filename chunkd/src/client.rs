@@ -110,6 +110,14 @@ impl ChunkClient {
         }
     }
 
+    /// Starts a scrub pass now; answers the `scrub_passes` count at which it has ended.
+    pub async fn scrub(&self) -> Result<u64, ChunkClientError> {
+        match self.call(ChunkdRequest::Scrub).await? {
+            ChunkdReply::Scrubbing { done_after } => Ok(done_after),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
     async fn call(&self, request: ChunkdRequest) -> Result<ChunkdReply, ChunkClientError> {
         let call = ChunkdCall { chunkd: self.chunkd.clone(), request };
         let response: ChunkdResponse = self.rpc.call(&call).await?;

@@ -43,6 +43,8 @@ pub enum ChunkdRequest {
     List { after: Option<ShardId>, limit: u32 },
     /// Capacity and usage.
     Stat,
+    /// Start a scrub pass now; answers `Scrubbing`.
+    Scrub,
 }
 
 pub type ChunkdResponse = Result<ChunkdReply, ChunkdError>;
@@ -63,6 +65,11 @@ pub enum ChunkdReply {
         shards: Vec<ShardId>,
     },
     Stat(ChunkdStat),
+    /// A pass that began after the `Scrub` has ended once `ChunkdStat.scrub_passes` reaches
+    /// `done_after`.
+    Scrubbing {
+        done_after: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +83,10 @@ pub struct ChunkdStat {
     pub shard_count: u64,
     /// Shards moved to quarantine since start.
     pub quarantined: u64,
+    /// Scrub passes completed since start, and what the last one verified and found corrupt.
+    pub scrub_passes: u64,
+    pub last_scrub_shards: u64,
+    pub last_scrub_corrupt: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -33,6 +35,63 @@ impl Default for ScrubConfig {
     }
 }
 
+/// The passes of a background worker that runs a pass, pauses, and runs again (scrub
+/// here, garbage collection in metad), and requests for a pass now.
+#[derive(Debug, Default)]
+pub struct Passes {
+    completed: AtomicU64,
+    running: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Passes {
+    /// Passes completed since start.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(SeqCst)
+    }
+
+    /// Runs one pass of `work`, counted.
+    pub async fn run<T>(&self, work: impl Future<Output = T>) -> T {
+        self.running.store(true, SeqCst);
+        let outcome = work.await;
+        // Counted before `running` clears, so a reader never misses a pass in progress.
+        self.completed.fetch_add(1, SeqCst);
+        self.running.store(false, SeqCst);
+        outcome
+    }
+
+    /// The pause between passes: `interval`, or less if a pass is requested.
+    pub async fn pause(&self, interval: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = self.wake.notified() => {}
+        }
+    }
+
+    /// Asks for a pass now; returns the count of completed passes at which one that began
+    /// after this call has ended.
+    pub fn request(&self) -> u64 {
+        let (completed, running) = (self.completed(), self.running.load(SeqCst));
+        // A worker mid-pass keeps the permit and runs once more right after.
+        self.wake.notify_one();
+        completed + 1 + u64::from(running)
+    }
+}
+
+/// Where scrubbing is, for `Stat` and `shardfs scrub`; held by the store.
+#[derive(Debug, Default)]
+pub struct ScrubProgress {
+    pub passes: Passes,
+    last: std::sync::Mutex<PassSummary>,
+}
+
+impl ScrubProgress {
+    /// What the last completed pass found.
+    pub fn last(&self) -> PassSummary {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What one pass found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PassSummary {
@@ -44,9 +103,15 @@ pub struct PassSummary {
 /// Scrubs until `shutdown` completes: a pass over every shard, then a pause, forever.
 pub async fn run(store: Arc<ShardStore>, config: ScrubConfig, shutdown: impl Future<Output = ()>) {
     let work = async {
+        let progress = store.scrub_progress();
         loop {
             let started = Instant::now();
-            let summary = pass(&store, config.bytes_per_second).await;
+            let summary = progress.passes.run(async {
+                let summary = pass(&store, config.bytes_per_second).await;
+                *progress.last.lock().unwrap_or_else(|e| e.into_inner()) = summary;
+                summary
+            });
+            let summary = summary.await;
             info!(
                 shards = summary.shards,
                 bytes = summary.bytes,
@@ -54,7 +119,7 @@ pub async fn run(store: Arc<ShardStore>, config: ScrubConfig, shutdown: impl Fut
                 seconds = started.elapsed().as_secs(),
                 "scrub pass done"
             );
-            tokio::time::sleep(config.pass_interval).await;
+            progress.passes.pause(config.pass_interval).await;
         }
     };
     tokio::select! {

@@ -83,6 +83,9 @@ impl ChunkdServer {
                 store.list(after, limit).await.map(|shards| ChunkdReply::Listed { shards })
             }
             ChunkdRequest::Stat => store.stat().await.map(ChunkdReply::Stat),
+            ChunkdRequest::Scrub => {
+                Ok(ChunkdReply::Scrubbing { done_after: store.scrub_progress().passes.request() })
+            }
         }
     }
 }

@@ -83,6 +83,7 @@ pub struct ShardStore {
     shard_count: AtomicU64,
     used_bytes: AtomicU64,
     quarantined: AtomicU64,
+    scrub: crate::scrub::ScrubProgress,
     corrupt_reports: Mutex<Option<UnboundedSender<ShardId>>>,
     /// Fan-out directories whose creation is known to be durable.
     synced_dirs: Mutex<HashSet<PathBuf>>,
@@ -145,6 +146,7 @@ impl ShardStore {
             shard_count: AtomicU64::new(shard_count),
             used_bytes: AtomicU64::new(used_bytes),
             quarantined: AtomicU64::new(0),
+            scrub: Default::default(),
             corrupt_reports: Mutex::new(None),
             synced_dirs: Mutex::new(HashSet::new()),
             _lock: lock,
@@ -277,9 +279,17 @@ impl ShardStore {
                 used_bytes: store.used_bytes.load(Ordering::Relaxed),
                 shard_count: store.shard_count.load(Ordering::Relaxed),
                 quarantined: store.quarantined.load(Ordering::Relaxed),
+                scrub_passes: store.scrub.passes.completed(),
+                last_scrub_shards: store.scrub.last().shards,
+                last_scrub_corrupt: store.scrub.last().corrupt,
             })
         })
         .await
+    }
+
+    /// Where background scrubbing is.
+    pub fn scrub_progress(&self) -> &crate::scrub::ScrubProgress {
+        &self.scrub
     }
 
     fn shard_path(&self, shard: ShardId) -> PathBuf {

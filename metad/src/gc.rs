@@ -47,12 +47,8 @@ pub struct GcStats {
     pub chunks_deleted: AtomicU64,
     pub orphans_deleted: AtomicU64,
     pub sweeps_aborted: AtomicU64,
-    /// Passes completed since start.
-    pub passes: AtomicU64,
-    /// Whether a pass is under way.
-    pub running: std::sync::atomic::AtomicBool,
-    /// Wakes the collector for a pass now (`shardfs gc`).
-    pub wake: tokio::sync::Notify,
+    /// Passes, and requests for one now (`shardfs gc`).
+    pub passes: shardfs_chunkd::scrub::Passes,
 }
 
 /// Collects garbage until `shutdown` completes.
@@ -69,33 +65,29 @@ pub async fn run(
     let mut suspects: HashMap<(String, ShardId), Instant> = HashMap::new();
     let work = async {
         loop {
-            stats.running.store(true, Ordering::SeqCst);
-            match collect_chunks(&store, &members, &intents, &pool, config.grace).await {
-                Ok(deleted) => {
-                    stats.chunks_deleted.fetch_add(deleted, Ordering::Relaxed);
-                }
-                Err(e) => warn!("chunk collection failed: {e}"),
-            }
-            for (chunkd, addr) in members.up() {
-                match sweep(&store, &intents, &pool, &chunkd, &addr, &mut suspects, config.grace)
-                    .await
-                {
+            let one_pass = async {
+                match collect_chunks(&store, &members, &intents, &pool, config.grace).await {
                     Ok(deleted) => {
-                        stats.orphans_deleted.fetch_add(deleted, Ordering::Relaxed);
+                        stats.chunks_deleted.fetch_add(deleted, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        stats.sweeps_aborted.fetch_add(1, Ordering::Relaxed);
-                        warn!(%chunkd, "orphan sweep aborted, nothing deleted: {e}");
+                    Err(e) => warn!("chunk collection failed: {e}"),
+                }
+                for (chunkd, addr) in members.up() {
+                    let grace = config.grace;
+                    match sweep(&store, &intents, &pool, &chunkd, &addr, &mut suspects, grace).await
+                    {
+                        Ok(deleted) => {
+                            stats.orphans_deleted.fetch_add(deleted, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            stats.sweeps_aborted.fetch_add(1, Ordering::Relaxed);
+                            warn!(%chunkd, "orphan sweep aborted, nothing deleted: {e}");
+                        }
                     }
                 }
-            }
-            // Counted before `running` clears, so a reader never misses a pass in progress.
-            stats.passes.fetch_add(1, Ordering::SeqCst);
-            stats.running.store(false, Ordering::SeqCst);
-            tokio::select! {
-                () = tokio::time::sleep(config.interval) => {}
-                () = stats.wake.notified() => {}
-            }
+            };
+            stats.passes.run(one_pass).await;
+            stats.passes.pause(config.interval).await;
         }
     };
     tokio::select! {

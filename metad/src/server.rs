@@ -227,7 +227,7 @@ impl MetadServer {
             chunks_collected: get(&gc.chunks_deleted),
             orphans_deleted: get(&gc.orphans_deleted),
             sweeps_aborted: get(&gc.sweeps_aborted),
-            gc_passes: get(&gc.passes),
+            gc_passes: gc.passes.completed(),
             leases_held: self.leases.lock().count(),
             leases_granted: get(&self.leases.counters.granted),
             leases_recalled: get(&self.leases.counters.recalled),
@@ -461,14 +461,7 @@ impl MetadServer {
             }
             MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
             MetaRequest::Workers => MetaReply::Workers(self.worker_status()),
-            MetaRequest::Collect => {
-                use std::sync::atomic::Ordering::SeqCst;
-                // Read before the wake: a pass under way now ends first, then the woken one.
-                let (passes, running) = (self.gc.passes.load(SeqCst), self.gc.running.load(SeqCst));
-                // A collector mid-pass keeps the permit and runs once more right after.
-                self.gc.wake.notify_one();
-                MetaReply::Collecting { done_after: passes + 1 + u64::from(running) }
-            }
+            MetaRequest::Collect => MetaReply::Collecting { done_after: self.gc.passes.request() },
             MetaRequest::Drain { chunkd, undo } => {
                 if !self.members.set_draining(&chunkd, !undo)? {
                     return Err(MetaError::Invalid(format!("no chunkd {chunkd} is registered")));

@@ -142,3 +142,34 @@ fn scrub_finds_a_flipped_byte_without_any_read() {
     }
     assert!(!victim.exists(), "the corrupt shard went to quarantine");
 }
+
+/// `shardfs scrub` runs a pass on every chunkd now (their own passes are a day apart) and
+/// reports what each found.
+#[test]
+fn scrub_command_runs_a_pass_everywhere_and_reports_corruption() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    write_random(&mount.join("data"), 6 << 20, 2);
+    std::fs::File::open(mount.join("data")).unwrap().sync_all().unwrap();
+    let victim = cluster.shard_files(0).into_iter().next().expect("chunkd 0 holds a shard");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = cluster.command("shardfs").args(["scrub", "--json", &cluster.metad_addr]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 3);
+    let damaged = cluster.chunkds[0].as_ref().unwrap().id.as_str();
+    for report in reports {
+        let expected = u64::from(report["chunkd"] == damaged);
+        assert_eq!(report["corrupt"], expected, "{report}");
+    }
+    let verified: u64 = reports.iter().map(|r| r["shards"].as_u64().unwrap()).sum();
+    assert_eq!(verified, 2 * 3 - 1, "every other shard verified");
+    // The corrupt shard is reported to metad (with the next heartbeat), for repair.
+    shardfs_tests::eventually("metad to mark the corrupt shard", || {
+        cluster.query(async |c| c.catalogue_stats().await.unwrap()).unhealthy_shards == 1
+    });
+}

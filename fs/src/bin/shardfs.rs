@@ -123,6 +123,18 @@ enum Commands {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Run a scrub pass now on every chunkd that is up (each re-reads and verifies all its
+    /// shards, quarantining corrupt ones and reporting them for repair) and report what each
+    /// found. Passes read at each chunkd's --scrub-rate.
+    Scrub {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Manage chunkds: drain one before removing it.
     Chunkd {
         #[command(subcommand)]
@@ -408,6 +420,19 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(report.exit_code()))
         }
         Commands::Metad { command } => metad_command(command),
+        Commands::Scrub { metad, json, secret } => {
+            let rpc = secret.rpc(None)?;
+            let progress = !json && std::io::stderr().is_terminal();
+            let run = async |m: &_| scrub(m, rpc, progress).await;
+            report(&metad, &secret, json, run, |all: &Vec<ScrubReport>| {
+                for r in all {
+                    println!(
+                        "chunkd {}: {} shards verified, {} corrupt",
+                        r.chunkd, r.shards, r.corrupt
+                    );
+                }
+            })
+        }
         Commands::Gc { metad, json, secret } => {
             let progress = !json && std::io::stderr().is_terminal();
             let collect = async |m: &_| gc(m, progress).await;
@@ -509,6 +534,45 @@ fn report<T: serde::Serialize>(
         false => print(&report),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one chunkd's scrub pass found.
+#[derive(serde::Serialize)]
+struct ScrubReport {
+    chunkd: String,
+    shards: u64,
+    corrupt: u64,
+}
+
+/// Asks every chunkd that is up for a scrub pass and waits until each has ended one.
+async fn scrub(
+    meta: &shardfs_metad::MetaClient,
+    rpc: ClientOptions,
+    progress: bool,
+) -> anyhow::Result<Vec<ScrubReport>> {
+    let pool = shardfs_chunkd::client::ChunkClientPool::new(rpc);
+    let mut waiting = Vec::new();
+    for chunkd in meta.chunkds().await?.into_iter().filter(|c| c.up) {
+        let client = pool.get(&chunkd.addr, &chunkd.id);
+        let done_after = client.scrub().await.with_context(|| format!("chunkd {}", chunkd.id))?;
+        waiting.push((chunkd.id, client, done_after));
+    }
+    let bar = shardfs::progress::bar(waiting.len() as u64, "chunkds scrubbed", progress);
+    let mut reports = Vec::new();
+    for (id, client, done_after) in waiting {
+        let stat = loop {
+            let stat = client.stat().await.with_context(|| format!("chunkd {id}"))?;
+            if stat.scrub_passes >= done_after {
+                break stat;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        bar.inc(1);
+        let (shards, corrupt) = (stat.last_scrub_shards, stat.last_scrub_corrupt);
+        reports.push(ScrubReport { chunkd: id, shards, corrupt });
+    }
+    bar.finish_and_clear();
+    Ok(reports)
 }
 
 /// What one `shardfs gc` pass deleted.
