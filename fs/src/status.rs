@@ -91,8 +91,17 @@ fn gib(bytes: u64) -> f64 {
 pub fn print(status: &Status) {
     println!("metad {}", status.metad);
     println!(
-        "{:<34} {:<22} {:<8} {:<7} {:>9} {:>9} {:>9} {:>8}",
-        "chunkd", "address", "zone", "state", "size GiB", "free GiB", "used GiB", "shards"
+        "{:<34} {:<22} {:<8} {:<7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
+        "chunkd",
+        "address",
+        "zone",
+        "state",
+        "size GiB",
+        "free GiB",
+        "used GiB",
+        "shards",
+        "scrubs",
+        "corrupt"
     );
     for c in &status.chunkds {
         let state = match (c.up, c.suspect, c.draining) {
@@ -102,7 +111,7 @@ pub fn print(status: &Status) {
             (false, _, _) => "down",
         };
         println!(
-            "{:<34} {:<22} {:<8} {:<7} {:>9.1} {:>9.1} {:>9.2} {:>8}",
+            "{:<34} {:<22} {:<8} {:<7} {:>9.1} {:>9.1} {:>9.2} {:>8} {:>7} {:>7}",
             c.id,
             c.addr,
             c.zone.as_deref().unwrap_or("-"),
@@ -110,7 +119,9 @@ pub fn print(status: &Status) {
             gib(c.capacity_bytes),
             gib(c.free_bytes),
             gib(c.used_bytes),
-            c.shard_count
+            c.shard_count,
+            c.scrub_passes,
+            c.quarantined
         );
     }
     let cat = &status.catalogue;

@@ -16,6 +16,8 @@ struct Member {
     record: ChunkdRecord,
     /// Last registration or heartbeat since this metad started; `None` until then.
     last_seen: Option<Instant>,
+    /// What its last registration or heartbeat reported.
+    stat: ChunkdStat,
 }
 
 pub struct Members {
@@ -32,7 +34,9 @@ impl Members {
         let members = store
             .chunkds()?
             .into_iter()
-            .map(|record| (record.id.clone(), Member { record, last_seen: None }))
+            .map(|record| {
+                (record.id.clone(), Member { record, last_seen: None, stat: ChunkdStat::default() })
+            })
             .collect();
         Ok(Members { store, down_after, started: Instant::now(), members: Mutex::new(members) })
     }
@@ -59,7 +63,8 @@ impl Members {
             draining: self.lock().get(&id).is_some_and(|m| m.record.draining),
         };
         self.store.register_chunkd(&record)?;
-        self.lock().insert(id, Member { record, last_seen: Some(Instant::now()) });
+        let member = Member { record, last_seen: Some(Instant::now()), stat: stat.clone() };
+        self.lock().insert(id, member);
         Ok(())
     }
 
@@ -74,6 +79,7 @@ impl Members {
         member.record.free_bytes = stat.free_bytes;
         member.record.used_bytes = stat.used_bytes;
         member.record.shard_count = stat.shard_count;
+        member.stat = stat.clone();
         true
     }
 
@@ -174,6 +180,9 @@ impl Members {
                 used_bytes: m.record.used_bytes,
                 shard_count: m.record.shard_count,
                 draining: m.record.draining,
+                scrub_passes: m.stat.scrub_passes,
+                last_scrub_corrupt: m.stat.last_scrub_corrupt,
+                quarantined: m.stat.quarantined,
             })
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

@@ -286,6 +286,11 @@ pub struct ChunkdStatus {
     pub shard_count: u64,
     /// Being drained: takes no new shards, its shards are moved off.
     pub draining: bool,
+    /// From its last heartbeat: scrub passes done since it started, corrupt shards the last
+    /// one found, and shards quarantined since it started.
+    pub scrub_passes: u64,
+    pub last_scrub_corrupt: u64,
+    pub quarantined: u64,
 }
 
 /// Counters of metad's background workers since it started.

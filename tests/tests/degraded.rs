@@ -172,4 +172,10 @@ fn scrub_command_runs_a_pass_everywhere_and_reports_corruption() {
     shardfs_tests::eventually("metad to mark the corrupt shard", || {
         cluster.query(async |c| c.catalogue_stats().await.unwrap()).unhealthy_shards == 1
     });
+    // status shows each chunkd's scrub passes (its own at start, and this one) and what
+    // the damaged one quarantined, from their heartbeats.
+    shardfs_tests::eventually("status to show the scrub", || {
+        let chunkds = cluster.query(async |c| c.chunkds().await.unwrap());
+        chunkds.iter().all(|c| c.scrub_passes >= 2 && c.quarantined == u64::from(c.id == damaged))
+    });
 }
