@@ -665,8 +665,9 @@ impl Handler for MetadServer {
             return Ok(shardfs_rpc::encode(&response));
         }
         let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
-        debug!(?request, "request");
         let (op, started): (&'static str, _) = ((&request).into(), std::time::Instant::now());
+        // The operation only: requests carry names and small files' content.
+        debug!(op, %peer, "request");
         // What the request takes or releases (open files, locks, intents, leases) is its
         // session's; asking also keeps the session alive.
         let holder = self.sessions.of(peer);
