@@ -1,11 +1,12 @@
-//! Codec micro-benchmarks for one 4 MiB chunk at the default 4+2 encoding: BLAKE3, and
-//! Reed-Solomon encode and decode with reed-solomon-erasure (what chunkd uses) beside
-//! reed-solomon-simd (the alternative), so the choice is measured.
+//! Codec micro-benchmarks for one 4 MiB chunk at the default 4+2 encoding: BLAKE3 (plain and
+//! with the hash tree of `hash_tree`), and Reed-Solomon encode and decode with
+//! reed-solomon-erasure (what chunkd uses) beside reed-solomon-simd (the alternative), so the
+//! choice is measured.
 //!
 //! `cargo bench -p shardfs-chunkd --bench codec`; results in docs/performance.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use shardfs_chunkd::{Encoding, codec};
+use shardfs_chunkd::{Encoding, codec, hash_tree};
 
 const CHUNK: usize = 4 << 20;
 const ENCODING: Encoding = Encoding { k: 4, m: 2 };
@@ -31,6 +32,8 @@ fn codec_benches(c: &mut Criterion) {
     group.sample_size(20);
 
     group.bench_function("blake3", |b| b.iter(|| blake3::hash(&data)));
+    // What a write computes instead: the id and the 16 KiB segments' hash tree in one pass.
+    group.bench_function("blake3 with hash tree", |b| b.iter(|| hash_tree::build(&data)));
 
     group.bench_function("encode, reed-solomon-erasure", |b| {
         b.iter(|| codec::encode(ENCODING, &data))

@@ -7,6 +7,7 @@ use shardfs_rpc::{ClientOptions, Service};
 
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
+use crate::hash_tree;
 use crate::proto::{
     ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse, ChunkdStat,
 };
@@ -57,19 +58,38 @@ impl ChunkClient {
         self.rpc.addr()
     }
 
-    /// Stores one shard durably.
+    /// Stores one shard durably. `tree` is the chunk's hash tree (`hash_tree::build`); it
+    /// goes with data shards only.
     pub async fn put(
         &self,
         shard: ShardId,
         encoding: Encoding,
         chunk_len: u64,
         data: Vec<u8>,
+        tree: &[u8],
     ) -> Result<(), ChunkClientError> {
         // Shards are at most a few MiB and BLAKE3 runs at GB/s, so hashing inline costs
         // about a millisecond: not worth a trip to the blocking pool.
         let checksum = *blake3::hash(&data).as_bytes();
-        match self.call(ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data }).await? {
+        let tree = hash_tree::for_shard(tree, shard.index, encoding).to_vec();
+        let put = ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data, tree };
+        match self.call(put).await? {
             ChunkdReply::Stored => Ok(()),
+            _ => Err(ChunkClientError::UnexpectedReply),
+        }
+    }
+
+    /// Bytes `[offset, offset + len)` of a data shard, and the chunk's tree if `with_tree`
+    /// (else empty). Neither is verified: see `hash_tree`.
+    pub async fn get_range(
+        &self,
+        shard: ShardId,
+        offset: u64,
+        len: u32,
+        with_tree: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>), ChunkClientError> {
+        match self.call(ChunkdRequest::GetRange { shard, offset, len, with_tree }).await? {
+            ChunkdReply::Range { data, tree } => Ok((data, tree)),
             _ => Err(ChunkClientError::UnexpectedReply),
         }
     }

@@ -179,7 +179,7 @@ mod tests {
             let chunk = vec![round as u8; 10];
             let shard = crate::ShardId { chunk: crate::ChunkId::of(&chunk), index: 0 };
             let encoding = crate::Encoding::new(1, 1).unwrap();
-            client.put(shard, encoding, 10, chunk).await.unwrap();
+            client.put(shard, encoding, 10, chunk, &[]).await.unwrap();
             stop.send(()).unwrap();
             chunkd.await.unwrap().unwrap();
         }

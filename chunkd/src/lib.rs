@@ -13,6 +13,7 @@ pub mod chunk_id;
 pub mod client;
 pub mod codec;
 pub mod daemon;
+pub mod hash_tree;
 pub mod heartbeat;
 pub mod membership;
 pub mod metrics;

@@ -33,6 +33,10 @@ pub enum ChunkdRequest {
         checksum: [u8; 32],
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        /// The chunk's hash tree (`hash_tree`) in a data shard of a chunk of more than one
+        /// segment, empty otherwise; it must hash to the chunk id.
+        #[serde(with = "serde_bytes")]
+        tree: Vec<u8>,
     },
     /// Read one shard, verified against its stored checksum.
     Get { shard: ShardId },
@@ -45,6 +49,10 @@ pub enum ChunkdRequest {
     Stat,
     /// Start a scrub pass now; answers `Scrubbing`.
     Scrub,
+    /// Read bytes `[offset, offset + len)` of a data shard, unverified, and the chunk's hash
+    /// tree if `with_tree`, for the reader to verify against the chunk id. Shards stored
+    /// without a tree answer `Invalid`.
+    GetRange { shard: ShardId, offset: u64, len: u32, with_tree: bool },
 }
 
 pub type ChunkdResponse = Result<ChunkdReply, ChunkdError>;
@@ -69,6 +77,13 @@ pub enum ChunkdReply {
     /// `done_after`.
     Scrubbing {
         done_after: u64,
+    },
+    /// The answer to `GetRange`; `tree` is empty unless asked for.
+    Range {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        tree: Vec<u8>,
     },
 }
 

@@ -184,7 +184,7 @@ mod tests {
             for (index, data) in codec::encode(encoding, &chunk).into_iter().enumerate() {
                 let shard = ShardId { chunk: id, index: index as u8 };
                 let checksum = *blake3::hash(&data).as_bytes();
-                store.put(shard, encoding, 1000, checksum, data).await.unwrap();
+                store.put(shard, encoding, 1000, checksum, data, Vec::new()).await.unwrap();
                 shards.push(shard);
             }
         }
@@ -214,14 +214,15 @@ mod tests {
         let encoding = Encoding::new(1, 1).unwrap();
         for i in 0..4u8 {
             let chunk = vec![i; 50_000];
-            let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
+            let (id, tree) = crate::hash_tree::build(&chunk);
+            let shard = ShardId { chunk: id, index: 0 };
             let data = codec::encode(encoding, &chunk).remove(0);
             let checksum = *blake3::hash(&data).as_bytes();
-            store.put(shard, encoding, 50_000, checksum, data).await.unwrap();
+            store.put(shard, encoding, 50_000, checksum, data, tree).await.unwrap();
         }
         let started = Instant::now();
         let summary = pass(&store, 400_000).await;
-        assert_eq!(summary.bytes, 200_000);
+        assert_eq!(summary.bytes, 4 * 50_000);
         assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
     }
 }

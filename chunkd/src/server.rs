@@ -54,7 +54,7 @@ impl ChunkdServer {
             self.metrics.bytes_in.inc_by(data.len() as u64);
         }
         let response = self.answer_call(call).await;
-        if let Ok(ChunkdReply::Shard { data, .. }) = &response {
+        if let Ok(ChunkdReply::Shard { data, .. } | ChunkdReply::Range { data, .. }) = &response {
             self.metrics.bytes_out.inc_by(data.len() as u64);
         }
         self.metrics.requests.record(op, response.is_ok(), started.elapsed());
@@ -74,10 +74,15 @@ impl ChunkdServer {
             });
         }
         match call.request {
-            ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data } => {
-                put(&store, shard, encoding, chunk_len, checksum, data).await
+            ChunkdRequest::Put { shard, encoding, chunk_len, checksum, data, tree } => {
+                put(&store, shard, encoding, chunk_len, checksum, data, tree).await
             }
             ChunkdRequest::Get { shard } => get(&store, shard).await,
+            ChunkdRequest::GetRange { shard, offset, len, with_tree } => {
+                let result = store.get_range(shard, offset, len, with_tree).await;
+                log_outcome(&result);
+                result.map(|(data, tree)| ChunkdReply::Range { data, tree })
+            }
             ChunkdRequest::Delete { shard } => delete(&store, shard).await,
             ChunkdRequest::List { after, limit } => {
                 store.list(after, limit).await.map(|shards| ChunkdReply::Listed { shards })
@@ -116,8 +121,9 @@ async fn put(
     chunk_len: u64,
     checksum: [u8; 32],
     data: Vec<u8>,
+    tree: Vec<u8>,
 ) -> ChunkdResponse {
-    let result = store.put(shard, encoding, chunk_len, checksum, data).await;
+    let result = store.put(shard, encoding, chunk_len, checksum, data, tree).await;
     log_outcome(&result);
     result.map(|()| ChunkdReply::Stored)
 }

@@ -1,33 +1,38 @@
-//! The on-disk shard file format: a fixed header followed by the shard's bytes.
+//! The on-disk shard file format: a fixed header, the shard's bytes and, in data shards,
+//! the chunk's hash tree.
 //!
-//! Every integer is little-endian. Version 1 header (96 bytes):
+//! Every integer is little-endian. Header (96 bytes), the same in versions 1 and 2:
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic          b"SFSHARD\0"
-//!      8     2  format version u16 = 1
+//!      8     2  format version u16: 1 or 2
 //!     10     1  k              data shards of the chunk's encoding
 //!     11     1  m              parity shards of the chunk's encoding
 //!     12     1  index          this shard's index, < k + m
 //!     13     3  reserved       zero
 //!     16     8  chunk_len      u64, length of the whole chunk
 //!     24    32  chunk id       BLAKE3 of the whole chunk
-//!     56     8  payload_len    u64, bytes after the header; = shard_len(chunk_len)
-//!     64    32  checksum       BLAKE3(header bytes 0..64 ‖ payload)
+//!     56     8  payload_len    u64, = shard_len(chunk_len)
+//!     64    32  checksum       BLAKE3(header bytes 0..64 ‖ payload ‖ tree)
 //!     96     …  payload
+//!      …     …  tree           version 2, data shards (index < k) only:
+//!                              hash_tree::tree_len(chunk_len) bytes
 //! ```
 //!
 //! The checksum covers the header as well as the payload, so a flipped bit anywhere is
-//! caught and a chunkd can scrub one shard without fetching its siblings. A file whose
-//! version is not 1 is reported as unsupported rather than corrupt: it was most likely
-//! written by a newer build.
+//! caught and a chunkd can scrub one shard without fetching its siblings. The tree (see
+//! `hash_tree`) lets a reader verify a range of a data shard against the chunk id. Version 1
+//! files have no tree and stay readable whole. A file of any other version is reported as
+//! unsupported rather than corrupt: it was most likely written by a newer build.
 
 use crate::chunk_id::{ChunkId, ShardId};
 use crate::codec::Encoding;
+use crate::hash_tree;
 
 pub const MAGIC: [u8; 8] = *b"SFSHARD\0";
-/// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes. It reads this one and version 1.
+pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 96;
 /// Header bytes covered by the checksum: everything before the checksum field.
 const CHECKSUMMED_LEN: usize = 64;
@@ -38,7 +43,9 @@ pub enum ShardFormatError {
     TooShort { len: usize },
     #[error("not a shard file (bad magic)")]
     BadMagic,
-    #[error("shard file format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "shard file format version {0} is not supported (this build reads 1 to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u16),
     #[error("header declares invalid encoding {k}+{m}")]
     BadEncoding { k: u8, m: u8 },
@@ -50,15 +57,16 @@ pub enum ShardFormatError {
     WrongShard { expected: ShardId, found: ShardId },
     #[error("header declares {declared} payload bytes, a {chunk_len}-byte chunk needs {expected}")]
     PayloadLenMismatch { declared: u64, chunk_len: u64, expected: u64 },
-    #[error("header declares {declared} payload bytes, file has {actual}")]
+    #[error("header declares {declared} bytes after it, file has {actual}")]
     Truncated { declared: u64, actual: u64 },
     #[error("checksum mismatch")]
     ChecksumMismatch,
 }
 
-/// A parsed header. `checksum` still has to be checked against the payload.
+/// A parsed header. `checksum` still has to be checked against the payload and tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardHeader {
+    pub version: u16,
     pub shard: ShardId,
     pub encoding: Encoding,
     pub chunk_len: u64,
@@ -67,17 +75,36 @@ pub struct ShardHeader {
 }
 
 impl ShardHeader {
-    /// The header for `payload`, checksum included.
-    pub fn new(shard: ShardId, encoding: Encoding, chunk_len: u64, payload: &[u8]) -> ShardHeader {
+    /// The header of a current-format file holding `payload` and `tree`, checksum included.
+    /// `tree` must be [`ShardHeader::tree_len`] bytes: the chunk's tree in a data shard of a
+    /// chunk of more than one segment, else empty.
+    pub fn new(
+        shard: ShardId,
+        encoding: Encoding,
+        chunk_len: u64,
+        payload: &[u8],
+        tree: &[u8],
+    ) -> ShardHeader {
         let mut header = ShardHeader {
+            version: FORMAT_VERSION,
             shard,
             encoding,
             chunk_len,
             payload_len: payload.len() as u64,
             checksum: [0; 32],
         };
-        header.checksum = header.checksum_of(payload);
+        header.checksum = header.checksum_of(&[payload, tree]);
         header
+    }
+
+    /// Bytes of hash tree the file holds after the payload.
+    pub fn tree_len(&self) -> u64 {
+        tree_len(self.version, self.shard.index, self.encoding, self.chunk_len)
+    }
+
+    /// Bytes after the header: payload and tree.
+    pub fn body_len(&self) -> u64 {
+        self.payload_len + self.tree_len()
     }
 
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
@@ -90,7 +117,7 @@ impl ShardHeader {
     fn checksummed_bytes(&self) -> [u8; CHECKSUMMED_LEN] {
         let mut bytes = [0u8; CHECKSUMMED_LEN];
         bytes[0..8].copy_from_slice(&MAGIC);
-        bytes[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[8..10].copy_from_slice(&self.version.to_le_bytes());
         bytes[10] = self.encoding.k;
         bytes[11] = self.encoding.m;
         bytes[12] = self.shard.index;
@@ -101,10 +128,12 @@ impl ShardHeader {
         bytes
     }
 
-    fn checksum_of(&self, payload: &[u8]) -> [u8; 32] {
+    fn checksum_of(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.checksummed_bytes());
-        hasher.update(payload);
+        for part in parts {
+            hasher.update(part);
+        }
         *hasher.finalize().as_bytes()
     }
 
@@ -118,7 +147,7 @@ impl ShardHeader {
             return Err(ShardFormatError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(ShardFormatError::UnsupportedVersion(version));
         }
         let (k, m, index) = (bytes[10], bytes[11], bytes[12]);
@@ -148,22 +177,29 @@ impl ShardHeader {
         }
         let mut checksum = [0u8; 32];
         checksum.copy_from_slice(&bytes[64..96]);
-        Ok(ShardHeader { shard: found, encoding, chunk_len, payload_len, checksum })
+        Ok(ShardHeader { version, shard: found, encoding, chunk_len, payload_len, checksum })
     }
 
-    /// Checks `payload` (the bytes after the header) against the declared length and checksum.
-    pub fn verify_payload(&self, payload: &[u8]) -> Result<(), ShardFormatError> {
-        if payload.len() as u64 != self.payload_len {
+    /// Checks `body` (the bytes after the header: payload, then tree) against the declared
+    /// length and the checksum.
+    pub fn verify_body(&self, body: &[u8]) -> Result<(), ShardFormatError> {
+        if body.len() as u64 != self.body_len() {
             return Err(ShardFormatError::Truncated {
-                declared: self.payload_len,
-                actual: payload.len() as u64,
+                declared: self.body_len(),
+                actual: body.len() as u64,
             });
         }
-        if self.checksum_of(payload) != self.checksum {
+        if self.checksum_of(&[body]) != self.checksum {
             return Err(ShardFormatError::ChecksumMismatch);
         }
         Ok(())
     }
+}
+
+/// Bytes of hash tree in a file of format `version` holding shard `index` of a chunk of
+/// `chunk_len` bytes: only version 2 data shards have one.
+pub fn tree_len(version: u16, index: u8, encoding: Encoding, chunk_len: u64) -> u64 {
+    if version >= 2 && index < encoding.k { hash_tree::tree_len(chunk_len) } else { 0 }
 }
 
 /// The payload length a shard of a `chunk_len`-byte chunk must have; `None` if `chunk_len`
@@ -179,30 +215,41 @@ fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(array)
 }
 
-/// The whole file for a shard. The store writes `ShardHeader::to_bytes` and the payload
-/// separately instead, to avoid copying the payload.
-pub fn encode_file(shard: ShardId, encoding: Encoding, chunk_len: u64, payload: &[u8]) -> Vec<u8> {
-    let header = ShardHeader::new(shard, encoding, chunk_len, payload);
-    let mut file = Vec::with_capacity(HEADER_LEN + payload.len());
+/// The whole current-format file for a shard. The store writes `ShardHeader::to_bytes`,
+/// the payload and the tree separately instead, to avoid copying the payload.
+pub fn encode_file(
+    shard: ShardId,
+    encoding: Encoding,
+    chunk_len: u64,
+    payload: &[u8],
+    tree: &[u8],
+) -> Vec<u8> {
+    let header = ShardHeader::new(shard, encoding, chunk_len, payload, tree);
+    let mut file = Vec::with_capacity(HEADER_LEN + payload.len() + tree.len());
     file.extend_from_slice(&header.to_bytes());
     file.extend_from_slice(payload);
+    file.extend_from_slice(tree);
     file
 }
 
-/// A verified shard file, borrowing its payload from the file's bytes.
+/// A verified shard file, borrowing its payload and tree from the file's bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecodedShard<'a> {
+    pub version: u16,
     pub encoding: Encoding,
     pub chunk_len: u64,
     pub payload: &'a [u8],
+    pub tree: &'a [u8],
 }
 
 /// Parses and fully verifies a shard file that should hold `expected`.
 pub fn decode_file(bytes: &[u8], expected: ShardId) -> Result<DecodedShard<'_>, ShardFormatError> {
     let header = ShardHeader::parse(bytes, expected)?;
-    let payload = &bytes[HEADER_LEN..];
-    header.verify_payload(payload)?;
-    Ok(DecodedShard { encoding: header.encoding, chunk_len: header.chunk_len, payload })
+    let body = &bytes[HEADER_LEN..];
+    header.verify_body(body)?;
+    let (payload, tree) = body.split_at(header.payload_len as usize);
+    let (version, encoding, chunk_len) = (header.version, header.encoding, header.chunk_len);
+    Ok(DecodedShard { version, encoding, chunk_len, payload, tree })
 }
 
 #[cfg(test)]
@@ -220,11 +267,58 @@ mod tests {
     #[test]
     fn round_trip() {
         let (shard, encoding, payload) = sample();
-        let file = encode_file(shard, encoding, 17, &payload);
+        let file = encode_file(shard, encoding, 17, &payload, &[]);
         assert_eq!(file.len(), HEADER_LEN + payload.len());
         let decoded = decode_file(&file, shard).unwrap();
-        assert_eq!(decoded, DecodedShard { encoding, chunk_len: 17, payload: &payload });
+        let tree = &[][..];
+        assert_eq!(
+            decoded,
+            DecodedShard { version: 2, encoding, chunk_len: 17, payload: &payload, tree }
+        );
     }
+
+    /// A data shard of a chunk of several segments: its file carries the chunk's tree.
+    fn data_shard_with_tree() -> (ShardId, Encoding, u64, Vec<u8>, Vec<u8>) {
+        let chunk: Vec<u8> = (0..3 * hash_tree::SEGMENT_LEN + 5).map(|i| (i % 253) as u8).collect();
+        let (id, tree) = hash_tree::build(&chunk);
+        let encoding = Encoding::new(2, 1).unwrap();
+        let payload = crate::codec::encode(encoding, &chunk).swap_remove(1);
+        (ShardId { chunk: id, index: 1 }, encoding, chunk.len() as u64, payload, tree)
+    }
+
+    #[test]
+    fn data_shards_carry_the_tree_and_parity_shards_do_not() {
+        let (shard, encoding, chunk_len, payload, tree) = data_shard_with_tree();
+        assert_eq!(tree.len(), 4 * hash_tree::ENTRY_LEN);
+        let file = encode_file(shard, encoding, chunk_len, &payload, &tree);
+        assert_eq!(file.len(), HEADER_LEN + payload.len() + tree.len());
+        let decoded = decode_file(&file, shard).unwrap();
+        assert_eq!((decoded.payload, decoded.tree), (&payload[..], &tree[..]));
+        // A flipped bit in the tree is caught like one in the payload.
+        let mut flipped = file.clone();
+        flipped[HEADER_LEN + payload.len() + 3] ^= 1;
+        assert_eq!(decode_file(&flipped, shard), Err(ShardFormatError::ChecksumMismatch));
+        // Without its tree the file is short.
+        let cut = &file[..HEADER_LEN + payload.len()];
+        assert!(matches!(decode_file(cut, shard), Err(ShardFormatError::Truncated { .. })));
+        // The parity shard of the same chunk has none.
+        let parity = ShardId { index: 2, ..shard };
+        let file = encode_file(parity, encoding, chunk_len, &payload, &[]);
+        assert_eq!(decode_file(&file, parity).unwrap().tree, &[][..]);
+    }
+
+    /// A version 2 data shard with its tree, checksum pinned like version 1's below.
+    #[test]
+    fn version_2_files_stay_readable() {
+        let (shard, encoding, chunk_len, payload, tree) = data_shard_with_tree();
+        let file = encode_file(shard, encoding, chunk_len, &payload, &tree);
+        assert_eq!(&file[8..10], &[2, 0]);
+        assert_eq!(hex::encode(&file[64..96]), V2_CHECKSUM);
+        assert_eq!(hex::encode(blake3::hash(&file).as_bytes()), V2_FILE_HASH);
+    }
+
+    const V2_CHECKSUM: &str = "211b53c5e0b8bf928d392f56a282f59296e5fbd26f8b96fce50bea14d50a6f53";
+    const V2_FILE_HASH: &str = "249ed06380f8981dda6a5a189e54997b705fb52f48582dc1b6032d7d7c0bf069";
 
     /// A version 1 file built byte by byte from the table in the module doc, with its
     /// checksum pinned: if this fails, files already on disk would no longer be readable.
@@ -244,9 +338,8 @@ mod tests {
         file.extend_from_slice(&payload);
         let shard = ShardId { chunk: chunk_id, index: 1 };
         let decoded = decode_file(&file, shard).unwrap();
-        assert_eq!(decoded.encoding, Encoding { k: 2, m: 1 });
-        assert_eq!((decoded.chunk_len, decoded.payload), (5, &payload[..]));
-        assert_eq!(encode_file(shard, Encoding { k: 2, m: 1 }, 5, &payload), file);
+        assert_eq!((decoded.version, decoded.encoding), (1, Encoding { k: 2, m: 1 }));
+        assert_eq!((decoded.chunk_len, decoded.payload, decoded.tree), (5, &payload[..], &[][..]));
     }
 
     const V1_CHECKSUM: &str = "e86928cfa43f070e37e3f7198134efefd2102b4134fa49899b4eb0fd019475c1";
@@ -254,13 +347,13 @@ mod tests {
     #[test]
     fn specific_errors() {
         let (shard, encoding, payload) = sample();
-        let file = encode_file(shard, encoding, 17, &payload);
+        let file = encode_file(shard, encoding, 17, &payload, &[]);
         let other = ShardId { index: 4, ..shard };
         assert!(matches!(decode_file(&file, other), Err(ShardFormatError::WrongShard { .. })));
 
-        let mut v2 = file.clone();
-        v2[8] = 2;
-        assert_eq!(decode_file(&v2, shard), Err(ShardFormatError::UnsupportedVersion(2)));
+        let mut v3 = file.clone();
+        v3[8] = 3;
+        assert_eq!(decode_file(&v3, shard), Err(ShardFormatError::UnsupportedVersion(3)));
 
         let mut bad_index = file.clone();
         bad_index[12] = 6;
@@ -281,7 +374,7 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let (shard, encoding, payload) = sample();
-        let file = encode_file(shard, encoding, 17, &payload);
+        let file = encode_file(shard, encoding, 17, &payload, &[]);
         for cut in 0..file.len() {
             assert!(decode_file(&file[..cut], shard).is_err(), "cut at {cut}");
         }
@@ -310,7 +403,7 @@ mod tests {
             }
         }
         // Huge declared lengths must not overflow.
-        let mut huge = file.clone();
+        let mut huge = file;
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         huge[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode_file(&huge, shard).is_err());

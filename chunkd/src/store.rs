@@ -20,6 +20,7 @@ mod layout;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::chunk_id::ShardId;
 use crate::codec::Encoding;
+use crate::hash_tree;
 use crate::proto::{ChunkdError, ChunkdStat};
 use crate::shard::{self, HEADER_LEN, ShardFormatError, ShardHeader};
 
@@ -96,6 +98,13 @@ pub struct ShardStore {
 enum ReadOutcome {
     Missing,
     Valid(StoredShard),
+    Invalid { error: ShardFormatError, file_len: u64 },
+}
+
+/// A shard file opened, with its header and length checked.
+enum OpenOutcome {
+    Missing,
+    Open(ShardHeader, File),
     Invalid { error: ShardFormatError, file_len: u64 },
 }
 
@@ -186,8 +195,9 @@ impl ShardStore {
         rx
     }
 
-    /// Stores a shard durably. `checksum` is BLAKE3 of `data`. A shard already stored with
-    /// the same content is left untouched.
+    /// Stores a shard durably. `checksum` is BLAKE3 of `data`; `tree` is the chunk's hash
+    /// tree in a data shard of a chunk of several segments, else empty. A shard already
+    /// stored with the same content is left untouched.
     pub async fn put(
         self: &Arc<Self>,
         shard: ShardId,
@@ -195,8 +205,10 @@ impl ShardStore {
         chunk_len: u64,
         checksum: [u8; 32],
         data: Vec<u8>,
+        tree: Vec<u8>,
     ) -> Result<(), ChunkdError> {
         let encoding = validate_shard(shard, encoding)?;
+        validate_tree(shard, encoding, chunk_len, &tree)?;
         let expected_len = shard::expected_payload_len(encoding, chunk_len);
         if expected_len != Some(data.len() as u64) {
             return Err(ChunkdError::Invalid(format!(
@@ -212,7 +224,54 @@ impl ShardStore {
             if *blake3::hash(&data).as_bytes() != checksum {
                 return Err(ChunkdError::ChecksumMismatch(shard.to_string()));
             }
-            store.put_blocking(shard, encoding, chunk_len, &data)
+            store.put_blocking(shard, encoding, chunk_len, &data, &tree)
+        })
+        .await
+    }
+
+    /// Bytes `[offset, offset + len)` of a data shard's payload, and the chunk's hash tree if
+    /// `with_tree`. The payload is not verified here (that needs the whole file): the caller
+    /// checks the bytes against the tree, and the tree against the chunk id. Shards without
+    /// a tree (format 1) are `Invalid`, so the caller reads the whole chunk instead.
+    pub async fn get_range(
+        self: &Arc<Self>,
+        shard: ShardId,
+        offset: u64,
+        len: u32,
+        with_tree: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>), ChunkdError> {
+        self.with_shard_locked(shard, move |store| {
+            let path = store.shard_path(shard);
+            let (header, file) = match store.open_shard(shard, &path)? {
+                OpenOutcome::Missing => return Err(ChunkdError::NotFound(shard.to_string())),
+                OpenOutcome::Invalid { error, file_len } => {
+                    return Err(store.reject_invalid(shard, &path, error, file_len, true));
+                }
+                OpenOutcome::Open(header, file) => (header, file),
+            };
+            let tree_len = header.tree_len();
+            if tree_len == 0 {
+                return Err(ChunkdError::Invalid(format!(
+                    "shard {shard} has no hash tree (format {}, or a chunk of one segment)",
+                    header.version
+                )));
+            }
+            let end = offset.checked_add(u64::from(len)).filter(|&end| end <= header.payload_len);
+            if end.is_none() || len == 0 {
+                return Err(ChunkdError::Invalid(format!(
+                    "range of {len} bytes at {offset} is not within shard {shard}'s {} bytes",
+                    header.payload_len
+                )));
+            }
+            let read_at = |at: u64, len: u64| -> Result<Vec<u8>, ChunkdError> {
+                let mut bytes = vec![0u8; len as usize];
+                file.read_exact_at(&mut bytes, HEADER_LEN as u64 + at)
+                    .map_err(|e| io_error("read", &path, e))?;
+                Ok(bytes)
+            };
+            let data = read_at(offset, u64::from(len))?;
+            let tree = if with_tree { read_at(header.payload_len, tree_len)? } else { Vec::new() };
+            Ok((data, tree))
         })
         .await
     }
@@ -319,6 +378,7 @@ impl ShardStore {
         encoding: Encoding,
         chunk_len: u64,
         data: &[u8],
+        tree: &[u8],
     ) -> Result<(), ChunkdError> {
         let path = self.shard_path(shard);
         match self.read_shard(shard, &path)? {
@@ -351,27 +411,29 @@ impl ShardStore {
             }
         }
 
-        let header = ShardHeader::new(shard, encoding, chunk_len, data).to_bytes();
+        let header = ShardHeader::new(shard, encoding, chunk_len, data, tree).to_bytes();
         if let Some(dir) = path.parent() {
             self.ensure_fan_out_dir(dir).map_err(|e| io_error("create", dir, e))?;
         }
-        durable::write_durable(&self.tmp_dir, &path, &[&header, data])
+        durable::write_durable(&self.tmp_dir, &path, &[&header, data, tree])
             .map_err(|e| io_error("write", &path, e))?;
         self.shard_count.fetch_add(1, Ordering::Relaxed);
-        self.used_bytes.fetch_add((HEADER_LEN + data.len()) as u64, Ordering::Relaxed);
+        let file_len = HEADER_LEN + data.len() + tree.len();
+        self.used_bytes.fetch_add(file_len as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Reads a shard file, fully verified. Only I/O failures are errors; damage is an outcome.
-    fn read_shard(&self, shard: ShardId, path: &Path) -> Result<ReadOutcome, ChunkdError> {
-        let read = || -> io::Result<ReadOutcome> {
+    /// Opens a shard file and checks its header and length, but not its checksum. Only I/O
+    /// failures are errors; damage is an outcome.
+    fn open_shard(&self, shard: ShardId, path: &Path) -> Result<OpenOutcome, ChunkdError> {
+        let open = || -> io::Result<OpenOutcome> {
             let mut file = match File::open(path) {
                 Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
                 Err(e) => return Err(e),
             };
             let file_len = file.metadata()?.len();
-            let invalid = |error| Ok(ReadOutcome::Invalid { error, file_len });
+            let invalid = |error| Ok(OpenOutcome::Invalid { error, file_len });
             let mut header_bytes = [0u8; HEADER_LEN];
             if file_len < HEADER_LEN as u64 {
                 return invalid(ShardFormatError::TooShort { len: file_len as usize });
@@ -381,27 +443,45 @@ impl ShardStore {
                 Ok(header) => header,
                 Err(error) => return invalid(error),
             };
-            // Size the buffer from the file, not the header, so a damaged length field
-            // cannot make us allocate more than the file holds.
             let actual = file_len - HEADER_LEN as u64;
-            if actual != header.payload_len {
+            if actual != header.body_len() {
                 return invalid(ShardFormatError::Truncated {
-                    declared: header.payload_len,
+                    declared: header.body_len(),
                     actual,
                 });
             }
-            let mut data = vec![0u8; actual as usize];
-            file.read_exact(&mut data)?;
-            match header.verify_payload(&data) {
-                Ok(()) => Ok(ReadOutcome::Valid(StoredShard {
+            Ok(OpenOutcome::Open(header, file))
+        };
+        open().map_err(|e| io_error("read", path, e))
+    }
+
+    /// Reads a shard file, fully verified. Only I/O failures are errors; damage is an outcome.
+    fn read_shard(&self, shard: ShardId, path: &Path) -> Result<ReadOutcome, ChunkdError> {
+        let (header, mut file) = match self.open_shard(shard, path)? {
+            OpenOutcome::Missing => return Ok(ReadOutcome::Missing),
+            OpenOutcome::Invalid { error, file_len } => {
+                return Ok(ReadOutcome::Invalid { error, file_len });
+            }
+            OpenOutcome::Open(header, file) => (header, file),
+        };
+        // The body's length is the file's (checked on open), so a damaged length field
+        // cannot make us allocate more than the file holds.
+        let mut body = vec![0u8; header.body_len() as usize];
+        file.read_exact(&mut body).map_err(|e| io_error("read", path, e))?;
+        match header.verify_body(&body) {
+            Ok(()) => {
+                body.truncate(header.payload_len as usize);
+                Ok(ReadOutcome::Valid(StoredShard {
                     encoding: header.encoding,
                     chunk_len: header.chunk_len,
-                    data,
-                })),
-                Err(error) => invalid(error),
+                    data: body,
+                }))
             }
-        };
-        read().map_err(|e| io_error("read", path, e))
+            Err(error) => {
+                let file_len = HEADER_LEN as u64 + header.body_len();
+                Ok(ReadOutcome::Invalid { error, file_len })
+            }
+        }
     }
 
     /// Deals with a shard file that failed verification and returns the error to answer
@@ -467,6 +547,29 @@ fn validate_shard(shard: ShardId, encoding: Encoding) -> Result<Encoding, Chunkd
         )));
     }
     Ok(encoding)
+}
+
+/// A put's tree must be the one a current-format file of that shard holds, and must hash to
+/// the chunk id: a wrong tree would make every ranged read of the chunk fall back.
+fn validate_tree(
+    shard: ShardId,
+    encoding: Encoding,
+    chunk_len: u64,
+    tree: &[u8],
+) -> Result<(), ChunkdError> {
+    let expected = shard::tree_len(shard::FORMAT_VERSION, shard.index, encoding, chunk_len);
+    if tree.len() as u64 != expected {
+        return Err(ChunkdError::Invalid(format!(
+            "shard {shard} comes with {} bytes of hash tree, expected {expected}",
+            tree.len()
+        )));
+    }
+    if expected > 0 && hash_tree::root(tree, chunk_len) != Some(shard.chunk) {
+        return Err(ChunkdError::Invalid(format!(
+            "the hash tree sent with shard {shard} does not hash to its chunk id"
+        )));
+    }
+    Ok(())
 }
 
 fn stripe_of(shard: ShardId) -> usize {

@@ -1,14 +1,16 @@
-//! Moving chunks between the client and the chunkds: the read path (fetch k shards, fall
-//! back to parity, verify BLAKE3, cache) and the write path (hash, dedup, encode, put k+m
-//! shards in parallel).
+//! Moving chunks between the client and the chunkds: the read paths (a whole chunk: fetch k
+//! shards, fall back to parity, verify BLAKE3, cache; part of a chunk: fetch the segments
+//! holding it from one data shard, verify them through the chunk's hash tree) and the write
+//! path (hash, dedup, encode, put k+m shards in parallel).
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 use shardfs_chunkd::client::{ChunkClientError, ChunkClientPool};
 use shardfs_chunkd::proto::ChunkdError;
-use shardfs_chunkd::{ChunkId, ShardId, codec};
+use shardfs_chunkd::{ChunkId, ShardId, codec, hash_tree};
 use shardfs_metad::MetaClient;
 use shardfs_metad::proto::{
     ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, ShardPlace,
@@ -61,8 +63,13 @@ pub struct ChunkIo {
     cache: Mutex<ChunkCache>,
     /// Fetches under way, so concurrent readers of one chunk share one fetch.
     fetching: Mutex<HashMap<ChunkId, Fetch>>,
+    /// Hash trees of chunks read in parts, checked against their ids.
+    trees: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
     metrics: Arc<ClientMetrics>,
 }
+
+/// Hash trees kept: 8 KiB each at the default 4 MiB chunks, so 8 MiB in all.
+const TREES_KEPT: usize = 1024;
 
 impl ChunkIo {
     pub fn new(
@@ -73,7 +80,8 @@ impl ChunkIo {
     ) -> ChunkIo {
         let cache = ChunkCache { entries: LruCache::unbounded(), bytes: 0, limit: cache_bytes };
         let (cache, fetching) = (Mutex::new(cache), Mutex::new(HashMap::new()));
-        ChunkIo { pool, meta, cache, fetching, metrics }
+        let trees = Mutex::new(LruCache::new(NonZeroUsize::new(TREES_KEPT).expect("not zero")));
+        ChunkIo { pool, meta, cache, fetching, trees, metrics }
     }
 
     /// A chunk from the cache, counted as a hit or a miss.
@@ -105,11 +113,101 @@ impl ChunkIo {
         }
     }
 
+    /// Copies bytes `[in_chunk, in_chunk + buf.len())` of a chunk into `buf`. With `whole`
+    /// (a sequential reader, who will want the rest) the whole chunk is read and cached;
+    /// otherwise, unless the chunk is cached, only the segments holding the bytes are
+    /// fetched, from the data shard that has them. Whatever cannot be read that way (a
+    /// shard without a hash tree, a range across two shards, an unreachable chunkd, bytes
+    /// that fail verification) is read whole.
+    pub async fn read_into(
+        &self,
+        location: &ChunkLocation,
+        in_chunk: usize,
+        buf: &mut [u8],
+        whole: bool,
+    ) -> FsResult<()> {
+        let end = in_chunk + buf.len();
+        let cached = self.cached(&location.chunk);
+        if !whole
+            && cached.is_none()
+            && let Some((from, bytes)) = self.read_segments(location, in_chunk, end).await
+        {
+            buf.copy_from_slice(&bytes[in_chunk - from..end - from]);
+            return Ok(());
+        }
+        let chunk = match cached {
+            Some(chunk) => chunk,
+            None => self.fetch_shared(location).await?,
+        };
+        let source = chunk.get(in_chunk..end).ok_or_else(|| FsError::ChunkUnreadable {
+            chunk: location.chunk.to_hex(),
+            reason: "extent reaches past the chunk's end".into(),
+        })?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+
+    /// The chunk's bytes from the start of the segment holding `start` to the end of the one
+    /// holding `end - 1`, with the offset they start at, fetched from one data shard and
+    /// verified; `None` if that cannot be done.
+    async fn read_segments(
+        &self,
+        location: &ChunkLocation,
+        start: usize,
+        end: usize,
+    ) -> Option<(usize, Vec<u8>)> {
+        let (chunk, len) = (location.chunk, location.len);
+        if location.is_inline() || hash_tree::tree_len(len) == 0 || end as u64 > len {
+            return None;
+        }
+        let first = start as u64 / hash_tree::SEGMENT_LEN;
+        let from = first * hash_tree::SEGMENT_LEN;
+        let to = (end as u64).next_multiple_of(hash_tree::SEGMENT_LEN).min(len);
+        let shard_len = location.encoding.shard_len(len as usize) as u64;
+        let index = from / shard_len;
+        if to > (index + 1) * shard_len {
+            return None;
+        }
+        let place = location.shards.iter().find(|s| u64::from(s.index) == index)?;
+        let known = self.trees.lock().expect("tree cache lock").get(&chunk).cloned();
+        let shard = ShardId { chunk, index: place.index };
+        let fetched = self
+            .pool
+            .get(&place.addr, &place.chunkd)
+            .get_range(shard, from - index * shard_len, (to - from) as u32, known.is_none())
+            .await;
+        let (data, tree) =
+            fetched.inspect_err(|e| debug!(%shard, "ranged read failed: {e}")).ok()?;
+        let tree = match known {
+            Some(tree) => tree,
+            None if hash_tree::root(&tree, len) == Some(chunk) => {
+                let tree = Arc::new(tree);
+                self.trees.lock().expect("tree cache lock").put(chunk, tree.clone());
+                tree
+            }
+            None => {
+                warn!(%shard, "the hash tree from chunkd {} does not match the chunk", place.chunkd);
+                return None;
+            }
+        };
+        if !hash_tree::verify_segments(&tree, len, first, &data) {
+            warn!(%shard, "bytes from chunkd {} fail verification; reading the whole chunk", place.chunkd);
+            return None;
+        }
+        self.metrics.range_reads.inc();
+        Some((from as usize, data))
+    }
+
     /// The content of a chunk, verified against its id.
     pub async fn read(&self, location: &ChunkLocation) -> FsResult<ChunkBytes> {
-        if let Some(chunk) = self.cached(&location.chunk) {
-            return Ok(chunk);
+        match self.cached(&location.chunk) {
+            Some(chunk) => Ok(chunk),
+            None => self.fetch_shared(location).await,
         }
+    }
+
+    /// Fetches a chunk into the cache, sharing the fetch with concurrent readers.
+    async fn fetch_shared(&self, location: &ChunkLocation) -> FsResult<ChunkBytes> {
         let cell =
             self.fetching.lock().expect("fetching lock").entry(location.chunk).or_default().clone();
         let result = cell
@@ -232,14 +330,20 @@ impl ChunkIo {
     /// already-stored ones are referenced (dedup), the others put on k+m chunkds. Returns
     /// what to commit.
     pub async fn store(&self, pieces: &[Piece]) -> FsResult<Written> {
-        let hashed: Vec<(ChunkId, u64)> =
-            pieces.iter().map(|p| (ChunkId::of(&p.data), p.data.len() as u64)).collect();
+        // The id and the hash tree come from one pass over the bytes.
+        let hashed: Vec<(ChunkId, u64, Arc<Vec<u8>>)> = pieces
+            .iter()
+            .map(|p| {
+                let (id, tree) = hash_tree::build(&p.data);
+                (id, p.data.len() as u64, Arc::new(tree))
+            })
+            .collect();
         let mut seen = HashSet::new();
         let (small, large): (Vec<_>, Vec<_>) = hashed
             .iter()
             .enumerate()
-            .filter(|(_, (id, _))| seen.insert(*id))
-            .map(|(i, (chunk, len))| (i, ChunkToWrite { chunk: *chunk, len: *len }))
+            .filter(|(_, (id, _, _))| seen.insert(*id))
+            .map(|(i, (chunk, len, _))| (i, ChunkToWrite { chunk: *chunk, len: *len }))
             .partition(|(_, chunk)| chunk.len <= INLINE_MAX);
         let inline = small
             .into_iter()
@@ -268,10 +372,12 @@ impl ChunkIo {
                     return Err(FsError::MetaProtocol("placement of the wrong width".into()));
                 }
                 let data = pieces[*piece_index].data.clone();
+                let tree = hashed[*piece_index].2.clone();
                 let pool = self.pool.clone();
                 let (piece_index, chunk) = (*piece_index, *chunk);
                 puts.spawn(async move {
-                    let result = put_chunk(pool, chunk, encoding, data, targets.clone()).await;
+                    let shape = (encoding, tree);
+                    let result = put_chunk(pool, chunk, shape, data, targets.clone()).await;
                     (
                         piece_index,
                         chunk,
@@ -311,7 +417,7 @@ impl ChunkIo {
         let extents = pieces
             .iter()
             .zip(&hashed)
-            .map(|(piece, (chunk, len))| {
+            .map(|(piece, (chunk, len, _))| {
                 cache.insert(*chunk, Arc::new(piece.data.clone()));
                 Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
             })
@@ -335,10 +441,11 @@ struct PutFailure {
     unreachable: Vec<String>,
 }
 
+/// `shape` is the chunk's encoding and its hash tree.
 async fn put_chunk(
     pool: Arc<ChunkClientPool>,
     chunk: ChunkToWrite,
-    encoding: shardfs_chunkd::Encoding,
+    (encoding, tree): (shardfs_chunkd::Encoding, Arc<Vec<u8>>),
     data: Vec<u8>,
     places: Vec<ShardPlace>,
 ) -> Result<(), PutFailure> {
@@ -355,7 +462,8 @@ async fn put_chunk(
     for (place, shard) in places.into_iter().zip(shards) {
         let client = pool.get(&place.addr, &place.chunkd);
         let id = ShardId { chunk: chunk.chunk, index: place.index };
-        puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard).await) });
+        let tree = tree.clone();
+        puts.spawn(async move { (place, client.put(id, encoding, chunk.len, shard, &tree).await) });
     }
     let mut failures = Vec::new();
     let mut unreachable = Vec::new();

@@ -720,13 +720,19 @@ impl Fs {
         }
         let len = (size as u64).min(file_size - offset) as usize;
         let mut buf = vec![0u8; len];
+        // A reader starting at the beginning or going on from where it stopped gets whole
+        // chunks (and read-ahead); one jumping about gets just the parts it asks for.
+        let sequential = match handle.last_read_end.load(Ordering::Relaxed) {
+            u64::MAX => offset == 0,
+            end => end == offset,
+        };
         if data.dirty.overlaps(offset, offset + len as u64) {
-            self.fill(&layout, offset, &mut buf).await?;
+            self.fill(&layout, offset, &mut buf, sequential).await?;
             data.dirty.overlay(offset, &mut buf);
         } else {
             // Without buffered bytes in the way, other readers need not wait for this one.
             drop(data);
-            self.fill(&layout, offset, &mut buf).await?;
+            self.fill(&layout, offset, &mut buf, sequential).await?;
         }
         let previous_end = handle.last_read_end.swap(offset + len as u64, Ordering::Relaxed);
         if previous_end == offset {
@@ -752,8 +758,14 @@ impl Fs {
     }
 
     /// Copies committed content of file bytes `[offset, offset + buf.len())` into `buf`;
-    /// holes stay zero.
-    async fn fill(&self, layout: &Layout, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+    /// holes stay zero. `whole` reads (and caches) whole chunks: see `ChunkIo::read_into`.
+    async fn fill(
+        &self,
+        layout: &Layout,
+        offset: u64,
+        buf: &mut [u8],
+        whole: bool,
+    ) -> FsResult<()> {
         let end = offset + buf.len() as u64;
         let first = layout.extents.partition_point(|e| e.end() <= offset);
         let extents = layout.extents[first..].iter().take_while(|e| e.offset < end);
@@ -764,17 +776,11 @@ impl Fs {
                 .binary_search_by_key(&extent.chunk, |c| c.chunk)
                 .map(|i| &layout.chunks[i])
                 .map_err(|_| FsError::MetaProtocol("layout lacks a chunk location".into()))?;
-            let chunk = self.io.read(location).await?;
             let from = offset.max(extent.offset);
             let to = end.min(extent.end());
             let in_chunk = (extent.chunk_offset + (from - extent.offset)) as usize;
-            let n = (to - from) as usize;
-            let source =
-                chunk.get(in_chunk..in_chunk + n).ok_or_else(|| FsError::ChunkUnreadable {
-                    chunk: extent.chunk.to_hex(),
-                    reason: "extent reaches past the chunk's end".into(),
-                })?;
-            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(source);
+            let dest = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            self.io.read_into(location, in_chunk, dest, whole).await?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The client's Prometheus metrics: FUSE operations by name with their latency, bytes read
-//! and written through the mount, chunk cache hits and misses, and leases held.
+//! and written through the mount, chunk cache hits and misses, ranged reads, and leases held.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ pub struct ClientMetrics {
     pub bytes_written: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub range_reads: Counter,
     snapshot: Arc<Snapshot>,
 }
 
@@ -37,6 +38,11 @@ impl ClientMetrics {
                 &mut registry,
                 "shardfs_client_cache_misses",
                 "Chunk reads not cached",
+            ),
+            range_reads: counter(
+                &mut registry,
+                "shardfs_client_range_reads",
+                "Reads served by a part of a data shard, verified through the chunk's hash tree",
             ),
             fuse_ops,
             snapshot: Snapshot::register(&mut registry),

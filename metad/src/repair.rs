@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_chunkd::{ChunkId, ShardId, codec};
+use shardfs_chunkd::{ShardId, codec, hash_tree};
 use tracing::{info, warn};
 
 use crate::members::Members;
@@ -139,7 +139,7 @@ async fn repair_chunk(
             found += 1;
         }
     }
-    let len = chunk.len as usize;
+    let (len, chunk_id) = (chunk.len as usize, chunk.chunk);
     let (content, slots) = tokio::task::spawn_blocking(move || {
         let content = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
         Ok::<_, String>((content, slots))
@@ -147,12 +147,13 @@ async fn repair_chunk(
     .await
     .map_err(|e| e.to_string())??;
     drop(slots);
-    if ChunkId::of(&content) != chunk.chunk {
-        return Err("rebuilt content does not match the chunk id".into());
-    }
-    let shards = tokio::task::spawn_blocking(move || codec::encode(encoding, &content))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (shards, tree) = tokio::task::spawn_blocking(move || {
+        let (id, tree) = hash_tree::build(&content);
+        (id == chunk_id).then(|| (codec::encode(encoding, &content), tree))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or("rebuilt content does not match the chunk id")?;
     // New homes: up, not full, and not already holding a good shard of this chunk.
     let holding: HashSet<&str> =
         chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();
@@ -168,7 +169,7 @@ async fn repair_chunk(
         let id = ShardId { chunk: chunk.chunk, index: shard.index };
         let data = shards[shard.index as usize].clone();
         pool.get(&target.addr, &target.id)
-            .put(id, encoding, chunk.len, data)
+            .put(id, encoding, chunk.len, data, &tree)
             .await
             .map_err(|e| format!("put of shard {} to {}: {e}", shard.index, target.id))?;
         let moved = {

@@ -1,6 +1,8 @@
 //! Reads survive any m of the k+m chunkds being down, and a corrupt shard.
 
 use nix::sys::signal::Signal;
+use shardfs_chunkd::ChunkId;
+use shardfs_chunkd::shard::HEADER_LEN;
 use shardfs_tests::{Cluster, sha256, write_random};
 
 /// Writes files of assorted sizes and returns (name, sha256) pairs.
@@ -178,4 +180,52 @@ fn scrub_command_runs_a_pass_everywhere_and_reports_corruption() {
         let chunkds = cluster.query(async |c| c.chunkds().await.unwrap());
         chunkds.iter().all(|c| c.scrub_passes >= 2 && c.quarantined == u64::from(c.id == damaged))
     });
+}
+
+/// A reader jumping about fetches just the 16 KiB segments holding what it asks for, from
+/// one data shard, and checks them against the chunk's hash tree: damage elsewhere in that
+/// shard goes unseen by it, while damage in what it fetches is caught, read around from the
+/// other shards, and quarantined.
+#[test]
+fn random_reads_fetch_and_verify_only_the_segments_they_need() {
+    use std::os::unix::fs::FileExt;
+
+    let cluster = Cluster::standard();
+    let source = cluster.dir.path().join("source");
+    write_random(&source, 8 << 20, 11);
+    let content = std::fs::read(&source).unwrap();
+    let writer = cluster.mount();
+    std::fs::copy(&source, writer.join("f")).unwrap();
+    writer.unmount();
+
+    // Data shard 1 of the first chunk holds file bytes [1 MiB, 2 MiB): damage one of them.
+    let shard_name = format!("{}.1", ChunkId::of(&content[..4 << 20]));
+    let victim = (0..6)
+        .flat_map(|i| cluster.shard_files(i))
+        .find(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == shard_name))
+        .expect("a chunkd holds data shard 1 of the first chunk");
+    let damaged = (1 << 20) + 100_000;
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[HEADER_LEN + 100_000] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+
+    // A fresh mount (nothing cached), reading without the kernel's read-ahead.
+    let mount = cluster.mount();
+    let file = std::fs::File::open(mount.join("f")).unwrap();
+    let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM;
+    nix::fcntl::posix_fadvise(&file, 0, 0, advice).unwrap();
+    let read_at = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert!(buf == content[offset..offset + 4096], "4 KiB at {offset}");
+    };
+    for offset in [(1 << 20) + 300_000, (1 << 20) + 800_000, 4096, 3_000_000, 6_000_000] {
+        read_at(offset);
+    }
+    assert!(victim.exists(), "whole-shard reads would have found the damage");
+    read_at(damaged - 1000);
+    assert!(!victim.exists(), "the damaged shard went to quarantine");
+    // The damage is behind the reader now: reads of that chunk come from the others.
+    read_at((1 << 20) + 300_000);
+    read_at(damaged - 1000);
 }

@@ -9,6 +9,7 @@ use super::*;
 use crate::chunk_id::ChunkId;
 use crate::client::{ChunkClient, ChunkClientError, ChunkClientPool};
 use crate::codec;
+use crate::hash_tree;
 use crate::store::shard_file_path;
 
 struct Running {
@@ -50,20 +51,36 @@ async fn client_and_server_round_trip() {
     let server = start().await;
     let client = Arc::new(ChunkClient::new(&server.addr, &server.id, options()));
     let encoding = Encoding::new(4, 2).unwrap();
-    let chunk = vec![7u8; 100_000];
-    let id = ChunkId::of(&chunk);
+    let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (id, tree) = hash_tree::build(&chunk);
     let shards = codec::encode(encoding, &chunk);
 
     // Puts in parallel over the one connection.
     let puts: Vec<_> = (0..6u8)
         .map(|index| {
-            let (client, data) = (client.clone(), shards[index as usize].clone());
+            let (client, data, tree) =
+                (client.clone(), shards[index as usize].clone(), tree.clone());
             let shard = ShardId { chunk: id, index };
-            tokio::spawn(async move { client.put(shard, encoding, 100_000, data).await })
+            tokio::spawn(async move { client.put(shard, encoding, 100_000, data, &tree).await })
         })
         .collect();
     for put in puts {
         put.await.unwrap().unwrap();
+    }
+
+    // Segment 2 of the chunk, bytes 32768..49152, lies in data shard 1 (bytes 25000..50000).
+    let data_shard = ShardId { chunk: id, index: 1 };
+    let (range, got_tree) = client.get_range(data_shard, 32768 - 25000, 16384, true).await.unwrap();
+    assert_eq!((&range[..], &got_tree), (&chunk[32768..49152], &tree));
+    assert_eq!(hash_tree::root(&got_tree, 100_000), Some(id));
+    assert!(hash_tree::verify_segments(&got_tree, 100_000, 2, &range));
+    let (_, no_tree) = client.get_range(data_shard, 0, 10, false).await.unwrap();
+    assert!(no_tree.is_empty());
+    // Parity shards have no tree, and a range must lie within the shard.
+    for (shard, offset, len) in [(ShardId { chunk: id, index: 4 }, 0, 10), (data_shard, 24_990, 11)]
+    {
+        let error = client.get_range(shard, offset, len, true).await.unwrap_err();
+        assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))), "{error}");
     }
 
     let (got_encoding, chunk_len, data) =
@@ -92,7 +109,7 @@ async fn errors_travel_to_the_client() {
     let encoding = Encoding::new(1, 2).unwrap();
     let chunk = b"some chunk".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 1 };
-    client.put(shard, encoding, chunk.len() as u64, chunk.clone()).await.unwrap();
+    client.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();
 
     // Damage the stored shard: the read is refused as corrupt.
     let path = shard_file_path(server.dir.path(), shard);
@@ -104,8 +121,18 @@ async fn errors_travel_to_the_client() {
     assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Corrupt(_))), "{error}");
 
     let bad_index = ShardId { index: 9, ..shard };
-    let error = client.put(bad_index, encoding, chunk.len() as u64, chunk).await.unwrap_err();
+    let error = client.put(bad_index, encoding, chunk.len() as u64, chunk, &[]).await.unwrap_err();
     assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))), "{error}");
+
+    // A data shard of a chunk of several segments needs the chunk's tree, and the right one.
+    let big = vec![3u8; 40_000];
+    let (id, mut tree) = hash_tree::build(&big);
+    let shard = ShardId { chunk: id, index: 0 };
+    tree[5] ^= 1;
+    for wrong in [Vec::new(), tree] {
+        let error = client.put(shard, encoding, 40_000, big.clone(), &wrong).await.unwrap_err();
+        assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Invalid(_))), "{error}");
+    }
 }
 
 /// Another chunkd at the address a caller has for the one it means (a restart on a reused
@@ -120,12 +147,13 @@ async fn calls_meant_for_another_chunkd_are_refused() {
     let encoding = Encoding::new(1, 1).unwrap();
     let chunk = b"kept".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
-    right.put(shard, encoding, chunk.len() as u64, chunk.clone()).await.unwrap();
+    right.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();
 
     let other = ShardId { index: 1, ..shard };
     let refusals = [
-        wrong.put(other, encoding, chunk.len() as u64, chunk.clone()).await.map(drop),
+        wrong.put(other, encoding, chunk.len() as u64, chunk.clone(), &[]).await.map(drop),
         wrong.get(shard).await.map(drop),
+        wrong.get_range(shard, 0, 1, true).await.map(drop),
         wrong.delete(shard).await.map(drop),
         wrong.list(None, 10).await.map(drop),
         wrong.stat().await.map(drop),

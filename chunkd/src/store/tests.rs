@@ -28,7 +28,7 @@ async fn put(store: &Arc<ShardStore>, seed: &str, index: u8) -> ShardId {
     let shard = ShardId { chunk, index };
     let data = shards[index as usize].clone();
     let checksum = *blake3::hash(&data).as_bytes();
-    store.put(shard, ENCODING, chunk_len, checksum, data).await.unwrap();
+    store.put(shard, ENCODING, chunk_len, checksum, data, Vec::new()).await.unwrap();
     shard
 }
 
@@ -70,7 +70,7 @@ async fn conflicting_content_for_a_stored_shard_is_rejected() {
     let mut other = stored.data.clone();
     other[0] ^= 1;
     let checksum = *blake3::hash(&other).as_bytes();
-    let result = f.store.put(shard, ENCODING, stored.chunk_len, checksum, other).await;
+    let result = f.store.put(shard, ENCODING, stored.chunk_len, checksum, other, Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
     assert_eq!(f.store.get(shard).await.unwrap(), stored);
 }
@@ -85,18 +85,20 @@ async fn bad_puts_are_rejected() {
 
     let mut wrong_sum = checksum;
     wrong_sum[0] ^= 1;
-    let result = f.store.put(shard, ENCODING, chunk_len, wrong_sum, data.clone()).await;
+    let result = f.store.put(shard, ENCODING, chunk_len, wrong_sum, data.clone(), Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::ChecksumMismatch(_))), "{result:?}");
 
     let out_of_range = ShardId { chunk, index: 3 };
-    let result = f.store.put(out_of_range, ENCODING, chunk_len, checksum, data.clone()).await;
+    let result =
+        f.store.put(out_of_range, ENCODING, chunk_len, checksum, data.clone(), Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
     let bad_encoding = Encoding { k: 0, m: 1 };
-    let result = f.store.put(shard, bad_encoding, chunk_len, checksum, data.clone()).await;
+    let result =
+        f.store.put(shard, bad_encoding, chunk_len, checksum, data.clone(), Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
-    let result = f.store.put(shard, ENCODING, chunk_len * 3, checksum, data).await;
+    let result = f.store.put(shard, ENCODING, chunk_len * 3, checksum, data, Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
     assert!(!shard_file_path(f.dir.path(), shard).exists());
@@ -272,9 +274,10 @@ async fn full_disk_is_no_space() {
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
     let encoding = Encoding { k: 1, m: 1 };
     let chunk = vec![5u8; 8 << 20];
-    let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
+    let (id, tree) = crate::hash_tree::build(&chunk);
+    let shard = ShardId { chunk: id, index: 0 };
     let checksum = *blake3::hash(&chunk).as_bytes();
-    let result = store.put(shard, encoding, chunk.len() as u64, checksum, chunk).await;
+    let result = store.put(shard, encoding, chunk.len() as u64, checksum, chunk, tree).await;
     assert!(matches!(result, Err(ChunkdError::NoSpace(_))), "{result:?}");
     assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert_eq!(store.stat().await.unwrap().shard_count, 0);
