@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MetaError, RenameMode,
-    SetAttr, SpaceOp, StatFs, Timestamp, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, Made, MetaError, RenameMode,
+    SetAttr, SpaceOp, StatFs, Timestamp, Unlinked, VolumeInfo, XattrMode,
 };
 use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
@@ -479,13 +479,37 @@ impl Fs {
         let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
         let epoch = self.leases.epoch();
         let made = self.meta.make_node(parent, name, mode, rdev, cred);
-        let attr = self.granting_attr(made, None, is_file).await;
+        let attr = self.granting_made(made, parent, is_file).await;
         if let Ok(attr) = &attr {
             // A new file has no capability; its first write need not ask metad.
             self.leases.lacks_capability_since(epoch, attr.ino);
         }
-        self.leases.forget_attrs(Some(parent));
         attr
+    }
+
+    /// The answer to a request adding a name in `parent`: the lease and attributes of the
+    /// named inode, as [`Fs::granting_attr`] keeps them, and the directory's attributes as
+    /// the change left them, kept under the directory's lease (the kernel asks for them
+    /// after every change in it).
+    async fn granting_made(
+        &self,
+        call: impl Future<Output = Result<Made, MetaClientError>>,
+        parent: Ino,
+        write: bool,
+    ) -> FsResult<Attr> {
+        let epoch = self.leases.epoch();
+        match call.await {
+            Ok(made) => {
+                self.leases.granted_attr(epoch, &made.attr, write);
+                self.leases.update_attrs(epoch, &[&made.parent]);
+                Ok(made.attr)
+            }
+            Err(e) => {
+                // It may have happened all the same.
+                self.leases.forget_attrs(Some(parent));
+                Err(e.into())
+            }
+        }
     }
 
     pub async fn make_dir(
@@ -495,11 +519,8 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        let attr =
-            self.granting_attr(self.meta.make_dir(parent, name, mode & 0o7777, cred), None, false);
-        let attr = attr.await;
-        self.leases.forget_attrs(Some(parent));
-        attr
+        let made = self.meta.make_dir(parent, name, mode & 0o7777, cred);
+        self.granting_made(made, parent, false).await
     }
 
     pub async fn symlink(
@@ -509,10 +530,7 @@ impl Fs {
         target: &[u8],
         cred: Cred,
     ) -> FsResult<Attr> {
-        let attr = self.granting_attr(self.meta.symlink(parent, name, target, cred), None, false);
-        let attr = attr.await;
-        self.leases.forget_attrs(Some(parent));
-        attr
+        self.granting_made(self.meta.symlink(parent, name, target, cred), parent, false).await
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -521,9 +539,19 @@ impl Fs {
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
         self.register_opens().await?;
-        let unlinked = self.meta.unlink(parent, name, cred).await;
-        self.leases.forget_attrs(None);
-        Ok(unlinked?)
+        let epoch = self.leases.epoch();
+        match self.meta.unlink(parent, name, cred).await {
+            Ok(Unlinked { parent, target }) => {
+                let attrs = Vec::from_iter([Some(&parent), target.as_ref()].into_iter().flatten());
+                self.leases.update_attrs(epoch, &attrs);
+                Ok(())
+            }
+            Err(e) => {
+                // It may have happened all the same, to an inode this mount cannot name.
+                self.leases.forget_attrs(None);
+                Err(e.into())
+            }
+        }
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
@@ -575,10 +603,8 @@ impl Fs {
         new_name: &[u8],
         cred: &Cred,
     ) -> FsResult<Attr> {
-        let linked =
-            self.granting_attr(self.meta.link(ino, new_parent, new_name, cred), None, false);
-        let linked = linked.await;
-        self.leases.forget_attrs(Some(new_parent));
+        let linked = self.meta.link(ino, new_parent, new_name, cred);
+        let linked = self.granting_made(linked, new_parent, false).await;
         self.with_dirty(linked?).await
     }
 

@@ -187,11 +187,18 @@ impl Leases {
     /// After a change made here that answered `attr`: keeps it if the lease is still held
     /// and nothing else changed since the request started at `epoch`, else forgets it.
     pub fn update_attr(&self, epoch: Epoch, attr: &Attr) {
+        self.update_attrs(epoch, &[attr]);
+    }
+
+    /// [`Leases::update_attr`] for every inode one change answered about.
+    pub fn update_attrs(&self, epoch: Epoch, attrs: &[&Attr]) {
         let mut state = self.lock();
         let current = state.changes == epoch.changes;
         state.changes += 1;
-        if let Some(held) = state.held.get_mut(&attr.ino) {
-            held.attr = current.then(|| attr.clone());
+        for attr in attrs {
+            if let Some(held) = state.held.get_mut(&attr.ino) {
+                held.attr = current.then(|| (*attr).clone());
+            }
         }
     }
 

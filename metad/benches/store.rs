@@ -43,7 +43,7 @@ fn store_benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = store(&dir);
     let file = libc::S_IFREG | 0o644;
-    let parent = store.make_dir(ROOT_INO, b"d", 0o755, Cred::ROOT).expect("mkdir").ino;
+    let parent = store.make_dir(ROOT_INO, b"d", 0o755, Cred::ROOT).expect("mkdir").attr.ino;
     for i in 0..ENTRIES {
         store.make_node(parent, format!("f{i}").as_bytes(), file, 0, Cred::ROOT).expect("create");
     }

@@ -185,14 +185,14 @@ impl MetaClient {
         mode: u32,
         rdev: u32,
         cred: Cred,
-    ) -> Result<Attr> {
+    ) -> Result<Made> {
         let request = MetaRequest::MakeNode { parent, name: name.to_vec(), mode, rdev, cred };
-        call!(self, request, "mknod", MetaReply::Attr(a) => a)
+        call!(self, request, "mknod", MetaReply::Made(m) => m)
     }
 
-    pub async fn make_dir(&self, parent: Ino, name: &[u8], mode: u32, cred: Cred) -> Result<Attr> {
+    pub async fn make_dir(&self, parent: Ino, name: &[u8], mode: u32, cred: Cred) -> Result<Made> {
         let request = MetaRequest::MakeDir { parent, name: name.to_vec(), mode, cred };
-        call!(self, request, "mkdir", MetaReply::Attr(a) => a)
+        call!(self, request, "mkdir", MetaReply::Made(m) => m)
     }
 
     pub async fn symlink(
@@ -201,19 +201,19 @@ impl MetaClient {
         name: &[u8],
         target: &[u8],
         cred: Cred,
-    ) -> Result<Attr> {
+    ) -> Result<Made> {
         let request =
             MetaRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), cred };
-        call!(self, request, "symlink", MetaReply::Attr(a) => a)
+        call!(self, request, "symlink", MetaReply::Made(m) => m)
     }
 
     pub async fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
         call!(self, MetaRequest::ReadLink { ino }, "readlink", MetaReply::Target(t) => t)
     }
 
-    pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<()> {
+    pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<Unlinked> {
         let request = MetaRequest::Unlink { parent, name: name.to_vec(), cred: cred.clone() };
-        call!(self, request, "unlink", MetaReply::Done => ())
+        call!(self, request, "unlink", MetaReply::Unlinked(u) => u)
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<()> {
@@ -247,10 +247,10 @@ impl MetaClient {
         new_parent: Ino,
         new_name: &[u8],
         cred: &Cred,
-    ) -> Result<Attr> {
+    ) -> Result<Made> {
         let new_name = new_name.to_vec();
         let request = MetaRequest::Link { ino, new_parent, new_name, cred: cred.clone() };
-        call!(self, request, "link", MetaReply::Attr(a) => a)
+        call!(self, request, "link", MetaReply::Made(m) => m)
     }
 
     /// `(the directory's parent, entries after cookie `after`)`.

@@ -69,6 +69,23 @@ impl Timestamp {
     }
 }
 
+/// What a request that adds a name answers: the named inode's attributes and its
+/// directory's, both as the change left them, so that the mount making the change need not
+/// ask for the directory's again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    pub attr: Attr,
+    pub parent: Attr,
+}
+
+/// What an unlink answers: the directory's attributes as the change left them, and the
+/// unlinked inode's, unless it went with its last name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlinked {
+    pub parent: Attr,
+    pub target: Option<Attr>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {
     pub ino: Ino,
@@ -666,6 +683,10 @@ pub enum MetaReply {
     Collecting {
         done_after: u64,
     },
+    /// The answer to `MakeNode`, `MakeDir`, `Symlink` and `Link`.
+    Made(Made),
+    /// The answer to `Unlink`.
+    Unlinked(Unlinked),
 }
 
 /// Application errors. The FUSE client maps each to one errno.

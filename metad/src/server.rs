@@ -21,8 +21,8 @@ use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
-    ChunkPlan, FileKind, Ino, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace, StatFs,
-    WorkerStatus,
+    ChunkPlan, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace,
+    StatFs, WorkerStatus,
 };
 use crate::repair::RepairStats;
 use crate::sessions::{SessionLimits, Sessions};
@@ -180,8 +180,10 @@ impl MetadServer {
             Err(e) => return Outcome::Answered(Err(e)),
         };
         let mut granted: Vec<Ino> = dir.into_iter().collect();
+        // A new name's answer tells about its directory too, on which the asking mount needs
+        // no new lease: it already has its read lease, or none to keep the attributes under.
         match &reply {
-            MetaReply::Attr(attr) => granted.push(attr.ino),
+            MetaReply::Attr(attr) | MetaReply::Made(Made { attr, .. }) => granted.push(attr.ino),
             MetaReply::Layout(layout) => granted.push(layout.attr.ino),
             MetaReply::Entries { entries, .. } => {
                 granted.extend(entries.iter().map(|e| e.attr.ino))
@@ -199,8 +201,8 @@ impl MetadServer {
         }
         // The creator of a regular file gets its write lease with it: nobody else knows the
         // file yet, and the creator is about to write it.
-        let write =
-            write || (creates && matches!(&reply, MetaReply::Attr(a) if a.kind == FileKind::File));
+        let write = write
+            || (creates && matches!(&reply, MetaReply::Made(m) if m.attr.kind == FileKind::File));
         if leasing && grants {
             let mut renewed = false;
             for ino in granted {
@@ -371,18 +373,17 @@ impl MetadServer {
                 MetaReply::Attr(store.set_attr(ino, &changes)?)
             }
             MetaRequest::MakeNode { parent, name, mode, rdev, cred } => {
-                MetaReply::Attr(store.make_node(parent, &name, mode, rdev, cred)?)
+                MetaReply::Made(store.make_node(parent, &name, mode, rdev, cred)?)
             }
             MetaRequest::MakeDir { parent, name, mode, cred } => {
-                MetaReply::Attr(store.make_dir(parent, &name, mode, cred)?)
+                MetaReply::Made(store.make_dir(parent, &name, mode, cred)?)
             }
             MetaRequest::Symlink { parent, name, target, cred } => {
-                MetaReply::Attr(store.symlink(parent, &name, &target, cred)?)
+                MetaReply::Made(store.symlink(parent, &name, &target, cred)?)
             }
             MetaRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
             MetaRequest::Unlink { parent, name, .. } => {
-                store.unlink(parent, &name)?;
-                MetaReply::Done
+                MetaReply::Unlinked(store.unlink(parent, &name)?)
             }
             MetaRequest::RemoveDir { parent, name, .. } => {
                 store.remove_dir(parent, &name)?;
@@ -393,7 +394,7 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::Link { ino, new_parent, new_name, .. } => {
-                MetaReply::Attr(store.link(ino, new_parent, &new_name)?)
+                MetaReply::Made(store.link(ino, new_parent, &new_name)?)
             }
             MetaRequest::ReadDir { ino, after, limit, .. } => {
                 let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;

@@ -64,7 +64,7 @@ fn a_session_holding_100k_opens_is_refused_more_while_others_are_served() {
             let name = format!("held-{i}");
             let mode = libc::S_IFREG | 0o644;
             let attr = hostile.make_node(ROOT_INO, name.as_bytes(), mode, 0, Cred::ROOT).await;
-            files.push(attr.unwrap().ino);
+            files.push(attr.unwrap().attr.ino);
         }
         let mut opens = tokio::task::JoinSet::<Result<(), MetaClientError>>::new();
         for &ino in files.iter().cycle().take(100_000) {
@@ -187,6 +187,7 @@ fn many_waiting_locks_do_not_hold_up_the_unlock() {
             .make_node(ROOT_INO, b"locked", libc::S_IFREG | 0o644, 0, Cred::ROOT)
             .await
             .unwrap()
+            .attr
             .ino;
         let whole = HeldLock { start: 0, end: u64::MAX, kind: LockKind::Write, pid: 1 };
         c.set_lock(ino, 0, whole, false).await.unwrap();

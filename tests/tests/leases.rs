@@ -246,3 +246,31 @@ fn a_file_unlinked_on_one_mount_stays_usable_where_it_is_open() {
     open.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"STILL here");
 }
+
+/// The mount adding or removing a name keeps its directory's new attributes from the
+/// change's own answer, so the stat the kernel asks for right after needs no metad request;
+/// a change another mount makes in the directory still shows at once.
+#[test]
+fn a_directory_changed_here_is_stated_without_metad_and_changes_elsewhere_show() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let dir = b.join("d");
+    fs::create_dir(&dir).unwrap();
+    let mut last = fs::metadata(&dir).unwrap();
+    for round in 0..5 {
+        let name = format!("s{round}");
+        std::os::unix::fs::symlink("target", dir.join(&name)).unwrap();
+        let before = requests();
+        let after_add = fs::metadata(&dir).unwrap();
+        assert_eq!(requests() - before, 0, "stat after a symlink served without metad");
+        assert!(after_add.mtime_nsec() != last.mtime_nsec() || after_add.mtime() != last.mtime());
+        fs::remove_file(dir.join(&name)).unwrap();
+        let before = requests();
+        last = fs::metadata(&dir).unwrap();
+        assert_eq!(requests() - before, 0, "stat after an unlink served without metad");
+        assert_eq!(last.nlink(), 2);
+    }
+    fs::create_dir(a.join("d/sub")).unwrap();
+    assert_eq!(fs::metadata(&dir).unwrap().nlink(), 3, "another mount's mkdir shows");
+}

@@ -29,11 +29,14 @@ fn metad_refuses_what_the_caller_may_not_do() {
             .await
             .unwrap();
         // A private directory of root's, a shared sticky one, and a file of alice's.
-        let private = c.make_dir(ROOT_INO, b"private", 0o700, root.clone()).await.unwrap();
+        let private = c.make_dir(ROOT_INO, b"private", 0o700, root.clone()).await.unwrap().attr;
         c.make_node(private.ino, b"secret", libc::S_IFREG | 0o644, 0, root.clone()).await.unwrap();
-        let tmp = c.make_dir(ROOT_INO, b"tmp", 0o1777, root.clone()).await.unwrap();
-        let mine =
-            c.make_node(tmp.ino, b"alice", libc::S_IFREG | 0o644, 0, alice.clone()).await.unwrap();
+        let tmp = c.make_dir(ROOT_INO, b"tmp", 0o1777, root.clone()).await.unwrap().attr;
+        let mine = c
+            .make_node(tmp.ino, b"alice", libc::S_IFREG | 0o644, 0, alice.clone())
+            .await
+            .unwrap()
+            .attr;
         assert_eq!(mine.uid, 1000);
 
         // Searching, listing and creating need x, r and wx on the directory.
@@ -116,7 +119,7 @@ fn metad_refuses_hostile_names() {
     let root = Cred::ROOT;
     cluster.query(async |c| {
         let file = c.make_node(ROOT_INO, b"file", libc::S_IFREG | 0o644, 0, root.clone());
-        let file = file.await.unwrap();
+        let file = file.await.unwrap().attr;
         let long = vec![b'x'; 256];
         let bad: [&[u8]; 6] = [b"a/b", b"/", b"a\0b", b".", b"..", b""];
         for name in bad.into_iter().chain([&long[..]]) {

@@ -7,8 +7,8 @@ use super::xattr::{put_xattr, xattr_value};
 use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
 use crate::acl::{self, Acl};
 use crate::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, MetaError, ROOT_INO,
-    RenameMode, SetAttr, SetTime, Timestamp,
+    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, Made, MetaError, ROOT_INO,
+    RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
 };
 
 /// Most hard links one inode may have.
@@ -138,7 +138,7 @@ impl Store {
         mode: u32,
         rdev: u32,
         cred: Cred,
-    ) -> Result<Attr, MetaError> {
+    ) -> Result<Made, MetaError> {
         let kind = match FileKind::from_mode(mode) {
             Some(FileKind::Dir) | Some(FileKind::Symlink) => {
                 return Err(MetaError::Invalid("mknod of a directory or symlink".into()));
@@ -154,7 +154,7 @@ impl Store {
             if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) { rdev } else { 0 };
         let new =
             NewInode { kind, perm: mode & 0o7777, umask: cred.umask, cred, rdev, target: None };
-        self.write(|tx| create(tx, parent, name, new))
+        self.write(|tx| made(tx, create(tx, parent, name, new)?, parent))
     }
 
     pub fn make_dir(
@@ -163,7 +163,7 @@ impl Store {
         name: &[u8],
         mode: u32,
         cred: Cred,
-    ) -> Result<Attr, MetaError> {
+    ) -> Result<Made, MetaError> {
         let new = NewInode {
             kind: FileKind::Dir,
             perm: mode & 0o7777,
@@ -172,7 +172,7 @@ impl Store {
             rdev: 0,
             target: None,
         };
-        self.write(|tx| create(tx, parent, name, new))
+        self.write(|tx| made(tx, create(tx, parent, name, new)?, parent))
     }
 
     pub fn symlink(
@@ -181,7 +181,7 @@ impl Store {
         name: &[u8],
         target: &[u8],
         cred: Cred,
-    ) -> Result<Attr, MetaError> {
+    ) -> Result<Made, MetaError> {
         if target.is_empty() {
             return Err(MetaError::NotFound);
         }
@@ -196,7 +196,7 @@ impl Store {
             rdev: 0,
             target: Some(target),
         };
-        self.write(|tx| create(tx, parent, name, new))
+        self.write(|tx| made(tx, create(tx, parent, name, new)?, parent))
     }
 
     pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>, MetaError> {
@@ -213,7 +213,7 @@ impl Store {
         })
     }
 
-    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), MetaError> {
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<Unlinked, MetaError> {
         let now = Timestamp::now();
         self.write(|tx| {
             require_dir(tx, parent)?;
@@ -223,7 +223,13 @@ impl Store {
             }
             tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
             drop_link(tx, &self.open_files, ino, now)?;
-            touch(tx, parent, now)
+            touch(tx, parent, now)?;
+            let target = match get_attr(tx, ino) {
+                Ok(attr) => Some(attr),
+                Err(MetaError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            Ok(Unlinked { parent: get_attr(tx, parent)?, target })
         })
     }
 
@@ -245,7 +251,7 @@ impl Store {
         })
     }
 
-    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr, MetaError> {
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Made, MetaError> {
         validate_name(new_name)?;
         let now = Timestamp::now();
         self.write(|tx| {
@@ -264,7 +270,7 @@ impl Store {
             add_links(tx, ino, 1)?;
             set_ctime(tx, ino, now)?;
             touch(tx, new_parent, now)?;
-            get_attr(tx, ino)
+            made(tx, get_attr(tx, ino)?, new_parent)
         })
     }
 
@@ -441,6 +447,11 @@ impl Store {
     pub fn inode_count(&self) -> Result<u64, MetaError> {
         self.read(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
     }
+}
+
+/// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
+fn made(tx: &Transaction<'_>, attr: Attr, parent: Ino) -> Result<Made, MetaError> {
+    Ok(Made { attr, parent: get_attr(tx, parent)? })
 }
 
 fn create(

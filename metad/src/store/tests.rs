@@ -26,7 +26,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
 }
 
 fn file(store: &Store, parent: Ino, name: &str) -> Attr {
-    store.make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT).unwrap()
+    store.make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT).unwrap().attr
 }
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {
@@ -63,14 +63,14 @@ fn create_lookup_and_errors() {
     let long = vec![b'x'; 256];
     assert_eq!(store.make_dir(ROOT_INO, &long, 0o755, ROOT), Err(MetaError::NameTooLong));
     assert!(matches!(store.make_dir(ROOT_INO, b"a/b", 0o755, ROOT), Err(MetaError::Invalid(_))));
-    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap().attr;
     assert_eq!(store.get_attr(ROOT_INO).unwrap().nlink, 3);
     assert_eq!(d.nlink, 2);
-    let fifo = store.make_node(d.ino, b"p", libc::S_IFIFO | 0o600, 0, ROOT).unwrap();
+    let fifo = store.make_node(d.ino, b"p", libc::S_IFIFO | 0o600, 0, ROOT).unwrap().attr;
     assert_eq!(fifo.kind, FileKind::Fifo);
-    let dev = store.make_node(d.ino, b"c", libc::S_IFCHR | 0o600, 0x0103, ROOT).unwrap();
+    let dev = store.make_node(d.ino, b"c", libc::S_IFCHR | 0o600, 0x0103, ROOT).unwrap().attr;
     assert_eq!((dev.kind, dev.rdev), (FileKind::CharDevice, 0x0103));
-    let link = store.symlink(d.ino, b"l", b"../a", ROOT).unwrap();
+    let link = store.symlink(d.ino, b"l", b"../a", ROOT).unwrap().attr;
     assert_eq!((link.kind, link.size), (FileKind::Symlink, 4));
     assert_eq!(store.read_link(link.ino).unwrap(), b"../a");
     assert_eq!(store.remove_dir(ROOT_INO, b"d"), Err(MetaError::NotEmpty));
@@ -84,12 +84,21 @@ fn hard_links_and_unlink() {
     let store = open(&dir);
     let a = file(&store, ROOT_INO, "a");
     let linked = store.link(a.ino, ROOT_INO, b"b").unwrap();
-    assert_eq!(linked.nlink, 2);
-    store.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(linked.attr.nlink, 2);
+    // Each change answers the directory's attributes as it left them, and an unlink the
+    // inode's while it has a name left.
+    assert_eq!(linked.parent, store.get_attr(ROOT_INO).unwrap());
+    let unlinked = store.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(unlinked.parent, store.get_attr(ROOT_INO).unwrap());
+    assert_eq!(unlinked.target, Some(store.get_attr(a.ino).unwrap()));
     assert_eq!(store.get_attr(a.ino).unwrap().nlink, 1);
-    store.unlink(ROOT_INO, b"b").unwrap();
+    assert_eq!(store.unlink(ROOT_INO, b"b").unwrap().target, None);
     assert_eq!(store.get_attr(a.ino), Err(MetaError::NotFound));
-    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    let made = store.make_dir(ROOT_INO, b"m", 0o755, ROOT).unwrap();
+    assert_eq!((made.parent.ino, made.parent.nlink), (ROOT_INO, 3));
+    assert_eq!(made.parent, store.get_attr(ROOT_INO).unwrap());
+    store.remove_dir(ROOT_INO, b"m").unwrap();
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap().attr;
     assert_eq!(store.link(d.ino, ROOT_INO, b"e"), Err(MetaError::NotPermitted));
     // Inode numbers are never reused.
     let c = file(&store, ROOT_INO, "c");
@@ -100,8 +109,8 @@ fn hard_links_and_unlink() {
 fn rename_cases() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let d1 = store.make_dir(ROOT_INO, b"d1", 0o755, ROOT).unwrap();
-    let d2 = store.make_dir(ROOT_INO, b"d2", 0o755, ROOT).unwrap();
+    let d1 = store.make_dir(ROOT_INO, b"d1", 0o755, ROOT).unwrap().attr;
+    let d2 = store.make_dir(ROOT_INO, b"d2", 0o755, ROOT).unwrap().attr;
     let f = file(&store, d1.ino, "f");
     let g = file(&store, d2.ino, "g");
     // Across directories, over an existing file.
@@ -119,13 +128,13 @@ fn rename_cases() {
     assert_eq!(store.lookup(d1.ino, b"h").unwrap().ino, f.ino);
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, h.ino);
     // A directory into its own subtree.
-    let sub = store.make_dir(d1.ino, b"sub", 0o755, ROOT).unwrap();
+    let sub = store.make_dir(d1.ino, b"sub", 0o755, ROOT).unwrap().attr;
     assert!(matches!(
         store.rename(ROOT_INO, b"d1", sub.ino, b"x", RenameMode::Replace, &Cred::ROOT),
         Err(MetaError::Invalid(_))
     ));
     // Directory moves fix ".." and link counts; over an empty directory is allowed.
-    let empty = store.make_dir(d2.ino, b"empty", 0o755, ROOT).unwrap();
+    let empty = store.make_dir(d2.ino, b"empty", 0o755, ROOT).unwrap().attr;
     store.rename(d1.ino, b"sub", d2.ino, b"empty", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.get_attr(empty.ino), Err(MetaError::NotFound));
     assert_eq!(store.get_attr(d1.ino).unwrap().nlink, 2);
@@ -296,7 +305,7 @@ fn reopen_keeps_everything_and_settings() {
     let dir = tempfile::tempdir().unwrap();
     let ino = {
         let store = open(&dir);
-        store.make_dir(ROOT_INO, b"kept", 0o700, ROOT).unwrap().ino
+        store.make_dir(ROOT_INO, b"kept", 0o700, ROOT).unwrap().attr.ino
     };
     let store = open(&dir);
     assert_eq!(store.lookup(ROOT_INO, b"kept").unwrap().ino, ino);
@@ -368,7 +377,7 @@ fn clone_range_shares_chunks_and_allocate_punches() {
 fn fsck_finds_and_repairs_broken_invariants() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap();
+    let d = store.make_dir(ROOT_INO, b"d", 0o755, ROOT).unwrap().attr;
     let f = file(&store, d.ino, "f");
     let chunk = ChunkId::of(b"x");
     let t = Timestamp::now();
@@ -404,7 +413,7 @@ fn fsck_finds_and_repairs_broken_invariants() {
 fn dot_and_dot_dot_lookups_resolve_file_handles() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    let sub = store.make_dir(ROOT_INO, b"sub", 0o755, ROOT).unwrap();
+    let sub = store.make_dir(ROOT_INO, b"sub", 0o755, ROOT).unwrap().attr;
     let f = file(&store, sub.ino, "f");
     // "." is the inode itself, of any kind; ".." is a directory's parent.
     assert_eq!(store.lookup(f.ino, b".").unwrap().ino, f.ino);
@@ -412,7 +421,7 @@ fn dot_and_dot_dot_lookups_resolve_file_handles() {
     assert_eq!(store.lookup(ROOT_INO, b"..").unwrap().ino, ROOT_INO);
     assert!(matches!(store.lookup(f.ino, b".."), Err(MetaError::NotDir)));
     // A renamed directory's ".." follows it.
-    let other = store.make_dir(ROOT_INO, b"other", 0o755, ROOT).unwrap();
+    let other = store.make_dir(ROOT_INO, b"other", 0o755, ROOT).unwrap().attr;
     store.rename(ROOT_INO, b"sub", other.ino, b"sub", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.lookup(sub.ino, b"..").unwrap().ino, other.ino);
     // A removed inode is gone: the kernel turns this into ESTALE.
