@@ -426,6 +426,11 @@ impl Fs {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
+        // The kernel looks up every name before creating it: in a directory this mount
+        // made, that costs no round trip.
+        if self.leases.known_absent(parent, name) {
+            return Err(MetaError::NotFound.into());
+        }
         let attr = self.granting_attr(self.meta.lookup(parent, name, cred), Some(parent), false);
         self.with_dirty(attr.await?).await
     }
@@ -479,7 +484,7 @@ impl Fs {
         let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
         let epoch = self.leases.epoch();
         let made = self.meta.make_node(parent, name, mode, rdev, cred);
-        let attr = self.granting_made(made, parent, is_file).await;
+        let attr = self.granting_made(made, parent, name, is_file).await;
         if let Ok(attr) = &attr {
             // A new file has no capability; its first write need not ask metad.
             self.leases.lacks_capability_since(epoch, attr.ino);
@@ -487,14 +492,16 @@ impl Fs {
         attr
     }
 
-    /// The answer to a request adding a name in `parent`: the lease and attributes of the
+    /// The answer to a request adding `name` in `parent`: the lease and attributes of the
     /// named inode, as [`Fs::granting_attr`] keeps them, and the directory's attributes as
     /// the change left them, kept under the directory's lease (the kernel asks for them
-    /// after every change in it).
+    /// after every change in it); the name joins the directory's listing, if known. A new
+    /// directory's listing is known: it is empty.
     async fn granting_made(
         &self,
         call: impl Future<Output = Result<Made, MetaClientError>>,
         parent: Ino,
+        name: &[u8],
         write: bool,
     ) -> FsResult<Attr> {
         let epoch = self.leases.epoch();
@@ -502,11 +509,16 @@ impl Fs {
             Ok(made) => {
                 self.leases.granted_attr(epoch, &made.attr, write);
                 self.leases.update_attrs(epoch, &[&made.parent]);
+                self.leases.listing_changed(parent, name, true);
+                if made.attr.kind == FileKind::Dir {
+                    self.leases.listed_empty(epoch, made.attr.ino);
+                }
                 Ok(made.attr)
             }
             Err(e) => {
                 // It may have happened all the same.
                 self.leases.forget_attrs(Some(parent));
+                self.leases.forget_listing(parent);
                 Err(e.into())
             }
         }
@@ -520,7 +532,7 @@ impl Fs {
         cred: Cred,
     ) -> FsResult<Attr> {
         let made = self.meta.make_dir(parent, name, mode & 0o7777, cred);
-        self.granting_made(made, parent, false).await
+        self.granting_made(made, parent, name, false).await
     }
 
     pub async fn symlink(
@@ -530,7 +542,8 @@ impl Fs {
         target: &[u8],
         cred: Cred,
     ) -> FsResult<Attr> {
-        self.granting_made(self.meta.symlink(parent, name, target, cred), parent, false).await
+        let made = self.meta.symlink(parent, name, target, cred);
+        self.granting_made(made, parent, name, false).await
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -541,14 +554,16 @@ impl Fs {
         self.register_opens().await?;
         let epoch = self.leases.epoch();
         match self.meta.unlink(parent, name, cred).await {
-            Ok(Unlinked { parent, target }) => {
-                let attrs = Vec::from_iter([Some(&parent), target.as_ref()].into_iter().flatten());
+            Ok(Unlinked { parent: dir, target }) => {
+                let attrs = Vec::from_iter([Some(&dir), target.as_ref()].into_iter().flatten());
                 self.leases.update_attrs(epoch, &attrs);
+                self.leases.listing_changed(parent, name, false);
                 Ok(())
             }
             Err(e) => {
                 // It may have happened all the same, to an inode this mount cannot name.
                 self.leases.forget_attrs(None);
+                self.leases.forget_listing(parent);
                 Err(e.into())
             }
         }
@@ -558,6 +573,10 @@ impl Fs {
         self.register_opens().await?;
         let removed = self.meta.remove_dir(parent, name, cred).await;
         self.leases.forget_attrs(None);
+        match removed {
+            Ok(()) => self.leases.listing_changed(parent, name, false),
+            Err(_) => self.leases.forget_listing(parent),
+        }
         Ok(removed?)
     }
 
@@ -593,6 +612,9 @@ impl Fs {
         self.register_opens().await?;
         let renamed = self.meta.rename(parent, name, new_parent, new_name, mode, cred).await;
         self.leases.forget_attrs(None);
+        // Exchanges, replacements and whiteouts: simpler to learn the names again.
+        self.leases.forget_listing(parent);
+        self.leases.forget_listing(new_parent);
         Ok(renamed?)
     }
 
@@ -604,7 +626,7 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<Attr> {
         let linked = self.meta.link(ino, new_parent, new_name, cred);
-        let linked = self.granting_made(linked, new_parent, false).await;
+        let linked = self.granting_made(linked, new_parent, new_name, false).await;
         self.with_dirty(linked?).await
     }
 

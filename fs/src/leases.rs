@@ -49,6 +49,11 @@ struct Held {
     /// Known to have no `security.capability` attribute, which the kernel asks for before
     /// every write (to drop it); forgotten with `attr`.
     lacks_capability: bool,
+    /// Every name in this directory, while this mount knows them all: since it made the
+    /// directory, kept up to date by the changes it makes there, and dropped by any whose
+    /// outcome is unsure. Another mount's change recalls the lease first, and with it this.
+    /// A lookup of a name not in it needs no metad request: the name is not there.
+    listing: Option<HashSet<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -246,6 +251,43 @@ impl Leases {
                 h.attr = None;
                 h.lacks_capability = false;
             }),
+        }
+    }
+
+    /// Starts the listing of directory `dir`, made here by a request sent at `epoch`: it is
+    /// empty, unless the lease on it was recalled since (another mount may have used it).
+    pub fn listed_empty(&self, epoch: Epoch, dir: Ino) {
+        let mut state = self.lock();
+        if !state.recalled_since(dir, epoch.recalls)
+            && let Some(held) = state.held.get_mut(&dir)
+        {
+            held.listing = Some(HashSet::new());
+        }
+    }
+
+    /// Whether `name` is known not to be in directory `dir`.
+    pub fn known_absent(&self, dir: Ino, name: &[u8]) -> bool {
+        let state = self.lock();
+        let listing = state.held.get(&dir).and_then(|h| h.listing.as_ref());
+        listing.is_some_and(|names| !names.contains(name)) && name != b"." && name != b".."
+    }
+
+    /// A change made here added (`added`) or removed `name` in `dir`.
+    pub fn listing_changed(&self, dir: Ino, name: &[u8], added: bool) {
+        let mut state = self.lock();
+        if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
+            if added {
+                names.insert(name.to_vec());
+            } else {
+                names.remove(name);
+            }
+        }
+    }
+
+    /// A change made here may have changed the names in `dir` in ways it cannot tell.
+    pub fn forget_listing(&self, dir: Ino) {
+        if let Some(held) = self.lock().held.get_mut(&dir) {
+            held.listing = None;
         }
     }
 

@@ -248,7 +248,8 @@ fn a_file_unlinked_on_one_mount_stays_usable_where_it_is_open() {
 }
 
 /// The mount adding or removing a name keeps its directory's new attributes from the
-/// change's own answer, so the stat the kernel asks for right after needs no metad request;
+/// change's own answer, so the stat the kernel asks for right after needs no metad request,
+/// and in a directory it made, its names, so a lookup of a missing one needs none either;
 /// a change another mount makes in the directory still shows at once.
 #[test]
 fn a_directory_changed_here_is_stated_without_metad_and_changes_elsewhere_show() {
@@ -271,6 +272,19 @@ fn a_directory_changed_here_is_stated_without_metad_and_changes_elsewhere_show()
         assert_eq!(requests() - before, 0, "stat after an unlink served without metad");
         assert_eq!(last.nlink(), 2);
     }
+    // This mount made the directory, so it knows every name in it: a lookup of a missing
+    // one costs no request, and a name it added is found after the kernel forgot it.
+    std::os::unix::fs::symlink("target", dir.join("kept")).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert!(fs::symlink_metadata(dir.join("kept")).is_ok());
+    let before = requests();
+    for i in 0..10 {
+        assert!(fs::symlink_metadata(dir.join(format!("missing{i}"))).is_err());
+    }
+    assert_eq!(requests() - before, 0, "lookups of missing names in a directory made here");
+    // Names another mount adds show all the same.
+    fs::write(a.join("d/missing3"), "late").unwrap();
+    assert_eq!(fs::read(dir.join("missing3")).unwrap(), b"late", "another mount's new name");
     fs::create_dir(a.join("d/sub")).unwrap();
     assert_eq!(fs::metadata(&dir).unwrap().nlink(), 3, "another mount's mkdir shows");
 }
