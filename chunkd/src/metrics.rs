@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value};
+use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value, counter};
 
 use crate::store::ShardStore;
 
@@ -21,9 +21,8 @@ impl ChunkdMetrics {
         let mut registry = Registry::default();
         let requests =
             OpMetrics::register(&mut registry, "shardfs_chunkd_requests", "Shard requests");
-        let (bytes_in, bytes_out) = (Counter::default(), Counter::default());
-        registry.register("shardfs_chunkd_bytes_in", "Shard bytes received", bytes_in.clone());
-        registry.register("shardfs_chunkd_bytes_out", "Shard bytes sent", bytes_out.clone());
+        let bytes_in = counter(&mut registry, "shardfs_chunkd_bytes_in", "Shard bytes received");
+        let bytes_out = counter(&mut registry, "shardfs_chunkd_bytes_out", "Shard bytes sent");
         let snapshot = Snapshot::register(&mut registry);
         ChunkdMetrics { registry, requests, bytes_in, bytes_out, snapshot }
     }

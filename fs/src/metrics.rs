@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value};
+use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value, counter};
 
 pub struct ClientMetrics {
     registry: Registry,
@@ -21,11 +21,6 @@ impl ClientMetrics {
         let mut registry = Registry::default();
         let fuse_ops =
             OpMetrics::register(&mut registry, "shardfs_client_fuse_ops", "FUSE operations");
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let counter = Counter::default();
-            registry.register(name, help, counter.clone());
-            counter
-        };
         ClientMetrics {
             bytes_read: counter(&mut registry, "shardfs_client_bytes_read", "Bytes read"),
             bytes_written: counter(&mut registry, "shardfs_client_bytes_written", "Bytes written"),

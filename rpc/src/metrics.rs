@@ -105,6 +105,13 @@ impl Value {
     }
 }
 
+/// A counter registered in `registry` as `name`.
+pub fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
 /// Values read at the latest scrape, encoded with the registry's own metrics.
 #[derive(Debug, Default)]
 pub struct Snapshot(Mutex<Vec<Value>>);
