@@ -89,7 +89,12 @@ impl ChunkClient {
         with_tree: bool,
     ) -> Result<(Vec<u8>, Vec<u8>), ChunkClientError> {
         match self.call(ChunkdRequest::GetRange { shard, offset, len, with_tree }).await? {
-            ChunkdReply::Range { data, tree } => Ok((data, tree)),
+            // A chunkd answers exactly the bytes asked for, or an error.
+            ChunkdReply::Range { data, tree }
+                if data.len() == len as usize && (with_tree || tree.is_empty()) =>
+            {
+                Ok((data, tree))
+            }
             _ => Err(ChunkClientError::UnexpectedReply),
         }
     }

@@ -190,7 +190,7 @@ impl ChunkIo {
                 return None;
             }
         };
-        if !hash_tree::verify_segments(&tree, len, first, &data) {
+        if data.len() as u64 != to - from || !hash_tree::verify_segments(&tree, len, first, &data) {
             warn!(%shard, "bytes from chunkd {} fail verification; reading the whole chunk", place.chunkd);
             return None;
         }

@@ -2,14 +2,14 @@
 //! testable without a mount. `fuse.rs` only adapts it to the kernel.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, Made, MetaError, RenameMode,
-    SetAttr, SpaceOp, StatFs, Timestamp, Unlinked, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MAX_NAME_LEN, Made, MetaError,
+    RenameMode, SetAttr, SpaceOp, StatFs, Timestamp, Unlinked, VolumeInfo, XattrMode,
 };
 use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
@@ -129,6 +129,15 @@ pub enum AtimePolicy {
     Always,
 }
 
+/// A removal of a name under way (see [`Fs::removing`]); ends when dropped.
+struct Removing<'a>(&'a AtomicUsize);
+
+impl Drop for Removing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// State of a file while at least one handle has it open.
 struct OpenFile {
     ino: Ino,
@@ -200,6 +209,8 @@ pub struct Fs {
     write_back: WriteBack,
     /// This client, for the background tasks it starts.
     me: std::sync::Weak<Fs>,
+    /// Removals of names (unlink, rmdir, rename) under way here: see [`Fs::removing`].
+    removals: AtomicUsize,
     metrics: Arc<ClientMetrics>,
 }
 
@@ -231,6 +242,7 @@ impl Fs {
             next_handle: AtomicU64::new(1),
             locked: Mutex::new(HashSet::new()),
             released_locks: tokio::sync::Notify::new(),
+            removals: AtomicUsize::new(0),
             leases,
             metrics,
         });
@@ -426,6 +438,11 @@ impl Fs {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<Attr> {
+        // A name no directory can hold is refused before the listing kept here is asked,
+        // as metad would refuse it.
+        if name.len() > MAX_NAME_LEN {
+            return Err(MetaError::NameTooLong.into());
+        }
         // The kernel looks up every name before creating it: in a directory this mount
         // made, that costs no round trip.
         if self.leases.known_absent(parent, name) {
@@ -446,7 +463,10 @@ impl Fs {
         };
         let attr = match self.leases.cached_attr(ino) {
             Some(attr) => attr,
-            None => self.granting_attr(self.meta.get_attr(ino), None, false).await?,
+            None => self
+                .granting_attr(self.meta.get_attr(ino), None, false)
+                .await
+                .map_err(FsError::stale_if_gone)?,
         };
         Ok(match data {
             Some(data) => data.with_dirty(attr),
@@ -456,7 +476,8 @@ impl Fs {
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
         let Some(file) = self.open_file(ino) else {
-            return self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false).await;
+            let set = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false);
+            return set.await.map_err(FsError::stale_if_gone);
         };
         let mut data = file.data.lock().await;
         if let Some(size) = changes.size {
@@ -547,17 +568,21 @@ impl Fs {
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        Ok(self.meta.read_link(ino).await?)
+        let target = self.meta.read_link(ino).await;
+        target.map_err(|e| FsError::stale_if_gone(e.into()))
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
-        self.register_opens().await?;
+        let _removing = self.removing().await?;
         let epoch = self.leases.epoch();
         match self.meta.unlink(parent, name, cred).await {
-            Ok(Unlinked { parent: dir, target }) => {
+            Ok(Unlinked { parent: dir, ino, target }) => {
                 let attrs = Vec::from_iter([Some(&dir), target.as_ref()].into_iter().flatten());
                 self.leases.update_attrs(epoch, &attrs);
                 self.leases.listing_changed(parent, name, false);
+                if target.is_none() {
+                    self.leases.name_removed(ino);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -570,7 +595,7 @@ impl Fs {
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
-        self.register_opens().await?;
+        let _removing = self.removing().await?;
         let removed = self.meta.remove_dir(parent, name, cred).await;
         self.leases.forget_attrs(None);
         match removed {
@@ -582,9 +607,20 @@ impl Fs {
 
     /// Before this mount removes a name: registers the opens it kept to itself under leases,
     /// since the inode may be losing its last name and metad recalls no lease from the mount
-    /// making the change. The list covers every open file of the mount, other processes'
-    /// included, so a file in it may have been closed and removed meanwhile: that is no
-    /// reason to fail this removal.
+    /// making the change. Opens that start while the removal is under way register
+    /// themselves (see [`Fs::open`]). Held until the removal is done.
+    async fn removing(&self) -> FsResult<Removing<'_>> {
+        // Counted before the open files are listed: an open either is listed or sees the
+        // count (both sides use sequentially consistent order).
+        self.removals.fetch_add(1, Ordering::SeqCst);
+        let removing = Removing(&self.removals);
+        self.register_opens().await?;
+        Ok(removing)
+    }
+
+    /// Registers every open file of the mount with metad. The list includes other
+    /// processes' files, so a file in it may have been closed and removed meanwhile: that is
+    /// no reason to fail.
     async fn register_opens(&self) -> FsResult<()> {
         let open: Vec<Arc<OpenFile>> = (self.files.lock().expect("files lock").values())
             .filter(|(_, handles)| *handles > 0)
@@ -609,13 +645,16 @@ impl Fs {
         mode: RenameMode,
         cred: &Cred,
     ) -> FsResult<()> {
-        self.register_opens().await?;
+        let _removing = self.removing().await?;
         let renamed = self.meta.rename(parent, name, new_parent, new_name, mode, cred).await;
         self.leases.forget_attrs(None);
         // Exchanges, replacements and whiteouts: simpler to learn the names again.
         self.leases.forget_listing(parent);
         self.leases.forget_listing(new_parent);
-        Ok(renamed?)
+        if let Some(replaced) = renamed? {
+            self.leases.name_removed(replaced);
+        }
+        Ok(())
     }
 
     pub async fn link(
@@ -664,8 +703,9 @@ impl Fs {
         Ok((parent, entries))
     }
 
-    /// Opens a file handle on `ino`.
-    /// Opens `ino`; `reading` if the handle may read (for atime).
+    /// Opens `ino`; `reading` if the handle may read (for atime). An inode that is gone
+    /// (the kernel opened what a cached name pointed to before a rename or unlink took it)
+    /// is `Stale`, on which the kernel looks the name up again.
     pub async fn open(&self, ino: Ino, reading: bool) -> FsResult<u64> {
         let (file, first) = {
             let mut files = self.files.lock().expect("files lock");
@@ -681,34 +721,13 @@ impl Fs {
             entry.1 += 1;
             (entry.0.clone(), entry.1 == 1)
         };
-        // metad keeps the file alive while this client has it open, even unlinked. Under a
-        // lease it need not hear of the open yet: a change to the file elsewhere, its unlink
-        // included, recalls the lease first, and settling the recall registers the open.
-        // (The file is in `files` before the lease is checked, so that recall finds it.)
-        if first
-            && !self.leases.holds(ino)
-            && let Err(e) = self.register_open(&file).await
-        {
-            self.drop_open(ino);
-            return Err(e);
-        }
-        {
-            let mut data = file.data.lock().await;
-            // Without a lease, each open sees what others committed since.
-            if !self.leases.holds(ino) {
-                data.layout = None;
+        if let Err(e) = self.start_open(&file, first, reading).await {
+            // Undone whole: a half-made open would be registered again before every
+            // removal for as long as the mount lives.
+            if let Err(e) = self.forget_open(ino).await {
+                warn!(ino, "cannot tell metad a failed open was dropped: {e}");
             }
-            data.accessed = false;
-            // Reads from pages the kernel keeps never reach this client: the atime update
-            // their first read would make is made now.
-            if reading && self.leases.pages_valid(ino) {
-                let attr = self.leases.cached_attr(ino);
-                if let Some(strict) = self.atime_update(attr.as_ref()) {
-                    update_atime(&self.meta, &self.leases, ino, strict).await?;
-                    self.leases.forget_kernel_attrs(ino);
-                }
-                data.accessed = true;
-            }
+            return Err(FsError::stale_if_gone(e));
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
@@ -719,6 +738,38 @@ impl Fs {
         });
         self.handles.lock().expect("handles lock").insert(fh, handle);
         Ok(fh)
+    }
+
+    /// What an open does once `file` counts it (`first` if no other handle has it open).
+    async fn start_open(&self, file: &OpenFile, first: bool, reading: bool) -> FsResult<()> {
+        let ino = file.ino;
+        // metad keeps the file alive while this client has it open, even unlinked. Under a
+        // lease it need not hear of the open yet: a change to the file elsewhere, its unlink
+        // included, recalls the lease first, and settling the recall registers the open; a
+        // removal made here registers it before it is sent, or (if it started first) this
+        // open sees it under way. (The file is in `files` before either is checked, so the
+        // recall or the removal finds it.)
+        let removal_under_way = self.removals.load(Ordering::SeqCst) > 0;
+        if first && (removal_under_way || !self.leases.holds(ino)) {
+            self.register_open(file).await?;
+        }
+        let mut data = file.data.lock().await;
+        // Without a lease, each open sees what others committed since.
+        if !self.leases.holds(ino) {
+            data.layout = None;
+        }
+        data.accessed = false;
+        // Reads from pages the kernel keeps never reach this client: the atime update
+        // their first read would make is made now.
+        if reading && self.leases.pages_valid(ino) {
+            let attr = self.leases.cached_attr(ino);
+            if let Some(strict) = self.atime_update(attr.as_ref()) {
+                update_atime(&self.meta, &self.leases, ino, strict).await?;
+                self.leases.forget_kernel_attrs(ino);
+            }
+            data.accessed = true;
+        }
+        Ok(())
     }
 
     pub async fn create(
@@ -1090,12 +1141,19 @@ impl Fs {
         if let Err(e) = &result {
             warn!(ino = handle.file.ino, "buffered writes lost at close: {e}");
         }
-        if let Some(file) = self.drop_open(handle.file.ino)
+        self.forget_open(handle.file.ino).await?;
+        result
+    }
+
+    /// Forgets one open of `ino`, telling metad if that was this client's last and metad
+    /// knew of it.
+    async fn forget_open(&self, ino: Ino) -> FsResult<()> {
+        if let Some(file) = self.drop_open(ino)
             && *file.registered.lock().await
         {
-            self.meta.release_file(file.ino).await?;
+            self.meta.release_file(ino).await?;
         }
-        result
+        Ok(())
     }
 
     /// Tells metad this client has `file` open, unless it knows already or the file was

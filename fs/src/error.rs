@@ -30,6 +30,20 @@ pub enum FsError {
     /// lseek: no data (or hole) at or after the offset.
     #[error("no such offset")]
     NoSuchOffset,
+    /// The inode a request named by number is gone: the kernel's cached name for it is out
+    /// of date, and a path lookup answered this (ESTALE) looks the name up again.
+    #[error("stale file handle")]
+    Stale,
+}
+
+impl FsError {
+    /// `e`, or `Stale` if it says the inode a request named by number does not exist.
+    pub fn stale_if_gone(e: FsError) -> FsError {
+        match e {
+            FsError::Meta(MetaError::NotFound) => FsError::Stale,
+            e => e,
+        }
+    }
 }
 
 impl From<MetaClientError> for FsError {
@@ -75,6 +89,7 @@ impl From<&FsError> for Errno {
             FsError::Unsupported => Errno::EOPNOTSUPP,
             FsError::Range => Errno::ERANGE,
             FsError::NoSuchOffset => Errno::ENXIO,
+            FsError::Stale => Errno::ESTALE,
         }
     }
 }

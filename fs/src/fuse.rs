@@ -121,12 +121,17 @@ error_reply!(
     ReplyLock
 );
 
+/// `t` for the kernel. metad refuses invalid times, but what comes over the network is not
+/// trusted to be in range: out-of-range nanoseconds count as zero, and a time the system
+/// cannot represent as the epoch.
 fn system_time(t: Timestamp) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
-    }
+    let nanos = Duration::from_nanos(if t.is_valid() { u64::from(t.nsec) } else { 0 });
+    let whole = Duration::from_secs(t.sec.unsigned_abs());
+    let time = match t.sec >= 0 {
+        true => UNIX_EPOCH.checked_add(whole),
+        false => UNIX_EPOCH.checked_sub(whole),
+    };
+    time.and_then(|time| time.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {

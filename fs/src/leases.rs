@@ -75,6 +75,18 @@ impl State {
     fn recalled_since(&self, ino: Ino, epoch: u64) -> bool {
         epoch < self.forgotten || self.recalled.get(&ino).is_some_and(|&at| at > epoch)
     }
+
+    /// Starts a new epoch in which `ino` counts as recalled: answers about it from requests
+    /// sent before are not trusted.
+    fn mark_recalled(&mut self, ino: Ino) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        if self.recalled.len() >= REMEMBERED_RECALLS {
+            self.forgotten = epoch;
+            self.recalled.clear();
+        }
+        self.recalled.insert(ino, epoch);
+    }
 }
 
 /// Chooses the TTLs of one reply to the kernel.
@@ -234,6 +246,16 @@ impl Leases {
         self.lock().held.len() as u64
     }
 
+    /// A change made here took a name of `ino` away, perhaps its last: nothing is served
+    /// from its lease any more (an open of it asks metad, and learns whether it is gone), and
+    /// answers about it that raced with the change are not trusted. The kernel saw the
+    /// change, so its caches need no invalidation.
+    pub fn name_removed(&self, ino: Ino) {
+        let mut state = self.lock();
+        state.mark_recalled(ino);
+        state.held.remove(&ino);
+    }
+
     /// Forgets kept attributes after a change made here: of `ino`, or of every inode when
     /// the change may reach inodes this mount cannot name (unlink, rename).
     pub fn forget_attrs(&self, ino: Option<Ino>) {
@@ -365,13 +387,7 @@ impl SessionEvents for Leases {
     fn pushed(&self, push: MetaPush) {
         let MetaPush::Recall { ino, seq } = push;
         let mut state = self.lock();
-        state.epoch += 1;
-        let epoch = state.epoch;
-        if state.recalled.len() >= REMEMBERED_RECALLS {
-            state.forgotten = epoch;
-            state.recalled.clear();
-        }
-        state.recalled.insert(ino, epoch);
+        state.mark_recalled(ino);
         // Nothing may be served from the lease from here on.
         self.take_away(&mut state, ino, Some(seq));
     }

@@ -71,7 +71,7 @@ pub fn remount(mountpoint: &Path, flags: &MountFlags) -> anyhow::Result<()> {
         .with_context(|| format!("cannot remount {}", mountpoint.display()))
 }
 
-/// Checks that `mountpoint` can be mounted on, with a one-line reason if not.
+/// Checks that `mountpoint` is a directory, with a one-line reason if not.
 pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(mountpoint) {
         Ok(meta) if meta.is_dir() => Ok(()),
@@ -83,6 +83,57 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Checks that mounting on `mountpoint` hides nothing: it is a directory, not a mount point
+/// already, and empty unless `nonempty` allows otherwise (as `-o nonempty` does).
+pub fn check_new_mountpoint(mountpoint: &Path, nonempty: bool) -> anyhow::Result<()> {
+    check_mountpoint(mountpoint)?;
+    let shown = mountpoint.display();
+    let path = mountpoint.canonicalize().with_context(|| format!("mountpoint {shown}"))?;
+    if is_mount_point(&path)? && !nonempty {
+        bail!("{shown} is already a mount point (unmount it first, or add -o nonempty)");
+    }
+    let mut entries = std::fs::read_dir(&path).with_context(|| format!("mountpoint {shown}"))?;
+    if entries.next().is_some() && !nonempty {
+        bail!("mountpoint {shown} is not empty (the mount would hide it; add -o nonempty)");
+    }
+    Ok(())
+}
+
+/// Whether `path` (canonical) is where a filesystem is mounted, per /proc/self/mountinfo.
+fn is_mount_point(path: &Path) -> anyhow::Result<bool> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    let wanted = path.as_os_str().as_encoded_bytes();
+    Ok(mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|point| unescape_mountinfo(point) == wanted))
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space, …) undone.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], escaped) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Mounts `fs` at `mountpoint`, calls `ready` once the mount is live, and serves until the
 /// filesystem is unmounted or SIGINT/SIGTERM arrives (which unmounts it).
 pub fn serve(
@@ -92,7 +143,7 @@ pub fn serve(
     options: &MountOptions,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    check_mountpoint(mountpoint)?;
+    check_new_mountpoint(mountpoint, options.flags.nonempty)?;
     let source = options.source.clone().unwrap_or_else(|| "shardfs".into());
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -175,5 +226,16 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
+        assert_eq!(unescape_mountinfo(r"/x\9"), b"/x\\9");
     }
 }

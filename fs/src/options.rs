@@ -37,6 +37,9 @@ pub struct MountFlags {
     pub allow_other: bool,
     /// `remount`: change the flags of an existing mount instead of mounting.
     pub remount: bool,
+    /// `nonempty`: mount even on a directory that holds something, or on a mount point,
+    /// hiding what is there.
+    pub nonempty: bool,
     /// `cache_size=256MiB`: memory for cached chunks.
     pub cache_size: Option<u64>,
     /// `secret_file=PATH`: the cluster secret.
@@ -60,6 +63,7 @@ impl MountFlags {
                 ("ro", None) => flags.read_only = true,
                 ("rw", None) => flags.read_only = false,
                 ("remount", None) => flags.remount = true,
+                ("nonempty", None) => flags.nonempty = true,
                 ("allow_other", None) => flags.allow_other = true,
                 ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
                 ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),

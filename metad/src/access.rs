@@ -8,7 +8,9 @@
 //! was opened, even after a chmod).
 
 use crate::acl::{self, Acl};
-use crate::proto::{Attr, Cred, FileKind, Ino, MetaError, MetaRequest, SetAttr, SetTime};
+use crate::proto::{
+    Attr, Cred, FileKind, Ino, MetaError, MetaRequest, RenameMode, SetAttr, SetTime,
+};
 use crate::store::Store;
 
 pub const READ: u16 = 4;
@@ -153,13 +155,19 @@ pub fn check(store: &Store, request: &MetaRequest) -> Result<(), MetaError> {
         }
         MetaRequest::Unlink { parent, name, cred }
         | MetaRequest::RemoveDir { parent, name, cred } => removable(store, *parent, name, cred),
-        MetaRequest::Rename { parent, name, new_parent, new_name, cred, .. } => {
+        MetaRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
             removable(store, *parent, name, cred)?;
             // Whatever the destination holds is replaced (or swapped), so it is removed too.
             removable(store, *new_parent, new_name, cred)?;
-            // A directory moving elsewhere has its ".." rewritten: it must be writable.
+            // A directory moving elsewhere has its ".." rewritten: it must be writable. A
+            // directory replaced stays where it is (as Linux's vfs_rename: only an exchange
+            // moves the target).
+            let mut moving = vec![(parent, name)];
+            if *mode == RenameMode::Exchange {
+                moving.push((new_parent, new_name));
+            }
             if parent != new_parent {
-                for (dir, entry) in [(parent, name), (new_parent, new_name)] {
+                for (dir, entry) in moving {
                     if let Ok(moving) = store.lookup(*dir, entry)
                         && moving.kind == FileKind::Dir
                     {

@@ -229,7 +229,7 @@ impl MetaClient {
         new_name: &[u8],
         mode: RenameMode,
         cred: &Cred,
-    ) -> Result<()> {
+    ) -> Result<Option<Ino>> {
         let request = MetaRequest::Rename {
             parent,
             name: name.to_vec(),
@@ -238,7 +238,7 @@ impl MetaClient {
             mode,
             cred: cred.clone(),
         };
-        call!(self, request, "rename", MetaReply::Done => ())
+        call!(self, request, "rename", MetaReply::Renamed { replaced } => replaced)
     }
 
     pub async fn link(

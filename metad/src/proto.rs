@@ -67,6 +67,11 @@ impl Timestamp {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp { sec: now.as_secs() as i64, nsec: now.subsec_nanos() }
     }
+
+    /// Whether this is a time at all: nanoseconds below one second (as `utimensat` requires).
+    pub fn is_valid(&self) -> bool {
+        self.nsec < 1_000_000_000
+    }
 }
 
 /// What a request that adds a name answers: the named inode's attributes and its
@@ -78,11 +83,12 @@ pub struct Made {
     pub parent: Attr,
 }
 
-/// What an unlink answers: the directory's attributes as the change left them, and the
-/// unlinked inode's, unless it went with its last name.
+/// What an unlink answers: the directory's attributes as the change left them, the unlinked
+/// inode, and its attributes unless it went with its last name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unlinked {
     pub parent: Attr,
+    pub ino: Ino,
     pub target: Option<Attr>,
 }
 
@@ -633,6 +639,20 @@ pub enum MetaRequest {
     },
 }
 
+impl MetaRequest {
+    /// Why the request's values are not ones any caller could mean, if so: such a request
+    /// is refused (EINVAL) before anything reads it, so nothing invalid is ever stored.
+    pub fn malformed(&self) -> Option<&'static str> {
+        let times: &[Option<SetTime>] = match self {
+            MetaRequest::SetAttr { changes, .. } => &[changes.atime, changes.mtime],
+            MetaRequest::CommitWrite { mtime, .. } => &[Some(SetTime::At(*mtime))],
+            _ => &[],
+        };
+        let invalid = |t: &Option<SetTime>| matches!(t, Some(SetTime::At(t)) if !t.is_valid());
+        times.iter().any(invalid).then_some("a time's nanoseconds must be below one second")
+    }
+}
+
 /// What metad pushes to a mount over its session's connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaPush {
@@ -687,6 +707,10 @@ pub enum MetaReply {
     Made(Made),
     /// The answer to `Unlink`.
     Unlinked(Unlinked),
+    /// The answer to `Rename`: the inode whose name it replaced, if any (not for exchanges).
+    Renamed {
+        replaced: Option<Ino>,
+    },
 }
 
 /// Application errors. The FUSE client maps each to one errno.

@@ -134,6 +134,9 @@ impl MetadServer {
     /// run, and grant the asking mount read leases on what they answered, all under the
     /// lease table's lock, so no grant lands between a recall and the change it made way for.
     fn answer_leased(&self, request: MetaRequest, holder: Holder, peer: SocketAddr) -> Outcome {
+        if let Some(why) = request.malformed() {
+            return Outcome::Answered(Err(MetaError::Invalid(why.into())));
+        }
         if let Err(e) = access::check(&self.store, &request) {
             return Outcome::Answered(Err(e));
         }
@@ -390,8 +393,8 @@ impl MetadServer {
                 MetaReply::Done
             }
             MetaRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
-                store.rename(parent, &name, new_parent, &new_name, mode, &cred)?;
-                MetaReply::Done
+                let replaced = store.rename(parent, &name, new_parent, &new_name, mode, &cred)?;
+                MetaReply::Renamed { replaced }
             }
             MetaRequest::Link { ino, new_parent, new_name, .. } => {
                 MetaReply::Made(store.link(ino, new_parent, &new_name)?)

@@ -370,10 +370,15 @@ impl Cluster {
     pub fn mount_via(&self, metad: &str, args: &[&str]) -> Mount {
         let path = self.dir.path().join(format!("mnt-{}", unique()));
         std::fs::create_dir(&path).expect("create mountpoint");
+        self.mount_at(&path, metad, args)
+    }
+
+    /// Mounts the cluster through metad address `metad` on directory `path`.
+    pub fn mount_at(&self, path: &Path, metad: &str, args: &[&str]) -> Mount {
         let log = self.dir.path().join(format!("mount-{}.log", unique()));
         let mut command = self.command("shardfs");
-        command.arg("mount").args(args).arg(metad).arg(&path);
-        Mount::start(command, path, &log)
+        command.arg("mount").args(args).arg(metad).arg(path);
+        Mount::start(command, path.to_owned(), &log)
     }
 
     /// Every shard file held by chunkd `i`.

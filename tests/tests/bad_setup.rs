@@ -85,6 +85,29 @@ fn mount_on_a_missing_mountpoint() {
     );
 }
 
+#[test]
+fn mount_over_files_or_another_mount_is_refused_unless_nonempty() {
+    let cluster = Cluster::start(3, 2, 1);
+    let full = cluster.dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep"), b"mine").unwrap();
+    let mount = |args: &[&str], on: &std::path::Path| {
+        let mut command = cluster.command("shardfs");
+        command.arg("mount").args(args).arg(&cluster.metad_addr).arg(on);
+        command
+    };
+    fails_fast(&mut mount(&[], &full), "is not empty");
+    fails_fast(&mut mount(&["--background"], &full), "is not empty");
+    let mounted = cluster.mount();
+    fails_fast(&mut mount(&[], &mounted.path), "already a mount point");
+    assert!(std::fs::read_dir(&mounted.path).unwrap().next().is_none(), "still served");
+    // -o nonempty asks for it: the files are hidden while mounted, and there after.
+    let over = cluster.mount_at(&full, &cluster.metad_addr, &["-o", "nonempty"]);
+    assert!(!full.join("keep").exists(), "hidden by the mount");
+    drop(over);
+    assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"mine");
+}
+
 /// A read-only tmpfs, unmounted on drop.
 struct ReadOnlyDir(tempfile::TempDir);
 

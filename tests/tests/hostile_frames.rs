@@ -70,3 +70,37 @@ fn bad_frames_drop_only_their_connection() {
     let up = cluster.query(async |c| c.chunkds().await).unwrap();
     assert!(up.iter().all(|c| c.up), "{up:?}");
 }
+
+#[test]
+fn invalid_times_are_refused_and_extreme_ones_do_not_upset_a_mount() {
+    use shardfs_metad::MetaClientError;
+    use shardfs_metad::proto::{Cred, MetaError, ROOT_INO, SetAttr, SetTime, Timestamp};
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    let ino = cluster.query(async |c| {
+        let made = c.make_node(ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, Cred::ROOT).await;
+        let ino = made.unwrap().attr.ino;
+        for nsec in [1_000_000_000, u32::MAX] {
+            let bad = SetTime::At(Timestamp { sec: 1, nsec });
+            for changes in [
+                SetAttr { mtime: Some(bad), ..Default::default() },
+                SetAttr { atime: Some(bad), ..Default::default() },
+            ] {
+                let refused = c.set_attr(ino, Cred::ROOT, changes).await;
+                assert!(
+                    matches!(refused, Err(MetaClientError::Meta(MetaError::Invalid(_)))),
+                    "{refused:?}"
+                );
+            }
+        }
+        // The edges of what a timestamp holds are valid, and stored.
+        let far = |sec| Some(SetTime::At(Timestamp { sec, nsec: 999_999_999 }));
+        let edges = SetAttr { atime: far(i64::MIN), mtime: far(i64::MAX), ..Default::default() };
+        c.set_attr(ino, Cred::ROOT, edges).await.unwrap();
+        ino
+    });
+    let meta = std::fs::metadata(mount.join("f")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
+    std::fs::write(mount.join("g"), b"still served").unwrap();
+    assert_eq!(std::fs::read(mount.join("g")).unwrap(), b"still served");
+}

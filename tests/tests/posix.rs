@@ -650,3 +650,50 @@ fn removals_ignore_other_files_closed_and_removed_meanwhile() {
     }
     assert_eq!(inodes(), before, "inodes left behind by opens metad was told of too late");
 }
+
+#[test]
+fn a_name_over_255_bytes_is_too_long_in_a_directory_made_or_listed_here() {
+    let (_cluster, mount) = setup();
+    let m = &mount.path;
+    fs::create_dir(m.join("made")).unwrap();
+    fs::create_dir(m.join("listed")).unwrap();
+    fs::read_dir(m.join("listed")).unwrap().for_each(drop);
+    let long = "x".repeat(300);
+    for dir in ["made", "listed", "."] {
+        let path = m.join(dir).join(&long);
+        assert_eq!(io_errno(fs::metadata(&path)), libc::ENAMETOOLONG, "stat in {dir}");
+        let chmod = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        assert_eq!(io_errno(chmod), libc::ENAMETOOLONG, "chmod in {dir}");
+        let truncate = unsafe { libc::truncate(c(&path).as_ptr(), 0) };
+        assert_eq!(errno_of(truncate), libc::ENAMETOOLONG, "truncate in {dir}");
+        let chown = unsafe { libc::chown(c(&path).as_ptr(), 1, 1) };
+        assert_eq!(errno_of(chown), libc::ENAMETOOLONG, "chown in {dir}");
+    }
+}
+
+#[test]
+fn a_directory_renamed_over_ones_own_empty_directory_in_a_sticky_directory() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    let m = mount.path.display();
+    // Sticky, world-writable directories of root's and of another user's; a home of 1000's.
+    shardfs_tests::sh(&format!(
+        "chmod 755 {m} && mkdir -m 1777 {m}/tmp {m}/shared && chown 2000:2000 {m}/shared \
+         && mkdir -m 755 {m}/home && chown 1000:1000 {m}/home"
+    ));
+    for sticky in ["tmp", "shared"] {
+        for victim_mode in ["755", "555"] {
+            let script = format!(
+                "mkdir {m}/home/src && mkdir -m {victim_mode} {m}/{sticky}/dst \
+                 && mv -T {m}/home/src {m}/{sticky}/dst && test ! -e {m}/home/src \
+                 && rmdir {m}/{sticky}/dst"
+            );
+            assert!(as_user(1000, &script), "in {sticky}, over a {victim_mode} directory");
+        }
+        // Another user's directory there is not 1000's to replace.
+        shardfs_tests::sh(&format!("mkdir {m}/{sticky}/theirs && chown 2001 {m}/{sticky}/theirs"));
+        let script = format!("mkdir {m}/home/src && mv -T {m}/home/src {m}/{sticky}/theirs");
+        assert!(!as_user(1000, &script), "replacing another's directory in {sticky}");
+        shardfs_tests::sh(&format!("rmdir {m}/home/src"));
+    }
+}

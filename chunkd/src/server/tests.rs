@@ -182,3 +182,47 @@ async fn shutdown_stops_serving() {
     // And the store was released, so the directory can be opened again.
     ShardStore::open(server.dir.path()).await.unwrap();
 }
+
+/// A chunkd that answers every ranged read with fewer bytes than asked for.
+struct ShortRanges;
+
+impl shardfs_rpc::Handler for ShortRanges {
+    fn offers(&self, service: Service) -> bool {
+        service == Service::Chunkd
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _service: Service,
+        _peer: SocketAddr,
+        body: Bytes,
+    ) -> Result<Vec<u8>, shardfs_rpc::Error> {
+        let call: ChunkdCall = shardfs_rpc::decode(&body)?;
+        let response: ChunkdResponse = match call.request {
+            ChunkdRequest::GetRange { len, .. } => {
+                Ok(ChunkdReply::Range { data: vec![0; len as usize / 2], tree: vec![1] })
+            }
+            _ => Err(ChunkdError::Io("not this test's concern".into())),
+        };
+        Ok(shardfs_rpc::encode(&response))
+    }
+}
+
+#[tokio::test]
+async fn a_short_ranged_read_is_an_error_not_a_short_buffer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = shardfs_rpc::ServerConfig::new(key());
+    let task = tokio::spawn(shardfs_rpc::serve(listener, Arc::new(ShortRanges), config, async {
+        let _ = stopped.await;
+    }));
+    let client = ChunkClient::new(&addr, "liar", options());
+    let shard = ShardId { chunk: ChunkId::of(b"x"), index: 0 };
+    for with_tree in [true, false] {
+        let error = client.get_range(shard, 0, 16384, with_tree).await.unwrap_err();
+        assert!(matches!(error, ChunkClientError::UnexpectedReply), "{error}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -180,7 +180,7 @@ enum Commands {
     Mount {
         /// metad address, e.g. 127.0.0.1:7000.
         metad: String,
-        /// Existing, empty directory to mount on.
+        /// Existing, empty directory to mount on (`-o nonempty` allows others).
         mountpoint: PathBuf,
         /// Return once mounted and keep serving in the background.
         #[arg(long)]
@@ -192,7 +192,7 @@ enum Commands {
     },
     /// Run metad and N chunkds on loopback and mount them: a whole cluster in one command.
     Local {
-        /// Existing, empty directory to mount on.
+        /// Existing, empty directory to mount on (`-o nonempty` allows others).
         mountpoint: PathBuf,
         /// Where metad and the chunkds keep their data (kept across restarts).
         #[arg(long, default_value = "shardfs-data")]
@@ -686,10 +686,11 @@ fn mount_command(
     (secret, client): (&SecretArgs, &ClientArgs),
     args: &[OsString],
 ) -> anyhow::Result<()> {
-    mount::check_mountpoint(mountpoint)?;
     if client.flags().remount {
+        mount::check_mountpoint(mountpoint)?;
         return mount::remount(mountpoint, &client.flags());
     }
+    mount::check_new_mountpoint(mountpoint, client.flags().nonempty)?;
     // Read before going to the background, so a missing secret fails the mount command.
     let rpc = secret.rpc(Some(&client.flags()))?;
     if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
@@ -712,7 +713,7 @@ fn local_command(
     (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
-    mount::check_mountpoint(mountpoint)?;
+    mount::check_new_mountpoint(mountpoint, client.flags().nonempty)?;
     let encoding = match (k, m) {
         (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
         _ => None,

@@ -229,7 +229,7 @@ impl Store {
                 Err(MetaError::NotFound) => None,
                 Err(e) => return Err(e),
             };
-            Ok(Unlinked { parent: get_attr(tx, parent)?, target })
+            Ok(Unlinked { parent: get_attr(tx, parent)?, ino, target })
         })
     }
 
@@ -282,7 +282,7 @@ impl Store {
         new_name: &[u8],
         mode: RenameMode,
         cred: &Cred,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Option<Ino>, MetaError> {
         validate_name(new_name)?;
         let now = Timestamp::now();
         let (mode, whiteout) = match mode {
@@ -299,14 +299,16 @@ impl Store {
             if mode == RenameMode::Exchange {
                 let (dst_id, dst_ino) = dst.ok_or(MetaError::NotFound)?;
                 let dst = get_attr(tx, dst_ino)?;
-                return exchange(tx, (parent, src_id, &src), (new_parent, dst_id, &dst), now);
+                exchange(tx, (parent, src_id, &src), (new_parent, dst_id, &dst), now)?;
+                return Ok(None);
             }
+            let replaced = dst.map(|(_, ino)| ino);
             if let Some((dst_id, dst_ino)) = dst {
                 if mode == RenameMode::NoReplace {
                     return Err(MetaError::Exists);
                 }
                 if dst_ino == src_ino {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let dst = get_attr(tx, dst_ino)?;
                 match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
@@ -347,7 +349,7 @@ impl Store {
                 };
                 create(tx, parent, name, new)?;
             }
-            Ok(())
+            Ok(replaced)
         })
     }
 
