@@ -103,35 +103,9 @@ pub fn check_new_mountpoint(mountpoint: &Path, nonempty: bool) -> anyhow::Result
 fn is_mount_point(path: &Path) -> anyhow::Result<bool> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
-    let wanted = path.as_os_str().as_encoded_bytes();
-    Ok(mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|point| unescape_mountinfo(point) == wanted))
-}
-
-/// A mountinfo path with its octal escapes (`\040` for a space, …) undone.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes.get(i + 1..i + 4).and_then(|digits| {
-            let text = std::str::from_utf8(digits).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], escaped) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    out
+    let wanted = path.to_string_lossy();
+    let mut points = mountinfo.lines().filter_map(|line| line.split(' ').nth(4));
+    Ok(points.any(|point| crate::info::unescape(point) == wanted))
 }
 
 /// Mounts `fs` at `mountpoint`, calls `ready` once the mount is live, and serves until the
@@ -226,16 +200,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
-        assert_eq!(unescape_mountinfo(r"/x\9"), b"/x\\9");
     }
 }
