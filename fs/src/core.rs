@@ -19,7 +19,7 @@ use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES, Written};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
 use crate::leases::{Leases, Recall};
-use crate::metrics::ClientMetrics;
+use crate::metrics::{ClientMetrics, Gauges};
 use crate::seek;
 use crate::setid;
 use crate::write_back::{self, WriteBack};
@@ -255,9 +255,13 @@ impl Fs {
         &self.metrics
     }
 
-    /// The metrics text, with leases and cache usage as of now.
+    /// The metrics text, with leases, cache usage and open files as of now.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(self.leases.held_count(), self.io.cache_bytes())
+        self.metrics.render(Gauges {
+            leases_held: self.leases.held_count(),
+            cache_bytes: self.io.cache_bytes(),
+            open_files: self.files.lock().expect("files lock").len() as u64,
+        })
     }
 
     /// Ends this mount's metad session, giving back its leases, locks and open files at
@@ -580,7 +584,7 @@ impl Fs {
                 let attrs = Vec::from_iter([Some(&dir), target.as_ref()].into_iter().flatten());
                 self.leases.update_attrs(epoch, &attrs);
                 self.leases.listing_changed(parent, name, false);
-                if target.is_none() {
+                if target.is_none_or(|attr| attr.nlink == 0) {
                     self.leases.name_removed(ino);
                 }
                 Ok(())

@@ -403,4 +403,15 @@ impl SessionEvents for Leases {
             self.take_away(&mut state, ino, None);
         }
     }
+
+    fn connection_lost(&self) {
+        let mut state = self.lock();
+        // metad dropped the read leases: nothing may be served from them any more.
+        let reads: Vec<Ino> =
+            state.held.iter().filter(|(_, held)| !held.write).map(|(ino, _)| *ino).collect();
+        for ino in reads {
+            state.mark_recalled(ino);
+            self.take_away(&mut state, ino, None);
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The client's Prometheus metrics: FUSE operations by name with their latency, bytes read
-//! and written through the mount, chunk cache hits and misses, ranged reads, and leases held.
+//! and written through the mount, chunk cache hits and misses, ranged reads, leases held and files open.
 
 use std::sync::Arc;
 
@@ -45,14 +45,22 @@ impl ClientMetrics {
         }
     }
 
-    /// The metrics text, with `leases_held` and `cache_bytes` as of now.
-    pub fn render(&self, leases_held: u64, cache_bytes: u64) -> String {
+    /// The metrics text, with the gauges as of now.
+    pub fn render(&self, now: Gauges) -> String {
         self.snapshot.set(vec![
-            Value::gauge("shardfs_client_leases_held", "Leases this mount holds", leases_held),
-            Value::gauge("shardfs_client_cache_bytes", "Bytes in the chunk cache", cache_bytes),
+            Value::gauge("shardfs_client_leases_held", "Leases this mount holds", now.leases_held),
+            Value::gauge("shardfs_client_cache_bytes", "Bytes in the chunk cache", now.cache_bytes),
+            Value::gauge("shardfs_client_open_files", "Files open on this mount", now.open_files),
         ]);
         shardfs_rpc::metrics::encode(&self.registry)
     }
+}
+
+/// What the client's gauges show.
+pub struct Gauges {
+    pub leases_held: u64,
+    pub cache_bytes: u64,
+    pub open_files: u64,
 }
 
 impl Default for ClientMetrics {

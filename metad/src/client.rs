@@ -34,6 +34,9 @@ pub trait SessionEvents: Send + Sync {
     fn pushed(&self, push: MetaPush);
     /// A session was opened or resumed on a new connection: metad holds no lease for it.
     fn session_started(&self);
+    /// The connection the session used is gone: metad drops the session's read leases at
+    /// once (write leases last until the session expires).
+    fn connection_lost(&self);
 }
 
 /// Opens a session on the first connection and resumes it on every reconnect.
@@ -58,6 +61,10 @@ impl Hello for SessionHello {
         };
         self.adopt(id, timeout_ms);
         Ok(())
+    }
+
+    fn lost(&self) {
+        self.events.connection_lost();
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn run(
                 loop {
                     tokio::time::sleep(SYNC_INTERVAL).await;
                     server.expire_sessions();
+                    reclaim_lingered(&server.store).await;
                     sync(&server.store).await;
                 }
             };
@@ -151,6 +152,17 @@ async fn sync(store: &Arc<Store>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("cannot sync the metadata database: {e}"),
         Err(e) => warn!("metadata sync task failed: {e}"),
+    }
+}
+
+async fn reclaim_lingered(store: &Arc<Store>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.reclaim_lingered(std::time::Instant::now()))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("cannot delete files that lost their last name: {e}"),
+        Err(e) => warn!("file deletion task failed: {e}"),
     }
 }
 

@@ -234,6 +234,24 @@ impl Leases {
         }
     }
 
+    /// Drops the read leases of `holder`, whose connection is gone.
+    pub fn release_reads(&self, holder: Holder) {
+        let mut table = self.lock();
+        let is_read = |table: &Table, ino: &Ino| {
+            table.inodes.get(ino).and_then(|h| h.get(&holder)).is_some_and(|held| !held.write)
+        };
+        let held = table.by_holder.get(&holder).into_iter().flatten();
+        let reads: Vec<Ino> = held.filter(|ino| is_read(&table, ino)).copied().collect();
+        if reads.is_empty() {
+            return;
+        }
+        for ino in reads {
+            table.remove(holder, ino);
+        }
+        drop(table);
+        self.released.notify_waiters();
+    }
+
     /// Recalls the `conflicts` and waits until each is released or has expired: `expiry`
     /// after its recall. `peer_of` finds the connection a session currently uses.
     pub async fn recall(

@@ -25,7 +25,7 @@ use crate::proto::{
     StatFs, WorkerStatus,
 };
 use crate::repair::RepairStats;
-use crate::sessions::{SessionLimits, Sessions};
+use crate::sessions::{Departed, SessionLimits, Sessions};
 use crate::store::{Holder, Store};
 
 pub struct MetadServer {
@@ -718,8 +718,14 @@ impl Handler for MetadServer {
             return;
         }
         self.leases.disconnected(peer);
-        if let Some(holder) = self.sessions.disconnected(peer) {
-            self.release_session(holder);
+        match self.sessions.disconnected(peer) {
+            Some(Departed::Ended(holder)) => self.release_session(holder),
+            // Read leases protect only the mount's caches, which it stops using when it
+            // loses the connection, and drops in full when it resumes: another mount need
+            // not wait for them. Write leases may cover buffered writes, committed after a
+            // reconnect; they last until the session resumes or expires.
+            Some(Departed::Detached(holder)) => self.leases.release_reads(holder),
+            None => {}
         }
     }
 }

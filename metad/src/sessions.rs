@@ -18,6 +18,15 @@ use crate::store::Holder;
 /// How long a silent session lives when none is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a closed connection meant for the session it acted for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Departed {
+    /// An implicit session (a tool's): it ended with its connection.
+    Ended(Holder),
+    /// A mount's session: it lives on until it resumes on a new connection or expires.
+    Detached(Holder),
+}
+
 /// What one session may hold, so one client cannot exhaust metad's memory for the others.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
@@ -138,14 +147,14 @@ impl Sessions {
 
     /// The connection from `peer` ended. Returns an implicit session to release now;
     /// an explicit one waits for its client to come back or for expiry.
-    pub fn disconnected(&self, peer: SocketAddr) -> Option<Holder> {
+    pub fn disconnected(&self, peer: SocketAddr) -> Option<Departed> {
         let mut table = self.lock();
         let id = table.by_peer.remove(&peer)?;
         if table.sessions.get(&id).is_some_and(|s| !s.explicit) {
             table.sessions.remove(&id);
-            return Some(id);
+            return Some(Departed::Ended(id));
         }
-        None
+        Some(Departed::Detached(id))
     }
 
     /// Ends the session the connection from `peer` acts for (its holdings are for the
@@ -199,7 +208,7 @@ mod tests {
         assert_eq!(replaced, Some(implicit));
         assert_eq!(sessions.of(a), id);
         // The connection drops; the client comes back on another one and resumes.
-        assert_eq!(sessions.disconnected(a), None);
+        assert_eq!(sessions.disconnected(a), Some(Departed::Detached(id)));
         assert_eq!(sessions.open(b, "host-a".into(), Some(id)), (id, None));
         assert!(sessions.is_explicit(sessions.of(b)));
         // Silent past the timeout: expired; the connection falls back to an implicit
@@ -219,6 +228,6 @@ mod tests {
         assert_eq!(sessions.of(peer), id);
         std::thread::sleep(Duration::from_millis(20));
         assert!(sessions.expire().is_empty(), "implicit sessions do not time out");
-        assert_eq!(sessions.disconnected(peer), Some(id));
+        assert_eq!(sessions.disconnected(peer), Some(Departed::Ended(id)));
     }
 }

@@ -52,6 +52,8 @@ impl ClientOptions {
 pub trait Hello: Send + Sync {
     fn request(&self) -> Vec<u8>;
     fn answered(&self, response: &[u8]) -> Result<(), Error>;
+    /// The connection this hello opened is gone (closed by either side or failed).
+    fn lost(&self) {}
 }
 
 /// Receives the messages a server pushes, in the order they arrive, on the task reading
@@ -242,6 +244,7 @@ impl Client {
         let reader_pending = pending.clone();
         let addr = self.addr.clone();
         let on_push = self.on_push.clone();
+        let hello = self.hello.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::with_capacity(256 * 1024, read_half);
             loop {
@@ -265,6 +268,9 @@ impl Client {
                 }
             }
             reader_pending.lock().expect("pending lock").close();
+            if let Some(hello) = hello {
+                hello.lost();
+            }
         });
 
         Ok(Connection { outgoing, pending, next_id: AtomicU64::new(1) })

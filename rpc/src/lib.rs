@@ -8,6 +8,7 @@
 //! crate only moves bytes and never interprets them.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config_file;
 pub mod error;

@@ -18,6 +18,38 @@ use tempfile::TempDir;
 /// How long any daemon or mount may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The address a process logged for its metrics endpoint (`--metrics-listen`).
+pub fn metrics_endpoint(log: &Path) -> String {
+    let mut addr = None;
+    eventually("the metrics endpoint to be announced", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        addr = text.lines().find_map(|line| {
+            let rest = line.split("metrics at http://").nth(1)?;
+            Some(rest.split('/').next()?.to_string())
+        });
+        addr.is_some()
+    });
+    addr.unwrap()
+}
+
+/// The OpenMetrics text served at `addr`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// The value of the unlabelled sample `name` in metrics text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls `done` until it holds; fails the test after [`READY_TIMEOUT`].
 pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + READY_TIMEOUT;

@@ -41,6 +41,8 @@ fn a_mount_with_a_wrong_secret_is_refused_while_the_right_one_works() {
         .arg(wrong_secret(&cluster))
         .arg(&cluster.metad_addr)
         .arg(&mnt)
+        .arg("--log-file")
+        .arg(cluster.dir.path().join("mount-wrong.log"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -16,6 +16,8 @@ fn fails_fast(command: &mut Command, expected: &str) {
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected, got:\n{stderr}");
     assert!(lines[0].contains(expected), "{:?} lacks {expected:?}", lines[0]);
+    // Each cause is said once, not once by a message and again after it.
+    assert!(lines[0].matches("os error").count() <= 1, "{}", lines[0]);
 }
 
 /// `binary` with a freshly made cluster secret (in `dir`) in its environment.
@@ -42,7 +44,10 @@ fn mount_with_metad_unreachable() {
         &format!("cannot reach metad at {addr}"),
     );
     fails_fast(
-        with_secret("shardfs", dir.path()).args(["mount", "--background", &addr]).arg(&mnt),
+        with_secret("shardfs", dir.path())
+            .args(["mount", "--background", &addr, "--log-file"])
+            .arg(dir.path().join("mount.log"))
+            .arg(&mnt),
         &format!("cannot reach metad at {addr}"),
     );
 }

@@ -21,10 +21,12 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
     let mnt = cluster.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _guard = Unmount(&mnt);
+    let log = cluster.dir.path().join("logs/mount.log");
     let status = cluster
         .command("shardfs")
-        .args(["mount", "--background", &cluster.metad_addr])
-        .arg(&mnt)
+        .args(["mount", "--background", &cluster.metad_addr, "--log-file"])
+        .args([&log, &mnt])
+        .env("RUST_LOG", "info")
         .status()
         .unwrap();
     assert!(status.success());
@@ -34,6 +36,12 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"background");
     sh(&format!("fusermount3 -u {}", mnt.display()));
     assert!(!is_mounted(&mnt));
+    // What it logged once detached went to its log file, as plain text.
+    eventually("the unmount to be logged", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("unmounted")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "colour codes in the log file:\n{text}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ struct Deaf;
 impl SessionEvents for Deaf {
     fn pushed(&self, _: MetaPush) {}
     fn session_started(&self) {}
+    fn connection_lost(&self) {}
 }
 
 /// What a mount does to show it is being served: create, write, list, read back, delete.

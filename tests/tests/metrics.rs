@@ -3,35 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::Path;
 
 use nix::sys::signal::Signal;
-use shardfs_tests::{Cluster, eventually};
-
-/// The address a process logged for its metrics endpoint.
-fn endpoint(log: &Path) -> String {
-    let mut addr = None;
-    eventually("the metrics endpoint to be announced", || {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        addr = text.lines().find_map(|line| {
-            let rest = line.split("metrics at http://").nth(1)?;
-            Some(rest.split('/').next()?.to_string())
-        });
-        addr.is_some()
-    });
-    addr.unwrap()
-}
+use shardfs_tests::{Cluster, metrics_endpoint};
 
 /// Scrapes `addr` and parses the answer with Prometheus' parser: every sample, keyed by
 /// name and labels (`name{a="b",…}`, labels sorted; just `name` without labels).
 fn scrape(addr: &str) -> HashMap<String, f64> {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let body = shardfs_tests::scrape(addr);
     let parse = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -71,9 +50,9 @@ fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
     cluster.start_chunkd(0);
     cluster.wait_chunkds_up();
     let mount = cluster.mount_with(&["--metrics-listen", "127.0.0.1:0"]);
-    let metad = endpoint(&cluster.dir.path().join("metad.log"));
-    let chunkd = endpoint(&cluster.dir.path().join("chunkd-0.log"));
-    let client = endpoint(mount.log().unwrap());
+    let metad = metrics_endpoint(&cluster.dir.path().join("metad.log"));
+    let chunkd = metrics_endpoint(&cluster.dir.path().join("chunkd-0.log"));
+    let client = metrics_endpoint(mount.log().unwrap());
 
     let before = (scrape(&metad), scrape(&chunkd), scrape(&client));
     shardfs_tests::write_random(&mount.join("data"), 8 << 20, 3);

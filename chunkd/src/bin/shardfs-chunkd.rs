@@ -3,7 +3,7 @@
 //! Prints `shardfs-chunkd listening on <addr>` on stdout once it accepts connections (test
 //! harnesses read it to learn the port of `--listen 127.0.0.1:0`); logs go to stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +15,6 @@ use shardfs_chunkd::store::ShardStore;
 use shardfs_rpc::{ClusterKey, DaemonAuth, DaemonTlsArgs};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "shardfs-chunkd", version, about = "shardfs chunk daemon")]
@@ -63,18 +62,9 @@ struct Args {
 async fn main() -> ExitCode {
     let args: Args = match shardfs_rpc::config_file::parse(std::env::args_os().collect()) {
         Ok(args) => args,
-        Err(e) => {
-            eprintln!("shardfs-chunkd: error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return shardfs_rpc::cli::fail("shardfs-chunkd", &e),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    shardfs_rpc::cli::init_logging("info");
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

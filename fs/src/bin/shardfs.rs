@@ -74,8 +74,9 @@ enum MetadCommands {
     },
 }
 
-/// Set in the environment of the process `mount --background` starts.
-const BACKGROUND_CHILD: &str = "SHARDFS_BACKGROUND_CHILD";
+/// Set in the environment of the process `mount --background` starts: the log file it
+/// writes once mounted.
+const BACKGROUND_CHILD: &str = "SHARDFS_BACKGROUND_LOG";
 /// What that process prints on stdout once the mount is live.
 const READY_LINE: &str = "shardfs-mount-ready";
 
@@ -182,9 +183,14 @@ enum Commands {
         metad: String,
         /// Existing, empty directory to mount on (`-o nonempty` allows others).
         mountpoint: PathBuf,
-        /// Return once mounted and keep serving in the background.
+        /// Return once mounted and keep serving in the background, logging to --log-file.
         #[arg(long)]
         background: bool,
+        /// Where a --background mount writes its log (appended) [default:
+        /// /var/log/shardfs/mount-PATH.log for root, ~/.local/state/shardfs/mount-PATH.log
+        /// for others, PATH being the mount point with `/` as `-`].
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
         #[command(flatten)]
         secret: SecretArgs,
         #[command(flatten)]
@@ -370,18 +376,10 @@ fn main() -> ExitCode {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
     let args: Vec<OsString> = mount_helper_args().unwrap_or_else(|| std::env::args_os().collect());
     let cli = Cli::parse_from(&args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    shardfs_rpc::cli::init_logging("warn");
     match run(cli, &args) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("shardfs: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => shardfs_rpc::cli::fail("shardfs", &e),
     }
 }
 
@@ -505,8 +503,9 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Mount { metad, mountpoint, background, secret, client } => {
-            mount_command(&metad, &mountpoint, background, (&secret, &client), args)?;
+        Commands::Mount { metad, mountpoint, background, log_file, secret, client } => {
+            let log = background.then(|| log_file.unwrap_or_else(|| default_log(&mountpoint)));
+            mount_command(&metad, &mountpoint, log.as_deref(), (&secret, &client), args)?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::Local { mountpoint, data, chunkds, k, m, chunk_size, client } => {
@@ -682,7 +681,7 @@ fn metad_command(command: MetadCommands) -> anyhow::Result<ExitCode> {
 fn mount_command(
     metad: &str,
     mountpoint: &Path,
-    background: bool,
+    background: Option<&Path>,
     (secret, client): (&SecretArgs, &ClientArgs),
     args: &[OsString],
 ) -> anyhow::Result<()> {
@@ -693,8 +692,10 @@ fn mount_command(
     mount::check_new_mountpoint(mountpoint, client.flags().nonempty)?;
     // Read before going to the background, so a missing secret fails the mount command.
     let rpc = secret.rpc(Some(&client.flags()))?;
-    if background && std::env::var_os(BACKGROUND_CHILD).is_none() {
-        return start_in_background(args);
+    if let Some(log) = background
+        && std::env::var_os(BACKGROUND_CHILD).is_none()
+    {
+        return start_in_background(args, log);
     }
     let runtime = runtime()?;
     let fs = runtime
@@ -802,27 +803,54 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// In the process started by `--background`, tells the parent the mount is live and
-/// detaches from its pipe.
+/// detaches from its pipes: from here on it logs to its log file.
 fn announce_ready() {
-    if std::env::var_os(BACKGROUND_CHILD).is_none() {
+    let Some(log) = std::env::var_os(BACKGROUND_CHILD) else {
         return;
-    }
+    };
     println!("{READY_LINE}");
     let _ = std::io::stdout().flush();
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
         let _ = nix::unistd::dup2_stderr(&null);
     }
+    if let Ok(log) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = nix::unistd::dup2_stderr(&log);
+    }
+}
+
+/// Where a `--background` mount at `mountpoint` logs by default.
+fn default_log(mountpoint: &Path) -> PathBuf {
+    let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
+    let name = absolute.to_string_lossy().trim_matches('/').replace('/', "-");
+    let dir = match std::env::var_os("HOME") {
+        Some(home) if !nix::unistd::geteuid().is_root() => {
+            PathBuf::from(home).join(".local/state/shardfs")
+        }
+        _ => PathBuf::from("/var/log/shardfs"),
+    };
+    dir.join(format!("mount-{name}.log"))
 }
 
 /// Runs this same command again as a detached process and waits until it has mounted (or
-/// failed), so the caller gets a live mount or a one-line error.
-fn start_in_background(args: &[OsString]) -> anyhow::Result<()> {
+/// failed), so the caller gets a live mount or a one-line error. Once mounted, it logs
+/// to `log`.
+fn start_in_background(args: &[OsString], log: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open the log file {}", log.display()))?;
+    let log = std::path::absolute(log).unwrap_or_else(|_| log.to_owned());
     let exe = std::env::current_exe().context("cannot find the shardfs executable")?;
     let args: Vec<_> = args.iter().skip(1).filter(|a| *a != "--background").collect();
     let mut child = Command::new(exe)
         .args(args)
-        .env(BACKGROUND_CHILD, "1")
+        .env(BACKGROUND_CHILD, &log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,7 +11,7 @@ use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::sessions::{self, SessionLimits};
-use shardfs_rpc::DaemonTlsArgs;
+use shardfs_rpc::{DaemonTlsArgs, cli};
 use tokio::net::TcpListener;
 
 /// Serve a shardfs namespace: inodes, directories, file layouts and the chunk catalogue.
@@ -77,23 +77,12 @@ struct Args {
 fn main() -> ExitCode {
     let args: Args = match shardfs_rpc::config_file::parse(std::env::args_os().collect()) {
         Ok(args) => args,
-        Err(e) => {
-            eprintln!("shardfs-metad: error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return cli::fail("shardfs-metad", &e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging("info");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shardfs-metad: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail("shardfs-metad", &e),
     }
 }
 

@@ -23,7 +23,7 @@ use shardfs_chunkd::Encoding;
 use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
 pub use fsck::{FsckReport, Problem};
-pub use open_files::Holder;
+pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
 

@@ -418,13 +418,23 @@ impl Store {
 
     /// Drops every open of a holder that went away.
     pub fn release_holder(&self, holder: Holder) -> Result<(), MetaError> {
-        let closed = self.open_files.remove_holder(holder);
-        if closed.is_empty() {
+        self.reclaim_if_orphans(self.open_files.remove_holder(holder))
+    }
+
+    /// Deletes the nameless inodes that have lingered long enough by `now`, unless opened
+    /// meanwhile.
+    pub fn reclaim_lingered(&self, now: std::time::Instant) -> Result<(), MetaError> {
+        self.reclaim_if_orphans(self.open_files.lingered(now))
+    }
+
+    /// Deletes those of `inos` that have no name left and nobody has open.
+    fn reclaim_if_orphans(&self, inos: Vec<Ino>) -> Result<(), MetaError> {
+        if inos.is_empty() {
             return Ok(());
         }
         let now = Timestamp::now();
         self.write(|tx| {
-            for ino in closed {
+            for ino in inos {
                 reclaim_if_orphan(tx, &self.open_files, ino, now)?;
             }
             Ok(())
@@ -585,8 +595,9 @@ fn touch(tx: &Transaction<'_>, dir: Ino, now: Timestamp) -> Result<(), MetaError
     Ok(())
 }
 
-/// One name of `ino` went away; the inode goes with its last name unless a client still has
-/// it open, in which case it lives on, nameless, until its last close.
+/// One name of `ino` went away. With its last name the inode goes, but not at once: it
+/// lingers a moment for opens already on their way (see `open_files`), and if a client has
+/// it open, it lives on, nameless, until its last close.
 fn drop_link(
     tx: &Transaction<'_>,
     open_files: &OpenFiles,
@@ -600,7 +611,7 @@ fn drop_link(
         )?
         .query_row(params![ino, now.sec, now.nsec], |r| r.get(0))?;
     if nlink == 0 && !open_files.is_open(ino) {
-        delete_inode(tx, ino, now)?;
+        open_files.linger(ino, std::time::Instant::now());
     }
     Ok(())
 }

@@ -4,9 +4,15 @@
 //! Kept in memory per client session: when a session ends, its opens end with it. After
 //! a metad restart nothing counts as open, and [`Store::open`](super::Store::open) reclaims the
 //! unlinked-but-open inodes the previous run left behind.
+//!
+//! A file that loses its last name while nobody has it open also lives on, for [`LINGER`]:
+//! another mount may have looked the name up just before it went (a rename replacing it,
+//! say) and be about to open what it found. On a local disk that open succeeds with the
+//! old file, because the path walk already holds it; here it finds the inode still there.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::proto::{Ino, MetaError};
 
@@ -25,7 +31,13 @@ struct Table {
     by_ino: HashMap<Ino, HashMap<Holder, u64>>,
     /// Opens each holder has, of all inodes.
     per_holder: HashMap<Holder, u64>,
+    /// Nameless inodes kept until the instant given, for opens already on their way.
+    lingering: HashMap<Ino, Instant>,
 }
+
+/// How long a file that lost its last name stays openable by opens already on their way:
+/// far longer than a lookup and the open that follows it take.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 impl OpenFiles {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -84,8 +96,28 @@ impl OpenFiles {
         closed
     }
 
+    /// Whether `ino` is open, or lost its last name too recently to go.
     pub fn is_open(&self, ino: Ino) -> bool {
-        self.lock().by_ino.contains_key(&ino)
+        let table = self.lock();
+        table.by_ino.contains_key(&ino) || table.lingering.contains_key(&ino)
+    }
+
+    /// Keeps nameless `ino` until `LINGER` after `now`.
+    pub fn linger(&self, ino: Ino, now: Instant) {
+        self.lock().lingering.insert(ino, now + LINGER);
+    }
+
+    /// Stops keeping the inodes whose time is up at `now`, and returns them.
+    pub fn lingered(&self, now: Instant) -> Vec<Ino> {
+        let mut done = Vec::new();
+        self.lock().lingering.retain(|ino, until| {
+            let keep = *until > now;
+            if !keep {
+                done.push(*ino);
+            }
+            keep
+        });
+        done
     }
 }
 
@@ -124,5 +156,19 @@ mod tests {
         open.add(8, a, 2).unwrap();
         open.remove_holder(a);
         open.add(7, a, 2).unwrap();
+    }
+
+    #[test]
+    fn a_nameless_inode_lingers_for_a_while_then_goes_unless_open() {
+        let open = OpenFiles::default();
+        let now = Instant::now();
+        open.linger(7, now);
+        assert!(open.is_open(7));
+        assert!(open.lingered(now).is_empty());
+        open.add(7, 1, 10).unwrap();
+        assert_eq!(open.lingered(now + LINGER), [7]);
+        assert!(open.is_open(7), "still open by holder 1");
+        assert!(!open.remove(7, 1));
+        assert!(!open.is_open(7));
     }
 }

@@ -2,7 +2,7 @@
 
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
-use super::{ChunkdRecord, Problem, Store, VolumeOverrides, VolumeSettings};
+use super::{ChunkdRecord, LINGER, Problem, Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
 
 const ROOT: Cred = Cred::ROOT;
@@ -27,6 +27,11 @@ fn open(dir: &tempfile::TempDir) -> Store {
 
 fn file(store: &Store, parent: Ino, name: &str) -> Attr {
     store.make_node(parent, name.as_bytes(), libc::S_IFREG | 0o644, 0, ROOT).unwrap().attr
+}
+
+/// Lets the files that lost their last name finish lingering, and go.
+fn linger_over(store: &Store) {
+    store.reclaim_lingered(std::time::Instant::now() + LINGER).unwrap();
 }
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {
@@ -92,7 +97,10 @@ fn hard_links_and_unlink() {
     assert_eq!(unlinked.parent, store.get_attr(ROOT_INO).unwrap());
     assert_eq!(unlinked.target, Some(store.get_attr(a.ino).unwrap()));
     assert_eq!(store.get_attr(a.ino).unwrap().nlink, 1);
-    assert_eq!(store.unlink(ROOT_INO, b"b").unwrap().target, None);
+    // The last name gone, the inode lingers a moment for opens on their way, then goes.
+    assert_eq!(store.unlink(ROOT_INO, b"b").unwrap().target.map(|t| t.nlink), Some(0));
+    assert_eq!(store.get_attr(a.ino).unwrap().nlink, 0);
+    linger_over(&store);
     assert_eq!(store.get_attr(a.ino), Err(MetaError::NotFound));
     let made = store.make_dir(ROOT_INO, b"m", 0o755, ROOT).unwrap();
     assert_eq!((made.parent.ino, made.parent.nlink), (ROOT_INO, 3));
@@ -116,6 +124,7 @@ fn rename_cases() {
     // Across directories, over an existing file.
     store.rename(d1.ino, b"f", d2.ino, b"g", RenameMode::Replace, &Cred::ROOT).unwrap();
     assert_eq!(store.lookup(d2.ino, b"g").unwrap().ino, f.ino);
+    linger_over(&store);
     assert_eq!(store.get_attr(g.ino), Err(MetaError::NotFound));
     assert!(names(&store, d1.ino).is_empty());
     // NOREPLACE and EXCHANGE.
@@ -205,6 +214,7 @@ fn writes_split_extents_and_move_refcounts() {
     assert_eq!((grown.as_ref().unwrap().size, grown.unwrap().allocated), (5000, 50));
     // Unlinking the last name releases every reference.
     store.unlink(ROOT_INO, b"f").unwrap();
+    linger_over(&store);
     assert_eq!(refcount(&store, big), 0);
     // An extent must lie inside its chunk, and the chunk must exist.
     let g = file(&store, ROOT_INO, "g");
@@ -426,6 +436,7 @@ fn dot_and_dot_dot_lookups_resolve_file_handles() {
     assert_eq!(store.lookup(sub.ino, b"..").unwrap().ino, other.ino);
     // A removed inode is gone: the kernel turns this into ESTALE.
     store.unlink(sub.ino, b"f").unwrap();
+    linger_over(&store);
     assert!(matches!(store.lookup(f.ino, b"."), Err(MetaError::NotFound)));
 }
 
@@ -475,6 +486,7 @@ fn small_chunks_are_kept_inline_verified_and_collected() {
     // Unreferenced, it is collected with its content, and nothing is left for chunkds.
     store.unlink(ROOT_INO, b"f").unwrap();
     store.unlink(ROOT_INO, b"g").unwrap();
+    linger_over(&store);
     let removed = store.remove_unreferenced_chunks(std::time::Duration::ZERO, &|_| false).unwrap();
     assert_eq!(removed, vec![]);
     assert!(matches!(store.read_inline(chunk), Err(MetaError::ChunkGone(_))));
