@@ -102,6 +102,9 @@ pub struct ChunkdStat {
     pub scrub_passes: u64,
     pub last_scrub_shards: u64,
     pub last_scrub_corrupt: u64,
+    /// The id of the filesystem holding the data directory (statvfs `f_fsid`): chunkds on
+    /// one host that share a filesystem count its space once.
+    pub filesystem: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -341,6 +341,7 @@ impl ShardStore {
                 scrub_passes: store.scrub.passes.completed(),
                 last_scrub_shards: store.scrub.last().shards,
                 last_scrub_corrupt: store.scrub.last().corrupt,
+                filesystem: fs_stat.filesystem_id() as u64,
             })
         })
         .await

@@ -368,8 +368,14 @@ impl ChunkIo {
                 let ChunkPlan::Place { encoding, targets } = plan else {
                     continue;
                 };
-                if targets.len() != encoding.total() {
-                    return Err(FsError::MetaProtocol("placement of the wrong width".into()));
+                // All k+m shards, or (metad writing degraded while chunkds are down) at
+                // least k of them, each index once.
+                let indexes = targets.iter().map(|t| t.index as usize);
+                if targets.len() < encoding.k as usize
+                    || indexes.clone().any(|i| i >= encoding.total())
+                    || indexes.collect::<HashSet<_>>().len() != targets.len()
+                {
+                    return Err(FsError::MetaProtocol("placement of the wrong shape".into()));
                 }
                 let data = pieces[*piece_index].data.clone();
                 let tree = hashed[*piece_index].2.clone();
@@ -434,14 +440,15 @@ pub struct Written {
     pub extents: Vec<Extent>,
 }
 
-/// Encodes one chunk and puts all k+m shards; succeeds only if every put does.
 /// Why a chunk's puts failed, and which chunkds could not be reached at all.
 struct PutFailure {
     error: FsError,
     unreachable: Vec<String>,
 }
 
-/// `shape` is the chunk's encoding and its hash tree.
+/// Encodes one chunk and puts the shards `places` name (all k+m, or fewer when written
+/// degraded); succeeds only if every put does. `shape` is the chunk's encoding and its hash
+/// tree.
 async fn put_chunk(
     pool: Arc<ChunkClientPool>,
     chunk: ChunkToWrite,
@@ -458,8 +465,12 @@ async fn put_chunk(
             },
             unreachable: Vec::new(),
         })?;
+    let mut shards: Vec<Option<Vec<u8>>> = shards.into_iter().map(Some).collect();
     let mut puts = JoinSet::new();
-    for (place, shard) in places.into_iter().zip(shards) {
+    for place in places {
+        let Some(shard) = shards.get_mut(place.index as usize).and_then(Option::take) else {
+            continue;
+        };
         let client = pool.get(&place.addr, &place.chunkd);
         let id = ShardId { chunk: chunk.chunk, index: place.index };
         let tree = tree.clone();

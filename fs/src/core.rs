@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::proto::{
-    Attr, Cred, DirEntry, FileKind, HeldLock, Ino, Layout, LockKind, MAX_NAME_LEN, Made, MetaError,
-    RenameMode, SetAttr, SpaceOp, StatFs, Timestamp, Unlinked, VolumeInfo, XattrMode,
+    Attr, Cred, DirEntry, FileKind, HeldLock, INLINE_MAX, Ino, Layout, LockKind, MAX_NAME_LEN,
+    Made, MetaError, RenameMode, SetAttr, SetTime, SpaceOp, StatFs, Timestamp, Unlinked,
+    VolumeInfo, XattrMode,
 };
 use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
@@ -109,6 +110,11 @@ async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
 
 /// Settles lease recalls as they arrive, each on its own task so a slow commit delays no
 /// other, until the client is dropped.
+/// Recalls that cannot be settled are tried again every half second: their warning is
+/// logged once per interval.
+static UNSETTLED_LOG: shardfs_rpc::throttle::Throttle =
+    shardfs_rpc::throttle::Throttle::new(Duration::from_secs(10));
+
 async fn settle_recalls(
     fs: std::sync::Weak<Fs>,
     mut recalls: tokio::sync::mpsc::UnboundedReceiver<Ino>,
@@ -318,7 +324,19 @@ impl Fs {
                 let mut data = file.data.lock().await;
                 let Some(recall) = self.leases.take_recall(ino) else { return };
                 if let Err(e) = self.flush_locked(&file, &mut data, true).await {
-                    warn!(ino, "recalled lease: buffered writes stay buffered: {e}");
+                    // Giving the lease back would show the other mount the file as it was
+                    // before writes a close here already reported done: the lease is kept,
+                    // and the recall tried again, until the commit is made (or metad
+                    // revokes the lease when this session expires).
+                    if let Some(held_back) = UNSETTLED_LOG.admit() {
+                        warn!(
+                            ino,
+                            held_back,
+                            "recalled lease kept: buffered writes cannot be committed: {e}"
+                        );
+                    }
+                    self.leases.recall_again(ino, recall);
+                    return;
                 }
                 data.layout = None;
                 recall
@@ -488,8 +506,29 @@ impl Fs {
             // Buffered bytes past the new end vanish.
             data.dirty.truncate(size);
         }
-        // Buffered writes land first: their commit must not undo a truncate, or replace
-        // times set explicitly (cp -p writes, then sets mtime, then closes).
+        let times_only = changes.size.is_none()
+            && changes.mode.is_none()
+            && changes.uid.is_none()
+            && changes.gid.is_none();
+        let mtime_onwards = match changes.mtime {
+            None | Some(SetTime::Now) => true,
+            Some(SetTime::At(mtime)) => data.dirty_mtime.is_none_or(|last| mtime >= last),
+        };
+        if times_only && mtime_onwards && !data.dirty.is_empty() {
+            // The kernel writing back the times it keeps for buffered writes: they stay
+            // buffered (committing them here would cut a chunk wherever the writes had got
+            // to), and their commit takes the mtime. An mtime set back (cp -p) commits them
+            // first, below, so their commit cannot replace it.
+            match changes.mtime {
+                Some(SetTime::At(mtime)) => data.dirty_mtime = Some(mtime),
+                Some(SetTime::Now) => data.dirty_mtime = Some(Timestamp::now()),
+                None => {}
+            }
+            let set = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false);
+            let attr = set.await?;
+            return Ok(data.with_dirty(attr));
+        }
+        // Buffered writes land first: their commit must not undo a truncate.
         self.flush_locked(&file, &mut data, true).await?;
         let attr = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false).await?;
         data.layout = None;
@@ -768,8 +807,14 @@ impl Fs {
         if reading && self.leases.pages_valid(ino) {
             let attr = self.leases.cached_attr(ino);
             if let Some(strict) = self.atime_update(attr.as_ref()) {
-                update_atime(&self.meta, &self.leases, ino, strict).await?;
-                self.leases.forget_kernel_attrs(ino);
+                match update_atime(&self.meta, &self.leases, ino, strict).await {
+                    Ok(()) => self.leases.forget_kernel_attrs(ino),
+                    // Gone: the kernel looks the name up again.
+                    Err(e @ FsError::Meta(MetaError::NotFound)) => return Err(e),
+                    // Otherwise best effort, as at a first read: an open for reading does
+                    // not fail for want of an atime update (on a full metad disk, say).
+                    Err(e) => debug!(ino, "atime update failed: {e}"),
+                }
             }
             data.accessed = true;
         }
@@ -983,14 +1028,17 @@ impl Fs {
     }
 
     /// Whether the last close of `file` may return before its buffered writes are committed,
-    /// and how many bytes wait: only under the write lease (so no other mount can miss
-    /// them), for a file metad does not track as open here (whose release must follow the
-    /// commit), with a single handle left, and within the background budget.
+    /// and how many bytes wait: only for bytes few enough to go inline to metad with the
+    /// commit (data for chunkds is stored before the close returns, so a close cannot
+    /// succeed with data that can never be stored), under the write lease (so no other mount
+    /// can miss them), for a file metad does not track as open here (whose release must
+    /// follow the commit), with a single handle left, and within the background budget.
     async fn defers_commit(&self, file: &OpenFile) -> Option<usize> {
         let bytes = file.data.lock().await.dirty.bytes();
         let last =
             self.files.lock().expect("files lock").get(&file.ino).map(|(_, n)| *n) == Some(1);
         let defer = bytes > 0
+            && bytes as u64 <= INLINE_MAX
             && last
             && self.write_back.fits(bytes)
             && self.leases.holds_write(file.ino)

@@ -71,14 +71,15 @@ impl From<&FsError> for Errno {
                 MetaError::NoData => Errno::NO_XATTR,
                 MetaError::TooBig => Errno::E2BIG,
                 MetaError::TooManyLinks => Errno::EMLINK,
-                MetaError::NoSpace(_) => Errno::ENOSPC,
+                MetaError::NoSpace(_) | MetaError::MetadataFull => Errno::ENOSPC,
                 MetaError::FileTooBig => Errno::EFBIG,
                 MetaError::WouldBlock => Errno::EAGAIN,
                 MetaError::AccessDenied => Errno::EACCES,
                 MetaError::TooManyOpenFiles(_) => Errno::ENFILE,
-                MetaError::ChunkGone(_) | MetaError::Store(_) | MetaError::SessionExpired => {
-                    Errno::EIO
-                }
+                MetaError::ChunkGone(_)
+                | MetaError::Store(_)
+                | MetaError::SessionExpired
+                | MetaError::Unavailable(_) => Errno::EIO,
             },
             FsError::MetaTransport(_)
             | FsError::MetaProtocol(_)

@@ -130,6 +130,9 @@ pub struct Epoch {
     changes: u64,
 }
 
+/// How long a recall that could not be settled waits before it is tried again.
+const RECALL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A lease taken away, to be settled: buffered writes committed, caches dropped, and the
 /// lease released.
 #[derive(Default)]
@@ -348,6 +351,23 @@ impl Leases {
     /// Takes the pending recall of `ino`, if any, out of the table.
     pub fn take_recall(&self, ino: Ino) -> Option<Recall> {
         self.lock().pending.remove(&ino)
+    }
+
+    /// Puts back a recall that cannot be settled yet (its buffered writes cannot be
+    /// committed), to be tried again after [`RECALL_RETRY`].
+    pub fn recall_again(&self, ino: Ino, recall: Recall) {
+        {
+            let mut state = self.lock();
+            let pending = state.pending.entry(ino).or_default();
+            pending.seq = pending.seq.max(recall.seq);
+            pending.write |= recall.write;
+            pending.names.extend(recall.names);
+        }
+        let recalls = self.recalls.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RECALL_RETRY).await;
+            let _ = recalls.send(ino);
+        });
     }
 
     /// Drops what the kernel caches of `ino` under a recalled lease: attributes, data pages

@@ -104,24 +104,34 @@ pub fn print(status: &Status) {
         "corrupt"
     );
     for c in &status.chunkds {
-        let state = match (c.up, c.suspect, c.draining) {
-            (true, false, false) => "up",
-            (true, false, true) => "drain",
-            (true, true, _) => "suspect",
-            (false, _, _) => "down",
+        let state = match (c.up, c.suspect, c.draining, c.full) {
+            (true, false, false, false) => "up",
+            (true, false, false, true) => "full",
+            (true, false, true, _) => "drain",
+            (true, true, _, _) => "suspect",
+            (false, _, _, _) => "down",
+        };
+        // Figures recorded before metad's restart by a chunkd not heard from since would
+        // be stale: none are shown.
+        let figures = if c.reported {
+            format!(
+                "{:>9.1} {:>9.1} {:>9.2} {:>8} {:>7} {:>7}",
+                gib(c.capacity_bytes),
+                gib(c.free_bytes),
+                gib(c.used_bytes),
+                c.shard_count,
+                c.scrub_passes,
+                c.quarantined
+            )
+        } else {
+            format!("{:>9} {:>9} {:>9} {:>8} {:>7} {:>7}", "-", "-", "-", "-", "-", "-")
         };
         println!(
-            "{:<34} {:<22} {:<8} {:<7} {:>9.1} {:>9.1} {:>9.2} {:>8} {:>7} {:>7}",
+            "{:<34} {:<22} {:<8} {:<7} {figures}",
             c.id,
             c.addr,
             c.zone.as_deref().unwrap_or("-"),
             state,
-            gib(c.capacity_bytes),
-            gib(c.free_bytes),
-            gib(c.used_bytes),
-            c.shard_count,
-            c.scrub_passes,
-            c.quarantined
         );
     }
     let cat = &status.catalogue;

@@ -442,6 +442,11 @@ impl MetaClient {
         call!(self, request, "drain", MetaReply::Drained { remaining } => remaining)
     }
 
+    pub async fn forget(&self, chunkd: &str) -> Result<()> {
+        let request = MetaRequest::Forget { chunkd: chunkd.to_owned() };
+        call!(self, request, "forget", MetaReply::Done => ())
+    }
+
     pub async fn chunkds(&self) -> Result<Vec<ChunkdStatus>> {
         call!(self, MetaRequest::Chunkds, "chunkds", MetaReply::Chunkds(c) => c)
     }

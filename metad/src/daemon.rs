@@ -47,6 +47,8 @@ pub struct MetadConfig {
     pub sessions: SessionLimits,
     /// TLS on every connection, in and out; `None`: plain TCP.
     pub tls: Option<DaemonTls>,
+    /// Shards a new chunk needs placed for a write to go on; `None`: k+1.
+    pub min_shards: Option<u8>,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
@@ -79,8 +81,29 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
         );
     }
+    let encoding = store.settings().encoding;
+    if let Some(min) = config.min_shards
+        && !(encoding.k..=encoding.k + encoding.m).contains(&min)
+    {
+        anyhow::bail!(
+            "--min-shards {min} is outside {}..={} for the volume's {}+{} encoding",
+            encoding.k,
+            encoding.k + encoding.m,
+            encoding.k,
+            encoding.m
+        );
+    }
     let auth = DaemonAuth { key, tls: config.tls };
-    let server = MetadServer::new(store, members, config.sessions, auth);
+    let holdings = store.holdings().context("cannot read what sessions held before")?;
+    if !holdings.sessions.is_empty() {
+        info!(
+            sessions = holdings.sessions.len(),
+            locks = holdings.locks.len(),
+            "mount sessions from before the restart may resume, with their locks"
+        );
+    }
+    let server = MetadServer::new(store, members, (config.sessions, holdings), auth)
+        .with_min_shards(config.min_shards);
     Ok(Arc::new(server.holding(data_lock)))
 }
 
@@ -121,7 +144,8 @@ pub async fn run(
                 loop {
                     tokio::time::sleep(SYNC_INTERVAL).await;
                     server.expire_sessions();
-                    reclaim_lingered(&server.store).await;
+                    housekeeping(&server.store).await;
+                    server.forget_deleted();
                     sync(&server.store).await;
                 }
             };
@@ -155,14 +179,18 @@ async fn sync(store: &Arc<Store>) {
     }
 }
 
-async fn reclaim_lingered(store: &Arc<Store>) {
+/// Deletes the files that lingered long enough, and reserves room for changes that free
+/// space again if it was used.
+async fn housekeeping(store: &Arc<Store>) {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.reclaim_lingered(std::time::Instant::now()))
-        .await
-    {
+    let done = tokio::task::spawn_blocking(move || {
+        store.replenish_reserve();
+        store.reclaim_lingered(std::time::Instant::now())
+    });
+    match done.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("cannot delete files that lost their last name: {e}"),
-        Err(e) => warn!("file deletion task failed: {e}"),
+        Err(e) => warn!("housekeeping task failed: {e}"),
     }
 }
 

@@ -234,6 +234,22 @@ impl Leases {
         }
     }
 
+    /// Drops every lease on `ino`, which was deleted: nobody can use them any more.
+    pub fn forget_inode(&self, ino: Ino) {
+        let mut table = self.lock();
+        let Some(holders) = table.inodes.remove(&ino) else { return };
+        for holder in holders.keys() {
+            if let Some(inos) = table.by_holder.get_mut(holder) {
+                inos.remove(&ino);
+                if inos.is_empty() {
+                    table.by_holder.remove(holder);
+                }
+            }
+        }
+        drop(table);
+        self.released.notify_waiters();
+    }
+
     /// Drops the read leases of `holder`, whose connection is gone.
     pub fn release_reads(&self, holder: Holder) {
         let mut table = self.lock();

@@ -1,17 +1,19 @@
 //! Byte-range locks (fcntl, and flock emulated as whole-file fcntl locks, as NFS does), held
 //! in metad so they hold across every mount of the namespace.
 //!
-//! A lock belongs to an owner: a client connection plus the owner id the kernel gave (the
-//! process's file table for fcntl locks, the open file for flock). Locks live in memory: a
-//! client that disconnects loses its locks, and so does everyone when metad restarts.
+//! A lock belongs to an owner: a client session plus the owner id the kernel gave (the
+//! process's file table for fcntl locks, the open file for flock). Locks live in memory and
+//! every change is recorded in the database (`store/holdings.rs`), so they outlive a metad
+//! restart: a mount's session resumes with its locks. A session that ends (a tool's
+//! connection closes, a mount's session expires) loses its locks.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{Ino, MetaError};
-use crate::store::Holder;
+use crate::store::{Holder, LockRow, Store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockKind {
@@ -49,23 +51,51 @@ impl Lock {
 #[derive(Default)]
 struct Table {
     by_ino: HashMap<Ino, Vec<Lock>>,
-    /// Requests waiting for a lock, per connection.
-    waiting: HashMap<Holder, usize>,
-    /// Connections that ended while some of their requests were waiting: those give up.
-    /// An entry goes when its last waiter does, so an address reused by a later connection
-    /// is not mistaken for the departed one.
-    departed: HashSet<Holder>,
+    /// Counts the changes that may let a waiting request through (see
+    /// [`LockTable::changed_since`]).
+    version: u64,
 }
 
 #[derive(Default)]
 pub struct LockTable {
     table: Mutex<Table>,
-    changed: Condvar,
+    /// Woken when locks are let go. Requests that wait for a lock (F_SETLKW) wait here, as
+    /// tasks, not threads: a thousand of them cost a thousand small futures.
+    released: tokio::sync::Notify,
+    /// Where each change is recorded; `None` in tests of the table alone.
+    store: Option<std::sync::Arc<Store>>,
 }
 
 impl LockTable {
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A table recording every change in `store`, holding `locks` (the previous run's).
+    pub fn recorded(store: std::sync::Arc<Store>, locks: Vec<LockRow>) -> LockTable {
+        let mut table = Table::default();
+        for row in locks {
+            let owner = Owner { holder: row.holder, id: row.owner };
+            table.by_ino.entry(row.ino).or_default().push(Lock { owner, held: row.held });
+        }
+        LockTable { table: Mutex::new(table), released: Default::default(), store: Some(store) }
+    }
+
+    /// Records the locks now held on `ino`; called with the table locked, so records are
+    /// made in the order of the changes. A failure (metad's disk full) is logged: the lock
+    /// holds meanwhile, but would not outlive a restart.
+    fn record(&self, table: &Table, ino: Ino) {
+        let Some(store) = &self.store else { return };
+        let rows: Vec<LockRow> = table
+            .by_ino
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .map(|l| LockRow { ino, holder: l.owner.holder, owner: l.owner.id, held: l.held })
+            .collect();
+        if let Err(e) = store.save_locks(ino, &rows) {
+            tracing::warn!(ino, "cannot record locks: {e}");
+        }
     }
 
     /// F_GETLK: a lock of another owner that would block this one, if any.
@@ -81,16 +111,15 @@ impl LockTable {
         conflict(&self.lock(), ino, Owner { holder, id: owner }, start, end, kind)
     }
 
-    /// F_SETLK / F_SETLKW: takes the lock, replacing this owner's locks in the range. With
-    /// `wait`, blocks until no other owner's lock is in the way; without, fails with
-    /// `WouldBlock`.
+    /// F_SETLK: takes the lock, replacing this owner's locks in the range, unless another
+    /// owner's lock is in the way (`WouldBlock`). F_SETLKW tries again each time
+    /// [`LockTable::changed_since`] the [`LockTable::version`] it read before trying.
     pub fn set(
         &self,
         ino: Ino,
         holder: Holder,
         owner: u64,
         held: HeldLock,
-        wait: bool,
     ) -> Result<(), MetaError> {
         if held.start > held.end {
             return Err(MetaError::Invalid("lock range ends before it starts".into()));
@@ -98,37 +127,46 @@ impl LockTable {
         let owner = Owner { holder, id: owner };
         let mut table = self.lock();
         if conflict(&table, ino, owner, held.start, held.end, held.kind).is_some() {
-            if !wait {
-                return Err(MetaError::WouldBlock);
-            }
-            *table.waiting.entry(holder).or_default() += 1;
-            let mut departed = false;
-            while conflict(&table, ino, owner, held.start, held.end, held.kind).is_some() {
-                table = self.changed.wait(table).unwrap_or_else(|poisoned| poisoned.into_inner());
-                departed = table.departed.contains(&holder);
-                if departed {
-                    break;
-                }
-            }
-            let waiting = table.waiting.get_mut(&holder).expect("counted above");
-            *waiting -= 1;
-            if *waiting == 0 {
-                table.waiting.remove(&holder);
-                table.departed.remove(&holder);
-            }
-            if departed {
-                return Err(MetaError::Invalid("client disconnected while waiting".into()));
-            }
+            return Err(MetaError::WouldBlock);
         }
         remove_range(&mut table, ino, owner, held.start, held.end);
         table.by_ino.entry(ino).or_default().push(Lock { owner, held });
+        self.record(&table, ino);
         Ok(())
+    }
+
+    /// How many times locks were let go so far.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Returns once locks were let go after [`LockTable::version`] said `version`.
+    pub async fn changed_since(&self, version: u64) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.version() != version {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Counts a change that lets locks go, and wakes the requests waiting for one.
+    fn let_go(&self, mut table: MutexGuard<'_, Table>) {
+        table.version += 1;
+        drop(table);
+        self.released.notify_waiters();
     }
 
     /// F_UNLCK of `[start, end]` by one owner.
     pub fn unlock(&self, ino: Ino, holder: Holder, owner: u64, start: u64, end: u64) {
-        remove_range(&mut self.lock(), ino, Owner { holder, id: owner }, start, end);
-        self.changed.notify_all();
+        let mut table = self.lock();
+        if remove_range(&mut table, ino, Owner { holder, id: owner }, start, end) {
+            self.record(&table, ino);
+            self.let_go(table);
+        }
     }
 
     /// Drops every lock of one owner on `ino` (its process closed the file).
@@ -136,17 +174,15 @@ impl LockTable {
         self.unlock(ino, holder, owner, 0, u64::MAX);
     }
 
-    /// Drops every lock of a connection that ended, and wakes its waiters to give up.
+    /// Drops every lock of a session that ended (its records go with the session, see
+    /// `Store::end_session`).
     pub fn release_holder(&self, holder: Holder) {
         let mut table = self.lock();
         table.by_ino.retain(|_, locks| {
             locks.retain(|l| l.owner.holder != holder);
             !locks.is_empty()
         });
-        if table.waiting.contains_key(&holder) {
-            table.departed.insert(holder);
-        }
-        self.changed.notify_all();
+        self.let_go(table);
     }
 }
 
@@ -167,14 +203,17 @@ fn conflict(
 }
 
 /// Removes `[start, end]` from one owner's locks on `ino`, splitting locks that straddle it.
-fn remove_range(table: &mut Table, ino: Ino, owner: Owner, start: u64, end: u64) {
-    let Some(locks) = table.by_ino.get_mut(&ino) else { return };
+/// Returns whether any lock changed.
+fn remove_range(table: &mut Table, ino: Ino, owner: Owner, start: u64, end: u64) -> bool {
+    let Some(locks) = table.by_ino.get_mut(&ino) else { return false };
     let mut kept = Vec::with_capacity(locks.len());
+    let mut changed = false;
     for lock in locks.drain(..) {
         if lock.owner != owner || !lock.overlaps(start, end) {
             kept.push(lock);
             continue;
         }
+        changed = true;
         if lock.held.start < start {
             kept.push(Lock { held: HeldLock { end: start - 1, ..lock.held }, ..lock });
         }
@@ -187,6 +226,7 @@ fn remove_range(table: &mut Table, ino: Ino, owner: Owner, start: u64, end: u64)
     } else {
         *locks = kept;
     }
+    changed
 }
 
 #[cfg(test)]
@@ -204,13 +244,10 @@ mod tests {
     fn conflicts_splits_and_owners() {
         let locks = LockTable::default();
         let (a, b): (Holder, Holder) = (1, 2);
-        locks.set(1, a, 7, held(0, 99, LockKind::Read), false).unwrap();
+        locks.set(1, a, 7, held(0, 99, LockKind::Read)).unwrap();
         // Readers share; a writer is refused, and told who is in the way.
-        locks.set(1, b, 9, held(50, 60, LockKind::Read), false).unwrap();
-        assert_eq!(
-            locks.set(1, b, 9, held(0, 10, LockKind::Write), false),
-            Err(MetaError::WouldBlock)
-        );
+        locks.set(1, b, 9, held(50, 60, LockKind::Read)).unwrap();
+        assert_eq!(locks.set(1, b, 9, held(0, 10, LockKind::Write)), Err(MetaError::WouldBlock));
         assert_eq!(locks.test(1, b, 9, 0, 10, LockKind::Write), Some(held(0, 99, LockKind::Read)));
         // The same owner in another connection is another owner.
         assert!(locks.test(1, b, 7, 0, 10, LockKind::Write).is_some());
@@ -219,32 +256,32 @@ mod tests {
         assert!(locks.test(1, b, 9, 10, 49, LockKind::Write).is_none());
         assert!(locks.test(1, b, 9, 95, 95, LockKind::Write).is_some());
         // An owner upgrades its own lock without conflicting with itself.
-        locks.set(1, a, 7, held(0, 5, LockKind::Write), false).unwrap();
+        locks.set(1, a, 7, held(0, 5, LockKind::Write)).unwrap();
         locks.release_owner(1, a, 7);
         assert!(locks.test(1, b, 9, 0, u64::MAX, LockKind::Read).is_none());
         locks.release_holder(b);
         assert!(locks.test(1, a, 7, 0, u64::MAX, LockKind::Write).is_none());
     }
 
-    #[test]
-    fn waiters_wake_on_unlock_and_give_up_on_disconnect() {
+    #[tokio::test]
+    async fn waiters_wake_when_locks_are_let_go() {
         let locks = Arc::new(LockTable::default());
         let (a, b): (Holder, Holder) = (1, 2);
-        locks.set(1, a, 1, held(0, u64::MAX, LockKind::Write), false).unwrap();
-        let waiter = {
+        locks.set(1, a, 1, held(0, u64::MAX, LockKind::Write)).unwrap();
+        let version = locks.version();
+        assert_eq!(locks.set(1, b, 2, held(0, 0, LockKind::Write)), Err(MetaError::WouldBlock));
+        let waiter = tokio::spawn({
             let locks = locks.clone();
-            std::thread::spawn(move || locks.set(1, b, 2, held(0, 0, LockKind::Write), true))
-        };
-        std::thread::sleep(Duration::from_millis(50));
+            async move { locks.changed_since(version).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         locks.release_owner(1, a, 1);
-        assert_eq!(waiter.join().unwrap(), Ok(()));
-        let gone = {
-            let locks = locks.clone();
-            std::thread::spawn(move || locks.set(1, a, 3, held(0, 0, LockKind::Read), true))
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        locks.release_holder(a);
-        assert!(gone.join().unwrap().is_err());
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        locks.set(1, b, 2, held(0, 0, LockKind::Write)).unwrap();
+        // A change before the wait began is not missed.
+        let version = locks.version();
+        locks.release_holder(b);
+        tokio::time::timeout(Duration::from_secs(5), locks.changed_since(version)).await.unwrap();
     }
 }

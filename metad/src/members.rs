@@ -12,6 +12,11 @@ use crate::store::{ChunkdRecord, Store};
 /// A chunkd with less free space than this takes no new shards.
 const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Whether a chunkd has too little space left to take new shards.
+pub fn is_full(chunkd: &ChunkdRecord) -> bool {
+    chunkd.free_bytes < MIN_FREE_BYTES
+}
+
 struct Member {
     record: ChunkdRecord,
     /// Last registration or heartbeat since this metad started; `None` until then.
@@ -144,6 +149,26 @@ impl Members {
         Ok(true)
     }
 
+    /// Removes chunkd `id` from the registry: only one that is down and holds no shard.
+    pub fn forget(&self, id: &str) -> Result<(), MetaError> {
+        let mut members = self.lock();
+        let Some(member) = members.get(id) else {
+            return Err(MetaError::Invalid(format!("no chunkd {id} is registered")));
+        };
+        if self.is_up(member, Instant::now()) {
+            return Err(MetaError::Invalid(format!("chunkd {id} is up: stop it first")));
+        }
+        let held = self.store.shards_on(id)?;
+        if held > 0 {
+            return Err(MetaError::Invalid(format!(
+                "chunkd {id} still holds {held} shards: drain it first (shardfs chunkd drain)"
+            )));
+        }
+        self.store.forget_chunkd(id)?;
+        members.remove(id);
+        Ok(())
+    }
+
     /// Chunkds being drained: repair moves their shards elsewhere.
     pub fn draining(&self) -> HashSet<String> {
         self.lock().values().filter(|m| m.record.draining).map(|m| m.record.id.clone()).collect()
@@ -151,15 +176,20 @@ impl Members {
 
     /// Chunkds that may take new shards: up, not full, and not being drained.
     pub fn usable(&self) -> Vec<ChunkdRecord> {
+        self.placeable().into_iter().filter(|c| !is_full(c)).collect()
+    }
+
+    /// Chunkds that would take new shards but are full.
+    pub fn full(&self) -> usize {
+        self.placeable().iter().filter(|c| is_full(c)).count()
+    }
+
+    /// Chunkds up, not suspect and not being drained, full or not.
+    fn placeable(&self) -> Vec<ChunkdRecord> {
         let now = Instant::now();
         self.lock()
             .values()
-            .filter(|m| {
-                self.is_up(m, now)
-                    && !self.is_suspect(m, now)
-                    && !m.record.draining
-                    && m.record.free_bytes >= MIN_FREE_BYTES
-            })
+            .filter(|m| self.is_up(m, now) && !self.is_suspect(m, now) && !m.record.draining)
             .map(|m| m.record.clone())
             .collect()
     }
@@ -183,6 +213,9 @@ impl Members {
                 scrub_passes: m.stat.scrub_passes,
                 last_scrub_corrupt: m.stat.last_scrub_corrupt,
                 quarantined: m.stat.quarantined,
+                full: is_full(&m.record),
+                reported: m.last_seen.is_some(),
+                filesystem: m.stat.filesystem,
             })
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

@@ -7,9 +7,47 @@
 
 use std::collections::HashMap;
 
-use shardfs_chunkd::ChunkId;
+use shardfs_chunkd::{ChunkId, Encoding};
 
+use crate::proto::{MetaError, ShardPlace};
 use crate::store::ChunkdRecord;
+
+/// Where the shards of a new chunk go: all k+m on distinct chunkds when that many are
+/// usable; else, written degraded, shards `0..n` on the `n` usable ones as long as `n` is
+/// at least `min_shards` (the rest are left to repair). Below that, the volume is full
+/// if `full` chunkds would make up the difference, else unavailable.
+pub fn place_new(
+    chunk: &ChunkId,
+    encoding: Encoding,
+    min_shards: usize,
+    usable: &[ChunkdRecord],
+    full: usize,
+) -> Result<Vec<ShardPlace>, MetaError> {
+    let count = encoding.total().min(usable.len());
+    if count < min_shards {
+        let why = format!(
+            "{}+{} encoding needs {min_shards} usable chunkds to store a chunk, {} are",
+            encoding.k,
+            encoding.m,
+            usable.len()
+        );
+        return Err(if usable.len() + full >= min_shards {
+            MetaError::NoSpace(format!("{why} ({full} more are full)"))
+        } else {
+            MetaError::Unavailable(format!("{why}: the others are down or being drained"))
+        });
+    }
+    let chosen = place(chunk, count, usable, &[]).unwrap_or_default();
+    Ok(chosen
+        .iter()
+        .enumerate()
+        .map(|(index, c)| ShardPlace {
+            index: index as u8,
+            chunkd: c.id.clone(),
+            addr: c.addr.clone(),
+        })
+        .collect())
+}
 
 fn score(chunk: &ChunkId, chunkd: &str) -> u64 {
     let mut hasher = blake3::Hasher::new();
@@ -121,5 +159,20 @@ mod tests {
             let target = place(&chunk, 1, &all, &held).unwrap();
             assert_eq!(target[0].zone.as_deref(), Some("c"), "chunk {i}");
         }
+    }
+
+    #[test]
+    fn new_chunks_go_degraded_down_to_min_shards_then_fail_by_cause() {
+        let encoding = Encoding { k: 4, m: 2 };
+        let all: Vec<_> = (0..8).map(|i| chunkd(&format!("c{i}"), None)).collect();
+        let chunk = ChunkId::of(b"y");
+        let width = |n: usize| place_new(&chunk, encoding, 5, &all[..n], 0).map(|p| p.len());
+        assert_eq!(width(8), Ok(6));
+        assert_eq!(width(6), Ok(6));
+        let degraded = place_new(&chunk, encoding, 5, &all[..5], 0).unwrap();
+        assert_eq!(degraded.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert!(matches!(width(4), Err(MetaError::Unavailable(_))));
+        let full = place_new(&chunk, encoding, 5, &all[..4], 1);
+        assert!(matches!(full, Err(MetaError::NoSpace(_))));
     }
 }

@@ -314,6 +314,13 @@ pub struct ChunkdStatus {
     pub scrub_passes: u64,
     pub last_scrub_corrupt: u64,
     pub quarantined: u64,
+    /// Up, but with too little free space to take new shards.
+    pub full: bool,
+    /// Whether it reported since this metad started: if not, its figures are the last ones
+    /// recorded before, and may be stale.
+    pub reported: bool,
+    /// The filesystem its data directory is on, as its host names it (see `ChunkdStat`).
+    pub filesystem: u64,
 }
 
 /// Counters of metad's background workers since it started.
@@ -637,6 +644,11 @@ pub enum MetaRequest {
         chunkd: String,
         undo: bool,
     },
+    /// Removes chunkd `chunkd`, down and holding no shard in the catalogue, from the
+    /// registry for good; answers `Done`.
+    Forget {
+        chunkd: String,
+    },
 }
 
 impl MetaRequest {
@@ -758,4 +770,10 @@ pub enum MetaError {
     /// The client's session holds as many open files as metad allows one session.
     #[error("too many open files: this client already holds {0}")]
     TooManyOpenFiles(u64),
+    /// Too few chunkds are up to store data at the redundancy the volume requires.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// metad's own disk is full: changes that need room are refused; deletions still work.
+    #[error("metad's disk is full")]
+    MetadataFull,
 }

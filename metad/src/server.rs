@@ -21,12 +21,14 @@ use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
-    ChunkPlan, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, ShardPlace,
-    StatFs, WorkerStatus,
+    ChunkPlan, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, StatFs,
+    WorkerStatus,
 };
 use crate::repair::RepairStats;
 use crate::sessions::{Departed, SessionLimits, Sessions};
-use crate::store::{Holder, Store};
+use crate::store::{Holder, Holdings, Store};
+use shardfs_chunkd::Encoding;
+use shardfs_rpc::throttle::Throttle;
 
 pub struct MetadServer {
     pub(crate) store: Arc<Store>,
@@ -46,7 +48,14 @@ pub struct MetadServer {
     metrics: Metrics,
     /// The data directory's lock, held while this server lives (`crate::backup`).
     _data_lock: Option<std::fs::File>,
+    /// Shards a new chunk needs placed for a write to go on (`--min-shards`); `None`: k+1.
+    min_shards: Option<u8>,
 }
+
+/// How often the same refusal or degraded-write warning may be logged.
+const REPEATED_LOG: std::time::Duration = std::time::Duration::from_secs(10);
+static REFUSED_LOG: Throttle = Throttle::new(REPEATED_LOG);
+static DEGRADED_LOG: Throttle = Throttle::new(REPEATED_LOG);
 
 /// metad's metrics registry: request counts and latencies, and a snapshot of its state.
 struct Metrics {
@@ -72,30 +81,49 @@ enum Outcome {
     Recall(MetaRequest, Vec<Conflict>),
     /// A write lease waits while another request recalls leases on its file.
     WaitRecalls(MetaRequest, Ino),
+    /// F_SETLKW waits for locks to be let go after the lock table's version given.
+    WaitLock(MetaRequest, u64),
 }
 
 impl MetadServer {
+    /// A server for `store`, taking up what its sessions held before (`holdings`).
     pub fn new(
         store: Arc<Store>,
         members: Members,
-        limits: SessionLimits,
+        (limits, holdings): (SessionLimits, Holdings),
         auth: DaemonAuth,
     ) -> MetadServer {
+        let sessions = Sessions::new(limits);
+        sessions.restore(holdings.sessions);
         MetadServer {
             auth,
+            locks: LockTable::recorded(store.clone(), holdings.locks),
             store,
             members: Arc::new(members),
-            locks: LockTable::default(),
             repair: Arc::default(),
             intents: Arc::default(),
             gc: Arc::default(),
-            sessions: Sessions::new(limits),
+            sessions,
             leases: Leases::default(),
             mount_requests: Default::default(),
             gate: FairGate::new(crate::fair::default_slots()),
             _data_lock: None,
             metrics: Metrics::new(),
+            min_shards: None,
         }
+    }
+
+    /// This server, writing chunks degraded down to `min_shards` placed shards.
+    pub fn with_min_shards(self, min_shards: Option<u8>) -> MetadServer {
+        MetadServer { min_shards, ..self }
+    }
+
+    /// Shards a new chunk of `encoding` needs placed to be written: `--min-shards` (kept
+    /// within k..=k+m), else k+1, so a chunk written degraded still survives the loss of
+    /// one more chunkd.
+    fn min_shards(&self, encoding: Encoding) -> usize {
+        let (k, total) = (encoding.k as usize, encoding.total());
+        self.min_shards.map_or(k + 1, usize::from).clamp(k, total)
     }
 
     /// This server, holding `lock` (its data directory's) for as long as it lives.
@@ -121,6 +149,13 @@ impl MetadServer {
         });
     }
 
+    /// Drops the leases on inodes deleted since last time.
+    pub fn forget_deleted(&self) {
+        for ino in self.store.take_deleted() {
+            self.leases.forget_inode(ino);
+        }
+    }
+
     /// Ends the sessions silent for longer than the session timeout.
     pub fn expire_sessions(&self) {
         for (holder, host) in self.sessions.expire() {
@@ -139,6 +174,13 @@ impl MetadServer {
         }
         if let Err(e) = access::check(&self.store, &request) {
             return Outcome::Answered(Err(e));
+        }
+        if let MetaRequest::SetLock { ino, owner, lock, wait: true } = request {
+            let version = self.locks.version();
+            return match self.locks.set(ino, holder, owner, lock) {
+                Err(MetaError::WouldBlock) => Outcome::WaitLock(request, version),
+                result => Outcome::Answered(result.map(|()| MetaReply::Done)),
+            };
         }
         if !self.leases_cover(&request) {
             return Outcome::Answered(self.answer(request, holder, peer));
@@ -421,8 +463,9 @@ impl MetadServer {
             MetaRequest::TestLock { ino, owner, start, end, kind } => {
                 MetaReply::Lock(self.locks.test(ino, holder, owner, start, end, kind))
             }
-            MetaRequest::SetLock { ino, owner, lock, wait } => {
-                self.locks.set(ino, holder, owner, lock, wait)?;
+            // F_SETLK (F_SETLKW waits in `handle`).
+            MetaRequest::SetLock { ino, owner, lock, .. } => {
+                self.locks.set(ino, holder, owner, lock)?;
                 MetaReply::Done
             }
             MetaRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
@@ -431,7 +474,9 @@ impl MetadServer {
                 MetaReply::Chunks(store.list_chunks(after, limit.min(4096))?)
             }
             MetaRequest::OpenSession { host, resume } => {
-                let (id, replaced) = self.sessions.open(peer, host, resume);
+                let (id, replaced) = self.sessions.open(peer, host.clone(), resume);
+                // Recorded, so it can resume after a restart with what it holds.
+                store.save_session(id, &host)?;
                 if let Some(implicit) = replaced {
                     self.release_session(implicit);
                 }
@@ -466,6 +511,11 @@ impl MetadServer {
             MetaRequest::Heartbeat => return Err(MetaError::SessionExpired),
             MetaRequest::Workers => MetaReply::Workers(self.worker_status()),
             MetaRequest::Collect => MetaReply::Collecting { done_after: self.gc.passes.request() },
+            MetaRequest::Forget { chunkd } => {
+                self.members.forget(&chunkd)?;
+                info!(chunkd, "chunkd forgotten");
+                MetaReply::Done
+            }
             MetaRequest::Drain { chunkd, undo } => {
                 if !self.members.set_draining(&chunkd, !undo)? {
                     return Err(MetaError::Invalid(format!("no chunkd {chunkd} is registered")));
@@ -483,31 +533,35 @@ impl MetadServer {
                 self.intents.record(holder, chunks.iter().map(|c| c.chunk));
                 let usable: Vec<_> =
                     self.members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
+                let full = self.members.full();
                 let encoding = store.settings().encoding;
+                let min_shards = self.min_shards(encoding);
                 MetaReply::Plans(store.prepare_write(&chunks, |chunk| {
-                    let Some(chosen) =
-                        placement::place(&chunk.chunk, encoding.total(), &usable, &[])
-                    else {
-                        let why = format!(
-                            "{}+{} encoding needs {} usable chunkds, only {} are up and not full",
-                            encoding.k,
-                            encoding.m,
-                            encoding.total(),
-                            usable.len()
-                        );
-                        warn!("refusing write: {why}");
-                        return Err(MetaError::NoSpace(why));
-                    };
-                    let targets = chosen
-                        .iter()
-                        .enumerate()
-                        .map(|(index, c)| ShardPlace {
-                            index: index as u8,
-                            chunkd: c.id.clone(),
-                            addr: c.addr.clone(),
-                        })
-                        .collect();
-                    Ok(ChunkPlan::Place { encoding, targets })
+                    let placed =
+                        placement::place_new(&chunk.chunk, encoding, min_shards, &usable, full);
+                    match placed {
+                        Ok(targets) => {
+                            if targets.len() < encoding.total()
+                                && let Some(held_back) = DEGRADED_LOG.admit()
+                            {
+                                warn!(
+                                    held_back,
+                                    "writing degraded: {} of {} shards per chunk placed \
+                                     ({} usable chunkds); repair adds the rest",
+                                    targets.len(),
+                                    encoding.total(),
+                                    usable.len()
+                                );
+                            }
+                            Ok(ChunkPlan::Place { encoding, targets })
+                        }
+                        Err(e) => {
+                            if let Some(held_back) = REFUSED_LOG.admit() {
+                                warn!(held_back, "refusing write: {e}");
+                            }
+                            Err(e)
+                        }
+                    }
                 })?)
             }
             MetaRequest::CommitWrite { ino, stored, inline, extents, mtime } => {
@@ -536,9 +590,14 @@ impl MetadServer {
             }
             MetaRequest::StatFs => {
                 let mut stat = StatFs { inodes: store.inode_count()?, ..StatFs::default() };
+                // Each filesystem once: chunkds sharing a host's disk share its space.
+                let mut counted = std::collections::HashSet::new();
                 for chunkd in self.members.status().iter().filter(|c| c.up) {
-                    stat.capacity_bytes += chunkd.capacity_bytes;
-                    stat.free_bytes += chunkd.free_bytes;
+                    let host = chunkd.addr.rsplit_once(':').map_or(&*chunkd.addr, |(h, _)| h);
+                    if counted.insert((host.to_owned(), chunkd.filesystem)) {
+                        stat.capacity_bytes += chunkd.capacity_bytes;
+                        stat.free_bytes += chunkd.free_bytes;
+                    }
                 }
                 MetaReply::StatFs(stat)
             }
@@ -682,10 +741,9 @@ impl Handler for MetadServer {
         }
         loop {
             let server = self.clone();
-            // A lock request that waits for another owner's unlock must not hold a turn while
-            // it waits: enough of them would leave no turn for the unlock.
-            let waits = matches!(request, MetaRequest::SetLock { wait: true, .. });
-            let turn = if waits { None } else { Some(self.gate.enter(peer).await) };
+            // The turn ends before any wait below: a lock request waiting for another
+            // owner's unlock holds no turn (enough of them would leave none for the unlock).
+            let turn = self.gate.enter(peer).await;
             let outcome = blocking(move || server.answer_leased(request, holder, peer)).await?;
             drop(turn);
             match outcome {
@@ -701,6 +759,14 @@ impl Handler for MetadServer {
                 }
                 Outcome::WaitRecalls(again, ino) => {
                     self.leases.wait_recalls(ino).await;
+                    request = again;
+                }
+                Outcome::WaitLock(again, version) => {
+                    self.locks.changed_since(version).await;
+                    if !self.sessions.exists(holder) {
+                        let gone = MetaError::Invalid("client disconnected while waiting".into());
+                        return Ok(shardfs_rpc::encode(&MetaResponse::Err(gone)));
+                    }
                     request = again;
                 }
             }

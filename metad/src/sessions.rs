@@ -75,6 +75,15 @@ impl Sessions {
         Sessions { table: Mutex::new(Table { next: seed, ..Table::default() }), limits }
     }
 
+    /// Puts back the mounts' sessions the previous run recorded, as if just heard from: each
+    /// may resume, or expires after the timeout like any silent session.
+    pub fn restore(&self, sessions: Vec<(Holder, String)>) {
+        let mut table = self.lock();
+        for (id, host) in sessions {
+            table.sessions.insert(id, Session { host, explicit: true, last_seen: Instant::now() });
+        }
+    }
+
     pub fn limits(&self) -> SessionLimits {
         self.limits
     }
@@ -133,6 +142,11 @@ impl Sessions {
             table.sessions.remove(&old);
         }
         (id, replaced)
+    }
+
+    /// Whether session `id` is still open (connected, or a mount's that may resume).
+    pub fn exists(&self, id: Holder) -> bool {
+        self.lock().sessions.contains_key(&id)
     }
 
     /// The connection session `id` acts through now, if it is connected.

@@ -40,6 +40,8 @@ pub enum Error {
     FrameTooLarge { len: usize, max: usize },
     #[error("idle for {after:?} with no request in flight")]
     Idle { after: Duration },
+    #[error("the peer took nothing off the connection for {after:?}")]
+    WriteTimeout { after: Duration },
     #[error("malformed frame: {0}")]
     BadFrame(String),
     #[error("cannot decode message: {0}")]

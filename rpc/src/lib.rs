@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod throttle;
 pub mod tls;
 
 pub use auth::{ClusterKey, DaemonAuth, KeyError};

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// A connection that sends nothing for this long while none of its requests is in
     /// flight is closed (its client reconnects when it next needs to).
     pub idle_timeout: Duration,
+    /// A peer that takes longer than this to take a response or push off the connection
+    /// (it stopped reading) is disconnected, so it cannot pin its requests' permits.
+    pub write_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -42,6 +45,7 @@ impl ServerConfig {
             max_connections_per_peer: 1024,
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,13 +121,18 @@ pub trait Handler: Send + Sync + 'static {
 /// responses sent after them.
 #[derive(Clone, Debug)]
 pub struct Pusher {
-    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    outgoing: mpsc::Sender<Vec<u8>>,
 }
 
+/// Pushes queued for one peer at most: past that its pushes are dropped (it is not reading
+/// them; a lease recall that goes unheard ends with the lease's expiry).
+pub const MAX_QUEUED_PUSHES: usize = 4096;
+
 impl Pusher {
-    /// Queues `body` for the peer; false if the connection has ended.
+    /// Queues `body` for the peer; false if the connection has ended, or if the peer has
+    /// [`MAX_QUEUED_PUSHES`] pushes not yet sent.
     pub fn push(&self, body: Vec<u8>) -> bool {
-        self.outgoing.send(body).is_ok()
+        self.outgoing.try_send(body).is_ok()
     }
 }
 
@@ -198,7 +207,8 @@ async fn connection<H: Handler>(
     // and the connection is dropped: its peer then reconnects instead of waiting forever.
     let (bad_tx, mut bad_rx) = mpsc::channel::<Error>(1);
     let writer_failed = bad_tx.clone();
-    let (push_tx, mut push_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (push_tx, mut push_rx) = mpsc::channel::<Vec<u8>>(MAX_QUEUED_PUSHES);
+    let write_timeout = config.write_timeout;
     handler.connected(service, peer, Pusher { outgoing: push_tx });
     let writer = tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
@@ -208,25 +218,35 @@ async fn connection<H: Handler>(
                 // Waiting pushes go before waiting responses, so a push is never overtaken
                 // by a response queued after it. The handler's pusher may outlive the
                 // connection, so only the end of responses ends the loop.
-                tokio::select! {
+                let (kind, id, body) = tokio::select! {
                     biased;
                     push = push_rx.recv(), if pushing => match push {
-                        Some(body) => frame::write(&mut writer, Kind::Push, 0, &body).await?,
-                        None => pushing = false,
+                        Some(body) => (Kind::Push, 0, body),
+                        None => {
+                            pushing = false;
+                            continue;
+                        }
                     },
                     response = rx.recv() => match response {
-                        Some((id, body)) => frame::write(&mut writer, Kind::Response, id, &body).await?,
+                        Some((id, body)) => (Kind::Response, id, body),
                         None => break,
                     },
-                }
-                // Batch frames that are already waiting into one flush.
-                while let Ok(body) = push_rx.try_recv() {
-                    frame::write(&mut writer, Kind::Push, 0, &body).await?;
-                }
-                while let Ok((id, body)) = rx.try_recv() {
-                    frame::write(&mut writer, Kind::Response, id, &body).await?;
-                }
-                writer.flush().await?;
+                };
+                let round = async {
+                    frame::write(&mut writer, kind, id, &body).await?;
+                    // Batch frames that are already waiting into one flush.
+                    while let Ok(body) = push_rx.try_recv() {
+                        frame::write(&mut writer, Kind::Push, 0, &body).await?;
+                    }
+                    while let Ok((id, body)) = rx.try_recv() {
+                        frame::write(&mut writer, Kind::Response, id, &body).await?;
+                    }
+                    writer.flush().await?;
+                    Ok::<_, Error>(())
+                };
+                tokio::time::timeout(write_timeout, round)
+                    .await
+                    .map_err(|_| Error::WriteTimeout { after: write_timeout })??;
             }
             Ok::<_, Error>(())
         }
@@ -334,6 +354,16 @@ mod tests {
         (addr, tokio::spawn(serve(listener, echo, config, std::future::pending())))
     }
 
+    /// An echo server with `config`, and a connection to it past the handshake.
+    async fn raw_connection(
+        config: ServerConfig,
+    ) -> (String, tokio::task::JoinHandle<()>, TcpStream) {
+        let (addr, server) = echo_server_with(config).await;
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        handshake::client(&mut stream, &addr, Service::Metad, &key("cluster")).await.unwrap();
+        (addr, server, stream)
+    }
+
     async fn echo_server() -> (String, tokio::task::JoinHandle<()>) {
         echo_server_with(ServerConfig::new(key("cluster"))).await
     }
@@ -407,11 +437,8 @@ mod tests {
     async fn idle_connections_are_closed_busy_ones_are_not() {
         use tokio::io::AsyncReadExt;
         let idle_timeout = Duration::from_millis(300);
-        let (addr, server) =
-            echo_server_with(ServerConfig { idle_timeout, ..ServerConfig::new(key("cluster")) })
-                .await;
-        let mut stream = TcpStream::connect(&addr).await.unwrap();
-        handshake::client(&mut stream, &addr, Service::Metad, &key("cluster")).await.unwrap();
+        let config = ServerConfig { idle_timeout, ..ServerConfig::new(key("cluster")) };
+        let (addr, server, mut stream) = raw_connection(config).await;
         let started = tokio::time::Instant::now();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut [0u8; 8])).await;
         assert_eq!(read.expect("closed when idle").unwrap_or(0), 0);
@@ -423,6 +450,29 @@ mod tests {
             assert_eq!(answer, format!("answered {i}"));
             tokio::time::sleep(idle_timeout / 3).await;
         }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_disconnected() {
+        use tokio::io::AsyncReadExt;
+        let write_timeout = Duration::from_millis(200);
+        let config = ServerConfig { write_timeout, ..ServerConfig::new(key("cluster")) };
+        let (_, server, mut stream) = raw_connection(config).await;
+        // Requests whose answers (and pushes) are far more than the socket buffers hold,
+        // sent without reading any of them.
+        let big = crate::encode(&"x".repeat(256 << 10));
+        for id in 0..64 {
+            frame::write(&mut stream, Kind::Request, id, &big).await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        tokio::time::sleep(write_timeout * 3).await;
+        // The server gave up on it: what it had sent drains, then the connection ends.
+        let drained = async {
+            let mut buf = vec![0u8; 1 << 20];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        tokio::time::timeout(Duration::from_secs(10), drained).await.expect("disconnected");
         server.abort();
     }
 

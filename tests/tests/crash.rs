@@ -104,6 +104,50 @@ fn a_full_chunkd_gives_enospc_and_keeps_what_it_has() {
 }
 
 #[test]
+fn a_full_metad_disk_refuses_what_needs_room_and_still_deletes_and_reads() {
+    let mut disk = None;
+    let mut cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount();
+    std::fs::write(mount.join("kept"), b"kept").unwrap();
+    // metad's database moves onto a 16 MiB disk of its own.
+    cluster.stop_metad(Signal::SIGTERM);
+    let dir = cluster.metad_dir();
+    let saved = cluster.dir.path().join("metad-saved");
+    std::fs::rename(&dir, &saved).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    sh(&format!("mount -t tmpfs -o size=16m shardfs-test-metad {}", dir.display()));
+    disk.replace(SmallDisk(dir.clone()));
+    sh(&format!("cp -a {}/. {}/", saved.display(), dir.display()));
+    cluster.resume_metad();
+    assert_eq!(std::fs::read(mount.join("kept")).unwrap(), b"kept");
+    // Filled up, by something else.
+    sh(&format!("dd if=/dev/zero of={}/filler bs=64k 2>/dev/null || true", dir.display()));
+    let mut made = 0;
+    let errno = loop {
+        match std::fs::create_dir(mount.join(&format!("d{made}"))) {
+            Ok(()) => made += 1,
+            Err(e) => break e.raw_os_error().unwrap(),
+        }
+        assert!(made < 20_000, "the full disk took every change");
+    };
+    // Not EIO: the user can tell the disk is full, and make room.
+    assert_eq!(errno, libc::ENOSPC);
+    let refused = std::fs::write(mount.join("new"), b"x").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(std::fs::read(mount.join("kept")).unwrap(), b"kept", "reads go on");
+    for i in 0..made {
+        std::fs::remove_dir(mount.join(&format!("d{i}"))).unwrap();
+    }
+    std::fs::remove_file(mount.join("kept")).unwrap();
+    // Once the disk has room again, so does metad.
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    eventually("metad to take changes again", || std::fs::write(mount.join("new"), b"x").is_ok());
+    drop(mount);
+    drop(cluster);
+    drop(disk);
+}
+
+#[test]
 fn metad_killed_mid_workload_keeps_every_acknowledged_operation() {
     let mut cluster = Cluster::start(3, 2, 1);
     let mount = cluster.mount();

@@ -1,7 +1,6 @@
 //! Reads survive any m of the k+m chunkds being down, and a corrupt shard.
 
 use nix::sys::signal::Signal;
-use shardfs_chunkd::ChunkId;
 use shardfs_chunkd::shard::HEADER_LEN;
 use shardfs_tests::{Cluster, sha256, write_random};
 
@@ -76,36 +75,71 @@ fn flipped_byte_in_a_shard_is_quarantined_and_reported() {
     }
 }
 
+/// Unhealthy shards in the catalogue: on chunkds found bad, or never placed.
+fn unhealthy(cluster: &Cluster) -> u64 {
+    cluster.query(async |c| c.catalogue_stats().await).unwrap().unhealthy_shards
+}
+
 #[test]
-fn writes_fail_cleanly_below_full_redundancy() {
+fn a_copy_goes_on_while_a_chunkd_is_killed_and_repair_completes_it() {
     use std::io::Write;
+    let mut cluster = Cluster::start_with(6, 4, 2, &["--repair-interval", "0.2"]);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let source = cluster.dir.path().join("source");
+    write_random(&source, 40 << 20, 17);
+    let bytes = std::fs::read(&source).unwrap();
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    let mut copy = std::fs::File::create(a.join("copy")).unwrap();
+    copy.write_all(first).unwrap();
+    // One chunkd of six dies mid-copy: 4+2 chunks go on being written with 5 shards (k+1),
+    // degraded, until repair adds the sixth.
+    cluster.stop_chunkd(5, Signal::SIGKILL);
+    copy.write_all(rest).unwrap();
+    drop(copy);
+    // Whole at once on another mount, right after the close.
+    assert_eq!(sha256(&b.join("copy")), sha256(&source));
+    assert!(unhealthy(&cluster) > 0, "degraded chunks are counted, not silent");
+    // Back up: repair places and rebuilds the missing shards, and every byte verifies.
+    cluster.start_chunkd(5);
+    cluster.wait_chunkds_up();
+    shardfs_tests::eventually("repair to complete the degraded chunks", || {
+        unhealthy(&cluster) == 0
+    });
+    assert!(cluster.fsck_clean(), "fsck --verify-data after repair");
+    assert_eq!(sha256(&b.join("copy")), sha256(&source));
+}
+
+#[test]
+fn writes_below_k_plus_1_shards_fail_with_eio_at_once() {
     let mut cluster = Cluster::standard();
     let files = populate(&cluster);
-    let mount = cluster.mount();
-    // A chunkd dies: until metad notices, puts to it fail (EIO); once it is marked down,
-    // placement refuses to write below 4+2 (ENOSPC). Either way nothing is acknowledged.
+    let (a, b) = (cluster.mount(), cluster.mount());
+    // Two of six down: four left, fewer than the five shards (k+1) a 4+2 chunk needs.
     cluster.stop_chunkd(3, Signal::SIGKILL);
-    let deadline = std::time::Instant::now() + shardfs_tests::READY_TIMEOUT;
-    loop {
-        let mut file = std::fs::File::create(mount.join("new")).unwrap();
-        file.write_all(&vec![1u8; 1 << 20]).unwrap();
-        let errno = file.sync_all().unwrap_err().raw_os_error().unwrap();
-        assert!(errno == libc::EIO || errno == libc::ENOSPC, "errno {errno}");
-        drop(file);
-        if errno == libc::ENOSPC {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "chunkd never marked down");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    // What was stored before is intact, and the volume takes writes again once it is back.
+    cluster.stop_chunkd(4, Signal::SIGKILL);
+    let started = std::time::Instant::now();
+    let script = format!("head -c 8M /dev/urandom > {}", a.join("x").display());
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Not ENOSPC: the volume is not full. Reported by the close, not left to a commit
+    // after it that nobody hears of.
+    assert!(!out.status.success(), "the write was acknowledged: {stderr}");
+    assert!(stderr.contains("Input/output error"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(5), "the error took {took:?}");
+    // No mount sees a state the writer was told is done.
+    assert_eq!(std::fs::metadata(b.join("x")).unwrap().len(), 0);
+    let log = std::fs::read_to_string(cluster.dir.path().join("metad.log")).unwrap();
+    assert!(log.contains("4+2 encoding needs 5 usable chunkds to store a chunk, 4 are"), "{log}");
+    // What was stored before is intact, and the volume takes writes again once they are back.
     for (name, expected) in &files {
-        assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
+        assert_eq!(&sha256(&a.join(name)), expected, "{name}");
     }
     cluster.start_chunkd(3);
+    cluster.start_chunkd(4);
     cluster.wait_chunkds_up();
-    std::fs::write(mount.join("after"), vec![2u8; 1 << 20]).unwrap();
-    assert_eq!(std::fs::read(mount.join("after")).unwrap(), vec![2u8; 1 << 20]);
+    std::fs::write(a.join("after"), vec![2u8; 1 << 20]).unwrap();
+    assert_eq!(std::fs::read(b.join("after")).unwrap(), vec![2u8; 1 << 20]);
 }
 
 #[test]
@@ -196,17 +230,34 @@ fn random_reads_fetch_and_verify_only_the_segments_they_need() {
     let content = std::fs::read(&source).unwrap();
     let writer = cluster.mount();
     std::fs::copy(&source, writer.join("f")).unwrap();
-    writer.unmount();
 
-    // Data shard 1 of the first chunk holds file bytes [1 MiB, 2 MiB): damage one of them.
-    let shard_name = format!("{}.1", ChunkId::of(&content[..4 << 20]));
+    // Damage one byte of the file, at `damaged`, in the data shard that holds it (data
+    // shard 1 of the first chunk when the chunks are cut at 4 MiB, as usual: file bytes
+    // [1 MiB, 2 MiB)). Where it is comes from `shardfs info`.
+    let damaged = (1 << 20) + 100_000;
+    let out = cluster.command("shardfs").args(["info", "--json"]).arg(writer.join("f")).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    writer.unmount();
+    let extent = info["extents"].as_array().unwrap().iter().find(|e| {
+        let (offset, len) = (e["offset"].as_u64().unwrap(), e["len"].as_u64().unwrap());
+        (offset..offset + len).contains(&(damaged as u64))
+    });
+    let extent = extent.expect("an extent holds the damaged byte");
+    let chunk = extent["chunk"].as_str().unwrap();
+    let chunk_len = info["chunks"].as_array().unwrap().iter().find(|c| c["chunk"] == chunk);
+    let chunk_len = chunk_len.unwrap()["len"].as_u64().unwrap() as usize;
+    let in_chunk = extent["chunk_offset"].as_u64().unwrap() as usize
+        + (damaged - extent["offset"].as_u64().unwrap() as usize);
+    let shard_len = chunk_len.div_ceil(4);
+    let shard_name = format!("{chunk}.{}", in_chunk / shard_len);
     let victim = (0..6)
         .flat_map(|i| cluster.shard_files(i))
         .find(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == shard_name))
-        .expect("a chunkd holds data shard 1 of the first chunk");
-    let damaged = (1 << 20) + 100_000;
+        .expect("a chunkd holds the data shard");
     let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[HEADER_LEN + 100_000] ^= 0x10;
+    bytes[HEADER_LEN + in_chunk % shard_len] ^= 0x10;
     std::fs::write(&victim, bytes).unwrap();
 
     // A fresh mount (nothing cached), reading without the kernel's read-ahead.

@@ -180,9 +180,15 @@ fn a_flood_of_requests_on_many_connections_waits_its_turns() {
 /// Waiting lock requests do not hold turns at metad: more waiters than metad runs requests
 /// at once still leave room for the unlock they wait for.
 #[test]
-fn many_waiting_locks_do_not_hold_up_the_unlock() {
+fn a_thousand_waiting_locks_hold_no_threads_and_up_no_one() {
     use shardfs_metad::locks::{HeldLock, LockKind};
     let cluster = Cluster::start(3, 2, 1);
+    let metad_threads = || {
+        let pid = cluster.metad.as_ref().unwrap().pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap()
+    };
     cluster.query(async |c| {
         let ino = c
             .make_node(ROOT_INO, b"locked", libc::S_IFREG | 0o644, 0, Cred::ROOT)
@@ -192,18 +198,30 @@ fn many_waiting_locks_do_not_hold_up_the_unlock() {
             .ino;
         let whole = HeldLock { start: 0, end: u64::MAX, kind: LockKind::Write, pid: 1 };
         c.set_lock(ino, 0, whole, false).await.unwrap();
-        let others = Arc::new(MetaClient::new(&cluster.metad_addr, cluster.rpc_options()));
+        let before = metad_threads();
+        // 1,000 F_SETLKW waiters, over 10 connections (each carries up to 128 at once).
+        let connections: Vec<_> = (0..10)
+            .map(|_| Arc::new(MetaClient::new(&cluster.metad_addr, cluster.rpc_options())))
+            .collect();
         let mut waiters = tokio::task::JoinSet::new();
-        for owner in 1..=32 {
-            let others = others.clone();
+        for owner in 1..=1000u64 {
+            let others = connections[owner as usize % connections.len()].clone();
             waiters.spawn(async move {
                 others.set_lock(ino, owner, whole, true).await.unwrap();
                 others.unlock(ino, owner, (0, u64::MAX)).await.unwrap();
             });
         }
         // Time for all of them to queue up behind the lock (there is nothing to poll for:
-        // a waiter shows nowhere), then let go of it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // a waiter shows nowhere). They wait as tasks: metad's threads stay few, and
+        // another client is served at once meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A thread parked per waiter would take the blocking pool to its 512; requests that
+        // come and go leave some idle threads in it (about 90 here).
+        let threads = metad_threads();
+        assert!(threads < before + 256, "{threads} threads for 1,000 waiters, {before} before");
+        let started = Instant::now();
+        c.get_attr(ROOT_INO).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         c.unlock(ino, 0, (0, u64::MAX)).await.unwrap();
         let all = async {
             while let Some(waiter) = waiters.join_next().await {

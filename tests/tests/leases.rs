@@ -367,3 +367,21 @@ fn a_crashed_mount_holds_no_one_up_over_what_it_only_read() {
     assert!(waited < std::time::Duration::from_secs(30), "A waited {waited:?} for B's session");
     assert_eq!(names(&a.join("d")), ["f", "g"]);
 }
+
+#[test]
+fn leases_on_deleted_files_are_given_back() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    let held = || cluster.query(async |c| c.workers().await).unwrap().leases_held;
+    for _round in 0..2 {
+        for i in 0..500 {
+            fs::write(mount.join(&format!("f{i}")), b"x").unwrap();
+        }
+        for i in 0..500 {
+            fs::remove_file(mount.join(&format!("f{i}"))).unwrap();
+        }
+    }
+    // Once the files are gone for good (after lingering for opens on their way), metad
+    // holds no lease on them: only the few on what is left.
+    shardfs_tests::eventually("leases on deleted files to go", || held() < 10);
+}

@@ -156,3 +156,41 @@ fn ofd_locks_belong_to_the_open_file_and_go_with_its_last_close() {
         fcntl_lock(second.as_raw_fd(), libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).0 == 0
     });
 }
+
+#[test]
+fn locks_and_files_open_after_unlink_outlive_a_metad_restart() {
+    let mut cluster = Cluster::start(3, 2, 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    for name in ["locked", "flocked"] {
+        std::fs::write(a.join(name), b"0123456789").unwrap();
+    }
+    std::fs::write(a.join("doomed"), b"still here").unwrap();
+    let open = |mount: &shardfs_tests::Mount, name: &str| {
+        OpenOptions::new().read(true).write(true).open(mount.join(name)).unwrap()
+    };
+    let (on_a, on_b) = (open(&a, "locked"), open(&b, "locked"));
+    let (flock_a, flock_b) = (open(&a, "flocked"), open(&b, "flocked"));
+    assert_eq!(fcntl_lock(on_a.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 5).0, 0);
+    assert_eq!(unsafe { libc::flock(flock_a.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) }, 0);
+    let mut doomed = std::fs::File::open(a.join("doomed")).unwrap();
+    std::fs::remove_file(b.join("doomed")).unwrap();
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        cluster.restart_metad(signal);
+        // A's locks hold: B is refused, once its mount is back in touch with metad.
+        let refused = |what: &str, errno: i32| assert_eq!(errno, libc::EAGAIN, "{what}");
+        eventually("B to be served again", || std::fs::metadata(b.join("locked")).is_ok());
+        refused("fcntl", fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_RDLCK, 4, 1).0);
+        let flock = unsafe { libc::flock(flock_b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        refused("flock", if flock == 0 { 0 } else { libc::EAGAIN });
+        // The file unlinked while A has it open is still A's to read.
+        let mut text = String::new();
+        std::io::Seek::rewind(&mut doomed).unwrap();
+        std::io::Read::read_to_string(&mut doomed, &mut text).unwrap();
+        assert_eq!(text, "still here");
+    }
+    // Once A lets go, B gets them.
+    drop((on_a, flock_a));
+    assert_eq!(fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 10).0, 0);
+    assert_eq!(unsafe { libc::flock(flock_b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    drop(doomed);
+}

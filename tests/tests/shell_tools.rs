@@ -96,12 +96,13 @@ fn df_reports_real_capacity() {
     let numbers: Vec<u64> =
         out.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
     let (size, avail) = (numbers[0], numbers[1]);
-    // Six chunkds share this machine's disk; 4+2 coding leaves 4/6 of it usable.
+    // Six chunkds share this machine's disk, which counts once; 4+2 coding leaves 4/6 of
+    // it usable.
     let disk = sh(&format!("df -B1 --output=size,avail {}", cluster.dir.path().display()));
     let disk: Vec<u64> =
         disk.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert!(size > 0 && avail > 0 && avail <= size);
-    let expected = disk[0] * 6 * 4 / 6;
+    let expected = disk[0] * 4 / 6;
     assert!(size.abs_diff(expected) < expected / 100, "size {size}, expected about {expected}");
 }
 

@@ -27,7 +27,9 @@ fn status_json_reports_a_killed_chunkd_down_and_counts_degraded_chunks() {
     let victim = cluster.chunkds[0].as_ref().unwrap().id.clone();
     assert!(up(&before, &victim));
     assert_eq!(before["catalogue"]["degraded_chunks"], 0, "{before}");
-    assert_eq!(before["catalogue"]["chunks"], 5, "{before}");
+    // At least five 4 MiB chunks (more if the kernel's write-back delivered the pages out of
+    // order and a partial chunk was committed early).
+    assert!(before["catalogue"]["chunks"].as_u64().unwrap() >= 5, "{before}");
     assert!(before["workers"]["sessions"].as_u64().unwrap() >= 1, "{before}");
     // One shard per chunk on a chunkd: its shard files are the chunks it degrades.
     let on_victim = cluster.shard_files(0).len() as u64;
@@ -110,4 +112,61 @@ fn info_shows_where_a_files_bytes_are() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a regular file"));
     let out = cluster.command("shardfs").args(["info", "/etc/hostname"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not on a shardfs mount"));
+}
+
+/// Lazily unmounts a filesystem a test mounted, even if the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn chunkd<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["chunkds"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()
+}
+
+fn status_text(cluster: &Cluster) -> String {
+    let out = cluster.command("shardfs").args(["status", &cluster.metad_addr]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn full_forgotten_and_unheard_chunkds_show_as_such() {
+    let mut cluster = Cluster::start(4, 2, 1);
+    let replaced = cluster.chunkds[3].as_ref().unwrap().id.clone();
+    // Chunkd 3 comes back on a 32 MiB filesystem: less than the 64 MiB free a chunkd needs
+    // to take shards, so it is up but full.
+    let small = cluster.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    shardfs_tests::sh(&format!("mount -t tmpfs -o size=32m shardfs-test {}", small.display()));
+    let _unmount = Unmount(small.clone());
+    cluster.stop_chunkd(3, Signal::SIGTERM);
+    cluster.start_chunkd_at(3, &small, "127.0.0.1:0");
+    let full = cluster.chunkds[3].as_ref().unwrap().id.clone();
+    eventually("the small chunkd to report", || chunkd(&status(&cluster), &full)["up"] == true);
+    assert_eq!(chunkd(&status(&cluster), &full)["full"], true);
+    let line = |text: &str, id: &str| text.lines().find(|l| l.starts_with(id)).unwrap().to_owned();
+    assert!(line(&status_text(&cluster), &full).contains(" full "), "{}", status_text(&cluster));
+    // The chunkd it replaced is gone for good: forgotten once down, it is no longer listed.
+    eventually("the replaced chunkd to be down", || !up(&status(&cluster), &replaced));
+    let forget = |id: &str| {
+        let mut command = cluster.command("shardfs");
+        command.args(["chunkd", "forget", &cluster.metad_addr, id]).output().unwrap()
+    };
+    let refused = forget(&full);
+    assert!(!refused.status.success(), "an up chunkd was forgotten");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is up: stop it first"));
+    assert!(forget(&replaced).status.success());
+    let listed = status(&cluster)["chunkds"].as_array().unwrap().len();
+    assert_eq!(listed, 4, "{}", status(&cluster));
+    // After a restart of metad, a chunkd not heard from since shows no stale figures.
+    let silent = cluster.chunkds[0].as_ref().unwrap().id.clone();
+    cluster.stop_chunkd(0, Signal::SIGKILL);
+    cluster.restart_metad(Signal::SIGTERM);
+    let after = status(&cluster);
+    assert_eq!(chunkd(&after, &silent)["reported"], false, "{after}");
+    let row = line(&status_text(&cluster), &silent);
+    assert!(row.contains(" down ") && row.trim_end().ends_with('-'), "{row}");
 }

@@ -43,6 +43,16 @@ enum ChunkdCommands {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Remove chunkd ID from the registry for good, so `status` stops listing it: only a
+    /// chunkd that is down and holds no shard (drain it first).
+    Forget {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// The chunkd's id (see `shardfs status`).
+        id: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,9 +213,10 @@ enum Commands {
         /// Where metad and the chunkds keep their data (kept across restarts).
         #[arg(long, default_value = "shardfs-data")]
         data: PathBuf,
-        /// Number of chunk daemons.
-        #[arg(long, default_value_t = 6)]
-        chunkds: usize,
+        /// Number of chunk daemons [default: k+m+2, 8 for 4+2, so writes go on at full
+        /// redundancy with one or two of them lost].
+        #[arg(long)]
+        chunkds: Option<usize>,
         /// Data shards per chunk (new volume default 4).
         #[arg(long, requires = "m")]
         k: Option<u8>,
@@ -462,6 +473,14 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Commands::Chunkd { command: ChunkdCommands::Forget { metad, id, secret } } => {
+            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
+            runtime()?
+                .block_on(meta.forget(&id))
+                .with_context(|| format!("cannot forget chunkd {id} through {metad}"))?;
+            println!("chunkd {id} forgotten");
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Install { root, prefix, json } => {
             let exe = std::env::current_exe().context("cannot find the running shardfs")?;
             let from = exe.parent().context("the running shardfs has no directory")?;
@@ -710,7 +729,7 @@ fn mount_command(
 fn local_command(
     mountpoint: &Path,
     data: &Path,
-    chunkds: usize,
+    chunkds: Option<usize>,
     (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
@@ -720,6 +739,7 @@ fn local_command(
         _ => None,
     };
     let needed = encoding.unwrap_or(metad::DEFAULT_ENCODING).total();
+    let chunkds = chunkds.unwrap_or(needed + 2);
     if chunkds < needed {
         bail!("{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons");
     }
@@ -736,6 +756,7 @@ fn local_command(
             sessions: shardfs_metad::sessions::SessionLimits::default(),
             // Loopback only: nothing to encrypt against.
             tls: None,
+            min_shards: None,
         },
     };
     let runtime = runtime()?;

@@ -69,6 +69,11 @@ struct Args {
     /// Leases one client session may hold; past it, metad recalls its oldest ones.
     #[arg(long, default_value_t = SessionLimits::default().leases)]
     max_leases_per_session: usize,
+    /// Shards of a new chunk that must be stored for a write to go on while chunkds are
+    /// down (like Ceph's min_size); the rest are added by repair. Between k and k+m;
+    /// default k+1.
+    #[arg(long)]
+    min_shards: Option<u8>,
     /// Seconds between the repair worker's scans of the catalogue.
     #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
     repair_interval: f64,
@@ -113,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             leases: args.max_leases_per_session,
         },
         tls: args.tls.load()?,
+        min_shards: args.min_shards,
     };
     let server = daemon::open(&config)?;
     if let Some(addr) = &args.metrics_listen {

@@ -114,7 +114,9 @@ impl Store {
                     continue;
                 }
                 let shards: Vec<(u8, String)> = tx
-                    .prepare_cached("SELECT idx, chunkd FROM shards WHERE chunk = ?1")?
+                    .prepare_cached(
+                        "SELECT idx, chunkd FROM shards WHERE chunk = ?1 AND chunkd != ''",
+                    )?
                     .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?

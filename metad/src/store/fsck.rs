@@ -256,11 +256,14 @@ fn check_refcounts(
     Ok(())
 }
 
+/// Shards on chunkds the catalogue does not know, and chunks with the wrong number of shard
+/// rows. A shard a degraded write never placed (chunkd `''`) is neither: it is unhealthy,
+/// counted in `status`, and repair places it.
 fn check_placement(tx: &Transaction<'_>, report: &mut FsckReport) -> Result<(), MetaError> {
     let unknown: Vec<(Vec<u8>, u8, String)> = tx
         .prepare(
             "SELECT s.chunk, s.idx, s.chunkd FROM shards s
-             LEFT JOIN chunkds d ON d.id = s.chunkd WHERE d.id IS NULL",
+             LEFT JOIN chunkds d ON d.id = s.chunkd WHERE d.id IS NULL AND s.chunkd != ''",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;

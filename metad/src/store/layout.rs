@@ -425,12 +425,16 @@ fn record_chunk(
     now: Timestamp,
 ) -> Result<(), MetaError> {
     chunk.encoding.validate().map_err(|e| MetaError::Invalid(e.to_string()))?;
+    // All k+m shards, or (written degraded) at least k of them, in index order.
     let indexes: Vec<usize> = chunk.shards.iter().map(|s| s.index as usize).collect();
-    if indexes != (0..chunk.encoding.total()).collect::<Vec<_>>() {
+    let total = chunk.encoding.total();
+    if indexes.len() < chunk.encoding.k as usize
+        || indexes.windows(2).any(|w| w[0] >= w[1])
+        || indexes.last().is_some_and(|i| *i >= total)
+    {
         return Err(MetaError::Invalid(format!(
-            "chunk {} must list shards 0..{} in order",
-            chunk.chunk,
-            chunk.encoding.total()
+            "chunk {} must list at least {} of shards 0..{total} in order",
+            chunk.chunk, chunk.encoding.k
         )));
     }
     tx.prepare_cached(
@@ -470,8 +474,20 @@ fn record_chunk(
         )?
         .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])?;
     }
+    // The shards a degraded write could not place: missing, for repair to rebuild.
+    for index in (0..total as u8).filter(|i| !chunk.shards.iter().any(|s| s.index == *i)) {
+        tx.prepare_cached(
+            "INSERT INTO shards (chunk, idx, chunkd, healthy) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT (chunk, idx) DO NOTHING",
+        )?
+        .execute(params![&chunk.chunk.0[..], index, NOWHERE])?;
+    }
     Ok(())
 }
+
+/// The chunkd of a shard that was never stored (its chunk was written degraded): an
+/// unhealthy shard that repair places and rebuilds.
+pub const NOWHERE: &str = "";
 
 /// Catalogues an inline chunk with its content, unless the id is catalogued already (then
 /// that copy, inline or on chunkds, stands).

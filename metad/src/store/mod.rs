@@ -6,10 +6,12 @@
 
 mod catalogue;
 mod fsck;
+mod holdings;
 mod layout;
 mod namespace;
 mod open_files;
 mod registry;
+mod reserve;
 mod schema;
 mod xattr;
 
@@ -23,6 +25,7 @@ use shardfs_chunkd::Encoding;
 use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
 pub use fsck::{FsckReport, Problem};
+pub use holdings::{Holdings, LockRow};
 pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
@@ -41,6 +44,9 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for MetaError {
     fn from(e: rusqlite::Error) -> MetaError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return MetaError::MetadataFull;
+        }
         MetaError::Store(e.to_string())
     }
 }
@@ -65,6 +71,10 @@ pub struct Store {
     unsynced: AtomicBool,
     volume: VolumeSettings,
     open_files: open_files::OpenFiles,
+    /// Room on the database's disk kept for changes that free space.
+    reserve: reserve::Reserve,
+    /// Inodes deleted since [`Store::take_deleted`] was last called.
+    deleted: Mutex<Vec<Ino>>,
 }
 
 const GENERATION: u64 = 1;
@@ -94,8 +104,15 @@ impl Store {
             unsynced: AtomicBool::new(false),
             volume,
             open_files: Default::default(),
+            reserve: reserve::Reserve::new(path.parent().unwrap_or(Path::new("."))),
+            deleted: Mutex::default(),
         };
-        // Files unlinked while open by the previous run: nobody holds them open now.
+        store.replenish_reserve();
+        // Files the previous run's mounts had open stay open: their sessions may resume.
+        for (ino, holder, opens) in store.saved_opens().map_err(StoreError::Reclaim)? {
+            store.open_files.restore(ino, holder, opens);
+        }
+        // Files unlinked while open by the previous run, that no such session holds.
         let reclaimed = store.reclaim_orphans().map_err(StoreError::Reclaim)?;
         if reclaimed > 0 {
             tracing::info!(reclaimed, "reclaimed files unlinked while open before the restart");
@@ -126,6 +143,44 @@ impl Store {
         tx.commit()?;
         self.unsynced.store(true, Ordering::Release);
         Ok(value)
+    }
+
+    /// Runs `f`, a change that frees space (a deletion, a truncation), in one write
+    /// transaction like [`Store::write`]; if the disk is full, it gives up the reserved
+    /// room (see `reserve.rs`) and tries again, so that a full disk can be emptied.
+    fn write_freeing<T>(
+        &self,
+        f: impl Fn(&Transaction<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        match self.write(&f) {
+            Err(MetaError::MetadataFull) if self.reserve.release() => {
+                tracing::warn!(
+                    "metad's disk is full: gave up the room reserved for changes that free space"
+                );
+                self.write(&f)
+            }
+            result => result,
+        }
+    }
+
+    /// Notes inodes a committed change deleted.
+    fn deleted(&self, inos: Vec<Ino>) {
+        self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(inos);
+    }
+
+    /// The inodes deleted since the last call: leases on them are of no more use.
+    pub fn take_deleted(&self) -> Vec<Ino> {
+        std::mem::take(&mut *self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Makes the reserve of room for changes that free space again, if it was used and
+    /// the disk has room for it now.
+    pub fn replenish_reserve(&self) {
+        match self.reserve.replenish() {
+            Ok(true) => tracing::info!("room reserved for changes that free space"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot reserve room for changes that free space: {e}"),
+        }
     }
 
     /// Makes every committed transaction durable against power loss: a checkpoint, which

@@ -69,7 +69,7 @@ impl Store {
 
     pub fn set_attr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
+        let change = |tx: &Transaction<'_>| {
             let attr = get_attr(tx, ino)?;
             if let Some(size) = changes.size {
                 if attr.kind == FileKind::Dir {
@@ -127,7 +127,12 @@ impl Store {
                 now.nsec,
             ])?;
             get_attr(tx, ino)
-        })
+        };
+        // A truncation may free space: it may use the room reserved for that.
+        match changes.size {
+            Some(_) => self.write_freeing(change),
+            None => self.write(change),
+        }
     }
 
     /// Creates a regular file, fifo, socket or device node.
@@ -215,7 +220,7 @@ impl Store {
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<Unlinked, MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
+        self.write_freeing(|tx| {
             require_dir(tx, parent)?;
             let (id, ino) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
             if get_attr(tx, ino)?.kind == FileKind::Dir {
@@ -235,7 +240,7 @@ impl Store {
 
     pub fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
+        self.write_freeing(|tx| {
             require_dir(tx, parent)?;
             let (id, ino) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
             if get_attr(tx, ino)?.kind != FileKind::Dir {
@@ -399,26 +404,43 @@ impl Store {
     /// Records one open of `ino` by `holder`, which may hold at most `limit` opens.
     pub fn open_file(&self, ino: Ino, holder: Holder, limit: u64) -> Result<Attr, MetaError> {
         // Checked and recorded under the store lock, so an unlink cannot slip in between.
-        self.read(|tx| {
+        let attr = self.read(|tx| {
             let attr = get_attr(tx, ino)?;
             self.open_files.add(ino, holder, limit)?;
             Ok(attr)
-        })
+        })?;
+        self.record_opens(ino, holder);
+        Ok(attr)
+    }
+
+    /// Records how many opens of `ino` `holder` has now, for after a restart. Best effort:
+    /// an open is not refused for want of room on metad's disk (a restart then forgets it).
+    fn record_opens(&self, ino: Ino, holder: Holder) {
+        if let Err(e) = self.save_opens(ino, holder, self.open_files.opens_of(ino, holder)) {
+            tracing::warn!(ino, holder, "cannot record an open file: {e}");
+        }
     }
 
     /// Records one close of `ino` by `holder`, deleting the file if that was the last
     /// reference to an unlinked file.
     pub fn release_file(&self, ino: Ino, holder: Holder) -> Result<(), MetaError> {
-        if self.open_files.remove(ino, holder) {
+        let still_open = self.open_files.remove(ino, holder);
+        self.record_opens(ino, holder);
+        if still_open {
             return Ok(());
         }
         let now = Timestamp::now();
-        self.write(|tx| reclaim_if_orphan(tx, &self.open_files, ino, now))
+        if self.write_freeing(|tx| reclaim_if_orphan(tx, &self.open_files, ino, now))? {
+            self.deleted(vec![ino]);
+        }
+        Ok(())
     }
 
     /// Drops every open of a holder that went away.
     pub fn release_holder(&self, holder: Holder) -> Result<(), MetaError> {
-        self.reclaim_if_orphans(self.open_files.remove_holder(holder))
+        let closed = self.open_files.remove_holder(holder);
+        self.end_session(holder)?;
+        self.reclaim_if_orphans(closed)
     }
 
     /// Deletes the nameless inodes that have lingered long enough by `now`, unless opened
@@ -433,12 +455,17 @@ impl Store {
             return Ok(());
         }
         let now = Timestamp::now();
-        self.write(|tx| {
-            for ino in inos {
-                reclaim_if_orphan(tx, &self.open_files, ino, now)?;
+        let deleted = self.write_freeing(|tx| {
+            let mut deleted = Vec::new();
+            for &ino in &inos {
+                if reclaim_if_orphan(tx, &self.open_files, ino, now)? {
+                    deleted.push(ino);
+                }
             }
-            Ok(())
-        })
+            Ok(deleted)
+        })?;
+        self.deleted(deleted);
+        Ok(())
     }
 
     /// Deletes every nameless inode nobody has open; returns how many.
@@ -628,24 +655,26 @@ fn drop_dir(
         "UPDATE inodes SET nlink = 0, ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1",
     )?
     .execute(params![dir, now.sec, now.nsec])?;
-    reclaim_if_orphan(tx, open_files, dir, now)
+    reclaim_if_orphan(tx, open_files, dir, now).map(drop)
 }
 
 /// Deletes `ino` if it has no name left and nobody has it open.
+/// Returns whether it did.
 fn reclaim_if_orphan(
     tx: &Transaction<'_>,
     open_files: &OpenFiles,
     ino: Ino,
     now: Timestamp,
-) -> Result<(), MetaError> {
+) -> Result<bool, MetaError> {
     let nlink: Option<u32> = tx
         .prepare_cached("SELECT nlink FROM inodes WHERE ino = ?1")?
         .query_row([ino], |r| r.get(0))
         .optional()?;
-    if nlink == Some(0) && !open_files.is_open(ino) {
+    let orphan = nlink == Some(0) && !open_files.is_open(ino);
+    if orphan {
         delete_inode(tx, ino, now)?;
     }
-    Ok(())
+    Ok(orphan)
 }
 
 fn delete_inode(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {

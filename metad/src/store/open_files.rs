@@ -1,9 +1,10 @@
 //! Which files clients hold open, so a file unlinked while open lives on until its last
 //! close, as POSIX requires.
 //!
-//! Kept in memory per client session: when a session ends, its opens end with it. After
-//! a metad restart nothing counts as open, and [`Store::open`](super::Store::open) reclaims the
-//! unlinked-but-open inodes the previous run left behind.
+//! Kept in memory per client session, and recorded in the database (`holdings.rs`) so a
+//! mount's opens outlive a metad restart: when a session ends, its opens end with it, and
+//! [`Store::open`](super::Store::open) reclaims the unlinked inodes nobody holds open any
+//! more.
 //!
 //! A file that loses its last name while nobody has it open also lives on, for [`LINGER`]:
 //! another mount may have looked the name up just before it went (a rename replacing it,
@@ -79,6 +80,19 @@ impl OpenFiles {
             return false;
         }
         true
+    }
+
+    /// How many opens of `ino` `holder` has.
+    pub fn opens_of(&self, ino: Ino, holder: Holder) -> u64 {
+        let table = self.lock();
+        table.by_ino.get(&ino).and_then(|h| h.get(&holder)).copied().unwrap_or(0)
+    }
+
+    /// Puts back `opens` opens of `ino` by `holder`, as the previous run recorded them.
+    pub fn restore(&self, ino: Ino, holder: Holder, opens: u64) {
+        let table = &mut *self.lock();
+        *table.per_holder.entry(holder).or_default() += opens;
+        *table.by_ino.entry(ino).or_default().entry(holder).or_default() += opens;
     }
 
     /// Drops every open of `holder`; returns the inodes nobody has open any more.

@@ -81,6 +81,18 @@ impl Store {
         })
     }
 
+    /// Removes chunkd `id` from the registry, unless a shard is placed on it.
+    pub fn forget_chunkd(&self, id: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "DELETE FROM chunkds WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM shards WHERE chunkd = ?1)",
+            )?
+            .execute([id])?;
+            Ok(())
+        })
+    }
+
     /// Shards the catalogue places on chunkd `id`.
     pub fn shards_on(&self, id: &str) -> Result<u64, MetaError> {
         self.read(|tx| {

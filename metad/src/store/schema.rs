@@ -113,6 +113,31 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE chunkds ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
     "#,
+    // Version 4: what mounts hold survives a metad restart: their sessions, their locks,
+    // and the files they have open (an unlinked one lives until its last close).
+    r#"
+    CREATE TABLE sessions (
+        id   INTEGER PRIMARY KEY,
+        host TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE locks (
+        ino    INTEGER NOT NULL,
+        holder INTEGER NOT NULL,
+        owner  INTEGER NOT NULL,
+        -- Inclusive byte range, as u64 bit patterns (end u64::MAX: to end of file).
+        start  INTEGER NOT NULL,
+        end    INTEGER NOT NULL,
+        write  INTEGER NOT NULL,
+        pid    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX locks_by_ino ON locks (ino);
+    CREATE TABLE open_files (
+        ino    INTEGER NOT NULL,
+        holder INTEGER NOT NULL,
+        opens  INTEGER NOT NULL,
+        PRIMARY KEY (ino, holder)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

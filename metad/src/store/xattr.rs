@@ -84,7 +84,7 @@ impl Store {
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
+        self.write_freeing(|tx| {
             get_attr(tx, ino)?;
             let removed = tx
                 .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?

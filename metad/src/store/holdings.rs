@@ -1,0 +1,144 @@
+//! What client sessions hold, kept in the database so that it outlives a metad restart:
+//! the sessions of mounts, their byte-range locks, and the files they have open (a file
+//! unlinked while open lives until its last close, restart or not). The live tables are in
+//! memory (`crate::sessions`, `crate::locks`, `open_files`); these rows follow them, and
+//! are read back once, when metad starts.
+
+use rusqlite::{Transaction, params};
+
+use super::Store;
+use super::open_files::Holder;
+use crate::locks::{HeldLock, LockKind};
+use crate::proto::{Ino, MetaError};
+
+/// One byte-range lock as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockRow {
+    pub ino: Ino,
+    pub holder: Holder,
+    pub owner: u64,
+    pub held: HeldLock,
+}
+
+/// What the previous run left held: sessions (id and host), their locks and open files.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub sessions: Vec<(Holder, String)>,
+    pub locks: Vec<LockRow>,
+}
+
+impl Store {
+    /// Records a mount's session, so it can resume after a restart.
+    pub fn save_session(&self, id: Holder, host: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT OR REPLACE INTO sessions (id, host) VALUES (?1, ?2)")?
+                .execute(params![id as i64, host])?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a session that ended, with its locks and open files.
+    pub fn end_session(&self, id: Holder) -> Result<(), MetaError> {
+        self.write_freeing(|tx| end_session(tx, id))
+    }
+
+    /// Records the locks now held on `ino` (all of them, replacing what was recorded).
+    pub fn save_locks(&self, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
+        self.write_freeing(|tx| {
+            tx.prepare_cached("DELETE FROM locks WHERE ino = ?1")?.execute([ino])?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO locks (ino, holder, owner, start, end, write, pid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for lock in locks {
+                insert.execute(params![
+                    ino,
+                    lock.holder as i64,
+                    lock.owner as i64,
+                    lock.held.start as i64,
+                    lock.held.end as i64,
+                    lock.held.kind == LockKind::Write,
+                    lock.held.pid,
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records that `holder` has `ino` open `opens` times (0: not at all).
+    pub(super) fn save_opens(&self, ino: Ino, holder: Holder, opens: u64) -> Result<(), MetaError> {
+        self.write_freeing(|tx| {
+            if opens == 0 {
+                tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")?
+                    .execute(params![ino, holder as i64])?;
+            } else {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO open_files (ino, holder, opens) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![ino, holder as i64, opens as i64])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The sessions and locks the previous run left, once the rows of holders without a
+    /// session (tools' connections, which end with metad) are dropped.
+    pub fn holdings(&self) -> Result<Holdings, MetaError> {
+        self.write(|tx| {
+            drop_orphaned(tx)?;
+            let sessions = tx
+                .prepare("SELECT id, host FROM sessions")?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as Holder, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let locks = tx
+                .prepare("SELECT ino, holder, owner, start, end, write, pid FROM locks")?
+                .query_map([], |r| {
+                    Ok(LockRow {
+                        ino: r.get(0)?,
+                        holder: r.get::<_, i64>(1)? as Holder,
+                        owner: r.get::<_, i64>(2)? as u64,
+                        held: HeldLock {
+                            start: r.get::<_, i64>(3)? as u64,
+                            end: r.get::<_, i64>(4)? as u64,
+                            kind: if r.get(5)? { LockKind::Write } else { LockKind::Read },
+                            pid: r.get(6)?,
+                        },
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Holdings { sessions, locks })
+        })
+    }
+
+    /// The files open by sessions the previous run left, with their counts.
+    pub(super) fn saved_opens(&self) -> Result<Vec<(Ino, Holder, u64)>, MetaError> {
+        self.write(|tx| {
+            drop_orphaned(tx)?;
+            let opens = tx
+                .prepare("SELECT ino, holder, opens FROM open_files")?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as Holder, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(opens)
+        })
+    }
+}
+
+fn end_session(tx: &Transaction<'_>, id: Holder) -> Result<(), MetaError> {
+    for sql in [
+        "DELETE FROM sessions WHERE id = ?1",
+        "DELETE FROM locks WHERE holder = ?1",
+        "DELETE FROM open_files WHERE holder = ?1",
+    ] {
+        tx.prepare_cached(sql)?.execute([id as i64])?;
+    }
+    Ok(())
+}
+
+/// Drops locks and opens recorded for holders that have no session.
+fn drop_orphaned(tx: &Transaction<'_>) -> Result<(), MetaError> {
+    tx.execute("DELETE FROM locks WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
+    tx.execute("DELETE FROM open_files WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
+    Ok(())
+}
