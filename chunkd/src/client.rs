@@ -161,20 +161,44 @@ impl ChunkClientPool {
         ChunkClientPool { options, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// The client for chunkd `chunkd` at `addr`. A chunkd that moves gets a new client; old
-    /// ones stay in the pool (one per restart), their connections closed by the far side.
+    /// The client for chunkd `chunkd` at `addr`. A chunkd that moves gets a new client, and
+    /// its old one leaves the pool, as does that of a chunkd that was at `addr` before: the
+    /// pool holds one client per chunkd and address in use, however often they move.
     pub fn get(&self, addr: &str, chunkd: &str) -> Arc<ChunkClient> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let key = (addr.to_owned(), chunkd.to_owned());
-        clients
-            .entry(key)
-            .or_insert_with(|| Arc::new(ChunkClient::new(addr, chunkd, self.options)))
-            .clone()
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        clients.retain(|(a, c), _| a != addr && c != chunkd);
+        let client = Arc::new(ChunkClient::new(addr, chunkd, self.options));
+        clients.insert(key, client.clone());
+        client
     }
 }
 
 impl Default for ChunkClientPool {
     fn default() -> Self {
         ChunkClientPool::new(ClientOptions::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_keeps_one_client_per_chunkd_and_address() {
+        let pool = ChunkClientPool::default();
+        let first = pool.get("127.0.0.1:1", "a");
+        assert!(Arc::ptr_eq(&first, &pool.get("127.0.0.1:1", "a")));
+        // Chunkd a restarts on another port, then chunkd b takes a's old port.
+        pool.get("127.0.0.1:2", "a");
+        pool.get("127.0.0.1:1", "b");
+        for restart in 3..100 {
+            pool.get(&format!("127.0.0.1:{restart}"), "a");
+        }
+        let held = pool.clients.lock().unwrap().len();
+        assert_eq!(held, 2, "one client for a (its latest address), one for b");
     }
 }

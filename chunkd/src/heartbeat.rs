@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Corrupt-shard reports kept while metad is unreachable. Beyond this they are dropped:
 /// metad's scrub finds those shards again.
-const MAX_PENDING_REPORTS: usize = 100_000;
+pub const MAX_PENDING_REPORTS: usize = 100_000;
 
 /// Who this chunkd is and where metad is.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub struct HeartbeatConfig {
 pub async fn run(
     config: HeartbeatConfig,
     store: Arc<ShardStore>,
-    mut corrupt_reports: mpsc::UnboundedReceiver<ShardId>,
+    mut corrupt_reports: mpsc::Receiver<ShardId>,
     shutdown: impl Future<Output = ()>,
 ) {
     let options = ClientOptions {
@@ -92,7 +92,7 @@ impl fmt::Display for Failure {
 }
 
 impl Member {
-    async fn run(&mut self, reports: &mut mpsc::UnboundedReceiver<ShardId>) -> Infallible {
+    async fn run(&mut self, reports: &mut mpsc::Receiver<ShardId>) -> Infallible {
         loop {
             self.register().await;
             self.heartbeat_until_forgotten(reports).await;
@@ -133,7 +133,7 @@ impl Member {
         .await
     }
 
-    async fn heartbeat_until_forgotten(&mut self, reports: &mut mpsc::UnboundedReceiver<ShardId>) {
+    async fn heartbeat_until_forgotten(&mut self, reports: &mut mpsc::Receiver<ShardId>) {
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick is immediate; registration has just sent fresh figures.

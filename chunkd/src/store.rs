@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::chunk_id::ShardId;
@@ -86,7 +86,7 @@ pub struct ShardStore {
     used_bytes: AtomicU64,
     quarantined: AtomicU64,
     scrub: crate::scrub::ScrubProgress,
-    corrupt_reports: Mutex<Option<UnboundedSender<ShardId>>>,
+    corrupt_reports: Mutex<Option<Sender<ShardId>>>,
     /// Fan-out directories whose creation is known to be durable.
     synced_dirs: Mutex<HashSet<PathBuf>>,
     /// Held for the store's lifetime so that two chunkds never share a data directory (each
@@ -189,8 +189,10 @@ impl ShardStore {
 
     /// Starts delivering the id of every shard that fails verification on read to the
     /// returned receiver (replacing any earlier one). Until then such shards are only logged.
-    pub fn subscribe_corrupt_reports(&self) -> UnboundedReceiver<ShardId> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn subscribe_corrupt_reports(&self) -> Receiver<ShardId> {
+        // Bounded like the reports the heartbeat task keeps unsent: past that, a report is
+        // dropped (the shard stays quarantined; a read or repair finds it missing).
+        let (tx, rx) = mpsc::channel(crate::heartbeat::MAX_PENDING_REPORTS);
         *self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
     }
@@ -509,8 +511,10 @@ impl ShardStore {
         }
         if report {
             let sender = self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(sender) = sender.as_ref() {
-                let _ = sender.send(shard);
+            if let Some(sender) = sender.as_ref()
+                && sender.try_send(shard).is_err()
+            {
+                warn!(%shard, "too many unsent corrupt-shard reports; dropping this one");
             }
         }
         ChunkdError::Corrupt(shard.to_string())

@@ -1,7 +1,7 @@
 //! `shardfs info PATH`: where a file's bytes are: its extents, the chunks they use, and each
 //! chunk's shards with the chunkd holding them and whether they are healthy.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -41,12 +41,12 @@ pub struct ShardInfo {
     pub healthy: bool,
 }
 
-/// The metad address a shardfs mount holding `path` was mounted from (its source in
-/// /proc/self/mountinfo), if `path` is on one.
-pub fn metad_of(path: &Path) -> anyhow::Result<Option<String>> {
+/// The shardfs mount holding `path`, if it is on one: its mount point and its source in
+/// /proc/self/mountinfo (the metad address it was mounted from).
+pub fn mount_of(path: &Path) -> anyhow::Result<Option<(PathBuf, String)>> {
     let path = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
     let table = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
-    let mut best: Option<(usize, String)> = None;
+    let mut best: Option<(String, String)> = None;
     for line in table.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
@@ -58,12 +58,12 @@ pub fn metad_of(path: &Path) -> anyhow::Result<Option<String>> {
         let point = unescape(point);
         if *kind == "fuse.shardfs"
             && path.starts_with(&point)
-            && best.as_ref().is_none_or(|(len, _)| point.len() > *len)
+            && best.as_ref().is_none_or(|(longest, _)| point.len() > longest.len())
         {
-            best = Some((point.len(), unescape(source)));
+            best = Some((point, unescape(source)));
         }
     }
-    Ok(best.map(|(_, source)| source))
+    Ok(best.map(|(point, source)| (PathBuf::from(point), source)))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -13,6 +13,7 @@ pub mod leases;
 pub mod local;
 pub mod metrics;
 pub mod mount;
+pub mod mount_record;
 pub mod options;
 pub mod progress;
 pub mod seek;

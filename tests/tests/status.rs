@@ -107,6 +107,15 @@ fn info_shows_where_a_files_bytes_are() {
     }
     let small = info("small");
     assert_eq!(small["chunks"][0]["encoding"], "inline", "{small}");
+    // The secret too is the mount's: neither a flag nor the environment names it.
+    let out = std::process::Command::new(shardfs_tests::binary("shardfs"))
+        .arg("info")
+        .arg(mount.join("small"))
+        .env_remove("SHARDFS_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inline"));
     // A directory, or a path on no shardfs mount, gets one clear line.
     let out = cluster.command("shardfs").arg("info").arg(&mount.path).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a regular file"));

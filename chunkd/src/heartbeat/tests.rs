@@ -69,14 +69,14 @@ async fn next(requests: &mut mpsc::UnboundedReceiver<MembershipRequest>) -> Memb
 struct Beating {
     _dir: tempfile::TempDir,
     store: Arc<ShardStore>,
-    reports: mpsc::UnboundedSender<ShardId>,
+    reports: mpsc::Sender<ShardId>,
     _stop: oneshot::Sender<()>,
 }
 
 async fn start_heartbeat(metad_addr: String) -> Beating {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
-    let (reports, corrupt) = mpsc::unbounded_channel();
+    let (reports, corrupt) = mpsc::channel(16);
     let (stop, stopped) = oneshot::channel::<()>();
     let config = HeartbeatConfig {
         metad_addr,
@@ -112,7 +112,7 @@ async fn registers_heartbeats_re_registers_and_reports() {
     assert!(matches!(next(&mut requests).await, MembershipRequest::Heartbeat { .. }));
 
     let shard = ShardId { chunk: ChunkId::of(b"bad"), index: 2 };
-    beating.reports.send(shard).unwrap();
+    beating.reports.try_send(shard).unwrap();
     loop {
         match next(&mut requests).await {
             MembershipRequest::ReportCorrupt { shard: reported, .. } => {

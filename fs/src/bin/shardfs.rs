@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use shardfs::core::{Fs, FsOptions};
 use shardfs::local::{LocalCluster, LocalSettings};
 use shardfs::mount::{self, MountOptions};
+use shardfs::mount_record::{self, MountRecord};
 use shardfs::options::MountFlags;
 use shardfs_chunkd::Encoding;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
@@ -304,16 +305,30 @@ impl SecretArgs {
     /// Connection options proving the secret at `--secret-file` over TLS to `--tls-ca`'s
     /// cluster; a mount's `-o secret_file=` and `-o tls_ca=` in `flags` win.
     fn rpc(&self, flags: Option<&MountFlags>) -> anyhow::Result<ClientOptions> {
-        let chosen =
-            |f: fn(&MountFlags) -> Option<&PathBuf>| flags.and_then(f).map(PathBuf::as_path);
-        let path = chosen(|f| f.secret_file.as_ref())
-            .or(self.secret_file.as_deref())
-            .unwrap_or(Path::new(DEFAULT_SECRET_FILE));
-        let tls = match chosen(|f| f.tls_ca.as_ref()).or(self.tls_ca.as_deref()) {
-            Some(ca) => Some(TlsClient::load(ca)?),
+        let (secret, ca) = self.files(flags);
+        let tls = match ca {
+            Some(ca) => Some(TlsClient::load(&ca)?),
             None => None,
         };
-        Ok(ClientOptions { tls, ..ClientOptions::with_key(ClusterKey::load(path)?) })
+        Ok(ClientOptions { tls, ..ClientOptions::with_key(ClusterKey::load(&secret)?) })
+    }
+
+    /// The secret file and TLS CA chosen: a mount's options, else the flags, else (for
+    /// the secret) the default.
+    fn files(&self, flags: Option<&MountFlags>) -> (PathBuf, Option<PathBuf>) {
+        let chosen = |f: fn(&MountFlags) -> Option<&PathBuf>| flags.and_then(f).cloned();
+        let secret = chosen(|f| f.secret_file.as_ref())
+            .or(self.secret_file.clone())
+            .unwrap_or(PathBuf::from(DEFAULT_SECRET_FILE));
+        (secret, chosen(|f| f.tls_ca.as_ref()).or(self.tls_ca.clone()))
+    }
+
+    /// These flags, with what a mount's record names where they name nothing.
+    fn or_recorded(&self, record: &MountRecord) -> SecretArgs {
+        SecretArgs {
+            secret_file: self.secret_file.clone().or(Some(record.secret_file.clone())),
+            tls_ca: self.tls_ca.clone().or(record.tls_ca.clone()),
+        }
     }
 }
 
@@ -400,12 +415,20 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             report(&metad, &secret, json, shardfs::status::fetch, shardfs::status::print)
         }
         Commands::Info { path, metad, json, secret } => {
-            let metad = match metad {
-                Some(metad) => metad,
-                None => shardfs::info::metad_of(&path)?.with_context(|| {
-                    format!("{} is not on a shardfs mount (give --metad)", path.display())
-                })?,
+            // The mount holding the file, and what it recorded of its cluster, fill in
+            // what the flags leave out.
+            let mount = shardfs::info::mount_of(&path)?;
+            let record = mount.as_ref().and_then(|(point, _)| mount_record::find(point));
+            let secret = match &record {
+                Some(record) => secret.or_recorded(record),
+                None => secret,
             };
+            let metad = metad
+                .or(record.map(|r| r.metad))
+                .or(mount.map(|(_, source)| source))
+                .with_context(|| {
+                    format!("{} is not on a shardfs mount (give --metad)", path.display())
+                })?;
             let ino = shardfs::info::file_ino(&path)?;
             let fetch = async |m: &_| shardfs::info::fetch(m, &path, ino).await;
             report(&metad, &secret, json, fetch, shardfs::info::print)
@@ -722,7 +745,22 @@ fn mount_command(
         .with_context(|| format!("cannot reach metad at {metad}"))?;
     client.serve_metrics(&runtime, &fs)?;
     let options = client.mount_options(metad.to_string());
+    let (secret_file, tls_ca) = secret.files(Some(&client.flags()));
+    let _record =
+        leave_record(mountpoint, MountRecord { metad: metad.into(), secret_file, tls_ca });
     mount::serve(&runtime, fs, mountpoint, &options, announce_ready)
+}
+
+/// Leaves what `shardfs info` needs to reach the mount's cluster (see `mount_record.rs`),
+/// while the result lives; a failure only costs `info` its defaults.
+fn leave_record(mountpoint: &Path, mut record: MountRecord) -> Option<mount_record::Recorded> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    record.secret_file = absolute(&record.secret_file);
+    record.tls_ca = record.tls_ca.as_deref().map(absolute);
+    let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| absolute(mountpoint));
+    mount_record::record(&mountpoint, &record)
+        .inspect_err(|e| tracing::warn!("cannot record the mount for shardfs info: {e}"))
+        .ok()
 }
 
 /// `shardfs local`: a whole cluster on loopback, mounted, until Ctrl-C or SIGTERM.
@@ -770,6 +808,12 @@ fn local_command(
         .and_then(|fs| {
             client.serve_metrics(&runtime, &fs)?;
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));
+            let record = MountRecord {
+                metad: cluster.metad_addr.clone(),
+                secret_file: data.join("cluster.key"),
+                tls_ca: None,
+            };
+            let _record = leave_record(mountpoint, record);
             mount::serve(&runtime, fs, mountpoint, &options, || {
                 eprintln!(
                     "shardfs: local cluster (metad {}, {chunkds} chunkds, data in {}) \

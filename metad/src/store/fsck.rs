@@ -101,7 +101,9 @@ impl Store {
             check_placement(tx, &mut report)?;
             Ok(report)
         };
-        if repair { self.write(check) } else { self.read(check) }
+        // A check alone reads on a connection of its own, holding up no other request; a
+        // repair is one write transaction like any change.
+        if repair { self.write(check) } else { self.read_snapshot(check) }
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Store {
     reserve: reserve::Reserve,
     /// Inodes deleted since [`Store::take_deleted`] was last called.
     deleted: Mutex<Vec<Ino>>,
+    /// The database file, for reads on connections of their own (see `read_snapshot`).
+    path: std::path::PathBuf,
 }
 
 const GENERATION: u64 = 1;
@@ -106,6 +108,7 @@ impl Store {
             open_files: Default::default(),
             reserve: reserve::Reserve::new(path.parent().unwrap_or(Path::new("."))),
             deleted: Mutex::default(),
+            path: path.to_owned(),
         };
         store.replenish_reserve();
         // Files the previous run's mounts had open stay open: their sessions may resume.
@@ -197,6 +200,21 @@ impl Store {
             self.unsynced.store(true, Ordering::Release);
         }
         Ok(synced?)
+    }
+
+    /// Runs `f` in one read transaction on a connection of its own, so that a long read
+    /// (fsck of a large namespace) holds up no other request: WAL lets it read a consistent
+    /// snapshot beside the writer.
+    fn read_snapshot<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        f(&tx)
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot).

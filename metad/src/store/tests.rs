@@ -503,3 +503,20 @@ fn small_chunks_are_kept_inline_verified_and_collected() {
         vec![Problem::BadInlineChunk { chunk: id.to_hex() }]
     );
 }
+
+#[test]
+fn a_check_reads_beside_the_connection_requests_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    file(&store, ROOT_INO, "f");
+    // A long request holds the connection every other request uses.
+    let busy = store.conn.lock().unwrap();
+    let (done, checked) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| done.send(store.fsck(false)).unwrap());
+        let report = checked.recv_timeout(std::time::Duration::from_secs(10));
+        drop(busy);
+        let report = report.expect("fsck waited for the busy connection").unwrap();
+        assert_eq!((report.problems, report.inodes), (vec![], 2));
+    });
+}
