@@ -177,7 +177,7 @@ impl FileData {
         }
         if let Some(mtime) = self.dirty_mtime {
             attr.mtime = mtime;
-            attr.ctime = mtime;
+            attr.ctime = attr.ctime.max(mtime);
         }
         attr
     }
@@ -510,15 +510,11 @@ impl Fs {
             && changes.mode.is_none()
             && changes.uid.is_none()
             && changes.gid.is_none();
-        let mtime_onwards = match changes.mtime {
-            None | Some(SetTime::Now) => true,
-            Some(SetTime::At(mtime)) => data.dirty_mtime.is_none_or(|last| mtime >= last),
-        };
-        if times_only && mtime_onwards && !data.dirty.is_empty() {
-            // The kernel writing back the times it keeps for buffered writes: they stay
-            // buffered (committing them here would cut a chunk wherever the writes had got
-            // to), and their commit takes the mtime. An mtime set back (cp -p) commits them
-            // first, below, so their commit cannot replace it.
+        if times_only && !data.dirty.is_empty() {
+            // Times only (the kernel writing back the times it keeps, or cp -p setting
+            // mtime): buffered writes stay buffered, since committing them here would cut a
+            // chunk wherever the writes had got to, and their commit takes this mtime, so it
+            // does not replace it.
             match changes.mtime {
                 Some(SetTime::At(mtime)) => data.dirty_mtime = Some(mtime),
                 Some(SetTime::Now) => data.dirty_mtime = Some(Timestamp::now()),

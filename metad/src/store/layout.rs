@@ -192,12 +192,15 @@ impl Store {
                 insert_extent(tx, ino, extent, now)?;
                 end = end.max(extent.end());
             }
+            let ctime = now.max(mtime);
             tx.prepare_cached(
                 "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
-                     ctime_sec = ?3, ctime_nsec = ?4
+                     ctime_sec = ?5, ctime_nsec = ?6
                  WHERE ino = ?1",
             )?
-            .execute(params![ino, end, mtime.sec, mtime.nsec])?;
+            // ctime: when the change is made here, or the writer's mtime if that is later
+            // (the writer's mtime may also have been set back explicitly, as by cp -p).
+            .execute(params![ino, end, mtime.sec, mtime.nsec, ctime.sec, ctime.nsec])?;
             get_attr(tx, ino)
         })
     }
