@@ -22,8 +22,14 @@ fn unreferenced_chunks_and_orphan_shards_go_after_the_grace_period() {
     // Small enough to be kept inline in metad: it has a chunk but no shards.
     sh(&format!("echo keep > {}/kept", mount.path.display()));
     let chunks = || cluster.query(async |c| c.catalogue_stats().await).unwrap().chunks;
-    // A close leaves the commit to the background.
-    eventually("both files to be stored", || shard_count(&cluster) == 2 * 3 && chunks() == 3);
+    for name in ["doomed", "kept"] {
+        std::fs::File::open(mount.join(name)).unwrap().sync_all().unwrap();
+    }
+    // Two 4 MiB chunks of 3 shards (more chunks if the kernel's write-back had a part of
+    // one committed early), and the inline one.
+    let stored = chunks();
+    assert!(stored >= 3);
+    assert_eq!(shard_count(&cluster) as u64, (stored - 1) * 3);
     // An orphan: a shard put straight onto a chunkd, never committed.
     let orphan = ShardId { chunk: ChunkId::of(b"never committed"), index: 0 };
     let chunkd = cluster.chunkds[0].as_ref().unwrap();
@@ -113,7 +119,9 @@ fn a_newcomer_at_a_dead_chunkds_address_is_not_taken_for_it() {
     let mount = cluster.mount();
     shardfs_tests::write_random(&mount.join("kept"), 5 << 20, 2);
     let expected = sha256(&mount.join("kept"));
-    eventually("the file to be stored", || shard_count(&cluster) == 2 * 3);
+    std::fs::File::open(mount.join("kept")).unwrap().sync_all().unwrap();
+    let stored = cluster.query(async |c| c.catalogue_stats().await).unwrap().chunks;
+    assert_eq!(shard_count(&cluster) as u64, stored * 3, "the file is stored");
     let addr = cluster.chunkds[0].as_ref().unwrap().addr.clone();
     cluster.stop_chunkd(0, nix::sys::signal::Signal::SIGKILL);
     let newcomer = cluster.dir.path().join("newcomer");
