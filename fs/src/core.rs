@@ -10,7 +10,7 @@ use shardfs_chunkd::client::ChunkClientPool;
 use shardfs_metad::proto::{
     Attr, Cred, DirEntry, FileKind, HeldLock, INLINE_MAX, Ino, Layout, LockKind, MAX_NAME_LEN,
     Made, MetaError, RenameMode, SetAttr, SetTime, SpaceOp, StatFs, Timestamp, Unlinked,
-    VolumeInfo, XattrMode,
+    VolumeInfo, XattrMode, names_an_entry,
 };
 use shardfs_metad::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES, Written};
 use crate::dirty::DirtyRanges;
 use crate::error::{FsError, FsResult};
-use crate::leases::{Leases, Recall};
+use crate::leases::{self, Leases, Recall};
 use crate::metrics::{ClientMetrics, Gauges};
 use crate::seek;
 use crate::setid;
@@ -115,13 +115,22 @@ async fn heartbeats(meta: std::sync::Weak<MetaClient>) {
 static UNSETTLED_LOG: shardfs_rpc::throttle::Throttle =
     shardfs_rpc::throttle::Throttle::new(Duration::from_secs(10));
 
+/// Recalls settled at once; more wait their turn, so a burst of recalls (metad shedding
+/// thousands of leases) does not become thousands of tasks and blocking threads.
+const MAX_SETTLING: usize = 64;
+
 async fn settle_recalls(
     fs: std::sync::Weak<Fs>,
     mut recalls: tokio::sync::mpsc::UnboundedReceiver<Ino>,
 ) {
+    let settling = Arc::new(tokio::sync::Semaphore::new(MAX_SETTLING));
     while let Some(ino) = recalls.recv().await {
+        let turn = settling.clone().acquire_owned().await.expect("semaphore never closed");
         let Some(fs) = fs.upgrade() else { return };
-        tokio::spawn(async move { fs.settle(ino).await });
+        tokio::spawn(async move {
+            fs.settle(ino).await;
+            drop(turn);
+        });
     }
 }
 
@@ -152,6 +161,10 @@ struct OpenFile {
     stale: std::sync::atomic::AtomicBool,
     /// Whether metad knows this client has the file open (see [`Fs::open`]).
     registered: tokio::sync::Mutex<bool>,
+    /// Background commits of what closes left buffered, under way (see
+    /// [`Fs::commit_closed`]): the file stays in `files` until they are done, so a later
+    /// open finds the bytes they have not committed yet.
+    committing: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -470,7 +483,8 @@ impl Fs {
         if self.leases.known_absent(parent, name) {
             return Err(MetaError::NotFound.into());
         }
-        let attr = self.granting_attr(self.meta.lookup(parent, name, cred), Some(parent), false);
+        let dir = names_an_entry(name).then_some(parent);
+        let attr = self.granting_attr(self.meta.lookup(parent, name, cred), dir, false);
         self.with_dirty(attr.await?).await
     }
 
@@ -754,6 +768,7 @@ impl Fs {
                     data: Default::default(),
                     stale: Default::default(),
                     registered: Default::default(),
+                    committing: Default::default(),
                 };
                 (Arc::new(file), 0)
             });
@@ -837,14 +852,19 @@ impl Fs {
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let mut data = file.data.lock().await;
-        if file.stale.swap(false, Ordering::Relaxed) {
+        // Without a lease (a file with no name left has none) no recall says when another
+        // mount changed it: each read asks for the layout again.
+        if file.stale.swap(false, Ordering::Relaxed) || !self.leases.holds(file.ino) {
             data.layout = None;
         }
         let layout = match &data.layout {
             Some(layout) => layout.clone(),
             None => {
                 let fetched = self.meta.layout(file.ino);
-                let layout = Arc::new(self.granting(fetched, |l| vec![l.attr.ino]).await?);
+                let leased = |l: &Layout| {
+                    Vec::from_iter((!leases::nameless_read_lease(&l.attr)).then_some(l.attr.ino))
+                };
+                let layout = Arc::new(self.granting(fetched, leased).await?);
                 data.layout = Some(layout.clone());
                 layout
             }
@@ -1073,7 +1093,9 @@ impl Fs {
         let forgotten = {
             let data = file.data.lock().await;
             let mut files = self.files.lock().expect("files lock");
+            let others = file.committing.fetch_sub(1, Ordering::SeqCst) - 1;
             let forget = data.dirty.is_empty()
+                && others == 0
                 && files
                     .get(&file.ino)
                     .is_some_and(|(kept, n)| *n == 0 && Arc::ptr_eq(kept, &file));
@@ -1181,6 +1203,7 @@ impl Fs {
             // The entry stays, with no handle, until the commit is done.
             if let Some(entry) = self.files.lock().expect("files lock").get_mut(&handle.file.ino) {
                 entry.1 -= 1;
+                entry.0.committing.fetch_add(1, Ordering::SeqCst);
             }
             tokio::spawn(me.commit_closed(handle.file.clone(), bytes));
             return Ok(());
@@ -1217,12 +1240,13 @@ impl Fs {
         Ok(())
     }
 
-    /// Forgets one open of `ino`; returns the file if that was this client's last open.
+    /// Forgets one open of `ino`; returns the file if that was this client's last open and
+    /// no commit after an earlier close still needs it kept (that commit forgets it).
     fn drop_open(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         let mut files = self.files.lock().expect("files lock");
         let entry = files.get_mut(&ino)?;
         entry.1 -= 1;
-        if entry.1 > 0 {
+        if entry.1 > 0 || entry.0.committing.load(Ordering::SeqCst) > 0 {
             return None;
         }
         files.remove(&ino).map(|(file, _)| file)

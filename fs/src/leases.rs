@@ -145,6 +145,13 @@ pub struct Recall {
     names: HashSet<Vec<u8>>,
 }
 
+/// Whether an answer with `attr` is about a file with no name left, on which metad grants no
+/// read lease: opens of it are always told to metad, and a mount that keeps looking at it
+/// cannot keep it from going.
+pub fn nameless_read_lease(attr: &Attr) -> bool {
+    attr.nlink == 0
+}
+
 pub struct Leases {
     state: Mutex<State>,
     notifier: OnceLock<Notifier>,
@@ -191,8 +198,12 @@ impl Leases {
 
     /// Records the lease an answer with `attr` granted, as [`Leases::granted`] does, and
     /// keeps the attributes while the lease lasts, unless this mount changed something since
-    /// the request started: the answer may predate that change.
+    /// the request started: the answer may predate that change. An answer about a file with
+    /// no name left grants no read lease (see [`nameless_read_lease`]).
     pub fn granted_attr(&self, epoch: Epoch, attr: &Attr, write: bool) {
+        if !write && nameless_read_lease(attr) {
+            return;
+        }
         let mut state = self.lock();
         if !state.recalled_since(attr.ino, epoch.recalls) {
             let current = state.changes == epoch.changes;

@@ -144,7 +144,7 @@ pub async fn run(
                 loop {
                     tokio::time::sleep(SYNC_INTERVAL).await;
                     server.expire_sessions();
-                    housekeeping(&server.store).await;
+                    housekeeping(&server).await;
                     server.forget_deleted();
                     sync(&server.store).await;
                 }
@@ -181,11 +181,11 @@ async fn sync(store: &Arc<Store>) {
 
 /// Deletes the files that lingered long enough, and reserves room for changes that free
 /// space again if it was used.
-async fn housekeeping(store: &Arc<Store>) {
-    let store = store.clone();
+async fn housekeeping(server: &Arc<MetadServer>) {
+    let server = server.clone();
     let done = tokio::task::spawn_blocking(move || {
-        store.replenish_reserve();
-        store.reclaim_lingered(std::time::Instant::now())
+        server.store.replenish_reserve();
+        server.reclaim_lingered()
     });
     match done.await {
         Ok(Ok(())) => {}

@@ -8,7 +8,9 @@
 //! commit a reference to a deleted chunk.
 //!
 //! An intent belongs to the client session that prepared the write and ends with its
-//! commit, with that session (the client died), or after [`INTENT_LIFETIME`]. Intents are
+//! commit, with that session (the client died), or after [`INTENT_LIFETIME`]. A session
+//! holds a bounded number (a prepare past it is refused), so a client that prepares and
+//! never commits cannot grow metad's memory without end. Intents are
 //! kept in memory: after a metad restart none exist, which is why the sweeps wait a full grace
 //! period after start before deleting anything (see `gc.rs`).
 
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use shardfs_chunkd::ChunkId;
 
+use crate::proto::MetaError;
 use crate::store::Holder;
 
 /// Longest a prepared write protects its chunks: longer than any write takes to commit.
@@ -33,16 +36,60 @@ pub struct Intents {
     unclaimed: Condvar,
 }
 
+/// How often intents past their lifetime are swept out.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct State {
     by_chunk: HashMap<ChunkId, HashMap<Holder, Instant>>,
+    /// How many chunks each session intends.
+    per_holder: HashMap<Holder, usize>,
     /// Chunks whose shards the collector is deleting.
     claimed: HashSet<ChunkId>,
+    /// When intents past their lifetime were last swept out.
+    swept: Option<Instant>,
 }
 
 impl State {
     fn is_live(&self, chunk: &ChunkId, now: Instant) -> bool {
         self.by_chunk.get(chunk).is_some_and(|holders| holders.values().any(|until| *until > now))
+    }
+
+    /// Drops the intents past their lifetime.
+    fn sweep(&mut self, now: Instant) {
+        let per_holder = &mut self.per_holder;
+        self.by_chunk.retain(|_, holders| {
+            holders.retain(|holder, until| {
+                let live = *until > now;
+                if !live {
+                    forget_one(per_holder, *holder);
+                }
+                live
+            });
+            !holders.is_empty()
+        });
+        self.swept = Some(now);
+    }
+
+    fn remove(&mut self, chunk: &ChunkId, holder: Holder) {
+        if let Some(holders) = self.by_chunk.get_mut(chunk) {
+            if holders.remove(&holder).is_some() {
+                forget_one(&mut self.per_holder, holder);
+            }
+            if holders.is_empty() {
+                self.by_chunk.remove(chunk);
+            }
+        }
+    }
+}
+
+/// `holder` intends one chunk fewer.
+fn forget_one(per_holder: &mut HashMap<Holder, usize>, holder: Holder) {
+    if let Some(count) = per_holder.get_mut(&holder) {
+        *count -= 1;
+        if *count == 0 {
+            per_holder.remove(&holder);
+        }
     }
 }
 
@@ -53,14 +100,31 @@ impl Intents {
 
     /// Records `holder`'s intents for `chunks`, then waits (at most `CLAIM_WAIT`) while
     /// the collector is deleting any of them. Must happen before the catalogue is read.
-    pub fn record(&self, holder: Holder, chunks: impl IntoIterator<Item = ChunkId>) {
+    /// Refused if `holder` would intend more than `limit` chunks.
+    pub fn record(
+        &self,
+        holder: Holder,
+        chunks: impl IntoIterator<Item = ChunkId>,
+        limit: usize,
+    ) -> Result<(), MetaError> {
         let now = Instant::now();
         let mut state = self.lock();
-        state.by_chunk.retain(|_, holders| {
-            holders.retain(|_, until| *until > now);
-            !holders.is_empty()
-        });
-        let chunks: Vec<ChunkId> = chunks.into_iter().collect();
+        let chunks: HashSet<ChunkId> = chunks.into_iter().collect();
+        let intended = |state: &State| state.per_holder.get(&holder).copied().unwrap_or(0);
+        let due = state.swept.is_none_or(|at| now >= at + SWEEP_INTERVAL);
+        if due || intended(&state) + chunks.len() > limit {
+            state.sweep(now);
+        }
+        let new = chunks
+            .iter()
+            .filter(|c| state.by_chunk.get(c).is_none_or(|h| !h.contains_key(&holder)))
+            .count();
+        if intended(&state) + new > limit {
+            return Err(MetaError::Unavailable(format!(
+                "this client already has {limit} chunks prepared and not committed (the limit)"
+            )));
+        }
+        *state.per_holder.entry(holder).or_default() += new;
         for chunk in &chunks {
             state.by_chunk.entry(*chunk).or_default().insert(holder, now + INTENT_LIFETIME);
         }
@@ -73,6 +137,7 @@ impl Intents {
             }
             state = self.unclaimed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
         }
+        Ok(())
     }
 
     /// Claims `chunk` for deletion unless a write intends it; true if claimed.
@@ -96,20 +161,17 @@ impl Intents {
 
     /// `holder` committed: refcounts protect these chunks from here on.
     pub fn clear(&self, holder: Holder, chunks: impl IntoIterator<Item = ChunkId>) {
-        let by_chunk = &mut self.lock().by_chunk;
+        let mut state = self.lock();
         for chunk in chunks {
-            if let Some(holders) = by_chunk.get_mut(&chunk) {
-                holders.remove(&holder);
-                if holders.is_empty() {
-                    by_chunk.remove(&chunk);
-                }
-            }
+            state.remove(&chunk, holder);
         }
     }
 
     /// The client behind `holder` is gone, and with it every write it had not committed.
     pub fn release_holder(&self, holder: Holder) {
-        self.lock().by_chunk.retain(|_, holders| {
+        let mut state = self.lock();
+        state.per_holder.remove(&holder);
+        state.by_chunk.retain(|_, holders| {
             holders.remove(&holder);
             !holders.is_empty()
         });
@@ -129,8 +191,8 @@ mod tests {
         let intents = Intents::default();
         let (a, b): (Holder, Holder) = (1, 2);
         let (x, y) = (ChunkId::of(b"x"), ChunkId::of(b"y"));
-        intents.record(a, [x, y]);
-        intents.record(b, [x]);
+        intents.record(a, [x, y], 10).unwrap();
+        intents.record(b, [x], 10).unwrap();
         intents.clear(a, [x]);
         assert!(intents.is_live(&x), "b still writes x");
         intents.release_holder(b);
@@ -141,17 +203,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_intends_at_most_its_limit_until_it_commits() {
+        let intents = Intents::default();
+        let (a, b): (Holder, Holder) = (1, 2);
+        let chunks: Vec<ChunkId> = (0..4u8).map(|i| ChunkId::of(&[i])).collect();
+        intents.record(a, chunks[..3].iter().copied(), 3).unwrap();
+        // Preparing the same chunks again takes no more room; one more chunk is refused.
+        intents.record(a, chunks[..3].iter().copied(), 3).unwrap();
+        let refused = intents.record(a, [chunks[3]], 3).unwrap_err();
+        assert!(refused.to_string().contains("3 chunks prepared and not committed"), "{refused}");
+        assert!(!intents.is_live(&chunks[3]));
+        // Other sessions are not held to a's count; a commit makes room.
+        intents.record(b, chunks.iter().copied(), 4).unwrap();
+        intents.clear(a, [chunks[0]]);
+        intents.record(a, [chunks[3]], 3).unwrap();
+    }
+
+    #[test]
     fn a_chunk_is_claimed_or_intended_never_both() {
         let intents = std::sync::Arc::new(Intents::default());
         let (x, y) = (ChunkId::of(b"x"), ChunkId::of(b"y"));
-        intents.record(1, [x]);
+        intents.record(1, [x], 10).unwrap();
         assert!(!intents.claim(x), "intended: not deleted");
         assert!(intents.claim(y));
         // A write of a claimed chunk waits until the claim is given back.
         let writer = {
             let intents = intents.clone();
             std::thread::spawn(move || {
-                intents.record(2, [y]);
+                intents.record(2, [y], 10).unwrap();
                 Instant::now()
             })
         };

@@ -98,6 +98,12 @@ impl Table {
         }
     }
 
+    /// Every session's lease on `ino`, as conflicts for a change that needs them all gone.
+    pub fn holders_of(&self, ino: Ino) -> Vec<Conflict> {
+        let holders = self.inodes.get(&ino).into_iter().flat_map(|h| h.keys());
+        holders.map(|&holder| Conflict { holder, ino }).collect()
+    }
+
     /// Grants `holder` a lease on `ino`: a write lease if `write`, else a read lease (a
     /// write lease it holds stays one). Returns whether this renewed a lease under recall,
     /// whose recall must then be sent again (see [`Leases::wake`]).
@@ -128,7 +134,8 @@ impl Table {
         renewed
     }
 
-    fn remove(&mut self, holder: Holder, ino: Ino) {
+    /// Ends `holder`'s lease on `ino`.
+    pub fn remove(&mut self, holder: Holder, ino: Ino) {
         if let Some(holders) = self.inodes.get_mut(&ino) {
             holders.remove(&holder);
             if holders.is_empty() {

@@ -15,6 +15,13 @@ pub const ROOT_INO: Ino = 1;
 
 /// Longest name of a directory entry, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// Whether a lookup of `name` reads an entry of its parent directory: not "." or "..",
+/// which find an inode, or a directory's parent, by number (for file handles). Only a
+/// lookup of an entry is covered by, and grants, a lease on the directory.
+pub fn names_an_entry(name: &[u8]) -> bool {
+    name != b"." && name != b".."
+}
 /// Longest symlink target, in bytes.
 pub const MAX_SYMLINK_LEN: usize = 4095;
 /// Longest extended attribute value, in bytes (Linux's own limit).

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use shardfs_chunkd::membership::{
@@ -21,8 +22,8 @@ use crate::locks::LockTable;
 use crate::members::Members;
 use crate::placement;
 use crate::proto::{
-    ChunkPlan, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, StatFs,
-    WorkerStatus,
+    Attr, ChunkPlan, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, StatFs,
+    WorkerStatus, names_an_entry,
 };
 use crate::repair::RepairStats;
 use crate::sessions::{Departed, SessionLimits, Sessions};
@@ -40,6 +41,8 @@ pub struct MetadServer {
     sessions: Sessions,
     leases: Leases,
     mount_requests: std::sync::atomic::AtomicU64,
+    /// Whether leases on lingering files are being recalled (`reclaim_lingered`).
+    recalling_lingered: AtomicBool,
     /// Authenticates every connection, in and out.
     pub(crate) auth: DaemonAuth,
     /// Turns at the database for clients' requests, shared fairly between connections.
@@ -106,6 +109,7 @@ impl MetadServer {
             sessions,
             leases: Leases::default(),
             mount_requests: Default::default(),
+            recalling_lingered: AtomicBool::new(false),
             gate: FairGate::new(crate::fair::default_slots()),
             _data_lock: None,
             metrics: Metrics::new(),
@@ -147,6 +151,30 @@ impl MetadServer {
                 warn!(holder, "cannot release the files of a departed client: {e}");
             }
         });
+    }
+
+    /// Deletes the files that lost their last name and lingered long enough, except those a
+    /// session holds a lease on: a mount may have opened one under its lease without telling
+    /// metad. Their leases are recalled (settling a recall registers such opens), and they
+    /// are looked at again after lingering once more.
+    pub fn reclaim_lingered(self: &Arc<Self>) -> Result<(), MetaError> {
+        let table = self.leases.lock();
+        let leased = (self.store)
+            .reclaim_lingered(std::time::Instant::now(), |ino| !table.holders_of(ino).is_empty())?;
+        let conflicts: Vec<Conflict> =
+            leased.into_iter().flat_map(|ino| table.holders_of(ino)).collect();
+        drop(table);
+        // One batch of recalls at a time: the files wait for it, lingering.
+        if conflicts.is_empty() || self.recalling_lingered.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let server = self.clone();
+        tokio::spawn(async move {
+            let expiry = server.sessions.timeout();
+            server.leases.recall(&conflicts, expiry, |h| server.sessions.peer_of(h)).await;
+            server.recalling_lingered.store(false, Ordering::SeqCst);
+        });
+        Ok(())
     }
 
     /// Drops the leases on inodes deleted since last time.
@@ -215,21 +243,38 @@ impl MetadServer {
         };
         // A lookup's answer covers its directory's entry; a listing's, the directory.
         let dir = match &request {
-            MetaRequest::Lookup { parent: dir, .. } | MetaRequest::ReadDir { ino: dir, .. } => {
-                Some(*dir)
-            }
+            MetaRequest::Lookup { parent: dir, name, .. } if names_an_entry(name) => Some(*dir),
+            MetaRequest::ReadDir { ino: dir, .. } => Some(*dir),
             _ => None,
         };
         let reply = match self.answer(request, holder, peer) {
             Ok(reply) => reply,
             Err(e) => return Outcome::Answered(Err(e)),
         };
+        // The mount that took a file's last name drops its own lease on the file (see
+        // `name_removed` in the client): so does metad, or the file would linger on it.
+        let nameless = match &reply {
+            MetaReply::Unlinked(u) if u.target.as_ref().is_none_or(|a| a.nlink == 0) => Some(u.ino),
+            MetaReply::Renamed { replaced } => *replaced,
+            _ => None,
+        };
+        if let Some(ino) = nameless {
+            table.remove(holder, ino);
+            self.leases.wake();
+        }
         let mut granted: Vec<Ino> = dir.into_iter().collect();
+        // A file with no name left gets no read lease: under a lease a mount opens a file
+        // without telling metad, and a mount that keeps looking at a deleted file (by
+        // handle, say) would keep it from ever going (see `reclaim_lingered`). The client
+        // takes none either; a write lease is asked for, by a writer that has it open.
+        let leasable = |attr: &Attr| (attr.nlink > 0 || write).then_some(attr.ino);
         // A new name's answer tells about its directory too, on which the asking mount needs
         // no new lease: it already has its read lease, or none to keep the attributes under.
         match &reply {
-            MetaReply::Attr(attr) | MetaReply::Made(Made { attr, .. }) => granted.push(attr.ino),
-            MetaReply::Layout(layout) => granted.push(layout.attr.ino),
+            MetaReply::Attr(attr) | MetaReply::Made(Made { attr, .. }) => {
+                granted.extend(leasable(attr))
+            }
+            MetaReply::Layout(layout) => granted.extend(leasable(&layout.attr)),
             MetaReply::Entries { entries, .. } => {
                 granted.extend(entries.iter().map(|e| e.attr.ino))
             }
@@ -450,7 +495,10 @@ impl MetadServer {
                 MetaReply::Attr(store.open_file(ino, holder, self.sessions.limits().open_files)?)
             }
             MetaRequest::ReleaseFile { ino } => {
-                store.release_file(ino, holder)?;
+                // The lease table is locked first, as for every request it covers: no lease
+                // is granted on the file between the check and its deletion.
+                let table = self.leases.lock();
+                store.release_file(ino, holder, !table.holders_of(ino).is_empty())?;
                 MetaReply::Done
             }
             MetaRequest::Allocate { ino, offset, len, op } => {
@@ -530,7 +578,8 @@ impl MetadServer {
             }
             MetaRequest::PrepareWrite { chunks, avoid } => {
                 // Before the catalogue is read: GC must not take what this write will use.
-                self.intents.record(holder, chunks.iter().map(|c| c.chunk));
+                let limit = self.sessions.limits().prepared_chunks;
+                self.intents.record(holder, chunks.iter().map(|c| c.chunk), limit)?;
                 let usable: Vec<_> =
                     self.members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
                 let full = self.members.full();

@@ -36,11 +36,21 @@ pub struct SessionLimits {
     pub open_files: u64,
     /// Leases held at once; past it, the oldest are recalled (see `crate::leases`).
     pub leases: usize,
+    /// Chunks prepared for writes and not yet committed (write intents, `crate::intents`);
+    /// a prepare past it is refused.
+    pub prepared_chunks: usize,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { timeout: DEFAULT_TIMEOUT, open_files: 1 << 20, leases: 1 << 18 }
+        SessionLimits {
+            timeout: DEFAULT_TIMEOUT,
+            open_files: 1 << 20,
+            leases: 1 << 18,
+            // 256 GiB of 4 MiB chunks: far beyond what a client buffers between a prepare
+            // and its commit.
+            prepared_chunks: 1 << 16,
+        }
     }
 }
 

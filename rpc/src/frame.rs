@@ -19,7 +19,7 @@ use crate::Error;
 /// for its message envelope.
 pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024 + 64 * 1024;
 
-const HEADER_LEN: usize = 1 + 8;
+pub(crate) const HEADER_LEN: usize = 1 + 8;
 
 /// Bytes set aside for a frame before its body arrives: a 1 MiB shard (a 4 MiB chunk at
 /// k = 4) and its envelope. Larger frames grow as they are read.
@@ -51,6 +51,15 @@ pub struct Frame {
 
 /// Reads one frame. `Ok(None)` is a clean end of stream at a frame boundary.
 pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, Error> {
+    match read_len(reader).await? {
+        Some(len) => read_rest(reader, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the length that starts a frame, checked against the limits (see [`read_rest`]).
+/// `Ok(None)` is a clean end of stream at a frame boundary.
+pub async fn read_len<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<usize>, Error> {
     let mut len_bytes = [0u8; 4];
     let mut filled = 0;
     while filled < len_bytes.len() {
@@ -76,6 +85,11 @@ pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>,
     if len < HEADER_LEN {
         return Err(Error::BadFrame(format!("frame of {len} bytes is shorter than its header")));
     }
+    Ok(Some(len))
+}
+
+/// Reads the rest of a frame whose length [`read_len`] read.
+pub async fn read_rest<R: AsyncRead + Unpin>(reader: &mut R, len: usize) -> Result<Frame, Error> {
     // Memory grows with the bytes that arrive, beyond what a shard of a default chunk
     // needs: a length alone does not make the reader set aside 64 MiB.
     let mut buf = Vec::with_capacity(len.min(PREALLOCATED));
@@ -91,7 +105,7 @@ pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>,
     };
     let id = u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes"));
     let body = Bytes::from(buf).slice(HEADER_LEN..);
-    Ok(Some(Frame { kind, id, body }))
+    Ok(Frame { kind, id, body })
 }
 
 /// Writes one frame (not flushed).

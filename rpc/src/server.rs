@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use crate::frame::{self, Kind};
@@ -17,6 +17,10 @@ use crate::{ClusterKey, Error, Service, handshake};
 
 /// Requests one connection may have in flight at once; further frames wait to be read.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 128;
+
+/// Bytes of requests one connection may have read and not yet answered: a few of the
+/// largest frames. The next frame waits to be read until there is room for it.
+const MAX_REQUEST_BYTES_PER_CONNECTION: usize = 4 * frame::MAX_FRAME_LEN;
 
 /// Who may connect and for how long: the cluster key every peer must prove, and bounds on
 /// connections so that no peer can use up a daemon's sockets or memory.
@@ -35,6 +39,9 @@ pub struct ServerConfig {
     /// A peer that takes longer than this to take a response or push off the connection
     /// (it stopped reading) is disconnected, so it cannot pin its requests' permits.
     pub write_timeout: Duration,
+    /// Bytes of requests read and not yet answered, on all connections together (at least
+    /// one largest frame): frames wait to be read until there is room for them.
+    pub max_request_bytes: usize,
 }
 
 impl ServerConfig {
@@ -46,6 +53,7 @@ impl ServerConfig {
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(60),
+            max_request_bytes: 1 << 30,
         }
     }
 }
@@ -146,6 +154,7 @@ pub async fn serve<H: Handler>(
 ) {
     tokio::pin!(shutdown);
     let connections = Arc::new(Mutex::new(Connections::default()));
+    let budget = Arc::new(Semaphore::new(config.max_request_bytes.max(frame::MAX_FRAME_LEN)));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -158,10 +167,10 @@ pub async fn serve<H: Handler>(
                             continue;
                         }
                     };
-                    let handler = handler.clone();
+                    let (handler, budget) = (handler.clone(), budget.clone());
                     tokio::spawn(async move {
                         let _slot = slot;
-                        if let Err(e) = connection(stream, peer, handler, config).await {
+                        if let Err(e) = connection(stream, peer, handler, config, budget).await {
                             warn!(%peer, "dropping connection: {e}");
                         }
                     });
@@ -181,6 +190,7 @@ async fn connection<H: Handler>(
     peer: SocketAddr,
     handler: Arc<H>,
     config: ServerConfig,
+    budget: Arc<Semaphore>,
 ) -> Result<(), Error> {
     crate::tune(&stream)?;
     let offers = |s| handler.offers(s);
@@ -202,7 +212,8 @@ async fn connection<H: Handler>(
     };
     debug!(%peer, service = service.name(), "connection accepted");
     let mut reader = BufReader::with_capacity(256 * 1024, read_half);
-    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(MAX_IN_FLIGHT_PER_CONNECTION);
+    // Each response carries its request's admission, given back once it is written.
+    let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>, Admitted)>(MAX_IN_FLIGHT_PER_CONNECTION);
     // A handler that cannot decode its request, or a writer that cannot send, reports here,
     // and the connection is dropped: its peer then reconnects instead of waiting forever.
     let (bad_tx, mut bad_rx) = mpsc::channel::<Error>(1);
@@ -228,7 +239,7 @@ async fn connection<H: Handler>(
                         }
                     },
                     response = rx.recv() => match response {
-                        Some((id, body)) => (Kind::Response, id, body),
+                        Some((id, body, _admitted)) => (Kind::Response, id, body),
                         None => break,
                     },
                 };
@@ -238,7 +249,7 @@ async fn connection<H: Handler>(
                     while let Ok(body) = push_rx.try_recv() {
                         frame::write(&mut writer, Kind::Push, 0, &body).await?;
                     }
-                    while let Ok((id, body)) = rx.try_recv() {
+                    while let Ok((id, body, _admitted)) = rx.try_recv() {
                         frame::write(&mut writer, Kind::Response, id, &body).await?;
                     }
                     writer.flush().await?;
@@ -256,10 +267,11 @@ async fn connection<H: Handler>(
         }
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    let own_budget = Arc::new(Semaphore::new(MAX_REQUEST_BYTES_PER_CONNECTION));
     let result = loop {
-        let frame = tokio::select! {
-            read = frame::read(&mut reader) => match read {
-                Ok(Some(frame)) => frame,
+        let len = tokio::select! {
+            read = frame::read_len(&mut reader) => match read {
+                Ok(Some(len)) => len,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
@@ -268,6 +280,21 @@ async fn connection<H: Handler>(
                 break Err(Error::Idle { after: config.idle_timeout })
             }
         };
+        // Room for the frame before it is read: the connection's share, then the server's.
+        let bytes = u32::try_from(len).expect("frames are far below 4 GiB");
+        let room = async {
+            let own = own_budget.clone().acquire_many_owned(bytes).await;
+            let all = budget.clone().acquire_many_owned(bytes).await;
+            (own.expect("semaphore never closed"), all.expect("semaphore never closed"))
+        };
+        let room = tokio::select! {
+            room = room => room,
+            Some(e) = bad_rx.recv() => break Err(e),
+        };
+        let frame = match frame::read_rest(&mut reader, len).await {
+            Ok(frame) => frame,
+            Err(e) => break Err(e),
+        };
         if frame.kind != Kind::Request {
             break Err(Error::BadFrame(format!("unexpected {:?} frame from a client", frame.kind)));
         }
@@ -275,11 +302,11 @@ async fn connection<H: Handler>(
         let handler = handler.clone();
         let tx = tx.clone();
         let bad_tx = bad_tx.clone();
+        let admitted = Admitted { _in_flight: permit, _room: room };
         tokio::spawn(async move {
-            let _permit = permit;
             match handler.handle(service, peer, frame.body).await {
                 Ok(body) => {
-                    let _ = tx.send((frame.id, body)).await;
+                    let _ = tx.send((frame.id, body, admitted)).await;
                 }
                 Err(e) => {
                     let _ = bad_tx.try_send(e);
@@ -291,6 +318,13 @@ async fn connection<H: Handler>(
     let _ = writer.await;
     handler.disconnected(service, peer);
     result
+}
+
+/// What a request took to be read: its place among the connection's requests in flight and
+/// its bytes' room in the budgets. Held until its response is written.
+struct Admitted {
+    _in_flight: OwnedSemaphorePermit,
+    _room: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// Completes once `timeout` has passed with none of the connection's requests in flight.
@@ -310,10 +344,13 @@ mod tests {
     use super::*;
     use crate::{Client, ClientOptions};
 
-    /// Pushes every request body back to its sender before answering it.
+    /// Pushes every request body back to its sender before answering it; with `stall`,
+    /// takes requests and never answers them.
     #[derive(Default)]
     struct Echo {
         pushers: Mutex<Vec<Pusher>>,
+        stall: bool,
+        taken: std::sync::atomic::AtomicUsize,
     }
 
     impl Handler for Echo {
@@ -327,6 +364,10 @@ mod tests {
             _peer: SocketAddr,
             body: Bytes,
         ) -> Result<Vec<u8>, Error> {
+            self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.stall {
+                std::future::pending::<()>().await;
+            }
             let request: String = crate::decode(&body)?;
             for pusher in self.pushers.lock().unwrap().iter() {
                 pusher.push(crate::encode(&format!("pushed {request}")));
@@ -473,6 +514,40 @@ mod tests {
             while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
         };
         tokio::time::timeout(Duration::from_secs(10), drained).await.expect("disconnected");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn requests_read_and_unanswered_stay_within_the_memory_budget() {
+        let config = ServerConfig {
+            max_request_bytes: frame::MAX_FRAME_LEN,
+            ..ServerConfig::new(key("cluster"))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stall = Arc::new(Echo { stall: true, ..Echo::default() });
+        let server = tokio::spawn(serve(listener, stall.clone(), config, std::future::pending()));
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        handshake::client(&mut stream, &addr, Service::Metad, &key("cluster")).await.unwrap();
+        // 1 MiB requests, far more than the budget holds, on a peer that sends without
+        // waiting: the server takes as many as fit, then reads no further.
+        let sending = tokio::spawn(async move {
+            let body = vec![7u8; 1 << 20];
+            for id in 0..200 {
+                frame::write(&mut stream, Kind::Request, id, &body).await.unwrap();
+            }
+            stream
+        });
+        let fit = frame::MAX_FRAME_LEN / ((1 << 20) + frame::HEADER_LEN);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stall.taken.load(std::sync::atomic::Ordering::SeqCst) < fit {
+            assert!(tokio::time::Instant::now() < deadline, "the budget's worth never taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(stall.taken.load(std::sync::atomic::Ordering::SeqCst), fit);
+        assert!(!sending.is_finished(), "the server read past its budget");
+        sending.abort();
         server.abort();
     }
 

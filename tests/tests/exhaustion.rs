@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shardfs_metad::proto::{Cred, MetaError, MetaPush, ROOT_INO};
+use shardfs_chunkd::ChunkId;
+use shardfs_metad::proto::{ChunkToWrite, Cred, MetaError, MetaPush, ROOT_INO};
 use shardfs_metad::{MetaClient, MetaClientError, SessionEvents};
 use shardfs_tests::{Cluster, READY_TIMEOUT, eventually};
 
@@ -101,6 +102,37 @@ fn a_session_holding_100k_opens_is_refused_more_while_others_are_served() {
         (0..100).map(|_| std::fs::File::open(work.join("mine")).unwrap()).collect();
     drop(held);
     ordinary_work(&work, usize::MAX);
+}
+
+#[test]
+fn a_session_preparing_writes_it_never_commits_is_refused_past_its_limit() {
+    let cluster = Cluster::start_with(3, 2, 1, &["--max-prepared-chunks-per-session", "1000"]);
+    let mount = cluster.mount();
+    let hostile = MetaClient::with_session(
+        &cluster.metad_addr,
+        cluster.rpc_options(),
+        "hostile".into(),
+        Arc::new(Deaf),
+    );
+    let chunk = |i: u32| ChunkToWrite { chunk: ChunkId::of(&i.to_be_bytes()), len: 4 };
+    cluster.query(async |_| {
+        for batch in 0..10 {
+            let chunks = (batch * 100..(batch + 1) * 100).map(chunk).collect();
+            hostile.prepare_write(chunks, Vec::new()).await.unwrap();
+        }
+        // The same chunks again take no more room; one chunk more is refused, clearly.
+        hostile.prepare_write((0..100).map(chunk).collect(), Vec::new()).await.unwrap();
+        match hostile.prepare_write(vec![chunk(1000)], Vec::new()).await {
+            Err(MetaClientError::Meta(MetaError::Unavailable(why))) => {
+                assert!(why.contains("1000 chunks prepared and not committed"), "{why}")
+            }
+            other => panic!("a prepare past the limit: {other:?}"),
+        }
+    });
+    // Others are not held to its count: the mount writes and reads on.
+    ordinary_work(&mount.path, 0);
+    std::fs::write(mount.join("big"), vec![7u8; 3 << 20]).unwrap();
+    assert_eq!(std::fs::read(mount.join("big")).unwrap().len(), 3 << 20);
 }
 
 #[test]

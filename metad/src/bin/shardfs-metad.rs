@@ -69,6 +69,10 @@ struct Args {
     /// Leases one client session may hold; past it, metad recalls its oldest ones.
     #[arg(long, default_value_t = SessionLimits::default().leases)]
     max_leases_per_session: usize,
+    /// Chunks one client session may have prepared to write and not yet committed; a
+    /// prepare past it fails (the write gets EIO).
+    #[arg(long, default_value_t = SessionLimits::default().prepared_chunks)]
+    max_prepared_chunks_per_session: usize,
     /// Shards of a new chunk that must be stored for a write to go on while chunkds are
     /// down (like Ceph's min_size); the rest are added by repair. Between k and k+m;
     /// default k+1.
@@ -116,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             timeout: seconds("--session-timeout", args.session_timeout)?,
             open_files: args.max_open_files_per_session,
             leases: args.max_leases_per_session,
+            prepared_chunks: args.max_prepared_chunks_per_session,
         },
         tls: args.tls.load()?,
         min_shards: args.min_shards,

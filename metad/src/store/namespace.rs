@@ -422,11 +422,17 @@ impl Store {
     }
 
     /// Records one close of `ino` by `holder`, deleting the file if that was the last
-    /// reference to an unlinked file.
-    pub fn release_file(&self, ino: Ino, holder: Holder) -> Result<(), MetaError> {
+    /// reference to an unlinked file. A file some session holds a lease on (`leased`) is
+    /// not deleted yet but lingers: under the lease a mount may have opened it again without
+    /// telling metad (see [`Store::reclaim_lingered`]).
+    pub fn release_file(&self, ino: Ino, holder: Holder, leased: bool) -> Result<(), MetaError> {
         let still_open = self.open_files.remove(ino, holder);
         self.record_opens(ino, holder);
         if still_open {
+            return Ok(());
+        }
+        if leased {
+            self.open_files.linger(ino, std::time::Instant::now());
             return Ok(());
         }
         let now = Timestamp::now();
@@ -436,17 +442,32 @@ impl Store {
         Ok(())
     }
 
-    /// Drops every open of a holder that went away.
+    /// Drops every open of a holder that went away. The files it had open linger, as at
+    /// any last close that other sessions' leases may stand behind.
     pub fn release_holder(&self, holder: Holder) -> Result<(), MetaError> {
-        let closed = self.open_files.remove_holder(holder);
-        self.end_session(holder)?;
-        self.reclaim_if_orphans(closed)
+        let now = std::time::Instant::now();
+        for ino in self.open_files.remove_holder(holder) {
+            self.open_files.linger(ino, now);
+        }
+        self.end_session(holder)
     }
 
     /// Deletes the nameless inodes that have lingered long enough by `now`, unless opened
-    /// meanwhile.
-    pub fn reclaim_lingered(&self, now: std::time::Instant) -> Result<(), MetaError> {
-        self.reclaim_if_orphans(self.open_files.lingered(now))
+    /// meanwhile or `leased`: a mount holding a lease may have opened the file without
+    /// telling metad, and tells when its lease is recalled. Those linger on; returns them,
+    /// for the caller to recall their leases.
+    pub fn reclaim_lingered(
+        &self,
+        now: std::time::Instant,
+        leased: impl Fn(Ino) -> bool,
+    ) -> Result<Vec<Ino>, MetaError> {
+        let (held, free): (Vec<Ino>, Vec<Ino>) =
+            self.open_files.lingered(now).into_iter().partition(|&ino| leased(ino));
+        for &ino in &held {
+            self.open_files.linger(ino, now);
+        }
+        self.reclaim_if_orphans(free)?;
+        Ok(held)
     }
 
     /// Deletes those of `inos` that have no name left and nobody has open.

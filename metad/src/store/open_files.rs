@@ -10,6 +10,8 @@
 //! another mount may have looked the name up just before it went (a rename replacing it,
 //! say) and be about to open what it found. On a local disk that open succeeds with the
 //! old file, because the path walk already holds it; here it finds the inode still there.
+//! So does a nameless file at its last close, or when the session that had it open ends,
+//! while some session holds a lease on it (see [`Store::reclaim_lingered`](super::Store::reclaim_lingered)).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -116,9 +118,10 @@ impl OpenFiles {
         table.by_ino.contains_key(&ino) || table.lingering.contains_key(&ino)
     }
 
-    /// Keeps nameless `ino` until `LINGER` after `now`.
+    /// Keeps nameless `ino` until `LINGER` after `now`, or the earlier time it was already
+    /// kept until: opens and closes meanwhile do not put its end off.
     pub fn linger(&self, ino: Ino, now: Instant) {
-        self.lock().lingering.insert(ino, now + LINGER);
+        self.lock().lingering.entry(ino).or_insert(now + LINGER);
     }
 
     /// Stops keeping the inodes whose time is up at `now`, and returns them.

@@ -31,7 +31,7 @@ fn file(store: &Store, parent: Ino, name: &str) -> Attr {
 
 /// Lets the files that lost their last name finish lingering, and go.
 fn linger_over(store: &Store) {
-    store.reclaim_lingered(std::time::Instant::now() + LINGER).unwrap();
+    store.reclaim_lingered(std::time::Instant::now() + LINGER, |_| false).unwrap();
 }
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {
