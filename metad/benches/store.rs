@@ -1,6 +1,6 @@
 //! metad's store operations against SQLite directly (no network, no daemon): create, lookup,
 //! getattr, rename and the commit of a written layout, each one transaction as metad runs
-//! it (WAL, synchronous=NORMAL).
+//! it (WAL, synchronous=NORMAL); then lookups and creates while another thread creates.
 //!
 //! `cargo bench -p shardfs-metad --bench store`; results in docs/performance.md.
 
@@ -78,6 +78,28 @@ fn store_benches(c: &mut Criterion) {
             let extent = Extent { offset: 0, len: 4096, chunk, chunk_offset: 0 };
             store.commit_write(known.ino, &[stored(chunk, 4096)], &[], &[extent], Timestamp::now())
         })
+    });
+    // Beside a stream of changes: another thread creates files the whole time.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let name = format!("bg{i}");
+                store.make_node(parent, name.as_bytes(), file, 0, Cred::ROOT).expect("create");
+            }
+        });
+        group.bench_function("lookup while another thread creates", |b| {
+            b.iter(|| store.lookup(parent, b"f1234").expect("found"))
+        });
+        group.bench_function("create while another thread creates", |b| {
+            b.iter(|| {
+                n += 1;
+                store.make_node(parent, format!("new{n}").as_bytes(), file, 0, Cred::ROOT)
+            })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     group.finish();
 }

@@ -247,8 +247,9 @@ fn a_thousand_waiting_locks_hold_no_threads_and_up_no_one() {
         // a waiter shows nowhere). They wait as tasks: metad's threads stay few, and
         // another client is served at once meanwhile.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        // A thread parked per waiter would take the blocking pool to its 512; requests that
-        // come and go leave some idle threads in it (about 90 here).
+        // A thread parked per waiter would use up metad's blocking threads (64, see
+        // `daemon::MAX_BLOCKING_THREADS`): the request below and the unlock would never be
+        // served. Requests that come and go leave some idle threads (up to that bound).
         let threads = metad_threads();
         assert!(threads < before + 256, "{threads} threads for 1,000 waiters, {before} before");
         let started = Instant::now();

@@ -863,6 +863,8 @@ fn mount_helper_args() -> Option<Vec<OsString>> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Bounds metad's threads when it runs here (`shardfs local`), as it does alone.
+        .max_blocking_threads(shardfs_metad::daemon::MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")
 }

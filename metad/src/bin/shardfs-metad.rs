@@ -89,13 +89,20 @@ fn main() -> ExitCode {
         Err(e) => return cli::fail("shardfs-metad", &e),
     };
     cli::init_logging("info");
-    match run(args) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(daemon::MAX_BLOCKING_THREADS)
+        .build();
+    let ran = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => cli::fail("shardfs-metad", &e),
     }
 }
 
-#[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
     let encoding = match (args.k, args.m) {
         (Some(k), Some(m)) => Some(Encoding::new(k, m)?),

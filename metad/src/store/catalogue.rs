@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
 use super::Store;
 use super::layout::{chunk_id, chunk_location};
+use super::mutation::{Applied, Mutation};
 use crate::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
 
 impl Store {
@@ -79,15 +80,8 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<bool, MetaError> {
-        self.write(|tx| {
-            let moved = tx
-                .prepare_cached(
-                    "UPDATE shards SET chunkd = ?4, healthy = 1
-                     WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
-                )?
-                .execute(params![&chunk.0[..], index, from, to])?;
-            Ok(moved == 1)
-        })
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.apply(&Mutation::MoveShard { chunk, index, from, to })?.0.into_changed()
     }
 
     /// Deletes from the catalogue every chunk unreferenced for at least `grace` that has no
@@ -99,36 +93,30 @@ impl Store {
         has_intent: &dyn Fn(&ChunkId) -> bool,
     ) -> Result<Vec<(ShardId, String)>, MetaError> {
         let cutoff = crate::proto::Timestamp::now().sec - grace.as_secs() as i64;
-        self.write(|tx| {
-            let ids: Vec<Vec<u8>> = tx
-                .prepare_cached(
-                    "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
-                     AND zero_since <= ?1",
-                )?
-                .query_map([cutoff], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut removed = Vec::new();
+        self.with_writer(|writer| {
+            let ids: Vec<Vec<u8>> = writer.read(|tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
+                         AND zero_since <= ?1",
+                    )?
+                    .query_map([cutoff], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })?;
+            let mut chunks = Vec::new();
             for id in ids {
                 let chunk = chunk_id(id)?;
-                if has_intent(&chunk) {
-                    continue;
+                if !has_intent(&chunk) {
+                    chunks.push(chunk);
                 }
-                let shards: Vec<(u8, String)> = tx
-                    .prepare_cached(
-                        "SELECT idx, chunkd FROM shards WHERE chunk = ?1 AND chunkd != ''",
-                    )?
-                    .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?
-                    .execute([&chunk.0[..]])?;
-                tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
-                tx.prepare_cached("DELETE FROM inline_chunks WHERE id = ?1")?
-                    .execute([&chunk.0[..]])?;
-                removed.extend(
-                    shards.into_iter().map(|(index, chunkd)| (ShardId { chunk, index }, chunkd)),
-                );
             }
-            Ok(removed)
+            if chunks.is_empty() {
+                return Ok(Vec::new());
+            }
+            match writer.apply(&Mutation::RemoveChunks { chunks })?.0 {
+                Applied::Removed(shards) => Ok(shards),
+                other => Err(other.mismatch("the shards removed")),
+            }
         })
     }
 
@@ -142,26 +130,31 @@ impl Store {
         present: &HashSet<ShardId>,
         listed_at: i64,
     ) -> Result<u64, MetaError> {
-        self.write(|tx| {
-            let placed: Vec<(Vec<u8>, u8)> = tx
-                .prepare_cached(
-                    "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
-                     WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
-                )?
-                .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut marked = 0;
+        self.with_writer(|writer| {
+            let placed: Vec<(Vec<u8>, u8)> = writer.read(|tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
+                         WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
+                    )?
+                    .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?)
+            })?;
+            let mut shards = Vec::new();
             for (chunk, index) in placed {
                 let shard = ShardId { chunk: chunk_id(chunk)?, index };
                 if !present.contains(&shard) {
-                    tx.prepare_cached(
-                        "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
-                    )?
-                    .execute(params![&shard.chunk.0[..], index, chunkd])?;
-                    marked += 1;
+                    shards.push(shard);
                 }
             }
-            Ok(marked)
+            if shards.is_empty() {
+                return Ok(0);
+            }
+            let chunkd = chunkd.to_owned();
+            match writer.apply(&Mutation::MarkUnhealthy { chunkd, shards })?.0 {
+                Applied::Count(marked) => Ok(marked),
+                other => Err(other.mismatch("a count")),
+            }
         })
     }
 
@@ -181,20 +174,76 @@ impl Store {
     /// Marks a shard as unusable (corrupt or missing) so readers skip it and repair can
     /// rebuild it. Returns whether the catalogue placed that shard on that chunkd.
     pub fn mark_shard_unhealthy(&self, shard: ShardId, chunkd: &str) -> Result<bool, MetaError> {
-        self.write(|tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
-                )?
-                .execute(params![&shard.chunk.0[..], shard.index, chunkd])?;
-            Ok(changed > 0)
-        })
+        let chunkd = chunkd.to_owned();
+        match self.apply(&Mutation::MarkUnhealthy { chunkd, shards: vec![shard] })?.0 {
+            Applied::Count(marked) => Ok(marked > 0),
+            other => Err(other.mismatch("a count")),
+        }
     }
+}
+
+pub(super) fn move_shard(
+    tx: &Connection,
+    chunk: ChunkId,
+    index: u8,
+    from: &str,
+    to: &str,
+) -> Result<bool, MetaError> {
+    let moved = tx
+        .prepare_cached(
+            "UPDATE shards SET chunkd = ?4, healthy = 1
+             WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
+        )?
+        .execute(params![&chunk.0[..], index, from, to])?;
+    Ok(moved == 1)
+}
+
+/// Deletes those of `chunks` still unreferenced, with their shards and inline content;
+/// returns the shards that were placed, with their chunkds.
+pub(super) fn remove_chunks(
+    tx: &Connection,
+    chunks: &[ChunkId],
+) -> Result<Vec<(ShardId, String)>, MetaError> {
+    let mut removed = Vec::new();
+    for &chunk in chunks {
+        let unreferenced: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND refcount = 0)")?
+            .query_row([&chunk.0[..]], |r| r.get(0))?;
+        if !unreferenced {
+            continue;
+        }
+        let shards: Vec<(u8, String)> = tx
+            .prepare_cached("SELECT idx, chunkd FROM shards WHERE chunk = ?1 AND chunkd != ''")?
+            .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?.execute([&chunk.0[..]])?;
+        tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
+        tx.prepare_cached("DELETE FROM inline_chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
+        removed
+            .extend(shards.into_iter().map(|(index, chunkd)| (ShardId { chunk, index }, chunkd)));
+    }
+    Ok(removed)
+}
+
+/// Marks `shards` unhealthy where the catalogue places them on `chunkd`; returns how many.
+pub(super) fn mark_unhealthy(
+    tx: &Connection,
+    chunkd: &str,
+    shards: &[ShardId],
+) -> Result<u64, MetaError> {
+    let mut update = tx.prepare_cached(
+        "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
+    )?;
+    let mut marked = 0;
+    for shard in shards {
+        marked += update.execute(params![&shard.chunk.0[..], shard.index, chunkd])? as u64;
+    }
+    Ok(marked)
 }
 
 /// Ids of the chunks with a shard that is unhealthy or on a chunkd in `lost`, sorted, each
 /// once: the chunks short of full redundancy.
-fn damaged_chunks(tx: &Transaction<'_>, lost: &HashSet<String>) -> Result<Vec<Vec<u8>>, MetaError> {
+fn damaged_chunks(tx: &Connection, lost: &HashSet<String>) -> Result<Vec<Vec<u8>>, MetaError> {
     let mut damaged: Vec<Vec<u8>> = tx
         .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
         .query_map([], |r| r.get(0))?
@@ -208,7 +257,7 @@ fn damaged_chunks(tx: &Transaction<'_>, lost: &HashSet<String>) -> Result<Vec<Ve
     Ok(damaged)
 }
 
-fn chunk_status(tx: &Transaction<'_>, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
+fn chunk_status(tx: &Connection, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
     let Some((len, k, m, refcount)) = tx
         .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")?
         .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

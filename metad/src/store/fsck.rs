@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
+use super::mutation::{Applied, Mutation};
 use super::{Store, layout};
 use shardfs_chunkd::ChunkId;
 
@@ -87,31 +88,52 @@ impl Store {
     /// unreachable inodes. Placement and shard-count problems are reported only.
     pub fn fsck(&self, repair: bool) -> Result<FsckReport, MetaError> {
         let now = Timestamp::now();
-        let check = |tx: &Transaction<'_>| -> Result<FsckReport, MetaError> {
-            let mut report = FsckReport {
-                inodes: tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?,
-                entries: tx.query_row("SELECT COUNT(*) FROM dentries", [], |r| r.get(0))?,
-                chunks: tx.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?,
-                ..FsckReport::default()
-            };
-            check_entries(tx, repair, &mut report)?;
-            check_link_counts(tx, repair, &mut report, &|ino| self.open_files.is_open(ino), now)?;
-            check_extents(tx, repair, &mut report, now)?;
-            check_refcounts(tx, repair, &mut report)?;
-            check_placement(tx, &mut report)?;
-            Ok(report)
-        };
-        // A check alone reads on a connection of its own, holding up no other request; a
-        // repair is one write transaction like any change.
-        if repair { self.write(check) } else { self.read_snapshot(check) }
+        if !repair {
+            // A check alone reads on a connection of its own, holding up no other request.
+            let is_open = |ino| self.open_files.is_open(ino);
+            return self.read(|tx| check(tx, false, &is_open, now, &mut Vec::new()));
+        }
+        // A repair is one change like any other, told which nameless inodes are open.
+        self.with_writer(|writer| {
+            let nameless: Vec<Ino> = writer.read(|tx| {
+                Ok(tx
+                    .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })?;
+            let open = nameless.into_iter().filter(|&ino| self.open_files.is_open(ino)).collect();
+            match writer.apply(&Mutation::Repair { open, now })?.0 {
+                Applied::Checked(report) => Ok(report),
+                other => Err(other.mismatch("a check's report")),
+            }
+        })
     }
 }
 
-fn check_entries(
-    tx: &Transaction<'_>,
+/// The checks, and with `repair` the fixes, in `tx`; `is_open` says which inodes without a
+/// name are kept because they are open. Adds the inodes deleted to `deleted`.
+pub(super) fn check(
+    tx: &Connection,
     repair: bool,
-    report: &mut FsckReport,
-) -> Result<(), MetaError> {
+    is_open: &dyn Fn(Ino) -> bool,
+    now: Timestamp,
+    deleted: &mut Vec<Ino>,
+) -> Result<FsckReport, MetaError> {
+    let mut report = FsckReport {
+        inodes: tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?,
+        entries: tx.query_row("SELECT COUNT(*) FROM dentries", [], |r| r.get(0))?,
+        chunks: tx.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?,
+        ..FsckReport::default()
+    };
+    check_entries(tx, repair, &mut report)?;
+    check_link_counts(tx, repair, &mut report, is_open, now, deleted)?;
+    check_extents(tx, repair, &mut report, now)?;
+    check_refcounts(tx, repair, &mut report, now)?;
+    check_placement(tx, &mut report)?;
+    Ok(report)
+}
+
+fn check_entries(tx: &Connection, repair: bool, report: &mut FsckReport) -> Result<(), MetaError> {
     /// A suspicious entry: its id, parent, name, inode, and its parent's kind if any.
     type EntryRow = (u64, Ino, Vec<u8>, Ino, Option<i64>);
     let rows: Vec<EntryRow> = tx
@@ -138,11 +160,12 @@ fn check_entries(
 }
 
 fn check_link_counts(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     repair: bool,
     report: &mut FsckReport,
     is_open: &dyn Fn(Ino) -> bool,
     now: Timestamp,
+    deleted: &mut Vec<Ino>,
 ) -> Result<(), MetaError> {
     // Names per inode, and subdirectories per directory (each holds a "..").
     let mut names: HashMap<Ino, u32> = HashMap::new();
@@ -181,6 +204,7 @@ fn check_link_counts(
                 layout::release_all(tx, ino, now)?;
                 tx.execute("DELETE FROM xattrs WHERE ino = ?1", [ino])?;
                 tx.execute("DELETE FROM inodes WHERE ino = ?1", [ino])?;
+                deleted.push(ino);
                 report.repaired += 1;
             }
             continue;
@@ -197,7 +221,7 @@ fn check_link_counts(
 }
 
 fn check_extents(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     repair: bool,
     report: &mut FsckReport,
     now: Timestamp,
@@ -232,9 +256,10 @@ fn check_extents(
 }
 
 fn check_refcounts(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     repair: bool,
     report: &mut FsckReport,
+    now: Timestamp,
 ) -> Result<(), MetaError> {
     let wrong: Vec<(Vec<u8>, u64, u64)> = tx
         .prepare(
@@ -250,7 +275,7 @@ fn check_refcounts(
                 "UPDATE chunks SET refcount = ?2,
                      zero_since = CASE WHEN ?2 = 0 THEN COALESCE(zero_since, ?3) ELSE NULL END
                  WHERE id = ?1",
-                params![chunk, actual, Timestamp::now().sec],
+                params![chunk, actual, now.sec],
             )?;
             report.repaired += 1;
         }
@@ -261,7 +286,7 @@ fn check_refcounts(
 /// Shards on chunkds the catalogue does not know, and chunks with the wrong number of shard
 /// rows. A shard a degraded write never placed (chunkd `''`) is neither: it is unhealthy,
 /// counted in `status`, and repair places it.
-fn check_placement(tx: &Transaction<'_>, report: &mut FsckReport) -> Result<(), MetaError> {
+fn check_placement(tx: &Connection, report: &mut FsckReport) -> Result<(), MetaError> {
     let unknown: Vec<(Vec<u8>, u8, String)> = tx
         .prepare(
             "SELECT s.chunk, s.idx, s.chunkd FROM shards s

@@ -4,15 +4,17 @@
 //! memory (`crate::sessions`, `crate::locks`, `open_files`); these rows follow them, and
 //! are read back once, when metad starts.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::Store;
+use super::mutation::Mutation;
 use super::open_files::Holder;
 use crate::locks::{HeldLock, LockKind};
 use crate::proto::{Ino, MetaError};
+use serde::{Deserialize, Serialize};
 
 /// One byte-range lock as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRow {
     pub ino: Ino,
     pub holder: Holder,
@@ -30,62 +32,29 @@ pub struct Holdings {
 impl Store {
     /// Records a mount's session, so it can resume after a restart.
     pub fn save_session(&self, id: Holder, host: &str) -> Result<(), MetaError> {
-        self.write(|tx| {
-            tx.prepare_cached("INSERT OR REPLACE INTO sessions (id, host) VALUES (?1, ?2)")?
-                .execute(params![id as i64, host])?;
-            Ok(())
-        })
+        self.apply(&Mutation::SaveSession { id, host: host.to_owned() }).map(drop)
     }
 
     /// Forgets a session that ended, with its locks and open files.
     pub fn end_session(&self, id: Holder) -> Result<(), MetaError> {
-        self.write_freeing(|tx| end_session(tx, id))
+        self.apply(&Mutation::EndSession { id }).map(drop)
     }
 
     /// Records the locks now held on `ino` (all of them, replacing what was recorded).
     pub fn save_locks(&self, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
-        self.write_freeing(|tx| {
-            tx.prepare_cached("DELETE FROM locks WHERE ino = ?1")?.execute([ino])?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO locks (ino, holder, owner, start, end, write, pid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for lock in locks {
-                insert.execute(params![
-                    ino,
-                    lock.holder as i64,
-                    lock.owner as i64,
-                    lock.held.start as i64,
-                    lock.held.end as i64,
-                    lock.held.kind == LockKind::Write,
-                    lock.held.pid,
-                ])?;
-            }
-            Ok(())
-        })
+        self.apply(&Mutation::SaveLocks { ino, locks: locks.to_vec() }).map(drop)
     }
 
     /// Records that `holder` has `ino` open `opens` times (0: not at all).
     pub(super) fn save_opens(&self, ino: Ino, holder: Holder, opens: u64) -> Result<(), MetaError> {
-        self.write_freeing(|tx| {
-            if opens == 0 {
-                tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")?
-                    .execute(params![ino, holder as i64])?;
-            } else {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO open_files (ino, holder, opens) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![ino, holder as i64, opens as i64])?;
-            }
-            Ok(())
-        })
+        self.apply(&Mutation::SaveOpens { ino, holder, opens }).map(drop)
     }
 
     /// The sessions and locks the previous run left, once the rows of holders without a
     /// session (tools' connections, which end with metad) are dropped.
     pub fn holdings(&self) -> Result<Holdings, MetaError> {
-        self.write(|tx| {
-            drop_orphaned(tx)?;
+        self.apply(&Mutation::DropOrphanedHoldings)?;
+        self.read(|tx| {
             let sessions = tx
                 .prepare("SELECT id, host FROM sessions")?
                 .query_map([], |r| Ok((r.get::<_, i64>(0)? as Holder, r.get(1)?)))?
@@ -112,8 +81,8 @@ impl Store {
 
     /// The files open by sessions the previous run left, with their counts.
     pub(super) fn saved_opens(&self) -> Result<Vec<(Ino, Holder, u64)>, MetaError> {
-        self.write(|tx| {
-            drop_orphaned(tx)?;
+        self.apply(&Mutation::DropOrphanedHoldings)?;
+        self.read(|tx| {
             let opens = tx
                 .prepare("SELECT ino, holder, opens FROM open_files")?
                 .query_map([], |r| {
@@ -125,7 +94,51 @@ impl Store {
     }
 }
 
-fn end_session(tx: &Transaction<'_>, id: Holder) -> Result<(), MetaError> {
+pub(super) fn save_session(tx: &Connection, id: Holder, host: &str) -> Result<(), MetaError> {
+    tx.prepare_cached("INSERT OR REPLACE INTO sessions (id, host) VALUES (?1, ?2)")?
+        .execute(params![id as i64, host])?;
+    Ok(())
+}
+
+pub(super) fn save_locks(tx: &Connection, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
+    tx.prepare_cached("DELETE FROM locks WHERE ino = ?1")?.execute([ino])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO locks (ino, holder, owner, start, end, write, pid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for lock in locks {
+        insert.execute(params![
+            ino,
+            lock.holder as i64,
+            lock.owner as i64,
+            lock.held.start as i64,
+            lock.held.end as i64,
+            lock.held.kind == LockKind::Write,
+            lock.held.pid,
+        ])?;
+    }
+    Ok(())
+}
+
+pub(super) fn save_opens(
+    tx: &Connection,
+    ino: Ino,
+    holder: Holder,
+    opens: u64,
+) -> Result<(), MetaError> {
+    if opens == 0 {
+        tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")?
+            .execute(params![ino, holder as i64])?;
+    } else {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO open_files (ino, holder, opens) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![ino, holder as i64, opens as i64])?;
+    }
+    Ok(())
+}
+
+pub(super) fn end_session(tx: &Connection, id: Holder) -> Result<(), MetaError> {
     for sql in [
         "DELETE FROM sessions WHERE id = ?1",
         "DELETE FROM locks WHERE holder = ?1",
@@ -137,7 +150,7 @@ fn end_session(tx: &Transaction<'_>, id: Holder) -> Result<(), MetaError> {
 }
 
 /// Drops locks and opens recorded for holders that have no session.
-fn drop_orphaned(tx: &Transaction<'_>) -> Result<(), MetaError> {
+pub(super) fn drop_orphaned(tx: &Connection) -> Result<(), MetaError> {
     tx.execute("DELETE FROM locks WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
     tx.execute("DELETE FROM open_files WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
     Ok(())

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use shardfs_chunkd::{ChunkId, Encoding};
 
+use super::mutation::{Applied, Mutation};
 use super::{Store, get_attr};
 use crate::proto::{
     Attr, ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, INLINE_MAX, InlineChunk, Ino,
@@ -79,39 +80,8 @@ impl Store {
         len: u64,
         op: SpaceOp,
     ) -> Result<Attr, MetaError> {
-        let end = offset
-            .checked_add(len)
-            .filter(|end| *end <= MAX_FILE_SIZE)
-            .ok_or(MetaError::FileTooBig)?;
         let now = Timestamp::now();
-        self.write(|tx| {
-            let attr = require_file(tx, ino)?;
-            let keep_size = match op {
-                SpaceOp::Allocate { keep_size } => keep_size,
-                SpaceOp::PunchHole => {
-                    punch(tx, ino, offset, end.min(attr.size), now)?;
-                    true
-                }
-                SpaceOp::ZeroRange { keep_size } => {
-                    punch(tx, ino, offset, if keep_size { end.min(attr.size) } else { end }, now)?;
-                    keep_size
-                }
-            };
-            let size = if keep_size { attr.size } else { attr.size.max(end) };
-            if let SpaceOp::Allocate { .. } = op {
-                fill_holes(tx, ino, offset, end.min(size), now)?;
-            }
-            let changed = size != attr.size || !matches!(op, SpaceOp::Allocate { .. });
-            if changed {
-                tx.prepare_cached(
-                    "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
-                         ctime_sec = ?3, ctime_nsec = ?4
-                     WHERE ino = ?1",
-                )?
-                .execute(params![ino, size, now.sec, now.nsec])?;
-            }
-            get_attr(tx, ino)
-        })
+        self.apply(&Mutation::Allocate { ino, offset, len, op, now })?.0.into_attr()
     }
 
     /// copy_file_range(2) without copying bytes: the destination range points at the
@@ -126,34 +96,10 @@ impl Store {
         len: u64,
     ) -> Result<(Attr, u64), MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
-            let source = require_file(tx, src)?;
-            require_file(tx, dst)?;
-            let len = len.min(source.size.saturating_sub(src_offset));
-            if len == 0 {
-                return Ok((get_attr(tx, dst)?, 0));
-            }
-            let dst_end = dst_offset
-                .checked_add(len)
-                .filter(|e| *e <= MAX_FILE_SIZE)
-                .ok_or(MetaError::FileTooBig)?;
-            if src == dst && src_offset < dst_end && dst_offset < src_offset + len {
-                return Err(MetaError::Invalid("overlapping ranges in one file".into()));
-            }
-            let pieces = extents_in(tx, src, src_offset, src_offset + len)?;
-            punch(tx, dst, dst_offset, dst_end, now)?;
-            for piece in pieces {
-                let moved = Extent { offset: piece.offset - src_offset + dst_offset, ..piece };
-                insert_extent(tx, dst, &moved, now)?;
-            }
-            tx.prepare_cached(
-                "UPDATE inodes SET size = MAX(size, ?2), mtime_sec = ?3, mtime_nsec = ?4,
-                     ctime_sec = ?3, ctime_nsec = ?4
-                 WHERE ino = ?1",
-            )?
-            .execute(params![dst, dst_end, now.sec, now.nsec])?;
-            Ok((get_attr(tx, dst)?, len))
-        })
+        match self.apply(&Mutation::CloneRange { src, src_offset, dst, dst_offset, len, now })?.0 {
+            Applied::Cloned(attr, len) => Ok((attr, len)),
+            other => Err(other.mismatch("a clone's destination")),
+        }
     }
 
     /// Records newly stored chunks and inline ones, and points `extents` of `ino` at them,
@@ -166,48 +112,138 @@ impl Store {
         extents: &[Extent],
         mtime: Timestamp,
     ) -> Result<Attr, MetaError> {
+        let (stored, inline, extents) = (stored.to_vec(), inline.to_vec(), extents.to_vec());
         let now = Timestamp::now();
-        self.write(|tx| {
-            let attr = require_file(tx, ino)?;
-            for chunk in stored {
-                record_chunk(tx, chunk, now)?;
-            }
-            for chunk in inline {
-                record_inline(tx, chunk, now)?;
-            }
-            let mut end = attr.size;
-            for extent in extents {
-                let chunk_len: u64 = tx
-                    .prepare_cached("SELECT len FROM chunks WHERE id = ?1")?
-                    .query_row([&extent.chunk.0[..]], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| MetaError::ChunkGone(extent.chunk.to_hex()))?;
-                if extent.len == 0
-                    || extent.chunk_offset.checked_add(extent.len).is_none_or(|e| e > chunk_len)
-                    || extent.offset.checked_add(extent.len).is_none_or(|e| e > MAX_FILE_SIZE)
-                {
-                    return Err(MetaError::Invalid(format!("extent {extent:?} out of range")));
-                }
-                punch(tx, ino, extent.offset, extent.end(), now)?;
-                insert_extent(tx, ino, extent, now)?;
-                end = end.max(extent.end());
-            }
-            let ctime = now.max(mtime);
-            tx.prepare_cached(
-                "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
-                     ctime_sec = ?5, ctime_nsec = ?6
-                 WHERE ino = ?1",
-            )?
-            // ctime: when the change is made here, or the writer's mtime if that is later
-            // (the writer's mtime may also have been set back explicitly, as by cp -p).
-            .execute(params![ino, end, mtime.sec, mtime.nsec, ctime.sec, ctime.nsec])?;
-            get_attr(tx, ino)
-        })
+        let commit = Mutation::CommitWrite { ino, stored, inline, extents, mtime, now };
+        self.apply(&commit)?.0.into_attr()
     }
 }
 
+/// fallocate(2): allocate (holes in the range, up to the size the file ends with, become
+/// unwritten extents: counted in `st_blocks`, but no disk space is reserved), punch a hole,
+/// or zero a range (a hole reads as zeros).
+pub(super) fn allocate(
+    tx: &Connection,
+    ino: Ino,
+    offset: u64,
+    len: u64,
+    op: SpaceOp,
+    now: Timestamp,
+) -> Result<Attr, MetaError> {
+    let end =
+        offset.checked_add(len).filter(|end| *end <= MAX_FILE_SIZE).ok_or(MetaError::FileTooBig)?;
+    let attr = require_file(tx, ino)?;
+    let keep_size = match op {
+        SpaceOp::Allocate { keep_size } => keep_size,
+        SpaceOp::PunchHole => {
+            punch(tx, ino, offset, end.min(attr.size), now)?;
+            true
+        }
+        SpaceOp::ZeroRange { keep_size } => {
+            punch(tx, ino, offset, if keep_size { end.min(attr.size) } else { end }, now)?;
+            keep_size
+        }
+    };
+    let size = if keep_size { attr.size } else { attr.size.max(end) };
+    if let SpaceOp::Allocate { .. } = op {
+        fill_holes(tx, ino, offset, end.min(size), now)?;
+    }
+    let changed = size != attr.size || !matches!(op, SpaceOp::Allocate { .. });
+    if changed {
+        tx.prepare_cached(
+            "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
+                 ctime_sec = ?3, ctime_nsec = ?4
+             WHERE ino = ?1",
+        )?
+        .execute(params![ino, size, now.sec, now.nsec])?;
+    }
+    get_attr(tx, ino)
+}
+
+/// copy_file_range(2) without copying bytes: the destination range points at the source's
+/// chunks. Holes copy as holes. Returns the destination's attributes and the number of bytes
+/// copied (the range is clipped to the source's size).
+pub(super) fn clone_range(
+    tx: &Connection,
+    (src, src_offset): (Ino, u64),
+    (dst, dst_offset): (Ino, u64),
+    len: u64,
+    now: Timestamp,
+) -> Result<(Attr, u64), MetaError> {
+    let source = require_file(tx, src)?;
+    require_file(tx, dst)?;
+    let len = len.min(source.size.saturating_sub(src_offset));
+    if len == 0 {
+        return Ok((get_attr(tx, dst)?, 0));
+    }
+    let dst_end =
+        dst_offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE).ok_or(MetaError::FileTooBig)?;
+    if src == dst && src_offset < dst_end && dst_offset < src_offset + len {
+        return Err(MetaError::Invalid("overlapping ranges in one file".into()));
+    }
+    let pieces = extents_in(tx, src, src_offset, src_offset + len)?;
+    punch(tx, dst, dst_offset, dst_end, now)?;
+    for piece in pieces {
+        let moved = Extent { offset: piece.offset - src_offset + dst_offset, ..piece };
+        insert_extent(tx, dst, &moved, now)?;
+    }
+    tx.prepare_cached(
+        "UPDATE inodes SET size = MAX(size, ?2), mtime_sec = ?3, mtime_nsec = ?4,
+             ctime_sec = ?3, ctime_nsec = ?4
+         WHERE ino = ?1",
+    )?
+    .execute(params![dst, dst_end, now.sec, now.nsec])?;
+    Ok((get_attr(tx, dst)?, len))
+}
+
+/// Records newly stored chunks and inline ones, and points `extents` of `ino` at them.
+pub(super) fn commit_write(
+    tx: &Connection,
+    ino: Ino,
+    stored: &[StoredChunk],
+    inline: &[InlineChunk],
+    extents: &[Extent],
+    mtime: Timestamp,
+    now: Timestamp,
+) -> Result<Attr, MetaError> {
+    let attr = require_file(tx, ino)?;
+    for chunk in stored {
+        record_chunk(tx, chunk, now)?;
+    }
+    for chunk in inline {
+        record_inline(tx, chunk, now)?;
+    }
+    let mut end = attr.size;
+    for extent in extents {
+        let chunk_len: u64 = tx
+            .prepare_cached("SELECT len FROM chunks WHERE id = ?1")?
+            .query_row([&extent.chunk.0[..]], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| MetaError::ChunkGone(extent.chunk.to_hex()))?;
+        if extent.len == 0
+            || extent.chunk_offset.checked_add(extent.len).is_none_or(|e| e > chunk_len)
+            || extent.offset.checked_add(extent.len).is_none_or(|e| e > MAX_FILE_SIZE)
+        {
+            return Err(MetaError::Invalid(format!("extent {extent:?} out of range")));
+        }
+        punch(tx, ino, extent.offset, extent.end(), now)?;
+        insert_extent(tx, ino, extent, now)?;
+        end = end.max(extent.end());
+    }
+    let ctime = now.max(mtime);
+    tx.prepare_cached(
+        "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
+             ctime_sec = ?5, ctime_nsec = ?6
+         WHERE ino = ?1",
+    )?
+    // ctime: when the change is made here, or the writer's mtime if that is later
+    // (the writer's mtime may also have been set back explicitly, as by cp -p).
+    .execute(params![ino, end, mtime.sec, mtime.nsec, ctime.sec, ctime.nsec])?;
+    get_attr(tx, ino)
+}
+
 /// The attributes of `ino`, which must be a regular file.
-fn require_file(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
+fn require_file(tx: &Connection, ino: Ino) -> Result<Attr, MetaError> {
     let attr = get_attr(tx, ino)?;
     match attr.kind {
         FileKind::File => Ok(attr),
@@ -217,12 +253,7 @@ fn require_file(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
 }
 
 /// Extents of `ino` overlapping file range `[start, end)`, clipped to it.
-fn extents_in(
-    tx: &Transaction<'_>,
-    ino: Ino,
-    start: u64,
-    end: u64,
-) -> Result<Vec<Extent>, MetaError> {
+fn extents_in(tx: &Connection, ino: Ino, start: u64, end: u64) -> Result<Vec<Extent>, MetaError> {
     let all = tx
         .prepare_cached(
             "SELECT offset, len, chunk, chunk_offset FROM extents
@@ -247,7 +278,7 @@ fn extents_in(
 
 /// Turns the holes of `ino` within `[start, end)` into unwritten extents.
 fn fill_holes(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     start: u64,
     end: u64,
@@ -274,7 +305,7 @@ fn fill_holes(
 
 /// Sets the size of `ino`, dropping content past it. Growing leaves a hole.
 pub(super) fn truncate(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     size: u64,
     now: Timestamp,
@@ -294,7 +325,7 @@ pub(super) fn truncate(
 
 /// Drops content of `ino` past `size` without touching the size or times (fsck repair).
 pub(super) fn trim_past(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     size: u64,
     now: Timestamp,
@@ -303,19 +334,13 @@ pub(super) fn trim_past(
 }
 
 /// Drops every extent of `ino` (the inode is going away).
-pub(super) fn release_all(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+pub(super) fn release_all(tx: &Connection, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
     punch(tx, ino, 0, MAX_FILE_SIZE, now)
 }
 
 /// Removes file range `[start, end)` from the extents of `ino`, splitting extents that
 /// straddle its edges.
-fn punch(
-    tx: &Transaction<'_>,
-    ino: Ino,
-    start: u64,
-    end: u64,
-    now: Timestamp,
-) -> Result<(), MetaError> {
+fn punch(tx: &Connection, ino: Ino, start: u64, end: u64, now: Timestamp) -> Result<(), MetaError> {
     if start >= end {
         return Ok(());
     }
@@ -361,7 +386,7 @@ fn punch(
 }
 
 fn insert_extent(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     extent: &Extent,
     now: Timestamp,
@@ -380,7 +405,7 @@ fn insert_extent(
 }
 
 fn delete_extent(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     extent: &Extent,
     now: Timestamp,
@@ -392,7 +417,7 @@ fn delete_extent(
 
 /// Moves the chunk's refcount and the inode's allocated bytes by one extent.
 fn change_usage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     extent: &Extent,
     sign: i64,
@@ -411,7 +436,7 @@ fn change_usage(
 
 /// Whether `chunk` is catalogued with all k+m shards healthy. A write never references a
 /// chunk below full redundancy: it stores the chunk again, replacing the unhealthy shards.
-fn fully_redundant(tx: &Transaction<'_>, chunk: ChunkId) -> Result<bool, MetaError> {
+fn fully_redundant(tx: &Connection, chunk: ChunkId) -> Result<bool, MetaError> {
     let found: Option<(u32, u32)> = tx
         .prepare_cached(
             "SELECT c.k + c.m, (SELECT COUNT(*) FROM shards s WHERE s.chunk = c.id AND s.healthy)
@@ -422,11 +447,7 @@ fn fully_redundant(tx: &Transaction<'_>, chunk: ChunkId) -> Result<bool, MetaErr
     Ok(found.is_some_and(|(total, healthy)| healthy >= total))
 }
 
-fn record_chunk(
-    tx: &Transaction<'_>,
-    chunk: &StoredChunk,
-    now: Timestamp,
-) -> Result<(), MetaError> {
+fn record_chunk(tx: &Connection, chunk: &StoredChunk, now: Timestamp) -> Result<(), MetaError> {
     chunk.encoding.validate().map_err(|e| MetaError::Invalid(e.to_string()))?;
     // All k+m shards, or (written degraded) at least k of them, in index order.
     let indexes: Vec<usize> = chunk.shards.iter().map(|s| s.index as usize).collect();
@@ -494,11 +515,7 @@ pub const NOWHERE: &str = "";
 
 /// Catalogues an inline chunk with its content, unless the id is catalogued already (then
 /// that copy, inline or on chunkds, stands).
-fn record_inline(
-    tx: &Transaction<'_>,
-    chunk: &InlineChunk,
-    now: Timestamp,
-) -> Result<(), MetaError> {
+fn record_inline(tx: &Connection, chunk: &InlineChunk, now: Timestamp) -> Result<(), MetaError> {
     let len = chunk.data.len() as u64;
     if len == 0 || len > INLINE_MAX {
         return Err(MetaError::Invalid(format!(
@@ -526,14 +543,14 @@ fn record_inline(
 }
 
 /// The content kept for an inline chunk, if any.
-fn inline_content(tx: &Transaction<'_>, chunk: ChunkId) -> Result<Option<Vec<u8>>, MetaError> {
+fn inline_content(tx: &Connection, chunk: ChunkId) -> Result<Option<Vec<u8>>, MetaError> {
     let mut query = tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?;
     Ok(query.query_row([&chunk.0[..]], |r| r.get(0)).optional()?)
 }
 
 /// Where `chunk` is. An inline chunk's content comes along while `budget` (bytes) lasts.
 pub(super) fn chunk_location(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     chunk: ChunkId,
     budget: &mut usize,
 ) -> Result<ChunkLocation, MetaError> {

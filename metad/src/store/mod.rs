@@ -1,15 +1,17 @@
 //! The metadata store: every namespace and catalogue operation, each one SQLite transaction.
 //!
-//! This is the only module that speaks SQL. One connection serves all operations behind a
-//! mutex (SQLite allows one writer at a time anyway); callers on async tasks run store
-//! operations through `spawn_blocking`.
+//! This is the only module that speaks SQL. Every change is a [`Mutation`] applied by the
+//! one writer connection (`mutation.rs`); reads run on read-only connections beside it
+//! (`readers.rs`). Callers on async tasks run store operations off the async threads.
 
 mod catalogue;
 mod fsck;
 mod holdings;
 mod layout;
+mod mutation;
 mod namespace;
 mod open_files;
+mod readers;
 mod registry;
 mod reserve;
 mod schema;
@@ -19,13 +21,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use shardfs_chunkd::Encoding;
 
 use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
 pub use fsck::{FsckReport, Problem};
 pub use holdings::{Holdings, LockRow};
+pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode};
 pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
@@ -75,8 +78,8 @@ pub struct Store {
     reserve: reserve::Reserve,
     /// Inodes deleted since [`Store::take_deleted`] was last called.
     deleted: Mutex<Vec<Ino>>,
-    /// The database file, for reads on connections of their own (see `read_snapshot`).
-    path: std::path::PathBuf,
+    /// Read-only connections, for reads beside the writer.
+    readers: readers::Readers,
 }
 
 const GENERATION: u64 = 1;
@@ -108,7 +111,7 @@ impl Store {
             open_files: Default::default(),
             reserve: reserve::Reserve::new(path.parent().unwrap_or(Path::new("."))),
             deleted: Mutex::default(),
-            path: path.to_owned(),
+            readers: readers::Readers::new(path),
         };
         store.replenish_reserve();
         // Files the previous run's mounts had open stay open: their sessions may resume.
@@ -135,40 +138,25 @@ impl Store {
         self.volume
     }
 
-    /// Runs `f` in one write transaction, committed only if it returns `Ok`.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
-    ) -> Result<T, MetaError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        self.unsynced.store(true, Ordering::Release);
-        Ok(value)
-    }
-
-    /// Runs `f`, a change that frees space (a deletion, a truncation), in one write
-    /// transaction like [`Store::write`]; if the disk is full, it gives up the reserved
-    /// room (see `reserve.rs`) and tries again, so that a full disk can be emptied.
-    fn write_freeing<T>(
-        &self,
-        f: impl Fn(&Transaction<'_>) -> Result<T, MetaError>,
-    ) -> Result<T, MetaError> {
-        match self.write(&f) {
-            Err(MetaError::MetadataFull) if self.reserve.release() => {
-                tracing::warn!(
-                    "metad's disk is full: gave up the room reserved for changes that free space"
-                );
-                self.write(&f)
-            }
-            result => result,
+    /// Gives up the room reserved for changes that free space (see `reserve.rs`), for one
+    /// that met a full disk; false if it was given up already.
+    fn give_up_reserve(&self) -> bool {
+        let released = self.reserve.release();
+        if released {
+            tracing::warn!(
+                "metad's disk is full: gave up the room reserved for changes that free space"
+            );
         }
+        released
     }
 
-    /// Notes inodes a committed change deleted.
-    fn deleted(&self, inos: Vec<Ino>) {
-        self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(inos);
+    /// Notes what a committed change did: it awaits a sync, and the inodes it deleted.
+    fn committed(&self, effects: &mutation::Effects) {
+        self.unsynced.store(true, Ordering::Release);
+        if !effects.deleted.is_empty() {
+            let mut deleted = self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            deleted.extend(&effects.deleted);
+        }
     }
 
     /// The inodes deleted since the last call: leases on them are of no more use.
@@ -202,29 +190,10 @@ impl Store {
         Ok(synced?)
     }
 
-    /// Runs `f` in one read transaction on a connection of its own, so that a long read
-    /// (fsck of a large namespace) holds up no other request: WAL lets it read a consistent
-    /// snapshot beside the writer.
-    fn read_snapshot<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
-    ) -> Result<T, MetaError> {
-        let flags =
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&self.path, flags)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        f(&tx)
-    }
-
-    /// Runs `f` in one read transaction (a consistent snapshot).
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
-    ) -> Result<T, MetaError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        f(&tx)
+    /// Runs `f` in one read transaction (a consistent snapshot of every change committed
+    /// before it), beside the writer: it waits for no change, nor a change for it.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        self.readers.read(f)
     }
 }
 
@@ -338,14 +307,14 @@ fn attr_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Attr> {
     })
 }
 
-fn get_attr(tx: &Transaction<'_>, ino: Ino) -> Result<Attr, MetaError> {
+fn get_attr(tx: &Connection, ino: Ino) -> Result<Attr, MetaError> {
     tx.prepare_cached(&format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1"))?
         .query_row([ino], attr_from_row)
         .optional()?
         .ok_or(MetaError::NotFound)
 }
 
-fn set_ctime(tx: &Transaction<'_>, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
+fn set_ctime(tx: &Connection, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
     tx.prepare_cached("UPDATE inodes SET ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1")?
         .execute(params![ino, now.sec, now.nsec])?;
     Ok(())

@@ -1,12 +1,14 @@
 //! The chunkd registry: which chunk daemons exist, where they listen, how full they are.
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::mutation::Mutation;
 use crate::proto::{MetaError, Timestamp};
 
 /// What metad persists about one chunkd.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkdRecord {
     pub id: String,
     pub addr: String,
@@ -23,28 +25,7 @@ impl Store {
     /// Adds a chunkd or updates its address, zone and usage. Its id never changes.
     pub fn register_chunkd(&self, record: &ChunkdRecord) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO chunkds (id, addr, zone, capacity_bytes, free_bytes, used_bytes,
-                     shard_count, registered, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-                 ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, zone = excluded.zone,
-                     capacity_bytes = excluded.capacity_bytes, free_bytes = excluded.free_bytes,
-                     used_bytes = excluded.used_bytes, shard_count = excluded.shard_count,
-                     last_seen = excluded.last_seen",
-            )?
-            .execute(params![
-                record.id,
-                record.addr,
-                record.zone,
-                record.capacity_bytes,
-                record.free_bytes,
-                record.used_bytes,
-                record.shard_count,
-                now.sec
-            ])?;
-            Ok(())
-        })
+        self.apply(&Mutation::RegisterChunkd { record: record.clone(), now }).map(drop)
     }
 
     pub fn chunkds(&self) -> Result<Vec<ChunkdRecord>, MetaError> {
@@ -73,24 +54,12 @@ impl Store {
 
     /// Marks chunkd `id` draining or not; false if no such chunkd is registered.
     pub fn set_draining(&self, id: &str, draining: bool) -> Result<bool, MetaError> {
-        self.write(|tx| {
-            let changed = tx
-                .prepare_cached("UPDATE chunkds SET draining = ?2 WHERE id = ?1")?
-                .execute(params![id, draining])?;
-            Ok(changed == 1)
-        })
+        self.apply(&Mutation::SetDraining { id: id.to_owned(), draining })?.0.into_changed()
     }
 
     /// Removes chunkd `id` from the registry, unless a shard is placed on it.
     pub fn forget_chunkd(&self, id: &str) -> Result<(), MetaError> {
-        self.write(|tx| {
-            tx.prepare_cached(
-                "DELETE FROM chunkds WHERE id = ?1
-                 AND NOT EXISTS (SELECT 1 FROM shards WHERE chunkd = ?1)",
-            )?
-            .execute([id])?;
-            Ok(())
-        })
+        self.apply(&Mutation::ForgetChunkd { id: id.to_owned() }).map(drop)
     }
 
     /// Shards the catalogue places on chunkd `id`.
@@ -101,4 +70,46 @@ impl Store {
                 .query_row([id], |r| r.get(0))?)
         })
     }
+}
+
+pub(super) fn register(
+    tx: &Connection,
+    record: &ChunkdRecord,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "INSERT INTO chunkds (id, addr, zone, capacity_bytes, free_bytes, used_bytes,
+             shard_count, registered, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+         ON CONFLICT (id) DO UPDATE SET addr = excluded.addr, zone = excluded.zone,
+             capacity_bytes = excluded.capacity_bytes, free_bytes = excluded.free_bytes,
+             used_bytes = excluded.used_bytes, shard_count = excluded.shard_count,
+             last_seen = excluded.last_seen",
+    )?
+    .execute(params![
+        record.id,
+        record.addr,
+        record.zone,
+        record.capacity_bytes,
+        record.free_bytes,
+        record.used_bytes,
+        record.shard_count,
+        now.sec
+    ])?;
+    Ok(())
+}
+
+pub(super) fn set_draining(tx: &Connection, id: &str, draining: bool) -> Result<bool, MetaError> {
+    let changed = tx
+        .prepare_cached("UPDATE chunkds SET draining = ?2 WHERE id = ?1")?
+        .execute(params![id, draining])?;
+    Ok(changed == 1)
+}
+
+pub(super) fn forget(tx: &Connection, id: &str) -> Result<(), MetaError> {
+    tx.prepare_cached(
+        "DELETE FROM chunkds WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM shards WHERE chunkd = ?1)",
+    )?
+    .execute([id])?;
+    Ok(())
 }

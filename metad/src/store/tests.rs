@@ -505,18 +505,27 @@ fn small_chunks_are_kept_inline_verified_and_collected() {
 }
 
 #[test]
-fn a_check_reads_beside_the_connection_requests_use() {
+fn reads_and_checks_go_on_while_a_change_holds_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    file(&store, ROOT_INO, "f");
-    // A long request holds the connection every other request uses.
+    let f = file(&store, ROOT_INO, "f");
+    // A long change holds the writer (as a big commit or fsck's repair would).
     let busy = store.conn.lock().unwrap();
-    let (done, checked) = std::sync::mpsc::channel();
+    let (done, answered) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
-        scope.spawn(|| done.send(store.fsck(false)).unwrap());
-        let report = checked.recv_timeout(std::time::Duration::from_secs(10));
+        scope.spawn(|| {
+            let started = std::time::Instant::now();
+            assert_eq!(store.lookup(ROOT_INO, b"f").unwrap().ino, f.ino);
+            assert_eq!(store.get_attr(f.ino).unwrap().ino, f.ino);
+            assert_eq!(store.read_dir(ROOT_INO, 0, 10).unwrap().1.len(), 1);
+            assert_eq!(store.layout(f.ino).unwrap().attr.ino, f.ino);
+            let report = store.fsck(false).unwrap();
+            done.send((report, started.elapsed())).unwrap();
+        });
+        let answer = answered.recv_timeout(std::time::Duration::from_secs(10));
         drop(busy);
-        let report = report.expect("fsck waited for the busy connection").unwrap();
+        let (report, took) = answer.expect("reads waited for the writer");
         assert_eq!((report.problems, report.inodes), (vec![], 2));
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     });
 }

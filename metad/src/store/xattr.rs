@@ -1,7 +1,8 @@
 //! Extended attributes.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
+use super::mutation::Mutation;
 use super::{Store, get_attr, set_ctime};
 use crate::acl::{self, Acl};
 use crate::proto::{
@@ -17,52 +18,9 @@ impl Store {
         mode: XattrMode,
         cred: &Cred,
     ) -> Result<(), MetaError> {
-        if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
-            return Err(MetaError::Invalid("xattr name empty or too long".into()));
-        }
-        if value.len() > MAX_XATTR_VALUE_LEN {
-            return Err(MetaError::TooBig);
-        }
+        let (name, value, cred) = (name.to_vec(), value.to_vec(), cred.clone());
         let now = Timestamp::now();
-        let acl = match name {
-            acl::ACCESS | acl::DEFAULT => {
-                Some(Acl::parse(value).ok_or_else(|| MetaError::Invalid("malformed ACL".into()))?)
-            }
-            _ => None,
-        };
-        self.write(|tx| {
-            let attr = get_attr(tx, ino)?;
-            if name == acl::DEFAULT && attr.kind != FileKind::Dir {
-                return Err(MetaError::AccessDenied);
-            }
-            if let (acl::ACCESS, Some(acl)) = (name, &acl) {
-                // The ACL decides the permission bits; a plain one is nothing but those bits.
-                // As with chmod, a caller outside the file's group loses its set-group-id.
-                let mut perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
-                if cred.uid != 0 && !cred.in_group(attr.gid) {
-                    perm &= !libc::S_ISGID;
-                }
-                tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")?
-                    .execute(params![ino, perm])?;
-                if acl.is_plain() {
-                    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
-                        .execute(params![ino, name])?;
-                    return set_ctime(tx, ino, now);
-                }
-            }
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")?
-                .query_row(params![ino, name], |_| Ok(()))
-                .optional()?
-                .is_some();
-            match (mode, exists) {
-                (XattrMode::Create, true) => return Err(MetaError::Exists),
-                (XattrMode::Replace, false) => return Err(MetaError::NoData),
-                _ => {}
-            }
-            put_xattr(tx, ino, name, value)?;
-            set_ctime(tx, ino, now)
-        })
+        self.apply(&Mutation::SetXattr { ino, name, value, mode, cred, now }).map(drop)
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
@@ -84,22 +42,83 @@ impl Store {
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.write_freeing(|tx| {
-            get_attr(tx, ino)?;
-            let removed = tx
-                .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
-                .execute(params![ino, name])?;
-            if removed == 0 {
-                return Err(MetaError::NoData);
-            }
-            set_ctime(tx, ino, now)
-        })
+        self.apply(&Mutation::RemoveXattr { ino, name: name.to_vec(), now }).map(drop)
     }
+}
+
+pub(super) fn set(
+    tx: &Connection,
+    ino: Ino,
+    name: &[u8],
+    value: &[u8],
+    mode: XattrMode,
+    cred: &Cred,
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    if name.is_empty() || name.len() > MAX_XATTR_NAME_LEN {
+        return Err(MetaError::Invalid("xattr name empty or too long".into()));
+    }
+    if value.len() > MAX_XATTR_VALUE_LEN {
+        return Err(MetaError::TooBig);
+    }
+    let acl = match name {
+        acl::ACCESS | acl::DEFAULT => {
+            Some(Acl::parse(value).ok_or_else(|| MetaError::Invalid("malformed ACL".into()))?)
+        }
+        _ => None,
+    };
+    let attr = get_attr(tx, ino)?;
+    if name == acl::DEFAULT && attr.kind != FileKind::Dir {
+        return Err(MetaError::AccessDenied);
+    }
+    if let (acl::ACCESS, Some(acl)) = (name, &acl) {
+        // The ACL decides the permission bits; a plain one is nothing but those bits.
+        // As with chmod, a caller outside the file's group loses its set-group-id.
+        let mut perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
+        if cred.uid != 0 && !cred.in_group(attr.gid) {
+            perm &= !libc::S_ISGID;
+        }
+        tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")?
+            .execute(params![ino, perm])?;
+        if acl.is_plain() {
+            tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+                .execute(params![ino, name])?;
+            return set_ctime(tx, ino, now);
+        }
+    }
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .query_row(params![ino, name], |_| Ok(()))
+        .optional()?
+        .is_some();
+    match (mode, exists) {
+        (XattrMode::Create, true) => return Err(MetaError::Exists),
+        (XattrMode::Replace, false) => return Err(MetaError::NoData),
+        _ => {}
+    }
+    put_xattr(tx, ino, name, value)?;
+    set_ctime(tx, ino, now)
+}
+
+pub(super) fn remove(
+    tx: &Connection,
+    ino: Ino,
+    name: &[u8],
+    now: Timestamp,
+) -> Result<(), MetaError> {
+    get_attr(tx, ino)?;
+    let removed = tx
+        .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .execute(params![ino, name])?;
+    if removed == 0 {
+        return Err(MetaError::NoData);
+    }
+    set_ctime(tx, ino, now)
 }
 
 /// The value of one extended attribute, if set.
 pub(super) fn xattr_value(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     name: &[u8],
 ) -> Result<Option<Vec<u8>>, MetaError> {
@@ -110,7 +129,7 @@ pub(super) fn xattr_value(
 }
 
 pub(super) fn put_xattr(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     ino: Ino,
     name: &[u8],
     value: &[u8],

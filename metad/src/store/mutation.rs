@@ -1,0 +1,498 @@
+//! Every change to the database, as a value: a [`Mutation`] carries every input decided
+//! before it is applied (times, new inode numbers, which nameless inodes may go, what a
+//! chunkd's inventory lacks), and [`Store::apply`] applies it in one transaction, reading
+//! nothing but the database. The same mutations applied in the same order to two copies of
+//! a database leave them equal: what replication and group commit build on.
+//!
+//! Outside this module the store only reads, but for opening a database (schema migration
+//! and the volume's settings, `mod.rs`).
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use shardfs_chunkd::{ChunkId, ShardId};
+
+use super::fsck::{self, FsckReport};
+use super::holdings::{self, LockRow};
+use super::open_files::Holder;
+use super::registry::{self, ChunkdRecord};
+use super::{Store, catalogue, layout, namespace, xattr};
+use crate::proto::{
+    Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr, SpaceOp,
+    StoredChunk, Timestamp, Unlinked, XattrMode,
+};
+
+/// The encoding of mutations this build writes; [`decode`] reads this one only.
+pub const MUTATION_FORMAT: u8 = 1;
+
+/// What a new inode looks like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewInode {
+    pub kind: FileKind,
+    pub perm: u32,
+    /// The creating process's umask, applied unless the directory has a default ACL.
+    pub umask: u32,
+    pub cred: Cred,
+    pub rdev: u32,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+}
+
+/// One change to the database, with every input it needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// A new inode numbered `ino`, named `name` in directory `parent`.
+    Create {
+        ino: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+        new: NewInode,
+        now: Timestamp,
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        now: Timestamp,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+        now: Timestamp,
+    },
+    RemoveDir {
+        parent: Ino,
+        name: Vec<u8>,
+        now: Timestamp,
+    },
+    /// `mode` is `Replace`, `NoReplace` or `Exchange`; `whiteout` names the character
+    /// device (its inode number, its creator) left at the old name.
+    Rename {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+        whiteout: Option<(Ino, Cred)>,
+        now: Timestamp,
+    },
+    SetAttr {
+        ino: Ino,
+        changes: SetAttr,
+        now: Timestamp,
+    },
+    /// A read's atime update (relatime unless `strict`).
+    Accessed {
+        ino: Ino,
+        strict: bool,
+        now: Timestamp,
+    },
+    /// Deletes those of `inos` that have no name left, with their data references: the
+    /// caller decided nobody has them open.
+    Reclaim {
+        inos: Vec<Ino>,
+        now: Timestamp,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+        cred: Cred,
+        now: Timestamp,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        now: Timestamp,
+    },
+    Allocate {
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        op: SpaceOp,
+        now: Timestamp,
+    },
+    CloneRange {
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+        now: Timestamp,
+    },
+    CommitWrite {
+        ino: Ino,
+        stored: Vec<StoredChunk>,
+        inline: Vec<InlineChunk>,
+        extents: Vec<Extent>,
+        mtime: Timestamp,
+        now: Timestamp,
+    },
+    /// Moves shard `index` of `chunk` from chunkd `from` to `to`, if it is still there.
+    MoveShard {
+        chunk: ChunkId,
+        index: u8,
+        from: String,
+        to: String,
+    },
+    /// Deletes from the catalogue those of `chunks` still unreferenced.
+    RemoveChunks {
+        chunks: Vec<ChunkId>,
+    },
+    /// Marks `shards` unhealthy where the catalogue places them on `chunkd`.
+    MarkUnhealthy {
+        chunkd: String,
+        shards: Vec<ShardId>,
+    },
+    RegisterChunkd {
+        record: ChunkdRecord,
+        now: Timestamp,
+    },
+    SetDraining {
+        id: String,
+        draining: bool,
+    },
+    /// Removes a chunkd from the registry, unless a shard is placed on it.
+    ForgetChunkd {
+        id: String,
+    },
+    SaveSession {
+        id: Holder,
+        host: String,
+    },
+    /// Forgets a session, with its locks and open files.
+    EndSession {
+        id: Holder,
+    },
+    /// The locks now held on `ino`, replacing those recorded.
+    SaveLocks {
+        ino: Ino,
+        locks: Vec<LockRow>,
+    },
+    /// `holder` has `ino` open `opens` times (0: not at all).
+    SaveOpens {
+        ino: Ino,
+        holder: Holder,
+        opens: u64,
+    },
+    /// Drops the locks and open files of holders without a session.
+    DropOrphanedHoldings,
+    /// fsck's repairs: `open` lists the nameless inodes kept because they are open.
+    Repair {
+        open: Vec<Ino>,
+        now: Timestamp,
+    },
+}
+
+impl Mutation {
+    /// Whether it may free room on metad's disk (a deletion, a truncation): it may use the
+    /// room reserved for that (see `reserve.rs`).
+    pub fn frees_space(&self) -> bool {
+        match self {
+            Mutation::Unlink { .. }
+            | Mutation::RemoveDir { .. }
+            | Mutation::Reclaim { .. }
+            | Mutation::RemoveXattr { .. }
+            | Mutation::EndSession { .. }
+            | Mutation::SaveLocks { .. }
+            | Mutation::SaveOpens { .. }
+            | Mutation::RemoveChunks { .. } => true,
+            Mutation::SetAttr { changes, .. } => changes.size.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The mutation as bytes: [`MUTATION_FORMAT`], then its postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![MUTATION_FORMAT];
+        bytes.extend(shardfs_rpc::encode(self));
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Mutation, MetaError> {
+        match bytes.split_first() {
+            Some((&MUTATION_FORMAT, rest)) => shardfs_rpc::decode(rest)
+                .map_err(|e| MetaError::Invalid(format!("malformed mutation: {e}"))),
+            Some((format, _)) => Err(MetaError::Invalid(format!(
+                "mutation format {format}; this build reads {MUTATION_FORMAT}"
+            ))),
+            None => Err(MetaError::Invalid("empty mutation".into())),
+        }
+    }
+}
+
+/// What applying a mutation gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    Attr(Attr),
+    Made(Made),
+    Unlinked(Unlinked),
+    /// The inode a rename replaced, if any.
+    Renamed(Option<Ino>),
+    /// A clone's destination and the bytes it took.
+    Cloned(Attr, u64),
+    /// Whether a conditional change (a shard move, a draining flag) took effect.
+    Changed(bool),
+    /// How many rows a change touched.
+    Count(u64),
+    /// Shards of chunks removed from the catalogue, with their chunkds.
+    Removed(Vec<(ShardId, String)>),
+    Checked(FsckReport),
+}
+
+/// What applying one mutation came to.
+pub type Outcome = Result<(Applied, Effects), MetaError>;
+
+/// What a change did beyond its answer, for the caller's in-memory state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Inodes other than directories that lost their last name: gone once nobody has them
+    /// open.
+    pub nameless: Vec<Ino>,
+    /// Directories removed: gone once nobody has them open.
+    pub removed_dirs: Vec<Ino>,
+    /// Inodes deleted.
+    pub deleted: Vec<Ino>,
+}
+
+impl Store {
+    /// Applies `mutation` in one transaction.
+    pub fn apply(&self, mutation: &Mutation) -> Outcome {
+        self.with_writer(|writer| writer.apply(mutation))
+    }
+
+    /// Applies `mutations` in one transaction, each in a savepoint of its own: one that
+    /// fails leaves no trace, and the others keep their effects. Returns each one's result.
+    pub fn apply_batch(&self, mutations: &[Mutation]) -> Vec<Outcome> {
+        self.with_writer(|writer| writer.apply_batch(mutations))
+    }
+
+    /// Runs `f` holding the database's one writer: reads it makes and the mutations it
+    /// applies see no other change in between (a decision on what to apply, say, from what
+    /// the database holds and who has what open).
+    pub(super) fn with_writer<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> T) -> T {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut writer = Writer { conn: &mut conn, store: self };
+        f(&mut writer)
+    }
+}
+
+/// The database's writer, held (see [`Store::with_writer`]).
+pub struct Writer<'a> {
+    conn: &'a mut Connection,
+    store: &'a Store,
+}
+
+impl Writer<'_> {
+    /// Applies `mutation` in one transaction; one that frees space may use the room
+    /// reserved for that if the disk is full.
+    pub fn apply(&mut self, mutation: &Mutation) -> Outcome {
+        match self.try_apply(mutation) {
+            Err(MetaError::MetadataFull)
+                if mutation.frees_space() && self.store.give_up_reserve() =>
+            {
+                self.try_apply(mutation)
+            }
+            result => result,
+        }
+    }
+
+    fn try_apply(&mut self, mutation: &Mutation) -> Outcome {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut effects = Effects::default();
+        let applied = apply_in(&tx, mutation, &mut effects)?;
+        tx.commit()?;
+        self.store.committed(&effects);
+        Ok((applied, effects))
+    }
+
+    /// See [`Store::apply_batch`].
+    pub fn apply_batch(&mut self, mutations: &[Mutation]) -> Vec<Outcome> {
+        match self.try_apply_batch(mutations) {
+            Err(MetaError::MetadataFull)
+                if mutations.iter().any(Mutation::frees_space) && self.store.give_up_reserve() =>
+            {
+                self.try_apply_batch(mutations).unwrap_or_else(|e| failed_all(mutations, &e))
+            }
+            Err(e) => failed_all(mutations, &e),
+            Ok(results) => results,
+        }
+    }
+
+    fn try_apply_batch(&mut self, mutations: &[Mutation]) -> Result<Vec<Outcome>, MetaError> {
+        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(mutations.len());
+        for mutation in mutations {
+            let savepoint = tx.savepoint()?;
+            let mut effects = Effects::default();
+            let result = apply_in(&savepoint, mutation, &mut effects);
+            match result {
+                Ok(applied) => {
+                    savepoint.commit()?;
+                    results.push(Ok((applied, effects)));
+                }
+                // A full disk fails the whole batch (the caller tries again with the reserve).
+                Err(MetaError::MetadataFull) => return Err(MetaError::MetadataFull),
+                Err(e) => {
+                    drop(savepoint);
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        for (_, effects) in results.iter().flatten() {
+            self.store.committed(effects);
+        }
+        Ok(results)
+    }
+
+    /// Runs `f` in a read transaction on the writer's connection.
+    pub fn read<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        f(&tx)
+    }
+}
+
+/// The results of a batch that failed as a whole.
+fn failed_all(mutations: &[Mutation], e: &MetaError) -> Vec<Outcome> {
+    mutations.iter().map(|_| Err(e.clone())).collect()
+}
+
+/// Applies one mutation inside `tx`. Reads nothing but the database and the mutation.
+fn apply_in(
+    tx: &Connection,
+    mutation: &Mutation,
+    effects: &mut Effects,
+) -> Result<Applied, MetaError> {
+    use Mutation as M;
+    Ok(match mutation {
+        M::Create { ino, parent, name, new, now } => {
+            let attr = namespace::create(tx, *ino, *parent, name, new, *now)?;
+            Applied::Made(namespace::made(tx, attr, *parent)?)
+        }
+        M::Link { ino, new_parent, new_name, now } => {
+            Applied::Made(namespace::link(tx, *ino, *new_parent, new_name, *now)?)
+        }
+        M::Unlink { parent, name, now } => {
+            Applied::Unlinked(namespace::unlink(tx, *parent, name, *now, effects)?)
+        }
+        M::RemoveDir { parent, name, now } => {
+            namespace::remove_dir(tx, *parent, name, *now, effects)?;
+            Applied::Done
+        }
+        M::Rename { parent, name, new_parent, new_name, mode, whiteout, now } => {
+            let names =
+                namespace::Names { parent: *parent, name, new_parent: *new_parent, new_name };
+            Applied::Renamed(namespace::rename(tx, names, *mode, whiteout, *now, effects)?)
+        }
+        M::SetAttr { ino, changes, now } => {
+            Applied::Attr(namespace::set_attr(tx, *ino, changes, *now)?)
+        }
+        M::Accessed { ino, strict, now } => {
+            Applied::Attr(namespace::accessed(tx, *ino, *strict, *now)?)
+        }
+        M::Reclaim { inos, now } => {
+            for &ino in inos {
+                if namespace::reclaim_if_nameless(tx, ino, *now)? {
+                    effects.deleted.push(ino);
+                }
+            }
+            Applied::Done
+        }
+        M::SetXattr { ino, name, value, mode, cred, now } => {
+            xattr::set(tx, *ino, name, value, *mode, cred, *now)?;
+            Applied::Done
+        }
+        M::RemoveXattr { ino, name, now } => {
+            xattr::remove(tx, *ino, name, *now)?;
+            Applied::Done
+        }
+        M::Allocate { ino, offset, len, op, now } => {
+            Applied::Attr(layout::allocate(tx, *ino, *offset, *len, *op, *now)?)
+        }
+        M::CloneRange { src, src_offset, dst, dst_offset, len, now } => {
+            let (attr, len) =
+                layout::clone_range(tx, (*src, *src_offset), (*dst, *dst_offset), *len, *now)?;
+            Applied::Cloned(attr, len)
+        }
+        M::CommitWrite { ino, stored, inline, extents, mtime, now } => {
+            Applied::Attr(layout::commit_write(tx, *ino, stored, inline, extents, *mtime, *now)?)
+        }
+        M::MoveShard { chunk, index, from, to } => {
+            Applied::Changed(catalogue::move_shard(tx, *chunk, *index, from, to)?)
+        }
+        M::RemoveChunks { chunks } => Applied::Removed(catalogue::remove_chunks(tx, chunks)?),
+        M::MarkUnhealthy { chunkd, shards } => {
+            Applied::Count(catalogue::mark_unhealthy(tx, chunkd, shards)?)
+        }
+        M::RegisterChunkd { record, now } => {
+            registry::register(tx, record, *now)?;
+            Applied::Done
+        }
+        M::SetDraining { id, draining } => {
+            Applied::Changed(registry::set_draining(tx, id, *draining)?)
+        }
+        M::ForgetChunkd { id } => {
+            registry::forget(tx, id)?;
+            Applied::Done
+        }
+        M::SaveSession { id, host } => {
+            holdings::save_session(tx, *id, host)?;
+            Applied::Done
+        }
+        M::EndSession { id } => {
+            holdings::end_session(tx, *id)?;
+            Applied::Done
+        }
+        M::SaveLocks { ino, locks } => {
+            holdings::save_locks(tx, *ino, locks)?;
+            Applied::Done
+        }
+        M::SaveOpens { ino, holder, opens } => {
+            holdings::save_opens(tx, *ino, *holder, *opens)?;
+            Applied::Done
+        }
+        M::DropOrphanedHoldings => {
+            holdings::drop_orphaned(tx)?;
+            Applied::Done
+        }
+        M::Repair { open, now } => {
+            let is_open = |ino| open.contains(&ino);
+            Applied::Checked(fsck::check(tx, true, &is_open, *now, &mut effects.deleted)?)
+        }
+    })
+}
+
+impl Applied {
+    pub(super) fn mismatch(self, wanted: &str) -> MetaError {
+        MetaError::Store(format!("a change answered {self:?} where {wanted} was due"))
+    }
+
+    pub fn into_attr(self) -> Result<Attr, MetaError> {
+        match self {
+            Applied::Attr(attr) => Ok(attr),
+            other => Err(other.mismatch("attributes")),
+        }
+    }
+
+    pub fn into_made(self) -> Result<Made, MetaError> {
+        match self {
+            Applied::Made(made) => Ok(made),
+            other => Err(other.mismatch("a new name")),
+        }
+    }
+
+    pub fn into_changed(self) -> Result<bool, MetaError> {
+        match self {
+            Applied::Changed(changed) => Ok(changed),
+            other => Err(other.mismatch("whether it changed")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,52 @@
+//! The read path: a few read-only connections beside the writer's. With WAL, a read sees
+//! every transaction committed before it began and never waits for the writer, so a
+//! lookup does not queue behind a change or behind a long check.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::proto::MetaError;
+
+/// Idle connections kept for the next reads; more are opened while reads overlap.
+const KEPT: usize = 8;
+
+pub struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub fn new(path: &Path) -> Readers {
+        Readers { path: path.to_owned(), idle: Mutex::default() }
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot) on a connection of its own.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        let result = match conn.transaction_with_behavior(TransactionBehavior::Deferred) {
+            Ok(tx) => f(&tx),
+            Err(e) => Err(e.into()),
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < KEPT {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn open(&self) -> Result<Connection, MetaError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        Ok(conn)
+    }
+}
