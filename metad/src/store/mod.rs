@@ -6,6 +6,7 @@
 
 mod catalogue;
 mod fsck;
+mod group_commit;
 mod holdings;
 mod layout;
 mod mutation;
@@ -78,6 +79,8 @@ pub struct Store {
     reserve: reserve::Reserve,
     /// Inodes deleted since [`Store::take_deleted`] was last called.
     deleted: Mutex<Vec<Ino>>,
+    /// Changes waiting for the writer (`group_commit.rs`).
+    queue: group_commit::Queue,
     /// Read-only connections, for reads beside the writer.
     readers: readers::Readers,
 }
@@ -111,6 +114,7 @@ impl Store {
             open_files: Default::default(),
             reserve: reserve::Reserve::new(path.parent().unwrap_or(Path::new("."))),
             deleted: Mutex::default(),
+            queue: Default::default(),
             readers: readers::Readers::new(path),
         };
         store.replenish_reserve();

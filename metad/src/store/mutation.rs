@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use shardfs_chunkd::{ChunkId, ShardId};
 
 use super::fsck::{self, FsckReport};
+use super::group_commit::Change;
 use super::holdings::{self, LockRow};
 use super::open_files::Holder;
 use super::registry::{self, ChunkdRecord};
@@ -257,9 +258,10 @@ pub struct Effects {
 }
 
 impl Store {
-    /// Applies `mutation` in one transaction.
+    /// Applies `mutation`, in one transaction with whatever other changes are waiting for
+    /// the writer (`group_commit.rs`).
     pub fn apply(&self, mutation: &Mutation) -> Outcome {
-        self.with_writer(|writer| writer.apply(mutation))
+        self.submit(Change::Apply(mutation.clone()))
     }
 
     /// Applies `mutations` in one transaction, each in a savepoint of its own: one that
@@ -285,66 +287,63 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Applies `mutation` in one transaction; one that frees space may use the room
-    /// reserved for that if the disk is full.
+    /// Applies `mutation` in one transaction.
     pub fn apply(&mut self, mutation: &Mutation) -> Outcome {
-        match self.try_apply(mutation) {
-            Err(MetaError::MetadataFull)
-                if mutation.frees_space() && self.store.give_up_reserve() =>
-            {
-                self.try_apply(mutation)
-            }
-            result => result,
-        }
-    }
-
-    fn try_apply(&mut self, mutation: &Mutation) -> Outcome {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut effects = Effects::default();
-        let applied = apply_in(&tx, mutation, &mut effects)?;
-        tx.commit()?;
-        self.store.committed(&effects);
-        Ok((applied, effects))
+        let mut outcomes = self.commit(&[Change::Apply(mutation.clone())]);
+        outcomes.pop().expect("an outcome per change")
     }
 
     /// See [`Store::apply_batch`].
     pub fn apply_batch(&mut self, mutations: &[Mutation]) -> Vec<Outcome> {
-        match self.try_apply_batch(mutations) {
+        let changes: Vec<Change> = mutations.iter().cloned().map(Change::Apply).collect();
+        self.commit(&changes)
+    }
+
+    /// Applies `changes` in one transaction, each in a savepoint of its own; if the disk is
+    /// full and one of them frees space, again with the room reserved for that.
+    pub fn commit(&mut self, changes: &[Change]) -> Vec<Outcome> {
+        match self.try_commit(changes) {
             Err(MetaError::MetadataFull)
-                if mutations.iter().any(Mutation::frees_space) && self.store.give_up_reserve() =>
+                if changes.iter().any(Change::frees_space) && self.store.give_up_reserve() =>
             {
-                self.try_apply_batch(mutations).unwrap_or_else(|e| failed_all(mutations, &e))
+                self.try_commit(changes).unwrap_or_else(|e| failed_all(changes, &e))
             }
-            Err(e) => failed_all(mutations, &e),
-            Ok(results) => results,
+            Err(e) => failed_all(changes, &e),
+            Ok(outcomes) => outcomes,
         }
     }
 
-    fn try_apply_batch(&mut self, mutations: &[Mutation]) -> Result<Vec<Outcome>, MetaError> {
+    /// [`Writer::commit`], once; a full disk fails it as a whole.
+    fn try_commit(&mut self, changes: &[Change]) -> Result<Vec<Outcome>, MetaError> {
         let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(mutations.len());
-        for mutation in mutations {
-            let savepoint = tx.savepoint()?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
             let mut effects = Effects::default();
-            let result = apply_in(&savepoint, mutation, &mut effects);
-            match result {
-                Ok(applied) => {
-                    savepoint.commit()?;
-                    results.push(Ok((applied, effects)));
+            let applied = match change.decide(&tx) {
+                Err(e) => Err(e),
+                // One change alone needs no savepoint: if it fails, nothing is committed.
+                Ok(mutation) if changes.len() == 1 => apply_in(&tx, &mutation, &mut effects),
+                Ok(mutation) => {
+                    let savepoint = tx.savepoint()?;
+                    let applied = apply_in(&savepoint, &mutation, &mut effects);
+                    if applied.is_ok() {
+                        savepoint.commit()?;
+                    }
+                    applied
                 }
-                // A full disk fails the whole batch (the caller tries again with the reserve).
+            };
+            match applied {
+                Ok(applied) => outcomes.push(Ok((applied, effects))),
                 Err(MetaError::MetadataFull) => return Err(MetaError::MetadataFull),
-                Err(e) => {
-                    drop(savepoint);
-                    results.push(Err(e));
-                }
+                Err(e) if changes.len() == 1 => return Ok(vec![Err(e)]),
+                Err(e) => outcomes.push(Err(e)),
             }
         }
         tx.commit()?;
-        for (_, effects) in results.iter().flatten() {
+        for (_, effects) in outcomes.iter().flatten() {
             self.store.committed(effects);
         }
-        Ok(results)
+        Ok(outcomes)
     }
 
     /// Runs `f` in a read transaction on the writer's connection.
@@ -358,8 +357,8 @@ impl Writer<'_> {
 }
 
 /// The results of a batch that failed as a whole.
-fn failed_all(mutations: &[Mutation], e: &MetaError) -> Vec<Outcome> {
-    mutations.iter().map(|_| Err(e.clone())).collect()
+fn failed_all(changes: &[Change], e: &MetaError) -> Vec<Outcome> {
+    changes.iter().map(|_| Err(e.clone())).collect()
 }
 
 /// Applies one mutation inside `tx`. Reads nothing but the database and the mutation.

@@ -2,7 +2,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::mutation::{Applied, Effects, Mutation, NewInode, Writer};
+use super::group_commit::Change;
+use super::mutation::{Applied, Effects, Mutation, NewInode};
 use super::open_files::Holder;
 use super::xattr::{put_xattr, xattr_value};
 use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
@@ -134,12 +135,8 @@ impl Store {
 
     /// Makes `new` as `name` in `parent`, with the next inode number.
     fn create(&self, parent: Ino, name: &[u8], new: NewInode) -> Result<Made, MetaError> {
-        let name = name.to_vec();
-        self.with_writer(|writer| {
-            let ino = next_ino(writer)?;
-            let create = Mutation::Create { ino, parent, name, new, now: Timestamp::now() };
-            writer.apply(&create)?.0.into_made()
-        })
+        let (name, now) = (name.to_vec(), Timestamp::now());
+        self.submit(Change::Create { parent, name, new, now })?.0.into_made()
     }
 
     pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>, MetaError> {
@@ -189,23 +186,31 @@ impl Store {
         mode: RenameMode,
         cred: &Cred,
     ) -> Result<Option<Ino>, MetaError> {
-        let (name, new_name) = (name.to_vec(), new_name.to_vec());
-        let (applied, effects) = self.with_writer(|writer| {
-            let whiteout = match mode {
-                RenameMode::Whiteout { .. } => Some((next_ino(writer)?, cred.clone())),
-                _ => None,
-            };
-            let now = Timestamp::now();
-            writer.apply(&Mutation::Rename {
+        let (name, new_name, now) = (name.to_vec(), new_name.to_vec(), Timestamp::now());
+        let change = match mode {
+            RenameMode::Whiteout { no_replace } => {
+                let cred = cred.clone();
+                Change::RenameWithWhiteout {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    no_replace,
+                    cred,
+                    now,
+                }
+            }
+            mode => Change::Apply(Mutation::Rename {
                 parent,
                 name,
                 new_parent,
                 new_name,
                 mode,
-                whiteout,
+                whiteout: None,
                 now,
-            })
-        })?;
+            }),
+        };
+        let (applied, effects) = self.submit(change)?;
         self.let_go(&effects);
         match applied {
             Applied::Renamed(replaced) => Ok(replaced),
@@ -376,15 +381,13 @@ pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, Met
 
 /// The inode number the next new inode takes: one past the highest ever used (numbers are
 /// never reused, so a client's cached one never names another file).
-fn next_ino(writer: &mut Writer<'_>) -> Result<Ino, MetaError> {
-    writer.read(|tx| {
-        Ok(tx.query_row(
-            "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
-                 (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
-            [],
-            |r| r.get(0),
-        )?)
-    })
+pub(super) fn next_ino(tx: &Connection) -> Result<Ino, MetaError> {
+    Ok(tx.query_row(
+        "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
+             (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Makes inode `ino` as `new` describes, named `name` in `parent`.

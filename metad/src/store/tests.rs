@@ -9,7 +9,7 @@ const ROOT: Cred = Cred::ROOT;
 const SETTINGS: VolumeSettings =
     VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
 
-fn open(dir: &tempfile::TempDir) -> Store {
+pub(super) fn open(dir: &tempfile::TempDir) -> Store {
     let store =
         Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), SETTINGS).unwrap();
     for id in ["c0", "c1", "c2", "new0", "new1", "new2"] {

@@ -1,0 +1,200 @@
+//! Group commit: changes that arrive while the writer is busy are applied together, in one
+//! transaction, by whichever of their callers takes the writer next (as LevelDB's writers
+//! do). No thread of its own: a change that finds the writer idle is applied at once by its
+//! own caller.
+//!
+//! A change is a [`Mutation`], or one whose new inode number is decided as its batch is made
+//! (one past the highest used, which counts the batch's earlier creates).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use super::mutation::{Mutation, NewInode, Outcome};
+use super::{Store, namespace};
+use crate::proto::{Cred, Ino, MetaError, RenameMode, Timestamp};
+
+/// Most changes one transaction takes; more wait for the next.
+const MAX_BATCH: usize = 512;
+
+/// A change waiting for the writer.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Apply(Mutation),
+    /// A new inode, numbered when its batch is made.
+    Create {
+        parent: Ino,
+        name: Vec<u8>,
+        new: NewInode,
+        now: Timestamp,
+    },
+    /// A rename that leaves a whiteout made by `cred`, numbered when its batch is made.
+    RenameWithWhiteout {
+        parent: Ino,
+        name: Vec<u8>,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        no_replace: bool,
+        cred: Cred,
+        now: Timestamp,
+    },
+}
+
+impl Change {
+    /// The mutation this change is, with what is decided as its batch is made (`tx` holds
+    /// the batch's earlier changes).
+    pub fn decide(&self, tx: &Connection) -> Result<Mutation, MetaError> {
+        Ok(match self {
+            Change::Apply(mutation) => mutation.clone(),
+            Change::Create { parent, name, new, now } => Mutation::Create {
+                ino: namespace::next_ino(tx)?,
+                parent: *parent,
+                name: name.clone(),
+                new: new.clone(),
+                now: *now,
+            },
+            Change::RenameWithWhiteout {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                no_replace,
+                cred,
+                now,
+            } => Mutation::Rename {
+                parent: *parent,
+                name: name.clone(),
+                new_parent: *new_parent,
+                new_name: new_name.clone(),
+                mode: RenameMode::Whiteout { no_replace: *no_replace },
+                whiteout: Some((namespace::next_ino(tx)?, cred.clone())),
+                now: *now,
+            },
+        })
+    }
+
+    pub fn frees_space(&self) -> bool {
+        matches!(self, Change::Apply(mutation) if mutation.frees_space())
+    }
+}
+
+/// Changes waiting for the writer, and the outcomes of those applied.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<Waiting>,
+    applied: Condvar,
+    /// Transactions committed for changes, and the changes they carried.
+    batches: AtomicU64,
+    changes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    changes: Vec<(u64, Change)>,
+    next_ticket: u64,
+    /// Whether a caller is applying a batch.
+    leading: bool,
+    outcomes: HashMap<u64, Outcome>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Gives up the lead however the batch ended, so that a failed one does not stop all.
+struct Lead<'a>(&'a Queue);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.lock().leading = false;
+        self.0.applied.notify_all();
+    }
+}
+
+impl Store {
+    /// How many batches of changes were committed, and how many changes they held.
+    pub fn commits(&self) -> (u64, u64) {
+        let queue = &self.queue;
+        (queue.batches.load(Ordering::Relaxed), queue.changes.load(Ordering::Relaxed))
+    }
+
+    /// Applies `change` in a transaction with whatever other changes wait with it.
+    pub(super) fn submit(&self, change: Change) -> Outcome {
+        let queue = &self.queue;
+        let mut waiting = queue.lock();
+        let ticket = waiting.next_ticket;
+        waiting.next_ticket += 1;
+        waiting.changes.push((ticket, change));
+        loop {
+            if let Some(outcome) = waiting.outcomes.remove(&ticket) {
+                return outcome;
+            }
+            if waiting.leading {
+                waiting = queue.applied.wait(waiting).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            waiting.leading = true;
+            let take = waiting.changes.len().min(MAX_BATCH);
+            let (tickets, batch): (Vec<u64>, Vec<Change>) = waiting.changes.drain(..take).unzip();
+            drop(waiting);
+            let lead = Lead(queue);
+            let outcomes = self.with_writer(|writer| writer.commit(&batch));
+            queue.batches.fetch_add(1, Ordering::Relaxed);
+            queue.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            waiting = queue.lock();
+            waiting.outcomes.extend(tickets.into_iter().zip(outcomes));
+            drop(waiting);
+            drop(lead);
+            waiting = queue.lock();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::proto::{Cred, ROOT_INO};
+    use crate::store::tests::open;
+
+    #[test]
+    fn changes_that_wait_for_the_writer_are_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let (batches, changes) = store.commits();
+        // A long change holds the writer while 50 creates arrive.
+        let busy = store.conn.lock().unwrap();
+        std::thread::scope(|scope| {
+            let creates: Vec<_> = (0..50)
+                .map(|i| {
+                    let store = &store;
+                    scope.spawn(move || {
+                        let name = format!("f{i}");
+                        let mode = libc::S_IFREG | 0o644;
+                        store.make_node(ROOT_INO, name.as_bytes(), mode, 0, Cred::ROOT).unwrap()
+                    })
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // One of them leads, waiting for the writer with what it took; the rest queue.
+            while store.queue.lock().changes.len() < 49 {
+                assert!(Instant::now() < deadline, "the creates never queued");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(busy);
+            let mut inos: Vec<u64> =
+                creates.into_iter().map(|c| c.join().unwrap().attr.ino).collect();
+            inos.sort();
+            inos.dedup();
+            assert_eq!(inos.len(), 50, "each create its own inode");
+        });
+        let (batches, changes) = (store.commits().0 - batches, store.commits().1 - changes);
+        assert_eq!(changes, 50);
+        assert!(batches <= 3, "50 creates took {batches} transactions");
+        assert_eq!(store.read_dir(ROOT_INO, 0, 100).unwrap().1.len(), 50);
+    }
+}
