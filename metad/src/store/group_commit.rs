@@ -12,9 +12,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-use super::mutation::{Mutation, NewInode, Outcome};
+use super::mutation::{Mutation, Outcome};
 use super::{Store, namespace};
-use crate::proto::{Cred, Ino, MetaError, RenameMode, Timestamp};
+use crate::proto::{Ino, MetaError};
 
 /// Most changes one transaction takes; more wait for the next.
 const MAX_BATCH: usize = 512;
@@ -23,60 +23,34 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone, Debug)]
 pub enum Change {
     Apply(Mutation),
-    /// A new inode, numbered when its batch is made.
-    Create {
-        parent: Ino,
-        name: Vec<u8>,
-        new: NewInode,
-        now: Timestamp,
-    },
-    /// A rename that leaves a whiteout made by `cred`, numbered when its batch is made.
-    RenameWithWhiteout {
-        parent: Ino,
-        name: Vec<u8>,
-        new_parent: Ino,
-        new_name: Vec<u8>,
-        no_replace: bool,
-        cred: Cred,
-        now: Timestamp,
-    },
+    /// A mutation that makes an inode (a create, or a rename's whiteout), given as number
+    /// [`UNNUMBERED`]: it is numbered when its batch is made.
+    Numbered(Mutation),
 }
+
+/// The number of an inode not numbered yet (no inode has it).
+pub const UNNUMBERED: Ino = 0;
 
 impl Change {
     /// The mutation this change is, with what is decided as its batch is made (`tx` holds
     /// the batch's earlier changes).
     pub fn decide(&self, tx: &Connection) -> Result<Mutation, MetaError> {
-        Ok(match self {
-            Change::Apply(mutation) => mutation.clone(),
-            Change::Create { parent, name, new, now } => Mutation::Create {
-                ino: namespace::next_ino(tx)?,
-                parent: *parent,
-                name: name.clone(),
-                new: new.clone(),
-                now: *now,
-            },
-            Change::RenameWithWhiteout {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                no_replace,
-                cred,
-                now,
-            } => Mutation::Rename {
-                parent: *parent,
-                name: name.clone(),
-                new_parent: *new_parent,
-                new_name: new_name.clone(),
-                mode: RenameMode::Whiteout { no_replace: *no_replace },
-                whiteout: Some((namespace::next_ino(tx)?, cred.clone())),
-                now: *now,
-            },
-        })
+        let mut mutation = match self {
+            Change::Apply(mutation) => return Ok(mutation.clone()),
+            Change::Numbered(mutation) => mutation.clone(),
+        };
+        match &mut mutation {
+            Mutation::Create { ino, .. } | Mutation::Rename { whiteout: Some((ino, _)), .. } => {
+                *ino = namespace::next_ino(tx)?;
+            }
+            _ => {}
+        }
+        Ok(mutation)
     }
 
     pub fn frees_space(&self) -> bool {
-        matches!(self, Change::Apply(mutation) if mutation.frees_space())
+        let (Change::Apply(mutation) | Change::Numbered(mutation)) = self;
+        mutation.frees_space()
     }
 }
 

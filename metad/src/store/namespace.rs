@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::group_commit::Change;
+use super::group_commit::{Change, UNNUMBERED};
 use super::mutation::{Applied, Effects, Mutation, NewInode};
 use super::open_files::Holder;
 use super::xattr::{put_xattr, xattr_value};
@@ -135,8 +135,10 @@ impl Store {
 
     /// Makes `new` as `name` in `parent`, with the next inode number.
     fn create(&self, parent: Ino, name: &[u8], new: NewInode) -> Result<Made, MetaError> {
-        let (name, now) = (name.to_vec(), Timestamp::now());
-        self.submit(Change::Create { parent, name, new, now })?.0.into_made()
+        let (ino, name, now) = (UNNUMBERED, name.to_vec(), Timestamp::now());
+        self.submit(Change::Numbered(Mutation::Create { ino, parent, name, new, now }))?
+            .0
+            .into_made()
     }
 
     pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>, MetaError> {
@@ -187,29 +189,15 @@ impl Store {
         cred: &Cred,
     ) -> Result<Option<Ino>, MetaError> {
         let (name, new_name, now) = (name.to_vec(), new_name.to_vec(), Timestamp::now());
-        let change = match mode {
-            RenameMode::Whiteout { no_replace } => {
-                let cred = cred.clone();
-                Change::RenameWithWhiteout {
-                    parent,
-                    name,
-                    new_parent,
-                    new_name,
-                    no_replace,
-                    cred,
-                    now,
-                }
-            }
-            mode => Change::Apply(Mutation::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                mode,
-                whiteout: None,
-                now,
-            }),
+        // A whiteout left at the old name is an inode: numbered as the batch is made.
+        let whiteout =
+            matches!(mode, RenameMode::Whiteout { .. }).then(|| (UNNUMBERED, cred.clone()));
+        let change = match whiteout {
+            Some(_) => Change::Numbered,
+            None => Change::Apply,
         };
+        let change =
+            change(Mutation::Rename { parent, name, new_parent, new_name, mode, whiteout, now });
         let (applied, effects) = self.submit(change)?;
         self.let_go(&effects);
         match applied {
