@@ -88,6 +88,8 @@ fn store_benches(c: &mut Criterion) {
                 i += 1;
                 let name = format!("bg{i}");
                 store.make_node(parent, name.as_bytes(), file, 0, Cred::ROOT).expect("create");
+                // A steady stream (a few thousand a second), not a flood the WAL outgrows.
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
         });
         group.bench_function("lookup while another thread creates", |b| {

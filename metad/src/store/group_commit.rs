@@ -119,10 +119,19 @@ impl Store {
             let outcomes = self.with_writer(|writer| writer.commit(&batch));
             queue.batches.fetch_add(1, Ordering::Relaxed);
             queue.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let mut mine = None;
             waiting = queue.lock();
-            waiting.outcomes.extend(tickets.into_iter().zip(outcomes));
+            for (done, outcome) in tickets.into_iter().zip(outcomes) {
+                match done == ticket {
+                    true => mine = Some(outcome),
+                    false => drop(waiting.outcomes.insert(done, outcome)),
+                }
+            }
             drop(waiting);
             drop(lead);
+            if let Some(outcome) = mine {
+                return outcome;
+            }
             waiting = queue.lock();
         }
     }

@@ -370,12 +370,12 @@ pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, Met
 /// The inode number the next new inode takes: one past the highest ever used (numbers are
 /// never reused, so a client's cached one never names another file).
 pub(super) fn next_ino(tx: &Connection) -> Result<Ino, MetaError> {
-    Ok(tx.query_row(
-        "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
-             (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
+                 (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
+        )?
+        .query_row([], |r| r.get(0))?)
 }
 
 /// Makes inode `ino` as `new` describes, named `name` in `parent`.
