@@ -100,7 +100,7 @@ pub fn check_new_mountpoint(mountpoint: &Path, nonempty: bool) -> anyhow::Result
 }
 
 /// Whether `path` (canonical) is where a filesystem is mounted, per /proc/self/mountinfo.
-fn is_mount_point(path: &Path) -> anyhow::Result<bool> {
+pub(crate) fn is_mount_point(path: &Path) -> anyhow::Result<bool> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
     let wanted = path.to_string_lossy();

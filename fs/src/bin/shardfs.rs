@@ -746,8 +746,9 @@ fn mount_command(
     client.serve_metrics(&runtime, &fs)?;
     let options = client.mount_options(metad.to_string());
     let (secret_file, tls_ca) = secret.files(Some(&client.flags()));
-    let _record =
-        leave_record(mountpoint, MountRecord { metad: metad.into(), secret_file, tls_ca });
+    let record =
+        MountRecord { mountpoint: PathBuf::new(), metad: metad.into(), secret_file, tls_ca };
+    let _record = leave_record(mountpoint, record);
     mount::serve(&runtime, fs, mountpoint, &options, announce_ready)
 }
 
@@ -758,6 +759,7 @@ fn leave_record(mountpoint: &Path, mut record: MountRecord) -> Option<mount_reco
     record.secret_file = absolute(&record.secret_file);
     record.tls_ca = record.tls_ca.as_deref().map(absolute);
     let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| absolute(mountpoint));
+    record.mountpoint = mountpoint.clone();
     mount_record::record(&mountpoint, &record)
         .inspect_err(|e| tracing::warn!("cannot record the mount for shardfs info: {e}"))
         .ok()
@@ -809,6 +811,8 @@ fn local_command(
             client.serve_metrics(&runtime, &fs)?;
             let options = client.mount_options(format!("shardfs-local:{}", data.display()));
             let record = MountRecord {
+                // Filled in by `leave_record`.
+                mountpoint: PathBuf::new(),
                 metad: cluster.metad_addr.clone(),
                 secret_file: data.join("cluster.key"),
                 tls_ca: None,
