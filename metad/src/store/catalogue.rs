@@ -81,7 +81,7 @@ impl Store {
         to: &str,
     ) -> Result<bool, MetaError> {
         let (from, to) = (from.to_owned(), to.to_owned());
-        self.apply(&Mutation::MoveShard { chunk, index, from, to })?.0.into_changed()
+        self.apply(Mutation::MoveShard { chunk, index, from, to })?.0.into_changed()
     }
 
     /// Deletes from the catalogue every chunk unreferenced for at least `grace` that has no
@@ -113,7 +113,7 @@ impl Store {
             if chunks.is_empty() {
                 return Ok(Vec::new());
             }
-            match writer.apply(&Mutation::RemoveChunks { chunks })?.0 {
+            match writer.apply(Mutation::RemoveChunks { chunks })?.0 {
                 Applied::Removed(shards) => Ok(shards),
                 other => Err(other.mismatch("the shards removed")),
             }
@@ -151,7 +151,7 @@ impl Store {
                 return Ok(0);
             }
             let chunkd = chunkd.to_owned();
-            match writer.apply(&Mutation::MarkUnhealthy { chunkd, shards })?.0 {
+            match writer.apply(Mutation::MarkUnhealthy { chunkd, shards })?.0 {
                 Applied::Count(marked) => Ok(marked),
                 other => Err(other.mismatch("a count")),
             }
@@ -175,7 +175,7 @@ impl Store {
     /// rebuild it. Returns whether the catalogue placed that shard on that chunkd.
     pub fn mark_shard_unhealthy(&self, shard: ShardId, chunkd: &str) -> Result<bool, MetaError> {
         let chunkd = chunkd.to_owned();
-        match self.apply(&Mutation::MarkUnhealthy { chunkd, shards: vec![shard] })?.0 {
+        match self.apply(Mutation::MarkUnhealthy { chunkd, shards: vec![shard] })?.0 {
             Applied::Count(marked) => Ok(marked > 0),
             other => Err(other.mismatch("a count")),
         }

@@ -102,7 +102,7 @@ impl Store {
                     .collect::<Result<_, _>>()?)
             })?;
             let open = nameless.into_iter().filter(|&ino| self.open_files.is_open(ino)).collect();
-            match writer.apply(&Mutation::Repair { open, now })?.0 {
+            match writer.apply(Mutation::Repair { open, now })?.0 {
                 Applied::Checked(report) => Ok(report),
                 other => Err(other.mismatch("a check's report")),
             }

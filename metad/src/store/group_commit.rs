@@ -6,6 +6,7 @@
 //! A change is a [`Mutation`], or one whose new inode number is decided as its batch is made
 //! (one past the highest used, which counts the batch's earlier creates).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -34,9 +35,9 @@ pub const UNNUMBERED: Ino = 0;
 impl Change {
     /// The mutation this change is, with what is decided as its batch is made (`tx` holds
     /// the batch's earlier changes).
-    pub fn decide(&self, tx: &Connection) -> Result<Mutation, MetaError> {
+    pub fn decide(&self, tx: &Connection) -> Result<Cow<'_, Mutation>, MetaError> {
         let mut mutation = match self {
-            Change::Apply(mutation) => return Ok(mutation.clone()),
+            Change::Apply(mutation) => return Ok(Cow::Borrowed(mutation)),
             Change::Numbered(mutation) => mutation.clone(),
         };
         match &mut mutation {
@@ -45,7 +46,7 @@ impl Change {
             }
             _ => {}
         }
-        Ok(mutation)
+        Ok(Cow::Owned(mutation))
     }
 
     pub fn frees_space(&self) -> bool {

@@ -32,28 +32,28 @@ pub struct Holdings {
 impl Store {
     /// Records a mount's session, so it can resume after a restart.
     pub fn save_session(&self, id: Holder, host: &str) -> Result<(), MetaError> {
-        self.apply(&Mutation::SaveSession { id, host: host.to_owned() }).map(drop)
+        self.apply(Mutation::SaveSession { id, host: host.to_owned() }).map(drop)
     }
 
     /// Forgets a session that ended, with its locks and open files.
     pub fn end_session(&self, id: Holder) -> Result<(), MetaError> {
-        self.apply(&Mutation::EndSession { id }).map(drop)
+        self.apply(Mutation::EndSession { id }).map(drop)
     }
 
     /// Records the locks now held on `ino` (all of them, replacing what was recorded).
     pub fn save_locks(&self, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
-        self.apply(&Mutation::SaveLocks { ino, locks: locks.to_vec() }).map(drop)
+        self.apply(Mutation::SaveLocks { ino, locks: locks.to_vec() }).map(drop)
     }
 
     /// Records that `holder` has `ino` open `opens` times (0: not at all).
     pub(super) fn save_opens(&self, ino: Ino, holder: Holder, opens: u64) -> Result<(), MetaError> {
-        self.apply(&Mutation::SaveOpens { ino, holder, opens }).map(drop)
+        self.apply(Mutation::SaveOpens { ino, holder, opens }).map(drop)
     }
 
     /// The sessions and locks the previous run left, once the rows of holders without a
     /// session (tools' connections, which end with metad) are dropped.
     pub fn holdings(&self) -> Result<Holdings, MetaError> {
-        self.apply(&Mutation::DropOrphanedHoldings)?;
+        self.apply(Mutation::DropOrphanedHoldings)?;
         self.read(|tx| {
             let sessions = tx
                 .prepare("SELECT id, host FROM sessions")?
@@ -81,7 +81,7 @@ impl Store {
 
     /// The files open by sessions the previous run left, with their counts.
     pub(super) fn saved_opens(&self) -> Result<Vec<(Ino, Holder, u64)>, MetaError> {
-        self.apply(&Mutation::DropOrphanedHoldings)?;
+        self.apply(Mutation::DropOrphanedHoldings)?;
         self.read(|tx| {
             let opens = tx
                 .prepare("SELECT ino, holder, opens FROM open_files")?

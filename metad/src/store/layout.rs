@@ -81,7 +81,7 @@ impl Store {
         op: SpaceOp,
     ) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        self.apply(&Mutation::Allocate { ino, offset, len, op, now })?.0.into_attr()
+        self.apply(Mutation::Allocate { ino, offset, len, op, now })?.0.into_attr()
     }
 
     /// copy_file_range(2) without copying bytes: the destination range points at the
@@ -96,7 +96,7 @@ impl Store {
         len: u64,
     ) -> Result<(Attr, u64), MetaError> {
         let now = Timestamp::now();
-        match self.apply(&Mutation::CloneRange { src, src_offset, dst, dst_offset, len, now })?.0 {
+        match self.apply(Mutation::CloneRange { src, src_offset, dst, dst_offset, len, now })?.0 {
             Applied::Cloned(attr, len) => Ok((attr, len)),
             other => Err(other.mismatch("a clone's destination")),
         }
@@ -115,7 +115,7 @@ impl Store {
         let (stored, inline, extents) = (stored.to_vec(), inline.to_vec(), extents.to_vec());
         let now = Timestamp::now();
         let commit = Mutation::CommitWrite { ino, stored, inline, extents, mtime, now };
-        self.apply(&commit)?.0.into_attr()
+        self.apply(commit)?.0.into_attr()
     }
 }
 

@@ -260,8 +260,8 @@ pub struct Effects {
 impl Store {
     /// Applies `mutation`, in one transaction with whatever other changes are waiting for
     /// the writer (`group_commit.rs`).
-    pub fn apply(&self, mutation: &Mutation) -> Outcome {
-        self.submit(Change::Apply(mutation.clone()))
+    pub fn apply(&self, mutation: Mutation) -> Outcome {
+        self.submit(Change::Apply(mutation))
     }
 
     /// Applies `mutations` in one transaction, each in a savepoint of its own: one that
@@ -288,8 +288,8 @@ pub struct Writer<'a> {
 
 impl Writer<'_> {
     /// Applies `mutation` in one transaction.
-    pub fn apply(&mut self, mutation: &Mutation) -> Outcome {
-        let mut outcomes = self.commit(&[Change::Apply(mutation.clone())]);
+    pub fn apply(&mut self, mutation: Mutation) -> Outcome {
+        let mut outcomes = self.commit(&[Change::Apply(mutation)]);
         outcomes.pop().expect("an outcome per change")
     }
 

@@ -60,7 +60,7 @@ impl Store {
 
     pub fn set_attr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        self.apply(&Mutation::SetAttr { ino, changes: changes.clone(), now })?.0.into_attr()
+        self.apply(Mutation::SetAttr { ino, changes: changes.clone(), now })?.0.into_attr()
     }
 
     /// Creates a regular file, fifo, socket or device node.
@@ -158,7 +158,7 @@ impl Store {
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<Unlinked, MetaError> {
         let now = Timestamp::now();
         let (applied, effects) =
-            self.apply(&Mutation::Unlink { parent, name: name.to_vec(), now })?;
+            self.apply(Mutation::Unlink { parent, name: name.to_vec(), now })?;
         self.let_go(&effects);
         match applied {
             Applied::Unlinked(unlinked) => Ok(unlinked),
@@ -168,7 +168,7 @@ impl Store {
 
     pub fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        let (_, effects) = self.apply(&Mutation::RemoveDir { parent, name: name.to_vec(), now })?;
+        let (_, effects) = self.apply(Mutation::RemoveDir { parent, name: name.to_vec(), now })?;
         self.let_go(&effects);
         Ok(())
     }
@@ -176,7 +176,7 @@ impl Store {
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Made, MetaError> {
         let now = Timestamp::now();
         let link = Mutation::Link { ino, new_parent, new_name: new_name.to_vec(), now };
-        self.apply(&link)?.0.into_made()
+        self.apply(link)?.0.into_made()
     }
 
     pub fn rename(
@@ -256,7 +256,7 @@ impl Store {
     /// than the mtime and ctime, or is more than a day old.
     pub fn accessed(&self, ino: Ino, strict: bool) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        self.apply(&Mutation::Accessed { ino, strict, now })?.0.into_attr()
+        self.apply(Mutation::Accessed { ino, strict, now })?.0.into_attr()
     }
 
     /// Records that `holder` opened file `ino`, which must still exist.
@@ -341,7 +341,7 @@ impl Store {
             if inos.is_empty() {
                 return Ok(0);
             }
-            let (_, effects) = writer.apply(&Mutation::Reclaim { inos, now: Timestamp::now() })?;
+            let (_, effects) = writer.apply(Mutation::Reclaim { inos, now: Timestamp::now() })?;
             Ok(effects.deleted.len())
         })
     }

@@ -25,7 +25,7 @@ impl Store {
     /// Adds a chunkd or updates its address, zone and usage. Its id never changes.
     pub fn register_chunkd(&self, record: &ChunkdRecord) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.apply(&Mutation::RegisterChunkd { record: record.clone(), now }).map(drop)
+        self.apply(Mutation::RegisterChunkd { record: record.clone(), now }).map(drop)
     }
 
     pub fn chunkds(&self) -> Result<Vec<ChunkdRecord>, MetaError> {
@@ -54,12 +54,12 @@ impl Store {
 
     /// Marks chunkd `id` draining or not; false if no such chunkd is registered.
     pub fn set_draining(&self, id: &str, draining: bool) -> Result<bool, MetaError> {
-        self.apply(&Mutation::SetDraining { id: id.to_owned(), draining })?.0.into_changed()
+        self.apply(Mutation::SetDraining { id: id.to_owned(), draining })?.0.into_changed()
     }
 
     /// Removes chunkd `id` from the registry, unless a shard is placed on it.
     pub fn forget_chunkd(&self, id: &str) -> Result<(), MetaError> {
-        self.apply(&Mutation::ForgetChunkd { id: id.to_owned() }).map(drop)
+        self.apply(Mutation::ForgetChunkd { id: id.to_owned() }).map(drop)
     }
 
     /// Shards the catalogue places on chunkd `id`.

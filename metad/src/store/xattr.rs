@@ -20,7 +20,7 @@ impl Store {
     ) -> Result<(), MetaError> {
         let (name, value, cred) = (name.to_vec(), value.to_vec(), cred.clone());
         let now = Timestamp::now();
-        self.apply(&Mutation::SetXattr { ino, name, value, mode, cred, now }).map(drop)
+        self.apply(Mutation::SetXattr { ino, name, value, mode, cred, now }).map(drop)
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
@@ -42,7 +42,7 @@ impl Store {
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
         let now = Timestamp::now();
-        self.apply(&Mutation::RemoveXattr { ino, name: name.to_vec(), now }).map(drop)
+        self.apply(Mutation::RemoveXattr { ino, name: name.to_vec(), now }).map(drop)
     }
 }
 

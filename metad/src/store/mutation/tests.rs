@@ -137,7 +137,7 @@ fn open(dir: &tempfile::TempDir, name: &str) -> Store {
     let at = SetTime::At(Timestamp { sec: 1, nsec: 0 });
     let changes = SetAttr { atime: Some(at), mtime: Some(at), ..SetAttr::default() };
     let now = Timestamp { sec: 1, nsec: 0 };
-    store.apply(&Mutation::SetAttr { ino: ROOT_INO, changes, now }).unwrap();
+    store.apply(Mutation::SetAttr { ino: ROOT_INO, changes, now }).unwrap();
     store
 }
 
@@ -402,7 +402,7 @@ fn history(store: &Store, steps: &[Step]) -> (Vec<Mutation>, Vec<Outcome>) {
     for (i, step) in steps.iter().enumerate() {
         let now = Timestamp { sec: 1_000 + i as i64, nsec: i as u32 };
         if let Some(mutation) = mutation(store, step, now) {
-            outcomes.push(store.apply(&mutation));
+            outcomes.push(store.apply(mutation.clone()));
             mutations.push(mutation);
         }
     }
@@ -422,7 +422,7 @@ proptest! {
             // Through their encoding, as a replica would receive them.
             let received = Mutation::decode(&mutation.encode()).unwrap();
             prop_assert_eq!(&received, mutation);
-            prop_assert_eq!(&b.apply(&received), outcome);
+            prop_assert_eq!(&b.apply(received), outcome);
         }
         prop_assert_eq!(dump(&a), dump(&b));
     }
