@@ -51,7 +51,10 @@ struct SessionHello {
 impl Hello for SessionHello {
     fn request(&self) -> Vec<u8> {
         let resume = Some(self.id.load(Ordering::Relaxed)).filter(|id| *id != 0);
-        shardfs_rpc::encode(&MetaRequest::OpenSession { host: self.host.clone(), resume })
+        shardfs_rpc::encode(&MetaRequest::from(SessionRequest::OpenSession {
+            host: self.host.clone(),
+            resume,
+        }))
     }
 
     fn answered(&self, response: &[u8]) -> std::result::Result<(), shardfs_rpc::Error> {
@@ -135,10 +138,11 @@ impl MetaClient {
 
     /// Keeps the session alive; after an expiry, opens a new one.
     pub async fn heartbeat(&self) -> Result<()> {
-        match self.call(MetaRequest::Heartbeat).await {
+        match self.call(SessionRequest::Heartbeat).await {
             Err(MetaClientError::Meta(MetaError::SessionExpired)) => {
                 let Some(session) = &self.session else { return Ok(()) };
-                let request = MetaRequest::OpenSession { host: session.host.clone(), resume: None };
+                let request =
+                    SessionRequest::OpenSession { host: session.host.clone(), resume: None };
                 let (id, timeout_ms) = call!(self, request, "open session",
                     MetaReply::Session { id, timeout_ms } => (id, timeout_ms))?;
                 session.adopt(id, timeout_ms);
@@ -150,38 +154,38 @@ impl MetaClient {
 
     /// Ends the session: metad releases what it held at once.
     pub async fn close_session(&self) -> Result<()> {
-        call!(self, MetaRequest::CloseSession, "close session", MetaReply::Done => ())
+        call!(self, SessionRequest::CloseSession, "close session", MetaReply::Done => ())
     }
 
     /// Makes every metadata change committed so far durable against power loss.
     pub async fn sync(&self) -> Result<()> {
-        call!(self, MetaRequest::Sync, "sync", MetaReply::Done => ())
+        call!(self, VolumeRequest::Sync, "sync", MetaReply::Done => ())
     }
 
     pub fn addr(&self) -> &str {
         self.rpc.addr()
     }
 
-    async fn call(&self, request: MetaRequest) -> Result<MetaReply> {
-        let response: MetaResponse = self.rpc.call(&request).await?;
+    async fn call(&self, request: impl Into<MetaRequest>) -> Result<MetaReply> {
+        let response: MetaResponse = self.rpc.call(&request.into()).await?;
         Ok(response?)
     }
 
     pub async fn volume(&self) -> Result<VolumeInfo> {
-        call!(self, MetaRequest::Volume, "volume", MetaReply::Volume(v) => v)
+        call!(self, VolumeRequest::Volume, "volume", MetaReply::Volume(v) => v)
     }
 
     pub async fn lookup(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<Attr> {
-        let request = MetaRequest::Lookup { parent, name: name.to_vec(), cred: cred.clone() };
+        let request = NameRequest::Lookup { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "lookup", MetaReply::Attr(a) => a)
     }
 
     pub async fn get_attr(&self, ino: Ino) -> Result<Attr> {
-        call!(self, MetaRequest::GetAttr { ino }, "getattr", MetaReply::Attr(a) => a)
+        call!(self, AttrRequest::GetAttr { ino }, "getattr", MetaReply::Attr(a) => a)
     }
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> Result<Attr> {
-        let request = MetaRequest::SetAttr { ino, cred, changes };
+        let request = AttrRequest::SetAttr { ino, cred, changes };
         call!(self, request, "setattr", MetaReply::Attr(a) => a)
     }
 
@@ -193,12 +197,12 @@ impl MetaClient {
         rdev: u32,
         cred: Cred,
     ) -> Result<Made> {
-        let request = MetaRequest::MakeNode { parent, name: name.to_vec(), mode, rdev, cred };
+        let request = NameRequest::MakeNode { parent, name: name.to_vec(), mode, rdev, cred };
         call!(self, request, "mknod", MetaReply::Made(m) => m)
     }
 
     pub async fn make_dir(&self, parent: Ino, name: &[u8], mode: u32, cred: Cred) -> Result<Made> {
-        let request = MetaRequest::MakeDir { parent, name: name.to_vec(), mode, cred };
+        let request = NameRequest::MakeDir { parent, name: name.to_vec(), mode, cred };
         call!(self, request, "mkdir", MetaReply::Made(m) => m)
     }
 
@@ -210,21 +214,21 @@ impl MetaClient {
         cred: Cred,
     ) -> Result<Made> {
         let request =
-            MetaRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), cred };
+            NameRequest::Symlink { parent, name: name.to_vec(), target: target.to_vec(), cred };
         call!(self, request, "symlink", MetaReply::Made(m) => m)
     }
 
     pub async fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
-        call!(self, MetaRequest::ReadLink { ino }, "readlink", MetaReply::Target(t) => t)
+        call!(self, NameRequest::ReadLink { ino }, "readlink", MetaReply::Target(t) => t)
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<Unlinked> {
-        let request = MetaRequest::Unlink { parent, name: name.to_vec(), cred: cred.clone() };
+        let request = NameRequest::Unlink { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "unlink", MetaReply::Unlinked(u) => u)
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> Result<()> {
-        let request = MetaRequest::RemoveDir { parent, name: name.to_vec(), cred: cred.clone() };
+        let request = NameRequest::RemoveDir { parent, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "rmdir", MetaReply::Done => ())
     }
 
@@ -237,7 +241,7 @@ impl MetaClient {
         mode: RenameMode,
         cred: &Cred,
     ) -> Result<Option<Ino>> {
-        let request = MetaRequest::Rename {
+        let request = NameRequest::Rename {
             parent,
             name: name.to_vec(),
             new_parent,
@@ -256,7 +260,7 @@ impl MetaClient {
         cred: &Cred,
     ) -> Result<Made> {
         let new_name = new_name.to_vec();
-        let request = MetaRequest::Link { ino, new_parent, new_name, cred: cred.clone() };
+        let request = NameRequest::Link { ino, new_parent, new_name, cred: cred.clone() };
         call!(self, request, "link", MetaReply::Made(m) => m)
     }
 
@@ -268,34 +272,34 @@ impl MetaClient {
         limit: u32,
         cred: &Cred,
     ) -> Result<(Ino, Vec<DirEntry>)> {
-        let request = MetaRequest::ReadDir { ino, after, limit, cred: cred.clone() };
+        let request = NameRequest::ReadDir { ino, after, limit, cred: cred.clone() };
         call!(self, request, "readdir", MetaReply::Entries { parent, entries } => (parent, entries))
     }
 
     pub async fn layout(&self, ino: Ino) -> Result<Layout> {
-        call!(self, MetaRequest::GetLayout { ino }, "layout", MetaReply::Layout(l) => l)
+        call!(self, DataRequest::GetLayout { ino }, "layout", MetaReply::Layout(l) => l)
     }
 
-    /// Takes the exclusive lease on file `ino` (see [`MetaRequest::WriteLease`]).
+    /// Takes the exclusive lease on file `ino` (see [`SessionRequest::WriteLease`]).
     pub async fn write_lease(&self, ino: Ino) -> Result<Attr> {
-        call!(self, MetaRequest::WriteLease { ino }, "write lease", MetaReply::Attr(a) => a)
+        call!(self, SessionRequest::WriteLease { ino }, "write lease", MetaReply::Attr(a) => a)
     }
 
     /// Gives back the lease on `ino` a recall with `seq` asked for.
     pub async fn release_lease(&self, ino: Ino, seq: u64) -> Result<()> {
-        call!(self, MetaRequest::ReleaseLease { ino, seq }, "release lease", MetaReply::Done => ())
+        call!(self, SessionRequest::ReleaseLease { ino, seq }, "release lease", MetaReply::Done => ())
     }
 
     pub async fn open_file(&self, ino: Ino) -> Result<Attr> {
-        call!(self, MetaRequest::OpenFile { ino }, "open", MetaReply::Attr(a) => a)
+        call!(self, SessionRequest::OpenFile { ino }, "open", MetaReply::Attr(a) => a)
     }
 
     pub async fn release_file(&self, ino: Ino) -> Result<()> {
-        call!(self, MetaRequest::ReleaseFile { ino }, "release", MetaReply::Done => ())
+        call!(self, SessionRequest::ReleaseFile { ino }, "release", MetaReply::Done => ())
     }
 
     pub async fn allocate(&self, ino: Ino, offset: u64, len: u64, op: SpaceOp) -> Result<Attr> {
-        let request = MetaRequest::Allocate { ino, offset, len, op };
+        let request = DataRequest::Allocate { ino, offset, len, op };
         call!(self, request, "fallocate", MetaReply::Attr(a) => a)
     }
 
@@ -308,7 +312,7 @@ impl MetaClient {
         dst_offset: u64,
         len: u64,
     ) -> Result<(Attr, u64)> {
-        let request = MetaRequest::CloneRange { src, src_offset, dst, dst_offset, len };
+        let request = DataRequest::CloneRange { src, src_offset, dst, dst_offset, len };
         call!(self, request, "copy_file_range", MetaReply::Cloned { attr, len } => (attr, len))
     }
 
@@ -319,13 +323,13 @@ impl MetaClient {
         (start, end): (u64, u64),
         kind: LockKind,
     ) -> Result<Option<HeldLock>> {
-        let request = MetaRequest::TestLock { ino, owner, start, end, kind };
+        let request = LockRequest::TestLock { ino, owner, start, end, kind };
         call!(self, request, "getlk", MetaReply::Lock(l) => l)
     }
 
     /// With `wait`, waits as long as the lock is held elsewhere (F_SETLKW).
     pub async fn set_lock(&self, ino: Ino, owner: u64, lock: HeldLock, wait: bool) -> Result<()> {
-        let request = MetaRequest::SetLock { ino, owner, lock, wait };
+        let request = MetaRequest::from(LockRequest::SetLock { ino, owner, lock, wait });
         let response: MetaResponse = if wait {
             self.rpc.call_without_timeout(&request).await?
         } else {
@@ -338,17 +342,17 @@ impl MetaClient {
     }
 
     pub async fn unlock(&self, ino: Ino, owner: u64, (start, end): (u64, u64)) -> Result<()> {
-        let request = MetaRequest::Unlock { ino, owner, start, end };
+        let request = LockRequest::Unlock { ino, owner, start, end };
         call!(self, request, "unlock", MetaReply::Done => ())
     }
 
     /// Answers the attributes with the atime as it now is.
     pub async fn accessed(&self, ino: Ino, strict: bool) -> Result<Attr> {
-        call!(self, MetaRequest::Accessed { ino, strict }, "accessed", MetaReply::Attr(a) => a)
+        call!(self, AttrRequest::Accessed { ino, strict }, "accessed", MetaReply::Attr(a) => a)
     }
 
     pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        call!(self, MetaRequest::Fsck { repair }, "fsck", MetaReply::Fsck(r) => r)
+        call!(self, VolumeRequest::Fsck { repair }, "fsck", MetaReply::Fsck(r) => r)
     }
 
     pub async fn list_chunks(
@@ -356,12 +360,12 @@ impl MetaClient {
         after: Option<ChunkId>,
         limit: u32,
     ) -> Result<Vec<ChunkLocation>> {
-        let request = MetaRequest::ListChunks { after, limit };
+        let request = CatalogueRequest::ListChunks { after, limit };
         call!(self, request, "list chunks", MetaReply::Chunks(c) => c)
     }
 
     pub async fn workers(&self) -> Result<WorkerStatus> {
-        call!(self, MetaRequest::Workers, "workers", MetaReply::Workers(w) => w)
+        call!(self, VolumeRequest::Workers, "workers", MetaReply::Workers(w) => w)
     }
 
     /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
@@ -370,7 +374,7 @@ impl MetaClient {
         chunks: Vec<ChunkToWrite>,
         avoid: Vec<String>,
     ) -> Result<Vec<ChunkPlan>> {
-        let request = MetaRequest::PrepareWrite { chunks, avoid };
+        let request = DataRequest::PrepareWrite { chunks, avoid };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)
     }
 
@@ -382,13 +386,13 @@ impl MetaClient {
         extents: Vec<Extent>,
         mtime: Timestamp,
     ) -> Result<Attr> {
-        let request = MetaRequest::CommitWrite { ino, stored, inline, extents, mtime };
+        let request = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
         call!(self, request, "commit write", MetaReply::Attr(a) => a)
     }
 
     /// The content of a chunk kept inline in metad.
     pub async fn read_inline(&self, chunk: ChunkId) -> Result<Vec<u8>> {
-        let request = MetaRequest::ReadInline { chunk };
+        let request = DataRequest::ReadInline { chunk };
         call!(self, request, "read inline chunk", MetaReply::Data(d) => d)
     }
 
@@ -401,62 +405,62 @@ impl MetaClient {
         cred: &Cred,
     ) -> Result<()> {
         let (name, value) = (name.to_vec(), value.to_vec());
-        let request = MetaRequest::SetXattr { ino, name, value, mode, cred: cred.clone() };
+        let request = XattrRequest::SetXattr { ino, name, value, mode, cred: cred.clone() };
         call!(self, request, "setxattr", MetaReply::Done => ())
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<Vec<u8>> {
-        let request = MetaRequest::GetXattr { ino, name: name.to_vec(), cred: cred.clone() };
+        let request = XattrRequest::GetXattr { ino, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "getxattr", MetaReply::Xattr(v) => v)
     }
 
     pub async fn list_xattr(&self, ino: Ino, cred: &Cred) -> Result<Vec<Vec<u8>>> {
-        let request = MetaRequest::ListXattr { ino, cred: cred.clone() };
+        let request = XattrRequest::ListXattr { ino, cred: cred.clone() };
         call!(self, request, "listxattr", MetaReply::XattrNames(n) => n)
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<()> {
-        let request = MetaRequest::RemoveXattr { ino, name: name.to_vec(), cred: cred.clone() };
+        let request = XattrRequest::RemoveXattr { ino, name: name.to_vec(), cred: cred.clone() };
         call!(self, request, "removexattr", MetaReply::Done => ())
     }
 
     pub async fn stat_fs(&self) -> Result<StatFs> {
-        call!(self, MetaRequest::StatFs, "statfs", MetaReply::StatFs(s) => s)
+        call!(self, VolumeRequest::StatFs, "statfs", MetaReply::StatFs(s) => s)
     }
 
     pub async fn report_bad_shard(&self, shard: ShardId, chunkd: String) -> Result<()> {
-        let request = MetaRequest::ReportBadShard { shard, chunkd };
+        let request = CatalogueRequest::ReportBadShard { shard, chunkd };
         call!(self, request, "report bad shard", MetaReply::Done => ())
     }
 
     /// Starts a garbage-collection pass now; answers the `gc_passes` count at which it has
     /// ended.
     pub async fn collect(&self) -> Result<u64> {
-        call!(self, MetaRequest::Collect, "collect", MetaReply::Collecting { done_after } => done_after)
+        call!(self, CatalogueRequest::Collect, "collect", MetaReply::Collecting { done_after } => done_after)
     }
 
     /// Starts (or with `undo`, stops) draining `chunkd`; answers how many shards the
     /// catalogue still places on it.
     pub async fn drain(&self, chunkd: &str, undo: bool) -> Result<u64> {
-        let request = MetaRequest::Drain { chunkd: chunkd.to_owned(), undo };
+        let request = MemberRequest::Drain { chunkd: chunkd.to_owned(), undo };
         call!(self, request, "drain", MetaReply::Drained { remaining } => remaining)
     }
 
     pub async fn forget(&self, chunkd: &str) -> Result<()> {
-        let request = MetaRequest::Forget { chunkd: chunkd.to_owned() };
+        let request = MemberRequest::Forget { chunkd: chunkd.to_owned() };
         call!(self, request, "forget", MetaReply::Done => ())
     }
 
     pub async fn chunkds(&self) -> Result<Vec<ChunkdStatus>> {
-        call!(self, MetaRequest::Chunkds, "chunkds", MetaReply::Chunkds(c) => c)
+        call!(self, MemberRequest::Chunkds, "chunkds", MetaReply::Chunkds(c) => c)
     }
 
     pub async fn chunk_status(&self, chunk: ChunkId) -> Result<Option<ChunkStatus>> {
-        let request = MetaRequest::ChunkStatus { chunk };
+        let request = CatalogueRequest::ChunkStatus { chunk };
         call!(self, request, "chunk status", MetaReply::ChunkStatus(s) => s)
     }
 
     pub async fn catalogue_stats(&self) -> Result<CatalogueStats> {
-        call!(self, MetaRequest::CatalogueStats, "catalogue stats", MetaReply::CatalogueStats(s) => s)
+        call!(self, CatalogueRequest::CatalogueStats, "catalogue stats", MetaReply::CatalogueStats(s) => s)
     }
 }

@@ -7,11 +7,12 @@
 //! change what a lease covers first recalls the leases other sessions hold: metad pushes a
 //! recall over the holder's connection and waits until the holder releases the lease (after
 //! flushing what it buffered and dropping what it cached), or until the lease expires, one
-//! session timeout after the recall. Grants and the checks for conflicting leases happen
-//! under one lock together with the store operation, so no lease is granted on a state that
-//! a concurrent change is about to replace.
+//! session timeout after the recall. A change checks for conflicting leases, runs and
+//! grants under the table's lock, so no lease is granted on a state that a concurrent
+//! change is about to replace. A read runs outside it, and is granted leases only if
+//! nothing it read was changed meanwhile (`read_begins`, `read_ended`, `changed`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -65,6 +66,12 @@ pub struct Table {
     recalling: HashMap<Ino, usize>,
     /// When each session past its lease limit last had leases picked for recall.
     shed_at: HashMap<Holder, Instant>,
+    /// Changes made to what leases cover so far.
+    changes: u64,
+    /// Reads being answered outside the lock, by the count of changes they began after.
+    reading: BTreeMap<u64, usize>,
+    /// The inodes each change since the oldest of those reads changed, with its count.
+    changed: VecDeque<(u64, Ino)>,
 }
 
 /// How often a session past its lease limit is looked over for leases to recall: the look
@@ -182,6 +189,45 @@ impl Table {
         candidates.into_iter().map(|(_, ino)| Conflict { holder, ino }).collect()
     }
 
+    /// A read to be answered outside the lock begins; returns what to end it with.
+    pub fn read_begins(&mut self) -> u64 {
+        *self.reading.entry(self.changes).or_default() += 1;
+        self.changes
+    }
+
+    /// The read that began at `began` was answered: returns whether any of `inos` changed
+    /// since, so what it read of them may be out of date already.
+    pub fn read_ended(&mut self, began: u64, inos: &[Ino]) -> bool {
+        let since = self.changed.iter().rev().take_while(|&&(change, _)| change > began);
+        let stale = since.into_iter().any(|(_, ino)| inos.contains(ino));
+        if let Some(count) = self.reading.get_mut(&began) {
+            *count -= 1;
+            if *count == 0 {
+                self.reading.remove(&began);
+            }
+        }
+        // Only reads still being answered look at what changed after they began.
+        match self.reading.keys().next() {
+            Some(&oldest) => {
+                while self.changed.front().is_some_and(|&(change, _)| change <= oldest) {
+                    self.changed.pop_front();
+                }
+            }
+            None => self.changed.clear(),
+        }
+        stale
+    }
+
+    /// A change to `inos` was made: reads being answered meanwhile must not be granted
+    /// leases on them.
+    pub fn changed(&mut self, inos: impl IntoIterator<Item = Ino>) {
+        self.changes += 1;
+        if !self.reading.is_empty() {
+            let change = self.changes;
+            self.changed.extend(inos.into_iter().map(|ino| (change, ino)));
+        }
+    }
+
     /// Leases held, for status.
     pub fn count(&self) -> u64 {
         self.by_holder.values().map(|inos| inos.len() as u64).sum()
@@ -189,8 +235,8 @@ impl Table {
 }
 
 impl Leases {
-    /// The lease table, locked: conflict checks, the store operation and grants happen
-    /// under one lock.
+    /// The lease table, locked: a change's conflict checks, store operation and grants
+    /// happen under one lock; a read's checks and grants do.
     pub fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -382,6 +428,30 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_is_stale_if_what_it_read_changed_while_it_ran() {
+        let mut table = Table::default();
+        table.changed([1]);
+        // A change before a read began does not make it stale.
+        let first = table.read_begins();
+        table.changed([2, 3]);
+        let second = table.read_begins();
+        table.changed([4]);
+        assert!(!table.read_ended(second, &[2, 3, 5]), "changed before the second began");
+        assert!(table.read_ended(first, &[5, 3]), "3 changed while the first ran");
+        // Nothing is kept once no read is running.
+        assert!(table.reading.is_empty() && table.changed.is_empty());
+        table.changed([6]);
+        assert!(table.changed.is_empty(), "no read to tell");
+        // What changed is kept for the oldest read running, and dropped after it.
+        let (a, b) = (table.read_begins(), table.read_begins());
+        table.changed([7]);
+        assert!(table.read_ended(a, &[7]));
+        assert_eq!(table.changed.len(), 1, "b still runs");
+        assert!(table.read_ended(b, &[7]));
+        assert!(table.changed.is_empty());
+    }
 
     #[tokio::test]
     async fn recalls_wait_for_release_or_expiry_and_ignore_stale_releases() {

@@ -14,6 +14,7 @@ pub mod members;
 pub mod placement;
 pub mod proto;
 pub mod repair;
+pub mod requests;
 pub mod server;
 pub mod sessions;
 pub mod store;

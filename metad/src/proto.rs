@@ -4,9 +4,18 @@
 //! act for a user carry the caller's credentials (`Cred`).
 
 use serde::{Deserialize, Serialize};
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunkd::{ChunkId, Encoding};
 
 pub use crate::locks::{HeldLock, LockKind};
+pub use crate::requests::attrs::AttrRequest;
+pub use crate::requests::catalogue::CatalogueRequest;
+pub use crate::requests::data::DataRequest;
+pub use crate::requests::locks::LockRequest;
+pub use crate::requests::members::MemberRequest;
+pub use crate::requests::names::{NameRequest, names_an_entry};
+pub use crate::requests::sessions::SessionRequest;
+pub use crate::requests::volume::VolumeRequest;
+pub use crate::requests::xattrs::XattrRequest;
 pub use crate::store::{FsckReport, Problem};
 
 /// Inode number. The root directory is always [`ROOT_INO`].
@@ -16,12 +25,6 @@ pub const ROOT_INO: Ino = 1;
 /// Longest name of a directory entry, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// Whether a lookup of `name` reads an entry of its parent directory: not "." or "..",
-/// which find an inode, or a directory's parent, by number (for file handles). Only a
-/// lookup of an entry is covered by, and grants, a lease on the directory.
-pub fn names_an_entry(name: &[u8]) -> bool {
-    name != b"." && name != b".."
-}
 /// Longest symlink target, in bytes.
 pub const MAX_SYMLINK_LEN: usize = 4095;
 /// Longest extended attribute value, in bytes (Linux's own limit).
@@ -417,260 +420,46 @@ pub enum RenameMode {
     },
 }
 
-/// `strum::IntoStaticStr` names each request for metrics (`Lookup`, `CommitWrite`, …).
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum MetaRequest {
-    Volume,
-    Lookup {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    GetAttr {
-        ino: Ino,
-    },
-    SetAttr {
-        ino: Ino,
-        cred: Cred,
-        changes: SetAttr,
-    },
-    /// Creates a regular file, fifo, socket or device node; `mode` includes the type bits.
-    MakeNode {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        mode: u32,
-        rdev: u32,
-        cred: Cred,
-    },
-    MakeDir {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        mode: u32,
-        cred: Cred,
-    },
-    Symlink {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        target: Vec<u8>,
-        cred: Cred,
-    },
-    ReadLink {
-        ino: Ino,
-    },
-    Unlink {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    RemoveDir {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    Rename {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        new_parent: Ino,
-        #[serde(with = "serde_bytes")]
-        new_name: Vec<u8>,
-        mode: RenameMode,
-        cred: Cred,
-    },
-    Link {
-        ino: Ino,
-        new_parent: Ino,
-        #[serde(with = "serde_bytes")]
-        new_name: Vec<u8>,
-        cred: Cred,
-    },
-    /// Entries after `after` (0 = from the start), at most `limit`.
-    ReadDir {
-        ino: Ino,
-        after: u64,
-        limit: u32,
-        cred: Cred,
-    },
-    GetLayout {
-        ino: Ino,
-    },
-    /// Asks which chunks must be stored and where (dedup and placement).
-    PrepareWrite {
-        chunks: Vec<ChunkToWrite>,
-        /// chunkds the client could not reach: placement leaves them out.
-        avoid: Vec<String>,
-    },
-    /// Records stored chunks, inline chunks with their content, and the extents that now
-    /// use them, in one transaction.
-    CommitWrite {
-        ino: Ino,
-        stored: Vec<StoredChunk>,
-        inline: Vec<InlineChunk>,
-        extents: Vec<Extent>,
-        mtime: Timestamp,
-    },
-    SetXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        mode: XattrMode,
-        cred: Cred,
-    },
-    GetXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    ListXattr {
-        ino: Ino,
-        cred: Cred,
-    },
-    RemoveXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    StatFs,
-    /// A reader found a shard missing or corrupt.
-    ReportBadShard {
-        shard: ShardId,
-        chunkd: String,
-    },
-    Chunkds,
-    ChunkStatus {
-        chunk: ChunkId,
-    },
-    CatalogueStats,
-    /// The client opened file `ino`: while any client holds it open it outlives its last
-    /// name. Sent once per client and inode, not per file descriptor.
-    OpenFile {
-        ino: Ino,
-    },
-    /// The client closed its last handle on `ino`.
-    ReleaseFile {
-        ino: Ino,
-    },
-    Allocate {
-        ino: Ino,
-        offset: u64,
-        len: u64,
-        op: SpaceOp,
-    },
-    /// Makes `dst` bytes `[dst_offset, +len)` share the chunks of `src` bytes
-    /// `[src_offset, +len)`.
-    CloneRange {
-        src: Ino,
-        src_offset: u64,
-        dst: Ino,
-        dst_offset: u64,
-        len: u64,
-    },
-    /// F_GETLK: the lock that would block this one, if any.
-    TestLock {
-        ino: Ino,
-        owner: u64,
-        start: u64,
-        end: u64,
-        kind: LockKind,
-    },
-    /// F_SETLK (`wait` false: `WouldBlock` on conflict) or F_SETLKW.
-    SetLock {
-        ino: Ino,
-        owner: u64,
-        lock: HeldLock,
-        wait: bool,
-    },
-    /// F_UNLCK of `[start, end]`.
-    Unlock {
-        ino: Ino,
-        owner: u64,
-        start: u64,
-        end: u64,
-    },
-    /// The file or directory was read: update its atime, under the relatime rule unless
-    /// `strict` (the `strictatime` mount option). Answers the attributes.
-    Accessed {
-        ino: Ino,
-        strict: bool,
-    },
-    /// Checks (and with `repair` fixes) the metadata invariants.
-    Fsck {
-        repair: bool,
-    },
-    /// Catalogued chunks after `after`, in id order, at most `limit` (without inline
-    /// content).
-    ListChunks {
-        after: Option<ChunkId>,
-        limit: u32,
-    },
-    /// Repair and garbage-collection counters.
-    Workers,
-    /// Opens a client session for this connection, or resumes `resume` after a reconnect.
-    OpenSession {
-        host: String,
-        resume: Option<u64>,
-    },
-    /// Keeps this connection's session alive while the client is idle.
-    Heartbeat,
-    /// Takes an exclusive (write) lease on file `ino`, recalling every other session's
-    /// lease on it: while it is held, the session may buffer writes. Answers the file's
-    /// current attributes.
-    WriteLease {
-        ino: Ino,
-    },
-    /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
-    ReleaseLease {
-        ino: Ino,
-        seq: u64,
-    },
-    /// Ends this connection's session (a clean unmount): what it held is released now.
-    CloseSession,
-    /// Makes every metadata change committed so far durable against power loss (fsync).
-    Sync,
-    /// The content of a chunk kept inline.
-    ReadInline {
-        chunk: ChunkId,
-    },
-    /// Starts a garbage-collection pass now; answers `Collecting`.
-    Collect,
-    /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
-    /// and repair moves the shards catalogued on it to other chunkds. Answers how many are
-    /// still catalogued there.
-    Drain {
-        chunkd: String,
-        undo: bool,
-    },
-    /// Removes chunkd `chunkd`, down and holding no shard in the catalogue, from the
-    /// registry for good; answers `Done`.
-    Forget {
-        chunkd: String,
-    },
+/// Declares [`MetaRequest`], one variant per family of requests, the conversion of each
+/// family's requests into it, and its operation names.
+macro_rules! families {
+    ($($family:ident($request:ident)),* $(,)?) => {
+        /// A request to metad, by family (`crate::requests`: one module per family declares
+        /// its requests, who may make them, the leases they need and grant, and what they
+        /// do).
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        pub enum MetaRequest {
+            $($family($request),)*
+        }
+
+        $(impl From<$request> for MetaRequest {
+            fn from(request: $request) -> MetaRequest {
+                MetaRequest::$family(request)
+            }
+        })*
+
+        impl MetaRequest {
+            /// The operation's name, as metrics and logs show it (`Lookup`, `CommitWrite`, …).
+            pub fn op(&self) -> &'static str {
+                match self {
+                    $(MetaRequest::$family(request) => request.into(),)*
+                }
+            }
+        }
+    };
 }
 
-impl MetaRequest {
-    /// Why the request's values are not ones any caller could mean, if so: such a request
-    /// is refused (EINVAL) before anything reads it, so nothing invalid is ever stored.
-    pub fn malformed(&self) -> Option<&'static str> {
-        let times: &[Option<SetTime>] = match self {
-            MetaRequest::SetAttr { changes, .. } => &[changes.atime, changes.mtime],
-            MetaRequest::CommitWrite { mtime, .. } => &[Some(SetTime::At(*mtime))],
-            _ => &[],
-        };
-        let invalid = |t: &Option<SetTime>| matches!(t, Some(SetTime::At(t)) if !t.is_valid());
-        times.iter().any(invalid).then_some("a time's nanoseconds must be below one second")
-    }
-}
+families!(
+    Names(NameRequest),
+    Attrs(AttrRequest),
+    Data(DataRequest),
+    Xattrs(XattrRequest),
+    Locks(LockRequest),
+    Sessions(SessionRequest),
+    Catalogue(CatalogueRequest),
+    Members(MemberRequest),
+    Volume(VolumeRequest),
+);
 
 /// What metad pushes to a mount over its session's connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,105 @@
+//! Attributes: reading them, chmod/chown/utimes/truncate, and the atime a read updates.
+//! Changes are the `SetAttr` and `Accessed` mutations.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Caller, Family, Grant, Leasing, Target, valid_times};
+use crate::access::{WRITE, need, owns};
+use crate::leases::Need;
+use crate::proto::{Cred, Ino, MetaError, MetaReply, MetaResponse, SetAttr, SetTime};
+use crate::server::{MetadServer, Outcome};
+use crate::store::Store;
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum AttrRequest {
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        cred: Cred,
+        changes: SetAttr,
+    },
+    /// The file or directory was read: update its atime, under the relatime rule unless
+    /// `strict` (the `strictatime` mount option). Answers the attributes.
+    Accessed {
+        ino: Ino,
+        strict: bool,
+    },
+}
+
+impl Family for AttrRequest {
+    fn permitted(&self, store: &Store) -> Result<(), MetaError> {
+        match self {
+            AttrRequest::SetAttr { ino, cred, changes } => {
+                valid_times(&[changes.atime, changes.mtime])?;
+                set_attr(store, *ino, cred, changes)
+            }
+            AttrRequest::GetAttr { .. } | AttrRequest::Accessed { .. } => Ok(()),
+        }
+    }
+
+    fn leasing(&self) -> Leasing<'_> {
+        let (needs, grant) = match self {
+            AttrRequest::GetAttr { ino } => (vec![(Target::Inode(*ino), Need::Read)], Grant::Read),
+            AttrRequest::SetAttr { ino, .. } => {
+                (vec![(Target::Inode(*ino), Need::Write)], Grant::Read)
+            }
+            // Recalls nothing: other mounts may show an older atime until their lease ends
+            // (docs/SEMANTICS.md).
+            AttrRequest::Accessed { .. } => return Leasing::Uncovered,
+        };
+        Leasing::Covered { needs, grant }
+    }
+
+    fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
+        Outcome::Answered(self.reply(&server.store))
+    }
+}
+
+impl AttrRequest {
+    fn reply(self, store: &Store) -> MetaResponse {
+        Ok(MetaReply::Attr(match self {
+            AttrRequest::GetAttr { ino } => store.get_attr(ino)?,
+            AttrRequest::SetAttr { ino, cred: _, changes } => store.set_attr(ino, &changes)?,
+            AttrRequest::Accessed { ino, strict } => store.accessed(ino, strict)?,
+        }))
+    }
+}
+
+const SETID: u16 = (libc::S_ISUID | libc::S_ISGID) as u16;
+
+/// chmod, chown, utimes (truncation is left to the kernel: see `access.rs`).
+fn set_attr(store: &Store, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(), MetaError> {
+    let attr = store.get_attr(ino)?;
+    let owner = owns(&attr, cred);
+    if let Some(mode) = changes.mode {
+        // A non-owner's write makes the kernel clear the set-id bits through a chmod of its
+        // own, sent as the writer: dropping set-id bits and nothing else is allowed.
+        let new = (mode & 0o7777) as u16;
+        let only_drops_setid = new & !attr.perm == 0 && (attr.perm & !new) & !SETID == 0;
+        if !owner && !only_drops_setid {
+            return Err(MetaError::NotPermitted);
+        }
+    }
+    if let Some(uid) = changes.uid
+        && cred.uid != 0
+        && (cred.uid != attr.uid || uid != attr.uid)
+    {
+        return Err(MetaError::NotPermitted);
+    }
+    if let Some(gid) = changes.gid
+        && cred.uid != 0
+        && (cred.uid != attr.uid || (gid != attr.gid && !cred.in_group(gid)))
+    {
+        return Err(MetaError::NotPermitted);
+    }
+    let times = [changes.atime, changes.mtime];
+    if times.iter().any(|t| matches!(t, Some(SetTime::At(_)))) && !owner {
+        return Err(MetaError::NotPermitted);
+    }
+    if times.iter().any(|t| matches!(t, Some(SetTime::Now))) && !owner {
+        need(store, ino, cred, WRITE)?;
+    }
+    Ok(())
+}
