@@ -7,10 +7,12 @@
 //! change what a lease covers first recalls the leases other sessions hold: metad pushes a
 //! recall over the holder's connection and waits until the holder releases the lease (after
 //! flushing what it buffered and dropping what it cached), or until the lease expires, one
-//! session timeout after the recall. A change checks for conflicting leases, runs and
-//! grants under the table's lock, so no lease is granted on a state that a concurrent
-//! change is about to replace. A read runs outside it, and is granted leases only if
-//! nothing it read was changed meanwhile (`read_begins`, `read_ended`, `changed`).
+//! session timeout after the recall. Requests check for conflicting leases and grant under
+//! the table's lock, and run their store operation outside it. A change marks the inodes it
+//! changes first ([`Leases::begin_change`]): no other change to them begins, and no read of
+//! them is granted a lease, until it ends, so no lease is granted on a state that a change
+//! is replacing. A read is granted leases only if nothing it read was being changed or
+//! changed while it ran (`read_begins`, `read_ended`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -66,6 +68,10 @@ pub struct Table {
     recalling: HashMap<Ino, usize>,
     /// When each session past its lease limit last had leases picked for recall.
     shed_at: HashMap<Holder, Instant>,
+    /// Inodes changes are being made to outside the lock: one change at a time per inode.
+    changing: HashSet<Ino>,
+    /// Inodes new changes wait on, so a read that kept meeting changes gets through.
+    barred: HashMap<Ino, usize>,
     /// Changes made to what leases cover so far.
     changes: u64,
     /// Reads being answered outside the lock, by the count of changes they began after.
@@ -189,6 +195,34 @@ impl Table {
         candidates.into_iter().map(|(_, ino)| Conflict { holder, ino }).collect()
     }
 
+    /// Whether a change to `inos` may begin now: none of them is being changed or barred.
+    pub fn may_change(&self, inos: &[Ino]) -> bool {
+        inos.iter().all(|ino| !self.changing.contains(ino) && !self.barred.contains_key(ino))
+    }
+
+    /// Whether any of `inos` is being changed.
+    pub fn is_changing(&self, inos: &[Ino]) -> bool {
+        inos.iter().any(|ino| self.changing.contains(ino))
+    }
+
+    /// Bars new changes to `inos` until [`Table::unbar`].
+    pub fn bar(&mut self, inos: &[Ino]) {
+        for &ino in inos {
+            *self.barred.entry(ino).or_default() += 1;
+        }
+    }
+
+    pub fn unbar(&mut self, inos: &[Ino]) {
+        for ino in inos {
+            if let Some(count) = self.barred.get_mut(ino) {
+                *count -= 1;
+                if *count == 0 {
+                    self.barred.remove(ino);
+                }
+            }
+        }
+    }
+
     /// A read to be answered outside the lock begins; returns what to end it with.
     pub fn read_begins(&mut self) -> u64 {
         *self.reading.entry(self.changes).or_default() += 1;
@@ -220,7 +254,7 @@ impl Table {
 
     /// A change to `inos` was made: reads being answered meanwhile must not be granted
     /// leases on them.
-    pub fn changed(&mut self, inos: impl IntoIterator<Item = Ino>) {
+    fn changed(&mut self, inos: impl IntoIterator<Item = Ino>) {
         self.changes += 1;
         if !self.reading.is_empty() {
             let change = self.changes;
@@ -235,14 +269,37 @@ impl Table {
 }
 
 impl Leases {
-    /// The lease table, locked: a change's conflict checks, store operation and grants
-    /// happen under one lock; a read's checks and grants do.
+    /// The lease table, locked. Held across store work only where leases decide it: names
+    /// resolved to the inodes whose leases a change needs, a close that may delete a file.
     pub fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn pushers(&self) -> MutexGuard<'_, HashMap<SocketAddr, Pusher>> {
         self.pushers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Begins a change to `inos` (which [`Table::may_change`]), made outside the lock; it
+    /// ends when the returned marks do.
+    pub fn begin_change<'a>(&'a self, table: &mut Table, mut inos: Vec<Ino>) -> Changing<'a> {
+        inos.sort_unstable();
+        inos.dedup();
+        table.changing.extend(&inos);
+        Changing { leases: self, inos }
+    }
+
+    /// Waits until `ready` holds of the table: checked at once, then after every release of
+    /// a lease, end of a change or lifted bar.
+    pub async fn wait_until(&self, ready: impl Fn(&Table) -> bool) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if ready(&self.lock()) {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// Wakes requests waiting for recalls, after a lease under recall was renewed.
@@ -351,15 +408,7 @@ impl Leases {
 
     /// Waits until no request recalls leases on `ino`.
     pub async fn wait_recalls(&self, ino: Ino) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !self.lock().is_recalling(ino) {
-                return;
-            }
-            released.await;
-        }
+        self.wait_until(|table| !table.is_recalling(ino)).await
     }
 
     async fn wait_released(
@@ -421,6 +470,67 @@ impl Leases {
             }
             let Some(wait) = wait else { return };
             let _ = tokio::time::timeout(wait, released).await;
+        }
+    }
+}
+
+/// A change being made outside the table's lock to some inodes: no other change to them
+/// begins, and reads of them are not granted leases, until it ends.
+pub struct Changing<'a> {
+    leases: &'a Leases,
+    inos: Vec<Ino>,
+}
+
+impl<'a> Changing<'a> {
+    /// Ends the change: returns the table, locked, with the change recorded as made.
+    pub fn end(mut self) -> MutexGuard<'a, Table> {
+        let mut table = self.leases.lock();
+        end_change(&mut table, std::mem::take(&mut self.inos));
+        self.leases.released.notify_waiters();
+        table
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        if !self.inos.is_empty() {
+            end_change(&mut self.leases.lock(), std::mem::take(&mut self.inos));
+            self.leases.released.notify_waiters();
+        }
+    }
+}
+
+fn end_change(table: &mut Table, inos: Vec<Ino>) {
+    for ino in &inos {
+        table.changing.remove(ino);
+    }
+    table.changed(inos);
+}
+
+/// Bars new changes to inodes for as long as it lives (a read that kept meeting changes).
+pub struct Bar<'a> {
+    leases: &'a Leases,
+    inos: Vec<Ino>,
+}
+
+impl<'a> Bar<'a> {
+    pub fn new(leases: &'a Leases) -> Bar<'a> {
+        Bar { leases, inos: Vec::new() }
+    }
+
+    /// Bars `inos` too.
+    pub fn add(&mut self, inos: &[Ino]) {
+        let new: Vec<Ino> = inos.iter().filter(|ino| !self.inos.contains(ino)).copied().collect();
+        self.leases.lock().bar(&new);
+        self.inos.extend(new);
+    }
+}
+
+impl Drop for Bar<'_> {
+    fn drop(&mut self) {
+        if !self.inos.is_empty() {
+            self.leases.lock().unbar(&self.inos);
+            self.leases.released.notify_waiters();
         }
     }
 }

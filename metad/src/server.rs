@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::fair::FairGate;
 use crate::gc::GcStats;
 use crate::intents::Intents;
-use crate::leases::{Conflict, Leases, Need, Table};
+use crate::leases::{Bar, Conflict, Leases, Need, Table};
 use crate::locks::LockTable;
 use crate::members::Members;
 use crate::proto::{
@@ -75,6 +75,12 @@ pub enum Outcome {
     WaitRecalls(MetaRequest, Ino),
     /// F_SETLKW waits for locks to be let go after the lock table's version given.
     WaitLock(MetaRequest, u64),
+    /// A change waits for other changes to these inodes to end (and for reads that barred
+    /// them to be answered).
+    WaitChanges(MetaRequest, Vec<Ino>),
+    /// A read found some of what it read changing, or changed while it ran: it runs again
+    /// once they are not being changed.
+    Stale(MetaRequest, Vec<Ino>),
 }
 
 impl MetadServer {
@@ -174,7 +180,7 @@ impl MetadServer {
     }
 
     /// Answers `request`, unless leases of other sessions must be recalled first.
-    fn answer_leased(&self, request: MetaRequest, caller: Caller) -> Outcome {
+    pub(crate) fn answer_leased(&self, request: MetaRequest, caller: Caller) -> Outcome {
         match request {
             MetaRequest::Names(request) => self.run(request, caller),
             MetaRequest::Attrs(request) => self.run(request, caller),
@@ -189,10 +195,13 @@ impl MetadServer {
     }
 
     /// Runs a request of any family as its family declares. One that reads or changes what
-    /// leases cover checks for conflicting leases, runs, and grants the asking mount what
-    /// its answer grants. A change runs under the lease table's lock, so no grant lands
-    /// between a recall and the change it made way for; a read runs outside it, beside
-    /// other reads, and is granted leases only if nothing it read changed meanwhile.
+    /// leases cover checks for conflicting leases under the lease table's lock, runs its
+    /// store operation outside it, and takes it again to grant the asking mount what its
+    /// answer grants. A change marks the inodes it changes first: no other change to them
+    /// begins, and no read of them is granted a lease, until it has ended, so no grant lands
+    /// between a recall and the change it made way for, and a lease never covers a state
+    /// that a change is replacing. Changes to different inodes, and reads, run side by side
+    /// (and changes are committed together, see `store/group_commit.rs`).
     fn run<F: Family>(&self, request: F, caller: Caller) -> Outcome {
         if let Err(e) = request.permitted(&self.store) {
             return Outcome::Answered(Err(e));
@@ -212,6 +221,8 @@ impl MetadServer {
         {
             return Outcome::WaitRecalls(request.into(), ino);
         }
+        // Names resolve to what they name now: a change to a directory's names marks the
+        // directory, and one in progress makes this request wait below, then look again.
         let needs: Vec<(Ino, Need)> = needs
             .into_iter()
             .filter_map(|(target, need)| match target {
@@ -221,6 +232,15 @@ impl MetadServer {
                 }
             })
             .collect();
+        let inos: Vec<Ino> = needs.iter().map(|&(ino, _)| ino).collect();
+        let reads = matches!(grant, Grant::Read | Grant::Found { .. })
+            && needs.iter().all(|&(_, need)| need == Need::Read);
+        if reads && table.is_changing(&inos) {
+            return Outcome::Stale(request.into(), inos);
+        }
+        if !reads && !table.may_change(&inos) {
+            return Outcome::WaitChanges(request.into(), inos);
+        }
         let mut conflicts = Vec::new();
         for &(ino, need) in &needs {
             table.conflicts(holder, ino, need, &mut conflicts);
@@ -228,15 +248,15 @@ impl MetadServer {
         if !conflicts.is_empty() {
             return Outcome::Recall(request.into(), conflicts);
         }
-        let reads = matches!(grant, Grant::Read | Grant::Found { .. })
-            && needs.iter().all(|&(_, need)| need == Need::Read);
         if reads {
+            let began = table.read_begins();
             drop(table);
-            return self.read(request, caller, grant);
+            return self.read(request, caller, grant, began);
         }
+        let changing = self.leases.begin_change(&mut table, inos);
+        drop(table);
         let outcome = request.answer(self, caller);
-        // Reads answered meanwhile outside the lock may have seen these as they were.
-        table.changed(needs.iter().map(|&(ino, _)| ino));
+        let mut table = changing.end();
         let reply = match outcome {
             Outcome::Answered(Ok(reply)) => reply,
             other => return other,
@@ -257,52 +277,39 @@ impl MetadServer {
         Outcome::Answered(Ok(reply))
     }
 
-    /// Answers a request that only reads what leases cover, outside the lease table's lock,
-    /// so reads do not queue behind one another or behind changes. Its answer is checked under the lock again: it grants nothing while another
-    /// mount buffers writes to what it read (those are recalled and it runs again), and a
-    /// mount is granted leases only if none of what it read changed meanwhile (else it is
-    /// read again; after a few tries, under the lock).
-    fn read<F: Family>(&self, mut request: F, caller: Caller, grant: Grant) -> Outcome {
-        let holder = caller.holder;
-        let leasing = self.sessions.is_explicit(holder);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let again = request.clone();
-            let (outcome, mut table, began) = if attempt <= OPTIMISTIC_READS {
-                let began = self.leases.lock().read_begins();
-                let outcome = request.answer(self, caller);
-                (outcome, self.leases.lock(), Some(began))
-            } else {
-                let table = self.leases.lock();
-                (request.answer(self, caller), table, None)
-            };
-            let (reply, granted) = match outcome {
-                Outcome::Answered(Ok(reply)) => {
-                    let granted = granted_by(grant, &reply);
-                    (reply, granted)
-                }
-                other => {
-                    began.map(|began| table.read_ended(began, &[]));
-                    return other;
-                }
-            };
-            let stale = began.is_some_and(|began| table.read_ended(began, &granted));
-            // What was read must not sit in another mount's write buffers.
-            let mut conflicts = Vec::new();
-            for &ino in &granted {
-                table.conflicts(holder, ino, Need::Read, &mut conflicts);
+    /// Answers a request that only reads what leases cover, outside the lease table's lock
+    /// (begun at `began`), then checks its answer under the lock: it grants nothing while
+    /// another mount buffers writes to what it read (those are recalled and it runs again),
+    /// and if any of what it read is being changed or was changed meanwhile, its answer may
+    /// be out of date already, so it runs again (`handle`, which after a few tries bars new
+    /// changes to what it reads). This holds for tools too, which get no leases: what they
+    /// learn of a change in progress, they could act on before its mount is granted leases.
+    fn read<F: Family>(&self, request: F, caller: Caller, grant: Grant, began: u64) -> Outcome {
+        let again = request.clone();
+        let outcome = request.answer(self, caller);
+        let mut table = self.leases.lock();
+        let reply = match outcome {
+            Outcome::Answered(Ok(reply)) => reply,
+            other => {
+                table.read_ended(began, &[]);
+                return other;
             }
-            if !conflicts.is_empty() {
-                return Outcome::Recall(again.into(), conflicts);
-            }
-            if stale && leasing {
-                request = again;
-                continue;
-            }
-            self.grant(table, holder, grant, &reply, granted);
-            return Outcome::Answered(Ok(reply));
+        };
+        let granted = granted_by(grant, &reply);
+        let changed = table.read_ended(began, &granted);
+        if changed || table.is_changing(&granted) {
+            return Outcome::Stale(again.into(), granted);
         }
+        // What was read must not sit in another mount's write buffers.
+        let mut conflicts = Vec::new();
+        for &ino in &granted {
+            table.conflicts(caller.holder, ino, Need::Read, &mut conflicts);
+        }
+        if !conflicts.is_empty() {
+            return Outcome::Recall(again.into(), conflicts);
+        }
+        self.grant(table, caller.holder, grant, &reply, granted);
+        Outcome::Answered(Ok(reply))
     }
 
     /// Grants `holder` leases on `granted`, as `grant` says, if its session is a mount's.
@@ -465,9 +472,8 @@ impl MetadServer {
     }
 }
 
-/// Reads answered outside the lease table's lock that find what they read changed before
-/// the last try, which runs under the lock: enough for a read to get through beside a
-/// busy writer, few enough that one never starves.
+/// How many times a read may find what it read changed before it bars new changes to it:
+/// enough for a read to get through beside a busy writer, few enough that none starves.
 const OPTIMISTIC_READS: u32 = 3;
 
 /// The inodes `reply` grants leases on, as `grant` says.
@@ -546,6 +552,8 @@ impl Handler for MetadServer {
         {
             self.mount_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        // Tries of a read that found what it read changing, and what it then bars.
+        let (mut stale_reads, mut bar) = (0, None);
         loop {
             let server = self.clone();
             // The turn ends before any wait below: a lock request waiting for another
@@ -561,8 +569,22 @@ impl Handler for MetadServer {
                     return Ok(shardfs_rpc::encode(&response));
                 }
                 Outcome::Recall(again, conflicts) => {
+                    // A recall's holder may have to commit to what this read barred.
+                    bar = None;
                     let expiry = self.sessions.timeout();
                     self.leases.recall(&conflicts, expiry, |h| self.sessions.peer_of(h)).await;
+                    request = again;
+                }
+                Outcome::WaitChanges(again, inos) => {
+                    self.leases.wait_until(|table| table.may_change(&inos)).await;
+                    request = again;
+                }
+                Outcome::Stale(again, inos) => {
+                    stale_reads += 1;
+                    if stale_reads >= OPTIMISTIC_READS {
+                        bar.get_or_insert_with(|| Bar::new(&self.leases)).add(&inos);
+                    }
+                    self.leases.wait_until(|table| !table.is_changing(&inos)).await;
                     request = again;
                 }
                 Outcome::WaitRecalls(again, ino) => {

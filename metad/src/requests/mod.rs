@@ -18,6 +18,9 @@ pub mod sessions;
 pub mod volume;
 pub mod xattrs;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 
 use crate::leases::Need;

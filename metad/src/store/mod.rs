@@ -194,6 +194,12 @@ impl Store {
         Ok(synced?)
     }
 
+    /// Holds the writer, as a long change would.
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `f` in one read transaction (a consistent snapshot of every change committed
     /// before it), beside the writer: it waits for no change, nor a change for it.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {

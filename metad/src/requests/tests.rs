@@ -1,0 +1,123 @@
+//! Requests run through the server as a client's would, against a real store: what runs
+//! beside what, and what waits for what.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardfs_chunkd::Encoding;
+use shardfs_rpc::{ClusterKey, DaemonAuth};
+
+use super::Caller;
+use crate::members::Members;
+use crate::proto::*;
+use crate::server::{MetadServer, Outcome};
+use crate::sessions::SessionLimits;
+use crate::store::{Store, VolumeOverrides, VolumeSettings};
+
+fn server(dir: &tempfile::TempDir) -> Arc<MetadServer> {
+    let settings = VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
+    let path = dir.path().join("meta.db");
+    let store = Arc::new(Store::open(&path, VolumeOverrides::default(), settings).unwrap());
+    let members = Members::load(store.clone(), Duration::from_secs(60)).unwrap();
+    let holdings = store.holdings().unwrap();
+    let auth = DaemonAuth::new(ClusterKey::from_secret(b"requests tests"));
+    Arc::new(MetadServer::new(store, members, (SessionLimits::default(), holdings), auth))
+}
+
+/// A tool's caller on connection `n`.
+fn caller(n: u16) -> Caller {
+    Caller { holder: 1_000 + u64::from(n), peer: SocketAddr::from(([127, 0, 0, 1], n)) }
+}
+
+fn ask(server: &MetadServer, request: impl Into<MetaRequest>, n: u16) -> Outcome {
+    server.answer_leased(request.into(), caller(n))
+}
+
+fn answered(outcome: Outcome) -> MetaReply {
+    match outcome {
+        Outcome::Answered(response) => response.unwrap(),
+        _ => panic!("the request was not answered at once"),
+    }
+}
+
+fn mkdir(server: &MetadServer, name: &str) -> Ino {
+    let request =
+        NameRequest::MakeDir { parent: ROOT_INO, name: name.into(), mode: 0o755, cred: Cred::ROOT };
+    match answered(ask(server, request, 1)) {
+        MetaReply::Made(made) => made.attr.ino,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn lookup(parent: Ino, name: &str) -> NameRequest {
+    NameRequest::Lookup { parent, name: name.into(), cred: Cred::ROOT }
+}
+
+#[test]
+fn a_change_waiting_for_the_writer_holds_up_only_what_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir);
+    let (busy_dir, quiet_dir) = (mkdir(&server, "busy"), mkdir(&server, "quiet"));
+    // A long change holds the writer (as a big commit or fsck's repair would), and a create
+    // in `busy` queues behind it.
+    let writer = server.store.hold_writer();
+    let creating = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let create = NameRequest::MakeNode {
+                parent: busy_dir,
+                name: "new".into(),
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+                cred: Cred::ROOT,
+            };
+            answered(ask(&server, create, 2))
+        })
+    };
+    while !server.leases.lock().is_changing(&[busy_dir]) {
+        std::thread::yield_now();
+    }
+    // Other clients' reads are answered meanwhile, from what is committed, as is a check
+    // of the whole store.
+    let (done, answers) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let found = answered(ask(&server, lookup(ROOT_INO, "quiet"), 3));
+            assert!(matches!(found, MetaReply::Attr(a) if a.ino == quiet_dir));
+            let missing = ask(&server, lookup(quiet_dir, "nothing"), 3);
+            assert!(matches!(missing, Outcome::Answered(Err(MetaError::NotFound))));
+            let listing =
+                NameRequest::ReadDir { ino: quiet_dir, after: 0, limit: 10, cred: Cred::ROOT };
+            assert!(matches!(answered(ask(&server, listing, 3)), MetaReply::Entries { .. }));
+            // A listing of the root would lease `busy` too, which the create is changing.
+            let root =
+                NameRequest::ReadDir { ino: ROOT_INO, after: 0, limit: 10, cred: Cred::ROOT };
+            assert!(matches!(ask(&server, root, 3), Outcome::Stale(..)));
+            let fsck = answered(ask(&server, VolumeRequest::Fsck { repair: false }, 4));
+            assert!(matches!(fsck, MetaReply::Fsck(report) if report.problems.is_empty()));
+            // What the change changes waits for it: a read of it would be out of date,
+            // another change to it would race it. What it makes is not there yet.
+            assert!(matches!(ask(&server, lookup(ROOT_INO, "busy"), 3), Outcome::Stale(..)));
+            let stat = AttrRequest::GetAttr { ino: busy_dir };
+            assert!(matches!(ask(&server, stat, 3), Outcome::Stale(..)));
+            let missing = ask(&server, lookup(busy_dir, "new"), 3);
+            assert!(matches!(missing, Outcome::Answered(Err(MetaError::NotFound))));
+            let other = NameRequest::MakeDir {
+                parent: busy_dir,
+                name: "other".into(),
+                mode: 0o755,
+                cred: Cred::ROOT,
+            };
+            assert!(matches!(ask(&server, other, 3), Outcome::WaitChanges(..)));
+            done.send(()).unwrap();
+        });
+        let answer = answers.recv_timeout(Duration::from_secs(10));
+        drop(writer);
+        answer.expect("reads and checks waited for a change holding the writer");
+    });
+    let made = creating.join().unwrap();
+    assert!(matches!(made, MetaReply::Made(_)), "{made:?}");
+    // Once it is made, it is read at once.
+    assert!(matches!(answered(ask(&server, lookup(busy_dir, "new"), 3)), MetaReply::Attr(_)));
+}
