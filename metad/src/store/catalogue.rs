@@ -21,7 +21,7 @@ impl Store {
         after: Option<ChunkId>,
         limit: u32,
     ) -> Result<Vec<ChunkLocation>, MetaError> {
-        self.read(|tx| {
+        self.scan(|tx| {
             let start = after.map(|c| c.0.to_vec()).unwrap_or_default();
             let ids: Vec<Vec<u8>> = tx
                 .prepare_cached("SELECT id FROM chunks WHERE id > ?1 ORDER BY id LIMIT ?2")?
@@ -33,7 +33,7 @@ impl Store {
 
     /// Counts of the catalogue; chunks with a shard on a chunkd in `down` count as degraded.
     pub fn catalogue_stats(&self, down: &HashSet<String>) -> Result<CatalogueStats, MetaError> {
-        self.read(|tx| {
+        self.scan(|tx| {
             let (chunks, chunk_bytes) =
                 tx.query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -53,7 +53,7 @@ impl Store {
         lost: &HashSet<String>,
         limit: usize,
     ) -> Result<(usize, Vec<ChunkStatus>), MetaError> {
-        self.read(|tx| {
+        self.scan(|tx| {
             let damaged = damaged_chunks(tx, lost)?;
             let mut candidates = Vec::with_capacity(damaged.len());
             for id in damaged {
@@ -160,7 +160,7 @@ impl Store {
 
     /// For each of `shards`, whether the catalogue places it on `chunkd`.
     pub fn placed_on(&self, chunkd: &str, shards: &[ShardId]) -> Result<Vec<bool>, MetaError> {
-        self.read(|tx| {
+        self.scan(|tx| {
             let mut query = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM shards WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3)",
             )?;

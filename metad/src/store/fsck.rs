@@ -91,7 +91,7 @@ impl Store {
         if !repair {
             // A check alone reads on a connection of its own, holding up no other request.
             let is_open = |ino| self.open_files.is_open(ino);
-            return self.read(|tx| check(tx, false, &is_open, now, &mut Vec::new()));
+            return self.scan(|tx| check(tx, false, &is_open, now, &mut Vec::new()));
         }
         // A repair is one change like any other, told which nameless inodes are open.
         self.with_writer(|writer| {

@@ -54,7 +54,7 @@ impl Store {
     /// session (tools' connections, which end with metad) are dropped.
     pub fn holdings(&self) -> Result<Holdings, MetaError> {
         self.apply(Mutation::DropOrphanedHoldings)?;
-        self.read(|tx| {
+        self.scan(|tx| {
             let sessions = tx
                 .prepare("SELECT id, host FROM sessions")?
                 .query_map([], |r| Ok((r.get::<_, i64>(0)? as Holder, r.get(1)?)))?

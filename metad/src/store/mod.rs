@@ -201,8 +201,25 @@ impl Store {
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot of every change committed
-    /// before it), beside the writer: it waits for no change, nor a change for it.
+    /// before it), waiting for no change. On the writer's connection when no change holds
+    /// it: its page cache stays warm across changes, while a read-only connection's is
+    /// dropped whenever another connection has written since its last read, so under a
+    /// stream of changes every read there starts cold (five times the page reads of a
+    /// small-file workload, `docs/performance.md`). On a read-only connection beside the
+    /// writer otherwise.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        let mut conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return self.readers.read(f),
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        f(&tx)
+    }
+
+    /// Runs `f`, a read that may take long (it scans a table), in one read transaction on a
+    /// read-only connection, so that it holds up no change.
+    fn scan<T>(&self, f: impl FnOnce(&Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
         self.readers.read(f)
     }
 }

@@ -348,7 +348,7 @@ impl Store {
 
     /// Deletes every nameless inode nobody has open; returns how many.
     pub(super) fn reclaim_orphans(&self) -> Result<usize, MetaError> {
-        let orphans: Vec<Ino> = self.read(|tx| {
+        let orphans: Vec<Ino> = self.scan(|tx| {
             Ok(tx
                 .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
                 .query_map([], |r| r.get(0))?
@@ -358,7 +358,7 @@ impl Store {
     }
 
     pub fn inode_count(&self) -> Result<u64, MetaError> {
-        self.read(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
+        self.scan(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
     }
 }
 

@@ -1,6 +1,6 @@
-//! The read path: a few read-only connections beside the writer's. With WAL, a read sees
-//! every transaction committed before it began and never waits for the writer, so a
-//! lookup does not queue behind a change or behind a long check.
+//! Read-only connections beside the writer's, for reads while a change holds it
+//! (`Store::read`). With WAL, a read sees every transaction committed before it began and
+//! never waits for the writer, so a lookup does not queue behind a change or a long check.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -64,7 +64,7 @@ impl Store {
 
     /// Shards the catalogue places on chunkd `id`.
     pub fn shards_on(&self, id: &str) -> Result<u64, MetaError> {
-        self.read(|tx| {
+        self.scan(|tx| {
             Ok(tx
                 .prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")?
                 .query_row([id], |r| r.get(0))?)
