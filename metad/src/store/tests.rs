@@ -529,3 +529,34 @@ fn reads_and_checks_go_on_while_a_change_holds_the_writer() {
         assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     });
 }
+
+#[test]
+fn a_long_scan_holds_up_neither_reads_nor_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = &open(&dir);
+    let f = file(store, ROOT_INO, "f");
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started, scanning) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        // A scan (as fsck's check) keeps its read transaction open until released.
+        let scan = scope.spawn(move || {
+            store.scan(|_| {
+                started.send(()).unwrap();
+                held.recv().ok();
+                Ok(())
+            })
+        });
+        scanning.recv().unwrap();
+        let (done, answered) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            assert_eq!(store.lookup(ROOT_INO, b"f").unwrap().ino, f.ino);
+            file(store, ROOT_INO, "g");
+            assert_eq!(store.read_dir(ROOT_INO, 0, 10).unwrap().1.len(), 2);
+            done.send(()).unwrap();
+        });
+        let answer = answered.recv_timeout(std::time::Duration::from_secs(10));
+        release.send(()).unwrap();
+        answer.expect("a read or a change waited for a scan");
+        scan.join().unwrap().unwrap();
+    });
+}
