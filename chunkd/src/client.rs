@@ -11,6 +11,7 @@ use crate::hash_tree;
 use crate::proto::{
     ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse, ChunkdStat,
 };
+use shardfs_rpc::sync::Lock as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkClientError {
@@ -165,7 +166,7 @@ impl ChunkClientPool {
     /// its old one leaves the pool, as does that of a chunkd that was at `addr` before: the
     /// pool holds one client per chunkd and address in use, however often they move.
     pub fn get(&self, addr: &str, chunkd: &str) -> Arc<ChunkClient> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.locked();
         let key = (addr.to_owned(), chunkd.to_owned());
         if let Some(client) = clients.get(&key) {
             return client.clone();
@@ -198,7 +199,7 @@ mod tests {
         for restart in 3..100 {
             pool.get(&format!("127.0.0.1:{restart}"), "a");
         }
-        let held = pool.clients.lock().unwrap().len();
+        let held = pool.clients.locked().len();
         assert_eq!(held, 2, "one client for a (its latest address), one for b");
     }
 }

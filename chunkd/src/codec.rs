@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use serde::{Deserialize, Serialize};
+use shardfs_rpc::sync::Lock as _;
 
 /// Most shards one chunk may be cut into.
 pub const MAX_SHARDS: usize = 32;
@@ -56,7 +57,7 @@ impl Encoding {
 
     fn codec(self) -> Arc<ReedSolomon> {
         static CODECS: OnceLock<Mutex<HashMap<Encoding, Arc<ReedSolomon>>>> = OnceLock::new();
-        let mut codecs = CODECS.get_or_init(Default::default).lock().expect("codec cache lock");
+        let mut codecs = CODECS.get_or_init(Default::default).locked();
         codecs
             .entry(self)
             .or_insert_with(|| {

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::chunk_id::ShardId;
 use crate::proto::ChunkdError;
 use crate::store::ShardStore;
+use shardfs_rpc::sync::Lock as _;
 
 /// Shards listed per page of a pass.
 const PAGE: u32 = 256;
@@ -88,7 +89,7 @@ pub struct ScrubProgress {
 impl ScrubProgress {
     /// What the last completed pass found.
     pub fn last(&self) -> PassSummary {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+        *self.last.locked()
     }
 }
 
@@ -108,7 +109,7 @@ pub async fn run(store: Arc<ShardStore>, config: ScrubConfig, shutdown: impl Fut
             let started = Instant::now();
             let summary = progress.passes.run(async {
                 let summary = pass(&store, config.bytes_per_second).await;
-                *progress.last.lock().unwrap_or_else(|e| e.into_inner()) = summary;
+                *progress.last.locked() = summary;
                 summary
             });
             let summary = summary.await;

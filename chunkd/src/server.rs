@@ -15,6 +15,7 @@ use crate::codec::Encoding;
 use crate::metrics::ChunkdMetrics;
 use crate::proto::{ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
 use crate::store::ShardStore;
+use shardfs_rpc::sync::ReadWrite as _;
 
 /// Serves the chunkd protocol for `store` on `listener`, to peers holding the cluster secret
 /// behind `config.key` (over TLS if `config` has it), until `shutdown` completes.
@@ -44,7 +45,7 @@ impl ChunkdServer {
 
     /// Stops serving: every later request is answered with an error.
     pub fn close(&self) {
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.store.write_locked() = None;
     }
 
     /// Answers one decoded call, if it is meant for this chunkd, and counts it.
@@ -62,7 +63,7 @@ impl ChunkdServer {
     }
 
     async fn answer_call(&self, call: ChunkdCall) -> ChunkdResponse {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let store = self.store.read_locked().clone();
         let Some(store) = store else {
             return Err(ChunkdError::Io("chunkd is shutting down".into()));
         };

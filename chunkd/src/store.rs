@@ -36,6 +36,7 @@ use crate::proto::{ChunkdError, ChunkdStat};
 use crate::shard::{self, HEADER_LEN, ShardFormatError, ShardHeader};
 
 pub use layout::shard_file_path;
+use shardfs_rpc::sync::Lock as _;
 
 /// Number of lock stripes. Shards hash onto them; 64 keeps collisions between unrelated
 /// concurrent requests rare at the concurrency one chunkd sees.
@@ -167,14 +168,14 @@ impl ShardStore {
     /// just created it without having synced yet, so existence alone proves nothing: each
     /// directory is synced once per process lifetime, whoever created it.
     fn ensure_fan_out_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.synced_dirs.lock().unwrap_or_else(|e| e.into_inner()).contains(dir) {
+        if self.synced_dirs.locked().contains(dir) {
             return Ok(());
         }
         durable::create_dir_durable(dir)?;
         let parent = dir.parent().unwrap_or(dir);
         durable::sync_dir(parent)?;
         durable::sync_dir(parent.parent().unwrap_or(parent))?;
-        self.synced_dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf());
+        self.synced_dirs.locked().insert(dir.to_path_buf());
         Ok(())
     }
 
@@ -193,7 +194,7 @@ impl ShardStore {
         // Bounded like the reports the heartbeat task keeps unsent: past that, a report is
         // dropped (the shard stays quarantined; a read or repair finds it missing).
         let (tx, rx) = mpsc::channel(crate::heartbeat::MAX_PENDING_REPORTS);
-        *self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *self.corrupt_reports.locked() = Some(tx);
         rx
     }
 
@@ -510,7 +511,7 @@ impl ShardStore {
             Err(e) => warn!(%shard, "cannot quarantine {}: {e}", path.display()),
         }
         if report {
-            let sender = self.corrupt_reports.lock().unwrap_or_else(|e| e.into_inner());
+            let sender = self.corrupt_reports.locked();
             if let Some(sender) = sender.as_ref()
                 && sender.try_send(shard).is_err()
             {

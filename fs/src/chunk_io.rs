@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::dirty::Piece;
 use crate::error::{FsError, FsResult};
 use crate::metrics::ClientMetrics;
+use shardfs_rpc::sync::Lock as _;
 
 pub type ChunkBytes = Arc<Vec<u8>>;
 
@@ -86,7 +87,7 @@ impl ChunkIo {
 
     /// A chunk from the cache, counted as a hit or a miss.
     fn cached(&self, id: &ChunkId) -> Option<ChunkBytes> {
-        let found = self.cache.lock().expect("chunk cache lock").get(id);
+        let found = self.cache.locked().get(id);
         match found {
             Some(_) => self.metrics.cache_hits.inc(),
             None => self.metrics.cache_misses.inc(),
@@ -96,15 +97,15 @@ impl ChunkIo {
 
     /// Bytes of chunk content cached now.
     pub fn cache_bytes(&self) -> u64 {
-        self.cache.lock().expect("chunk cache lock").bytes as u64
+        self.cache.locked().bytes as u64
     }
 
     /// Starts reading a chunk into the cache in the background, unless it is there or on
     /// its way already.
     pub fn prefetch(self: &Arc<Self>, location: &ChunkLocation) {
         let id = location.chunk;
-        let known = self.cache.lock().expect("chunk cache lock").entries.contains(&id)
-            || self.fetching.lock().expect("fetching lock").contains_key(&id);
+        let known =
+            self.cache.locked().entries.contains(&id) || self.fetching.locked().contains_key(&id);
         if !known {
             let (io, location) = (self.clone(), location.clone());
             tokio::spawn(async move {
@@ -169,7 +170,7 @@ impl ChunkIo {
             return None;
         }
         let place = location.shards.iter().find(|s| u64::from(s.index) == index)?;
-        let known = self.trees.lock().expect("tree cache lock").get(&chunk).cloned();
+        let known = self.trees.locked().get(&chunk).cloned();
         let shard = ShardId { chunk, index: place.index };
         let fetched = self
             .pool
@@ -182,7 +183,7 @@ impl ChunkIo {
             Some(tree) => tree,
             None if hash_tree::root(&tree, len) == Some(chunk) => {
                 let tree = Arc::new(tree);
-                self.trees.lock().expect("tree cache lock").put(chunk, tree.clone());
+                self.trees.locked().put(chunk, tree.clone());
                 tree
             }
             None => {
@@ -208,22 +209,18 @@ impl ChunkIo {
 
     /// Fetches a chunk into the cache, sharing the fetch with concurrent readers.
     async fn fetch_shared(&self, location: &ChunkLocation) -> FsResult<ChunkBytes> {
-        let cell =
-            self.fetching.lock().expect("fetching lock").entry(location.chunk).or_default().clone();
+        let cell = self.fetching.locked().entry(location.chunk).or_default().clone();
         let result = cell
             .get_or_init(|| async {
                 let fetched = self.fetch(location).await.map_err(|e| e.to_string());
                 if let Ok(chunk) = &fetched {
-                    self.cache
-                        .lock()
-                        .expect("chunk cache lock")
-                        .insert(location.chunk, chunk.clone());
+                    self.cache.locked().insert(location.chunk, chunk.clone());
                 }
                 fetched
             })
             .await
             .clone();
-        self.fetching.lock().expect("fetching lock").remove(&location.chunk);
+        self.fetching.locked().remove(&location.chunk);
         result.map_err(|reason| FsError::ChunkUnreadable { chunk: location.chunk.to_hex(), reason })
     }
 
@@ -419,7 +416,7 @@ impl ChunkIo {
                 Some(error) => debug!("retrying {} chunks elsewhere: {error}", pending.len()),
             }
         }
-        let mut cache = self.cache.lock().expect("chunk cache lock");
+        let mut cache = self.cache.locked();
         let extents = pieces
             .iter()
             .zip(&hashed)

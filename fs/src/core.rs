@@ -24,6 +24,7 @@ use crate::metrics::{ClientMetrics, Gauges};
 use crate::seek;
 use crate::setid;
 use crate::write_back::{self, WriteBack};
+use shardfs_rpc::sync::Lock as _;
 
 /// Client tuning.
 #[derive(Clone, Debug)]
@@ -279,7 +280,7 @@ impl Fs {
         self.metrics.render(Gauges {
             leases_held: self.leases.held_count(),
             cache_bytes: self.io.cache_bytes(),
-            open_files: self.files.lock().expect("files lock").len() as u64,
+            open_files: self.files.locked().len() as u64,
         })
     }
 
@@ -291,7 +292,7 @@ impl Fs {
         // such files buffered is committed here. (A commit already under way for a file
         // finds nothing left to do, or the other way round.)
         let open: Vec<Arc<OpenFile>> =
-            self.files.lock().expect("files lock").values().map(|(f, _)| f.clone()).collect();
+            self.files.locked().values().map(|(f, _)| f.clone()).collect();
         for file in open {
             let mut data = file.data.lock().await;
             match self.flush_locked(&file, &mut data, true).await {
@@ -429,22 +430,17 @@ impl Fs {
 
     /// The file's state while it is open here or has a commit pending after its close.
     fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        self.files.lock().expect("files lock").get(&ino).map(|(f, _)| f.clone())
+        self.files.locked().get(&ino).map(|(f, _)| f.clone())
     }
 
     /// The file's state while a handle has it open.
     fn file_in_use(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        let files = self.files.lock().expect("files lock");
+        let files = self.files.locked();
         files.get(&ino).filter(|(_, handles)| *handles > 0).map(|(f, _)| f.clone())
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles
-            .lock()
-            .expect("handles lock")
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::Invalid("bad file handle"))
+        self.handles.locked().get(&fh).cloned().ok_or(FsError::Invalid("bad file handle"))
     }
 
     /// An answer's attributes, or for a file open here (whose buffer and commits the answer
@@ -675,7 +671,7 @@ impl Fs {
     /// processes' files, so a file in it may have been closed and removed meanwhile: that is
     /// no reason to fail.
     async fn register_opens(&self) -> FsResult<()> {
-        let open: Vec<Arc<OpenFile>> = (self.files.lock().expect("files lock").values())
+        let open: Vec<Arc<OpenFile>> = (self.files.locked().values())
             .filter(|(_, handles)| *handles > 0)
             .map(|(f, _)| f.clone())
             .collect();
@@ -761,7 +757,7 @@ impl Fs {
     /// is `Stale`, on which the kernel looks the name up again.
     pub async fn open(&self, ino: Ino, reading: bool) -> FsResult<u64> {
         let (file, first) = {
-            let mut files = self.files.lock().expect("files lock");
+            let mut files = self.files.locked();
             let entry = files.entry(ino).or_insert_with(|| {
                 let file = OpenFile {
                     ino,
@@ -790,7 +786,7 @@ impl Fs {
             sequential: AtomicU64::new(0),
             lock_owners: Mutex::default(),
         });
-        self.handles.lock().expect("handles lock").insert(fh, handle);
+        self.handles.locked().insert(fh, handle);
         Ok(fh)
     }
 
@@ -1051,8 +1047,7 @@ impl Fs {
     /// follow the commit), with a single handle left, and within the background budget.
     async fn defers_commit(&self, file: &OpenFile) -> Option<usize> {
         let bytes = file.data.lock().await.dirty.bytes();
-        let last =
-            self.files.lock().expect("files lock").get(&file.ino).map(|(_, n)| *n) == Some(1);
+        let last = self.files.locked().get(&file.ino).map(|(_, n)| *n) == Some(1);
         let defer = bytes > 0
             && bytes as u64 <= INLINE_MAX
             && last
@@ -1092,7 +1087,7 @@ impl Fs {
         drop(slot);
         let forgotten = {
             let data = file.data.lock().await;
-            let mut files = self.files.lock().expect("files lock");
+            let mut files = self.files.locked();
             let others = file.committing.fetch_sub(1, Ordering::SeqCst) - 1;
             let forget = data.dirty.is_empty()
                 && others == 0
@@ -1183,15 +1178,14 @@ impl Fs {
         // OFD locks go first, while the handle is still registered: lock requests that meet
         // them wait for this (see `wait_for_release`).
         let handle = self.handle(fh)?;
-        let owners: Vec<u64> =
-            handle.lock_owners.lock().expect("owners lock").iter().copied().collect();
+        let owners: Vec<u64> = handle.lock_owners.locked().iter().copied().collect();
         let mut unlocked = Ok(());
         for owner in &owners {
             if let Err(e) = self.meta.unlock(handle.file.ino, *owner, (0, u64::MAX)).await {
                 unlocked = Err(e);
             }
         }
-        self.handles.lock().expect("handles lock").remove(&fh);
+        self.handles.locked().remove(&fh);
         if !owners.is_empty() {
             self.released_locks.notify_waiters();
         }
@@ -1201,7 +1195,7 @@ impl Fs {
             && self.write_back.reserve(bytes)
         {
             // The entry stays, with no handle, until the commit is done.
-            if let Some(entry) = self.files.lock().expect("files lock").get_mut(&handle.file.ino) {
+            if let Some(entry) = self.files.locked().get_mut(&handle.file.ino) {
                 entry.1 -= 1;
                 entry.0.committing.fetch_add(1, Ordering::SeqCst);
             }
@@ -1243,7 +1237,7 @@ impl Fs {
     /// Forgets one open of `ino`; returns the file if that was this client's last open and
     /// no commit after an earlier close still needs it kept (that commit forgets it).
     fn drop_open(&self, ino: Ino) -> Option<Arc<OpenFile>> {
-        let mut files = self.files.lock().expect("files lock");
+        let mut files = self.files.locked();
         let entry = files.get_mut(&ino)?;
         entry.1 -= 1;
         if entry.1 > 0 || entry.0.committing.load(Ordering::SeqCst) > 0 {
@@ -1388,10 +1382,11 @@ impl Fs {
         let released = self.released_locks.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        let others_hold = self.handles.lock().expect("handles lock").values().any(|h| {
-            h.file.ino == ino
-                && h.lock_owners.lock().expect("owners lock").iter().any(|o| *o != owner)
-        });
+        let others_hold = self
+            .handles
+            .locked()
+            .values()
+            .any(|h| h.file.ino == ino && h.lock_owners.locked().iter().any(|o| *o != owner));
         others_hold && tokio::time::timeout_at(deadline, released).await.is_ok()
     }
 
@@ -1408,8 +1403,8 @@ impl Fs {
         let Some((kind, pid)) = lock else {
             return Ok(self.meta.unlock(ino, owner, (start, end)).await?);
         };
-        self.locked.lock().expect("locked lock").insert(ino);
-        self.handle(fh)?.lock_owners.lock().expect("owners lock").insert(owner);
+        self.locked.locked().insert(ino);
+        self.handle(fh)?.lock_owners.locked().insert(owner);
         let held = HeldLock { start, end, kind, pid };
         let deadline = tokio::time::Instant::now() + RELEASE_RACE_WAIT;
         loop {
@@ -1425,7 +1420,7 @@ impl Fs {
     /// file, as POSIX says.
     pub async fn closed_by(&self, fh: u64, ino: Ino, owner: u64) -> FsResult<()> {
         if let Ok(handle) = self.handle(fh) {
-            handle.lock_owners.lock().expect("owners lock").remove(&owner);
+            handle.lock_owners.locked().remove(&owner);
         }
         self.release_locks(ino, owner).await
     }
@@ -1433,7 +1428,7 @@ impl Fs {
     /// Drops `owner`'s locks on `ino` (a close by that process, or the last close of a
     /// flock'ed file). Free when this client never locked the file.
     pub async fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
-        if !self.locked.lock().expect("locked lock").contains(&ino) {
+        if !self.locked.locked().contains(&ino) {
             return Ok(());
         }
         Ok(self.meta.unlock(ino, owner, (0, u64::MAX)).await?)

@@ -21,6 +21,7 @@ use std::time::Duration;
 use fuser::{INodeNo, Notifier};
 use shardfs_metad::SessionEvents;
 use shardfs_metad::proto::{Attr, Ino, MetaPush};
+use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -167,7 +168,7 @@ impl Leases {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 
     /// Where the FUSE session's notifier goes once the session exists.

@@ -9,6 +9,7 @@ use shardfs_rpc::{Client, ClientOptions, Hello, Service};
 use tracing::{info, warn};
 
 use crate::proto::*;
+use shardfs_rpc::sync::Lock as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaClientError {
@@ -80,7 +81,7 @@ impl SessionHello {
         } else if previous != id {
             warn!(previous, id, "metad session expired: its locks and open files were released");
         }
-        *self.timeout.lock().expect("timeout lock") = Duration::from_millis(timeout_ms);
+        *self.timeout.locked() = Duration::from_millis(timeout_ms);
         self.events.session_started();
     }
 }
@@ -132,7 +133,7 @@ impl MetaClient {
     /// once a session is open.
     pub fn heartbeat_interval(&self) -> Option<Duration> {
         let session = self.session.as_ref()?;
-        let timeout = *session.timeout.lock().expect("timeout lock");
+        let timeout = *session.timeout.locked();
         (!timeout.is_zero()).then(|| timeout / 3)
     }
 

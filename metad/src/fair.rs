@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use shardfs_rpc::sync::Lock as _;
 use tokio::sync::oneshot;
 
 /// Requests that run at once, before connections queue for turns.
@@ -83,7 +84,7 @@ impl Drop for Turn {
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.locked()
 }
 
 #[cfg(test)]
@@ -106,7 +107,7 @@ mod tests {
                 let (gate, order) = (gate.clone(), order.clone());
                 tasks.push(tokio::spawn(async move {
                     let _turn = gate.enter(peer(port)).await;
-                    order.lock().unwrap().push(port);
+                    order.locked().push(port);
                 }));
                 tokio::task::yield_now().await;
             }
@@ -115,7 +116,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), [1, 2, 1, 1, 1, 1]);
+        assert_eq!(*order.locked(), [1, 2, 1, 1, 1, 1]);
     }
 
     #[tokio::test]

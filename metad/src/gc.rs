@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::intents::Intents;
 use crate::members::Members;
 use crate::store::Store;
+use shardfs_rpc::sync::Lock as _;
 
 /// Shards listed per page during the orphan sweep.
 const PAGE: u32 = 1000;
@@ -115,7 +116,7 @@ async fn collect_chunks(
             let removed = store.remove_unreferenced_chunks(grace, &|chunk| {
                 let won = intents.claim(*chunk);
                 if won {
-                    claimed.lock().unwrap_or_else(|e| e.into_inner()).push(*chunk);
+                    claimed.locked().push(*chunk);
                 }
                 !won
             });

@@ -22,6 +22,7 @@ use shardfs_chunkd::ChunkId;
 
 use crate::proto::MetaError;
 use crate::store::Holder;
+use shardfs_rpc::sync::Lock as _;
 
 /// Longest a prepared write protects its chunks: longer than any write takes to commit.
 pub const INTENT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -95,7 +96,7 @@ fn forget_one(per_holder: &mut HashMap<Holder, usize>, holder: Holder) {
 
 impl Intents {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 
     /// Records `holder`'s intents for `chunks`, then waits (at most `CLAIM_WAIT`) while

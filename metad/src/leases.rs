@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::proto::{Ino, MetaPush};
 use crate::store::Holder;
+use shardfs_rpc::sync::Lock as _;
 
 /// What a request needs from the leases other sessions hold on an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,11 +273,11 @@ impl Leases {
     /// The lease table, locked. Held across store work only where leases decide it: names
     /// resolved to the inodes whose leases a change needs, a close that may delete a file.
     pub fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table.locked()
     }
 
     fn pushers(&self) -> MutexGuard<'_, HashMap<SocketAddr, Pusher>> {
-        self.pushers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pushers.locked()
     }
 
     /// Begins a change to `inos` (which [`Table::may_change`]), made outside the lock; it

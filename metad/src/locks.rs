@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::{Ino, MetaError};
 use crate::store::{Holder, LockRow, Store};
+use shardfs_rpc::sync::Lock as _;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockKind {
@@ -68,7 +69,7 @@ pub struct LockTable {
 
 impl LockTable {
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table.locked()
     }
 
     /// A table recording every change in `store`, holding `locks` (the previous run's).

@@ -8,6 +8,7 @@ use shardfs_chunkd::proto::ChunkdStat;
 
 use crate::proto::{ChunkdStatus, MetaError};
 use crate::store::{ChunkdRecord, Store};
+use shardfs_rpc::sync::Lock as _;
 
 /// A chunkd with less free space than this takes no new shards.
 const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
@@ -47,7 +48,7 @@ impl Members {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
-        self.members.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.members.locked()
     }
 
     pub fn register(

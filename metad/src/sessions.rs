@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::store::Holder;
+use shardfs_rpc::sync::Lock as _;
 
 /// How long a silent session lives when none is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +109,7 @@ impl Sessions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table.locked()
     }
 
     /// The session requests from `peer` act for, refreshed; an implicit one if the

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::frame::{self, Kind};
+use crate::sync::Lock as _;
 use crate::tls::TlsClient;
 use crate::{ClusterKey, Error, Service, handshake};
 
@@ -151,7 +152,7 @@ impl Client {
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = connection.pending.lock().expect("pending lock");
+            let mut pending = connection.pending.locked();
             if pending.closed {
                 return Err(self.lost());
             }
@@ -167,7 +168,7 @@ impl Client {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
-                connection.pending.lock().expect("pending lock").waiting.remove(&id);
+                connection.pending.locked().waiting.remove(&id);
                 Err(Error::Timeout { addr: self.addr.clone(), timeout })
             }
         }
@@ -181,7 +182,7 @@ impl Client {
     async fn connection(&self) -> Result<Arc<Connection>, Error> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref()
-            && !connection.pending.lock().expect("pending lock").closed
+            && !connection.pending.locked().closed
         {
             return Ok(connection.clone());
         }
@@ -237,7 +238,7 @@ impl Client {
             }
             .await;
             if result.is_err() {
-                writer_pending.lock().expect("pending lock").close();
+                writer_pending.locked().close();
             }
         });
 
@@ -250,8 +251,7 @@ impl Client {
             loop {
                 match frame::read(&mut reader).await {
                     Ok(Some(frame)) if frame.kind == Kind::Response => {
-                        let waiter =
-                            reader_pending.lock().expect("pending lock").waiting.remove(&frame.id);
+                        let waiter = reader_pending.locked().waiting.remove(&frame.id);
                         if let Some(waiter) = waiter {
                             let _ = waiter.send(frame.body);
                         }
@@ -267,7 +267,7 @@ impl Client {
                     }
                 }
             }
-            reader_pending.lock().expect("pending lock").close();
+            reader_pending.locked().close();
             if let Some(hello) = hello {
                 hello.lost();
             }

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod handshake;
 pub mod metrics;
 pub mod server;
+pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod throttle;

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sync::Lock as _;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -125,13 +126,13 @@ impl Snapshot {
     }
 
     pub fn set(&self, values: Vec<Value>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = values;
+        *self.0.locked() = values;
     }
 }
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let values = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let values = self.0.locked().clone();
         let mut rest = values.as_slice();
         // Values of one name are consecutive: one descriptor, then each labelled value.
         while let Some(first) = rest.first() {

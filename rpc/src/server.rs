@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use crate::frame::{self, Kind};
+use crate::sync::Lock as _;
 use crate::{ClusterKey, Error, Service, handshake};
 
 /// Requests one connection may have in flight at once; further frames wait to be read.
@@ -72,7 +73,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut connections = self.connections.locked();
         connections.total -= 1;
         if let Some(n) = connections.by_peer.get_mut(&self.peer) {
             *n -= 1;
@@ -89,7 +90,7 @@ fn admit(
     peer: IpAddr,
     config: &ServerConfig,
 ) -> Result<Slot, String> {
-    let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+    let mut open = connections.locked();
     let from_peer = open.by_peer.get(&peer).copied().unwrap_or(0);
     if from_peer >= config.max_connections_per_peer {
         return Err(format!("it already has {from_peer} connections open (the limit)"));
@@ -369,14 +370,14 @@ mod tests {
                 std::future::pending::<()>().await;
             }
             let request: String = crate::decode(&body)?;
-            for pusher in self.pushers.lock().unwrap().iter() {
+            for pusher in self.pushers.locked().iter() {
                 pusher.push(crate::encode(&format!("pushed {request}")));
             }
             Ok(crate::encode(&format!("answered {request}")))
         }
 
         fn connected(&self, _service: Service, _peer: SocketAddr, pusher: Pusher) {
-            self.pushers.lock().unwrap().push(pusher);
+            self.pushers.locked().push(pusher);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Log lines that would repeat many times a second (one per refused write, say): the first
 //! is logged at once, then at most one per interval, saying how many were held back.
 
+use crate::sync::Lock as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ impl Throttle {
     }
 
     fn admit_at(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.state.locked();
         let (last, held_back) = &mut *state;
         if last.is_some_and(|last| now.duration_since(last) < self.interval) {
             *held_back += 1;

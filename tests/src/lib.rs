@@ -63,17 +63,56 @@ const HEARTBEAT_SECS: &str = "0.3";
 /// Seconds of silence after which metad counts a test chunkd as down.
 const DOWN_AFTER_SECS: &str = "2";
 
-/// Path of a workspace binary, built next to the test executable's directory.
+/// Path of a workspace binary, built next to the test executable's directory, and built
+/// from the source as it is: a binary older than a source file of the crates it is built
+/// from would test code that is not there any more.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
-        path.display()
-    );
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!("{} is missing: run `cargo build --workspace --bins` first", path.display())
+    });
+    if let Some((changed, source)) = newest_source()
+        && built < *changed
+    {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` first",
+            path.display(),
+            source.display()
+        );
+    }
     path
+}
+
+/// The most recently modified source file of the crates the binaries are built from.
+fn newest_source() -> Option<&'static (std::time::SystemTime, PathBuf)> {
+    static NEWEST: std::sync::OnceLock<Option<(std::time::SystemTime, PathBuf)>> =
+        std::sync::OnceLock::new();
+    NEWEST
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_owned();
+            let mut newest = None;
+            for dir in ["rpc/src", "chunkd/src", "metad/src", "fs/src"] {
+                newest_in(&root.join(dir), &mut newest);
+            }
+            newest
+        })
+        .as_ref()
+}
+
+fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            newest_in(&path, newest);
+        } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(time, _)| modified > *time)
+        {
+            *newest = Some((modified, path));
+        }
+    }
 }
 
 /// A child process killed and reaped on drop.

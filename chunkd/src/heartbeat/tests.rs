@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::*;
 use crate::chunk_id::ChunkId;
 use crate::membership::MembershipReply;
+use shardfs_rpc::sync::Lock as _;
 
 /// Records every request and answers `UnknownChunkd` to the first `forget` heartbeats.
 struct FakeMetad {
@@ -32,7 +33,7 @@ impl Handler for FakeMetad {
         let request: MembershipRequest = shardfs_rpc::decode(&body)?;
         let response: MembershipResponse = match &request {
             MembershipRequest::Heartbeat { id, .. } => {
-                let mut forget = self.forget.lock().unwrap();
+                let mut forget = self.forget.locked();
                 if *forget > 0 {
                     *forget -= 1;
                     Err(MembershipError::UnknownChunkd(id.clone()))

@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use super::mutation::{Mutation, Outcome};
 use super::{Store, namespace};
 use crate::proto::{Ino, MetaError};
+use shardfs_rpc::sync::Lock as _;
 
 /// Most changes one transaction takes; more wait for the next.
 const MAX_BATCH: usize = 512;
@@ -76,7 +77,7 @@ struct Waiting {
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, Waiting> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 }
 
@@ -142,6 +143,8 @@ impl Store {
 mod tests {
     use std::time::{Duration, Instant};
 
+    use shardfs_rpc::sync::Lock as _;
+
     use crate::proto::{Cred, ROOT_INO};
     use crate::store::tests::open;
 
@@ -151,7 +154,7 @@ mod tests {
         let store = open(&dir);
         let (batches, changes) = store.commits();
         // A long change holds the writer while 50 creates arrive.
-        let busy = store.conn.lock().unwrap();
+        let busy = store.conn.locked();
         std::thread::scope(|scope| {
             let creates: Vec<_> = (0..50)
                 .map(|i| {

@@ -33,6 +33,7 @@ pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode};
 pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
+use shardfs_rpc::sync::Lock as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -158,14 +159,14 @@ impl Store {
     fn committed(&self, effects: &mutation::Effects) {
         self.unsynced.store(true, Ordering::Release);
         if !effects.deleted.is_empty() {
-            let mut deleted = self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut deleted = self.deleted.locked();
             deleted.extend(&effects.deleted);
         }
     }
 
     /// The inodes deleted since the last call: leases on them are of no more use.
     pub fn take_deleted(&self) -> Vec<Ino> {
-        std::mem::take(&mut *self.deleted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        std::mem::take(&mut *self.deleted.locked())
     }
 
     /// Makes the reserve of room for changes that free space again, if it was used and
@@ -183,7 +184,7 @@ impl Store {
     pub fn sync(&self) -> Result<(), MetaError> {
         // Under the connection lock: a sync that finds nothing to do is then sure no other
         // sync is still on its way to making an earlier commit durable.
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self.conn.locked();
         if !self.unsynced.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -197,7 +198,7 @@ impl Store {
     /// Holds the writer, as a long change would.
     #[cfg(test)]
     pub(crate) fn hold_writer(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.locked()
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot of every change committed

@@ -21,6 +21,7 @@ use crate::proto::{
     Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr, SpaceOp,
     StoredChunk, Timestamp, Unlinked, XattrMode,
 };
+use shardfs_rpc::sync::Lock as _;
 
 /// The encoding of mutations this build writes; [`decode`] reads this one only.
 pub const MUTATION_FORMAT: u8 = 1;
@@ -274,7 +275,7 @@ impl Store {
     /// applies see no other change in between (a decision on what to apply, say, from what
     /// the database holds and who has what open).
     pub(super) fn with_writer<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> T) -> T {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.conn.locked();
         let mut writer = Writer { conn: &mut conn, store: self };
         f(&mut writer)
     }

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::proto::{Ino, MetaError};
+use shardfs_rpc::sync::Lock as _;
 
 /// Who holds a file open (or a lock, or a write intent): a client session
 /// (`crate::sessions`).
@@ -44,7 +45,7 @@ pub const LINGER: Duration = Duration::from_secs(2);
 
 impl OpenFiles {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table.locked()
     }
 
     /// Records one open of `ino` by `holder`, unless `holder` already has `limit` opens.

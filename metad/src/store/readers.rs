@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::proto::MetaError;
+use shardfs_rpc::sync::Lock as _;
 
 /// Idle connections kept for the next reads; more are opened while reads overlap.
 const KEPT: usize = 8;
@@ -27,7 +28,7 @@ impl Readers {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let idle = self.idle.locked().pop();
         let mut conn = match idle {
             Some(conn) => conn,
             None => self.open()?,
@@ -36,7 +37,7 @@ impl Readers {
             Ok(tx) => f(&tx),
             Err(e) => Err(e.into()),
         };
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle.locked();
         if idle.len() < KEPT {
             idle.push(conn);
         }

@@ -4,6 +4,7 @@ use shardfs_chunkd::{ChunkId, Encoding, ShardId};
 
 use super::{ChunkdRecord, LINGER, Problem, Store, VolumeOverrides, VolumeSettings};
 use crate::proto::*;
+use shardfs_rpc::sync::Lock as _;
 
 const ROOT: Cred = Cred::ROOT;
 const SETTINGS: VolumeSettings =
@@ -397,7 +398,7 @@ fn fsck_finds_and_repairs_broken_invariants() {
     assert_eq!((clean.inodes, clean.entries, clean.chunks), (3, 2, 1));
     {
         // Break things behind the store's back.
-        let conn = store.conn.lock().unwrap();
+        let conn = store.conn.locked();
         conn.execute("UPDATE inodes SET nlink = 5 WHERE ino = ?1", [f.ino]).unwrap();
         conn.execute("UPDATE inodes SET size = 4 WHERE ino = ?1", [f.ino]).unwrap();
         conn.execute("UPDATE chunks SET refcount = 9", []).unwrap();
@@ -497,7 +498,7 @@ fn small_chunks_are_kept_inline_verified_and_collected() {
     let id = ChunkId::of(&other);
     let inline = InlineChunk { chunk: id, data: other };
     store.commit_write(h.ino, &[], &[inline], &[extent(0, 4, id, 0)], t).unwrap();
-    store.conn.lock().unwrap().execute("UPDATE inline_chunks SET data = x'00'", []).unwrap();
+    store.conn.locked().execute("UPDATE inline_chunks SET data = x'00'", []).unwrap();
     assert_eq!(
         store.fsck(false).unwrap().problems,
         vec![Problem::BadInlineChunk { chunk: id.to_hex() }]
@@ -510,7 +511,7 @@ fn reads_and_checks_go_on_while_a_change_holds_the_writer() {
     let store = open(&dir);
     let f = file(&store, ROOT_INO, "f");
     // A long change holds the writer (as a big commit or fsck's repair would).
-    let busy = store.conn.lock().unwrap();
+    let busy = store.conn.locked();
     let (done, answered) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
         scope.spawn(|| {

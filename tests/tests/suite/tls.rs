@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
+use shardfs_rpc::sync::Lock as _;
 use shardfs_tests::{Cluster, eventually};
 
 /// Forwards connections on a local port to `upstream`, keeping a copy of every byte that
@@ -31,7 +32,7 @@ impl Recorder {
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 64 * 1024];
                         while let Ok(n @ 1..) = from.read(&mut buf) {
-                            record.lock().unwrap().extend_from_slice(&buf[..n]);
+                            record.locked().extend_from_slice(&buf[..n]);
                             if to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -45,7 +46,7 @@ impl Recorder {
     }
 
     fn saw(&self, needle: &[u8]) -> bool {
-        self.seen.lock().unwrap().windows(needle.len()).any(|w| w == needle)
+        self.seen.locked().windows(needle.len()).any(|w| w == needle)
     }
 }
 
@@ -81,7 +82,7 @@ fn a_cluster_over_tls_serves_and_nothing_crosses_in_the_clear() {
 
     let recorder = write_marker_through_recorder(&cluster);
     assert!(!recorder.saw(MARKER), "file content crossed the network in the clear");
-    assert!(!recorder.seen.lock().unwrap().is_empty(), "nothing went through the recorder");
+    assert!(!recorder.seen.locked().is_empty(), "nothing went through the recorder");
 
     // A tool without the CA is told what is missing; so is a plain chunkd's registration.
     let plain = cluster

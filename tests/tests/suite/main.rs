@@ -1,0 +1,29 @@
+//! The integration suite: real metad and chunkd processes on loopback and real FUSE mounts,
+//! driven with syscalls and shell tools. One test binary, one module per area (each area's
+//! module says what it covers), so the suite links metad, chunkd and their dependencies once.
+
+mod auth;
+mod backup;
+mod bad_setup;
+mod bench;
+mod big_directory;
+mod commands;
+mod crash;
+mod dedup;
+mod degraded;
+mod drain;
+mod durability;
+mod exhaustion;
+mod fsck;
+mod gc;
+mod hostile_frames;
+mod inline;
+mod leases;
+mod locks;
+mod metrics;
+mod permissions;
+mod posix;
+mod sessions;
+mod shell_tools;
+mod status;
+mod tls;
