@@ -95,12 +95,16 @@ fn mount_t_fuse_shardfs_remount_and_fstab() {
     )
     .unwrap();
     // mount(8) finds its helper at /sbin/mount.fuse.shardfs. The test installs the binary
-    // under test there in a private mount namespace, so nothing outside it changes.
+    // under test there in a private mount namespace, so nothing outside it changes; the
+    // mount's log (/var/log/shardfs) and record (/run/shardfs) go to tmpfs there too.
     let script = format!(
         r#"
         set -eu
         trap 'umount -l {m} 2>/dev/null || true' EXIT
         mount -t tmpfs shardfs-test-sbin /usr/sbin
+        mount -t tmpfs shardfs-test-log /var/log
+        mkdir -p /run/shardfs
+        mount -t tmpfs shardfs-test-run /run/shardfs
         ln -s {bin} /usr/sbin/mount.fuse.shardfs
         # The helper prints nothing and returns once the mount is usable.
         out=$(mount -t fuse.shardfs -o noatime,nosuid,secret_file={key} {metad} {m} 2>&1)
