@@ -115,7 +115,7 @@ impl ShardStore {
     pub async fn open(dir: impl AsRef<Path>) -> Result<ShardStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let joined_dir = dir.clone();
-        tokio::task::spawn_blocking(move || ShardStore::open_blocking(dir)).await.map_err(|e| {
+        shardfs_rpc::sync::blocking(move || ShardStore::open_blocking(dir)).await.map_err(|e| {
             StoreError::Io { action: "open", path: joined_dir, source: io::Error::other(e) }
         })?
     }
@@ -587,9 +587,7 @@ fn stripe_of(shard: ShardId) -> usize {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ChunkdError> + Send + 'static,
 ) -> Result<T, ChunkdError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ChunkdError::Io(format!("storage task failed: {e}")))?
+    shardfs_rpc::sync::blocking(work).await.map_err(|e| ChunkdError::Io(e.to_string()))?
 }
 
 fn io_error(action: &str, path: &Path, e: io::Error) -> ChunkdError {

@@ -65,7 +65,7 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let mut child = guard.0.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = shardfs_rpc::sync::blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
 

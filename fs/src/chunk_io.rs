@@ -24,6 +24,7 @@ use crate::dirty::Piece;
 use crate::error::{FsError, FsResult};
 use crate::metrics::ClientMetrics;
 use shardfs_rpc::sync::Lock as _;
+use shardfs_rpc::sync::blocking;
 
 pub type ChunkBytes = Arc<Vec<u8>>;
 
@@ -284,7 +285,7 @@ impl ChunkIo {
             }
         }
         let chunk_id = location.chunk;
-        let chunk = tokio::task::spawn_blocking(move || {
+        let chunk = blocking(move || {
             let chunk = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
             if ChunkId::of(&chunk) != chunk_id {
                 return Err("rebuilt content does not match the chunk's BLAKE3 id".to_string());
@@ -453,9 +454,8 @@ async fn put_chunk(
     data: Vec<u8>,
     places: Vec<ShardPlace>,
 ) -> Result<(), PutFailure> {
-    let shards = tokio::task::spawn_blocking(move || codec::encode(encoding, &data))
-        .await
-        .map_err(|e| PutFailure {
+    let shards =
+        blocking(move || codec::encode(encoding, &data)).await.map_err(|e| PutFailure {
             error: FsError::ChunkNotStored {
                 chunk: chunk.chunk.to_hex(),
                 reason: format!("encode task failed: {e}"),

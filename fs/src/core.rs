@@ -25,6 +25,7 @@ use crate::seek;
 use crate::setid;
 use crate::write_back::{self, WriteBack};
 use shardfs_rpc::sync::Lock as _;
+use shardfs_rpc::sync::blocking;
 
 /// Client tuning.
 #[derive(Clone, Debug)]
@@ -366,7 +367,7 @@ impl Fs {
         let recall = Arc::new(recall);
         let invalidated = {
             let (leases, recall) = (self.leases.clone(), recall.clone());
-            tokio::task::spawn_blocking(move || leases.invalidate(ino, &recall))
+            blocking(move || leases.invalidate(ino, &recall))
         };
         if tokio::time::timeout(INVALIDATE_WAIT, invalidated).await.is_err() {
             debug!(ino, "kernel still busy with the inode; releasing its lease meanwhile");

@@ -178,7 +178,7 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn sync(store: &Arc<Store>) {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.sync()).await {
+    match shardfs_rpc::sync::blocking(move || store.sync()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("cannot sync the metadata database: {e}"),
         Err(e) => warn!("metadata sync task failed: {e}"),
@@ -189,7 +189,7 @@ async fn sync(store: &Arc<Store>) {
 /// space again if it was used.
 async fn housekeeping(server: &Arc<MetadServer>) {
     let server = server.clone();
-    let done = tokio::task::spawn_blocking(move || {
+    let done = shardfs_rpc::sync::blocking(move || {
         server.store.replenish_reserve();
         server.reclaim_lingered()
     });

@@ -25,6 +25,7 @@ use crate::intents::Intents;
 use crate::members::Members;
 use crate::store::Store;
 use shardfs_rpc::sync::Lock as _;
+use shardfs_rpc::sync::blocking;
 
 /// Shards listed per page during the orphan sweep.
 const PAGE: u32 = 1000;
@@ -111,7 +112,7 @@ async fn collect_chunks(
         // Each chunk removed is claimed first, so no write can use it until its shards are
         // gone (see `intents.rs`). Durable before any shard goes: power loss must not bring
         // back a reference to it.
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let claimed = std::sync::Mutex::new(Vec::new());
             let removed = store.remove_unreferenced_chunks(grace, &|chunk| {
                 let won = intents.claim(*chunk);
@@ -168,7 +169,7 @@ async fn sweep(
     }
     let placed = {
         let (store, chunkd, listed) = (store.clone(), chunkd.to_string(), listed.clone());
-        tokio::task::spawn_blocking(move || store.placed_on(&chunkd, &listed))
+        blocking(move || store.placed_on(&chunkd, &listed))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("catalogue: {e}"))?
@@ -180,7 +181,7 @@ async fn sweep(
     // (lost with a disk, deleted by hand) are marked unhealthy, for repair to rebuild.
     let missing = {
         let (store, chunkd, present) = (store.clone(), chunkd.to_string(), present.clone());
-        tokio::task::spawn_blocking(move || store.mark_missing(&chunkd, &present, listed_at))
+        blocking(move || store.mark_missing(&chunkd, &present, listed_at))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("catalogue: {e}"))?
@@ -203,7 +204,7 @@ async fn sweep(
         // says then holds after power loss too.
         let still_orphan = {
             let (store, chunkd) = (store.clone(), chunkd.to_string());
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 store.sync()?;
                 store.placed_on(&chunkd, &[shard])
             })

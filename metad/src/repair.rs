@@ -3,6 +3,7 @@
 //! redundancy left go first; the pace is bounded. All state is in the catalogue, so a
 //! restarted metad simply carries on.
 
+use shardfs_rpc::sync::blocking;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -68,7 +69,7 @@ pub async fn run(
             lost.extend(members.draining());
             let scan = {
                 let (store, lost) = (store.clone(), lost.clone());
-                tokio::task::spawn_blocking(move || store.repair_candidates(&lost, BATCH)).await
+                blocking(move || store.repair_candidates(&lost, BATCH)).await
             };
             let candidates = match scan {
                 Ok(Ok((backlog, candidates))) => {
@@ -140,14 +141,14 @@ async fn repair_chunk(
         }
     }
     let (len, chunk_id) = (chunk.len as usize, chunk.chunk);
-    let (content, slots) = tokio::task::spawn_blocking(move || {
+    let (content, slots) = blocking(move || {
         let content = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
         Ok::<_, String>((content, slots))
     })
     .await
     .map_err(|e| e.to_string())??;
     drop(slots);
-    let (shards, tree) = tokio::task::spawn_blocking(move || {
+    let (shards, tree) = blocking(move || {
         let (id, tree) = hash_tree::build(&content);
         (id == chunk_id).then(|| (codec::encode(encoding, &content), tree))
     })
@@ -176,7 +177,7 @@ async fn repair_chunk(
             let (store, from, to) = (store.clone(), shard.chunkd.clone(), target.id.clone());
             let index = shard.index;
             let chunk = chunk.chunk;
-            tokio::task::spawn_blocking(move || store.move_shard(chunk, index, &from, &to))
+            blocking(move || store.move_shard(chunk, index, &from, &to))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e: MetaError| e.to_string())?

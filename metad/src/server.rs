@@ -7,6 +7,7 @@ use std::sync::{Arc, MutexGuard};
 use bytes::Bytes;
 use shardfs_chunkd::membership::MembershipRequest;
 use shardfs_rpc::metrics::{OpMetrics, Registry, Snapshot, Value};
+use shardfs_rpc::sync::{blocking, blocking_in_place};
 use shardfs_rpc::{ClusterKey, DaemonAuth, Handler, Service};
 use tracing::{debug, info, warn};
 
@@ -133,11 +134,11 @@ impl MetadServer {
         self.locks.release_holder(holder);
         self.intents.release_holder(holder);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(blocking(move || {
             if let Err(e) = store.release_holder(holder) {
                 warn!(holder, "cannot release the files of a departed client: {e}");
             }
-        });
+        }));
     }
 
     /// Deletes the files that lost their last name and lingered long enough, except those a
@@ -365,7 +366,7 @@ impl MetadServer {
     /// The metrics text: request counts and latencies, and what metad's state holds now.
     pub async fn render_metrics(self: Arc<Self>) -> String {
         let server = self.clone();
-        let values = tokio::task::spawn_blocking(move || server.metric_values()).await;
+        let values = blocking(move || server.metric_values()).await;
         self.metrics.snapshot.set(values.unwrap_or_default());
         shardfs_rpc::metrics::encode(&self.metrics.registry)
     }
@@ -503,19 +504,14 @@ fn granted_by(grant: Grant, reply: &MetaReply) -> Vec<Ino> {
     granted
 }
 
-/// Runs a request's SQLite work, which blocks. On a multi-threaded runtime it runs right
-/// here, the worker's other tasks moving to another thread meanwhile (`block_in_place`):
-/// handing it to the blocking pool and back cost two thread wake-ups per request, about a
-/// third of a lookup's round trip on a 2-core machine (`docs/performance.md`).
-async fn blocking<T: Send + 'static>(
+/// Runs a request's SQLite work, which blocks, on the handler's own thread
+/// (`blocking_in_place`): handing it to the blocking pool and back cost two thread wake-ups
+/// per request, about a third of a lookup's round trip on a 2-core machine
+/// (`docs/performance.md`).
+async fn in_place<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, shardfs_rpc::Error> {
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(work)),
-        _ => tokio::task::spawn_blocking(work).await.map_err(|e| {
-            shardfs_rpc::Error::Io(std::io::Error::other(format!("request handler failed: {e}")))
-        }),
-    }
+    blocking_in_place(work).await.map_err(|e| shardfs_rpc::Error::Io(std::io::Error::other(e)))
 }
 
 impl Handler for MetadServer {
@@ -532,7 +528,7 @@ impl Handler for MetadServer {
         if service == Service::Membership {
             let request: MembershipRequest = shardfs_rpc::decode(&body)?;
             let server = self.clone();
-            let response = blocking(move || members::membership(&server, request, peer)).await?;
+            let response = in_place(move || members::membership(&server, request, peer)).await?;
             return Ok(shardfs_rpc::encode(&response));
         }
         let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
@@ -560,7 +556,7 @@ impl Handler for MetadServer {
             // owner's unlock holds no turn (enough of them would leave none for the unlock).
             let turn = self.gate.enter(peer).await;
             let outcome =
-                blocking(move || server.answer_leased(request, Caller { holder, peer })).await?;
+                in_place(move || server.answer_leased(request, Caller { holder, peer })).await?;
             drop(turn);
             match outcome {
                 Outcome::Answered(response) => {

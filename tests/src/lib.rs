@@ -557,11 +557,21 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// A mount that exits removes its record (`fs/src/mount_record.rs`, which names it the
+    /// same way); one the test killed leaves it.
+    fn remove_record(&self) {
+        if !is_mounted(&self.path) {
+            let name = self.path.to_string_lossy().trim_matches('/').replace('/', "-");
+            let _ = std::fs::remove_file(format!("/run/shardfs/mount-{name}.json"));
+        }
+    }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         self.teardown();
+        self.remove_record();
     }
 }
 
