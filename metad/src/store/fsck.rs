@@ -7,7 +7,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::mutation::{Applied, Mutation};
-use super::{Store, layout};
+use super::{Store, layout, namespace};
 use shardfs_chunkd::ChunkId;
 
 use crate::proto::{Extent, Ino, MetaError, ROOT_INO, Timestamp};
@@ -95,12 +95,7 @@ impl Store {
         }
         // A repair is one change like any other, told which nameless inodes are open.
         self.with_writer(|writer| {
-            let nameless: Vec<Ino> = writer.read(|tx| {
-                Ok(tx
-                    .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?)
-            })?;
+            let nameless = writer.read(namespace::nameless)?;
             let open = nameless.into_iter().filter(|&ino| self.open_files.is_open(ino)).collect();
             match writer.apply(Mutation::Repair { open, now })?.0 {
                 Applied::Checked(report) => Ok(report),

@@ -348,18 +348,21 @@ impl Store {
 
     /// Deletes every nameless inode nobody has open; returns how many.
     pub(super) fn reclaim_orphans(&self) -> Result<usize, MetaError> {
-        let orphans: Vec<Ino> = self.scan(|tx| {
-            Ok(tx
-                .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?)
-        })?;
+        let orphans = self.scan(nameless)?;
         self.reclaim_unless_open(orphans)
     }
 
     pub fn inode_count(&self) -> Result<u64, MetaError> {
         self.scan(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
     }
+}
+
+/// Every inode with no name left.
+pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
+    Ok(tx
+        .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
