@@ -73,8 +73,14 @@ pub fn binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
         panic!("{} is missing: run `cargo build --workspace --bins` first", path.display())
     });
-    if let Some((changed, source)) = newest_source()
-        && built < *changed
+    // The crates each binary is built from (a binary is relinked only when one changes).
+    let crates: &[&str] = match name {
+        "shardfs-chunkd" => &["rpc", "chunkd"],
+        "shardfs-metad" => &["rpc", "chunkd", "metad"],
+        _ => &["rpc", "chunkd", "metad", "fs"],
+    };
+    if let Some((changed, source)) = newest_source(crates)
+        && built < changed
     {
         panic!(
             "{} is older than {}: run `cargo build --workspace --bins` first",
@@ -85,20 +91,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified source file of the crates the binaries are built from.
-fn newest_source() -> Option<&'static (std::time::SystemTime, PathBuf)> {
-    static NEWEST: std::sync::OnceLock<Option<(std::time::SystemTime, PathBuf)>> =
-        std::sync::OnceLock::new();
-    NEWEST
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_owned();
-            let mut newest = None;
-            for dir in ["rpc/src", "chunkd/src", "metad/src", "fs/src"] {
-                newest_in(&root.join(dir), &mut newest);
-            }
-            newest
-        })
-        .as_ref()
+/// The most recently modified source file of `crates`.
+fn newest_source(crates: &[&str]) -> Option<(std::time::SystemTime, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest = None;
+    for name in crates {
+        newest_in(&root.join(name).join("src"), &mut newest);
+    }
+    newest
 }
 
 fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
