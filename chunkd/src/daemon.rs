@@ -154,7 +154,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::client::ChunkClient;
+    use shardfs_chunk_api::client::ChunkClient;
 
     /// The way an in-process cluster uses it: start on an ephemeral port, use, stop, restart
     /// on the same directory.
@@ -177,8 +177,11 @@ mod tests {
             let stat = client.stat().await.unwrap();
             assert_eq!(stat.shard_count, round);
             let chunk = vec![round as u8; 10];
-            let shard = crate::ShardId { chunk: crate::ChunkId::of(&chunk), index: 0 };
-            let encoding = crate::Encoding::new(1, 1).unwrap();
+            let shard = shardfs_chunk_api::ShardId {
+                chunk: shardfs_chunk_api::ChunkId::of(&chunk),
+                index: 0,
+            };
+            let encoding = shardfs_chunk_api::Encoding::new(1, 1).unwrap();
             client.put(shard, encoding, 10, chunk, &[]).await.unwrap();
             stop.send(()).unwrap();
             chunkd.await.unwrap().unwrap();

@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
-use crate::chunk_id::ShardId;
-use crate::membership::{MembershipError, MembershipRequest, MembershipResponse};
 use crate::store::ShardStore;
+use shardfs_chunk_api::chunk_id::ShardId;
+use shardfs_chunk_api::membership::{MembershipError, MembershipRequest, MembershipResponse};
 
 /// First wait before retrying a failed registration; doubles up to `MAX_BACKOFF`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);

@@ -4,15 +4,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::chunk_id::ShardId;
-use crate::proto::ChunkdError;
 use crate::store::ShardStore;
+use shardfs_chunk_api::chunk_id::ShardId;
+use shardfs_chunk_api::proto::ChunkdError;
+use shardfs_rpc::passes::Passes;
 use shardfs_rpc::sync::Lock as _;
 
 /// Shards listed per page of a pass.
@@ -33,49 +32,6 @@ impl Default for ScrubConfig {
             bytes_per_second: 16 * 1024 * 1024,
             pass_interval: Duration::from_secs(24 * 3600),
         }
-    }
-}
-
-/// The passes of a background worker that runs a pass, pauses, and runs again (scrub
-/// here, garbage collection in metad), and requests for a pass now.
-#[derive(Debug, Default)]
-pub struct Passes {
-    completed: AtomicU64,
-    running: AtomicBool,
-    wake: tokio::sync::Notify,
-}
-
-impl Passes {
-    /// Passes completed since start.
-    pub fn completed(&self) -> u64 {
-        self.completed.load(SeqCst)
-    }
-
-    /// Runs one pass of `work`, counted.
-    pub async fn run<T>(&self, work: impl Future<Output = T>) -> T {
-        self.running.store(true, SeqCst);
-        let outcome = work.await;
-        // Counted before `running` clears, so a reader never misses a pass in progress.
-        self.completed.fetch_add(1, SeqCst);
-        self.running.store(false, SeqCst);
-        outcome
-    }
-
-    /// The pause between passes: `interval`, or less if a pass is requested.
-    pub async fn pause(&self, interval: Duration) {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = self.wake.notified() => {}
-        }
-    }
-
-    /// Asks for a pass now; returns the count of completed passes at which one that began
-    /// after this call has ended.
-    pub fn request(&self) -> u64 {
-        let (completed, running) = (self.completed(), self.running.load(SeqCst));
-        // A worker mid-pass keeps the permit and runs once more right after.
-        self.wake.notify_one();
-        completed + 1 + u64::from(running)
     }
 }
 
@@ -168,9 +124,9 @@ pub async fn pass(store: &Arc<ShardStore>, bytes_per_second: u64) -> PassSummary
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk_id::ChunkId;
-    use crate::codec::{self, Encoding};
     use crate::store::shard_file_path;
+    use shardfs_chunk_api::chunk_id::ChunkId;
+    use shardfs_chunk_api::codec::{self, Encoding};
 
     #[tokio::test]
     async fn a_pass_finds_every_corrupt_shard_and_reports_it() {
@@ -215,7 +171,7 @@ mod tests {
         let encoding = Encoding::new(1, 1).unwrap();
         for i in 0..4u8 {
             let chunk = vec![i; 50_000];
-            let (id, tree) = crate::hash_tree::build(&chunk);
+            let (id, tree) = shardfs_chunk_api::hash_tree::build(&chunk);
             let shard = ShardId { chunk: id, index: 0 };
             let data = codec::encode(encoding, &chunk).remove(0);
             let checksum = *blake3::hash(&data).as_bytes();

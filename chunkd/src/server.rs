@@ -10,11 +10,13 @@ use shardfs_rpc::{Handler, ServerConfig, Service};
 use tokio::net::TcpListener;
 use tracing::{debug, instrument, warn};
 
-use crate::chunk_id::ShardId;
-use crate::codec::Encoding;
 use crate::metrics::ChunkdMetrics;
-use crate::proto::{ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse};
 use crate::store::ShardStore;
+use shardfs_chunk_api::chunk_id::ShardId;
+use shardfs_chunk_api::codec::Encoding;
+use shardfs_chunk_api::proto::{
+    ChunkdCall, ChunkdError, ChunkdReply, ChunkdRequest, ChunkdResponse,
+};
 use shardfs_rpc::sync::ReadWrite as _;
 
 /// Serves the chunkd protocol for `store` on `listener`, to peers holding the cluster secret

@@ -26,9 +26,9 @@
 //! files have no tree and stay readable whole. A file of any other version is reported as
 //! unsupported rather than corrupt: it was most likely written by a newer build.
 
-use crate::chunk_id::{ChunkId, ShardId};
-use crate::codec::Encoding;
-use crate::hash_tree;
+use shardfs_chunk_api::chunk_id::{ChunkId, ShardId};
+use shardfs_chunk_api::codec::Encoding;
+use shardfs_chunk_api::hash_tree;
 
 pub const MAGIC: [u8; 8] = *b"SFSHARD\0";
 /// The format version this build writes. It reads this one and version 1.
@@ -260,7 +260,7 @@ mod tests {
         let chunk = b"hello shard world".to_vec();
         let shard = ShardId { chunk: ChunkId::of(&chunk), index: 5 };
         let encoding = Encoding::new(4, 2).unwrap();
-        let payload = crate::codec::encode(encoding, &chunk).swap_remove(5);
+        let payload = shardfs_chunk_api::codec::encode(encoding, &chunk).swap_remove(5);
         (shard, encoding, payload)
     }
 
@@ -282,7 +282,7 @@ mod tests {
         let chunk: Vec<u8> = (0..3 * hash_tree::SEGMENT_LEN + 5).map(|i| (i % 253) as u8).collect();
         let (id, tree) = hash_tree::build(&chunk);
         let encoding = Encoding::new(2, 1).unwrap();
-        let payload = crate::codec::encode(encoding, &chunk).swap_remove(1);
+        let payload = shardfs_chunk_api::codec::encode(encoding, &chunk).swap_remove(1);
         (ShardId { chunk: id, index: 1 }, encoding, chunk.len() as u64, payload, tree)
     }
 

@@ -29,11 +29,11 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tracing::{info, warn};
 
-use crate::chunk_id::ShardId;
-use crate::codec::Encoding;
-use crate::hash_tree;
-use crate::proto::{ChunkdError, ChunkdStat};
 use crate::shard::{self, HEADER_LEN, ShardFormatError, ShardHeader};
+use shardfs_chunk_api::chunk_id::ShardId;
+use shardfs_chunk_api::codec::Encoding;
+use shardfs_chunk_api::hash_tree;
+use shardfs_chunk_api::proto::{ChunkdError, ChunkdStat};
 
 pub use layout::shard_file_path;
 use shardfs_rpc::sync::Lock as _;

@@ -5,8 +5,8 @@ use std::process::{Child, Command, Stdio};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shardfs_chunkd::client::ChunkClient;
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::client::ChunkClient;
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 use shardfs_rpc::{ClientOptions, ClusterKey};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shardfs-chunkd");

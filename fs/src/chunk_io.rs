@@ -8,11 +8,11 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
-use shardfs_chunkd::client::{ChunkClientError, ChunkClientPool};
-use shardfs_chunkd::proto::ChunkdError;
-use shardfs_chunkd::{ChunkId, ShardId, codec, hash_tree};
-use shardfs_metad::MetaClient;
-use shardfs_metad::proto::{
+use shardfs_chunk_api::client::{ChunkClientError, ChunkClientPool};
+use shardfs_chunk_api::proto::ChunkdError;
+use shardfs_chunk_api::{ChunkId, ShardId, codec, hash_tree};
+use shardfs_meta_api::MetaClient;
+use shardfs_meta_api::proto::{
     ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, ShardPlace,
     StoredChunk,
 };
@@ -450,7 +450,7 @@ struct PutFailure {
 async fn put_chunk(
     pool: Arc<ChunkClientPool>,
     chunk: ChunkToWrite,
-    (encoding, tree): (shardfs_chunkd::Encoding, Arc<Vec<u8>>),
+    (encoding, tree): (shardfs_chunk_api::Encoding, Arc<Vec<u8>>),
     data: Vec<u8>,
     places: Vec<ShardPlace>,
 ) -> Result<(), PutFailure> {

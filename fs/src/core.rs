@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_metad::proto::{
+use shardfs_chunk_api::client::ChunkClientPool;
+use shardfs_meta_api::proto::{
     Attr, Cred, DirEntry, FileKind, HeldLock, INLINE_MAX, Ino, Layout, LockKind, MAX_NAME_LEN,
     Made, MetaError, RenameMode, SetAttr, SetTime, SpaceOp, StatFs, Timestamp, Unlinked,
     VolumeInfo, XattrMode, names_an_entry,
 };
-use shardfs_metad::{MetaClient, MetaClientError};
+use shardfs_meta_api::{MetaClient, MetaClientError};
 use shardfs_rpc::ClientOptions;
 use tracing::{debug, warn};
 

@@ -1,8 +1,8 @@
 //! The client's error type, and the one place where errors become errno values.
 
 use fuser::Errno;
-use shardfs_metad::MetaClientError;
-use shardfs_metad::proto::MetaError;
+use shardfs_meta_api::MetaClientError;
+use shardfs_meta_api::proto::MetaError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

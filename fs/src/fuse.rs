@@ -18,7 +18,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use shardfs_metad::proto::{
+use shardfs_meta_api::proto::{
     Attr, Cred, FileKind, Ino, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
     XattrMode,
 };

@@ -19,8 +19,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
-use shardfs_metad::SessionEvents;
-use shardfs_metad::proto::{Attr, Ino, MetaPush};
+use shardfs_meta_api::SessionEvents;
+use shardfs_meta_api::proto::{Attr, Ino, MetaPush};
 use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;

@@ -101,11 +101,8 @@ pub fn check_new_mountpoint(mountpoint: &Path, nonempty: bool) -> anyhow::Result
 
 /// Whether `path` (canonical) is where a filesystem is mounted, per /proc/self/mountinfo.
 pub(crate) fn is_mount_point(path: &Path) -> anyhow::Result<bool> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo")?;
     let wanted = path.to_string_lossy();
-    let mut points = mountinfo.lines().filter_map(|line| line.split(' ').nth(4));
-    Ok(points.any(|point| crate::info::unescape(point) == wanted))
+    Ok(crate::mountinfo::mounts()?.iter().any(|m| m.point == wanted))
 }
 
 /// Mounts `fs` at `mountpoint`, calls `ready` once the mount is live, and serves until the

@@ -69,7 +69,7 @@ impl MountFlags {
                 ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),
                 ("metrics_listen", Some(addr)) => flags.metrics_listen = Some(addr.into()),
                 ("cache_size", Some(size)) => {
-                    flags.cache_size = Some(shardfs_metad::daemon::parse_size(size)?)
+                    flags.cache_size = Some(shardfs_rpc::size::parse(size)?)
                 }
                 ("noatime", None) => flags.kernel.push(MountOption::NoAtime),
                 ("atime", None) => flags.kernel.push(MountOption::Atime),

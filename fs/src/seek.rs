@@ -4,7 +4,7 @@
 //! holes and data to start on block boundaries as on a local disk: a block holding any byte
 //! of data is data. So data ranges are widened to whole blocks before the search.
 
-use shardfs_metad::proto::Extent;
+use shardfs_meta_api::proto::Extent;
 
 use crate::error::{FsError, FsResult};
 
@@ -51,7 +51,7 @@ fn block_ranges(extents: &[Extent], size: u64) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use shardfs_chunkd::ChunkId;
+    use shardfs_chunk_api::ChunkId;
 
     use super::*;
 

@@ -2,7 +2,7 @@
 //! clear. The kernel does this itself for write(2) and truncate, but leaves fallocate(2) to
 //! the filesystem.
 
-use shardfs_metad::proto::Cred;
+use shardfs_meta_api::proto::Cred;
 
 /// `perm` with the bits Linux drops when `caller` modifies a file owned by group `file_gid`:
 /// set-user-id always; set-group-id when group-executable, or when the caller is outside the

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardfs_metad::acl::Acl;
-use shardfs_metad::proto::Cred;
+use shardfs_meta_api::proto::Cred;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(acl) = Acl::parse(data) {

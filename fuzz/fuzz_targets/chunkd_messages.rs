@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfs_chunkd::proto::{ChunkdCall, ChunkdResponse};
+use shardfs_chunk_api::proto::{ChunkdCall, ChunkdResponse};
 use shardfs_rpc::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfs_chunkd::membership::{MembershipRequest, MembershipResponse};
-use shardfs_metad::proto::{MetaPush, MetaRequest, MetaResponse};
+use shardfs_chunk_api::membership::{MembershipRequest, MembershipResponse};
+use shardfs_meta_api::proto::{MetaPush, MetaRequest, MetaResponse};
 use shardfs_rpc::{decode, encode};
 
 /// Decodes `data` as `T`; if that works, its encoding decodes again.

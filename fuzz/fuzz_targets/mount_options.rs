@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfs::options::MountFlags;
+use shardfs_fs::options::MountFlags;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(list) = std::str::from_utf8(data) {

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardfs_chunkd::shard::{FORMAT_VERSION, decode_file, encode_file};
-use shardfs_chunkd::{ChunkId, ShardId};
+use shardfs_chunk_api::{ChunkId, ShardId};
 
 fuzz_target!(|data: &[u8]| {
     let Some((id, file)) = data.split_first_chunk::<33>() else {

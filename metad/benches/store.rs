@@ -5,8 +5,8 @@
 //! `cargo bench -p shardfs-metad --bench store`; results in docs/performance.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shardfs_chunkd::{ChunkId, Encoding};
-use shardfs_metad::proto::{
+use shardfs_chunk_api::{ChunkId, Encoding};
+use shardfs_meta_api::proto::{
     Cred, Extent, ROOT_INO, RenameMode, ShardPlace, StoredChunk, Timestamp,
 };
 use shardfs_metad::store::{ChunkdRecord, Store, VolumeOverrides, VolumeSettings};

@@ -11,8 +11,8 @@
 //! was opened, even after a chmod).
 
 use crate::acl::{self, Acl};
-use crate::proto::{Attr, Cred, FileKind, Ino, MetaError};
 use crate::store::Store;
+use shardfs_meta_api::proto::{Attr, Cred, FileKind, Ino, MetaError};
 
 pub const READ: u16 = 4;
 pub const WRITE: u16 = 2;
@@ -59,7 +59,7 @@ pub fn owns(attr: &Attr, cred: &Cred) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Timestamp;
+    use shardfs_meta_api::proto::Timestamp;
 
     fn attr(kind: FileKind, perm: u16, uid: u32, gid: u32) -> Attr {
         let t = Timestamp::default();

@@ -12,7 +12,7 @@ pub const ACCESS: &[u8] = b"system.posix_acl_access";
 /// Name of the default (inherited) ACL attribute, on directories.
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
 
-use crate::proto::Cred;
+use shardfs_meta_api::proto::Cred;
 
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;

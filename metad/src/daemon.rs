@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shardfs_chunkd::Encoding;
-use shardfs_chunkd::client::ChunkClientPool;
+use shardfs_chunk_api::Encoding;
+use shardfs_chunk_api::client::ChunkClientPool;
 use shardfs_rpc::{ClusterKey, DaemonAuth, DaemonTls};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -197,36 +197,5 @@ async fn housekeeping(server: &Arc<MetadServer>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("cannot delete files that lost their last name: {e}"),
         Err(e) => warn!("housekeeping task failed: {e}"),
-    }
-}
-
-/// Parses sizes such as `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`, binary).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        "t" | "tib" | "tb" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    value.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert!(parse_size("4XB").is_err());
-        assert!(parse_size("").is_err());
     }
 }

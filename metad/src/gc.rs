@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shardfs_chunkd::ShardId;
-use shardfs_chunkd::client::ChunkClientPool;
+use shardfs_chunk_api::ShardId;
+use shardfs_chunk_api::client::ChunkClientPool;
 use tracing::{info, warn};
 
 use crate::intents::Intents;
@@ -50,7 +50,7 @@ pub struct GcStats {
     pub orphans_deleted: AtomicU64,
     pub sweeps_aborted: AtomicU64,
     /// Passes, and requests for one now (`shardfs gc`).
-    pub passes: shardfs_chunkd::scrub::Passes,
+    pub passes: shardfs_rpc::passes::Passes,
 }
 
 /// Collects garbage until `shutdown` completes.
@@ -158,7 +158,7 @@ async fn sweep(
 ) -> Result<u64, String> {
     let client = pool.get(addr, chunkd);
     // A second of margin: catalogue times have one-second resolution.
-    let listed_at = crate::proto::Timestamp::now().sec - 1;
+    let listed_at = shardfs_meta_api::proto::Timestamp::now().sec - 1;
     let mut listed = Vec::new();
     let mut after = None;
     loop {

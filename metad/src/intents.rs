@@ -18,10 +18,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use shardfs_chunkd::ChunkId;
+use shardfs_chunk_api::ChunkId;
 
-use crate::proto::MetaError;
 use crate::store::Holder;
+use shardfs_meta_api::proto::MetaError;
 use shardfs_rpc::sync::Lock as _;
 
 /// Longest a prepared write protects its chunks: longer than any write takes to commit.

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use shardfs_rpc::Pusher;
 use tracing::{debug, warn};
 
-use crate::proto::{Ino, MetaPush};
 use crate::store::Holder;
+use shardfs_meta_api::proto::{Ino, MetaPush};
 use shardfs_rpc::sync::Lock as _;
 
 /// What a request needs from the leases other sessions hold on an inode.

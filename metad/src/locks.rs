@@ -10,26 +10,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-
-use crate::proto::{Ino, MetaError};
 use crate::store::{Holder, LockRow, Store};
+use shardfs_meta_api::proto::{HeldLock, Ino, LockKind, MetaError};
 use shardfs_rpc::sync::Lock as _;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LockKind {
-    Read,
-    Write,
-}
-
-/// A held lock, as F_GETLK reports it. `end` is inclusive (`u64::MAX`: to end of file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldLock {
-    pub start: u64,
-    pub end: u64,
-    pub kind: LockKind,
-    pub pid: u32,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Owner {

@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shardfs_chunkd::proto::ChunkdStat;
+use shardfs_chunk_api::proto::ChunkdStat;
 
-use crate::proto::{ChunkdStatus, MetaError};
 use crate::store::{ChunkdRecord, Store};
+use shardfs_meta_api::proto::{ChunkdStatus, MetaError};
 use shardfs_rpc::sync::Lock as _;
 
 /// A chunkd with less free space than this takes no new shards.

@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 
-use shardfs_chunkd::{ChunkId, Encoding};
+use shardfs_chunk_api::{ChunkId, Encoding};
 
-use crate::proto::{MetaError, ShardPlace};
 use crate::store::ChunkdRecord;
+use shardfs_meta_api::proto::{MetaError, ShardPlace};
 
 /// Where the shards of a new chunk go: all k+m on distinct chunkds when that many are
 /// usable; else, written degraded, shards `0..n` on the `n` usable ones as long as `n` is

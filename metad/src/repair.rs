@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_chunkd::{ShardId, codec, hash_tree};
+use shardfs_chunk_api::client::ChunkClientPool;
+use shardfs_chunk_api::{ShardId, codec, hash_tree};
 use tracing::{info, warn};
 
 use crate::members::Members;
 use crate::placement;
-use crate::proto::{ChunkStatus, MetaError};
 use crate::store::{ChunkdRecord, Store};
+use shardfs_meta_api::proto::{ChunkStatus, MetaError};
 
 /// Chunks looked at per scan.
 const BATCH: usize = 256;
@@ -117,7 +117,7 @@ async fn repair_chunk(
     lost: &HashSet<String>,
 ) -> Result<u64, String> {
     let encoding = chunk.encoding;
-    let usable = |s: &&crate::proto::ShardStatus| s.healthy && !lost.contains(&s.chunkd);
+    let usable = |s: &&shardfs_meta_api::proto::ShardStatus| s.healthy && !lost.contains(&s.chunkd);
     let bad: Vec<_> = chunk.shards.iter().filter(|s| !usable(s)).collect();
     if bad.is_empty() {
         return Ok(0);

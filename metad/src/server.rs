@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 use bytes::Bytes;
-use shardfs_chunkd::membership::MembershipRequest;
+use shardfs_chunk_api::membership::MembershipRequest;
 use shardfs_rpc::metrics::{OpMetrics, Registry, Snapshot, Value};
 use shardfs_rpc::sync::{blocking, blocking_in_place};
 use shardfs_rpc::{ClusterKey, DaemonAuth, Handler, Service};
@@ -17,14 +17,14 @@ use crate::intents::Intents;
 use crate::leases::{Bar, Conflict, Leases, Need, Table};
 use crate::locks::LockTable;
 use crate::members::Members;
-use crate::proto::{
-    Attr, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, SessionRequest,
-    WorkerStatus,
-};
 use crate::repair::RepairStats;
 use crate::requests::{Caller, Family, Grant, Leasing, Target, members};
 use crate::sessions::{Departed, SessionLimits, Sessions};
 use crate::store::{Holder, Holdings, Store};
+use shardfs_meta_api::proto::{
+    Attr, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, SessionRequest,
+    WorkerStatus,
+};
 
 pub struct MetadServer {
     pub(crate) store: Arc<Store>,
@@ -436,7 +436,7 @@ impl MetadServer {
             ]);
         }
         let chunkds = self.members.status();
-        let each = |name, help, value: fn(&crate::proto::ChunkdStatus) -> u64| {
+        let each = |name, help, value: fn(&shardfs_meta_api::proto::ChunkdStatus) -> u64| {
             chunkds.iter().map(move |c| {
                 let zone = c.zone.clone().unwrap_or_default();
                 Value::gauge(name, help, value(c)).with("chunkd", c.id.clone()).with("zone", zone)

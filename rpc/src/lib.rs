@@ -15,7 +15,9 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod metrics;
+pub mod passes;
 pub mod server;
+pub mod size;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

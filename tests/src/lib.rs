@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shardfs_metad::MetaClient;
+use shardfs_meta_api::MetaClient;
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 use tempfile::TempDir;
 
@@ -75,9 +75,9 @@ pub fn binary(name: &str) -> PathBuf {
     });
     // The crates each binary is built from (a binary is relinked only when one changes).
     let crates: &[&str] = match name {
-        "shardfs-chunkd" => &["rpc", "chunkd"],
-        "shardfs-metad" => &["rpc", "chunkd", "metad"],
-        _ => &["rpc", "chunkd", "metad", "fs"],
+        "shardfs-chunkd" => &["rpc", "chunk-api", "chunkd"],
+        "shardfs-metad" => &["rpc", "chunk-api", "meta-api", "metad"],
+        _ => &["rpc", "chunk-api", "meta-api", "chunkd", "metad", "fs", "cli"],
     };
     if let Some((changed, source)) = newest_source(crates)
         && built < changed

@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::chunk_id::ChunkId;
-use crate::membership::MembershipReply;
+use shardfs_chunk_api::chunk_id::ChunkId;
+use shardfs_chunk_api::membership::MembershipReply;
 use shardfs_rpc::sync::Lock as _;
 
 /// Records every request and answers `UnknownChunkd` to the first `forget` heartbeats.

@@ -6,11 +6,11 @@ use shardfs_rpc::ClientOptions;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::chunk_id::ChunkId;
-use crate::client::{ChunkClient, ChunkClientError, ChunkClientPool};
-use crate::codec;
-use crate::hash_tree;
 use crate::store::shard_file_path;
+use shardfs_chunk_api::chunk_id::ChunkId;
+use shardfs_chunk_api::client::{ChunkClient, ChunkClientError, ChunkClientPool};
+use shardfs_chunk_api::codec;
+use shardfs_chunk_api::hash_tree;
 
 struct Running {
     dir: tempfile::TempDir,

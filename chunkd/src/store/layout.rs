@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::chunk_id::{ChunkId, ShardId};
+use shardfs_chunk_api::chunk_id::{ChunkId, ShardId};
 
 pub const ID_FILE: &str = "chunkd.id";
 pub const LOCK_FILE: &str = "chunkd.lock";

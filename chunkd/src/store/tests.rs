@@ -1,8 +1,8 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::*;
-use crate::chunk_id::ChunkId;
-use crate::codec;
+use shardfs_chunk_api::chunk_id::ChunkId;
+use shardfs_chunk_api::codec;
 
 const ENCODING: Encoding = Encoding { k: 2, m: 1 };
 
@@ -274,7 +274,7 @@ async fn full_disk_is_no_space() {
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
     let encoding = Encoding { k: 1, m: 1 };
     let chunk = vec![5u8; 8 << 20];
-    let (id, tree) = crate::hash_tree::build(&chunk);
+    let (id, tree) = shardfs_chunk_api::hash_tree::build(&chunk);
     let shard = ShardId { chunk: id, index: 0 };
     let checksum = *blake3::hash(&chunk).as_bytes();
     let result = store.put(shard, encoding, chunk.len() as u64, checksum, chunk, tree).await;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use shardfs_chunkd::Encoding;
+use shardfs_chunk_api::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, requires = "k")]
     m: Option<u8>,
     /// Chunk size for new data, e.g. 4MiB (default on a new volume).
-    #[arg(long, value_parser = daemon::parse_size)]
+    #[arg(long, value_parser = shardfs_rpc::size::parse)]
     chunk_size: Option<u64>,
     /// Seconds without a heartbeat after which a chunkd counts as down.
     #[arg(long, default_value_t = 10)]

@@ -1,32 +1,14 @@
 //! Attributes: reading them, chmod/chown/utimes/truncate, and the atime a read updates.
 //! Changes are the `SetAttr` and `Accessed` mutations.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Caller, Family, Grant, Leasing, Target, valid_times};
 use crate::access::{WRITE, need, owns};
 use crate::leases::Need;
-use crate::proto::{Cred, Ino, MetaError, MetaReply, MetaResponse, SetAttr, SetTime};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum AttrRequest {
-    GetAttr {
-        ino: Ino,
-    },
-    SetAttr {
-        ino: Ino,
-        cred: Cred,
-        changes: SetAttr,
-    },
-    /// The file or directory was read: update its atime, under the relatime rule unless
-    /// `strict` (the `strictatime` mount option). Answers the attributes.
-    Accessed {
-        ino: Ino,
-        strict: bool,
-    },
-}
+use shardfs_meta_api::proto::{
+    AttrRequest, Cred, Ino, MetaError, MetaReply, MetaResponse, SetAttr, SetTime,
+};
 
 impl Family for AttrRequest {
     fn permitted(&self, store: &Store) -> Result<(), MetaError> {
@@ -53,18 +35,16 @@ impl Family for AttrRequest {
     }
 
     fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
-        Outcome::Answered(self.reply(&server.store))
+        Outcome::Answered(reply(self, &server.store))
     }
 }
 
-impl AttrRequest {
-    fn reply(self, store: &Store) -> MetaResponse {
-        Ok(MetaReply::Attr(match self {
-            AttrRequest::GetAttr { ino } => store.get_attr(ino)?,
-            AttrRequest::SetAttr { ino, cred: _, changes } => store.set_attr(ino, &changes)?,
-            AttrRequest::Accessed { ino, strict } => store.accessed(ino, strict)?,
-        }))
-    }
+fn reply(request: AttrRequest, store: &Store) -> MetaResponse {
+    Ok(MetaReply::Attr(match request {
+        AttrRequest::GetAttr { ino } => store.get_attr(ino)?,
+        AttrRequest::SetAttr { ino, cred: _, changes } => store.set_attr(ino, &changes)?,
+        AttrRequest::Accessed { ino, strict } => store.accessed(ino, strict)?,
+    }))
 }
 
 const SETID: u16 = (libc::S_ISUID | libc::S_ISGID) as u16;

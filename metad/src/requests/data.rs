@@ -4,61 +4,18 @@
 //!
 //! Who may write a file is the kernel's to decide when it opens it (see `access.rs`).
 
-use serde::{Deserialize, Serialize};
-use shardfs_chunkd::{ChunkId, Encoding};
+use shardfs_chunk_api::Encoding;
 use tracing::warn;
 
 use super::{Caller, Family, Grant, Leasing, Target, valid_times};
 use crate::leases::Need::{Read, Write};
 use crate::placement;
-use crate::proto::{
-    ChunkPlan, ChunkToWrite, Extent, InlineChunk, Ino, MetaError, MetaReply, MetaResponse, SetTime,
-    SpaceOp, StoredChunk, Timestamp,
-};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
+use shardfs_meta_api::proto::{
+    ChunkPlan, ChunkToWrite, DataRequest, MetaError, MetaReply, MetaResponse, SetTime,
+};
 use shardfs_rpc::throttle::Throttle;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum DataRequest {
-    GetLayout {
-        ino: Ino,
-    },
-    /// Asks which chunks must be stored and where (dedup and placement).
-    PrepareWrite {
-        chunks: Vec<ChunkToWrite>,
-        /// chunkds the client could not reach: placement leaves them out.
-        avoid: Vec<String>,
-    },
-    /// Records stored chunks, inline chunks with their content, and the extents that now
-    /// use them, in one transaction.
-    CommitWrite {
-        ino: Ino,
-        stored: Vec<StoredChunk>,
-        inline: Vec<InlineChunk>,
-        extents: Vec<Extent>,
-        mtime: Timestamp,
-    },
-    Allocate {
-        ino: Ino,
-        offset: u64,
-        len: u64,
-        op: SpaceOp,
-    },
-    /// Makes `dst` bytes `[dst_offset, +len)` share the chunks of `src` bytes
-    /// `[src_offset, +len)`.
-    CloneRange {
-        src: Ino,
-        src_offset: u64,
-        dst: Ino,
-        dst_offset: u64,
-        len: u64,
-    },
-    /// The content of a chunk kept inline.
-    ReadInline {
-        chunk: ChunkId,
-    },
-}
 
 impl Family for DataRequest {
     fn permitted(&self, _: &Store) -> Result<(), MetaError> {
@@ -91,34 +48,32 @@ impl Family for DataRequest {
     }
 
     fn answer(self, server: &MetadServer, caller: Caller) -> Outcome {
-        Outcome::Answered(self.reply(server, caller))
+        Outcome::Answered(reply(self, server, caller))
     }
 }
 
-impl DataRequest {
-    fn reply(self, server: &MetadServer, caller: Caller) -> MetaResponse {
-        let store = &server.store;
-        Ok(match self {
-            DataRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
-            DataRequest::PrepareWrite { chunks, avoid } => {
-                MetaReply::Plans(prepare_write(server, caller, &chunks, &avoid)?)
-            }
-            DataRequest::CommitWrite { ino, stored, inline, extents, mtime } => {
-                let attr = store.commit_write(ino, &stored, &inline, &extents, mtime)?;
-                // Referenced now: refcounts protect these chunks from here on.
-                server.intents.clear(caller.holder, extents.iter().map(|e| e.chunk));
-                MetaReply::Attr(attr)
-            }
-            DataRequest::Allocate { ino, offset, len, op } => {
-                MetaReply::Attr(store.allocate(ino, offset, len, op)?)
-            }
-            DataRequest::CloneRange { src, src_offset, dst, dst_offset, len } => {
-                let (attr, len) = store.clone_range(src, src_offset, dst, dst_offset, len)?;
-                MetaReply::Cloned { attr, len }
-            }
-            DataRequest::ReadInline { chunk } => MetaReply::Data(store.read_inline(chunk)?),
-        })
-    }
+fn reply(request: DataRequest, server: &MetadServer, caller: Caller) -> MetaResponse {
+    let store = &server.store;
+    Ok(match request {
+        DataRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
+        DataRequest::PrepareWrite { chunks, avoid } => {
+            MetaReply::Plans(prepare_write(server, caller, &chunks, &avoid)?)
+        }
+        DataRequest::CommitWrite { ino, stored, inline, extents, mtime } => {
+            let attr = store.commit_write(ino, &stored, &inline, &extents, mtime)?;
+            // Referenced now: refcounts protect these chunks from here on.
+            server.intents.clear(caller.holder, extents.iter().map(|e| e.chunk));
+            MetaReply::Attr(attr)
+        }
+        DataRequest::Allocate { ino, offset, len, op } => {
+            MetaReply::Attr(store.allocate(ino, offset, len, op)?)
+        }
+        DataRequest::CloneRange { src, src_offset, dst, dst_offset, len } => {
+            let (attr, len) = store.clone_range(src, src_offset, dst, dst_offset, len)?;
+            MetaReply::Cloned { attr, len }
+        }
+        DataRequest::ReadInline { chunk } => MetaReply::Data(store.read_inline(chunk)?),
+    })
 }
 
 /// How often the same refusal or degraded-write warning may be logged.

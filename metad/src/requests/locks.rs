@@ -1,23 +1,10 @@
 //! Byte-range locks (`fcntl`, OFD and `flock`), held cluster-wide in metad's lock table
 //! (`crate::locks`), which records them in the database as they change.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Caller, Family, Leasing};
-use crate::locks::{HeldLock, LockKind};
-use crate::proto::{Ino, MetaError, MetaReply};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum LockRequest {
-    /// F_GETLK: the lock that would block this one, if any.
-    TestLock { ino: Ino, owner: u64, start: u64, end: u64, kind: LockKind },
-    /// F_SETLK (`wait` false: `WouldBlock` on conflict) or F_SETLKW.
-    SetLock { ino: Ino, owner: u64, lock: HeldLock, wait: bool },
-    /// F_UNLCK of `[start, end]`.
-    Unlock { ino: Ino, owner: u64, start: u64, end: u64 },
-}
+use shardfs_meta_api::proto::{LockRequest, MetaError, MetaReply};
 
 impl Family for LockRequest {
     /// Locks are advisory and anyone who can open a file may lock it, as on Linux: the

@@ -5,33 +5,15 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-use shardfs_chunkd::membership::{
+use shardfs_chunk_api::membership::{
     MembershipError, MembershipReply, MembershipRequest, MembershipResponse,
 };
 use tracing::{info, warn};
 
 use super::{Caller, Family, Leasing};
-use crate::proto::{MetaError, MetaReply, MetaResponse};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum MemberRequest {
-    Chunkds,
-    /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
-    /// and repair moves the shards catalogued on it to other chunkds. Answers how many are
-    /// still catalogued there.
-    Drain {
-        chunkd: String,
-        undo: bool,
-    },
-    /// Removes chunkd `chunkd`, down and holding no shard in the catalogue, from the
-    /// registry for good; answers `Done`.
-    Forget {
-        chunkd: String,
-    },
-}
+use shardfs_meta_api::proto::{MemberRequest, MetaError, MetaReply, MetaResponse};
 
 impl Family for MemberRequest {
     /// Tools holding the cluster key ask; no file is touched.
@@ -53,29 +35,27 @@ impl Family for MemberRequest {
     }
 
     fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
-        Outcome::Answered(self.reply(server))
+        Outcome::Answered(reply(self, server))
     }
 }
 
-impl MemberRequest {
-    fn reply(self, server: &MetadServer) -> MetaResponse {
-        let members = &server.members;
-        Ok(match self {
-            MemberRequest::Chunkds => MetaReply::Chunkds(members.status()),
-            MemberRequest::Drain { chunkd, undo } => {
-                if !members.set_draining(&chunkd, !undo)? {
-                    return Err(MetaError::Invalid(format!("no chunkd {chunkd} is registered")));
-                }
-                info!(chunkd, draining = !undo, "chunkd drain changed");
-                MetaReply::Drained { remaining: server.store.shards_on(&chunkd)? }
+fn reply(request: MemberRequest, server: &MetadServer) -> MetaResponse {
+    let members = &server.members;
+    Ok(match request {
+        MemberRequest::Chunkds => MetaReply::Chunkds(members.status()),
+        MemberRequest::Drain { chunkd, undo } => {
+            if !members.set_draining(&chunkd, !undo)? {
+                return Err(MetaError::Invalid(format!("no chunkd {chunkd} is registered")));
             }
-            MemberRequest::Forget { chunkd } => {
-                members.forget(&chunkd)?;
-                info!(chunkd, "chunkd forgotten");
-                MetaReply::Done
-            }
-        })
-    }
+            info!(chunkd, draining = !undo, "chunkd drain changed");
+            MetaReply::Drained { remaining: server.store.shards_on(&chunkd)? }
+        }
+        MemberRequest::Forget { chunkd } => {
+            members.forget(&chunkd)?;
+            info!(chunkd, "chunkd forgotten");
+            MetaReply::Done
+        }
+    })
 }
 
 /// Answers a chunkd's membership request.

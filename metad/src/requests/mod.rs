@@ -24,9 +24,9 @@ mod tests;
 use std::net::SocketAddr;
 
 use crate::leases::Need;
-use crate::proto::{Ino, MetaError, MetaRequest, SetTime};
 use crate::server::{MetadServer, Outcome};
 use crate::store::{Holder, Store};
+use shardfs_meta_api::proto::{Ino, MetaError, MetaRequest, SetTime};
 
 /// Who made a request: its session, and the connection it came on.
 #[derive(Clone, Copy, Debug)]

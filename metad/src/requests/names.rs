@@ -2,94 +2,15 @@
 //! Each change is one [`Mutation`](crate::store::Mutation) (`Create`, `Link`, `Unlink`,
 //! `RemoveDir`, `Rename`), made by the store call its answer names.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Caller, Family, Grant, Leasing, Target};
 use crate::access::{EXEC, READ, STICKY, WRITE, need, owns};
 use crate::leases::Need::Write;
-use crate::proto::{Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, RenameMode};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum NameRequest {
-    Lookup {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    /// Creates a regular file, fifo, socket or device node; `mode` includes the type bits.
-    MakeNode {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        mode: u32,
-        rdev: u32,
-        cred: Cred,
-    },
-    MakeDir {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        mode: u32,
-        cred: Cred,
-    },
-    Symlink {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        target: Vec<u8>,
-        cred: Cred,
-    },
-    ReadLink {
-        ino: Ino,
-    },
-    Unlink {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    RemoveDir {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    Rename {
-        parent: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        new_parent: Ino,
-        #[serde(with = "serde_bytes")]
-        new_name: Vec<u8>,
-        mode: RenameMode,
-        cred: Cred,
-    },
-    Link {
-        ino: Ino,
-        new_parent: Ino,
-        #[serde(with = "serde_bytes")]
-        new_name: Vec<u8>,
-        cred: Cred,
-    },
-    /// Entries after `after` (0 = from the start), at most `limit`.
-    ReadDir {
-        ino: Ino,
-        after: u64,
-        limit: u32,
-        cred: Cred,
-    },
-}
-
-/// Whether a lookup of `name` reads an entry of its parent directory: not "." or "..",
-/// which find an inode, or a directory's parent, by number (for file handles). Only a
-/// lookup of an entry is covered by, and grants, a lease on the directory.
-pub fn names_an_entry(name: &[u8]) -> bool {
-    name != b"." && name != b".."
-}
+use shardfs_meta_api::proto::{
+    Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, NameRequest, RenameMode,
+    names_an_entry,
+};
 
 impl Family for NameRequest {
     fn permitted(&self, store: &Store) -> Result<(), MetaError> {
@@ -173,46 +94,42 @@ impl Family for NameRequest {
     }
 
     fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
-        Outcome::Answered(self.reply(&server.store))
+        Outcome::Answered(reply(self, &server.store))
     }
 }
 
-impl NameRequest {
-    fn reply(self, store: &Store) -> MetaResponse {
-        Ok(match self {
-            NameRequest::Lookup { parent, name, .. } => {
-                MetaReply::Attr(store.lookup(parent, &name)?)
-            }
-            NameRequest::MakeNode { parent, name, mode, rdev, cred } => {
-                MetaReply::Made(store.make_node(parent, &name, mode, rdev, cred)?)
-            }
-            NameRequest::MakeDir { parent, name, mode, cred } => {
-                MetaReply::Made(store.make_dir(parent, &name, mode, cred)?)
-            }
-            NameRequest::Symlink { parent, name, target, cred } => {
-                MetaReply::Made(store.symlink(parent, &name, &target, cred)?)
-            }
-            NameRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
-            NameRequest::Unlink { parent, name, .. } => {
-                MetaReply::Unlinked(store.unlink(parent, &name)?)
-            }
-            NameRequest::RemoveDir { parent, name, .. } => {
-                store.remove_dir(parent, &name)?;
-                MetaReply::Done
-            }
-            NameRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
-                let replaced = store.rename(parent, &name, new_parent, &new_name, mode, &cred)?;
-                MetaReply::Renamed { replaced }
-            }
-            NameRequest::Link { ino, new_parent, new_name, .. } => {
-                MetaReply::Made(store.link(ino, new_parent, &new_name)?)
-            }
-            NameRequest::ReadDir { ino, after, limit, .. } => {
-                let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;
-                MetaReply::Entries { parent, entries }
-            }
-        })
-    }
+fn reply(request: NameRequest, store: &Store) -> MetaResponse {
+    Ok(match request {
+        NameRequest::Lookup { parent, name, .. } => MetaReply::Attr(store.lookup(parent, &name)?),
+        NameRequest::MakeNode { parent, name, mode, rdev, cred } => {
+            MetaReply::Made(store.make_node(parent, &name, mode, rdev, cred)?)
+        }
+        NameRequest::MakeDir { parent, name, mode, cred } => {
+            MetaReply::Made(store.make_dir(parent, &name, mode, cred)?)
+        }
+        NameRequest::Symlink { parent, name, target, cred } => {
+            MetaReply::Made(store.symlink(parent, &name, &target, cred)?)
+        }
+        NameRequest::ReadLink { ino } => MetaReply::Target(store.read_link(ino)?),
+        NameRequest::Unlink { parent, name, .. } => {
+            MetaReply::Unlinked(store.unlink(parent, &name)?)
+        }
+        NameRequest::RemoveDir { parent, name, .. } => {
+            store.remove_dir(parent, &name)?;
+            MetaReply::Done
+        }
+        NameRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
+            let replaced = store.rename(parent, &name, new_parent, &new_name, mode, &cred)?;
+            MetaReply::Renamed { replaced }
+        }
+        NameRequest::Link { ino, new_parent, new_name, .. } => {
+            MetaReply::Made(store.link(ino, new_parent, &new_name)?)
+        }
+        NameRequest::ReadDir { ino, after, limit, .. } => {
+            let (parent, entries) = store.read_dir(ino, after, limit.min(4096))?;
+            MetaReply::Entries { parent, entries }
+        }
+    })
 }
 
 /// Removing (or replacing) `name` in `parent`: write and search on the directory, and in a

@@ -3,35 +3,13 @@
 //! counted in memory and recorded for restarts; the only mutation is the `Reclaim` of a
 //! file whose last close leaves it nameless (`Store::release_file`).
 
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Caller, Family, Grant, Leasing, Target};
 use crate::leases::Need;
-use crate::proto::{FileKind, Ino, MetaError, MetaReply, MetaResponse};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum SessionRequest {
-    /// Opens a client session for this connection, or resumes `resume` after a reconnect.
-    OpenSession { host: String, resume: Option<u64> },
-    /// Keeps this connection's session alive while the client is idle.
-    Heartbeat,
-    /// Ends this connection's session (a clean unmount): what it held is released now.
-    CloseSession,
-    /// The client opened file `ino`: while any client holds it open it outlives its last
-    /// name. Sent once per client and inode, not per file descriptor.
-    OpenFile { ino: Ino },
-    /// The client closed its last handle on `ino`.
-    ReleaseFile { ino: Ino },
-    /// Takes an exclusive (write) lease on file `ino`, recalling every other session's
-    /// lease on it: while it is held, the session may buffer writes. Answers the file's
-    /// current attributes.
-    WriteLease { ino: Ino },
-    /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
-    ReleaseLease { ino: Ino, seq: u64 },
-}
+use shardfs_meta_api::proto::{FileKind, MetaError, MetaReply, MetaResponse, SessionRequest};
 
 impl Family for SessionRequest {
     /// A session acts for its own client only: there is nobody else's to touch.
@@ -66,58 +44,60 @@ impl Family for SessionRequest {
     }
 
     fn answer(self, server: &MetadServer, caller: Caller) -> Outcome {
-        Outcome::Answered(self.reply(server, caller))
+        Outcome::Answered(reply(self, server, caller))
     }
 }
 
-impl SessionRequest {
-    fn reply(self, server: &MetadServer, Caller { holder, peer }: Caller) -> MetaResponse {
-        let (store, sessions, leases) = (&server.store, &server.sessions, &server.leases);
-        Ok(match self {
-            SessionRequest::OpenSession { host, resume } => {
-                let (id, replaced) = sessions.open(peer, host.clone(), resume);
-                // Recorded, so it can resume after a restart with what it holds.
-                store.save_session(id, &host)?;
-                if let Some(implicit) = replaced {
-                    server.release_session(implicit);
-                }
-                // A mount (re)connecting starts with empty caches.
-                leases.release_holder(id);
-                let timeout_ms = sessions.timeout().as_millis() as u64;
-                MetaReply::Session { id, timeout_ms }
+fn reply(
+    request: SessionRequest,
+    server: &MetadServer,
+    Caller { holder, peer }: Caller,
+) -> MetaResponse {
+    let (store, sessions, leases) = (&server.store, &server.sessions, &server.leases);
+    Ok(match request {
+        SessionRequest::OpenSession { host, resume } => {
+            let (id, replaced) = sessions.open(peer, host.clone(), resume);
+            // Recorded, so it can resume after a restart with what it holds.
+            store.save_session(id, &host)?;
+            if let Some(implicit) = replaced {
+                server.release_session(implicit);
             }
-            SessionRequest::Heartbeat => match sessions.is_explicit(holder) {
-                true => MetaReply::Done,
-                false => return Err(MetaError::SessionExpired),
-            },
-            SessionRequest::CloseSession => {
-                if let Some(id) = sessions.close(peer) {
-                    info!(holder = id, "client session closed");
-                    server.release_session(id);
-                }
-                MetaReply::Done
+            // A mount (re)connecting starts with empty caches.
+            leases.release_holder(id);
+            let timeout_ms = sessions.timeout().as_millis() as u64;
+            MetaReply::Session { id, timeout_ms }
+        }
+        SessionRequest::Heartbeat => match sessions.is_explicit(holder) {
+            true => MetaReply::Done,
+            false => return Err(MetaError::SessionExpired),
+        },
+        SessionRequest::CloseSession => {
+            if let Some(id) = sessions.close(peer) {
+                info!(holder = id, "client session closed");
+                server.release_session(id);
             }
-            SessionRequest::OpenFile { ino } => {
-                MetaReply::Attr(store.open_file(ino, holder, sessions.limits().open_files)?)
+            MetaReply::Done
+        }
+        SessionRequest::OpenFile { ino } => {
+            MetaReply::Attr(store.open_file(ino, holder, sessions.limits().open_files)?)
+        }
+        SessionRequest::ReleaseFile { ino } => {
+            // The lease table is locked first, as for every request it covers: no lease
+            // is granted on the file between the check and its deletion.
+            let table = leases.lock();
+            store.release_file(ino, holder, !table.holders_of(ino).is_empty())?;
+            MetaReply::Done
+        }
+        SessionRequest::WriteLease { ino } => {
+            let attr = store.get_attr(ino)?;
+            if attr.kind != FileKind::File {
+                return Err(MetaError::Invalid("write leases are for regular files".into()));
             }
-            SessionRequest::ReleaseFile { ino } => {
-                // The lease table is locked first, as for every request it covers: no lease
-                // is granted on the file between the check and its deletion.
-                let table = leases.lock();
-                store.release_file(ino, holder, !table.holders_of(ino).is_empty())?;
-                MetaReply::Done
-            }
-            SessionRequest::WriteLease { ino } => {
-                let attr = store.get_attr(ino)?;
-                if attr.kind != FileKind::File {
-                    return Err(MetaError::Invalid("write leases are for regular files".into()));
-                }
-                MetaReply::Attr(attr)
-            }
-            SessionRequest::ReleaseLease { ino, seq } => {
-                leases.release(holder, ino, seq);
-                MetaReply::Done
-            }
-        })
-    }
+            MetaReply::Attr(attr)
+        }
+        SessionRequest::ReleaseLease { ino, seq } => {
+            leases.release(holder, ino, seq);
+            MetaReply::Done
+        }
+    })
 }

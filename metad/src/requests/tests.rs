@@ -5,15 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardfs_chunkd::Encoding;
+use shardfs_chunk_api::Encoding;
 use shardfs_rpc::{ClusterKey, DaemonAuth};
 
 use super::Caller;
 use crate::members::Members;
-use crate::proto::*;
 use crate::server::{MetadServer, Outcome};
 use crate::sessions::SessionLimits;
 use crate::store::{Store, VolumeOverrides, VolumeSettings};
+use shardfs_meta_api::proto::*;
 
 fn server(dir: &tempfile::TempDir) -> Arc<MetadServer> {
     let settings = VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };

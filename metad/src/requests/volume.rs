@@ -2,26 +2,10 @@
 //! metadata's invariants, and the background workers' counters. Only a repairing fsck
 //! changes the database (the `Repair` mutation).
 
-use serde::{Deserialize, Serialize};
-
 use super::{Caller, Family, Leasing};
-use crate::proto::{MetaError, MetaReply, MetaResponse, StatFs};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum VolumeRequest {
-    Volume,
-    StatFs,
-    /// Makes every metadata change committed so far durable against power loss (fsync).
-    Sync,
-    /// Checks (and with `repair` fixes) the metadata invariants.
-    Fsck {
-        repair: bool,
-    },
-    /// Repair and garbage-collection counters.
-    Workers,
-}
+use shardfs_meta_api::proto::{MetaError, MetaReply, MetaResponse, StatFs, VolumeRequest};
 
 impl Family for VolumeRequest {
     /// Anyone may ask: `statfs` and `fsync` are every user's, and fsck repairs only what
@@ -49,34 +33,32 @@ impl Family for VolumeRequest {
     }
 
     fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
-        Outcome::Answered(self.reply(server))
+        Outcome::Answered(reply(self, server))
     }
 }
 
-impl VolumeRequest {
-    fn reply(self, server: &MetadServer) -> MetaResponse {
-        let store = &server.store;
-        Ok(match self {
-            VolumeRequest::Volume => MetaReply::Volume(store.volume()),
-            VolumeRequest::StatFs => {
-                let mut stat = StatFs { inodes: store.inode_count()?, ..StatFs::default() };
-                // Each filesystem once: chunkds sharing a host's disk share its space.
-                let mut counted = std::collections::HashSet::new();
-                for chunkd in server.members.status().iter().filter(|c| c.up) {
-                    let host = chunkd.addr.rsplit_once(':').map_or(&*chunkd.addr, |(h, _)| h);
-                    if counted.insert((host.to_owned(), chunkd.filesystem)) {
-                        stat.capacity_bytes += chunkd.capacity_bytes;
-                        stat.free_bytes += chunkd.free_bytes;
-                    }
+fn reply(request: VolumeRequest, server: &MetadServer) -> MetaResponse {
+    let store = &server.store;
+    Ok(match request {
+        VolumeRequest::Volume => MetaReply::Volume(store.volume()),
+        VolumeRequest::StatFs => {
+            let mut stat = StatFs { inodes: store.inode_count()?, ..StatFs::default() };
+            // Each filesystem once: chunkds sharing a host's disk share its space.
+            let mut counted = std::collections::HashSet::new();
+            for chunkd in server.members.status().iter().filter(|c| c.up) {
+                let host = chunkd.addr.rsplit_once(':').map_or(&*chunkd.addr, |(h, _)| h);
+                if counted.insert((host.to_owned(), chunkd.filesystem)) {
+                    stat.capacity_bytes += chunkd.capacity_bytes;
+                    stat.free_bytes += chunkd.free_bytes;
                 }
-                MetaReply::StatFs(stat)
             }
-            VolumeRequest::Sync => {
-                store.sync()?;
-                MetaReply::Done
-            }
-            VolumeRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
-            VolumeRequest::Workers => MetaReply::Workers(server.worker_status()),
-        })
-    }
+            MetaReply::StatFs(stat)
+        }
+        VolumeRequest::Sync => {
+            store.sync()?;
+            MetaReply::Done
+        }
+        VolumeRequest::Fsck { repair } => MetaReply::Fsck(store.fsck(repair)?),
+        VolumeRequest::Workers => MetaReply::Workers(server.worker_status()),
+    })
 }

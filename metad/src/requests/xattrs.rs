@@ -1,44 +1,15 @@
 //! Extended attributes, POSIX ACLs among them. Changes are the `SetXattr` and
 //! `RemoveXattr` mutations.
 
-use serde::{Deserialize, Serialize};
-
 use super::{Caller, Family, Grant, Leasing, Target};
 use crate::access::{READ, STICKY, WRITE, need, owns};
 use crate::acl;
 use crate::leases::Need;
-use crate::proto::{Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, XattrMode};
 use crate::server::{MetadServer, Outcome};
 use crate::store::Store;
-
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
-pub enum XattrRequest {
-    SetXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        mode: XattrMode,
-        cred: Cred,
-    },
-    GetXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-    ListXattr {
-        ino: Ino,
-        cred: Cred,
-    },
-    RemoveXattr {
-        ino: Ino,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        cred: Cred,
-    },
-}
+use shardfs_meta_api::proto::{
+    Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, XattrRequest,
+};
 
 /// File capabilities (setcap).
 const CAPABILITY: &[u8] = b"security.capability";
@@ -77,33 +48,29 @@ impl Family for XattrRequest {
     }
 
     fn answer(self, server: &MetadServer, _: Caller) -> Outcome {
-        Outcome::Answered(self.reply(&server.store))
+        Outcome::Answered(reply(self, &server.store))
     }
 }
 
-impl XattrRequest {
-    fn reply(self, store: &Store) -> MetaResponse {
-        Ok(match self {
-            XattrRequest::SetXattr { ino, name, value, mode, cred } => {
-                store.set_xattr(ino, &name, &value, mode, &cred)?;
-                MetaReply::Done
+fn reply(request: XattrRequest, store: &Store) -> MetaResponse {
+    Ok(match request {
+        XattrRequest::SetXattr { ino, name, value, mode, cred } => {
+            store.set_xattr(ino, &name, &value, mode, &cred)?;
+            MetaReply::Done
+        }
+        XattrRequest::GetXattr { ino, name, .. } => MetaReply::Xattr(store.get_xattr(ino, &name)?),
+        XattrRequest::ListXattr { ino, cred } => {
+            let mut names = store.list_xattr(ino)?;
+            if cred.uid != 0 {
+                names.retain(|name| !name.starts_with(b"trusted."));
             }
-            XattrRequest::GetXattr { ino, name, .. } => {
-                MetaReply::Xattr(store.get_xattr(ino, &name)?)
-            }
-            XattrRequest::ListXattr { ino, cred } => {
-                let mut names = store.list_xattr(ino)?;
-                if cred.uid != 0 {
-                    names.retain(|name| !name.starts_with(b"trusted."));
-                }
-                MetaReply::XattrNames(names)
-            }
-            XattrRequest::RemoveXattr { ino, name, .. } => {
-                store.remove_xattr(ino, &name)?;
-                MetaReply::Done
-            }
-        })
-    }
+            MetaReply::XattrNames(names)
+        }
+        XattrRequest::RemoveXattr { ino, name, .. } => {
+            store.remove_xattr(ino, &name)?;
+            MetaReply::Done
+        }
+    })
 }
 
 /// Which namespace an attribute name is in, and so who may read or `write` it.

@@ -3,12 +3,13 @@
 use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 
 use super::Store;
 use super::layout::{chunk_id, chunk_location};
 use super::mutation::{Applied, Mutation};
-use crate::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
 
 impl Store {
     pub fn chunk_status(&self, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
@@ -24,22 +25,27 @@ impl Store {
         self.scan(|tx| {
             let start = after.map(|c| c.0.to_vec()).unwrap_or_default();
             let ids: Vec<Vec<u8>> = tx
-                .prepare_cached("SELECT id FROM chunks WHERE id > ?1 ORDER BY id LIMIT ?2")?
-                .query_map(params![start, limit], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.into_iter().map(|id| chunk_location(tx, chunk_id(id)?, &mut 0)).collect()
+                .prepare_cached("SELECT id FROM chunks WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .sql()?
+                .query_map(params![start, limit], |r| r.get(0))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
+            ids.into_iter().map(|id| chunk_location(tx, chunk_id(id).sql()?, &mut 0)).collect()
         })
     }
 
     /// Counts of the catalogue; chunks with a shard on a chunkd in `down` count as degraded.
     pub fn catalogue_stats(&self, down: &HashSet<String>) -> Result<CatalogueStats, MetaError> {
         self.scan(|tx| {
-            let (chunks, chunk_bytes) =
-                tx.query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
+            let (chunks, chunk_bytes) = tx
+                .query_row("SELECT COUNT(*), COALESCE(SUM(len), 0) FROM chunks", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
-                })?;
-            let unhealthy_shards =
-                tx.query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| r.get(0))?;
+                })
+                .sql()?;
+            let unhealthy_shards = tx
+                .query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| r.get(0))
+                .sql()?;
             let degraded_chunks = damaged_chunks(tx, down)?.len() as u64;
             Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards, degraded_chunks })
         })
@@ -57,7 +63,7 @@ impl Store {
             let damaged = damaged_chunks(tx, lost)?;
             let mut candidates = Vec::with_capacity(damaged.len());
             for id in damaged {
-                if let Some(status) = chunk_status(tx, chunk_id(id)?)? {
+                if let Some(status) = chunk_status(tx, chunk_id(id).sql()?)? {
                     candidates.push(status);
                 }
             }
@@ -92,20 +98,23 @@ impl Store {
         grace: std::time::Duration,
         has_intent: &dyn Fn(&ChunkId) -> bool,
     ) -> Result<Vec<(ShardId, String)>, MetaError> {
-        let cutoff = crate::proto::Timestamp::now().sec - grace.as_secs() as i64;
+        let cutoff = shardfs_meta_api::proto::Timestamp::now().sec - grace.as_secs() as i64;
         self.with_writer(|writer| {
             let ids: Vec<Vec<u8>> = writer.read(|tx| {
-                Ok(tx
+                tx
                     .prepare_cached(
                         "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
                          AND zero_since <= ?1",
-                    )?
-                    .query_map([cutoff], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?)
+                    )
+                    .sql()?
+                    .query_map([cutoff], |r| r.get(0))
+                    .sql()?
+                    .collect::<Result<_, _>>()
+                    .sql()
             })?;
             let mut chunks = Vec::new();
             for id in ids {
-                let chunk = chunk_id(id)?;
+                let chunk = chunk_id(id).sql()?;
                 if !has_intent(&chunk) {
                     chunks.push(chunk);
                 }
@@ -132,17 +141,20 @@ impl Store {
     ) -> Result<u64, MetaError> {
         self.with_writer(|writer| {
             let placed: Vec<(Vec<u8>, u8)> = writer.read(|tx| {
-                Ok(tx
+                tx
                     .prepare_cached(
                         "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
                          WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
-                    )?
-                    .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?)
+                    )
+                    .sql()?
+                    .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .sql()?
+                    .collect::<Result<_, _>>()
+                    .sql()
             })?;
             let mut shards = Vec::new();
             for (chunk, index) in placed {
-                let shard = ShardId { chunk: chunk_id(chunk)?, index };
+                let shard = ShardId { chunk: chunk_id(chunk).sql()?, index };
                 if !present.contains(&shard) {
                     shards.push(shard);
                 }
@@ -163,10 +175,10 @@ impl Store {
         self.scan(|tx| {
             let mut query = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM shards WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3)",
-            )?;
+            ).sql()?;
             shards
                 .iter()
-                .map(|s| Ok(query.query_row(params![&s.chunk.0[..], s.index, chunkd], |r| r.get(0))?))
+                .map(|s| query.query_row(params![&s.chunk.0[..], s.index, chunkd], |r| r.get(0)).sql())
                 .collect()
         })
     }
@@ -193,8 +205,10 @@ pub(super) fn move_shard(
         .prepare_cached(
             "UPDATE shards SET chunkd = ?4, healthy = 1
              WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
-        )?
-        .execute(params![&chunk.0[..], index, from, to])?;
+        )
+        .sql()?
+        .execute(params![&chunk.0[..], index, from, to])
+        .sql()?;
     Ok(moved == 1)
 }
 
@@ -207,18 +221,32 @@ pub(super) fn remove_chunks(
     let mut removed = Vec::new();
     for &chunk in chunks {
         let unreferenced: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND refcount = 0)")?
-            .query_row([&chunk.0[..]], |r| r.get(0))?;
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND refcount = 0)")
+            .sql()?
+            .query_row([&chunk.0[..]], |r| r.get(0))
+            .sql()?;
         if !unreferenced {
             continue;
         }
         let shards: Vec<(u8, String)> = tx
-            .prepare_cached("SELECT idx, chunkd FROM shards WHERE chunk = ?1 AND chunkd != ''")?
-            .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")?.execute([&chunk.0[..]])?;
-        tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
-        tx.prepare_cached("DELETE FROM inline_chunks WHERE id = ?1")?.execute([&chunk.0[..]])?;
+            .prepare_cached("SELECT idx, chunkd FROM shards WHERE chunk = ?1 AND chunkd != ''")
+            .sql()?
+            .query_map([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .sql()?
+            .collect::<Result<_, _>>()
+            .sql()?;
+        tx.prepare_cached("DELETE FROM shards WHERE chunk = ?1")
+            .sql()?
+            .execute([&chunk.0[..]])
+            .sql()?;
+        tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")
+            .sql()?
+            .execute([&chunk.0[..]])
+            .sql()?;
+        tx.prepare_cached("DELETE FROM inline_chunks WHERE id = ?1")
+            .sql()?
+            .execute([&chunk.0[..]])
+            .sql()?;
         removed
             .extend(shards.into_iter().map(|(index, chunkd)| (ShardId { chunk, index }, chunkd)));
     }
@@ -231,12 +259,14 @@ pub(super) fn mark_unhealthy(
     chunkd: &str,
     shards: &[ShardId],
 ) -> Result<u64, MetaError> {
-    let mut update = tx.prepare_cached(
-        "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
-    )?;
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE shards SET healthy = 0 WHERE chunk = ?1 AND idx = ?2 AND chunkd = ?3",
+        )
+        .sql()?;
     let mut marked = 0;
     for shard in shards {
-        marked += update.execute(params![&shard.chunk.0[..], shard.index, chunkd])? as u64;
+        marked += update.execute(params![&shard.chunk.0[..], shard.index, chunkd]).sql()? as u64;
     }
     Ok(marked)
 }
@@ -245,12 +275,22 @@ pub(super) fn mark_unhealthy(
 /// once: the chunks short of full redundancy.
 fn damaged_chunks(tx: &Connection, lost: &HashSet<String>) -> Result<Vec<Vec<u8>>, MetaError> {
     let mut damaged: Vec<Vec<u8>> = tx
-        .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut on_lost = tx.prepare_cached("SELECT DISTINCT chunk FROM shards WHERE chunkd = ?1")?;
+        .prepare_cached("SELECT DISTINCT chunk FROM shards WHERE NOT healthy")
+        .sql()?
+        .query_map([], |r| r.get(0))
+        .sql()?
+        .collect::<Result<_, _>>()
+        .sql()?;
+    let mut on_lost =
+        tx.prepare_cached("SELECT DISTINCT chunk FROM shards WHERE chunkd = ?1").sql()?;
     for chunkd in lost {
-        damaged.extend(on_lost.query_map([chunkd], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?);
+        damaged.extend(
+            on_lost
+                .query_map([chunkd], |r| r.get(0))
+                .sql()?
+                .collect::<Result<Vec<_>, _>>()
+                .sql()?,
+        );
     }
     damaged.sort();
     damaged.dedup();
@@ -259,17 +299,22 @@ fn damaged_chunks(tx: &Connection, lost: &HashSet<String>) -> Result<Vec<Vec<u8>
 
 fn chunk_status(tx: &Connection, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
     let Some((len, k, m, refcount)) = tx
-        .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")?
+        .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")
+        .sql()?
         .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?
+        .optional()
+        .sql()?
     else {
         return Ok(None);
     };
     let shards = tx
-        .prepare_cached("SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx")?
+        .prepare_cached("SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx")
+        .sql()?
         .query_map([&chunk.0[..]], |r| {
             Ok(ShardStatus { index: r.get(0)?, chunkd: r.get(1)?, healthy: r.get(2)? })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })
+        .sql()?
+        .collect::<Result<Vec<_>, _>>()
+        .sql()?;
     Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
 }

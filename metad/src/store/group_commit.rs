@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use super::mutation::{Mutation, Outcome};
 use super::{Store, namespace};
-use crate::proto::{Ino, MetaError};
+use shardfs_meta_api::proto::{Ino, MetaError};
 use shardfs_rpc::sync::Lock as _;
 
 /// Most changes one transaction takes; more wait for the next.
@@ -145,8 +145,8 @@ mod tests {
 
     use shardfs_rpc::sync::Lock as _;
 
-    use crate::proto::{Cred, ROOT_INO};
     use crate::store::tests::open;
+    use shardfs_meta_api::proto::{Cred, ROOT_INO};
 
     #[test]
     fn changes_that_wait_for_the_writer_are_committed_together() {

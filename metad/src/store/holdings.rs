@@ -9,9 +9,10 @@ use rusqlite::{Connection, params};
 use super::Store;
 use super::mutation::Mutation;
 use super::open_files::Holder;
-use crate::locks::{HeldLock, LockKind};
-use crate::proto::{Ino, MetaError};
+use crate::store::Sql as _;
 use serde::{Deserialize, Serialize};
+use shardfs_meta_api::proto::{HeldLock, LockKind};
+use shardfs_meta_api::proto::{Ino, MetaError};
 
 /// One byte-range lock as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,11 +57,15 @@ impl Store {
         self.apply(Mutation::DropOrphanedHoldings)?;
         self.scan(|tx| {
             let sessions = tx
-                .prepare("SELECT id, host FROM sessions")?
-                .query_map([], |r| Ok((r.get::<_, i64>(0)? as Holder, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+                .prepare("SELECT id, host FROM sessions")
+                .sql()?
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as Holder, r.get(1)?)))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             let locks = tx
-                .prepare("SELECT ino, holder, owner, start, end, write, pid FROM locks")?
+                .prepare("SELECT ino, holder, owner, start, end, write, pid FROM locks")
+                .sql()?
                 .query_map([], |r| {
                     Ok(LockRow {
                         ino: r.get(0)?,
@@ -73,8 +78,10 @@ impl Store {
                             pid: r.get(6)?,
                         },
                     })
-                })?
-                .collect::<Result<_, _>>()?;
+                })
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             Ok(Holdings { sessions, locks })
         })
     }
@@ -84,38 +91,47 @@ impl Store {
         self.apply(Mutation::DropOrphanedHoldings)?;
         self.read(|tx| {
             let opens = tx
-                .prepare("SELECT ino, holder, opens FROM open_files")?
+                .prepare("SELECT ino, holder, opens FROM open_files")
+                .sql()?
                 .query_map([], |r| {
                     Ok((r.get(0)?, r.get::<_, i64>(1)? as Holder, r.get::<_, i64>(2)? as u64))
-                })?
-                .collect::<Result<_, _>>()?;
+                })
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             Ok(opens)
         })
     }
 }
 
 pub(super) fn save_session(tx: &Connection, id: Holder, host: &str) -> Result<(), MetaError> {
-    tx.prepare_cached("INSERT OR REPLACE INTO sessions (id, host) VALUES (?1, ?2)")?
-        .execute(params![id as i64, host])?;
+    tx.prepare_cached("INSERT OR REPLACE INTO sessions (id, host) VALUES (?1, ?2)")
+        .sql()?
+        .execute(params![id as i64, host])
+        .sql()?;
     Ok(())
 }
 
 pub(super) fn save_locks(tx: &Connection, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
-    tx.prepare_cached("DELETE FROM locks WHERE ino = ?1")?.execute([ino])?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO locks (ino, holder, owner, start, end, write, pid)
+    tx.prepare_cached("DELETE FROM locks WHERE ino = ?1").sql()?.execute([ino]).sql()?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO locks (ino, holder, owner, start, end, write, pid)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
+        )
+        .sql()?;
     for lock in locks {
-        insert.execute(params![
-            ino,
-            lock.holder as i64,
-            lock.owner as i64,
-            lock.held.start as i64,
-            lock.held.end as i64,
-            lock.held.kind == LockKind::Write,
-            lock.held.pid,
-        ])?;
+        insert
+            .execute(params![
+                ino,
+                lock.holder as i64,
+                lock.owner as i64,
+                lock.held.start as i64,
+                lock.held.end as i64,
+                lock.held.kind == LockKind::Write,
+                lock.held.pid,
+            ])
+            .sql()?;
     }
     Ok(())
 }
@@ -127,13 +143,17 @@ pub(super) fn save_opens(
     opens: u64,
 ) -> Result<(), MetaError> {
     if opens == 0 {
-        tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")?
-            .execute(params![ino, holder as i64])?;
+        tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")
+            .sql()?
+            .execute(params![ino, holder as i64])
+            .sql()?;
     } else {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO open_files (ino, holder, opens) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![ino, holder as i64, opens as i64])?;
+        )
+        .sql()?
+        .execute(params![ino, holder as i64, opens as i64])
+        .sql()?;
     }
     Ok(())
 }
@@ -144,14 +164,14 @@ pub(super) fn end_session(tx: &Connection, id: Holder) -> Result<(), MetaError> 
         "DELETE FROM locks WHERE holder = ?1",
         "DELETE FROM open_files WHERE holder = ?1",
     ] {
-        tx.prepare_cached(sql)?.execute([id as i64])?;
+        tx.prepare_cached(sql).sql()?.execute([id as i64]).sql()?;
     }
     Ok(())
 }
 
 /// Drops locks and opens recorded for holders that have no session.
 pub(super) fn drop_orphaned(tx: &Connection) -> Result<(), MetaError> {
-    tx.execute("DELETE FROM locks WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
-    tx.execute("DELETE FROM open_files WHERE holder NOT IN (SELECT id FROM sessions)", [])?;
+    tx.execute("DELETE FROM locks WHERE holder NOT IN (SELECT id FROM sessions)", []).sql()?;
+    tx.execute("DELETE FROM open_files WHERE holder NOT IN (SELECT id FROM sessions)", []).sql()?;
     Ok(())
 }

@@ -8,11 +8,12 @@
 use std::collections::BTreeSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use shardfs_chunkd::{ChunkId, Encoding};
+use shardfs_chunk_api::{ChunkId, Encoding};
 
 use super::mutation::{Applied, Mutation};
 use super::{Store, get_attr};
-use crate::proto::{
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{
     Attr, ChunkLocation, ChunkPlan, ChunkToWrite, Extent, FileKind, INLINE_MAX, InlineChunk, Ino,
     LAYOUT_INLINE_BUDGET, Layout, MetaError, ShardPlace, SpaceOp, StoredChunk, Timestamp,
 };
@@ -28,9 +29,12 @@ impl Store {
                 .prepare_cached(
                     "SELECT offset, len, chunk, chunk_offset FROM extents
                      WHERE ino = ?1 ORDER BY offset",
-                )?
-                .query_map([ino], extent_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
+                )
+                .sql()?
+                .query_map([ino], extent_from_row)
+                .sql()?
+                .collect::<Result<Vec<_>, _>>()
+                .sql()?;
             let distinct: BTreeSet<ChunkId> =
                 extents.iter().filter(|e| !e.is_unwritten()).map(|e| e.chunk).collect();
             let mut budget = LAYOUT_INLINE_BUDGET;
@@ -154,8 +158,10 @@ pub(super) fn allocate(
             "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
                  ctime_sec = ?3, ctime_nsec = ?4
              WHERE ino = ?1",
-        )?
-        .execute(params![ino, size, now.sec, now.nsec])?;
+        )
+        .sql()?
+        .execute(params![ino, size, now.sec, now.nsec])
+        .sql()?;
     }
     get_attr(tx, ino)
 }
@@ -191,8 +197,10 @@ pub(super) fn clone_range(
         "UPDATE inodes SET size = MAX(size, ?2), mtime_sec = ?3, mtime_nsec = ?4,
              ctime_sec = ?3, ctime_nsec = ?4
          WHERE ino = ?1",
-    )?
-    .execute(params![dst, dst_end, now.sec, now.nsec])?;
+    )
+    .sql()?
+    .execute(params![dst, dst_end, now.sec, now.nsec])
+    .sql()?;
     Ok((get_attr(tx, dst)?, len))
 }
 
@@ -216,9 +224,11 @@ pub(super) fn commit_write(
     let mut end = attr.size;
     for extent in extents {
         let chunk_len: u64 = tx
-            .prepare_cached("SELECT len FROM chunks WHERE id = ?1")?
+            .prepare_cached("SELECT len FROM chunks WHERE id = ?1")
+            .sql()?
             .query_row([&extent.chunk.0[..]], |r| r.get(0))
-            .optional()?
+            .optional()
+            .sql()?
             .ok_or_else(|| MetaError::ChunkGone(extent.chunk.to_hex()))?;
         if extent.len == 0
             || extent.chunk_offset.checked_add(extent.len).is_none_or(|e| e > chunk_len)
@@ -235,10 +245,12 @@ pub(super) fn commit_write(
         "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4,
              ctime_sec = ?5, ctime_nsec = ?6
          WHERE ino = ?1",
-    )?
+    )
+    .sql()?
     // ctime: when the change is made here, or the writer's mtime if that is later
     // (the writer's mtime may also have been set back explicitly, as by cp -p).
-    .execute(params![ino, end, mtime.sec, mtime.nsec, ctime.sec, ctime.nsec])?;
+    .execute(params![ino, end, mtime.sec, mtime.nsec, ctime.sec, ctime.nsec])
+    .sql()?;
     get_attr(tx, ino)
 }
 
@@ -258,9 +270,12 @@ fn extents_in(tx: &Connection, ino: Ino, start: u64, end: u64) -> Result<Vec<Ext
         .prepare_cached(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset < ?3 AND offset + len > ?2 ORDER BY offset",
-        )?
-        .query_map(params![ino, start, end], extent_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+        )
+        .sql()?
+        .query_map(params![ino, start, end], extent_from_row)
+        .sql()?
+        .collect::<Result<Vec<_>, _>>()
+        .sql()?;
     Ok(all
         .into_iter()
         .map(|e| {
@@ -318,8 +333,10 @@ pub(super) fn truncate(
         "UPDATE inodes SET size = ?2, mtime_sec = ?3, mtime_nsec = ?4, ctime_sec = ?3,
              ctime_nsec = ?4
          WHERE ino = ?1",
-    )?
-    .execute(params![ino, size, now.sec, now.nsec])?;
+    )
+    .sql()?
+    .execute(params![ino, size, now.sec, now.nsec])
+    .sql()?;
     Ok(())
 }
 
@@ -350,9 +367,11 @@ fn punch(tx: &Connection, ino: Ino, start: u64, end: u64, now: Timestamp) -> Res
         .prepare_cached(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT 1",
-        )?
+        )
+        .sql()?
         .query_row(params![ino, start], extent_from_row)
-        .optional()?
+        .optional()
+        .sql()?
         && first.end() > start
     {
         overlapping.push(first);
@@ -361,9 +380,12 @@ fn punch(tx: &Connection, ino: Ino, start: u64, end: u64, now: Timestamp) -> Res
         tx.prepare_cached(
             "SELECT offset, len, chunk, chunk_offset FROM extents
              WHERE ino = ?1 AND offset > ?2 AND offset < ?3 ORDER BY offset",
-        )?
-        .query_map(params![ino, start, end], extent_from_row)?
-        .collect::<Result<Vec<_>, _>>()?,
+        )
+        .sql()?
+        .query_map(params![ino, start, end], extent_from_row)
+        .sql()?
+        .collect::<Result<Vec<_>, _>>()
+        .sql()?,
     );
     for old in overlapping {
         delete_extent(tx, ino, &old, now)?;
@@ -393,14 +415,10 @@ fn insert_extent(
 ) -> Result<(), MetaError> {
     tx.prepare_cached(
         "INSERT INTO extents (ino, offset, len, chunk, chunk_offset) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        ino,
-        extent.offset,
-        extent.len,
-        &extent.chunk.0[..],
-        extent.chunk_offset
-    ])?;
+    )
+    .sql()?
+    .execute(params![ino, extent.offset, extent.len, &extent.chunk.0[..], extent.chunk_offset])
+    .sql()?;
     change_usage(tx, ino, extent, 1, now)
 }
 
@@ -410,8 +428,10 @@ fn delete_extent(
     extent: &Extent,
     now: Timestamp,
 ) -> Result<(), MetaError> {
-    tx.prepare_cached("DELETE FROM extents WHERE ino = ?1 AND offset = ?2")?
-        .execute(params![ino, extent.offset])?;
+    tx.prepare_cached("DELETE FROM extents WHERE ino = ?1 AND offset = ?2")
+        .sql()?
+        .execute(params![ino, extent.offset])
+        .sql()?;
     change_usage(tx, ino, extent, -1, now)
 }
 
@@ -427,10 +447,14 @@ fn change_usage(
         "UPDATE chunks SET refcount = refcount + ?2,
              zero_since = CASE WHEN refcount + ?2 = 0 THEN ?3 ELSE NULL END
          WHERE id = ?1",
-    )?
-    .execute(params![&extent.chunk.0[..], sign, now.sec])?;
-    tx.prepare_cached("UPDATE inodes SET allocated = allocated + ?2 WHERE ino = ?1")?
-        .execute(params![ino, sign * extent.len as i64])?;
+    )
+    .sql()?
+    .execute(params![&extent.chunk.0[..], sign, now.sec])
+    .sql()?;
+    tx.prepare_cached("UPDATE inodes SET allocated = allocated + ?2 WHERE ino = ?1")
+        .sql()?
+        .execute(params![ino, sign * extent.len as i64])
+        .sql()?;
     Ok(())
 }
 
@@ -441,9 +465,11 @@ fn fully_redundant(tx: &Connection, chunk: ChunkId) -> Result<bool, MetaError> {
         .prepare_cached(
             "SELECT c.k + c.m, (SELECT COUNT(*) FROM shards s WHERE s.chunk = c.id AND s.healthy)
              FROM chunks c WHERE c.id = ?1",
-        )?
+        )
+        .sql()?
         .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+        .optional()
+        .sql()?;
     Ok(found.is_some_and(|(total, healthy)| healthy >= total))
 }
 
@@ -464,25 +490,25 @@ fn record_chunk(tx: &Connection, chunk: &StoredChunk, now: Timestamp) -> Result<
     tx.prepare_cached(
         "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
          VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute(params![
-        &chunk.chunk.0[..],
-        chunk.len,
-        chunk.encoding.k,
-        chunk.encoding.m,
-        now.sec
-    ])?;
+    )
+    .sql()?
+    .execute(params![&chunk.chunk.0[..], chunk.len, chunk.encoding.k, chunk.encoding.m, now.sec])
+    .sql()?;
     for shard in &chunk.shards {
         let known: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunkds WHERE id = ?1)")?
-            .query_row([&shard.chunkd], |r| r.get(0))?;
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM chunkds WHERE id = ?1)")
+            .sql()?
+            .query_row([&shard.chunkd], |r| r.get(0))
+            .sql()?;
         if !known {
             return Err(MetaError::Invalid(format!("chunkd {} is not registered", shard.chunkd)));
         }
     }
     let catalogued: (u8, u8) = tx
-        .prepare_cached("SELECT k, m FROM chunks WHERE id = ?1")?
-        .query_row([&chunk.chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .prepare_cached("SELECT k, m FROM chunks WHERE id = ?1")
+        .sql()?
+        .query_row([&chunk.chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .sql()?;
     if catalogued != (chunk.encoding.k, chunk.encoding.m) {
         // Stored before under another encoding: its shards are not interchangeable.
         return Ok(());
@@ -495,16 +521,20 @@ fn record_chunk(tx: &Connection, chunk: &StoredChunk, now: Timestamp) -> Result<
             "INSERT INTO shards (chunk, idx, chunkd, healthy) VALUES (?1, ?2, ?3, 1)
              ON CONFLICT (chunk, idx) DO UPDATE SET chunkd = excluded.chunkd, healthy = 1
              WHERE NOT shards.healthy",
-        )?
-        .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])?;
+        )
+        .sql()?
+        .execute(params![&chunk.chunk.0[..], shard.index, shard.chunkd])
+        .sql()?;
     }
     // The shards a degraded write could not place: missing, for repair to rebuild.
     for index in (0..total as u8).filter(|i| !chunk.shards.iter().any(|s| s.index == *i)) {
         tx.prepare_cached(
             "INSERT INTO shards (chunk, idx, chunkd, healthy) VALUES (?1, ?2, ?3, 0)
              ON CONFLICT (chunk, idx) DO NOTHING",
-        )?
-        .execute(params![&chunk.chunk.0[..], index, NOWHERE])?;
+        )
+        .sql()?
+        .execute(params![&chunk.chunk.0[..], index, NOWHERE])
+        .sql()?;
     }
     Ok(())
 }
@@ -533,19 +563,23 @@ fn record_inline(tx: &Connection, chunk: &InlineChunk, now: Timestamp) -> Result
         .prepare_cached(
             "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
              VALUES (?1, ?2, 0, 0, 0, ?3, ?3) ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![&chunk.chunk.0[..], len, now.sec])?;
+        )
+        .sql()?
+        .execute(params![&chunk.chunk.0[..], len, now.sec])
+        .sql()?;
     if added > 0 {
-        tx.prepare_cached("INSERT INTO inline_chunks (id, data) VALUES (?1, ?2)")?
-            .execute(params![&chunk.chunk.0[..], &chunk.data])?;
+        tx.prepare_cached("INSERT INTO inline_chunks (id, data) VALUES (?1, ?2)")
+            .sql()?
+            .execute(params![&chunk.chunk.0[..], &chunk.data])
+            .sql()?;
     }
     Ok(())
 }
 
 /// The content kept for an inline chunk, if any.
 fn inline_content(tx: &Connection, chunk: ChunkId) -> Result<Option<Vec<u8>>, MetaError> {
-    let mut query = tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1")?;
-    Ok(query.query_row([&chunk.0[..]], |r| r.get(0)).optional()?)
+    let mut query = tx.prepare_cached("SELECT data FROM inline_chunks WHERE id = ?1").sql()?;
+    query.query_row([&chunk.0[..]], |r| r.get(0)).optional().sql()
 }
 
 /// Where `chunk` is. An inline chunk's content comes along while `budget` (bytes) lasts.
@@ -555,20 +589,25 @@ pub(super) fn chunk_location(
     budget: &mut usize,
 ) -> Result<ChunkLocation, MetaError> {
     let (len, k, m): (u64, u8, u8) = tx
-        .prepare_cached("SELECT len, k, m FROM chunks WHERE id = ?1")?
+        .prepare_cached("SELECT len, k, m FROM chunks WHERE id = ?1")
+        .sql()?
         .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?
+        .optional()
+        .sql()?
         .ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))?;
     let shards = tx
         .prepare_cached(
             "SELECT s.idx, s.chunkd, COALESCE(d.addr, '') FROM shards s
              LEFT JOIN chunkds d ON d.id = s.chunkd
              WHERE s.chunk = ?1 AND s.healthy ORDER BY s.idx",
-        )?
+        )
+        .sql()?
         .query_map([&chunk.0[..]], |r| {
             Ok(ShardPlace { index: r.get(0)?, chunkd: r.get(1)?, addr: r.get(2)? })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })
+        .sql()?
+        .collect::<Result<Vec<_>, _>>()
+        .sql()?;
     let mut location =
         ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards, inline: None };
     if location.is_inline() && len as usize <= *budget {

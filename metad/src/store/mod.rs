@@ -23,11 +23,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use shardfs_chunkd::Encoding;
+use shardfs_chunk_api::Encoding;
 
-use crate::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
+use shardfs_meta_api::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
-pub use fsck::{FsckReport, Problem};
 pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode};
 pub use open_files::{Holder, LINGER};
@@ -47,12 +46,18 @@ pub enum StoreError {
     Reclaim(MetaError),
 }
 
-impl From<rusqlite::Error> for MetaError {
-    fn from(e: rusqlite::Error) -> MetaError {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            return MetaError::MetadataFull;
-        }
-        MetaError::Store(e.to_string())
+/// A database result as metad answers it: a full disk as `MetadataFull`, any other
+/// failure as `Store`.
+pub trait Sql<T> {
+    fn sql(self) -> Result<T, MetaError>;
+}
+
+impl<T> Sql<T> for rusqlite::Result<T> {
+    fn sql(self) -> Result<T, MetaError> {
+        self.map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => MetaError::MetadataFull,
+            _ => MetaError::Store(e.to_string()),
+        })
     }
 }
 
@@ -192,7 +197,7 @@ impl Store {
         if synced.is_err() {
             self.unsynced.store(true, Ordering::Release);
         }
-        Ok(synced?)
+        synced.sql()
     }
 
     /// Holds the writer, as a long change would.
@@ -214,7 +219,7 @@ impl Store {
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return self.readers.read(f),
         };
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).sql()?;
         f(&tx)
     }
 
@@ -336,15 +341,19 @@ fn attr_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Attr> {
 }
 
 fn get_attr(tx: &Connection, ino: Ino) -> Result<Attr, MetaError> {
-    tx.prepare_cached(&format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1"))?
+    tx.prepare_cached(&format!("SELECT {ATTR_COLUMNS} FROM inodes WHERE ino = ?1"))
+        .sql()?
         .query_row([ino], attr_from_row)
-        .optional()?
+        .optional()
+        .sql()?
         .ok_or(MetaError::NotFound)
 }
 
 fn set_ctime(tx: &Connection, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
-    tx.prepare_cached("UPDATE inodes SET ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1")?
-        .execute(params![ino, now.sec, now.nsec])?;
+    tx.prepare_cached("UPDATE inodes SET ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1")
+        .sql()?
+        .execute(params![ino, now.sec, now.nsec])
+        .sql()?;
     Ok(())
 }
 

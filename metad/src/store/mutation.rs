@@ -9,15 +9,17 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use shardfs_chunkd::{ChunkId, ShardId};
+use shardfs_chunk_api::{ChunkId, ShardId};
 
-use super::fsck::{self, FsckReport};
+use super::fsck;
 use super::group_commit::Change;
 use super::holdings::{self, LockRow};
 use super::open_files::Holder;
 use super::registry::{self, ChunkdRecord};
 use super::{Store, catalogue, layout, namespace, xattr};
-use crate::proto::{
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::FsckReport;
+use shardfs_meta_api::proto::{
     Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr, SpaceOp,
     StoredChunk, Timestamp, Unlinked, XattrMode,
 };
@@ -316,7 +318,7 @@ impl Writer<'_> {
 
     /// [`Writer::commit`], once; a full disk fails it as a whole.
     fn try_commit(&mut self, changes: &[Change]) -> Result<Vec<Outcome>, MetaError> {
-        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
         let mut outcomes = Vec::with_capacity(changes.len());
         for change in changes {
             let mut effects = Effects::default();
@@ -325,10 +327,10 @@ impl Writer<'_> {
                 // One change alone needs no savepoint: if it fails, nothing is committed.
                 Ok(mutation) if changes.len() == 1 => apply_in(&tx, &mutation, &mut effects),
                 Ok(mutation) => {
-                    let savepoint = tx.savepoint()?;
+                    let savepoint = tx.savepoint().sql()?;
                     let applied = apply_in(&savepoint, &mutation, &mut effects);
                     if applied.is_ok() {
-                        savepoint.commit()?;
+                        savepoint.commit().sql()?;
                     }
                     applied
                 }
@@ -340,7 +342,7 @@ impl Writer<'_> {
                 Err(e) => outcomes.push(Err(e)),
             }
         }
-        tx.commit()?;
+        tx.commit().sql()?;
         for (_, effects) in outcomes.iter().flatten() {
             self.store.committed(effects);
         }
@@ -352,7 +354,7 @@ impl Writer<'_> {
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).sql()?;
         f(&tx)
     }
 }

@@ -8,7 +8,8 @@ use super::open_files::Holder;
 use super::xattr::{put_xattr, xattr_value};
 use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
 use crate::acl::{self, Acl};
-use crate::proto::{
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{
     Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, Made, MetaError, ROOT_INO,
     RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
 };
@@ -144,9 +145,11 @@ impl Store {
     pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>, MetaError> {
         self.read(|tx| {
             let target: Option<Option<Vec<u8>>> = tx
-                .prepare_cached("SELECT target FROM inodes WHERE ino = ?1")?
+                .prepare_cached("SELECT target FROM inodes WHERE ino = ?1")
+                .sql()?
                 .query_row([ino], |r| r.get(0))
-                .optional()?;
+                .optional()
+                .sql()?;
             match target {
                 None => Err(MetaError::NotFound),
                 Some(None) => Err(MetaError::Invalid("not a symlink".into())),
@@ -236,18 +239,22 @@ impl Store {
             require_dir(tx, ino)?;
             let parent = parent_of(tx, ino)?;
             let columns = ATTR_COLUMNS.replace("ino,", "i.ino,");
-            let mut statement = tx.prepare_cached(&format!(
-                "SELECT d.id, d.name, {columns} FROM dentries d JOIN inodes i ON i.ino = d.ino
+            let mut statement = tx
+                .prepare_cached(&format!(
+                    "SELECT d.id, d.name, {columns} FROM dentries d JOIN inodes i ON i.ino = d.ino
                  WHERE d.parent = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3"
-            ))?;
+                ))
+                .sql()?;
             let entries = statement
                 .query_map(params![ino, after.saturating_sub(COOKIE_BASE), limit], |row| {
                     let id: u64 = row.get(0)?;
                     let name: Vec<u8> = row.get(1)?;
                     let attr = attr_at(row, 2)?;
                     Ok(DirEntry { name, cookie: id + COOKIE_BASE, attr })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                })
+                .sql()?
+                .collect::<Result<Vec<_>, _>>()
+                .sql()?;
             Ok((parent, entries))
         })
     }
@@ -353,16 +360,19 @@ impl Store {
     }
 
     pub fn inode_count(&self) -> Result<u64, MetaError> {
-        self.scan(|tx| Ok(tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0))?))
+        self.scan(|tx| tx.query_row("SELECT COUNT(*) FROM inodes", [], |r| r.get(0)).sql())
     }
 }
 
 /// Every inode with no name left.
 pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
-    Ok(tx
-        .prepare("SELECT ino FROM inodes WHERE nlink = 0")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?)
+    tx
+        .prepare("SELECT ino FROM inodes WHERE nlink = 0")
+        .sql()?
+        .query_map([], |r| r.get(0))
+        .sql()?
+        .collect::<Result<_, _>>()
+        .sql()
 }
 
 /// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
@@ -373,12 +383,14 @@ pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, Met
 /// The inode number the next new inode takes: one past the highest ever used (numbers are
 /// never reused, so a client's cached one never names another file).
 pub(super) fn next_ino(tx: &Connection) -> Result<Ino, MetaError> {
-    Ok(tx
+    tx
         .prepare_cached(
             "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
                  (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
-        )?
-        .query_row([], |r| r.get(0))?)
+        )
+        .sql()?
+        .query_row([], |r| r.get(0))
+        .sql()
 }
 
 /// Makes inode `ino` as `new` describes, named `name` in `parent`.
@@ -422,7 +434,8 @@ pub(super) fn create(
              atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent,
              target)
          VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?8, ?9, ?8, ?9, ?10, ?11, ?12)",
-    )?
+    )
+    .sql()?
     .execute(params![
         GENERATION,
         kind_code(new.kind),
@@ -437,7 +450,8 @@ pub(super) fn create(
         if is_dir { Some(parent) } else { None },
         new.target,
         ino,
-    ])?;
+    ])
+    .sql()?;
     insert_entry(tx, parent, name, ino)?;
     if let Some(acl) = inherited.filter(|acl| !acl.is_plain()) {
         put_xattr(tx, ino, acl::ACCESS, &acl.to_bytes())?;
@@ -500,7 +514,8 @@ pub(super) fn set_attr(
              atime_sec = ?5, atime_nsec = ?6, mtime_sec = ?7, mtime_nsec = ?8,
              ctime_sec = ?9, ctime_nsec = ?10
          WHERE ino = ?1",
-    )?
+    )
+    .sql()?
     .execute(params![
         ino,
         perm,
@@ -512,7 +527,8 @@ pub(super) fn set_attr(
         resolve(&changes.mtime, current.mtime).nsec,
         now.sec,
         now.nsec,
-    ])?;
+    ])
+    .sql()?;
     get_attr(tx, ino)
 }
 
@@ -523,8 +539,10 @@ pub(super) fn accessed(
     now: Timestamp,
 ) -> Result<Attr, MetaError> {
     if strict || get_attr(tx, ino)?.atime_due(now) {
-        tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")?
-            .execute(params![ino, now.sec, now.nsec])?;
+        tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")
+            .sql()?
+            .execute(params![ino, now.sec, now.nsec])
+            .sql()?;
     }
     get_attr(tx, ino)
 }
@@ -567,7 +585,7 @@ pub(super) fn unlink(
     if get_attr(tx, ino)?.kind == FileKind::Dir {
         return Err(MetaError::IsDir);
     }
-    tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
+    tx.prepare_cached("DELETE FROM dentries WHERE id = ?1").sql()?.execute([id]).sql()?;
     drop_link(tx, ino, now, effects)?;
     touch(tx, parent, now)?;
     let target = get_attr(tx, ino)?;
@@ -589,7 +607,7 @@ pub(super) fn remove_dir(
     if has_entries(tx, ino)? {
         return Err(MetaError::NotEmpty);
     }
-    tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([id])?;
+    tx.prepare_cached("DELETE FROM dentries WHERE id = ?1").sql()?.execute([id]).sql()?;
     drop_dir(tx, ino, now, effects)?;
     add_links(tx, parent, -1)?;
     touch(tx, parent, now)
@@ -653,7 +671,7 @@ pub(super) fn rename(
         if src.kind == FileKind::Dir {
             refuse_move_into_itself(tx, src_ino, new_parent)?;
         }
-        tx.prepare_cached("DELETE FROM dentries WHERE id = ?1")?.execute([dst_id])?;
+        tx.prepare_cached("DELETE FROM dentries WHERE id = ?1").sql()?.execute([dst_id]).sql()?;
         if dst.kind == FileKind::Dir {
             drop_dir(tx, dst_ino, now, effects)?;
             add_links(tx, new_parent, -1)?;
@@ -663,8 +681,10 @@ pub(super) fn rename(
     } else if src.kind == FileKind::Dir {
         refuse_move_into_itself(tx, src_ino, new_parent)?;
     }
-    tx.prepare_cached("UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")?
-        .execute(params![src_id, new_parent, new_name])?;
+    tx.prepare_cached("UPDATE dentries SET parent = ?2, name = ?3 WHERE id = ?1")
+        .sql()?
+        .execute(params![src_id, new_parent, new_name])
+        .sql()?;
     if src.kind == FileKind::Dir && parent != new_parent {
         move_dir(tx, src_ino, parent, new_parent)?;
     }
@@ -700,34 +720,44 @@ fn require_dir(tx: &Connection, ino: Ino) -> Result<Attr, MetaError> {
 
 /// The directory holding directory `dir` (the root holds itself).
 fn parent_of(tx: &Connection, dir: Ino) -> Result<Ino, MetaError> {
-    Ok(tx
-        .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
-        .query_row([dir], |r| r.get(0))?)
+    tx
+        .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")
+        .sql()?
+        .query_row([dir], |r| r.get(0))
+        .sql()
 }
 
 /// `(dentry id, ino)` of `name` in `parent`.
 fn find_entry(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<(u64, Ino)>, MetaError> {
-    Ok(tx
-        .prepare_cached("SELECT id, ino FROM dentries WHERE parent = ?1 AND name = ?2")?
+    tx
+        .prepare_cached("SELECT id, ino FROM dentries WHERE parent = ?1 AND name = ?2")
+        .sql()?
         .query_row(params![parent, name], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
+        .optional()
+        .sql()
 }
 
 fn insert_entry(tx: &Connection, parent: Ino, name: &[u8], ino: Ino) -> Result<(), MetaError> {
-    tx.prepare_cached("INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")?
-        .execute(params![parent, name, ino])?;
+    tx.prepare_cached("INSERT INTO dentries (parent, name, ino) VALUES (?1, ?2, ?3)")
+        .sql()?
+        .execute(params![parent, name, ino])
+        .sql()?;
     Ok(())
 }
 
 fn has_entries(tx: &Connection, dir: Ino) -> Result<bool, MetaError> {
-    Ok(tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = ?1)")?
-        .query_row([dir], |r| r.get(0))?)
+    tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = ?1)")
+        .sql()?
+        .query_row([dir], |r| r.get(0))
+        .sql()
 }
 
 fn add_links(tx: &Connection, ino: Ino, delta: i64) -> Result<(), MetaError> {
-    tx.prepare_cached("UPDATE inodes SET nlink = nlink + ?2 WHERE ino = ?1")?
-        .execute(params![ino, delta])?;
+    tx.prepare_cached("UPDATE inodes SET nlink = nlink + ?2 WHERE ino = ?1")
+        .sql()?
+        .execute(params![ino, delta])
+        .sql()?;
     Ok(())
 }
 
@@ -736,8 +766,10 @@ fn touch(tx: &Connection, dir: Ino, now: Timestamp) -> Result<(), MetaError> {
     tx.prepare_cached(
         "UPDATE inodes SET mtime_sec = ?2, mtime_nsec = ?3, ctime_sec = ?2, ctime_nsec = ?3
          WHERE ino = ?1",
-    )?
-    .execute(params![dir, now.sec, now.nsec])?;
+    )
+    .sql()?
+    .execute(params![dir, now.sec, now.nsec])
+    .sql()?;
     Ok(())
 }
 
@@ -753,8 +785,10 @@ fn drop_link(
         .prepare_cached(
             "UPDATE inodes SET nlink = nlink - 1, ctime_sec = ?2, ctime_nsec = ?3
              WHERE ino = ?1 RETURNING nlink",
-        )?
-        .query_row(params![ino, now.sec, now.nsec], |r| r.get(0))?;
+        )
+        .sql()?
+        .query_row(params![ino, now.sec, now.nsec], |r| r.get(0))
+        .sql()?;
     if nlink == 0 {
         effects.nameless.push(ino);
     }
@@ -771,8 +805,10 @@ fn drop_dir(
 ) -> Result<(), MetaError> {
     tx.prepare_cached(
         "UPDATE inodes SET nlink = 0, ctime_sec = ?2, ctime_nsec = ?3 WHERE ino = ?1",
-    )?
-    .execute(params![dir, now.sec, now.nsec])?;
+    )
+    .sql()?
+    .execute(params![dir, now.sec, now.nsec])
+    .sql()?;
     effects.removed_dirs.push(dir);
     Ok(())
 }
@@ -784,9 +820,11 @@ pub(super) fn reclaim_if_nameless(
     now: Timestamp,
 ) -> Result<bool, MetaError> {
     let nlink: Option<u32> = tx
-        .prepare_cached("SELECT nlink FROM inodes WHERE ino = ?1")?
+        .prepare_cached("SELECT nlink FROM inodes WHERE ino = ?1")
+        .sql()?
         .query_row([ino], |r| r.get(0))
-        .optional()?;
+        .optional()
+        .sql()?;
     let nameless = nlink == Some(0);
     if nameless {
         delete_inode(tx, ino, now)?;
@@ -796,8 +834,8 @@ pub(super) fn reclaim_if_nameless(
 
 fn delete_inode(tx: &Connection, ino: Ino, now: Timestamp) -> Result<(), MetaError> {
     layout::release_all(tx, ino, now)?;
-    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1")?.execute([ino])?;
-    tx.prepare_cached("DELETE FROM inodes WHERE ino = ?1")?.execute([ino])?;
+    tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1").sql()?.execute([ino]).sql()?;
+    tx.prepare_cached("DELETE FROM inodes WHERE ino = ?1").sql()?.execute([ino]).sql()?;
     Ok(())
 }
 
@@ -812,15 +850,20 @@ fn refuse_move_into_itself(tx: &Connection, dir: Ino, new_parent: Ino) -> Result
             return Ok(());
         }
         cursor = tx
-            .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")?
-            .query_row([cursor], |r| r.get::<_, Option<Ino>>(0))?
+            .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")
+            .sql()?
+            .query_row([cursor], |r| r.get::<_, Option<Ino>>(0))
+            .sql()?
             .ok_or_else(|| MetaError::Store(format!("directory {cursor} has no parent")))?;
     }
 }
 
 /// Directory `dir` moved from `from` to `to`: ".." and the parents' link counts follow.
 fn move_dir(tx: &Connection, dir: Ino, from: Ino, to: Ino) -> Result<(), MetaError> {
-    tx.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")?.execute(params![dir, to])?;
+    tx.prepare_cached("UPDATE inodes SET parent = ?2 WHERE ino = ?1")
+        .sql()?
+        .execute(params![dir, to])
+        .sql()?;
     add_links(tx, from, -1)?;
     add_links(tx, to, 1)
 }
@@ -844,8 +887,10 @@ fn exchange(
         }
     }
     let point = |id: u64, ino: Ino| -> Result<(), MetaError> {
-        tx.prepare_cached("UPDATE dentries SET ino = ?2 WHERE id = ?1")?
-            .execute(params![id, ino])?;
+        tx.prepare_cached("UPDATE dentries SET ino = ?2 WHERE id = ?1")
+            .sql()?
+            .execute(params![id, ino])
+            .sql()?;
         Ok(())
     };
     point(src_id, dst.ino)?;

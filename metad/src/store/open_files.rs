@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::proto::{Ino, MetaError};
+use shardfs_meta_api::proto::{Ino, MetaError};
 use shardfs_rpc::sync::Lock as _;
 
 /// Who holds a file open (or a lock, or a write intent): a client session

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::proto::MetaError;
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::MetaError;
 use shardfs_rpc::sync::Lock as _;
 
 /// Idle connections kept for the next reads; more are opened while reads overlap.
@@ -33,10 +34,10 @@ impl Readers {
             Some(conn) => conn,
             None => self.open()?,
         };
-        let result = match conn.transaction_with_behavior(TransactionBehavior::Deferred) {
-            Ok(tx) => f(&tx),
-            Err(e) => Err(e.into()),
-        };
+        let result = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .sql()
+            .and_then(|tx| f(&tx));
         let mut idle = self.idle.locked();
         if idle.len() < KEPT {
             idle.push(conn);
@@ -46,8 +47,8 @@ impl Readers {
 
     fn open(&self) -> Result<Connection, MetaError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&self.path, flags)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let conn = Connection::open_with_flags(&self.path, flags).sql()?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).sql()?;
         Ok(conn)
     }
 }

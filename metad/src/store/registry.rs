@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use super::mutation::Mutation;
-use crate::proto::{MetaError, Timestamp};
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{MetaError, Timestamp};
 
 /// What metad persists about one chunkd.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,12 +31,13 @@ impl Store {
 
     pub fn chunkds(&self) -> Result<Vec<ChunkdRecord>, MetaError> {
         self.read(|tx| {
-            Ok(tx
+            tx
                 .prepare_cached(
                     "SELECT id, addr, zone, capacity_bytes, free_bytes, used_bytes, shard_count,
                          draining
                      FROM chunkds ORDER BY id",
-                )?
+                )
+                .sql()?
                 .query_map([], |r| {
                     Ok(ChunkdRecord {
                         id: r.get(0)?,
@@ -47,8 +49,10 @@ impl Store {
                         shard_count: r.get(6)?,
                         draining: r.get(7)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?)
+                })
+                .sql()?
+                .collect::<Result<Vec<_>, _>>()
+                .sql()
         })
     }
 
@@ -65,9 +69,11 @@ impl Store {
     /// Shards the catalogue places on chunkd `id`.
     pub fn shards_on(&self, id: &str) -> Result<u64, MetaError> {
         self.scan(|tx| {
-            Ok(tx
-                .prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")?
-                .query_row([id], |r| r.get(0))?)
+            tx
+                .prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")
+                .sql()?
+                .query_row([id], |r| r.get(0))
+                .sql()
         })
     }
 }
@@ -85,7 +91,8 @@ pub(super) fn register(
              capacity_bytes = excluded.capacity_bytes, free_bytes = excluded.free_bytes,
              used_bytes = excluded.used_bytes, shard_count = excluded.shard_count,
              last_seen = excluded.last_seen",
-    )?
+    )
+    .sql()?
     .execute(params![
         record.id,
         record.addr,
@@ -95,21 +102,26 @@ pub(super) fn register(
         record.used_bytes,
         record.shard_count,
         now.sec
-    ])?;
+    ])
+    .sql()?;
     Ok(())
 }
 
 pub(super) fn set_draining(tx: &Connection, id: &str, draining: bool) -> Result<bool, MetaError> {
     let changed = tx
-        .prepare_cached("UPDATE chunkds SET draining = ?2 WHERE id = ?1")?
-        .execute(params![id, draining])?;
+        .prepare_cached("UPDATE chunkds SET draining = ?2 WHERE id = ?1")
+        .sql()?
+        .execute(params![id, draining])
+        .sql()?;
     Ok(changed == 1)
 }
 
 pub(super) fn forget(tx: &Connection, id: &str) -> Result<(), MetaError> {
     tx.prepare_cached(
         "DELETE FROM chunkds WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM shards WHERE chunkd = ?1)",
-    )?
-    .execute([id])?;
+    )
+    .sql()?
+    .execute([id])
+    .sql()?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The store's test suite: every namespace and layout operation against a real SQLite file.
 
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 
-use super::{ChunkdRecord, LINGER, Problem, Store, VolumeOverrides, VolumeSettings};
-use crate::proto::*;
+use super::{ChunkdRecord, LINGER, Store, VolumeOverrides, VolumeSettings};
+use shardfs_meta_api::proto::Problem;
+use shardfs_meta_api::proto::*;
 use shardfs_rpc::sync::Lock as _;
 
 const ROOT: Cred = Cred::ROOT;

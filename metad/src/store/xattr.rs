@@ -5,7 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::mutation::Mutation;
 use super::{Store, get_attr, set_ctime};
 use crate::acl::{self, Acl};
-use crate::proto::{
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{
     Cred, FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode,
 };
 
@@ -33,10 +34,13 @@ impl Store {
     pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, MetaError> {
         self.read(|tx| {
             get_attr(tx, ino)?;
-            Ok(tx
-                .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?
-                .query_map([ino], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?)
+            tx
+                .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")
+                .sql()?
+                .query_map([ino], |r| r.get(0))
+                .sql()?
+                .collect::<Result<Vec<_>, _>>()
+                .sql()
         })
     }
 
@@ -78,18 +82,24 @@ pub(super) fn set(
         if cred.uid != 0 && !cred.in_group(attr.gid) {
             perm &= !libc::S_ISGID;
         }
-        tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")?
-            .execute(params![ino, perm])?;
+        tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")
+            .sql()?
+            .execute(params![ino, perm])
+            .sql()?;
         if acl.is_plain() {
-            tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
-                .execute(params![ino, name])?;
+            tx.prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")
+                .sql()?
+                .execute(params![ino, name])
+                .sql()?;
             return set_ctime(tx, ino, now);
         }
     }
     let exists = tx
-        .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")?
+        .prepare_cached("SELECT 1 FROM xattrs WHERE ino = ?1 AND name = ?2")
+        .sql()?
         .query_row(params![ino, name], |_| Ok(()))
-        .optional()?
+        .optional()
+        .sql()?
         .is_some();
     match (mode, exists) {
         (XattrMode::Create, true) => return Err(MetaError::Exists),
@@ -108,8 +118,10 @@ pub(super) fn remove(
 ) -> Result<(), MetaError> {
     get_attr(tx, ino)?;
     let removed = tx
-        .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
-        .execute(params![ino, name])?;
+        .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")
+        .sql()?
+        .execute(params![ino, name])
+        .sql()?;
     if removed == 0 {
         return Err(MetaError::NoData);
     }
@@ -122,10 +134,12 @@ pub(super) fn xattr_value(
     ino: Ino,
     name: &[u8],
 ) -> Result<Option<Vec<u8>>, MetaError> {
-    Ok(tx
-        .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?
+    tx
+        .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")
+        .sql()?
         .query_row(params![ino, name], |r| r.get(0))
-        .optional()?)
+        .optional()
+        .sql()
 }
 
 pub(super) fn put_xattr(
@@ -137,7 +151,9 @@ pub(super) fn put_xattr(
     tx.prepare_cached(
         "INSERT INTO xattrs (ino, name, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![ino, name, value])?;
+    )
+    .sql()?
+    .execute(params![ino, name, value])
+    .sql()?;
     Ok(())
 }

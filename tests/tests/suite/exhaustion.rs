@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shardfs_chunkd::ChunkId;
-use shardfs_metad::proto::{ChunkToWrite, Cred, MetaError, MetaPush, ROOT_INO};
-use shardfs_metad::{MetaClient, MetaClientError, SessionEvents};
+use shardfs_chunk_api::ChunkId;
+use shardfs_meta_api::proto::{ChunkToWrite, Cred, MetaError, MetaPush, ROOT_INO};
+use shardfs_meta_api::{MetaClient, MetaClientError, SessionEvents};
 use shardfs_tests::{Cluster, READY_TIMEOUT, eventually};
 
 /// A session's events from a client that ignores every recall.
@@ -213,7 +213,7 @@ fn a_flood_of_requests_on_many_connections_waits_its_turns() {
 /// at once still leave room for the unlock they wait for.
 #[test]
 fn a_thousand_waiting_locks_hold_no_threads_and_up_no_one() {
-    use shardfs_metad::locks::{HeldLock, LockKind};
+    use shardfs_meta_api::proto::{HeldLock, LockKind};
     let cluster = Cluster::start(3, 2, 1);
     let metad_threads = || {
         let pid = cluster.metad.as_ref().unwrap().pid();

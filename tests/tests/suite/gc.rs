@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use shardfs_chunkd::client::ChunkClient;
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::client::ChunkClient;
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 use shardfs_tests::{Cluster, eventually, sh, sha256};
 
 const FAST_GC: [&str; 4] = ["--gc-grace", "0.5", "--gc-interval", "0.1"];

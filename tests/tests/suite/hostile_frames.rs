@@ -73,8 +73,8 @@ fn bad_frames_drop_only_their_connection() {
 
 #[test]
 fn invalid_times_are_refused_and_extreme_ones_do_not_upset_a_mount() {
-    use shardfs_metad::MetaClientError;
-    use shardfs_metad::proto::{Cred, MetaError, ROOT_INO, SetAttr, SetTime, Timestamp};
+    use shardfs_meta_api::MetaClientError;
+    use shardfs_meta_api::proto::{Cred, MetaError, ROOT_INO, SetAttr, SetTime, Timestamp};
     let cluster = Cluster::start(3, 2, 1);
     let mount = cluster.mount();
     let ino = cluster.query(async |c| {

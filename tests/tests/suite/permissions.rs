@@ -2,8 +2,8 @@
 //! default_permissions: requests that skip the kernel (a raw client) are still refused, and
 //! mounts agree with metad on supplementary groups.
 
-use shardfs_metad::MetaClientError;
-use shardfs_metad::proto::{Cred, MetaError, ROOT_INO, RenameMode, SetAttr, XattrMode};
+use shardfs_meta_api::MetaClientError;
+use shardfs_meta_api::proto::{Cred, MetaError, ROOT_INO, RenameMode, SetAttr, XattrMode};
 use shardfs_tests::{Cluster, sh};
 
 fn user(uid: u32, groups: &[u32]) -> Cred {

@@ -3,12 +3,13 @@
 
 use proptest::prelude::*;
 use rusqlite::types::Value;
-use shardfs_chunkd::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 
 use super::{Mutation, NewInode, Outcome};
-use crate::locks::{HeldLock, LockKind};
-use crate::proto::*;
+use crate::store::Sql as _;
 use crate::store::{ChunkdRecord, LockRow, Store, VolumeOverrides, VolumeSettings};
+use shardfs_meta_api::proto::*;
+use shardfs_meta_api::proto::{HeldLock, LockKind};
 
 const SETTINGS: VolumeSettings =
     VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
@@ -146,12 +147,15 @@ fn dump(store: &Store) -> Vec<String> {
     store
         .read(|tx| {
             let tables: Vec<String> = tx
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .sql()?
+                .query_map([], |r| r.get(0))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             let mut rows = Vec::new();
             for table in tables {
-                let mut statement = tx.prepare(&format!("SELECT * FROM \"{table}\""))?;
+                let mut statement = tx.prepare(&format!("SELECT * FROM \"{table}\"")).sql()?;
                 let columns = statement.column_count();
                 let mut these: Vec<String> = statement
                     .query_map([], |row| {
@@ -159,8 +163,10 @@ fn dump(store: &Store) -> Vec<String> {
                             .map(|i| row.get::<_, Value>(i))
                             .collect::<Result<Vec<_>, _>>()?;
                         Ok(format!("{table}: {values:?}"))
-                    })?
-                    .collect::<Result<_, _>>()?;
+                    })
+                    .sql()?
+                    .collect::<Result<_, _>>()
+                    .sql()?;
                 these.sort();
                 rows.extend(these);
             }
@@ -185,20 +191,29 @@ fn holdings(store: &Store) -> Holdings {
                 .prepare(
                     "SELECT d.parent, d.name, d.ino, i.kind FROM dentries d
                      JOIN inodes i ON i.ino = d.ino ORDER BY d.id",
-                )?
+                )
+                .sql()?
                 .query_map([], |r| {
                     let kind = super::super::kind_from_code(r.get(3)?)?;
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, kind))
-                })?
-                .collect::<Result<_, _>>()?;
+                })
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             let inodes = tx
-                .prepare("SELECT ino FROM inodes ORDER BY ino")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                .prepare("SELECT ino FROM inodes ORDER BY ino")
+                .sql()?
+                .query_map([], |r| r.get(0))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             let chunks: Vec<Vec<u8>> = tx
-                .prepare("SELECT id FROM chunks ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                .prepare("SELECT id FROM chunks ORDER BY id")
+                .sql()?
+                .query_map([], |r| r.get(0))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()?;
             let chunks = chunks.into_iter().map(|id| super::super::layout::chunk_id(id).unwrap());
             Ok(Holdings { entries, inodes, chunks: chunks.collect() })
         })
@@ -335,10 +350,13 @@ fn mutation(store: &Store, step: &Step, now: Timestamp) -> Option<Mutation> {
         Step::Reclaim => {
             let nameless: Vec<Ino> = store
                 .read(|tx| {
-                    Ok(tx
-                        .prepare("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")?
-                        .query_map([], |r| r.get(0))?
-                        .collect::<Result<_, _>>()?)
+                    tx
+                        .prepare("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")
+                        .sql()?
+                        .query_map([], |r| r.get(0))
+                        .sql()?
+                        .collect::<Result<_, _>>()
+                        .sql()
                 })
                 .unwrap();
             Mutation::Reclaim { inos: nameless, now }

@@ -1,4 +1,12 @@
-//! `shardfs`: mount a shardfs namespace, or run a whole local cluster.
+//! `shardfs`: mount a shardfs namespace, run a whole local cluster, or look after one.
+
+mod bench;
+mod fsck;
+mod info;
+mod install;
+mod local;
+mod progress;
+mod status;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -8,14 +16,14 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::local::{LocalCluster, LocalSettings};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use shardfs::core::{Fs, FsOptions};
-use shardfs::local::{LocalCluster, LocalSettings};
-use shardfs::mount::{self, MountOptions};
-use shardfs::mount_record::{self, MountRecord};
-use shardfs::options::MountFlags;
-use shardfs_chunkd::Encoding;
+use shardfs_chunk_api::Encoding;
+use shardfs_fs::core::{Fs, FsOptions};
+use shardfs_fs::mount::{self, MountOptions};
+use shardfs_fs::mount_record::{self, MountRecord};
+use shardfs_fs::options::MountFlags;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
@@ -225,7 +233,7 @@ enum Commands {
         #[arg(long, requires = "k")]
         m: Option<u8>,
         /// Chunk size, e.g. 4MiB (new volume default).
-        #[arg(long, value_parser = metad::parse_size)]
+        #[arg(long, value_parser = shardfs_rpc::size::parse)]
         chunk_size: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
@@ -245,7 +253,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Size of the sequentially written and read file, e.g. 1GiB.
-    #[arg(long, value_parser = metad::parse_size, default_value = "1GiB")]
+    #[arg(long, value_parser = shardfs_rpc::size::parse, default_value = "1GiB")]
     file_size: u64,
     /// Random 4 KiB reads per random-read workload.
     #[arg(long, default_value_t = 20_000)]
@@ -261,7 +269,7 @@ struct BenchArgs {
     tree: PathBuf,
     /// Run only these groups of workloads (comma-separated); all by default.
     #[arg(long, value_delimiter = ',', default_value = "data,random,small,tree")]
-    only: Vec<shardfs::bench::Group>,
+    only: Vec<crate::bench::Group>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -335,7 +343,7 @@ impl SecretArgs {
 #[derive(Args)]
 struct ClientArgs {
     /// Memory for cached chunks, e.g. 256MiB.
-    #[arg(long, value_parser = metad::parse_size)]
+    #[arg(long, value_parser = shardfs_rpc::size::parse)]
     cache_size: Option<u64>,
     /// Allow other users to access the mount.
     #[arg(long)]
@@ -412,12 +420,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Status { metad, json, secret } => {
-            report(&metad, &secret, json, shardfs::status::fetch, shardfs::status::print)
+            report(&metad, &secret, json, crate::status::fetch, crate::status::print)
         }
         Commands::Info { path, metad, json, secret } => {
             // The mount holding the file, and what it recorded of its cluster, fill in
             // what the flags leave out.
-            let mount = shardfs::info::mount_of(&path)?;
+            let mount = crate::info::mount_of(&path)?;
             let record = mount.as_ref().and_then(|(point, _)| mount_record::find(point));
             let secret = match &record {
                 Some(record) => secret.or_recorded(record),
@@ -429,25 +437,25 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
                 .with_context(|| {
                     format!("{} is not on a shardfs mount (give --metad)", path.display())
                 })?;
-            let ino = shardfs::info::file_ino(&path)?;
-            let fetch = async |m: &_| shardfs::info::fetch(m, &path, ino).await;
-            report(&metad, &secret, json, fetch, shardfs::info::print)
+            let ino = crate::info::file_ino(&path)?;
+            let fetch = async |m: &_| crate::info::fetch(m, &path, ino).await;
+            report(&metad, &secret, json, fetch, crate::info::print)
         }
         Commands::Df { metad, json, secret } => {
-            report(&metad, &secret, json, shardfs::status::fetch_df, shardfs::status::print_df)
+            report(&metad, &secret, json, crate::status::fetch_df, crate::status::print_df)
         }
         Commands::Fsck(fsck) => {
             let runtime = runtime()?;
             let rpc = fsck.secret.rpc(None)?;
-            let meta = shardfs_metad::MetaClient::new(&fsck.metad, rpc);
+            let meta = shardfs_meta_api::MetaClient::new(&fsck.metad, rpc);
             let progress = !fsck.json && std::io::stderr().is_terminal();
             let report = runtime
-                .block_on(shardfs::fsck::run(&meta, rpc, fsck.repair, fsck.verify_data, progress))
+                .block_on(crate::fsck::run(&meta, rpc, fsck.repair, fsck.verify_data, progress))
                 .with_context(|| format!("fsck of {} failed", fsck.metad))?;
             if fsck.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                shardfs::fsck::print(&report);
+                crate::fsck::print(&report);
             }
             Ok(ExitCode::from(report.exit_code()))
         }
@@ -478,7 +486,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
         Commands::Chunkd {
             command: ChunkdCommands::Drain { metad, id, undo, no_wait, json, secret },
         } => {
-            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
+            let meta = shardfs_meta_api::MetaClient::new(&metad, secret.rpc(None)?);
             let progress = !json && std::io::stderr().is_terminal();
             let remaining = runtime()?
                 .block_on(drain(&meta, &id, undo, !(undo || no_wait), progress))
@@ -497,7 +505,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Chunkd { command: ChunkdCommands::Forget { metad, id, secret } } => {
-            let meta = shardfs_metad::MetaClient::new(&metad, secret.rpc(None)?);
+            let meta = shardfs_meta_api::MetaClient::new(&metad, secret.rpc(None)?);
             runtime()?
                 .block_on(meta.forget(&id))
                 .with_context(|| format!("cannot forget chunkd {id} through {metad}"))?;
@@ -507,7 +515,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
         Commands::Install { root, prefix, json } => {
             let exe = std::env::current_exe().context("cannot find the running shardfs")?;
             let from = exe.parent().context("the running shardfs has no directory")?;
-            let installed = shardfs::install::install(&root, &prefix, from)?;
+            let installed = crate::install::install(&root, &prefix, from)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&installed)?);
             } else {
@@ -522,7 +530,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Bench(args) => {
-            let config = shardfs::bench::BenchConfig {
+            let config = crate::bench::BenchConfig {
                 file_bytes: args.file_size,
                 random_reads: args.random_reads,
                 small_files: args.small_files,
@@ -532,7 +540,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
                 groups: args.only,
             };
             let progress = !args.json && std::io::stderr().is_terminal();
-            let report = shardfs::bench::run(
+            let report = crate::bench::run(
                 &config,
                 &args.dir,
                 args.compare.as_deref(),
@@ -541,7 +549,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             )?;
             match args.json {
                 true => println!("{}", serde_json::to_string_pretty(&report)?),
-                false => shardfs::bench::print(&report),
+                false => crate::bench::print(&report),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -563,10 +571,10 @@ fn report<T: serde::Serialize>(
     metad: &str,
     secret: &SecretArgs,
     json: bool,
-    fetch: impl AsyncFnOnce(&shardfs_metad::MetaClient) -> anyhow::Result<T>,
+    fetch: impl AsyncFnOnce(&shardfs_meta_api::MetaClient) -> anyhow::Result<T>,
     print: fn(&T),
 ) -> anyhow::Result<ExitCode> {
-    let meta = shardfs_metad::MetaClient::new(metad, secret.rpc(None)?);
+    let meta = shardfs_meta_api::MetaClient::new(metad, secret.rpc(None)?);
     let report = runtime()?
         .block_on(fetch(&meta))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
@@ -587,18 +595,18 @@ struct ScrubReport {
 
 /// Asks every chunkd that is up for a scrub pass and waits until each has ended one.
 async fn scrub(
-    meta: &shardfs_metad::MetaClient,
+    meta: &shardfs_meta_api::MetaClient,
     rpc: ClientOptions,
     progress: bool,
 ) -> anyhow::Result<Vec<ScrubReport>> {
-    let pool = shardfs_chunkd::client::ChunkClientPool::new(rpc);
+    let pool = shardfs_chunk_api::client::ChunkClientPool::new(rpc);
     let mut waiting = Vec::new();
     for chunkd in meta.chunkds().await?.into_iter().filter(|c| c.up) {
         let client = pool.get(&chunkd.addr, &chunkd.id);
         let done_after = client.scrub().await.with_context(|| format!("chunkd {}", chunkd.id))?;
         waiting.push((chunkd.id, client, done_after));
     }
-    let bar = shardfs::progress::bar(waiting.len() as u64, "chunkds scrubbed", progress);
+    let bar = crate::progress::bar(waiting.len() as u64, "chunkds scrubbed", progress);
     let mut reports = Vec::new();
     for (id, client, done_after) in waiting {
         let stat = loop {
@@ -625,10 +633,10 @@ struct GcReport {
 }
 
 /// Asks metad for a garbage-collection pass and waits until it has ended.
-async fn gc(meta: &shardfs_metad::MetaClient, progress: bool) -> anyhow::Result<GcReport> {
+async fn gc(meta: &shardfs_meta_api::MetaClient, progress: bool) -> anyhow::Result<GcReport> {
     let before = meta.workers().await?;
     let done_after = meta.collect().await?;
-    let spinner = shardfs::progress::bar(0, "collecting garbage", progress);
+    let spinner = crate::progress::bar(0, "collecting garbage", progress);
     let after = loop {
         let now = meta.workers().await?;
         if now.gc_passes >= done_after {
@@ -651,14 +659,14 @@ const DRAIN_STALL: Duration = Duration::from_secs(120);
 /// Starts (or undoes) a drain and, if `wait`, polls until no shard is placed on the chunkd.
 /// Returns the shards still placed there.
 async fn drain(
-    meta: &shardfs_metad::MetaClient,
+    meta: &shardfs_meta_api::MetaClient,
     id: &str,
     undo: bool,
     wait: bool,
     progress: bool,
 ) -> anyhow::Result<u64> {
     let mut remaining = meta.drain(id, undo).await?;
-    let bar = shardfs::progress::bar(remaining, "shards moved", progress && wait);
+    let bar = crate::progress::bar(remaining, "shards moved", progress && wait);
     let mut moved_at = std::time::Instant::now();
     while wait && remaining > 0 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -684,7 +692,7 @@ fn metad_command(command: MetadCommands) -> anyhow::Result<ExitCode> {
     use shardfs_metad::backup;
     match command {
         MetadCommands::Backup { data, file, json } => {
-            let bar = shardfs::progress::bar(0, "pages", !json && std::io::stderr().is_terminal());
+            let bar = crate::progress::bar(0, "pages", !json && std::io::stderr().is_terminal());
             let pages = backup::backup(&data, &file, |p| {
                 bar.set_length(p.pages_total);
                 bar.set_position(p.pages_done);

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardfs_chunkd::{ChunkId, ShardId};
+use shardfs_chunk_api::{ChunkId, ShardId};
 use shardfs_rpc::{Client, ClientOptions, Hello, Service};
 use tracing::{info, warn};
 

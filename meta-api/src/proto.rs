@@ -4,19 +4,13 @@
 //! act for a user carry the caller's credentials (`Cred`).
 
 use serde::{Deserialize, Serialize};
-use shardfs_chunkd::{ChunkId, Encoding};
+use shardfs_chunk_api::{ChunkId, Encoding};
 
-pub use crate::locks::{HeldLock, LockKind};
-pub use crate::requests::attrs::AttrRequest;
-pub use crate::requests::catalogue::CatalogueRequest;
-pub use crate::requests::data::DataRequest;
-pub use crate::requests::locks::LockRequest;
-pub use crate::requests::members::MemberRequest;
-pub use crate::requests::names::{NameRequest, names_an_entry};
-pub use crate::requests::sessions::SessionRequest;
-pub use crate::requests::volume::VolumeRequest;
-pub use crate::requests::xattrs::XattrRequest;
-pub use crate::store::{FsckReport, Problem};
+pub use crate::fsck::{FsckReport, Problem};
+pub use crate::requests::{
+    AttrRequest, CatalogueRequest, DataRequest, LockRequest, MemberRequest, NameRequest,
+    SessionRequest, VolumeRequest, XattrRequest, names_an_entry,
+};
 
 /// Inode number. The root directory is always [`ROOT_INO`].
 pub type Ino = u64;
@@ -36,6 +30,21 @@ pub const MAX_XATTR_NAME_LEN: usize = 255;
 pub const INLINE_MAX: u64 = 64 * 1024;
 /// Inline content a layout carries at most; the rest is read with `ReadInline`.
 pub const LAYOUT_INLINE_BUDGET: usize = 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+}
+
+/// A held lock, as F_GETLK reports it. `end` is inclusive (`u64::MAX`: to end of file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    pub start: u64,
+    pub end: u64,
+    pub kind: LockKind,
+    pub pid: u32,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {

@@ -3,10 +3,10 @@
 //! reed-solomon-erasure (what chunkd uses) beside reed-solomon-simd (the alternative), so the
 //! choice is measured.
 //!
-//! `cargo bench -p shardfs-chunkd --bench codec`; results in docs/performance.md.
+//! `cargo bench -p shardfs-chunk-api --bench codec`; results in docs/performance.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use shardfs_chunkd::{Encoding, codec, hash_tree};
+use shardfs_chunk_api::{Encoding, codec, hash_tree};
 
 const CHUNK: usize = 4 << 20;
 const ENCODING: Encoding = Encoding { k: 4, m: 2 };

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use shardfs_metad::MetaClient;
+use shardfs_fs::mountinfo;
+use shardfs_meta_api::MetaClient;
 
 #[derive(Debug, Serialize)]
 pub struct FileInfo {
@@ -45,48 +46,11 @@ pub struct ShardInfo {
 /// /proc/self/mountinfo (the metad address it was mounted from).
 pub fn mount_of(path: &Path) -> anyhow::Result<Option<(PathBuf, String)>> {
     let path = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
-    let table = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
-    let mut best: Option<(String, String)> = None;
-    for line in table.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
-        let (Some(point), Some(kind), Some(source)) =
-            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
-        else {
-            continue;
-        };
-        let point = unescape(point);
-        if *kind == "fuse.shardfs"
-            && path.starts_with(&point)
-            && best.as_ref().is_none_or(|(longest, _)| point.len() > longest.len())
-        {
-            best = Some((point, unescape(source)));
-        }
-    }
-    Ok(best.map(|(point, source)| (PathBuf::from(point), source)))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-pub(crate) fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let ours = mountinfo::mounts()?
+        .into_iter()
+        .filter(|m| m.kind == "fuse.shardfs" && path.starts_with(&m.point))
+        .max_by_key(|m| m.point.len());
+    Ok(ours.map(|m| (PathBuf::from(m.point), m.source)))
 }
 
 /// The inode number of the regular file at `path`.
@@ -157,14 +121,5 @@ pub fn print(info: &FileInfo) {
             let health = if s.healthy { "healthy" } else { "UNHEALTHY" };
             println!("    shard {:>2} on {} ({}) {health}", s.index, s.chunkd, s.addr);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(super::unescape(r"/mnt/with\040space\134x"), r"/mnt/with space\x");
-        assert_eq!(super::unescape("127.0.0.1:7000"), "127.0.0.1:7000");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::store::ShardStore;
-use shardfs_metad::MetaClient;
+use shardfs_meta_api::MetaClient;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_rpc::{ClientOptions, ClusterKey};
 use tokio::net::TcpListener;

@@ -1,8 +1,8 @@
 //! `shardfs status`: the chunkds and their state, the catalogue, and the background workers.
 
 use serde::Serialize;
-use shardfs_metad::MetaClient;
-use shardfs_metad::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
+use shardfs_meta_api::MetaClient;
+use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
 
 #[derive(Debug, Serialize)]
 pub struct Status {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use serde::Serialize;
-use shardfs_chunkd::ShardId;
-use shardfs_chunkd::client::ChunkClientPool;
-use shardfs_metad::MetaClient;
-use shardfs_metad::proto::{ChunkLocation, FsckReport};
+use shardfs_chunk_api::ShardId;
+use shardfs_chunk_api::client::ChunkClientPool;
+use shardfs_meta_api::MetaClient;
+use shardfs_meta_api::proto::{ChunkLocation, FsckReport};
 use shardfs_rpc::ClientOptions;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

@@ -1,0 +1,280 @@
+//! The requests to metad, one enum per family of operations. What each request may do,
+//! which leases it recalls and grants, and how it is answered is metad's business, in
+//! `metad/src/requests/<family>.rs`; here is only what travels on the wire.
+
+use serde::{Deserialize, Serialize};
+use shardfs_chunk_api::{ChunkId, ShardId};
+
+use crate::proto::{
+    ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, RenameMode, SetAttr, SpaceOp,
+    StoredChunk, Timestamp, XattrMode,
+};
+
+// --- names
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum NameRequest {
+    Lookup {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        cred: Cred,
+    },
+    /// Creates a regular file, fifo, socket or device node; `mode` includes the type bits.
+    MakeNode {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        rdev: u32,
+        cred: Cred,
+    },
+    MakeDir {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        mode: u32,
+        cred: Cred,
+    },
+    Symlink {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        cred: Cred,
+    },
+    ReadLink {
+        ino: Ino,
+    },
+    Unlink {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        cred: Cred,
+    },
+    RemoveDir {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        cred: Cred,
+    },
+    Rename {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        new_parent: Ino,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+        mode: RenameMode,
+        cred: Cred,
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        #[serde(with = "serde_bytes")]
+        new_name: Vec<u8>,
+        cred: Cred,
+    },
+    /// Entries after `after` (0 = from the start), at most `limit`.
+    ReadDir {
+        ino: Ino,
+        after: u64,
+        limit: u32,
+        cred: Cred,
+    },
+}
+
+/// Whether a lookup of `name` reads an entry of its parent directory: not "." or "..",
+/// which find an inode, or a directory's parent, by number (for file handles). Only a
+/// lookup of an entry is covered by, and grants, a lease on the directory.
+pub fn names_an_entry(name: &[u8]) -> bool {
+    name != b"." && name != b".."
+}
+
+// --- attrs
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum AttrRequest {
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        cred: Cred,
+        changes: SetAttr,
+    },
+    /// The file or directory was read: update its atime, under the relatime rule unless
+    /// `strict` (the `strictatime` mount option). Answers the attributes.
+    Accessed {
+        ino: Ino,
+        strict: bool,
+    },
+}
+
+// --- data
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum DataRequest {
+    GetLayout {
+        ino: Ino,
+    },
+    /// Asks which chunks must be stored and where (dedup and placement).
+    PrepareWrite {
+        chunks: Vec<ChunkToWrite>,
+        /// chunkds the client could not reach: placement leaves them out.
+        avoid: Vec<String>,
+    },
+    /// Records stored chunks, inline chunks with their content, and the extents that now
+    /// use them, in one transaction.
+    CommitWrite {
+        ino: Ino,
+        stored: Vec<StoredChunk>,
+        inline: Vec<InlineChunk>,
+        extents: Vec<Extent>,
+        mtime: Timestamp,
+    },
+    Allocate {
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        op: SpaceOp,
+    },
+    /// Makes `dst` bytes `[dst_offset, +len)` share the chunks of `src` bytes
+    /// `[src_offset, +len)`.
+    CloneRange {
+        src: Ino,
+        src_offset: u64,
+        dst: Ino,
+        dst_offset: u64,
+        len: u64,
+    },
+    /// The content of a chunk kept inline.
+    ReadInline {
+        chunk: ChunkId,
+    },
+}
+
+// --- xattrs
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum XattrRequest {
+    SetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        mode: XattrMode,
+        cred: Cred,
+    },
+    GetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        cred: Cred,
+    },
+    ListXattr {
+        ino: Ino,
+        cred: Cred,
+    },
+    RemoveXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        cred: Cred,
+    },
+}
+
+// --- locks
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum LockRequest {
+    /// F_GETLK: the lock that would block this one, if any.
+    TestLock { ino: Ino, owner: u64, start: u64, end: u64, kind: LockKind },
+    /// F_SETLK (`wait` false: `WouldBlock` on conflict) or F_SETLKW.
+    SetLock { ino: Ino, owner: u64, lock: HeldLock, wait: bool },
+    /// F_UNLCK of `[start, end]`.
+    Unlock { ino: Ino, owner: u64, start: u64, end: u64 },
+}
+
+// --- sessions
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum SessionRequest {
+    /// Opens a client session for this connection, or resumes `resume` after a reconnect.
+    OpenSession { host: String, resume: Option<u64> },
+    /// Keeps this connection's session alive while the client is idle.
+    Heartbeat,
+    /// Ends this connection's session (a clean unmount): what it held is released now.
+    CloseSession,
+    /// The client opened file `ino`: while any client holds it open it outlives its last
+    /// name. Sent once per client and inode, not per file descriptor.
+    OpenFile { ino: Ino },
+    /// The client closed its last handle on `ino`.
+    ReleaseFile { ino: Ino },
+    /// Takes an exclusive (write) lease on file `ino`, recalling every other session's
+    /// lease on it: while it is held, the session may buffer writes. Answers the file's
+    /// current attributes.
+    WriteLease { ino: Ino },
+    /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
+    ReleaseLease { ino: Ino, seq: u64 },
+}
+
+// --- catalogue
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum CatalogueRequest {
+    ChunkStatus {
+        chunk: ChunkId,
+    },
+    CatalogueStats,
+    /// Catalogued chunks after `after`, in id order, at most `limit` (without inline
+    /// content).
+    ListChunks {
+        after: Option<ChunkId>,
+        limit: u32,
+    },
+    /// A reader found a shard missing or corrupt.
+    ReportBadShard {
+        shard: ShardId,
+        chunkd: String,
+    },
+    /// Starts a garbage-collection pass now; answers `Collecting`.
+    Collect,
+}
+
+// --- members
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum MemberRequest {
+    Chunkds,
+    /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
+    /// and repair moves the shards catalogued on it to other chunkds. Answers how many are
+    /// still catalogued there.
+    Drain {
+        chunkd: String,
+        undo: bool,
+    },
+    /// Removes chunkd `chunkd`, down and holding no shard in the catalogue, from the
+    /// registry for good; answers `Done`.
+    Forget {
+        chunkd: String,
+    },
+}
+
+// --- volume
+
+#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum VolumeRequest {
+    Volume,
+    StatFs,
+    /// Makes every metadata change committed so far durable against power loss (fsync).
+    Sync,
+    /// Checks (and with `repair` fixes) the metadata invariants.
+    Fsck {
+        repair: bool,
+    },
+    /// Repair and garbage-collection counters.
+    Workers,
+}
