@@ -101,16 +101,15 @@ impl Store {
         let cutoff = shardfs_meta_api::proto::Timestamp::now().sec - grace.as_secs() as i64;
         self.with_writer(|writer| {
             let ids: Vec<Vec<u8>> = writer.read(|tx| {
-                tx
-                    .prepare_cached(
-                        "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
+                tx.prepare_cached(
+                    "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
                          AND zero_since <= ?1",
-                    )
-                    .sql()?
-                    .query_map([cutoff], |r| r.get(0))
-                    .sql()?
-                    .collect::<Result<_, _>>()
-                    .sql()
+                )
+                .sql()?
+                .query_map([cutoff], |r| r.get(0))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()
             })?;
             let mut chunks = Vec::new();
             for id in ids {
@@ -141,16 +140,15 @@ impl Store {
     ) -> Result<u64, MetaError> {
         self.with_writer(|writer| {
             let placed: Vec<(Vec<u8>, u8)> = writer.read(|tx| {
-                tx
-                    .prepare_cached(
-                        "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
+                tx.prepare_cached(
+                    "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
                          WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
-                    )
-                    .sql()?
-                    .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .sql()?
-                    .collect::<Result<_, _>>()
-                    .sql()
+                )
+                .sql()?
+                .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))
+                .sql()?
+                .collect::<Result<_, _>>()
+                .sql()
             })?;
             let mut shards = Vec::new();
             for (chunk, index) in placed {

@@ -366,8 +366,7 @@ impl Store {
 
 /// Every inode with no name left.
 pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
-    tx
-        .prepare("SELECT ino FROM inodes WHERE nlink = 0")
+    tx.prepare("SELECT ino FROM inodes WHERE nlink = 0")
         .sql()?
         .query_map([], |r| r.get(0))
         .sql()?
@@ -383,14 +382,13 @@ pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, Met
 /// The inode number the next new inode takes: one past the highest ever used (numbers are
 /// never reused, so a client's cached one never names another file).
 pub(super) fn next_ino(tx: &Connection) -> Result<Ino, MetaError> {
-    tx
-        .prepare_cached(
-            "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
+    tx.prepare_cached(
+        "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
                  (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
-        )
-        .sql()?
-        .query_row([], |r| r.get(0))
-        .sql()
+    )
+    .sql()?
+    .query_row([], |r| r.get(0))
+    .sql()
 }
 
 /// Makes inode `ino` as `new` describes, named `name` in `parent`.
@@ -720,8 +718,7 @@ fn require_dir(tx: &Connection, ino: Ino) -> Result<Attr, MetaError> {
 
 /// The directory holding directory `dir` (the root holds itself).
 fn parent_of(tx: &Connection, dir: Ino) -> Result<Ino, MetaError> {
-    tx
-        .prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")
+    tx.prepare_cached("SELECT parent FROM inodes WHERE ino = ?1")
         .sql()?
         .query_row([dir], |r| r.get(0))
         .sql()
@@ -729,8 +726,7 @@ fn parent_of(tx: &Connection, dir: Ino) -> Result<Ino, MetaError> {
 
 /// `(dentry id, ino)` of `name` in `parent`.
 fn find_entry(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Option<(u64, Ino)>, MetaError> {
-    tx
-        .prepare_cached("SELECT id, ino FROM dentries WHERE parent = ?1 AND name = ?2")
+    tx.prepare_cached("SELECT id, ino FROM dentries WHERE parent = ?1 AND name = ?2")
         .sql()?
         .query_row(params![parent, name], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -746,8 +742,7 @@ fn insert_entry(tx: &Connection, parent: Ino, name: &[u8], ino: Ino) -> Result<(
 }
 
 fn has_entries(tx: &Connection, dir: Ino) -> Result<bool, MetaError> {
-    tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = ?1)")
+    tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM dentries WHERE parent = ?1)")
         .sql()?
         .query_row([dir], |r| r.get(0))
         .sql()

@@ -31,28 +31,27 @@ impl Store {
 
     pub fn chunkds(&self) -> Result<Vec<ChunkdRecord>, MetaError> {
         self.read(|tx| {
-            tx
-                .prepare_cached(
-                    "SELECT id, addr, zone, capacity_bytes, free_bytes, used_bytes, shard_count,
+            tx.prepare_cached(
+                "SELECT id, addr, zone, capacity_bytes, free_bytes, used_bytes, shard_count,
                          draining
                      FROM chunkds ORDER BY id",
-                )
-                .sql()?
-                .query_map([], |r| {
-                    Ok(ChunkdRecord {
-                        id: r.get(0)?,
-                        addr: r.get(1)?,
-                        zone: r.get(2)?,
-                        capacity_bytes: r.get(3)?,
-                        free_bytes: r.get(4)?,
-                        used_bytes: r.get(5)?,
-                        shard_count: r.get(6)?,
-                        draining: r.get(7)?,
-                    })
+            )
+            .sql()?
+            .query_map([], |r| {
+                Ok(ChunkdRecord {
+                    id: r.get(0)?,
+                    addr: r.get(1)?,
+                    zone: r.get(2)?,
+                    capacity_bytes: r.get(3)?,
+                    free_bytes: r.get(4)?,
+                    used_bytes: r.get(5)?,
+                    shard_count: r.get(6)?,
+                    draining: r.get(7)?,
                 })
-                .sql()?
-                .collect::<Result<Vec<_>, _>>()
-                .sql()
+            })
+            .sql()?
+            .collect::<Result<Vec<_>, _>>()
+            .sql()
         })
     }
 
@@ -69,8 +68,7 @@ impl Store {
     /// Shards the catalogue places on chunkd `id`.
     pub fn shards_on(&self, id: &str) -> Result<u64, MetaError> {
         self.scan(|tx| {
-            tx
-                .prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")
+            tx.prepare_cached("SELECT COUNT(*) FROM shards WHERE chunkd = ?1")
                 .sql()?
                 .query_row([id], |r| r.get(0))
                 .sql()

@@ -34,8 +34,7 @@ impl Store {
     pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, MetaError> {
         self.read(|tx| {
             get_attr(tx, ino)?;
-            tx
-                .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")
+            tx.prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")
                 .sql()?
                 .query_map([ino], |r| r.get(0))
                 .sql()?
@@ -134,8 +133,7 @@ pub(super) fn xattr_value(
     ino: Ino,
     name: &[u8],
 ) -> Result<Option<Vec<u8>>, MetaError> {
-    tx
-        .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")
+    tx.prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")
         .sql()?
         .query_row(params![ino, name], |r| r.get(0))
         .optional()

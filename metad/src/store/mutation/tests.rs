@@ -350,8 +350,7 @@ fn mutation(store: &Store, step: &Step, now: Timestamp) -> Option<Mutation> {
         Step::Reclaim => {
             let nameless: Vec<Ino> = store
                 .read(|tx| {
-                    tx
-                        .prepare("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")
+                    tx.prepare("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")
                         .sql()?
                         .query_map([], |r| r.get(0))
                         .sql()?
