@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 use shardfs_chunk_api::client::{ChunkClientError, ChunkClientPool};
 use shardfs_chunk_api::proto::ChunkdError;
-use shardfs_chunk_api::{ChunkId, ShardId, codec, hash_tree};
+use shardfs_chunk_api::{ChunkId, ShardId, codec, fetch, hash_tree};
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{
     ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, ShardPlace,
@@ -229,74 +229,17 @@ impl ChunkIo {
         if location.is_inline() {
             return self.fetch_inline(location).await;
         }
-        let encoding = location.encoding;
-        let k = encoding.k as usize;
-        let len = location.len as usize;
-        let shard_len = encoding.shard_len(len);
-        let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
-        let mut failures = Vec::new();
-        // The code is systematic: the data shards alone are the chunk. Parity is fetched
-        // only when a data shard cannot be had.
-        let (data, parity): (Vec<&ShardPlace>, Vec<&ShardPlace>) =
-            location.shards.iter().partition(|s| (s.index as usize) < k);
-        for wave in [data, parity] {
-            if slots.iter().filter(|s| s.is_some()).count() >= k {
-                break;
-            }
-            let mut gets = JoinSet::new();
-            for place in wave {
-                let client = self.pool.get(&place.addr, &place.chunkd);
-                let shard = ShardId { chunk: location.chunk, index: place.index };
-                let place = place.clone();
-                gets.spawn(async move { (place, client.get(shard).await) });
-            }
-            while let Some(joined) = gets.join_next().await {
-                let (place, result) =
-                    joined.map_err(|e| format!("shard fetch task failed: {e}"))?;
-                match result {
-                    Ok((got_encoding, got_len, bytes))
-                        if got_encoding == encoding
-                            && got_len == location.len
-                            && bytes.len() == shard_len
-                            && (place.index as usize) < slots.len() =>
-                    {
-                        slots[place.index as usize] = Some(bytes);
-                    }
-                    Ok(_) => {
-                        failures.push(format!(
-                            "shard {} on {}: wrong shape",
-                            place.index, place.chunkd
-                        ));
-                        self.report_bad(location.chunk, &place);
-                    }
-                    Err(e) => {
-                        if matches!(
-                            e,
-                            ChunkClientError::Chunkd(
-                                ChunkdError::NotFound(_) | ChunkdError::Corrupt(_)
-                            )
-                        ) {
-                            self.report_bad(location.chunk, &place);
-                        }
-                        debug!(chunk = %location.chunk, index = place.index, "shard unavailable: {e}");
-                        failures.push(format!("shard {} on {}: {e}", place.index, place.chunkd));
-                    }
-                }
+        let fetched = fetch::fetch(&self.pool, location.shape(), &location.shards).await;
+        for failure in &fetched.failures {
+            debug!(chunk = %location.chunk, "{failure}");
+            if failure.bad {
+                self.report_bad(location.chunk, &failure.place);
             }
         }
-        let chunk_id = location.chunk;
-        let chunk = blocking(move || {
-            let chunk = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
-            if ChunkId::of(&chunk) != chunk_id {
-                return Err("rebuilt content does not match the chunk's BLAKE3 id".to_string());
-            }
-            Ok(chunk)
-        })
-        .await
-        .map_err(|e| format!("decode task failed: {e}"))?
-        .map_err(|e| format!("{e}; {}", failures.join("; ")))?;
-        if !failures.is_empty() {
-            warn!(chunk = %chunk_id, "read degraded: {}", failures.join("; "));
+        let chunk = fetched.content?;
+        if !fetched.failures.is_empty() {
+            let failures: Vec<String> = fetched.failures.iter().map(|f| f.to_string()).collect();
+            warn!(chunk = %location.chunk, "read degraded: {}", failures.join("; "));
         }
         Ok(Arc::new(chunk))
     }

@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::{ChunkId, Encoding};
 
+pub use shardfs_chunk_api::ShardPlace;
+use shardfs_chunk_api::fetch::ChunkShape;
+
 pub use crate::fsck::{FsckReport, Problem};
 pub use crate::requests::{
     AttrRequest, CatalogueRequest, DataRequest, LockRequest, MemberRequest, NameRequest,
@@ -214,15 +217,6 @@ impl Extent {
     }
 }
 
-/// Where one shard lives.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardPlace {
-    pub index: u8,
-    pub chunkd: String,
-    /// Current address of that chunkd, if it is registered.
-    pub addr: String,
-}
-
 /// Where a chunk's content is: in `k + m` shards on chunkds, or, for a chunk kept inline in
 /// metad (encoding `0 + 0`, no shards), in `inline` or to be read with `ReadInline`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +233,11 @@ impl ChunkLocation {
     /// Whether the chunk is kept in metad's database rather than on chunkds.
     pub fn is_inline(&self) -> bool {
         self.encoding.total() == 0
+    }
+
+    /// What a fetch of its shards needs to know of the chunk.
+    pub fn shape(&self) -> ChunkShape {
+        ChunkShape { chunk: self.chunk, len: self.len, encoding: self.encoding }
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::client::ChunkClientPool;
-use shardfs_chunk_api::{ShardId, codec, hash_tree};
+use shardfs_chunk_api::fetch::{self, ChunkShape};
+use shardfs_chunk_api::{ShardId, ShardPlace, codec, hash_tree};
 use tracing::{info, warn};
 
 use crate::members::Members;
@@ -122,39 +123,21 @@ async fn repair_chunk(
     if bad.is_empty() {
         return Ok(0);
     }
-    // Read k good shards (each verified by its chunkd), rebuild the chunk, check its id.
-    let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
-    let mut found = 0;
-    for shard in chunk.shards.iter().filter(usable) {
-        if found == encoding.k as usize {
-            break;
-        }
-        let Some(addr) = members.address_if_up(&shard.chunkd) else { continue };
-        let id = ShardId { chunk: chunk.chunk, index: shard.index };
-        if let Ok((got, len, data)) = pool.get(&addr, &shard.chunkd).get(id).await
-            && got == encoding
-            && len == chunk.len
-            && let Some(slot) = slots.get_mut(shard.index as usize)
-        {
-            *slot = Some(data);
-            found += 1;
-        }
-    }
-    let (len, chunk_id) = (chunk.len as usize, chunk.chunk);
-    let (content, slots) = blocking(move || {
-        let content = codec::decode(encoding, len, &mut slots).map_err(|e| e.to_string())?;
-        Ok::<_, String>((content, slots))
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    drop(slots);
+    // Rebuild the chunk from k good shards, verified against its id.
+    let places: Vec<ShardPlace> = (chunk.shards.iter().filter(usable))
+        .filter_map(|shard| {
+            let addr = members.address_if_up(&shard.chunkd)?;
+            Some(ShardPlace { index: shard.index, chunkd: shard.chunkd.clone(), addr })
+        })
+        .collect();
+    let shape = ChunkShape { chunk: chunk.chunk, len: chunk.len, encoding };
+    let content = fetch::fetch(pool, shape, &places).await.content?;
     let (shards, tree) = blocking(move || {
-        let (id, tree) = hash_tree::build(&content);
-        (id == chunk_id).then(|| (codec::encode(encoding, &content), tree))
+        let (_, tree) = hash_tree::build(&content);
+        (codec::encode(encoding, &content), tree)
     })
     .await
-    .map_err(|e| e.to_string())?
-    .ok_or("rebuilt content does not match the chunk id")?;
+    .map_err(|e| e.to_string())?;
     // New homes: up, not full, and not already holding a good shard of this chunk.
     let holding: HashSet<&str> =
         chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();

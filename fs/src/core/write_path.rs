@@ -1,0 +1,326 @@
+//! The write path: writes buffered under the file's write lease, cut into chunks and
+//! committed (early write-back, close, fsync, a recall), and the range operations
+//! (fallocate, copy_file_range) that commit the buffer first.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use shardfs_meta_api::MetaClientError;
+use shardfs_meta_api::proto::{Cred, INLINE_MAX, MetaError, SetAttr, SpaceOp, Timestamp};
+use tracing::warn;
+
+use super::Fs;
+use super::open_files::{FileData, Handle, OpenFile};
+use crate::chunk_io::Written;
+use crate::error::{FsError, FsResult};
+use crate::setid;
+use crate::write_back::{self};
+use shardfs_rpc::sync::Lock as _;
+
+impl Fs {
+    /// Writes `bytes` at `offset`; returns how many were written and whether the file's
+    /// mode changed.
+    ///
+    /// `append` (`Some(writer)` for an O_APPEND handle) writes at the end of the file as this
+    /// mount knows it under the write lease: the kernel's idea of the end may predate another
+    /// mount's appends. Such handles bypass the page cache, where the kernel would also have
+    /// cleared set-id bits for an unprivileged writer, so that is done here.
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        bytes: &[u8],
+        append: Option<&Cred>,
+    ) -> FsResult<(u32, bool)> {
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
+        let mut data = self.locked_with_write_lease(file).await?;
+        let mut mode_changed = false;
+        let offset = match append {
+            None => offset,
+            Some(writer) => {
+                let committed = match data.committed.take() {
+                    Some(attr) => attr,
+                    None => self.meta.get_attr(file.ino).await?,
+                };
+                let committed = match setid::cleared(committed.perm, committed.gid, writer) {
+                    perm if perm == committed.perm => committed,
+                    perm => {
+                        mode_changed = true;
+                        let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
+                        let epoch = self.leases.epoch();
+                        let attr = self.meta.set_attr(file.ino, Cred::ROOT, changes).await?;
+                        self.leases.update_attr(epoch, &attr);
+                        attr
+                    }
+                };
+                // O_APPEND handles bypass the page cache.
+                self.leases.pages_changed(file.ino);
+                let end = committed.size.max(data.dirty.end().unwrap_or(0));
+                data.committed = Some(committed);
+                end
+            }
+        };
+        // Buffered bytes are bounded: past twice the flush threshold (earlier flushes failed)
+        // a write must get everything committed first, or fail without buffering more.
+        let limit = 2 * self.options.dirty_flush_bytes;
+        if data.dirty.bytes() + bytes.len() > limit {
+            self.flush_locked(file, &mut data, true).await?;
+        }
+        data.dirty.write(offset, bytes);
+        data.dirty_mtime = Some(Timestamp::now());
+        if data.dirty.bytes() >= self.options.dirty_flush_bytes {
+            // Early write-back; a failure here leaves the bytes buffered for the next flush,
+            // which reports it.
+            let early = async {
+                self.flush_locked(file, &mut data, false).await?;
+                if data.dirty.bytes() >= self.options.dirty_flush_bytes {
+                    self.flush_locked(file, &mut data, true).await?;
+                }
+                Ok::<_, FsError>(())
+            };
+            if let Err(e) = early.await {
+                warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
+            }
+        }
+        Ok((bytes.len() as u32, mode_changed))
+    }
+
+    /// close(2): commits everything buffered for the file behind `fh`, unless the release
+    /// that follows may leave that to the background (see [`Fs::defers_commit`]).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        if self.defers_commit(&handle.file).await.is_some() {
+            return Ok(());
+        }
+        self.flush_handle(&handle).await
+    }
+
+    /// Whether the last close of `file` may return before its buffered writes are committed,
+    /// and how many bytes wait: only for bytes few enough to go inline to metad with the
+    /// commit (data for chunkds is stored before the close returns, so a close cannot
+    /// succeed with data that can never be stored), under the write lease (so no other mount
+    /// can miss them), for a file metad does not track as open here (whose release must
+    /// follow the commit), with a single handle left, and within the background budget.
+    pub(super) async fn defers_commit(&self, file: &OpenFile) -> Option<usize> {
+        let bytes = file.data.lock().await.dirty.bytes();
+        let last = self.files.locked().get(&file.ino).map(|(_, n)| *n) == Some(1);
+        let defer = bytes > 0
+            && bytes as u64 <= INLINE_MAX
+            && last
+            && self.write_back.fits(bytes)
+            && self.leases.holds_write(file.ino)
+            && !*file.registered.lock().await;
+        defer.then_some(bytes)
+    }
+
+    /// Commits what a closed file buffered, on a background task; tries again after
+    /// failures until it succeeds, the file is gone, or the mount closes. Forgets the file
+    /// after, unless it was opened again meanwhile.
+    pub(super) async fn commit_closed(self: Arc<Self>, file: Arc<OpenFile>, bytes: usize) {
+        let slot = self.write_back.slot().await;
+        let mut delay = write_back::FIRST_RETRY;
+        loop {
+            let mut data = file.data.lock().await;
+            match self.flush_locked(&file, &mut data, true).await {
+                Ok(()) => break,
+                Err(FsError::Meta(MetaError::NotFound)) => {
+                    // Unlinked here since: nothing can read what it buffered.
+                    data.dirty.take_all(self.volume.chunk_size);
+                    break;
+                }
+                Err(e) if self.write_back.closing() => {
+                    warn!(ino = file.ino, "unmounting: last writes of a closed file lost: {e}");
+                    break;
+                }
+                Err(e) => {
+                    warn!(ino = file.ino, "commit after close failed, retrying in {delay:?}: {e}");
+                }
+            }
+            drop(data);
+            self.write_back.pause(delay).await;
+            delay = (delay * 2).min(write_back::MAX_RETRY);
+        }
+        drop(slot);
+        let forgotten = {
+            let data = file.data.lock().await;
+            let mut files = self.files.locked();
+            let others = file.committing.fetch_sub(1, Ordering::SeqCst) - 1;
+            let forget = data.dirty.is_empty()
+                && others == 0
+                && files
+                    .get(&file.ino)
+                    .is_some_and(|(kept, n)| *n == 0 && Arc::ptr_eq(kept, &file));
+            if forget {
+                files.remove(&file.ino);
+            }
+            forget
+        };
+        // Another removal registered the open between the close's check and its release.
+        if forgotten
+            && *file.registered.lock().await
+            && let Err(e) = self.meta.release_file(file.ino).await
+        {
+            warn!(ino = file.ino, "cannot tell metad a file was closed: {e}");
+        }
+        self.write_back.done(bytes);
+    }
+
+    /// fsync(2): commits what is buffered for the file behind `fh`, then has metad make its
+    /// metadata, and every change before it, durable.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush_handle(&*self.handle(fh)?).await?;
+        self.sync().await
+    }
+
+    /// Makes every metadata change this mount made so far durable (fsync of a directory).
+    pub async fn sync(&self) -> FsResult<()> {
+        Ok(self.meta.sync().await?)
+    }
+
+    /// Stores buffered pieces and commits them. With `everything` false, the last,
+    /// unfinished chunk-sized window of each range stays buffered.
+    pub(super) async fn flush_locked(
+        &self,
+        file: &OpenFile,
+        data: &mut FileData,
+        everything: bool,
+    ) -> FsResult<()> {
+        let window = self.volume.chunk_size;
+        let pieces = if everything {
+            data.dirty.take_all(window)
+        } else {
+            data.dirty.take_completed(window)
+        };
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
+        let epoch = self.leases.epoch();
+        let committed = async {
+            let mut attempts = 0;
+            loop {
+                let Written { stored, inline, extents } = self.io.store(&pieces).await?;
+                match self.meta.commit_write(file.ino, stored, inline, extents, mtime).await {
+                    // Garbage collection removed a deduplicated chunk between prepare and
+                    // commit: prepare again, which now stores it.
+                    Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
+                        attempts += 1;
+                    }
+                    result => return result.map_err(FsError::from),
+                }
+            }
+        }
+        .await;
+        data.layout = None;
+        match committed {
+            Ok(attr) => {
+                self.leases.update_attr(epoch, &attr);
+                data.committed = Some(attr.clone());
+                if data.dirty.is_empty() {
+                    data.dirty_mtime = None;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing is lost: the bytes stay buffered for the next flush.
+                data.dirty.restore(pieces);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn flush_handle(&self, handle: &Handle) -> FsResult<()> {
+        let mut data = handle.file.data.lock().await;
+        self.flush_locked(&handle.file, &mut data, true).await
+    }
+
+    /// fallocate(2): `mode` as the kernel passes it.
+    /// fallocate(2) on behalf of `caller`, clearing set-id bits as a write would; returns
+    /// whether it changed the file's mode.
+    pub async fn allocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: &Cred,
+    ) -> FsResult<bool> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        let op = match mode {
+            0 => SpaceOp::Allocate { keep_size: false },
+            KEEP_SIZE => SpaceOp::Allocate { keep_size: true },
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | KEEP_SIZE => SpaceOp::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => SpaceOp::ZeroRange { keep_size: false },
+            m if m == libc::FALLOC_FL_ZERO_RANGE | KEEP_SIZE => {
+                SpaceOp::ZeroRange { keep_size: true }
+            }
+            // Collapse, insert and unshare ranges, and a hole punch that would change the size.
+            _ => return Err(FsError::Unsupported),
+        };
+        // Nothing is reserved (content-addressed chunks are stored when written), but a
+        // request for more than the volume has left is refused up front.
+        if let SpaceOp::Allocate { .. } = op {
+            let free = self.stat_fs().await?.free_bytes;
+            if len > free {
+                let why = format!("fallocate of {len} bytes, {free} bytes free");
+                return Err(MetaError::NoSpace(why).into());
+            }
+        }
+        let handle = self.handle(fh)?;
+        let mut data = handle.file.data.lock().await;
+        // Buffered bytes land first, so a punch or zero also covers them.
+        self.flush_locked(&handle.file, &mut data, true).await?;
+        let result = self.meta.allocate(handle.file.ino, offset, len, op).await;
+        data.layout = None;
+        data.committed = None;
+        self.leases.forget_attrs(Some(handle.file.ino));
+        self.leases.pages_changed(handle.file.ino);
+        let attr = result?;
+        let perm = setid::cleared(attr.perm, attr.gid, caller);
+        if perm != attr.perm {
+            let changes = SetAttr { mode: Some(u32::from(perm)), ..SetAttr::default() };
+            self.meta.set_attr(attr.ino, Cred::ROOT, changes).await?;
+            self.leases.forget_attrs(Some(attr.ino));
+        }
+        Ok(perm != attr.perm)
+    }
+
+    /// copy_file_range(2): the destination shares the source's chunks; no bytes move.
+    pub async fn copy_range(
+        &self,
+        (fh_in, offset_in): (u64, u64),
+        (fh_out, offset_out): (u64, u64),
+        len: u64,
+    ) -> FsResult<u32> {
+        let (source, target) = (self.handle(fh_in)?, self.handle(fh_out)?);
+        // Both files' buffered bytes land first, locking in inode order.
+        let mut files = [&source.file, &target.file];
+        files.sort_by_key(|f| f.ino);
+        let mut first = files[0].data.lock().await;
+        self.flush_locked(files[0], &mut first, true).await?;
+        let mut second = if files[1].ino == files[0].ino {
+            None
+        } else {
+            let mut data = files[1].data.lock().await;
+            self.flush_locked(files[1], &mut data, true).await?;
+            Some(data)
+        };
+        // The reply counts bytes in 32 bits; the kernel asks again for the rest.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let result = self
+            .meta
+            .clone_range(source.file.ino, offset_in, target.file.ino, offset_out, len)
+            .await;
+        first.layout = None;
+        first.committed = None;
+        self.leases.forget_attrs(Some(target.file.ino));
+        self.leases.pages_changed(target.file.ino);
+        if let Some(data) = second.as_mut() {
+            data.layout = None;
+            data.committed = None;
+        }
+        let (_, copied) = result?;
+        Ok(copied as u32)
+    }
+}
