@@ -96,7 +96,9 @@ pub async fn fetch(pool: &ChunkClientPool, shape: ChunkShape, places: &[ShardPla
                 Err(e) => {
                     let bad = matches!(
                         e,
-                        ChunkClientError::Chunkd(ChunkdError::NotFound(_) | ChunkdError::Corrupt(_))
+                        ChunkClientError::Chunkd(
+                            ChunkdError::NotFound(_) | ChunkdError::Corrupt(_)
+                        )
                     );
                     failures.push(failure(bad, e.to_string()));
                 }
@@ -104,7 +106,8 @@ pub async fn fetch(pool: &ChunkClientPool, shape: ChunkShape, places: &[ShardPla
         }
     }
     let rebuilt = blocking(move || {
-        let content = codec::decode(encoding, len as usize, &mut slots).map_err(|e| e.to_string())?;
+        let content =
+            codec::decode(encoding, len as usize, &mut slots).map_err(|e| e.to_string())?;
         if ChunkId::of(&content) != chunk {
             return Err("rebuilt content does not match the chunk's BLAKE3 id".to_string());
         }

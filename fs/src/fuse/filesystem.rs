@@ -1,16 +1,11 @@
-//! The FUSE adapter: converts kernel requests into calls on [`Fs`] and results into replies.
-//!
-//! Each request is answered from a tokio task, so a slow chunkd never stalls the threads
-//! reading from /dev/fuse. Every path replies exactly once: a reply object that is dropped
-//! unanswered would itself answer EIO.
+//! The `Filesystem` implementation: one method per kernel request, each a call into the
+//! core ([`Fs`]) and its reply, run through [`FuseAdapter::spawn`].
 
 use std::ffi::OsStr;
-use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -18,245 +13,13 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use shardfs_meta_api::proto::{
-    Attr, Cred, FileKind, Ino, LockKind, MAX_NAME_LEN, RenameMode, SetAttr, SetTime, Timestamp,
-    XattrMode,
+use shardfs_meta_api::proto::{MAX_NAME_LEN, RenameMode, SetAttr, XattrMode};
+
+use super::convert::{
+    answer_xattr, cred, file_attr, file_type, fopen_flags, lock_kind, lock_type, name_bytes,
+    reply_attr, reply_entry, set_time, with_kept_pages,
 };
-use tokio::runtime::Handle;
-use tracing::debug;
-
-use crate::core::Fs;
-use crate::error::{FsError, FsResult};
-use crate::leases::{Leases, Ttls};
-
-/// Largest write the kernel may send in one request.
-const MAX_WRITE: u32 = 1024 * 1024;
-/// `st_blksize`: the I/O size tools like cp and dd prefer.
-const PREFERRED_IO_SIZE: u32 = 128 * 1024;
-/// Directory entries fetched from metad per readdir request.
-const READDIR_BATCH: u32 = 512;
-
-pub struct FuseAdapter {
-    fs: Arc<Fs>,
-    runtime: Handle,
-}
-
-impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, runtime: Handle) -> FuseAdapter {
-        FuseAdapter { fs, runtime }
-    }
-
-    /// Runs `op` and answers with `ok` or the error's errno: right here on the thread that
-    /// read the request if `op` completes without waiting (a getattr from the lease cache,
-    /// a buffered write), else on a task, so nothing that waits holds this thread.
-    fn spawn<T, R, F>(
-        &self,
-        name: &'static str,
-        reply: R,
-        op: impl FnOnce(Arc<Fs>) -> F + Send + 'static,
-        ok: impl FnOnce(R, T) + Send + 'static,
-    ) where
-        T: Send + 'static,
-        R: ErrorReply + Send + 'static,
-        F: Future<Output = FsResult<T>> + Send + 'static,
-    {
-        let fs = self.fs.clone();
-        let started = std::time::Instant::now();
-        let mut answer = Box::pin(async move {
-            let result = op(fs.clone()).await;
-            fs.metrics().fuse_ops.record(name, result.is_ok(), started.elapsed());
-            match result {
-                Ok(value) => ok(reply, value),
-                Err(e) => {
-                    debug!(op = name, "{e}");
-                    reply.error(Errno::from(&e));
-                }
-            }
-        });
-        // Handing every request to a task cost a thread wake-up per request (see
-        // docs/performance.md). A first poll that finds the answer waiting skips it. Its
-        // waker is a no-op: a future left pending is polled again by its task, which then
-        // registers the task's own waker, so no wake-up is lost.
-        let _runtime = self.runtime.enter();
-        let mut first = std::task::Context::from_waker(std::task::Waker::noop());
-        // A panic answers EIO (the reply is dropped unanswered), as it would on a task,
-        // and leaves this thread serving.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            answer.as_mut().poll(&mut first)
-        })) {
-            Ok(std::task::Poll::Pending) => drop(self.runtime.spawn(answer)),
-            Ok(std::task::Poll::Ready(())) => {}
-            Err(_) => tracing::error!(op = name, "request handler panicked"),
-        }
-    }
-}
-
-/// The error half shared by every reply type.
-trait ErrorReply {
-    fn error(self, errno: Errno);
-}
-
-macro_rules! error_reply {
-    ($($t:ty),*) => {
-        $(impl ErrorReply for $t {
-            fn error(self, errno: Errno) {
-                <$t>::error(self, errno)
-            }
-        })*
-    };
-}
-error_reply!(
-    ReplyAttr,
-    ReplyEntry,
-    ReplyEmpty,
-    ReplyData,
-    ReplyOpen,
-    ReplyCreate,
-    ReplyWrite,
-    ReplyDirectory,
-    ReplyDirectoryPlus,
-    ReplyStatfs,
-    ReplyXattr,
-    ReplyLseek,
-    ReplyLock
-);
-
-/// `t` for the kernel. metad refuses invalid times, but what comes over the network is not
-/// trusted to be in range: out-of-range nanoseconds count as zero, and a time the system
-/// cannot represent as the epoch.
-fn system_time(t: Timestamp) -> SystemTime {
-    let nanos = Duration::from_nanos(if t.is_valid() { u64::from(t.nsec) } else { 0 });
-    let whole = Duration::from_secs(t.sec.unsigned_abs());
-    let time = match t.sec >= 0 {
-        true => UNIX_EPOCH.checked_add(whole),
-        false => UNIX_EPOCH.checked_sub(whole),
-    };
-    time.and_then(|time| time.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
-        Err(e) => {
-            let before = e.duration();
-            let (sec, nsec) = if before.subsec_nanos() == 0 {
-                (-(before.as_secs() as i64), 0)
-            } else {
-                (-(before.as_secs() as i64) - 1, 1_000_000_000 - before.subsec_nanos())
-            };
-            Timestamp { sec, nsec }
-        }
-    }
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(timestamp(t)),
-    }
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(attr: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.allocated.div_ceil(512),
-        atime: system_time(attr.atime),
-        mtime: system_time(attr.mtime),
-        ctime: system_time(attr.ctime),
-        crtime: system_time(attr.ctime),
-        kind: file_type(attr.kind),
-        perm: attr.perm,
-        nlink: attr.nlink,
-        uid: attr.uid,
-        gid: attr.gid,
-        rdev: attr.rdev,
-        blksize: PREFERRED_IO_SIZE,
-        flags: 0,
-    }
-}
-
-fn lock_kind(typ: i32) -> Option<LockKind> {
-    match typ {
-        libc::F_RDLCK => Some(LockKind::Read),
-        libc::F_WRLCK => Some(LockKind::Write),
-        _ => None,
-    }
-}
-
-fn lock_type(kind: LockKind) -> i32 {
-    match kind {
-        LockKind::Read => libc::F_RDLCK,
-        LockKind::Write => libc::F_WRLCK,
-    }
-}
-
-/// The caller; `umask` where the kernel passes one (new inodes), else 0. Supplementary
-/// groups are read from /proc for callers other than root (root passes every check
-/// without them).
-fn cred(req: &Request, umask: u32) -> Cred {
-    let groups = if req.uid() == 0 { Vec::new() } else { supplementary_groups(req.pid()) };
-    Cred { uid: req.uid(), gid: req.gid(), umask, groups }
-}
-
-/// The supplementary groups of process `pid`, as /proc reports them (none if it is gone).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-/// How the kernel treats a file opened with `flags`. O_APPEND writes land where this client
-/// finds the end (another mount may have appended since the kernel last learned the size),
-/// so they bypass the page cache, which would hold them where the kernel thought the end
-/// was.
-fn fopen_flags(flags: i32) -> FopenFlags {
-    match flags & libc::O_APPEND {
-        0 => FopenFlags::empty(),
-        _ => FopenFlags::FOPEN_DIRECT_IO,
-    }
-}
-
-/// `flags` for an open of `ino`, plus `FOPEN_KEEP_CACHE` where the lease vouches for the
-/// kernel's cached pages (see [`crate::leases::Ttls::keep_pages`]).
-fn with_kept_pages(ttls: &mut Ttls, ino: Ino, flags: FopenFlags) -> FopenFlags {
-    match !flags.contains(FopenFlags::FOPEN_DIRECT_IO) && ttls.keep_pages(ino) {
-        true => flags | FopenFlags::FOPEN_KEEP_CACHE,
-        false => flags,
-    }
-}
-
-/// Answers with a directory entry, cached by the kernel while leased.
-fn reply_entry(leases: &Leases, (parent, name): (Ino, &[u8]), reply: ReplyEntry, attr: &Attr) {
-    leases.reply(|ttls| {
-        let ttl = ttls.of(attr.ino, Some((parent, name)));
-        reply.entry(&ttl, &file_attr(attr), Generation(attr.generation))
-    })
-}
-
-/// Answers with attributes, cached by the kernel while leased.
-fn reply_attr(leases: &Leases, reply: ReplyAttr, attr: &Attr) {
-    leases.reply(|ttls| reply.attr(&ttls.of(attr.ino, None), &file_attr(attr)))
-}
-
-fn name_bytes(name: &OsStr) -> Vec<u8> {
-    name.as_bytes().to_vec()
-}
+use super::{FuseAdapter, MAX_WRITE, READDIR_BATCH};
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -1014,16 +777,5 @@ impl Filesystem for FuseAdapter {
                 })
             },
         );
-    }
-}
-
-/// getxattr/listxattr protocol: size 0 asks for the length; a short buffer is ERANGE.
-fn answer_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::from(&FsError::Range));
-    } else {
-        reply.data(value);
     }
 }
