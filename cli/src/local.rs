@@ -5,10 +5,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use shardfs_chunk_api::Encoding;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::store::ShardStore;
 use shardfs_meta_api::MetaClient;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
+use shardfs_metad::gc::GcConfig;
+use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::sessions::SessionLimits;
 use shardfs_rpc::{ClientOptions, ClusterKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,6 +34,33 @@ pub struct LocalCluster {
 pub struct LocalSettings {
     pub chunkds: usize,
     pub metad: MetadConfig,
+}
+
+impl LocalSettings {
+    /// `chunkds` chunkds and a metad keeping its database under `data`, with the volume's
+    /// encoding and chunk size (`None`: the volume's, or the defaults), and every worker at
+    /// its default pace.
+    pub fn new(
+        data: &Path,
+        chunkds: usize,
+        encoding: Option<Encoding>,
+        chunk_size: Option<u64>,
+    ) -> LocalSettings {
+        let metad = MetadConfig {
+            data: data.join("metad"),
+            secret_file: data.join("cluster.key"),
+            encoding,
+            chunk_size,
+            down_after: Duration::from_secs(10),
+            repair: RepairConfig::default(),
+            gc: GcConfig::default(),
+            sessions: SessionLimits::default(),
+            // Loopback only: nothing to encrypt against.
+            tls: None,
+            min_shards: None,
+        };
+        LocalSettings { chunkds, metad }
+    }
 }
 
 impl LocalCluster {

@@ -4,7 +4,6 @@ mod bench;
 mod fsck;
 mod info;
 mod install;
-mod local;
 mod progress;
 mod status;
 
@@ -16,17 +15,15 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::local::{LocalCluster, LocalSettings};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use shardfs::local::{LocalCluster, LocalSettings};
 use shardfs_chunk_api::Encoding;
 use shardfs_fs::core::{Fs, FsOptions};
 use shardfs_fs::mount::{self, MountOptions};
 use shardfs_fs::mount_record::{self, MountRecord};
 use shardfs_fs::options::MountFlags;
-use shardfs_metad::daemon::{self as metad, MetadConfig};
-use shardfs_metad::gc::GcConfig;
-use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::daemon::{self as metad};
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 
 #[derive(Subcommand)]
@@ -791,22 +788,7 @@ fn local_command(
     if chunkds < needed {
         bail!("{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons");
     }
-    let settings = LocalSettings {
-        chunkds,
-        metad: MetadConfig {
-            data: data.join("metad"),
-            secret_file: data.join("cluster.key"),
-            encoding,
-            chunk_size,
-            down_after: Duration::from_secs(10),
-            repair: RepairConfig::default(),
-            gc: GcConfig::default(),
-            sessions: shardfs_metad::sessions::SessionLimits::default(),
-            // Loopback only: nothing to encrypt against.
-            tls: None,
-            min_shards: None,
-        },
-    };
+    let settings = LocalSettings::new(data, chunkds, encoding, chunk_size);
     let runtime = runtime()?;
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime

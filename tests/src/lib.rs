@@ -601,22 +601,42 @@ pub fn sh(script: &str) -> String {
 pub fn write_random(path: &Path, len: usize, seed: u64) {
     use std::io::Write;
     let mut file = std::io::BufWriter::new(File::create(path).expect("create file"));
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = PseudoRandom::new(seed);
     let mut block = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bytes = state.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
         let n = left.min(block.len());
+        bytes.fill(&mut block[..n]);
         file.write_all(&block[..n]).expect("write");
         left -= n;
     }
     file.flush().expect("flush");
+}
+
+/// `len` pseudo-random bytes, deterministic per `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    PseudoRandom::new(seed).fill(&mut bytes);
+    bytes
+}
+
+/// A xorshift generator: fast, and the same bytes for the same seed on every run.
+struct PseudoRandom(u64);
+
+impl PseudoRandom {
+    fn new(seed: u64) -> PseudoRandom {
+        PseudoRandom(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let state = &mut self.0;
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+    }
 }
 
 /// SHA-256 of a file, as sha256sum prints it.

@@ -8,6 +8,7 @@ mod bad_setup;
 mod bench;
 mod big_directory;
 mod commands;
+mod core;
 mod crash;
 mod dedup;
 mod degraded;
