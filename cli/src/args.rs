@@ -1,0 +1,380 @@
+//! The command line: its commands and their arguments.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shardfs_fs::core::{Fs, FsOptions};
+use shardfs_fs::mount::MountOptions;
+use shardfs_fs::mount_record::MountRecord;
+use shardfs_fs::options::MountFlags;
+use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
+
+#[derive(Subcommand)]
+pub(crate) enum ChunkdCommands {
+    /// Move every shard off chunkd ID: it takes no new shards, and metad's repair worker
+    /// rebuilds its shards on the other chunkds (reads go on meanwhile). Waits, with
+    /// progress, until the catalogue places nothing on it; then stop the chunkd. Its shard
+    /// files are removed by the orphan sweep after the GC grace.
+    Drain {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// The chunkd's id (see `shardfs status`).
+        id: String,
+        /// Stop draining: the chunkd takes new shards again.
+        #[arg(long)]
+        undo: bool,
+        /// Return once the drain is started instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Remove chunkd ID from the registry for good, so `status` stops listing it: only a
+    /// chunkd that is down and holds no shard (drain it first).
+    Forget {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// The chunkd's id (see `shardfs status`).
+        id: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MetadCommands {
+    /// Copy the database of a metad, running or not, to FILE: consistent as of one moment
+    /// while metad keeps serving, checked, and synced before it takes its name.
+    Backup {
+        /// metad's data directory (its --data).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the backup; must not exist yet.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the database of a stopped metad with a backup. The database it replaces is
+    /// kept beside it (meta.db.before-restore-TIME). Run `shardfs fsck --verify-data` once
+    /// metad is back.
+    Restore {
+        /// metad's data directory (its --data); metad must not be running.
+        #[arg(long)]
+        data: PathBuf,
+        /// The backup to restore.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// shardfs: a distributed POSIX filesystem with erasure-coded, BLAKE3-addressed chunks.
+#[derive(Parser)]
+#[command(version)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Commands,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Commands {
+    /// Show the chunkds (up, suspect, down), the catalogue and the repair and GC counters.
+    Status {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Install the binaries, the mount(8) helper /sbin/mount.fuse.shardfs, the systemd units
+    /// and the operations guide (docs/operations.md).
+    Install {
+        /// Install under this directory instead of / (a package build).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where the binaries go (PREFIX/bin) and the guide (PREFIX/share/doc/shardfs).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a garbage-collection pass now (unreferenced chunks past the GC grace, orphan
+    /// shards on every chunkd) and report what it deleted.
+    Gc {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Run a scrub pass now on every chunkd that is up (each re-reads and verifies all its
+    /// shards, quarantining corrupt ones and reporting them for repair) and report what each
+    /// found. Passes read at each chunkd's --scrub-rate.
+    Scrub {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Manage chunkds: drain one before removing it.
+    Chunkd {
+        #[command(subcommand)]
+        command: ChunkdCommands,
+    },
+    /// Back up or restore metad's database (run on the metad host).
+    Metad {
+        #[command(subcommand)]
+        command: MetadCommands,
+    },
+    /// Show where a file's bytes are: its extents, their chunks, and each chunk's shards
+    /// with the chunkd holding them and their health.
+    Info {
+        /// A file on a shardfs mount.
+        path: PathBuf,
+        /// metad address [default: the source of the mount holding PATH].
+        #[arg(long)]
+        metad: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Show the volume's usable size, use and free space (raw chunkd space scaled by the
+    /// encoding), the file data stored, and inodes.
+    Df {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Measure a fixed set of workloads on a directory (and another, with --compare):
+    /// sequential and random I/O, small files, and a real tree.
+    Bench(BenchArgs),
+    /// Check the namespace's metadata (and with --verify-data, every chunk's shards).
+    /// Exit status: 0 clean, 1 problems repaired, 4 problems left.
+    Fsck(FsckArgs),
+    /// Mount the namespace served by a metad.
+    Mount {
+        /// metad address, e.g. 127.0.0.1:7000.
+        metad: String,
+        /// Existing, empty directory to mount on (`-o nonempty` allows others).
+        mountpoint: PathBuf,
+        /// Return once mounted and keep serving in the background, logging to --log-file.
+        #[arg(long)]
+        background: bool,
+        /// Where a --background mount writes its log (appended) [default:
+        /// /var/log/shardfs/mount-PATH.log for root, ~/.local/state/shardfs/mount-PATH.log
+        /// for others, PATH being the mount point with `/` as `-`].
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        #[command(flatten)]
+        secret: SecretArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run metad and N chunkds on loopback and mount them: a whole cluster in one command.
+    Local {
+        /// Existing, empty directory to mount on (`-o nonempty` allows others).
+        mountpoint: PathBuf,
+        /// Where metad and the chunkds keep their data (kept across restarts).
+        #[arg(long, default_value = "shardfs-data")]
+        data: PathBuf,
+        /// Number of chunk daemons [default: k+m+2, 8 for 4+2, so writes go on at full
+        /// redundancy with one or two of them lost].
+        #[arg(long)]
+        chunkds: Option<usize>,
+        /// Data shards per chunk (new volume default 4).
+        #[arg(long, requires = "m")]
+        k: Option<u8>,
+        /// Parity shards per chunk (new volume default 2).
+        #[arg(long, requires = "k")]
+        m: Option<u8>,
+        /// Chunk size, e.g. 4MiB (new volume default).
+        #[arg(long, value_parser = shardfs_rpc::size::parse)]
+        chunk_size: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `shardfs bench` runs.
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Directory to measure (a shardfs mount, or any other directory).
+    pub(crate) dir: PathBuf,
+    /// Another directory to measure in the same run, alternating rounds (A B A B …), e.g. a
+    /// local ext4 directory; the report adds how fast DIR is relative to it.
+    #[arg(long)]
+    pub(crate) compare: Option<PathBuf>,
+    /// Rounds per directory; the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// Size of the sequentially written and read file, e.g. 1GiB.
+    #[arg(long, value_parser = shardfs_rpc::size::parse, default_value = "1GiB")]
+    pub(crate) file_size: u64,
+    /// Random 4 KiB reads per random-read workload.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) random_reads: usize,
+    /// Small files to create, stat, read and delete.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) small_files: usize,
+    /// Directories the small files are spread over.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) small_dirs: usize,
+    /// A real tree to copy (cp -a), compare (diff -r) and remove (rm -rf).
+    #[arg(long, default_value = "/usr/include")]
+    pub(crate) tree: PathBuf,
+    /// Run only these groups of workloads (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', default_value = "data,random,small,tree")]
+    pub(crate) only: Vec<crate::bench::Group>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What `shardfs fsck` checks and how it reports.
+#[derive(Args)]
+pub(crate) struct FsckArgs {
+    /// metad address, e.g. 127.0.0.1:7000.
+    pub(crate) metad: String,
+    /// Fix what can be fixed safely (link counts, refcounts, dangling entries, …).
+    #[arg(long)]
+    pub(crate) repair: bool,
+    /// Also read back every shard and count the verified ones per chunk.
+    #[arg(long)]
+    pub(crate) verify_data: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+/// Where a client finds the cluster secret, and the CA of a cluster that uses TLS.
+#[derive(Args)]
+pub(crate) struct SecretArgs {
+    /// The cluster secret (the file metad created, mode 0600) [default:
+    /// /etc/shardfs/cluster.key].
+    #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// PEM certificate of the cluster CA, for a cluster whose daemons run with --tls-cert:
+    /// connect over TLS and check each daemon's certificate against it.
+    #[arg(long, env = "SHARDFS_TLS_CA", value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
+}
+
+/// Where clients look for the cluster secret when not told.
+pub(crate) const DEFAULT_SECRET_FILE: &str = "/etc/shardfs/cluster.key";
+
+impl SecretArgs {
+    /// Connection options proving the secret at `--secret-file` over TLS to `--tls-ca`'s
+    /// cluster; a mount's `-o secret_file=` and `-o tls_ca=` in `flags` win.
+    pub(crate) fn rpc(&self, flags: Option<&MountFlags>) -> anyhow::Result<ClientOptions> {
+        let (secret, ca) = self.files(flags);
+        let tls = match ca {
+            Some(ca) => Some(TlsClient::load(&ca)?),
+            None => None,
+        };
+        Ok(ClientOptions { tls, ..ClientOptions::with_key(ClusterKey::load(&secret)?) })
+    }
+
+    /// The secret file and TLS CA chosen: a mount's options, else the flags, else (for
+    /// the secret) the default.
+    pub(crate) fn files(&self, flags: Option<&MountFlags>) -> (PathBuf, Option<PathBuf>) {
+        let chosen = |f: fn(&MountFlags) -> Option<&PathBuf>| flags.and_then(f).cloned();
+        let secret = chosen(|f| f.secret_file.as_ref())
+            .or(self.secret_file.clone())
+            .unwrap_or(PathBuf::from(DEFAULT_SECRET_FILE));
+        (secret, chosen(|f| f.tls_ca.as_ref()).or(self.tls_ca.clone()))
+    }
+
+    /// These flags, with what a mount's record names where they name nothing.
+    pub(crate) fn or_recorded(&self, record: &MountRecord) -> SecretArgs {
+        SecretArgs {
+            secret_file: self.secret_file.clone().or(Some(record.secret_file.clone())),
+            tls_ca: self.tls_ca.clone().or(record.tls_ca.clone()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    /// Memory for cached chunks, e.g. 256MiB.
+    #[arg(long, value_parser = shardfs_rpc::size::parse)]
+    pub(crate) cache_size: Option<u64>,
+    /// Allow other users to access the mount.
+    #[arg(long)]
+    pub(crate) allow_other: bool,
+    /// Mount read-only.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Serve this mount's Prometheus metrics at http://ADDR/metrics (port 0 picks one,
+    /// logged at start).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
+    /// Mount options as in fstab: ro, noatime, nosuid, nodev, noexec, sync, dirsync,
+    /// allow_other, cache_size=SIZE, secret_file=PATH, tls_ca=PATH, metrics_listen=ADDR,
+    /// remount, … (comma-separated).
+    #[arg(short = 'o', long = "options", value_parser = MountFlags::parse)]
+    pub(crate) options: Option<MountFlags>,
+}
+
+impl ClientArgs {
+    pub(crate) fn flags(&self) -> MountFlags {
+        let mut flags = self.options.clone().unwrap_or_default();
+        flags.read_only |= self.read_only;
+        flags.allow_other |= self.allow_other;
+        flags.cache_size = self.cache_size.or(flags.cache_size);
+        flags.metrics_listen = self.metrics_listen.clone().or(flags.metrics_listen);
+        flags
+    }
+
+    /// Serves `fs`'s metrics in the background, if asked to.
+    pub(crate) fn serve_metrics(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        fs: &Arc<Fs>,
+    ) -> anyhow::Result<()> {
+        let Some(addr) = self.flags().metrics_listen else { return Ok(()) };
+        let fs = Arc::downgrade(fs);
+        let render: shardfs_rpc::metrics::Render = Arc::new(move || {
+            let text = fs.upgrade().map(|fs| fs.render_metrics()).unwrap_or_default();
+            Box::pin(async move { text })
+        });
+        let bound = runtime
+            .block_on(shardfs_rpc::metrics::spawn_endpoint(&addr, render))
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eprintln!("shardfs: metrics at http://{bound}/metrics");
+        Ok(())
+    }
+
+    pub(crate) fn fs_options(&self, rpc: ClientOptions) -> FsOptions {
+        let defaults = FsOptions::default();
+        let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
+        let (atime, dir_atime) = self.flags().atime();
+        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, rpc, ..defaults }
+    }
+
+    pub(crate) fn mount_options(&self, source: String) -> MountOptions {
+        MountOptions { flags: self.flags(), source: Some(source) }
+    }
+}
