@@ -8,8 +8,10 @@
 //! crate only moves bytes and never interprets them.
 
 pub mod auth;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
+#[cfg(feature = "cli")]
 pub mod config_file;
 pub mod error;
 pub mod frame;
@@ -29,7 +31,9 @@ pub use client::{Client, ClientOptions, Hello, PushHandler};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
 pub use server::{Handler, Pusher, ServerConfig, serve};
-pub use tls::{DaemonTls, DaemonTlsArgs, TlsClient, TlsError, TlsServer};
+#[cfg(feature = "cli")]
+pub use tls::DaemonTlsArgs;
+pub use tls::{DaemonTls, TlsClient, TlsError, TlsServer};
 
 use std::time::Duration;
 

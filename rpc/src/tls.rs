@@ -39,6 +39,7 @@ pub struct DaemonTls {
 }
 
 /// A daemon's TLS flags.
+#[cfg(feature = "cli")]
 #[derive(clap::Args, Debug, Default)]
 pub struct DaemonTlsArgs {
     /// PEM certificate chain this daemon serves TLS with (its certificate first), signed by
@@ -55,6 +56,7 @@ pub struct DaemonTlsArgs {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
+#[cfg(feature = "cli")]
 impl DaemonTlsArgs {
     /// The TLS these flags ask for, loaded.
     pub fn load(&self) -> Result<Option<DaemonTls>, TlsError> {
