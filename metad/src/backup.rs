@@ -54,15 +54,24 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 
 /// Copies the database of metad data directory `dir` to `to`, consistent as of one moment
 /// even while metad writes. `to` must not exist.
-pub fn backup(dir: &Path, to: &Path, mut progress: impl FnMut(Progress)) -> anyhow::Result<u64> {
+pub fn backup(dir: &Path, to: &Path, progress: impl FnMut(Progress)) -> anyhow::Result<u64> {
     let source_path = dir.join(DATABASE);
     if !source_path.exists() {
         bail!("{} holds no metad database", dir.display());
     }
+    backup_file(&source_path, to, progress)
+}
+
+/// Copies the metad database at `source_path` to `to` as [`backup`] does.
+pub fn backup_file(
+    source_path: &Path,
+    to: &Path,
+    mut progress: impl FnMut(Progress),
+) -> anyhow::Result<u64> {
     if to.exists() {
         bail!("{} already exists; not overwriting it", to.display());
     }
-    let source = Connection::open_with_flags(&source_path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+    let source = Connection::open_with_flags(source_path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .with_context(|| format!("cannot open {}", source_path.display()))?;
     source.busy_timeout(std::time::Duration::from_secs(30))?;
     let partial = partial_path(to);

@@ -12,6 +12,7 @@ pub mod locks;
 pub mod members;
 pub mod placement;
 pub mod repair;
+pub mod replication;
 pub mod requests;
 pub mod server;
 pub mod sessions;

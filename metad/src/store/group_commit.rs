@@ -22,7 +22,7 @@ use shardfs_rpc::sync::Lock as _;
 const MAX_BATCH: usize = 512;
 
 /// A change waiting for the writer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     Apply(Mutation),
     /// A mutation that makes an inode (a create, or a rename's whiteout), given as number

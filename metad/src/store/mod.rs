@@ -14,11 +14,12 @@ mod namespace;
 mod open_files;
 mod readers;
 mod registry;
+mod replica;
 mod reserve;
 mod schema;
 mod xattr;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,8 +28,9 @@ use shardfs_chunk_api::Encoding;
 
 use shardfs_meta_api::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
+pub use group_commit::Change;
 pub use holdings::{Holdings, LockRow};
-pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode};
+pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};
 pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
 pub use schema::SCHEMA_VERSION;
@@ -76,6 +78,8 @@ pub struct VolumeSettings {
 }
 
 pub struct Store {
+    /// The database file.
+    path: PathBuf,
     conn: Mutex<Connection>,
     /// Set by every write transaction, cleared by `sync`.
     unsynced: AtomicBool,
@@ -114,6 +118,7 @@ impl Store {
         schema::migrate(&mut conn)?;
         let volume = init_volume(&mut conn, overrides, defaults)?;
         let store = Store {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
             unsynced: AtomicBool::new(false),
             volume,

@@ -226,7 +226,7 @@ impl Mutation {
 }
 
 /// What applying a mutation gave.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Done,
     Attr(Attr),
@@ -249,7 +249,7 @@ pub enum Applied {
 pub type Outcome = Result<(Applied, Effects), MetaError>;
 
 /// What a change did beyond its answer, for the caller's in-memory state.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Effects {
     /// Inodes other than directories that lost their last name: gone once nobody has them
     /// open.
@@ -305,27 +305,52 @@ impl Writer<'_> {
     /// Applies `changes` in one transaction, each in a savepoint of its own; if the disk is
     /// full and one of them frees space, again with the room reserved for that.
     pub fn commit(&mut self, changes: &[Change]) -> Vec<Outcome> {
-        match self.try_commit(changes) {
+        match self.try_commit(changes, &[]) {
             Err(MetaError::MetadataFull)
                 if changes.iter().any(Change::frees_space) && self.store.give_up_reserve() =>
             {
-                self.try_commit(changes).unwrap_or_else(|e| failed_all(changes, &e))
+                self.try_commit(changes, &[]).unwrap_or_else(|e| failed_all(changes, &e))
             }
             Err(e) => failed_all(changes, &e),
             Ok(outcomes) => outcomes,
         }
     }
 
-    /// [`Writer::commit`], once; a full disk fails it as a whole.
-    fn try_commit(&mut self, changes: &[Change]) -> Result<Vec<Outcome>, MetaError> {
+    /// Applies `changes` as [`Writer::commit`] does, and sets the `replication` rows `record`
+    /// in the same transaction: a replica's note of the log entries the changes came from.
+    /// Fails as a whole (a full disk even with the reserve given up, an I/O error) rather
+    /// than with an outcome per change: every replica must come to the same outcomes, and
+    /// what fails this way fails on one replica's disk only.
+    pub fn commit_recorded(
+        &mut self,
+        changes: &[Change],
+        record: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<Outcome>, MetaError> {
+        match self.try_commit(changes, record) {
+            Err(MetaError::MetadataFull) if self.store.give_up_reserve() => {
+                self.try_commit(changes, record)
+            }
+            result => result,
+        }
+    }
+
+    /// [`Writer::commit`], once, with `record` (see [`Writer::commit_recorded`]); a full disk
+    /// fails it as a whole.
+    fn try_commit(
+        &mut self,
+        changes: &[Change],
+        record: &[(&str, Vec<u8>)],
+    ) -> Result<Vec<Outcome>, MetaError> {
         let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).sql()?;
         let mut outcomes = Vec::with_capacity(changes.len());
+        // One change alone needs no savepoint: if it fails, nothing is committed. With a
+        // record, the record is committed whatever the change came to.
+        let alone = changes.len() == 1 && record.is_empty();
         for change in changes {
             let mut effects = Effects::default();
             let applied = match change.decide(&tx) {
                 Err(e) => Err(e),
-                // One change alone needs no savepoint: if it fails, nothing is committed.
-                Ok(mutation) if changes.len() == 1 => apply_in(&tx, &mutation, &mut effects),
+                Ok(mutation) if alone => apply_in(&tx, &mutation, &mut effects),
                 Ok(mutation) => {
                     let savepoint = tx.savepoint().sql()?;
                     let applied = apply_in(&savepoint, &mutation, &mut effects);
@@ -338,9 +363,12 @@ impl Writer<'_> {
             match applied {
                 Ok(applied) => outcomes.push(Ok((applied, effects))),
                 Err(MetaError::MetadataFull) => return Err(MetaError::MetadataFull),
-                Err(e) if changes.len() == 1 => return Ok(vec![Err(e)]),
+                Err(e) if alone => return Ok(vec![Err(e)]),
                 Err(e) => outcomes.push(Err(e)),
             }
+        }
+        for (key, value) in record {
+            super::replica::set(&tx, key, value)?;
         }
         tx.commit().sql()?;
         for (_, effects) in outcomes.iter().flatten() {

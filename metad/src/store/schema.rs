@@ -138,6 +138,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ino, holder)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // Version 5: what a replica of a consensus group applied last (`replication/`): the log id of
+    // the last entry applied, and the group's membership as of it, each postcard-encoded.
+    r#"
+    CREATE TABLE replication (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

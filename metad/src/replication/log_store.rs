@@ -1,0 +1,233 @@
+//! The replicated log and the vote, in their own SQLite database (`raft-log.db`) beside the
+//! state machine's. `synchronous=FULL` in WAL mode: a commit has fsynced the WAL when it
+//! returns, so an append is reported flushed, and a vote saved, only once it is on disk.
+//! One transaction per append, however many entries it carries.
+//!
+//! An entry is stored as a format byte and its postcard encoding, keyed by its index.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shardfs_rpc::sync::{Lock as _, blocking};
+
+use super::{Group, ReplicaId, StorageError};
+
+/// The encoding of stored entries and values this build writes and reads.
+const LOG_FORMAT: u8 = 1;
+
+type Entry = openraft::Entry<Group>;
+
+/// The log of one replica. Clones share one connection: openraft reads the log from its
+/// replication tasks while it appends.
+#[derive(Clone)]
+pub struct LogStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log database at `path`.
+    pub fn open(path: &Path) -> Result<LogStore, StorageError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS log (
+                     idx   INTEGER PRIMARY KEY,
+                     entry BLOB NOT NULL
+                 ) STRICT;
+                 CREATE TABLE IF NOT EXISTS state (
+                     key   TEXT PRIMARY KEY,
+                     value BLOB NOT NULL
+                 ) STRICT;",
+            )?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(LogStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `work` on the connection, on the blocking pool (a commit waits for an fsync).
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let conn = self.conn.clone();
+        blocking(move || work(&mut conn.locked()))
+            .await
+            .map_err(|e| StorageIOError::read_logs(AnyError::error(e.to_string())))?
+    }
+
+    async fn get<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StorageError> {
+        self.with_conn(move |conn| {
+            let value: Option<Vec<u8>> = conn
+                .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(|e| StorageIOError::read_logs(&e))?;
+            value.map(|bytes| decode(&bytes)).transpose()
+        })
+        .await
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![LOG_FORMAT];
+    bytes.extend(shardfs_rpc::encode(value));
+    bytes
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    let decoded = match bytes.split_first() {
+        Some((&LOG_FORMAT, rest)) => shardfs_rpc::decode(rest).map_err(|e| e.to_string()),
+        Some((format, _)) => Err(format!("log format {format}; this build reads {LOG_FORMAT}")),
+        None => Err("an empty log record".to_string()),
+    };
+    decoded.map_err(|e| StorageIOError::read_logs(AnyError::error(e)).into())
+}
+
+/// The first and last index `range` covers.
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let first = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let last = match range.end_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_sub(1),
+        Bound::Unbounded => u64::MAX,
+    };
+    (first, last)
+}
+
+/// An index as SQLite stores it (at most `i64::MAX`, past any real log).
+fn sql_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+impl RaftLogReader<Group> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (first, last) = bounds(&range);
+        if first > last {
+            return Ok(Vec::new());
+        }
+        self.with_conn(move |conn| {
+            let read = |e: rusqlite::Error| StorageError::from(StorageIOError::read_logs(&e));
+            let mut select = conn
+                .prepare_cached("SELECT entry FROM log WHERE idx BETWEEN ?1 AND ?2 ORDER BY idx")
+                .map_err(read)?;
+            let rows = select
+                .query_map(params![sql_index(first), sql_index(last)], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(read)?;
+            rows.map(|row| decode(&row.map_err(read)?)).collect()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<Group> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Group>, StorageError> {
+        let last_purged_log_id: Option<LogId<ReplicaId>> = self.get("purged").await?;
+        let last = self
+            .with_conn(|conn| {
+                let entry: Option<Vec<u8>> = conn
+                    .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| StorageIOError::read_logs(&e))?;
+                entry.map(|bytes| decode::<Entry>(&bytes)).transpose()
+            })
+            .await?;
+        let last_log_id = last.map(|entry| entry.log_id).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> Result<(), StorageError> {
+        let value = encode(vote);
+        self.with_conn(move |conn| {
+            conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('vote', ?1)", [value])
+                .map_err(|e| StorageIOError::write_vote(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<ReplicaId>>, StorageError> {
+        self.get("vote").await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<Group>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<(i64, Vec<u8>)> =
+            entries.into_iter().map(|e| (sql_index(e.log_id.index), encode(&e))).collect();
+        let written = self
+            .with_conn(move |conn| {
+                let write = |e: rusqlite::Error| StorageError::from(StorageIOError::write_logs(&e));
+                let tx = conn.transaction().map_err(write)?;
+                {
+                    let mut insert = tx
+                        .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
+                        .map_err(write)?;
+                    for (index, entry) in &entries {
+                        insert.execute(params![index, entry]).map_err(write)?;
+                    }
+                }
+                // With synchronous=FULL the WAL is fsynced before this returns.
+                tx.commit().map_err(write)
+            })
+            .await;
+        match &written {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        written
+    }
+
+    async fn truncate(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError> {
+        let from = sql_index(log_id.index);
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM log WHERE idx >= ?1", [from])
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError> {
+        let (upto, value) = (sql_index(log_id.index), encode(&log_id));
+        self.with_conn(move |conn| {
+            let write = |e: rusqlite::Error| StorageError::from(StorageIOError::write_logs(&e));
+            let tx = conn.transaction().map_err(write)?;
+            tx.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('purged', ?1)", [value])
+                .map_err(write)?;
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [upto]).map_err(write)?;
+            tx.commit().map_err(write)
+        })
+        .await
+    }
+}
