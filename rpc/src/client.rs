@@ -127,6 +127,17 @@ impl Client {
         crate::decode(&bytes)
     }
 
+    /// Like [`call`](Self::call), waiting at most `timeout` for the answer.
+    pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Error> {
+        let body = crate::encode(request);
+        let bytes = self.call_raw(body, Some(timeout)).await?;
+        crate::decode(&bytes)
+    }
+
     /// Like [`call`](Self::call), for requests that may legitimately wait without bound
     /// (a blocking lock): only a lost connection ends the wait.
     pub async fn call_without_timeout<Req: Serialize, Resp: DeserializeOwned>(

@@ -23,7 +23,7 @@ use crate::Error;
 use crate::auth::{ClusterKey, NONCE_LEN, PROOF_LEN, Role, nonce};
 
 /// Version of the frame layout and of every message enum carried in it.
-pub const PROTOCOL_VERSION: u16 = 22;
+pub const PROTOCOL_VERSION: u16 = 23;
 
 const MAGIC: &[u8; 4] = b"SHFS";
 const STATUS_OK: u8 = 0;
@@ -52,6 +52,8 @@ pub enum Service {
     Membership,
     /// Anyone reading or writing shards on a chunkd.
     Chunkd,
+    /// metad replicas of one group, talking consensus to each other.
+    Replication,
 }
 
 impl Service {
@@ -60,6 +62,7 @@ impl Service {
             Service::Metad => 1,
             Service::Membership => 2,
             Service::Chunkd => 3,
+            Service::Replication => 4,
         }
     }
 
@@ -68,6 +71,7 @@ impl Service {
             1 => Some(Service::Metad),
             2 => Some(Service::Membership),
             3 => Some(Service::Chunkd),
+            4 => Some(Service::Replication),
             _ => None,
         }
     }
@@ -77,6 +81,7 @@ impl Service {
             Service::Metad => "metad",
             Service::Membership => "membership",
             Service::Chunkd => "chunkd",
+            Service::Replication => "replication",
         }
     }
 }

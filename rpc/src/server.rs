@@ -145,7 +145,7 @@ impl Pusher {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` completes. Only peers that prove
+/// Serves connections from `listener` until `shutdown` completes, then drops every connection. Only peers that prove
 /// they hold the cluster secret behind `config.key` are served, within `config`'s limits.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -156,9 +156,13 @@ pub async fn serve<H: Handler>(
     tokio::pin!(shutdown);
     let connections = Arc::new(Mutex::new(Connections::default()));
     let budget = Arc::new(Semaphore::new(config.max_request_bytes.max(frame::MAX_FRAME_LEN)));
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            // Every connection goes with the listener, as when the process ends: a peer
+            // finds the daemon gone rather than talking to what is left of it.
+            _ = &mut shutdown => return tasks.shutdown().await,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let slot = match admit(&connections, peer.ip(), &config) {
@@ -169,7 +173,7 @@ pub async fn serve<H: Handler>(
                         }
                     };
                     let (handler, budget) = (handler.clone(), budget.clone());
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let _slot = slot;
                         if let Err(e) = connection(stream, peer, handler, config, budget).await {
                             warn!(%peer, "dropping connection: {e}");

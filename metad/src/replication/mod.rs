@@ -10,12 +10,16 @@
 //! - [`log_store`]: the log and the vote, in `raft-log.db` beside the database.
 //! - [`state_machine`]: the database as the state machine, and its snapshots.
 //! - [`snapshot_file`]: a snapshot as openraft moves it, a file.
+//! - [`network`]: replicas calling each other over shardfs's transport.
+//! - [`group`]: one replica, started, and its endpoint for the others.
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here
 // return what those traits do.
 #![allow(clippy::result_large_err)]
 
+pub mod group;
 pub mod log_store;
+pub mod network;
 pub mod snapshot_file;
 pub mod state_machine;
 #[cfg(test)]

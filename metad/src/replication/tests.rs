@@ -17,17 +17,242 @@ struct Replica;
 impl StoreBuilder<Group, LogStore, StateMachine, TempDir> for Replica {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("temporary directory");
-        let settings =
-            VolumeSettings { encoding: Encoding::new(2, 1).expect("2+1"), chunk_size: 1 << 20 };
-        let store = Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), settings)
-            .expect("store");
+        let store =
+            Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), settings())
+                .expect("store");
         let log = LogStore::open(&dir.path().join("raft-log.db"))?;
         let machine = StateMachine::new(Arc::new(store), &dir.path().join("snapshots"))?;
         Ok((dir, log, machine))
     }
 }
 
+fn settings() -> VolumeSettings {
+    VolumeSettings { encoding: Encoding::new(2, 1).expect("2+1"), chunk_size: 1 << 20 }
+}
+
 #[test]
 fn the_log_and_the_database_keep_openraft_s_storage_contract() {
     Suite::test_all(Replica).expect("the storage suite");
+}
+
+/// Replicas of one group in this process, each with its own database, log and listener on
+/// loopback, talking over the cluster-secret transport as separate daemons would.
+mod group {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use openraft::{Raft, ServerState};
+    use shardfs_rpc::{ClientOptions, ClusterKey, ServerConfig};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use crate::replication::group::{self, Endpoint, Timing};
+    use crate::replication::{Answers, Group, Proposal, Replica, ReplicaId};
+    use crate::store::{Applied, Change, Mutation, NewInode, Store, VolumeOverrides};
+    use shardfs_meta_api::proto::{Cred, FileKind, ROOT_INO, Timestamp};
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// Fast enough for tests: heartbeats every 100 ms, elections after 300-500 ms of silence;
+    /// a snapshot every 10 entries, and the log cut right behind it.
+    const TIMING: Timing = Timing {
+        heartbeat_ms: 100,
+        election_min_ms: 300,
+        election_max_ms: 500,
+        snapshot_every: 10,
+        kept_after_snapshot: 0,
+        purge_batch: 1,
+    };
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_secret(b"replication tests")
+    }
+
+    struct Member {
+        raft: Raft<Group>,
+        store: Arc<Store>,
+        stop: Option<oneshot::Sender<()>>,
+    }
+
+    /// A group whose replicas live in `root/<id>/`, on fixed loopback addresses.
+    struct Members {
+        root: tempfile::TempDir,
+        addrs: HashMap<ReplicaId, String>,
+        running: HashMap<ReplicaId, Member>,
+    }
+
+    impl Members {
+        async fn new(ids: &[ReplicaId]) -> Members {
+            let mut addrs = HashMap::new();
+            for &id in ids {
+                // Bound and let go: a port the kernel just gave out stays free in a test.
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.insert(id, listener.local_addr().unwrap().to_string());
+            }
+            Members { root: tempfile::tempdir().unwrap(), addrs, running: HashMap::new() }
+        }
+
+        fn dir(&self, id: ReplicaId) -> PathBuf {
+            self.root.path().join(id.to_string())
+        }
+
+        async fn start(&mut self, id: ReplicaId) {
+            let dir = self.dir(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = Arc::new(open_store(&dir));
+            let options = ClientOptions::with_key(key());
+            let raft = group::start(id, &dir, store.clone(), TIMING, options).await.unwrap();
+            let listener = TcpListener::bind(&self.addrs[&id]).await.unwrap();
+            let endpoint = Arc::new(Endpoint { raft: raft.clone(), me: id });
+            let (stop, stopped) = oneshot::channel::<()>();
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            tokio::spawn(shardfs_rpc::serve(
+                listener,
+                endpoint,
+                ServerConfig::new(key()),
+                shutdown,
+            ));
+            self.running.insert(id, Member { raft, store, stop: Some(stop) });
+        }
+
+        /// Stops replica `id` as if its host died: no more answers, no more calls.
+        async fn kill(&mut self, id: ReplicaId) {
+            let mut member = self.running.remove(&id).expect("running");
+            member.raft.shutdown().await.unwrap();
+            drop(member.stop.take());
+        }
+
+        async fn initialize(&self, by: ReplicaId) {
+            let members: BTreeMap<ReplicaId, Replica> = (self.addrs.iter())
+                .map(|(&id, addr)| (id, Replica { addr: addr.clone() }))
+                .collect();
+            self.running[&by].raft.initialize(members).await.unwrap();
+        }
+
+        /// The leader the running replicas agree on.
+        async fn leader(&self) -> ReplicaId {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let leaders: Vec<ReplicaId> = (self.running.iter())
+                    .filter(|(_, m)| m.raft.metrics().borrow().state == ServerState::Leader)
+                    .map(|(&id, _)| id)
+                    .collect();
+                if let [leader] = leaders[..] {
+                    return leader;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no single leader: {leaders:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Creates `name` in the root through the leader; returns the log index it took.
+        async fn create(&self, leader: ReplicaId, name: &str) -> u64 {
+            let new = NewInode {
+                kind: FileKind::File,
+                perm: 0o644,
+                umask: 0,
+                cred: Cred::ROOT,
+                rdev: 0,
+                target: None,
+            };
+            let create = Mutation::Create {
+                ino: crate::store::UNNUMBERED,
+                parent: ROOT_INO,
+                name: name.as_bytes().to_vec(),
+                new,
+                now: Timestamp::now(),
+            };
+            let proposal = Proposal { changes: vec![Change::Numbered(create)] };
+            let written = self.running[&leader].raft.client_write(proposal).await.unwrap();
+            let Answers(outcomes) = written.data;
+            assert!(matches!(outcomes[..], [Ok((Applied::Made(_), _))]), "{outcomes:?}");
+            written.log_id.index
+        }
+
+        /// Waits until every running replica applied entry `index`.
+        async fn applied(&self, index: u64) {
+            for member in self.running.values() {
+                member
+                    .raft
+                    .wait(Some(WAIT))
+                    .applied_index_at_least(Some(index), "applied")
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    fn open_store(dir: &Path) -> Store {
+        let settings = super::settings();
+        Store::open(&dir.join("meta.db"), VolumeOverrides::default(), settings).unwrap()
+    }
+
+    fn names(store: &Store) -> Vec<String> {
+        let (_, entries) = store.read_dir(ROOT_INO, 0, 10_000).unwrap();
+        let mut names: Vec<String> =
+            entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
+        names.retain(|n| n != "." && n != "..");
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_of_three_replicates_and_outlives_its_leader() {
+        let mut group = Members::new(&[1, 2, 3]).await;
+        for id in [1, 2, 3] {
+            group.start(id).await;
+        }
+        group.initialize(1).await;
+        let first = group.leader().await;
+        let index = group.create(first, "before").await;
+        group.applied(index).await;
+        for member in group.running.values() {
+            assert_eq!(names(&member.store), ["before"], "every replica applied the create");
+        }
+        group.kill(first).await;
+        let second = group.leader().await;
+        assert_ne!(first, second);
+        let index = group.create(second, "after").await;
+        group.applied(index).await;
+        for member in group.running.values() {
+            assert_eq!(names(&member.store), ["after", "before"]);
+        }
+        for id in group.running.keys().copied().collect::<Vec<_>>() {
+            group.kill(id).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wiped_replica_catches_up_from_a_snapshot() {
+        let mut group = Members::new(&[1, 2, 3]).await;
+        for id in [1, 2, 3] {
+            group.start(id).await;
+        }
+        group.initialize(1).await;
+        let leader = group.leader().await;
+        let wiped = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+        group.kill(wiped).await;
+        std::fs::remove_dir_all(group.dir(wiped)).unwrap();
+        // Enough entries for snapshots, behind which the log is purged: the wiped replica
+        // can only be brought up to date with a snapshot.
+        let mut last = 0;
+        for i in 0..25 {
+            last = group.create(leader, &format!("f{i:02}")).await;
+        }
+        let purged = group.running[&leader].raft.wait(Some(WAIT));
+        purged.metrics(|m| m.purged.is_some_and(|p| p.index > 10), "purged").await.unwrap();
+        group.start(wiped).await;
+        group.applied(last).await;
+        let expected: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+        assert_eq!(names(&group.running[&wiped].store), expected);
+        let installed = group.running[&wiped].raft.metrics().borrow().snapshot;
+        assert!(installed.is_some(), "the wiped replica was brought up by a snapshot");
+        for id in group.running.keys().copied().collect::<Vec<_>>() {
+            group.kill(id).await;
+        }
+    }
 }

@@ -28,7 +28,7 @@ use shardfs_chunk_api::Encoding;
 
 use shardfs_meta_api::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
-pub use group_commit::Change;
+pub use group_commit::{Change, UNNUMBERED};
 pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};
 pub use open_files::{Holder, LINGER};

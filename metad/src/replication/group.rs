@@ -1,0 +1,107 @@
+//! One replica of a group: its consensus engine, started over its database, its log and
+//! its snapshots, and the endpoint that answers the other replicas.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::{Config, Raft, SnapshotPolicy};
+use shardfs_rpc::{ClientOptions, Handler, Service};
+
+use super::log_store::LogStore;
+use super::network::{self, Network};
+use super::state_machine::StateMachine;
+use super::{Group, ReplicaId};
+use crate::store::Store;
+
+/// The log file, beside the database.
+pub const LOG_FILE: &str = "raft-log.db";
+/// The snapshot directory, beside the database.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Timing of a group on one LAN. Heartbeats every 250 ms (also how long an append may take
+/// to be answered); a follower that hears no leader for 1 to 1.5 s after its lease ends
+/// stands for election, so a dead leader is replaced in about 3 s.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A snapshot is taken once this many entries were applied since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the last snapshot, for followers a little behind.
+    pub kept_after_snapshot: u64,
+    /// Entries behind the snapshot that can go before the log is cut.
+    pub purge_batch: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 1500,
+            snapshot_every: 20_000,
+            kept_after_snapshot: 1000,
+            purge_batch: 256,
+        }
+    }
+}
+
+/// openraft's configuration for `timing`.
+pub fn config(timing: Timing) -> Result<Arc<Config>, openraft::ConfigError> {
+    let config = Config {
+        cluster_name: "shardfs-metad".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        // The last chunk's answer waits for the whole image to be installed.
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+        snapshot_max_chunk_size: 4 << 20,
+        max_in_snapshot_log_to_keep: timing.kept_after_snapshot,
+        purge_batch_size: timing.purge_batch,
+        max_payload_entries: 64,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// Starts replica `id` over `store`, with its log and snapshots beside the database in
+/// `dir`, reaching its peers with `options`.
+pub async fn start(
+    id: ReplicaId,
+    dir: &Path,
+    store: Arc<Store>,
+    timing: Timing,
+    options: ClientOptions,
+) -> anyhow::Result<Raft<Group>> {
+    let log = LogStore::open(&dir.join(LOG_FILE))?;
+    let machine = StateMachine::new(store, &dir.join(SNAPSHOT_DIR))?;
+    let network = Network::new(id, options);
+    Ok(Raft::new(id, config(timing)?, network, log, machine).await?)
+}
+
+/// Answers the `Replication` service for replica `me`.
+pub struct Endpoint {
+    pub raft: Raft<Group>,
+    pub me: ReplicaId,
+}
+
+impl Handler for Endpoint {
+    fn offers(&self, service: Service) -> bool {
+        service == Service::Replication
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        _service: Service,
+        _peer: SocketAddr,
+        body: Bytes,
+    ) -> Result<Vec<u8>, shardfs_rpc::Error> {
+        let call: network::Call = shardfs_rpc::decode(&body)?;
+        let answer = network::answer(&self.raft, self.me, call).await;
+        Ok(shardfs_rpc::encode(&answer))
+    }
+}

@@ -1,0 +1,214 @@
+//! Replicas talking consensus to each other over shardfs's own transport (service
+//! `Replication`, behind the same cluster-secret handshake as every connection): the calls
+//! openraft makes of a peer, each named for the replica it is meant for, and the handler
+//! that answers them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use openraft::Raft;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use shardfs_rpc::sync::Lock as _;
+use shardfs_rpc::{Client, ClientOptions, Service};
+
+use super::{Group, Replica, ReplicaId};
+
+/// A call from one replica to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Call {
+    /// The replica it is meant for: one that finds another id is not it, and refuses.
+    pub to: ReplicaId,
+    pub request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<Group>),
+    Vote(VoteRequest<ReplicaId>),
+    InstallSnapshot(InstallSnapshotRequest<Group>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    AppendEntries(AppendEntriesResponse<ReplicaId>),
+    Vote(VoteResponse<ReplicaId>),
+    InstallSnapshot(InstallSnapshotResponse<ReplicaId>),
+}
+
+/// Why a replica did not answer a call.
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("this is replica {me}, not {meant}: the group's addresses are wrong")]
+    WrongReplica { me: ReplicaId, meant: ReplicaId },
+    #[error("a call of the wrong kind came back")]
+    WrongReply,
+    #[error(transparent)]
+    Raft(RaftError<ReplicaId>),
+    #[error(transparent)]
+    Snapshot(RaftError<ReplicaId, InstallSnapshotError>),
+}
+
+pub type Answer = Result<Reply, Refusal>;
+
+/// Answers the calls of the other replicas to replica `me`.
+pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
+    if call.to != me {
+        return Err(Refusal::WrongReplica { me, meant: call.to });
+    }
+    Ok(match call.request {
+        Request::AppendEntries(request) => {
+            Reply::AppendEntries(raft.append_entries(request).await.map_err(Refusal::Raft)?)
+        }
+        Request::Vote(request) => Reply::Vote(raft.vote(request).await.map_err(Refusal::Raft)?),
+        Request::InstallSnapshot(request) => {
+            Reply::InstallSnapshot(raft.install_snapshot(request).await.map_err(Refusal::Snapshot)?)
+        }
+    })
+}
+
+/// Clients of the other replicas, by id and address.
+type Clients = HashMap<(ReplicaId, String), Arc<Client>>;
+
+/// Connections from replica `me` to the others, one per peer, opened when first used.
+pub struct Network {
+    me: ReplicaId,
+    options: ClientOptions,
+    clients: Arc<Mutex<Clients>>,
+}
+
+impl Network {
+    pub fn new(me: ReplicaId, options: ClientOptions) -> Network {
+        Network { me, options, clients: Arc::default() }
+    }
+}
+
+impl RaftNetworkFactory<Group> for Network {
+    type Network = Peer;
+
+    /// Called for every vote and read barrier: hands out the cached client, dials nothing.
+    async fn new_client(&mut self, target: ReplicaId, node: &Replica) -> Peer {
+        let key = (target, node.addr.clone());
+        let client = self
+            .clients
+            .locked()
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Client::new(node.addr.clone(), Service::Replication, self.options))
+            })
+            .clone();
+        Peer { me: self.me, target, node: node.clone(), client }
+    }
+}
+
+/// The way from one replica to another.
+pub struct Peer {
+    me: ReplicaId,
+    target: ReplicaId,
+    node: Replica,
+    client: Arc<Client>,
+}
+
+type CallError<E = RaftError<ReplicaId>> = RPCError<ReplicaId, Replica, E>;
+
+impl Peer {
+    /// Sends `request`, waiting at most `option`'s deadline; a refusal comes back as the
+    /// remote error `refused` picks from it.
+    async fn call<E: std::error::Error>(
+        &self,
+        request: Request,
+        action: RPCTypes,
+        option: RPCOption,
+        refused: impl FnOnce(Refusal) -> Result<E, NetworkError>,
+    ) -> Result<Reply, CallError<E>> {
+        let timeout = option.hard_ttl();
+        let call = Call { to: self.target, request };
+        let answer: Answer = match self.client.call_within(&call, timeout).await {
+            Ok(answer) => answer,
+            Err(shardfs_rpc::Error::Timeout { .. }) => {
+                let timeout = Timeout { action, id: self.me, target: self.target, timeout };
+                return Err(RPCError::Timeout(timeout));
+            }
+            Err(e @ (shardfs_rpc::Error::Decode(_) | shardfs_rpc::Error::BadFrame(_))) => {
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+        };
+        answer.map_err(|refusal| match refused(refusal) {
+            Ok(remote) => RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                remote,
+            )),
+            Err(network) => RPCError::Network(network),
+        })
+    }
+}
+
+/// The raft error a refusal carries, or the refusal as a network failure.
+fn raft_error(refusal: Refusal) -> Result<RaftError<ReplicaId>, NetworkError> {
+    match refusal {
+        Refusal::Raft(e) => Ok(e),
+        other => Err(NetworkError::new(&other)),
+    }
+}
+
+fn snapshot_error(
+    refusal: Refusal,
+) -> Result<RaftError<ReplicaId, InstallSnapshotError>, NetworkError> {
+    match refusal {
+        Refusal::Snapshot(e) => Ok(e),
+        other => Err(NetworkError::new(&other)),
+    }
+}
+
+fn wrong_reply<E: std::error::Error>() -> CallError<E> {
+    RPCError::Network(NetworkError::new(&Refusal::WrongReply))
+}
+
+impl RaftNetwork<Group> for Peer {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<Group>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ReplicaId>, CallError> {
+        let request = Request::AppendEntries(request);
+        match self.call(request, RPCTypes::AppendEntries, option, raft_error).await? {
+            Reply::AppendEntries(response) => Ok(response),
+            _ => Err(wrong_reply()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<Group>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<ReplicaId>,
+        CallError<RaftError<ReplicaId, InstallSnapshotError>>,
+    > {
+        let request = Request::InstallSnapshot(request);
+        match self.call(request, RPCTypes::InstallSnapshot, option, snapshot_error).await? {
+            Reply::InstallSnapshot(response) => Ok(response),
+            _ => Err(wrong_reply()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<ReplicaId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ReplicaId>, CallError> {
+        match self.call(Request::Vote(request), RPCTypes::Vote, option, raft_error).await? {
+            Reply::Vote(response) => Ok(response),
+            _ => Err(wrong_reply()),
+        }
+    }
+}
