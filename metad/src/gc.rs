@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shardfs_chunk_api::ShardId;
 use shardfs_chunk_api::client::ChunkClientPool;
+use shardfs_chunk_api::{ChunkId, ShardId};
 use tracing::{info, warn};
 
 use crate::intents::Intents;
@@ -122,9 +122,14 @@ async fn collect_chunks(
                 !won
             });
             let removed = removed.and_then(|removed| store.sync().map(|()| removed));
-            if removed.is_err() {
-                intents.unclaim(claimed.into_inner().unwrap_or_else(|e| e.into_inner()));
-            }
+            // Claims with no shard to delete end now: chunks referenced again before the
+            // removal came to them, chunks kept inline, or all of them if it failed.
+            let deleting: HashSet<ChunkId> = match &removed {
+                Ok(removed) => removed.iter().map(|(shard, _)| shard.chunk).collect(),
+                Err(_) => HashSet::new(),
+            };
+            let claimed = claimed.into_inner().unwrap_or_else(|e| e.into_inner());
+            intents.unclaim(claimed.into_iter().filter(|chunk| !deleting.contains(chunk)));
             removed
         })
         .await

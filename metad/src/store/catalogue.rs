@@ -99,33 +99,33 @@ impl Store {
         has_intent: &dyn Fn(&ChunkId) -> bool,
     ) -> Result<Vec<(ShardId, String)>, MetaError> {
         let cutoff = shardfs_meta_api::proto::Timestamp::now().sec - grace.as_secs() as i64;
-        self.with_writer(|writer| {
-            let ids: Vec<Vec<u8>> = writer.read(|tx| {
-                tx.prepare_cached(
-                    "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
-                         AND zero_since <= ?1",
-                )
-                .sql()?
-                .query_map([cutoff], |r| r.get(0))
-                .sql()?
-                .collect::<Result<_, _>>()
-                .sql()
-            })?;
-            let mut chunks = Vec::new();
-            for id in ids {
-                let chunk = chunk_id(id).sql()?;
-                if !has_intent(&chunk) {
-                    chunks.push(chunk);
-                }
+        // Read beside the writer: the removal itself checks again that each chunk is still
+        // unreferenced, so a chunk referenced meanwhile stays.
+        let ids: Vec<Vec<u8>> = self.scan(|tx| {
+            tx.prepare_cached(
+                "SELECT id FROM chunks WHERE refcount = 0 AND zero_since IS NOT NULL
+                     AND zero_since <= ?1",
+            )
+            .sql()?
+            .query_map([cutoff], |r| r.get(0))
+            .sql()?
+            .collect::<Result<_, _>>()
+            .sql()
+        })?;
+        let mut chunks = Vec::new();
+        for id in ids {
+            let chunk = chunk_id(id).sql()?;
+            if !has_intent(&chunk) {
+                chunks.push(chunk);
             }
-            if chunks.is_empty() {
-                return Ok(Vec::new());
-            }
-            match writer.apply(Mutation::RemoveChunks { chunks })?.0 {
-                Applied::Removed(shards) => Ok(shards),
-                other => Err(other.mismatch("the shards removed")),
-            }
-        })
+        }
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.apply(Mutation::RemoveChunks { chunks })?.0 {
+            Applied::Removed(shards) => Ok(shards),
+            other => Err(other.mismatch("the shards removed")),
+        }
     }
 
     /// Marks unhealthy every healthy shard the catalogue places on `chunkd` that is not in
@@ -138,34 +138,33 @@ impl Store {
         present: &HashSet<ShardId>,
         listed_at: i64,
     ) -> Result<u64, MetaError> {
-        self.with_writer(|writer| {
-            let placed: Vec<(Vec<u8>, u8)> = writer.read(|tx| {
-                tx.prepare_cached(
-                    "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
-                         WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
-                )
-                .sql()?
-                .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))
-                .sql()?
-                .collect::<Result<_, _>>()
-                .sql()
-            })?;
-            let mut shards = Vec::new();
-            for (chunk, index) in placed {
-                let shard = ShardId { chunk: chunk_id(chunk).sql()?, index };
-                if !present.contains(&shard) {
-                    shards.push(shard);
-                }
+        // Read beside the writer: marking touches only shards still placed on `chunkd`.
+        let placed: Vec<(Vec<u8>, u8)> = self.scan(|tx| {
+            tx.prepare_cached(
+                "SELECT s.chunk, s.idx FROM shards s JOIN chunks c ON c.id = s.chunk
+                     WHERE s.chunkd = ?1 AND s.healthy AND c.created < ?2",
+            )
+            .sql()?
+            .query_map(params![chunkd, listed_at], |r| Ok((r.get(0)?, r.get(1)?)))
+            .sql()?
+            .collect::<Result<_, _>>()
+            .sql()
+        })?;
+        let mut shards = Vec::new();
+        for (chunk, index) in placed {
+            let shard = ShardId { chunk: chunk_id(chunk).sql()?, index };
+            if !present.contains(&shard) {
+                shards.push(shard);
             }
-            if shards.is_empty() {
-                return Ok(0);
-            }
-            let chunkd = chunkd.to_owned();
-            match writer.apply(Mutation::MarkUnhealthy { chunkd, shards })?.0 {
-                Applied::Count(marked) => Ok(marked),
-                other => Err(other.mismatch("a count")),
-            }
-        })
+        }
+        if shards.is_empty() {
+            return Ok(0);
+        }
+        let chunkd = chunkd.to_owned();
+        match self.apply(Mutation::MarkUnhealthy { chunkd, shards })?.0 {
+            Applied::Count(marked) => Ok(marked),
+            other => Err(other.mismatch("a count")),
+        }
     }
 
     /// For each of `shards`, whether the catalogue places it on `chunkd`.
