@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, params};
 
 use super::mutation::{Applied, Mutation};
-use super::{Store, layout, namespace};
+use super::{Store, holdings, layout};
 use shardfs_chunk_api::ChunkId;
 
 use crate::store::Sql as _;
@@ -20,27 +20,21 @@ impl Store {
         let now = Timestamp::now();
         if !repair {
             // A check alone reads on a connection of its own, holding up no other request.
-            let is_open = |ino| self.open_files.is_open(ino);
-            return self.scan(|tx| check(tx, false, &is_open, now, &mut Vec::new()));
+            return self.scan(|tx| check(tx, false, now, &mut Vec::new()));
         }
-        // A repair is one change like any other, told which nameless inodes are open.
-        self.with_writer(|writer| {
-            let nameless = writer.read(namespace::nameless)?;
-            let open = nameless.into_iter().filter(|&ino| self.open_files.is_open(ino)).collect();
-            match writer.apply(Mutation::Repair { open, now })?.0 {
-                Applied::Checked(report) => Ok(report),
-                other => Err(other.mismatch("a check's report")),
-            }
-        })
+        // A repair is one change like any other.
+        match self.apply(Mutation::Repair { now })?.0 {
+            Applied::Checked(report) => Ok(report),
+            other => Err(other.mismatch("a check's report")),
+        }
     }
 }
 
-/// The checks, and with `repair` the fixes, in `tx`; `is_open` says which inodes without a
-/// name are kept because they are open. Adds the inodes deleted to `deleted`.
+/// The checks, and with `repair` the fixes, in `tx`; inodes without a name that a session
+/// has open are kept. Adds the inodes deleted to `deleted`.
 pub(super) fn check(
     tx: &Connection,
     repair: bool,
-    is_open: &dyn Fn(Ino) -> bool,
     now: Timestamp,
     deleted: &mut Vec<Ino>,
 ) -> Result<FsckReport, MetaError> {
@@ -51,7 +45,7 @@ pub(super) fn check(
         ..FsckReport::default()
     };
     check_entries(tx, repair, &mut report)?;
-    check_link_counts(tx, repair, &mut report, is_open, now, deleted)?;
+    check_link_counts(tx, repair, &mut report, now, deleted)?;
     check_extents(tx, repair, &mut report, now)?;
     check_refcounts(tx, repair, &mut report, now)?;
     check_placement(tx, &mut report)?;
@@ -91,7 +85,6 @@ fn check_link_counts(
     tx: &Connection,
     repair: bool,
     report: &mut FsckReport,
-    is_open: &dyn Fn(Ino) -> bool,
     now: Timestamp,
     deleted: &mut Vec<Ino>,
 ) -> Result<(), MetaError> {
@@ -129,7 +122,7 @@ fn check_link_counts(
             named
         };
         if actual == 0 && ino != ROOT_INO {
-            if is_open(ino) {
+            if holdings::is_open(tx, ino)? {
                 continue;
             }
             report.problems.push(Problem::UnreachableInode { ino });

@@ -11,8 +11,8 @@ use super::mutation::Mutation;
 use super::open_files::Holder;
 use crate::store::Sql as _;
 use serde::{Deserialize, Serialize};
+use shardfs_meta_api::proto::{Attr, Ino, MetaError};
 use shardfs_meta_api::proto::{HeldLock, LockKind};
-use shardfs_meta_api::proto::{Ino, MetaError};
 
 /// One byte-range lock as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,11 +44,6 @@ impl Store {
     /// Records the locks now held on `ino` (all of them, replacing what was recorded).
     pub fn save_locks(&self, ino: Ino, locks: &[LockRow]) -> Result<(), MetaError> {
         self.apply(Mutation::SaveLocks { ino, locks: locks.to_vec() }).map(drop)
-    }
-
-    /// Records that `holder` has `ino` open `opens` times (0: not at all).
-    pub(super) fn save_opens(&self, ino: Ino, holder: Holder, opens: u64) -> Result<(), MetaError> {
-        self.apply(Mutation::SaveOpens { ino, holder, opens }).map(drop)
     }
 
     /// The sessions and locks the previous run left, once the rows of holders without a
@@ -136,26 +131,36 @@ pub(super) fn save_locks(tx: &Connection, ino: Ino, locks: &[LockRow]) -> Result
     Ok(())
 }
 
-pub(super) fn save_opens(
-    tx: &Connection,
-    ino: Ino,
-    holder: Holder,
-    opens: u64,
-) -> Result<(), MetaError> {
-    if opens == 0 {
-        tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2")
-            .sql()?
-            .execute(params![ino, holder as i64])
-            .sql()?;
-    } else {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO open_files (ino, holder, opens) VALUES (?1, ?2, ?3)",
-        )
+pub(super) fn open(tx: &Connection, ino: Ino, holder: Holder) -> Result<Attr, MetaError> {
+    let attr = super::get_attr(tx, ino)?;
+    tx.prepare_cached(
+        "INSERT INTO open_files (ino, holder, opens) VALUES (?1, ?2, 1)
+             ON CONFLICT (ino, holder) DO UPDATE SET opens = opens + 1",
+    )
+    .sql()?
+    .execute(params![ino, holder as i64])
+    .sql()?;
+    Ok(attr)
+}
+
+pub(super) fn close(tx: &Connection, ino: Ino, holder: Holder) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE open_files SET opens = opens - 1 WHERE ino = ?1 AND holder = ?2")
         .sql()?
-        .execute(params![ino, holder as i64, opens as i64])
+        .execute(params![ino, holder as i64])
         .sql()?;
-    }
+    tx.prepare_cached("DELETE FROM open_files WHERE ino = ?1 AND holder = ?2 AND opens <= 0")
+        .sql()?
+        .execute(params![ino, holder as i64])
+        .sql()?;
     Ok(())
+}
+
+/// Whether some session has `ino` open.
+pub(super) fn is_open(tx: &Connection, ino: Ino) -> Result<bool, MetaError> {
+    tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM open_files WHERE ino = ?1)")
+        .sql()?
+        .query_row([ino], |r| r.get(0))
+        .sql()
 }
 
 pub(super) fn end_session(tx: &Connection, id: Holder) -> Result<(), MetaError> {

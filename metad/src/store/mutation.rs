@@ -90,8 +90,8 @@ pub enum Mutation {
         strict: bool,
         now: Timestamp,
     },
-    /// Deletes those of `inos` that have no name left, with their data references: the
-    /// caller decided nobody has them open.
+    /// Deletes those of `inos` that have no name left and that no session has open, with
+    /// their data references.
     Reclaim {
         inos: Vec<Ino>,
         now: Timestamp,
@@ -173,17 +173,21 @@ pub enum Mutation {
         ino: Ino,
         locks: Vec<LockRow>,
     },
-    /// `holder` has `ino` open `opens` times (0: not at all).
-    SaveOpens {
+    /// One more open of `ino` by `holder`; fails if `ino` is gone, so no open of a file
+    /// being deleted is recorded. Answers its attributes.
+    Open {
         ino: Ino,
         holder: Holder,
-        opens: u64,
+    },
+    /// One open fewer of `ino` by `holder`.
+    Close {
+        ino: Ino,
+        holder: Holder,
     },
     /// Drops the locks and open files of holders without a session.
     DropOrphanedHoldings,
-    /// fsck's repairs: `open` lists the nameless inodes kept because they are open.
+    /// fsck's repairs (nameless inodes some session has open are kept).
     Repair {
-        open: Vec<Ino>,
         now: Timestamp,
     },
 }
@@ -199,8 +203,11 @@ impl Mutation {
             | Mutation::RemoveXattr { .. }
             | Mutation::EndSession { .. }
             | Mutation::SaveLocks { .. }
-            | Mutation::SaveOpens { .. }
+            | Mutation::Close { .. }
             | Mutation::RemoveChunks { .. } => true,
+            // A row of three integers; an open must not fail for want of room while the
+            // reserve lasts.
+            Mutation::Open { .. } => true,
             Mutation::SetAttr { changes, .. } => changes.size.is_some(),
             _ => false,
         }
@@ -273,9 +280,8 @@ impl Store {
         self.with_writer(|writer| writer.apply_batch(mutations))
     }
 
-    /// Runs `f` holding the database's one writer: reads it makes and the mutations it
-    /// applies see no other change in between (a decision on what to apply, say, from what
-    /// the database holds and who has what open).
+    /// Runs `f` holding the database's one writer: group commit's batches, and a replica's
+    /// log entries, are committed this way.
     pub(super) fn with_writer<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> T) -> T {
         let mut conn = self.conn.locked();
         let mut writer = Writer { conn: &mut conn, store: self };
@@ -290,12 +296,6 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Applies `mutation` in one transaction.
-    pub fn apply(&mut self, mutation: Mutation) -> Outcome {
-        let mut outcomes = self.commit(&[Change::Apply(mutation)]);
-        outcomes.pop().expect("an outcome per change")
-    }
-
     /// See [`Store::apply_batch`].
     pub fn apply_batch(&mut self, mutations: &[Mutation]) -> Vec<Outcome> {
         let changes: Vec<Change> = mutations.iter().cloned().map(Change::Apply).collect();
@@ -375,15 +375,6 @@ impl Writer<'_> {
             self.store.committed(effects);
         }
         Ok(outcomes)
-    }
-
-    /// Runs `f` in a read transaction on the writer's connection.
-    pub fn read<T>(
-        &mut self,
-        f: impl FnOnce(&Connection) -> Result<T, MetaError>,
-    ) -> Result<T, MetaError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Deferred).sql()?;
-        f(&tx)
     }
 }
 
@@ -482,18 +473,16 @@ fn apply_in(
             holdings::save_locks(tx, *ino, locks)?;
             Applied::Done
         }
-        M::SaveOpens { ino, holder, opens } => {
-            holdings::save_opens(tx, *ino, *holder, *opens)?;
+        M::Open { ino, holder } => Applied::Attr(holdings::open(tx, *ino, *holder)?),
+        M::Close { ino, holder } => {
+            holdings::close(tx, *ino, *holder)?;
             Applied::Done
         }
         M::DropOrphanedHoldings => {
             holdings::drop_orphaned(tx)?;
             Applied::Done
         }
-        M::Repair { open, now } => {
-            let is_open = |ino| open.contains(&ino);
-            Applied::Checked(fsck::check(tx, true, &is_open, *now, &mut effects.deleted)?)
-        }
+        M::Repair { now } => Applied::Checked(fsck::check(tx, true, *now, &mut effects.deleted)?),
     })
 }
 

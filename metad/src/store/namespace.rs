@@ -6,7 +6,9 @@ use super::group_commit::{Change, UNNUMBERED};
 use super::mutation::{Applied, Effects, Mutation, NewInode};
 use super::open_files::Holder;
 use super::xattr::{put_xattr, xattr_value};
-use super::{ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, kind_code, layout, set_ctime};
+use super::{
+    ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, holdings, kind_code, layout, set_ctime,
+};
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
@@ -266,28 +268,16 @@ impl Store {
         self.apply(Mutation::Accessed { ino, strict, now })?.0.into_attr()
     }
 
-    /// Records that `holder` opened file `ino`, which must still exist.
-    /// Records one open of `ino` by `holder`, which may hold at most `limit` opens.
+    /// Records one open of `ino` by `holder`, which may hold at most `limit` opens. Fails if
+    /// `ino` is gone: the open is recorded in the database in the same change that checks
+    /// it exists, so it cannot slip in beside the deletion of the file.
     pub fn open_file(&self, ino: Ino, holder: Holder, limit: u64) -> Result<Attr, MetaError> {
-        // Checked and recorded holding the writer, so no deletion slips in between (they
-        // are decided holding it too, see `reclaim_unless_open`).
-        let attr = self.with_writer(|writer| {
-            writer.read(|tx| {
-                let attr = get_attr(tx, ino)?;
-                self.open_files.add(ino, holder, limit)?;
-                Ok(attr)
-            })
-        })?;
-        self.record_opens(ino, holder);
-        Ok(attr)
-    }
-
-    /// Records how many opens of `ino` `holder` has now, for after a restart. Best effort:
-    /// an open is not refused for want of room on metad's disk (a restart then forgets it).
-    fn record_opens(&self, ino: Ino, holder: Holder) {
-        if let Err(e) = self.save_opens(ino, holder, self.open_files.opens_of(ino, holder)) {
-            tracing::warn!(ino, holder, "cannot record an open file: {e}");
+        self.open_files.add(ino, holder, limit)?;
+        let opened = self.apply(Mutation::Open { ino, holder });
+        if opened.is_err() {
+            self.open_files.remove(ino, holder);
         }
+        opened?.0.into_attr()
     }
 
     /// Records one close of `ino` by `holder`, deleting the file if that was the last
@@ -296,7 +286,10 @@ impl Store {
     /// telling metad (see [`Store::reclaim_lingered`]).
     pub fn release_file(&self, ino: Ino, holder: Holder, leased: bool) -> Result<(), MetaError> {
         let still_open = self.open_files.remove(ino, holder);
-        self.record_opens(ino, holder);
+        if let Err(e) = self.apply(Mutation::Close { ino, holder }) {
+            // Kept as open until the session ends, which forgets its opens.
+            tracing::warn!(ino, holder, "cannot record the close of a file: {e}");
+        }
         if still_open {
             return Ok(());
         }
@@ -335,22 +328,16 @@ impl Store {
         Ok(held)
     }
 
-    /// Deletes those of `inos` that have no name left and nobody has open (or is keeping,
-    /// lingering): decided and applied holding the writer, so no open slips in between.
-    /// Returns how many it deleted.
+    /// Deletes those of `inos` that have no name left and nobody has open: the change
+    /// itself checks both against the database. Returns how many it deleted.
     fn reclaim_unless_open(&self, inos: Vec<Ino>) -> Result<usize, MetaError> {
+        let inos: Vec<Ino> =
+            inos.into_iter().filter(|&ino| !self.open_files.is_open(ino)).collect();
         if inos.is_empty() {
             return Ok(0);
         }
-        self.with_writer(|writer| {
-            let inos: Vec<Ino> =
-                inos.into_iter().filter(|&ino| !self.open_files.is_open(ino)).collect();
-            if inos.is_empty() {
-                return Ok(0);
-            }
-            let (_, effects) = writer.apply(Mutation::Reclaim { inos, now: Timestamp::now() })?;
-            Ok(effects.deleted.len())
-        })
+        let (_, effects) = self.apply(Mutation::Reclaim { inos, now: Timestamp::now() })?;
+        Ok(effects.deleted.len())
     }
 
     /// Deletes every nameless inode nobody has open; returns how many.
@@ -820,11 +807,11 @@ pub(super) fn reclaim_if_nameless(
         .query_row([ino], |r| r.get(0))
         .optional()
         .sql()?;
-    let nameless = nlink == Some(0);
-    if nameless {
+    let gone = nlink == Some(0) && !holdings::is_open(tx, ino)?;
+    if gone {
         delete_inode(tx, ino, now)?;
     }
-    Ok(nameless)
+    Ok(gone)
 }
 
 fn delete_inode(tx: &Connection, ino: Ino, now: Timestamp) -> Result<(), MetaError> {

@@ -1,10 +1,12 @@
 //! Which files clients hold open, so a file unlinked while open lives on until its last
 //! close, as POSIX requires.
 //!
-//! Kept in memory per client session, and recorded in the database (`holdings.rs`) so a
-//! mount's opens outlive a metad restart: when a session ends, its opens end with it, and
-//! [`Store::open`](super::Store::open) reclaims the unlinked inodes nobody holds open any
-//! more.
+//! The database decides: each open and close is a change (`Mutation::Open`, `Close`) to its
+//! `open_files` table, and the deletion of a nameless inode skips any with a row there, so
+//! the two are ordered like any other changes and a mount's opens outlive a metad restart.
+//! When a session ends, its opens end with it, and [`Store::open`](super::Store::open)
+//! reclaims the unlinked inodes nobody holds open any more. The table here, in memory,
+//! counts each session's opens for its limit and answers "is it open" without a query.
 //!
 //! A file that loses its last name while nobody has it open also lives on, for [`LINGER`]:
 //! another mount may have looked the name up just before it went (a rename replacing it,
@@ -83,12 +85,6 @@ impl OpenFiles {
             return false;
         }
         true
-    }
-
-    /// How many opens of `ino` `holder` has.
-    pub fn opens_of(&self, ino: Ino, holder: Holder) -> u64 {
-        let table = self.lock();
-        table.by_ino.get(&ino).and_then(|h| h.get(&holder)).copied().unwrap_or(0)
     }
 
     /// Puts back `opens` opens of `ino` by `holder`, as the previous run recorded them.

@@ -2,7 +2,7 @@
 
 use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 
-use super::{ChunkdRecord, LINGER, Store, VolumeOverrides, VolumeSettings};
+use super::{ChunkdRecord, LINGER, Mutation, Store, VolumeOverrides, VolumeSettings};
 use shardfs_meta_api::proto::Problem;
 use shardfs_meta_api::proto::*;
 use shardfs_rpc::sync::Lock as _;
@@ -113,6 +113,32 @@ fn hard_links_and_unlink() {
     // Inode numbers are never reused.
     let c = file(&store, ROOT_INO, "c");
     assert!(c.ino > d.ino && d.ino > a.ino);
+}
+
+/// An open is recorded in the database in the change that checks the file exists, and the
+/// deletion of a nameless file checks the database: whatever order they come in, an open
+/// file is never deleted and a deleted file is never opened.
+#[test]
+fn an_open_file_outlives_its_names_and_a_deleted_one_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let a = file(&store, ROOT_INO, "a");
+    assert_eq!(store.open_file(a.ino, 7, 10).unwrap().ino, a.ino);
+    store.unlink(ROOT_INO, b"a").unwrap();
+    linger_over(&store);
+    // A deletion decided elsewhere, straight to the database: the open row keeps the file.
+    let (_, effects) =
+        store.apply(Mutation::Reclaim { inos: vec![a.ino], now: Timestamp::now() }).unwrap();
+    assert!(effects.deleted.is_empty(), "an open file was deleted");
+    assert_eq!(store.get_attr(a.ino).unwrap().nlink, 0);
+    // Its last close lets it go.
+    store.release_file(a.ino, 7, false).unwrap();
+    assert_eq!(store.get_attr(a.ino), Err(MetaError::NotFound));
+    // And a file already gone cannot be opened, nor counted as open.
+    assert_eq!(store.open_file(a.ino, 7, 10), Err(MetaError::NotFound));
+    let b = file(&store, ROOT_INO, "b");
+    assert_eq!(store.open_file(b.ino, 7, 1).unwrap().ino, b.ino);
+    assert_eq!(store.open_file(b.ino, 7, 1), Err(MetaError::TooManyOpenFiles(1)));
 }
 
 #[test]

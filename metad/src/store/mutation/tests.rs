@@ -378,7 +378,7 @@ fn mutation(store: &Store, step: &Step, now: Timestamp) -> Option<Mutation> {
             Mutation::SaveLocks { ino, locks }
         }
         Step::Session { id, open } => match open.and_then(|at| pick(&files, at)) {
-            Some(ino) => Mutation::SaveOpens { ino, holder: u64::from(id), opens: 2 },
+            Some(ino) => Mutation::Open { ino, holder: u64::from(id) },
             None => Mutation::SaveSession { id: u64::from(id), host: format!("host{id}") },
         },
         Step::EndSession { id } => Mutation::EndSession { id: u64::from(id) },
