@@ -12,8 +12,9 @@ use shardfs_rpc::{ClientOptions, Handler, Service};
 use super::log_store::LogStore;
 use super::network::{self, Network};
 use super::state_machine::StateMachine;
-use super::{Group, ReplicaId};
-use crate::store::Store;
+use super::{Group, Proposal, Replica, ReplicaId};
+use crate::store::{Change, Outcome, Proposer, Store};
+use shardfs_meta_api::proto::MetaError;
 
 /// The log file, beside the database.
 pub const LOG_FILE: &str = "raft-log.db";
@@ -81,6 +82,40 @@ pub async fn start(
     let machine = StateMachine::new(store, &dir.join(SNAPSHOT_DIR))?;
     let network = Network::new(id, options);
     Ok(Raft::new(id, config(timing)?, network, log, machine).await?)
+}
+
+/// Hands a replica's batches of changes to the group's log: on the leader each batch becomes
+/// one entry, and the outcomes are those its application on this replica came to; any
+/// other replica refuses them (`Unavailable`, naming the leader if it knows one).
+pub struct LogProposer {
+    pub raft: Raft<Group>,
+    /// The runtime the group runs on: proposals come from threads that may block.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Proposer for LogProposer {
+    fn propose(&self, changes: Vec<Change>) -> Vec<Outcome> {
+        let count = changes.len();
+        let written = self.runtime.block_on(self.raft.client_write(Proposal { changes }));
+        let refused = match written {
+            Ok(written) if written.data.0.len() == count => return written.data.0,
+            Ok(written) => MetaError::Store(format!(
+                "a log entry of {count} changes came to {} outcomes",
+                written.data.0.len()
+            )),
+            Err(e) => match e.forward_to_leader::<Replica>() {
+                Some(forward) => {
+                    let leader = forward.leader_node.as_ref().map(|n| n.addr.as_str());
+                    MetaError::Unavailable(format!(
+                        "this metad replica is not the leader (the leader is {})",
+                        leader.unwrap_or("being elected")
+                    ))
+                }
+                None => MetaError::Unavailable(format!("the replicated log refused: {e}")),
+            },
+        };
+        (0..count).map(|_| Err(refused.clone())).collect()
+    }
 }
 
 /// Answers the `Replication` service for replica `me`.

@@ -48,10 +48,11 @@ mod group {
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
 
-    use crate::replication::group::{self, Endpoint, Timing};
+    use crate::replication::group::{self, Endpoint, LogProposer, Timing};
     use crate::replication::{Answers, Group, Proposal, Replica, ReplicaId};
     use crate::store::{Applied, Change, Mutation, NewInode, Store, VolumeOverrides};
-    use shardfs_meta_api::proto::{Cred, FileKind, ROOT_INO, Timestamp};
+    use shardfs_meta_api::proto::{Cred, FileKind, MetaError, ROOT_INO, Timestamp};
+    use shardfs_rpc::sync::blocking;
 
     const WAIT: Duration = Duration::from_secs(20);
 
@@ -104,6 +105,8 @@ mod group {
             let store = Arc::new(open_store(&dir));
             let options = ClientOptions::with_key(key());
             let raft = group::start(id, &dir, store.clone(), TIMING, options).await.unwrap();
+            let runtime = tokio::runtime::Handle::current();
+            store.replicate_through(Arc::new(LogProposer { raft: raft.clone(), runtime }));
             let listener = TcpListener::bind(&self.addrs[&id]).await.unwrap();
             let endpoint = Arc::new(Endpoint { raft: raft.clone(), me: id });
             let (stop, stopped) = oneshot::channel::<()>();
@@ -251,6 +254,40 @@ mod group {
         assert_eq!(names(&group.running[&wiped].store), expected);
         let installed = group.running[&wiped].raft.metrics().borrow().snapshot;
         assert!(installed.is_some(), "the wiped replica was brought up by a snapshot");
+        for id in group.running.keys().copied().collect::<Vec<_>>() {
+            group.kill(id).await;
+        }
+    }
+
+    /// A replica's store sends its changes to the log: through the leader's, a create
+    /// reaches every replica; a follower's refuses, naming the leader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_s_store_changes_only_through_the_log() {
+        let mut group = Members::new(&[1, 2, 3]).await;
+        for id in [1, 2, 3] {
+            group.start(id).await;
+        }
+        group.initialize(1).await;
+        let leader = group.leader().await;
+        let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+        let file = libc::S_IFREG | 0o644;
+        let store = group.running[&leader].store.clone();
+        let made = blocking(move || store.make_node(ROOT_INO, b"through", file, 0, Cred::ROOT));
+        made.await.unwrap().expect("a create through the leader's store");
+        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
+        group.applied(applied.expect("applied").index).await;
+        let store = group.running[&follower].store.clone();
+        let refused = blocking(move || store.make_node(ROOT_INO, b"refused", file, 0, Cred::ROOT));
+        match refused.await.unwrap() {
+            Err(MetaError::Unavailable(why)) => {
+                assert!(why.contains("not the leader"), "{why}");
+                assert!(why.contains(&group.addrs[&leader]), "names the leader: {why}");
+            }
+            other => panic!("a follower's store made a change: {other:?}"),
+        }
+        for member in group.running.values() {
+            assert_eq!(names(&member.store), ["through"]);
+        }
         for id in group.running.keys().copied().collect::<Vec<_>>() {
             group.kill(id).await;
         }

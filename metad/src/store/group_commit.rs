@@ -5,6 +5,9 @@
 //!
 //! A change is a [`Mutation`], or one whose new inode number is decided as its batch is made
 //! (one past the highest used, which counts the batch's earlier creates).
+//!
+//! A replicated store hands each batch to its [`Proposer`] instead: the batch becomes one
+//! entry of the replicated log, and the caller gets the outcomes its application came to.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -54,6 +57,12 @@ impl Change {
         let (Change::Apply(mutation) | Change::Numbered(mutation)) = self;
         mutation.frees_space()
     }
+}
+
+/// Where a replicated store's batches go instead of its writer: the replicated log, whose
+/// entries every replica applies (`crate::replication`). Answers one outcome per change.
+pub trait Proposer: Send + Sync {
+    fn propose(&self, changes: Vec<Change>) -> Vec<Outcome>;
 }
 
 /// Changes waiting for the writer, and the outcomes of those applied.
@@ -118,7 +127,10 @@ impl Store {
             let (tickets, batch): (Vec<u64>, Vec<Change>) = waiting.changes.drain(..take).unzip();
             drop(waiting);
             let lead = Lead(queue);
-            let outcomes = self.with_writer(|writer| writer.commit(&batch));
+            let outcomes = match self.proposer.get() {
+                Some(proposer) => proposer.propose(batch.clone()),
+                None => self.with_writer(|writer| writer.commit(&batch)),
+            };
             queue.batches.fetch_add(1, Ordering::Relaxed);
             queue.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut mine = None;

@@ -20,15 +20,15 @@ mod schema;
 mod xattr;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use shardfs_chunk_api::Encoding;
 
 use shardfs_meta_api::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
 
-pub use group_commit::{Change, UNNUMBERED};
+pub use group_commit::{Change, Proposer, UNNUMBERED};
 pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};
 pub use open_files::{Holder, LINGER};
@@ -93,6 +93,8 @@ pub struct Store {
     queue: group_commit::Queue,
     /// Read-only connections, for reads beside the writer.
     readers: readers::Readers,
+    /// Set once on a replica of a group: where its batches of changes go.
+    proposer: std::sync::OnceLock<Arc<dyn Proposer>>,
 }
 
 const GENERATION: u64 = 1;
@@ -127,6 +129,7 @@ impl Store {
             deleted: Mutex::default(),
             queue: Default::default(),
             readers: readers::Readers::new(path),
+            proposer: std::sync::OnceLock::new(),
         };
         store.replenish_reserve();
         // Files the previous run's mounts had open stay open: their sessions may resume.
@@ -139,6 +142,14 @@ impl Store {
             tracing::info!(reclaimed, "reclaimed files unlinked while open before the restart");
         }
         Ok(store)
+    }
+
+    /// Makes this store a replica's: from now on its changes go to `proposer` (the
+    /// replicated log), and its database changes only as the log's entries are applied.
+    pub fn replicate_through(&self, proposer: Arc<dyn Proposer>) {
+        if self.proposer.set(proposer).is_err() {
+            tracing::warn!("the store already replicates through a log");
+        }
     }
 
     pub fn volume(&self) -> VolumeInfo {
