@@ -292,4 +292,34 @@ mod group {
             group.kill(id).await;
         }
     }
+
+    /// A call meant for another replica (the group's addresses are wrong) is refused and
+    /// changes nothing; one from a peer without the cluster secret does not get through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_refuses_calls_meant_for_another_and_strangers() {
+        use crate::replication::network::{Answer, Call, Refusal, Request};
+        use openraft::raft::VoteRequest;
+        use openraft::{LeaderId, Vote};
+
+        let mut group = Members::new(&[1]).await;
+        group.start(1).await;
+        let vote = VoteRequest { vote: Vote::new(5, 2), last_log_id: None };
+        let call = Call { to: 9, request: Request::Vote(vote.clone()) };
+        let client = shardfs_rpc::Client::new(
+            &group.addrs[&1],
+            shardfs_rpc::Service::Replication,
+            ClientOptions::with_key(key()),
+        );
+        let answer: Answer = client.call(&call).await.unwrap();
+        assert!(matches!(answer, Err(Refusal::WrongReplica { me: 1, meant: 9 })), "{answer:?}");
+        let term = group.running[&1].raft.metrics().borrow().vote.leader_id;
+        assert_eq!(term, LeaderId::default(), "a refused vote request changed the vote");
+        let stranger = ClientOptions::with_key(ClusterKey::from_secret(b"another cluster"));
+        let stranger =
+            shardfs_rpc::Client::new(&group.addrs[&1], shardfs_rpc::Service::Replication, stranger);
+        let call = Call { to: 1, request: Request::Vote(vote) };
+        let refused = stranger.call::<_, Answer>(&call).await;
+        assert!(matches!(refused, Err(shardfs_rpc::Error::AuthRefused { .. })), "{refused:?}");
+        group.kill(1).await;
+    }
 }
