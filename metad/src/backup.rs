@@ -169,7 +169,7 @@ fn partial_path(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.partial", path.display()))
 }
 
-fn sync_parent(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> anyhow::Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(parent)?.sync_all()?;
     Ok(())

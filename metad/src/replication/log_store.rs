@@ -3,7 +3,8 @@
 //! returns, so an append is reported flushed, and a vote saved, only once it is on disk.
 //! One transaction per append, however many entries it carries.
 //!
-//! An entry is stored as a format byte and its postcard encoding, keyed by its index.
+//! An entry is stored as a format byte and its postcard encoding (`super::encode`), keyed
+//! by its index.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,14 +14,10 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shardfs_rpc::sync::{Lock as _, blocking};
 
-use super::{Group, ReplicaId, StorageError};
-
-/// The encoding of stored entries and values this build writes and reads.
-const LOG_FORMAT: u8 = 1;
+use super::{Group, ReplicaId, StorageError, encode};
 
 type Entry = openraft::Entry<Group>;
 
@@ -80,19 +77,8 @@ impl LogStore {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![LOG_FORMAT];
-    bytes.extend(shardfs_rpc::encode(value));
-    bytes
-}
-
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
-    let decoded = match bytes.split_first() {
-        Some((&LOG_FORMAT, rest)) => shardfs_rpc::decode(rest).map_err(|e| e.to_string()),
-        Some((format, _)) => Err(format!("log format {format}; this build reads {LOG_FORMAT}")),
-        None => Err("an empty log record".to_string()),
-    };
-    decoded.map_err(|e| StorageIOError::read_logs(AnyError::error(e)).into())
+    super::decode(bytes).map_err(|e| StorageIOError::read_logs(AnyError::error(e)).into())
 }
 
 /// The first and last index `range` covers.

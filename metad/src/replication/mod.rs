@@ -25,6 +25,7 @@ pub mod state_machine;
 #[cfg(test)]
 mod tests;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Change, Outcome};
@@ -65,3 +66,24 @@ pub struct Answers(pub Vec<Outcome>);
 /// A storage failure as openraft takes it: the replica stops, since it can no longer keep
 /// its promises about what is on its disk.
 type StorageError = openraft::StorageError<ReplicaId>;
+
+/// The encoding of what a replica keeps (log entries, its vote, its notes of what it
+/// applied, snapshot descriptions) that this build writes and reads.
+const RECORD_FORMAT: u8 = 1;
+
+/// A record as kept: [`RECORD_FORMAT`], then its postcard encoding.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_FORMAT];
+    bytes.extend(shardfs_rpc::encode(value));
+    bytes
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => shardfs_rpc::decode(rest).map_err(|e| e.to_string()),
+        Some((format, _)) => {
+            Err(format!("record format {format}; this build reads {RECORD_FORMAT}"))
+        }
+        None => Err("an empty record".to_string()),
+    }
+}

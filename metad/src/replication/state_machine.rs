@@ -16,20 +16,15 @@ use openraft::{
     StoredMembership,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use shardfs_rpc::sync::blocking;
 
 use super::snapshot_file::SnapshotFile;
-use super::{Answers, Group, Replica, ReplicaId, StorageError};
+use super::{Answers, Group, Replica, ReplicaId, StorageError, decode, encode};
 use crate::store::Store;
 
 /// `replication` rows: the log id of the last entry applied, and the membership as of it.
 const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
-
-/// The encoding of those rows and of a snapshot's description.
-const STATE_FORMAT: u8 = 1;
 
 type Membership = StoredMembership<ReplicaId, Replica>;
 type Meta = SnapshotMeta<ReplicaId, Replica>;
@@ -53,20 +48,6 @@ impl StateMachine {
         let snapshots = Snapshots { dir: dir.to_path_buf() };
         snapshots.clean().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(StateMachine { store, snapshots })
-    }
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![STATE_FORMAT];
-    bytes.extend(shardfs_rpc::encode(value));
-    bytes
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    match bytes.split_first() {
-        Some((&STATE_FORMAT, rest)) => shardfs_rpc::decode(rest).map_err(|e| e.to_string()),
-        Some((format, _)) => Err(format!("state format {format}; this build reads {STATE_FORMAT}")),
-        None => Err("an empty state record".to_string()),
     }
 }
 
@@ -291,8 +272,7 @@ impl Snapshots {
 /// Renames `from` to `to` and syncs the directory, so the new name survives power loss.
 fn durable_rename(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::rename(from, to).map_err(|e| e.to_string())?;
-    let dir = to.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())
+    crate::backup::sync_parent(to).map_err(|e| format!("{e:#}"))
 }
 
 /// A name part no other snapshot of this replica has: the time in nanoseconds.

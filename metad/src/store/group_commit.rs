@@ -127,12 +127,12 @@ impl Store {
             let (tickets, batch): (Vec<u64>, Vec<Change>) = waiting.changes.drain(..take).unzip();
             drop(waiting);
             let lead = Lead(queue);
-            let outcomes = match self.proposer.get() {
-                Some(proposer) => proposer.propose(batch.clone()),
-                None => self.with_writer(|writer| writer.commit(&batch)),
-            };
             queue.batches.fetch_add(1, Ordering::Relaxed);
             queue.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let outcomes = match self.proposer.get() {
+                Some(proposer) => proposer.propose(batch),
+                None => self.with_writer(|writer| writer.commit(&batch)),
+            };
             let mut mine = None;
             waiting = queue.lock();
             for (done, outcome) in tickets.into_iter().zip(outcomes) {
