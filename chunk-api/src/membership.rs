@@ -43,4 +43,7 @@ pub enum MembershipError {
     UnknownChunkd(String),
     #[error("membership request rejected: {0}")]
     Rejected(String),
+    /// This metad replica is not its group's leader; the leader's address, if it knows it.
+    #[error("this metad replica is not the leader{}", .0.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader(Option<String>),
 }

@@ -58,7 +58,10 @@ pub async fn run(
         request_timeout: REQUEST_TIMEOUT,
         ..config.auth.client_options()
     };
-    let client = shardfs_rpc::Client::new(&config.metad_addr, Service::Membership, options);
+    // The next beat tries again: one does not go on looking for the leader past its turn.
+    let client =
+        shardfs_rpc::Replicas::new(&config.metad_addr, Service::Membership, options, |c| c)
+            .failing_over_within(config.interval);
     let mut member = Member { config, client, store, failing: false, pending: BTreeSet::new() };
     tokio::select! {
         _ = shutdown => {}
@@ -68,7 +71,7 @@ pub async fn run(
 
 struct Member {
     config: HeartbeatConfig,
-    client: shardfs_rpc::Client,
+    client: shardfs_rpc::Replicas,
     store: Arc<ShardStore>,
     /// Whether the last exchange with metad failed; failures are logged only when this flips.
     failing: bool,
@@ -192,12 +195,18 @@ impl Member {
     }
 
     async fn call(&self, request: MembershipRequest) -> Result<(), Failure> {
-        let response: MembershipResponse =
-            self.client.call(&request).await.map_err(|e| Failure::Other(e.to_string()))?;
+        let not_leader = |response: &MembershipResponse| match response {
+            Err(MembershipError::NotLeader(leader)) => Some(leader.clone()),
+            _ => None,
+        };
+        let response: MembershipResponse = (self.client.call(&request, not_leader).await)
+            .map_err(|e| Failure::Other(e.to_string()))?;
         match response {
             Ok(_) => Ok(()),
             Err(MembershipError::UnknownChunkd(_)) => Err(Failure::Unregistered),
-            Err(e @ MembershipError::Rejected(_)) => Err(Failure::Other(e.to_string())),
+            Err(e @ (MembershipError::Rejected(_) | MembershipError::NotLeader(_))) => {
+                Err(Failure::Other(e.to_string()))
+            }
         }
     }
 

@@ -58,6 +58,7 @@ impl LocalSettings {
             // Loopback only: nothing to encrypt against.
             tls: None,
             min_shards: None,
+            replicas: Vec::new(),
         };
         LocalSettings { chunkds, metad }
     }

@@ -79,7 +79,8 @@ impl From<&FsError> for Errno {
                 MetaError::ChunkGone(_)
                 | MetaError::Store(_)
                 | MetaError::SessionExpired
-                | MetaError::Unavailable(_) => Errno::EIO,
+                | MetaError::Unavailable(_)
+                | MetaError::NotLeader(_) => Errno::EIO,
             },
             FsError::MetaTransport(_)
             | FsError::MetaProtocol(_)

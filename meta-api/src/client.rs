@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardfs_chunk_api::{ChunkId, ShardId};
-use shardfs_rpc::{Client, ClientOptions, Hello, Service};
+use shardfs_rpc::{ClientOptions, Hello, Replicas, Service};
 use tracing::{info, warn};
 
 use crate::proto::*;
@@ -24,8 +24,37 @@ pub enum MetaClientError {
 pub type Result<T> = std::result::Result<T, MetaClientError>;
 
 pub struct MetaClient {
-    rpc: Client,
+    rpc: Replicas,
     session: Option<Arc<SessionHello>>,
+    /// Numbers of the session's requests (`Seq`).
+    numbers: Numbers,
+}
+
+/// Numbers a session's requests, and knows which are still waiting for their answers.
+#[derive(Default)]
+struct Numbers {
+    state: Mutex<NumbersState>,
+}
+
+#[derive(Default)]
+struct NumbersState {
+    next: u64,
+    waiting: std::collections::BTreeSet<u64>,
+}
+
+impl Numbers {
+    fn take(&self) -> Seq {
+        let mut state = self.state.locked();
+        state.next += 1;
+        let n = state.next;
+        state.waiting.insert(n);
+        let answered_below = *state.waiting.first().unwrap_or(&n);
+        Seq { n, answered_below }
+    }
+
+    fn answered(&self, n: u64) {
+        self.state.locked().waiting.remove(&n);
+    }
 }
 
 /// What a mount hears from metad besides answers.
@@ -52,14 +81,15 @@ struct SessionHello {
 impl Hello for SessionHello {
     fn request(&self) -> Vec<u8> {
         let resume = Some(self.id.load(Ordering::Relaxed)).filter(|id| *id != 0);
-        shardfs_rpc::encode(&MetaRequest::from(SessionRequest::OpenSession {
-            host: self.host.clone(),
-            resume,
-        }))
+        let request = SessionRequest::OpenSession { host: self.host.clone(), resume };
+        shardfs_rpc::encode(&Envelope { seq: None, request: request.into() })
     }
 
     fn answered(&self, response: &[u8]) -> std::result::Result<(), shardfs_rpc::Error> {
         let response: MetaResponse = shardfs_rpc::decode(response)?;
+        if let Some(leader) = not_leader(&response) {
+            return Err(shardfs_rpc::Error::NotLeader { addr: String::new(), leader });
+        }
         let Ok(MetaReply::Session { id, timeout_ms }) = response else {
             return Err(shardfs_rpc::Error::BadFrame(format!("session refused: {response:?}")));
         };
@@ -86,6 +116,14 @@ impl SessionHello {
     }
 }
 
+/// The leader a replica's answer names, if it says it is not the leader.
+fn not_leader(response: &MetaResponse) -> Option<Option<String>> {
+    match response {
+        Err(MetaError::NotLeader(leader)) => Some(leader.clone()),
+        _ => None,
+    }
+}
+
 /// Sends a request and unpacks the one reply variant it may get.
 macro_rules! call {
     ($self:ident, $request:expr, $op:literal, $pattern:pat => $value:expr) => {
@@ -98,15 +136,17 @@ macro_rules! call {
 
 impl MetaClient {
     /// A client for tools: what it holds (open files, locks) ends with its connection.
-    pub fn new(addr: impl Into<String>, options: ClientOptions) -> MetaClient {
-        MetaClient { rpc: Client::new(addr, Service::Metad, options), session: None }
+    /// `addrs` is metad's address, or its replicas' separated by commas.
+    pub fn new(addrs: &str, options: ClientOptions) -> MetaClient {
+        let rpc = Replicas::new(addrs, Service::Metad, options, |c| c);
+        MetaClient { rpc, session: None, numbers: Numbers::default() }
     }
 
     /// A client with a session (a mount): what it holds outlives a lost connection until
     /// the session expires; [`heartbeat`](Self::heartbeat) keeps it alive while idle. Lease
     /// recalls and session starts go to `events`.
     pub fn with_session(
-        addr: impl Into<String>,
+        addrs: &str,
         options: ClientOptions,
         host: String,
         events: Arc<dyn SessionEvents>,
@@ -123,10 +163,10 @@ impl MetaClient {
             timeout: Mutex::new(Duration::ZERO),
             events,
         });
-        let rpc = Client::new(addr, Service::Metad, options)
-            .with_hello(session.clone())
-            .with_push(on_push);
-        MetaClient { rpc, session: Some(session) }
+        let rpc = Replicas::new(addrs, Service::Metad, options, |client| {
+            client.with_hello(session.clone()).with_push(on_push.clone())
+        });
+        MetaClient { rpc, session: Some(session), numbers: Numbers::default() }
     }
 
     /// How often to send heartbeats so the session never expires: a third of its timeout,
@@ -163,13 +203,29 @@ impl MetaClient {
         call!(self, VolumeRequest::Sync, "sync", MetaReply::Done => ())
     }
 
+    /// The address of the replica calls go to first: the leader, as far as this client
+    /// knows.
     pub fn addr(&self) -> &str {
-        self.rpc.addr()
+        self.rpc.leader()
     }
 
     async fn call(&self, request: impl Into<MetaRequest>) -> Result<MetaReply> {
-        let response: MetaResponse = self.rpc.call(&request.into()).await?;
-        Ok(response?)
+        self.send(request.into(), false).await
+    }
+
+    /// Sends `request` to the leader; with `unbounded`, waits for its answer without a
+    /// timeout. A mount's request carries its number in the session, the same on every
+    /// replica it is tried on.
+    async fn send(&self, request: MetaRequest, unbounded: bool) -> Result<MetaReply> {
+        let seq = self.session.as_ref().map(|_| self.numbers.take());
+        let envelope = Envelope { seq, request };
+        let timeout = if unbounded { None } else { Some(self.rpc.request_timeout()) };
+        let response: std::result::Result<MetaResponse, _> =
+            self.rpc.call_within(&envelope, timeout, not_leader).await;
+        if let Some(seq) = seq {
+            self.numbers.answered(seq.n);
+        }
+        Ok(response??)
     }
 
     pub async fn volume(&self) -> Result<VolumeInfo> {
@@ -331,12 +387,7 @@ impl MetaClient {
     /// With `wait`, waits as long as the lock is held elsewhere (F_SETLKW).
     pub async fn set_lock(&self, ino: Ino, owner: u64, lock: HeldLock, wait: bool) -> Result<()> {
         let request = MetaRequest::from(LockRequest::SetLock { ino, owner, lock, wait });
-        let response: MetaResponse = if wait {
-            self.rpc.call_without_timeout(&request).await?
-        } else {
-            self.rpc.call(&request).await?
-        };
-        match response? {
+        match self.send(request, wait).await? {
             MetaReply::Done => Ok(()),
             _ => Err(MetaClientError::UnexpectedReply("setlk")),
         }

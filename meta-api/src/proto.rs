@@ -577,7 +577,27 @@ pub enum MetaError {
     /// Too few chunkds are up to store data at the redundancy the volume requires.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This metad replica is not its group's leader; the leader's address, if it knows it.
+    #[error("this metad replica is not the leader{}", .0.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader(Option<String>),
     /// metad's own disk is full: changes that need room are refused; deletions still work.
     #[error("metad's disk is full")]
     MetadataFull,
+}
+
+/// A request as it travels to metad: a mount's requests carry their number in the session,
+/// so that one retried on another replica after a failover is applied once and gets its
+/// first answer (docs/SEMANTICS.md, "Failover").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub seq: Option<Seq>,
+    pub request: MetaRequest,
+}
+
+/// A request's number in its session, and the number below which the session has had
+/// every answer (metad may forget those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seq {
+    pub n: u64,
+    pub answered_below: u64,
 }

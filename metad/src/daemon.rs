@@ -33,6 +33,7 @@ pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1
 /// idle one (350 were seen for 1,000 lock requests). Work past it waits for a thread.
 pub const MAX_BLOCKING_THREADS: usize = 64;
 
+#[derive(Clone)]
 pub struct MetadConfig {
     /// Directory holding the SQLite database.
     pub data: PathBuf,
@@ -55,10 +56,29 @@ pub struct MetadConfig {
     pub tls: Option<DaemonTls>,
     /// Shards a new chunk needs placed for a write to go on; `None`: k+1.
     pub min_shards: Option<u8>,
+    /// The addresses of every replica of the group this metad is one of; empty: it is
+    /// alone, with no replicated log.
+    pub replicas: Vec<String>,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.
 pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
+    let data_lock = lock_data(config)?;
+    let path = config.data.join(crate::backup::DATABASE);
+    let overrides = VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
+    let store = Store::open(&path, overrides, DEFAULTS)
+        .with_context(|| format!("cannot open metadata database {}", path.display()))?;
+    let auth = DaemonAuth { key: load_key(config)?, tls: config.tls };
+    let server = server_over(Arc::new(store), config, auth)?;
+    Ok(Arc::new(server.holding(data_lock)))
+}
+
+/// Settings of a new volume.
+pub const DEFAULTS: VolumeSettings =
+    VolumeSettings { encoding: DEFAULT_ENCODING, chunk_size: DEFAULT_CHUNK_SIZE };
+
+/// Creates `config.data` if missing and takes its lock, after checking the settings given.
+pub(crate) fn lock_data(config: &MetadConfig) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
     let data_lock = crate::backup::lock_data_dir(&config.data)?;
@@ -71,14 +91,11 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             CHUNK_SIZE_RANGE.end()
         );
     }
-    let path = config.data.join(crate::backup::DATABASE);
-    let overrides = VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
-    let defaults = VolumeSettings { encoding: DEFAULT_ENCODING, chunk_size: DEFAULT_CHUNK_SIZE };
-    let store = Store::open(&path, overrides, defaults)
-        .with_context(|| format!("cannot open metadata database {}", path.display()))?;
-    let store = Arc::new(store);
-    let members = Members::load(store.clone(), config.down_after)
-        .context("cannot load the chunkd registry")?;
+    Ok(data_lock)
+}
+
+/// The cluster secret, created if missing.
+pub(crate) fn load_key(config: &MetadConfig) -> anyhow::Result<ClusterKey> {
     let new_secret = !config.secret_file.exists();
     let key = ClusterKey::load_or_create(&config.secret_file)?;
     if new_secret {
@@ -87,6 +104,18 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             "created the cluster secret: copy it (mode 0600) to every chunkd and client host"
         );
     }
+    Ok(key)
+}
+
+/// A server answering for `store`, taking up the chunkds, sessions and locks it records:
+/// at start-up, and on a replica each time it becomes the leader.
+pub(crate) fn server_over(
+    store: Arc<Store>,
+    config: &MetadConfig,
+    auth: DaemonAuth,
+) -> anyhow::Result<MetadServer> {
+    let members = Members::load(store.clone(), config.down_after)
+        .context("cannot load the chunkd registry")?;
     let encoding = store.settings().encoding;
     if let Some(min) = config.min_shards
         && !(encoding.k..=encoding.k + encoding.m).contains(&min)
@@ -99,32 +128,54 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
             encoding.m
         );
     }
-    let auth = DaemonAuth { key, tls: config.tls };
     let holdings = store.holdings().context("cannot read what sessions held before")?;
     if !holdings.sessions.is_empty() {
         info!(
             sessions = holdings.sessions.len(),
             locks = holdings.locks.len(),
-            "mount sessions from before the restart may resume, with their locks"
+            "mount sessions from before may resume, with their locks"
         );
     }
     let server = MetadServer::new(store, members, (config.sessions, holdings), auth)
         .with_min_shards(config.min_shards);
-    Ok(Arc::new(server.holding(data_lock)))
+    Ok(server)
 }
 
-/// Serves clients and chunkds on `listener`, and runs the repair worker, until `shutdown`
-/// completes.
+/// Serves clients and chunkds on `listener`, and runs the background workers, until
+/// `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     server: Arc<MetadServer>,
-    (repair, gc): (RepairConfig, GcConfig),
+    workers: (RepairConfig, GcConfig),
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(());
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
+    let store = server.store.clone();
+    let config = server.auth.server_config();
+    let working = work(server.clone(), workers, until_stopped(stopped.clone()));
+    let serving = shardfs_rpc::serve(listener, server, config, until_stopped(stopped));
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        drop(stop);
     };
+    tokio::join!(stop_on_shutdown, serving, working);
+    sync(&store).await;
+}
+
+/// Completes once `stopped`'s sender is gone.
+pub(crate) async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<()>) {
+    let _ = stopped.changed().await;
+}
+
+/// Runs what metad does besides answering requests, until `stop` completes: repair,
+/// garbage collection, session expiry and housekeeping, and syncing the database. A
+/// replica's leader runs them while it leads.
+pub(crate) async fn work(
+    server: Arc<MetadServer>,
+    (repair, gc): (RepairConfig, GcConfig),
+    stop: impl Future<Output = ()>,
+) {
+    let (stopping, stopped) = tokio::sync::watch::channel(());
     let chunkds = || Arc::new(ChunkClientPool::new(server.auth.client_options()));
     let repairing = repair::run(
         chunkds(),
@@ -144,7 +195,7 @@ pub async fn run(
         until_stopped(stopped.clone()),
     );
     let expiring = {
-        let (server, stopped) = (server.clone(), until_stopped(stopped.clone()));
+        let (server, stopped) = (server.clone(), until_stopped(stopped));
         async move {
             let every_second = async {
                 loop {
@@ -161,22 +212,18 @@ pub async fn run(
             }
         }
     };
-    let store = server.store.clone();
-    let config = server.auth.server_config();
-    let serving = shardfs_rpc::serve(listener, server, config, until_stopped(stopped));
-    let stop_on_shutdown = async move {
-        shutdown.await;
-        drop(stop);
+    let stop = async move {
+        stop.await;
+        drop(stopping);
     };
-    tokio::join!(stop_on_shutdown, serving, repairing, collecting, expiring);
-    sync(&store).await;
+    tokio::join!(stop, repairing, collecting, expiring);
 }
 
 /// How often metad makes recent metadata changes durable against power loss when no client
 /// asked for it sooner (fsync), and how often it expires sessions.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-async fn sync(store: &Arc<Store>) {
+pub(crate) async fn sync(store: &Arc<Store>) {
     let store = store.clone();
     match shardfs_rpc::sync::blocking(move || store.sync()).await {
         Ok(Ok(())) => {}

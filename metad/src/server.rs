@@ -22,8 +22,8 @@ use crate::requests::{Caller, Family, Grant, Leasing, Target, members};
 use crate::sessions::{Departed, SessionLimits, Sessions};
 use crate::store::{Holder, Holdings, Store};
 use shardfs_meta_api::proto::{
-    Attr, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse, SessionRequest,
-    WorkerStatus,
+    Attr, Envelope, FileKind, Ino, Made, MetaError, MetaReply, MetaRequest, MetaResponse,
+    SessionRequest, WorkerStatus,
 };
 
 pub struct MetadServer {
@@ -531,7 +531,7 @@ impl Handler for MetadServer {
             let response = in_place(move || members::membership(&server, request, peer)).await?;
             return Ok(shardfs_rpc::encode(&response));
         }
-        let mut request: MetaRequest = shardfs_rpc::decode(&body)?;
+        let Envelope { seq, mut request } = shardfs_rpc::decode(&body)?;
         let (op, started) = (request.op(), std::time::Instant::now());
         // The operation only: requests carry names and small files' content.
         debug!(op, %peer, "request");
@@ -555,8 +555,12 @@ impl Handler for MetadServer {
             // The turn ends before any wait below: a lock request waiting for another
             // owner's unlock holds no turn (enough of them would leave none for the unlock).
             let turn = self.gate.enter(peer).await;
-            let outcome =
-                in_place(move || server.answer_leased(request, Caller { holder, peer })).await?;
+            let outcome = in_place(move || {
+                crate::store::numbered(holder, seq, || {
+                    server.answer_leased(request, Caller { holder, peer })
+                })
+            })
+            .await?;
             drop(turn);
             match outcome {
                 Outcome::Answered(response) => {

@@ -185,6 +185,12 @@ impl Client {
         }
     }
 
+    /// Closes the connection, if one is open: the next call opens a new one (and sends the
+    /// hello again).
+    pub async fn disconnect(&self) {
+        self.connection.lock().await.take();
+    }
+
     fn lost(&self) -> Error {
         Error::ConnectionLost { addr: self.addr.clone() }
     }
@@ -201,7 +207,12 @@ impl Client {
         if let Some(hello) = &self.hello {
             let timeout = Some(self.options.connect_timeout);
             let response = self.call_on(&connection, hello.request(), timeout).await?;
-            hello.answered(&response)?;
+            hello.answered(&response).map_err(|e| match e {
+                Error::NotLeader { leader, .. } => {
+                    Error::NotLeader { addr: self.addr.clone(), leader }
+                }
+                other => other,
+            })?;
         }
         *slot = Some(connection.clone());
         Ok(connection)

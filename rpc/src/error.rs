@@ -44,6 +44,9 @@ pub enum Error {
     WriteTimeout { after: Duration },
     #[error("malformed frame: {0}")]
     BadFrame(String),
+    /// A replica that is not its group's leader; it names the leader if it knows one.
+    #[error("{addr} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader { addr: String, leader: Option<String> },
     #[error("cannot decode message: {0}")]
     Decode(postcard::Error),
     #[error("i/o error: {0}")]

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod handshake;
 pub mod metrics;
 pub mod passes;
+pub mod replicas;
 pub mod server;
 pub mod size;
 pub mod sync;
@@ -30,6 +31,7 @@ pub use auth::{ClusterKey, DaemonAuth, KeyError};
 pub use client::{Client, ClientOptions, Hello, PushHandler};
 pub use error::Error;
 pub use handshake::{PROTOCOL_VERSION, Service};
+pub use replicas::Replicas;
 pub use server::{Handler, Pusher, ServerConfig, serve};
 #[cfg(feature = "cli")]
 pub use tls::DaemonTlsArgs;

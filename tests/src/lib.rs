@@ -63,6 +63,13 @@ const HEARTBEAT_SECS: &str = "0.3";
 /// Seconds of silence after which metad counts a test chunkd as down.
 const DOWN_AFTER_SECS: &str = "2";
 
+/// A loopback address with a port free now: bound and let go at once, it stays free for a
+/// daemon started moments later (the kernel hands out ports in turn).
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").to_string()
+}
+
 /// Path of a workspace binary, built next to the test executable's directory, and built
 /// from the source as it is: a binary older than a source file of the crates it is built
 /// from would test code that is not there any more.
@@ -105,7 +112,12 @@ fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) 
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // Unit tests (`tests.rs`, `tests/`) are not in the binary: changing them relinks
+        // nothing.
+        let unit_tests = path.file_stem().is_some_and(|stem| stem == "tests");
+        if unit_tests {
+            continue;
+        } else if path.is_dir() {
             newest_in(&path, newest);
         } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified())
             && newest.as_ref().is_none_or(|(time, _)| modified > *time)
@@ -158,9 +170,43 @@ impl Drop for Process {
     }
 }
 
+impl Drop for Cluster {
+    /// A failed test shows what its daemons and mounts warned of, before their logs go
+    /// with the temporary directory.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // SHARDFS_KEEP_LOGS=DIR keeps every log of a failed test there.
+        let keep = std::env::var_os("SHARDFS_KEEP_LOGS").map(PathBuf::from);
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            if let Some(keep) = &keep
+                && std::fs::create_dir_all(keep).is_ok()
+            {
+                let _ = std::fs::copy(&path, keep.join(entry.file_name()));
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let warnings: Vec<&str> =
+                text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            if !warnings.is_empty() {
+                eprintln!("--- {} (last warnings) ---", path.display());
+                for line in &warnings[warnings.len().saturating_sub(30)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 /// Starts `command` (stderr to `log`) and waits for its "listening on ADDR" stdout line.
 fn start_daemon(mut command: Command, log: &Path) -> (Process, String) {
-    let log_file = File::create(log).expect("create daemon log");
+    // Appended to: a daemon restarted in a test keeps the log of its earlier runs.
+    let log_file = File::options().create(true).append(true).open(log).expect("open daemon log");
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -174,11 +220,13 @@ fn start_daemon(mut command: Command, log: &Path) -> (Process, String) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let process = Process { child, log: log.to_owned() };
+    let mut process = Process { child, log: log.to_owned() };
     let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
     let Some((_, addr)) = line.trim().split_once(" listening on ") else {
         panic!(
-            "daemon did not announce its address; log:\n{}",
+            "daemon did not announce its address within {READY_TIMEOUT:?} (exit status: {:?}); \
+             log:\n{}",
+            process.child.try_wait(),
             std::fs::read_to_string(log).unwrap_or_default()
         );
     };
@@ -191,11 +239,22 @@ pub struct Chunkd {
     pub id: String,
 }
 
+/// One replica of a metad group (`Cluster::start_group`).
+pub struct MetadReplica {
+    /// `None` while stopped.
+    pub process: Option<Process>,
+    pub addr: String,
+}
+
 /// metad plus chunkds, with their data in one temporary directory.
 pub struct Cluster {
     pub dir: TempDir,
     pub metad: Option<Process>,
+    /// The address of metad, or of its replicas separated by commas: what chunkds, mounts
+    /// and tools are given.
     pub metad_addr: String,
+    /// The replicas, when metad runs as a group of them (then `metad` stays `None`).
+    pub replicas: Vec<MetadReplica>,
     /// `None` while stopped.
     pub chunkds: Vec<Option<Chunkd>>,
     /// Extra arguments for chunkds started from now on.
@@ -225,7 +284,24 @@ impl Cluster {
         Cluster::start_inner(n, k, m, metad_args, true)
     }
 
+    /// [`start`](Self::start) with metad as a group of `replicas` replicas, each its own
+    /// process on its own loopback port.
+    pub fn start_group(replicas: usize, n: usize, k: u8, m: u8) -> Cluster {
+        Cluster::start_inner_with(n, k, m, &[], false, replicas)
+    }
+
     fn start_inner(n: usize, k: u8, m: u8, metad_args: &[&str], tls: bool) -> Cluster {
+        Cluster::start_inner_with(n, k, m, metad_args, tls, 0)
+    }
+
+    fn start_inner_with(
+        n: usize,
+        k: u8,
+        m: u8,
+        metad_args: &[&str],
+        tls: bool,
+        replicas: usize,
+    ) -> Cluster {
         let dir = tempfile::Builder::new().prefix("shardfs-test-").tempdir().expect("tempdir");
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -233,6 +309,9 @@ impl Cluster {
             dir,
             metad: None,
             metad_addr: String::new(),
+            replicas: (0..replicas)
+                .map(|_| MetadReplica { process: None, addr: free_port() })
+                .collect(),
             chunkds: (0..n).map(|_| None).collect(),
             chunkd_args: Vec::new(),
             metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
@@ -265,6 +344,12 @@ impl Cluster {
     }
 
     fn start_metad(&mut self, listen: &str, extra: &[&str]) {
+        if !self.replicas.is_empty() {
+            for i in 0..self.replicas.len() {
+                self.start_replica_with(i, extra);
+            }
+            return;
+        }
         let data = self.metad_dir();
         let mut command = Command::new(binary("shardfs-metad"));
         command
@@ -278,6 +363,64 @@ impl Cluster {
         let (process, addr) = start_daemon(command, &self.dir.path().join("metad.log"));
         self.metad = Some(process);
         self.metad_addr = addr;
+    }
+
+    /// Starts replica `i` of the metad group on its address and data.
+    pub fn start_replica(&mut self, i: usize) {
+        self.start_replica_with(i, &[]);
+    }
+
+    fn start_replica_with(&mut self, i: usize, extra: &[&str]) {
+        let all: Vec<&str> = self.replicas.iter().map(|r| r.addr.as_str()).collect();
+        let (all, addr) = (all.join(","), self.replicas[i].addr.clone());
+        let mut command = Command::new(binary("shardfs-metad"));
+        command
+            .arg("--data")
+            .arg(self.replica_dir(i))
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .args(["--listen", &addr, "--replicas", &all, "--down-after", DOWN_AFTER_SECS])
+            .args(&self.metad_args)
+            .args(extra);
+        let log = self.dir.path().join(format!("metad-{i}.log"));
+        let (process, announced) = start_daemon(command, &log);
+        assert_eq!(announced, addr, "replica {i} listens where the group expects it");
+        self.replicas[i].process = Some(process);
+        self.metad_addr = all;
+    }
+
+    /// Stops replica `i` of the metad group with `signal`.
+    pub fn stop_replica(&mut self, i: usize, signal: nix::sys::signal::Signal) {
+        if let Some(process) = self.replicas[i].process.take() {
+            process.stop(signal);
+        }
+    }
+
+    /// The data directory of replica `i`.
+    pub fn replica_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("metad-{i}"))
+    }
+
+    /// The replica that leads the group now: the one that answers (the others answer that
+    /// they do not lead). Waits for the group to have one.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for (i, replica) in self.replicas.iter().enumerate() {
+                if replica.process.is_none() {
+                    continue;
+                }
+                // A frozen replica answers nothing: asked briefly.
+                let options =
+                    ClientOptions { request_timeout: Duration::from_secs(1), ..self.rpc_options() };
+                let client = MetaClient::new(&replica.addr, options);
+                if self.runtime.block_on(client.volume()).is_ok() {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no replica leads; see {:?}", self.dir.path());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn chunkd_dir(&self, i: usize) -> PathBuf {
@@ -326,10 +469,16 @@ impl Cluster {
         if let Some(metad) = self.metad.take() {
             metad.stop(signal);
         }
+        for i in 0..self.replicas.len() {
+            self.stop_replica(i, signal);
+        }
     }
 
     /// Starts metad again on its address and data.
     pub fn resume_metad(&mut self) {
+        if !self.replicas.is_empty() {
+            return self.start_metad("", &[]);
+        }
         let addr = self.metad_addr.clone();
         self.start_metad(&addr, &[]);
         assert_eq!(self.metad_addr, addr, "metad came back on another address");
@@ -359,9 +508,7 @@ impl Cluster {
         for i in 0..n {
             self.stop_chunkd(i, nix::sys::signal::Signal::SIGTERM);
         }
-        if let Some(metad) = self.metad.take() {
-            metad.stop(nix::sys::signal::Signal::SIGTERM);
-        }
+        self.stop_metad(nix::sys::signal::Signal::SIGTERM);
         self.start_metad("127.0.0.1:0", &[]);
         for i in 0..n {
             self.start_chunkd(i);

@@ -35,7 +35,7 @@ struct Args {
     /// logged at start). Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
-    /// Address of shardfs-metad.
+    /// Address of shardfs-metad, or of its replicas separated by commas.
     #[arg(long, value_name = "ADDR")]
     metad: String,
     /// The cluster secret (the file metad created, mode 0600).

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -10,6 +11,7 @@ use shardfs_chunk_api::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::replication::node::Node;
 use shardfs_metad::sessions::{self, SessionLimits};
 use shardfs_rpc::{DaemonTlsArgs, cli};
 use tokio::net::TcpListener;
@@ -29,9 +31,16 @@ struct Args {
     /// chunkd and client host [default: DATA/cluster.key].
     #[arg(long, env = "SHARDFS_SECRET_FILE", value_name = "FILE")]
     secret_file: Option<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks a free port).
+    /// Address to listen on, e.g. 127.0.0.1:7000 (port 0 picks a free port, unless this is
+    /// one of several replicas).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: String,
+    /// Run as one replica of a group: every replica's address, this one's (as given to
+    /// --listen) among them, the same list on each, e.g. 10.0.0.1:7000,10.0.0.2:7000,
+    /// 10.0.0.3:7000. The group sets itself up once every replica has started with an empty
+    /// data directory; clients, chunkds and tools take the same list.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS")]
+    replicas: Vec<String>,
     #[command(flatten)]
     tls: DaemonTlsArgs,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9700; port 0 picks one,
@@ -88,7 +97,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::fail("shardfs-metad", &e),
     };
-    cli::init_logging("info");
+    // openraft logs each failed call to an unreachable replica, many a second: the group
+    // logs a replica becoming unreachable and reachable again instead (RUST_LOG=openraft=info
+    // shows openraft's own).
+    cli::init_logging("info,openraft=off");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(daemon::MAX_BLOCKING_THREADS)
@@ -131,26 +143,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         tls: args.tls.load()?,
         min_shards: args.min_shards,
+        replicas: args.replicas.iter().map(|a| a.trim().to_string()).collect(),
     };
+    if !config.replicas.is_empty() {
+        return run_replica(config, &args.listen, args.metrics_listen.as_deref()).await;
+    }
     let server = daemon::open(&config)?;
     if let Some(addr) = &args.metrics_listen {
         let metrics = server.clone();
-        let render: shardfs_rpc::metrics::Render =
-            std::sync::Arc::new(move || Box::pin(metrics.clone().render_metrics()));
-        shardfs_rpc::metrics::spawn_endpoint(addr, render)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        serve_metrics(addr, Arc::new(move || Box::pin(metrics.clone().render_metrics()))).await?;
     }
-    let listener = TcpListener::bind(&args.listen)
+    let listener = listen(&args.listen).await?;
+    daemon::run(listener, server, (config.repair, config.gc), shutdown_signal()).await;
+    tracing::info!("metad stopped");
+    Ok(())
+}
+
+async fn run_replica(
+    config: MetadConfig,
+    listen_addr: &str,
+    metrics: Option<&str>,
+) -> anyhow::Result<()> {
+    let node = Node::start(&config, listen_addr).await?;
+    if let Some(addr) = metrics {
+        let node = node.clone();
+        serve_metrics(addr, Arc::new(move || Box::pin(node.clone().render_metrics()))).await?;
+    }
+    let listener = listen(listen_addr).await?;
+    node.run(listener, shutdown_signal()).await?;
+    tracing::info!("metad replica stopped");
+    Ok(())
+}
+
+async fn serve_metrics(addr: &str, render: shardfs_rpc::metrics::Render) -> anyhow::Result<()> {
+    shardfs_rpc::metrics::spawn_endpoint(addr, render)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))
+}
+
+/// Binds `addr` and says where metad listens, on stdout (for scripts) and in the log.
+async fn listen(addr: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
     println!("shardfs-metad listening on {addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "metad serving");
-    daemon::run(listener, server, (config.repair, config.gc), shutdown_signal()).await;
-    tracing::info!("metad stopped");
-    Ok(())
+    Ok(listener)
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {

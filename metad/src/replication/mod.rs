@@ -12,6 +12,7 @@
 //! - [`snapshot_file`]: a snapshot as openraft moves it, a file.
 //! - [`network`]: replicas calling each other over shardfs's transport.
 //! - [`group`]: one replica, started, and its endpoint for the others.
+//! - [`node`]: a replica as a daemon, serving clients while it leads.
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here
 // return what those traits do.
@@ -20,6 +21,7 @@
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod snapshot_file;
 pub mod state_machine;
 #[cfg(test)]

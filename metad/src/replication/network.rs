@@ -4,6 +4,7 @@
 //! that answers them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::Raft;
@@ -18,6 +19,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use shardfs_rpc::sync::Lock as _;
 use shardfs_rpc::{Client, ClientOptions, Service};
+use tracing::{info, warn};
 
 use super::{Group, Replica, ReplicaId};
 
@@ -34,6 +36,9 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest<Group>),
     Vote(VoteRequest<ReplicaId>),
     InstallSnapshot(InstallSnapshotRequest<Group>),
+    /// Whether the replica is new: no log, no vote (`crate::replication::node`, setting up
+    /// a group).
+    Fresh,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +46,7 @@ pub enum Reply {
     AppendEntries(AppendEntriesResponse<ReplicaId>),
     Vote(VoteResponse<ReplicaId>),
     InstallSnapshot(InstallSnapshotResponse<ReplicaId>),
+    Fresh(bool),
 }
 
 /// Why a replica did not answer a call.
@@ -54,6 +60,8 @@ pub enum Refusal {
     Raft(RaftError<ReplicaId>),
     #[error(transparent)]
     Snapshot(RaftError<ReplicaId, InstallSnapshotError>),
+    #[error("the replica stopped: {0}")]
+    Stopped(String),
 }
 
 pub type Answer = Result<Reply, Refusal>;
@@ -71,11 +79,16 @@ pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
         Request::InstallSnapshot(request) => {
             Reply::InstallSnapshot(raft.install_snapshot(request).await.map_err(Refusal::Snapshot)?)
         }
+        Request::Fresh => {
+            let initialized = raft.is_initialized().await;
+            Reply::Fresh(!initialized.map_err(|e| Refusal::Stopped(e.to_string()))?)
+        }
     })
 }
 
-/// Clients of the other replicas, by id and address.
-type Clients = HashMap<(ReplicaId, String), Arc<Client>>;
+/// Clients of the other replicas, by id and address, each with whether its last call
+/// failed (logged only when that flips: openraft retries many times a second).
+type Clients = HashMap<(ReplicaId, String), (Arc<Client>, Arc<AtomicBool>)>;
 
 /// Connections from replica `me` to the others, one per peer, opened when first used.
 pub struct Network {
@@ -96,15 +109,16 @@ impl RaftNetworkFactory<Group> for Network {
     /// Called for every vote and read barrier: hands out the cached client, dials nothing.
     async fn new_client(&mut self, target: ReplicaId, node: &Replica) -> Peer {
         let key = (target, node.addr.clone());
-        let client = self
+        let (client, failing) = self
             .clients
             .locked()
             .entry(key)
             .or_insert_with(|| {
-                Arc::new(Client::new(node.addr.clone(), Service::Replication, self.options))
+                let client = Client::new(node.addr.clone(), Service::Replication, self.options);
+                (Arc::new(client), Arc::default())
             })
             .clone();
-        Peer { me: self.me, target, node: node.clone(), client }
+        Peer { me: self.me, target, node: node.clone(), client, failing }
     }
 }
 
@@ -114,6 +128,7 @@ pub struct Peer {
     target: ReplicaId,
     node: Replica,
     client: Arc<Client>,
+    failing: Arc<AtomicBool>,
 }
 
 type CallError<E = RaftError<ReplicaId>> = RPCError<ReplicaId, Replica, E>;
@@ -130,7 +145,9 @@ impl Peer {
     ) -> Result<Reply, CallError<E>> {
         let timeout = option.hard_ttl();
         let call = Call { to: self.target, request };
-        let answer: Answer = match self.client.call_within(&call, timeout).await {
+        let answered = self.client.call_within(&call, timeout).await;
+        self.note(&answered);
+        let answer: Answer = match answered {
             Ok(answer) => answer,
             Err(shardfs_rpc::Error::Timeout { .. }) => {
                 let timeout = Timeout { action, id: self.me, target: self.target, timeout };
@@ -149,6 +166,20 @@ impl Peer {
             )),
             Err(network) => RPCError::Network(network),
         })
+    }
+}
+
+impl Peer {
+    /// Logs a peer becoming unreachable, and reachable again.
+    fn note<T>(&self, answered: &Result<T, shardfs_rpc::Error>) {
+        let failed = answered.is_err();
+        if self.failing.swap(failed, Ordering::Relaxed) == failed {
+            return;
+        }
+        match answered {
+            Err(e) => warn!(replica = %self.node.addr, "cannot reach a replica: {e}"),
+            Ok(_) => info!(replica = %self.node.addr, "a replica is reachable again"),
+        }
     }
 }
 

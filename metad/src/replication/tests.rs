@@ -50,7 +50,7 @@ mod group {
 
     use crate::replication::group::{self, Endpoint, LogProposer, Timing};
     use crate::replication::{Answers, Group, Proposal, Replica, ReplicaId};
-    use crate::store::{Applied, Change, Mutation, NewInode, Store, VolumeOverrides};
+    use crate::store::{Applied, Change, Mutation, NewInode, Store};
     use shardfs_meta_api::proto::{Cred, FileKind, MetaError, ROOT_INO, Timestamp};
     use shardfs_rpc::sync::blocking;
 
@@ -95,6 +95,16 @@ mod group {
             Members { root: tempfile::tempdir().unwrap(), addrs, running: HashMap::new() }
         }
 
+        /// A group of `ids`, every one started, set up by the first.
+        async fn set_up(ids: &[ReplicaId]) -> Members {
+            let mut group = Members::new(ids).await;
+            for &id in ids {
+                group.start(id).await;
+            }
+            group.initialize(ids[0]).await;
+            group
+        }
+
         fn dir(&self, id: ReplicaId) -> PathBuf {
             self.root.path().join(id.to_string())
         }
@@ -134,6 +144,12 @@ mod group {
                 .map(|(&id, addr)| (id, Replica { addr: addr.clone() }))
                 .collect();
             self.running[&by].raft.initialize(members).await.unwrap();
+            // The group's first entry sets up the volume, as a new leader does.
+            let leader = self.leader().await;
+            let settings = super::settings();
+            let volume = Mutation::Volume { settings, now: Timestamp::now() };
+            let proposal = Proposal { changes: vec![Change::apply(volume)] };
+            self.running[&leader].raft.client_write(proposal).await.unwrap();
         }
 
         /// The leader the running replicas agree on.
@@ -169,7 +185,7 @@ mod group {
                 new,
                 now: Timestamp::now(),
             };
-            let proposal = Proposal { changes: vec![Change::Numbered(create)] };
+            let proposal = Proposal { changes: vec![Change::numbered(create)] };
             let written = self.running[&leader].raft.client_write(proposal).await.unwrap();
             let Answers(outcomes) = written.data;
             assert!(matches!(outcomes[..], [Ok((Applied::Made(_), _))]), "{outcomes:?}");
@@ -190,8 +206,7 @@ mod group {
     }
 
     fn open_store(dir: &Path) -> Store {
-        let settings = super::settings();
-        Store::open(&dir.join("meta.db"), VolumeOverrides::default(), settings).unwrap()
+        Store::open_replica(&dir.join("meta.db"), super::settings()).unwrap()
     }
 
     fn names(store: &Store) -> Vec<String> {
@@ -205,11 +220,7 @@ mod group {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_of_three_replicates_and_outlives_its_leader() {
-        let mut group = Members::new(&[1, 2, 3]).await;
-        for id in [1, 2, 3] {
-            group.start(id).await;
-        }
-        group.initialize(1).await;
+        let mut group = Members::set_up(&[1, 2, 3]).await;
         let first = group.leader().await;
         let index = group.create(first, "before").await;
         group.applied(index).await;
@@ -231,11 +242,7 @@ mod group {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wiped_replica_catches_up_from_a_snapshot() {
-        let mut group = Members::new(&[1, 2, 3]).await;
-        for id in [1, 2, 3] {
-            group.start(id).await;
-        }
-        group.initialize(1).await;
+        let mut group = Members::set_up(&[1, 2, 3]).await;
         let leader = group.leader().await;
         let wiped = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
         group.kill(wiped).await;
@@ -263,11 +270,7 @@ mod group {
     /// reaches every replica; a follower's refuses, naming the leader.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replica_s_store_changes_only_through_the_log() {
-        let mut group = Members::new(&[1, 2, 3]).await;
-        for id in [1, 2, 3] {
-            group.start(id).await;
-        }
-        group.initialize(1).await;
+        let mut group = Members::set_up(&[1, 2, 3]).await;
         let leader = group.leader().await;
         let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
         let file = libc::S_IFREG | 0o644;
@@ -279,9 +282,8 @@ mod group {
         let store = group.running[&follower].store.clone();
         let refused = blocking(move || store.make_node(ROOT_INO, b"refused", file, 0, Cred::ROOT));
         match refused.await.unwrap() {
-            Err(MetaError::Unavailable(why)) => {
-                assert!(why.contains("not the leader"), "{why}");
-                assert!(why.contains(&group.addrs[&leader]), "names the leader: {why}");
+            Err(MetaError::NotLeader(named)) => {
+                assert_eq!(named.as_ref(), Some(&group.addrs[&leader]), "names the leader");
             }
             other => panic!("a follower's store made a change: {other:?}"),
         }
@@ -321,5 +323,44 @@ mod group {
         let refused = stranger.call::<_, Answer>(&call).await;
         assert!(matches!(refused, Err(shardfs_rpc::Error::AuthRefused { .. })), "{refused:?}");
         group.kill(1).await;
+    }
+
+    /// A mount's request retried after its first try was committed (say, on a new leader)
+    /// is applied once and answers as it did first: the create's second try finds its own
+    /// file, not `EEXIST`, and on every replica. Once the session says it has had the
+    /// answer, the recorded outcome is forgotten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_request_is_applied_once() {
+        use shardfs_meta_api::proto::Seq;
+        let mut group = Members::set_up(&[1, 2, 3]).await;
+        let leader = group.leader().await;
+        let store = group.running[&leader].store.clone();
+        let create = move |name: &'static [u8], n: u64, answered_below: u64| {
+            let store = store.clone();
+            let seq = Some(Seq { n, answered_below });
+            blocking(move || {
+                crate::store::numbered(7, seq, || {
+                    store.make_node(ROOT_INO, name, libc::S_IFREG | 0o644, 0, Cred::ROOT)
+                })
+            })
+        };
+        let first = create(b"once", 1, 1).await.unwrap().expect("the first try");
+        let again = create(b"once", 1, 1).await.unwrap().expect("the retry answers the same");
+        assert_eq!(again.attr.ino, first.attr.ino);
+        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
+        group.applied(applied.expect("applied").index).await;
+        for member in group.running.values() {
+            assert_eq!(names(&member.store), ["once"]);
+        }
+        // Request 2 says request 1 was answered: request 1's outcome goes, and the name is a
+        // conflict like any other.
+        create(b"next", 2, 2).await.unwrap().expect("another create");
+        match create(b"once", 1, 2).await.unwrap() {
+            Err(MetaError::Exists) => {}
+            other => panic!("request 1's outcome outlived its answer: {other:?}"),
+        }
+        for id in group.running.keys().copied().collect::<Vec<_>>() {
+            group.kill(id).await;
+        }
     }
 }

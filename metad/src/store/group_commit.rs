@@ -17,6 +17,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use super::mutation::{Mutation, Outcome};
+use super::replies::RequestId;
 use super::{Store, namespace};
 use shardfs_meta_api::proto::{Ino, MetaError};
 use shardfs_rpc::sync::Lock as _;
@@ -26,24 +27,37 @@ const MAX_BATCH: usize = 512;
 
 /// A change waiting for the writer.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Change {
-    Apply(Mutation),
-    /// A mutation that makes an inode (a create, or a rename's whiteout), given as number
-    /// [`UNNUMBERED`]: it is numbered when its batch is made.
-    Numbered(Mutation),
+pub struct Change {
+    pub mutation: Mutation,
+    /// Whether the mutation makes an inode (a create, or a rename's whiteout) given as
+    /// number [`UNNUMBERED`], to be numbered when its batch is made.
+    pub numbered: bool,
+    /// The mount's request it is part of, if the mount numbered it: however often that
+    /// request is retried, the change is applied once (`replies.rs`).
+    pub request: Option<RequestId>,
 }
 
 /// The number of an inode not numbered yet (no inode has it).
 pub const UNNUMBERED: Ino = 0;
 
 impl Change {
+    /// `mutation`, as it is.
+    pub fn apply(mutation: Mutation) -> Change {
+        Change { mutation, numbered: false, request: None }
+    }
+
+    /// `mutation`, with its new inode numbered as its batch is made.
+    pub fn numbered(mutation: Mutation) -> Change {
+        Change { mutation, numbered: true, request: None }
+    }
+
     /// The mutation this change is, with what is decided as its batch is made (`tx` holds
     /// the batch's earlier changes).
     pub fn decide(&self, tx: &Connection) -> Result<Cow<'_, Mutation>, MetaError> {
-        let mut mutation = match self {
-            Change::Apply(mutation) => return Ok(Cow::Borrowed(mutation)),
-            Change::Numbered(mutation) => mutation.clone(),
-        };
+        if !self.numbered {
+            return Ok(Cow::Borrowed(&self.mutation));
+        }
+        let mut mutation = self.mutation.clone();
         match &mut mutation {
             Mutation::Create { ino, .. } | Mutation::Rename { whiteout: Some((ino, _)), .. } => {
                 *ino = namespace::next_ino(tx)?;
@@ -54,8 +68,7 @@ impl Change {
     }
 
     pub fn frees_space(&self) -> bool {
-        let (Change::Apply(mutation) | Change::Numbered(mutation)) = self;
-        mutation.frees_space()
+        self.mutation.frees_space()
     }
 }
 
@@ -108,7 +121,11 @@ impl Store {
     }
 
     /// Applies `change` in a transaction with whatever other changes wait with it.
-    pub(super) fn submit(&self, change: Change) -> Outcome {
+    pub(super) fn submit(&self, mut change: Change) -> Outcome {
+        // Only a replica's clients retry a request elsewhere: a lone metad records nothing.
+        if self.proposer.get().is_some() {
+            change.request = super::replies::next_part();
+        }
         let queue = &self.queue;
         let mut waiting = queue.lock();
         let ticket = waiting.next_ticket;
@@ -133,6 +150,9 @@ impl Store {
                 Some(proposer) => proposer.propose(batch),
                 None => self.with_writer(|writer| writer.commit(&batch)),
             };
+            for (_, effects) in outcomes.iter().flatten() {
+                self.note_deleted(effects);
+            }
             let mut mine = None;
             waiting = queue.lock();
             for (done, outcome) in tickets.into_iter().zip(outcomes) {

@@ -15,6 +15,7 @@ mod open_files;
 mod readers;
 mod registry;
 mod replica;
+mod replies;
 mod reserve;
 mod schema;
 mod xattr;
@@ -33,6 +34,7 @@ pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};
 pub use open_files::{Holder, LINGER};
 pub use registry::ChunkdRecord;
+pub use replies::{RequestId, numbered};
 pub use schema::SCHEMA_VERSION;
 use shardfs_rpc::sync::Lock as _;
 
@@ -71,7 +73,7 @@ pub struct VolumeOverrides {
 }
 
 /// Volume settings fixed or updated at start-up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeSettings {
     pub encoding: Encoding,
     pub chunk_size: u64,
@@ -83,7 +85,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// Set by every write transaction, cleared by `sync`.
     unsynced: AtomicBool,
-    volume: VolumeSettings,
+    /// The volume's settings; on a replica, as the log last set them.
+    volume: Mutex<VolumeSettings>,
     open_files: open_files::OpenFiles,
     /// Room on the database's disk kept for changes that free space.
     reserve: reserve::Reserve,
@@ -108,22 +111,30 @@ impl Store {
         overrides: VolumeOverrides,
         defaults: VolumeSettings,
     ) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        // WAL with synchronous=NORMAL: a commit is in the WAL (in the page cache) when it
-        // returns, so it survives a crash of metad at once, and power loss once the WAL is
-        // synced by `sync`: at a client's fsync, before garbage collection deletes anything,
-        // and within SYNC_INTERVAL by the daemon (see docs/SEMANTICS.md, "Durability").
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "OFF")?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let mut conn = connect(path)?;
         schema::migrate(&mut conn)?;
         let volume = init_volume(&mut conn, overrides, defaults)?;
+        let store = Store::over(path, conn, volume);
+        store.take_up().map_err(StoreError::Reclaim)?;
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) a replica's database at `path`, changing nothing in it
+    /// but its schema: what a replica's database holds comes from the log alone. Until the
+    /// log sets the volume's settings, they are `defaults`.
+    pub fn open_replica(path: &Path, defaults: VolumeSettings) -> Result<Store, StoreError> {
+        let mut conn = connect(path)?;
+        schema::migrate(&mut conn)?;
+        let volume = stored_volume(&conn)?.unwrap_or(defaults);
+        Ok(Store::over(path, conn, volume))
+    }
+
+    fn over(path: &Path, conn: Connection, volume: VolumeSettings) -> Store {
         let store = Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             unsynced: AtomicBool::new(false),
-            volume,
+            volume: Mutex::new(volume),
             open_files: Default::default(),
             reserve: reserve::Reserve::new(path.parent().unwrap_or(Path::new("."))),
             deleted: Mutex::default(),
@@ -132,16 +143,31 @@ impl Store {
             proposer: std::sync::OnceLock::new(),
         };
         store.replenish_reserve();
-        // Files the previous run's mounts had open stay open: their sessions may resume.
-        for (ino, holder, opens) in store.saved_opens().map_err(StoreError::Reclaim)? {
-            store.open_files.restore(ino, holder, opens);
+        store
+    }
+
+    /// Takes up what the database says of files held open, as a restarted metad or a new
+    /// leader must: the files the sessions it records had open stay open, as those
+    /// sessions may resume; the nameless files none of them holds are deleted.
+    pub fn take_up(&self) -> Result<(), MetaError> {
+        self.open_files.clear();
+        self.take_deleted();
+        for (ino, holder, opens) in self.saved_opens()? {
+            self.open_files.restore(ino, holder, opens);
         }
-        // Files unlinked while open by the previous run, that no such session holds.
-        let reclaimed = store.reclaim_orphans().map_err(StoreError::Reclaim)?;
+        let reclaimed = self.reclaim_orphans()?;
         if reclaimed > 0 {
             tracing::info!(reclaimed, "reclaimed files unlinked while open before the restart");
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// Whether the volume has its settings and root directory (a replica's, once the log
+    /// gave them).
+    pub fn is_set_up(&self) -> Result<bool, MetaError> {
+        self.read(|tx| {
+            stored_volume(tx).map(|v| v.is_some()).map_err(|e| MetaError::Store(e.to_string()))
+        })
     }
 
     /// Makes this store a replica's: from now on its changes go to `proposer` (the
@@ -153,15 +179,12 @@ impl Store {
     }
 
     pub fn volume(&self) -> VolumeInfo {
-        VolumeInfo {
-            encoding: self.volume.encoding,
-            chunk_size: self.volume.chunk_size,
-            root: ROOT_INO,
-        }
+        let volume = self.settings();
+        VolumeInfo { encoding: volume.encoding, chunk_size: volume.chunk_size, root: ROOT_INO }
     }
 
     pub fn settings(&self) -> VolumeSettings {
-        self.volume
+        *self.volume.locked()
     }
 
     /// Gives up the room reserved for changes that free space (see `reserve.rs`), for one
@@ -176,12 +199,19 @@ impl Store {
         released
     }
 
-    /// Notes what a committed change did: it awaits a sync, and the inodes it deleted.
+    /// Notes what a committed change did to this replica: it awaits a sync, and it may
+    /// have set the volume's settings.
     fn committed(&self, effects: &mutation::Effects) {
         self.unsynced.store(true, Ordering::Release);
+        if let Some(volume) = effects.volume {
+            *self.volume.locked() = volume;
+        }
+    }
+
+    /// Notes the inodes a change this server made deleted (for [`Store::take_deleted`]).
+    fn note_deleted(&self, effects: &mutation::Effects) {
         if !effects.deleted.is_empty() {
-            let mut deleted = self.deleted.locked();
-            deleted.extend(&effects.deleted);
+            self.deleted.locked().extend(&effects.deleted);
         }
     }
 
@@ -246,31 +276,65 @@ impl Store {
     }
 }
 
+/// The database at `path`, as every store opens it.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // WAL with synchronous=NORMAL: a commit is in the WAL (in the page cache) when it
+    // returns, so it survives a crash of metad at once, and power loss once the WAL is
+    // synced by `sync`: at a client's fsync, before garbage collection deletes anything,
+    // and within SYNC_INTERVAL by the daemon (see docs/SEMANTICS.md, "Durability"). A
+    // replica's changes are durable in its log first (`crate::replication::log_store`).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+/// Sets up the volume of a database opened alone (not a replica's): its settings as
+/// stored, or `defaults` for a new one, each replaced by `overrides`.
 fn init_volume(
     conn: &mut Connection,
     overrides: VolumeOverrides,
     defaults: VolumeSettings,
 ) -> Result<VolumeSettings, StoreError> {
     let tx = conn.transaction()?;
+    let base = stored_volume(&tx)?.unwrap_or(defaults);
+    let volume = overrides.over(base);
+    put_volume(&tx, volume, Timestamp::now()).map_err(StoreError::Reclaim)?;
+    tx.commit()?;
+    Ok(volume)
+}
+
+impl VolumeOverrides {
+    /// `base` with these overrides.
+    pub fn over(self, base: VolumeSettings) -> VolumeSettings {
+        VolumeSettings {
+            encoding: self.encoding.unwrap_or(base.encoding),
+            chunk_size: self.chunk_size.unwrap_or(base.chunk_size),
+        }
+    }
+}
+
+/// The volume's settings, if it has them.
+fn stored_volume(tx: &Connection) -> Result<Option<VolumeSettings>, StoreError> {
     let setting = |key: &str| -> Result<Option<String>, rusqlite::Error> {
         tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
     };
-    let stored = match (setting("k")?, setting("m")?, setting("chunk_size")?) {
-        (Some(k), Some(m), Some(size)) => {
-            let parse = |s: &str| {
-                s.parse::<u64>().map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")))
-            };
-            let encoding = Encoding::new(parse(&k)? as u8, parse(&m)? as u8)
-                .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
-            Some(VolumeSettings { encoding, chunk_size: parse(&size)? })
-        }
-        _ => None,
+    let (Some(k), Some(m), Some(size)) = (setting("k")?, setting("m")?, setting("chunk_size")?)
+    else {
+        return Ok(None);
     };
-    let base = stored.unwrap_or(defaults);
-    let volume = VolumeSettings {
-        encoding: overrides.encoding.unwrap_or(base.encoding),
-        chunk_size: overrides.chunk_size.unwrap_or(base.chunk_size),
-    };
+    let parse =
+        |s: &str| s.parse::<u64>().map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")));
+    let encoding = Encoding::new(parse(&k)? as u8, parse(&m)? as u8)
+        .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
+    Ok(Some(VolumeSettings { encoding, chunk_size: parse(&size)? }))
+}
+
+/// Sets the volume's settings to `volume`, and makes its root directory (at `now`) if it
+/// has none.
+fn put_volume(tx: &Connection, volume: VolumeSettings, now: Timestamp) -> Result<(), MetaError> {
     for (key, value) in [
         ("k", volume.encoding.k as u64),
         ("m", volume.encoding.m as u64),
@@ -280,23 +344,22 @@ fn init_volume(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value.to_string()],
-        )?;
+        )
+        .sql()?;
     }
-    let has_root: bool =
-        tx.query_row("SELECT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)", [ROOT_INO], |r| {
-            r.get(0)
-        })?;
+    let has_root: bool = tx
+        .query_row("SELECT EXISTS (SELECT 1 FROM inodes WHERE ino = ?1)", [ROOT_INO], |r| r.get(0))
+        .sql()?;
     if !has_root {
-        let now = Timestamp::now();
         tx.execute(
             "INSERT INTO inodes (ino, generation, kind, perm, uid, gid, size, allocated, nlink,
                  atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent)
              VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 2, ?5, ?6, ?5, ?6, ?5, ?6, 0, ?1)",
             params![ROOT_INO, GENERATION, kind_code(FileKind::Dir), 0o755, now.sec, now.nsec],
-        )?;
+        )
+        .sql()?;
     }
-    tx.commit()?;
-    Ok(volume)
+    Ok(())
 }
 
 fn kind_code(kind: FileKind) -> i64 {

@@ -190,6 +190,12 @@ pub enum Mutation {
     Repair {
         now: Timestamp,
     },
+    /// Sets the volume's settings, and makes its root directory if it has none (a replica
+    /// group's first entry).
+    Volume {
+        settings: super::VolumeSettings,
+        now: Timestamp,
+    },
 }
 
 impl Mutation {
@@ -265,13 +271,15 @@ pub struct Effects {
     pub removed_dirs: Vec<Ino>,
     /// Inodes deleted.
     pub deleted: Vec<Ino>,
+    /// The volume's settings, if the change set them.
+    pub volume: Option<super::VolumeSettings>,
 }
 
 impl Store {
     /// Applies `mutation`, in one transaction with whatever other changes are waiting for
     /// the writer (`group_commit.rs`).
     pub fn apply(&self, mutation: Mutation) -> Outcome {
-        self.submit(Change::Apply(mutation))
+        self.submit(Change::apply(mutation))
     }
 
     /// Applies `mutations` in one transaction, each in a savepoint of its own: one that
@@ -298,7 +306,7 @@ pub struct Writer<'a> {
 impl Writer<'_> {
     /// See [`Store::apply_batch`].
     pub fn apply_batch(&mut self, mutations: &[Mutation]) -> Vec<Outcome> {
-        let changes: Vec<Change> = mutations.iter().cloned().map(Change::Apply).collect();
+        let changes: Vec<Change> = mutations.iter().cloned().map(Change::apply).collect();
         self.commit(&changes)
     }
 
@@ -347,6 +355,13 @@ impl Writer<'_> {
         // record, the record is committed whatever the change came to.
         let alone = changes.len() == 1 && record.is_empty();
         for change in changes {
+            // A retried request's change that was applied already: its first outcome.
+            if let Some(id) = change.request
+                && let Some(outcome) = super::replies::recorded(&tx, id)?
+            {
+                outcomes.push(outcome);
+                continue;
+            }
             let mut effects = Effects::default();
             let applied = match change.decide(&tx) {
                 Err(e) => Err(e),
@@ -361,7 +376,13 @@ impl Writer<'_> {
                 }
             };
             match applied {
-                Ok(applied) => outcomes.push(Ok((applied, effects))),
+                Ok(applied) => {
+                    let outcome = Ok((applied, effects));
+                    if let Some(id) = change.request {
+                        super::replies::record(&tx, id, &outcome)?;
+                    }
+                    outcomes.push(outcome);
+                }
                 Err(MetaError::MetadataFull) => return Err(MetaError::MetadataFull),
                 Err(e) if alone => return Ok(vec![Err(e)]),
                 Err(e) => outcomes.push(Err(e)),
@@ -467,6 +488,7 @@ fn apply_in(
         }
         M::EndSession { id } => {
             holdings::end_session(tx, *id)?;
+            super::replies::forget_session(tx, *id)?;
             Applied::Done
         }
         M::SaveLocks { ino, locks } => {
@@ -483,6 +505,11 @@ fn apply_in(
             Applied::Done
         }
         M::Repair { now } => Applied::Checked(fsck::check(tx, true, *now, &mut effects.deleted)?),
+        M::Volume { settings, now } => {
+            super::put_volume(tx, *settings, *now)?;
+            effects.volume = Some(*settings);
+            Applied::Done
+        }
     })
 }
 

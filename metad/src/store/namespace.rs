@@ -139,7 +139,7 @@ impl Store {
     /// Makes `new` as `name` in `parent`, with the next inode number.
     fn create(&self, parent: Ino, name: &[u8], new: NewInode) -> Result<Made, MetaError> {
         let (ino, name, now) = (UNNUMBERED, name.to_vec(), Timestamp::now());
-        self.submit(Change::Numbered(Mutation::Create { ino, parent, name, new, now }))?
+        self.submit(Change::numbered(Mutation::Create { ino, parent, name, new, now }))?
             .0
             .into_made()
     }
@@ -198,8 +198,8 @@ impl Store {
         let whiteout =
             matches!(mode, RenameMode::Whiteout { .. }).then(|| (UNNUMBERED, cred.clone()));
         let change = match whiteout {
-            Some(_) => Change::Numbered,
-            None => Change::Apply,
+            Some(_) => Change::numbered,
+            None => Change::apply,
         };
         let change =
             change(Mutation::Rename { parent, name, new_parent, new_name, mode, whiteout, now });

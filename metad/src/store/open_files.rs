@@ -87,6 +87,11 @@ impl OpenFiles {
         true
     }
 
+    /// Forgets every open and lingering file (before taking them up from the database).
+    pub fn clear(&self) {
+        *self.lock() = Table::default();
+    }
+
     /// Puts back `opens` opens of `ino` by `holder`, as the previous run recorded them.
     pub fn restore(&self, ino: Ino, holder: Holder, opens: u64) {
         let table = &mut *self.lock();

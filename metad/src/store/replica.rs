@@ -53,6 +53,11 @@ impl Store {
         let mut conn = self.conn.locked();
         conn.restore(MAIN_DB, from, None::<fn(rusqlite::backup::Progress)>).sql()?;
         self.unsynced.store(true, std::sync::atomic::Ordering::Release);
+        // The image's volume settings are this replica's now.
+        let stored = super::stored_volume(&conn).map_err(|e| MetaError::Store(e.to_string()))?;
+        if let Some(volume) = stored {
+            *self.volume.locked() = volume;
+        }
         Ok(())
     }
 }

@@ -146,6 +146,17 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     ) STRICT;
     "#,
+    // Version 6: the outcomes of mounts' recent changes, by request (`replies.rs`), so that
+    // a request retried after a failover is applied once and answered as it was first.
+    r#"
+    CREATE TABLE replies (
+        session INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        part    INTEGER NOT NULL,
+        outcome BLOB NOT NULL,
+        PRIMARY KEY (session, seq, part)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

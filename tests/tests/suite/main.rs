@@ -24,6 +24,7 @@ mod locks;
 mod metrics;
 mod permissions;
 mod posix;
+mod replication;
 mod sessions;
 mod shell_tools;
 mod status;

@@ -1,0 +1,428 @@
+//! A metad replica as a daemon: its database, log and consensus engine, one listener for
+//! clients, chunkds and the other replicas, and the metad server it runs while it leads.
+//!
+//! Only the leader answers clients and chunkds. It answers as a restarted metad would:
+//! each time a replica becomes the leader it takes up what the replicated database records
+//! (sessions, locks, files held open, the chunkd registry) into a new [`MetadServer`], and
+//! runs the background workers while it leads. Every other replica answers `NotLeader`,
+//! naming the leader it knows, and clients go there (`shardfs_rpc::Replicas`). An answer
+//! is given only once a quorum still follows this leader ([`ReadBarrier`]), so a deposed
+//! leader never answers from a state that a newer one has changed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use openraft::{Raft, ServerState};
+use shardfs_chunk_api::membership::{MembershipError, MembershipResponse};
+use shardfs_rpc::sync::{Lock as _, ReadWrite as _, blocking};
+use shardfs_rpc::{Client, DaemonAuth, Handler, Pusher, Service};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::group::{self, LogProposer, Timing};
+use super::network::{self, Call, Reply, Request};
+use super::{Group, Replica, ReplicaId};
+use crate::daemon::{self, MetadConfig};
+use crate::server::MetadServer;
+use crate::store::{Mutation, Store, VolumeOverrides};
+use shardfs_meta_api::proto::{MetaError, MetaResponse, Timestamp};
+
+/// A replica's id: from its address, so every replica given the same list agrees.
+pub fn replica_id(addr: &str) -> ReplicaId {
+    let hash = blake3::hash(addr.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hash.as_bytes()[..8]);
+    // Ids start at 1 (openraft's `NodeId::default()` is "none").
+    u64::from_le_bytes(id).max(1)
+}
+
+/// How often a new replica asks the others whether they are new too.
+const SET_UP_PAUSE: Duration = Duration::from_millis(500);
+
+pub struct Node {
+    raft: Raft<Group>,
+    me: ReplicaId,
+    addr: String,
+    /// Every replica of the group as first set up, this one included.
+    replicas: BTreeMap<ReplicaId, Replica>,
+    store: Arc<Store>,
+    config: MetadConfig,
+    auth: DaemonAuth,
+    leading: RwLock<Option<Arc<Leading>>>,
+    reads: ReadBarrier,
+    /// The data directory's lock, held while this replica lives (`crate::backup`).
+    _data_lock: std::fs::File,
+}
+
+/// What a replica runs while it leads.
+struct Leading {
+    server: Arc<MetadServer>,
+    /// Client connections opened since this replica took the lead: the only ones whose
+    /// sessions `server` knows. A client on an older one is sent to reconnect.
+    connections: Mutex<HashSet<SocketAddr>>,
+    /// Set when the lead is lost: the background workers stop, and requests still being
+    /// answered (a lock wait) are sent to the new leader.
+    lost: watch::Sender<bool>,
+}
+
+impl Leading {
+    /// Completes once the lead is lost.
+    async fn lost(&self) {
+        let _ = self.lost.subscribe().wait_for(|lost| *lost).await;
+    }
+}
+
+impl Node {
+    /// Opens the replica of `config.replicas` at `addr` over `config.data`.
+    pub async fn start(config: &MetadConfig, addr: &str) -> anyhow::Result<Arc<Node>> {
+        if !config.replicas.iter().any(|a| a == addr) {
+            anyhow::bail!(
+                "--listen {addr} is not one of --replicas {}: give each replica the same list, \
+                 with its own address as written there",
+                config.replicas.join(",")
+            );
+        }
+        let replicas: BTreeMap<ReplicaId, Replica> = (config.replicas.iter())
+            .map(|a| (replica_id(a), Replica { addr: a.clone() }))
+            .collect();
+        if replicas.len() != config.replicas.len() {
+            anyhow::bail!("--replicas names a replica twice: {}", config.replicas.join(","));
+        }
+        let data_lock = daemon::lock_data(config)?;
+        let path = config.data.join(crate::backup::DATABASE);
+        let store = Store::open_replica(&path, daemon::DEFAULTS)
+            .with_context(|| format!("cannot open metadata database {}", path.display()))?;
+        let store = Arc::new(store);
+        let auth = DaemonAuth { key: daemon::load_key(config)?, tls: config.tls };
+        let me = replica_id(addr);
+        let options = auth.client_options();
+        let raft = group::start(me, &config.data, store.clone(), Timing::default(), options)
+            .await
+            .context("cannot start the replicated log")?;
+        let runtime = tokio::runtime::Handle::current();
+        store.replicate_through(Arc::new(LogProposer { raft: raft.clone(), runtime }));
+        Ok(Arc::new(Node {
+            raft,
+            me,
+            addr: addr.to_string(),
+            replicas,
+            store,
+            config: config.clone(),
+            auth,
+            leading: RwLock::new(None),
+            reads: ReadBarrier::default(),
+            _data_lock: data_lock,
+        }))
+    }
+
+    /// Serves on `listener` until `shutdown` completes, setting up the group first if every
+    /// replica is new, and leading whenever elected. Fails if the group cannot be set up
+    /// (a replica refuses this one's cluster secret) or the log stops (its disk failed).
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(());
+        let serving = tokio::spawn(shardfs_rpc::serve(
+            listener,
+            self.clone(),
+            self.auth.server_config(),
+            daemon::until_stopped(stopped),
+        ));
+        let set_up = async {
+            match self.set_up_group().await {
+                Ok(()) => std::future::pending().await,
+                Err(e) => e,
+            }
+        };
+        // The log holds every change durably; the database is synced, on every replica,
+        // for its checkpoints to keep the WAL short.
+        let syncing = async {
+            loop {
+                tokio::time::sleep(daemon::SYNC_INTERVAL).await;
+                daemon::sync(&self.store).await;
+            }
+        };
+        let ran = tokio::select! {
+            _ = shutdown => Ok(()),
+            never = syncing => never,
+            e = set_up => Err(e),
+            e = self.follow_roles() => Err(e),
+        };
+        self.give_up_lead();
+        drop(stop);
+        let _ = serving.await;
+        if let Err(e) = self.raft.shutdown().await {
+            warn!("the replicated log did not stop cleanly: {e}");
+        }
+        daemon::sync(&self.store).await;
+        ran
+    }
+
+    /// Sets up the group if this replica is new and so is every other: a group's log is
+    /// begun once, and never by a replica that lost its data while the others kept theirs
+    /// (it waits for the leader to send it everything instead).
+    async fn set_up_group(&self) -> anyhow::Result<()> {
+        let mut waiting_logged = false;
+        loop {
+            if self.raft.is_initialized().await? {
+                return Ok(());
+            }
+            let mut all_new = true;
+            for (&id, replica) in self.replicas.iter().filter(|(id, _)| **id != self.me) {
+                match self.ask_new(id, &replica.addr).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        info!(
+                            replica = %replica.addr,
+                            "the group is set up already: waiting for its leader to catch this \
+                             replica up"
+                        );
+                        return Ok(());
+                    }
+                    Err(
+                        e @ (shardfs_rpc::Error::AuthRefused { .. }
+                        | shardfs_rpc::Error::AuthServer { .. }),
+                    ) => {
+                        return Err(anyhow::anyhow!(
+                            "replica {} does not share this replica's cluster secret: {e}",
+                            replica.addr
+                        ));
+                    }
+                    Err(e) => {
+                        all_new = false;
+                        if !waiting_logged {
+                            info!(replica = %replica.addr, "waiting for every replica to start: {e}");
+                            waiting_logged = true;
+                        }
+                    }
+                }
+            }
+            if all_new {
+                match self.raft.initialize(self.replicas.clone()).await {
+                    Ok(()) => info!(replicas = self.replicas.len(), "set up the replica group"),
+                    Err(e) => debug!("the group was set up meanwhile: {e}"),
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(SET_UP_PAUSE).await;
+        }
+    }
+
+    /// Whether replica `id` at `addr` is new (no log, no vote).
+    async fn ask_new(&self, id: ReplicaId, addr: &str) -> Result<bool, shardfs_rpc::Error> {
+        let client = Client::new(addr, Service::Replication, self.auth.client_options());
+        let call = Call { to: id, request: Request::Fresh };
+        let answer: network::Answer = client.call_within(&call, SET_UP_PAUSE * 4).await?;
+        match answer {
+            Ok(Reply::Fresh(fresh)) => Ok(fresh),
+            Ok(_) => Err(shardfs_rpc::Error::BadFrame("a reply of the wrong kind".into())),
+            Err(refusal) => Err(shardfs_rpc::Error::BadFrame(refusal.to_string())),
+        }
+    }
+
+    /// Leads while elected: takes up the database into a server when this replica becomes
+    /// the leader, and drops it (stopping its workers) when it stops being one. Returns only
+    /// if the replicated log stops for good (a failure of this replica's disk).
+    async fn follow_roles(&self) -> anyhow::Error {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (elected, running) = {
+                let now = metrics.borrow_and_update();
+                (now.state == ServerState::Leader, now.running_state.clone())
+            };
+            if let Err(fatal) = running {
+                return anyhow::anyhow!("the replicated log stopped: {fatal}");
+            }
+            let leads = self.leading.read_locked().is_some();
+            let mut retry = false;
+            if elected && !leads {
+                match self.take_lead().await {
+                    Ok(leading) => {
+                        info!(addr = %self.addr, "leading the metadata group");
+                        *self.leading.write_locked() = Some(leading);
+                    }
+                    Err(e) => {
+                        warn!("cannot take the lead: {e:#}");
+                        retry = true;
+                    }
+                }
+            } else if !elected && leads {
+                self.give_up_lead();
+                info!(addr = %self.addr, "no longer the leader");
+            }
+            if retry {
+                tokio::time::sleep(SET_UP_PAUSE).await;
+            } else if metrics.changed().await.is_err() {
+                return anyhow::anyhow!("the replicated log stopped");
+            }
+        }
+    }
+
+    /// Becomes the group's server: once every entry of earlier terms is applied, sets the
+    /// volume's settings if the group has none or this replica was given others, takes up
+    /// what the database records, and starts the background workers.
+    async fn take_lead(&self) -> anyhow::Result<Arc<Leading>> {
+        self.raft.ensure_linearizable().await.context("not confirmed as the leader")?;
+        let (store, config, auth) = (self.store.clone(), self.config.clone(), self.auth);
+        let server = blocking(move || -> anyhow::Result<MetadServer> {
+            let overrides =
+                VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
+            let current = store.is_set_up()?.then(|| store.settings());
+            let wanted = overrides.over(current.unwrap_or(daemon::DEFAULTS));
+            if current != Some(wanted) {
+                let now = Timestamp::now();
+                store.apply(Mutation::Volume { settings: wanted, now })?;
+            }
+            store.take_up()?;
+            daemon::server_over(store, &config, auth)
+        })
+        .await??;
+        let server = Arc::new(server);
+        let leading = Arc::new(Leading {
+            server,
+            connections: Mutex::default(),
+            lost: watch::Sender::new(false),
+        });
+        let work = (self.config.repair, self.config.gc);
+        let stop = {
+            let leading = leading.clone();
+            async move { leading.lost().await }
+        };
+        tokio::spawn(daemon::work(leading.server.clone(), work, stop));
+        Ok(leading)
+    }
+
+    /// Stops leading: the workers stop, and requests being answered are refused.
+    fn give_up_lead(&self) {
+        if let Some(leading) = self.leading.write_locked().take() {
+            leading.lost.send_replace(true);
+        }
+    }
+
+    /// The address of the leader as this replica knows it.
+    fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(node.addr.clone())
+    }
+
+    /// The refusal a replica that does not lead answers `service` with.
+    fn refusal(&self, service: Service, leader: Option<String>) -> Vec<u8> {
+        match service {
+            Service::Membership => {
+                let refused: MembershipResponse = Err(MembershipError::NotLeader(leader));
+                shardfs_rpc::encode(&refused)
+            }
+            _ => shardfs_rpc::encode(&MetaResponse::Err(MetaError::NotLeader(leader))),
+        }
+    }
+
+    /// The server, while this replica leads and (for a client) knows `peer`'s connection.
+    fn leading_for(&self, service: Service, peer: SocketAddr) -> Option<Arc<Leading>> {
+        let leading = self.leading.read_locked().clone()?;
+        let known = service != Service::Metad || leading.connections.locked().contains(&peer);
+        known.then_some(leading)
+    }
+
+    /// The text of the metrics endpoint: the leader's server's, on the leader.
+    pub async fn render_metrics(self: Arc<Self>) -> String {
+        let leading = self.leading.read_locked().clone();
+        match leading {
+            Some(leading) => leading.server.clone().render_metrics().await,
+            None => String::new(),
+        }
+    }
+}
+
+impl Handler for Node {
+    fn offers(&self, service: Service) -> bool {
+        matches!(service, Service::Metad | Service::Membership | Service::Replication)
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        service: Service,
+        peer: SocketAddr,
+        body: Bytes,
+    ) -> Result<Vec<u8>, shardfs_rpc::Error> {
+        if service == Service::Replication {
+            let call: Call = shardfs_rpc::decode(&body)?;
+            let answer = network::answer(&self.raft, self.me, call).await;
+            return Ok(shardfs_rpc::encode(&answer));
+        }
+        let Some(leading) = self.leading_for(service, peer) else {
+            // A client whose connection predates this lead reconnects here (and says hello
+            // again, so that its session is known).
+            let leading = self.leading.read_locked().is_some();
+            let leader = if leading { Some(self.addr.clone()) } else { self.leader_addr() };
+            return Ok(self.refusal(service, leader));
+        };
+        if let Err(e) = self.reads.confirm(&self.raft).await {
+            debug!("not answering as the leader: {e}");
+            return Ok(self.refusal(service, self.leader_addr().filter(|a| *a != self.addr)));
+        }
+        tokio::select! {
+            answered = leading.server.clone().handle(service, peer, body) => answered,
+            _ = leading.lost() => Ok(self.refusal(service, self.leader_addr())),
+        }
+    }
+
+    fn connected(&self, service: Service, peer: SocketAddr, pusher: Pusher) {
+        let Some(leading) = self.leading.read_locked().clone() else { return };
+        if service == Service::Metad {
+            leading.connections.locked().insert(peer);
+        }
+        leading.server.connected(service, peer, pusher);
+    }
+
+    fn disconnected(&self, service: Service, peer: SocketAddr) {
+        let Some(leading) = self.leading.read_locked().clone() else { return };
+        if service == Service::Metad && !leading.connections.locked().remove(&peer) {
+            return;
+        }
+        leading.server.disconnected(service, peer);
+    }
+}
+
+/// Confirms that this replica still leads before it answers: a quorum acknowledges it
+/// (openraft's read index), and everything committed is applied. One confirmation begun
+/// after a request arrived covers it, so requests that arrive together share one.
+#[derive(Default)]
+pub struct ReadBarrier {
+    /// Confirmations begun.
+    begun: AtomicU64,
+    /// The number of the last confirmation that succeeded.
+    confirmed: tokio::sync::Mutex<u64>,
+}
+
+impl ReadBarrier {
+    pub async fn confirm(&self, raft: &Raft<Group>) -> Result<(), String> {
+        let arrived = self.begun.load(Ordering::SeqCst);
+        let mut confirmed = self.confirmed.lock().await;
+        if *confirmed > arrived {
+            return Ok(());
+        }
+        let this = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        match raft.ensure_linearizable().await {
+            Ok(_) => {
+                *confirmed = this;
+                Ok(())
+            }
+            Err(e) => {
+                warn!("cannot confirm the lead: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A client of a service that a group of replicas serves, only one of which (the leader)
+//! answers: calls go to the replica last found leading; one that is unreachable, or answers
+//! that it is not the leader, sends the call on to the leader it names or to the next
+//! replica, until one answers or the failover time is up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{debug, info};
+
+use crate::{Client, ClientOptions, Error, Service};
+
+/// How long calls go on trying other replicas: long enough for a group to elect a new
+/// leader after losing one (about 3 s, `metad::replication::group::Timing`) several times.
+pub const FAILOVER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Pause between rounds over every replica, while none answers as leader.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+/// Longest a bounded call waits for one replica of a group before trying the others: a
+/// leader that stopped (frozen, or cut off without its connections closing) answers
+/// nothing, and the group will have elected another by then. A retried request is applied
+/// once (its number in the session, `shardfs_meta_api::proto::Seq`).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Clients of every replica of a group, and which one leads.
+pub struct Replicas {
+    clients: Vec<Client>,
+    /// The index of the replica calls go to first.
+    current: AtomicUsize,
+    failover_within: Duration,
+    request_timeout: Duration,
+    /// Per replica: bumped whenever a call gives up on it, so that the calls still waiting
+    /// there (a blocking lock) give up too and follow to the leader.
+    given_up: Vec<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Replicas {
+    /// A client of `addrs`: one address, or several separated by commas. `configure` sets up
+    /// the client of each (a hello, a push handler).
+    pub fn new(
+        addrs: &str,
+        service: Service,
+        options: ClientOptions,
+        configure: impl Fn(Client) -> Client,
+    ) -> Replicas {
+        let clients: Vec<Client> = split(addrs)
+            .into_iter()
+            .map(|addr| configure(Client::new(addr, service, options)))
+            .collect();
+        Replicas {
+            given_up: clients.iter().map(|_| tokio::sync::watch::Sender::new(0)).collect(),
+            clients,
+            current: AtomicUsize::new(0),
+            failover_within: FAILOVER_WITHIN,
+            request_timeout: options.request_timeout,
+        }
+    }
+
+    /// This client, giving up on a call after trying the replicas for `within`.
+    pub fn failing_over_within(self, within: Duration) -> Replicas {
+        Replicas { failover_within: within, ..self }
+    }
+
+    /// The replicas' addresses, comma-separated, as given.
+    pub fn addrs(&self) -> String {
+        self.clients.iter().map(Client::addr).collect::<Vec<_>>().join(",")
+    }
+
+    /// How long a call waits for one replica's answer, unless told otherwise.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The address calls go to first: the leader's, as far as this client knows.
+    pub fn leader(&self) -> &str {
+        self.clients[self.current.load(Ordering::Relaxed)].addr()
+    }
+
+    /// Sends `request` to the leader, waiting for each replica's answer as long as the
+    /// options' request timeout. `redirect` reads an answer that says "not the leader":
+    /// `Some(leader)` then, with the leader's address if the replica knew it. With one
+    /// replica, its answer or error is the call's, as with a plain [`Client`].
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        redirect: impl Fn(&Resp) -> Option<Option<String>>,
+    ) -> Result<Resp, Error> {
+        self.call_within(request, Some(self.request_timeout), redirect).await
+    }
+
+    /// Like [`call`](Self::call), waiting for each replica's answer at most `timeout`
+    /// (`None`: without bound, for requests that may legitimately wait, as a blocking lock).
+    pub async fn call_within<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        request: &Req,
+        timeout: Option<Duration>,
+        redirect: impl Fn(&Resp) -> Option<Option<String>>,
+    ) -> Result<Resp, Error> {
+        let started = Instant::now();
+        let mut tried = 0;
+        let group = self.clients.len() > 1;
+        let timeout = timeout.map(|t| if group { t.min(ATTEMPT_TIMEOUT) } else { t });
+        loop {
+            let at = self.current.load(Ordering::Relaxed);
+            let client = &self.clients[at];
+            let mut given_up = self.given_up[at].subscribe();
+            let attempt = async {
+                match timeout {
+                    Some(timeout) => client.call_within(request, timeout).await,
+                    None => client.call_without_timeout(request).await,
+                }
+            };
+            let answered = tokio::select! {
+                answered = attempt => answered,
+                _ = given_up.changed() => Err(Error::ConnectionLost { addr: client.addr().to_string() }),
+            };
+            let leader = match answered {
+                Ok(response) => match redirect(&response) {
+                    None => return Ok(response),
+                    Some(leader) if self.clients.len() == 1 => {
+                        return Err(Error::NotLeader { addr: client.addr().to_string(), leader });
+                    }
+                    Some(leader) => leader,
+                },
+                Err(Error::NotLeader { leader, .. }) if group => leader,
+                Err(e) if group && unreachable(&e) => None,
+                Err(e) => return Err(e),
+            };
+            self.given_up[at].send_modify(|n| *n += 1);
+            // A replica that does not lead keeps no session for this client: the next
+            // connection to it says hello again.
+            client.disconnect().await;
+            if started.elapsed() >= self.failover_within {
+                return Err(Error::NotLeader { addr: client.addr().to_string(), leader });
+            }
+            // The leader named may be this replica itself, when the connection predates its
+            // lead: it is called again on a new connection.
+            let next = leader
+                .and_then(|leader| self.clients.iter().position(|c| c.addr() == leader))
+                .unwrap_or((at + 1) % self.clients.len());
+            debug!(from = client.addr(), to = self.clients[next].addr(), "looking for the leader");
+            let _ = self.current.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed);
+            if tried == 0 {
+                info!(from = client.addr(), "the leader moved or is down; failing over");
+            }
+            tried += 1;
+            if tried % self.clients.len() == 0 {
+                tokio::time::sleep(ROUND_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// The addresses in a comma-separated list, without blanks.
+pub fn split(addrs: &str) -> Vec<String> {
+    let list: Vec<String> =
+        addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    if list.is_empty() { vec![addrs.to_string()] } else { list }
+}
+
+/// Whether `e` says the replica could not be reached or did not answer, so another may.
+fn unreachable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Timeout { .. }
+            | Error::Io(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_splits_on_commas_and_one_address_stays_one() {
+        assert_eq!(split("a:1, b:2,,c:3"), ["a:1", "b:2", "c:3"]);
+        assert_eq!(split("a:1"), ["a:1"]);
+    }
+}
