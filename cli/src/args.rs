@@ -202,6 +202,10 @@ pub(crate) enum Commands {
         /// redundancy with one or two of them lost].
         #[arg(long)]
         chunkds: Option<usize>,
+        /// metad replicas: 1 runs metad alone; 3 or 5 run a group of replicas that fails
+        /// over when one (two) is lost.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+        metads: u8,
         /// Data shards per chunk (new volume default 4).
         #[arg(long, requires = "m")]
         k: Option<u8>,

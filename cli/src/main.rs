@@ -180,9 +180,9 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             mount_command(&metad, &mountpoint, log.as_deref(), (&secret, &client), args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Local { mountpoint, data, chunkds, k, m, chunk_size, client } => {
+        Commands::Local { mountpoint, data, chunkds, metads, k, m, chunk_size, client } => {
             let volume = (k, m, chunk_size);
-            local_command(&mountpoint, &data, chunkds, volume, &client)?;
+            local_command(&mountpoint, &data, (chunkds, metads.into()), volume, &client)?;
             Ok(ExitCode::SUCCESS)
         }
     }

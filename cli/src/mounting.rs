@@ -78,7 +78,7 @@ pub(crate) fn leave_record(
 pub(crate) fn local_command(
     mountpoint: &Path,
     data: &Path,
-    chunkds: Option<usize>,
+    (chunkds, metads): (Option<usize>, usize),
     (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
@@ -92,7 +92,8 @@ pub(crate) fn local_command(
     if chunkds < needed {
         bail!("{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons");
     }
-    let settings = LocalSettings::new(data, chunkds, encoding, chunk_size);
+    let settings =
+        LocalSettings { metads, ..LocalSettings::new(data, chunkds, encoding, chunk_size) };
     let runtime = runtime()?;
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime

@@ -335,6 +335,11 @@ impl Node {
         known.then_some(leading)
     }
 
+    /// The key connections to this replica are authenticated with.
+    pub fn key(&self) -> shardfs_rpc::ClusterKey {
+        self.auth.key
+    }
+
     /// The text of the metrics endpoint: the leader's server's, on the leader.
     pub async fn render_metrics(self: Arc<Self>) -> String {
         let leading = self.leading.read_locked().clone();

@@ -46,6 +46,23 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
 
 #[test]
 fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
+    local_cluster_keeps_data(&[]);
+}
+
+/// The same with metad as a group of three replicas (`--metads 3`): they listen where they
+/// did when started again, so the group is the same group.
+#[test]
+fn a_local_group_of_three_metads_serves_and_keeps_data() {
+    let data = local_cluster_keeps_data(&["--metads", "3"]);
+    let replicas = std::fs::read_to_string(data.path().join("data/metad-replicas")).unwrap();
+    assert_eq!(replicas.lines().count(), 3, "{replicas}");
+    for i in 0..3 {
+        assert!(data.path().join(format!("data/metad-{i}/raft-log.db")).exists());
+    }
+}
+
+/// Runs `shardfs local` twice on one data directory; returns the directory.
+fn local_cluster_keeps_data(args: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     let data = dir.path().join("data");
@@ -57,6 +74,7 @@ fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
             .arg(&mnt)
             .arg("--data")
             .arg(&data)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -77,6 +95,8 @@ fn local_cluster_serves_stops_on_sigterm_and_keeps_data() {
         assert!(exit.unwrap().success(), "exit status {exit:?}");
         assert!(!is_mounted(&mnt));
     }
+    drop(_guard);
+    dir
 }
 
 #[test]

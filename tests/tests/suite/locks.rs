@@ -188,9 +188,12 @@ fn locks_and_files_open_after_unlink_outlive_a_metad_restart() {
         std::io::Read::read_to_string(&mut doomed, &mut text).unwrap();
         assert_eq!(text, "still here");
     }
-    // Once A lets go, B gets them.
+    // Once A lets go, B gets them: the fcntl lock at once (it goes at close), the flock once
+    // A's kernel has told its mount of the last close (after close(2) returned).
     drop((on_a, flock_a));
     assert_eq!(fcntl_lock(on_b.as_raw_fd(), libc::F_SETLK, libc::F_WRLCK, 0, 10).0, 0);
-    assert_eq!(unsafe { libc::flock(flock_b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    eventually("A's flock to go with its last close", || unsafe {
+        libc::flock(flock_b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+    });
     drop(doomed);
 }
