@@ -3,10 +3,15 @@
 use serde::Serialize;
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
+use shardfs_metad::replication::network::{Answer, Call, ReplicaState, Reply, Request};
+use shardfs_metad::replication::node::replica_id;
+use shardfs_rpc::{Client, Service};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub metad: String,
+    /// The replicas of a metad group (none for a lone metad).
+    pub replicas: Vec<Replica>,
     pub chunkds: Vec<ChunkdStatus>,
     pub catalogue: CatalogueStats,
     pub workers: WorkerStatus,
@@ -75,10 +80,57 @@ pub fn print_df(df: &Df) {
     );
 }
 
+/// One replica of a metad group, as it reports itself.
+#[derive(Debug, Serialize)]
+pub struct Replica {
+    pub addr: String,
+    /// `None`: it did not answer (`error` says why).
+    pub state: Option<ReplicaState>,
+    /// Log entries it has yet to apply that the leader has.
+    pub lag: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Asks each replica of `meta`'s group for its role and progress.
+async fn replicas(meta: &MetaClient) -> Vec<Replica> {
+    let addrs = meta.replicas();
+    if addrs.len() < 2 {
+        return Vec::new();
+    }
+    let mut replicas = Vec::new();
+    for addr in addrs {
+        let client = Client::new(&addr, Service::Replication, meta.options());
+        let call = Call { to: replica_id(&addr), request: Request::Status };
+        let answer: Result<Answer, _> = client.call_within(&call, REPLICA_TIMEOUT).await;
+        let (state, error) = match answer {
+            Ok(Ok(Reply::Status(state))) => (Some(state), None),
+            Ok(Ok(_)) => (None, Some("a reply of the wrong kind".to_string())),
+            Ok(Err(refusal)) => (None, Some(refusal.to_string())),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        replicas.push(Replica { addr, state, lag: None, error });
+    }
+    let leader_log = (replicas.iter())
+        .filter_map(|r| r.state.as_ref())
+        .find(|s| s.role == "leader")
+        .and_then(|s| s.last_log_index);
+    for replica in &mut replicas {
+        let applied = replica.state.as_ref().map(|s| s.applied_index.unwrap_or(0));
+        replica.lag = leader_log.zip(applied).map(|(log, applied)| log.saturating_sub(applied));
+    }
+    replicas
+}
+
+/// How long a replica has to say how it is.
+const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn fetch(meta: &MetaClient) -> anyhow::Result<Status> {
+    let chunkds = meta.chunkds().await?;
     Ok(Status {
+        // The leader, once a call has found it.
         metad: meta.addr().to_string(),
-        chunkds: meta.chunkds().await?,
+        replicas: replicas(meta).await,
+        chunkds,
         catalogue: meta.catalogue_stats().await?,
         workers: meta.workers().await?,
     })
@@ -90,6 +142,30 @@ fn gib(bytes: u64) -> f64 {
 
 pub fn print(status: &Status) {
     println!("metad {}", status.metad);
+    if !status.replicas.is_empty() {
+        println!(
+            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>12}",
+            "replica", "role", "term", "last log", "applied", "lag", "quorum ack"
+        );
+    }
+    for r in &status.replicas {
+        let Some(s) = &r.state else {
+            println!("{:<22} unreachable: {}", r.addr, r.error.as_deref().unwrap_or("-"));
+            continue;
+        };
+        let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+        let ack = s.millis_since_quorum_ack.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+        println!(
+            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>12}",
+            r.addr,
+            s.role,
+            s.term,
+            index(s.last_log_index),
+            index(s.applied_index),
+            index(r.lag),
+            ack
+        );
+    }
     println!(
         "{:<34} {:<22} {:<8} {:<7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",
         "chunkd",

@@ -203,6 +203,16 @@ impl MetaClient {
         call!(self, VolumeRequest::Sync, "sync", MetaReply::Done => ())
     }
 
+    /// metad's address, or each replica's.
+    pub fn replicas(&self) -> Vec<String> {
+        self.rpc.list()
+    }
+
+    /// The options metad is called with.
+    pub fn options(&self) -> ClientOptions {
+        self.rpc.options()
+    }
+
     /// The address of the replica calls go to first: the leader, as far as this client
     /// knows.
     pub fn addr(&self) -> &str {

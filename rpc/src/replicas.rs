@@ -34,6 +34,7 @@ pub struct Replicas {
     /// Per replica: bumped whenever a call gives up on it, so that the calls still waiting
     /// there (a blocking lock) give up too and follow to the leader.
     given_up: Vec<tokio::sync::watch::Sender<u64>>,
+    options: ClientOptions,
 }
 
 impl Replicas {
@@ -55,6 +56,7 @@ impl Replicas {
             current: AtomicUsize::new(0),
             failover_within: FAILOVER_WITHIN,
             request_timeout: options.request_timeout,
+            options,
         }
     }
 
@@ -63,9 +65,14 @@ impl Replicas {
         Replicas { failover_within: within, ..self }
     }
 
-    /// The replicas' addresses, comma-separated, as given.
-    pub fn addrs(&self) -> String {
-        self.clients.iter().map(Client::addr).collect::<Vec<_>>().join(",")
+    /// Every replica's address, as given.
+    pub fn list(&self) -> Vec<String> {
+        self.clients.iter().map(|c| c.addr().to_string()).collect()
+    }
+
+    /// The options the replicas are called with.
+    pub fn options(&self) -> ClientOptions {
+        self.options
     }
 
     /// How long a call waits for one replica's answer, unless told otherwise.

@@ -39,6 +39,8 @@ pub enum Request {
     /// Whether the replica is new: no log, no vote (`crate::replication::node`, setting up
     /// a group).
     Fresh,
+    /// The replica's role and progress (`shardfs status`).
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +49,21 @@ pub enum Reply {
     Vote(VoteResponse<ReplicaId>),
     InstallSnapshot(InstallSnapshotResponse<ReplicaId>),
     Fresh(bool),
+    Status(ReplicaState),
+}
+
+/// A replica's role and progress, as `shardfs status` shows them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// The leader's address, as this replica knows it.
+    pub leader: Option<String>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
 }
 
 /// Why a replica did not answer a call.
@@ -79,11 +96,36 @@ pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
         Request::InstallSnapshot(request) => {
             Reply::InstallSnapshot(raft.install_snapshot(request).await.map_err(Refusal::Snapshot)?)
         }
+        Request::Status => Reply::Status(state(raft)),
         Request::Fresh => {
             let initialized = raft.is_initialized().await;
             Reply::Fresh(!initialized.map_err(|e| Refusal::Stopped(e.to_string()))?)
         }
     })
+}
+
+/// What replica `raft` reports of itself.
+pub fn state(raft: &Raft<Group>) -> ReplicaState {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let role = match m.state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "stopped",
+    };
+    let leader = m.current_leader.and_then(|id| {
+        m.membership_config.membership().get_node(&id).map(|node| node.addr.clone())
+    });
+    ReplicaState {
+        role: role.to_string(),
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|id| id.index),
+        leader,
+        millis_since_quorum_ack: m.millis_since_quorum_ack,
+    }
 }
 
 /// Clients of the other replicas, by id and address, each with whether its last call

@@ -310,11 +310,7 @@ impl Node {
 
     /// The address of the leader as this replica knows it.
     fn leader_addr(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some(node.addr.clone())
+        network::state(&self.raft).leader
     }
 
     /// The refusal a replica that does not lead answers `service` with.

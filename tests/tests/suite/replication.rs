@@ -168,6 +168,21 @@ fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
     println!("leaders killed in turn: {killed:?}");
     let total: usize = std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap();
     assert_eq!(total, counted, "every increment under the lock counted once");
+    // Every replica is back, one leads, and each has applied all the leader has.
+    shardfs_tests::eventually("status to show three replicas caught up", || {
+        let out =
+            cluster.command("shardfs").args(["status", "--json", &cluster.metad_addr]).output();
+        let Ok(out) = out else { return false };
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let Some(replicas) = status["replicas"].as_array() else { return false };
+        let roles: Vec<&str> =
+            replicas.iter().filter_map(|r| r["state"]["role"].as_str()).collect();
+        let lags: Vec<u64> = replicas.iter().filter_map(|r| r["lag"].as_u64()).collect();
+        replicas.len() == 3
+            && roles.iter().filter(|r| **r == "leader").count() == 1
+            && roles.iter().filter(|r| **r == "follower").count() == 2
+            && lags == [0, 0, 0]
+    });
     drop((a, b));
     // Files unlinked while open go once their mount's session has ended and they lingered.
     shardfs_tests::eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
