@@ -57,6 +57,19 @@ impl Numbers {
     }
 }
 
+/// Marks a numbered request answered however its call ends, a cancelled one included: one
+/// left waiting would hold `answered_below` back, and metad would keep every outcome of the
+/// session from then on.
+struct Waiting<'a>(&'a Numbers, Option<Seq>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.1 {
+            self.0.answered(seq.n);
+        }
+    }
+}
+
 /// What a mount hears from metad besides answers.
 pub trait SessionEvents: Send + Sync {
     /// metad pushed `push`. Called in arrival order on the task reading the connection:
@@ -228,14 +241,11 @@ impl MetaClient {
     /// replica it is tried on.
     async fn send(&self, request: MetaRequest, unbounded: bool) -> Result<MetaReply> {
         let seq = self.session.as_ref().map(|_| self.numbers.take());
+        let _waiting = Waiting(&self.numbers, seq);
         let envelope = Envelope { seq, request };
         let timeout = if unbounded { None } else { Some(self.rpc.request_timeout()) };
-        let response: std::result::Result<MetaResponse, _> =
-            self.rpc.call_within(&envelope, timeout, not_leader).await;
-        if let Some(seq) = seq {
-            self.numbers.answered(seq.n);
-        }
-        Ok(response??)
+        let response: MetaResponse = self.rpc.call_within(&envelope, timeout, not_leader).await?;
+        Ok(response?)
     }
 
     pub async fn volume(&self) -> Result<VolumeInfo> {
