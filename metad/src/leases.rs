@@ -69,8 +69,9 @@ pub struct Table {
     recalling: HashMap<Ino, usize>,
     /// When each session past its lease limit last had leases picked for recall.
     shed_at: HashMap<Holder, Instant>,
-    /// Inodes changes are being made to outside the lock: one change at a time per inode.
-    changing: HashSet<Ino>,
+    /// Inodes changes are being made to outside the lock, with how many: one request's
+    /// change at a time per inode, but a close or reclaim may overlap one.
+    changing: HashMap<Ino, usize>,
     /// Inodes new changes wait on, so a read that kept meeting changes gets through.
     barred: HashMap<Ino, usize>,
     /// Changes made to what leases cover so far.
@@ -198,12 +199,12 @@ impl Table {
 
     /// Whether a change to `inos` may begin now: none of them is being changed or barred.
     pub fn may_change(&self, inos: &[Ino]) -> bool {
-        inos.iter().all(|ino| !self.changing.contains(ino) && !self.barred.contains_key(ino))
+        inos.iter().all(|ino| !self.changing.contains_key(ino) && !self.barred.contains_key(ino))
     }
 
     /// Whether any of `inos` is being changed.
     pub fn is_changing(&self, inos: &[Ino]) -> bool {
-        inos.iter().any(|ino| self.changing.contains(ino))
+        inos.iter().any(|ino| self.changing.contains_key(ino))
     }
 
     /// Bars new changes to `inos` until [`Table::unbar`].
@@ -280,12 +281,16 @@ impl Leases {
         self.pushers.locked()
     }
 
-    /// Begins a change to `inos` (which [`Table::may_change`]), made outside the lock; it
-    /// ends when the returned marks do.
+    /// Begins a change to `inos` (which [`Table::may_change`], for a request's change), made
+    /// outside the lock; it ends when the returned marks do. No lock is held while a change
+    /// is made: on a replica it waits for the group's log, and a lock held meanwhile would
+    /// stall every thread that takes it, the async ones the log needs among them.
     pub fn begin_change<'a>(&'a self, table: &mut Table, mut inos: Vec<Ino>) -> Changing<'a> {
         inos.sort_unstable();
         inos.dedup();
-        table.changing.extend(&inos);
+        for &ino in &inos {
+            *table.changing.entry(ino).or_default() += 1;
+        }
         Changing { leases: self, inos }
     }
 
@@ -503,7 +508,12 @@ impl Drop for Changing<'_> {
 
 fn end_change(table: &mut Table, inos: Vec<Ino>) {
     for ino in &inos {
-        table.changing.remove(ino);
+        if let Some(count) = table.changing.get_mut(ino) {
+            *count -= 1;
+            if *count == 0 {
+                table.changing.remove(ino);
+            }
+        }
     }
     table.changed(inos);
 }

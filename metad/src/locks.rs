@@ -48,6 +48,9 @@ pub struct LockTable {
     released: tokio::sync::Notify,
     /// Where each change is recorded; `None` in tests of the table alone.
     store: Option<std::sync::Arc<Store>>,
+    /// Taken before the table is let go and held while a change is recorded, so records
+    /// are made in the order of the changes without the table locked meanwhile.
+    recording: Mutex<()>,
 }
 
 impl LockTable {
@@ -62,13 +65,19 @@ impl LockTable {
             let owner = Owner { holder: row.holder, id: row.owner };
             table.by_ino.entry(row.ino).or_default().push(Lock { owner, held: row.held });
         }
-        LockTable { table: Mutex::new(table), released: Default::default(), store: Some(store) }
+        LockTable {
+            table: Mutex::new(table),
+            released: Default::default(),
+            store: Some(store),
+            recording: Mutex::default(),
+        }
     }
 
-    /// Records the locks now held on `ino`; called with the table locked, so records are
-    /// made in the order of the changes. A failure (metad's disk full) is logged: the lock
-    /// holds meanwhile, but would not outlive a restart.
-    fn record(&self, table: &Table, ino: Ino) {
+    /// Records the locks now held on `ino`, letting the table go: records are made in the
+    /// order of the changes, but not with the table locked (on a replica a record waits for
+    /// the group's log, and every lock request would wait with it). A failure (metad's disk
+    /// full) is logged: the lock holds meanwhile, but would not outlive a restart.
+    fn record(&self, table: MutexGuard<'_, Table>, ino: Ino) {
         let Some(store) = &self.store else { return };
         let rows: Vec<LockRow> = table
             .by_ino
@@ -77,9 +86,12 @@ impl LockTable {
             .flatten()
             .map(|l| LockRow { ino, holder: l.owner.holder, owner: l.owner.id, held: l.held })
             .collect();
+        let turn = self.recording.locked();
+        drop(table);
         if let Err(e) = store.save_locks(ino, &rows) {
             tracing::warn!(ino, "cannot record locks: {e}");
         }
+        drop(turn);
     }
 
     /// F_GETLK: a lock of another owner that would block this one, if any.
@@ -115,7 +127,7 @@ impl LockTable {
         }
         remove_range(&mut table, ino, owner, held.start, held.end);
         table.by_ino.entry(ino).or_default().push(Lock { owner, held });
-        self.record(&table, ino);
+        self.record(table, ino);
         Ok(())
     }
 
@@ -137,19 +149,14 @@ impl LockTable {
         }
     }
 
-    /// Counts a change that lets locks go, and wakes the requests waiting for one.
-    fn let_go(&self, mut table: MutexGuard<'_, Table>) {
-        table.version += 1;
-        drop(table);
-        self.released.notify_waiters();
-    }
-
     /// F_UNLCK of `[start, end]` by one owner.
     pub fn unlock(&self, ino: Ino, holder: Holder, owner: u64, start: u64, end: u64) {
         let mut table = self.lock();
         if remove_range(&mut table, ino, Owner { holder, id: owner }, start, end) {
-            self.record(&table, ino);
-            self.let_go(table);
+            // A waiting request that takes the lock at once records after this.
+            table.version += 1;
+            self.record(table, ino);
+            self.released.notify_waiters();
         }
     }
 
@@ -166,7 +173,9 @@ impl LockTable {
             locks.retain(|l| l.owner.holder != holder);
             !locks.is_empty()
         });
-        self.let_go(table);
+        table.version += 1;
+        drop(table);
+        self.released.notify_waiters();
     }
 }
 

@@ -152,13 +152,15 @@ impl Members {
 
     /// Removes chunkd `id` from the registry: only one that is down and holds no shard.
     pub fn forget(&self, id: &str) -> Result<(), MetaError> {
-        let mut members = self.lock();
+        // Not locked while the store changes: on a replica that waits for the group's log.
+        let members = self.lock();
         let Some(member) = members.get(id) else {
             return Err(MetaError::Invalid(format!("no chunkd {id} is registered")));
         };
         if self.is_up(member, Instant::now()) {
             return Err(MetaError::Invalid(format!("chunkd {id} is up: stop it first")));
         }
+        drop(members);
         let held = self.store.shards_on(id)?;
         if held > 0 {
             return Err(MetaError::Invalid(format!(
@@ -166,7 +168,7 @@ impl Members {
             )));
         }
         self.store.forget_chunkd(id)?;
-        members.remove(id);
+        self.lock().remove(id);
         Ok(())
     }
 

@@ -146,12 +146,23 @@ impl MetadServer {
     /// metad. Their leases are recalled (settling a recall registers such opens), and they
     /// are looked at again after lingering once more.
     pub fn reclaim_lingered(self: &Arc<Self>) -> Result<(), MetaError> {
-        let table = self.leases.lock();
-        let leased = (self.store)
-            .reclaim_lingered(std::time::Instant::now(), |ino| !table.holders_of(ino).is_empty())?;
+        let now = std::time::Instant::now();
+        let lingered = self.store.lingered(now);
+        if lingered.is_empty() {
+            return Ok(());
+        }
+        // Marked as changing while the lease table is locked, as a close does: no lease is
+        // granted on a file between the check and its deletion.
+        let mut table = self.leases.lock();
+        let (leased, free): (Vec<Ino>, Vec<Ino>) =
+            lingered.into_iter().partition(|&ino| !table.holders_of(ino).is_empty());
         let conflicts: Vec<Conflict> =
-            leased.into_iter().flat_map(|ino| table.holders_of(ino)).collect();
+            leased.iter().flat_map(|&ino| table.holders_of(ino)).collect();
+        let changing = self.leases.begin_change(&mut table, free.clone());
         drop(table);
+        self.store.linger_on(&leased, now);
+        self.store.reclaim_unless_open(free)?;
+        drop(changing);
         // One batch of recalls at a time: the files wait for it, lingering.
         if conflicts.is_empty() || self.recalling_lingered.swap(true, Ordering::SeqCst) {
             return Ok(());

@@ -47,6 +47,9 @@ pub enum Error {
     /// A replica that is not its group's leader; it names the leader if it knows one.
     #[error("{addr} is not the leader{}", leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
     NotLeader { addr: String, leader: Option<String> },
+    /// No replica of a group answered as its leader within the failover time.
+    #[error("no replica of {replicas} answered as the leader within {}s (last: {last})", within.as_secs())]
+    NoLeader { replicas: String, within: std::time::Duration, last: String },
     #[error("cannot decode message: {0}")]
     Decode(postcard::Error),
     #[error("i/o error: {0}")]

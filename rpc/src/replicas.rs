@@ -123,24 +123,28 @@ impl Replicas {
                 answered = attempt => answered,
                 _ = given_up.changed() => Err(Error::ConnectionLost { addr: client.addr().to_string() }),
             };
-            let leader = match answered {
+            let failed = match answered {
                 Ok(response) => match redirect(&response) {
                     None => return Ok(response),
-                    Some(leader) if self.clients.len() == 1 => {
-                        return Err(Error::NotLeader { addr: client.addr().to_string(), leader });
-                    }
-                    Some(leader) => leader,
+                    Some(leader) => Error::NotLeader { addr: client.addr().to_string(), leader },
                 },
-                Err(Error::NotLeader { leader, .. }) if group => leader,
-                Err(e) if group && unreachable(&e) => None,
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let leader = match &failed {
+                Error::NotLeader { leader, .. } if group => leader.clone(),
+                e if group && unreachable(e) => None,
+                _ => return Err(failed),
             };
             self.given_up[at].send_modify(|n| *n += 1);
             // A replica that does not lead keeps no session for this client: the next
             // connection to it says hello again.
             client.disconnect().await;
             if started.elapsed() >= self.failover_within {
-                return Err(Error::NotLeader { addr: client.addr().to_string(), leader });
+                return Err(Error::NoLeader {
+                    replicas: self.list().join(","),
+                    within: self.failover_within,
+                    last: failed.to_string(),
+                });
             }
             // The leader named may be this replica itself, when the connection predates its
             // lead: it is called again on a new connection.

@@ -10,6 +10,10 @@
 //!   task does nothing else meanwhile may run it on its own thread with
 //!   [`blocking_in_place`] instead (two thread wake-ups less per request, measured in
 //!   `docs/performance.md`).
+//! - **No lock is held while waiting for something slow.** A metad replica's change waits
+//!   for the group's log, whose tasks run on the async threads; a lock held across it, which
+//!   an async thread then blocks on, stalls the log itself (`docs/architecture.md`,
+//!   Replication). Mark what is being changed, let the lock go, then change.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -248,7 +248,6 @@ pub struct MetadReplica {
 
 /// metad plus chunkds, with their data in one temporary directory.
 pub struct Cluster {
-    pub dir: TempDir,
     pub metad: Option<Process>,
     /// The address of metad, or of its replicas separated by commas: what chunkds, mounts
     /// and tools are given.
@@ -264,6 +263,9 @@ pub struct Cluster {
     /// The CA of a cluster run with TLS, and the client side loaded from it.
     tls: Option<(PathBuf, &'static TlsClient)>,
     runtime: tokio::runtime::Runtime,
+    /// Last, because fields drop in order: the daemons stop before their directory goes
+    /// (a daemon still writing into it left it half removed).
+    pub dir: TempDir,
 }
 
 impl Cluster {

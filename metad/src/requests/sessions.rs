@@ -82,10 +82,14 @@ fn reply(
             MetaReply::Attr(store.open_file(ino, holder, sessions.limits().open_files)?)
         }
         SessionRequest::ReleaseFile { ino } => {
-            // The lease table is locked first, as for every request it covers: no lease
-            // is granted on the file between the check and its deletion.
-            let table = leases.lock();
-            store.release_file(ino, holder, !table.holders_of(ino).is_empty())?;
+            // The file is marked as changing while the lease table is locked: no lease is
+            // granted on it between the check and its deletion.
+            let mut table = leases.lock();
+            let leased = !table.holders_of(ino).is_empty();
+            let changing = leases.begin_change(&mut table, vec![ino]);
+            drop(table);
+            store.release_file(ino, holder, leased)?;
+            drop(changing);
             MetaReply::Done
         }
         SessionRequest::WriteLease { ino } => {

@@ -283,7 +283,7 @@ impl Store {
     /// Records one close of `ino` by `holder`, deleting the file if that was the last
     /// reference to an unlinked file. A file some session holds a lease on (`leased`) is
     /// not deleted yet but lingers: under the lease a mount may have opened it again without
-    /// telling metad (see [`Store::reclaim_lingered`]).
+    /// telling metad (see [`Store::lingered`]).
     pub fn release_file(&self, ino: Ino, holder: Holder, leased: bool) -> Result<(), MetaError> {
         let still_open = self.open_files.remove(ino, holder);
         if let Err(e) = self.apply(Mutation::Close { ino, holder }) {
@@ -310,27 +310,24 @@ impl Store {
         self.end_session(holder)
     }
 
-    /// Deletes the nameless inodes that have lingered long enough by `now`, unless opened
-    /// meanwhile or `leased`: a mount holding a lease may have opened the file without
-    /// telling metad, and tells when its lease is recalled. Those linger on; returns them,
-    /// for the caller to recall their leases.
-    pub fn reclaim_lingered(
-        &self,
-        now: std::time::Instant,
-        leased: impl Fn(Ino) -> bool,
-    ) -> Result<Vec<Ino>, MetaError> {
-        let (held, free): (Vec<Ino>, Vec<Ino>) =
-            self.open_files.lingered(now).into_iter().partition(|&ino| leased(ino));
-        for &ino in &held {
+    /// Stops keeping the nameless inodes that have lingered long enough by `now`, and
+    /// returns them: the caller deletes them ([`Store::reclaim_unless_open`]), or keeps those
+    /// a mount holds a lease on lingering ([`Store::linger_on`]): under its lease it may have
+    /// opened the file without telling metad, and tells when the lease is recalled.
+    pub fn lingered(&self, now: std::time::Instant) -> Vec<Ino> {
+        self.open_files.lingered(now)
+    }
+
+    /// Keeps `inos` lingering for another while from `now`.
+    pub fn linger_on(&self, inos: &[Ino], now: std::time::Instant) {
+        for &ino in inos {
             self.open_files.linger(ino, now);
         }
-        self.reclaim_unless_open(free)?;
-        Ok(held)
     }
 
     /// Deletes those of `inos` that have no name left and nobody has open: the change
     /// itself checks both against the database. Returns how many it deleted.
-    fn reclaim_unless_open(&self, inos: Vec<Ino>) -> Result<usize, MetaError> {
+    pub fn reclaim_unless_open(&self, inos: Vec<Ino>) -> Result<usize, MetaError> {
         let inos: Vec<Ino> =
             inos.into_iter().filter(|&ino| !self.open_files.is_open(ino)).collect();
         if inos.is_empty() {

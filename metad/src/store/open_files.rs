@@ -13,7 +13,7 @@
 //! say) and be about to open what it found. On a local disk that open succeeds with the
 //! old file, because the path walk already holds it; here it finds the inode still there.
 //! So does a nameless file at its last close, or when the session that had it open ends,
-//! while some session holds a lease on it (see [`Store::reclaim_lingered`](super::Store::reclaim_lingered)).
+//! while some session holds a lease on it (see [`Store::lingered`](super::Store::lingered)).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -33,7 +33,8 @@ fn file(store: &Store, parent: Ino, name: &str) -> Attr {
 
 /// Lets the files that lost their last name finish lingering, and go.
 fn linger_over(store: &Store) {
-    store.reclaim_lingered(std::time::Instant::now() + LINGER, |_| false).unwrap();
+    let lingered = store.lingered(std::time::Instant::now() + LINGER);
+    store.reclaim_unless_open(lingered).unwrap();
 }
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {

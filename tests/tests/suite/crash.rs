@@ -49,7 +49,9 @@ fn client_killed_mid_write_leaves_only_orphans_that_the_sweep_removes() {
     }
 }
 
-/// A size-limited tmpfs, unmounted on drop (after the cluster using it is gone).
+/// A size-limited tmpfs inside a cluster's directory, unmounted (lazily: its daemon may
+/// still run) on drop, which must come before the cluster's: a directory with a mount in it
+/// cannot be removed, and the cluster's would be left behind half removed.
 struct SmallDisk(std::path::PathBuf);
 
 impl Drop for SmallDisk {
@@ -60,8 +62,8 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_chunkd_gives_enospc_and_keeps_what_it_has() {
-    let mut disk = None;
     let mut cluster = Cluster::start(3, 2, 1);
+    let mut disk = None;
     // Chunkd 2 moves onto a 96 MiB disk (empty, so it comes back as a new chunkd).
     cluster.stop_chunkd(2, Signal::SIGTERM);
     let dir = cluster.chunkd_dir(2);
@@ -99,14 +101,13 @@ fn a_full_chunkd_gives_enospc_and_keeps_what_it_has() {
         assert_eq!(std::fs::read(mount.join(&format!("f{i}"))).unwrap(), block(i), "f{i}");
     }
     drop(mount);
-    drop(cluster);
     drop(disk);
 }
 
 #[test]
 fn a_full_metad_disk_refuses_what_needs_room_and_still_deletes_and_reads() {
-    let mut disk = None;
     let mut cluster = Cluster::start(3, 2, 1);
+    let mut disk = None;
     let mount = cluster.mount();
     std::fs::write(mount.join("kept"), b"kept").unwrap();
     // metad's database moves onto a 16 MiB disk of its own.
@@ -143,7 +144,6 @@ fn a_full_metad_disk_refuses_what_needs_room_and_still_deletes_and_reads() {
     std::fs::remove_file(dir.join("filler")).unwrap();
     eventually("metad to take changes again", || std::fs::write(mount.join("new"), b"x").is_ok());
     drop(mount);
-    drop(cluster);
     drop(disk);
 }
 

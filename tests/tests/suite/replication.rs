@@ -116,11 +116,7 @@ fn check(mount: &Mount, dir: &str, done: &Done) {
     assert_eq!(lines, expected, "each acknowledged append once, in order");
 }
 
-// Out of CI until fixed: about one run in three under the whole suite's load, the workload
-// stalls for over 20 s after a leader is killed (issue 20's closing note). Run it with
-// `cargo test -p shardfs-tests --test suite replication -- --ignored`.
 #[test]
-#[ignore = "known stall after a failover under load; see issue 20"]
 fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
     let mut cluster = Cluster::start_group(3, 6, 4, 2);
     let (a, b) = (cluster.mount(), cluster.mount());
