@@ -8,7 +8,9 @@
 //! - a shard is an orphan only if the catalogue, asked about that very shard, does not place
 //!   it there; any error while listing or asking ends the sweep without deleting;
 //! - an orphan is deleted only when a sweep finds it again at least a grace period after it
-//!   was first seen, so nothing is deleted in the first grace period after a metad restart.
+//!   was first seen, so nothing is deleted in the first grace period after a metad restart
+//!   (or after a replica takes the lead), and only after the catalogue was confirmed
+//!   current right before (`Store::confirm_current`: on a replica, that it still leads).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -205,12 +207,15 @@ async fn sweep(
         if now.duration_since(first_seen) < grace {
             continue;
         }
-        // Ask once more, right before deleting, of a catalogue made durable first: what it
-        // says then holds after power loss too.
+        // Ask once more, right before deleting, of a catalogue confirmed current and
+        // durable first: what it says then holds after power loss too, and on a replica it
+        // is not the word of a deposed leader. Until a quorum's leader lease from the
+        // confirmation runs out (0.9 s) no other replica can be elected and commit a use of
+        // the shard; the delete goes out at once.
         let still_orphan = {
             let (store, chunkd) = (store.clone(), chunkd.to_string());
             blocking(move || {
-                store.sync()?;
+                store.confirm_current()?;
                 store.placed_on(&chunkd, &[shard])
             })
             .await

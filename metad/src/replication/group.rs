@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::error::{ForwardToLeader, RaftError};
+use openraft::{Config, Raft, SnapshotPolicy, TryAsRef};
 use shardfs_rpc::{ClientOptions, Handler, Service};
 
 use super::log_store::LogStore;
@@ -104,14 +105,24 @@ impl Proposer for LogProposer {
                 "a log entry of {count} changes came to {} outcomes",
                 written.data.0.len()
             )),
-            Err(e) => match e.forward_to_leader::<Replica>() {
-                Some(forward) => {
-                    MetaError::NotLeader(forward.leader_node.as_ref().map(|n| n.addr.clone()))
-                }
-                None => MetaError::Unavailable(format!("the replicated log refused: {e}")),
-            },
+            Err(e) => refusal(e),
         };
         (0..count).map(|_| Err(refused.clone())).collect()
+    }
+
+    fn confirm_lead(&self) -> Result<(), MetaError> {
+        self.runtime.block_on(self.raft.ensure_linearizable()).map(drop).map_err(refusal)
+    }
+}
+
+/// What a replica that cannot propose or confirm answers: the leader, if it knows one.
+fn refusal<E>(e: RaftError<ReplicaId, E>) -> MetaError
+where
+    E: std::error::Error + TryAsRef<ForwardToLeader<ReplicaId, Replica>>,
+{
+    match e.forward_to_leader::<Replica>() {
+        Some(forward) => MetaError::NotLeader(forward.leader_node.as_ref().map(|n| n.addr.clone())),
+        None => MetaError::Unavailable(format!("the replicated log refused: {e}")),
     }
 }
 

@@ -295,6 +295,33 @@ mod group {
         }
     }
 
+    /// Leader-only work asks whether its store is current before acting on an absence
+    /// (GC before deleting a shard): the leader's is; a follower's is not, naming the leader;
+    /// nor is the leader's once it has lost the others, and it says so rather than wait on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_leader_with_a_quorum_is_current() {
+        let mut group = Members::set_up(&[1, 2, 3]).await;
+        let leader = group.leader().await;
+        let current = |store: Arc<Store>| blocking(move || store.confirm_current());
+        let store = |id: ReplicaId| group.running[&id].store.clone();
+        let leading = store(leader);
+        current(leading.clone()).await.unwrap().expect("the leader's store is current");
+        let followers: Vec<ReplicaId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+        match current(store(followers[0])).await.unwrap() {
+            Err(MetaError::NotLeader(named)) => {
+                assert_eq!(named.as_ref(), Some(&group.addrs[&leader]), "names the leader");
+            }
+            other => panic!("a follower's store counted as current: {other:?}"),
+        }
+        for &id in &followers {
+            group.kill(id).await;
+        }
+        let alone = tokio::time::timeout(WAIT, current(leading)).await;
+        let alone = alone.expect("an answer, not a wait").unwrap();
+        assert!(alone.is_err(), "a leader without a quorum counted as current");
+        group.kill(leader).await;
+    }
+
     /// A call meant for another replica (the group's addresses are wrong) is refused and
     /// changes nothing; one from a peer without the cluster secret does not get through.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

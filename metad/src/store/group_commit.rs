@@ -76,6 +76,9 @@ impl Change {
 /// entries every replica applies (`crate::replication`). Answers one outcome per change.
 pub trait Proposer: Send + Sync {
     fn propose(&self, changes: Vec<Change>) -> Vec<Outcome>;
+    /// Confirms that this replica still leads and has applied everything the group
+    /// committed, so what its store says now is the volume's current state.
+    fn confirm_lead(&self) -> Result<(), MetaError>;
 }
 
 /// Changes waiting for the writer, and the outcomes of those applied.

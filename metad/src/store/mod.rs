@@ -246,6 +246,18 @@ impl Store {
         synced.sql()
     }
 
+    /// Makes sure that what this store says is the volume's current state, durable: on a
+    /// replica, that it still leads and has applied everything the group committed (whose
+    /// log a majority has on disk); alone, a [`sync`](Self::sync). What a leader-only worker
+    /// must know before it acts on an absence, as GC before it deletes a shard: a deposed
+    /// leader's store may lack what its successor committed.
+    pub fn confirm_current(&self) -> Result<(), MetaError> {
+        match self.proposer.get() {
+            Some(proposer) => proposer.confirm_lead(),
+            None => self.sync(),
+        }
+    }
+
     /// Holds the writer, as a long change would.
     #[cfg(test)]
     pub(crate) fn hold_writer(&self) -> std::sync::MutexGuard<'_, Connection> {
