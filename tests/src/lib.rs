@@ -165,6 +165,9 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if !self.exited() {
+            // A process a failed test left frozen must be thawed to handle SIGTERM.
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
             self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
         }
     }
@@ -389,6 +392,14 @@ impl Cluster {
         assert_eq!(announced, addr, "replica {i} listens where the group expects it");
         self.replicas[i].process = Some(process);
         self.metad_addr = all;
+    }
+
+    /// Sends `signal` to replica `i` of the metad group, which stays counted as running
+    /// (SIGSTOP freezes it, SIGCONT thaws it).
+    pub fn signal_replica(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let process = self.replicas[i].process.as_ref().expect("replica running");
+        let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the replica");
     }
 
     /// Stops replica `i` of the metad group with `signal`.

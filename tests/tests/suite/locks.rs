@@ -159,7 +159,23 @@ fn ofd_locks_belong_to_the_open_file_and_go_with_its_last_close() {
 
 #[test]
 fn locks_and_files_open_after_unlink_outlive_a_metad_restart() {
-    let mut cluster = Cluster::start(3, 2, 1);
+    outlive(Cluster::start(3, 2, 1), |cluster, signal| cluster.restart_metad(signal));
+}
+
+/// The same across a change of leader in a group of three metad replicas: the leader is
+/// stopped, another takes over, and the old one comes back as a follower.
+#[test]
+fn locks_and_files_open_after_unlink_outlive_a_change_of_leader() {
+    outlive(Cluster::start_group(3, 3, 2, 1), |cluster, signal| {
+        let leader = cluster.leader();
+        cluster.stop_replica(leader, signal);
+        cluster.start_replica(leader);
+    });
+}
+
+/// Locks taken and a file unlinked while open on mount A hold through `metad_goes`, which
+/// stops metad with the signal it is given (SIGTERM, then SIGKILL) and brings it back.
+fn outlive(mut cluster: Cluster, metad_goes: impl Fn(&mut Cluster, nix::sys::signal::Signal)) {
     let (a, b) = (cluster.mount(), cluster.mount());
     for name in ["locked", "flocked"] {
         std::fs::write(a.join(name), b"0123456789").unwrap();
@@ -175,7 +191,7 @@ fn locks_and_files_open_after_unlink_outlive_a_metad_restart() {
     let mut doomed = std::fs::File::open(a.join("doomed")).unwrap();
     std::fs::remove_file(b.join("doomed")).unwrap();
     for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
-        cluster.restart_metad(signal);
+        metad_goes(&mut cluster, signal);
         // A's locks hold: B is refused, once its mount is back in touch with metad.
         let refused = |what: &str, errno: i32| assert_eq!(errno, libc::EAGAIN, "{what}");
         eventually("B to be served again", || std::fs::metadata(b.join("locked")).is_ok());

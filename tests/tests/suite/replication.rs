@@ -169,21 +169,75 @@ fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
     let total: usize = std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap();
     assert_eq!(total, counted, "every increment under the lock counted once");
     // Every replica is back, one leads, and each has applied all the leader has.
-    shardfs_tests::eventually("status to show three replicas caught up", || {
-        let out =
-            cluster.command("shardfs").args(["status", "--json", &cluster.metad_addr]).output();
-        let Ok(out) = out else { return false };
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let Some(replicas) = status["replicas"].as_array() else { return false };
-        let roles: Vec<&str> =
-            replicas.iter().filter_map(|r| r["state"]["role"].as_str()).collect();
-        let lags: Vec<u64> = replicas.iter().filter_map(|r| r["lag"].as_u64()).collect();
-        replicas.len() == 3
-            && roles.iter().filter(|r| **r == "leader").count() == 1
-            && roles.iter().filter(|r| **r == "follower").count() == 2
-            && lags == [0, 0, 0]
-    });
+    shardfs_tests::eventually("status to show three replicas caught up", || caught_up(&cluster));
     drop((a, b));
     // Files unlinked while open go once their mount's session has ended and they lingered.
     shardfs_tests::eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// Whether `shardfs status` shows the group's three replicas, one leading, two following,
+/// each having applied all the leader has.
+fn caught_up(cluster: &Cluster) -> bool {
+    let out = cluster.command("shardfs").args(["status", "--json", &cluster.metad_addr]).output();
+    let Ok(out) = out else { return false };
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Some(replicas) = status["replicas"].as_array() else { return false };
+    let roles: Vec<&str> = replicas.iter().filter_map(|r| r["state"]["role"].as_str()).collect();
+    let lags: Vec<u64> = replicas.iter().filter_map(|r| r["lag"].as_u64()).collect();
+    replicas.len() == 3
+        && roles.iter().filter(|r| **r == "leader").count() == 1
+        && roles.iter().filter(|r| **r == "follower").count() == 2
+        && lags == [0, 0, 0]
+}
+
+/// A leader frozen with SIGSTOP (as a host that hangs, or one cut off) is replaced, and the
+/// mount goes on through the new one. When the old leader thaws it answers nothing from its
+/// old state: a client that still talks to it alone, with a read of what changed meanwhile
+/// and a change both waiting there, gets "not the leader" or an error, never a stale
+/// answer or a success, and the change is not made. Then it rejoins as a follower.
+#[test]
+fn a_frozen_leader_is_replaced_and_answers_nothing_stale_when_it_thaws() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    use shardfs_meta_api::client::{MetaClient, MetaClientError};
+    use shardfs_meta_api::proto::{Cred, MetaError, ROOT_INO};
+
+    // "Not the leader", however it comes: never an answer from the old state.
+    fn refused<T>(answer: &Result<T, MetaClientError>) -> bool {
+        matches!(
+            answer,
+            Err(MetaClientError::Rpc(shardfs_rpc::Error::NotLeader { .. })
+                | MetaClientError::Meta(MetaError::NotLeader(_) | MetaError::Unavailable(_)))
+        )
+    }
+
+    let cluster = Cluster::start_group(3, 6, 4, 2);
+    let mount = cluster.mount();
+    std::fs::write(mount.join("before"), "before").unwrap();
+    let old = cluster.leader();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Connected to the old leader alone while it still leads.
+    let client = Arc::new(MetaClient::new(&cluster.replicas[old].addr, cluster.rpc_options()));
+    let before = runtime.block_on(client.lookup(ROOT_INO, b"before", &Cred::ROOT));
+    before.expect("the leader answers");
+    cluster.signal_replica(old, SIGSTOP);
+    let asked = runtime.spawn({
+        let client = client.clone();
+        async move { client.lookup(ROOT_INO, b"during", &Cred::ROOT).await }
+    });
+    let made = runtime.spawn({
+        let client = client.clone();
+        async move { client.make_dir(ROOT_INO, b"stale", 0o755, Cred::ROOT).await }
+    });
+    let new = cluster.leader();
+    assert_ne!(new, old, "a frozen replica still leads");
+    std::fs::write(mount.join("during"), "during").unwrap();
+    cluster.signal_replica(old, SIGCONT);
+    let asked = runtime.block_on(asked).unwrap();
+    assert!(refused(&asked), "the thawed leader answered a read from its old state: {asked:?}");
+    let made = runtime.block_on(made).unwrap();
+    assert!(refused(&made), "the thawed leader answered a change: {made:?}");
+    assert!(!mount.join("stale").exists(), "a change sent to the deposed leader was made");
+    assert_eq!(std::fs::read_to_string(mount.join("during")).unwrap(), "during");
+    shardfs_tests::eventually("the thawed replica to follow, caught up", || caught_up(&cluster));
+    assert_eq!(cluster.leader(), new, "the thawed replica took the lead back");
 }
