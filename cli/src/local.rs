@@ -13,6 +13,7 @@ use shardfs_meta_api::MetaClient;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::Node;
 use shardfs_metad::sessions::SessionLimits;
 use shardfs_rpc::{ClientOptions, ClusterKey};
@@ -63,6 +64,7 @@ impl LocalSettings {
             tls: None,
             min_shards: None,
             replicas: Vec::new(),
+            snapshot_every: Timing::default().snapshot_every,
         };
         LocalSettings { chunkds, metad, metads: 1 }
     }

@@ -144,8 +144,8 @@ pub fn print(status: &Status) {
     println!("metad {}", status.metad);
     if !status.replicas.is_empty() {
         println!(
-            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>12}",
-            "replica", "role", "term", "last log", "applied", "lag", "quorum ack"
+            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>10} {:>12}",
+            "replica", "role", "term", "last log", "applied", "lag", "snapshot", "quorum ack"
         );
     }
     for r in &status.replicas {
@@ -156,13 +156,14 @@ pub fn print(status: &Status) {
         let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
         let ack = s.millis_since_quorum_ack.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
         println!(
-            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>12}",
+            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>10} {:>12}",
             r.addr,
             s.role,
             s.term,
             index(s.last_log_index),
             index(s.applied_index),
             index(r.lag),
+            index(s.snapshot_index),
             ack
         );
     }

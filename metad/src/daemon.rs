@@ -59,6 +59,9 @@ pub struct MetadConfig {
     /// The addresses of every replica of the group this metad is one of; empty: it is
     /// alone, with no replicated log.
     pub replicas: Vec<String>,
+    /// A replica snapshots its database after this many log entries, and cuts its log
+    /// behind the snapshot ([`Timing`](crate::replication::group::Timing)).
+    pub snapshot_every: u64,
 }
 
 /// Opens the metadata store in `config.data`, creating it on first use.

@@ -292,7 +292,18 @@ impl Cluster {
     /// [`start`](Self::start) with metad as a group of `replicas` replicas, each its own
     /// process on its own loopback port.
     pub fn start_group(replicas: usize, n: usize, k: u8, m: u8) -> Cluster {
-        Cluster::start_inner_with(n, k, m, &[], false, replicas)
+        Cluster::start_group_with(replicas, n, k, m, &[])
+    }
+
+    /// [`start_group`](Self::start_group) with extra arguments for every replica.
+    pub fn start_group_with(
+        replicas: usize,
+        n: usize,
+        k: u8,
+        m: u8,
+        metad_args: &[&str],
+    ) -> Cluster {
+        Cluster::start_inner_with(n, k, m, metad_args, false, replicas)
     }
 
     fn start_inner(n: usize, k: u8, m: u8, metad_args: &[&str], tls: bool) -> Cluster {

@@ -19,7 +19,11 @@ use fuser::{
     ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
 };
 use tokio::runtime::Handle;
-use tracing::debug;
+use tracing::{debug, warn};
+
+/// Logs of requests answered EIO, one per interval.
+static EIO_LOG: shardfs_rpc::throttle::Throttle =
+    shardfs_rpc::throttle::Throttle::new(std::time::Duration::from_secs(5));
 
 use crate::core::Fs;
 use crate::error::FsResult;
@@ -63,8 +67,18 @@ impl FuseAdapter {
             match result {
                 Ok(value) => ok(reply, value),
                 Err(e) => {
-                    debug!(op = name, "{e}");
-                    reply.error(Errno::from(&e));
+                    let errno = Errno::from(&e);
+                    // An I/O error is a failure the application sees: say why, at most
+                    // every few seconds.
+                    match errno == Errno::EIO {
+                        true => {
+                            if let Some(held_back) = EIO_LOG.admit() {
+                                warn!(op = name, held_back, "answered EIO: {e}");
+                            }
+                        }
+                        false => debug!(op = name, "{e}"),
+                    }
+                    reply.error(errno);
                 }
             }
         });

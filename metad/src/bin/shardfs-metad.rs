@@ -11,6 +11,7 @@ use shardfs_chunk_api::Encoding;
 use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
+use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::Node;
 use shardfs_metad::sessions::{self, SessionLimits};
 use shardfs_rpc::{DaemonTlsArgs, cli};
@@ -90,6 +91,12 @@ struct Args {
     /// Seconds between the repair worker's scans of the catalogue.
     #[arg(long, default_value_t = RepairConfig::default().interval.as_secs_f64())]
     repair_interval: f64,
+    /// As one of several replicas: log entries after which the database is snapshotted and
+    /// the log cut behind the snapshot (a twentieth of them kept, for followers a little
+    /// behind; one further behind, or a new one, is sent the snapshot).
+    #[arg(long, default_value_t = Timing::default().snapshot_every,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
 }
 
 fn main() -> ExitCode {
@@ -144,6 +151,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: args.tls.load()?,
         min_shards: args.min_shards,
         replicas: args.replicas.iter().map(|a| a.trim().to_string()).collect(),
+        snapshot_every: args.snapshot_every,
     };
     if !config.replicas.is_empty() {
         return run_replica(config, &args.listen, args.metrics_listen.as_deref()).await;

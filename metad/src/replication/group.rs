@@ -16,6 +16,7 @@ use super::state_machine::StateMachine;
 use super::{Group, Proposal, Replica, ReplicaId};
 use crate::store::{Change, Outcome, Proposer, Store};
 use shardfs_meta_api::proto::MetaError;
+use tracing::debug;
 
 /// The log file, beside the database.
 pub const LOG_FILE: &str = "raft-log.db";
@@ -41,13 +42,21 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
+        Timing::snapshotting_every(20_000)
+    }
+}
+
+impl Timing {
+    /// The default timing, with a snapshot every `entries` log entries, behind which a
+    /// twentieth of them is kept, and the rest cut in batches of an eightieth.
+    pub fn snapshotting_every(entries: u64) -> Timing {
         Timing {
             heartbeat_ms: 150,
             election_min_ms: 600,
             election_max_ms: 900,
-            snapshot_every: 20_000,
-            kept_after_snapshot: 1000,
-            purge_batch: 256,
+            snapshot_every: entries,
+            kept_after_snapshot: entries / 20,
+            purge_batch: (entries / 80).max(1),
         }
     }
 }
@@ -115,15 +124,20 @@ impl Proposer for LogProposer {
     }
 }
 
-/// What a replica that cannot propose or confirm answers: the leader, if it knows one.
+/// What a replica that cannot propose or confirm answers: "not the leader", naming the
+/// leader if it knows one, whatever the reason (another leads, it lost its quorum, its log
+/// is stopping for a restart or failed), so the client asks another replica. A change that
+/// got into the log here anyway is either committed by the next leader, whose record then
+/// answers the retry, or gone; it is never applied twice (`store/replies.rs`).
 fn refusal<E>(e: RaftError<ReplicaId, E>) -> MetaError
 where
     E: std::error::Error + TryAsRef<ForwardToLeader<ReplicaId, Replica>>,
 {
-    match e.forward_to_leader::<Replica>() {
-        Some(forward) => MetaError::NotLeader(forward.leader_node.as_ref().map(|n| n.addr.clone())),
-        None => MetaError::Unavailable(format!("the replicated log refused: {e}")),
+    let leader = e.forward_to_leader::<Replica>().and_then(|f| f.leader_node.as_ref());
+    if leader.is_none() {
+        debug!("this replica cannot commit or confirm: {e}");
     }
+    MetaError::NotLeader(leader.map(|n| n.addr.clone()))
 }
 
 /// Answers the `Replication` service for replica `me`.

@@ -60,6 +60,10 @@ pub struct ReplicaState {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last log entry the newest snapshot covers (installed from the leader, or taken
+    /// here), and the last entry cut from the log behind it.
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
     /// The leader's address, as this replica knows it.
     pub leader: Option<String>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
@@ -123,6 +127,8 @@ pub fn state(raft: &Raft<Group>) -> ReplicaState {
         term: m.current_term,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|id| id.index),
+        snapshot_index: m.snapshot.map(|id| id.index),
+        purged_index: m.purged.map(|id| id.index),
         leader,
         millis_since_quorum_ack: m.millis_since_quorum_ack,
     }

@@ -103,7 +103,8 @@ impl Node {
         let auth = DaemonAuth { key: daemon::load_key(config)?, tls: config.tls };
         let me = replica_id(addr);
         let options = auth.client_options();
-        let raft = group::start(me, &config.data, store.clone(), Timing::default(), options)
+        let timing = Timing::snapshotting_every(config.snapshot_every);
+        let raft = group::start(me, &config.data, store.clone(), timing, options)
             .await
             .context("cannot start the replicated log")?;
         let runtime = tokio::runtime::Handle::current();

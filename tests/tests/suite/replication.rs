@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use shardfs_tests::{Cluster, Mount};
+use shardfs_tests::{Cluster, Mount, eventually};
 
 /// The longest one operation may wait for the group to fail over, as the issue asks.
 const FAILOVER_BOUND: Duration = Duration::from_secs(5);
@@ -42,30 +42,39 @@ fn workload(
     rounds: Arc<AtomicUsize>,
 ) -> std::io::Result<Done> {
     let mut done = Done::default();
-    std::fs::create_dir(&dir)?;
-    let mut journal = OpenOptions::new().create(true).append(true).open(dir.join("journal"))?;
+    std::fs::create_dir(&dir).map_err(failed("mkdir", &dir))?;
+    let journal_path = dir.join("journal");
+    let mut journal = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&journal_path)
+        .map_err(failed("open", &journal_path))?;
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) {
         let timed = Instant::now();
         let name = dir.join(format!("f{i}"));
         let content = format!("file {i}\n").into_bytes();
-        let mut file = OpenOptions::new().create_new(true).write(true).open(&name)?;
-        file.write_all(&content)?;
-        file.sync_all()?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&name)
+            .map_err(failed("create", &name))?;
+        file.write_all(&content).map_err(failed("write", &name))?;
+        file.sync_all().map_err(failed("fsync", &name))?;
         drop(file);
         let sub = dir.join(format!("d{i}"));
-        std::fs::create_dir(&sub)?;
+        std::fs::create_dir(&sub).map_err(failed("mkdir", &sub))?;
         done.dirs.push(sub.clone());
         let moved = sub.join("moved");
-        std::fs::rename(&name, &moved)?;
+        std::fs::rename(&name, &moved).map_err(failed("rename", &name))?;
         done.files.push((moved, content));
         if i % 3 == 2 {
             let (gone, _) = done.files.remove(done.files.len() - 2);
-            std::fs::remove_file(&gone)?;
+            std::fs::remove_file(&gone).map_err(failed("unlink", &gone))?;
             done.unlinked.push(gone);
         }
-        writeln!(journal, "line {i}")?;
-        journal.sync_data()?;
+        writeln!(journal, "line {i}").map_err(failed("append", &journal_path))?;
+        journal.sync_data().map_err(failed("fdatasync", &journal_path))?;
         done.appended += 1;
         increment_locked(&counter)?;
         done.counted += 1;
@@ -76,25 +85,36 @@ fn workload(
     Ok(done)
 }
 
+/// Names the operation and path an error came from.
+fn failed(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    let path = path.to_owned();
+    move |e| std::io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
 /// Adds one to the number in `path` under an fcntl write lock on the whole file.
 fn increment_locked(path: &Path) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().read(true).write(true).custom_flags(0).open(path)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(0)
+        .open(path)
+        .map_err(failed("open", path))?;
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = libc::F_WRLCK as i16;
     lock.l_whence = libc::SEEK_SET as i16;
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &mut lock) } == -1 {
-        return Err(std::io::Error::last_os_error());
+        return Err(failed("F_SETLKW", path)(std::io::Error::last_os_error()));
     }
     let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    file.read_to_string(&mut text).map_err(failed("read", path))?;
     let n: u64 = text.trim().parse().unwrap_or(0);
-    file.rewind()?;
-    file.set_len(0)?;
-    file.write_all(format!("{}\n", n + 1).as_bytes())?;
-    file.sync_all()?;
+    file.rewind().map_err(failed("seek", path))?;
+    file.set_len(0).map_err(failed("truncate", path))?;
+    file.write_all(format!("{}\n", n + 1).as_bytes()).map_err(failed("write", path))?;
+    file.sync_all().map_err(failed("fsync", path))?;
     lock.l_type = libc::F_UNLCK as i16;
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &mut lock) } == -1 {
-        return Err(std::io::Error::last_os_error());
+        return Err(failed("F_UNLCK", path)(std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -116,20 +136,24 @@ fn check(mount: &Mount, dir: &str, done: &Done) {
     assert_eq!(lines, expected, "each acknowledged append once, in order");
 }
 
-#[test]
-fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
-    let mut cluster = Cluster::start_group(3, 6, 4, 2);
-    let (a, b) = (cluster.mount(), cluster.mount());
-    let counter = a.join("counter");
-    std::fs::write(&counter, "0\n").unwrap();
-    let mut counted = 0;
-    let mut killed = Vec::new();
-    for round in 0..3 {
+/// The workload running on two mounts at once, each in its own directory.
+struct Load<'a> {
+    mounts: [&'a Mount; 2],
+    dir: String,
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+    workers: Vec<std::thread::JoinHandle<std::io::Result<Done>>>,
+}
+
+impl<'a> Load<'a> {
+    /// Starts the workload in `dir` plus `a` or `b` on each mount, and waits until it got
+    /// going.
+    fn start(mounts: [&'a Mount; 2], dir: &str) -> Load<'a> {
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicUsize::new(0));
-        let dir = format!("r{round}");
-        let workers: Vec<_> = [(&a, "a"), (&b, "b")]
-            .into_iter()
+        let workers = mounts
+            .iter()
+            .zip(["a", "b"])
             .map(|(mount, side)| {
                 let dir = mount.join(&format!("{dir}{side}"));
                 let counter = mount.join("counter");
@@ -137,42 +161,77 @@ fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
                 std::thread::spawn(move || workload(dir, counter, stop, rounds))
             })
             .collect();
-        shardfs_tests::eventually("the workload to get going", || {
-            rounds.load(Ordering::SeqCst) >= 10
-        });
-        let leader = cluster.leader();
-        cluster.stop_replica(leader, nix::sys::signal::Signal::SIGKILL);
-        killed.push(leader);
-        let before = rounds.load(Ordering::SeqCst);
-        shardfs_tests::eventually("the workload to go on after the leader died", || {
-            rounds.load(Ordering::SeqCst) >= before + 10
-        });
-        stop.store(true, Ordering::SeqCst);
-        for (worker, side) in workers.into_iter().zip(["a", "b"]) {
-            let done = worker.join().unwrap().unwrap_or_else(|e| {
-                panic!("round {round}: the workload on mount {side} failed: {e}")
-            });
+        let load = Load { mounts, dir: dir.to_string(), stop, rounds, workers };
+        load.goes_on("the workload to get going");
+        load
+    }
+
+    /// Waits for 10 more rounds of the workload (`what` names why, if they never come).
+    fn goes_on(&self, what: &str) {
+        let before = self.rounds.load(Ordering::SeqCst);
+        eventually(what, || self.rounds.load(Ordering::SeqCst) >= before + 10);
+    }
+
+    /// Stops the workload: no operation failed or took longer than `bound`, and all it
+    /// did is there, once. Returns how many increments of the counter it made.
+    fn finish(self, bound: Duration) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut counted = 0;
+        for ((worker, side), mount) in self.workers.into_iter().zip(["a", "b"]).zip(self.mounts) {
+            let dir = &self.dir;
+            let done = worker
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{dir}: the workload on mount {side} failed: {e}"));
             assert!(
-                done.slowest <= FAILOVER_BOUND,
-                "round {round}: an operation on mount {side} took {:?}",
+                done.slowest <= bound,
+                "{dir}: an operation on mount {side} took {:?}",
                 done.slowest
             );
-            let mount = if side == "a" { &a } else { &b };
             check(mount, &format!("{dir}{side}"), &done);
             counted += done.counted;
         }
+        counted
+    }
+}
+
+/// The shared counter the workloads increment under a lock, starting at 0.
+fn start_counter(mount: &Mount) -> PathBuf {
+    let counter = mount.join("counter");
+    std::fs::write(&counter, "0\n").unwrap();
+    counter
+}
+
+/// The counter's value: every increment made under the lock, once.
+fn counter_value(counter: &Path) -> usize {
+    std::fs::read_to_string(counter).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn mounts_go_on_through_the_loss_of_each_leader_in_turn() {
+    let mut cluster = Cluster::start_group(3, 6, 4, 2);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let counter = start_counter(&a);
+    let mut counted = 0;
+    let mut killed = Vec::new();
+    for round in 0..3 {
+        let load = Load::start([&a, &b], &format!("r{round}"));
+        let leader = cluster.leader();
+        cluster.stop_replica(leader, nix::sys::signal::Signal::SIGKILL);
+        killed.push(leader);
+        load.goes_on("the workload to go on after the leader died");
+        counted += load.finish(FAILOVER_BOUND);
         // The killed replica comes back as a follower, and the next round kills another.
         cluster.start_replica(leader);
         assert_ne!(cluster.leader(), leader, "a restarted replica does not take over");
     }
     println!("leaders killed in turn: {killed:?}");
-    let total: usize = std::fs::read_to_string(&counter).unwrap().trim().parse().unwrap();
-    assert_eq!(total, counted, "every increment under the lock counted once");
+    assert_eq!(counter_value(&counter), counted, "every increment under the lock counted once");
     // Every replica is back, one leads, and each has applied all the leader has.
-    shardfs_tests::eventually("status to show three replicas caught up", || caught_up(&cluster));
+    eventually("status to show three replicas caught up", || caught_up(&cluster));
     drop((a, b));
     // Files unlinked while open go once their mount's session has ended and they lingered.
-    shardfs_tests::eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
+    eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
 }
 
 /// Whether `shardfs status` shows the group's three replicas, one leading, two following,
@@ -188,6 +247,16 @@ fn caught_up(cluster: &Cluster) -> bool {
         && roles.iter().filter(|r| **r == "leader").count() == 1
         && roles.iter().filter(|r| **r == "follower").count() == 2
         && lags == [0, 0, 0]
+}
+
+/// What replica `i` reports of itself in `shardfs status --json`.
+fn replica_state(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let out = cluster.command("shardfs").args(["status", "--json", &cluster.metad_addr]).output();
+    let status: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).unwrap();
+    let addr = cluster.replicas[i].addr.as_str();
+    let replicas = status["replicas"].as_array().expect("a replica table");
+    let replica = replicas.iter().find(|r| r["addr"] == addr).expect("the replica listed");
+    replica["state"].clone()
 }
 
 /// A leader frozen with SIGSTOP (as a host that hangs, or one cut off) is replaced, and the
@@ -238,6 +307,55 @@ fn a_frozen_leader_is_replaced_and_answers_nothing_stale_when_it_thaws() {
     assert!(refused(&made), "the thawed leader answered a change: {made:?}");
     assert!(!mount.join("stale").exists(), "a change sent to the deposed leader was made");
     assert_eq!(std::fs::read_to_string(mount.join("during")).unwrap(), "during");
-    shardfs_tests::eventually("the thawed replica to follow, caught up", || caught_up(&cluster));
+    eventually("the thawed replica to follow, caught up", || caught_up(&cluster));
     assert_eq!(cluster.leader(), new, "the thawed replica took the lead back");
+}
+
+/// Each replica restarted in turn (SIGTERM, as an upgrade does), the next only once the
+/// group is whole again, while both mounts run the workload: no operation fails.
+#[test]
+fn a_rolling_restart_under_load_fails_no_operation() {
+    let mut cluster = Cluster::start_group(3, 6, 4, 2);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let counter = start_counter(&a);
+    let load = Load::start([&a, &b], "rolling");
+    for replica in 0..3 {
+        cluster.stop_replica(replica, nix::sys::signal::Signal::SIGTERM);
+        cluster.start_replica(replica);
+        eventually("the restarted replica to catch up", || caught_up(&cluster));
+        load.goes_on("the workload to go on after a restart");
+    }
+    // Bounded only by the clients' failover time: nothing may fail.
+    let counted = load.finish(Duration::from_secs(30));
+    assert_eq!(counter_value(&counter), counted, "every increment under the lock counted once");
+    drop((a, b));
+    eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// A replica whose data directory is lost comes back empty; the leader's log was cut behind
+/// a snapshot meanwhile, so the leader sends it the snapshot, and it is caught up.
+#[test]
+fn a_wiped_replica_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_group_with(3, 3, 2, 1, &["--snapshot-every", "50"]);
+    let mount = cluster.mount();
+    let leader = cluster.leader();
+    let wiped = (0..3).find(|&i| i != leader).unwrap();
+    cluster.stop_replica(wiped, nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_dir_all(cluster.replica_dir(wiped)).unwrap();
+    for i in 0..100 {
+        std::fs::write(mount.join(&format!("f{i}")), i.to_string()).unwrap();
+    }
+    eventually("the leader's log to be cut behind a snapshot", || {
+        replica_state(&cluster, leader)["purged_index"].as_u64().is_some_and(|p| p > 0)
+    });
+    cluster.start_replica(wiped);
+    eventually("the wiped replica to catch up", || caught_up(&cluster));
+    let wiped_state = replica_state(&cluster, wiped);
+    assert!(
+        wiped_state["snapshot_index"].as_u64().is_some_and(|s| s > 0),
+        "the wiped replica caught up without a snapshot: {wiped_state}"
+    );
+    for i in 0..100 {
+        assert_eq!(std::fs::read_to_string(mount.join(&format!("f{i}"))).unwrap(), i.to_string());
+    }
 }
