@@ -160,6 +160,19 @@ pub struct Leases {
 }
 
 impl Leases {
+    /// Stops trusting the read leases held, as when the connection to metad is lost:
+    /// nothing is served from them any more, and they are settled as recalls are (the
+    /// kernel's caches dropped, the leases given back). See `core/trust.rs`.
+    pub fn distrust(&self) {
+        let mut state = self.lock();
+        let reads: Vec<Ino> =
+            state.held.iter().filter(|(_, held)| !held.write).map(|(ino, _)| *ino).collect();
+        for ino in reads {
+            state.mark_recalled(ino);
+            self.take_away(&mut state, ino, None);
+        }
+    }
+
     /// The lease table and the receiver of inodes whose recall must be settled.
     pub fn new() -> (Leases, mpsc::UnboundedReceiver<Ino>) {
         let (recalls, receiver) = mpsc::unbounded_channel();
@@ -437,13 +450,7 @@ impl SessionEvents for Leases {
     }
 
     fn connection_lost(&self) {
-        let mut state = self.lock();
         // metad dropped the read leases: nothing may be served from them any more.
-        let reads: Vec<Ino> =
-            state.held.iter().filter(|(_, held)| !held.write).map(|(ino, _)| *ino).collect();
-        for ino in reads {
-            state.mark_recalled(ino);
-            self.take_away(&mut state, ino, None);
-        }
+        self.distrust();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardfs_chunk_api::{ChunkId, ShardId};
 use shardfs_rpc::{ClientOptions, Hello, Replicas, Service};
@@ -28,6 +28,8 @@ pub struct MetaClient {
     session: Option<Arc<SessionHello>>,
     /// Numbers of the session's requests (`Seq`).
     numbers: Numbers,
+    /// When the latest request metad answered was sent (see [`MetaClient::confirmed_at`]).
+    confirmed: Mutex<Option<Instant>>,
 }
 
 /// Numbers a session's requests, and knows which are still waiting for their answers.
@@ -152,7 +154,7 @@ impl MetaClient {
     /// `addrs` is metad's address, or its replicas' separated by commas.
     pub fn new(addrs: &str, options: ClientOptions) -> MetaClient {
         let rpc = Replicas::new(addrs, Service::Metad, options, |c| c);
-        MetaClient { rpc, session: None, numbers: Numbers::default() }
+        MetaClient { rpc, session: None, numbers: Numbers::default(), confirmed: Mutex::default() }
     }
 
     /// A client with a session (a mount): what it holds outlives a lost connection until
@@ -179,7 +181,12 @@ impl MetaClient {
         let rpc = Replicas::new(addrs, Service::Metad, options, |client| {
             client.with_hello(session.clone()).with_push(on_push.clone())
         });
-        MetaClient { rpc, session: Some(session), numbers: Numbers::default() }
+        MetaClient {
+            rpc,
+            session: Some(session),
+            numbers: Numbers::default(),
+            confirmed: Mutex::default(),
+        }
     }
 
     /// How often to send heartbeats so the session never expires: a third of its timeout,
@@ -244,8 +251,20 @@ impl MetaClient {
         let _waiting = Waiting(&self.numbers, seq);
         let envelope = Envelope { seq, request };
         let timeout = if unbounded { None } else { Some(self.rpc.request_timeout()) };
+        let sent = Instant::now();
         let response: MetaResponse = self.rpc.call_within(&envelope, timeout, not_leader).await?;
+        let mut confirmed = self.confirmed.locked();
+        *confirmed = Some(confirmed.map_or(sent, |at| at.max(sent)));
+        drop(confirmed);
         Ok(response?)
+    }
+
+    /// When the latest request that metad answered was sent. A replica of a group answers
+    /// only once a quorum has confirmed it leads, after the request arrived; so what it
+    /// granted with any answer (leases) holds from then at least until another replica
+    /// could be elected, which the group's leader lease puts 0.9 s after that confirmation.
+    pub fn confirmed_at(&self) -> Option<Instant> {
+        *self.confirmed.locked()
     }
 
     pub async fn volume(&self) -> Result<VolumeInfo> {

@@ -172,13 +172,17 @@ pub fn split(addrs: &str) -> Vec<String> {
 }
 
 /// Whether `e` says the replica could not be reached or did not answer, so another may.
+/// A replica stopping or starting may close a connection in the middle of its handshake
+/// (`NotShardfs`), or stop reading it (`WriteTimeout`).
 fn unreachable(e: &Error) -> bool {
     matches!(
         e,
         Error::Connect { .. }
             | Error::ConnectTimeout { .. }
+            | Error::NotShardfs { .. }
             | Error::ConnectionLost { .. }
             | Error::Timeout { .. }
+            | Error::WriteTimeout { .. }
             | Error::Io(_)
     )
 }

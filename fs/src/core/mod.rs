@@ -36,6 +36,7 @@ mod names;
 mod open_files;
 mod read_path;
 mod settling;
+mod trust;
 mod write_path;
 mod xattrs;
 
@@ -153,6 +154,9 @@ impl Fs {
             metrics,
         });
         tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
+        if fs.meta.replicas().len() > 1 {
+            tokio::spawn(trust::keep_leases_trusted(Arc::downgrade(&fs)));
+        }
         Ok(fs)
     }
 

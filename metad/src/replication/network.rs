@@ -83,6 +83,9 @@ pub enum Refusal {
     Snapshot(RaftError<ReplicaId, InstallSnapshotError>),
     #[error("the replica stopped: {0}")]
     Stopped(String),
+    /// It lost its data and is being caught up: it does not vote meanwhile.
+    #[error("the replica is being caught up and does not vote yet")]
+    CatchingUp,
 }
 
 pub type Answer = Result<Reply, Refusal>;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::group::{self, LogProposer, Timing};
-use super::network::{self, Call, Reply, Request};
+use super::network::{self, Call, Refusal, Reply, Request};
 use super::{Group, Replica, ReplicaId};
 use crate::daemon::{self, MetadConfig};
 use crate::server::MetadServer;
@@ -57,6 +57,10 @@ pub struct Node {
     auth: DaemonAuth,
     leading: RwLock<Option<Arc<Leading>>>,
     reads: ReadBarrier,
+    /// Set when this replica started empty in a group that has had a leader (its data
+    /// directory was lost): until the leader has sent it what was committed, it refuses to
+    /// vote. Its empty log would let a candidate that lacks committed entries win.
+    rejoining: AtomicBool,
     /// The data directory's lock, held while this replica lives (`crate::backup`).
     _data_lock: std::fs::File,
 }
@@ -119,6 +123,7 @@ impl Node {
             auth,
             leading: RwLock::new(None),
             reads: ReadBarrier::default(),
+            rejoining: AtomicBool::new(false),
             _data_lock: data_lock,
         }))
     }
@@ -182,6 +187,9 @@ impl Node {
                 match self.ask_new(id, &replica.addr).await {
                     Ok(true) => {}
                     Ok(false) => {
+                        if self.has_led(id, &replica.addr).await {
+                            self.rejoining.store(true, Ordering::SeqCst);
+                        }
                         info!(
                             replica = %replica.addr,
                             "the group is set up already: waiting for its leader to catch this \
@@ -216,6 +224,30 @@ impl Node {
             }
             tokio::time::sleep(SET_UP_PAUSE).await;
         }
+    }
+
+    /// Whether replica `id` at `addr` has applied an entry a leader committed: the group
+    /// has had a leader (the first entry, the membership, is written before any election).
+    async fn has_led(&self, id: ReplicaId, addr: &str) -> bool {
+        let client = Client::new(addr, Service::Replication, self.auth.client_options());
+        let call = Call { to: id, request: Request::Status };
+        let answer: Result<network::Answer, _> = client.call_within(&call, SET_UP_PAUSE * 4).await;
+        // Unsure counts as yes: refusing votes until caught up only delays this one.
+        !matches!(answer, Ok(Ok(Reply::Status(state))) if state.applied_index.is_none_or(|i| i < 1))
+    }
+
+    /// Whether this replica refuses to vote: it is rejoining and has nothing yet.
+    fn refuses_votes(&self) -> bool {
+        if !self.rejoining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.last_log_index.is_some() || m.snapshot.is_some() {
+            self.rejoining.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Whether replica `id` at `addr` is new (no log, no vote).
@@ -360,6 +392,9 @@ impl Handler for Node {
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
         if service == Service::Replication {
             let call: Call = shardfs_rpc::decode(&body)?;
+            if matches!(call.request, Request::Vote(_)) && self.refuses_votes() {
+                return Ok(shardfs_rpc::encode(&network::Answer::Err(Refusal::CatchingUp)));
+            }
             let answer = network::answer(&self.raft, self.me, call).await;
             return Ok(shardfs_rpc::encode(&answer));
         }

@@ -359,3 +359,26 @@ fn a_wiped_replica_catches_up_from_a_snapshot() {
         assert_eq!(std::fs::read_to_string(mount.join(&format!("f{i}"))).unwrap(), i.to_string());
     }
 }
+
+/// A mount whose leader is cut off (frozen) stops serving what its leases cached before a
+/// new leader can let another mount change it: mount A has read a file (its kernel caches
+/// the content under A's read lease), the leader freezes, mount B (given only the other
+/// replicas) rewrites the file through the new leader, and A then reads the new content.
+#[test]
+fn a_mount_cut_off_with_its_leader_serves_nothing_stale() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+
+    let cluster = Cluster::start_group(3, 3, 2, 1);
+    let a = cluster.mount();
+    std::fs::write(a.join("shared"), "old").unwrap();
+    assert_eq!(std::fs::read_to_string(a.join("shared")).unwrap(), "old");
+    let old = cluster.leader();
+    cluster.signal_replica(old, SIGSTOP);
+    let others: Vec<&str> =
+        (0..3).filter(|&i| i != old).map(|i| cluster.replicas[i].addr.as_str()).collect();
+    let b = cluster.mount_via(&others.join(","), &[]);
+    std::fs::write(b.join("shared"), "new!").unwrap();
+    let seen = std::fs::read_to_string(a.join("shared")).unwrap();
+    cluster.signal_replica(old, SIGCONT);
+    assert_eq!(seen, "new!", "mount A served its cache after the leader was cut off");
+}
