@@ -3,9 +3,7 @@
 use serde::Serialize;
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
-use shardfs_metad::replication::network::{Answer, Call, ReplicaState, Reply, Request};
-use shardfs_metad::replication::node::replica_id;
-use shardfs_rpc::{Client, Service};
+use shardfs_metad::replication::network::{self, ReplicaState, Reply, Request};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -99,9 +97,7 @@ async fn replicas(meta: &MetaClient) -> Vec<Replica> {
     }
     let mut replicas = Vec::new();
     for addr in addrs {
-        let client = Client::new(&addr, Service::Replication, meta.options());
-        let call = Call { to: replica_id(&addr), request: Request::Status };
-        let answer: Result<Answer, _> = client.call_within(&call, REPLICA_TIMEOUT).await;
+        let answer = network::ask(&addr, Request::Status, meta.options(), REPLICA_TIMEOUT).await;
         let (state, error) = match answer {
             Ok(Ok(Reply::Status(state))) => (Some(state), None),
             Ok(Ok(_)) => (None, Some("a reply of the wrong kind".to_string())),

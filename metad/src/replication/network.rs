@@ -111,6 +111,20 @@ pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
     })
 }
 
+/// Asks the replica at `addr` (as named in the group's list) `request`, waiting at most
+/// `within` for its answer: how replicas setting up and tools ask one another outside the
+/// log.
+pub async fn ask(
+    addr: &str,
+    request: Request,
+    options: ClientOptions,
+    within: std::time::Duration,
+) -> Result<Answer, shardfs_rpc::Error> {
+    let client = Client::new(addr, Service::Replication, options);
+    let call = Call { to: super::node::replica_id(addr), request };
+    client.call_within(&call, within).await
+}
+
 /// What replica `raft` reports of itself.
 pub fn state(raft: &Raft<Group>) -> ReplicaState {
     let metrics = raft.metrics();

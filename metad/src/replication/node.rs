@@ -21,7 +21,7 @@ use bytes::Bytes;
 use openraft::{Raft, ServerState};
 use shardfs_chunk_api::membership::{MembershipError, MembershipResponse};
 use shardfs_rpc::sync::{Lock as _, ReadWrite as _, blocking};
-use shardfs_rpc::{Client, DaemonAuth, Handler, Pusher, Service};
+use shardfs_rpc::{DaemonAuth, Handler, Pusher, Service};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -183,11 +183,11 @@ impl Node {
                 return Ok(());
             }
             let mut all_new = true;
-            for (&id, replica) in self.replicas.iter().filter(|(id, _)| **id != self.me) {
-                match self.ask_new(id, &replica.addr).await {
+            for (_, replica) in self.replicas.iter().filter(|(id, _)| **id != self.me) {
+                match self.ask_new(&replica.addr).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        if self.has_led(id, &replica.addr).await {
+                        if self.has_led(&replica.addr).await {
                             self.rejoining.store(true, Ordering::SeqCst);
                         }
                         info!(
@@ -226,12 +226,11 @@ impl Node {
         }
     }
 
-    /// Whether replica `id` at `addr` has applied an entry a leader committed: the group
+    /// Whether the replica at `addr` has applied an entry a leader committed: the group
     /// has had a leader (the first entry, the membership, is written before any election).
-    async fn has_led(&self, id: ReplicaId, addr: &str) -> bool {
-        let client = Client::new(addr, Service::Replication, self.auth.client_options());
-        let call = Call { to: id, request: Request::Status };
-        let answer: Result<network::Answer, _> = client.call_within(&call, SET_UP_PAUSE * 4).await;
+    async fn has_led(&self, addr: &str) -> bool {
+        let options = self.auth.client_options();
+        let answer = network::ask(addr, Request::Status, options, SET_UP_PAUSE * 4).await;
         // Unsure counts as yes: refusing votes until caught up only delays this one.
         !matches!(answer, Ok(Ok(Reply::Status(state))) if state.applied_index.is_none_or(|i| i < 1))
     }
@@ -250,12 +249,10 @@ impl Node {
         true
     }
 
-    /// Whether replica `id` at `addr` is new (no log, no vote).
-    async fn ask_new(&self, id: ReplicaId, addr: &str) -> Result<bool, shardfs_rpc::Error> {
-        let client = Client::new(addr, Service::Replication, self.auth.client_options());
-        let call = Call { to: id, request: Request::Fresh };
-        let answer: network::Answer = client.call_within(&call, SET_UP_PAUSE * 4).await?;
-        match answer {
+    /// Whether the replica at `addr` is new (no log, no vote).
+    async fn ask_new(&self, addr: &str) -> Result<bool, shardfs_rpc::Error> {
+        let options = self.auth.client_options();
+        match network::ask(addr, Request::Fresh, options, SET_UP_PAUSE * 4).await? {
             Ok(Reply::Fresh(fresh)) => Ok(fresh),
             Ok(_) => Err(shardfs_rpc::Error::BadFrame("a reply of the wrong kind".into())),
             Err(refusal) => Err(shardfs_rpc::Error::BadFrame(refusal.to_string())),
