@@ -60,6 +60,44 @@ pub(crate) enum MetadCommands {
         #[arg(long)]
         json: bool,
     },
+    /// Add a replica to a metad group while it serves: start shardfs-metad on the new host
+    /// with an empty --data, --listen ADDR and --replicas naming the group (not ADDR), then
+    /// run this. It joins as a learner, copies the log, and once caught up votes.
+    Add {
+        /// The new replica's address, as its --listen.
+        addr: String,
+        /// Keep it a learner: a copy that never votes, e.g. for disaster recovery in another
+        /// zone (see `shardfs metad promote`).
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        group: GroupArgs,
+    },
+    /// Remove a replica (voter or learner) from a metad group while it serves; stop it
+    /// afterwards.
+    Remove {
+        /// The replica's address.
+        addr: String,
+        #[command(flatten)]
+        group: GroupArgs,
+    },
+    /// Disaster recovery: when every voter of a group is lost for good, make the learner at
+    /// ADDR a new group of one, with what it had applied (shown as its lag beforehand by
+    /// `shardfs metad members`). Refused while any voter answers.
+    Promote {
+        /// The learner's address.
+        addr: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Every replica of a metad group: role, membership, log, applied entries, lag and last
+    /// contact, asked of each (no leader needed; exits 1 when none leads).
+    Members {
+        #[command(flatten)]
+        group: GroupArgs,
+    },
     /// Replace the database of a stopped metad with a backup. The database it replaces is
     /// kept beside it (meta.db.before-restore-TIME). Run `shardfs fsck --verify-data` once
     /// metad is back.
@@ -136,7 +174,8 @@ pub(crate) enum Commands {
         #[command(subcommand)]
         command: ChunkdCommands,
     },
-    /// Back up or restore metad's database (run on the metad host).
+    /// A metad group's members (add, remove, promote, members), and metad's database
+    /// (backup, restore: run on the metad host).
     Metad {
         #[command(subcommand)]
         command: MetadCommands,
@@ -267,6 +306,19 @@ pub(crate) struct FsckArgs {
     #[arg(long)]
     pub(crate) verify_data: bool,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+}
+
+/// A metad group's replicas, as a command about the group takes them.
+#[derive(Args)]
+pub(crate) struct GroupArgs {
+    /// The group's replicas, e.g. 10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRS", required = true)]
+    pub(crate) metad: Vec<String>,
+    /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]

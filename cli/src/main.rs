@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod fsck;
+mod group;
 mod info;
 mod install;
 mod maintenance;

@@ -135,10 +135,29 @@ pub(crate) async fn drain(
     Ok(remaining)
 }
 
-/// `shardfs metad backup` and `shardfs metad restore`.
+/// `shardfs metad ...`.
 pub(crate) fn metad_command(command: MetadCommands) -> anyhow::Result<ExitCode> {
     use shardfs_metad::backup;
+    use shardfs_metad::replication::network::Request;
     match command {
+        MetadCommands::Add { addr, learner, group } => {
+            let (options, json) = (group.secret.rpc(None)?, group.json);
+            let add = || Request::Add { addr: addr.clone(), voter: !learner };
+            return runtime()?.block_on(crate::group::change(&group.metad, add, options, json));
+        }
+        MetadCommands::Remove { addr, group } => {
+            let (options, json) = (group.secret.rpc(None)?, group.json);
+            let remove = || Request::Remove { addr: addr.clone() };
+            return runtime()?.block_on(crate::group::change(&group.metad, remove, options, json));
+        }
+        MetadCommands::Promote { addr, json, secret } => {
+            let options = secret.rpc(None)?;
+            return runtime()?.block_on(crate::group::promote(&addr, options, json));
+        }
+        MetadCommands::Members { group } => {
+            let (options, json) = (group.secret.rpc(None)?, group.json);
+            return runtime()?.block_on(crate::group::members(&group.metad, options, json));
+        }
         MetadCommands::Backup { data, file, json } => {
             let bar = crate::progress::bar(0, "pages", !json && std::io::stderr().is_terminal());
             let pages = backup::backup(&data, &file, |p| {

@@ -4,6 +4,7 @@ use serde::Serialize;
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
 use shardfs_metad::replication::network::{self, ReplicaState, Reply, Request};
+use shardfs_rpc::ClientOptions;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -82,39 +83,115 @@ pub fn print_df(df: &Df) {
 #[derive(Debug, Serialize)]
 pub struct Replica {
     pub addr: String,
+    /// A voter or a learner, as the group's newest membership any replica reported says
+    /// (`None`: no replica lists it, e.g. one removed, or not added yet).
+    pub voter: Option<bool>,
     /// `None`: it did not answer (`error` says why).
     pub state: Option<ReplicaState>,
     /// Log entries it has yet to apply that the leader has.
     pub lag: Option<u64>,
+    /// Milliseconds since it last answered the leader.
+    pub last_contact_ms: Option<u64>,
     pub error: Option<String>,
 }
 
-/// Asks each replica of `meta`'s group for its role and progress.
+/// Asks each replica of `meta`'s group for its role and progress (none for a lone metad).
 async fn replicas(meta: &MetaClient) -> Vec<Replica> {
     let addrs = meta.replicas();
     if addrs.len() < 2 {
         return Vec::new();
     }
-    let mut replicas = Vec::new();
-    for addr in addrs {
-        let answer = network::ask(&addr, Request::Status, meta.options(), REPLICA_TIMEOUT).await;
+    group(&addrs, meta.options()).await
+}
+
+/// Asks each replica at `addrs`, and each other member they name, for its role and
+/// progress: the leader need not answer.
+pub async fn group(addrs: &[String], options: ClientOptions) -> Vec<Replica> {
+    let mut replicas: Vec<Replica> = Vec::new();
+    let mut queue: Vec<String> = addrs.to_vec();
+    while let Some(addr) = queue.pop() {
+        if replicas.iter().any(|r| r.addr == addr) {
+            continue;
+        }
+        let answer = network::ask(&addr, Request::Status, options, REPLICA_TIMEOUT).await;
         let (state, error) = match answer {
             Ok(Ok(Reply::Status(state))) => (Some(state), None),
             Ok(Ok(_)) => (None, Some("a reply of the wrong kind".to_string())),
             Ok(Err(refusal)) => (None, Some(refusal.to_string())),
             Err(e) => (None, Some(e.to_string())),
         };
-        replicas.push(Replica { addr, state, lag: None, error });
+        if let Some(state) = &state {
+            queue.extend(state.members.iter().map(|m| m.addr.clone()));
+        }
+        replicas.push(Replica {
+            addr,
+            voter: None,
+            state,
+            lag: None,
+            last_contact_ms: None,
+            error,
+        });
     }
-    let leader_log = (replicas.iter())
-        .filter_map(|r| r.state.as_ref())
-        .find(|s| s.role == "leader")
-        .and_then(|s| s.last_log_index);
+    replicas.sort_by(|a, b| a.addr.cmp(&b.addr));
+    // The leader's view, else the newest membership any replica reported.
+    let states = || replicas.iter().filter_map(|r| r.state.as_ref());
+    let leader = states().find(|s| s.role == "leader").cloned();
+    let newest = leader.clone().or_else(|| states().max_by_key(|s| s.last_log_index).cloned());
     for replica in &mut replicas {
+        let member = newest.iter().flat_map(|s| &s.members).find(|m| m.addr == replica.addr);
+        replica.voter = member.map(|m| m.voter);
+        let Some(leader) = &leader else { continue };
         let applied = replica.state.as_ref().map(|s| s.applied_index.unwrap_or(0));
-        replica.lag = leader_log.zip(applied).map(|(log, applied)| log.saturating_sub(applied));
+        replica.lag = leader.last_log_index.zip(applied).map(|(log, a)| log.saturating_sub(a));
+        let follower = leader.followers.iter().find(|f| f.addr == replica.addr);
+        replica.last_contact_ms = follower.and_then(|f| f.millis_since_contact);
     }
     replicas
+}
+
+/// Prints the replicas of a group, one a line.
+pub fn print_replicas(replicas: &[Replica]) {
+    println!(
+        "{:<22} {:<10} {:<8} {:>6} {:>10} {:>10} {:>6} {:>10} {:>13}",
+        "replica",
+        "role",
+        "member",
+        "term",
+        "last log",
+        "applied",
+        "lag",
+        "snapshot",
+        "last contact"
+    );
+    for r in replicas {
+        let member = match r.voter {
+            Some(true) => "voter",
+            Some(false) => "learner",
+            None => "-",
+        };
+        let Some(s) = &r.state else {
+            let error = r.error.as_deref().unwrap_or("-");
+            println!("{:<22} {:<10} {member:<8} {error}", r.addr, "unreachable");
+            continue;
+        };
+        let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+        let contact = match (s.role.as_str(), r.last_contact_ms) {
+            ("leader", _) => "(leader)".to_string(),
+            (_, Some(ms)) => format!("{ms} ms ago"),
+            (_, None) => "-".to_string(),
+        };
+        println!(
+            "{:<22} {:<10} {member:<8} {:>6} {:>10} {:>10} {:>6} {:>10} {:>13}",
+            r.addr,
+            s.role,
+            s.term,
+            index(s.last_log_index),
+            index(s.applied_index),
+            index(r.lag),
+            index(s.snapshot_index),
+            contact
+        );
+    }
 }
 
 /// How long a replica has to say how it is.
@@ -139,29 +216,7 @@ fn gib(bytes: u64) -> f64 {
 pub fn print(status: &Status) {
     println!("metad {}", status.metad);
     if !status.replicas.is_empty() {
-        println!(
-            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>10} {:>12}",
-            "replica", "role", "term", "last log", "applied", "lag", "snapshot", "quorum ack"
-        );
-    }
-    for r in &status.replicas {
-        let Some(s) = &r.state else {
-            println!("{:<22} unreachable: {}", r.addr, r.error.as_deref().unwrap_or("-"));
-            continue;
-        };
-        let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
-        let ack = s.millis_since_quorum_ack.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
-        println!(
-            "{:<22} {:<10} {:>6} {:>10} {:>10} {:>6} {:>10} {:>12}",
-            r.addr,
-            s.role,
-            s.term,
-            index(s.last_log_index),
-            index(s.applied_index),
-            index(r.lag),
-            index(s.snapshot_index),
-            ack
-        );
+        print_replicas(&status.replicas);
     }
     println!(
         "{:<34} {:<22} {:<8} {:<7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7}",

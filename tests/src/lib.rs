@@ -247,6 +247,9 @@ pub struct MetadReplica {
     /// `None` while stopped.
     pub process: Option<Process>,
     pub addr: String,
+    /// Added to the group after it was set up (`Cluster::add_replica`): it is started with
+    /// the founding replicas' list, which does not name it.
+    pub joined: bool,
 }
 
 /// metad plus chunkds, with their data in one temporary directory.
@@ -330,7 +333,7 @@ impl Cluster {
             metad: None,
             metad_addr: String::new(),
             replicas: (0..replicas)
-                .map(|_| MetadReplica { process: None, addr: free_port() })
+                .map(|_| MetadReplica { process: None, addr: free_port(), joined: false })
                 .collect(),
             chunkds: (0..n).map(|_| None).collect(),
             chunkd_args: Vec::new(),
@@ -391,6 +394,9 @@ impl Cluster {
     }
 
     fn start_replica_with(&mut self, i: usize, extra: &[&str]) {
+        let founders: Vec<&str> =
+            self.replicas.iter().filter(|r| !r.joined).map(|r| r.addr.as_str()).collect();
+        let founders = founders.join(",");
         let all: Vec<&str> = self.replicas.iter().map(|r| r.addr.as_str()).collect();
         let (all, addr) = (all.join(","), self.replicas[i].addr.clone());
         let mut command = Command::new(binary("shardfs-metad"));
@@ -399,7 +405,7 @@ impl Cluster {
             .arg(self.replica_dir(i))
             .arg("--secret-file")
             .arg(self.secret_file())
-            .args(["--listen", &addr, "--replicas", &all, "--down-after", DOWN_AFTER_SECS])
+            .args(["--listen", &addr, "--replicas", &founders, "--down-after", DOWN_AFTER_SECS])
             .args(&self.metad_args)
             .args(extra);
         let log = self.dir.path().join(format!("metad-{i}.log"));
@@ -407,6 +413,28 @@ impl Cluster {
         assert_eq!(announced, addr, "replica {i} listens where the group expects it");
         self.replicas[i].process = Some(process);
         self.metad_addr = all;
+    }
+
+    /// Starts a new replica with an empty data directory and adds it to the group with
+    /// `shardfs metad add` (as a learner if `learner`); returns its index. Chunkds and
+    /// mounts started from now on are given its address too.
+    pub fn add_replica(&mut self, learner: bool) -> usize {
+        let i = self.replicas.len();
+        let addr = free_port();
+        self.replicas.push(MetadReplica { process: None, addr: addr.clone(), joined: true });
+        self.start_replica(i);
+        let mut add = self.command("shardfs");
+        add.args(["metad", "add", &addr, "--metad", &self.metad_addr]);
+        if learner {
+            add.arg("--learner");
+        }
+        let out = add.output().expect("run shardfs metad add");
+        assert!(
+            out.status.success(),
+            "shardfs metad add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        i
     }
 
     /// Sends `signal` to replica `i` of the metad group, which stays counted as running

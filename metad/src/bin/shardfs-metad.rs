@@ -12,7 +12,7 @@ use shardfs_metad::daemon::{self, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::replication::group::Timing;
-use shardfs_metad::replication::node::Node;
+use shardfs_metad::replication::node::{Node, Stopped};
 use shardfs_metad::sessions::{self, SessionLimits};
 use shardfs_rpc::{DaemonTlsArgs, cli};
 use tokio::net::TcpListener;
@@ -39,7 +39,8 @@ struct Args {
     /// Run as one replica of a group: every replica's address, this one's (as given to
     /// --listen) among them, the same list on each, e.g. 10.0.0.1:7000,10.0.0.2:7000,
     /// 10.0.0.3:7000. The group sets itself up once every replica has started with an empty
-    /// data directory; clients, chunkds and tools take the same list.
+    /// data directory; clients, chunkds and tools take the same list. A replica whose
+    /// --listen is not in the list joins a running group once added (`shardfs metad add`).
     #[arg(long, value_delimiter = ',', value_name = "ADDRS")]
     replicas: Vec<String>,
     #[command(flatten)]
@@ -178,9 +179,25 @@ async fn run_replica(
         serve_metrics(addr, Arc::new(move || Box::pin(node.clone().render_metrics()))).await?;
     }
     let listener = listen(listen_addr).await?;
-    node.run(listener, shutdown_signal()).await?;
-    tracing::info!("metad replica stopped");
-    Ok(())
+    match node.run(listener, shutdown_signal()).await? {
+        Stopped::Shutdown => {
+            tracing::info!("metad replica stopped");
+            Ok(())
+        }
+        // The process starts again as it was started (same pid, same flags): its log now
+        // makes it the leader of a group of one.
+        Stopped::Promoted => Err(restart().into()),
+    }
+}
+
+/// Replaces this process with a new run of the same program and arguments; returns only
+/// if that fails.
+fn restart() -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<_> = std::env::args_os().collect();
+    let program = std::env::current_exe().map(|p| p.into_os_string());
+    let program = program.unwrap_or_else(|_| args.first().cloned().unwrap_or_default());
+    std::process::Command::new(program).args(args.iter().skip(1)).exec()
 }
 
 async fn serve_metrics(addr: &str, render: shardfs_rpc::metrics::Render) -> anyhow::Result<()> {
@@ -196,8 +213,10 @@ async fn listen(addr: &str) -> anyhow::Result<TcpListener> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
-    println!("shardfs-metad listening on {addr}");
-    std::io::stdout().flush()?;
+    // Said once more by a promoted learner, which starts again: whoever read the first
+    // announcement may have closed the pipe since, and that is no failure.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "shardfs-metad listening on {addr}").and_then(|()| stdout.flush());
     tracing::info!(%addr, "metad serving");
     Ok(listener)
 }

@@ -11,7 +11,7 @@ use openraft::{Config, Raft, SnapshotPolicy, TryAsRef};
 use shardfs_rpc::{ClientOptions, Handler, Service};
 
 use super::log_store::LogStore;
-use super::network::{self, Network};
+use super::network::{self, Contacts, Network};
 use super::state_machine::StateMachine;
 use super::{Group, Proposal, Replica, ReplicaId};
 use crate::store::{Change, Outcome, Proposer, Store};
@@ -81,17 +81,18 @@ pub fn config(timing: Timing) -> Result<Arc<Config>, openraft::ConfigError> {
 }
 
 /// Starts replica `id` over `store`, with its log and snapshots beside the database in
-/// `dir`, reaching its peers with `options`.
+/// `dir`, reaching its peers with `options` and noting their answers in `contacts`.
 pub async fn start(
     id: ReplicaId,
     dir: &Path,
     store: Arc<Store>,
     timing: Timing,
     options: ClientOptions,
+    contacts: Arc<Contacts>,
 ) -> anyhow::Result<Raft<Group>> {
     let log = LogStore::open(&dir.join(LOG_FILE))?;
     let machine = StateMachine::new(store, &dir.join(SNAPSHOT_DIR))?;
-    let network = Network::new(id, options);
+    let network = Network::new(id, options, contacts);
     Ok(Raft::new(id, config(timing)?, network, log, machine).await?)
 }
 
@@ -144,6 +145,7 @@ where
 pub struct Endpoint {
     pub raft: Raft<Group>,
     pub me: ReplicaId,
+    pub contacts: Arc<Contacts>,
 }
 
 impl Handler for Endpoint {
@@ -158,7 +160,7 @@ impl Handler for Endpoint {
         body: Bytes,
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
         let call: network::Call = shardfs_rpc::decode(&body)?;
-        let answer = network::answer(&self.raft, self.me, call).await;
+        let answer = network::answer(&self.raft, self.me, &self.contacts, call).await;
         Ok(shardfs_rpc::encode(&answer))
     }
 }

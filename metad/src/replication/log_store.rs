@@ -62,6 +62,37 @@ impl LogStore {
             .map_err(|e| StorageIOError::read_logs(AnyError::error(e.to_string())))?
     }
 
+    /// Saves `vote` if given, and appends `entries`, in one transaction, synced when it
+    /// returns.
+    pub async fn write(
+        &self,
+        vote: Option<Vote<ReplicaId>>,
+        entries: Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        let vote = vote.map(|vote| encode(&vote));
+        let entries: Vec<(i64, Vec<u8>)> =
+            entries.iter().map(|e| (sql_index(e.log_id.index), encode(e))).collect();
+        self.with_conn(move |conn| {
+            let write = |e: rusqlite::Error| StorageError::from(StorageIOError::write_logs(&e));
+            let tx = conn.transaction().map_err(write)?;
+            if let Some(vote) = vote {
+                tx.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('vote', ?1)", [vote])
+                    .map_err(|e| StorageIOError::write_vote(&e))?;
+            }
+            {
+                let mut insert = tx
+                    .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
+                    .map_err(write)?;
+                for (index, entry) in &entries {
+                    insert.execute(params![index, entry]).map_err(write)?;
+                }
+            }
+            // With synchronous=FULL the WAL is fsynced before this returns.
+            tx.commit().map_err(write)
+        })
+        .await
+    }
+
     async fn get<T: DeserializeOwned + Send + 'static>(
         &self,
         key: &'static str,
@@ -147,13 +178,7 @@ impl RaftLogStorage<Group> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> Result<(), StorageError> {
-        let value = encode(vote);
-        self.with_conn(move |conn| {
-            conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('vote', ?1)", [value])
-                .map_err(|e| StorageIOError::write_vote(&e))?;
-            Ok(())
-        })
-        .await
+        self.write(Some(*vote), Vec::new()).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<ReplicaId>>, StorageError> {
@@ -169,24 +194,7 @@ impl RaftLogStorage<Group> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<(i64, Vec<u8>)> =
-            entries.into_iter().map(|e| (sql_index(e.log_id.index), encode(&e))).collect();
-        let written = self
-            .with_conn(move |conn| {
-                let write = |e: rusqlite::Error| StorageError::from(StorageIOError::write_logs(&e));
-                let tx = conn.transaction().map_err(write)?;
-                {
-                    let mut insert = tx
-                        .prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")
-                        .map_err(write)?;
-                    for (index, entry) in &entries {
-                        insert.execute(params![index, entry]).map_err(write)?;
-                    }
-                }
-                // With synchronous=FULL the WAL is fsynced before this returns.
-                tx.commit().map_err(write)
-            })
-            .await;
+        let written = self.write(None, entries.into_iter().collect()).await;
         match &written {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),

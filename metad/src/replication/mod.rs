@@ -13,6 +13,8 @@
 //! - [`network`]: replicas calling each other over shardfs's transport.
 //! - [`group`]: one replica, started, and its endpoint for the others.
 //! - [`node`]: a replica as a daemon, serving clients while it leads.
+//! - [`membership`]: adding and removing replicas, and promoting a learner.
+//! - [`metrics`]: a replica's role and progress as metrics.
 
 // openraft's storage traits return its `StorageError` (over 200 bytes); the helpers here
 // return what those traits do.
@@ -20,6 +22,8 @@
 
 pub mod group;
 pub mod log_store;
+pub mod membership;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod snapshot_file;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::Raft;
 use openraft::error::{
@@ -41,6 +42,20 @@ pub enum Request {
     Fresh,
     /// The replica's role and progress (`shardfs status`).
     Status,
+    /// To the leader: add the replica at `addr` (new, or already a learner) as a learner,
+    /// which copies the log and never votes, and once it has caught up, as a voter if
+    /// `voter` (`shardfs metad add`).
+    Add {
+        addr: String,
+        voter: bool,
+    },
+    /// To the leader: remove the replica at `addr` from the group (`shardfs metad remove`).
+    Remove {
+        addr: String,
+    },
+    /// To a learner once every voter is lost: become a new group of one, this learner
+    /// alone, with what it has (`shardfs metad promote`).
+    Promote,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +65,30 @@ pub enum Reply {
     InstallSnapshot(InstallSnapshotResponse<ReplicaId>),
     Fresh(bool),
     Status(ReplicaState),
+    /// The group's members once a change of them is committed.
+    Members(Vec<Member>),
+    /// The learner restarts as a group of one, with the log entries it had applied.
+    Promoting {
+        applied_index: u64,
+    },
+}
+
+/// A member of the group, as the leader's committed membership lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub addr: String,
+    /// A voter, or a learner (a disaster-recovery copy, or a replica catching up).
+    pub voter: bool,
+}
+
+/// What the leader knows of one other member: how far its log matches the leader's, and
+/// when it last answered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Follower {
+    pub addr: String,
+    pub matched_index: Option<u64>,
+    /// Milliseconds since it last answered the leader (`None`: never, since this lead).
+    pub millis_since_contact: Option<u64>,
 }
 
 /// A replica's role and progress, as `shardfs status` shows them.
@@ -68,6 +107,10 @@ pub struct ReplicaState {
     pub leader: Option<String>,
     /// On the leader: milliseconds since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
+    /// The group's members, as this replica's newest membership lists them.
+    pub members: Vec<Member>,
+    /// On the leader: each other member's progress and last contact.
+    pub followers: Vec<Follower>,
 }
 
 /// Why a replica did not answer a call.
@@ -86,12 +129,19 @@ pub enum Refusal {
     /// It lost its data and is being caught up: it does not vote meanwhile.
     #[error("the replica is being caught up and does not vote yet")]
     CatchingUp,
+    /// A change of the group's members asked of a replica that does not lead.
+    #[error("this replica does not lead the group")]
+    NotLeader(Option<String>),
+    /// A change of the group's members, or a promotion, that cannot be made.
+    #[error("{0}")]
+    Members(String),
 }
 
 pub type Answer = Result<Reply, Refusal>;
 
-/// Answers the calls of the other replicas to replica `me`.
-pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
+/// Answers the calls of the other replicas to replica `me`, and tools' questions of it
+/// (changes of members are the daemon's: `super::node`).
+pub async fn answer(raft: &Raft<Group>, me: ReplicaId, contacts: &Contacts, call: Call) -> Answer {
     if call.to != me {
         return Err(Refusal::WrongReplica { me, meant: call.to });
     }
@@ -103,10 +153,13 @@ pub async fn answer(raft: &Raft<Group>, me: ReplicaId, call: Call) -> Answer {
         Request::InstallSnapshot(request) => {
             Reply::InstallSnapshot(raft.install_snapshot(request).await.map_err(Refusal::Snapshot)?)
         }
-        Request::Status => Reply::Status(state(raft)),
+        Request::Status => Reply::Status(state(raft, contacts)),
         Request::Fresh => {
             let initialized = raft.is_initialized().await;
             Reply::Fresh(!initialized.map_err(|e| Refusal::Stopped(e.to_string()))?)
+        }
+        Request::Add { .. } | Request::Remove { .. } | Request::Promote => {
+            return Err(Refusal::Members("this replica does not change members".into()));
         }
     })
 }
@@ -125,10 +178,48 @@ pub async fn ask(
     client.call_within(&call, within).await
 }
 
+/// When each other replica last answered this one (as the leader, every heartbeat).
+#[derive(Default)]
+pub struct Contacts(Mutex<HashMap<ReplicaId, Instant>>);
+
+impl Contacts {
+    fn note(&self, id: ReplicaId) {
+        self.0.locked().insert(id, Instant::now());
+    }
+
+    fn since(&self, id: ReplicaId) -> Option<std::time::Duration> {
+        self.0.locked().get(&id).map(Instant::elapsed)
+    }
+}
+
+/// Whether `id` votes in `membership`.
+pub fn is_voter(membership: &openraft::Membership<ReplicaId, Replica>, id: ReplicaId) -> bool {
+    membership.voter_ids().any(|voter| voter == id)
+}
+
+/// The members `membership` lists.
+pub fn members(membership: &openraft::Membership<ReplicaId, Replica>) -> Vec<Member> {
+    (membership.nodes())
+        .map(|(id, node)| Member { addr: node.addr.clone(), voter: is_voter(membership, *id) })
+        .collect()
+}
+
 /// What replica `raft` reports of itself.
-pub fn state(raft: &Raft<Group>) -> ReplicaState {
+pub fn state(raft: &Raft<Group>, contacts: &Contacts) -> ReplicaState {
     let metrics = raft.metrics();
     let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let followers = (m.replication.iter().flatten())
+        .filter(|(id, _)| **id != m.id)
+        .filter_map(|(id, matched)| {
+            let node = membership.get_node(id)?;
+            Some(Follower {
+                addr: node.addr.clone(),
+                matched_index: matched.map(|log_id| log_id.index),
+                millis_since_contact: contacts.since(*id).map(|d| d.as_millis() as u64),
+            })
+        })
+        .collect();
     let role = match m.state {
         openraft::ServerState::Leader => "leader",
         openraft::ServerState::Follower => "follower",
@@ -136,9 +227,7 @@ pub fn state(raft: &Raft<Group>) -> ReplicaState {
         openraft::ServerState::Learner => "learner",
         openraft::ServerState::Shutdown => "stopped",
     };
-    let leader = m.current_leader.and_then(|id| {
-        m.membership_config.membership().get_node(&id).map(|node| node.addr.clone())
-    });
+    let leader = m.current_leader.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
     ReplicaState {
         role: role.to_string(),
         term: m.current_term,
@@ -148,6 +237,8 @@ pub fn state(raft: &Raft<Group>) -> ReplicaState {
         purged_index: m.purged.map(|id| id.index),
         leader,
         millis_since_quorum_ack: m.millis_since_quorum_ack,
+        members: members(membership),
+        followers,
     }
 }
 
@@ -160,11 +251,13 @@ pub struct Network {
     me: ReplicaId,
     options: ClientOptions,
     clients: Arc<Mutex<Clients>>,
+    contacts: Arc<Contacts>,
 }
 
 impl Network {
-    pub fn new(me: ReplicaId, options: ClientOptions) -> Network {
-        Network { me, options, clients: Arc::default() }
+    /// The network of replica `me`, noting in `contacts` when each peer answers.
+    pub fn new(me: ReplicaId, options: ClientOptions, contacts: Arc<Contacts>) -> Network {
+        Network { me, options, clients: Arc::default(), contacts }
     }
 }
 
@@ -183,7 +276,8 @@ impl RaftNetworkFactory<Group> for Network {
                 (Arc::new(client), Arc::default())
             })
             .clone();
-        Peer { me: self.me, target, node: node.clone(), client, failing }
+        let contacts = self.contacts.clone();
+        Peer { me: self.me, target, node: node.clone(), client, failing, contacts }
     }
 }
 
@@ -194,6 +288,7 @@ pub struct Peer {
     node: Replica,
     client: Arc<Client>,
     failing: Arc<AtomicBool>,
+    contacts: Arc<Contacts>,
 }
 
 type CallError<E = RaftError<ReplicaId>> = RPCError<ReplicaId, Replica, E>;
@@ -238,6 +333,9 @@ impl Peer {
     /// Logs a peer becoming unreachable, and reachable again.
     fn note<T>(&self, answered: &Result<T, shardfs_rpc::Error>) {
         let failed = answered.is_err();
+        if !failed {
+            self.contacts.note(self.target);
+        }
         if self.failing.swap(failed, Ordering::Relaxed) == failed {
             return;
         }

@@ -27,7 +27,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::group::{self, LogProposer, Timing};
-use super::network::{self, Call, Refusal, Reply, Request};
+use super::membership;
+use super::network::{self, Call, Contacts, Refusal, ReplicaState, Reply, Request};
 use super::{Group, Replica, ReplicaId};
 use crate::daemon::{self, MetadConfig};
 use crate::server::MetadServer;
@@ -61,8 +62,20 @@ pub struct Node {
     /// directory was lost): until the leader has sent it what was committed, it refuses to
     /// vote. Its empty log would let a candidate that lacks committed entries win.
     rejoining: AtomicBool,
+    contacts: Arc<Contacts>,
+    /// Set when this learner is to become a group of one (`shardfs metad promote`).
+    promote: watch::Sender<bool>,
     /// The data directory's lock, held while this replica lives (`crate::backup`).
     _data_lock: std::fs::File,
+}
+
+/// Why a replica stopped serving.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// It was told to stop.
+    Shutdown,
+    /// It was a learner and is now a group of one: start it again.
+    Promoted,
 }
 
 /// What a replica runs while it leads.
@@ -86,13 +99,6 @@ impl Leading {
 impl Node {
     /// Opens the replica of `config.replicas` at `addr` over `config.data`.
     pub async fn start(config: &MetadConfig, addr: &str) -> anyhow::Result<Arc<Node>> {
-        if !config.replicas.iter().any(|a| a == addr) {
-            anyhow::bail!(
-                "--listen {addr} is not one of --replicas {}: give each replica the same list, \
-                 with its own address as written there",
-                config.replicas.join(",")
-            );
-        }
         let replicas: BTreeMap<ReplicaId, Replica> = (config.replicas.iter())
             .map(|a| (replica_id(a), Replica { addr: a.clone() }))
             .collect();
@@ -108,7 +114,8 @@ impl Node {
         let me = replica_id(addr);
         let options = auth.client_options();
         let timing = Timing::snapshotting_every(config.snapshot_every);
-        let raft = group::start(me, &config.data, store.clone(), timing, options)
+        let contacts = Arc::new(Contacts::default());
+        let raft = group::start(me, &config.data, store.clone(), timing, options, contacts.clone())
             .await
             .context("cannot start the replicated log")?;
         let runtime = tokio::runtime::Handle::current();
@@ -124,18 +131,21 @@ impl Node {
             leading: RwLock::new(None),
             reads: ReadBarrier::default(),
             rejoining: AtomicBool::new(false),
+            contacts,
+            promote: watch::Sender::new(false),
             _data_lock: data_lock,
         }))
     }
 
-    /// Serves on `listener` until `shutdown` completes, setting up the group first if every
-    /// replica is new, and leading whenever elected. Fails if the group cannot be set up
-    /// (a replica refuses this one's cluster secret) or the log stops (its disk failed).
+    /// Serves on `listener` until `shutdown` completes or this learner is promoted, setting
+    /// up the group first if every replica is new, and leading whenever elected. Fails if
+    /// the group cannot be set up (a replica refuses this one's cluster secret) or the log
+    /// stops (its disk failed).
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Stopped> {
         let (stop, stopped) = watch::channel(());
         let serving = tokio::spawn(shardfs_rpc::serve(
             listener,
@@ -157,8 +167,12 @@ impl Node {
                 daemon::sync(&self.store).await;
             }
         };
+        let promoted = async {
+            let _ = self.promote.subscribe().wait_for(|promote| *promote).await;
+        };
         let ran = tokio::select! {
-            _ = shutdown => Ok(()),
+            _ = shutdown => Ok(Stopped::Shutdown),
+            _ = promoted => Ok(Stopped::Promoted),
             never = syncing => never,
             e = set_up => Err(e),
             e = self.follow_roles() => Err(e),
@@ -170,6 +184,9 @@ impl Node {
             warn!("the replicated log did not stop cleanly: {e}");
         }
         daemon::sync(&self.store).await;
+        if let Ok(Stopped::Promoted) = ran {
+            membership::make_group_of_one(&self.config.data, self.me, &self.addr).await?;
+        }
         ran
     }
 
@@ -180,6 +197,15 @@ impl Node {
         let mut waiting_logged = false;
         loop {
             if self.raft.is_initialized().await? {
+                return Ok(());
+            }
+            if !self.replicas.contains_key(&self.me) {
+                info!(
+                    "this replica is not one of --replicas: it joins once added (shardfs metad \
+                     add {} --metad {})",
+                    self.addr,
+                    self.config.replicas.join(",")
+                );
                 return Ok(());
             }
             let mut all_new = true;
@@ -233,6 +259,15 @@ impl Node {
         let answer = network::ask(addr, Request::Status, options, SET_UP_PAUSE * 4).await;
         // Unsure counts as yes: refusing votes until caught up only delays this one.
         !matches!(answer, Ok(Ok(Reply::Status(state))) if state.applied_index.is_none_or(|i| i < 1))
+    }
+
+    /// Promotes this learner, if it may be, into a group of one: `run` stops, rewrites the
+    /// log, and returns [`Stopped::Promoted`].
+    async fn promote(&self) -> network::Answer {
+        let applied_index = membership::promotable(&self.raft, self.auth.client_options()).await?;
+        warn!(applied_index, "promoted by shardfs metad promote: restarting as a group of one");
+        self.promote.send_replace(true);
+        Ok(Reply::Promoting { applied_index })
     }
 
     /// Whether this replica refuses to vote: it is rejoining and has nothing yet.
@@ -340,7 +375,12 @@ impl Node {
 
     /// The address of the leader as this replica knows it.
     fn leader_addr(&self) -> Option<String> {
-        network::state(&self.raft).leader
+        self.state().leader
+    }
+
+    /// This replica's role and progress.
+    pub fn state(&self) -> ReplicaState {
+        network::state(&self.raft, &self.contacts)
     }
 
     /// The refusal a replica that does not lead answers `service` with.
@@ -366,13 +406,16 @@ impl Node {
         self.auth.key
     }
 
-    /// The text of the metrics endpoint: the leader's server's, on the leader.
+    /// The text of the metrics endpoint: this replica's role and progress, and on the
+    /// leader its server's.
     pub async fn render_metrics(self: Arc<Self>) -> String {
+        let mut text = super::metrics::render(&self.state());
         let leading = self.leading.read_locked().clone();
         match leading {
-            Some(leading) => leading.server.clone().render_metrics().await,
-            None => String::new(),
+            Some(leading) => text.push_str(&leading.server.clone().render_metrics().await),
+            None => text.push_str("# EOF\n"),
         }
+        text
     }
 }
 
@@ -389,10 +432,18 @@ impl Handler for Node {
     ) -> Result<Vec<u8>, shardfs_rpc::Error> {
         if service == Service::Replication {
             let call: Call = shardfs_rpc::decode(&body)?;
-            if matches!(call.request, Request::Vote(_)) && self.refuses_votes() {
-                return Ok(shardfs_rpc::encode(&network::Answer::Err(Refusal::CatchingUp)));
-            }
-            let answer = network::answer(&self.raft, self.me, call).await;
+            let answer = match call.request {
+                Request::Vote(_) if self.refuses_votes() => Err(Refusal::CatchingUp),
+                Request::Add { addr, voter } if call.to == self.me => {
+                    let options = self.auth.client_options();
+                    membership::add(&self.raft, &addr, voter, options).await.map(Reply::Members)
+                }
+                Request::Remove { addr } if call.to == self.me => {
+                    membership::remove(&self.raft, &addr).await.map(Reply::Members)
+                }
+                Request::Promote if call.to == self.me => self.promote().await,
+                _ => network::answer(&self.raft, self.me, &self.contacts, call).await,
+            };
             return Ok(shardfs_rpc::encode(&answer));
         }
         let Some(leading) = self.leading_for(service, peer) else {

@@ -49,6 +49,7 @@ mod group {
     use tokio::sync::oneshot;
 
     use crate::replication::group::{self, Endpoint, LogProposer, Timing};
+    use crate::replication::network::Contacts;
     use crate::replication::{Answers, Group, Proposal, Replica, ReplicaId};
     use crate::store::{Applied, Change, Mutation, NewInode, Store};
     use shardfs_meta_api::proto::{Cred, FileKind, MetaError, ROOT_INO, Timestamp};
@@ -114,11 +115,14 @@ mod group {
             std::fs::create_dir_all(&dir).unwrap();
             let store = Arc::new(open_store(&dir));
             let options = ClientOptions::with_key(key());
-            let raft = group::start(id, &dir, store.clone(), TIMING, options).await.unwrap();
+            let contacts = Arc::new(Contacts::default());
+            let raft = group::start(id, &dir, store.clone(), TIMING, options, contacts.clone())
+                .await
+                .unwrap();
             let runtime = tokio::runtime::Handle::current();
             store.replicate_through(Arc::new(LogProposer { raft: raft.clone(), runtime }));
             let listener = TcpListener::bind(&self.addrs[&id]).await.unwrap();
-            let endpoint = Arc::new(Endpoint { raft: raft.clone(), me: id });
+            let endpoint = Arc::new(Endpoint { raft: raft.clone(), me: id, contacts });
             let (stop, stopped) = oneshot::channel::<()>();
             let shutdown = async move {
                 let _ = stopped.await;

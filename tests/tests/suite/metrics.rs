@@ -98,3 +98,29 @@ fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
+
+/// Each replica of a group exports its role and progress, and the leader each follower's
+/// lag and last contact, beside its server's metrics.
+#[test]
+fn replicas_export_their_role_lag_and_last_contact() {
+    let cluster = Cluster::start_group_with(3, 3, 2, 1, &["--metrics-listen", "127.0.0.1:0"]);
+    let leader = cluster.leader();
+    let follower = (leader + 1) % 3;
+    let log = |i: usize| cluster.dir.path().join(format!("metad-{i}.log"));
+    let (on_leader, on_follower) =
+        (scrape(&metrics_endpoint(&log(leader))), scrape(&metrics_endpoint(&log(follower))));
+    assert_eq!(value(&on_leader, r#"shardfs_metad_replica_role{role="leader"}"#), 1.0);
+    assert_eq!(value(&on_follower, r#"shardfs_metad_replica_role{role="follower"}"#), 1.0);
+    assert_eq!(value(&on_leader, r#"shardfs_metad_group_members{kind="voter"}"#), 3.0);
+    assert!(value(&on_follower, "shardfs_metad_replica_applied_index") >= 1.0);
+    for other in (0..3).filter(|&i| i != leader) {
+        let addr = &cluster.replicas[other].addr;
+        let lag = format!(r#"shardfs_metad_follower_lag_entries{{replica="{addr}"}}"#);
+        let contact = format!(r#"shardfs_metad_follower_last_contact_millis{{replica="{addr}"}}"#);
+        assert!(on_leader.contains_key(&lag) && on_leader.contains_key(&contact), "{on_leader:?}");
+        assert!(value(&on_leader, &contact) < 5000.0, "{on_leader:?}");
+    }
+    // Only the leader serves, so only it has the server's metrics.
+    assert!(on_leader.contains_key("shardfs_metad_sessions"), "{on_leader:?}");
+    assert!(!on_follower.contains_key("shardfs_metad_sessions"), "{on_follower:?}");
+}

@@ -382,3 +382,118 @@ fn a_mount_cut_off_with_its_leader_serves_nothing_stale() {
     cluster.signal_replica(old, SIGCONT);
     assert_eq!(seen, "new!", "mount A served its cache after the leader was cut off");
 }
+
+/// `shardfs metad members --json` asked of `addrs`: every replica the group knows.
+fn members(cluster: &Cluster, addrs: &str) -> Vec<serde_json::Value> {
+    let mut command = cluster.command("shardfs");
+    command.args(["metad", "members", "--json", "--metad", addrs]);
+    let out = command.output().expect("run shardfs metad members");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Whether `members` lists `voters` voters and `learners` learners, one leading, each
+/// having applied all the leader has.
+fn settled(members: &[serde_json::Value], voters: usize, learners: usize) -> bool {
+    let listed = |voter: bool| members.iter().filter(|m| m["voter"] == voter).count();
+    let leaders = members.iter().filter(|m| m["state"]["role"] == "leader").count();
+    listed(true) == voters
+        && listed(false) == learners
+        && leaders == 1
+        && members.iter().filter(|m| !m["voter"].is_null()).all(|m| m["lag"] == 0)
+}
+
+/// A replica added while a mount works joins as a learner, catches up and votes; removing
+/// the leader itself then hands the lead to another. The workload sees no error, and the
+/// group ends with the three replicas it was left with.
+#[test]
+fn replicas_are_added_and_removed_while_mounts_work() {
+    let mut cluster = Cluster::start_group(3, 3, 2, 1);
+    let (a, b) = (cluster.mount(), cluster.mount());
+    let counter = start_counter(&a);
+    let load = Load::start([&a, &b], "members");
+    let added = cluster.add_replica(false);
+    let all = cluster.metad_addr.clone();
+    eventually("four voters, caught up", || settled(&members(&cluster, &all), 4, 0));
+    load.goes_on("the workload to go on after a replica was added");
+    let leader = cluster.leader();
+    let leader_addr = cluster.replicas[leader].addr.clone();
+    let mut remove = cluster.command("shardfs");
+    remove.args(["metad", "remove", &leader_addr, "--metad", &all]);
+    let removed = remove.output().unwrap();
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    eventually("three voters without the old leader, one leading", || {
+        let now = members(&cluster, &all);
+        settled(&now, 3, 0)
+            && !now.iter().any(|m| m["addr"] == leader_addr && !m["voter"].is_null())
+    });
+    cluster.stop_replica(leader, nix::sys::signal::Signal::SIGTERM);
+    assert_ne!(cluster.leader(), leader);
+    load.goes_on("the workload to go on after the leader was removed");
+    let counted = load.finish(FAILOVER_BOUND);
+    assert_eq!(counter_value(&counter), counted, "every increment under the lock counted once");
+    println!("added replica {added}, removed replica {leader} (the leader)");
+    // A replica that is not there is not added: one line says why.
+    let mut add = cluster.command("shardfs");
+    add.args(["metad", "add", "127.0.0.1:1", "--metad", &all]);
+    let absent = add.output().unwrap();
+    let stderr = String::from_utf8_lossy(&absent.stderr);
+    assert!(!absent.status.success() && stderr.contains("cannot reach 127.0.0.1:1"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    drop((a, b));
+    eventually("fsck --verify-data to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// Disaster recovery: a learner (the copy in another zone) follows the group; once every
+/// voter is lost, `shardfs metad promote` makes it a group of one with all it had
+/// applied, which mounts serve from and fsck finds whole. Promotion is refused while a
+/// voter answers.
+#[test]
+fn a_learner_promoted_after_every_voter_is_lost_has_what_it_applied() {
+    let mut cluster = Cluster::start_group(3, 6, 4, 2);
+    let learner = cluster.add_replica(true);
+    let learner_addr = cluster.replicas[learner].addr.clone();
+    // The chunkds are told of the learner too, as a DR zone's would be.
+    for i in 0..6 {
+        cluster.stop_chunkd(i, nix::sys::signal::Signal::SIGTERM);
+        cluster.start_chunkd(i);
+    }
+    cluster.wait_chunkds_up();
+    let mount = cluster.mount();
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let path = mount.join(&format!("d{}/f{i}", i % 4));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let content = shardfs_tests::random_bytes(1000 + i * 3000, i as u64);
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&content).unwrap();
+        file.sync_all().unwrap();
+        written.push((format!("d{}/f{i}", i % 4), content));
+    }
+    let all = cluster.metad_addr.clone();
+    eventually("the learner to have applied everything", || {
+        settled(&members(&cluster, &all), 3, 1)
+    });
+    let refused = cluster.command("shardfs").args(["metad", "promote", &learner_addr]).output();
+    let refused = refused.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("still answers"), "{stderr}");
+    drop(mount);
+    for voter in 0..3 {
+        cluster.stop_replica(voter, nix::sys::signal::Signal::SIGKILL);
+    }
+    let promoted = cluster.command("shardfs").args(["metad", "promote", &learner_addr]).output();
+    let promoted = promoted.unwrap();
+    assert!(promoted.status.success(), "{}", String::from_utf8_lossy(&promoted.stderr));
+    let now = members(&cluster, &learner_addr);
+    assert!(settled(&now, 1, 0), "the learner leads a group of one: {now:?}");
+    cluster.wait_chunkds_up();
+    let mount = cluster.mount_via(&learner_addr, &[]);
+    for (path, content) in &written {
+        assert_eq!(&std::fs::read(mount.join(path)).unwrap(), content, "{path} after promotion");
+    }
+    std::fs::write(mount.join("after"), "written to the promoted group").unwrap();
+    drop(mount);
+    let fsck = cluster.command("shardfs").args(["fsck", &learner_addr, "--verify-data"]).output();
+    let fsck = fsck.unwrap();
+    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+}
