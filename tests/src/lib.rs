@@ -80,7 +80,8 @@ pub fn binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
         panic!("{} is missing: run `cargo build --workspace --bins` first", path.display())
     });
-    // The crates each binary is built from (a binary is relinked only when one changes).
+    // The crates each binary is built from, its own last (a binary is relinked only when
+    // one changes; of the others, only the library counts).
     let crates: &[&str] = match name {
         "shardfs-chunkd" => &["rpc", "chunk-api", "chunkd"],
         "shardfs-metad" => &["rpc", "chunk-api", "meta-api", "metad"],
@@ -98,27 +99,30 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently modified source file of `crates`.
+/// The most recently modified source file of `crates`, the binary's own crate last (the
+/// `src/bin/` programs of the others are not part of it).
 fn newest_source(crates: &[&str]) -> Option<(std::time::SystemTime, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
     let mut newest = None;
-    for name in crates {
-        newest_in(&root.join(name).join("src"), &mut newest);
+    for (i, name) in crates.iter().enumerate() {
+        let own = i + 1 == crates.len();
+        newest_in(&root.join(name).join("src"), own, &mut newest);
     }
     newest
 }
 
-fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+fn newest_in(dir: &Path, own: bool, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         // Unit tests (`tests.rs`, `tests/`) are not in the binary: changing them relinks
         // nothing.
         let unit_tests = path.file_stem().is_some_and(|stem| stem == "tests");
-        if unit_tests {
+        let other_programs = !own && path.ends_with("src/bin");
+        if unit_tests || other_programs {
             continue;
         } else if path.is_dir() {
-            newest_in(&path, newest);
+            newest_in(&path, own, newest);
         } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified())
             && newest.as_ref().is_none_or(|(time, _)| modified > *time)
         {
@@ -290,6 +294,13 @@ impl Cluster {
     /// [`query`](Self::query) use TLS too.
     pub fn start_tls(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
         Cluster::start_inner(n, k, m, metad_args, true)
+    }
+
+    /// [`start`](Self::start) with a lone metad even when `SHARDFS_TEST_METADS` asks for a
+    /// group: for tests of what only a lone metad has (one data directory, whose database
+    /// a backup is restored into, or whose disk fills up).
+    pub fn start_alone(n: usize, k: u8, m: u8) -> Cluster {
+        Cluster::start_inner_with(n, k, m, &[], false, 0)
     }
 
     /// [`start`](Self::start) with metad as a group of `replicas` replicas, each its own
@@ -556,6 +567,42 @@ impl Cluster {
     /// metad's data directory.
     pub fn metad_dir(&self) -> PathBuf {
         self.dir.path().join("metad")
+    }
+
+    /// The address of the lone metad, or of the group's leader: for a test that talks to
+    /// one metad.
+    pub fn one_metad(&self) -> String {
+        match self.replicas.is_empty() {
+            true => self.metad_addr.clone(),
+            false => self.replicas[self.leader()].addr.clone(),
+        }
+    }
+
+    /// The process id of the lone metad, or of the group's leader.
+    pub fn one_metad_pid(&self) -> u32 {
+        match &self.metad {
+            Some(metad) => metad.pid(),
+            None => self.replicas[self.leader()].process.as_ref().expect("leader running").pid(),
+        }
+    }
+
+    /// The log of the lone metad, or of the group's leader.
+    pub fn one_metad_log(&self) -> PathBuf {
+        match self.replicas.is_empty() {
+            true => self.dir.path().join("metad.log"),
+            false => self.dir.path().join(format!("metad-{}.log", self.leader())),
+        }
+    }
+
+    /// Everything metad logged: the lone metad's log, or every replica's.
+    pub fn metad_logs(&self) -> String {
+        let mut logs =
+            std::fs::read_to_string(self.dir.path().join("metad.log")).unwrap_or_default();
+        for i in 0..self.replicas.len() {
+            let log = self.dir.path().join(format!("metad-{i}.log"));
+            logs.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        logs
     }
 
     /// Stops every daemon, then starts them again on the same data directories.

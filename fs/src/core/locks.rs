@@ -65,7 +65,7 @@ impl Fs {
         let Some((kind, pid)) = lock else {
             return Ok(self.meta.unlock(ino, owner, (start, end)).await?);
         };
-        self.locked.locked().insert(ino);
+        self.locked.locked().insert((ino, owner));
         self.handle(fh)?.lock_owners.locked().insert(owner);
         let held = HeldLock { start, end, kind, pid };
         let deadline = tokio::time::Instant::now() + RELEASE_RACE_WAIT;
@@ -88,9 +88,11 @@ impl Fs {
     }
 
     /// Drops `owner`'s locks on `ino` (a close by that process, or the last close of a
-    /// flock'ed file). Free when this client never locked the file.
+    /// flock'ed file). Free when `owner` never asked this client for a lock on the file:
+    /// every close(2) of a locked file by any process (a child closing inherited
+    /// descriptors as it execs, say) would otherwise wait for metad.
     pub async fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
-        if !self.locked.locked().contains(&ino) {
+        if !self.locked.locked().contains(&(ino, owner)) {
             return Ok(());
         }
         Ok(self.meta.unlock(ino, owner, (0, u64::MAX)).await?)

@@ -106,8 +106,9 @@ pub struct Fs {
     files: Mutex<HashMap<Ino, (Arc<OpenFile>, usize)>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
-    /// Inodes this client ever took a lock on: only their closes must release locks.
-    locked: Mutex<HashSet<Ino>>,
+    /// The inodes this client ever asked for a lock on, with the lock owner that asked:
+    /// only closes by those owners must release locks.
+    locked: Mutex<HashSet<(Ino, u64)>>,
     /// Signalled when a closing handle has dropped its OFD locks (see
     /// [`Fs::wait_for_release`]).
     released_locks: tokio::sync::Notify,

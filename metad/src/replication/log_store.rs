@@ -1,14 +1,19 @@
 //! The replicated log and the vote, in their own SQLite database (`raft-log.db`) beside the
-//! state machine's. `synchronous=FULL` in WAL mode: a commit has fsynced the WAL when it
-//! returns, so an append is reported flushed, and a vote saved, only once it is on disk.
-//! One transaction per append, however many entries it carries.
+//! state machine's, in WAL mode, one transaction per append however many entries it
+//! carries. A commit writes the WAL without syncing it (`synchronous=NORMAL`; SQLite still
+//! syncs around its checkpoints); the WAL file is then synced by a thread of its own
+//! ([`Flusher`]), and an append is reported flushed only after that. So openraft sends new
+//! entries to the followers while the leader's own copy is being synced, and appends that
+//! come together share one `fdatasync`. The WAL is written in order, so a sync makes every
+//! earlier commit durable too. A vote, and a cut of the log, are synced before they return.
 //!
 //! An entry is stored as a format byte and its postcard encoding (`super::encode`), keyed
 //! by its index.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -26,6 +31,40 @@ type Entry = openraft::Entry<Group>;
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    wal: Arc<Wal>,
+    flusher: std::sync::mpsc::Sender<LogFlushed<Group>>,
+}
+
+/// The log database's WAL file, synced on its own.
+struct Wal {
+    path: PathBuf,
+    /// Opened at the first sync: SQLite creates the file with the first commit.
+    file: Mutex<Option<File>>,
+}
+
+impl Wal {
+    /// Makes every commit so far durable.
+    fn sync(&self) -> std::io::Result<()> {
+        let mut file = self.file.locked();
+        if file.is_none() {
+            *file = Some(File::open(&self.path)?);
+        }
+        file.as_ref().map_or(Ok(()), File::sync_data)
+    }
+}
+
+/// Syncs the WAL for the appends handed to it, as many at a time as are waiting, and
+/// reports each flushed (or failed) in the order they were appended.
+fn flusher(wal: Arc<Wal>, appended: std::sync::mpsc::Receiver<LogFlushed<Group>>) {
+    while let Ok(first) = appended.recv() {
+        let waiting: Vec<_> = std::iter::once(first).chain(appended.try_iter()).collect();
+        let synced = wal.sync();
+        for callback in waiting {
+            let result =
+                synced.as_ref().map(drop).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+            callback.log_io_completed(result);
+        }
+    }
 }
 
 impl LogStore {
@@ -34,7 +73,7 @@ impl LogStore {
         let open = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.execute_batch(
                 "CREATE TABLE IF NOT EXISTS log (
                      idx   INTEGER PRIMARY KEY,
@@ -48,10 +87,27 @@ impl LogStore {
             Ok(conn)
         };
         let conn = open().map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(LogStore { conn: Arc::new(Mutex::new(conn)) })
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal = Arc::new(Wal { path: wal_path.into(), file: Mutex::new(None) });
+        let (flusher, appended) = std::sync::mpsc::channel();
+        let syncing = wal.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || self::flusher(syncing, appended))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(LogStore { conn: Arc::new(Mutex::new(conn)), wal, flusher })
     }
 
-    /// Runs `work` on the connection, on the blocking pool (a commit waits for an fsync).
+    /// Makes every commit so far durable, before returning.
+    async fn sync(&self) -> Result<(), StorageError> {
+        let wal = self.wal.clone();
+        let synced = blocking(move || wal.sync()).await;
+        let synced = synced.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
+        synced.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// Runs `work` on the connection, on the blocking pool.
     async fn with_conn<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
@@ -62,8 +118,8 @@ impl LogStore {
             .map_err(|e| StorageIOError::read_logs(AnyError::error(e.to_string())))?
     }
 
-    /// Saves `vote` if given, and appends `entries`, in one transaction, synced when it
-    /// returns.
+    /// Saves `vote` if given, and appends `entries`, in one transaction (not synced yet:
+    /// see [`sync`](Self::sync)).
     pub async fn write(
         &self,
         vote: Option<Vote<ReplicaId>>,
@@ -87,7 +143,6 @@ impl LogStore {
                     insert.execute(params![index, entry]).map_err(write)?;
                 }
             }
-            // With synchronous=FULL the WAL is fsynced before this returns.
             tx.commit().map_err(write)
         })
         .await
@@ -178,7 +233,8 @@ impl RaftLogStorage<Group> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> Result<(), StorageError> {
-        self.write(Some(*vote), Vec::new()).await
+        self.write(Some(*vote), Vec::new()).await?;
+        self.sync().await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<ReplicaId>>, StorageError> {
@@ -196,7 +252,12 @@ impl RaftLogStorage<Group> for LogStore {
     {
         let written = self.write(None, entries.into_iter().collect()).await;
         match &written {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                if let Err(std::sync::mpsc::SendError(callback)) = self.flusher.send(callback) {
+                    let stopped = std::io::Error::other("the log's sync thread stopped");
+                    callback.log_io_completed(Err(stopped));
+                }
+            }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
         written
@@ -209,7 +270,8 @@ impl RaftLogStorage<Group> for LogStore {
                 .map_err(|e| StorageIOError::write_logs(&e))?;
             Ok(())
         })
-        .await
+        .await?;
+        self.sync().await
     }
 
     async fn purge(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError> {

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -57,7 +57,6 @@ pub struct Node {
     config: MetadConfig,
     auth: DaemonAuth,
     leading: RwLock<Option<Arc<Leading>>>,
-    reads: ReadBarrier,
     /// Set when this replica started empty in a group that has had a leader (its data
     /// directory was lost): until the leader has sent it what was committed, it refuses to
     /// vote. Its empty log would let a candidate that lacks committed entries win.
@@ -87,6 +86,7 @@ struct Leading {
     /// Set when the lead is lost: the background workers stop, and requests still being
     /// answered (a lock wait) are sent to the new leader.
     lost: watch::Sender<bool>,
+    reads: ReadBarrier,
 }
 
 impl Leading {
@@ -129,7 +129,6 @@ impl Node {
             config: config.clone(),
             auth,
             leading: RwLock::new(None),
-            reads: ReadBarrier::default(),
             rejoining: AtomicBool::new(false),
             contacts,
             promote: watch::Sender::new(false),
@@ -356,6 +355,7 @@ impl Node {
             server,
             connections: Mutex::default(),
             lost: watch::Sender::new(false),
+            reads: ReadBarrier::default(),
         });
         let work = (self.config.repair, self.config.gc);
         let stop = {
@@ -453,7 +453,7 @@ impl Handler for Node {
             let leader = if leading { Some(self.addr.clone()) } else { self.leader_addr() };
             return Ok(self.refusal(service, leader));
         };
-        if let Err(e) = self.reads.confirm(&self.raft).await {
+        if let Err(e) = leading.reads.confirm(&self.raft).await {
             debug!("not answering as the leader: {e}");
             return Ok(self.refusal(service, self.leader_addr().filter(|a| *a != self.addr)));
         }
@@ -481,27 +481,39 @@ impl Handler for Node {
 }
 
 /// Confirms that this replica still leads before it answers: a quorum acknowledges it
-/// (openraft's read index), and everything committed is applied. One confirmation begun
-/// after a request arrived covers it, so requests that arrive together share one.
+/// (openraft's read index), and everything committed is applied. A confirmation begun at
+/// time S holds for [`LEASE_READ`] after S: its heartbeat round, sent after S, made a quorum
+/// refuse to vote for anyone else until at least S plus openraft's leader lease (the
+/// election timeout's maximum, 0.9 s), so no other replica can lead, and commit, before
+/// then; and every change this replica answered was applied here first. Requests that
+/// arrive while none holds share one confirmation begun after they arrived. Kept per lead.
 #[derive(Default)]
 pub struct ReadBarrier {
     /// Confirmations begun.
     begun: AtomicU64,
-    /// The number of the last confirmation that succeeded.
-    confirmed: tokio::sync::Mutex<u64>,
+    /// The number of the last confirmation that succeeded, and when it began.
+    confirmed: tokio::sync::Mutex<(u64, Option<Instant>)>,
 }
+
+/// How long a confirmation holds. With the mount trusting its leases 0.5 s from sending a
+/// request (`fs/src/core/trust.rs`), the request may have been answered under a
+/// confirmation begun up to this long before it was sent: 0.3 + 0.5 s stays inside the
+/// 0.9 s lease, with 0.1 s to spare for clocks that run at different rates.
+pub const LEASE_READ: Duration = Duration::from_millis(300);
 
 impl ReadBarrier {
     pub async fn confirm(&self, raft: &Raft<Group>) -> Result<(), String> {
         let arrived = self.begun.load(Ordering::SeqCst);
         let mut confirmed = self.confirmed.lock().await;
-        if *confirmed > arrived {
+        let (number, began) = *confirmed;
+        if number > arrived || began.is_some_and(|began| began.elapsed() < LEASE_READ) {
             return Ok(());
         }
         let this = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let began = Instant::now();
         match raft.ensure_linearizable().await {
             Ok(_) => {
-                *confirmed = this;
+                *confirmed = (this, Some(began));
                 Ok(())
             }
             Err(e) => {

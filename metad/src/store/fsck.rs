@@ -20,7 +20,14 @@ impl Store {
         let now = Timestamp::now();
         if !repair {
             // A check alone reads on a connection of its own, holding up no other request.
-            return self.scan(|tx| check(tx, false, now, &mut Vec::new()));
+            let mut report = self.scan(|tx| check(tx, false, now, &mut Vec::new()))?;
+            // A file that just lost its last name lingers a moment for opens on their way
+            // (`open_files`): open, as far as they are concerned.
+            (report.problems).retain(|problem| match problem {
+                Problem::UnreachableInode { ino } => !self.open_files.is_open(*ino),
+                _ => true,
+            });
+            return Ok(report);
         }
         // A repair is one change like any other.
         match self.apply(Mutation::Repair { now })?.0 {

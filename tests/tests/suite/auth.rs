@@ -50,8 +50,7 @@ fn a_mount_with_a_wrong_secret_is_refused_while_the_right_one_works() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("refused this process's cluster secret"), "{stderr}");
     assert!(!is_mounted(&mnt));
-    let metad_log = cluster.dir.path().join("metad.log");
-    eventually("metad to log the refusal", || log_of(&metad_log).contains(METAD_REFUSES));
+    eventually("metad to log the refusal", || cluster.metad_logs().contains(METAD_REFUSES));
     still_served(&good, "after");
 }
 
@@ -87,8 +86,7 @@ fn a_chunkd_with_a_wrong_secret_never_joins() {
     eventually("the chunkd to log its refusal", || {
         log_of(&log).contains("refused this process's cluster secret")
     });
-    let metad_log = cluster.dir.path().join("metad.log");
-    assert!(log_of(&metad_log).contains(METAD_REFUSES));
+    eventually("metad to log the refusal", || cluster.metad_logs().contains(METAD_REFUSES));
     let chunkds = cluster.query(async |c| c.chunkds().await).unwrap();
     assert_eq!(chunkds.len(), 3, "the impostor was never registered");
     still_served(&mount, "placed-on-the-three");
@@ -99,7 +97,8 @@ fn raw_peers_without_the_secret_are_refused() {
     let cluster = Cluster::start(3, 2, 1);
     let mount = cluster.mount();
     let chunkd = cluster.chunkds[0].as_ref().unwrap().addr.clone();
-    for (addr, service) in [(cluster.metad_addr.as_str(), 1), (chunkd.as_str(), 3)] {
+    let metad = cluster.one_metad();
+    for (addr, service) in [(metad.as_str(), 1), (chunkd.as_str(), 3)] {
         // A made-up proof: refused (verdict 3), then the connection is closed.
         let (mut stream, _) = raw_hello(addr, service);
         stream.write_all(&[0x5a; 64]).unwrap();
@@ -117,8 +116,7 @@ fn raw_peers_without_the_secret_are_refused() {
         // The right secret is served meanwhile.
         still_served(&mount, &format!("during-{service}"));
     }
-    let logs = log_of(&cluster.dir.path().join("metad.log"));
-    assert!(logs.contains(METAD_REFUSES), "metad logged the refused peer");
+    assert!(cluster.metad_logs().contains(METAD_REFUSES), "metad logged the refused peer");
     let chunkd_log = log_of(&cluster.dir.path().join("chunkd-0.log"));
     assert!(chunkd_log.contains(METAD_REFUSES), "chunkd logged the refused peer");
 }

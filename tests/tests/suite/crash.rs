@@ -106,7 +106,9 @@ fn a_full_chunkd_gives_enospc_and_keeps_what_it_has() {
 
 #[test]
 fn a_full_metad_disk_refuses_what_needs_room_and_still_deletes_and_reads() {
-    let mut cluster = Cluster::start(3, 2, 1);
+    // One metad's disk: a replica whose disk fills is another story (it stops, and another
+    // leads), not tested yet.
+    let mut cluster = Cluster::start_alone(3, 2, 1);
     let mut disk = None;
     let mount = cluster.mount();
     std::fs::write(mount.join("kept"), b"kept").unwrap();

@@ -129,7 +129,7 @@ fn writes_below_k_plus_1_shards_fail_with_eio_at_once() {
     assert!(took < std::time::Duration::from_secs(5), "the error took {took:?}");
     // No mount sees a state the writer was told is done.
     assert_eq!(std::fs::metadata(b.join("x")).unwrap().len(), 0);
-    let log = std::fs::read_to_string(cluster.dir.path().join("metad.log")).unwrap();
+    let log = cluster.metad_logs();
     assert!(log.contains("4+2 encoding needs 5 usable chunkds to store a chunk, 4 are"), "{log}");
     // What was stored before is intact, and the volume takes writes again once they are back.
     for (name, expected) in &files {

@@ -215,8 +215,8 @@ fn a_flood_of_requests_on_many_connections_waits_its_turns() {
 fn a_thousand_waiting_locks_hold_no_threads_and_up_no_one() {
     use shardfs_meta_api::proto::{HeldLock, LockKind};
     let cluster = Cluster::start(3, 2, 1);
+    let pid = cluster.one_metad_pid();
     let metad_threads = || {
-        let pid = cluster.metad.as_ref().unwrap().pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap().to_owned();
         line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap()

@@ -36,7 +36,7 @@ fn bad_frames_drop_only_their_connection() {
     let mount = cluster.mount();
     let chunkd = cluster.chunkds[0].as_ref().unwrap().addr.clone();
     let targets = [
-        (cluster.metad_addr.clone(), 1u8, cluster.dir.path().join("metad.log")),
+        (cluster.one_metad(), 1u8, cluster.one_metad_log()),
         (chunkd, 3u8, cluster.dir.path().join("chunkd-0.log")),
     ];
     for (addr, service, log) in &targets {

@@ -50,7 +50,7 @@ fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
     cluster.start_chunkd(0);
     cluster.wait_chunkds_up();
     let mount = cluster.mount_with(&["--metrics-listen", "127.0.0.1:0"]);
-    let metad = metrics_endpoint(&cluster.dir.path().join("metad.log"));
+    let metad = metrics_endpoint(&cluster.one_metad_log());
     let chunkd = metrics_endpoint(&cluster.dir.path().join("chunkd-0.log"));
     let client = metrics_endpoint(mount.log().unwrap());
 

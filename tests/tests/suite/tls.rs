@@ -55,7 +55,7 @@ const MARKER: &[u8] = b"a marker that must not cross the network in the clear";
 /// Writes a small file (kept inline: its content goes to metad) through a mount that
 /// reaches metad via a recorder; returns the recorder.
 fn write_marker_through_recorder(cluster: &Cluster) -> Recorder {
-    let recorder = Recorder::start(&cluster.metad_addr);
+    let recorder = Recorder::start(&cluster.one_metad());
     let mount = cluster.mount_via(&recorder.addr, &[]);
     std::fs::write(mount.join("marked"), MARKER).unwrap();
     std::fs::File::open(mount.join("marked")).unwrap().sync_all().unwrap();
