@@ -33,7 +33,9 @@ fn main() -> ExitCode {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
     let args: Vec<OsString> = mount_helper_args().unwrap_or_else(|| std::env::args_os().collect());
     let cli = Cli::parse_from(&args);
-    shardfs_rpc::cli::init_logging("warn");
+    // `shardfs local --metads N` runs openraft, which warns of every message it drops as
+    // stale (RUST_LOG=openraft=warn shows them).
+    shardfs_rpc::cli::init_logging("warn,openraft=off");
     match run(cli, &args) {
         Ok(code) => code,
         Err(e) => shardfs_rpc::cli::fail("shardfs", &e),

@@ -320,11 +320,11 @@ impl Cluster {
         Cluster::start_inner_with(n, k, m, metad_args, false, replicas)
     }
 
-    /// A lone metad, or with `SHARDFS_TEST_METADS=N` (N > 1) a group of N replicas: the
-    /// whole suite can run against a group.
+    /// A lone metad, or with `SHARDFS_TEST_METADS=N` a group of N replicas (1: a group of
+    /// one, on the replicated log): the whole suite can run against a group.
     fn start_inner(n: usize, k: u8, m: u8, metad_args: &[&str], tls: bool) -> Cluster {
         let replicas = std::env::var("SHARDFS_TEST_METADS").ok().and_then(|n| n.parse().ok());
-        let replicas = replicas.filter(|&n: &usize| n > 1).unwrap_or(0);
+        let replicas = replicas.unwrap_or(0);
         Cluster::start_inner_with(n, k, m, metad_args, tls, replicas)
     }
 
