@@ -178,8 +178,9 @@ impl MetaClient {
             timeout: Mutex::new(Duration::ZERO),
             events,
         });
-        let rpc = Replicas::new(addrs, Service::Metad, options, |client| {
-            client.with_hello(session.clone()).with_push(on_push.clone())
+        let hello = session.clone();
+        let rpc = Replicas::new(addrs, Service::Metad, options, move |client| {
+            client.with_hello(hello.clone()).with_push(on_push.clone())
         });
         MetaClient {
             rpc,
@@ -235,7 +236,7 @@ impl MetaClient {
 
     /// The address of the replica calls go to first: the leader, as far as this client
     /// knows.
-    pub fn addr(&self) -> &str {
+    pub fn addr(&self) -> String {
         self.rpc.leader()
     }
 

@@ -1,14 +1,17 @@
 //! A client of a service that a group of replicas serves, only one of which (the leader)
 //! answers: calls go to the replica last found leading; one that is unreachable, or answers
 //! that it is not the leader, sends the call on to the leader it names or to the next
-//! replica, until one answers or the failover time is up.
+//! replica, until one answers or the failover time is up. A leader named that is not in the
+//! list (a replica added to the group since) joins the list.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{debug, info};
 
+use crate::sync::ReadWrite as _;
 use crate::{Client, ClientOptions, Error, Service};
 
 /// How long calls go on trying other replicas: long enough for a group to elect a new
@@ -26,15 +29,23 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Clients of every replica of a group, and which one leads.
 pub struct Replicas {
-    clients: Vec<Client>,
+    /// As given, then any leader named that was not.
+    replicas: RwLock<Vec<Arc<Replica>>>,
     /// The index of the replica calls go to first.
     current: AtomicUsize,
     failover_within: Duration,
     request_timeout: Duration,
-    /// Per replica: bumped whenever a call gives up on it, so that the calls still waiting
-    /// there (a blocking lock) give up too and follow to the leader.
-    given_up: Vec<tokio::sync::watch::Sender<u64>>,
     options: ClientOptions,
+    service: Service,
+    configure: Arc<dyn Fn(Client) -> Client + Send + Sync>,
+}
+
+/// The client of one replica.
+struct Replica {
+    client: Client,
+    /// Bumped whenever a call gives up on this replica, so that the calls still waiting
+    /// there (a blocking lock) give up too and follow to the leader.
+    given_up: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replicas {
@@ -44,20 +55,51 @@ impl Replicas {
         addrs: &str,
         service: Service,
         options: ClientOptions,
-        configure: impl Fn(Client) -> Client,
+        configure: impl Fn(Client) -> Client + Send + Sync + 'static,
     ) -> Replicas {
-        let clients: Vec<Client> = split(addrs)
-            .into_iter()
-            .map(|addr| configure(Client::new(addr, service, options)))
-            .collect();
-        Replicas {
-            given_up: clients.iter().map(|_| tokio::sync::watch::Sender::new(0)).collect(),
-            clients,
+        let mut replicas = Replicas {
+            replicas: RwLock::default(),
             current: AtomicUsize::new(0),
             failover_within: FAILOVER_WITHIN,
             request_timeout: options.request_timeout,
             options,
+            service,
+            configure: Arc::new(configure),
+        };
+        let given: Vec<Arc<Replica>> =
+            split(addrs).into_iter().map(|addr| replicas.replica(addr)).collect();
+        replicas.replicas = RwLock::new(given);
+        replicas
+    }
+
+    fn replica(&self, addr: String) -> Arc<Replica> {
+        let client = (self.configure)(Client::new(addr, self.service, self.options));
+        Arc::new(Replica { client, given_up: tokio::sync::watch::Sender::new(0) })
+    }
+
+    /// The index of the replica at `addr`, added to the list if it is not in it.
+    fn index_of(&self, addr: &str) -> usize {
+        if let Some(at) = self.replicas.read_locked().iter().position(|r| r.client.addr() == addr) {
+            return at;
         }
+        let mut replicas = self.replicas.write_locked();
+        match replicas.iter().position(|r| r.client.addr() == addr) {
+            Some(at) => at,
+            None => {
+                info!(replica = addr, "a replica not in the list leads: added to it");
+                replicas.push(self.replica(addr.to_string()));
+                replicas.len() - 1
+            }
+        }
+    }
+
+    fn at(&self, at: usize) -> Arc<Replica> {
+        let replicas = self.replicas.read_locked();
+        replicas[at % replicas.len()].clone()
+    }
+
+    fn count(&self) -> usize {
+        self.replicas.read_locked().len()
     }
 
     /// This client, giving up on a call after trying the replicas for `within`.
@@ -65,9 +107,9 @@ impl Replicas {
         Replicas { failover_within: within, ..self }
     }
 
-    /// Every replica's address, as given.
+    /// Every replica's address: as given, and any leader named since that was not.
     pub fn list(&self) -> Vec<String> {
-        self.clients.iter().map(|c| c.addr().to_string()).collect()
+        self.replicas.read_locked().iter().map(|r| r.client.addr().to_string()).collect()
     }
 
     /// The options the replicas are called with.
@@ -81,8 +123,8 @@ impl Replicas {
     }
 
     /// The address calls go to first: the leader's, as far as this client knows.
-    pub fn leader(&self) -> &str {
-        self.clients[self.current.load(Ordering::Relaxed)].addr()
+    pub fn leader(&self) -> String {
+        self.at(self.current.load(Ordering::Relaxed)).client.addr().to_string()
     }
 
     /// Sends `request` to the leader, waiting for each replica's answer as long as the
@@ -107,12 +149,13 @@ impl Replicas {
     ) -> Result<Resp, Error> {
         let started = Instant::now();
         let mut tried = 0;
-        let group = self.clients.len() > 1;
+        let group = self.count() > 1;
         let timeout = timeout.map(|t| if group { t.min(ATTEMPT_TIMEOUT) } else { t });
         loop {
-            let at = self.current.load(Ordering::Relaxed);
-            let client = &self.clients[at];
-            let mut given_up = self.given_up[at].subscribe();
+            let at = self.current.load(Ordering::Relaxed) % self.count();
+            let replica = self.at(at);
+            let client = &replica.client;
+            let mut given_up = replica.given_up.subscribe();
             let attempt = async {
                 match timeout {
                     Some(timeout) => client.call_within(request, timeout).await,
@@ -135,7 +178,7 @@ impl Replicas {
                 e if group && unreachable(e) => None,
                 _ => return Err(failed),
             };
-            self.given_up[at].send_modify(|n| *n += 1);
+            replica.given_up.send_modify(|n| *n += 1);
             // A replica that does not lead keeps no session for this client: the next
             // connection to it says hello again.
             client.disconnect().await;
@@ -148,16 +191,21 @@ impl Replicas {
             }
             // The leader named may be this replica itself, when the connection predates its
             // lead: it is called again on a new connection.
-            let next = leader
-                .and_then(|leader| self.clients.iter().position(|c| c.addr() == leader))
-                .unwrap_or((at + 1) % self.clients.len());
-            debug!(from = client.addr(), to = self.clients[next].addr(), "looking for the leader");
+            let next = match leader {
+                Some(leader) => self.index_of(&leader),
+                None => (at + 1) % self.count(),
+            };
+            debug!(
+                from = client.addr(),
+                to = self.at(next).client.addr(),
+                "looking for the leader"
+            );
             let _ = self.current.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed);
             if tried == 0 {
                 info!(from = client.addr(), "the leader moved or is down; failing over");
             }
             tried += 1;
-            if tried % self.clients.len() == 0 {
+            if tried % self.count() == 0 {
                 tokio::time::sleep(ROUND_PAUSE).await;
             }
         }
@@ -195,5 +243,15 @@ mod tests {
     fn a_list_splits_on_commas_and_one_address_stays_one() {
         assert_eq!(split("a:1, b:2,,c:3"), ["a:1", "b:2", "c:3"]);
         assert_eq!(split("a:1"), ["a:1"]);
+    }
+
+    #[test]
+    fn a_leader_named_outside_the_list_joins_it() {
+        let options = ClientOptions::with_key(crate::ClusterKey::from_secret(b"test"));
+        let replicas = Replicas::new("a:1,b:2", Service::Metad, options, |c| c);
+        assert_eq!(replicas.index_of("b:2"), 1);
+        assert_eq!(replicas.index_of("c:3"), 2);
+        assert_eq!(replicas.index_of("c:3"), 2, "added once");
+        assert_eq!(replicas.list(), ["a:1", "b:2", "c:3"]);
     }
 }

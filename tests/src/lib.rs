@@ -12,11 +12,19 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shardfs_meta_api::MetaClient;
+use shardfs_rpc::sync::Lock as _;
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 use tempfile::TempDir;
 
-/// How long any daemon or mount may take to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long any daemon or mount may take to become ready, and any awaited condition to
+/// come true. Over 30 s: a daemon started while another test's metad is down can wait that
+/// long to exec, since exec closes the descriptors the test process has open on that
+/// test's mount, and each close flushes there (the mount gives up after 30 s).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Clusters started as a group of metad replicas (`Cluster::start_group`) take turns: their
+/// tests time failovers, which several groups electing at once on two cores would blur.
+static GROUP_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The address a process logged for its metrics endpoint (`--metrics-listen`).
 pub fn metrics_endpoint(log: &Path) -> String {
@@ -276,6 +284,8 @@ pub struct Cluster {
     /// Last, because fields drop in order: the daemons stop before their directory goes
     /// (a daemon still writing into it left it half removed).
     pub dir: TempDir,
+    /// A group's turn (`GROUP_TURN`), let go once everything else has stopped.
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl Cluster {
@@ -317,7 +327,10 @@ impl Cluster {
         m: u8,
         metad_args: &[&str],
     ) -> Cluster {
-        Cluster::start_inner_with(n, k, m, metad_args, false, replicas)
+        let turn = GROUP_TURN.locked();
+        let mut cluster = Cluster::start_inner_with(n, k, m, metad_args, false, replicas);
+        cluster._turn = Some(turn);
+        cluster
     }
 
     /// A lone metad, or with `SHARDFS_TEST_METADS=N` a group of N replicas (1: a group of
@@ -351,6 +364,7 @@ impl Cluster {
             metad_args: metad_args.iter().map(|a| a.to_string()).collect(),
             tls: None,
             runtime,
+            _turn: None,
         };
         if tls {
             let [ca, cert, key] =
