@@ -130,9 +130,7 @@ impl Replicas {
     /// Sends `request` to the leader, waiting for each replica's answer as long as the
     /// options' request timeout. `redirect` reads an answer that says "not the leader":
     /// `Some(leader)` then, with the leader's address if the replica knew it. With one
-    /// replica, its answer or error is the call's, as with a plain [`Client`], except "not
-    /// the leader" (a group of one that took the lead after this connection was opened),
-    /// which is asked again.
+    /// replica, its answer or error is the call's, as with a plain [`Client`].
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         request: &Req,
@@ -176,9 +174,7 @@ impl Replicas {
                 Err(e) => e,
             };
             let leader = match &failed {
-                // Even with one address: a group of one refuses a connection that predates
-                // its lead, naming itself.
-                Error::NotLeader { leader, .. } => leader.clone(),
+                Error::NotLeader { leader, .. } if group => leader.clone(),
                 e if group && unreachable(e) => None,
                 _ => return Err(failed),
             };
