@@ -175,6 +175,12 @@ impl Replicas {
             };
             let leader = match &failed {
                 Error::NotLeader { leader, .. } if group => leader.clone(),
+                // A replica naming itself: the connection predates its lead (a group of one
+                // that was starting). A client of one address asks it again, and follows
+                // no redirect elsewhere.
+                Error::NotLeader { addr, leader: Some(leader) } if leader == addr => {
+                    Some(leader.clone())
+                }
                 e if group && unreachable(e) => None,
                 _ => return Err(failed),
             };
@@ -253,5 +259,75 @@ mod tests {
         assert_eq!(replicas.index_of("c:3"), 2);
         assert_eq!(replicas.index_of("c:3"), 2, "added once");
         assert_eq!(replicas.list(), ["a:1", "b:2", "c:3"]);
+    }
+
+    /// Answers its first `refusals` requests "not the leader", naming `leader` (its own
+    /// address when `None`), and the rest "answered".
+    struct Refusing {
+        addr: std::sync::OnceLock<String>,
+        leader: Option<String>,
+        refusals: AtomicUsize,
+    }
+
+    impl crate::Handler for Refusing {
+        fn offers(&self, service: Service) -> bool {
+            service == Service::Metad
+        }
+
+        async fn handle(
+            self: Arc<Self>,
+            _service: Service,
+            _peer: std::net::SocketAddr,
+            _body: bytes::Bytes,
+        ) -> Result<Vec<u8>, Error> {
+            let refuse = self
+                .refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            let answer = match refuse {
+                Ok(_) => {
+                    let leader = self.leader.clone().or_else(|| self.addr.get().cloned());
+                    format!("not the leader: {}", leader.unwrap_or_default())
+                }
+                Err(_) => "answered".to_string(),
+            };
+            Ok(crate::encode(&answer))
+        }
+    }
+
+    /// A client of one replica that refuses `refusals` requests naming `leader`; the answer
+    /// to one call.
+    async fn one_address_call(leader: Option<&str>, refusals: usize) -> Result<String, Error> {
+        let key = crate::ClusterKey::from_secret(b"replicas test secret, 32 bytes..");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handler = Arc::new(Refusing {
+            addr: std::sync::OnceLock::from(addr.clone()),
+            leader: leader.map(String::from),
+            refusals: AtomicUsize::new(refusals),
+        });
+        let config = crate::ServerConfig::new(key);
+        let server = tokio::spawn(crate::serve(listener, handler, config, std::future::pending()));
+        let replicas = Replicas::new(&addr, Service::Metad, ClientOptions::with_key(key), |c| c);
+        let redirect = |answer: &String| {
+            answer.strip_prefix("not the leader: ").map(|leader| Some(leader.to_string()))
+        };
+        let answered = replicas.call(&"hello".to_string(), redirect).await;
+        server.abort();
+        answered
+    }
+
+    #[tokio::test]
+    async fn a_client_of_one_address_asks_again_a_replica_that_names_itself() {
+        assert_eq!(one_address_call(None, 2).await.unwrap(), "answered");
+    }
+
+    #[tokio::test]
+    async fn a_client_of_one_address_follows_no_redirect_elsewhere() {
+        match one_address_call(Some("127.0.0.1:9"), 1).await {
+            Err(Error::NotLeader { leader, .. }) => {
+                assert_eq!(leader.as_deref(), Some("127.0.0.1:9"))
+            }
+            other => panic!("expected \"not the leader\", got {other:?}"),
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!   erasure coding go to tokio's blocking pool with [`blocking`]. A request handler whose
 //!   task does nothing else meanwhile may run it on its own thread with
 //!   [`blocking_in_place`] instead (two thread wake-ups less per request, measured in
-//!   `docs/performance.md`).
+//!   `docs/performance.md`). One exception, measured there too: a metad replica's log
+//!   database, whose statements only reach the page cache, runs them in openraft's tasks.
 //! - **No lock is held while waiting for something slow.** A metad replica's change waits
 //!   for the group's log, whose tasks run on the async threads; a lock held across it, which
 //!   an async thread then blocks on, stalls the log itself (`docs/architecture.md`,

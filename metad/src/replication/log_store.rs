@@ -107,15 +107,16 @@ impl LogStore {
         synced.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
-    /// Runs `work` on the connection, on the blocking pool.
+    /// Runs `work` on the connection, in the calling task. The exception to the rule that
+    /// blocking work goes to the blocking pool (`shardfs_rpc::sync`): the log's statements
+    /// write to the page cache only (the sync is the flusher's), tens of microseconds each,
+    /// and openraft's core waits for them anyway; handing each to the pool and back cost
+    /// more than the statement (docs/performance.md, "A group of three metad replicas").
     async fn with_conn<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let conn = self.conn.clone();
-        blocking(move || work(&mut conn.locked()))
-            .await
-            .map_err(|e| StorageIOError::read_logs(AnyError::error(e.to_string())))?
+        work(&mut self.conn.locked())
     }
 
     /// Saves `vote` if given, and appends `entries`, in one transaction (not synced yet:
