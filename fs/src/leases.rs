@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use shardfs_meta_api::SessionEvents;
-use shardfs_meta_api::proto::{Attr, Ino, MetaPush};
+use shardfs_meta_api::proto::{Access, Attr, Ino, MetaPush, Timestamp};
 use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -70,9 +70,29 @@ struct State {
     forgotten: u64,
     /// Recalls not yet settled.
     pending: HashMap<Ino, Recall>,
+    /// Reads answered here whose atime update metad has not acknowledged yet (see
+    /// `core/accesses.rs`): replies to the kernel show each file's atime as at least this.
+    accessed: HashMap<Ino, Accessed>,
+}
+
+/// A read's atime update on its way to metad.
+#[derive(Clone, Copy)]
+struct Accessed {
+    at: Timestamp,
+    /// Taken into a batch being sent.
+    sending: bool,
 }
 
 impl State {
+    /// `attr` with the atime of a read answered here that metad has not recorded yet.
+    fn shown(&self, attr: &Attr) -> Attr {
+        let mut shown = attr.clone();
+        if let Some(accessed) = self.accessed.get(&attr.ino) {
+            shown.atime = shown.atime.max(accessed.at);
+        }
+        shown
+    }
+
     fn recalled_since(&self, ino: Ino, epoch: u64) -> bool {
         epoch < self.forgotten || self.recalled.get(&ino).is_some_and(|&at| at > epoch)
     }
@@ -113,6 +133,12 @@ impl Ttls<'_> {
                 None => NO_TTL,
             },
         }
+    }
+
+    /// `attr` as the kernel is to see it: with the atime of a read answered here that metad
+    /// has not recorded yet.
+    pub fn shown(&self, attr: &Attr) -> Attr {
+        self.state.shown(attr)
     }
 
     /// Whether an open of `ino` may keep the kernel's cached pages (`FOPEN_KEEP_CACHE`).
@@ -262,6 +288,48 @@ impl Leases {
     /// Whether `ino` is known, under its lease, to have no `security.capability`.
     pub fn lacks_capability(&self, ino: Ino) -> bool {
         self.lock().held.get(&ino).is_some_and(|h| h.lacks_capability)
+    }
+
+    /// `attr` as this mount shows it (see [`Ttls::shown`]).
+    pub fn shown(&self, attr: &Attr) -> Attr {
+        self.lock().shown(attr)
+    }
+
+    /// A read of `ino` at `at` moved its atime: shown here at once, sent to metad later (see
+    /// `core/accesses.rs`). Returns how many such updates wait to be sent.
+    pub fn accessed(&self, ino: Ino, at: Timestamp) -> usize {
+        let mut state = self.lock();
+        let accessed = state.accessed.entry(ino).or_insert(Accessed { at, sending: false });
+        if at >= accessed.at {
+            *accessed = Accessed { at, sending: false };
+        }
+        state.accessed.values().filter(|a| !a.sending).count()
+    }
+
+    /// Takes the atime updates waiting to be sent (of `only`, or all) into a batch.
+    pub fn accesses_to_send(&self, only: Option<Ino>) -> Vec<Access> {
+        let mut state = self.lock();
+        let waiting = state
+            .accessed
+            .iter_mut()
+            .filter(|(ino, a)| !a.sending && only.is_none_or(|only| only == **ino));
+        waiting
+            .map(|(&ino, accessed)| {
+                accessed.sending = true;
+                Access { ino, at: accessed.at }
+            })
+            .collect()
+    }
+
+    /// A batch from [`Leases::accesses_to_send`] was answered (recorded, or given up on):
+    /// its updates are no longer shown here, except those overtaken by a later read.
+    pub fn accesses_sent(&self, sent: &[Access]) {
+        let mut state = self.lock();
+        for access in sent {
+            if state.accessed.get(&access.ino).is_some_and(|a| a.sending && a.at == access.at) {
+                state.accessed.remove(&access.ino);
+            }
+        }
     }
 
     /// The attributes kept under the lease on `ino`.

@@ -443,6 +443,12 @@ impl MetaClient {
         call!(self, AttrRequest::Accessed { ino, strict }, "accessed", MetaReply::Attr(a) => a)
     }
 
+    /// Updates the atime of the files read in `accesses`, each to the time of its read.
+    pub async fn accessed_at(&self, accesses: Vec<Access>, strict: bool) -> Result<()> {
+        let request = AttrRequest::AccessedAt { accesses, strict };
+        call!(self, request, "accessed at", MetaReply::Done => ())
+    }
+
     pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {
         call!(self, VolumeRequest::Fsck { repair }, "fsck", MetaReply::Fsck(r) => r)
     }

@@ -76,6 +76,13 @@ impl FileKind {
     }
 }
 
+/// A read of file (or directory) `ino` at time `at`, for its atime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    pub ino: Ino,
+    pub at: Timestamp,
+}
+
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Timestamp {

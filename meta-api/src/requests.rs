@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::{ChunkId, ShardId};
 
 use crate::proto::{
-    ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, RenameMode, SetAttr, SpaceOp,
-    StoredChunk, Timestamp, XattrMode,
+    Access, ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, RenameMode, SetAttr,
+    SpaceOp, StoredChunk, Timestamp, XattrMode,
 };
 
 // --- names
@@ -108,6 +108,13 @@ pub enum AttrRequest {
     /// `strict` (the `strictatime` mount option). Answers the attributes.
     Accessed {
         ino: Ino,
+        strict: bool,
+    },
+    /// Reads this mount answered at the times given, updating their files' atime as a batch
+    /// (see `fs/src/core/accesses.rs`): each atime moves forward to its time, under the
+    /// relatime rule unless `strict`; files gone since are skipped. Answers `Done`.
+    AccessedAt {
+        accesses: Vec<Access>,
         strict: bool,
     },
 }

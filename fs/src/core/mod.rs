@@ -5,6 +5,7 @@
 //! - [`open_files`]: open files and their handles, open and release.
 //! - [`names`]: lookups, attributes, creating, linking, renaming and removing names, listings.
 //! - [`read_path`]: reads through the cached layout, read-ahead, atime, SEEK_DATA/HOLE.
+//! - [`accesses`]: atime updates, shown at once and sent to metad in batches.
 //! - [`write_path`]: buffering writes, committing them (flush, fsync, close), fallocate and
 //!   copy_file_range.
 //! - [`settling`]: the leases answers grant, and settling their recalls.
@@ -31,6 +32,7 @@ use open_files::{Handle, OpenFile};
 use settling::settle_recalls;
 use shardfs_rpc::sync::Lock as _;
 
+mod accesses;
 mod locks;
 mod names;
 mod open_files;
@@ -119,6 +121,8 @@ pub struct Fs {
     me: std::sync::Weak<Fs>,
     /// Removals of names (unlink, rmdir, rename) under way here: see [`Fs::removing`].
     removals: AtomicUsize,
+    /// Held while a batch of atime updates is sent (see `accesses.rs`).
+    sending_accesses: tokio::sync::Mutex<()>,
     metrics: Arc<ClientMetrics>,
 }
 
@@ -151,10 +155,12 @@ impl Fs {
             locked: Mutex::new(HashSet::new()),
             released_locks: tokio::sync::Notify::new(),
             removals: AtomicUsize::new(0),
+            sending_accesses: tokio::sync::Mutex::new(()),
             leases,
             metrics,
         });
         tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
+        tokio::spawn(accesses::send_accesses_in_time(Arc::downgrade(&fs)));
         if fs.meta.replicas().len() > 1 {
             tokio::spawn(trust::keep_leases_trusted(Arc::downgrade(&fs)));
         }
@@ -195,6 +201,7 @@ impl Fs {
             }
         }
         let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
+        self.send_accesses(None).await;
         if unfinished > 0 {
             warn!(unfinished, "unmounting with closed files whose last writes are not committed");
         }

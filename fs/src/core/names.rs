@@ -74,6 +74,10 @@ impl Fs {
     }
 
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> FsResult<Attr> {
+        // An atime set here replaces that of the reads before it.
+        if changes.atime.is_some() {
+            self.send_accesses(Some(ino)).await;
+        }
         let Some(file) = self.open_file(ino) else {
             let set = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false);
             return set.await.map_err(FsError::stale_if_gone);
@@ -267,17 +271,22 @@ impl Fs {
                 std::iter::once(ino).chain(entries.iter().map(|e| e.attr.ino)).collect()
             })
             .await?;
-        if after == 0
-            && self.options.dir_atime
-            && let Some(strict) = self.atime_update(None)
-        {
-            // In the background: the directory's attributes are not at hand to skip it.
-            let (meta, leases) = (self.meta.clone(), self.leases.clone());
-            tokio::spawn(async move {
-                if let Err(e) = update_atime(&meta, &leases, ino, strict).await {
-                    debug!(ino, "atime update failed: {e}");
+        if after == 0 && self.options.dir_atime {
+            match self.leases.cached_attr(ino) {
+                Some(attr) => self.note_read(ino, &attr),
+                // In the background: without the directory's attributes at hand, metad
+                // decides whether the atime moves.
+                None => {
+                    if let Some(strict) = self.atime_update(None) {
+                        let (meta, leases) = (self.meta.clone(), self.leases.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = update_atime(&meta, &leases, ino, strict).await {
+                                debug!(ino, "atime update failed: {e}");
+                            }
+                        });
+                    }
                 }
-            });
+            }
         }
         for entry in &mut entries {
             if entry.attr.kind == FileKind::File {

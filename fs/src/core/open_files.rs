@@ -146,15 +146,20 @@ impl Fs {
         // Reads from pages the kernel keeps never reach this client: the atime update
         // their first read would make is made now.
         if reading && self.leases.pages_valid(ino) {
-            let attr = self.leases.cached_attr(ino);
-            if let Some(strict) = self.atime_update(attr.as_ref()) {
-                match update_atime(&self.meta, &self.leases, ino, strict).await {
-                    Ok(()) => self.leases.forget_kernel_attrs(ino),
-                    // Gone: the kernel looks the name up again.
-                    Err(e @ FsError::Meta(MetaError::NotFound)) => return Err(e),
-                    // Otherwise best effort, as at a first read: an open for reading does
-                    // not fail for want of an atime update (on a full metad disk, say).
-                    Err(e) => debug!(ino, "atime update failed: {e}"),
+            match self.leases.cached_attr(ino) {
+                Some(attr) => self.note_read(ino, &attr),
+                None => {
+                    if let Some(strict) = self.atime_update(None) {
+                        match update_atime(&self.meta, &self.leases, ino, strict).await {
+                            Ok(()) => self.leases.forget_kernel_attrs(ino),
+                            // Gone: the kernel looks the name up again.
+                            Err(e @ FsError::Meta(MetaError::NotFound)) => return Err(e),
+                            // Otherwise best effort, as at a first read: an open for
+                            // reading does not fail for want of an atime update (on a full
+                            // metad disk, say).
+                            Err(e) => debug!(ino, "atime update failed: {e}"),
+                        }
+                    }
                 }
             }
             data.accessed = true;

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{Attr, Ino, Layout, Timestamp};
-use tracing::debug;
 
 use super::{AtimePolicy, Fs};
 use crate::error::{FsError, FsResult};
@@ -63,11 +62,7 @@ impl Fs {
         if !data.accessed {
             data.accessed = true;
             // Before the data is returned, so a stat right after the read sees it.
-            if let Some(strict) = self.atime_update(Some(&layout.attr))
-                && let Err(e) = update_atime(&self.meta, &self.leases, file.ino, strict).await
-            {
-                debug!(ino = file.ino, "atime update failed: {e}");
-            }
+            self.note_read(file.ino, &layout.attr);
         }
         let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
         if offset >= file_size {

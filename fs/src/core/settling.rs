@@ -108,6 +108,8 @@ impl Fs {
         if tokio::time::timeout(INVALIDATE_WAIT, invalidated).await.is_err() {
             debug!(ino, "kernel still busy with the inode; releasing its lease meanwhile");
         }
+        // The change that recalled the lease comes after the reads made under it.
+        self.send_accesses(Some(ino)).await;
         self.give_back(ino, &recall).await;
     }
 

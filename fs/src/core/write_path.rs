@@ -169,12 +169,15 @@ impl Fs {
     /// fsync(2): commits what is buffered for the file behind `fh`, then has metad make its
     /// metadata, and every change before it, durable.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush_handle(&*self.handle(fh)?).await?;
-        self.sync().await
+        let handle = self.handle(fh)?;
+        self.flush_handle(&handle).await?;
+        self.send_accesses(Some(handle.file.ino)).await;
+        Ok(self.meta.sync().await?)
     }
 
     /// Makes every metadata change this mount made so far durable (fsync of a directory).
     pub async fn sync(&self) -> FsResult<()> {
+        self.send_accesses(None).await;
         Ok(self.meta.sync().await?)
     }
 

@@ -62,7 +62,9 @@ pub(super) fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-pub(super) fn file_attr(attr: &Attr) -> FileAttr {
+/// `attr` as the kernel is to see it (see [`Ttls::shown`]).
+pub(super) fn file_attr(ttls: &Ttls, attr: &Attr) -> FileAttr {
+    let attr = &ttls.shown(attr);
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
@@ -144,13 +146,13 @@ pub(super) fn reply_entry(
 ) {
     leases.reply(|ttls| {
         let ttl = ttls.of(attr.ino, Some((parent, name)));
-        reply.entry(&ttl, &file_attr(attr), Generation(attr.generation))
+        reply.entry(&ttl, &file_attr(ttls, attr), Generation(attr.generation))
     })
 }
 
 /// Answers with attributes, cached by the kernel while leased.
 pub(super) fn reply_attr(leases: &Leases, reply: ReplyAttr, attr: &Attr) {
-    leases.reply(|ttls| reply.attr(&ttls.of(attr.ino, None), &file_attr(attr)))
+    leases.reply(|ttls| reply.attr(&ttls.of(attr.ino, None), &file_attr(ttls, attr)))
 }
 
 pub(super) fn name_bytes(name: &OsStr) -> Vec<u8> {

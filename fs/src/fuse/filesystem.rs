@@ -546,7 +546,7 @@ impl Filesystem for FuseAdapter {
             move |mut reply, (dir, parent, entries)| {
                 leases.reply(|ttls| {
                     // The kernel ignores the attributes of "." and "..".
-                    let dir_attr = file_attr(&dir);
+                    let dir_attr = file_attr(ttls, &dir);
                     let dots = [(1, ino.0, "."), (2, parent, "..")];
                     for (cookie, dot_ino, name) in dots {
                         let attr = FileAttr { ino: INodeNo(dot_ino), ..dir_attr };
@@ -560,7 +560,7 @@ impl Filesystem for FuseAdapter {
                     for entry in entries {
                         let ttl = ttls.of(entry.attr.ino, Some((ino.0, &entry.name)));
                         let name = OsStr::from_bytes(&entry.name);
-                        let attr = file_attr(&entry.attr);
+                        let attr = file_attr(ttls, &entry.attr);
                         let generation = Generation(entry.attr.generation);
                         if reply.add(
                             INodeNo(entry.attr.ino),
@@ -769,7 +769,7 @@ impl Filesystem for FuseAdapter {
                     let flags = with_kept_pages(ttls, attr.ino, open_flags);
                     reply.created(
                         &ttl,
-                        &file_attr(&attr),
+                        &file_attr(ttls, &attr),
                         Generation(attr.generation),
                         FileHandle(fh),
                         flags,

@@ -1,5 +1,5 @@
 //! Attributes: reading them, chmod/chown/utimes/truncate, and the atime a read updates.
-//! Changes are the `SetAttr` and `Accessed` mutations.
+//! Changes are the `SetAttr`, `Accessed` and `AccessedAt` mutations.
 
 use super::{Caller, Family, Grant, Leasing, Target, valid_times};
 use crate::access::{WRITE, need, owns};
@@ -17,6 +17,9 @@ impl Family for AttrRequest {
                 valid_times(&[changes.atime, changes.mtime])?;
                 set_attr(store, *ino, cred, changes)
             }
+            AttrRequest::AccessedAt { accesses, .. } => {
+                valid_times(&accesses.iter().map(|a| Some(SetTime::At(a.at))).collect::<Vec<_>>())
+            }
             AttrRequest::GetAttr { .. } | AttrRequest::Accessed { .. } => Ok(()),
         }
     }
@@ -29,7 +32,9 @@ impl Family for AttrRequest {
             }
             // Recalls nothing: other mounts may show an older atime until their lease ends
             // (docs/SEMANTICS.md).
-            AttrRequest::Accessed { .. } => return Leasing::Uncovered,
+            AttrRequest::Accessed { .. } | AttrRequest::AccessedAt { .. } => {
+                return Leasing::Uncovered;
+            }
         };
         Leasing::Covered { needs, grant }
     }
@@ -44,6 +49,10 @@ fn reply(request: AttrRequest, store: &Store) -> MetaResponse {
         AttrRequest::GetAttr { ino } => store.get_attr(ino)?,
         AttrRequest::SetAttr { ino, cred: _, changes } => store.set_attr(ino, &changes)?,
         AttrRequest::Accessed { ino, strict } => store.accessed(ino, strict)?,
+        AttrRequest::AccessedAt { accesses, strict } => {
+            store.accessed_at(accesses, strict)?;
+            return Ok(MetaReply::Done);
+        }
     }))
 }
 

@@ -20,8 +20,8 @@ use super::{Store, catalogue, layout, namespace, xattr};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::FsckReport;
 use shardfs_meta_api::proto::{
-    Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr, SpaceOp,
-    StoredChunk, Timestamp, Unlinked, XattrMode,
+    Access, Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr,
+    SpaceOp, StoredChunk, Timestamp, Unlinked, XattrMode,
 };
 use shardfs_rpc::sync::Lock as _;
 
@@ -195,6 +195,11 @@ pub enum Mutation {
     Volume {
         settings: super::VolumeSettings,
         now: Timestamp,
+    },
+    /// A mount's batch of reads, for atime (`AttrRequest::AccessedAt`).
+    AccessedAt {
+        accesses: Vec<Access>,
+        strict: bool,
     },
 }
 
@@ -436,6 +441,12 @@ fn apply_in(
         }
         M::Accessed { ino, strict, now } => {
             Applied::Attr(namespace::accessed(tx, *ino, *strict, *now)?)
+        }
+        M::AccessedAt { accesses, strict } => {
+            for access in accesses {
+                namespace::accessed_at(tx, access, *strict)?;
+            }
+            Applied::Done
         }
         M::Reclaim { inos, now } => {
             for &ino in inos {

@@ -12,8 +12,8 @@ use super::{
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, Made, MetaError, ROOT_INO,
-    RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
+    Access, Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, Made, MetaError,
+    ROOT_INO, RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
 };
 
 /// Most hard links one inode may have.
@@ -266,6 +266,11 @@ impl Store {
     pub fn accessed(&self, ino: Ino, strict: bool) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         self.apply(Mutation::Accessed { ino, strict, now })?.0.into_attr()
+    }
+
+    /// Updates the atime of each file read in `accesses` (see [`Mutation::AccessedAt`]).
+    pub fn accessed_at(&self, accesses: Vec<Access>, strict: bool) -> Result<(), MetaError> {
+        self.apply(Mutation::AccessedAt { accesses, strict }).map(drop)
     }
 
     /// Records one open of `ino` by `holder`, which may hold at most `limit` opens. Fails if
@@ -527,6 +532,23 @@ pub(super) fn accessed(
             .sql()?;
     }
     get_attr(tx, ino)
+}
+
+/// [`Mutation::AccessedAt`] of one read: the atime moves forward to the read's time (under
+/// the relatime rule as of then unless `strict`); a file gone since is skipped.
+pub(super) fn accessed_at(tx: &Connection, access: &Access, strict: bool) -> Result<(), MetaError> {
+    let attr = match get_attr(tx, access.ino) {
+        Ok(attr) => attr,
+        Err(MetaError::NotFound) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if access.at > attr.atime && (strict || attr.atime_due(access.at)) {
+        tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")
+            .sql()?
+            .execute(params![access.ino, access.at.sec, access.at.nsec])
+            .sql()?;
+    }
+    Ok(())
 }
 
 pub(super) fn link(

@@ -481,6 +481,47 @@ fn relatime_and_noatime() {
     assert!(fs::metadata(&other).unwrap().atime() < 1_000_000_000);
 }
 
+/// A read's atime is shown on its mount at once and sent to metad in a batch: metad has it
+/// within about a second, or at once after an fsync; an atime set explicitly afterwards,
+/// on the reading mount or another, is never overwritten by the batch.
+#[test]
+fn a_reads_atime_reaches_metad_in_order() {
+    let cluster = Cluster::start(3, 2, 1);
+    let (reader, writer) = (cluster.mount(), cluster.mount());
+    let atime = |path: &Path| fs::metadata(path).unwrap().atime();
+    let ino = |name: &str| fs::metadata(writer.join(name)).unwrap().ino();
+    // As metad has it: a mount may show what its lease let it keep.
+    let at_metad =
+        |name: &str| cluster.query(async |c| c.get_attr(ino(name)).await.unwrap().atime.sec);
+    let read_old = |name: &str| {
+        fs::write(writer.join(name), b"data").unwrap();
+        let path = writer.join(name);
+        shardfs_tests::sh(&format!("touch -a -d '2001-01-01 UTC' {}", path.display()));
+        fs::read(reader.join(name)).unwrap();
+        assert!(atime(&reader.join(name)) > 1_700_000_000, "{name}: atime not shown at once");
+    };
+    read_old("synced");
+    read_old("later");
+    // fsync sends the file's update before it returns.
+    File::open(reader.join("synced")).unwrap().sync_all().unwrap();
+    assert!(at_metad("synced") > 1_700_000_000, "fsync did not send the atime");
+    // Without one, the batch goes within a second.
+    shardfs_tests::eventually("the atime to reach metad", || at_metad("later") > 1_700_000_000);
+    // An atime set right after the read, on the reading mount or another, stays.
+    let set = |mount: &Mount, name: &str, date: &str| {
+        let path = mount.join(name);
+        shardfs_tests::sh(&format!("touch -a -d '{date} UTC' {}", path.display()));
+    };
+    read_old("set_here");
+    set(&reader, "set_here", "2002-01-01");
+    read_old("set_there");
+    set(&writer, "set_there", "2003-01-01");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(at_metad("set_here"), 1_009_843_200, "an explicit atime was overwritten");
+    assert_eq!(at_metad("set_there"), 1_041_379_200, "an explicit atime was overwritten");
+    assert_eq!(atime(&reader.join("set_there")), 1_041_379_200);
+}
+
 #[test]
 fn sticky_directories_and_privilege_bits_for_other_users() {
     let cluster = Cluster::start(3, 2, 1);

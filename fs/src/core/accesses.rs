@@ -1,0 +1,70 @@
+//! Atime updates made here at once and sent to metad afterwards, in batches, as `lazytime`
+//! keeps them in memory on a local disk.
+//!
+//! A read that moves a file's atime (relatime, or every read with strictatime) is noted in
+//! the lease table, and from then on the kernel is shown that atime; metad gets it in a
+//! batch ([`AttrRequest::AccessedAt`](shardfs_meta_api::proto::AttrRequest)), one change
+//! for the whole batch, which on a replicated metad is one log entry instead of one per
+//! read. A batch goes within [`SEND_WITHIN`], at once when [`SEND_AT`] updates wait, and
+//! before anything that must find the atime at metad: the recall of the file's lease
+//! (another mount's change to it), an explicit atime change here, `fsync` of the file or of
+//! a directory, and unmount. Another mount that only reads the file's attributes meanwhile
+//! may see the older atime for that long (docs/SEMANTICS.md).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use shardfs_meta_api::proto::{Attr, Ino, Timestamp};
+use tracing::debug;
+
+use super::{AtimePolicy, Fs};
+
+/// Longest a read's atime update waits before it is sent.
+const SEND_WITHIN: Duration = Duration::from_secs(1);
+
+/// Atime updates waiting that make a batch go at once.
+const SEND_AT: usize = 512;
+
+impl Fs {
+    /// A read of `ino`, whose attributes this mount knows as `attr`: moves its atime if the
+    /// mount's atime policy says so, here at once and at metad later.
+    pub(super) fn note_read(&self, ino: Ino, attr: &Attr) {
+        if self.atime_update(Some(&self.leases.shown(attr))).is_none() {
+            return;
+        }
+        let waiting = self.leases.accessed(ino, Timestamp::now());
+        // A stat the kernel answers from its cache would show the old atime.
+        self.leases.forget_kernel_attrs(ino);
+        if waiting >= SEND_AT
+            && let Some(me) = self.me.upgrade()
+        {
+            tokio::spawn(async move { me.send_accesses(None).await });
+        }
+    }
+
+    /// Sends the atime updates waiting (those of `only`, or all) and waits for metad's
+    /// answer. Batches go one at a time, so one sent after another is applied after it.
+    /// Best effort, as atime is: a batch metad cannot take is logged and dropped.
+    pub(super) async fn send_accesses(&self, only: Option<Ino>) {
+        let _turn = self.sending_accesses.lock().await;
+        let batch = self.leases.accesses_to_send(only);
+        if batch.is_empty() {
+            return;
+        }
+        let strict = self.options.atime == AtimePolicy::Always;
+        if let Err(e) = self.meta.accessed_at(batch.clone(), strict).await {
+            debug!(updates = batch.len(), "atime updates not recorded: {e}");
+        }
+        self.leases.accesses_sent(&batch);
+    }
+}
+
+/// Sends the atime updates that wait, within [`SEND_WITHIN`] of each, until the client is
+/// dropped.
+pub(super) async fn send_accesses_in_time(fs: Weak<Fs>) {
+    loop {
+        tokio::time::sleep(SEND_WITHIN).await;
+        let Some(fs) = fs.upgrade() else { return };
+        fs.send_accesses(None).await;
+    }
+}
