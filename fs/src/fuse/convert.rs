@@ -2,8 +2,10 @@
 //! replies several requests share.
 
 use std::ffi::OsStr;
+use std::num::NonZeroUsize;
 use std::os::unix::ffi::OsStrExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileType, FopenFlags, Generation, INodeNo, ReplyAttr, ReplyEntry, ReplyXattr,
@@ -14,6 +16,7 @@ use shardfs_meta_api::proto::{Attr, Cred, FileKind, Ino, LockKind, SetTime, Time
 use super::PREFERRED_IO_SIZE;
 use crate::error::FsError;
 use crate::leases::{Leases, Ttls};
+use shardfs_rpc::sync::Lock as _;
 
 /// `t` for the kernel. metad refuses invalid times, but what comes over the network is not
 /// trusted to be in range: out-of-range nanoseconds count as zero, and a time the system
@@ -101,14 +104,45 @@ pub(super) fn lock_type(kind: LockKind) -> i32 {
 
 /// The caller; `umask` where the kernel passes one (new inodes), else 0. Supplementary
 /// groups are read from /proc for callers other than root (root passes every check
-/// without them).
+/// without them), and kept for [`GROUPS_KEPT`] per process and ids.
 pub(super) fn cred(req: &Request, umask: u32) -> Cred {
-    let groups = if req.uid() == 0 { Vec::new() } else { supplementary_groups(req.pid()) };
-    Cred { uid: req.uid(), gid: req.gid(), umask, groups }
+    let (uid, gid) = (req.uid(), req.gid());
+    let groups = if uid == 0 { Vec::new() } else { caller_groups((req.pid(), uid, gid)) };
+    Cred { uid, gid, umask, groups }
+}
+
+/// How long a process's supplementary groups are used without reading /proc again: a tool
+/// making thousands of calls (`cp -a`, `tar x`) reads them once, and a process whose groups
+/// change (setgroups(2) without changing its ids, which is rare) is seen with its new ones
+/// this soon. A process id reused by another program with the same ids within it gets the
+/// old one's groups for the rest of it.
+const GROUPS_KEPT: Duration = Duration::from_secs(1);
+
+/// Processes whose groups are kept.
+const GROUPS_CACHED: usize = 1024;
+
+/// Supplementary groups read lately, by process id, uid and gid.
+type GroupCache = lru::LruCache<(u32, u32, u32), (Instant, Vec<u32>)>;
+
+static GROUPS: LazyLock<Mutex<GroupCache>> = LazyLock::new(|| {
+    let capacity = NonZeroUsize::new(GROUPS_CACHED).expect("nonzero");
+    Mutex::new(lru::LruCache::new(capacity))
+});
+
+/// The supplementary groups of the process and ids `caller`, read lately or now.
+fn caller_groups(caller: (u32, u32, u32)) -> Vec<u32> {
+    if let Some((read, groups)) = GROUPS.locked().get(&caller)
+        && read.elapsed() < GROUPS_KEPT
+    {
+        return groups.clone();
+    }
+    let groups = supplementary_groups(caller.0);
+    GROUPS.locked().put(caller, (Instant::now(), groups.clone()));
+    groups
 }
 
 /// The supplementary groups of process `pid`, as /proc reports them (none if it is gone).
-pub(super) fn supplementary_groups(pid: u32) -> Vec<u32> {
+fn supplementary_groups(pid: u32) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
