@@ -8,7 +8,7 @@
 //! connection closes, a mount's session expires) loses its locks.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::store::{Holder, LockRow, Store};
 use shardfs_meta_api::proto::{HeldLock, Ino, LockKind, MetaError};
@@ -38,6 +38,8 @@ struct Table {
     /// Counts the changes that may let a waiting request through (see
     /// [`LockTable::changed_since`]).
     version: u64,
+    /// The number the next record takes: records are made in this order.
+    next_record: u64,
 }
 
 #[derive(Default)]
@@ -48,9 +50,21 @@ pub struct LockTable {
     released: tokio::sync::Notify,
     /// Where each change is recorded; `None` in tests of the table alone.
     store: Option<std::sync::Arc<Store>>,
-    /// Taken before the table is let go and held while a change is recorded, so records
-    /// are made in the order of the changes without the table locked meanwhile.
-    recording: Mutex<()>,
+    /// The number of the record whose turn it is (see [`Table::next_record`]): records are
+    /// made in the order of the changes, with neither the table nor this locked meanwhile.
+    recording: Mutex<u64>,
+    /// Signalled when a record is made, for the next in turn.
+    recorded: Condvar,
+}
+
+/// A record's turn, passed on to the next when it ends (however it ends).
+struct Turn<'a>(&'a LockTable);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.recording.locked() += 1;
+        self.0.recorded.notify_all();
+    }
 }
 
 impl LockTable {
@@ -70,14 +84,17 @@ impl LockTable {
             released: Default::default(),
             store: Some(store),
             recording: Mutex::default(),
+            recorded: Condvar::new(),
         }
     }
 
     /// Records the locks now held on `ino`, letting the table go: records are made in the
-    /// order of the changes, but not with the table locked (on a replica a record waits for
-    /// the group's log, and every lock request would wait with it). A failure (metad's disk
-    /// full) is logged: the lock holds meanwhile, but would not outlive a restart.
-    fn record(&self, table: MutexGuard<'_, Table>, ino: Ino) {
+    /// order of the changes, but with nothing locked while one waits its turn or is made (on
+    /// a replica a record waits for the group's log, whose tasks take the table to answer
+    /// lock waiters: the table held meanwhile stalled the log, and every lock request with
+    /// it). A failure (metad's disk full) is logged: the lock holds meanwhile, but would not
+    /// outlive a restart.
+    fn record(&self, mut table: MutexGuard<'_, Table>, ino: Ino) {
         let Some(store) = &self.store else { return };
         let rows: Vec<LockRow> = table
             .by_ino
@@ -86,12 +103,18 @@ impl LockTable {
             .flatten()
             .map(|l| LockRow { ino, holder: l.owner.holder, owner: l.owner.id, held: l.held })
             .collect();
-        let turn = self.recording.locked();
+        let number = table.next_record;
+        table.next_record += 1;
         drop(table);
+        let mut recording = self.recording.locked();
+        while *recording != number {
+            recording = self.recorded.wait(recording).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(recording);
+        let _turn = Turn(self);
         if let Err(e) = store.save_locks(ino, &rows) {
             tracing::warn!(ino, "cannot record locks: {e}");
         }
-        drop(turn);
     }
 
     /// F_GETLK: a lock of another owner that would block this one, if any.
