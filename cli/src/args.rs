@@ -265,9 +265,11 @@ pub(crate) struct BenchArgs {
     /// Directory to measure (a shardfs mount, or any other directory).
     pub(crate) dir: PathBuf,
     /// Another directory to measure in the same run, alternating rounds (A B A B …), e.g. a
-    /// local ext4 directory; the report adds how fast DIR is relative to it.
+    /// local ext4 directory; the report adds how fast DIR is relative to it. May be given
+    /// again, e.g. for a FUSE passthrough of the same ext4 directory (`bindfs
+    /// --multithreaded`): each is compared with DIR.
     #[arg(long)]
-    pub(crate) compare: Option<PathBuf>,
+    pub(crate) compare: Vec<PathBuf>,
     /// Rounds per directory; the report shows medians.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,

@@ -82,6 +82,8 @@ pub enum Workload {
     SmallCreate,
     SmallStat,
     SmallRead,
+    SmallStatCold,
+    SmallReadCold,
     SmallDelete,
     TreeCopy,
     TreeDiff,
@@ -89,7 +91,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 13] = [
         Workload::SeqWrite,
         Workload::SeqReadCold,
         Workload::RandomRead,
@@ -97,6 +99,8 @@ impl Workload {
         Workload::SmallCreate,
         Workload::SmallStat,
         Workload::SmallRead,
+        Workload::SmallStatCold,
+        Workload::SmallReadCold,
         Workload::SmallDelete,
         Workload::TreeCopy,
         Workload::TreeDiff,
@@ -112,6 +116,8 @@ impl Workload {
             Workload::SmallCreate => "small files: create and write",
             Workload::SmallStat => "small files: stat",
             Workload::SmallRead => "small files: read",
+            Workload::SmallStatCold => "small files: stat, caches dropped",
+            Workload::SmallReadCold => "small files: read, caches dropped",
             Workload::SmallDelete => "small files: delete",
             Workload::TreeCopy => "tree: cp -a",
             Workload::TreeDiff => "tree: diff -r",
@@ -126,6 +132,8 @@ impl Workload {
             Workload::SmallCreate
             | Workload::SmallStat
             | Workload::SmallRead
+            | Workload::SmallStatCold
+            | Workload::SmallReadCold
             | Workload::SmallDelete => "ops/s",
             Workload::TreeCopy | Workload::TreeDiff | Workload::TreeRemove => "s",
         }
@@ -143,6 +151,8 @@ impl Workload {
             Workload::SmallCreate
             | Workload::SmallStat
             | Workload::SmallRead
+            | Workload::SmallStatCold
+            | Workload::SmallReadCold
             | Workload::SmallDelete => Group::Small,
             Workload::TreeCopy | Workload::TreeDiff | Workload::TreeRemove => Group::Tree,
         }
@@ -176,10 +186,11 @@ pub struct Row {
     pub workload: Workload,
     pub unit: &'static str,
     pub value: f64,
-    pub other: Option<f64>,
-    /// How fast `dir` is relative to `compare` (1.0 = as fast, 0.5 = half as fast): the
-    /// ratio of rates, or the inverse ratio of times.
-    pub speed_ratio: Option<f64>,
+    /// The value of each directory compared, in the order given.
+    pub others: Vec<f64>,
+    /// How fast `dir` is relative to each directory compared (1.0 = as fast, 0.5 = half as
+    /// fast): the ratio of rates, or the inverse ratio of times.
+    pub speed_ratios: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,17 +198,18 @@ pub struct Report {
     pub config: BenchConfig,
     pub rounds: usize,
     pub results: DirResults,
-    pub compare: Option<DirResults>,
+    pub compare: Vec<DirResults>,
     pub rows: Vec<Row>,
     /// Peak resident memory of the shardfs client serving `dir`, if one was found.
     pub client_peak_rss_bytes: Option<u64>,
 }
 
-/// Runs `rounds` rounds on `dir`, alternating with `compare` if given (A B A B …).
+/// Runs `rounds` rounds on `dir`, alternating with the directories in `compare` (A B C A B
+/// C …).
 pub fn run(
     config: &BenchConfig,
     dir: &Path,
-    compare: Option<&Path>,
+    compare: &[PathBuf],
     rounds: usize,
     progress: bool,
 ) -> anyhow::Result<Report> {
@@ -213,7 +225,8 @@ pub fn run(
     if config.groups.contains(&Group::Tree) && !config.tree.is_dir() {
         bail!("{} is not a directory to copy (--tree)", config.tree.display());
     }
-    let dirs: Vec<&Path> = std::iter::once(dir).chain(compare).collect();
+    let dirs: Vec<&Path> =
+        std::iter::once(dir).chain(compare.iter().map(PathBuf::as_path)).collect();
     for d in &dirs {
         if !d.is_dir() {
             bail!("{} is not a directory", d.display());
@@ -240,18 +253,21 @@ pub fn run(
             cache_dropped: dropped,
         });
     let results_a = results.next().expect("dir is measured");
-    let results_b = results.next();
+    let compared: Vec<DirResults> = results.collect();
     let rows = selected
         .iter()
         .enumerate()
         .map(|(i, &workload)| {
             let value = results_a.medians[i];
-            let other = results_b.as_ref().map(|b| b.medians[i]);
-            let speed_ratio = other.map(|other| match workload.is_time() {
-                true => other / value,
-                false => value / other,
-            });
-            Row { workload, unit: workload.unit(), value, other, speed_ratio }
+            let others: Vec<f64> = compared.iter().map(|b| b.medians[i]).collect();
+            let speed_ratios = others
+                .iter()
+                .map(|other| match workload.is_time() {
+                    true => other / value,
+                    false => value / other,
+                })
+                .collect();
+            Row { workload, unit: workload.unit(), value, others, speed_ratios }
         })
         .collect();
     Ok(Report {
@@ -259,7 +275,7 @@ pub fn run(
         rounds,
         client_peak_rss_bytes: client_peak_rss(dir),
         results: results_a,
-        compare: results_b,
+        compare: compared,
         rows,
     })
 }
@@ -336,7 +352,7 @@ fn workloads(
         fs::remove_file(&big)?;
     }
     if runs(Group::Small) {
-        small_files(config, work, &mut step, &announce)?;
+        dropped &= small_files(config, work, &mut step, &announce)?;
     }
     if runs(Group::Tree) {
         let tree = work.join("tree");
@@ -355,32 +371,39 @@ fn workloads(
     Ok((values, dropped))
 }
 
-/// Creates, stats, reads and deletes the small files.
+/// Creates, stats, reads and deletes the small files; stats and reads them again after
+/// dropping the kernel's caches. Returns whether the caches could be dropped.
 fn small_files(
     config: &BenchConfig,
     work: &Path,
     step: &mut impl FnMut(Workload, anyhow::Result<f64>) -> anyhow::Result<()>,
     announce: &impl Fn(Workload),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let small = work.join("small");
     let paths = small_file_paths(&small, config);
+    let stat_all = || paths.iter().try_for_each(|p| fs::metadata(p).map(drop));
+    let read_all = || paths.iter().try_for_each(|p| fs::read(p).map(drop));
+    let mut dropped = true;
     announce(Workload::SmallCreate);
     step(Workload::SmallCreate, small_create(&small, config, &paths))?;
-    announce(Workload::SmallStat);
-    step(
-        Workload::SmallStat,
-        per_second(paths.len(), || paths.iter().try_for_each(|p| fs::metadata(p).map(drop))),
-    )?;
-    announce(Workload::SmallRead);
-    step(
-        Workload::SmallRead,
-        per_second(paths.len(), || paths.iter().try_for_each(|p| fs::read(p).map(drop))),
-    )?;
+    for (workload, cold, run) in [
+        (Workload::SmallStat, false, &stat_all as &dyn Fn() -> std::io::Result<()>),
+        (Workload::SmallRead, false, &read_all),
+        (Workload::SmallStatCold, true, &stat_all),
+        (Workload::SmallReadCold, true, &read_all),
+    ] {
+        announce(workload);
+        if cold {
+            dropped &= drop_page_cache();
+        }
+        step(workload, per_second(paths.len(), run))?;
+    }
     announce(Workload::SmallDelete);
     step(
         Workload::SmallDelete,
         per_second(paths.len(), || paths.iter().try_for_each(fs::remove_file)),
-    )
+    )?;
+    Ok(dropped)
 }
 
 /// Fills `buf` with data no other buffer of the run repeats, so deduplication cannot make
@@ -557,43 +580,62 @@ pub fn print(report: &Report) {
         report.config.small_dirs,
         report.config.tree.display()
     );
-    let b = report.compare.as_ref();
-    println!(
-        "{:<40} {:>6} {:>12} {:>12} {:>7}",
-        "workload (median)",
-        "unit",
-        truncate(&a.dir),
-        b.map_or(String::new(), |b| truncate(&b.dir)),
-        if b.is_some() { "speed" } else { "" }
-    );
+    let compared = &report.compare;
+    let mut heading = format!("{:<40} {:>6} {:>12}", "workload (median)", "unit", truncate(&a.dir));
+    for b in compared {
+        heading.push_str(&format!(" {:>12}", truncate(&b.dir)));
+    }
+    for n in 1..=compared.len() {
+        heading.push_str(&format!(" {:>7}", speed_heading(n, compared.len())));
+    }
+    println!("{}", heading.trim_end());
     // Times in milliseconds' precision, rates to a tenth.
     let show = |v: f64, unit: &str| match unit {
         "s" => format!("{v:.3}"),
         _ => format!("{v:.1}"),
     };
     for row in &report.rows {
-        println!(
-            "{:<40} {:>6} {:>12} {:>12} {:>7}",
+        let mut line = format!(
+            "{:<40} {:>6} {:>12}",
             row.workload.describe(),
             row.unit,
-            show(row.value, row.unit),
-            row.other.map_or(String::new(), |v| show(v, row.unit)),
-            row.speed_ratio.map_or(String::new(), |r| format!("{r:.2}"))
+            show(row.value, row.unit)
         );
+        for other in &row.others {
+            line.push_str(&format!(" {:>12}", show(*other, row.unit)));
+        }
+        for ratio in &row.speed_ratios {
+            line.push_str(&format!(" {:>7}", format!("{ratio:.2}")));
+        }
+        println!("{line}");
     }
-    if b.is_some() {
-        println!("speed: how fast the first directory is relative to the second (1.00 = as fast)");
+    match compared.len() {
+        0 => {}
+        1 => println!(
+            "speed: how fast the first directory is relative to the second (1.00 = as fast)"
+        ),
+        _ => println!(
+            "speed N: how fast the first directory is relative to directory N+1 (1.00 = as fast)"
+        ),
     }
     if let Some(rss) = report.client_peak_rss_bytes {
         println!("shardfs client peak RSS: {} MiB", rss >> 20);
     }
-    for r in std::iter::once(a).chain(b) {
+    for r in std::iter::once(a).chain(compared) {
         if !r.cache_dropped {
             println!(
                 "note: could not drop the page cache (not root): cold reads of {} were warm",
                 r.dir.display()
             );
         }
+    }
+}
+
+/// The heading of the speed column against the `n`th of `of` directories compared.
+fn speed_heading(n: usize, of: usize) -> String {
+    match of {
+        1 => "speed".to_string(),
+        _ => format!("speed {n}"),
     }
 }
 

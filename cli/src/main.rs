@@ -165,13 +165,8 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
                 groups: args.only,
             };
             let progress = !args.json && std::io::stderr().is_terminal();
-            let report = crate::bench::run(
-                &config,
-                &args.dir,
-                args.compare.as_deref(),
-                args.rounds,
-                progress,
-            )?;
+            let report =
+                crate::bench::run(&config, &args.dir, &args.compare, args.rounds, progress)?;
             match args.json {
                 true => println!("{}", serde_json::to_string_pretty(&report)?),
                 false => crate::bench::print(&report),

@@ -1,4 +1,4 @@
-//! `shardfs bench` runs its workloads on a mount and on a local directory side by side.
+//! `shardfs bench` runs its workloads on a mount and on local directories side by side.
 //! Speed itself is not asserted here (see docs/performance.md); the command must run every
 //! workload, report sane numbers and find the client serving the mount.
 
@@ -17,11 +17,15 @@ fn bench_compares_a_mount_with_a_local_directory() {
         std::fs::write(tree.join(format!("sub/h{i}.h")), format!("#define H{i} {i}\n")).unwrap();
     }
     std::fs::create_dir(&local).unwrap();
+    let second = cluster.dir.path().join("second");
+    std::fs::create_dir(&second).unwrap();
     let output = Command::new(binary("shardfs"))
         .arg("bench")
         .arg(&mount.path)
         .arg("--compare")
         .arg(&local)
+        .arg("--compare")
+        .arg(&second)
         .args(["--rounds", "1", "--file-size", "8MiB", "--random-reads", "200"])
         .args(["--small-files", "100", "--small-dirs", "4", "--json", "--tree"])
         .arg(&tree)
@@ -31,18 +35,23 @@ fn bench_compares_a_mount_with_a_local_directory() {
     assert!(output.status.success(), "bench failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 11, "{report:#}");
+    assert_eq!(rows.len(), 13, "{report:#}");
     for row in rows {
-        for key in ["value", "other", "speed_ratio"] {
-            let v = row[key].as_f64().unwrap_or(-1.0);
-            assert!(v.is_finite() && v > 0.0, "{key} of {row}");
+        let value = std::iter::once(&row["value"]);
+        let compared = ["others", "speed_ratios"].map(|key| row[key].as_array().unwrap());
+        assert!(compared.iter().all(|values| values.len() == 2), "{row}");
+        for v in value.chain(compared.into_iter().flatten()) {
+            let v = v.as_f64().unwrap_or(-1.0);
+            assert!(v.is_finite() && v > 0.0, "{row}");
         }
     }
+    assert_eq!(report["compare"].as_array().unwrap().len(), 2);
     let rss = report["client_peak_rss_bytes"].as_u64().expect("found the mount's client");
     assert!(rss > 1 << 20, "{rss} bytes");
     // Nothing is left behind in either directory.
     assert_eq!(std::fs::read_dir(&mount.path).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&second).unwrap().count(), 0);
 
     // A directory that does not exist is one clear error line.
     let output =
