@@ -55,6 +55,11 @@ struct Held {
     /// outcome is unsure. Another mount's change recalls the lease first, and with it this.
     /// A lookup of a name not in it needs no metad request: the name is not there.
     listing: Option<HashSet<Vec<u8>>>,
+    /// Names in this directory and the inodes they named, as metad answered lookups under
+    /// this lease: a lookup of one whose inode's attributes are kept too needs no metad
+    /// request (after the kernel dropped its own entry). Dropped with the lease, and by the
+    /// changes made here that remove the name or whose outcome is unsure.
+    entries: HashMap<Vec<u8>, Ino>,
 }
 
 #[derive(Default)]
@@ -393,7 +398,9 @@ impl Leases {
     /// A change made here added (`added`) or removed `name` in `dir`.
     pub fn listing_changed(&self, dir: Ino, name: &[u8], added: bool) {
         let mut state = self.lock();
-        if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
+        let Some(held) = state.held.get_mut(&dir) else { return };
+        held.entries.remove(name);
+        if let Some(names) = held.listing.as_mut() {
             if added {
                 names.insert(name.to_vec());
             } else {
@@ -406,7 +413,30 @@ impl Leases {
     pub fn forget_listing(&self, dir: Ino) {
         if let Some(held) = self.lock().held.get_mut(&dir) {
             held.listing = None;
+            held.entries.clear();
         }
+    }
+
+    /// A lookup sent at `epoch` found `name` in `dir` naming `attr.ino`: kept while both
+    /// leases (and the inode's attributes) are, unless either was recalled or this mount
+    /// changed something since the lookup was sent.
+    pub fn found_entry(&self, epoch: Epoch, dir: Ino, name: &[u8], attr: &Attr) {
+        let mut state = self.lock();
+        let current = state.changes == epoch.changes
+            && !state.recalled_since(dir, epoch.recalls)
+            && !state.recalled_since(attr.ino, epoch.recalls)
+            && state.held.get(&attr.ino).is_some_and(|h| h.attr.is_some());
+        if current && let Some(held) = state.held.get_mut(&dir) {
+            held.entries.insert(name.to_vec(), attr.ino);
+        }
+    }
+
+    /// The attributes of what `name` in `dir` names, if a lookup under the leases still
+    /// held found it (see [`Leases::found_entry`]).
+    pub fn cached_entry(&self, dir: Ino, name: &[u8]) -> Option<Attr> {
+        let state = self.lock();
+        let ino = *state.held.get(&dir)?.entries.get(name)?;
+        state.held.get(&ino)?.attr.clone()
     }
 
     /// Whether the next open of `ino` keeps the kernel's cached pages (as things stand).

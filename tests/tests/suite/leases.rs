@@ -191,6 +191,40 @@ fn repeated_stats_of_an_unchanged_tree_cost_no_metad_round_trips() {
     assert_eq!(fs::metadata(mount.join("d0/f0")).unwrap().len(), 7);
 }
 
+/// The kernel drops its dentries and inodes under memory pressure (here: drop_caches); the
+/// names this mount looked up under leases it still holds are then found again without
+/// metad, and a change made elsewhere meanwhile is still seen.
+#[test]
+fn lookups_after_the_kernel_dropped_its_caches_cost_no_metad_round_trips() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    let paths: Vec<String> =
+        (0..3).flat_map(|d| (0..10).map(move |f| format!("d{d}/f{f}"))).collect();
+    for d in 0..3 {
+        fs::create_dir(mount.join(&format!("d{d}"))).unwrap();
+    }
+    for path in &paths {
+        fs::write(mount.join(path), b"x").unwrap();
+    }
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let drop_kernel_caches = || fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let stat_all = || paths.iter().for_each(|p| assert!(mount.join(p).exists(), "{p}"));
+    stat_all();
+    drop_kernel_caches();
+    stat_all();
+    let before = requests();
+    drop_kernel_caches();
+    stat_all();
+    assert_eq!(requests() - before, 0, "lookups answered from the leased entries");
+    // Names removed and made elsewhere are seen at once.
+    let other = cluster.mount();
+    fs::remove_file(other.join("d0/f0")).unwrap();
+    fs::write(other.join("d0/new"), b"y").unwrap();
+    drop_kernel_caches();
+    assert!(!mount.join("d0/f0").exists(), "a name removed elsewhere still found");
+    assert!(mount.join("d0/new").exists(), "a name made elsewhere not found");
+}
+
 #[test]
 fn rereads_and_stats_after_writes_are_served_locally_until_another_mount_writes() {
     let cluster = Cluster::standard();
