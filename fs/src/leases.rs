@@ -15,12 +15,12 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use shardfs_meta_api::SessionEvents;
-use shardfs_meta_api::proto::{Access, Attr, Ino, MetaPush, Timestamp};
+use shardfs_meta_api::proto::{Access, Attr, Ino, Layout, MetaPush, Timestamp};
 use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -60,6 +60,10 @@ struct Held {
     /// request (after the kernel dropped its own entry). Dropped with the lease, and by the
     /// changes made here that remove the name or whose outcome is unsure.
     entries: HashMap<Vec<u8>, Ino>,
+    /// The file's layout as metad answered it under this lease: later opens read through it
+    /// while the kept attributes are those it came with (a change made here answers new
+    /// ones or drops them; one made elsewhere recalls the lease).
+    layout: Option<Arc<Layout>>,
 }
 
 #[derive(Default)]
@@ -428,6 +432,36 @@ impl Leases {
             && state.held.get(&attr.ino).is_some_and(|h| h.attr.is_some());
         if current && let Some(held) = state.held.get_mut(&dir) {
             held.entries.insert(name.to_vec(), attr.ino);
+        }
+    }
+
+    /// A layout fetched by a request sent at `epoch`: kept under the file's lease, with its
+    /// attributes, unless the lease was recalled or this mount changed something since.
+    pub fn keep_layout(&self, epoch: Epoch, layout: &Arc<Layout>) {
+        let mut state = self.lock();
+        let ino = layout.attr.ino;
+        if state.changes != epoch.changes || state.recalled_since(ino, epoch.recalls) {
+            return;
+        }
+        if let Some(held) = state.held.get_mut(&ino) {
+            held.attr = Some(layout.attr.clone());
+            held.layout = Some(layout.clone());
+        }
+    }
+
+    /// The layout kept under the lease on `ino`, if the file is as it was when it came.
+    pub fn cached_layout(&self, ino: Ino) -> Option<Arc<Layout>> {
+        let state = self.lock();
+        let held = state.held.get(&ino)?;
+        let (layout, attr) = (held.layout.as_ref()?, held.attr.as_ref()?);
+        let same = |a: &Attr| (a.size, a.mtime, a.ctime);
+        (same(attr) == same(&layout.attr)).then(|| layout.clone())
+    }
+
+    /// Forgets the layout kept for `ino`: it named shards that could not be read.
+    pub fn drop_layout(&self, ino: Ino) {
+        if let Some(held) = self.lock().held.get_mut(&ino) {
+            held.layout = None;
         }
     }
 

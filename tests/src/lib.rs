@@ -71,11 +71,14 @@ const HEARTBEAT_SECS: &str = "0.3";
 /// Seconds of silence after which metad counts a test chunkd as down.
 const DOWN_AFTER_SECS: &str = "2";
 
-/// A loopback address with a port free now: bound and let go at once, it stays free for a
-/// daemon started moments later (the kernel hands out ports in turn).
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("its address").to_string()
+/// `n` loopback addresses with ports free now, all different: bound together and let go at
+/// once, they stay free for daemons started moments later. (Bound one after another, the
+/// kernel may hand out a port again once it is let go: a group was once given one port for
+/// two of its replicas.)
+fn free_ports(n: usize) -> Vec<String> {
+    let bind = |_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let listeners: Vec<_> = (0..n).map(bind).collect();
+    listeners.iter().map(|l| l.local_addr().expect("its address").to_string()).collect()
 }
 
 /// Path of a workspace binary, built next to the test executable's directory, and built
@@ -356,8 +359,9 @@ impl Cluster {
             dir,
             metad: None,
             metad_addr: String::new(),
-            replicas: (0..replicas)
-                .map(|_| MetadReplica { process: None, addr: free_port(), joined: false })
+            replicas: free_ports(replicas)
+                .into_iter()
+                .map(|addr| MetadReplica { process: None, addr, joined: false })
                 .collect(),
             chunkds: (0..n).map(|_| None).collect(),
             chunkd_args: Vec::new(),
@@ -445,7 +449,10 @@ impl Cluster {
     /// mounts started from now on are given its address too.
     pub fn add_replica(&mut self, learner: bool) -> usize {
         let i = self.replicas.len();
-        let addr = free_port();
+        let taken = |addr: &String| self.replicas.iter().any(|r| &r.addr == addr);
+        let addr = std::iter::repeat_with(|| free_ports(1).remove(0))
+            .find(|addr| !taken(addr))
+            .expect("a free port");
         self.replicas.push(MetadReplica { process: None, addr: addr.clone(), joined: true });
         self.start_replica(i);
         let mut add = self.command("shardfs");

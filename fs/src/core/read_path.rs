@@ -39,6 +39,22 @@ pub(super) async fn update_atime(
 
 impl Fs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        match self.read_from_layout(fh, offset, size).await {
+            // The layout kept may name shards moved since (repair, a drained chunkd): once
+            // more, with metad's.
+            Err(FsError::ChunkUnreadable { .. }) => {
+                let handle = self.handle(fh)?;
+                self.leases.drop_layout(handle.file.ino);
+                handle.file.data.lock().await.layout = None;
+                self.read_from_layout(fh, offset, size).await
+            }
+            result => result,
+        }
+    }
+
+    /// [`Fs::read`] through the layout kept for the open file or under its lease, or else
+    /// metad's.
+    async fn read_from_layout(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let mut data = file.data.lock().await;
@@ -47,18 +63,24 @@ impl Fs {
         if file.stale.swap(false, Ordering::Relaxed) || !self.leases.holds(file.ino) {
             data.layout = None;
         }
-        let layout = match &data.layout {
-            Some(layout) => layout.clone(),
+        let kept = match &data.layout {
+            Some(layout) => Some(layout.clone()),
+            None => self.leases.cached_layout(file.ino),
+        };
+        let layout = match kept {
+            Some(layout) => layout,
             None => {
+                let epoch = self.leases.epoch();
                 let fetched = self.meta.layout(file.ino);
                 let leased = |l: &Layout| {
                     Vec::from_iter((!leases::nameless_read_lease(&l.attr)).then_some(l.attr.ino))
                 };
                 let layout = Arc::new(self.granting(fetched, leased).await?);
-                data.layout = Some(layout.clone());
+                self.leases.keep_layout(epoch, &layout);
                 layout
             }
         };
+        data.layout = Some(layout.clone());
         if !data.accessed {
             data.accessed = true;
             // Before the data is returned, so a stat right after the read sees it.
