@@ -35,7 +35,8 @@ impl Fs {
         let waiting = self.leases.accessed(ino, Timestamp::now());
         // A stat the kernel answers from its cache would show the old atime.
         self.leases.forget_kernel_attrs(ino);
-        if waiting >= SEND_AT
+        // Once as the count reaches it, not at every read while a batch is on its way.
+        if waiting == SEND_AT
             && let Some(me) = self.me.upgrade()
         {
             tokio::spawn(async move { me.send_accesses(None).await });

@@ -526,10 +526,7 @@ pub(super) fn accessed(
     now: Timestamp,
 ) -> Result<Attr, MetaError> {
     if strict || get_attr(tx, ino)?.atime_due(now) {
-        tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")
-            .sql()?
-            .execute(params![ino, now.sec, now.nsec])
-            .sql()?;
+        set_atime(tx, ino, now)?;
     }
     get_attr(tx, ino)
 }
@@ -543,11 +540,16 @@ pub(super) fn accessed_at(tx: &Connection, access: &Access, strict: bool) -> Res
         Err(e) => return Err(e),
     };
     if access.at > attr.atime && (strict || attr.atime_due(access.at)) {
-        tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")
-            .sql()?
-            .execute(params![access.ino, access.at.sec, access.at.nsec])
-            .sql()?;
+        set_atime(tx, access.ino, access.at)?;
     }
+    Ok(())
+}
+
+fn set_atime(tx: &Connection, ino: Ino, at: Timestamp) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE inodes SET atime_sec = ?2, atime_nsec = ?3 WHERE ino = ?1")
+        .sql()?
+        .execute(params![ino, at.sec, at.nsec])
+        .sql()?;
     Ok(())
 }
 
