@@ -55,11 +55,6 @@ struct Held {
     /// outcome is unsure. Another mount's change recalls the lease first, and with it this.
     /// A lookup of a name not in it needs no metad request: the name is not there.
     listing: Option<HashSet<Vec<u8>>>,
-    /// Names in this directory and the inodes they named, as metad answered lookups under
-    /// this lease: a lookup of one whose inode's attributes are kept too needs no metad
-    /// request (after the kernel dropped its own entry). Dropped with the lease, and by the
-    /// changes made here that remove the name or whose outcome is unsure.
-    entries: HashMap<Vec<u8>, Ino>,
     /// The file's layout as metad answered it under this lease: later opens read through it
     /// while the kept attributes are those it came with (a change made here answers new
     /// ones or drops them; one made elsewhere recalls the lease).
@@ -402,9 +397,7 @@ impl Leases {
     /// A change made here added (`added`) or removed `name` in `dir`.
     pub fn listing_changed(&self, dir: Ino, name: &[u8], added: bool) {
         let mut state = self.lock();
-        let Some(held) = state.held.get_mut(&dir) else { return };
-        held.entries.remove(name);
-        if let Some(names) = held.listing.as_mut() {
+        if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
             if added {
                 names.insert(name.to_vec());
             } else {
@@ -417,21 +410,6 @@ impl Leases {
     pub fn forget_listing(&self, dir: Ino) {
         if let Some(held) = self.lock().held.get_mut(&dir) {
             held.listing = None;
-            held.entries.clear();
-        }
-    }
-
-    /// A lookup sent at `epoch` found `name` in `dir` naming `attr.ino`: kept while both
-    /// leases (and the inode's attributes) are, unless either was recalled or this mount
-    /// changed something since the lookup was sent.
-    pub fn found_entry(&self, epoch: Epoch, dir: Ino, name: &[u8], attr: &Attr) {
-        let mut state = self.lock();
-        let current = state.changes == epoch.changes
-            && !state.recalled_since(dir, epoch.recalls)
-            && !state.recalled_since(attr.ino, epoch.recalls)
-            && state.held.get(&attr.ino).is_some_and(|h| h.attr.is_some());
-        if current && let Some(held) = state.held.get_mut(&dir) {
-            held.entries.insert(name.to_vec(), attr.ino);
         }
     }
 
@@ -463,14 +441,6 @@ impl Leases {
         if let Some(held) = self.lock().held.get_mut(&ino) {
             held.layout = None;
         }
-    }
-
-    /// The attributes of what `name` in `dir` names, if a lookup under the leases still
-    /// held found it (see [`Leases::found_entry`]).
-    pub fn cached_entry(&self, dir: Ino, name: &[u8]) -> Option<Attr> {
-        let state = self.lock();
-        let ino = *state.held.get(&dir)?.entries.get(name)?;
-        state.held.get(&ino)?.attr.clone()
     }
 
     /// Whether the next open of `ino` keeps the kernel's cached pages (as things stand).

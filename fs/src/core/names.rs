@@ -46,23 +46,9 @@ impl Fs {
         if self.leases.known_absent(parent, name) {
             return Err(MetaError::NotFound.into());
         }
-        let lookup = self.meta.lookup(parent, name, cred);
-        if !names_an_entry(name) {
-            return self.with_dirty(self.granting_attr(lookup, None, false).await?).await;
-        }
-        // Found before under the leases still held: the kernel dropped its own entry. Not
-        // while this mount removes a name: the kernel revalidates its entries without
-        // waiting for the removal, and must not be told a name still has the inode that
-        // metad may already have taken it from (an open of that would find it gone).
-        if self.removals.load(Ordering::SeqCst) == 0
-            && let Some(attr) = self.leases.cached_entry(parent, name)
-        {
-            return self.with_dirty(attr).await;
-        }
-        let epoch = self.leases.epoch();
-        let attr = self.granting_attr(lookup, Some(parent), false).await?;
-        self.leases.found_entry(epoch, parent, name, &attr);
-        self.with_dirty(attr).await
+        let dir = names_an_entry(name).then_some(parent);
+        let attr = self.granting_attr(self.meta.lookup(parent, name, cred), dir, false);
+        self.with_dirty(attr.await?).await
     }
 
     /// Answered from the attributes kept under the inode's lease, if any. For a file open

@@ -192,9 +192,6 @@ impl Fs {
                 self.leases.granted_attr(epoch, &made.attr, write);
                 self.leases.update_attrs(epoch, &[&made.parent]);
                 self.leases.listing_changed(parent, name, true);
-                // The change's own answer: what the name names as of now, if the leases
-                // are still held.
-                self.leases.found_entry(self.leases.epoch(), parent, name, &made.attr);
                 if made.attr.kind == FileKind::Dir {
                     self.leases.listed_empty(epoch, made.attr.ino);
                 }

@@ -191,12 +191,11 @@ fn repeated_stats_of_an_unchanged_tree_cost_no_metad_round_trips() {
     assert_eq!(fs::metadata(mount.join("d0/f0")).unwrap().len(), 7);
 }
 
-/// The kernel drops its dentries, inodes and pages under memory pressure (here:
-/// drop_caches); the names this mount looked up, and the files it read, under leases it
-/// still holds are then found and read again without metad, and a change made elsewhere
-/// meanwhile is still seen.
+/// The kernel drops file pages under memory pressure (here: drop_caches); the files this
+/// mount read under leases it still holds are then read again through the layouts kept
+/// under them, without metad, and a change made elsewhere meanwhile is still seen.
 #[test]
-fn lookups_and_rereads_after_the_kernel_dropped_its_caches_cost_no_metad_round_trips() {
+fn rereads_after_the_kernel_dropped_its_pages_cost_no_metad_round_trips() {
     let cluster = Cluster::standard();
     let mount = cluster.mount();
     let paths: Vec<String> =
@@ -208,34 +207,20 @@ fn lookups_and_rereads_after_the_kernel_dropped_its_caches_cost_no_metad_round_t
         fs::write(mount.join(path), b"x").unwrap();
     }
     let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
-    let drop_kernel_caches = || fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
-    let stat_all = || paths.iter().for_each(|p| assert!(mount.join(p).exists(), "{p}"));
-    stat_all();
-    drop_kernel_caches();
-    stat_all();
-    let before = requests();
-    drop_kernel_caches();
-    stat_all();
-    assert_eq!(requests() - before, 0, "lookups answered from the leased entries");
-    // Rereads of the files open them under their leases and read through the layouts kept
-    // under them (their bytes are inline in the layout).
+    let drop_pages = || fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    // Their bytes are inline in the layout.
     let read_all = || paths.iter().for_each(|p| assert_eq!(fs::read(mount.join(p)).unwrap(), b"x"));
     read_all();
     // The reads' atime updates go to metad before this returns.
     fs::File::open(&mount.path).unwrap().sync_all().unwrap();
     let before = requests();
-    drop_kernel_caches();
+    drop_pages();
     read_all();
     assert_eq!(requests() - before, 0, "rereads served from the leased layouts");
-    // Names removed and made elsewhere, and bytes written elsewhere, are seen at once.
+    // Bytes written elsewhere are seen at once.
     let other = cluster.mount();
     fs::write(other.join("d1/f1"), b"changed").unwrap();
     assert_eq!(fs::read(mount.join("d1/f1")).unwrap(), b"changed");
-    fs::remove_file(other.join("d0/f0")).unwrap();
-    fs::write(other.join("d0/new"), b"y").unwrap();
-    drop_kernel_caches();
-    assert!(!mount.join("d0/f0").exists(), "a name removed elsewhere still found");
-    assert!(mount.join("d0/new").exists(), "a name made elsewhere not found");
 }
 
 #[test]
