@@ -204,7 +204,10 @@ fn rereads_after_the_kernel_dropped_its_pages_cost_no_metad_round_trips() {
         fs::create_dir(mount.join(&format!("d{d}"))).unwrap();
     }
     for path in &paths {
-        fs::write(mount.join(path), b"x").unwrap();
+        // Synced, so no commit left to the background adds a request below.
+        let mut file = fs::File::create(mount.join(path)).unwrap();
+        file.write_all(b"x").unwrap();
+        file.sync_all().unwrap();
     }
     let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
     let drop_pages = || fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
