@@ -11,8 +11,9 @@ use shardfs_chunk_api::fetch::ChunkShape;
 
 pub use crate::fsck::{FsckReport, Problem};
 pub use crate::requests::{
-    AttrRequest, CatalogueRequest, DataRequest, LockRequest, MemberRequest, NameRequest,
-    SessionRequest, VolumeRequest, XattrRequest, names_an_entry,
+    AttrRequest, BatchRequest, CatalogueRequest, DataRequest, LockRequest, MAX_BATCH,
+    MAX_RESERVED_INOS, MemberRequest, NameRequest, Queued, SessionRequest, VolumeRequest,
+    XattrRequest, names_an_entry,
 };
 
 /// Inode number. The root directory is always [`ROOT_INO`].
@@ -442,7 +443,7 @@ macro_rules! families {
         /// A request to metad, by family (`crate::requests`: one module per family declares
         /// its requests, who may make them, the leases they need and grant, and what they
         /// do).
-        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
         pub enum MetaRequest {
             $($family($request),)*
         }
@@ -474,6 +475,7 @@ families!(
     Catalogue(CatalogueRequest),
     Members(MemberRequest),
     Volume(VolumeRequest),
+    Batches(BatchRequest),
 );
 
 /// What metad pushes to a mount over its session's connection.
@@ -533,6 +535,19 @@ pub enum MetaReply {
     /// The answer to `Rename`: the inode whose name it replaced, if any (not for exchanges).
     Renamed {
         replaced: Option<Ino>,
+    },
+    /// The answer to `ReserveInos`: numbers `first..first + count` are the session's.
+    Inos {
+        first: Ino,
+        count: u32,
+    },
+    /// The answer to `Batch`: how many of its changes were applied, from the first; the
+    /// error of the one that failed, if any (no later one was tried); and the inodes the
+    /// applied ones made.
+    Batched {
+        applied: u32,
+        failed: Option<MetaError>,
+        made: Vec<Ino>,
     },
 }
 

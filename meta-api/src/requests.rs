@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::{ChunkId, ShardId};
 
 use crate::proto::{
-    Access, ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, RenameMode, SetAttr,
-    SpaceOp, StoredChunk, Timestamp, XattrMode,
+    Access, ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, MetaRequest,
+    RenameMode, SetAttr, SpaceOp, StoredChunk, Timestamp, XattrMode,
 };
 
 // --- names
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum NameRequest {
     Lookup {
         parent: Ino,
@@ -94,7 +94,7 @@ pub fn names_an_entry(name: &[u8]) -> bool {
 
 // --- attrs
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum AttrRequest {
     GetAttr {
         ino: Ino,
@@ -121,7 +121,7 @@ pub enum AttrRequest {
 
 // --- data
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum DataRequest {
     GetLayout {
         ino: Ino,
@@ -164,7 +164,7 @@ pub enum DataRequest {
 
 // --- xattrs
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum XattrRequest {
     SetXattr {
         ino: Ino,
@@ -195,7 +195,7 @@ pub enum XattrRequest {
 
 // --- locks
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum LockRequest {
     /// F_GETLK: the lock that would block this one, if any.
     TestLock { ino: Ino, owner: u64, start: u64, end: u64, kind: LockKind },
@@ -207,7 +207,7 @@ pub enum LockRequest {
 
 // --- sessions
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum SessionRequest {
     /// Opens a client session for this connection, or resumes `resume` after a reconnect.
     OpenSession { host: String, resume: Option<u64> },
@@ -226,11 +226,47 @@ pub enum SessionRequest {
     WriteLease { ino: Ino },
     /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
     ReleaseLease { ino: Ino, seq: u64 },
+    /// Reserves `count` inode numbers (at most [`MAX_RESERVED_INOS`]) for this session to
+    /// number the inodes it makes in its batches; answers `Inos`. Numbers never used are
+    /// skipped, as those of deleted inodes are.
+    ReserveInos { count: u32 },
+}
+
+/// Most inode numbers one `ReserveInos` hands out.
+pub const MAX_RESERVED_INOS: u32 = 65_536;
+
+// --- batches
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum BatchRequest {
+    /// Changes a mount answered itself under its write leases, in the order it answered
+    /// them (at most [`MAX_BATCH`]): applied in that order in one transaction, stopping at
+    /// the first that fails, whose error the answer (`Batched`) carries; those before it
+    /// stay applied. Numbered like any request, so a retry applies it once.
+    Batch { changes: Vec<Queued> },
+}
+
+/// Most changes one `Batch` carries.
+pub const MAX_BATCH: usize = 4096;
+
+/// One change of a batch: the request the mount would have sent, with what it decided when
+/// it answered the change itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// `MakeNode`, `MakeDir`, `Symlink`, `Link`, `Unlink`, `RemoveDir`, `Rename` (not a
+    /// whiteout), `SetAttr`, `SetXattr`, `RemoveXattr`, or a `CommitWrite` of inline content
+    /// only.
+    pub request: MetaRequest,
+    /// The number of the inode a `MakeNode`, `MakeDir` or `Symlink` makes, from a block the
+    /// session reserved; 0 for other changes.
+    pub ino: Ino,
+    /// The time the mount gave the change (its ctime, and mtime where it sets one).
+    pub now: Timestamp,
 }
 
 // --- catalogue
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CatalogueRequest {
     ChunkStatus {
         chunk: ChunkId,
@@ -253,7 +289,7 @@ pub enum CatalogueRequest {
 
 // --- members
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum MemberRequest {
     Chunkds,
     /// Drains chunkd `chunkd` (or, with `undo`, stops draining it): it takes no new shards,
@@ -272,7 +308,7 @@ pub enum MemberRequest {
 
 // --- volume
 
-#[derive(Clone, Debug, Serialize, Deserialize, strum::IntoStaticStr)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum VolumeRequest {
     Volume,
     StatFs,

@@ -11,7 +11,7 @@
 //! was opened, even after a chmod).
 
 use crate::acl::{self, Acl};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{Attr, Cred, FileKind, Ino, MetaError};
 
 pub const READ: u16 = 4;
@@ -40,11 +40,11 @@ pub fn permits(attr: &Attr, acl: Option<&Acl>, cred: &Cred, want: u16) -> bool {
 }
 
 /// Fails with `AccessDenied` (EACCES) unless `cred` may have `want` on `ino`.
-pub fn need(store: &Store, ino: Ino, cred: &Cred, want: u16) -> Result<Attr, MetaError> {
-    let attr = store.get_attr(ino)?;
+pub fn need(view: &dyn View, ino: Ino, cred: &Cred, want: u16) -> Result<Attr, MetaError> {
+    let attr = view.get_attr(ino)?;
     // Only a non-owner's check can depend on named ACL entries.
     let acl = if cred.uid != 0 && cred.uid != attr.uid {
-        store.get_xattr(ino, acl::ACCESS).ok().and_then(|value| Acl::parse(&value))
+        view.get_xattr(ino, acl::ACCESS).ok().and_then(|value| Acl::parse(&value))
     } else {
         None
     };

@@ -28,7 +28,7 @@ use shardfs_meta_api::proto::{Ino, MetaPush};
 use shardfs_rpc::sync::Lock as _;
 
 /// What a request needs from the leases other sessions hold on an inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Need {
     /// To read current state: no other session may buffer writes (hold a write lease).
     Read,

@@ -203,6 +203,7 @@ impl MetadServer {
             MetaRequest::Catalogue(request) => self.run(request, caller),
             MetaRequest::Members(request) => self.run(request, caller),
             MetaRequest::Volume(request) => self.run(request, caller),
+            MetaRequest::Batches(request) => self.run(request, caller),
         }
     }
 
@@ -215,7 +216,7 @@ impl MetadServer {
     /// that a change is replacing. Changes to different inodes, and reads, run side by side
     /// (and changes are committed together, see `store/group_commit.rs`).
     fn run<F: Family>(&self, request: F, caller: Caller) -> Outcome {
-        if let Err(e) = request.permitted(&self.store) {
+        if let Err(e) = request.permitted(&*self.store) {
             return Outcome::Answered(Err(e));
         }
         let Leasing::Covered { needs, grant } = request.leasing() else {
@@ -337,7 +338,7 @@ impl MetadServer {
             return;
         }
         let write = match grant {
-            Grant::Write { .. } => true,
+            Grant::Write { .. } | Grant::Batched => true,
             Grant::Created => matches!(reply, MetaReply::Made(m) if m.attr.kind == FileKind::File),
             Grant::Nothing | Grant::Read | Grant::Found { .. } => false,
         };
@@ -495,7 +496,7 @@ fn granted_by(grant: Grant, reply: &MetaReply) -> Vec<Ino> {
         // A lookup's answer covers its directory's entry; a listing's, the directory.
         Grant::Found { dir } => (dir.into_iter().collect(), false),
         Grant::Read | Grant::Created => (Vec::new(), false),
-        Grant::Write { .. } => (Vec::new(), true),
+        Grant::Write { .. } | Grant::Batched => (Vec::new(), true),
     };
     // A file with no name left gets no read lease: under a lease a mount opens a file
     // without telling metad, and a mount that keeps looking at a deleted file (by handle,
@@ -510,6 +511,7 @@ fn granted_by(grant: Grant, reply: &MetaReply) -> Vec<Ino> {
         }
         MetaReply::Layout(layout) => granted.extend(leasable(&layout.attr)),
         MetaReply::Entries { entries, .. } => granted.extend(entries.iter().map(|e| e.attr.ino)),
+        MetaReply::Batched { made, .. } => granted.extend(made),
         _ => {}
     }
     granted

@@ -394,4 +394,53 @@ mod group {
             group.kill(id).await;
         }
     }
+
+    /// A mount's batch retried after its first try was committed is applied once: the
+    /// retry answers what the first try did (every change applied), and no replica holds
+    /// any change of it twice or refuses it for finding the first try's names.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_batch_is_applied_once() {
+        use shardfs_meta_api::proto::{NameRequest, Queued, Seq, Timestamp};
+        let mut group = Members::set_up(&[1, 2, 3]).await;
+        let leader = group.leader().await;
+        let store = group.running[&leader].store.clone();
+        let reserving = store.clone();
+        let first = blocking(move || reserving.reserve_inos(7, 4)).await.unwrap().unwrap();
+        let now = Timestamp::now();
+        let mkdir = NameRequest::MakeDir {
+            parent: ROOT_INO,
+            name: "d".into(),
+            mode: 0o755,
+            cred: Cred::ROOT,
+        };
+        let mode = libc::S_IFREG | 0o644;
+        let create = NameRequest::MakeNode {
+            parent: first,
+            name: "f".into(),
+            mode,
+            rdev: 0,
+            cred: Cred::ROOT,
+        };
+        let changes = vec![
+            Queued { request: mkdir.into(), ino: first, now },
+            Queued { request: create.into(), ino: first + 1, now },
+        ];
+        let batch = move || {
+            let (store, changes) = (store.clone(), changes.clone());
+            let seq = Some(Seq { n: 1, answered_below: 1 });
+            blocking(move || crate::store::numbered(7, seq, || store.batch(7, changes)))
+        };
+        let answered = batch().await.unwrap().expect("the first try");
+        assert_eq!(answered, (2, None, vec![first, first + 1]));
+        assert_eq!(batch().await.unwrap().expect("the retry"), answered);
+        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
+        group.applied(applied.expect("applied").index).await;
+        for member in group.running.values() {
+            assert_eq!(names(&member.store), ["d"]);
+            assert_eq!(member.store.lookup(first, b"f").unwrap().ino, first + 1);
+        }
+        for id in group.running.keys().copied().collect::<Vec<_>>() {
+            group.kill(id).await;
+        }
+    }
 }

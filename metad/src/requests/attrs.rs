@@ -5,17 +5,17 @@ use super::{Caller, Family, Grant, Leasing, Target, valid_times};
 use crate::access::{WRITE, need, owns};
 use crate::leases::Need;
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::{Store, View};
 use shardfs_meta_api::proto::{
     AttrRequest, Cred, Ino, MetaError, MetaReply, MetaResponse, SetAttr, SetTime,
 };
 
 impl Family for AttrRequest {
-    fn permitted(&self, store: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError> {
         match self {
             AttrRequest::SetAttr { ino, cred, changes } => {
                 valid_times(&[changes.atime, changes.mtime])?;
-                set_attr(store, *ino, cred, changes)
+                set_attr(view, *ino, cred, changes)
             }
             AttrRequest::AccessedAt { accesses, .. } => {
                 valid_times(&accesses.iter().map(|a| Some(SetTime::At(a.at))).collect::<Vec<_>>())
@@ -59,8 +59,8 @@ fn reply(request: AttrRequest, store: &Store) -> MetaResponse {
 const SETID: u16 = (libc::S_ISUID | libc::S_ISGID) as u16;
 
 /// chmod, chown, utimes (truncation is left to the kernel: see `access.rs`).
-fn set_attr(store: &Store, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(), MetaError> {
-    let attr = store.get_attr(ino)?;
+fn set_attr(view: &dyn View, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(), MetaError> {
+    let attr = view.get_attr(ino)?;
     let owner = owns(&attr, cred);
     if let Some(mode) = changes.mode {
         // A non-owner's write makes the kernel clear the set-id bits through a chmod of its
@@ -88,7 +88,7 @@ fn set_attr(store: &Store, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(
         return Err(MetaError::NotPermitted);
     }
     if times.iter().any(|t| matches!(t, Some(SetTime::Now))) && !owner {
-        need(store, ino, cred, WRITE)?;
+        need(view, ino, cred, WRITE)?;
     }
     Ok(())
 }

@@ -5,13 +5,13 @@ use tracing::warn;
 
 use super::{Caller, Family, Leasing};
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{CatalogueRequest, MetaError, MetaReply, MetaResponse};
 
 impl Family for CatalogueRequest {
     /// Whoever holds the cluster key may ask: the catalogue names chunks, not files, and a
     /// report of a bad shard is checked against where the catalogue places it.
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             CatalogueRequest::ChunkStatus { .. }
             | CatalogueRequest::CatalogueStats

@@ -11,14 +11,14 @@ use super::{Caller, Family, Grant, Leasing, Target, valid_times};
 use crate::leases::Need::{Read, Write};
 use crate::placement;
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{
     ChunkPlan, ChunkToWrite, DataRequest, MetaError, MetaReply, MetaResponse, SetTime,
 };
 use shardfs_rpc::throttle::Throttle;
 
 impl Family for DataRequest {
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             DataRequest::CommitWrite { mtime, .. } => valid_times(&[Some(SetTime::At(*mtime))]),
             DataRequest::GetLayout { .. }

@@ -3,13 +3,13 @@
 
 use super::{Caller, Family, Leasing};
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{LockRequest, MetaError, MetaReply};
 
 impl Family for LockRequest {
     /// Locks are advisory and anyone who can open a file may lock it, as on Linux: the
     /// kernel checked the open.
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             LockRequest::TestLock { .. }
             | LockRequest::SetLock { .. }

@@ -12,12 +12,12 @@ use tracing::{info, warn};
 
 use super::{Caller, Family, Leasing};
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{MemberRequest, MetaError, MetaReply, MetaResponse};
 
 impl Family for MemberRequest {
     /// Tools holding the cluster key ask; no file is touched.
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             MemberRequest::Chunkds | MemberRequest::Drain { .. } | MemberRequest::Forget { .. } => {
                 Ok(())

@@ -9,6 +9,7 @@
 //! under the lease table's lock) is the server's, once for every family.
 
 pub mod attrs;
+pub mod batch;
 pub mod catalogue;
 pub mod data;
 pub mod locks;
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 
 use crate::leases::Need;
 use crate::server::{MetadServer, Outcome};
-use crate::store::{Holder, Store};
+use crate::store::{Holder, View};
 use shardfs_meta_api::proto::{Ino, MetaError, MetaRequest, SetTime};
 
 /// Who made a request: its session, and the connection it came on.
@@ -39,7 +40,7 @@ pub struct Caller {
 pub trait Family: Clone + Into<MetaRequest> {
     /// Fails unless the caller may make this request, and no caller could mean values it
     /// carries that are invalid: both are refused before anything reads or stores them.
-    fn permitted(&self, store: &Store) -> Result<(), MetaError>;
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError>;
     /// What the request needs from the leases of other sessions, and what its answer grants.
     fn leasing(&self) -> Leasing<'_>;
     /// Runs the request. Called once it is permitted and, for a request that leasing covers,
@@ -58,7 +59,7 @@ pub enum Leasing<'a> {
 }
 
 /// An inode a request needs leases on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target<'a> {
     Inode(Ino),
     /// The inode `name` names in directory `parent`, if any: found as the request is
@@ -86,6 +87,9 @@ pub enum Grant {
     Write {
         ino: Ino,
     },
+    /// A batch: the write lease on each inode its applied changes made (nobody else knows
+    /// them yet, and its mount goes on changing them).
+    Batched,
 }
 
 /// Refuses times no caller could mean (nanoseconds of a second or more), so that nothing

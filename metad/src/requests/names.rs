@@ -6,39 +6,37 @@ use super::{Caller, Family, Grant, Leasing, Target};
 use crate::access::{EXEC, READ, STICKY, WRITE, need, owns};
 use crate::leases::Need::Write;
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::{Store, View};
 use shardfs_meta_api::proto::{
     Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, NameRequest, RenameMode,
     names_an_entry,
 };
 
 impl Family for NameRequest {
-    fn permitted(&self, store: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError> {
         match self {
             // "." and ".." come from the kernel turning a file handle back into an inode.
             NameRequest::Lookup { parent, name, cred } => match names_an_entry(name) {
-                true => need(store, *parent, cred, EXEC).map(drop),
+                true => need(view, *parent, cred, EXEC).map(drop),
                 false => Ok(()),
             },
             // Checked when listing starts, not for each batch of an open directory.
             NameRequest::ReadDir { ino, after, cred, .. } => match after {
-                0 => need(store, *ino, cred, READ).map(drop),
+                0 => need(view, *ino, cred, READ).map(drop),
                 _ => Ok(()),
             },
             NameRequest::MakeNode { parent, cred, .. }
             | NameRequest::MakeDir { parent, cred, .. }
             | NameRequest::Symlink { parent, cred, .. }
             | NameRequest::Link { new_parent: parent, cred, .. } => {
-                need(store, *parent, cred, WRITE | EXEC).map(drop)
+                need(view, *parent, cred, WRITE | EXEC).map(drop)
             }
             NameRequest::Unlink { parent, name, cred }
-            | NameRequest::RemoveDir { parent, name, cred } => {
-                removable(store, *parent, name, cred)
-            }
+            | NameRequest::RemoveDir { parent, name, cred } => removable(view, *parent, name, cred),
             NameRequest::Rename { parent, name, new_parent, new_name, mode, cred } => {
-                removable(store, *parent, name, cred)?;
+                removable(view, *parent, name, cred)?;
                 // Whatever the destination holds is replaced (or swapped), so it is removed.
-                removable(store, *new_parent, new_name, cred)?;
+                removable(view, *new_parent, new_name, cred)?;
                 // A directory moving elsewhere has its ".." rewritten: it must be writable.
                 // A directory replaced stays where it is (as Linux's vfs_rename: only an
                 // exchange moves the target).
@@ -48,10 +46,10 @@ impl Family for NameRequest {
                 }
                 if parent != new_parent {
                     for (dir, entry) in moving {
-                        if let Ok(moving) = store.lookup(*dir, entry)
+                        if let Ok(moving) = view.lookup(*dir, entry)
                             && moving.kind == FileKind::Dir
                         {
-                            need(store, moving.ino, cred, WRITE)?;
+                            need(view, moving.ino, cred, WRITE)?;
                         }
                     }
                 }
@@ -134,11 +132,11 @@ fn reply(request: NameRequest, store: &Store) -> MetaResponse {
 
 /// Removing (or replacing) `name` in `parent`: write and search on the directory, and in a
 /// sticky directory only the owner of the entry or of the directory (EPERM otherwise).
-fn removable(store: &Store, parent: Ino, name: &[u8], cred: &Cred) -> Result<(), MetaError> {
-    let dir = need(store, parent, cred, WRITE | EXEC)?;
+fn removable(view: &dyn View, parent: Ino, name: &[u8], cred: &Cred) -> Result<(), MetaError> {
+    let dir = need(view, parent, cred, WRITE | EXEC)?;
     if dir.perm & STICKY != 0 && !owns(&dir, cred) {
         // A missing entry is the operation's own error to report.
-        if let Ok(victim) = store.lookup(parent, name)
+        if let Ok(victim) = view.lookup(parent, name)
             && !owns(&victim, cred)
         {
             return Err(MetaError::NotPermitted);

@@ -8,12 +8,14 @@ use tracing::info;
 use super::{Caller, Family, Grant, Leasing, Target};
 use crate::leases::Need;
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
-use shardfs_meta_api::proto::{FileKind, MetaError, MetaReply, MetaResponse, SessionRequest};
+use crate::store::View;
+use shardfs_meta_api::proto::{
+    FileKind, MAX_RESERVED_INOS, MetaError, MetaReply, MetaResponse, SessionRequest,
+};
 
 impl Family for SessionRequest {
     /// A session acts for its own client only: there is nobody else's to touch.
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             SessionRequest::OpenSession { .. }
             | SessionRequest::Heartbeat
@@ -22,6 +24,12 @@ impl Family for SessionRequest {
             | SessionRequest::ReleaseFile { .. }
             | SessionRequest::WriteLease { .. }
             | SessionRequest::ReleaseLease { .. } => Ok(()),
+            SessionRequest::ReserveInos { count } => match *count {
+                1..=MAX_RESERVED_INOS => Ok(()),
+                _ => Err(MetaError::Invalid(format!(
+                    "reserve 1 to {MAX_RESERVED_INOS} inode numbers"
+                ))),
+            },
         }
     }
 
@@ -39,7 +47,8 @@ impl Family for SessionRequest {
             | SessionRequest::CloseSession
             | SessionRequest::OpenFile { .. }
             | SessionRequest::ReleaseFile { .. }
-            | SessionRequest::ReleaseLease { .. } => Leasing::Uncovered,
+            | SessionRequest::ReleaseLease { .. }
+            | SessionRequest::ReserveInos { .. } => Leasing::Uncovered,
         }
     }
 
@@ -103,5 +112,10 @@ fn reply(
             leases.release(holder, ino, seq);
             MetaReply::Done
         }
+        // Only a mount's session is recorded, and so keeps its numbers across a restart.
+        SessionRequest::ReserveInos { count } => match sessions.is_explicit(holder) {
+            true => MetaReply::Inos { first: store.reserve_inos(holder, count)?, count },
+            false => return Err(MetaError::Invalid("only a mount's session batches".into())),
+        },
     })
 }

@@ -121,3 +121,71 @@ fn a_change_waiting_for_the_writer_holds_up_only_what_it_changes() {
     // Once it is made, it is read at once.
     assert!(matches!(answered(ask(&server, lookup(busy_dir, "new"), 3)), MetaReply::Attr(_)));
 }
+
+/// A mount's caller on connection `n`, with its session open.
+fn mount(server: &MetadServer, n: u16) -> Caller {
+    let peer = SocketAddr::from(([127, 0, 0, 1], n));
+    let (holder, _) = server.sessions.open(peer, format!("host-{n}"), None);
+    Caller { holder, peer }
+}
+
+fn holders(conflicts: &[crate::leases::Conflict]) -> Vec<(u64, Ino)> {
+    let mut holders: Vec<_> = conflicts.iter().map(|c| (c.holder, c.ino)).collect();
+    holders.sort();
+    holders.dedup();
+    holders
+}
+
+#[test]
+fn a_batch_recalls_what_its_changes_need_and_grants_its_mount_what_they_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir);
+    let (a, b) = (mount(&server, 10), mount(&server, 11));
+    let d = mkdir(&server, "d");
+    let make = |name: &str| NameRequest::MakeNode {
+        parent: d,
+        name: name.into(),
+        mode: libc::S_IFREG | 0o644,
+        rdev: 0,
+        cred: Cred::ROOT,
+    };
+    answered(ask(&server, make("f"), 1));
+    // Mount b looks at d/f: it holds read leases on both.
+    let f = match answered(server.answer_leased(lookup(d, "f").into(), b)) {
+        MetaReply::Attr(attr) => attr.ino,
+        other => panic!("{other:?}"),
+    };
+    let reserve = SessionRequest::ReserveInos { count: 8 };
+    let MetaReply::Inos { first, count: 8 } = answered(server.answer_leased(reserve.into(), a))
+    else {
+        panic!("no inode numbers");
+    };
+    let now = Timestamp::now();
+    let unlink = NameRequest::Unlink { parent: d, name: "f".into(), cred: Cred::ROOT };
+    let batch: MetaRequest = BatchRequest::Batch {
+        changes: vec![
+            Queued { request: make("new").into(), ino: first, now },
+            Queued { request: unlink.into(), ino: 0, now },
+        ],
+    }
+    .into();
+    // What b caches of d and f gives way first.
+    match server.answer_leased(batch.clone(), a) {
+        Outcome::Recall(_, conflicts) => {
+            assert_eq!(holders(&conflicts), vec![(b.holder, d), (b.holder, f)])
+        }
+        _ => panic!("the batch did not recall b's leases"),
+    }
+    server.leases.release_holder(b.holder);
+    let reply = answered(server.answer_leased(batch, a));
+    let MetaReply::Batched { applied: 2, failed: None, made } = reply else { panic!("{reply:?}") };
+    assert_eq!(made, vec![first]);
+    // Mount a holds the write lease on what it made: b's look at it recalls it.
+    match server.answer_leased(AttrRequest::GetAttr { ino: first }.into(), b) {
+        Outcome::Recall(_, conflicts) => assert_eq!(holders(&conflicts), vec![(a.holder, first)]),
+        _ => panic!("a holds no write lease on the file its batch made"),
+    }
+    // A tool's session cannot batch.
+    let refused = ask(&server, SessionRequest::ReserveInos { count: 1 }, 5);
+    assert!(matches!(refused, Outcome::Answered(Err(MetaError::Invalid(_)))));
+}

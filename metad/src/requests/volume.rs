@@ -4,13 +4,13 @@
 
 use super::{Caller, Family, Leasing};
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::View;
 use shardfs_meta_api::proto::{MetaError, MetaReply, MetaResponse, StatFs, VolumeRequest};
 
 impl Family for VolumeRequest {
     /// Anyone may ask: `statfs` and `fsync` are every user's, and fsck repairs only what
     /// breaks the invariants.
-    fn permitted(&self, _: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
         match self {
             VolumeRequest::Volume
             | VolumeRequest::StatFs

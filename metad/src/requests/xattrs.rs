@@ -6,7 +6,7 @@ use crate::access::{READ, STICKY, WRITE, need, owns};
 use crate::acl;
 use crate::leases::Need;
 use crate::server::{MetadServer, Outcome};
-use crate::store::Store;
+use crate::store::{Store, View};
 use shardfs_meta_api::proto::{
     Cred, FileKind, Ino, MetaError, MetaReply, MetaResponse, XattrRequest,
 };
@@ -15,20 +15,20 @@ use shardfs_meta_api::proto::{
 const CAPABILITY: &[u8] = b"security.capability";
 
 impl Family for XattrRequest {
-    fn permitted(&self, store: &Store) -> Result<(), MetaError> {
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError> {
         match self {
             // The kernel drops a file's capabilities when anyone who may write it changes
             // it (killpriv, as the writer); its own check already kept unprivileged users
             // from removing them explicitly.
             XattrRequest::RemoveXattr { ino, name, cred } if name == CAPABILITY => {
-                need(store, *ino, cred, WRITE).map(drop)
+                need(view, *ino, cred, WRITE).map(drop)
             }
             XattrRequest::SetXattr { ino, name, cred, .. }
             | XattrRequest::RemoveXattr { ino, name, cred } => {
-                namespace_rule(store, *ino, name, cred, true)
+                namespace_rule(view, *ino, name, cred, true)
             }
             XattrRequest::GetXattr { ino, name, cred } => {
-                namespace_rule(store, *ino, name, cred, false)
+                namespace_rule(view, *ino, name, cred, false)
             }
             // Names the caller may not see are left out of the answer.
             XattrRequest::ListXattr { .. } => Ok(()),
@@ -75,7 +75,7 @@ fn reply(request: XattrRequest, store: &Store) -> MetaResponse {
 
 /// Which namespace an attribute name is in, and so who may read or `write` it.
 fn namespace_rule(
-    store: &Store,
+    view: &dyn View,
     ino: Ino,
     name: &[u8],
     cred: &Cred,
@@ -89,20 +89,20 @@ fn namespace_rule(
         return Err(MetaError::NotPermitted);
     }
     if (name == acl::ACCESS || name == acl::DEFAULT) && write {
-        return match owns(&store.get_attr(ino)?, cred) {
+        return match owns(&view.get_attr(ino)?, cred) {
             true => Ok(()),
             false => Err(MetaError::NotPermitted),
         };
     }
     if name.starts_with(b"user.") {
-        let attr = store.get_attr(ino)?;
+        let attr = view.get_attr(ino)?;
         if !matches!(attr.kind, FileKind::File | FileKind::Dir) {
             return Err(if write { MetaError::NotPermitted } else { MetaError::NoData });
         }
         if write && attr.kind == FileKind::Dir && attr.perm & STICKY != 0 && !owns(&attr, cred) {
             return Err(MetaError::NotPermitted);
         }
-        need(store, ino, cred, if write { WRITE } else { READ })?;
+        need(view, ino, cred, if write { WRITE } else { READ })?;
     }
     Ok(())
 }

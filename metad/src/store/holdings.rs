@@ -168,6 +168,7 @@ pub(super) fn end_session(tx: &Connection, id: Holder) -> Result<(), MetaError> 
         "DELETE FROM sessions WHERE id = ?1",
         "DELETE FROM locks WHERE holder = ?1",
         "DELETE FROM open_files WHERE holder = ?1",
+        "DELETE FROM ino_ranges WHERE session = ?1",
     ] {
         tx.prepare_cached(sql).sql()?.execute([id as i64]).sql()?;
     }
@@ -178,5 +179,7 @@ pub(super) fn end_session(tx: &Connection, id: Holder) -> Result<(), MetaError> 
 pub(super) fn drop_orphaned(tx: &Connection) -> Result<(), MetaError> {
     tx.execute("DELETE FROM locks WHERE holder NOT IN (SELECT id FROM sessions)", []).sql()?;
     tx.execute("DELETE FROM open_files WHERE holder NOT IN (SELECT id FROM sessions)", []).sql()?;
+    tx.execute("DELETE FROM ino_ranges WHERE session NOT IN (SELECT id FROM sessions)", [])
+        .sql()?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! one writer connection (`mutation.rs`); reads run on read-only connections beside it
 //! (`readers.rs`). Callers on async tasks run store operations off the async threads.
 
+mod batch;
 mod catalogue;
 mod fsck;
 mod group_commit;
@@ -18,6 +19,7 @@ mod replica;
 mod replies;
 mod reserve;
 mod schema;
+mod view;
 mod xattr;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ pub use registry::ChunkdRecord;
 pub use replies::{RequestId, numbered};
 pub use schema::SCHEMA_VERSION;
 use shardfs_rpc::sync::Lock as _;
+pub use view::View;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

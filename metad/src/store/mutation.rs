@@ -16,12 +16,13 @@ use super::group_commit::Change;
 use super::holdings::{self, LockRow};
 use super::open_files::Holder;
 use super::registry::{self, ChunkdRecord};
-use super::{Store, catalogue, layout, namespace, xattr};
+use super::{Store, batch, catalogue, layout, namespace, xattr};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::FsckReport;
 use shardfs_meta_api::proto::{
-    Access, Attr, Cred, Extent, FileKind, InlineChunk, Ino, Made, MetaError, RenameMode, SetAttr,
-    SpaceOp, StoredChunk, Timestamp, Unlinked, XattrMode,
+    Access, Attr, Cred, Extent, FileKind, InlineChunk, Ino, MAX_SYMLINK_LEN, Made, MetaError,
+    MetaRequest, NameRequest, Queued, RenameMode, SetAttr, SpaceOp, StoredChunk, Timestamp,
+    Unlinked, XattrMode,
 };
 use shardfs_rpc::sync::Lock as _;
 
@@ -39,6 +40,42 @@ pub struct NewInode {
     pub rdev: u32,
     /// A symlink's target.
     pub target: Option<Vec<u8>>,
+}
+
+impl NewInode {
+    /// A regular file, fifo, socket or device node: `mode` has the type bits (none makes a
+    /// regular file, as mknod(2)).
+    pub fn node(mode: u32, rdev: u32, cred: Cred) -> Result<NewInode, MetaError> {
+        let kind = match FileKind::from_mode(mode) {
+            Some(FileKind::Dir) | Some(FileKind::Symlink) => {
+                return Err(MetaError::Invalid("mknod of a directory or symlink".into()));
+            }
+            Some(kind) => kind,
+            None if mode & libc::S_IFMT == 0 => FileKind::File,
+            None => {
+                return Err(MetaError::Invalid(format!("unknown file type in mode {mode:o}")));
+            }
+        };
+        let rdev =
+            if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) { rdev } else { 0 };
+        Ok(NewInode { kind, perm: mode & 0o7777, umask: cred.umask, cred, rdev, target: None })
+    }
+
+    pub fn dir(mode: u32, cred: Cred) -> NewInode {
+        let umask = cred.umask;
+        NewInode { kind: FileKind::Dir, perm: mode & 0o7777, umask, cred, rdev: 0, target: None }
+    }
+
+    pub fn symlink(target: &[u8], cred: Cred) -> Result<NewInode, MetaError> {
+        if target.is_empty() {
+            return Err(MetaError::NotFound);
+        }
+        if target.len() > MAX_SYMLINK_LEN {
+            return Err(MetaError::NameTooLong);
+        }
+        let target = Some(target.to_vec());
+        Ok(NewInode { kind: FileKind::Symlink, perm: 0o777, umask: 0, cred, rdev: 0, target })
+    }
 }
 
 /// One change to the database, with every input it needs.
@@ -201,6 +238,18 @@ pub enum Mutation {
         accesses: Vec<Access>,
         strict: bool,
     },
+    /// Hands session `session` the next `count` inode numbers (`ReserveInos`).
+    ReserveInos {
+        session: Holder,
+        count: u32,
+    },
+    /// Session `session`'s batch of changes (`BatchRequest::Batch`), applied in order, each
+    /// checked as the changes before it left the database, stopping at the first that fails
+    /// (see `batch.rs`).
+    Batch {
+        session: Holder,
+        changes: Vec<Queued>,
+    },
 }
 
 impl Mutation {
@@ -220,6 +269,12 @@ impl Mutation {
             // reserve lasts.
             Mutation::Open { .. } => true,
             Mutation::SetAttr { changes, .. } => changes.size.is_some(),
+            Mutation::Batch { changes, .. } => changes.iter().any(|queued| {
+                matches!(
+                    queued.request,
+                    MetaRequest::Names(NameRequest::Unlink { .. } | NameRequest::RemoveDir { .. })
+                )
+            }),
             _ => false,
         }
     }
@@ -258,6 +313,15 @@ pub enum Applied {
     Changed(bool),
     /// How many rows a change touched.
     Count(u64),
+    /// The first of the inode numbers a reservation handed out.
+    Inos(Ino),
+    /// How many of a batch's changes were applied, the error of the one that failed, and
+    /// the inodes the applied ones made.
+    Batched {
+        applied: u32,
+        failed: Option<MetaError>,
+        made: Vec<Ino>,
+    },
     /// Shards of chunks removed from the catalogue, with their chunkds.
     Removed(Vec<(ShardId, String)>),
     Checked(FsckReport),
@@ -410,7 +474,7 @@ fn failed_all(changes: &[Change], e: &MetaError) -> Vec<Outcome> {
 }
 
 /// Applies one mutation inside `tx`. Reads nothing but the database and the mutation.
-fn apply_in(
+pub(super) fn apply_in(
     tx: &Connection,
     mutation: &Mutation,
     effects: &mut Effects,
@@ -521,6 +585,8 @@ fn apply_in(
             effects.volume = Some(*settings);
             Applied::Done
         }
+        M::ReserveInos { session, count } => Applied::Inos(batch::reserve(tx, *session, *count)?),
+        M::Batch { session, changes } => batch::apply(tx, *session, changes, effects)?,
     })
 }
 

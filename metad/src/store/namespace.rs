@@ -12,8 +12,8 @@ use super::{
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
-    Access, Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, Made, MetaError,
-    ROOT_INO, RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
+    Access, Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, Made, MetaError, ROOT_INO,
+    RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
 };
 
 /// Most hard links one inode may have.
@@ -41,20 +41,7 @@ impl Store {
     /// for them only to turn an NFS file handle back into an inode): "." is `parent` itself,
     /// whatever its kind, and ".." the directory holding directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, MetaError> {
-        self.read(|tx| {
-            if name == b"." {
-                return get_attr(tx, parent);
-            }
-            require_dir(tx, parent)?;
-            if name == b".." {
-                return get_attr(tx, parent_of(tx, parent)?);
-            }
-            if name.len() > MAX_NAME_LEN {
-                return Err(MetaError::NameTooLong);
-            }
-            let ino = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?.1;
-            get_attr(tx, ino)
-        })
+        self.read(|tx| lookup(tx, parent, name))
     }
 
     pub fn get_attr(&self, ino: Ino) -> Result<Attr, MetaError> {
@@ -75,22 +62,7 @@ impl Store {
         rdev: u32,
         cred: Cred,
     ) -> Result<Made, MetaError> {
-        let kind = match FileKind::from_mode(mode) {
-            Some(FileKind::Dir) | Some(FileKind::Symlink) => {
-                return Err(MetaError::Invalid("mknod of a directory or symlink".into()));
-            }
-            Some(kind) => kind,
-            // mknod(2) with no type bits makes a regular file.
-            None if mode & libc::S_IFMT == 0 => FileKind::File,
-            None => {
-                return Err(MetaError::Invalid(format!("unknown file type in mode {mode:o}")));
-            }
-        };
-        let rdev =
-            if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) { rdev } else { 0 };
-        let new =
-            NewInode { kind, perm: mode & 0o7777, umask: cred.umask, cred, rdev, target: None };
-        self.create(parent, name, new)
+        self.create(parent, name, NewInode::node(mode, rdev, cred)?)
     }
 
     pub fn make_dir(
@@ -100,16 +72,7 @@ impl Store {
         mode: u32,
         cred: Cred,
     ) -> Result<Made, MetaError> {
-        let umask = cred.umask;
-        let new = NewInode {
-            kind: FileKind::Dir,
-            perm: mode & 0o7777,
-            umask,
-            cred,
-            rdev: 0,
-            target: None,
-        };
-        self.create(parent, name, new)
+        self.create(parent, name, NewInode::dir(mode, cred))
     }
 
     pub fn symlink(
@@ -119,21 +82,7 @@ impl Store {
         target: &[u8],
         cred: Cred,
     ) -> Result<Made, MetaError> {
-        if target.is_empty() {
-            return Err(MetaError::NotFound);
-        }
-        if target.len() > MAX_SYMLINK_LEN {
-            return Err(MetaError::NameTooLong);
-        }
-        let new = NewInode {
-            kind: FileKind::Symlink,
-            perm: 0o777,
-            umask: 0,
-            cred,
-            rdev: 0,
-            target: Some(target.to_vec()),
-        };
-        self.create(parent, name, new)
+        self.create(parent, name, NewInode::symlink(target, cred)?)
     }
 
     /// Makes `new` as `name` in `parent`, with the next inode number.
@@ -214,7 +163,7 @@ impl Store {
     /// After a change took names away: files nobody has open linger for opens on their
     /// way (see `open_files`), then go; directories nobody has open go at once. Those open
     /// live on, nameless, until their last close.
-    fn let_go(&self, effects: &Effects) {
+    pub(super) fn let_go(&self, effects: &Effects) {
         let now = std::time::Instant::now();
         for &ino in &effects.nameless {
             if !self.open_files.is_open(ino) {
@@ -366,6 +315,22 @@ pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
 /// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
 pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, MetaError> {
     Ok(Made { attr, parent: get_attr(tx, parent)? })
+}
+
+/// See [`Store::lookup`].
+pub(super) fn lookup(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Attr, MetaError> {
+    if name == b"." {
+        return get_attr(tx, parent);
+    }
+    require_dir(tx, parent)?;
+    if name == b".." {
+        return get_attr(tx, parent_of(tx, parent)?);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(MetaError::NameTooLong);
+    }
+    let ino = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?.1;
+    get_attr(tx, ino)
 }
 
 /// The inode number the next new inode takes: one past the highest ever used (numbers are

@@ -157,6 +157,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, seq, part)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // Version 7: inode numbers sessions reserved for the inodes their batches make
+    // (`batch.rs`): `next` up to `end` are still theirs to use, in order.
+    r#"
+    CREATE TABLE ino_ranges (
+        session INTEGER NOT NULL,
+        next    INTEGER NOT NULL,
+        end     INTEGER NOT NULL,
+        PRIMARY KEY (session, next)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -25,10 +25,7 @@ impl Store {
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
-        self.read(|tx| {
-            get_attr(tx, ino)?;
-            xattr_value(tx, ino, name)?.ok_or(MetaError::NoData)
-        })
+        self.read(|tx| get(tx, ino, name))
     }
 
     pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, MetaError> {
@@ -47,6 +44,12 @@ impl Store {
         let now = Timestamp::now();
         self.apply(Mutation::RemoveXattr { ino, name: name.to_vec(), now }).map(drop)
     }
+}
+
+/// See [`Store::get_xattr`].
+pub(super) fn get(tx: &Connection, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
+    get_attr(tx, ino)?;
+    xattr_value(tx, ino, name)?.ok_or(MetaError::NoData)
 }
 
 pub(super) fn set(

@@ -1,0 +1,259 @@
+//! A mount's batches of changes (`BatchRequest::Batch`), and the inode numbers reserved for
+//! the inodes they make (`ReserveInos`).
+//!
+//! A batch is one mutation, so one transaction and, on a replica group, one log entry. Its
+//! changes are applied in order, each in a savepoint of its own and checked (permissions,
+//! then the change's own rules) against the database as the changes before it left it; the
+//! first that fails is rolled back and ends the batch, and those before it stay applied, so
+//! the database never holds a later change of a mount without the earlier ones. A new inode
+//! takes the number its mount gave it, which must be one the session reserved and has not
+//! used: each reserved block is used in order, and numbers skipped are never used.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::mutation::{Applied, Effects, Mutation, apply_in};
+use super::open_files::Holder;
+use super::{Store, namespace};
+use crate::store::Sql as _;
+use shardfs_meta_api::proto::{Ino, MAX_RESERVED_INOS, MetaError, Queued};
+
+impl Store {
+    /// Hands `session` the next `count` inode numbers; answers the first.
+    pub fn reserve_inos(&self, session: Holder, count: u32) -> Result<Ino, MetaError> {
+        match self.apply(Mutation::ReserveInos { session, count })?.0 {
+            Applied::Inos(first) => Ok(first),
+            other => Err(other.mismatch("inode numbers")),
+        }
+    }
+
+    /// Applies `session`'s batch: how many of its changes were applied, the error of the
+    /// one that failed, and the inodes made.
+    pub fn batch(
+        &self,
+        session: Holder,
+        changes: Vec<Queued>,
+    ) -> Result<(u32, Option<MetaError>, Vec<Ino>), MetaError> {
+        let (applied, effects) = self.apply(Mutation::Batch { session, changes })?;
+        self.let_go(&effects);
+        match applied {
+            Applied::Batched { applied, failed, made } => Ok((applied, failed, made)),
+            other => Err(other.mismatch("a batch's outcome")),
+        }
+    }
+}
+
+/// See [`Mutation::ReserveInos`].
+pub(super) fn reserve(tx: &Connection, session: Holder, count: u32) -> Result<Ino, MetaError> {
+    if count == 0 || count > MAX_RESERVED_INOS {
+        return Err(MetaError::Invalid(format!("reserve 1 to {MAX_RESERVED_INOS} inode numbers")));
+    }
+    let first = namespace::next_ino(tx)?;
+    let end = first + u64::from(count);
+    // The numbers below `end` count as used: inodes made elsewhere are numbered past them.
+    let moved = tx
+        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'inodes'")
+        .sql()?
+        .execute([end - 1])
+        .sql()?;
+    if moved == 0 {
+        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('inodes', ?1)")
+            .sql()?
+            .execute([end - 1])
+            .sql()?;
+    }
+    tx.prepare_cached("INSERT INTO ino_ranges (session, next, end) VALUES (?1, ?2, ?3)")
+        .sql()?
+        .execute(params![session as i64, first, end])
+        .sql()?;
+    Ok(first)
+}
+
+/// Takes number `ino` from `session`'s reserved blocks, with those below it in its block.
+fn claim(tx: &Connection, session: Holder, ino: Ino) -> Result<(), MetaError> {
+    let block: Option<(u64, u64)> = tx
+        .prepare_cached(
+            "SELECT next, end FROM ino_ranges WHERE session = ?1 AND next <= ?2 AND ?2 < end",
+        )
+        .sql()?
+        .query_row(params![session as i64, ino], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .sql()?;
+    let Some((next, end)) = block else {
+        return Err(MetaError::Invalid(format!(
+            "inode number {ino} is not one this session reserved and has not used"
+        )));
+    };
+    tx.prepare_cached("DELETE FROM ino_ranges WHERE session = ?1 AND next = ?2")
+        .sql()?
+        .execute(params![session as i64, next])
+        .sql()?;
+    if ino + 1 < end {
+        tx.prepare_cached("INSERT INTO ino_ranges (session, next, end) VALUES (?1, ?2, ?3)")
+            .sql()?
+            .execute(params![session as i64, ino + 1, end])
+            .sql()?;
+    }
+    Ok(())
+}
+
+/// See [`Mutation::Batch`].
+pub(super) fn apply(
+    tx: &Connection,
+    session: Holder,
+    changes: &[Queued],
+    effects: &mut Effects,
+) -> Result<Applied, MetaError> {
+    let mut made = Vec::new();
+    for (applied, queued) in changes.iter().enumerate() {
+        tx.execute_batch("SAVEPOINT queued").sql()?;
+        let before = effects.clone();
+        match apply_one(tx, session, queued, effects) {
+            Ok(ino) => {
+                tx.execute_batch("RELEASE queued").sql()?;
+                made.extend(ino);
+            }
+            // A full disk fails the whole transaction, which may be tried again with the
+            // room kept for changes that free space.
+            Err(MetaError::MetadataFull) => return Err(MetaError::MetadataFull),
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO queued; RELEASE queued").sql()?;
+                *effects = before;
+                let applied = applied as u32;
+                return Ok(Applied::Batched { applied, failed: Some(e), made });
+            }
+        }
+    }
+    Ok(Applied::Batched { applied: changes.len() as u32, failed: None, made })
+}
+
+/// Applies one change of a batch; answers the inode it made, if any.
+fn apply_one(
+    tx: &Connection,
+    session: Holder,
+    queued: &Queued,
+    effects: &mut Effects,
+) -> Result<Option<Ino>, MetaError> {
+    let mutation = crate::requests::batch::checked(tx, queued)?;
+    let made = match &mutation {
+        Mutation::Create { ino, .. } => {
+            claim(tx, session, *ino)?;
+            Some(*ino)
+        }
+        _ => None,
+    };
+    apply_in(tx, &mutation, effects)?;
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::tests::open;
+    use shardfs_meta_api::proto::{
+        Cred, FileKind, Ino, MetaError, NameRequest, Queued, ROOT_INO, Timestamp,
+    };
+
+    const SESSION: u64 = 7;
+
+    fn at(sec: i64) -> Timestamp {
+        Timestamp { sec, nsec: 0 }
+    }
+
+    fn mkdir(parent: Ino, name: &str, ino: Ino, mode: u32, cred: &Cred) -> Queued {
+        let cred = cred.clone();
+        let request = NameRequest::MakeDir { parent, name: name.into(), mode, cred };
+        Queued { request: request.into(), ino, now: at(100) }
+    }
+
+    fn create(parent: Ino, name: &str, ino: Ino, cred: &Cred) -> Queued {
+        let (mode, cred) = (libc::S_IFREG | 0o644, cred.clone());
+        let request = NameRequest::MakeNode { parent, name: name.into(), mode, rdev: 0, cred };
+        Queued { request: request.into(), ino, now: at(200) }
+    }
+
+    fn unlink(parent: Ino, name: &str) -> Queued {
+        let request = NameRequest::Unlink { parent, name: name.into(), cred: Cred::ROOT };
+        Queued { request: request.into(), ino: 0, now: at(300) }
+    }
+
+    #[test]
+    fn a_batch_applies_its_changes_in_order_and_stops_at_the_first_that_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = store.reserve_inos(SESSION, 16).unwrap();
+        let root = Cred::ROOT;
+        let changes = vec![
+            mkdir(ROOT_INO, "d", first, 0o755, &root),
+            create(first, "f", first + 1, &root),
+            unlink(first, "f"),
+            create(first, "f", first + 2, &root),
+            // Taken by the change before: the batch ends here.
+            create(first, "f", first + 3, &root),
+            create(first, "g", first + 4, &root),
+        ];
+        let (applied, failed, made) = store.batch(SESSION, changes).unwrap();
+        assert_eq!((applied, failed), (4, Some(MetaError::Exists)));
+        assert_eq!(made, vec![first, first + 1, first + 2]);
+        let d = store.lookup(ROOT_INO, b"d").unwrap();
+        // With the times the mount gave: the last change in `d` was a create.
+        assert_eq!((d.ino, d.kind, d.ctime), (first, FileKind::Dir, at(200)));
+        assert_eq!(store.lookup(first, b"f").unwrap().ino, first + 2);
+        assert_eq!(store.lookup(first, b"g"), Err(MetaError::NotFound));
+        // Numbers passed over by the failed change stay unused; the next ones are there.
+        let more = vec![create(first, "g", first + 5, &root)];
+        assert_eq!(store.batch(SESSION, more).unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_batch_numbers_inodes_only_from_its_sessions_reserved_blocks_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = store.reserve_inos(SESSION, 4).unwrap();
+        // Inodes made elsewhere meanwhile are numbered past the block.
+        let other = store.make_dir(ROOT_INO, b"other", 0o755, Cred::ROOT).unwrap().attr.ino;
+        assert_eq!(other, first + 4);
+        let root = Cred::ROOT;
+        let refused = |store: &crate::store::Store, session, change| {
+            let (applied, failed, _) = store.batch(session, vec![change]).unwrap();
+            assert_eq!(applied, 0);
+            assert!(matches!(failed, Some(MetaError::Invalid(_))), "{failed:?}");
+        };
+        refused(&store, SESSION + 1, create(ROOT_INO, "theirs", first, &root));
+        refused(&store, SESSION, create(ROOT_INO, "past", first + 4, &root));
+        assert_eq!(
+            store.batch(SESSION, vec![create(ROOT_INO, "a", first + 1, &root)]).unwrap().0,
+            1
+        );
+        // Used, and so is every number below it in the block.
+        refused(&store, SESSION, create(ROOT_INO, "again", first + 1, &root));
+        refused(&store, SESSION, create(ROOT_INO, "below", first, &root));
+        assert_eq!(
+            store.batch(SESSION, vec![create(ROOT_INO, "b", first + 3, &root)]).unwrap().0,
+            1
+        );
+        refused(&store, SESSION, create(ROOT_INO, "spent", first + 3, &root));
+        let fsck = store.fsck(false).unwrap();
+        assert!(fsck.problems.is_empty(), "{:?}", fsck.problems);
+    }
+
+    #[test]
+    fn each_change_is_checked_as_the_changes_before_it_left_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = store.reserve_inos(SESSION, 8).unwrap();
+        let user = Cred { uid: 1000, gid: 1000, umask: 0o022, groups: Vec::new() };
+        let shared = store.make_dir(ROOT_INO, b"shared", 0o777, Cred::ROOT).unwrap().attr.ino;
+        let changes = vec![
+            // The user's own directory, which the umask leaves writable by the user only.
+            mkdir(shared, "mine", first, 0o777, &user),
+            create(first, "f", first + 1, &user),
+            // Made by the user, unwritable from then on: the next create is refused.
+            mkdir(first, "closed", first + 2, 0o500, &user),
+            create(first + 2, "g", first + 3, &user),
+        ];
+        let (applied, failed, _) = store.batch(SESSION, changes).unwrap();
+        assert_eq!((applied, failed), (3, Some(MetaError::AccessDenied)));
+        let mine = store.get_attr(first).unwrap();
+        assert_eq!((mine.uid, mine.perm), (1000, 0o755));
+        assert_eq!(store.lookup(first, b"f").unwrap().uid, 1000);
+    }
+}
