@@ -429,7 +429,8 @@ impl ClientArgs {
         let defaults = FsOptions::default();
         let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
         let (atime, dir_atime) = self.flags().atime();
-        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, rpc, ..defaults }
+        let batch = !self.flags().nobatch;
+        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, batch, rpc, ..defaults }
     }
 
     pub(crate) fn mount_options(&self, source: String) -> MountOptions {

@@ -34,6 +34,10 @@ pub enum FsError {
     /// of date, and a path lookup answered this (ESTALE) looks the name up again.
     #[error("stale file handle")]
     Stale,
+    /// metad refused a change this mount had answered itself (`journal.rs`): it and the
+    /// changes made after it are lost.
+    #[error("changes made on this mount were refused by metad: {0}")]
+    Refused(MetaError),
 }
 
 impl FsError {
@@ -92,6 +96,9 @@ impl From<&FsError> for Errno {
             FsError::Range => Errno::ERANGE,
             FsError::NoSuchOffset => Errno::ENXIO,
             FsError::Stale => Errno::ESTALE,
+            // As a local filesystem reports a failed delayed allocation.
+            FsError::Refused(MetaError::NoSpace(_) | MetaError::MetadataFull) => Errno::ENOSPC,
+            FsError::Refused(_) => Errno::EIO,
         }
     }
 }

@@ -25,6 +25,10 @@ use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+mod here;
+
+pub use here::NewHere;
+
 /// How long the kernel may cache what a lease covers. Recalls invalidate it sooner.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
@@ -50,11 +54,15 @@ struct Held {
     /// Known to have no `security.capability` attribute, which the kernel asks for before
     /// every write (to drop it); forgotten with `attr`.
     lacks_capability: bool,
-    /// Every name in this directory, while this mount knows them all: since it made the
-    /// directory, kept up to date by the changes it makes there, and dropped by any whose
-    /// outcome is unsure. Another mount's change recalls the lease first, and with it this.
-    /// A lookup of a name not in it needs no metad request: the name is not there.
-    listing: Option<HashSet<Vec<u8>>>,
+    /// Every name in this directory with the inode it names, while this mount knows them
+    /// all: since it made the directory, kept up to date by the changes it makes there, and
+    /// dropped by any whose outcome is unsure. Another mount's change recalls the lease
+    /// first, and with it this. A lookup of a name not in it needs no metad request: the
+    /// name is not there.
+    listing: Option<HashMap<Vec<u8>, Ino>>,
+    /// Known to have no default ACL (a directory this mount made where there was none), so
+    /// what is made in it takes the creator's umask: this mount may make it itself.
+    plain: bool,
     /// The file's layout as metad answered it under this lease: later opens read through it
     /// while the kept attributes are those it came with (a change made here answers new
     /// ones or drops them; one made elsewhere recalls the lease).
@@ -378,12 +386,14 @@ impl Leases {
 
     /// Starts the listing of directory `dir`, made here by a request sent at `epoch`: it is
     /// empty, unless the lease on it was recalled since (another mount may have used it).
-    pub fn listed_empty(&self, epoch: Epoch, dir: Ino) {
+    /// `plain`: it has no default ACL.
+    pub fn listed_empty(&self, epoch: Epoch, dir: Ino, plain: bool) {
         let mut state = self.lock();
         if !state.recalled_since(dir, epoch.recalls)
             && let Some(held) = state.held.get_mut(&dir)
         {
-            held.listing = Some(HashSet::new());
+            held.listing = Some(HashMap::new());
+            held.plain = plain;
         }
     }
 
@@ -391,18 +401,29 @@ impl Leases {
     pub fn known_absent(&self, dir: Ino, name: &[u8]) -> bool {
         let state = self.lock();
         let listing = state.held.get(&dir).and_then(|h| h.listing.as_ref());
-        listing.is_some_and(|names| !names.contains(name)) && name != b"." && name != b".."
+        listing.is_some_and(|names| !names.contains_key(name)) && name != b"." && name != b".."
     }
 
-    /// A change made here added (`added`) or removed `name` in `dir`.
-    pub fn listing_changed(&self, dir: Ino, name: &[u8], added: bool) {
+    /// A change made here added `name` for `ino` in `dir`.
+    pub fn listing_added(&self, dir: Ino, name: &[u8], ino: Ino) {
         let mut state = self.lock();
         if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
-            if added {
-                names.insert(name.to_vec());
-            } else {
-                names.remove(name);
-            }
+            names.insert(name.to_vec(), ino);
+        }
+    }
+
+    /// A change made here removed `name` in `dir`.
+    pub fn listing_removed(&self, dir: Ino, name: &[u8]) {
+        let mut state = self.lock();
+        if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
+            names.remove(name);
+        }
+    }
+
+    /// The directory `dir` may have gained a default ACL.
+    pub fn forget_plain(&self, dir: Ino) {
+        if let Some(held) = self.lock().held.get_mut(&dir) {
+            held.plain = false;
         }
     }
 
@@ -519,6 +540,18 @@ impl Leases {
         }
     }
 
+    /// Stops trusting every answer and lease so far: each lease is taken away (to be
+    /// settled without a release: metad dropped it, or recalls it if not).
+    fn forget_all(&self, state: &mut State) {
+        state.epoch += 1;
+        state.forgotten = state.epoch;
+        state.recalled.clear();
+        let inos: Vec<Ino> = state.held.keys().copied().collect();
+        for ino in inos {
+            self.take_away(state, ino, None);
+        }
+    }
+
     /// Takes the lease on `ino` away, to be settled by the recall task.
     fn take_away(&self, state: &mut State, ino: Ino, seq: Option<u64>) {
         let held = state.held.remove(&ino).unwrap_or_default();
@@ -540,15 +573,8 @@ impl SessionEvents for Leases {
     }
 
     fn session_started(&self) {
-        let mut state = self.lock();
-        state.epoch += 1;
-        state.forgotten = state.epoch;
-        state.recalled.clear();
         // metad dropped every lease of this mount: so must the kernel's caches.
-        let inos: Vec<Ino> = state.held.keys().copied().collect();
-        for ino in inos {
-            self.take_away(&mut state, ino, None);
-        }
+        self.forget_all(&mut self.lock());
     }
 
     fn connection_lost(&self) {

@@ -7,6 +7,7 @@ pub mod core;
 pub mod dirty;
 pub mod error;
 pub mod fuse;
+pub mod journal;
 pub mod leases;
 pub mod metrics;
 pub mod mount;

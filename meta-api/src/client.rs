@@ -30,7 +30,37 @@ pub struct MetaClient {
     numbers: Numbers,
     /// When the latest request metad answered was sent (see [`MetaClient::confirmed_at`]).
     confirmed: Mutex<Option<Instant>>,
+    /// What requests wait for before they go (see [`Barrier`]).
+    barrier: std::sync::OnceLock<std::sync::Weak<dyn Barrier>>,
 }
+
+/// The changes a mount answered itself and has not sent yet (its batches): a request that
+/// could depend on them waits until they are sent, so metad sees the mount's changes and
+/// requests in the order the mount made them.
+pub trait Barrier: Send + Sync {
+    /// Resolves once what was queued before the call has been sent and answered.
+    fn passed(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
+}
+
+/// Whether `request` must follow the changes queued before it: all but the batches
+/// themselves and what cannot depend on them (chunk placement and content, leases given
+/// back, heartbeats, inode numbers).
+fn follows_batches(request: &MetaRequest) -> bool {
+    !matches!(
+        request,
+        MetaRequest::Batches(_)
+            | MetaRequest::Sessions(
+                SessionRequest::ReserveInos { .. }
+                    | SessionRequest::ReleaseLease { .. }
+                    | SessionRequest::Heartbeat
+            )
+            | MetaRequest::Data(DataRequest::PrepareWrite { .. } | DataRequest::ReadInline { .. })
+    )
+}
+
+/// A request number kept across tries: a batch sent again with it after a failed try is
+/// applied once (metad answers the first try's outcome if that was applied).
+pub struct Ticket<'a>(Waiting<'a>);
 
 /// Numbers a session's requests, and knows which are still waiting for their answers.
 #[derive(Default)]
@@ -154,7 +184,13 @@ impl MetaClient {
     /// `addrs` is metad's address, or its replicas' separated by commas.
     pub fn new(addrs: &str, options: ClientOptions) -> MetaClient {
         let rpc = Replicas::new(addrs, Service::Metad, options, |c| c);
-        MetaClient { rpc, session: None, numbers: Numbers::default(), confirmed: Mutex::default() }
+        MetaClient {
+            rpc,
+            session: None,
+            numbers: Numbers::default(),
+            confirmed: Mutex::default(),
+            barrier: Default::default(),
+        }
     }
 
     /// A client with a session (a mount): what it holds outlives a lost connection until
@@ -187,7 +223,13 @@ impl MetaClient {
             session: Some(session),
             numbers: Numbers::default(),
             confirmed: Mutex::default(),
+            barrier: Default::default(),
         }
+    }
+
+    /// Makes requests wait for `barrier` (set once; later calls are ignored).
+    pub fn set_barrier(&self, barrier: std::sync::Weak<dyn Barrier>) {
+        let _ = self.barrier.set(barrier);
     }
 
     /// How often to send heartbeats so the session never expires: a third of its timeout,
@@ -248,8 +290,28 @@ impl MetaClient {
     /// timeout. A mount's request carries its number in the session, the same on every
     /// replica it is tried on.
     async fn send(&self, request: MetaRequest, unbounded: bool) -> Result<MetaReply> {
+        if follows_batches(&request)
+            && let Some(barrier) = self.barrier.get().and_then(std::sync::Weak::upgrade)
+        {
+            barrier.passed().await?;
+        }
+        let ticket = self.ticket();
+        self.send_numbered(&ticket, request, unbounded).await
+    }
+
+    /// A number for a request, kept until the ticket is dropped.
+    pub fn ticket(&self) -> Ticket<'_> {
         let seq = self.session.as_ref().map(|_| self.numbers.take());
-        let _waiting = Waiting(&self.numbers, seq);
+        Ticket(Waiting(&self.numbers, seq))
+    }
+
+    async fn send_numbered(
+        &self,
+        ticket: &Ticket<'_>,
+        request: MetaRequest,
+        unbounded: bool,
+    ) -> Result<MetaReply> {
+        let seq = ticket.0.1;
         let envelope = Envelope { seq, request };
         let timeout = if unbounded { None } else { Some(self.rpc.request_timeout()) };
         let sent = Instant::now();
@@ -447,6 +509,27 @@ impl MetaClient {
     pub async fn accessed_at(&self, accesses: Vec<Access>, strict: bool) -> Result<()> {
         let request = AttrRequest::AccessedAt { accesses, strict };
         call!(self, request, "accessed at", MetaReply::Done => ())
+    }
+
+    /// Reserves `count` inode numbers for this session's batches: answers the first.
+    pub async fn reserve_inos(&self, count: u32) -> Result<Ino> {
+        let request = SessionRequest::ReserveInos { count };
+        call!(self, request, "reserve inode numbers", MetaReply::Inos { first, .. } => first)
+    }
+
+    /// Applies `changes` in order, stopping at the first that fails: how many were
+    /// applied, and the error of the one that failed. Sent with `ticket`'s number, so a
+    /// batch sent again with the same ticket after a failed try is applied once.
+    pub async fn batch(
+        &self,
+        ticket: &Ticket<'_>,
+        changes: Vec<Queued>,
+    ) -> Result<(u32, Option<MetaError>)> {
+        let request = BatchRequest::Batch { changes }.into();
+        match self.send_numbered(ticket, request, false).await? {
+            MetaReply::Batched { applied, failed, .. } => Ok((applied, failed)),
+            _ => Err(MetaClientError::UnexpectedReply("batch")),
+        }
     }
 
     pub async fn fsck(&self, repair: bool) -> Result<FsckReport> {

@@ -10,4 +10,4 @@ pub mod fsck;
 pub mod proto;
 pub mod requests;
 
-pub use client::{MetaClient, MetaClientError, SessionEvents};
+pub use client::{Barrier, MetaClient, MetaClientError, SessionEvents, Ticket};

@@ -111,6 +111,9 @@ impl Timestamp {
 pub struct Made {
     pub attr: Attr,
     pub parent: Attr,
+    /// Whether the directory has a default ACL (which what is made in it inherits, in place
+    /// of the umask): a mount that makes inodes there itself must know.
+    pub default_acl: bool,
 }
 
 /// What an unlink answers: the directory's attributes as the change left them, the unlinked
@@ -140,6 +143,9 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub rdev: u32,
 }
+
+/// The generation every inode has (inode numbers are never reused, so one is enough).
+pub const GENERATION: u64 = 1;
 
 /// How often relatime refreshes an atime that is already newer than mtime and ctime.
 const RELATIME_INTERVAL_SECS: i64 = 24 * 3600;

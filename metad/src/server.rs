@@ -339,7 +339,9 @@ impl MetadServer {
         }
         let write = match grant {
             Grant::Write { .. } | Grant::Batched => true,
-            Grant::Created => matches!(reply, MetaReply::Made(m) if m.attr.kind == FileKind::File),
+            Grant::Created => {
+                matches!(reply, MetaReply::Made(m) if matches!(m.attr.kind, FileKind::File | FileKind::Dir))
+            }
             Grant::Nothing | Grant::Read | Grant::Found { .. } => false,
         };
         let mut renewed = false;

@@ -788,6 +788,11 @@ impl Mount {
         self.path.join(relative)
     }
 
+    /// The serving process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// Where the mount process's stderr goes.
     pub fn log(&self) -> Option<&Path> {
         self.process.as_ref().map(|p| p.log.as_path())

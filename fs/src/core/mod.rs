@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::chunk_io::{ChunkIo, DEFAULT_CACHE_BYTES};
 use crate::error::{FsError, FsResult};
+use crate::journal::Journal;
 use crate::leases::Leases;
 use crate::metrics::{ClientMetrics, Gauges};
 use crate::write_back::WriteBack;
@@ -53,6 +54,9 @@ pub struct FsOptions {
     pub atime: AtimePolicy,
     /// Whether listing a directory updates its atime (off with `nodiratime`).
     pub dir_atime: bool,
+    /// Whether namespace changes under a directory's write lease are answered here and
+    /// sent in batches (`journal.rs`; off with `nobatch`).
+    pub batch: bool,
     pub rpc: ClientOptions,
 }
 
@@ -63,6 +67,7 @@ impl Default for FsOptions {
             dirty_flush_bytes: 16 * 1024 * 1024,
             atime: AtimePolicy::Relative,
             dir_atime: true,
+            batch: true,
             rpc: ClientOptions::default(),
         }
     }
@@ -123,6 +128,8 @@ pub struct Fs {
     removals: AtomicUsize,
     /// Held while a batch of atime updates is sent (see `accesses.rs`).
     sending_accesses: tokio::sync::Mutex<()>,
+    /// Namespace changes answered here, on their way to metad (with `FsOptions::batch`).
+    journal: Option<Arc<Journal>>,
     metrics: Arc<ClientMetrics>,
 }
 
@@ -142,7 +149,9 @@ impl Fs {
         let io = ChunkIo::new(pool, meta.clone(), options.chunk_cache_bytes, metrics.clone());
         let io = Arc::new(io);
         let write_back = WriteBack::new(options.dirty_flush_bytes);
+        let journal = options.batch.then(|| Journal::start(meta.clone(), leases.clone()));
         let fs = Arc::new_cyclic(|me| Fs {
+            journal,
             write_back,
             me: me.clone(),
             meta,
@@ -201,6 +210,9 @@ impl Fs {
             }
         }
         let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
+        if let Err(e) = self.flush_journal().await {
+            warn!("unmounting: changes answered here not all made at metad: {e}");
+        }
         self.send_accesses(None).await;
         if unfinished > 0 {
             warn!(unfinished, "unmounting with closed files whose last writes are not committed");
@@ -209,6 +221,15 @@ impl Fs {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("cannot close the metad session (it will expire): {e}"),
             Err(_) => warn!("metad did not answer the session close in {CLOSE_TIMEOUT:?}"),
+        }
+    }
+
+    /// Waits until the namespace changes answered here so far are made at metad; reports
+    /// one metad refused since the last report.
+    pub(super) async fn flush_journal(&self) -> FsResult<()> {
+        match &self.journal {
+            Some(journal) => journal.flush().await,
+            None => Ok(()),
         }
     }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shardfs_meta_api::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MetaError, RenameMode, SetAttr, SetTime,
-    Timestamp, Unlinked, names_an_entry,
+    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MetaError, NameRequest, Queued, RenameMode,
+    SetAttr, SetTime, Timestamp, Unlinked, names_an_entry,
 };
 use tracing::debug;
 
@@ -14,6 +14,7 @@ use super::Fs;
 use super::open_files::OpenFile;
 use super::read_path::update_atime;
 use crate::error::{FsError, FsResult};
+use crate::leases::NewHere;
 use shardfs_rpc::sync::Lock as _;
 
 /// A removal of a name under way (see [`Fs::removing`]); ends when dropped.
@@ -123,6 +124,9 @@ impl Fs {
     ) -> FsResult<Attr> {
         // metad gives the creator of a regular file its write lease too.
         let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
+        if is_file && let Some(attr) = self.make_here(parent, name, FileKind::File, mode, &cred) {
+            return Ok(attr);
+        }
         let epoch = self.leases.epoch();
         let made = self.meta.make_node(parent, name, mode, rdev, cred);
         let attr = self.granting_made(made, parent, name, is_file).await;
@@ -140,8 +144,65 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
+        if let Some(attr) = self.make_here(parent, name, FileKind::Dir, mode, &cred) {
+            return Ok(attr);
+        }
+        // metad gives the creator of a directory its write lease too.
         let made = self.meta.make_dir(parent, name, mode & 0o7777, cred);
-        self.granting_made(made, parent, name, false).await
+        self.granting_made(made, parent, name, true).await
+    }
+
+    /// Makes a regular file or a directory here, queued for metad, if this mount may (see
+    /// `leases/here.rs`).
+    fn make_here(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        cred: &Cred,
+    ) -> Option<Attr> {
+        let journal = self.journal.as_ref()?;
+        if name.len() > MAX_NAME_LEN {
+            return None;
+        }
+        let new = NewHere { kind, perm: mode & 0o7777, cred: cred.clone() };
+        self.leases.make_here(parent, name, &new, |now| {
+            journal.push_made(|ino| {
+                let (name, mode, cred) = (name.to_vec(), mode & 0o7777, cred.clone());
+                let request = match kind {
+                    FileKind::Dir => NameRequest::MakeDir { parent, name, mode, cred },
+                    _ => NameRequest::MakeNode {
+                        parent,
+                        name,
+                        mode: mode | libc::S_IFREG,
+                        rdev: 0,
+                        cred,
+                    },
+                };
+                Queued { request: request.into(), ino, now }
+            })
+        })
+    }
+
+    /// Removes `name` from `parent` here, queued for metad, if this mount may (see
+    /// `leases/here.rs`): answers whether it did.
+    async fn remove_here(&self, parent: Ino, name: &[u8], cred: &Cred, dir: bool) -> bool {
+        let Some(journal) = &self.journal else { return false };
+        // Counted as a removal, as one sent to metad is: an open of the file starting now
+        // registers itself (and so finds it gone), and one already started is seen below.
+        self.removals.fetch_add(1, Ordering::SeqCst);
+        let _removing = Removing(&self.removals);
+        let open = |ino| self.open_file(ino).is_some();
+        let removed = self.leases.remove_here(parent, name, cred, dir, open, |now| {
+            let (name, cred) = (name.to_vec(), cred.clone());
+            let request = match dir {
+                true => NameRequest::RemoveDir { parent, name, cred },
+                false => NameRequest::Unlink { parent, name, cred },
+            };
+            journal.push(Queued { request: request.into(), ino: 0, now })
+        });
+        removed.is_some()
     }
 
     pub async fn symlink(
@@ -161,13 +222,16 @@ impl Fs {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        if self.remove_here(parent, name, cred, false).await {
+            return Ok(());
+        }
         let _removing = self.removing().await?;
         let epoch = self.leases.epoch();
         match self.meta.unlink(parent, name, cred).await {
             Ok(Unlinked { parent: dir, ino, target }) => {
                 let attrs = Vec::from_iter([Some(&dir), target.as_ref()].into_iter().flatten());
                 self.leases.update_attrs(epoch, &attrs);
-                self.leases.listing_changed(parent, name, false);
+                self.leases.listing_removed(parent, name);
                 if target.is_none_or(|attr| attr.nlink == 0) {
                     self.leases.name_removed(ino);
                 }
@@ -183,11 +247,14 @@ impl Fs {
     }
 
     pub async fn remove_dir(&self, parent: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        if self.remove_here(parent, name, cred, true).await {
+            return Ok(());
+        }
         let _removing = self.removing().await?;
         let removed = self.meta.remove_dir(parent, name, cred).await;
         self.leases.forget_attrs(None);
         match removed {
-            Ok(()) => self.leases.listing_changed(parent, name, false),
+            Ok(()) => self.leases.listing_removed(parent, name),
             Err(_) => self.leases.forget_listing(parent),
         }
         Ok(removed?)

@@ -200,7 +200,15 @@ impl Fs {
             self.released_locks.notify_waiters();
         }
         unlocked?;
-        if let Some(bytes) = self.defers_commit(&handle.file).await
+        let deferred = self.defers_commit(&handle.file).await;
+        if deferred.is_some() {
+            match self.commit_here(&handle.file).await {
+                Ok(true) => return self.forget_open(handle.file.ino).await,
+                Ok(false) => {}
+                Err(e) => debug!(ino = handle.file.ino, "commit not queued, sent instead: {e}"),
+            }
+        }
+        if let Some(bytes) = deferred
             && let Some(me) = self.me.upgrade()
             && self.write_back.reserve(bytes)
         {

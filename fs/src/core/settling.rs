@@ -67,6 +67,17 @@ impl Fs {
     /// Settles the recall of the lease on `ino`: commits what is buffered under a write
     /// lease, drops the cached layout and the kernel's caches, and releases the lease.
     pub(super) async fn settle(&self, ino: Ino) {
+        // What this mount changed under the lease reaches metad before it is given back:
+        // until it has, the lease is kept (metad revokes it if this session expires).
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.sent().await
+        {
+            if let Some(held_back) = UNSETTLED_LOG.admit() {
+                warn!(ino, held_back, "recalled lease kept: changes made here not sent yet: {e}");
+            }
+            self.leases.recall_again(ino, Recall::default());
+            return;
+        }
         let recall = match self.open_file(ino) {
             // Only a write lease covers buffered writes. A read lease is settled without
             // the file's data, which a write may hold while it waits for a write lease that
@@ -191,9 +202,10 @@ impl Fs {
             Ok(made) => {
                 self.leases.granted_attr(epoch, &made.attr, write);
                 self.leases.update_attrs(epoch, &[&made.parent]);
-                self.leases.listing_changed(parent, name, true);
+                self.leases.listing_added(parent, name, made.attr.ino);
                 if made.attr.kind == FileKind::Dir {
-                    self.leases.listed_empty(epoch, made.attr.ino);
+                    // It inherited its parent's default ACL, if any.
+                    self.leases.listed_empty(epoch, made.attr.ino, !made.default_acl);
                 }
                 Ok(made.attr)
             }

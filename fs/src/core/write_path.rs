@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use shardfs_meta_api::MetaClientError;
-use shardfs_meta_api::proto::{Cred, INLINE_MAX, MetaError, SetAttr, SpaceOp, Timestamp};
+use shardfs_meta_api::proto::{
+    Cred, DataRequest, INLINE_MAX, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
+};
 use tracing::warn;
 
 use super::Fs;
@@ -166,18 +168,56 @@ impl Fs {
         self.write_back.done(bytes);
     }
 
+    /// Commits what a closed file buffered (a small file's content, inline) by queuing the
+    /// commit with the changes answered here (`journal.rs`), if it can: answers whether it
+    /// did. Called for commits a close may leave to the background (see
+    /// [`Fs::defers_commit`]).
+    pub(super) async fn commit_here(&self, file: &OpenFile) -> FsResult<bool> {
+        let Some(journal) = &self.journal else { return Ok(false) };
+        let mut data = file.data.lock().await;
+        let pieces = data.dirty.take_all(self.volume.chunk_size);
+        let written = match self.io.store(&pieces).await {
+            Ok(written) if written.stored.is_empty() => written,
+            other => {
+                data.dirty.restore(pieces);
+                return other.map(|_| false);
+            }
+        };
+        let Written { inline, extents, .. } = written;
+        let end = extents.iter().map(|e| e.end()).max().unwrap_or(0);
+        let bytes = extents.iter().map(|e| e.len).sum();
+        let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
+        let ino = file.ino;
+        let queued = self.leases.commit_here(ino, (end, bytes), mtime, |now| {
+            let stored = Vec::new();
+            let commit = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
+            journal.push(Queued { request: commit.into(), ino: 0, now })
+        });
+        if !queued {
+            data.dirty.restore(pieces);
+            return Ok(false);
+        }
+        data.layout = None;
+        data.dirty_mtime = None;
+        data.committed = None;
+        Ok(true)
+    }
+
     /// fsync(2): commits what is buffered for the file behind `fh`, then has metad make its
-    /// metadata, and every change before it, durable.
+    /// metadata, and every change before it (those answered here included), durable.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
         self.flush_handle(&handle).await?;
         self.send_accesses(Some(handle.file.ino)).await;
+        self.flush_journal().await?;
         Ok(self.meta.sync().await?)
     }
 
-    /// Makes every metadata change this mount made so far durable (fsync of a directory).
+    /// Makes every metadata change this mount made so far durable (fsync of a directory,
+    /// syncfs).
     pub async fn sync(&self) -> FsResult<()> {
         self.send_accesses(None).await;
+        self.flush_journal().await?;
         Ok(self.meta.sync().await?)
     }
 

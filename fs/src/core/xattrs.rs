@@ -19,8 +19,10 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<()> {
         let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
-        // The change time, and for an ACL the mode.
+        // The change time, and for an ACL the mode; for a default ACL, what is made in the
+        // directory from now on.
         self.leases.forget_attrs(Some(ino));
+        self.leases.forget_plain(ino);
         Ok(set?)
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::{Caller, Family, Grant, Leasing};
 use crate::server::{MetadServer, Outcome};
-use crate::store::{Mutation, NewInode, View};
+use crate::store::{Batched, Mutation, NewInode, View};
 use shardfs_meta_api::proto::{
     AttrRequest, BatchRequest, DataRequest, MAX_BATCH, MetaError, MetaReply, MetaRequest,
     NameRequest, Queued, RenameMode, XattrRequest,
@@ -40,12 +40,22 @@ impl Family for BatchRequest {
 
     fn answer(self, server: &MetadServer, caller: Caller) -> Outcome {
         let BatchRequest::Batch { changes } = self;
-        Outcome::Answered(
-            server
-                .store
-                .batch(caller.holder, changes)
-                .map(|(applied, failed, made)| MetaReply::Batched { applied, failed, made }),
-        )
+        let batched = match server.store.batch(caller.holder, changes) {
+            Ok(batched) => batched,
+            Err(e) => return Outcome::Answered(Err(e)),
+        };
+        // The mount that took an inode's last name drops its lease on it (as after an
+        // `Unlink`), or the inode would linger on it.
+        if !batched.nameless.is_empty() {
+            let mut table = server.leases.lock();
+            for &ino in &batched.nameless {
+                table.remove(caller.holder, ino);
+            }
+            drop(table);
+            server.leases.wake();
+        }
+        let Batched { applied, failed, made, .. } = batched;
+        Outcome::Answered(Ok(MetaReply::Batched { applied, failed, made }))
     }
 }
 

@@ -74,8 +74,9 @@ pub enum Grant {
     /// A read lease on each inode the answer describes (not on a new name's directory:
     /// the mount holds its lease already, or keeps no attributes under one).
     Read,
-    /// A regular file's creation: its write lease, as nobody else knows the file yet and
-    /// its creator is about to write it; a read lease on anything else made.
+    /// A regular file's or a directory's creation: its write lease, as nobody else knows it
+    /// yet and its creator is about to write it, or make names in it (which, under the
+    /// lease, it may answer itself and send in batches); a read lease on anything else made.
     Created,
     /// Read leases on what the request found only as it ran (a lookup's child, a
     /// listing's entries) and on directory `dir`, whose entries it read: unless another

@@ -66,10 +66,10 @@ impl Family for NameRequest {
                 (vec![], Grant::Found { dir: names_an_entry(name).then_some(*parent) })
             }
             NameRequest::ReadDir { ino, .. } => (vec![], Grant::Found { dir: Some(*ino) }),
-            NameRequest::MakeNode { parent, .. } => (vec![(Inode(*parent), Write)], Grant::Created),
-            NameRequest::MakeDir { parent, .. } | NameRequest::Symlink { parent, .. } => {
-                (vec![(Inode(*parent), Write)], Grant::Read)
+            NameRequest::MakeNode { parent, .. } | NameRequest::MakeDir { parent, .. } => {
+                (vec![(Inode(*parent), Write)], Grant::Created)
             }
+            NameRequest::Symlink { parent, .. } => (vec![(Inode(*parent), Write)], Grant::Read),
             NameRequest::Link { ino, new_parent, .. } => {
                 (vec![(Inode(*ino), Write), (Inode(*new_parent), Write)], Grant::Read)
             }

@@ -27,19 +27,32 @@ impl Store {
     }
 
     /// Applies `session`'s batch: how many of its changes were applied, the error of the
-    /// one that failed, and the inodes made.
-    pub fn batch(
-        &self,
-        session: Holder,
-        changes: Vec<Queued>,
-    ) -> Result<(u32, Option<MetaError>, Vec<Ino>), MetaError> {
+    /// one that failed, the inodes made that still have a name, and the inodes that lost
+    /// their last name.
+    pub fn batch(&self, session: Holder, changes: Vec<Queued>) -> Result<Batched, MetaError> {
         let (applied, effects) = self.apply(Mutation::Batch { session, changes })?;
         self.let_go(&effects);
-        match applied {
-            Applied::Batched { applied, failed, made } => Ok((applied, failed, made)),
-            other => Err(other.mismatch("a batch's outcome")),
-        }
+        let Applied::Batched { applied, failed, mut made } = applied else {
+            return Err(applied.mismatch("a batch's outcome"));
+        };
+        let nameless: Vec<Ino> =
+            effects.nameless.iter().chain(&effects.removed_dirs).copied().collect();
+        made.retain(|ino| !nameless.contains(ino));
+        Ok(Batched { applied, failed, made, nameless })
     }
+}
+
+/// What applying a batch came to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batched {
+    /// How many of its changes were applied, from the first.
+    pub applied: u32,
+    /// The error of the change that failed, which ended the batch.
+    pub failed: Option<MetaError>,
+    /// The inodes it made that still have a name.
+    pub made: Vec<Ino>,
+    /// The inodes that lost their last name.
+    pub nameless: Vec<Ino>,
 }
 
 /// See [`Mutation::ReserveInos`].
@@ -190,9 +203,10 @@ mod tests {
             create(first, "f", first + 3, &root),
             create(first, "g", first + 4, &root),
         ];
-        let (applied, failed, made) = store.batch(SESSION, changes).unwrap();
-        assert_eq!((applied, failed), (4, Some(MetaError::Exists)));
-        assert_eq!(made, vec![first, first + 1, first + 2]);
+        let batched = store.batch(SESSION, changes).unwrap();
+        assert_eq!((batched.applied, batched.failed), (4, Some(MetaError::Exists)));
+        assert_eq!(batched.made, vec![first, first + 2], "first + 1 lost its name");
+        assert_eq!(batched.nameless, vec![first + 1]);
         let d = store.lookup(ROOT_INO, b"d").unwrap();
         // With the times the mount gave: the last change in `d` was a create.
         assert_eq!((d.ino, d.kind, d.ctime), (first, FileKind::Dir, at(200)));
@@ -200,7 +214,7 @@ mod tests {
         assert_eq!(store.lookup(first, b"g"), Err(MetaError::NotFound));
         // Numbers passed over by the failed change stay unused; the next ones are there.
         let more = vec![create(first, "g", first + 5, &root)];
-        assert_eq!(store.batch(SESSION, more).unwrap().0, 1);
+        assert_eq!(store.batch(SESSION, more).unwrap().applied, 1);
     }
 
     #[test]
@@ -213,21 +227,21 @@ mod tests {
         assert_eq!(other, first + 4);
         let root = Cred::ROOT;
         let refused = |store: &crate::store::Store, session, change| {
-            let (applied, failed, _) = store.batch(session, vec![change]).unwrap();
-            assert_eq!(applied, 0);
-            assert!(matches!(failed, Some(MetaError::Invalid(_))), "{failed:?}");
+            let batched = store.batch(session, vec![change]).unwrap();
+            assert_eq!(batched.applied, 0);
+            assert!(matches!(batched.failed, Some(MetaError::Invalid(_))), "{batched:?}");
         };
         refused(&store, SESSION + 1, create(ROOT_INO, "theirs", first, &root));
         refused(&store, SESSION, create(ROOT_INO, "past", first + 4, &root));
         assert_eq!(
-            store.batch(SESSION, vec![create(ROOT_INO, "a", first + 1, &root)]).unwrap().0,
+            store.batch(SESSION, vec![create(ROOT_INO, "a", first + 1, &root)]).unwrap().applied,
             1
         );
         // Used, and so is every number below it in the block.
         refused(&store, SESSION, create(ROOT_INO, "again", first + 1, &root));
         refused(&store, SESSION, create(ROOT_INO, "below", first, &root));
         assert_eq!(
-            store.batch(SESSION, vec![create(ROOT_INO, "b", first + 3, &root)]).unwrap().0,
+            store.batch(SESSION, vec![create(ROOT_INO, "b", first + 3, &root)]).unwrap().applied,
             1
         );
         refused(&store, SESSION, create(ROOT_INO, "spent", first + 3, &root));
@@ -250,8 +264,8 @@ mod tests {
             mkdir(first, "closed", first + 2, 0o500, &user),
             create(first + 2, "g", first + 3, &user),
         ];
-        let (applied, failed, _) = store.batch(SESSION, changes).unwrap();
-        assert_eq!((applied, failed), (3, Some(MetaError::AccessDenied)));
+        let batched = store.batch(SESSION, changes).unwrap();
+        assert_eq!((batched.applied, batched.failed), (3, Some(MetaError::AccessDenied)));
         let mine = store.get_attr(first).unwrap();
         assert_eq!((mine.uid, mine.perm), (1000, 0o755));
         assert_eq!(store.lookup(first, b"f").unwrap().uid, 1000);

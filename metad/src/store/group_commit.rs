@@ -125,8 +125,10 @@ impl Store {
 
     /// Applies `change` in a transaction with whatever other changes wait with it.
     pub(super) fn submit(&self, mut change: Change) -> Outcome {
-        // Only a replica's clients retry a request elsewhere: a lone metad records nothing.
-        if self.proposer.get().is_some() {
+        // Only a replica's clients retry a request elsewhere: a lone metad records nothing,
+        // but for batches, which a mount sends again after a timeout (their changes would
+        // fail the second time: they number new inodes).
+        if self.proposer.get().is_some() || matches!(change.mutation, Mutation::Batch { .. }) {
             change.request = super::replies::next_part();
         }
         let queue = &self.queue;

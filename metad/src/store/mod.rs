@@ -29,8 +29,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use shardfs_chunk_api::Encoding;
 
-use shardfs_meta_api::proto::{Attr, FileKind, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo};
+use shardfs_meta_api::proto::{
+    Attr, FileKind, GENERATION, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo,
+};
 
+pub use batch::Batched;
 pub use group_commit::{Change, Proposer, UNNUMBERED};
 pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};
@@ -102,8 +105,6 @@ pub struct Store {
     /// Set once on a replica of a group: where its batches of changes go.
     proposer: std::sync::OnceLock<Arc<dyn Proposer>>,
 }
-
-const GENERATION: u64 = 1;
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. `overrides` replace the stored

@@ -6,14 +6,12 @@ use super::group_commit::{Change, UNNUMBERED};
 use super::mutation::{Applied, Effects, Mutation, NewInode};
 use super::open_files::Holder;
 use super::xattr::{put_xattr, xattr_value};
-use super::{
-    ATTR_COLUMNS, GENERATION, Store, attr_at, get_attr, holdings, kind_code, layout, set_ctime,
-};
+use super::{ATTR_COLUMNS, Store, attr_at, get_attr, holdings, kind_code, layout, set_ctime};
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
-    Access, Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, Made, MetaError, ROOT_INO,
-    RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
+    Access, Attr, Cred, DirEntry, FileKind, GENERATION, Ino, MAX_NAME_LEN, Made, MetaError,
+    ROOT_INO, RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
 };
 
 /// Most hard links one inode may have.
@@ -314,7 +312,8 @@ pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
 
 /// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
 pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, MetaError> {
-    Ok(Made { attr, parent: get_attr(tx, parent)? })
+    let default_acl = xattr_value(tx, parent, acl::DEFAULT)?.is_some();
+    Ok(Made { attr, parent: get_attr(tx, parent)?, default_acl })
 }
 
 /// See [`Store::lookup`].

@@ -5,6 +5,7 @@
 mod auth;
 mod backup;
 mod bad_setup;
+mod batches;
 mod bench;
 mod big_directory;
 mod commands;

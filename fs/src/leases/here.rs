@@ -1,0 +1,198 @@
+//! Changes this mount answers itself (see `journal.rs`): in a directory it holds the write
+//! lease on, knows whole and knows to have no default ACL, creates, mkdirs, unlinks and
+//! rmdirs of what it holds the write lease on are checked and made here, and queued for
+//! metad with the lease table locked, so the queue's order is the order they were made in.
+
+use std::collections::HashMap;
+
+use shardfs_meta_api::proto::{Attr, Cred, FileKind, GENERATION, Ino, Timestamp};
+
+use super::{Held, Leases, State};
+
+/// An inode to make here: a regular file or a directory.
+pub struct NewHere {
+    pub kind: FileKind,
+    /// The mode's permission bits, before the umask.
+    pub perm: u32,
+    pub cred: Cred,
+}
+
+/// Whether `cred` may add and remove names in directory `dir`, from what this mount knows of
+/// it: root, or the owner with write and search permission (the owner's bits decide even
+/// under an ACL). Others are left to metad.
+fn may_change(dir: &Attr, cred: &Cred) -> bool {
+    cred.uid == 0 || (cred.uid == dir.uid && dir.perm & 0o300 == 0o300)
+}
+
+/// The directory `dir` if this mount may change its names itself.
+fn own_dir<'a>(
+    state: &'a State,
+    dir: Ino,
+    cred: &Cred,
+) -> Option<(&'a Attr, &'a HashMap<Vec<u8>, Ino>)> {
+    let held = state.held.get(&dir)?;
+    let (attr, listing) = (held.attr.as_ref()?, held.listing.as_ref()?);
+    let own = held.write && held.plain && attr.kind == FileKind::Dir && may_change(attr, cred);
+    own.then_some((attr, listing))
+}
+
+impl Leases {
+    /// Makes `new` as `name` in `parent` here, if this mount may: `queue(now)` numbers it
+    /// and queues the change (`None`: no number or no room left, and nothing is made).
+    /// Answers the new inode's attributes, as metad will make them.
+    pub fn make_here(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new: &NewHere,
+        queue: impl FnOnce(Timestamp) -> Option<Ino>,
+    ) -> Option<Attr> {
+        let mut state = self.lock();
+        let (dir, listing) = own_dir(&state, parent, &new.cred)?;
+        if listing.contains_key(name) {
+            return None;
+        }
+        let is_dir = new.kind == FileKind::Dir;
+        // metad's rules for a new inode in a directory without a default ACL: the umask,
+        // and a set-group-id directory's group (and for a directory, its setgid bit).
+        let mut perm = new.perm & 0o7777 & !new.cred.umask;
+        let gid = match u32::from(dir.perm) & libc::S_ISGID {
+            0 => new.cred.gid,
+            _ => {
+                if is_dir {
+                    perm |= libc::S_ISGID;
+                }
+                dir.gid
+            }
+        };
+        let now = Timestamp::now();
+        let ino = queue(now)?;
+        let made = Attr {
+            ino,
+            generation: GENERATION,
+            kind: new.kind,
+            perm: perm as u16,
+            uid: new.cred.uid,
+            gid,
+            size: 0,
+            allocated: 0,
+            nlink: if is_dir { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+        };
+        state.changes += 1;
+        let dir = state.held.get_mut(&parent).expect("checked above");
+        if let Some(attr) = dir.attr.as_mut() {
+            (attr.mtime, attr.ctime) = (now, now);
+            attr.nlink += u32::from(is_dir);
+        }
+        dir.listing.get_or_insert_default().insert(name.to_vec(), ino);
+        let held = Held {
+            write: true,
+            attr: Some(made.clone()),
+            lacks_capability: true,
+            listing: is_dir.then(HashMap::new),
+            plain: is_dir,
+            ..Held::default()
+        };
+        state.held.insert(ino, held);
+        Some(made)
+    }
+
+    /// Removes `name` from `parent` here, if this mount may: unlinks a file (`dir` false) it
+    /// holds the write lease on and does not have open (`open`), or removes an empty
+    /// directory (`dir` true) it holds the write lease on. `queue(now)` queues the change
+    /// (false: no room left, and nothing is removed). Answers the inode whose name went.
+    pub fn remove_here(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        cred: &Cred,
+        dir: bool,
+        open: impl Fn(Ino) -> bool,
+        queue: impl FnOnce(Timestamp) -> bool,
+    ) -> Option<Ino> {
+        let mut state = self.lock();
+        let (parent_attr, listing) = own_dir(&state, parent, cred)?;
+        // The sticky rule needs the victim's owner compared: left to metad.
+        if u32::from(parent_attr.perm) & libc::S_ISVTX != 0 {
+            return None;
+        }
+        let ino = *listing.get(name)?;
+        let target = state.held.get(&ino).filter(|held| held.write)?;
+        let attr = target.attr.as_ref()?;
+        let removable = match dir {
+            true => {
+                attr.kind == FileKind::Dir && target.listing.as_ref().is_some_and(|l| l.is_empty())
+            }
+            false => attr.kind != FileKind::Dir && !open(ino),
+        };
+        if !removable {
+            return None;
+        }
+        let now = Timestamp::now();
+        if !queue(now) {
+            return None;
+        }
+        state.changes += 1;
+        let parent_held = state.held.get_mut(&parent).expect("checked above");
+        if let Some(attr) = parent_held.attr.as_mut() {
+            (attr.mtime, attr.ctime) = (now, now);
+            attr.nlink -= u32::from(dir);
+        }
+        if let Some(listing) = parent_held.listing.as_mut() {
+            listing.remove(name);
+        }
+        let target = state.held.get_mut(&ino).expect("checked above");
+        let attr = target.attr.as_mut().expect("checked above");
+        attr.nlink = attr.nlink.saturating_sub(1);
+        attr.ctime = now;
+        if dir || attr.nlink == 0 {
+            // Gone with its last name: as after a removal metad answered (`name_removed`).
+            state.mark_recalled(ino);
+            state.held.remove(&ino);
+        }
+        Some(ino)
+    }
+
+    /// The content a closed file buffered (`bytes` bytes, ending at `end`), committed here
+    /// under its write lease: `queue(now)` queues the commit (false: no room left). The kept
+    /// attributes take what metad will make of them when the file had no content yet, and
+    /// are dropped otherwise.
+    pub fn commit_here(
+        &self,
+        ino: Ino,
+        (end, bytes): (u64, u64),
+        mtime: Timestamp,
+        queue: impl FnOnce(Timestamp) -> bool,
+    ) -> bool {
+        let mut state = self.lock();
+        if !state.held.get(&ino).is_some_and(|held| held.write) {
+            return false;
+        }
+        let now = Timestamp::now();
+        if !queue(now) {
+            return false;
+        }
+        state.changes += 1;
+        let held = state.held.get_mut(&ino).expect("checked above");
+        held.attr = held.attr.take().filter(|a| a.size == 0 && a.allocated == 0).map(|mut a| {
+            (a.size, a.allocated, a.mtime, a.ctime) = (end, bytes, mtime, now.max(mtime));
+            a
+        });
+        true
+    }
+
+    /// Drops everything this mount caches under its leases, and with it the kernel's caches,
+    /// after metad refused a change the mount had answered itself (`journal.rs`): what the
+    /// mount believed and what metad holds may differ. `drop_queue` runs with the lease
+    /// table locked, so no change is answered from what is being dropped.
+    pub fn reset<R>(&self, drop_queue: impl FnOnce() -> R) -> R {
+        let mut state = self.lock();
+        let dropped = drop_queue();
+        self.forget_all(&mut state);
+        dropped
+    }
+}

@@ -1,0 +1,198 @@
+//! Namespace changes a mount answers itself under a directory's write lease and sends to
+//! metad in ordered batches (`fs/src/journal.rs`): fewer round trips, the same namespace on
+//! every mount, a prefix of them kept when the mount dies, each applied once through a
+//! leader's loss.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use shardfs_tests::{Cluster, eventually};
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect()
+}
+
+/// Creates, writes, removals and subdirectories in a directory the mount made cost a few
+/// batches, not a request each, and another mount then sees exactly what was done.
+#[test]
+fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    fs::create_dir(mount.join("d")).unwrap();
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let before = requests();
+    for i in 0..200 {
+        fs::write(mount.join(&format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    fs::create_dir(mount.join("d/sub")).unwrap();
+    fs::write(mount.join("d/sub/inner"), b"inner").unwrap();
+    for i in (0..200).step_by(4) {
+        fs::remove_file(mount.join(&format!("d/f{i}"))).unwrap();
+    }
+    fs::create_dir(mount.join("d/gone")).unwrap();
+    fs::remove_dir(mount.join("d/gone")).unwrap();
+    // Made durable, which sends what is queued.
+    fs::File::open(mount.join("d")).unwrap().sync_all().unwrap();
+    let sent = requests() - before;
+    assert!(sent < 50, "{sent} metad requests for 500 changes");
+    let mut expected: BTreeSet<String> =
+        (0..200).filter(|i| i % 4 != 0).map(|i| format!("f{i}")).collect();
+    expected.insert("sub".into());
+    let other = cluster.mount();
+    assert_eq!(names(&other.join("d")), expected);
+    assert_eq!(fs::read(other.join("d/f5")).unwrap(), b"file 5");
+    assert_eq!(fs::read(other.join("d/sub/inner")).unwrap(), b"inner");
+    // Attributes as the first mount showed them.
+    for name in ["d", "d/f5", "d/sub"] {
+        let (here, there) = (fs::metadata(mount.join(name)), fs::metadata(other.join(name)));
+        let (here, there) = (here.unwrap(), there.unwrap());
+        use std::os::unix::fs::MetadataExt as _;
+        let seen =
+            |m: &fs::Metadata| (m.ino(), m.mode(), m.nlink(), m.size(), m.mtime_nsec(), m.uid());
+        assert_eq!(seen(&here), seen(&there), "{name}");
+    }
+    drop((mount, other));
+    assert!(cluster.fsck_clean());
+}
+
+/// A mount killed with changes it answered itself not yet sent: metad keeps the state after
+/// some prefix of them, in order, never a later one without an earlier one, and everything
+/// fsynced before the kill.
+#[test]
+fn a_mount_killed_with_changes_unsent_leaves_a_prefix_of_them() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount();
+    fs::create_dir(mount.join("d")).unwrap();
+    let mut synced = 0;
+    for i in 0..2000 {
+        let mut file = fs::File::create(mount.join(&format!("d/f{i}"))).unwrap();
+        file.write_all(format!("file {i}").as_bytes()).unwrap();
+        if i % 500 == 250 {
+            file.sync_all().unwrap();
+            synced = i + 1;
+        }
+    }
+    mount.crash();
+    let other = cluster.mount();
+    let present: BTreeSet<usize> =
+        names(&other.join("d")).iter().map(|n| n[1..].parse().unwrap()).collect();
+    let kept = present.len();
+    println!("{kept} of 2000 files kept, {synced} fsynced");
+    assert!(kept >= synced, "{kept} files kept, {synced} were fsynced");
+    assert_eq!(present, (0..kept).collect(), "the files kept are the first ones made");
+    for i in 0..kept {
+        // A file's content is committed at its close, which may come after the next
+        // file's create: the last few may be empty, never anything but what was written.
+        let content = fs::read(other.join(&format!("d/f{i}"))).unwrap();
+        assert!(
+            content == format!("file {i}").as_bytes() || (content.is_empty() && i + 16 >= kept),
+            "f{i} holds {content:?}"
+        );
+    }
+    for i in 0..synced {
+        assert_eq!(
+            fs::read(other.join(&format!("d/f{i}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    drop(other);
+    eventually("fsck to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// The group's leader dies while a mount keeps making changes it answers itself: batches
+/// on their way are sent again to the new leader and applied once, so every change is
+/// there once and none fails.
+#[test]
+fn batches_on_their_way_through_a_leaders_loss_are_applied_once() {
+    let mut cluster = Cluster::start_group(3, 6, 4, 2);
+    let mount = cluster.mount();
+    fs::create_dir(mount.join("d")).unwrap();
+    let (stop, made) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (dir, stop, made) = (mount.join("d"), stop.clone(), made.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) || i < 300 {
+                fs::write(dir.join(format!("f{i}")), format!("file {i}")).unwrap();
+                fs::create_dir(dir.join(format!("s{i}"))).unwrap();
+                if i % 2 == 1 {
+                    fs::remove_dir(dir.join(format!("s{}", i - 1))).unwrap();
+                }
+                i += 1;
+                made.store(i, Ordering::SeqCst);
+            }
+            i
+        })
+    };
+    eventually("the changes to get going", || made.load(Ordering::SeqCst) > 50);
+    let leader = cluster.leader();
+    cluster.stop_replica(leader, nix::sys::signal::Signal::SIGKILL);
+    let at_kill = made.load(Ordering::SeqCst);
+    eventually("the changes to go on", || made.load(Ordering::SeqCst) > at_kill + 100);
+    stop.store(true, Ordering::SeqCst);
+    let total = worker.join().unwrap();
+    fs::File::open(mount.join("d")).unwrap().sync_all().unwrap();
+    let other = cluster.mount();
+    let mut expected: BTreeSet<String> = (0..total).map(|i| format!("f{i}")).collect();
+    expected.extend((0..total).filter(|i| i % 2 == 1 || *i == total - 1).map(|i| format!("s{i}")));
+    assert_eq!(names(&other.join("d")), expected);
+    assert_eq!(fs::read(other.join("d/f7")).unwrap(), b"file 7");
+    drop((mount, other));
+    cluster.start_replica(leader);
+    eventually("fsck to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// Two mounts creating, renaming and removing names in one directory at once: a listing on
+/// either never shows a name the other had removed before it began, and both end with the
+/// same namespace.
+#[test]
+fn two_mounts_changing_one_directory_see_one_namespace() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount(), cluster.mount());
+    fs::create_dir(a.join("d")).unwrap();
+    const ROUNDS: usize = 150;
+    let removed = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        for (side, mount) in [&a, &b].into_iter().enumerate() {
+            let (dir, removed) = (mount.join("d"), removed[side].clone());
+            scope.spawn(move || {
+                for i in 0..ROUNDS {
+                    let name = dir.join(format!("{side}-{i}"));
+                    fs::write(&name, b"x").unwrap();
+                    let moved = dir.join(format!("{side}-{i}.moved"));
+                    fs::rename(&name, &moved).unwrap();
+                    fs::remove_file(&moved).unwrap();
+                    removed.store(i + 1, Ordering::SeqCst);
+                }
+            });
+        }
+        for mount in [&a, &b] {
+            let (dir, removed, done) = (mount.join("d"), removed.clone(), done.clone());
+            scope.spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let gone =
+                        [removed[0].load(Ordering::SeqCst), removed[1].load(Ordering::SeqCst)];
+                    for name in names(&dir) {
+                        let (side, rest) = name.split_once('-').unwrap();
+                        let side: usize = side.parse().unwrap();
+                        let i: usize = rest.trim_end_matches(".moved").parse().unwrap();
+                        assert!(i >= gone[side], "{name} listed after its removal");
+                    }
+                }
+            });
+        }
+        eventually("both sides to finish", || {
+            removed.iter().all(|r| r.load(Ordering::SeqCst) == ROUNDS)
+        });
+        done.store(true, Ordering::SeqCst);
+    });
+    assert!(names(&a.join("d")).is_empty());
+    assert!(names(&b.join("d")).is_empty());
+    drop((a, b));
+    assert!(cluster.fsck_clean());
+}
