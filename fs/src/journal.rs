@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardfs_meta_api::proto::{Ino, MAX_BATCH, MetaError, Queued};
+use shardfs_meta_api::proto::{
+    DataRequest, Ino, MAX_BATCH, MetaError, MetaRequest, NameRequest, Queued,
+};
 use shardfs_meta_api::{Barrier, MetaClient, MetaClientError};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
@@ -240,10 +242,11 @@ impl Journal {
                 dropped
             });
             self.reserve();
+            let change = changes.get(applied).map(|q| describe(&q.request)).unwrap_or_default();
             warn!(
                 dropped,
-                "metad refused a change this mount had answered itself ({e}): it and the \
-                 changes queued after it are dropped, with what the mount caches"
+                "metad refused a change this mount had answered itself, {change}: {e}; it and \
+                 the changes made after it are dropped, with what the mount caches"
             );
             answered += dropped;
         }
@@ -262,6 +265,21 @@ impl Journal {
                 Err(MetaError::Unavailable("changes not sent to metad in time".into()).into())
             }
         }
+    }
+}
+
+/// A queued change as the log names it: the operation, and the inode or name it is about.
+fn describe(request: &MetaRequest) -> String {
+    let op = request.op();
+    match request {
+        MetaRequest::Names(
+            NameRequest::MakeNode { parent, name, .. }
+            | NameRequest::MakeDir { parent, name, .. }
+            | NameRequest::Unlink { parent, name, .. }
+            | NameRequest::RemoveDir { parent, name, .. },
+        ) => format!("{op} of {:?} in directory {parent}", String::from_utf8_lossy(name)),
+        MetaRequest::Data(DataRequest::CommitWrite { ino, .. }) => format!("{op} of inode {ino}"),
+        _ => op.to_string(),
     }
 }
 
