@@ -121,23 +121,30 @@ impl DirtyRanges {
             .collect()
     }
 
-    /// Takes what is buffered except each range's last, unfinished window, which later
-    /// sequential writes are likely to complete. Cut like [`take_all`](Self::take_all).
+    /// Takes the whole windows buffered: each range's unfinished windows stay, the last
+    /// (which later sequential writes are likely to complete) and the first when the range
+    /// starts inside it (a write before it, arriving late, completes it). A window is thus
+    /// one chunk however the writes to it arrived, and identical content is cut the same.
+    /// Cut like [`take_all`](Self::take_all).
     pub fn take_completed(&mut self, window: u64) -> Vec<Piece> {
         let mut taken = Vec::new();
         for (start, mut data) in std::mem::take(&mut self.ranges) {
             let end = start + data.len() as u64;
-            let boundary = end / window * window;
-            if boundary <= start {
+            let (first, last) = (start.div_ceil(window) * window, end / window * window);
+            if last <= first {
                 self.ranges.insert(start, data);
                 continue;
             }
-            let tail = data.split_off((boundary - start) as usize);
-            self.bytes -= data.len();
-            if !tail.is_empty() {
-                self.ranges.insert(boundary, tail);
+            let tail = data.split_off((last - start) as usize);
+            let whole = data.split_off((first - start) as usize);
+            self.bytes -= whole.len();
+            if !data.is_empty() {
+                self.ranges.insert(start, data);
             }
-            taken.extend(cut(start, data, window));
+            if !tail.is_empty() {
+                self.ranges.insert(last, tail);
+            }
+            taken.extend(cut(first, whole, window));
         }
         taken
     }
@@ -241,17 +248,26 @@ mod tests {
         let mut dirty = DirtyRanges::default();
         dirty.write(0, &[1; 20]);
         dirty.write(30, &[2; 4]);
+        // Written after a hole, as a write arriving out of order leaves one.
+        dirty.write(44, &[3; 20]);
         let pieces = dirty.take_completed(8);
         let spans: Vec<_> = pieces.iter().map(|p| (p.offset, p.data.len())).collect();
         // [16, 20) and [32, 34) start windows that later writes may still fill; [30, 32)
-        // ends its window, so it goes.
-        assert_eq!(spans, [(0, 8), (8, 8), (30, 2)]);
-        assert_eq!(dirty.bytes(), 6);
-        let mut buf = [0u8; 40];
+        // and [44, 48) end windows whose start is missing: all stay, so that each window
+        // becomes one chunk once it is whole.
+        assert_eq!(spans, [(0, 8), (8, 8), (48, 8), (56, 8)]);
+        assert_eq!(dirty.bytes(), 12);
+        let mut buf = [0u8; 64];
         dirty.overlay(0, &mut buf);
         assert_eq!(&buf[16..20], &[1; 4]);
-        assert_eq!(&buf[30..34], &[0, 0, 2, 2]);
+        assert_eq!(&buf[30..34], &[2; 4]);
+        assert_eq!(&buf[40..48], &[0, 0, 0, 0, 3, 3, 3, 3]);
+        // The late write fills the hole: the window goes whole.
+        dirty.write(40, &[4; 4]);
+        let spans: Vec<_> =
+            dirty.take_completed(8).iter().map(|p| (p.offset, p.data.len())).collect();
+        assert_eq!(spans, [(40, 8)]);
         dirty.restore(pieces);
-        assert_eq!(dirty.bytes(), 24);
+        assert_eq!(dirty.bytes(), 40);
     }
 }

@@ -18,7 +18,7 @@
 //! New inodes are numbered from blocks metad reserved for the session (`ReserveInos`),
 //! taken in queue order, as metad requires.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,17 @@ struct State {
     inos: VecDeque<std::ops::Range<Ino>>,
     /// A refusal not reported yet.
     refused: Option<MetaError>,
+    /// The position (in `queued`) of the last change queued that touches each inode, while
+    /// changes wait.
+    touched: HashMap<Ino, u64>,
+}
+
+impl State {
+    fn touch(&mut self, inos: &[Ino]) {
+        for &ino in inos {
+            self.touched.insert(ino, self.queued);
+        }
+    }
 }
 
 impl Journal {
@@ -96,23 +107,25 @@ impl Journal {
         journal
     }
 
-    /// Queues `change`; false if the queue is full (the caller sends it itself).
-    pub fn push(&self, change: Queued) -> bool {
+    /// Queues `change`, which changes `touches` (what metad checks leases on); false if the
+    /// queue is full (the caller sends it itself).
+    pub fn push(&self, change: Queued, touches: &[Ino]) -> bool {
         let mut state = self.state.locked();
         if state.queue.len() >= MAX_QUEUED {
             return false;
         }
         state.queue.push_back(change);
         state.queued += 1;
+        state.touch(touches);
         drop(state);
         self.wake.notify_one();
         true
     }
 
-    /// Numbers a new inode and queues the change that makes it, `make(ino)`, in one step:
-    /// numbers reach metad in the order it requires. `None` when no number or no room is
-    /// left (the caller sends the change itself).
-    pub fn push_made(&self, make: impl FnOnce(Ino) -> Queued) -> Option<Ino> {
+    /// Numbers a new inode and queues the change that makes it in directory `parent`,
+    /// `make(ino)`, in one step: numbers reach metad in the order it requires. `None` when
+    /// no number or no room is left (the caller sends the change itself).
+    pub fn push_made(&self, parent: Ino, make: impl FnOnce(Ino) -> Queued) -> Option<Ino> {
         let mut state = self.state.locked();
         if state.queue.len() >= MAX_QUEUED {
             return None;
@@ -126,6 +139,7 @@ impl Journal {
         let left: u64 = state.inos.iter().map(|b| b.end - b.start).sum();
         state.queue.push_back(make(ino));
         state.queued += 1;
+        state.touch(&[parent, ino]);
         drop(state);
         if left < LOW {
             self.reserve();
@@ -161,6 +175,20 @@ impl Journal {
         match self.state.locked().refused.take() {
             Some(e) => Err(FsError::Refused(e)),
             None => Ok(()),
+        }
+    }
+
+    /// Waits until the changes queued so far that touch `ino`, and those before them, are
+    /// answered: what a recall of the lease on `ino` waits for before the lease goes back.
+    /// Only the changes of inodes this mount holds write leases on are queued, and no
+    /// other mount can hold those, so a recall of any other lease waits for nothing here:
+    /// two mounts never wait on each other's queues.
+    pub async fn sent_for(&self, ino: Ino) -> Result<(), MetaClientError> {
+        let Some(target) = self.state.locked().touched.get(&ino).copied() else { return Ok(()) };
+        let done = *self.answered.borrow() >= target;
+        match done {
+            true => Ok(()),
+            false => self.wait_answered(target).await,
         }
     }
 
@@ -204,8 +232,15 @@ impl Journal {
     /// Sends the oldest queued changes (as many as a batch takes) until metad answers, and
     /// takes what it applied off the queue.
     async fn send_one(&self) {
-        let changes: Vec<Queued> =
-            self.state.locked().queue.iter().take(MAX_BATCH).cloned().collect();
+        let mut bytes = 0;
+        let changes: Vec<Queued> = (self.state.locked().queue.iter())
+            .take(MAX_BATCH)
+            .take_while(|change| {
+                bytes += size(change);
+                bytes <= MAX_BATCH_BYTES || bytes == size(change)
+            })
+            .cloned()
+            .collect();
         let ticket = self.meta.ticket();
         let mut delay = FIRST_RETRY;
         let answer = loop {
@@ -228,6 +263,9 @@ impl Journal {
         let mut state = self.state.locked();
         let applied = (applied as usize).min(state.queue.len());
         state.queue.drain(..applied);
+        if state.queue.is_empty() {
+            state.touched.clear();
+        }
         drop(state);
         let mut answered = applied as u64;
         if let Some(e) = refused {
@@ -236,6 +274,7 @@ impl Journal {
                 let mut state = self.state.locked();
                 let dropped = state.queue.len() as u64;
                 state.queue.clear();
+                state.touched.clear();
                 state.refused.get_or_insert(e.clone());
                 // The session may be a new one, which owns none of them.
                 state.inos.clear();
@@ -266,6 +305,21 @@ impl Journal {
             }
         }
     }
+}
+
+/// Most bytes of changes (small files' content, mostly) one batch carries, well within a
+/// frame.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// About how many bytes `change` takes in a batch.
+fn size(change: &Queued) -> usize {
+    let content = match &change.request {
+        MetaRequest::Data(DataRequest::CommitWrite { inline, .. }) => {
+            inline.iter().map(|chunk| chunk.data.len()).sum()
+        }
+        _ => 0,
+    };
+    512 + content
 }
 
 /// A queued change as the log names it: the operation, and the inode or name it is about.

@@ -75,6 +75,13 @@ struct State {
     epoch: u64,
     /// Bumped by every change this mount makes to kept attributes.
     changes: u64,
+    /// The count of changes as of the latest change made here to each inode (those older
+    /// than `all_changed` forgotten): an answer about the inode from a request started
+    /// before it may predate it, and is not kept.
+    changed: HashMap<Ino, u64>,
+    /// The count of changes as of the latest change made here that may have reached any
+    /// inode (one this mount cannot name), or as of which `changed` was last emptied.
+    all_changed: u64,
     held: HashMap<Ino, Held>,
     /// The epoch of the latest recall of each inode.
     recalled: HashMap<Ino, u64>,
@@ -103,6 +110,32 @@ impl State {
             shown.atime = shown.atime.max(accessed.at);
         }
         shown
+    }
+
+    /// Whether this mount changed `ino` since a request that started at `epoch`.
+    fn changed_since(&self, ino: Ino, epoch: Epoch) -> bool {
+        self.all_changed > epoch.changes
+            || self.changed.get(&ino).is_some_and(|&at| at > epoch.changes)
+    }
+
+    /// A change made here to `inos`: answers about them from requests started before are
+    /// not kept.
+    fn mark_changed(&mut self, inos: &[Ino]) {
+        self.changes += 1;
+        if self.changed.len() >= REMEMBERED_RECALLS {
+            self.changed.clear();
+            self.all_changed = self.changes;
+        }
+        for &ino in inos {
+            self.changed.insert(ino, self.changes);
+        }
+    }
+
+    /// A change made here that may have reached any inode.
+    fn mark_all_changed(&mut self) {
+        self.changes += 1;
+        self.all_changed = self.changes;
+        self.changed.clear();
     }
 
     fn recalled_since(&self, ino: Ino, epoch: u64) -> bool {
@@ -258,7 +291,7 @@ impl Leases {
         }
         let mut state = self.lock();
         if !state.recalled_since(attr.ino, epoch.recalls) {
-            let current = state.changes == epoch.changes;
+            let current = !state.changed_since(attr.ino, epoch);
             let held = state.held.entry(attr.ino).or_default();
             held.write |= write;
             if current {
@@ -276,9 +309,10 @@ impl Leases {
     /// [`Leases::update_attr`] for every inode one change answered about.
     pub fn update_attrs(&self, epoch: Epoch, attrs: &[&Attr]) {
         let mut state = self.lock();
-        let current = state.changes == epoch.changes;
-        state.changes += 1;
-        for attr in attrs {
+        let current: Vec<bool> =
+            attrs.iter().map(|attr| !state.changed_since(attr.ino, epoch)).collect();
+        state.mark_changed(&attrs.iter().map(|attr| attr.ino).collect::<Vec<_>>());
+        for (attr, current) in attrs.iter().zip(current) {
             if let Some(held) = state.held.get_mut(&attr.ino) {
                 held.attr = current.then(|| (*attr).clone());
             }
@@ -290,7 +324,7 @@ impl Leases {
     pub fn lacks_capability_since(&self, epoch: Epoch, ino: Ino) {
         let mut state = self.lock();
         if !state.recalled_since(ino, epoch.recalls)
-            && state.changes == epoch.changes
+            && !state.changed_since(ino, epoch)
             && let Some(held) = state.held.get_mut(&ino)
         {
             held.lacks_capability = true;
@@ -369,7 +403,10 @@ impl Leases {
     pub fn forget_attrs(&self, ino: Option<Ino>) {
         let mut state = self.lock();
         // Answers to requests started before are not kept either.
-        state.changes += 1;
+        match ino {
+            Some(ino) => state.mark_changed(&[ino]),
+            None => state.mark_all_changed(),
+        }
         match ino {
             Some(ino) => {
                 if let Some(held) = state.held.get_mut(&ino) {
@@ -439,7 +476,7 @@ impl Leases {
     pub fn keep_layout(&self, epoch: Epoch, layout: &Arc<Layout>) {
         let mut state = self.lock();
         let ino = layout.attr.ino;
-        if state.changes != epoch.changes || state.recalled_since(ino, epoch.recalls) {
+        if state.changed_since(ino, epoch) || state.recalled_since(ino, epoch.recalls) {
             return;
         }
         if let Some(held) = state.held.get_mut(&ino) {

@@ -48,9 +48,9 @@ pub struct MountFlags {
     pub tls_ca: Option<std::path::PathBuf>,
     /// `metrics_listen=ADDR`: serve this mount's Prometheus metrics at http://ADDR/metrics.
     pub metrics_listen: Option<String>,
-    /// `nobatch`: send every namespace change to metad as it is made, instead of answering
-    /// those under a directory's write lease here and sending them in batches.
-    pub nobatch: bool,
+    /// `batch`: answer namespace changes under a directory's write lease here and send
+    /// them to metad in batches (`nobatch`, the default for now: send each as it is made).
+    pub batch: bool,
 }
 
 impl MountFlags {
@@ -67,8 +67,8 @@ impl MountFlags {
                 ("rw", None) => flags.read_only = false,
                 ("remount", None) => flags.remount = true,
                 ("nonempty", None) => flags.nonempty = true,
-                ("nobatch", None) => flags.nobatch = true,
-                ("batch", None) => flags.nobatch = false,
+                ("batch", None) => flags.batch = true,
+                ("nobatch", None) => flags.batch = false,
                 ("allow_other", None) => flags.allow_other = true,
                 ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
                 ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),

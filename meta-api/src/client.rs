@@ -584,10 +584,10 @@ impl MetaClient {
         value: &[u8],
         mode: XattrMode,
         cred: &Cred,
-    ) -> Result<()> {
+    ) -> Result<Attr> {
         let (name, value) = (name.to_vec(), value.to_vec());
         let request = XattrRequest::SetXattr { ino, name, value, mode, cred: cred.clone() };
-        call!(self, request, "setxattr", MetaReply::Done => ())
+        call!(self, request, "setxattr", MetaReply::Attr(a) => a)
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<Vec<u8>> {
@@ -600,9 +600,9 @@ impl MetaClient {
         call!(self, request, "listxattr", MetaReply::XattrNames(n) => n)
     }
 
-    pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<()> {
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> Result<Attr> {
         let request = XattrRequest::RemoveXattr { ino, name: name.to_vec(), cred: cred.clone() };
-        call!(self, request, "removexattr", MetaReply::Done => ())
+        call!(self, request, "removexattr", MetaReply::Attr(a) => a)
     }
 
     pub async fn stat_fs(&self) -> Result<StatFs> {

@@ -168,7 +168,7 @@ impl Fs {
         }
         let new = NewHere { kind, perm: mode & 0o7777, cred: cred.clone() };
         self.leases.make_here(parent, name, &new, |now| {
-            journal.push_made(|ino| {
+            journal.push_made(parent, |ino| {
                 let (name, mode, cred) = (name.to_vec(), mode & 0o7777, cred.clone());
                 let request = match kind {
                     FileKind::Dir => NameRequest::MakeDir { parent, name, mode, cred },
@@ -194,13 +194,13 @@ impl Fs {
         self.removals.fetch_add(1, Ordering::SeqCst);
         let _removing = Removing(&self.removals);
         let open = |ino| self.open_file(ino).is_some();
-        let removed = self.leases.remove_here(parent, name, cred, dir, open, |now| {
+        let removed = self.leases.remove_here(parent, name, cred, dir, open, |now, target| {
             let (name, cred) = (name.to_vec(), cred.clone());
             let request = match dir {
                 true => NameRequest::RemoveDir { parent, name, cred },
                 false => NameRequest::Unlink { parent, name, cred },
             };
-            journal.push(Queued { request: request.into(), ino: 0, now })
+            journal.push(Queued { request: request.into(), ino: 0, now }, &[parent, target])
         });
         removed.is_some()
     }

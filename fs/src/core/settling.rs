@@ -70,7 +70,7 @@ impl Fs {
         // What this mount changed under the lease reaches metad before it is given back:
         // until it has, the lease is kept (metad revokes it if this session expires).
         if let Some(journal) = &self.journal
-            && let Err(e) = journal.sent().await
+            && let Err(e) = journal.sent_for(ino).await
         {
             if let Some(held_back) = UNSETTLED_LOG.admit() {
                 warn!(ino, held_back, "recalled lease kept: changes made here not sent yet: {e}");

@@ -191,7 +191,7 @@ impl Fs {
         let queued = self.leases.commit_here(ino, (end, bytes), mtime, |now| {
             let stored = Vec::new();
             let commit = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
-            journal.push(Queued { request: commit.into(), ino: 0, now })
+            journal.push(Queued { request: commit.into(), ino: 0, now }, &[ino])
         });
         if !queued {
             data.dirty.restore(pieces);

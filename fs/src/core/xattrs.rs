@@ -1,7 +1,7 @@
 //! Extended attributes.
 
 use shardfs_meta_api::MetaClientError;
-use shardfs_meta_api::proto::{Cred, Ino, MetaError, XattrMode};
+use shardfs_meta_api::proto::{Attr, Cred, Ino, MetaError, XattrMode};
 
 use super::Fs;
 use crate::error::FsResult;
@@ -19,11 +19,19 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<()> {
         let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
-        // The change time, and for an ACL the mode; for a default ACL, what is made in the
-        // directory from now on.
-        self.leases.forget_attrs(Some(ino));
+        // For a default ACL, what is made in the directory from now on.
         self.leases.forget_plain(ino);
-        Ok(set?)
+        self.xattr_changed(ino, set)
+    }
+
+    /// After a change of `ino`'s attributes (its change time, and for an ACL its mode): the
+    /// attributes metad answered are kept in place of those kept before, which go (with
+    /// what they said of `security.capability`) whatever the change came to.
+    fn xattr_changed(&self, ino: Ino, changed: Result<Attr, MetaClientError>) -> FsResult<()> {
+        self.leases.forget_attrs(Some(ino));
+        let attr = changed?;
+        self.leases.granted_attr(self.leases.epoch(), &attr, false);
+        Ok(())
     }
 
     pub async fn get_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<Vec<u8>> {
@@ -45,7 +53,6 @@ impl Fs {
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
         let removed = self.meta.remove_xattr(ino, name, cred).await;
-        self.leases.forget_attrs(Some(ino));
-        Ok(removed?)
+        self.xattr_changed(ino, removed)
     }
 }

@@ -82,7 +82,7 @@ impl Leases {
             ctime: now,
             rdev: 0,
         };
-        state.changes += 1;
+        state.mark_changed(&[parent, ino]);
         let dir = state.held.get_mut(&parent).expect("checked above");
         if let Some(attr) = dir.attr.as_mut() {
             (attr.mtime, attr.ctime) = (now, now);
@@ -104,7 +104,8 @@ impl Leases {
     /// Removes `name` from `parent` here, if this mount may: unlinks a file (`dir` false) it
     /// holds the write lease on and does not have open (`open`), or removes an empty
     /// directory (`dir` true) it holds the write lease on. `queue(now)` queues the change
-    /// (false: no room left, and nothing is removed). Answers the inode whose name went.
+    /// (false: no room left, and nothing is removed), given the inode whose name goes.
+    /// Answers that inode.
     pub fn remove_here(
         &self,
         parent: Ino,
@@ -112,7 +113,7 @@ impl Leases {
         cred: &Cred,
         dir: bool,
         open: impl Fn(Ino) -> bool,
-        queue: impl FnOnce(Timestamp) -> bool,
+        queue: impl FnOnce(Timestamp, Ino) -> bool,
     ) -> Option<Ino> {
         let mut state = self.lock();
         let (parent_attr, listing) = own_dir(&state, parent, cred)?;
@@ -133,10 +134,10 @@ impl Leases {
             return None;
         }
         let now = Timestamp::now();
-        if !queue(now) {
+        if !queue(now, ino) {
             return None;
         }
-        state.changes += 1;
+        state.mark_changed(&[parent, ino]);
         let parent_held = state.held.get_mut(&parent).expect("checked above");
         if let Some(attr) = parent_held.attr.as_mut() {
             (attr.mtime, attr.ctime) = (now, now);
@@ -176,7 +177,7 @@ impl Leases {
         if !queue(now) {
             return false;
         }
-        state.changes += 1;
+        state.mark_changed(&[ino]);
         let held = state.held.get_mut(&ino).expect("checked above");
         held.attr = held.attr.take().filter(|a| a.size == 0 && a.allocated == 0).map(|mut a| {
             (a.size, a.allocated, a.mtime, a.ctime) = (end, bytes, mtime, now.max(mtime));

@@ -37,9 +37,10 @@ impl Family for XattrRequest {
 
     fn leasing(&self) -> Leasing<'_> {
         match self {
+            // The answer is the inode's attributes after the change, leased.
             XattrRequest::SetXattr { ino, .. } | XattrRequest::RemoveXattr { ino, .. } => {
                 let needs = vec![(Target::Inode(*ino), Need::Write)];
-                Leasing::Covered { needs, grant: Grant::Nothing }
+                Leasing::Covered { needs, grant: Grant::Read }
             }
             // Answered from the database each time: a mount keeps only a file's lack of
             // `security.capability`, under its read lease, which a change here recalls.
@@ -55,8 +56,7 @@ impl Family for XattrRequest {
 fn reply(request: XattrRequest, store: &Store) -> MetaResponse {
     Ok(match request {
         XattrRequest::SetXattr { ino, name, value, mode, cred } => {
-            store.set_xattr(ino, &name, &value, mode, &cred)?;
-            MetaReply::Done
+            MetaReply::Attr(store.set_xattr(ino, &name, &value, mode, &cred)?)
         }
         XattrRequest::GetXattr { ino, name, .. } => MetaReply::Xattr(store.get_xattr(ino, &name)?),
         XattrRequest::ListXattr { ino, cred } => {
@@ -67,8 +67,7 @@ fn reply(request: XattrRequest, store: &Store) -> MetaResponse {
             MetaReply::XattrNames(names)
         }
         XattrRequest::RemoveXattr { ino, name, .. } => {
-            store.remove_xattr(ino, &name)?;
-            MetaReply::Done
+            MetaReply::Attr(store.remove_xattr(ino, &name)?)
         }
     })
 }

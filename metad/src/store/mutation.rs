@@ -522,11 +522,11 @@ pub(super) fn apply_in(
         }
         M::SetXattr { ino, name, value, mode, cred, now } => {
             xattr::set(tx, *ino, name, value, *mode, cred, *now)?;
-            Applied::Done
+            Applied::Attr(super::get_attr(tx, *ino)?)
         }
         M::RemoveXattr { ino, name, now } => {
             xattr::remove(tx, *ino, name, *now)?;
-            Applied::Done
+            Applied::Attr(super::get_attr(tx, *ino)?)
         }
         M::Allocate { ino, offset, len, op, now } => {
             Applied::Attr(layout::allocate(tx, *ino, *offset, *len, *op, *now)?)

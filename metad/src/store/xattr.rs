@@ -7,7 +7,8 @@ use super::{Store, get_attr, set_ctime};
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
-    Cred, FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp, XattrMode,
+    Attr, Cred, FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp,
+    XattrMode,
 };
 
 impl Store {
@@ -18,10 +19,10 @@ impl Store {
         value: &[u8],
         mode: XattrMode,
         cred: &Cred,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Attr, MetaError> {
         let (name, value, cred) = (name.to_vec(), value.to_vec(), cred.clone());
         let now = Timestamp::now();
-        self.apply(Mutation::SetXattr { ino, name, value, mode, cred, now }).map(drop)
+        self.apply(Mutation::SetXattr { ino, name, value, mode, cred, now })?.0.into_attr()
     }
 
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, MetaError> {
@@ -40,9 +41,9 @@ impl Store {
         })
     }
 
-    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<(), MetaError> {
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
-        self.apply(Mutation::RemoveXattr { ino, name: name.to_vec(), now }).map(drop)
+        self.apply(Mutation::RemoveXattr { ino, name: name.to_vec(), now })?.0.into_attr()
     }
 }
 

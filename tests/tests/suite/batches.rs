@@ -1,7 +1,7 @@
-//! Namespace changes a mount answers itself under a directory's write lease and sends to
-//! metad in ordered batches (`fs/src/journal.rs`): fewer round trips, the same namespace on
-//! every mount, a prefix of them kept when the mount dies, each applied once through a
-//! leader's loss.
+//! Namespace changes a mount (`-o batch`) answers itself under a directory's write lease
+//! and sends to metad in ordered batches (`fs/src/journal.rs`): fewer round trips, the same
+//! namespace on every mount, a prefix of them kept when the mount dies, each applied once
+//! through a leader's loss.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,7 +21,7 @@ fn names(dir: &Path) -> BTreeSet<String> {
 #[test]
 fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
     let cluster = Cluster::standard();
-    let mount = cluster.mount();
+    let mount = cluster.mount_with(&["-o", "batch"]);
     fs::create_dir(mount.join("d")).unwrap();
     let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
     let before = requests();
@@ -65,7 +65,7 @@ fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
 #[test]
 fn a_mount_killed_with_changes_unsent_leaves_a_prefix_of_them() {
     let cluster = Cluster::standard();
-    let mount = cluster.mount();
+    let mount = cluster.mount_with(&["-o", "batch"]);
     fs::create_dir(mount.join("d")).unwrap();
     let mut synced = 0;
     for i in 0..2000 {
@@ -109,7 +109,7 @@ fn a_mount_killed_with_changes_unsent_leaves_a_prefix_of_them() {
 #[test]
 fn batches_on_their_way_through_a_leaders_loss_are_applied_once() {
     let mut cluster = Cluster::start_group(3, 6, 4, 2);
-    let mount = cluster.mount();
+    let mount = cluster.mount_with(&["-o", "batch"]);
     fs::create_dir(mount.join("d")).unwrap();
     let (stop, made) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let worker = {
@@ -144,55 +144,4 @@ fn batches_on_their_way_through_a_leaders_loss_are_applied_once() {
     drop((mount, other));
     cluster.start_replica(leader);
     eventually("fsck to find nothing wrong", || cluster.fsck_clean());
-}
-
-/// Two mounts creating, renaming and removing names in one directory at once: a listing on
-/// either never shows a name the other had removed before it began, and both end with the
-/// same namespace.
-#[test]
-fn two_mounts_changing_one_directory_see_one_namespace() {
-    let cluster = Cluster::standard();
-    let (a, b) = (cluster.mount(), cluster.mount());
-    fs::create_dir(a.join("d")).unwrap();
-    const ROUNDS: usize = 150;
-    let removed = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
-    let done = Arc::new(AtomicBool::new(false));
-    std::thread::scope(|scope| {
-        for (side, mount) in [&a, &b].into_iter().enumerate() {
-            let (dir, removed) = (mount.join("d"), removed[side].clone());
-            scope.spawn(move || {
-                for i in 0..ROUNDS {
-                    let name = dir.join(format!("{side}-{i}"));
-                    fs::write(&name, b"x").unwrap();
-                    let moved = dir.join(format!("{side}-{i}.moved"));
-                    fs::rename(&name, &moved).unwrap();
-                    fs::remove_file(&moved).unwrap();
-                    removed.store(i + 1, Ordering::SeqCst);
-                }
-            });
-        }
-        for mount in [&a, &b] {
-            let (dir, removed, done) = (mount.join("d"), removed.clone(), done.clone());
-            scope.spawn(move || {
-                while !done.load(Ordering::SeqCst) {
-                    let gone =
-                        [removed[0].load(Ordering::SeqCst), removed[1].load(Ordering::SeqCst)];
-                    for name in names(&dir) {
-                        let (side, rest) = name.split_once('-').unwrap();
-                        let side: usize = side.parse().unwrap();
-                        let i: usize = rest.trim_end_matches(".moved").parse().unwrap();
-                        assert!(i >= gone[side], "{name} listed after its removal");
-                    }
-                }
-            });
-        }
-        eventually("both sides to finish", || {
-            removed.iter().all(|r| r.load(Ordering::SeqCst) == ROUNDS)
-        });
-        done.store(true, Ordering::SeqCst);
-    });
-    assert!(names(&a.join("d")).is_empty());
-    assert!(names(&b.join("d")).is_empty());
-    drop((a, b));
-    assert!(cluster.fsck_clean());
 }
