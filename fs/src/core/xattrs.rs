@@ -9,6 +9,9 @@ use crate::error::FsResult;
 /// The extended attribute holding file capabilities, which the kernel reads before writes.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
+/// The extended attribute holding a directory's default ACL.
+const DEFAULT_ACL_XATTR: &[u8] = b"system.posix_acl_default";
+
 impl Fs {
     pub async fn set_xattr(
         &self,
@@ -19,8 +22,10 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<()> {
         let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
-        // For a default ACL, what is made in the directory from now on.
-        self.leases.forget_plain(ino);
+        // A default ACL changes what is made in the directory from now on.
+        if name == DEFAULT_ACL_XATTR {
+            self.leases.forget_plain(ino);
+        }
         self.xattr_changed(ino, set)
     }
 
