@@ -184,11 +184,10 @@ impl Journal {
     /// other mount can hold those, so a recall of any other lease waits for nothing here:
     /// two mounts never wait on each other's queues.
     pub async fn sent_for(&self, ino: Ino) -> Result<(), MetaClientError> {
-        let Some(target) = self.state.locked().touched.get(&ino).copied() else { return Ok(()) };
-        let done = *self.answered.borrow() >= target;
-        match done {
-            true => Ok(()),
-            false => self.wait_answered(target).await,
+        let target = self.state.locked().touched.get(&ino).copied();
+        match target {
+            Some(target) => self.wait_answered(target).await,
+            None => Ok(()),
         }
     }
 
@@ -196,11 +195,7 @@ impl Journal {
     /// refusal); fails if they could not be sent in a request's time.
     pub async fn sent(&self) -> Result<(), MetaClientError> {
         let target = self.state.locked().queued;
-        let done = *self.answered.borrow() >= target;
-        match done {
-            true => Ok(()),
-            false => self.wait_answered(target).await,
-        }
+        self.wait_answered(target).await
     }
 }
 
@@ -292,8 +287,13 @@ impl Journal {
         self.answered.send_modify(|n| *n += answered);
     }
 
-    /// Waits until `target` changes in all are answered, at most a request's time.
+    /// Waits until `target` changes in all are answered, at most a request's time. Most
+    /// callers find them answered: no subscription, no wake-up of the sender.
     async fn wait_answered(&self, target: u64) -> Result<(), MetaClientError> {
+        let done = *self.answered.borrow() >= target;
+        if done {
+            return Ok(());
+        }
         let mut answered = self.answered.subscribe();
         self.urgent.store(true, Ordering::SeqCst);
         self.wake.notify_one();
