@@ -281,8 +281,9 @@ mod group {
         let store = group.running[&leader].store.clone();
         let made = blocking(move || store.make_node(ROOT_INO, b"through", file, 0, Cred::ROOT));
         made.await.unwrap().expect("a create through the leader's store");
-        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
-        group.applied(applied.expect("applied").index).await;
+        // The leader's metrics may not show the create yet; what it has committed does.
+        let committed = group.running[&leader].raft.ensure_linearizable().await.unwrap();
+        group.applied(committed.expect("committed").index).await;
         let store = group.running[&follower].store.clone();
         let refused = blocking(move || store.make_node(ROOT_INO, b"refused", file, 0, Cred::ROOT));
         match refused.await.unwrap() {
@@ -378,8 +379,9 @@ mod group {
         let first = create(b"once", 1, 1).await.unwrap().expect("the first try");
         let again = create(b"once", 1, 1).await.unwrap().expect("the retry answers the same");
         assert_eq!(again.attr.ino, first.attr.ino);
-        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
-        group.applied(applied.expect("applied").index).await;
+        // The leader's metrics may not show the create yet; what it has committed does.
+        let committed = group.running[&leader].raft.ensure_linearizable().await.unwrap();
+        group.applied(committed.expect("committed").index).await;
         for member in group.running.values() {
             assert_eq!(names(&member.store), ["once"]);
         }
@@ -433,8 +435,9 @@ mod group {
         let answered = batch().await.unwrap().expect("the first try");
         assert_eq!((answered.applied, &answered.made), (2, &vec![first, first + 1]));
         assert_eq!(batch().await.unwrap().expect("the retry"), answered);
-        let applied = group.running[&leader].raft.metrics().borrow().last_applied;
-        group.applied(applied.expect("applied").index).await;
+        // The leader's metrics may not show the create yet; what it has committed does.
+        let committed = group.running[&leader].raft.ensure_linearizable().await.unwrap();
+        group.applied(committed.expect("committed").index).await;
         for member in group.running.values() {
             assert_eq!(names(&member.store), ["d"]);
             assert_eq!(member.store.lookup(first, b"f").unwrap().ino, first + 1);
