@@ -475,6 +475,11 @@ impl Cluster {
         let process = self.replicas[i].process.as_ref().expect("replica running");
         let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal the replica");
+        if signal == nix::sys::signal::Signal::SIGSTOP {
+            // kill(2) returns before every thread has stopped: one may still answer a
+            // request sent after this returns.
+            eventually("the replica to stop", || all_threads_stopped(process.pid()));
+        }
     }
 
     /// Stops replica `i` of the metad group with `signal`.
@@ -941,4 +946,14 @@ pub fn raw_hello(addr: &str, service: u8) -> (std::net::TcpStream, [u8; 32]) {
 pub fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
     matches!(stream.read(&mut [0u8; 64]), Ok(0) | Err(_))
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
 }

@@ -67,25 +67,38 @@ impl Fs {
         // a write must get everything committed first, or fail without buffering more.
         let limit = 2 * self.options.dirty_flush_bytes;
         if data.dirty.bytes() + bytes.len() > limit {
-            self.flush_locked(file, &mut data, true).await?;
+            self.write_back_down_to(file, &mut data, limit - bytes.len()).await?;
         }
         data.dirty.write(offset, bytes);
         data.dirty_mtime = Some(Timestamp::now());
         if data.dirty.bytes() >= self.options.dirty_flush_bytes {
             // Early write-back; a failure here leaves the bytes buffered for the next flush,
             // which reports it.
-            let early = async {
-                self.flush_locked(file, &mut data, false).await?;
-                if data.dirty.bytes() >= self.options.dirty_flush_bytes {
-                    self.flush_locked(file, &mut data, true).await?;
-                }
-                Ok::<_, FsError>(())
-            };
+            let early = self.write_back_down_to(file, &mut data, self.options.dirty_flush_bytes);
             if let Err(e) = early.await {
                 warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
             }
         }
         Ok((bytes.len() as u32, mode_changed))
+    }
+
+    /// Commits buffered writes until fewer than `most` bytes stay buffered: the finished
+    /// chunk-sized windows first, and the unfinished ones only if that is not enough (random
+    /// writes), since committing a window before it is finished cuts its chunk in two. So
+    /// sequential writes are cut where a single write of the file would be, even after an
+    /// early write-back failed and the buffer grew to the limit (identical content is then
+    /// still stored once, `tests/tests/suite/dedup.rs`).
+    async fn write_back_down_to(
+        &self,
+        file: &OpenFile,
+        data: &mut FileData,
+        most: usize,
+    ) -> FsResult<()> {
+        self.flush_locked(file, data, false).await?;
+        if data.dirty.bytes() >= most {
+            self.flush_locked(file, data, true).await?;
+        }
+        Ok(())
     }
 
     /// close(2): commits everything buffered for the file behind `fh`, unless the release

@@ -14,6 +14,7 @@ fn same_64_mib_twice_is_stored_once() {
     std::fs::copy(&source, mount.join("two")).unwrap();
     let after_two = cluster.query(async |c| c.catalogue_stats().await).unwrap();
     assert_eq!(after_one.chunk_bytes, 64 << 20);
+    assert_eq!(after_one.chunks, 16, "one 4 MiB chunk per window: {}", extents(&cluster, &mount));
     assert_eq!(after_two, after_one, "the second copy added no chunk");
     let used_two: u64 = (0..6).map(|i| shard_bytes(&cluster, i)).sum();
     assert_eq!(used_two, used_one, "the second copy added no shard bytes");
@@ -21,6 +22,16 @@ fn same_64_mib_twice_is_stored_once() {
     let expected = (96 << 20)..(97 << 20);
     assert!(expected.contains(&used_one), "{used_one} bytes of shards");
     assert_eq!(sha256(&mount.join("two")), sha256(&source));
+}
+
+/// Where the bytes of `one` are (offset and length of each extent), for a failure's message.
+fn extents(cluster: &Cluster, mount: &shardfs_tests::Mount) -> String {
+    let out = cluster.command("shardfs").arg("info").arg("--json").arg(mount.join("one")).output();
+    let info: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).unwrap_or_default();
+    let extents = info["extents"].as_array().cloned().unwrap_or_default();
+    let spans: Vec<String> =
+        extents.iter().map(|e| format!("{}+{}", e["offset"], e["len"])).collect();
+    spans.join(" ")
 }
 
 fn shard_bytes(cluster: &Cluster, i: usize) -> u64 {
