@@ -441,6 +441,15 @@ impl Leases {
         listing.is_some_and(|names| !names.contains_key(name)) && name != b"." && name != b".."
     }
 
+    /// The attributes of what `name` names in `dir`, known here: the name is in the listing
+    /// kept under the directory's lease and the inode's attributes under its own, so a
+    /// lookup needs no metad request (the kernel has checked the search permission).
+    pub fn known_entry(&self, dir: Ino, name: &[u8]) -> Option<Attr> {
+        let state = self.lock();
+        let ino = *state.held.get(&dir)?.listing.as_ref()?.get(name)?;
+        state.held.get(&ino)?.attr.clone()
+    }
+
     /// A change made here added `name` for `ino` in `dir`.
     pub fn listing_added(&self, dir: Ino, name: &[u8], ino: Ino) {
         let mut state = self.lock();

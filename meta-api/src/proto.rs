@@ -289,6 +289,20 @@ pub struct InlineChunk {
     pub data: Vec<u8>,
 }
 
+impl InlineChunk {
+    /// Where the chunk is, as a layout names it: in metad's database, content included.
+    pub fn location(&self) -> ChunkLocation {
+        let (len, encoding) = (self.data.len() as u64, Encoding { k: 0, m: 0 });
+        ChunkLocation {
+            chunk: self.chunk,
+            len,
+            encoding,
+            shards: Vec::new(),
+            inline: Some(self.data.clone()),
+        }
+    }
+}
+
 /// A chunk whose shards the client has stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredChunk {

@@ -41,6 +41,9 @@ pub enum Need {
 pub struct Conflict {
     pub holder: Holder,
     pub ino: Ino,
+    /// What the request needs: with [`Need::Read`] only a write lease is in its way, and
+    /// a read lease granted again after the release is not.
+    pub need: Need,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,10 @@ pub struct Table {
     /// Inodes requests are recalling leases on, with how many: new write leases on them
     /// wait, so a busy writer cannot starve a reader.
     recalling: HashMap<Ino, usize>,
+    /// Of those, the inodes changes are recalling every lease on, with how many: lookups
+    /// and listings in them wait, so a mount that keeps listing a directory (each listing
+    /// granting it the lease again) cannot starve a change to it.
+    recalling_for_change: HashMap<Ino, usize>,
     /// When each session past its lease limit last had leases picked for recall.
     shed_at: HashMap<Holder, Instant>,
     /// Inodes changes are being made to outside the lock, with how many: one request's
@@ -108,7 +115,7 @@ impl Table {
         let Some(holders) = self.inodes.get(&ino) else { return };
         for (&other, held) in holders {
             if other != holder && (need == Need::Write || held.write) {
-                into.push(Conflict { holder: other, ino });
+                into.push(Conflict { holder: other, ino, need });
             }
         }
     }
@@ -116,7 +123,7 @@ impl Table {
     /// Every session's lease on `ino`, as conflicts for a change that needs them all gone.
     pub fn holders_of(&self, ino: Ino) -> Vec<Conflict> {
         let holders = self.inodes.get(&ino).into_iter().flat_map(|h| h.keys());
-        holders.map(|&holder| Conflict { holder, ino }).collect()
+        holders.map(|&holder| Conflict { holder, ino, need: Need::Write }).collect()
     }
 
     /// Grants `holder` a lease on `ino`: a write lease if `write`, else a read lease (a
@@ -170,6 +177,11 @@ impl Table {
         self.recalling.contains_key(&ino)
     }
 
+    /// Whether a change is recalling every lease on `ino`.
+    pub fn is_recalling_for_change(&self, ino: Ino) -> bool {
+        self.recalling_for_change.contains_key(&ino)
+    }
+
     /// The oldest leases of `holder` to recall when it holds more than `limit` not already
     /// under recall: enough to bring it an eighth below the limit, so a session at its
     /// limit gives back leases in batches.
@@ -194,7 +206,8 @@ impl Table {
         let shed = candidates.len() - (limit - limit / 8);
         candidates.select_nth_unstable(shed - 1);
         candidates.truncate(shed);
-        candidates.into_iter().map(|(_, ino)| Conflict { holder, ino }).collect()
+        let shed = |(_, ino)| Conflict { holder, ino, need: Need::Write };
+        candidates.into_iter().map(shed).collect()
     }
 
     /// Whether a change to `inos` may begin now: none of them is being changed or barred.
@@ -396,16 +409,17 @@ impl Leases {
             let mut table = self.lock();
             for conflict in conflicts {
                 *table.recalling.entry(conflict.ino).or_default() += 1;
+                if conflict.need == Need::Write {
+                    *table.recalling_for_change.entry(conflict.ino).or_default() += 1;
+                }
             }
         }
         self.wait_released(conflicts, expiry, peer_of).await;
         let mut table = self.lock();
         for conflict in conflicts {
-            if let Some(count) = table.recalling.get_mut(&conflict.ino) {
-                *count -= 1;
-                if *count == 0 {
-                    table.recalling.remove(&conflict.ino);
-                }
+            uncount(&mut table.recalling, conflict.ino);
+            if conflict.need == Need::Write {
+                uncount(&mut table.recalling_for_change, conflict.ino);
             }
         }
         drop(table);
@@ -440,6 +454,10 @@ impl Leases {
                     else {
                         continue;
                     };
+                    if conflict.need == Need::Read && !held.write {
+                        // Released, and a read lease granted since: no longer in the way.
+                        continue;
+                    }
                     let hold = WRITE_LEASE_MIN_HOLD.saturating_sub(now - held.granted);
                     if held.recalled.is_none() && held.write && !hold.is_zero() {
                         wait = Some(wait.map_or(hold, |w| w.min(hold)));
@@ -546,6 +564,16 @@ impl Drop for Bar<'_> {
     }
 }
 
+/// Takes one from `ino`'s count in `counts`, dropping it at zero.
+fn uncount(counts: &mut HashMap<Ino, usize>, ino: Ino) {
+    if let Some(count) = counts.get_mut(&ino) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&ino);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,7 +615,7 @@ mod tests {
             table.conflicts(a, 10, Need::Read, &mut found);
             assert!(found.is_empty(), "readers do not conflict with a read");
             table.conflicts(a, 10, Need::Write, &mut found);
-            assert_eq!(found, vec![Conflict { holder: b, ino: 10 }]);
+            assert_eq!(found, vec![Conflict { holder: b, ino: 10, need: Need::Write }]);
             table.conflicts(a, 11, Need::Read, &mut found);
             assert_eq!(found.len(), 2, "a writer conflicts with a read");
         }
@@ -595,13 +623,13 @@ mod tests {
         leases.release(b, 10, 0);
         assert_eq!(leases.lock().count(), 3);
         // A recall nobody answers ends at expiry.
-        let conflict = [Conflict { holder: b, ino: 11 }];
+        let conflict = [Conflict { holder: b, ino: 11, need: Need::Read }];
         let started = Instant::now();
         leases.recall(&conflict, Duration::from_millis(50), |_| None).await;
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(leases.counters.revoked.load(Ordering::Relaxed), 1);
         // A recall the holder answers ends at the release.
-        let conflict = [Conflict { holder: b, ino: 10 }];
+        let conflict = [Conflict { holder: b, ino: 10, need: Need::Write }];
         let recall = leases.recall(&conflict, Duration::from_secs(60), |_| None);
         let release = async {
             tokio::task::yield_now().await;
@@ -613,6 +641,45 @@ mod tests {
         assert_eq!(leases.lock().count(), 1);
     }
 
+    /// A read's recall of a write lease ends when the write lease goes, even if its holder
+    /// takes a read lease again at once (a mount that keeps listing the directory); a
+    /// change's recall counts as one while it lasts, and lookups and listings wait for it.
+    #[tokio::test]
+    async fn a_read_lease_taken_again_ends_a_read_s_recall_but_not_a_change_s() {
+        let leases = Leases::default();
+        let (a, b) = (1, 2);
+        assert!(!leases.lock().grant(b, 10, true, &leases.counters));
+        table_conflicts(&leases, a, Need::Read);
+        let conflict = [Conflict { holder: b, ino: 10, need: Need::Read }];
+        let recall = leases.recall(&conflict, Duration::from_secs(60), |_| None);
+        let release_and_read_again = async {
+            tokio::task::yield_now().await;
+            leases.release(b, 10, u64::MAX);
+            leases.lock().grant(b, 10, false, &leases.counters);
+            leases.wake();
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(recall, release_and_read_again)
+        })
+        .await
+        .expect("the write lease's release ends a read's recall");
+        let conflict = [Conflict { holder: b, ino: 10, need: Need::Write }];
+        let recall = leases.recall(&conflict, Duration::from_millis(100), |_| None);
+        let during = async {
+            tokio::task::yield_now().await;
+            leases.lock().is_recalling_for_change(10)
+        };
+        let ((), during) = tokio::join!(recall, during);
+        assert!(during, "a change's recall is known while it lasts");
+        assert!(!leases.lock().is_recalling_for_change(10), "and forgotten after");
+    }
+
+    fn table_conflicts(leases: &Leases, holder: Holder, need: Need) {
+        let mut found = Vec::new();
+        leases.lock().conflicts(holder, 10, need, &mut found);
+        assert_eq!(found.len(), 1, "the write lease is in the way");
+    }
+
     #[tokio::test]
     async fn a_session_past_its_limit_gives_back_its_oldest_leases() {
         let leases = Leases::default();
@@ -622,7 +689,8 @@ mod tests {
             let mut table = leases.lock();
             shed_oldest(&mut table, &leases.counters, now)
         };
-        let shed: Vec<Conflict> = shed.into_iter().map(|ino| Conflict { holder: a, ino }).collect();
+        let shed: Vec<Conflict> =
+            shed.into_iter().map(|ino| Conflict { holder: a, ino, need: Need::Write }).collect();
         leases.recall(&shed, Duration::from_millis(10), |_| None).await;
         assert_eq!(leases.lock().count(), 14 + 20);
     }

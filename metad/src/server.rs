@@ -234,6 +234,14 @@ impl MetadServer {
         {
             return Outcome::WaitRecalls(request.into(), ino);
         }
+        // A lookup or listing in a directory a change is recalling the leases on waits for
+        // it (see `Table::recalling_for_change`). Neither holds anything in its mount that
+        // the recall's settling needs.
+        if let Grant::Found { dir: Some(dir) } = grant
+            && table.is_recalling_for_change(dir)
+        {
+            return Outcome::WaitRecalls(request.into(), dir);
+        }
         // Names resolve to what they name now: a change to a directory's names marks the
         // directory, and one in progress makes this request wait below, then look again.
         let needs: Vec<(Ino, Need)> = needs

@@ -42,10 +42,13 @@ impl Fs {
         if name.len() > MAX_NAME_LEN {
             return Err(MetaError::NameTooLong.into());
         }
-        // The kernel looks up every name before creating it: in a directory this mount
-        // made, that costs no round trip.
+        // The kernel looks up every name before creating it, and again after it dropped its
+        // caches: in a directory this mount made, that costs no round trip.
         if self.leases.known_absent(parent, name) {
             return Err(MetaError::NotFound.into());
+        }
+        if let Some(attr) = self.leases.known_entry(parent, name) {
+            return self.with_dirty(attr).await;
         }
         let dir = names_an_entry(name).then_some(parent);
         let attr = self.granting_attr(self.meta.lookup(parent, name, cred), dir, false);

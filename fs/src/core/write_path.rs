@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use shardfs_meta_api::MetaClientError;
 use shardfs_meta_api::proto::{
-    Cred, DataRequest, INLINE_MAX, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
+    Cred, DataRequest, INLINE_MAX, InlineChunk, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
 };
 use tracing::warn;
 
@@ -201,7 +201,8 @@ impl Fs {
         let bytes = extents.iter().map(|e| e.len).sum();
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let ino = file.ino;
-        let queued = self.leases.commit_here(ino, (end, bytes), mtime, |now| {
+        let content = (extents.clone(), inline.iter().map(InlineChunk::location).collect());
+        let queued = self.leases.commit_here(ino, (end, bytes), mtime, content, |now| {
             let stored = Vec::new();
             let commit = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
             journal.push(Queued { request: commit.into(), ino: 0, now }, &[ino])

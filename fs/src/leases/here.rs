@@ -4,8 +4,11 @@
 //! metad with the lease table locked, so the queue's order is the order they were made in.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use shardfs_meta_api::proto::{Attr, Cred, FileKind, GENERATION, Ino, Timestamp};
+use shardfs_meta_api::proto::{
+    Attr, ChunkLocation, Cred, Extent, FileKind, GENERATION, Ino, Layout, Timestamp,
+};
 
 use super::{Held, Leases, State};
 
@@ -159,14 +162,16 @@ impl Leases {
     }
 
     /// The content a closed file buffered (`bytes` bytes, ending at `end`), committed here
-    /// under its write lease: `queue(now)` queues the commit (false: no room left). The kept
-    /// attributes take what metad will make of them when the file had no content yet, and
-    /// are dropped otherwise.
+    /// under its write lease: `queue(now)` queues the commit (false: no room left). When the
+    /// file had no content yet, the kept attributes take what metad will make of them and
+    /// `content` (its extents and inline chunks) becomes the kept layout, so reading it back
+    /// asks metad nothing; otherwise both are dropped.
     pub fn commit_here(
         &self,
         ino: Ino,
         (end, bytes): (u64, u64),
         mtime: Timestamp,
+        content: (Vec<Extent>, Vec<ChunkLocation>),
         queue: impl FnOnce(Timestamp) -> bool,
     ) -> bool {
         let mut state = self.lock();
@@ -182,6 +187,10 @@ impl Leases {
         held.attr = held.attr.take().filter(|a| a.size == 0 && a.allocated == 0).map(|mut a| {
             (a.size, a.allocated, a.mtime, a.ctime) = (end, bytes, mtime, now.max(mtime));
             a
+        });
+        held.layout = held.attr.clone().map(|attr| {
+            let (extents, chunks) = content;
+            Arc::new(Layout { attr, extents, chunks })
         });
         true
     }

@@ -145,3 +145,69 @@ fn batches_on_their_way_through_a_leaders_loss_are_applied_once() {
     cluster.start_replica(leader);
     eventually("fsck to find nothing wrong", || cluster.fsck_clean());
 }
+
+/// Two mounts creating, renaming and removing names in one directory (made by the first, so
+/// it starts out answering changes there itself) at once: every change succeeds, a listing
+/// on either mount never shows a name after its removal returned on the other, and both end
+/// with the same (empty) directory.
+#[test]
+fn two_mounts_changing_one_directory_see_one_namespace() {
+    let cluster = Cluster::standard();
+    let (a, b) = (cluster.mount_with(&["-o", "batch"]), cluster.mount_with(&["-o", "batch"]));
+    fs::create_dir(a.join("d")).unwrap();
+    const ROUNDS: usize = 150;
+    let removed = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        // However the writers end, the listers stop.
+        let _stop = StopOnDrop(done.clone());
+        for mount in [&a, &b] {
+            let (dir, removed, done) = (mount.join("d"), removed.clone(), done.clone());
+            scope.spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let gone =
+                        [removed[0].load(Ordering::SeqCst), removed[1].load(Ordering::SeqCst)];
+                    for name in names(&dir) {
+                        let (side, rest) = name.split_once('-').unwrap();
+                        let side: usize = side.parse().unwrap();
+                        let i: usize = rest.trim_end_matches(".moved").parse().unwrap();
+                        assert!(i >= gone[side], "{name} listed after its removal");
+                    }
+                }
+            });
+        }
+        let writers: Vec<_> = [&a, &b]
+            .into_iter()
+            .enumerate()
+            .map(|(side, mount)| {
+                let (dir, removed) = (mount.join("d"), removed[side].clone());
+                scope.spawn(move || {
+                    for i in 0..ROUNDS {
+                        let name = dir.join(format!("{side}-{i}"));
+                        fs::write(&name, b"x").unwrap();
+                        let moved = dir.join(format!("{side}-{i}.moved"));
+                        fs::rename(&name, &moved).unwrap();
+                        fs::remove_file(&moved).unwrap();
+                        removed.store(i + 1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("a writer failed");
+        }
+    });
+    assert!(names(&a.join("d")).is_empty());
+    assert!(names(&b.join("d")).is_empty());
+    drop((a, b));
+    assert!(cluster.fsck_clean());
+}
+
+/// Sets its flag when dropped, panics included.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
