@@ -260,17 +260,23 @@ impl Filesystem for FuseAdapter {
     }
 
     /// Directories are opened like files, so metad keeps one that is removed while open
-    /// alive until it is closed. The kernel is not let keep listings (`FOPEN_CACHE_DIR`):
-    /// it fills its listing cache from readdir answers after they arrive, so an answer read
-    /// from metad just before a recall, or between the release and the change that caused
-    /// it, would be cached after the recall dropped the cache, and show another mount's
-    /// removed name to a listing started after the removal.
+    /// alive until it is closed. Under a lease the kernel keeps the listing it read; a
+    /// recall drops it.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let leases = self.fs.leases();
         self.spawn(
             "opendir",
             reply,
             move |fs| async move { fs.open(ino.0, false).await },
-            move |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            move |reply, fh| {
+                leases.reply(|ttls| {
+                    let flags = match ttls.of(ino.0, None).is_zero() {
+                        true => FopenFlags::empty(),
+                        false => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                })
+            },
         );
     }
 
