@@ -9,7 +9,7 @@ use shardfs_meta_api::MetaClientError;
 use shardfs_meta_api::proto::{
     Cred, DataRequest, INLINE_MAX, InlineChunk, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Fs;
 use super::open_files::{FileData, Handle, OpenFile};
@@ -249,9 +249,9 @@ impl Fs {
         } else {
             data.dirty.take_completed(window)
         };
-        if pieces.is_empty() {
-            return Ok(());
-        }
+        let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else { return Ok(()) };
+        let end = last.offset + last.data.len() as u64;
+        debug!(ino = file.ino, everything, from = first.offset, end, "committing buffered writes");
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let epoch = self.leases.epoch();
         let committed = async {
