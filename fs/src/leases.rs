@@ -63,6 +63,9 @@ struct Held {
     /// Known to have no default ACL (a directory this mount made where there was none), so
     /// what is made in it takes the creator's umask: this mount may make it itself.
     plain: bool,
+    /// Known to have no access ACL (made here, where no default ACL was inherited), so a
+    /// mode change rewrites nothing else: this mount may change its attributes itself.
+    no_acl: bool,
     /// The file's layout as metad answered it under this lease: later opens read through it
     /// while the kept attributes are those it came with (a change made here answers new
     /// ones or drops them; one made elsewhere recalls the lease).
@@ -466,10 +469,12 @@ impl Leases {
         }
     }
 
-    /// The directory `dir` may have gained a default ACL.
-    pub fn forget_plain(&self, dir: Ino) {
-        if let Some(held) = self.lock().held.get_mut(&dir) {
-            held.plain = false;
+    /// `ino` may have gained an ACL: an access ACL, or with `default` a default ACL (which
+    /// changes what is made in the directory from now on).
+    pub fn acl_changed(&self, ino: Ino, default: bool) {
+        if let Some(held) = self.lock().held.get_mut(&ino) {
+            held.no_acl = false;
+            held.plain &= !default;
         }
     }
 

@@ -151,6 +151,40 @@ pub const GENERATION: u64 = 1;
 const RELATIME_INTERVAL_SECS: i64 = 24 * 3600;
 
 impl Attr {
+    /// The attributes after `changes` made at `now`, apart from a size change (truncation
+    /// is a layout change) and the access ACL a mode change rewrites: the mode's bits; a new
+    /// owner or group, which on anything but a directory clears set-user-id, and
+    /// set-group-id when it means "setgid" (group-executable), as Linux does for every
+    /// caller; the times; and the change time, `now`.
+    pub fn with_set(&self, changes: &SetAttr, now: Timestamp) -> Attr {
+        let mut perm = u32::from(self.perm);
+        if let Some(mode) = changes.mode {
+            perm = mode & 0o7777;
+        }
+        let owner_changes = changes.uid.is_some_and(|u| u != self.uid)
+            || changes.gid.is_some_and(|g| g != self.gid);
+        if owner_changes && self.kind != FileKind::Dir {
+            perm &= !libc::S_ISUID;
+            if perm & libc::S_IXGRP != 0 {
+                perm &= !libc::S_ISGID;
+            }
+        }
+        let time = |set: &Option<SetTime>, old: Timestamp| match set {
+            None => old,
+            Some(SetTime::Now) => now,
+            Some(SetTime::At(at)) => *at,
+        };
+        Attr {
+            perm: perm as u16,
+            uid: changes.uid.unwrap_or(self.uid),
+            gid: changes.gid.unwrap_or(self.gid),
+            atime: time(&changes.atime, self.atime),
+            mtime: time(&changes.mtime, self.mtime),
+            ctime: now,
+            ..self.clone()
+        }
+    }
+
     /// Whether a read at `now` updates atime under the relatime rule: atime not newer than
     /// mtime or ctime, or over a day old.
     pub fn atime_due(&self, now: Timestamp) -> bool {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shardfs_meta_api::proto::{
-    Attr, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MetaError, NameRequest, Queued, RenameMode,
-    SetAttr, SetTime, Timestamp, Unlinked, names_an_entry,
+    Attr, AttrRequest, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MetaError, NameRequest, Queued,
+    RenameMode, SetAttr, SetTime, Timestamp, Unlinked, names_an_entry,
 };
 use tracing::debug;
 
@@ -82,6 +82,9 @@ impl Fs {
         if changes.atime.is_some() {
             self.send_accesses(Some(ino)).await;
         }
+        if let Some(attr) = self.set_attr_here(ino, &cred, &changes).await {
+            return Ok(attr);
+        }
         let Some(file) = self.open_file(ino) else {
             let set = self.granting_attr(self.meta.set_attr(ino, cred, changes), None, false);
             return set.await.map_err(FsError::stale_if_gone);
@@ -115,6 +118,30 @@ impl Fs {
         data.layout = None;
         data.committed = Some(attr.clone());
         Ok(attr)
+    }
+
+    /// A mode, owner or times change (no size) of a file or directory this mount made,
+    /// answered here and queued for metad (`Leases::set_attr_here`), if it can be. What an
+    /// open file buffered stays buffered; its commit takes a new mtime set here.
+    async fn set_attr_here(&self, ino: Ino, cred: &Cred, changes: &SetAttr) -> Option<Attr> {
+        let journal = self.journal.as_ref()?;
+        let file = self.open_file(ino);
+        let mut data = match &file {
+            Some(file) => Some(file.data.lock().await),
+            None => None,
+        };
+        let request = AttrRequest::SetAttr { ino, cred: cred.clone(), changes: changes.clone() };
+        let queued = |now| journal.push(Queued { request: request.into(), ino: 0, now }, &[ino]);
+        let attr = self.leases.set_attr_here(ino, changes, queued)?;
+        Some(match data.as_mut() {
+            Some(data) => {
+                if changes.mtime.is_some() && !data.dirty.is_empty() {
+                    data.dirty_mtime = Some(attr.mtime);
+                }
+                data.with_dirty(attr)
+            }
+            None => attr,
+        })
     }
 
     pub async fn make_node(

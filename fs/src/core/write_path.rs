@@ -211,6 +211,8 @@ impl Fs {
             data.dirty.restore(pieces);
             return Ok(false);
         }
+        // The commit moves the change time, which the kernel may have cached from before.
+        self.leases.forget_kernel_attrs(ino);
         data.layout = None;
         data.dirty_mtime = None;
         data.committed = None;

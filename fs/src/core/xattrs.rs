@@ -9,7 +9,8 @@ use crate::error::FsResult;
 /// The extended attribute holding file capabilities, which the kernel reads before writes.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
-/// The extended attribute holding a directory's default ACL.
+/// The extended attributes holding ACLs, and a directory's default ACL.
+const ACL_XATTRS: &[u8] = b"system.posix_acl_";
 const DEFAULT_ACL_XATTR: &[u8] = b"system.posix_acl_default";
 
 impl Fs {
@@ -22,9 +23,8 @@ impl Fs {
         cred: &Cred,
     ) -> FsResult<()> {
         let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
-        // A default ACL changes what is made in the directory from now on.
-        if name == DEFAULT_ACL_XATTR {
-            self.leases.forget_plain(ino);
+        if name.starts_with(ACL_XATTRS) {
+            self.leases.acl_changed(ino, name == DEFAULT_ACL_XATTR);
         }
         self.xattr_changed(ino, set)
     }

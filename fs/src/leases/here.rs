@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use shardfs_meta_api::proto::{
-    Attr, ChunkLocation, Cred, Extent, FileKind, GENERATION, Ino, Layout, Timestamp,
+    Attr, ChunkLocation, Cred, Extent, FileKind, GENERATION, Ino, Layout, SetAttr, Timestamp,
 };
 
 use super::{Held, Leases, State};
@@ -98,6 +98,7 @@ impl Leases {
             lacks_capability: true,
             listing: is_dir.then(HashMap::new),
             plain: is_dir,
+            no_acl: true,
             ..Held::default()
         };
         state.held.insert(ino, held);
@@ -159,6 +160,36 @@ impl Leases {
             state.held.remove(&ino);
         }
         Some(ino)
+    }
+
+    /// Changes the mode, owner or times of `ino` here (`changes` has no size), if this mount
+    /// holds its write lease, knows its attributes and knows it has no ACL (it made it):
+    /// `queue(now)` queues the change (false: no room left). Answers the attributes as metad
+    /// will make them; a kept layout stays (the content is the same). The kernel checked the
+    /// caller may make the change (`default_permissions`), by the rules metad checks again.
+    pub fn set_attr_here(
+        &self,
+        ino: Ino,
+        changes: &SetAttr,
+        queue: impl FnOnce(Timestamp) -> bool,
+    ) -> Option<Attr> {
+        let mut state = self.lock();
+        let held = state.held.get(&ino).filter(|held| held.write && held.no_acl)?;
+        if changes.size.is_some() {
+            return None;
+        }
+        let now = Timestamp::now();
+        let set = held.attr.as_ref()?.with_set(changes, now);
+        if !queue(now) {
+            return None;
+        }
+        state.mark_changed(&[ino]);
+        let held = state.held.get_mut(&ino).expect("checked above");
+        held.attr = Some(set.clone());
+        if let Some(layout) = held.layout.as_mut() {
+            *layout = Arc::new(Layout { attr: set.clone(), ..Layout::clone(layout) });
+        }
+        Some(set)
     }
 
     /// The content a closed file buffered (`bytes` bytes, ending at `end`), committed here

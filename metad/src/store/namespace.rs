@@ -11,7 +11,7 @@ use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{
     Access, Attr, Cred, DirEntry, FileKind, GENERATION, Ino, MAX_NAME_LEN, Made, MetaError,
-    ROOT_INO, RenameMode, SetAttr, SetTime, Timestamp, Unlinked,
+    ROOT_INO, RenameMode, SetAttr, Timestamp, Unlinked,
 };
 
 /// Most hard links one inode may have.
@@ -433,33 +433,16 @@ pub(super) fn set_attr(
         }
         layout::truncate(tx, ino, size, now)?;
     }
-    let mut perm = u32::from(attr.perm);
     if let Some(mode) = changes.mode {
-        perm = mode & 0o7777;
         // chmod rewrites the access ACL's base entries to match.
         if let Some(mut acl) =
             xattr_value(tx, ino, acl::ACCESS)?.and_then(|value| Acl::parse(&value))
         {
-            acl.chmod(perm);
+            acl.chmod(mode & 0o7777);
             put_xattr(tx, ino, acl::ACCESS, &acl.to_bytes())?;
         }
     }
-    if (changes.uid.is_some_and(|u| u != attr.uid) || changes.gid.is_some_and(|g| g != attr.gid))
-        && attr.kind != FileKind::Dir
-    {
-        // chown clears set-user-id, and set-group-id when it means "setgid"
-        // (group-executable), as Linux does for every caller.
-        perm &= !libc::S_ISUID;
-        if perm & libc::S_IXGRP != 0 {
-            perm &= !libc::S_ISGID;
-        }
-    }
-    let resolve = |t: &Option<SetTime>, old: Timestamp| match t {
-        None => old,
-        Some(SetTime::Now) => now,
-        Some(SetTime::At(at)) => *at,
-    };
-    let current = get_attr(tx, ino)?;
+    let set = get_attr(tx, ino)?.with_set(changes, now);
     tx.prepare_cached(
         "UPDATE inodes SET perm = ?2, uid = ?3, gid = ?4,
              atime_sec = ?5, atime_nsec = ?6, mtime_sec = ?7, mtime_nsec = ?8,
@@ -469,15 +452,15 @@ pub(super) fn set_attr(
     .sql()?
     .execute(params![
         ino,
-        perm,
-        changes.uid.unwrap_or(attr.uid),
-        changes.gid.unwrap_or(attr.gid),
-        resolve(&changes.atime, current.atime).sec,
-        resolve(&changes.atime, current.atime).nsec,
-        resolve(&changes.mtime, current.mtime).sec,
-        resolve(&changes.mtime, current.mtime).nsec,
-        now.sec,
-        now.nsec,
+        set.perm,
+        set.uid,
+        set.gid,
+        set.atime.sec,
+        set.atime.nsec,
+        set.mtime.sec,
+        set.mtime.nsec,
+        set.ctime.sec,
+        set.ctime.nsec,
     ])
     .sql()?;
     get_attr(tx, ino)

@@ -59,6 +59,43 @@ fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
     assert!(cluster.fsck_clean());
 }
 
+/// What `cp -a` and `tar x` do to each file after writing it (times, owner, mode) is
+/// answered by the mount for files it made and sent in batches too; another mount sees the
+/// same attributes, and a new owner cleared the set-user-id bit as metad would have.
+#[test]
+fn attribute_changes_of_files_made_here_go_in_batches() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let cluster = Cluster::standard();
+    let mount = cluster.mount_with(&["-o", "batch"]);
+    fs::create_dir(mount.join("d")).unwrap();
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let before = requests();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for i in 0..100 {
+        let path = mount.join(&format!("d/f{i}"));
+        let mut file = fs::File::create(&path).unwrap();
+        file.write_all(b"content").unwrap();
+        file.set_modified(when).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o4750)).unwrap();
+        std::os::unix::fs::fchown(&file, Some(1000), Some(1000)).unwrap();
+    }
+    fs::File::open(mount.join("d")).unwrap().sync_all().unwrap();
+    let sent = requests() - before;
+    assert!(sent < 30, "{sent} metad requests for 100 files made, written and changed");
+    let other = cluster.mount();
+    for name in ["d/f0", "d/f99"] {
+        let (here, there) = (fs::metadata(mount.join(name)), fs::metadata(other.join(name)));
+        let (here, there) = (here.unwrap(), there.unwrap());
+        let seen = |m: &fs::Metadata| (m.mode(), m.uid(), m.gid(), m.mtime(), m.ctime_nsec());
+        assert_eq!(seen(&here), seen(&there), "{name}");
+        assert_eq!((there.mode() & 0o7777, there.uid()), (0o750, 1000), "{name}");
+        assert_eq!(there.mtime(), 1_000_000_000);
+        assert_eq!(fs::read(other.join(name)).unwrap(), b"content");
+    }
+    drop((mount, other));
+    assert!(cluster.fsck_clean());
+}
+
 /// A mount killed with changes it answered itself not yet sent: metad keeps the state after
 /// some prefix of them, in order, never a later one without an earlier one, and everything
 /// fsynced before the kill.
