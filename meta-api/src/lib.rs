@@ -1,10 +1,12 @@
 //! What talks to metad, shared by the client, the tools, chunkd and metad itself.
 //!
 //! - [`proto`]: the `Metad` wire protocol: inodes, attributes, layouts, replies, errors.
+//! - [`acl`]: POSIX ACLs in their xattr form, and how they tie to mode bits.
 //! - [`requests`]: the requests, one enum per family of operations.
 //! - [`fsck`]: what a metadata check reports.
 //! - [`client`]: the typed client, with its session, heartbeats and pushed recalls.
 
+pub mod acl;
 pub mod client;
 pub mod fsck;
 pub mod proto;

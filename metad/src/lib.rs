@@ -19,5 +19,5 @@ pub mod sessions;
 pub mod store;
 
 pub mod access;
-pub mod acl;
+pub use shardfs_meta_api::acl;
 pub mod backup;

@@ -1,17 +1,14 @@
 //! Extended attributes.
 
 use shardfs_meta_api::MetaClientError;
-use shardfs_meta_api::proto::{Attr, Cred, Ino, MetaError, XattrMode};
+use shardfs_meta_api::acl;
+use shardfs_meta_api::proto::{Attr, Cred, Ino, MetaError, Queued, XattrMode, XattrRequest};
 
 use super::Fs;
 use crate::error::FsResult;
 
 /// The extended attribute holding file capabilities, which the kernel reads before writes.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
-
-/// The extended attributes holding ACLs, and a directory's default ACL.
-const ACL_XATTRS: &[u8] = b"system.posix_acl_";
-const DEFAULT_ACL_XATTR: &[u8] = b"system.posix_acl_default";
 
 impl Fs {
     pub async fn set_xattr(
@@ -22,9 +19,23 @@ impl Fs {
         mode: XattrMode,
         cred: &Cred,
     ) -> FsResult<()> {
+        if let Some(journal) = &self.journal {
+            let request = XattrRequest::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                mode,
+                cred: cred.clone(),
+            };
+            let queued =
+                |now| journal.push(Queued { request: request.into(), ino: 0, now }, &[ino]);
+            if self.leases.set_acl_here(ino, (name, value), cred, queued).is_some() {
+                return Ok(());
+            }
+        }
         let set = self.meta.set_xattr(ino, name, value, mode, cred).await;
-        if name.starts_with(ACL_XATTRS) {
-            self.leases.acl_changed(ino, name == DEFAULT_ACL_XATTR);
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            self.leases.acl_changed(ino, name == acl::DEFAULT);
         }
         self.xattr_changed(ino, set)
     }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use shardfs_meta_api::acl::{self, Acl};
 use shardfs_meta_api::proto::{
     Attr, ChunkLocation, Cred, Extent, FileKind, GENERATION, Ino, Layout, SetAttr, Timestamp,
 };
@@ -162,24 +163,55 @@ impl Leases {
         Some(ino)
     }
 
-    /// Changes the mode, owner or times of `ino` here (`changes` has no size), if this mount
-    /// holds its write lease, knows its attributes and knows it has no ACL (it made it):
-    /// `queue(now)` queues the change (false: no room left). Answers the attributes as metad
-    /// will make them; a kept layout stays (the content is the same). The kernel checked the
-    /// caller may make the change (`default_permissions`), by the rules metad checks again.
+    /// Changes the mode, owner or times of `ino` here (`changes` has no size), as
+    /// [`Leases::change_here`] says.
     pub fn set_attr_here(
         &self,
         ino: Ino,
         changes: &SetAttr,
         queue: impl FnOnce(Timestamp) -> bool,
     ) -> Option<Attr> {
+        let set = |attr: &Attr, now| changes.size.is_none().then(|| attr.with_set(changes, now));
+        self.change_here(ino, set, queue)
+    }
+
+    /// Sets `ino`'s access ACL `value` here if it is a plain one (what `cp -a` copies from a
+    /// file without an ACL: nothing but the mode's bits, which it sets, and stored as
+    /// nothing), as [`Leases::change_here`] says.
+    pub fn set_acl_here(
+        &self,
+        ino: Ino,
+        (name, value): (&[u8], &[u8]),
+        cred: &Cred,
+        queue: impl FnOnce(Timestamp) -> bool,
+    ) -> Option<Attr> {
+        let acl = Acl::parse(value).filter(|acl| name == acl::ACCESS && acl.is_plain())?;
+        let set = |attr: &Attr, now| {
+            Some(Attr {
+                perm: acl.access_perm(attr.perm, attr.gid, cred),
+                ctime: now,
+                ..attr.clone()
+            })
+        };
+        self.change_here(ino, set, queue)
+    }
+
+    /// Changes the attributes of `ino` here to what `change(attributes, now)` makes of them
+    /// (`None`: not here), if this mount holds its write lease, knows its attributes and
+    /// knows it has no ACL (it made it): `queue(now)` queues the change for metad (false: no
+    /// room left). Answers the attributes as metad will make them; a kept layout stays (the
+    /// content is the same). The kernel checked the caller may make the change
+    /// (`default_permissions`), by the rules metad checks again.
+    fn change_here(
+        &self,
+        ino: Ino,
+        change: impl FnOnce(&Attr, Timestamp) -> Option<Attr>,
+        queue: impl FnOnce(Timestamp) -> bool,
+    ) -> Option<Attr> {
         let mut state = self.lock();
         let held = state.held.get(&ino).filter(|held| held.write && held.no_acl)?;
-        if changes.size.is_some() {
-            return None;
-        }
         let now = Timestamp::now();
-        let set = held.attr.as_ref()?.with_set(changes, now);
+        let set = change(held.attr.as_ref()?, now)?;
         if !queue(now) {
             return None;
         }

@@ -80,11 +80,7 @@ pub(super) fn set(
     }
     if let (acl::ACCESS, Some(acl)) = (name, &acl) {
         // The ACL decides the permission bits; a plain one is nothing but those bits.
-        // As with chmod, a caller outside the file's group loses its set-group-id.
-        let mut perm = (u32::from(attr.perm) & !0o777) | acl.mode_bits();
-        if cred.uid != 0 && !cred.in_group(attr.gid) {
-            perm &= !libc::S_ISGID;
-        }
+        let perm = acl.access_perm(attr.perm, attr.gid, cred);
         tx.prepare_cached("UPDATE inodes SET perm = ?2 WHERE ino = ?1")
             .sql()?
             .execute(params![ino, perm])

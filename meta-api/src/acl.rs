@@ -12,7 +12,7 @@ pub const ACCESS: &[u8] = b"system.posix_acl_access";
 /// Name of the default (inherited) ACL attribute, on directories.
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
 
-use shardfs_meta_api::proto::Cred;
+use crate::proto::Cred;
 
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;
@@ -112,6 +112,17 @@ impl Acl {
             }
         }
         !in_some_group && self.perm(OTHER).unwrap_or(0) & want == want
+    }
+
+    /// The permission bits of a file with mode bits `perm` and group `gid` once `cred`
+    /// sets this as its access ACL: the ACL's rwx bits; and, as with chmod, a caller
+    /// outside the file's group loses its set-group-id.
+    pub fn access_perm(&self, perm: u16, gid: u32, cred: &Cred) -> u16 {
+        let mut perm = (u32::from(perm) & !0o777) | self.mode_bits();
+        if cred.uid != 0 && !cred.in_group(gid) {
+            perm &= !libc::S_ISGID;
+        }
+        perm as u16
     }
 
     /// Whether the mode bits alone say everything this ACL says.
