@@ -469,6 +469,11 @@ impl Leases {
         }
     }
 
+    /// Whether `ino` is known to have no ACL (see `Held::no_acl`).
+    pub fn known_without_acl(&self, ino: Ino) -> bool {
+        self.lock().held.get(&ino).is_some_and(|held| held.no_acl)
+    }
+
     /// `ino` may have gained an ACL: an access ACL, or with `default` a default ACL (which
     /// changes what is made in the directory from now on).
     pub fn acl_changed(&self, ino: Ino, default: bool) {

@@ -68,6 +68,10 @@ impl Fs {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8], cred: &Cred) -> FsResult<()> {
+        // `cp -a` removes the default ACL of every directory it copies that had none.
+        if (name == acl::ACCESS || name == acl::DEFAULT) && self.leases.known_without_acl(ino) {
+            return Err(MetaError::NoData.into());
+        }
         let removed = self.meta.remove_xattr(ino, name, cred).await;
         self.xattr_changed(ino, removed)
     }

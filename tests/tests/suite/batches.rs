@@ -81,11 +81,11 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
     }
     // cp -a sets times, owner and a plain access ACL (the mode's bits) on each file.
     let source = cluster.dir.path().join("tree");
-    fs::create_dir(&source).unwrap();
     for i in 0..100 {
-        fs::write(source.join(format!("s{i}")), b"copied").unwrap();
-        fs::set_permissions(source.join(format!("s{i}")), fs::Permissions::from_mode(0o640))
-            .unwrap();
+        let file = source.join(format!("sub{}/s{i}", i % 10));
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, b"copied").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
     }
     let cp =
         std::process::Command::new("cp").arg("-a").arg(&source).arg(mount.join("d/tree")).status();
@@ -94,7 +94,7 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
     let sent = requests() - before;
     assert!(sent < 60, "{sent} metad requests for 200 files made, written and changed");
     let other = cluster.mount();
-    let copied = fs::metadata(other.join("d/tree/s7")).unwrap();
+    let copied = fs::metadata(other.join("d/tree/sub7/s7")).unwrap();
     assert_eq!((copied.mode() & 0o7777, copied.len()), (0o640, 6));
     for name in ["d/f0", "d/f99"] {
         let (here, there) = (fs::metadata(mount.join(name)), fs::metadata(other.join(name)));
