@@ -22,6 +22,20 @@ const GROUP: u16 = 0x08;
 const MASK: u16 = 0x10;
 const OTHER: u16 = 0x20;
 
+/// The rwx bits of `mode` that the entry tagged `tag` stands for: the owner's, the group's
+/// (for the mask, or the owning group when there is no mask) or others'; `None` for the
+/// entries the mode says nothing of (named users and groups, the owning group under a mask).
+fn base_bits(tag: u16, mode: u32, has_mask: bool) -> Option<u16> {
+    let bits = match tag {
+        USER_OBJ => mode >> 6,
+        MASK => mode >> 3,
+        GROUP_OBJ if !has_mask => mode >> 3,
+        OTHER => mode,
+        _ => return None,
+    };
+    Some((bits & 7) as u16)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     tag: u16,
@@ -134,14 +148,9 @@ impl Acl {
     pub fn chmod(&mut self, mode: u32) {
         let has_mask = self.perm(MASK).is_some();
         for e in &mut self.entries {
-            let bits = match e.tag {
-                USER_OBJ => mode >> 6,
-                MASK => mode >> 3,
-                GROUP_OBJ if !has_mask => mode >> 3,
-                OTHER => mode,
-                _ => continue,
-            };
-            e.perm = (bits & 7) as u16;
+            if let Some(bits) = base_bits(e.tag, mode, has_mask) {
+                e.perm = bits;
+            }
         }
     }
 
@@ -151,14 +160,9 @@ impl Acl {
         let mut acl = self.clone();
         let has_mask = acl.perm(MASK).is_some();
         for e in &mut acl.entries {
-            let allowed = match e.tag {
-                USER_OBJ => mode >> 6,
-                MASK => mode >> 3,
-                GROUP_OBJ if !has_mask => mode >> 3,
-                OTHER => mode,
-                _ => continue,
-            };
-            e.perm &= (allowed & 7) as u16;
+            if let Some(allowed) = base_bits(e.tag, mode, has_mask) {
+                e.perm &= allowed;
+            }
         }
         let bits = acl.mode_bits();
         (acl, (mode & !0o777) | bits)
