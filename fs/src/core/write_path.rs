@@ -67,7 +67,7 @@ impl Fs {
         // a write must get everything committed first, or fail without buffering more.
         let limit = 2 * self.options.dirty_flush_bytes;
         if data.dirty.bytes() + bytes.len() > limit {
-            self.write_back_down_to(file, &mut data, limit - bytes.len()).await?;
+            self.write_back_down_to(file, &mut data, limit.saturating_sub(bytes.len())).await?;
         }
         data.dirty.write(offset, bytes);
         data.dirty_mtime = Some(Timestamp::now());
