@@ -290,7 +290,7 @@ impl ChunkIo {
             .into_iter()
             .map(|(i, chunk)| InlineChunk { chunk: chunk.chunk, data: pieces[i].data.clone() })
             .collect();
-        let mut stored = Vec::new();
+        let (mut stored, mut found) = (Vec::new(), Vec::new());
         let mut pending = large;
         // chunkds whose puts failed: the next placement avoids them, so a write routes
         // around a chunkd that died before metad noticed.
@@ -306,8 +306,12 @@ impl ChunkIo {
             }
             let mut puts = JoinSet::new();
             for ((piece_index, chunk), plan) in pending.iter().zip(plans) {
-                let ChunkPlan::Place { encoding, targets } = plan else {
-                    continue;
+                let (encoding, targets) = match plan {
+                    ChunkPlan::Place { encoding, targets } => (encoding, targets),
+                    ChunkPlan::Stored(location) => {
+                        found.push(location);
+                        continue;
+                    }
                 };
                 // All k+m shards, or (metad writing degraded while chunkds are down) at
                 // least k of them, each index once.
@@ -369,7 +373,7 @@ impl ChunkIo {
                 Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
             })
             .collect();
-        Ok(Written { stored, inline, extents })
+        Ok(Written { stored, found, inline, extents })
     }
 }
 
@@ -377,8 +381,28 @@ impl ChunkIo {
 /// use them.
 pub struct Written {
     pub stored: Vec<StoredChunk>,
+    /// Chunks stored before (deduplicated), where metad said they are.
+    pub found: Vec<ChunkLocation>,
     pub inline: Vec<InlineChunk>,
     pub extents: Vec<Extent>,
+}
+
+impl Written {
+    /// The extents written and where each one's chunk is, if known for every chunk they use,
+    /// ordered as a [`Layout`](shardfs_meta_api::proto::Layout) orders them: extents by
+    /// offset, chunks by id.
+    pub fn content(&self) -> Option<(Vec<Extent>, Vec<ChunkLocation>)> {
+        let stored = self.stored.iter().map(StoredChunk::location);
+        let inline = self.inline.iter().map(InlineChunk::location);
+        let mut chunks: Vec<ChunkLocation> =
+            stored.chain(self.found.iter().cloned()).chain(inline).collect();
+        chunks.sort_unstable_by_key(|c| c.chunk);
+        chunks.dedup_by_key(|c| c.chunk);
+        let known = |e: &Extent| chunks.binary_search_by_key(&e.chunk, |c| c.chunk).is_ok();
+        let mut extents = self.extents.clone();
+        extents.sort_unstable_by_key(|e| e.offset);
+        extents.iter().all(known).then_some((extents, chunks))
+    }
 }
 
 /// Why a chunk's puts failed, and which chunkds could not be reached at all.
@@ -453,3 +477,33 @@ const PUT_ATTEMPTS: usize = 3;
 
 /// The cache size used when none is configured.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardfs_chunk_api::Encoding;
+
+    fn extent(offset: u64, len: u64, chunk: ChunkId) -> Extent {
+        Extent { offset, len, chunk, chunk_offset: 0 }
+    }
+
+    #[test]
+    fn content_is_ordered_as_a_layout_and_known_only_for_every_chunk() {
+        let (a, b, c) = (ChunkId::of(b"a"), ChunkId::of(b"b"), ChunkId::of(b"c"));
+        let encoding = Encoding { k: 4, m: 2 };
+        let stored = |chunk| StoredChunk { chunk, len: 10, encoding, shards: Vec::new() };
+        let mut written = Written {
+            stored: vec![stored(b), stored(a)],
+            found: Vec::new(),
+            inline: Vec::new(),
+            extents: vec![extent(20, 10, a), extent(0, 10, b), extent(10, 10, c)],
+        };
+        assert!(written.content().is_none(), "c's place is not known");
+        written.found.push(stored(c).location());
+        let (extents, chunks) = written.content().unwrap();
+        assert_eq!(extents.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 10, 20]);
+        let mut ids = vec![a, b, c];
+        ids.sort();
+        assert_eq!(chunks.iter().map(|c| c.chunk).collect::<Vec<_>>(), ids);
+    }
+}

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
 use crate::error::{FsError, FsResult};
-use crate::leases::Leases;
+use crate::leases::{Leases, Named};
 use shardfs_rpc::sync::Lock as _;
 
 /// Most changes waiting at once; past it the mount sends its changes itself, one by one,
@@ -71,12 +71,20 @@ struct State {
     /// How many changes were queued in all (the last one's position).
     queued: u64,
     /// Inode numbers reserved and not used yet, in order.
-    inos: VecDeque<std::ops::Range<Ino>>,
+    inos: VecDeque<Reserved>,
     /// A refusal not reported yet.
     refused: Option<MetaError>,
     /// The position (in `queued`) of the last change queued that touches each inode, while
     /// changes wait.
     touched: HashMap<Ino, u64>,
+}
+
+/// A block of inode numbers metad reserved, with the readdir cookies of the names made
+/// for them.
+struct Reserved {
+    inos: std::ops::Range<Ino>,
+    /// The cookie of the name made for inode `inos.start`.
+    cookie: u64,
 }
 
 impl State {
@@ -123,20 +131,23 @@ impl Journal {
     }
 
     /// Numbers a new inode and queues the change that makes it in directory `parent`,
-    /// `make(ino)`, in one step: numbers reach metad in the order it requires. `None` when
-    /// no number or no room is left (the caller sends the change itself).
-    pub fn push_made(&self, parent: Ino, make: impl FnOnce(Ino) -> Queued) -> Option<Ino> {
+    /// `make(ino)`, in one step: numbers reach metad in the order it requires. Answers the
+    /// number with the readdir cookie its name takes; `None` when no number or no room is
+    /// left (the caller sends the change itself).
+    pub fn push_made(&self, parent: Ino, make: impl FnOnce(Ino) -> Queued) -> Option<Named> {
         let mut state = self.state.locked();
         if state.queue.len() >= MAX_QUEUED {
             return None;
         }
         let block = state.inos.front_mut()?;
-        let ino = block.start;
-        block.start += 1;
-        if block.is_empty() {
+        let named = Named { ino: block.inos.start, cookie: block.cookie };
+        let ino = named.ino;
+        block.inos.start += 1;
+        block.cookie += 1;
+        if block.inos.is_empty() {
             state.inos.pop_front();
         }
-        let left: u64 = state.inos.iter().map(|b| b.end - b.start).sum();
+        let left: u64 = state.inos.iter().map(|b| b.inos.end - b.inos.start).sum();
         state.queue.push_back(make(ino));
         state.queued += 1;
         state.touch(&[parent, ino]);
@@ -145,7 +156,7 @@ impl Journal {
             self.reserve();
         }
         self.wake.notify_one();
-        Some(ino)
+        Some(named)
     }
 
     /// Asks metad for more inode numbers, in the background, unless a request is on its way.
@@ -157,8 +168,8 @@ impl Journal {
         tokio::spawn(async move {
             let Some(journal) = me.upgrade() else { return };
             match journal.meta.reserve_inos(RESERVE).await {
-                Ok(first) => {
-                    let block = first..first + u64::from(RESERVE);
+                Ok((first, cookie)) => {
+                    let block = Reserved { inos: first..first + u64::from(RESERVE), cookie };
                     journal.state.locked().inos.push_back(block);
                 }
                 // Changes are sent one by one meanwhile; the next create asks again.

@@ -20,14 +20,17 @@ use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use shardfs_meta_api::SessionEvents;
-use shardfs_meta_api::proto::{Access, Attr, Ino, Layout, MetaPush, Timestamp};
+use shardfs_meta_api::proto::{Access, Attr, DirEntry, Ino, Layout, MetaPush, Timestamp};
 use shardfs_rpc::sync::Lock as _;
 use tokio::sync::mpsc;
 use tracing::debug;
 
 mod here;
+mod listing;
 
 pub use here::NewHere;
+use listing::Listing;
+pub use listing::Named;
 
 /// How long the kernel may cache what a lease covers. Recalls invalidate it sooner.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -54,12 +57,12 @@ struct Held {
     /// Known to have no `security.capability` attribute, which the kernel asks for before
     /// every write (to drop it); forgotten with `attr`.
     lacks_capability: bool,
-    /// Every name in this directory with the inode it names, while this mount knows them
-    /// all: since it made the directory, kept up to date by the changes it makes there, and
-    /// dropped by any whose outcome is unsure. Another mount's change recalls the lease
-    /// first, and with it this. A lookup of a name not in it needs no metad request: the
-    /// name is not there.
-    listing: Option<HashMap<Vec<u8>, Ino>>,
+    /// Every name in this directory with the inode it names and its readdir cookie, while
+    /// this mount knows them all: since it made the directory, kept up to date by the
+    /// changes it makes there, and dropped by any whose outcome is unsure. Another mount's
+    /// change recalls the lease first, and with it this. A lookup of a name not in it needs
+    /// no metad request (the name is not there), nor does a listing.
+    listing: Option<Listing>,
     /// Known to have no default ACL (a directory this mount made where there was none), so
     /// what is made in it takes the creator's umask: this mount may make it itself.
     plain: bool,
@@ -424,15 +427,15 @@ impl Leases {
         }
     }
 
-    /// Starts the listing of directory `dir`, made here by a request sent at `epoch`: it is
-    /// empty, unless the lease on it was recalled since (another mount may have used it).
-    /// `plain`: it has no default ACL.
-    pub fn listed_empty(&self, epoch: Epoch, dir: Ino, plain: bool) {
+    /// Starts the listing of directory `dir` in `parent`, made here by a request sent at
+    /// `epoch`: it is empty, unless the lease on it was recalled since (another mount may
+    /// have used it). `plain`: it has no default ACL.
+    pub fn listed_empty(&self, epoch: Epoch, dir: Ino, parent: Ino, plain: bool) {
         let mut state = self.lock();
         if !state.recalled_since(dir, epoch.recalls)
             && let Some(held) = state.held.get_mut(&dir)
         {
-            held.listing = Some(HashMap::new());
+            held.listing = Some(Listing::empty(parent));
             held.plain = plain;
         }
     }
@@ -441,7 +444,7 @@ impl Leases {
     pub fn known_absent(&self, dir: Ino, name: &[u8]) -> bool {
         let state = self.lock();
         let listing = state.held.get(&dir).and_then(|h| h.listing.as_ref());
-        listing.is_some_and(|names| !names.contains_key(name)) && name != b"." && name != b".."
+        listing.is_some_and(|names| !names.contains(name)) && name != b"." && name != b".."
     }
 
     /// The attributes of what `name` names in `dir`, known here: the name is in the listing
@@ -449,15 +452,29 @@ impl Leases {
     /// lookup needs no metad request (the kernel has checked the search permission).
     pub fn known_entry(&self, dir: Ino, name: &[u8]) -> Option<Attr> {
         let state = self.lock();
-        let ino = *state.held.get(&dir)?.listing.as_ref()?.get(name)?;
-        state.held.get(&ino)?.attr.clone()
+        let named = state.held.get(&dir)?.listing.as_ref()?.get(name)?;
+        state.held.get(&named.ino)?.attr.clone()
     }
 
-    /// A change made here added `name` for `ino` in `dir`.
-    pub fn listing_added(&self, dir: Ino, name: &[u8], ino: Ino) {
+    /// Up to `limit` entries of directory `dir` after readdir cookie `after`, with the
+    /// directory's parent, as metad would answer them, if this mount knows them: the whole
+    /// listing, the parent, and the attributes of each entry listed.
+    pub fn listed(&self, dir: Ino, after: u64, limit: usize) -> Option<(Ino, Vec<DirEntry>)> {
+        let state = self.lock();
+        let listing = state.held.get(&dir)?.listing.as_ref()?;
+        let entry = |(name, named): (&[u8], Named)| {
+            let attr = state.held.get(&named.ino)?.attr.clone()?;
+            Some(DirEntry { name: name.to_vec(), cookie: named.cookie, attr })
+        };
+        let page = listing.after(after, limit).into_iter().map(entry).collect::<Option<_>>()?;
+        Some((listing.parent?, page))
+    }
+
+    /// A change made here added `name` for `ino` in `dir`, with readdir cookie `cookie`.
+    pub fn listing_added(&self, dir: Ino, name: &[u8], ino: Ino, cookie: u64) {
         let mut state = self.lock();
         if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
-            names.insert(name.to_vec(), ino);
+            names.insert(name, Named { ino, cookie });
         }
     }
 
@@ -466,6 +483,16 @@ impl Leases {
         let mut state = self.lock();
         if let Some(names) = state.held.get_mut(&dir).and_then(|h| h.listing.as_mut()) {
             names.remove(name);
+        }
+    }
+
+    /// A rename made here may have moved directories out of `dir`: their parents are no
+    /// longer known.
+    pub fn moved_from(&self, dir: Ino) {
+        let mut state = self.lock();
+        let listings = state.held.values_mut().filter_map(|h| h.listing.as_mut());
+        for listing in listings.filter(|l| l.parent == Some(dir)) {
+            listing.parent = None;
         }
     }
 

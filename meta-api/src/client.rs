@@ -511,10 +511,11 @@ impl MetaClient {
         call!(self, request, "accessed at", MetaReply::Done => ())
     }
 
-    /// Reserves `count` inode numbers for this session's batches: answers the first.
-    pub async fn reserve_inos(&self, count: u32) -> Result<Ino> {
+    /// Reserves `count` inode numbers and readdir cookies: answers the first of each.
+    pub async fn reserve_inos(&self, count: u32) -> Result<(Ino, u64)> {
         let request = SessionRequest::ReserveInos { count };
-        call!(self, request, "reserve inode numbers", MetaReply::Inos { first, .. } => first)
+        call!(self, request, "reserve inode numbers",
+            MetaReply::Inos { first, first_cookie, .. } => (first, first_cookie))
     }
 
     /// Applies `changes` in order, stopping at the first that fails: how many were

@@ -114,6 +114,8 @@ pub struct Made {
     /// Whether the directory has a default ACL (which what is made in it inherits, in place
     /// of the umask): a mount that makes inodes there itself must know.
     pub default_acl: bool,
+    /// The readdir cookie of the new name: listings resume after it.
+    pub cookie: u64,
 }
 
 /// What an unlink answers: the directory's attributes as the change left them, the unlinked
@@ -309,8 +311,9 @@ pub struct ChunkToWrite {
 /// metad's answer for one chunk to write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkPlan {
-    /// Already stored with full redundancy: reference it, put nothing (dedup).
-    Stored,
+    /// Already stored with full redundancy, where the location says: reference it, put
+    /// nothing (dedup).
+    Stored(ChunkLocation),
     /// Put shard `i` on `targets[i]`, then commit with these places.
     Place { encoding: Encoding, targets: Vec<ShardPlace> },
 }
@@ -344,6 +347,19 @@ pub struct StoredChunk {
     pub len: u64,
     pub encoding: Encoding,
     pub shards: Vec<ShardPlace>,
+}
+
+impl StoredChunk {
+    /// Where the chunk is, as a layout names it: on the chunkds its shards were put on.
+    pub fn location(&self) -> ChunkLocation {
+        ChunkLocation {
+            chunk: self.chunk,
+            len: self.len,
+            encoding: self.encoding,
+            shards: self.shards.clone(),
+            inline: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -590,10 +606,12 @@ pub enum MetaReply {
     Renamed {
         replaced: Option<Ino>,
     },
-    /// The answer to `ReserveInos`: numbers `first..first + count` are the session's.
+    /// The answer to `ReserveInos`: numbers `first..first + count` are the session's, and
+    /// the name a batch makes for inode `first + i` gets readdir cookie `first_cookie + i`.
     Inos {
         first: Ino,
         count: u32,
+        first_cookie: u64,
     },
     /// The answer to `Batch`: how many of its changes were applied, from the first; the
     /// error of the one that failed, if any (no later one was tried); and the inodes the

@@ -227,8 +227,8 @@ pub enum SessionRequest {
     /// Gives back the lease on `ino` that the recall carrying `seq` asked for.
     ReleaseLease { ino: Ino, seq: u64 },
     /// Reserves `count` inode numbers (at most [`MAX_RESERVED_INOS`]) for this session to
-    /// number the inodes it makes in its batches; answers `Inos`. Numbers never used are
-    /// skipped, as those of deleted inodes are.
+    /// number the inodes it makes in its batches, with as many readdir cookies for their
+    /// names; answers `Inos`. Numbers never used are skipped, as those of deleted inodes are.
     ReserveInos { count: u32 },
 }
 

@@ -336,6 +336,9 @@ impl Fs {
         // Exchanges, replacements and whiteouts: simpler to learn the names again.
         self.leases.forget_listing(parent);
         self.leases.forget_listing(new_parent);
+        // Whatever moved (both ways, in an exchange) has a new "..".
+        self.leases.moved_from(parent);
+        self.leases.moved_from(new_parent);
         if let Some(replaced) = renamed? {
             self.leases.name_removed(replaced);
         }
@@ -362,12 +365,17 @@ impl Fs {
         limit: u32,
         cred: &Cred,
     ) -> FsResult<(Ino, Vec<DirEntry>)> {
-        let listed = self.meta.read_dir(ino, after, limit, cred);
-        let (parent, mut entries) = self
-            .granting(listed, |(_, entries): &(Ino, Vec<DirEntry>)| {
-                std::iter::once(ino).chain(entries.iter().map(|e| e.attr.ino)).collect()
-            })
-            .await?;
+        // A directory this mount knows whole is listed here, with metad's cookies.
+        let (parent, mut entries) = match self.leases.listed(ino, after, limit as usize) {
+            Some(listed) => listed,
+            None => {
+                let listed = self.meta.read_dir(ino, after, limit, cred);
+                self.granting(listed, |(_, entries): &(Ino, Vec<DirEntry>)| {
+                    std::iter::once(ino).chain(entries.iter().map(|e| e.attr.ino)).collect()
+                })
+                .await?
+            }
+        };
         if after == 0 && self.options.dir_atime {
             match self.leases.cached_attr(ino) {
                 Some(attr) => self.note_read(ino, &attr),

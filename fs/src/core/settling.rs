@@ -202,10 +202,10 @@ impl Fs {
             Ok(made) => {
                 self.leases.granted_attr(epoch, &made.attr, write);
                 self.leases.update_attrs(epoch, &[&made.parent]);
-                self.leases.listing_added(parent, name, made.attr.ino);
+                self.leases.listing_added(parent, name, made.attr.ino, made.cookie);
                 if made.attr.kind == FileKind::Dir {
                     // It inherited its parent's default ACL, if any.
-                    self.leases.listed_empty(epoch, made.attr.ino, !made.default_acl);
+                    self.leases.listed_empty(epoch, made.attr.ino, parent, !made.default_acl);
                 }
                 Ok(made.attr)
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use shardfs_meta_api::MetaClientError;
 use shardfs_meta_api::proto::{
-    Cred, DataRequest, INLINE_MAX, InlineChunk, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
+    Cred, DataRequest, INLINE_MAX, Layout, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -196,12 +196,12 @@ impl Fs {
                 return other.map(|_| false);
             }
         };
+        let content = written.content();
         let Written { inline, extents, .. } = written;
         let end = extents.iter().map(|e| e.end()).max().unwrap_or(0);
         let bytes = extents.iter().map(|e| e.len).sum();
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let ino = file.ino;
-        let content = (extents.clone(), inline.iter().map(InlineChunk::location).collect());
         let queued = self.leases.commit_here(ino, (end, bytes), mtime, content, |now| {
             let stored = Vec::new();
             let commit = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
@@ -256,24 +256,34 @@ impl Fs {
         debug!(ino = file.ino, everything, from = first.offset, end, "committing buffered writes");
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let epoch = self.leases.epoch();
+        // A file with no content yet has just this as its content once it is committed.
+        let was_empty =
+            self.leases.cached_attr(file.ino).is_some_and(|a| a.size == 0 && a.allocated == 0);
         let committed = async {
             let mut attempts = 0;
             loop {
-                let Written { stored, inline, extents } = self.io.store(&pieces).await?;
+                let written = self.io.store(&pieces).await?;
+                let content = was_empty.then(|| written.content()).flatten();
+                let Written { stored, inline, extents, .. } = written;
                 match self.meta.commit_write(file.ino, stored, inline, extents, mtime).await {
                     // Garbage collection removed a deduplicated chunk between prepare and
                     // commit: prepare again, which now stores it.
                     Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
                         attempts += 1;
                     }
-                    result => return result.map_err(FsError::from),
+                    result => return result.map(|attr| (attr, content)).map_err(FsError::from),
                 }
             }
         }
         .await;
         data.layout = None;
         match committed {
-            Ok(attr) => {
+            Ok((attr, content)) => {
+                // Reading it back asks metad nothing while the lease lasts.
+                if let Some((extents, chunks)) = content {
+                    let layout = Arc::new(Layout { attr: attr.clone(), extents, chunks });
+                    self.leases.keep_layout(epoch, &layout);
+                }
                 self.leases.update_attr(epoch, &attr);
                 data.committed = Some(attr.clone());
                 if data.dirty.is_empty() {

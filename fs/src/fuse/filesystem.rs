@@ -37,7 +37,9 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_DONT_MASK
             // File handles (name_to_handle_at, NFS export): inode numbers are stable and
             // lookups of "." and ".." find an inode and a directory's parent by number.
-            | InitFlags::FUSE_EXPORT_SUPPORT;
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            // A symlink's target never changes: the kernel keeps it with the inode.
+            | InitFlags::FUSE_CACHE_SYMLINKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }

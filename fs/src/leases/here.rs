@@ -3,7 +3,6 @@
 //! rmdirs of what it holds the write lease on are checked and made here, and queued for
 //! metad with the lease table locked, so the queue's order is the order they were made in.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use shardfs_meta_api::acl::{self, Acl};
@@ -11,6 +10,7 @@ use shardfs_meta_api::proto::{
     Attr, ChunkLocation, Cred, Extent, FileKind, GENERATION, Ino, Layout, SetAttr, Timestamp,
 };
 
+use super::listing::{Listing, Named};
 use super::{Held, Leases, State};
 
 /// An inode to make here: a regular file or a directory.
@@ -29,11 +29,7 @@ fn may_change(dir: &Attr, cred: &Cred) -> bool {
 }
 
 /// The directory `dir` if this mount may change its names itself.
-fn own_dir<'a>(
-    state: &'a State,
-    dir: Ino,
-    cred: &Cred,
-) -> Option<(&'a Attr, &'a HashMap<Vec<u8>, Ino>)> {
+fn own_dir<'a>(state: &'a State, dir: Ino, cred: &Cred) -> Option<(&'a Attr, &'a Listing)> {
     let held = state.held.get(&dir)?;
     let (attr, listing) = (held.attr.as_ref()?, held.listing.as_ref()?);
     let own = held.write && held.plain && attr.kind == FileKind::Dir && may_change(attr, cred);
@@ -41,19 +37,20 @@ fn own_dir<'a>(
 }
 
 impl Leases {
-    /// Makes `new` as `name` in `parent` here, if this mount may: `queue(now)` numbers it
-    /// and queues the change (`None`: no number or no room left, and nothing is made).
+    /// Makes `new` as `name` in `parent` here, if this mount may: `queue(now)` numbers it,
+    /// with the readdir cookie of its name, and queues the change (`None`: no number or no
+    /// room left, and nothing is made).
     /// Answers the new inode's attributes, as metad will make them.
     pub fn make_here(
         &self,
         parent: Ino,
         name: &[u8],
         new: &NewHere,
-        queue: impl FnOnce(Timestamp) -> Option<Ino>,
+        queue: impl FnOnce(Timestamp) -> Option<Named>,
     ) -> Option<Attr> {
         let mut state = self.lock();
         let (dir, listing) = own_dir(&state, parent, &new.cred)?;
-        if listing.contains_key(name) {
+        if listing.contains(name) {
             return None;
         }
         let is_dir = new.kind == FileKind::Dir;
@@ -70,7 +67,8 @@ impl Leases {
             }
         };
         let now = Timestamp::now();
-        let ino = queue(now)?;
+        let named = queue(now)?;
+        let ino = named.ino;
         let made = Attr {
             ino,
             generation: GENERATION,
@@ -92,12 +90,12 @@ impl Leases {
             (attr.mtime, attr.ctime) = (now, now);
             attr.nlink += u32::from(is_dir);
         }
-        dir.listing.get_or_insert_default().insert(name.to_vec(), ino);
+        dir.listing.get_or_insert_default().insert(name, named);
         let held = Held {
             write: true,
             attr: Some(made.clone()),
             lacks_capability: true,
-            listing: is_dir.then(HashMap::new),
+            listing: is_dir.then(|| Listing::empty(parent)),
             plain: is_dir,
             no_acl: true,
             ..Held::default()
@@ -126,7 +124,7 @@ impl Leases {
         if u32::from(parent_attr.perm) & libc::S_ISVTX != 0 {
             return None;
         }
-        let ino = *listing.get(name)?;
+        let ino = listing.get(name)?.ino;
         let target = state.held.get(&ino).filter(|held| held.write)?;
         let attr = target.attr.as_ref()?;
         let removable = match dir {
@@ -227,14 +225,14 @@ impl Leases {
     /// The content a closed file buffered (`bytes` bytes, ending at `end`), committed here
     /// under its write lease: `queue(now)` queues the commit (false: no room left). When the
     /// file had no content yet, the kept attributes take what metad will make of them and
-    /// `content` (its extents and inline chunks) becomes the kept layout, so reading it back
-    /// asks metad nothing; otherwise both are dropped.
+    /// `content` (its extents and where their chunks are), if known, becomes the kept
+    /// layout, so reading it back asks metad nothing; otherwise both are dropped.
     pub fn commit_here(
         &self,
         ino: Ino,
         (end, bytes): (u64, u64),
         mtime: Timestamp,
-        content: (Vec<Extent>, Vec<ChunkLocation>),
+        content: Option<(Vec<Extent>, Vec<ChunkLocation>)>,
         queue: impl FnOnce(Timestamp) -> bool,
     ) -> bool {
         let mut state = self.lock();
@@ -251,10 +249,11 @@ impl Leases {
             (a.size, a.allocated, a.mtime, a.ctime) = (end, bytes, mtime, now.max(mtime));
             a
         });
-        held.layout = held.attr.clone().map(|attr| {
-            let (extents, chunks) = content;
-            Arc::new(Layout { attr, extents, chunks })
-        });
+        held.layout = held
+            .attr
+            .clone()
+            .zip(content)
+            .map(|(attr, (extents, chunks))| Arc::new(Layout { attr, extents, chunks }));
         true
     }
 

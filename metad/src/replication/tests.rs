@@ -407,7 +407,8 @@ mod group {
         let leader = group.leader().await;
         let store = group.running[&leader].store.clone();
         let reserving = store.clone();
-        let first = blocking(move || reserving.reserve_inos(7, 4)).await.unwrap().unwrap();
+        let (first, first_cookie) =
+            blocking(move || reserving.reserve_inos(7, 4)).await.unwrap().unwrap();
         let now = Timestamp::now();
         let mkdir = NameRequest::MakeDir {
             parent: ROOT_INO,
@@ -441,6 +442,9 @@ mod group {
         for member in group.running.values() {
             assert_eq!(names(&member.store), ["d"]);
             assert_eq!(member.store.lookup(first, b"f").unwrap().ino, first + 1);
+            // Every replica lists the names with the cookies reserved for them.
+            let (_, listed) = member.store.read_dir(first, 0, 10).unwrap();
+            assert_eq!(listed.iter().map(|e| e.cookie).collect::<Vec<_>>(), [first_cookie + 1]);
         }
         for id in group.running.keys().copied().collect::<Vec<_>>() {
             group.kill(id).await;

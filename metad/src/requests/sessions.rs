@@ -114,7 +114,10 @@ fn reply(
         }
         // Only a mount's session is recorded, and so keeps its numbers across a restart.
         SessionRequest::ReserveInos { count } => match sessions.is_explicit(holder) {
-            true => MetaReply::Inos { first: store.reserve_inos(holder, count)?, count },
+            true => {
+                let (first, first_cookie) = store.reserve_inos(holder, count)?;
+                MetaReply::Inos { first, count, first_cookie }
+            }
             false => return Err(MetaError::Invalid("only a mount's session batches".into())),
         },
     })

@@ -156,7 +156,7 @@ fn a_batch_recalls_what_its_changes_need_and_grants_its_mount_what_they_made() {
         other => panic!("{other:?}"),
     };
     let reserve = SessionRequest::ReserveInos { count: 8 };
-    let MetaReply::Inos { first, count: 8 } = answered(server.answer_leased(reserve.into(), a))
+    let MetaReply::Inos { first, count: 8, .. } = answered(server.answer_leased(reserve.into(), a))
     else {
         panic!("no inode numbers");
     };

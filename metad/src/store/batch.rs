@@ -7,7 +7,9 @@
 //! first that fails is rolled back and ends the batch, and those before it stay applied, so
 //! the database never holds a later change of a mount without the earlier ones. A new inode
 //! takes the number its mount gave it, which must be one the session reserved and has not
-//! used: each reserved block is used in order, and numbers skipped are never used.
+//! used: each reserved block is used in order, and numbers skipped are never used. Its name
+//! takes the readdir cookie reserved with the number, so the mount can answer listings of
+//! what it made with the cookies metad's answers would carry.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -18,10 +20,11 @@ use crate::store::Sql as _;
 use shardfs_meta_api::proto::{Ino, MAX_RESERVED_INOS, MetaError, Queued};
 
 impl Store {
-    /// Hands `session` the next `count` inode numbers; answers the first.
-    pub fn reserve_inos(&self, session: Holder, count: u32) -> Result<Ino, MetaError> {
+    /// Hands `session` the next `count` inode numbers and readdir cookies; answers the
+    /// first of each.
+    pub fn reserve_inos(&self, session: Holder, count: u32) -> Result<(Ino, u64), MetaError> {
         match self.apply(Mutation::ReserveInos { session, count })?.0 {
-            Applied::Inos(first) => Ok(first),
+            Applied::Inos(first, first_cookie) => Ok((first, first_cookie)),
             other => Err(other.mismatch("inode numbers")),
         }
     }
@@ -55,43 +58,61 @@ pub struct Batched {
     pub nameless: Vec<Ino>,
 }
 
-/// See [`Mutation::ReserveInos`].
-pub(super) fn reserve(tx: &Connection, session: Holder, count: u32) -> Result<Ino, MetaError> {
+/// See [`Mutation::ReserveInos`]: answers the first inode number and readdir cookie.
+pub(super) fn reserve(
+    tx: &Connection,
+    session: Holder,
+    count: u32,
+) -> Result<(Ino, u64), MetaError> {
     if count == 0 || count > MAX_RESERVED_INOS {
         return Err(MetaError::Invalid(format!("reserve 1 to {MAX_RESERVED_INOS} inode numbers")));
     }
-    let first = namespace::next_ino(tx)?;
-    let end = first + u64::from(count);
-    // The numbers below `end` count as used: inodes made elsewhere are numbered past them.
+    let first = take_ids(tx, "inodes", "ino", count)?;
+    let first_entry = take_ids(tx, "dentries", "id", count)?;
+    // Entry ids follow inode numbers at a fixed distance within the block.
+    let entry_offset = first_entry as i64 - first as i64;
+    tx.prepare_cached(
+        "INSERT INTO ino_ranges (session, next, end, entry_offset) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .sql()?
+    .execute(params![session as i64, first, first + u64::from(count), entry_offset])
+    .sql()?;
+    Ok((first, first_entry + namespace::COOKIE_BASE))
+}
+
+/// Takes the next `count` row ids of `table` (see [`namespace::next_id`]): rows made
+/// elsewhere are numbered past them. Answers the first.
+fn take_ids(tx: &Connection, table: &str, column: &str, count: u32) -> Result<u64, MetaError> {
+    let first = namespace::next_id(tx, table, column)?;
+    let last = first + u64::from(count) - 1;
     let moved = tx
-        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'inodes'")
+        .prepare_cached("UPDATE sqlite_sequence SET seq = ?1 WHERE name = ?2")
         .sql()?
-        .execute([end - 1])
+        .execute(params![last, table])
         .sql()?;
     if moved == 0 {
-        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('inodes', ?1)")
+        tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)")
             .sql()?
-            .execute([end - 1])
+            .execute(params![table, last])
             .sql()?;
     }
-    tx.prepare_cached("INSERT INTO ino_ranges (session, next, end) VALUES (?1, ?2, ?3)")
-        .sql()?
-        .execute(params![session as i64, first, end])
-        .sql()?;
     Ok(first)
 }
 
 /// Takes number `ino` from `session`'s reserved blocks, with those below it in its block.
-fn claim(tx: &Connection, session: Holder, ino: Ino) -> Result<(), MetaError> {
-    let block: Option<(u64, u64)> = tx
+/// Answers the readdir cookie reserved with it (none in a block reserved before cookies
+/// were).
+fn claim(tx: &Connection, session: Holder, ino: Ino) -> Result<Option<u64>, MetaError> {
+    let block: Option<(u64, u64, Option<i64>)> = tx
         .prepare_cached(
-            "SELECT next, end FROM ino_ranges WHERE session = ?1 AND next <= ?2 AND ?2 < end",
+            "SELECT next, end, entry_offset FROM ino_ranges
+             WHERE session = ?1 AND next <= ?2 AND ?2 < end",
         )
         .sql()?
-        .query_row(params![session as i64, ino], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![session as i64, ino], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()
         .sql()?;
-    let Some((next, end)) = block else {
+    let Some((next, end, entry_offset)) = block else {
         return Err(MetaError::Invalid(format!(
             "inode number {ino} is not one this session reserved and has not used"
         )));
@@ -101,12 +122,14 @@ fn claim(tx: &Connection, session: Holder, ino: Ino) -> Result<(), MetaError> {
         .execute(params![session as i64, next])
         .sql()?;
     if ino + 1 < end {
-        tx.prepare_cached("INSERT INTO ino_ranges (session, next, end) VALUES (?1, ?2, ?3)")
-            .sql()?
-            .execute(params![session as i64, ino + 1, end])
-            .sql()?;
+        tx.prepare_cached(
+            "INSERT INTO ino_ranges (session, next, end, entry_offset) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .sql()?
+        .execute(params![session as i64, ino + 1, end, entry_offset])
+        .sql()?;
     }
-    Ok(())
+    Ok(entry_offset.map(|offset| (ino as i64 + offset) as u64 + namespace::COOKIE_BASE))
 }
 
 /// See [`Mutation::Batch`].
@@ -147,15 +170,20 @@ fn apply_one(
     effects: &mut Effects,
 ) -> Result<Option<Ino>, MetaError> {
     let mutation = crate::requests::batch::checked(tx, queued)?;
-    let made = match &mutation {
-        Mutation::Create { ino, .. } => {
-            claim(tx, session, *ino)?;
-            Some(*ino)
-        }
+    let cookie = match &mutation {
+        Mutation::Create { ino, .. } => claim(tx, session, *ino)?,
         _ => None,
     };
     apply_in(tx, &mutation, effects)?;
-    Ok(made)
+    match &mutation {
+        Mutation::Create { ino, parent, name, .. } => {
+            if let Some(cookie) = cookie {
+                namespace::set_cookie(tx, *parent, name, cookie)?;
+            }
+            Ok(Some(*ino))
+        }
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -192,7 +220,7 @@ mod tests {
     fn a_batch_applies_its_changes_in_order_and_stops_at_the_first_that_fails() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let first = store.reserve_inos(SESSION, 16).unwrap();
+        let (first, _) = store.reserve_inos(SESSION, 16).unwrap();
         let root = Cred::ROOT;
         let changes = vec![
             mkdir(ROOT_INO, "d", first, 0o755, &root),
@@ -221,10 +249,10 @@ mod tests {
     fn a_batch_numbers_inodes_only_from_its_sessions_reserved_blocks_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let first = store.reserve_inos(SESSION, 4).unwrap();
-        // Inodes made elsewhere meanwhile are numbered past the block.
-        let other = store.make_dir(ROOT_INO, b"other", 0o755, Cred::ROOT).unwrap().attr.ino;
-        assert_eq!(other, first + 4);
+        let (first, first_cookie) = store.reserve_inos(SESSION, 4).unwrap();
+        // Inodes and names made elsewhere meanwhile are numbered past the block.
+        let other = store.make_dir(ROOT_INO, b"other", 0o755, Cred::ROOT).unwrap();
+        assert_eq!((other.attr.ino, other.cookie), (first + 4, first_cookie + 4));
         let root = Cred::ROOT;
         let refused = |store: &crate::store::Store, session, change| {
             let batched = store.batch(session, vec![change]).unwrap();
@@ -245,6 +273,14 @@ mod tests {
             1
         );
         refused(&store, SESSION, create(ROOT_INO, "spent", first + 3, &root));
+        // Each name made takes the cookie reserved with its inode, whatever came between:
+        // listings follow them.
+        let (_, listed) = store.read_dir(ROOT_INO, 0, 10).unwrap();
+        let cookies: Vec<(&[u8], u64)> =
+            listed.iter().map(|e| (e.name.as_slice(), e.cookie)).collect();
+        let expected: [(&[u8], u64); 3] =
+            [(b"a", first_cookie + 1), (b"b", first_cookie + 3), (b"other", first_cookie + 4)];
+        assert_eq!(cookies, expected);
         let fsck = store.fsck(false).unwrap();
         assert!(fsck.problems.is_empty(), "{:?}", fsck.problems);
     }
@@ -253,7 +289,7 @@ mod tests {
     fn each_change_is_checked_as_the_changes_before_it_left_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let first = store.reserve_inos(SESSION, 8).unwrap();
+        let (first, _) = store.reserve_inos(SESSION, 8).unwrap();
         let user = Cred { uid: 1000, gid: 1000, umask: 0o022, groups: Vec::new() };
         let shared = store.make_dir(ROOT_INO, b"shared", 0o777, Cred::ROOT).unwrap().attr.ino;
         let changes = vec![

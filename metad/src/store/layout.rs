@@ -65,7 +65,7 @@ impl Store {
                 .iter()
                 .map(|chunk| {
                     if fully_redundant(tx, chunk.chunk)? {
-                        Ok(ChunkPlan::Stored)
+                        Ok(ChunkPlan::Stored(chunk_location(tx, chunk.chunk, &mut 0)?))
                     } else {
                         place(chunk)
                     }

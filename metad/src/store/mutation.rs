@@ -314,7 +314,8 @@ pub enum Applied {
     /// How many rows a change touched.
     Count(u64),
     /// The first of the inode numbers a reservation handed out.
-    Inos(Ino),
+    /// The first inode number and readdir cookie reserved.
+    Inos(Ino, u64),
     /// How many of a batch's changes were applied, the error of the one that failed, and
     /// the inodes the applied ones made.
     Batched {
@@ -483,7 +484,7 @@ pub(super) fn apply_in(
     Ok(match mutation {
         M::Create { ino, parent, name, new, now } => {
             let attr = namespace::create(tx, *ino, *parent, name, new, *now)?;
-            Applied::Made(namespace::made(tx, attr, *parent)?)
+            Applied::Made(namespace::made(tx, attr, *parent, name)?)
         }
         M::Link { ino, new_parent, new_name, now } => {
             Applied::Made(namespace::link(tx, *ino, *new_parent, new_name, *now)?)
@@ -585,7 +586,10 @@ pub(super) fn apply_in(
             effects.volume = Some(*settings);
             Applied::Done
         }
-        M::ReserveInos { session, count } => Applied::Inos(batch::reserve(tx, *session, *count)?),
+        M::ReserveInos { session, count } => {
+            let (first, first_cookie) = batch::reserve(tx, *session, *count)?;
+            Applied::Inos(first, first_cookie)
+        }
         M::Batch { session, changes } => batch::apply(tx, *session, changes, effects)?,
     })
 }

@@ -18,7 +18,7 @@ use shardfs_meta_api::proto::{
 const MAX_LINKS: u32 = 65_000;
 /// Readdir cookies 1 and 2 belong to "." and ".." (made up by the client); a dentry's
 /// cookie is its row id shifted past them.
-const COOKIE_BASE: u64 = 2;
+pub(super) const COOKIE_BASE: u64 = 2;
 
 /// Rejects names no directory entry may have.
 pub fn validate_name(name: &[u8]) -> Result<(), MetaError> {
@@ -310,10 +310,31 @@ pub(super) fn nameless(tx: &Connection) -> Result<Vec<Ino>, MetaError> {
         .sql()
 }
 
-/// A new name's answer: `attr` and the attributes of `parent`, which the change touched.
-pub(super) fn made(tx: &Connection, attr: Attr, parent: Ino) -> Result<Made, MetaError> {
+/// A new name's answer: `attr`, the attributes of `parent`, which the change touched, and
+/// the name's readdir cookie.
+pub(super) fn made(
+    tx: &Connection,
+    attr: Attr,
+    parent: Ino,
+    name: &[u8],
+) -> Result<Made, MetaError> {
     let default_acl = xattr_value(tx, parent, acl::DEFAULT)?.is_some();
-    Ok(Made { attr, parent: get_attr(tx, parent)?, default_acl })
+    let (id, _) = find_entry(tx, parent, name)?.ok_or(MetaError::NotFound)?;
+    Ok(Made { attr, parent: get_attr(tx, parent)?, default_acl, cookie: id + COOKIE_BASE })
+}
+
+/// Gives the name `name` in `parent` the readdir cookie `cookie` (one reserved for it).
+pub(super) fn set_cookie(
+    tx: &Connection,
+    parent: Ino,
+    name: &[u8],
+    cookie: u64,
+) -> Result<(), MetaError> {
+    tx.prepare_cached("UPDATE dentries SET id = ?1 WHERE parent = ?2 AND name = ?3")
+        .sql()?
+        .execute(params![cookie - COOKIE_BASE, parent, name])
+        .sql()?;
+    Ok(())
 }
 
 /// See [`Store::lookup`].
@@ -335,10 +356,16 @@ pub(super) fn lookup(tx: &Connection, parent: Ino, name: &[u8]) -> Result<Attr, 
 /// The inode number the next new inode takes: one past the highest ever used (numbers are
 /// never reused, so a client's cached one never names another file).
 pub(super) fn next_ino(tx: &Connection) -> Result<Ino, MetaError> {
-    tx.prepare_cached(
-        "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inodes'), 0),
-                 (SELECT COALESCE(MAX(ino), 0) FROM inodes))",
-    )
+    next_id(tx, "inodes", "ino")
+}
+
+/// The row id the next row of `table` (whose `INTEGER PRIMARY KEY AUTOINCREMENT` column is
+/// `column`) takes.
+pub(super) fn next_id(tx: &Connection, table: &str, column: &str) -> Result<u64, MetaError> {
+    tx.prepare_cached(&format!(
+        "SELECT 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                 (SELECT COALESCE(MAX({column}), 0) FROM {table}))"
+    ))
     .sql()?
     .query_row([], |r| r.get(0))
     .sql()
@@ -523,7 +550,7 @@ pub(super) fn link(
     add_links(tx, ino, 1)?;
     set_ctime(tx, ino, now)?;
     touch(tx, new_parent, now)?;
-    made(tx, get_attr(tx, ino)?, new_parent)
+    made(tx, get_attr(tx, ino)?, new_parent, new_name)
 }
 
 pub(super) fn unlink(

@@ -167,6 +167,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, next)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // Version 8: readdir cookies reserved with the inode numbers: the name a batch makes
+    // for inode `ino` takes dentry id `ino + entry_offset` (NULL in blocks reserved before).
+    r#"
+    ALTER TABLE ino_ranges ADD COLUMN entry_offset INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

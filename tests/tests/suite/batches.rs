@@ -109,6 +109,101 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
     assert!(cluster.fsck_clean());
 }
 
+/// An open directory stream (`opendir(3)`), closed on drop.
+struct DirStream(*mut libc::DIR);
+
+impl DirStream {
+    fn open(path: &Path) -> DirStream {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let dir = unsafe { libc::opendir(path.as_ptr()) };
+        assert!(!dir.is_null(), "opendir: {}", std::io::Error::last_os_error());
+        DirStream(dir)
+    }
+
+    /// Up to `count` more entries, each with its cookie (`d_off`), "." and ".." left out.
+    fn read(&mut self, count: usize) -> Vec<(String, i64)> {
+        let mut entries = Vec::new();
+        while entries.len() < count {
+            let entry = unsafe { libc::readdir64(self.0) };
+            if entry.is_null() {
+                break;
+            }
+            let entry = unsafe { &*entry };
+            let name = unsafe { std::ffi::CStr::from_ptr(entry.d_name.as_ptr()) };
+            let name = name.to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                entries.push((name, entry.d_off));
+            }
+        }
+        entries
+    }
+
+    fn seek(&mut self, cookie: i64) {
+        unsafe { libc::seekdir(self.0, cookie) };
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+/// The directories a mount made are listed by the mount itself, with the cookies metad
+/// gives their names: listing them costs no request, another mount (asking metad) lists
+/// the same entries in the same order with the same cookies and resumes from the first
+/// mount's cookies, and a listing cut short by a recall goes on from metad's answer exactly
+/// where it stopped.
+#[test]
+fn listings_of_directories_made_here_are_answered_by_the_mount() {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount_with(&["-o", "batch"]);
+    let d = mount.join("d");
+    fs::create_dir(&d).unwrap();
+    // Long names, so a listing takes several of the kernel's pages.
+    let name = |j: usize| format!("a-file-with-a-name-long-enough-to-fill-pages-{j:03}");
+    for i in 0..10 {
+        fs::create_dir(d.join(format!("s{i}"))).unwrap();
+        for j in 0..100 {
+            fs::write(d.join(format!("s{i}/{}", name(j))), b"x").unwrap();
+        }
+    }
+    // Made by requests metad answers, with their cookies.
+    std::os::unix::fs::symlink("target", d.join("s0/symlink")).unwrap();
+    fs::hard_link(d.join("s0").join(name(0)), d.join("s0/linked")).unwrap();
+    fs::remove_file(d.join("s0").join(name(1))).unwrap();
+    fs::File::open(&d).unwrap().sync_all().unwrap();
+
+    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let before = requests();
+    let listings: Vec<Vec<(String, i64)>> =
+        (1..10).map(|i| DirStream::open(&d.join(format!("s{i}"))).read(usize::MAX)).collect();
+    let sent = requests() - before;
+    assert!(sent < 5, "{sent} metad requests to list 9 directories of 100 names");
+    assert!(listings.iter().all(|l| l.len() == 100));
+    let here = DirStream::open(&d.join("s0")).read(usize::MAX);
+    assert_eq!(here.len(), 101);
+    assert!(here.iter().any(|(n, _)| n == "symlink") && here.iter().any(|(n, _)| n == "linked"));
+
+    let other = cluster.mount();
+    let there = DirStream::open(&other.join("d/s0")).read(usize::MAX);
+    assert_eq!(there, here, "metad's listing of s0 differs from the mount's");
+    let mut resumed = DirStream::open(&other.join("d/s3"));
+    resumed.seek(listings[2][39].1);
+    assert_eq!(resumed.read(usize::MAX), listings[2][40..], "resumed from the mount's cookie");
+
+    // A listing of s5 started here; another mount's lookup there recalls the lease, and
+    // the listing goes on from metad's answers.
+    let mut cut = DirStream::open(&d.join("s5"));
+    let mut read = cut.read(10);
+    assert!(fs::metadata(other.join("d/s5").join(name(99))).is_ok());
+    read.extend(cut.read(usize::MAX));
+    assert_eq!(read, listings[4], "a listing cut by a recall");
+    drop((cut, resumed, mount, other));
+    assert!(cluster.fsck_clean());
+}
+
 /// A mount killed with changes it answered itself not yet sent: metad keeps the state after
 /// some prefix of them, in order, never a later one without an earlier one, and everything
 /// fsynced before the kill.
