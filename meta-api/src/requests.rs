@@ -254,8 +254,8 @@ pub const MAX_BATCH: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queued {
     /// `MakeNode`, `MakeDir`, `Symlink`, `Link`, `Unlink`, `RemoveDir`, `Rename` (not a
-    /// whiteout), `SetAttr`, `SetXattr`, `RemoveXattr`, or a `CommitWrite` of inline content
-    /// only.
+    /// whiteout), `SetAttr`, `SetXattr`, `RemoveXattr`, or a `CommitWrite` (content inline, or
+    /// chunks prepared and put before the change was queued).
     pub request: MetaRequest,
     /// The number of the inode a `MakeNode`, `MakeDir` or `Symlink` makes, from a block the
     /// session reserved; 0 for other changes.

@@ -102,10 +102,14 @@ impl Fs {
     }
 
     /// close(2): commits everything buffered for the file behind `fh`, unless the release
-    /// that follows may leave that to the background (see [`Fs::defers_commit`]).
+    /// that follows may leave that to the background (see [`Fs::defers_commit`]). Under the
+    /// write lease the commit is queued with the changes made here ([`Fs::commit_here`]):
+    /// the close waits for the chunks to be stored, not for metad.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        if self.defers_commit(&handle.file).await.is_some() {
+        if self.defers_commit(&handle.file).await.is_some()
+            || self.commit_here(&handle.file).await?
+        {
             return Ok(());
         }
         self.flush_handle(&handle).await
@@ -181,29 +185,31 @@ impl Fs {
         self.write_back.done(bytes);
     }
 
-    /// Commits what a closed file buffered (a small file's content, inline) by queuing the
-    /// commit with the changes answered here (`journal.rs`), if it can: answers whether it
-    /// did. Called for commits a close may leave to the background (see
-    /// [`Fs::defers_commit`]).
+    /// Commits what a closed file buffered by storing its chunks (a small file's content
+    /// goes inline) and queuing the commit with the changes answered here (`journal.rs`),
+    /// if it can: answers whether it did. Under the file's write lease only: another mount
+    /// asking for the file recalls the lease, and the recall sends the queue first.
     pub(super) async fn commit_here(&self, file: &OpenFile) -> FsResult<bool> {
         let Some(journal) = &self.journal else { return Ok(false) };
         let mut data = file.data.lock().await;
+        if data.dirty.is_empty() || !self.leases.holds_write(file.ino) {
+            return Ok(false);
+        }
         let pieces = data.dirty.take_all(self.volume.chunk_size);
         let written = match self.io.store(&pieces).await {
-            Ok(written) if written.stored.is_empty() => written,
-            other => {
+            Ok(written) => written,
+            Err(e) => {
                 data.dirty.restore(pieces);
-                return other.map(|_| false);
+                return Err(e);
             }
         };
         let content = written.content();
-        let Written { inline, extents, .. } = written;
+        let Written { stored, inline, extents, .. } = written;
         let end = extents.iter().map(|e| e.end()).max().unwrap_or(0);
         let bytes = extents.iter().map(|e| e.len).sum();
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let ino = file.ino;
         let queued = self.leases.commit_here(ino, (end, bytes), mtime, content, |now| {
-            let stored = Vec::new();
             let commit = DataRequest::CommitWrite { ino, stored, inline, extents, mtime };
             journal.push(Queued { request: commit.into(), ino: 0, now }, &[ino])
         });

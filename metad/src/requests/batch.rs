@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use super::{Caller, Family, Grant, Leasing};
 use crate::server::{MetadServer, Outcome};
 use crate::store::{Batched, Mutation, NewInode, View};
+use shardfs_chunk_api::ChunkId;
 use shardfs_meta_api::proto::{
     AttrRequest, BatchRequest, DataRequest, MAX_BATCH, MetaError, MetaReply, MetaRequest,
     NameRequest, Queued, RenameMode, XattrRequest,
@@ -40,10 +41,15 @@ impl Family for BatchRequest {
 
     fn answer(self, server: &MetadServer, caller: Caller) -> Outcome {
         let BatchRequest::Batch { changes } = self;
+        let committed: Vec<Vec<ChunkId>> = changes.iter().map(committed_chunks).collect();
         let batched = match server.store.batch(caller.holder, changes) {
             Ok(batched) => batched,
             Err(e) => return Outcome::Answered(Err(e)),
         };
+        // Referenced now, as after a `CommitWrite`: refcounts protect these chunks.
+        for chunks in committed.into_iter().take(batched.applied as usize) {
+            server.intents.clear(caller.holder, chunks);
+        }
         // The mount that took an inode's last name drops its lease on it (as after an
         // `Unlink`), or the inode would linger on it.
         if !batched.nameless.is_empty() {
@@ -56,6 +62,16 @@ impl Family for BatchRequest {
         }
         let Batched { applied, failed, made, .. } = batched;
         Outcome::Answered(Ok(MetaReply::Batched { applied, failed, made }))
+    }
+}
+
+/// The chunks a change's commit points at (none for other changes).
+fn committed_chunks(queued: &Queued) -> Vec<ChunkId> {
+    match &queued.request {
+        MetaRequest::Data(DataRequest::CommitWrite { extents, .. }) => {
+            extents.iter().map(|e| e.chunk).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -139,12 +155,9 @@ fn mutation(queued: &Queued) -> Result<Mutation, MetaError> {
         MetaRequest::Xattrs(XattrRequest::RemoveXattr { ino, name, .. }) => {
             Mutation::RemoveXattr { ino, name, now }
         }
-        // Content kept inline only: chunks stored on chunkds are committed as they were
-        // prepared (their write intents end with the commit).
-        MetaRequest::Data(DataRequest::CommitWrite { ino, stored, inline, extents, mtime })
-            if stored.is_empty()
-                && extents.iter().all(|e| inline.iter().any(|i| i.chunk == e.chunk)) =>
-        {
+        // The chunks stored on chunkds were prepared (and so are protected by write
+        // intents) before the change was queued; the intents end once it is applied.
+        MetaRequest::Data(DataRequest::CommitWrite { ino, stored, inline, extents, mtime }) => {
             Mutation::CommitWrite { ino, stored, inline, extents, mtime, now }
         }
         other => return Err(unbatchable(&other)),
