@@ -675,6 +675,11 @@ impl Cluster {
         self.runtime.block_on(f(&client))
     }
 
+    /// How many requests mounts have sent metad so far (`Workers`).
+    pub fn mount_requests(&self) -> u64 {
+        self.query(async |c| c.workers().await).unwrap().mount_requests
+    }
+
     /// Waits until metad reports every running chunkd up at its current address.
     pub fn wait_chunkds_up(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;

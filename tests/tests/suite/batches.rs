@@ -10,20 +10,26 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use shardfs_tests::{Cluster, eventually};
+use shardfs_tests::{Cluster, Mount, eventually};
 
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect()
+}
+
+/// A cluster, and a `-o batch` mount of it that made directory `d`.
+fn batch_mount_with_dir() -> (Cluster, Mount) {
+    let cluster = Cluster::standard();
+    let mount = cluster.mount_with(&["-o", "batch"]);
+    fs::create_dir(mount.join("d")).unwrap();
+    (cluster, mount)
 }
 
 /// Creates, writes, removals and subdirectories in a directory the mount made cost a few
 /// batches, not a request each, and another mount then sees exactly what was done.
 #[test]
 fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
-    let cluster = Cluster::standard();
-    let mount = cluster.mount_with(&["-o", "batch"]);
-    fs::create_dir(mount.join("d")).unwrap();
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let (cluster, mount) = batch_mount_with_dir();
+    let requests = || cluster.mount_requests();
     let before = requests();
     for i in 0..200 {
         fs::write(mount.join(&format!("d/f{i}")), format!("file {i}")).unwrap();
@@ -65,10 +71,8 @@ fn changes_in_a_directory_made_here_go_to_metad_in_batches() {
 #[test]
 fn attribute_changes_of_files_made_here_go_in_batches() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let cluster = Cluster::standard();
-    let mount = cluster.mount_with(&["-o", "batch"]);
-    fs::create_dir(mount.join("d")).unwrap();
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let (cluster, mount) = batch_mount_with_dir();
+    let requests = || cluster.mount_requests();
     let before = requests();
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
     for i in 0..100 {
@@ -115,10 +119,8 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
 #[test]
 fn commits_of_files_stored_on_chunkds_go_in_batches() {
     use std::os::unix::fs::MetadataExt as _;
-    let cluster = Cluster::standard();
-    let mount = cluster.mount_with(&["-o", "batch"]);
-    fs::create_dir(mount.join("d")).unwrap();
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let (cluster, mount) = batch_mount_with_dir();
+    let requests = || cluster.mount_requests();
     let before = requests();
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
     let content = |i: usize| -> Vec<u8> { (0..300_000).map(|b| (b * 7 + i) as u8).collect() };
@@ -209,7 +211,7 @@ fn listings_of_directories_made_here_are_answered_by_the_mount() {
     fs::remove_file(d.join("s0").join(name(1))).unwrap();
     fs::File::open(&d).unwrap().sync_all().unwrap();
 
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let requests = || cluster.mount_requests();
     let before = requests();
     let listings: Vec<Vec<(String, i64)>> =
         (1..10).map(|i| DirStream::open(&d.join(format!("s{i}"))).read(usize::MAX)).collect();

@@ -166,7 +166,7 @@ fn repeated_stats_of_an_unchanged_tree_cost_no_metad_round_trips() {
             paths.push(path);
         }
     }
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let requests = || cluster.mount_requests();
     // What `ls -l` does: list each directory, stat each entry.
     let stat_all = || {
         for d in 0..5 {
@@ -209,7 +209,7 @@ fn rereads_after_the_kernel_dropped_its_pages_cost_no_metad_round_trips() {
         file.write_all(b"x").unwrap();
         file.sync_all().unwrap();
     }
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let requests = || cluster.mount_requests();
     let drop_pages = || fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
     // Their bytes are inline in the layout.
     let read_all = || paths.iter().for_each(|p| assert_eq!(fs::read(mount.join(p)).unwrap(), b"x"));
@@ -230,7 +230,7 @@ fn rereads_after_the_kernel_dropped_its_pages_cost_no_metad_round_trips() {
 fn rereads_and_stats_after_writes_are_served_locally_until_another_mount_writes() {
     let cluster = Cluster::standard();
     let (a, b) = (cluster.mount(), cluster.mount());
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let requests = || cluster.mount_requests();
     let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
     for name in &names {
         // Synced, so no commit left to the background after the close adds a request below.
@@ -290,7 +290,7 @@ fn a_file_unlinked_on_one_mount_stays_usable_where_it_is_open() {
 fn a_directory_changed_here_is_stated_without_metad_and_changes_elsewhere_show() {
     let cluster = Cluster::standard();
     let (a, b) = (cluster.mount(), cluster.mount());
-    let requests = || cluster.query(async |c| c.workers().await).unwrap().mount_requests;
+    let requests = || cluster.mount_requests();
     let dir = b.join("d");
     fs::create_dir(&dir).unwrap();
     let mut last = fs::metadata(&dir).unwrap();
