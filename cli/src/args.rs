@@ -429,7 +429,7 @@ impl ClientArgs {
         let defaults = FsOptions::default();
         let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
         let (atime, dir_atime) = self.flags().atime();
-        let batch = self.flags().batch;
+        let batch = self.flags().batches();
         FsOptions { chunk_cache_bytes: cache, atime, dir_atime, batch, rpc, ..defaults }
     }
 

@@ -49,7 +49,8 @@ pub struct MountFlags {
     /// `metrics_listen=ADDR`: serve this mount's Prometheus metrics at http://ADDR/metrics.
     pub metrics_listen: Option<String>,
     /// `batch`: answer namespace changes under a directory's write lease here and send
-    /// them to metad in batches (`nobatch`, the default for now: send each as it is made).
+    /// them to metad in batches (`nobatch`, the default for now: send each as it is made;
+    /// see [`MountFlags::batches`]).
     pub batch: bool,
 }
 
@@ -99,6 +100,14 @@ impl MountFlags {
             }
         }
         Ok(flags)
+    }
+
+    /// Whether namespace changes go to metad in batches: with `batch`, unless `sync` or
+    /// `dirsync` asks for every directory change to be durable when it returns.
+    pub fn batches(&self) -> bool {
+        let synchronous =
+            self.kernel.iter().any(|o| matches!(o, MountOption::Sync | MountOption::DirSync));
+        self.batch && !synchronous
     }
 
     /// When reads update atime, and whether listing a directory does; the last word wins.
@@ -193,5 +202,13 @@ mod tests {
         assert_eq!(files.tls_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert!(MountFlags::parse("colour=blue").is_err());
         assert!(MountFlags::parse("cache_size=lots").is_err());
+    }
+
+    #[test]
+    fn batches_only_when_asked_and_not_synchronous() {
+        let batches = |list| MountFlags::parse(list).unwrap().batches();
+        assert!(batches("batch") && batches("nobatch,batch") && batches("batch,async"));
+        assert!(!batches("") && !batches("batch,nobatch"));
+        assert!(!batches("batch,sync") && !batches("dirsync,batch"));
     }
 }
