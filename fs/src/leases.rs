@@ -69,6 +69,8 @@ struct Held {
     /// Known to have no access ACL (made here, where no default ACL was inherited), so a
     /// mode change rewrites nothing else: this mount may change its attributes itself.
     no_acl: bool,
+    /// A symlink's target, when this mount made it: readlink needs no request.
+    target: Option<Vec<u8>>,
     /// The file's layout as metad answered it under this lease: later opens read through it
     /// while the kept attributes are those it came with (a change made here answers new
     /// ones or drops them; one made elsewhere recalls the lease).
@@ -494,6 +496,11 @@ impl Leases {
         for listing in listings.filter(|l| l.parent == Some(dir)) {
             listing.parent = None;
         }
+    }
+
+    /// The target of symlink `ino`, if this mount made it.
+    pub fn known_target(&self, ino: Ino) -> Option<Vec<u8>> {
+        self.lock().held.get(&ino)?.target.clone()
     }
 
     /// Whether `ino` is known to have no ACL (see `Held::no_acl`).

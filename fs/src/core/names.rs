@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shardfs_meta_api::proto::{
-    Attr, AttrRequest, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MetaError, NameRequest, Queued,
-    RenameMode, SetAttr, SetTime, Timestamp, Unlinked, names_an_entry,
+    Attr, AttrRequest, Cred, DirEntry, FileKind, Ino, MAX_NAME_LEN, MAX_SYMLINK_LEN, MetaError,
+    NameRequest, Queued, RenameMode, SetAttr, SetTime, Timestamp, Unlinked, names_an_entry,
 };
 use tracing::debug;
 
@@ -154,7 +154,8 @@ impl Fs {
     ) -> FsResult<Attr> {
         // metad gives the creator of a regular file its write lease too.
         let is_file = matches!(mode & libc::S_IFMT, 0 | libc::S_IFREG);
-        if is_file && let Some(attr) = self.make_here(parent, name, FileKind::File, mode, &cred) {
+        let file = (FileKind::File, &[][..]);
+        if is_file && let Some(attr) = self.make_here(parent, name, file, mode, &cred) {
             return Ok(attr);
         }
         let epoch = self.leases.epoch();
@@ -174,7 +175,7 @@ impl Fs {
         mode: u32,
         cred: Cred,
     ) -> FsResult<Attr> {
-        if let Some(attr) = self.make_here(parent, name, FileKind::Dir, mode, &cred) {
+        if let Some(attr) = self.make_here(parent, name, (FileKind::Dir, &[]), mode, &cred) {
             return Ok(attr);
         }
         // metad gives the creator of a directory its write lease too.
@@ -182,13 +183,13 @@ impl Fs {
         self.granting_made(made, parent, name, true).await
     }
 
-    /// Makes a regular file or a directory here, queued for metad, if this mount may (see
-    /// `leases/here.rs`).
+    /// Makes a regular file, a directory or a symlink to `target` here, queued for metad, if
+    /// this mount may (see `leases/here.rs`).
     fn make_here(
         &self,
         parent: Ino,
         name: &[u8],
-        kind: FileKind,
+        (kind, target): (FileKind, &[u8]),
         mode: u32,
         cred: &Cred,
     ) -> Option<Attr> {
@@ -196,12 +197,16 @@ impl Fs {
         if name.len() > MAX_NAME_LEN {
             return None;
         }
-        let new = NewHere { kind, perm: mode & 0o7777, cred: cred.clone() };
+        let perm = if kind == FileKind::Symlink { 0o777 } else { mode & 0o7777 };
+        let new = NewHere { kind, perm, cred: cred.clone(), target: target.to_vec() };
         self.leases.make_here(parent, name, &new, |now| {
             journal.push_made(parent, |ino| {
                 let (name, mode, cred) = (name.to_vec(), mode & 0o7777, cred.clone());
                 let request = match kind {
                     FileKind::Dir => NameRequest::MakeDir { parent, name, mode, cred },
+                    FileKind::Symlink => {
+                        NameRequest::Symlink { parent, name, target: target.to_vec(), cred }
+                    }
                     _ => NameRequest::MakeNode {
                         parent,
                         name,
@@ -242,11 +247,20 @@ impl Fs {
         target: &[u8],
         cred: Cred,
     ) -> FsResult<Attr> {
+        // A target metad refuses (empty, too long) is left to it to refuse.
+        let valid = !target.is_empty() && target.len() <= MAX_SYMLINK_LEN;
+        let symlink = (FileKind::Symlink, target);
+        if valid && let Some(attr) = self.make_here(parent, name, symlink, 0o777, &cred) {
+            return Ok(attr);
+        }
         let made = self.meta.symlink(parent, name, target, cred);
         self.granting_made(made, parent, name, false).await
     }
 
     pub async fn read_link(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        if let Some(target) = self.leases.known_target(ino) {
+            return Ok(target);
+        }
         let target = self.meta.read_link(ino).await;
         target.map_err(|e| FsError::stale_if_gone(e.into()))
     }

@@ -1,6 +1,7 @@
 //! Changes this mount answers itself (see `journal.rs`): in a directory it holds the write
-//! lease on, knows whole and knows to have no default ACL, creates, mkdirs, unlinks and
-//! rmdirs of what it holds the write lease on are checked and made here, and queued for
+//! lease on, knows whole and knows to have no default ACL, creates, mkdirs, symlinks,
+//! unlinks and rmdirs of what it holds the write lease on are checked and made here, and
+//! queued for
 //! metad with the lease table locked, so the queue's order is the order they were made in.
 
 use std::sync::Arc;
@@ -13,12 +14,15 @@ use shardfs_meta_api::proto::{
 use super::listing::{Listing, Named};
 use super::{Held, Leases, State};
 
-/// An inode to make here: a regular file or a directory.
+/// An inode to make here: a regular file, a directory or a symlink.
 pub struct NewHere {
     pub kind: FileKind,
-    /// The mode's permission bits, before the umask.
+    /// The mode's permission bits, before the umask (a symlink's are 0o777, which the umask
+    /// does not touch).
     pub perm: u32,
     pub cred: Cred,
+    /// A symlink's target (empty for the others).
+    pub target: Vec<u8>,
 }
 
 /// Whether `cred` may add and remove names in directory `dir`, from what this mount knows of
@@ -54,9 +58,12 @@ impl Leases {
             return None;
         }
         let is_dir = new.kind == FileKind::Dir;
-        // metad's rules for a new inode in a directory without a default ACL: the umask,
-        // and a set-group-id directory's group (and for a directory, its setgid bit).
-        let mut perm = new.perm & 0o7777 & !new.cred.umask;
+        let is_symlink = new.kind == FileKind::Symlink;
+        // metad's rules for a new inode in a directory without a default ACL: the umask
+        // (not for a symlink), and a set-group-id directory's group (and for a directory,
+        // its setgid bit).
+        let umask = if is_symlink { 0 } else { new.cred.umask };
+        let mut perm = new.perm & 0o7777 & !umask;
         let gid = match u32::from(dir.perm) & libc::S_ISGID {
             0 => new.cred.gid,
             _ => {
@@ -76,7 +83,7 @@ impl Leases {
             perm: perm as u16,
             uid: new.cred.uid,
             gid,
-            size: 0,
+            size: new.target.len() as u64,
             allocated: 0,
             nlink: if is_dir { 2 } else { 1 },
             atime: now,
@@ -98,6 +105,7 @@ impl Leases {
             listing: is_dir.then(|| Listing::empty(parent)),
             plain: is_dir,
             no_acl: true,
+            target: is_symlink.then(|| new.target.clone()),
             ..Held::default()
         };
         state.held.insert(ino, held);

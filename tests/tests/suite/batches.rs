@@ -91,6 +91,11 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
         fs::write(&file, b"copied").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
     }
+    // And a symlink, with its owner and times.
+    std::os::unix::fs::symlink("sub1/s1", source.join("link")).unwrap();
+    let old = nix::sys::time::TimeSpec::new(1_200_000_000, 0);
+    let at = nix::sys::stat::UtimensatFlags::NoFollowSymlink;
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &source.join("link"), &old, &old, at).unwrap();
     let cp =
         std::process::Command::new("cp").arg("-a").arg(&source).arg(mount.join("d/tree")).status();
     assert!(cp.unwrap().success());
@@ -100,6 +105,11 @@ fn attribute_changes_of_files_made_here_go_in_batches() {
     let other = cluster.mount();
     let copied = fs::metadata(other.join("d/tree/sub7/s7")).unwrap();
     assert_eq!((copied.mode() & 0o7777, copied.len()), (0o640, 6));
+    let link = other.join("d/tree/link");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("sub1/s1"));
+    let link = fs::symlink_metadata(&link).unwrap();
+    assert_eq!((link.mode() & 0o7777, link.len(), link.mtime()), (0o777, 7, 1_200_000_000));
+    assert_eq!(fs::read(other.join("d/tree/link")).unwrap(), b"copied");
     for name in ["d/f0", "d/f99"] {
         let (here, there) = (fs::metadata(mount.join(name)), fs::metadata(other.join(name)));
         let (here, there) = (here.unwrap(), there.unwrap());
