@@ -1,8 +1,8 @@
 //! Changes this mount answers itself (see `journal.rs`): in a directory it holds the write
 //! lease on, knows whole and knows to have no default ACL, creates, mkdirs, symlinks,
 //! unlinks and rmdirs of what it holds the write lease on are checked and made here, and
-//! queued for
-//! metad with the lease table locked, so the queue's order is the order they were made in.
+//! queued for metad with the lease table locked, so the queue's order is the order they
+//! were made in.
 
 use std::sync::Arc;
 
