@@ -63,10 +63,11 @@ fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
     let after = (scrape(&metad), scrape(&chunkd), scrape(&client));
 
     // metad: requests by operation, with their latency; the chunkds it knows, up.
-    let commits = r#"shardfs_metad_requests_total{op="CommitWrite",outcome="ok"}"#;
-    assert!(value(&after.0, commits) > value(&before.0, commits), "{:?}", after.0);
-    let timed = r#"shardfs_metad_requests_seconds_count{op="CommitWrite"}"#;
-    assert_eq!(value(&after.0, timed), value(&after.0, commits));
+    // (A write's commit may travel in a `Batch`; its `PrepareWrite` never does.)
+    let prepares = r#"shardfs_metad_requests_total{op="PrepareWrite",outcome="ok"}"#;
+    assert!(value(&after.0, prepares) > value(&before.0, prepares), "{:?}", after.0);
+    let timed = r#"shardfs_metad_requests_seconds_count{op="PrepareWrite"}"#;
+    assert_eq!(value(&after.0, timed), value(&after.0, prepares));
     let up: Vec<_> =
         after.0.iter().filter(|(k, _)| k.starts_with("shardfs_metad_chunkd_up{")).collect();
     assert!(up.len() == 3 && up.iter().all(|(_, v)| **v == 1.0), "{up:?}");
