@@ -2,7 +2,7 @@
 //! the inode it names and its readdir cookie, as metad numbers them, so lookups and
 //! listings of the directory can be answered here with what metad would answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use shardfs_meta_api::proto::Ino;
 
@@ -19,12 +19,14 @@ pub struct Listing {
     /// have moved it.
     pub parent: Option<Ino>,
     names: HashMap<Vec<u8>, Named>,
+    /// The same names by cookie, so a page of a listing is a range, not a sort.
+    by_cookie: BTreeMap<u64, Vec<u8>>,
 }
 
 impl Listing {
     /// The listing of an empty directory in `parent`.
     pub fn empty(parent: Ino) -> Listing {
-        Listing { parent: Some(parent), names: HashMap::new() }
+        Listing { parent: Some(parent), ..Listing::default() }
     }
 
     pub fn get(&self, name: &[u8]) -> Option<Named> {
@@ -40,23 +42,22 @@ impl Listing {
     }
 
     pub fn insert(&mut self, name: &[u8], named: Named) {
+        self.remove(name);
         self.names.insert(name.to_vec(), named);
+        self.by_cookie.insert(named.cookie, name.to_vec());
     }
 
     pub fn remove(&mut self, name: &[u8]) {
-        self.names.remove(name);
+        if let Some(named) = self.names.remove(name) {
+            self.by_cookie.remove(&named.cookie);
+        }
     }
 
     /// Up to `limit` names whose cookies come after `after`, in cookie order: the page of a
     /// listing metad would answer.
     pub fn after(&self, after: u64, limit: usize) -> Vec<(&[u8], Named)> {
-        let mut page: Vec<(&[u8], Named)> = (self.names.iter())
-            .filter(|(_, named)| named.cookie > after)
-            .map(|(name, named)| (name.as_slice(), *named))
-            .collect();
-        page.sort_unstable_by_key(|(_, named)| named.cookie);
-        page.truncate(limit);
-        page
+        let later = self.by_cookie.range(after.saturating_add(1)..);
+        later.take(limit).map(|(_, name)| (name.as_slice(), self.names[name])).collect()
     }
 }
 
