@@ -83,6 +83,7 @@ impl From<&FsError> for Errno {
                 MetaError::ChunkGone(_)
                 | MetaError::Store(_)
                 | MetaError::SessionExpired
+                | MetaError::LeasesLost
                 | MetaError::Unavailable(_)
                 | MetaError::NotLeader(_) => Errno::EIO,
             },

@@ -67,7 +67,7 @@ pub struct Journal {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Entry>,
     /// How many changes were queued in all (the last one's position).
     queued: u64,
     /// Inode numbers reserved and not used yet, in order.
@@ -77,6 +77,13 @@ struct State {
     /// The position (in `queued`) of the last change queued that touches each inode, while
     /// changes wait.
     touched: HashMap<Ino, u64>,
+}
+
+/// A change waiting, with the incarnation of the metad whose leases it was made under.
+#[derive(Clone)]
+struct Entry {
+    change: Queued,
+    leases_of: u64,
 }
 
 /// A block of inode numbers metad reserved, with the readdir cookies of the names made
@@ -122,7 +129,8 @@ impl Journal {
         if state.queue.len() >= MAX_QUEUED {
             return false;
         }
-        state.queue.push_back(change);
+        let leases_of = self.leases.incarnation();
+        state.queue.push_back(Entry { change, leases_of });
         state.queued += 1;
         state.touch(touches);
         drop(state);
@@ -148,7 +156,8 @@ impl Journal {
             state.inos.pop_front();
         }
         let left: u64 = state.inos.iter().map(|b| b.inos.end - b.inos.start).sum();
-        state.queue.push_back(make(ino));
+        let leases_of = self.leases.incarnation();
+        state.queue.push_back(Entry { change: make(ino), leases_of });
         state.queued += 1;
         state.touch(&[parent, ino]);
         drop(state);
@@ -239,18 +248,19 @@ impl Journal {
     /// takes what it applied off the queue.
     async fn send_one(&self) {
         let mut bytes = 0;
-        let changes: Vec<Queued> = (self.state.locked().queue.iter())
+        let (changes, leases_of): (Vec<Queued>, Vec<u64>) = (self.state.locked().queue.iter())
             .take(MAX_BATCH)
-            .take_while(|change| {
-                bytes += size(change);
-                bytes <= MAX_BATCH_BYTES || bytes == size(change)
+            .take_while(|entry| {
+                bytes += size(&entry.change);
+                bytes <= MAX_BATCH_BYTES || bytes == size(&entry.change)
             })
-            .cloned()
-            .collect();
+            .map(|entry| (entry.change.clone(), entry.leases_of))
+            .unzip();
+        let leases_of = leases_of.first().copied().unwrap_or_default();
         let ticket = self.meta.ticket();
         let mut delay = FIRST_RETRY;
         let answer = loop {
-            match self.meta.batch(&ticket, changes.clone()).await {
+            match self.meta.batch(&ticket, changes.clone(), leases_of).await {
                 Ok(answer) => break answer,
                 // The whole request was refused: nothing of it was applied.
                 Err(MetaClientError::Meta(e)) if !transient(&e) => break (0, Some(e)),

@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use fuser::{INodeNo, Notifier};
 use shardfs_meta_api::SessionEvents;
 use shardfs_meta_api::proto::{Access, Attr, DirEntry, Ino, Layout, MetaPush, Timestamp};
 use shardfs_rpc::sync::Lock as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 mod here;
@@ -236,6 +237,11 @@ pub struct Leases {
     state: Mutex<State>,
     notifier: OnceLock<Notifier>,
     recalls: mpsc::UnboundedSender<Ino>,
+    /// The metad that granted the leases held (its incarnation, 0 before the first session):
+    /// changed under the table's lock, as changes are queued under it (`crate::journal`).
+    incarnation: watch::Sender<u64>,
+    /// Whether the connection to metad was lost and no session started on another since.
+    disconnected: AtomicBool,
 }
 
 impl Leases {
@@ -252,11 +258,40 @@ impl Leases {
         }
     }
 
+    /// Takes away every lease held, write leases too: metad may no longer keep other mounts
+    /// from what they cover (see `core/trust.rs`). What they buffered stays buffered, to be
+    /// committed when metad answers again.
+    pub fn distrust_all(&self) {
+        self.forget_all(&mut self.lock());
+    }
+
     /// The lease table and the receiver of inodes whose recall must be settled.
     pub fn new() -> (Leases, mpsc::UnboundedReceiver<Ino>) {
         let (recalls, receiver) = mpsc::unbounded_channel();
-        let leases = Leases { state: Mutex::default(), notifier: OnceLock::new(), recalls };
+        let leases = Leases {
+            state: Mutex::default(),
+            notifier: OnceLock::new(),
+            recalls,
+            incarnation: watch::Sender::new(0),
+            disconnected: AtomicBool::new(false),
+        };
         (leases, receiver)
+    }
+
+    /// The incarnation of the metad that granted the leases held now; read under the
+    /// table's lock, it is that of the leases a change queued there was made under.
+    pub fn incarnation(&self) -> u64 {
+        *self.incarnation.borrow()
+    }
+
+    /// Follows the incarnation of the metad that grants the leases.
+    pub fn incarnations(&self) -> watch::Receiver<u64> {
+        self.incarnation.subscribe()
+    }
+
+    /// Whether the connection to metad was lost and no session has started since.
+    pub fn disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -662,13 +697,19 @@ impl SessionEvents for Leases {
         self.take_away(&mut state, ino, Some(seq));
     }
 
-    fn session_started(&self) {
-        // metad dropped every lease of this mount: so must the kernel's caches.
-        self.forget_all(&mut self.lock());
+    fn session_started(&self, incarnation: u64) {
+        // metad dropped every read lease of this mount, and if it took over from another,
+        // every lease: the kernel's caches go, and what the mount changed under its write
+        // leases is committed as they are settled.
+        let mut state = self.lock();
+        self.forget_all(&mut state);
+        self.incarnation.send_replace(incarnation);
+        self.disconnected.store(false, Ordering::SeqCst);
     }
 
     fn connection_lost(&self) {
         // metad dropped the read leases: nothing may be served from them any more.
+        self.disconnected.store(true, Ordering::SeqCst);
         self.distrust();
     }
 }

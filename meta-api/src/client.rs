@@ -53,6 +53,7 @@ fn follows_batches(request: &MetaRequest) -> bool {
                 SessionRequest::ReserveInos { .. }
                     | SessionRequest::ReleaseLease { .. }
                     | SessionRequest::Heartbeat
+                    | SessionRequest::ReclaimDone
             )
             | MetaRequest::Data(DataRequest::PrepareWrite { .. } | DataRequest::ReadInline { .. })
     )
@@ -107,8 +108,10 @@ pub trait SessionEvents: Send + Sync {
     /// metad pushed `push`. Called in arrival order on the task reading the connection:
     /// must not block.
     fn pushed(&self, push: MetaPush);
-    /// A session was opened or resumed on a new connection: metad holds no lease for it.
-    fn session_started(&self);
+    /// A session was opened or resumed on a new connection, answered by the metad named
+    /// `incarnation`: it holds no read lease for the session, and if it is not the metad
+    /// that answered before, none at all (see `ReclaimDone`).
+    fn session_started(&self, incarnation: u64);
     /// The connection the session used is gone: metad drops the session's read leases at
     /// once (write leases last until the session expires).
     fn connection_lost(&self);
@@ -135,10 +138,10 @@ impl Hello for SessionHello {
         if let Some(leader) = not_leader(&response) {
             return Err(shardfs_rpc::Error::NotLeader { addr: String::new(), leader });
         }
-        let Ok(MetaReply::Session { id, timeout_ms }) = response else {
+        let Ok(MetaReply::Session { id, timeout_ms, incarnation }) = response else {
             return Err(shardfs_rpc::Error::BadFrame(format!("session refused: {response:?}")));
         };
-        self.adopt(id, timeout_ms);
+        self.adopt(id, timeout_ms, incarnation);
         Ok(())
     }
 
@@ -149,7 +152,7 @@ impl Hello for SessionHello {
 
 impl SessionHello {
     /// Records the session metad granted.
-    fn adopt(&self, id: u64, timeout_ms: u64) {
+    fn adopt(&self, id: u64, timeout_ms: u64, incarnation: u64) {
         let previous = self.id.swap(id, Ordering::Relaxed);
         if previous == 0 {
             info!(id, "metad session opened");
@@ -157,7 +160,7 @@ impl SessionHello {
             warn!(previous, id, "metad session expired: its locks and open files were released");
         }
         *self.timeout.locked() = Duration::from_millis(timeout_ms);
-        self.events.session_started();
+        self.events.session_started(incarnation);
     }
 }
 
@@ -242,18 +245,32 @@ impl MetaClient {
 
     /// Keeps the session alive; after an expiry, opens a new one.
     pub async fn heartbeat(&self) -> Result<()> {
-        match self.call(SessionRequest::Heartbeat).await {
+        self.heartbeat_within(self.rpc.request_timeout()).await
+    }
+
+    /// A heartbeat that gives up on a replica that does not answer within `timeout` and
+    /// looks for the leader elsewhere: how a mount finds out soon that its leader is gone.
+    pub async fn heartbeat_within(&self, timeout: Duration) -> Result<()> {
+        let ticket = self.ticket();
+        let heartbeat = SessionRequest::Heartbeat.into();
+        match self.send_numbered(&ticket, heartbeat, Some(timeout)).await {
             Err(MetaClientError::Meta(MetaError::SessionExpired)) => {
                 let Some(session) = &self.session else { return Ok(()) };
                 let request =
                     SessionRequest::OpenSession { host: session.host.clone(), resume: None };
-                let (id, timeout_ms) = call!(self, request, "open session",
-                    MetaReply::Session { id, timeout_ms } => (id, timeout_ms))?;
-                session.adopt(id, timeout_ms);
+                let (id, timeout_ms, incarnation) = call!(self, request, "open session",
+                    MetaReply::Session { id, timeout_ms, incarnation } => (id, timeout_ms, incarnation))?;
+                session.adopt(id, timeout_ms, incarnation);
                 Ok(())
             }
             other => other.map(drop),
         }
+    }
+
+    /// Tells a metad that took over that this mount has sent what it changed under the
+    /// leases of the one before.
+    pub async fn reclaim_done(&self) -> Result<()> {
+        call!(self, SessionRequest::ReclaimDone, "reclaim done", MetaReply::Done => ())
     }
 
     /// Ends the session: metad releases what it held at once.
@@ -296,7 +313,8 @@ impl MetaClient {
             barrier.passed().await?;
         }
         let ticket = self.ticket();
-        self.send_numbered(&ticket, request, unbounded).await
+        let timeout = (!unbounded).then(|| self.rpc.request_timeout());
+        self.send_numbered(&ticket, request, timeout).await
     }
 
     /// A number for a request, kept until the ticket is dropped.
@@ -309,11 +327,10 @@ impl MetaClient {
         &self,
         ticket: &Ticket<'_>,
         request: MetaRequest,
-        unbounded: bool,
+        timeout: Option<Duration>,
     ) -> Result<MetaReply> {
         let seq = ticket.0.1;
         let envelope = Envelope { seq, request };
-        let timeout = if unbounded { None } else { Some(self.rpc.request_timeout()) };
         let sent = Instant::now();
         let response: MetaResponse = self.rpc.call_within(&envelope, timeout, not_leader).await?;
         let mut confirmed = self.confirmed.locked();
@@ -525,9 +542,10 @@ impl MetaClient {
         &self,
         ticket: &Ticket<'_>,
         changes: Vec<Queued>,
+        leases_of: u64,
     ) -> Result<(u32, Option<MetaError>)> {
-        let request = BatchRequest::Batch { changes }.into();
-        match self.send_numbered(ticket, request, false).await? {
+        let request = BatchRequest::Batch { changes, leases_of }.into();
+        match self.send_numbered(ticket, request, Some(self.rpc.request_timeout())).await? {
             MetaReply::Batched { applied, failed, .. } => Ok((applied, failed)),
             _ => Err(MetaClientError::UnexpectedReply("batch")),
         }

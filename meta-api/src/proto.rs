@@ -584,10 +584,13 @@ pub enum MetaReply {
     Fsck(FsckReport),
     Chunks(Vec<ChunkLocation>),
     Workers(WorkerStatus),
-    /// The session a connection acts for, and how long it may stay silent before it expires.
+    /// The session a connection acts for, and how long it may stay silent before it expires;
+    /// `incarnation` names the metad answering (a new one with each leader's term and each
+    /// restart), whose leases the session holds from now on.
     Session {
         id: u64,
         timeout_ms: u64,
+        incarnation: u64,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Drained {
@@ -677,7 +680,18 @@ pub enum MetaError {
     /// metad's own disk is full: changes that need room are refused; deletions still work.
     #[error("metad's disk is full")]
     MetadataFull,
+    /// Changes made under leases of a metad that another replaced (a failover or restart),
+    /// sent after the new one's grace period for them ended: other mounts may have changed
+    /// the same files since, so they are not applied.
+    #[error("changes made under leases lost in a metad failover, sent after its grace period")]
+    LeasesLost,
 }
+
+/// How long a metad that took over (a new leader, or a restart) waits for the mounts whose
+/// sessions it took up to send what they changed under the old one's leases, before it
+/// answers anyone else; it stops waiting as soon as each has (`ReclaimDone`). A mount that
+/// cannot reach metad for this long stops serving from its write leases.
+pub const RECLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A request as it travels to metad: a mount's requests carry their number in the session,
 /// so that one retried on another replica after a failover is applied once and gets its

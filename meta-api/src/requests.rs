@@ -230,6 +230,11 @@ pub enum SessionRequest {
     /// number the inodes it makes in its batches, with as many readdir cookies for their
     /// names; answers `Inos`. Numbers never used are skipped, as those of deleted inodes are.
     ReserveInos { count: u32 },
+    /// After resuming its session on a metad that took over from another (a new leader,
+    /// or a restart: [`MetaReply::Session`]'s `incarnation` changed), the mount has sent
+    /// every change it made under the leases the old one granted: metad's grace period
+    /// need not wait for it any more (docs/SEMANTICS.md, "Failover").
+    ReclaimDone,
 }
 
 /// Most inode numbers one `ReserveInos` hands out.
@@ -242,8 +247,11 @@ pub enum BatchRequest {
     /// Changes a mount answered itself under its write leases, in the order it answered
     /// them (at most [`MAX_BATCH`]): applied in that order in one transaction, stopping at
     /// the first that fails, whose error the answer (`Batched`) carries; those before it
-    /// stay applied. Numbered like any request, so a retry applies it once.
-    Batch { changes: Vec<Queued> },
+    /// stay applied. Numbered like any request, so a retry applies it once. `leases_of`
+    /// is the incarnation of the metad that granted the leases the first change was made
+    /// under: one that is not this metad's is accepted only from a session reclaiming in
+    /// its grace period, and refused (`LeasesLost`) after it.
+    Batch { changes: Vec<Queued>, leases_of: u64 },
 }
 
 /// Most changes one `Batch` carries.

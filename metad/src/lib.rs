@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod fair;
 pub mod gc;
+pub mod grace;
 pub mod intents;
 pub mod leases;
 pub mod locks;

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::fair::FairGate;
 use crate::gc::GcStats;
+use crate::grace::Grace;
 use crate::intents::Intents;
 use crate::leases::{Bar, Conflict, Leases, Need, Table};
 use crate::locks::LockTable;
@@ -35,6 +36,8 @@ pub struct MetadServer {
     pub(crate) gc: Arc<GcStats>,
     pub(crate) sessions: Sessions,
     pub(crate) leases: Leases,
+    /// Waits for the mounts whose sessions this server took up (see `crate::grace`).
+    pub(crate) grace: Grace,
     mount_requests: std::sync::atomic::AtomicU64,
     /// Whether leases on lingering files are being recalled (`reclaim_lingered`).
     recalling_lingered: AtomicBool,
@@ -93,8 +96,10 @@ impl MetadServer {
         auth: DaemonAuth,
     ) -> MetadServer {
         let sessions = Sessions::new(limits);
+        let grace = Grace::new(holdings.sessions.iter().map(|(holder, _)| *holder));
         sessions.restore(holdings.sessions);
         MetadServer {
+            grace,
             auth,
             locks: LockTable::recorded(store.clone(), holdings.locks),
             store,
@@ -571,6 +576,7 @@ impl Handler for MetadServer {
         {
             self.mount_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        self.grace.admit(holder, &request).await;
         // Tries of a read that found what it read changing, and what it then bars.
         let (mut stale_reads, mut bar) = (0, None);
         loop {

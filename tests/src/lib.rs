@@ -953,6 +953,33 @@ pub fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
     matches!(stream.read(&mut [0u8; 64]), Ok(0) | Err(_))
 }
 
+/// A process stopped with SIGSTOP, every thread of it, and continued when dropped: a test
+/// that fails on the way must not leave it stopped (a mount's unmount would wait for it).
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn stop(pid: u32) -> Stopped {
+        let target = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+        let stopped = Stopped(pid);
+        // kill(2) returns before every thread has stopped: one may still answer a request
+        // sent after this returns.
+        eventually("the process to stop", || all_threads_stopped(pid));
+        stopped
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let target = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// Whether every thread of process `pid` is stopped (state `T` in `/proc`).
 fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };

@@ -170,9 +170,8 @@ impl Fs {
         });
         tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
         tokio::spawn(accesses::send_accesses_in_time(Arc::downgrade(&fs)));
-        if fs.meta.replicas().len() > 1 {
-            tokio::spawn(trust::keep_leases_trusted(Arc::downgrade(&fs)));
-        }
+        tokio::spawn(trust::keep_leases_trusted(Arc::downgrade(&fs)));
+        tokio::spawn(trust::reclaim_after_takeovers(Arc::downgrade(&fs)));
         Ok(fs)
     }
 
@@ -195,20 +194,8 @@ impl Fs {
     pub async fn close(&self) {
         // close(2) leaves a file's last writes to the release that follows it, which the
         // kernel sends in the background; an unmount drops releases still queued. What
-        // such files buffered is committed here. (A commit already under way for a file
-        // finds nothing left to do, or the other way round.)
-        let open: Vec<Arc<OpenFile>> =
-            self.files.locked().values().map(|(f, _)| f.clone()).collect();
-        for file in open {
-            let mut data = file.data.lock().await;
-            match self.flush_locked(&file, &mut data, true).await {
-                // Unlinked meanwhile: nothing can read what it buffered.
-                Ok(()) | Err(FsError::Meta(MetaError::NotFound)) => {}
-                Err(e) => {
-                    warn!(ino = file.ino, "unmounting: last writes of an open file lost: {e}")
-                }
-            }
-        }
+        // such files buffered is committed here.
+        self.commit_open_files("unmounting", true).await;
         let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
         if let Err(e) = self.flush_journal().await {
             warn!("unmounting: changes answered here not all made at metad: {e}");
@@ -221,6 +208,37 @@ impl Fs {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("cannot close the metad session (it will expire): {e}"),
             Err(_) => warn!("metad did not answer the session close in {CLOSE_TIMEOUT:?}"),
+        }
+    }
+
+    /// Commits what every open file buffered; `when` says in the log when a commit failed.
+    /// (A commit already under way for a file finds nothing left to do, or the other way
+    /// round.) Without `wait`, a file another operation is busy with is left to it.
+    async fn commit_open_files(&self, when: &str, wait: bool) {
+        let open: Vec<Arc<OpenFile>> =
+            self.files.locked().values().map(|(f, _)| f.clone()).collect();
+        for file in open {
+            let mut data = match file.data.try_lock() {
+                Ok(data) => data,
+                Err(_) if wait => file.data.lock().await,
+                Err(_) => continue,
+            };
+            match self.flush_locked(&file, &mut data, true).await {
+                // Unlinked meanwhile: nothing can read what it buffered.
+                Ok(()) | Err(FsError::Meta(MetaError::NotFound)) => {}
+                Err(e) => {
+                    warn!(ino = file.ino, "{when}: writes an open file buffered not committed: {e}")
+                }
+            }
+        }
+    }
+
+    /// Waits until the namespace changes answered here so far are answered by metad,
+    /// leaving a refusal to be reported by the next `fsync`.
+    async fn flush_journal_sent(&self) -> FsResult<()> {
+        match &self.journal {
+            Some(journal) => Ok(journal.sent().await?),
+            None => Ok(()),
         }
     }
 

@@ -19,7 +19,7 @@ use shardfs_meta_api::proto::{
 impl Family for BatchRequest {
     /// Only the batch's shape: each change's own check is made as the batch is applied.
     fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
-        let BatchRequest::Batch { changes } = self;
+        let BatchRequest::Batch { changes, .. } = self;
         if changes.len() > MAX_BATCH {
             return Err(MetaError::Invalid(format!("a batch of more than {MAX_BATCH} changes")));
         }
@@ -28,7 +28,7 @@ impl Family for BatchRequest {
 
     /// What each change needs, once each.
     fn leasing(&self) -> Leasing<'_> {
-        let BatchRequest::Batch { changes } = self;
+        let BatchRequest::Batch { changes, .. } = self;
         let mut needs = Vec::new();
         let mut seen = HashSet::new();
         for queued in changes {
@@ -40,7 +40,14 @@ impl Family for BatchRequest {
     }
 
     fn answer(self, server: &MetadServer, caller: Caller) -> Outcome {
-        let BatchRequest::Batch { changes } = self;
+        let BatchRequest::Batch { changes, leases_of } = self;
+        // Made under leases this server never granted: other mounts may have changed the
+        // same files since, unless the grace period still keeps them waiting. Checked here,
+        // inside the request's number: a retry of a batch applied in the grace period gets
+        // its first answer.
+        if leases_of != server.grace.incarnation() && !server.grace.reclaiming(caller.holder) {
+            return Outcome::Answered(Err(MetaError::LeasesLost));
+        }
         let committed: Vec<Vec<ChunkId>> = changes.iter().map(committed_chunks).collect();
         let batched = match server.store.batch(caller.holder, changes) {
             Ok(batched) => batched,

@@ -23,7 +23,8 @@ impl Family for SessionRequest {
             | SessionRequest::OpenFile { .. }
             | SessionRequest::ReleaseFile { .. }
             | SessionRequest::WriteLease { .. }
-            | SessionRequest::ReleaseLease { .. } => Ok(()),
+            | SessionRequest::ReleaseLease { .. }
+            | SessionRequest::ReclaimDone => Ok(()),
             SessionRequest::ReserveInos { count } => match *count {
                 1..=MAX_RESERVED_INOS => Ok(()),
                 _ => Err(MetaError::Invalid(format!(
@@ -48,7 +49,8 @@ impl Family for SessionRequest {
             | SessionRequest::OpenFile { .. }
             | SessionRequest::ReleaseFile { .. }
             | SessionRequest::ReleaseLease { .. }
-            | SessionRequest::ReserveInos { .. } => Leasing::Uncovered,
+            | SessionRequest::ReserveInos { .. }
+            | SessionRequest::ReclaimDone => Leasing::Uncovered,
         }
     }
 
@@ -71,10 +73,12 @@ fn reply(
             if let Some(implicit) = replaced {
                 server.release_session(implicit);
             }
-            // A mount (re)connecting starts with empty caches.
-            leases.release_holder(id);
+            // A mount (re)connecting starts with empty caches. Its write leases stay until
+            // it gives them back when they are recalled, having sent what it changed under
+            // them (which it may still have to).
+            leases.release_reads(id);
             let timeout_ms = sessions.timeout().as_millis() as u64;
-            MetaReply::Session { id, timeout_ms }
+            MetaReply::Session { id, timeout_ms, incarnation: server.grace.incarnation() }
         }
         SessionRequest::Heartbeat => match sessions.is_explicit(holder) {
             true => MetaReply::Done,
@@ -110,6 +114,10 @@ fn reply(
         }
         SessionRequest::ReleaseLease { ino, seq } => {
             leases.release(holder, ino, seq);
+            MetaReply::Done
+        }
+        SessionRequest::ReclaimDone => {
+            server.grace.done(holder);
             MetaReply::Done
         }
         // Only a mount's session is recorded, and so keeps its numbers across a restart.

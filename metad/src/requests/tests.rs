@@ -167,8 +167,21 @@ fn a_batch_recalls_what_its_changes_need_and_grants_its_mount_what_they_made() {
             Queued { request: make("new").into(), ino: first, now },
             Queued { request: unlink.into(), ino: 0, now },
         ],
+        leases_of: server.grace.incarnation(),
     }
     .into();
+    // Made under another metad's leases, with no grace period to send them in: refused.
+    let stale = match batch.clone() {
+        MetaRequest::Batches(BatchRequest::Batch { changes, .. }) => {
+            BatchRequest::Batch { changes, leases_of: server.grace.incarnation() + 2 }
+        }
+        other => panic!("{other:?}"),
+    };
+    server.leases.release_holder(b.holder);
+    let refused = server.answer_leased(stale.into(), a);
+    assert!(matches!(refused, Outcome::Answered(Err(MetaError::LeasesLost))));
+    let f_again = answered(server.answer_leased(lookup(d, "f").into(), b));
+    assert!(matches!(f_again, MetaReply::Attr(attr) if attr.ino == f), "nothing was applied");
     // What b caches of d and f gives way first.
     match server.answer_leased(batch.clone(), a) {
         Outcome::Recall(_, conflicts) => {

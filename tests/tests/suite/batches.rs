@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use shardfs_tests::{Cluster, Mount, eventually};
+use shardfs_tests::{Cluster, Mount, Stopped, eventually};
 
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect()
@@ -334,6 +334,76 @@ fn batches_on_their_way_through_a_leaders_loss_are_applied_once() {
     assert_eq!(fs::read(other.join("d/f7")).unwrap(), b"file 7");
     drop((mount, other));
     cluster.start_replica(leader);
+    eventually("fsck to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// A group of three, a `-o batch` mount that made `d/f` (synced), another mount that has
+/// not looked at it, and the group's leader frozen: the first mount's next changes are
+/// answered there and stuck on their way to the leader.
+fn leader_frozen_under_a_batch_mount() -> (Cluster, Mount, Mount, Stopped) {
+    let cluster = Cluster::start_group(3, 3, 2, 1);
+    let (a, b) = (cluster.mount_with(&["-o", "batch"]), cluster.mount());
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/f"), "before").unwrap();
+    fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
+    let leader = cluster.replicas[cluster.leader()].process.as_ref().unwrap().pid();
+    let frozen = Stopped::stop(leader);
+    (cluster, a, b, frozen)
+}
+
+/// Overwrites `d/f` (same length, no truncation) and makes `d/g` on `mount`: both answered
+/// there under its write leases.
+fn change_here(mount: &Mount, content: &str) {
+    let mut f = fs::OpenOptions::new().write(true).open(mount.join("d/f")).unwrap();
+    f.write_all(content.as_bytes()).unwrap();
+    drop(f);
+    fs::write(mount.join("d/g"), content).unwrap();
+}
+
+/// Changes a mount answered under its write leases just before its leader froze reach the
+/// new leader before any other mount is answered (the new leader's grace period), even when
+/// the mount is slower to come back than the other (its process stopped for a while): the
+/// other mount sees them, changes the file after them, and the first mount then reads that.
+#[test]
+fn changes_made_before_a_leaders_loss_reach_the_new_leader_before_other_mounts() {
+    let (cluster, a, b, frozen) = leader_frozen_under_a_batch_mount();
+    change_here(&a, "QUEUED");
+    let stopped = Stopped::stop(a.pid().unwrap());
+    let seen = std::thread::scope(|scope| {
+        let seen = scope.spawn(|| ["d/f", "d/g"].map(|name| fs::read_to_string(b.join(name))));
+        // Long enough for the other mount to find the new leader and ask it (without the
+        // grace period it would read the old content meanwhile), well inside the period.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(stopped);
+        seen.join().unwrap()
+    });
+    assert_eq!(seen.map(Result::unwrap), ["QUEUED", "QUEUED"]);
+    fs::write(b.join("d/f"), "from b").unwrap();
+    assert_eq!(fs::read_to_string(a.join("d/f")).unwrap(), "from b");
+    fs::File::open(a.join("d")).unwrap().sync_all().expect("nothing refused");
+    drop((a, b, frozen));
+    eventually("fsck to find nothing wrong", || cluster.fsck_clean());
+}
+
+/// A mount that cannot send what it changed before its leader froze until the new leader's
+/// grace period is over (its own process stopped meanwhile) has those changes refused: the
+/// next fsync reports EIO, and it then shows what other mounts did instead of its own
+/// changes, which never reach metad after another mount's.
+#[test]
+fn changes_sent_after_the_grace_period_are_refused_and_reported() {
+    let (cluster, a, b, frozen) = leader_frozen_under_a_batch_mount();
+    change_here(&a, "LATE!!");
+    let stopped = Stopped::stop(a.pid().unwrap());
+    assert_eq!(fs::read_to_string(b.join("d/f")).unwrap(), "before");
+    assert!(!b.join("d/g").exists());
+    fs::write(b.join("d/f"), "from b").unwrap();
+    drop(stopped);
+    let synced = fs::File::open(a.join("d")).unwrap().sync_all();
+    assert_eq!(synced.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    assert_eq!(fs::read_to_string(a.join("d/f")).unwrap(), "from b");
+    assert!(!a.join("d/g").exists());
+    assert_eq!(fs::read_to_string(b.join("d/f")).unwrap(), "from b");
+    drop((a, b, frozen));
     eventually("fsck to find nothing wrong", || cluster.fsck_clean());
 }
 

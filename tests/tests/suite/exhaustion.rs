@@ -16,7 +16,7 @@ struct Deaf;
 
 impl SessionEvents for Deaf {
     fn pushed(&self, _: MetaPush) {}
-    fn session_started(&self) {}
+    fn session_started(&self, _: u64) {}
     fn connection_lost(&self) {}
 }
 
