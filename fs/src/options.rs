@@ -48,10 +48,10 @@ pub struct MountFlags {
     pub tls_ca: Option<std::path::PathBuf>,
     /// `metrics_listen=ADDR`: serve this mount's Prometheus metrics at http://ADDR/metrics.
     pub metrics_listen: Option<String>,
-    /// `batch`: answer namespace changes under a directory's write lease here and send
-    /// them to metad in batches (`nobatch`, the default for now: send each as it is made;
-    /// see [`MountFlags::batches`]).
-    pub batch: bool,
+    /// `nobatch`: send every namespace change to metad as it is made, instead of answering
+    /// those under a directory's write lease here and sending them in batches (`batch`,
+    /// the default; see [`MountFlags::batches`]).
+    pub nobatch: bool,
 }
 
 impl MountFlags {
@@ -68,8 +68,8 @@ impl MountFlags {
                 ("rw", None) => flags.read_only = false,
                 ("remount", None) => flags.remount = true,
                 ("nonempty", None) => flags.nonempty = true,
-                ("batch", None) => flags.batch = true,
-                ("nobatch", None) => flags.batch = false,
+                ("batch", None) => flags.nobatch = false,
+                ("nobatch", None) => flags.nobatch = true,
                 ("allow_other", None) => flags.allow_other = true,
                 ("secret_file", Some(path)) => flags.secret_file = Some(path.into()),
                 ("tls_ca", Some(path)) => flags.tls_ca = Some(path.into()),
@@ -102,12 +102,12 @@ impl MountFlags {
         Ok(flags)
     }
 
-    /// Whether namespace changes go to metad in batches: with `batch`, unless `sync` or
+    /// Whether namespace changes go to metad in batches: unless `nobatch`, or `sync` or
     /// `dirsync` asks for every directory change to be durable when it returns.
     pub fn batches(&self) -> bool {
         let synchronous =
             self.kernel.iter().any(|o| matches!(o, MountOption::Sync | MountOption::DirSync));
-        self.batch && !synchronous
+        !self.nobatch && !synchronous
     }
 
     /// When reads update atime, and whether listing a directory does; the last word wins.
@@ -205,10 +205,10 @@ mod tests {
     }
 
     #[test]
-    fn batches_only_when_asked_and_not_synchronous() {
+    fn batches_unless_told_not_to_or_synchronous() {
         let batches = |list| MountFlags::parse(list).unwrap().batches();
-        assert!(batches("batch") && batches("nobatch,batch") && batches("batch,async"));
-        assert!(!batches("") && !batches("batch,nobatch"));
+        assert!(batches("") && batches("batch") && batches("nobatch,batch") && batches("async"));
+        assert!(!batches("nobatch") && !batches("batch,nobatch"));
         assert!(!batches("batch,sync") && !batches("dirsync,batch"));
     }
 }

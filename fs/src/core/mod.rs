@@ -55,7 +55,7 @@ pub struct FsOptions {
     /// Whether listing a directory updates its atime (off with `nodiratime`).
     pub dir_atime: bool,
     /// Whether namespace changes under a directory's write lease are answered here and
-    /// sent in batches (`journal.rs`; the `batch` mount option).
+    /// sent in batches (`journal.rs`; on unless the `nobatch` mount option).
     pub batch: bool,
     pub rpc: ClientOptions,
 }
@@ -67,7 +67,7 @@ impl Default for FsOptions {
             dirty_flush_bytes: 16 * 1024 * 1024,
             atime: AtimePolicy::Relative,
             dir_atime: true,
-            batch: false,
+            batch: true,
             rpc: ClientOptions::default(),
         }
     }
