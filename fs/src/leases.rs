@@ -410,13 +410,21 @@ impl Leases {
             .collect()
     }
 
-    /// A batch from [`Leases::accesses_to_send`] was answered (recorded, or given up on):
-    /// its updates are no longer shown here, except those overtaken by a later read.
-    pub fn accesses_sent(&self, sent: &[Access]) {
+    /// A batch from [`Leases::accesses_to_send`] was answered (`recorded`, or given up on):
+    /// its updates are no longer waiting, except those overtaken by a later read. What metad
+    /// recorded is kept in the attributes held under the leases, as metad now has them:
+    /// otherwise the next read would find the atime due again (relatime), move it once more
+    /// and have the kernel ask for the attributes again.
+    pub fn accesses_sent(&self, sent: &[Access], recorded: bool) {
         let mut state = self.lock();
         for access in sent {
             if state.accessed.get(&access.ino).is_some_and(|a| a.sending && a.at == access.at) {
                 state.accessed.remove(&access.ino);
+            }
+            if recorded
+                && let Some(attr) = state.held.get_mut(&access.ino).and_then(|h| h.attr.as_mut())
+            {
+                attr.atime = attr.atime.max(access.at);
             }
         }
     }

@@ -53,10 +53,14 @@ impl Fs {
             return;
         }
         let strict = self.options.atime == AtimePolicy::Always;
-        if let Err(e) = self.meta.accessed_at(batch.clone(), strict).await {
-            debug!(updates = batch.len(), "atime updates not recorded: {e}");
-        }
-        self.leases.accesses_sent(&batch);
+        let recorded = match self.meta.accessed_at(batch.clone(), strict).await {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(updates = batch.len(), "atime updates not recorded: {e}");
+                false
+            }
+        };
+        self.leases.accesses_sent(&batch, recorded);
     }
 }
 

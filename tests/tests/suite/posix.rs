@@ -465,6 +465,14 @@ fn relatime_and_noatime() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::read(&path).unwrap();
     assert_eq!(precise(&path), first);
+    // So does one after metad recorded it (an fsync sends the mount's atime updates), the
+    // attributes the mount keeps included.
+    fs::File::open(&path).unwrap().sync_all().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::read(&path).unwrap();
+    assert_eq!(precise(&path), first, "a recorded atime was moved again");
+    shardfs_tests::sh("echo 2 > /proc/sys/vm/drop_caches");
+    assert_eq!(precise(&path), first, "the mount shows the atime metad recorded");
     // Mounted strictatime, every read (open and read) updates it.
     let strict = cluster.mount_with(&["-o", "strictatime"]);
     fs::read(strict.join("f")).unwrap();
