@@ -27,20 +27,24 @@ const SEND_AT: usize = 512;
 
 impl Fs {
     /// A read of `ino`, whose attributes this mount knows as `attr`: moves its atime if the
-    /// mount's atime policy says so, here at once and at metad later.
-    pub(super) fn note_read(&self, ino: Ino, attr: &Attr) {
+    /// mount's atime policy says so, here at once and at metad later; answers whether it
+    /// did. The kernel itself stops trusting the atime it caches after a read or a listing
+    /// it sent here (`fuse_invalidate_atime`), so its next stat asks for it; the caller of a
+    /// read that did not reach here must drop the kernel's attributes itself. (Dropping them
+    /// all after every read made the kernel ask for them again at each read's end, to check
+    /// the size: one more round trip per file read.)
+    pub(super) fn note_read(&self, ino: Ino, attr: &Attr) -> bool {
         if self.atime_update(Some(&self.leases.shown(attr))).is_none() {
-            return;
+            return false;
         }
         let waiting = self.leases.accessed(ino, Timestamp::now());
-        // A stat the kernel answers from its cache would show the old atime.
-        self.leases.forget_kernel_attrs(ino);
         // Once as the count reaches it, not at every read while a batch is on its way.
         if waiting == SEND_AT
             && let Some(me) = self.me.upgrade()
         {
             tokio::spawn(async move { me.send_accesses(None).await });
         }
+        true
     }
 
     /// Sends the atime updates waiting (those of `only`, or all) and waits for metad's

@@ -392,7 +392,9 @@ impl Fs {
         };
         if after == 0 && self.options.dir_atime {
             match self.leases.cached_attr(ino) {
-                Some(attr) => self.note_read(ino, &attr),
+                Some(attr) => {
+                    self.note_read(ino, &attr);
+                }
                 // In the background: without the directory's attributes at hand, metad
                 // decides whether the atime moves.
                 None => {

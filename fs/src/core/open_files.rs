@@ -147,7 +147,12 @@ impl Fs {
         // their first read would make is made now.
         if reading && self.leases.pages_valid(ino) {
             match self.leases.cached_attr(ino) {
-                Some(attr) => self.note_read(ino, &attr),
+                // Those reads will not make the kernel drop its cached atime either.
+                Some(attr) => {
+                    if self.note_read(ino, &attr) {
+                        self.leases.forget_kernel_attrs(ino);
+                    }
+                }
                 None => {
                     if let Some(strict) = self.atime_update(None) {
                         match update_atime(&self.meta, &self.leases, ino, strict).await {

@@ -473,6 +473,17 @@ fn relatime_and_noatime() {
     assert_eq!(precise(&path), first, "a recorded atime was moved again");
     shardfs_tests::sh("echo 2 > /proc/sys/vm/drop_caches");
     assert_eq!(precise(&path), first, "the mount shows the atime metad recorded");
+    // A read that reaches the mount (another mount's first, with no pages kept) shows its
+    // atime at once too.
+    shardfs_tests::sh(&format!("touch -a -d '2001-01-01 UTC' {}", path.display()));
+    let reader = cluster.mount();
+    let read_there = reader.join("f");
+    assert!(fs::metadata(&read_there).unwrap().atime() < 1_000_000_000);
+    fs::read(&read_there).unwrap();
+    assert!(
+        fs::metadata(&read_there).unwrap().atime() > 1_700_000_000,
+        "atime not updated by a read the mount served"
+    );
     // Mounted strictatime, every read (open and read) updates it.
     let strict = cluster.mount_with(&["-o", "strictatime"]);
     fs::read(strict.join("f")).unwrap();
