@@ -247,16 +247,20 @@ impl Journal {
     /// Sends the oldest queued changes (as many as a batch takes) until metad answers, and
     /// takes what it applied off the queue.
     async fn send_one(&self) {
-        let mut bytes = 0;
-        let (changes, leases_of): (Vec<Queued>, Vec<u64>) = (self.state.locked().queue.iter())
-            .take(MAX_BATCH)
-            .take_while(|entry| {
-                bytes += size(&entry.change);
-                bytes <= MAX_BATCH_BYTES || bytes == size(&entry.change)
-            })
-            .map(|entry| (entry.change.clone(), entry.leases_of))
-            .unzip();
-        let leases_of = leases_of.first().copied().unwrap_or_default();
+        // The batch goes as made under the leases of its oldest change.
+        let (changes, leases_of) = {
+            let state = self.state.locked();
+            let mut bytes = 0;
+            let changes: Vec<Queued> = (state.queue.iter())
+                .take(MAX_BATCH)
+                .take_while(|entry| {
+                    bytes += size(&entry.change);
+                    bytes <= MAX_BATCH_BYTES || bytes == size(&entry.change)
+                })
+                .map(|entry| entry.change.clone())
+                .collect();
+            (changes, state.queue.front().map_or(0, |entry| entry.leases_of))
+        };
         let ticket = self.meta.ticket();
         let mut delay = FIRST_RETRY;
         let answer = loop {
