@@ -206,7 +206,8 @@ pub(crate) enum Commands {
         secret: SecretArgs,
     },
     /// Measure a fixed set of workloads on a directory (and another, with --compare):
-    /// sequential and random I/O, small files, and a real tree.
+    /// sequential and random I/O, small files, and a real tree; with `--only fio`, fio's
+    /// sequential and random jobs.
     Bench(BenchArgs),
     /// Check the namespace's metadata (and with --verify-data, every chunk's shards).
     /// Exit status: 0 clean, 1 problems repaired, 4 problems left.
@@ -273,12 +274,15 @@ pub(crate) struct BenchArgs {
     /// Rounds per directory; the report shows medians.
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
-    /// Size of the sequentially written and read file, e.g. 1GiB.
+    /// Size of the sequentially written and read file (fio's too), e.g. 1GiB.
     #[arg(long, value_parser = shardfs_rpc::size::parse, default_value = "1GiB")]
     pub(crate) file_size: u64,
     /// Random 4 KiB reads per random-read workload.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) random_reads: usize,
+    /// Seconds each of fio's random-read jobs runs (`--only fio`).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub(crate) fio_runtime: u64,
     /// Small files to create, stat, read and delete.
     #[arg(long, default_value_t = 5_000)]
     pub(crate) small_files: usize,
@@ -288,7 +292,10 @@ pub(crate) struct BenchArgs {
     /// A real tree to copy (cp -a), compare (diff -r) and remove (rm -rf).
     #[arg(long, default_value = "/usr/include")]
     pub(crate) tree: PathBuf,
-    /// Run only these groups of workloads (comma-separated); all by default.
+    /// Run only these groups of workloads (comma-separated). `fio` is not run by default:
+    /// with fio installed, `--only fio` runs fio's jobs on a file of --file-size: a 1 MiB
+    /// sequential write ending in one fsync and a cold sequential read (MiB/s), then cold
+    /// random 4 KiB reads for --fio-runtime seconds by 1 job and by 4 (IOPS).
     #[arg(long, value_delimiter = ',', default_value = "data,random,small,tree")]
     pub(crate) only: Vec<crate::bench::Group>,
     /// Print the report as JSON.

@@ -1,6 +1,8 @@
 //! `shardfs bench`: one fixed set of workloads that runs on any directory, so a shardfs
 //! mount and a local directory are measured the same way, side by side.
 
+mod fio;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +30,8 @@ pub struct BenchConfig {
     pub file_bytes: u64,
     /// Random 4 KiB reads per random-read workload.
     pub random_reads: usize,
+    /// Seconds each of fio's random-read jobs runs.
+    pub fio_runtime_secs: u64,
     /// Small files, spread over `small_dirs` directories.
     pub small_files: usize,
     pub small_dirs: usize,
@@ -39,7 +43,7 @@ pub struct BenchConfig {
 }
 
 /// Workloads that run together: `random` reads the file `data` writes (written untimed when
-/// `data` is not selected).
+/// `data` is not selected); `fio` writes and reads its own file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Group {
@@ -51,10 +55,13 @@ pub enum Group {
     Small,
     /// Copy, compare and remove a real tree.
     Tree,
+    /// The data and random workloads again, run by fio (not run unless selected).
+    Fio,
 }
 
 impl Group {
-    pub const ALL: [Group; 4] = [Group::Data, Group::Random, Group::Small, Group::Tree];
+    /// The groups run unless `--only` says otherwise.
+    pub const DEFAULT: [Group; 4] = [Group::Data, Group::Random, Group::Small, Group::Tree];
 }
 
 impl Default for BenchConfig {
@@ -62,11 +69,12 @@ impl Default for BenchConfig {
         BenchConfig {
             file_bytes: 1 << 30,
             random_reads: 20_000,
+            fio_runtime_secs: 20,
             small_files: 5_000,
             small_dirs: 50,
             small_file_bytes: 4096,
             tree: PathBuf::from("/usr/include"),
-            groups: Group::ALL.to_vec(),
+            groups: Group::DEFAULT.to_vec(),
         }
     }
 }
@@ -88,10 +96,14 @@ pub enum Workload {
     TreeCopy,
     TreeDiff,
     TreeRemove,
+    FioSeqWrite,
+    FioSeqReadCold,
+    FioRandomRead,
+    FioRandomRead4Jobs,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 13] = [
+    pub const ALL: [Workload; 17] = [
         Workload::SeqWrite,
         Workload::SeqReadCold,
         Workload::RandomRead,
@@ -105,6 +117,10 @@ impl Workload {
         Workload::TreeCopy,
         Workload::TreeDiff,
         Workload::TreeRemove,
+        Workload::FioSeqWrite,
+        Workload::FioSeqReadCold,
+        Workload::FioRandomRead,
+        Workload::FioRandomRead4Jobs,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -122,13 +138,23 @@ impl Workload {
             Workload::TreeCopy => "tree: cp -a",
             Workload::TreeDiff => "tree: diff -r",
             Workload::TreeRemove => "tree: rm -rf",
+            Workload::FioSeqWrite => "fio: sequential write, 1 MiB, end_fsync",
+            Workload::FioSeqReadCold => "fio: sequential read, page cache dropped",
+            Workload::FioRandomRead => "fio: random 4 KiB reads, 1 job",
+            Workload::FioRandomRead4Jobs => "fio: random 4 KiB reads, 4 jobs",
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Workload::SeqWrite | Workload::SeqReadCold => "MiB/s",
-            Workload::RandomRead | Workload::RandomRead4Threads => "IOPS",
+            Workload::SeqWrite
+            | Workload::SeqReadCold
+            | Workload::FioSeqWrite
+            | Workload::FioSeqReadCold => "MiB/s",
+            Workload::RandomRead
+            | Workload::RandomRead4Threads
+            | Workload::FioRandomRead
+            | Workload::FioRandomRead4Jobs => "IOPS",
             Workload::SmallCreate
             | Workload::SmallStat
             | Workload::SmallRead
@@ -155,6 +181,10 @@ impl Workload {
             | Workload::SmallReadCold
             | Workload::SmallDelete => Group::Small,
             Workload::TreeCopy | Workload::TreeDiff | Workload::TreeRemove => Group::Tree,
+            Workload::FioSeqWrite
+            | Workload::FioSeqReadCold
+            | Workload::FioRandomRead
+            | Workload::FioRandomRead4Jobs => Group::Fio,
         }
     }
 }
@@ -224,6 +254,9 @@ pub fn run(
     }
     if config.groups.contains(&Group::Tree) && !config.tree.is_dir() {
         bail!("{} is not a directory to copy (--tree)", config.tree.display());
+    }
+    if config.groups.contains(&Group::Fio) {
+        fio::check(config)?;
     }
     let dirs: Vec<&Path> =
         std::iter::once(dir).chain(compare.iter().map(PathBuf::as_path)).collect();
@@ -367,6 +400,18 @@ fn workloads(
             announce(workload);
             step(workload, timed_command(&args))?;
         }
+    }
+    if runs(Group::Fio) {
+        let file = work.join("fio");
+        for workload in config.workloads().into_iter().filter(|w| w.group() == Group::Fio) {
+            announce(workload);
+            // Every read starts cold; the write makes the file the reads read.
+            if workload != Workload::FioSeqWrite {
+                dropped &= drop_page_cache();
+            }
+            step(workload, fio::run(workload, &file, config))?;
+        }
+        fs::remove_file(&file)?;
     }
     Ok((values, dropped))
 }
@@ -570,16 +615,29 @@ fn client_peak_rss(dir: &Path) -> Option<u64> {
 /// The report as a table for people.
 pub fn print(report: &Report) {
     let a = &report.results;
-    println!(
-        "shardfs bench: {} rounds, file {} MiB, {} random reads, {} small files of {} bytes in {} dirs, tree {}",
-        report.rounds,
-        report.config.file_bytes >> 20,
-        report.config.random_reads,
-        report.config.small_files,
-        report.config.small_file_bytes,
-        report.config.small_dirs,
-        report.config.tree.display()
-    );
+    // The settings of the groups run.
+    let config = &report.config;
+    let runs = |group: Group| config.groups.contains(&group);
+    let mut settings = vec![format!("{} rounds", report.rounds)];
+    if runs(Group::Data) || runs(Group::Random) || runs(Group::Fio) {
+        settings.push(format!("file {} MiB", config.file_bytes >> 20));
+    }
+    if runs(Group::Random) {
+        settings.push(format!("{} random reads", config.random_reads));
+    }
+    if runs(Group::Small) {
+        settings.push(format!(
+            "{} small files of {} bytes in {} dirs",
+            config.small_files, config.small_file_bytes, config.small_dirs
+        ));
+    }
+    if runs(Group::Tree) {
+        settings.push(format!("tree {}", config.tree.display()));
+    }
+    if runs(Group::Fio) {
+        settings.push(format!("fio random reads for {} s each", config.fio_runtime_secs));
+    }
+    println!("shardfs bench: {}", settings.join(", "));
     let compared = &report.compare;
     let mut heading = format!("{:<40} {:>6} {:>12}", "workload (median)", "unit", truncate(&a.dir));
     for b in compared {

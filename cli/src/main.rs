@@ -158,6 +158,7 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             let config = crate::bench::BenchConfig {
                 file_bytes: args.file_size,
                 random_reads: args.random_reads,
+                fio_runtime_secs: args.fio_runtime,
                 small_files: args.small_files,
                 small_dirs: args.small_dirs,
                 small_file_bytes: 4096,
