@@ -17,7 +17,7 @@ use crate::heartbeat::{self, HeartbeatConfig};
 use crate::metrics::ChunkdMetrics;
 use crate::scrub::{self, ScrubConfig};
 use crate::server;
-use crate::store::{ShardStore, StoreError};
+use crate::store::{CompactionConfig, ShardStore, StoreError, VolumeConfig};
 
 /// How often a chunkd reports to metad unless configured otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -40,6 +40,10 @@ pub struct ChunkdConfig {
     pub heartbeat_interval: Duration,
     /// Background re-verification of every shard.
     pub scrub: ScrubConfig,
+    /// Size of the volume files shards are appended to.
+    pub volume: VolumeConfig,
+    /// Background reclaiming of dead records' space.
+    pub compaction: CompactionConfig,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: not served.
     pub metrics_listen: Option<String>,
 }
@@ -58,6 +62,8 @@ impl ChunkdConfig {
             advertise_addr: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             scrub: ScrubConfig::default(),
+            volume: VolumeConfig::default(),
+            compaction: CompactionConfig::default(),
             metrics_listen: None,
         }
     }
@@ -79,7 +85,7 @@ pub async fn run_chunkd(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let store = ShardStore::open(&config.data_dir).await?;
+    let store = ShardStore::open_with(&config.data_dir, config.volume).await?;
     run_with_store(config, store, listener, shutdown).await
 }
 
@@ -139,12 +145,14 @@ pub async fn run_with_store(
         stopped(stop_rx.clone()),
     );
     let scrubbing = scrub::run(store.clone(), config.scrub, stopped(stop_rx.clone()));
+    let migrating = crate::store::migrate(store.clone(), stopped(stop_rx.clone()));
+    let compacting = store.clone().compact(config.compaction, stopped(stop_rx.clone()));
     let beating = heartbeat::run(heartbeat_config, store, corrupt_reports, stopped(stop_rx));
     let stop_on_shutdown = async move {
         shutdown.await;
         drop(stop);
     };
-    tokio::join!(stop_on_shutdown, serving, scrubbing, beating);
+    tokio::join!(stop_on_shutdown, serving, scrubbing, migrating, compacting, beating);
     info!(%local_addr, "chunkd stopped");
     Ok(())
 }

@@ -124,7 +124,7 @@ pub async fn pass(store: &Arc<ShardStore>, bytes_per_second: u64) -> PassSummary
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::shard_file_path;
+    use crate::store::tests::flip_byte;
     use shardfs_chunk_api::chunk_id::ChunkId;
     use shardfs_chunk_api::codec::{self, Encoding};
 
@@ -145,13 +145,9 @@ mod tests {
                 shards.push(shard);
             }
         }
-        // Flip one byte in two shard files.
+        // Flip one byte in two shards' records.
         for victim in [shards[1], shards[7]] {
-            let path = shard_file_path(dir.path(), victim);
-            let mut bytes = std::fs::read(&path).unwrap();
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0x40;
-            std::fs::write(&path, bytes).unwrap();
+            flip_byte(dir.path(), victim, 0);
         }
         let summary = pass(&store, u64::MAX).await;
         assert_eq!((summary.shards, summary.corrupt), (13, 2));

@@ -138,8 +138,17 @@ impl ShardHeader {
     }
 
     /// Parses and checks the first `HEADER_LEN` bytes of `bytes` (which may continue with
-    /// the payload). Everything but the checksum is verified here.
+    /// the payload), which must hold `expected`. Everything but the checksum is verified here.
     pub fn parse(bytes: &[u8], expected: ShardId) -> Result<ShardHeader, ShardFormatError> {
+        let header = ShardHeader::parse_any(bytes)?;
+        if header.shard != expected {
+            return Err(ShardFormatError::WrongShard { expected, found: header.shard });
+        }
+        Ok(header)
+    }
+
+    /// [`ShardHeader::parse`] for a header of any shard, as found when scanning a volume.
+    pub fn parse_any(bytes: &[u8]) -> Result<ShardHeader, ShardFormatError> {
         let Some(bytes) = bytes.get(..HEADER_LEN) else {
             return Err(ShardFormatError::TooShort { len: bytes.len() });
         };
@@ -163,9 +172,6 @@ impl ShardHeader {
         let mut chunk = [0u8; 32];
         chunk.copy_from_slice(&bytes[24..56]);
         let found = ShardId { chunk: ChunkId(chunk), index };
-        if found != expected {
-            return Err(ShardFormatError::WrongShard { expected, found });
-        }
         let payload_len = read_u64(&bytes[56..64]);
         let expected_len = expected_payload_len(encoding, chunk_len);
         if expected_len != Some(payload_len) {

@@ -1,45 +1,64 @@
-//! The shard store: one verified, durably written file per shard in a data directory.
+//! The shard store: verified shards appended to volume files with group commit.
 //!
 //! ```text
-//! DIR/chunkd.id                         stable identity of this chunkd (32 hex digits)
-//! DIR/chunkd.lock                       flock'd while a chunkd uses DIR
-//! DIR/shards/<aa>/<bb>/<chunkhex>.<i>   one file per shard (format in `shard`);
-//!                                       aa, bb = first two bytes of the chunk id in hex
-//! DIR/tmp/                              temp files, renamed into shards/ once durable
-//! DIR/quarantine/                       shard files that failed verification
+//! DIR/chunkd.id                 stable identity of this chunkd (32 hex digits)
+//! DIR/chunkd.lock               flock'd while a chunkd uses DIR
+//! DIR/volumes/v<n>.dat|idx|del  shard records, their index, their deletions (`volume`)
+//! DIR/shards/<aa>/<bb>/<id>.<i> one file per shard, from before volumes (`legacy`); moved
+//!                               into volumes in the background, readable until then
+//! DIR/tmp/                      temp files, renamed into place once durable
+//! DIR/quarantine/               copies of records that failed verification
 //! ```
 //!
-//! Every read re-verifies the file's checksum; a file that fails is moved to `quarantine/`
-//! (kept for inspection, never deleted) and reported so metad can rebuild the shard
-//! elsewhere. Operations on one shard are serialised by lock stripes, so a put, get and
-//! delete of the same shard never interleave; file I/O runs on tokio's blocking pool.
+//! Every read re-verifies what it returns (the checksum of a whole record; ranged reads are
+//! verified by the reader against the chunk's hash tree); a record that fails is copied to
+//! `quarantine/` (kept for inspection, never deleted), dropped, and reported so metad can
+//! rebuild the shard elsewhere. Writes and deletions go through one writer thread
+//! (`commit`) that syncs each group of them once; reads run on tokio's blocking pool.
 
+mod commit;
+mod compact;
 mod durable;
-mod layout;
+mod index;
+mod legacy;
+mod migrate;
+mod record;
+mod volume;
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use nix::fcntl::{Flock, FlockArg};
-use tokio::sync::mpsc::{self, Receiver, Sender};
+use tokio::sync::mpsc::{self, Receiver, Sender, UnboundedSender};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 use tracing::{info, warn};
 
-use crate::shard::{self, HEADER_LEN, ShardFormatError, ShardHeader};
+use crate::shard::{self, ShardFormatError, ShardHeader};
+use commit::{NewRecord, Op};
+use index::{Location, Volumes};
+use record::{ReadOutcome, Source};
 use shardfs_chunk_api::chunk_id::ShardId;
 use shardfs_chunk_api::codec::Encoding;
 use shardfs_chunk_api::hash_tree;
 use shardfs_chunk_api::proto::{ChunkdError, ChunkdStat};
 
-pub use layout::shard_file_path;
-use shardfs_rpc::sync::Lock as _;
+pub use commit::VolumeConfig;
+pub use compact::{CompactionConfig, CompactionProgress};
+pub use migrate::migrate;
+use shardfs_rpc::sync::{Lock as _, ReadWrite as _};
 
-/// Number of lock stripes. Shards hash onto them; 64 keeps collisions between unrelated
-/// concurrent requests rare at the concurrency one chunkd sees.
+const ID_FILE: &str = "chunkd.id";
+const LOCK_FILE: &str = "chunkd.lock";
+const TMP_DIR: &str = "tmp";
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// Number of lock stripes for the shard files of a store from before volumes. Shards hash
+/// onto them; 64 keeps collisions between unrelated concurrent requests rare.
 const LOCK_STRIPES: usize = 64;
 
 /// Largest page `list` returns whatever the caller asks for, which bounds the response
@@ -74,53 +93,105 @@ pub struct StoredShard {
     pub data: Vec<u8>,
 }
 
+/// Where a shard's record is on disk, as [`inventory`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAt {
+    pub shard: ShardId,
+    /// A volume's data file, or the shard's own file in a store from before volumes.
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The shard files of a store from before volumes, while any are left.
+struct Legacy {
+    shards_dir: PathBuf,
+    /// Cleared once every file has moved into volumes.
+    present: AtomicBool,
+    count: AtomicU64,
+    bytes: AtomicU64,
+    /// Serialise a file's moving into a volume with deletes and reads of that shard.
+    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
+}
+
 /// The shards of one data directory. Operations take `self: &Arc<Self>` because they hand
 /// work to the blocking pool.
 pub struct ShardStore {
     dir: PathBuf,
-    shards_dir: PathBuf,
     tmp_dir: PathBuf,
     quarantine_dir: PathBuf,
     id: String,
-    stripes: Box<[Arc<tokio::sync::Mutex<()>>]>,
-    shard_count: AtomicU64,
-    used_bytes: AtomicU64,
+    volumes: Arc<Volumes>,
+    /// To the writer thread; taken on drop so that it finishes.
+    writer: Option<(UnboundedSender<Op>, JoinHandle<()>)>,
+    legacy: Legacy,
     quarantined: AtomicU64,
+    compaction: CompactionProgress,
     scrub: crate::scrub::ScrubProgress,
     corrupt_reports: Mutex<Option<Sender<ShardId>>>,
-    /// Fan-out directories whose creation is known to be durable.
-    synced_dirs: Mutex<HashSet<PathBuf>>,
+    /// Records found damaged at start-up, reported once someone subscribes.
+    damaged_at_open: Mutex<Vec<ShardId>>,
     /// Held for the store's lifetime so that two chunkds never share a data directory (each
     /// would delete the other's temp files and miscount its shards).
     _lock: Flock<File>,
 }
 
-/// What reading a shard file found.
-enum ReadOutcome {
+/// Where a shard was found.
+enum Found {
+    Volume(Location),
+    /// A shard file from before volumes, with its lock stripe held.
+    File {
+        path: PathBuf,
+        file: File,
+        len: u64,
+        _stripe: OwnedMutexGuard<()>,
+    },
     Missing,
-    Valid(StoredShard),
-    Invalid { error: ShardFormatError, file_len: u64 },
 }
 
-/// A shard file opened, with its header and length checked.
-enum OpenOutcome {
-    Missing,
-    Open(ShardHeader, File),
-    Invalid { error: ShardFormatError, file_len: u64 },
+impl Found {
+    fn source(&self) -> Option<Source<'_>> {
+        match self {
+            Found::Volume(location) => Some(Source {
+                file: &location.volume.file,
+                base: location.offset,
+                len: location.len,
+            }),
+            Found::File { file, len, .. } => Some(Source { file, base: 0, len: *len }),
+            Found::Missing => None,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            Found::Volume(location) => location.volume.path.clone(),
+            Found::File { path, .. } => path.clone(),
+            Found::Missing => PathBuf::new(),
+        }
+    }
 }
 
 impl ShardStore {
-    /// Opens (creating if needed) the store in `dir`: checks that it is writable, takes its
-    /// lock, loads or creates the chunkd id, removes stale temp files and counts shards.
+    /// Opens (creating if needed) the store in `dir` with volumes of the default size.
     pub async fn open(dir: impl AsRef<Path>) -> Result<ShardStore, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        let joined_dir = dir.clone();
-        shardfs_rpc::sync::blocking(move || ShardStore::open_blocking(dir)).await.map_err(|e| {
-            StoreError::Io { action: "open", path: joined_dir, source: io::Error::other(e) }
-        })?
+        ShardStore::open_with(dir, VolumeConfig::default()).await
     }
 
-    fn open_blocking(dir: PathBuf) -> Result<ShardStore, StoreError> {
+    /// Opens (creating if needed) the store in `dir`: checks that it is writable, takes its
+    /// lock, loads or creates the chunkd id, removes stale temp files, reads the volumes and
+    /// counts the shard files left from before volumes.
+    pub async fn open_with(
+        dir: impl AsRef<Path>,
+        config: VolumeConfig,
+    ) -> Result<ShardStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let joined_dir = dir.clone();
+        shardfs_rpc::sync::blocking(move || ShardStore::open_blocking(dir, config)).await.map_err(
+            |e| StoreError::Io { action: "open", path: joined_dir, source: io::Error::other(e) },
+        )?
+    }
+
+    fn open_blocking(dir: PathBuf, config: VolumeConfig) -> Result<ShardStore, StoreError> {
         let io_err = |action, path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Io { action, path, source }
@@ -131,10 +202,10 @@ impl ShardStore {
             .map_err(|source| StoreError::NotWritable { dir: dir.clone(), source })?;
         let lock = lock_dir(&dir)?;
 
-        let shards_dir = dir.join(layout::SHARDS_DIR);
-        let tmp_dir = dir.join(layout::TMP_DIR);
-        let quarantine_dir = dir.join(layout::QUARANTINE_DIR);
-        for sub in [&shards_dir, &tmp_dir, &quarantine_dir] {
+        let volumes_dir = dir.join(volume::VOLUMES_DIR);
+        let tmp_dir = dir.join(TMP_DIR);
+        let quarantine_dir = dir.join(QUARANTINE_DIR);
+        for sub in [&volumes_dir, &tmp_dir, &quarantine_dir] {
             durable::create_dir_durable(sub).map_err(io_err("create", sub))?;
         }
         let stale = durable::clean_tmp(&tmp_dir).map_err(io_err("clean", &tmp_dir))?;
@@ -142,41 +213,45 @@ impl ShardStore {
             info!(count = stale, "removed temp files left by an interrupted write");
         }
         let id = load_or_create_id(&dir, &tmp_dir)?;
-        let (shard_count, used_bytes) =
-            layout::scan(&shards_dir).map_err(io_err("scan", &shards_dir))?;
-        info!(dir = %dir.display(), %id, shard_count, used_bytes, "shard store opened");
+        let (volumes, damaged) = Volumes::open(volumes_dir.clone(), tmp_dir.clone())
+            .map_err(io_err("read volumes in", &volumes_dir))?;
+        let volumes = Arc::new(volumes);
+        let writer = commit::start(volumes.clone(), config)
+            .map_err(io_err("start writing volumes in", &volumes_dir))?;
+        let shards_dir = dir.join(legacy::SHARDS_DIR);
+        let (file_count, file_bytes) =
+            legacy::scan(&shards_dir).map_err(io_err("scan", &shards_dir))?;
+        let (shard_count, used_bytes) = volumes.usage();
+        info!(
+            dir = %dir.display(),
+            %id,
+            shard_count = shard_count + file_count,
+            used_bytes = used_bytes + file_bytes,
+            shard_files = file_count,
+            "shard store opened"
+        );
 
         Ok(ShardStore {
             dir,
-            shards_dir,
             tmp_dir,
             quarantine_dir,
             id,
-            stripes: (0..LOCK_STRIPES).map(|_| Arc::default()).collect(),
-            shard_count: AtomicU64::new(shard_count),
-            used_bytes: AtomicU64::new(used_bytes),
+            volumes,
+            writer: Some(writer),
+            legacy: Legacy {
+                present: AtomicBool::new(shards_dir.exists()),
+                shards_dir,
+                count: AtomicU64::new(file_count),
+                bytes: AtomicU64::new(file_bytes),
+                stripes: (0..LOCK_STRIPES).map(|_| Arc::default()).collect(),
+            },
             quarantined: AtomicU64::new(0),
+            compaction: Default::default(),
             scrub: Default::default(),
             corrupt_reports: Mutex::new(None),
-            synced_dirs: Mutex::new(HashSet::new()),
+            damaged_at_open: Mutex::new(damaged.into_iter().map(|(shard, _)| shard).collect()),
             _lock: lock,
         })
-    }
-
-    /// Makes sure the fan-out directory `dir` (`shards/aa/bb`) exists and that its entry and
-    /// its parent's are on disk before a shard in it is acknowledged. Another put may have
-    /// just created it without having synced yet, so existence alone proves nothing: each
-    /// directory is synced once per process lifetime, whoever created it.
-    fn ensure_fan_out_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.synced_dirs.locked().contains(dir) {
-            return Ok(());
-        }
-        durable::create_dir_durable(dir)?;
-        let parent = dir.parent().unwrap_or(dir);
-        durable::sync_dir(parent)?;
-        durable::sync_dir(parent.parent().unwrap_or(parent))?;
-        self.synced_dirs.locked().insert(dir.to_path_buf());
-        Ok(())
     }
 
     /// This chunkd's stable identity, kept in `DIR/chunkd.id`.
@@ -188,12 +263,16 @@ impl ShardStore {
         &self.dir
     }
 
-    /// Starts delivering the id of every shard that fails verification on read to the
-    /// returned receiver (replacing any earlier one). Until then such shards are only logged.
+    /// Starts delivering the id of every shard that fails verification to the returned
+    /// receiver (replacing any earlier one), beginning with those found damaged when the
+    /// store opened. Until then such shards are only logged.
     pub fn subscribe_corrupt_reports(&self) -> Receiver<ShardId> {
         // Bounded like the reports the heartbeat task keeps unsent: past that, a report is
         // dropped (the shard stays quarantined; a read or repair finds it missing).
         let (tx, rx) = mpsc::channel(crate::heartbeat::MAX_PENDING_REPORTS);
+        for shard in self.damaged_at_open.locked().drain(..) {
+            let _ = tx.try_send(shard);
+        }
         *self.corrupt_reports.locked() = Some(tx);
         rx
     }
@@ -223,19 +302,115 @@ impl ShardStore {
                 expected_len.map_or("no valid length".into(), |len| len.to_string()),
             )));
         }
-        self.with_shard_locked(shard, move |store| {
+        let record = blocking(move || {
             if *blake3::hash(&data).as_bytes() != checksum {
                 return Err(ChunkdError::ChecksumMismatch(shard.to_string()));
             }
-            store.put_blocking(shard, encoding, chunk_len, &data, &tree)
+            let header = ShardHeader::new(shard, encoding, chunk_len, &data, &tree);
+            let parts = vec![header.to_bytes().to_vec(), data, tree];
+            Ok(NewRecord { shard, checksum: header.checksum, parts })
+        })
+        .await?;
+        if self.stored_intact(&record).await? {
+            return Ok(());
+        }
+        self.submit(|reply| Op::Put { record, reply }).await
+    }
+
+    /// Whether the volumes already hold `record`, intact. A damaged copy is quarantined
+    /// (not reported: the put replaces it).
+    async fn stored_intact(self: &Arc<Self>, record: &NewRecord) -> Result<bool, ChunkdError> {
+        let shard = record.shard;
+        let stored = self.volumes.index.read_locked().get(&shard).cloned();
+        match stored {
+            Some(location) if location.checksum == record.checksum => {
+                let store = self.clone();
+                blocking(move || {
+                    let found = Found::Volume(location);
+                    let source = found.source().expect("found in a volume");
+                    match record::read(source, shard)
+                        .map_err(|e| io_error("read", &found.path(), e))?
+                    {
+                        ReadOutcome::Valid { .. } => Ok(true),
+                        ReadOutcome::Invalid(error) => {
+                            match store.reject_invalid(shard, &found, error, false) {
+                                ChunkdError::Corrupt(_) => Ok(false),
+                                other => Err(other),
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Hands `op` to the writer and waits for its answer, which comes once it is durable.
+    async fn submit<T>(&self, op: impl FnOnce(commit::Reply<T>) -> Op) -> Result<T, ChunkdError> {
+        let (reply, answer) = oneshot::channel();
+        let shutting_down = || ChunkdError::Io("chunkd is shutting down".into());
+        let (sender, _) = self.writer.as_ref().ok_or_else(shutting_down)?;
+        sender.send(op(reply)).map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// [`ShardStore::submit`] from the blocking pool.
+    fn submit_blocking<T>(
+        &self,
+        op: impl FnOnce(commit::Reply<T>) -> Op,
+    ) -> Result<T, ChunkdError> {
+        let (reply, answer) = oneshot::channel();
+        let shutting_down = || ChunkdError::Io("chunkd is shutting down".into());
+        let (sender, _) = self.writer.as_ref().ok_or_else(shutting_down)?;
+        sender.send(op(reply)).map_err(|_| shutting_down())?;
+        answer.blocking_recv().map_err(|_| shutting_down())?
+    }
+
+    /// Finds a shard: in the volumes, else (while there are any) among the shard files.
+    async fn find(self: &Arc<Self>, shard: ShardId) -> Result<Found, ChunkdError> {
+        if let Some(location) = self.volumes.index.read_locked().get(&shard) {
+            return Ok(Found::Volume(location.clone()));
+        }
+        if !self.legacy.present.load(Ordering::Acquire) {
+            return Ok(Found::Missing);
+        }
+        let guard = self.legacy.stripes[stripe_of(shard)].clone().lock_owned().await;
+        // It may have moved into a volume while we waited.
+        if let Some(location) = self.volumes.index.read_locked().get(&shard) {
+            return Ok(Found::Volume(location.clone()));
+        }
+        let path = legacy::shard_path_in(&self.legacy.shards_dir, shard);
+        blocking(move || match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata().map_err(|e| io_error("stat", &path, e))?.len();
+                Ok(Found::File { path, file, len, _stripe: guard })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Found::Missing),
+            Err(e) => Err(io_error("open", &path, e)),
+        })
+        .await
+    }
+
+    /// Runs `work` on the blocking pool with the shard's record, if any.
+    async fn with_record<T: Send + 'static>(
+        self: &Arc<Self>,
+        shard: ShardId,
+        work: impl FnOnce(&ShardStore, Source, &Found) -> Result<T, ChunkdError> + Send + 'static,
+    ) -> Result<T, ChunkdError> {
+        let found = self.find(shard).await?;
+        let store = self.clone();
+        blocking(move || match found.source() {
+            Some(source) => work(&store, source, &found),
+            None => Err(ChunkdError::NotFound(shard.to_string())),
         })
         .await
     }
 
     /// Bytes `[offset, offset + len)` of a data shard's payload, and the chunk's hash tree if
-    /// `with_tree`. The payload is not verified here (that needs the whole file): the caller
-    /// checks the bytes against the tree, and the tree against the chunk id. Shards without
-    /// a tree (format 1) are `Invalid`, so the caller reads the whole chunk instead.
+    /// `with_tree`. The payload is not verified here (that needs the whole record): the
+    /// caller checks the bytes against the tree, and the tree against the chunk id. Shards
+    /// without a tree (format 1) are `Invalid`, so the caller reads the whole chunk instead.
     pub async fn get_range(
         self: &Arc<Self>,
         shard: ShardId,
@@ -243,17 +418,14 @@ impl ShardStore {
         len: u32,
         with_tree: bool,
     ) -> Result<(Vec<u8>, Vec<u8>), ChunkdError> {
-        self.with_shard_locked(shard, move |store| {
-            let path = store.shard_path(shard);
-            let (header, file) = match store.open_shard(shard, &path)? {
-                OpenOutcome::Missing => return Err(ChunkdError::NotFound(shard.to_string())),
-                OpenOutcome::Invalid { error, file_len } => {
-                    return Err(store.reject_invalid(shard, &path, error, file_len, true));
-                }
-                OpenOutcome::Open(header, file) => (header, file),
+        self.with_record(shard, move |store, source, found| {
+            let header = match record::open(source, shard)
+                .map_err(|e| io_error("read", &found.path(), e))?
+            {
+                Ok(header) => header,
+                Err(error) => return Err(store.reject_invalid(shard, found, error, true)),
             };
-            let tree_len = header.tree_len();
-            if tree_len == 0 {
+            if header.tree_len() == 0 {
                 return Err(ChunkdError::Invalid(format!(
                     "shard {shard} has no hash tree (format {}, or a chunk of one segment)",
                     header.version
@@ -266,15 +438,8 @@ impl ShardStore {
                     header.payload_len
                 )));
             }
-            let read_at = |at: u64, len: u64| -> Result<Vec<u8>, ChunkdError> {
-                let mut bytes = vec![0u8; len as usize];
-                file.read_exact_at(&mut bytes, HEADER_LEN as u64 + at)
-                    .map_err(|e| io_error("read", &path, e))?;
-                Ok(bytes)
-            };
-            let data = read_at(offset, u64::from(len))?;
-            let tree = if with_tree { read_at(header.payload_len, tree_len)? } else { Vec::new() };
-            Ok((data, tree))
+            record::read_range(source, &header, offset, len, with_tree)
+                .map_err(|e| io_error("read", &found.path(), e))
         })
         .await
     }
@@ -282,14 +447,14 @@ impl ShardStore {
     /// Reads and verifies a shard. A shard that fails verification is quarantined, reported
     /// and answered with `Corrupt`.
     pub async fn get(self: &Arc<Self>, shard: ShardId) -> Result<StoredShard, ChunkdError> {
-        self.with_shard_locked(shard, move |store| {
-            let path = store.shard_path(shard);
-            match store.read_shard(shard, &path)? {
-                ReadOutcome::Missing => Err(ChunkdError::NotFound(shard.to_string())),
-                ReadOutcome::Valid(stored) => Ok(stored),
-                ReadOutcome::Invalid { error, file_len } => {
-                    Err(store.reject_invalid(shard, &path, error, file_len, true))
-                }
+        self.with_record(shard, move |store, source, found| {
+            match record::read(source, shard).map_err(|e| io_error("read", &found.path(), e))? {
+                ReadOutcome::Valid { header, payload } => Ok(StoredShard {
+                    encoding: header.encoding,
+                    chunk_len: header.chunk_len,
+                    data: payload,
+                }),
+                ReadOutcome::Invalid(error) => Err(store.reject_invalid(shard, found, error, true)),
             }
         })
         .await
@@ -297,19 +462,34 @@ impl ShardStore {
 
     /// Removes a shard; `Ok(false)` if it was not there.
     pub async fn delete(self: &Arc<Self>, shard: ShardId) -> Result<bool, ChunkdError> {
-        self.with_shard_locked(shard, move |store| {
-            let path = store.shard_path(shard);
-            let file_len = match fs::symlink_metadata(&path) {
-                Ok(metadata) => metadata.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(io_error("stat", &path, e)),
-            };
-            fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
-            sync_parent(&path)?;
-            store.forget(file_len);
-            Ok(true)
-        })
-        .await
+        let file_removed = if self.legacy.present.load(Ordering::Acquire) {
+            let guard = self.legacy.stripes[stripe_of(shard)].clone().lock_owned().await;
+            let store = self.clone();
+            blocking(move || {
+                let _guard = guard;
+                store.remove_shard_file(shard)
+            })
+            .await?
+        } else {
+            false
+        };
+        let deleted = self.submit(|reply| Op::Delete { shard, reply }).await?;
+        Ok(deleted || file_removed)
+    }
+
+    /// Removes a shard's file from before volumes, if it has one; the caller holds its
+    /// stripe.
+    fn remove_shard_file(&self, shard: ShardId) -> Result<bool, ChunkdError> {
+        let path = legacy::shard_path_in(&self.legacy.shards_dir, shard);
+        let file_len = match fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error("stat", &path, e)),
+        };
+        fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
+        sync_parent(&path)?;
+        self.forget_file(file_len);
+        Ok(true)
     }
 
     /// Up to `min(limit, MAX_LIST_LIMIT)` shards after `after`, in `ShardId` order. An empty
@@ -319,13 +499,30 @@ impl ShardStore {
         after: Option<ShardId>,
         limit: u32,
     ) -> Result<Vec<ShardId>, ChunkdError> {
+        use std::ops::Bound;
         let limit = (limit as usize).min(MAX_LIST_LIMIT);
-        let store = self.clone();
-        blocking(move || {
-            layout::list(&store.shards_dir, after, limit)
-                .map_err(|e| io_error("list", &store.shards_dir, e))
-        })
-        .await
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut shards: Vec<ShardId> = self
+            .volumes
+            .index
+            .read_locked()
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(&shard, _)| shard)
+            .collect();
+        if self.legacy.present.load(Ordering::Acquire) {
+            let store = self.clone();
+            let files = blocking(move || {
+                legacy::list(&store.legacy.shards_dir, after, limit)
+                    .map_err(|e| io_error("list", &store.legacy.shards_dir, e))
+            })
+            .await?;
+            shards.extend(files);
+            shards.sort_unstable();
+            shards.dedup();
+            shards.truncate(limit);
+        }
+        Ok(shards)
     }
 
     /// Capacity of the data directory's file system and this store's usage.
@@ -335,11 +532,12 @@ impl ShardStore {
             let fs_stat = nix::sys::statvfs::statvfs(&store.dir)
                 .map_err(|e| io_error("statvfs", &store.dir, e.into()))?;
             let fragment = fs_stat.fragment_size() as u64;
+            let (shard_count, used_bytes) = store.volumes.usage();
             Ok(ChunkdStat {
                 capacity_bytes: (fs_stat.blocks() as u64).saturating_mul(fragment),
                 free_bytes: (fs_stat.blocks_available() as u64).saturating_mul(fragment),
-                used_bytes: store.used_bytes.load(Ordering::Relaxed),
-                shard_count: store.shard_count.load(Ordering::Relaxed),
+                used_bytes: used_bytes + store.legacy.bytes.load(Ordering::Relaxed),
+                shard_count: shard_count + store.legacy.count.load(Ordering::Relaxed),
                 quarantined: store.quarantined.load(Ordering::Relaxed),
                 scrub_passes: store.scrub.passes.completed(),
                 last_scrub_shards: store.scrub.last().shards,
@@ -350,197 +548,147 @@ impl ShardStore {
         .await
     }
 
+    /// What compaction has done since the store opened.
+    pub fn compaction_progress(&self) -> &CompactionProgress {
+        &self.compaction
+    }
+
+    /// Compacts volumes until `shutdown` completes (see [`compact`]).
+    pub async fn compact(
+        self: Arc<Self>,
+        config: CompactionConfig,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        compact::run(self, config, shutdown).await
+    }
+
     /// Where background scrubbing is.
     pub fn scrub_progress(&self) -> &crate::scrub::ScrubProgress {
         &self.scrub
     }
 
-    fn shard_path(&self, shard: ShardId) -> PathBuf {
-        layout::shard_path_in(&self.shards_dir, shard)
-    }
-
-    /// Runs `work` on the blocking pool holding `shard`'s lock stripe. The guard moves into
-    /// the blocking task, so the stripe stays held even if the caller stops waiting.
-    async fn with_shard_locked<T: Send + 'static>(
-        self: &Arc<Self>,
-        shard: ShardId,
-        work: impl FnOnce(&ShardStore) -> Result<T, ChunkdError> + Send + 'static,
-    ) -> Result<T, ChunkdError> {
-        let stripe = &self.stripes[stripe_of(shard)];
-        let guard = stripe.clone().lock_owned().await;
-        let store = self.clone();
-        blocking(move || {
-            let _guard = guard;
-            work(&store)
-        })
-        .await
-    }
-
-    fn put_blocking(
-        &self,
-        shard: ShardId,
-        encoding: Encoding,
-        chunk_len: u64,
-        data: &[u8],
-        tree: &[u8],
-    ) -> Result<(), ChunkdError> {
-        let path = self.shard_path(shard);
-        match self.read_shard(shard, &path)? {
-            ReadOutcome::Missing => {}
-            ReadOutcome::Valid(existing) => {
-                if existing.encoding == encoding
-                    && existing.chunk_len == chunk_len
-                    && existing.data == data
-                {
-                    return Ok(());
-                }
-                // Same id, different bytes: a client disagrees about the chunk's encoding.
-                // Overwriting could break the chunk for readers that rely on the stored one.
-                return Err(ChunkdError::Invalid(format!(
-                    "shard {shard} is already stored with encoding {}+{} and different content",
-                    existing.encoding.k, existing.encoding.m
-                )));
-            }
-            ReadOutcome::Invalid { error, file_len } => {
-                // The new copy replaces a damaged one; keep the damaged one for inspection,
-                // but no repair is needed, so metad is not told.
-                let error = self.reject_invalid(shard, &path, error, file_len, false);
-                if !matches!(error, ChunkdError::Corrupt(_)) {
-                    return Err(error);
-                }
-                if path.exists() {
-                    // Quarantine failed, so the rename below replaces the damaged file.
-                    self.forget(file_len);
-                }
-            }
-        }
-
-        let header = ShardHeader::new(shard, encoding, chunk_len, data, tree).to_bytes();
-        if let Some(dir) = path.parent() {
-            self.ensure_fan_out_dir(dir).map_err(|e| io_error("create", dir, e))?;
-        }
-        durable::write_durable(&self.tmp_dir, &path, &[&header, data, tree])
-            .map_err(|e| io_error("write", &path, e))?;
-        self.shard_count.fetch_add(1, Ordering::Relaxed);
-        let file_len = HEADER_LEN + data.len() + tree.len();
-        self.used_bytes.fetch_add(file_len as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Opens a shard file and checks its header and length, but not its checksum. Only I/O
-    /// failures are errors; damage is an outcome.
-    fn open_shard(&self, shard: ShardId, path: &Path) -> Result<OpenOutcome, ChunkdError> {
-        let open = || -> io::Result<OpenOutcome> {
-            let mut file = match File::open(path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
-                Err(e) => return Err(e),
-            };
-            let file_len = file.metadata()?.len();
-            let invalid = |error| Ok(OpenOutcome::Invalid { error, file_len });
-            let mut header_bytes = [0u8; HEADER_LEN];
-            if file_len < HEADER_LEN as u64 {
-                return invalid(ShardFormatError::TooShort { len: file_len as usize });
-            }
-            file.read_exact(&mut header_bytes)?;
-            let header = match ShardHeader::parse(&header_bytes, shard) {
-                Ok(header) => header,
-                Err(error) => return invalid(error),
-            };
-            let actual = file_len - HEADER_LEN as u64;
-            if actual != header.body_len() {
-                return invalid(ShardFormatError::Truncated {
-                    declared: header.body_len(),
-                    actual,
-                });
-            }
-            Ok(OpenOutcome::Open(header, file))
-        };
-        open().map_err(|e| io_error("read", path, e))
-    }
-
-    /// Reads a shard file, fully verified. Only I/O failures are errors; damage is an outcome.
-    fn read_shard(&self, shard: ShardId, path: &Path) -> Result<ReadOutcome, ChunkdError> {
-        let (header, mut file) = match self.open_shard(shard, path)? {
-            OpenOutcome::Missing => return Ok(ReadOutcome::Missing),
-            OpenOutcome::Invalid { error, file_len } => {
-                return Ok(ReadOutcome::Invalid { error, file_len });
-            }
-            OpenOutcome::Open(header, file) => (header, file),
-        };
-        // The body's length is the file's (checked on open), so a damaged length field
-        // cannot make us allocate more than the file holds.
-        let mut body = vec![0u8; header.body_len() as usize];
-        file.read_exact(&mut body).map_err(|e| io_error("read", path, e))?;
-        match header.verify_body(&body) {
-            Ok(()) => {
-                body.truncate(header.payload_len as usize);
-                Ok(ReadOutcome::Valid(StoredShard {
-                    encoding: header.encoding,
-                    chunk_len: header.chunk_len,
-                    data: body,
-                }))
-            }
-            Err(error) => {
-                let file_len = HEADER_LEN as u64 + header.body_len();
-                Ok(ReadOutcome::Invalid { error, file_len })
-            }
-        }
-    }
-
-    /// Deals with a shard file that failed verification and returns the error to answer
-    /// with. A file of an unknown format version is left alone: a newer build wrote it.
+    /// Deals with a record that failed verification and returns the error to answer with.
+    /// A record of an unknown format version is left alone: a newer build wrote it.
     fn reject_invalid(
         &self,
         shard: ShardId,
-        path: &Path,
+        found: &Found,
         error: ShardFormatError,
-        file_len: u64,
         report: bool,
     ) -> ChunkdError {
         if let ShardFormatError::UnsupportedVersion(_) = error {
             return ChunkdError::Io(format!("shard {shard}: {error}"));
         }
         warn!(%shard, "shard failed verification ({error}); moving it to quarantine");
-        match self.quarantine(shard, path) {
+        match self.quarantine(shard, found) {
             Ok(()) => {
-                self.forget(file_len);
                 self.quarantined.fetch_add(1, Ordering::Relaxed);
             }
             // Still corrupt, and still to be repaired: answer the same way.
-            Err(e) => warn!(%shard, "cannot quarantine {}: {e}", path.display()),
+            Err(e) => warn!(%shard, "cannot quarantine shard: {e}"),
         }
         if report {
-            let sender = self.corrupt_reports.locked();
-            if let Some(sender) = sender.as_ref()
-                && sender.try_send(shard).is_err()
-            {
-                warn!(%shard, "too many unsent corrupt-shard reports; dropping this one");
-            }
+            self.report_corrupt(shard);
         }
         ChunkdError::Corrupt(shard.to_string())
     }
 
-    fn quarantine(&self, shard: ShardId, path: &Path) -> io::Result<()> {
-        let name = layout::file_name(shard);
+    fn report_corrupt(&self, shard: ShardId) {
+        let sender = self.corrupt_reports.locked();
+        if let Some(sender) = sender.as_ref()
+            && sender.try_send(shard).is_err()
+        {
+            warn!(%shard, "too many unsent corrupt-shard reports; dropping this one");
+        }
+    }
+
+    /// Keeps a copy of a damaged record in `quarantine/` and drops it from the store.
+    fn quarantine(&self, shard: ShardId, found: &Found) -> Result<(), ChunkdError> {
+        let name = legacy::file_name(shard);
         let mut target = self.quarantine_dir.join(&name);
         if target.exists() {
             // The same shard went bad before; keep both copies.
             target = self.quarantine_dir.join(format!("{name}.{:016x}", rand::random::<u64>()));
         }
-        fs::rename(path, &target)?;
-        durable::sync_dir(&self.quarantine_dir)?;
-        match path.parent() {
-            Some(dir) => durable::sync_dir(dir),
-            None => Ok(()),
+        match found {
+            Found::File { path, len, .. } => {
+                fs::rename(path, &target).map_err(|e| io_error("quarantine", path, e))?;
+                durable::sync_dir(&self.quarantine_dir)
+                    .map_err(|e| io_error("sync", &self.quarantine_dir, e))?;
+                sync_parent(path)?;
+                self.forget_file(*len);
+            }
+            Found::Volume(location) => {
+                let mut bytes = vec![0u8; location.len as usize];
+                let path = &location.volume.path;
+                location
+                    .volume
+                    .file
+                    .read_exact_at(&mut bytes, location.offset)
+                    .map_err(|e| io_error("read", path, e))?;
+                durable::write_durable(&self.tmp_dir, &target, &[&bytes])
+                    .map_err(|e| io_error("write", &target, e))?;
+                let at = location.clone();
+                self.submit_blocking(|reply| Op::Forget { shard, at, reply })?;
+            }
+            Found::Missing => {}
         }
+        Ok(())
     }
 
     /// Drops a removed shard file from the usage counters.
-    fn forget(&self, file_len: u64) {
-        saturating_sub(&self.shard_count, 1);
-        saturating_sub(&self.used_bytes, file_len);
+    fn forget_file(&self, file_len: u64) {
+        saturating_sub(&self.legacy.count, 1);
+        saturating_sub(&self.legacy.bytes, file_len);
     }
+}
+
+impl Drop for ShardStore {
+    /// Lets the writer finish what it was given and index the volume it fills, before the
+    /// directory lock is released.
+    fn drop(&mut self) {
+        if let Some((sender, handle)) = self.writer.take() {
+            drop(sender);
+            if handle.join().is_err() {
+                warn!("the volume writer panicked");
+            }
+        }
+    }
+}
+
+/// Every shard record in the store at `dir`, read from disk without opening the store (a
+/// running chunkd may hold it) and without verifying the records: for tests and tools that
+/// inspect or damage shards on disk.
+pub fn inventory(dir: &Path) -> io::Result<Vec<StoredAt>> {
+    let volumes_dir = dir.join(volume::VOLUMES_DIR);
+    let mut found = std::collections::BTreeMap::new();
+    for number in volume::numbers(&volumes_dir)? {
+        let path = volume::data_path(&volumes_dir, number);
+        let file = volume::VolumeFile { number, file: File::open(&path)?, path: path.clone() };
+        for record in volume::scan(&volumes_dir, &file, false)?.records {
+            let at = StoredAt {
+                shard: record.shard,
+                path: path.clone(),
+                offset: record.offset,
+                len: record.len,
+            };
+            found.insert(record.shard, at);
+        }
+    }
+    let mut files = Vec::new();
+    let shards_dir = dir.join(legacy::SHARDS_DIR);
+    legacy::walk(&shards_dir, None, |shard, len| {
+        files.push(StoredAt {
+            shard,
+            path: legacy::shard_path_in(&shards_dir, shard),
+            offset: 0,
+            len,
+        });
+        true
+    })?;
+    let mut all: Vec<StoredAt> = found.into_values().chain(files).collect();
+    all.sort_by_key(|at| at.shard);
+    Ok(all)
 }
 
 /// Checks the parts of a request that decide where and how a shard is stored.
@@ -624,7 +772,7 @@ fn probe_writable(dir: &Path) -> io::Result<()> {
 }
 
 fn lock_dir(dir: &Path) -> Result<Flock<File>, StoreError> {
-    let path = dir.join(layout::LOCK_FILE);
+    let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -646,7 +794,7 @@ const ID_HEX_LEN: usize = 32;
 
 /// The id of the chunkd whose data directory is `dir`; `None` before its first start.
 pub fn read_id(dir: &Path) -> Result<Option<String>, StoreError> {
-    let path = dir.join(layout::ID_FILE);
+    let path = dir.join(ID_FILE);
     match fs::read_to_string(&path) {
         Ok(contents) => {
             let id = contents.trim_end_matches('\n');
@@ -664,7 +812,7 @@ fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
         return Ok(id);
     }
     let id = hex::encode(rand::random::<[u8; ID_HEX_LEN / 2]>());
-    let path = dir.join(layout::ID_FILE);
+    let path = dir.join(ID_FILE);
     durable::write_durable(tmp_dir, &path, &[id.as_bytes(), b"\n"])
         .map_err(|source| StoreError::Io { action: "write", path, source })?;
     info!(%id, "created a new chunkd identity");
@@ -672,4 +820,4 @@ fn load_or_create_id(dir: &Path, tmp_dir: &Path) -> Result<String, StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use shardfs_chunk_api::chunk_id::ShardId;
+use shardfs_chunk_api::client::ChunkClient;
+pub use shardfs_chunkd::store::StoredAt;
 use shardfs_meta_api::MetaClient;
 use shardfs_rpc::sync::Lock as _;
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
@@ -733,25 +736,28 @@ impl Cluster {
         Mount::start(command, path.to_owned(), &log)
     }
 
-    /// Every shard file held by chunkd `i`.
-    pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        let mut stack = vec![self.chunkd_dir(i).join("shards")];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    files.push(path);
-                }
-            }
-        }
-        files.sort();
-        files
+    /// Every shard record chunkd `i` holds on disk (running or not).
+    pub fn stored_shards(&self, i: usize) -> Vec<StoredAt> {
+        shardfs_chunkd::store::inventory(&self.chunkd_dir(i)).expect("read a chunkd's store")
+    }
+
+    /// Flips bits in byte `offset` of a shard's record on disk (`offset` counts from the
+    /// start of its header), as a failing disk would.
+    pub fn damage_shard(&self, at: &StoredAt, offset: u64) {
+        use std::os::unix::fs::FileExt;
+        assert!(offset < at.len, "byte {offset} of a {}-byte record", at.len);
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&at.path).unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at.offset + offset).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at.offset + offset).unwrap();
+    }
+
+    /// Deletes a shard from running chunkd `i`, as if it had been lost.
+    pub fn lose_shard(&self, i: usize, shard: ShardId) {
+        let chunkd = self.chunkds[i].as_ref().expect("a running chunkd");
+        let client = ChunkClient::new(chunkd.addr.clone(), &chunkd.id, self.rpc_options());
+        let deleted = self.runtime.block_on(client.delete(shard)).expect("delete the shard");
+        assert!(deleted, "chunkd {i} did not hold {shard}");
     }
 }
 

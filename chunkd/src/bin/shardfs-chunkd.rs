@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::scrub::ScrubConfig;
-use shardfs_chunkd::store::ShardStore;
+use shardfs_chunkd::store::{CompactionConfig, ShardStore, VolumeConfig};
 use shardfs_rpc::{ClusterKey, DaemonAuth, DaemonTlsArgs};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -56,6 +56,18 @@ struct Args {
     /// Scrub: seconds between the end of one pass over all shards and the next.
     #[arg(long, value_name = "SECS", default_value_t = ScrubConfig::default().pass_interval.as_secs_f64())]
     scrub_interval: f64,
+    /// Size in bytes of the volume files shards are appended to.
+    #[arg(long, value_name = "BYTES", default_value_t = VolumeConfig::default().volume_bytes)]
+    volume_size: u64,
+    /// Compaction: bytes per second of live shards moved out of mostly dead volumes.
+    #[arg(long, value_name = "BYTES", default_value_t = CompactionConfig::default().bytes_per_second)]
+    compaction_rate: u64,
+    /// Compaction: a sealed volume is compacted once this fraction of it is dead (0 to 1).
+    #[arg(long, value_name = "FRACTION", default_value_t = CompactionConfig::default().dead_fraction)]
+    compaction_threshold: f64,
+    /// Compaction: seconds between looks for a volume worth compacting.
+    #[arg(long, value_name = "SECS", default_value_t = CompactionConfig::default().check_interval.as_secs_f64())]
+    compaction_interval: f64,
 }
 
 #[tokio::main]
@@ -97,8 +109,30 @@ async fn run(args: Args) -> Result<(), String> {
                 format!("--scrub-interval {} is not a duration", args.scrub_interval)
             })?,
         },
+        volume: VolumeConfig { volume_bytes: args.volume_size.max(1) },
+        compaction: CompactionConfig {
+            dead_fraction: Some(args.compaction_threshold)
+                .filter(|f| (0.0..=1.0).contains(f))
+                .ok_or_else(|| {
+                    format!(
+                        "--compaction-threshold {} is not between 0 and 1",
+                        args.compaction_threshold
+                    )
+                })?,
+            bytes_per_second: args.compaction_rate.max(1),
+            check_interval: Duration::try_from_secs_f64(args.compaction_interval)
+                .ok()
+                .filter(|interval| !interval.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "--compaction-interval {} is not a positive number",
+                        args.compaction_interval
+                    )
+                })?,
+        },
     };
-    let store = ShardStore::open(&config.data_dir).await.map_err(|e| e.to_string())?;
+    let store =
+        ShardStore::open_with(&config.data_dir, config.volume).await.map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -6,7 +6,7 @@ use shardfs_rpc::ClientOptions;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::store::shard_file_path;
+use crate::store::tests::flip_byte;
 use shardfs_chunk_api::chunk_id::ChunkId;
 use shardfs_chunk_api::client::{ChunkClient, ChunkClientError, ChunkClientPool};
 use shardfs_chunk_api::codec;
@@ -112,11 +112,7 @@ async fn errors_travel_to_the_client() {
     client.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();
 
     // Damage the stored shard: the read is refused as corrupt.
-    let path = shard_file_path(server.dir.path(), shard);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&path, bytes).unwrap();
+    flip_byte(server.dir.path(), shard, 0);
     let error = client.get(shard).await.unwrap_err();
     assert!(matches!(error, ChunkClientError::Chunkd(ChunkdError::Corrupt(_))), "{error}");
 

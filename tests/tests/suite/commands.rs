@@ -248,6 +248,6 @@ fn daemons_take_settings_from_a_toml_file_under_their_flags() {
     shardfs_tests::write_random(&mount.join("doomed"), 3 << 20, 1);
     std::fs::File::open(mount.join("doomed")).unwrap().sync_all().unwrap();
     std::fs::remove_file(mount.join("doomed")).unwrap();
-    let shards = || (0..3).map(|i| cluster.shard_files(i).len()).sum::<usize>();
+    let shards = || (0..3).map(|i| cluster.stored_shards(i).len()).sum::<usize>();
     eventually("GC with the file's settings", || shards() == 0);
 }

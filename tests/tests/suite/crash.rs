@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use shardfs_tests::{Cluster, eventually, sh};
 
 fn shard_count(cluster: &Cluster) -> u64 {
-    (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len() as u64).sum()
+    (0..cluster.chunkds.len()).map(|i| cluster.stored_shards(i).len() as u64).sum()
 }
 
 #[test]

@@ -44,5 +44,5 @@ fn extents(cluster: &Cluster, mount: &shardfs_tests::Mount, name: &str) -> Strin
 }
 
 fn shard_bytes(cluster: &Cluster, i: usize) -> u64 {
-    cluster.shard_files(i).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+    cluster.stored_shards(i).iter().map(|at| at.len).sum()
 }

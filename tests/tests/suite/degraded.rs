@@ -44,21 +44,18 @@ fn flipped_byte_in_a_shard_is_quarantined_and_reported() {
     let files = populate(&cluster);
     // Damage the data shard 0 of some chunk: data shards are what a healthy read fetches.
     let (chunkd, victim) = (0..6)
-        .flat_map(|i| cluster.shard_files(i).into_iter().map(move |f| (i, f)))
-        .find(|(_, f)| f.extension().is_some_and(|e| e == "0"))
+        .flat_map(|i| cluster.stored_shards(i).into_iter().map(move |at| (i, at)))
+        .find(|(_, at)| at.shard.index == 0)
         .expect("some chunkd holds a data shard 0");
-    let mut bytes = std::fs::read(&victim).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    std::fs::write(&victim, bytes).unwrap();
-    let chunk_hex = victim.file_stem().unwrap().to_string_lossy().to_string();
+    cluster.damage_shard(&victim, victim.len - 1);
+    let chunk_hex = victim.shard.chunk.to_hex();
 
     let mount = cluster.mount();
     for (name, expected) in &files {
         assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
     }
     // The shard left the store for quarantine...
-    assert!(!victim.exists());
+    assert!(!cluster.stored_shards(chunkd).contains(&victim));
     let quarantined = std::fs::read_dir(cluster.chunkd_dir(chunkd).join("quarantine")).unwrap();
     assert_eq!(quarantined.count(), 1);
     // ...and metad knows it is bad.
@@ -151,18 +148,15 @@ fn scrub_finds_a_flipped_byte_without_any_read() {
     let (holder, victim) = (0..cluster.chunkds.len())
         .find_map(|i| {
             let parity = cluster
-                .shard_files(i)
+                .stored_shards(i)
                 .into_iter()
-                .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 200))
-                .find(|f| f.extension().is_some_and(|e| e == "4" || e == "5"));
-            parity.map(|f| (i, f))
+                .filter(|at| at.len > 200)
+                .find(|at| at.shard.index >= 4);
+            parity.map(|at| (i, at))
         })
         .expect("some chunkd holds a parity shard of a large chunk");
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[200] ^= 0x10;
-    std::fs::write(&victim, bytes).unwrap();
-    let chunk = victim.file_stem().unwrap().to_string_lossy().parse().unwrap();
-    let index: u8 = victim.extension().unwrap().to_string_lossy().parse().unwrap();
+    cluster.damage_shard(&victim, 200);
+    let (chunk, index) = (victim.shard.chunk, victim.shard.index);
     // Restart that chunkd with frequent scrub passes.
     cluster.stop_chunkd(holder, Signal::SIGTERM);
     cluster.chunkd_args = vec!["--scrub-interval".into(), "0.2".into()];
@@ -176,7 +170,10 @@ fn scrub_finds_a_flipped_byte_without_any_read() {
         assert!(std::time::Instant::now() < deadline, "scrub did not report {victim:?}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(!victim.exists(), "the corrupt shard went to quarantine");
+    assert!(
+        !cluster.stored_shards(holder).contains(&victim),
+        "the corrupt shard went to quarantine"
+    );
 }
 
 /// `shardfs scrub` runs a pass on every chunkd now (their own passes are a day apart) and
@@ -187,11 +184,9 @@ fn scrub_command_runs_a_pass_everywhere_and_reports_corruption() {
     let mount = cluster.mount();
     write_random(&mount.join("data"), 6 << 20, 2);
     std::fs::File::open(mount.join("data")).unwrap().sync_all().unwrap();
-    let total: usize = (0..3).map(|i| cluster.shard_files(i).len()).sum();
-    let victim = cluster.shard_files(0).into_iter().next().expect("chunkd 0 holds a shard");
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[200] ^= 0x10;
-    std::fs::write(&victim, bytes).unwrap();
+    let total: usize = (0..3).map(|i| cluster.stored_shards(i).len()).sum();
+    let victim = cluster.stored_shards(0).into_iter().next().expect("chunkd 0 holds a shard");
+    cluster.damage_shard(&victim, 200);
     let out = cluster.command("shardfs").args(["scrub", "--json", &cluster.metad_addr]).output();
     let out = out.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -252,14 +247,12 @@ fn random_reads_fetch_and_verify_only_the_segments_they_need() {
     let in_chunk = extent["chunk_offset"].as_u64().unwrap() as usize
         + (damaged - extent["offset"].as_u64().unwrap() as usize);
     let shard_len = chunk_len.div_ceil(4);
-    let shard_name = format!("{chunk}.{}", in_chunk / shard_len);
+    let index = (in_chunk / shard_len) as u8;
     let victim = (0..6)
-        .flat_map(|i| cluster.shard_files(i))
-        .find(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == shard_name))
+        .flat_map(|i| cluster.stored_shards(i))
+        .find(|at| at.shard.chunk.to_hex() == chunk && at.shard.index == index)
         .expect("a chunkd holds the data shard");
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[HEADER_LEN + in_chunk % shard_len] ^= 0x10;
-    std::fs::write(&victim, bytes).unwrap();
+    cluster.damage_shard(&victim, (HEADER_LEN + in_chunk % shard_len) as u64);
 
     // A fresh mount (nothing cached), reading without the kernel's read-ahead.
     let mount = cluster.mount();
@@ -274,9 +267,10 @@ fn random_reads_fetch_and_verify_only_the_segments_they_need() {
     for offset in [(1 << 20) + 300_000, (1 << 20) + 800_000, 4096, 3_000_000, 6_000_000] {
         read_at(offset);
     }
-    assert!(victim.exists(), "whole-shard reads would have found the damage");
+    let held = || (0..6).flat_map(|i| cluster.stored_shards(i)).any(|at| at == victim);
+    assert!(held(), "whole-shard reads would have found the damage");
     read_at(damaged - 1000);
-    assert!(!victim.exists(), "the damaged shard went to quarantine");
+    assert!(!held(), "the damaged shard went to quarantine");
     // The damage is behind the reader now: reads of that chunk come from the others.
     read_at((1 << 20) + 300_000);
     read_at(damaged - 1000);

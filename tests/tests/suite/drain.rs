@@ -15,7 +15,7 @@ fn drain_empties_a_chunkd_while_data_stays_readable() {
     let expected = sha256(&mount.join("data"));
     std::fs::File::open(mount.join("data")).unwrap().sync_all().unwrap();
     let victim = cluster.chunkds[0].as_ref().unwrap().id.clone();
-    assert!(!cluster.shard_files(0).is_empty(), "the victim holds shards to move");
+    assert!(!cluster.stored_shards(0).is_empty(), "the victim holds shards to move");
 
     // A reader keeps reading the whole file while the drain runs, through a mount whose
     // chunk cache holds one chunk and with the page cache dropped before each pass, so
@@ -46,10 +46,10 @@ fn drain_empties_a_chunkd_while_data_stays_readable() {
     reader.join().expect("every read during the drain returned the data");
 
     // Nothing is placed on it; the orphan sweep removes its files; new data avoids it.
-    eventually("the drained chunkd's files to go", || cluster.shard_files(0).is_empty());
+    eventually("the drained chunkd's files to go", || cluster.stored_shards(0).is_empty());
     shardfs_tests::write_random(&mount.join("after"), 8 << 20, 9);
     std::fs::File::open(mount.join("after")).unwrap().sync_all().unwrap();
-    assert!(cluster.shard_files(0).is_empty(), "new shards went to a drained chunkd");
+    assert!(cluster.stored_shards(0).is_empty(), "new shards went to a drained chunkd");
     let status =
         cluster.command("shardfs").args(["status", "--json", &cluster.metad_addr]).output();
     let status: serde_json::Value = serde_json::from_slice(&status.unwrap().stdout).unwrap();

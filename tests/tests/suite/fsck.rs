@@ -34,14 +34,14 @@ fn clean_after_work_and_counts_lost_shards() {
     assert!(chunks >= 4, "{report:#}");
     // Lose one chunkd and one more shard of some chunk: degraded, still readable.
     cluster.stop_chunkd(0, Signal::SIGKILL);
-    let victim = cluster.shard_files(1).into_iter().next().unwrap();
-    std::fs::remove_file(&victim).unwrap();
+    let victim = cluster.stored_shards(1).into_iter().next().unwrap();
+    cluster.lose_shard(1, victim.shard);
     let (code, report) = fsck(&cluster, &["--verify-data"]);
     assert_eq!(code, 4, "{report:#}");
     let degraded = report["data"]["degraded"].as_array().unwrap();
     assert!(!degraded.is_empty());
     assert_eq!(report["data"]["unreadable"], serde_json::json!([]));
-    let victim_chunk = victim.file_stem().unwrap().to_string_lossy().to_string();
+    let victim_chunk = victim.shard.chunk.to_hex();
     let entry =
         degraded.iter().find(|c| c["chunk"] == victim_chunk.as_str()).expect("victim listed");
     assert!(entry["verified"].as_u64().unwrap() <= 5);
@@ -136,17 +136,15 @@ fn corrupt_and_missing_shards_are_found_and_rebuilt_without_any_read() {
     // outright, flip a byte in the others.
     let mut chunks_hit = std::collections::HashSet::new();
     let mut damaged = 0;
-    for file in (0..4).flat_map(|i| cluster.shard_files(i)) {
-        let chunk = file.file_stem().unwrap().to_string_lossy().to_string();
-        if !chunks_hit.insert(chunk) {
+    for (i, at) in (0..4).flat_map(|i| cluster.stored_shards(i).into_iter().map(move |at| (i, at)))
+    {
+        if !chunks_hit.insert(at.shard.chunk) {
             continue;
         }
         if damaged == 0 {
-            std::fs::remove_file(&file).unwrap();
+            cluster.lose_shard(i, at.shard);
         } else {
-            let mut bytes = std::fs::read(&file).unwrap();
-            bytes[100] ^= 0xff;
-            std::fs::write(&file, bytes).unwrap();
+            cluster.damage_shard(&at, 100);
         }
         damaged += 1;
     }

@@ -11,7 +11,7 @@ use shardfs_tests::{Cluster, eventually, sh, sha256};
 const FAST_GC: [&str; 4] = ["--gc-grace", "0.5", "--gc-interval", "0.1"];
 
 fn shard_count(cluster: &Cluster) -> usize {
-    (0..cluster.chunkds.len()).map(|i| cluster.shard_files(i).len()).sum()
+    (0..cluster.chunkds.len()).map(|i| cluster.stored_shards(i).len()).sum()
 }
 
 #[test]

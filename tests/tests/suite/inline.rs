@@ -12,7 +12,7 @@ fn small_files_live_in_metad_and_survive_every_chunkd_down() {
     mount.unmount();
     let stats = cluster.query(async |c| c.catalogue_stats().await).unwrap();
     assert_eq!(stats.chunks, 2);
-    let shards: usize = (0..6).map(|i| cluster.shard_files(i).len()).sum();
+    let shards: usize = (0..6).map(|i| cluster.stored_shards(i).len()).sum();
     assert_eq!(shards, 0, "inline chunks put nothing on chunkds");
     for i in 0..6 {
         cluster.stop_chunkd(i, nix::sys::signal::Signal::SIGKILL);

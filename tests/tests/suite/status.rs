@@ -33,7 +33,7 @@ fn status_json_reports_a_killed_chunkd_down_and_counts_degraded_chunks() {
     assert!(before["catalogue"]["chunks"].as_u64().unwrap() >= 5, "{before}");
     assert!(before["workers"]["sessions"].as_u64().unwrap() >= 1, "{before}");
     // One shard per chunk on a chunkd: its shard files are the chunks it degrades.
-    let on_victim = cluster.shard_files(0).len() as u64;
+    let on_victim = cluster.stored_shards(0).len() as u64;
     assert!(on_victim > 0);
     cluster.stop_chunkd(0, Signal::SIGKILL);
     eventually("status to report the chunkd down", || !up(&status(&cluster), &victim));

@@ -77,7 +77,7 @@ fn a_cluster_over_tls_serves_and_nothing_crosses_in_the_clear() {
     assert!(cluster.fsck_clean());
     // metad's garbage collector deletes shards on chunkds over TLS.
     std::fs::remove_file(mount.join("big")).unwrap();
-    let shards = || (0..3).map(|i| cluster.shard_files(i).len()).sum::<usize>();
+    let shards = || (0..3).map(|i| cluster.stored_shards(i).len()).sum::<usize>();
     eventually("the deleted file's shards to go", || shards() == 0);
 
     let recorder = write_marker_through_recorder(&cluster);

@@ -1,6 +1,5 @@
-//! Where shard files live in a data directory, and how their names are parsed back.
-//!
-//! The layout is drawn in the `store` module doc.
+//! Stores written before volumes: one file per shard, under `shards/<aa>/<bb>/`. They stay
+//! readable, and a background task moves their shards into volumes (`migrate`).
 //!
 //! Paths are only ever built from a parsed `ShardId`, so no request can name a file outside
 //! `shards/`. Names are parsed strictly (lowercase hex, canonical decimal index, in the
@@ -13,17 +12,7 @@ use std::path::{Path, PathBuf};
 
 use shardfs_chunk_api::chunk_id::{ChunkId, ShardId};
 
-pub const ID_FILE: &str = "chunkd.id";
-pub const LOCK_FILE: &str = "chunkd.lock";
 pub const SHARDS_DIR: &str = "shards";
-pub const TMP_DIR: &str = "tmp";
-pub const QUARANTINE_DIR: &str = "quarantine";
-
-/// The file that holds `shard` in the store at `data_dir`. Public so that tests elsewhere
-/// can damage or remove a shard on disk.
-pub fn shard_file_path(data_dir: &Path, shard: ShardId) -> PathBuf {
-    shard_path_in(&data_dir.join(SHARDS_DIR), shard)
-}
 
 pub(super) fn shard_path_in(shards_dir: &Path, shard: ShardId) -> PathBuf {
     let [a, b, ..] = shard.chunk.0;
@@ -108,7 +97,7 @@ fn leaf_shards(dir: &Path, a: u8, b: u8) -> io::Result<Vec<(ShardId, u64)>> {
 
 /// Calls `visit` for every shard file in `shards_dir` after `after`, in `ShardId` order,
 /// until it returns `false`.
-fn walk(
+pub(super) fn walk(
     shards_dir: &Path,
     after: Option<ShardId>,
     mut visit: impl FnMut(ShardId, u64) -> bool,
@@ -199,7 +188,7 @@ mod tests {
         id[0] = 0xab;
         id[1] = 0x01;
         let shard = ShardId { chunk: ChunkId(id), index: 3 };
-        let path = shard_file_path(Path::new("/data"), shard);
+        let path = shard_path_in(Path::new("/data/shards"), shard);
         assert_eq!(path, Path::new("/data/shards/ab/01").join(format!("{}.3", shard.chunk)));
     }
 }
