@@ -24,7 +24,7 @@ use shardfs_fs::mount_record::{self};
 
 /// glibc malloc arenas per process. Its default (8 per core) lets every thread of the async
 /// runtime keep its own arena of freed chunk and shard buffers: writing 1 GiB peaked at
-/// 573 MiB of RSS with the default 256 MiB chunk cache, 403 MiB with 2 arenas
+/// 573 MiB of RSS with a 256 MiB chunk cache, 403 MiB with 2 arenas
 /// (docs/performance.md).
 const MALLOC_ARENAS: i32 = 2;
 

@@ -271,14 +271,20 @@ impl ChunkIo {
     /// already-stored ones are referenced (dedup), the others put on k+m chunkds. Returns
     /// what to commit.
     pub async fn store(&self, pieces: &[Piece]) -> FsResult<Written> {
-        // The id and the hash tree come from one pass over the bytes.
-        let hashed: Vec<(ChunkId, u64, Arc<Vec<u8>>)> = pieces
-            .iter()
-            .map(|p| {
-                let (id, tree) = hash_tree::build(&p.data);
-                (id, p.data.len() as u64, Arc::new(tree))
-            })
-            .collect();
+        // The id and the hash tree come from one pass over the bytes, the pieces hashed in
+        // parallel off the runtime's threads.
+        let mut hashing = JoinSet::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let data = piece.data.clone();
+            hashing.spawn_blocking(move || (i, hash_tree::build(&data)));
+        }
+        let mut hashed: Vec<(ChunkId, u64, Arc<Vec<u8>>)> =
+            vec![(ChunkId([0; 32]), 0, Arc::default()); pieces.len()];
+        while let Some(joined) = hashing.join_next().await {
+            let (i, (id, tree)) =
+                joined.map_err(|e| FsError::MetaProtocol(format!("hash task failed: {e}")))?;
+            hashed[i] = (id, pieces[i].data.len() as u64, Arc::new(tree));
+        }
         let mut seen = HashSet::new();
         let (small, large): (Vec<_>, Vec<_>) = hashed
             .iter()
@@ -288,7 +294,7 @@ impl ChunkIo {
             .partition(|(_, chunk)| chunk.len <= INLINE_MAX);
         let inline = small
             .into_iter()
-            .map(|(i, chunk)| InlineChunk { chunk: chunk.chunk, data: pieces[i].data.clone() })
+            .map(|(i, chunk)| InlineChunk { chunk: chunk.chunk, data: pieces[i].data.to_vec() })
             .collect();
         let (mut stored, mut found) = (Vec::new(), Vec::new());
         let mut pending = large;
@@ -369,7 +375,7 @@ impl ChunkIo {
             .iter()
             .zip(&hashed)
             .map(|(piece, (chunk, len, _))| {
-                cache.insert(*chunk, Arc::new(piece.data.clone()));
+                cache.insert(*chunk, piece.data.clone());
                 Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
             })
             .collect();
@@ -418,7 +424,7 @@ async fn put_chunk(
     pool: Arc<ChunkClientPool>,
     chunk: ChunkToWrite,
     (encoding, tree): (shardfs_chunk_api::Encoding, Arc<Vec<u8>>),
-    data: Vec<u8>,
+    data: ChunkBytes,
     places: Vec<ShardPlace>,
 ) -> Result<(), PutFailure> {
     let shards =
@@ -476,7 +482,7 @@ async fn put_chunk(
 const PUT_ATTEMPTS: usize = 3;
 
 /// The cache size used when none is configured.
-pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

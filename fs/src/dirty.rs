@@ -1,6 +1,7 @@
 //! Buffered writes of one file that are not yet committed to metad.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Non-overlapping, non-adjacent byte ranges written since the last flush, keyed by file
 /// offset.
@@ -10,11 +11,18 @@ pub struct DirtyRanges {
     bytes: usize,
 }
 
-/// A range ready to become one chunk: it never crosses a multiple of the chunk size.
-#[derive(Debug, PartialEq, Eq)]
+/// A range ready to become one chunk: it never crosses a multiple of the chunk size. Its
+/// bytes are shared, not copied, by the puts that store it and the cache that keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
     pub offset: u64,
-    pub data: Vec<u8>,
+    pub data: Arc<Vec<u8>>,
+}
+
+impl Piece {
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
 }
 
 impl DirtyRanges {
@@ -128,46 +136,74 @@ impl DirtyRanges {
     /// Cut like [`take_all`](Self::take_all).
     pub fn take_completed(&mut self, window: u64) -> Vec<Piece> {
         let mut taken = Vec::new();
-        for (start, mut data) in std::mem::take(&mut self.ranges) {
+        for (start, data) in std::mem::take(&mut self.ranges) {
             let end = start + data.len() as u64;
             let (first, last) = (start.div_ceil(window) * window, end / window * window);
             if last <= first {
                 self.ranges.insert(start, data);
                 continue;
             }
-            let tail = data.split_off((last - start) as usize);
-            let whole = data.split_off((first - start) as usize);
+            let (head, rest) = data.split_at((first - start) as usize);
+            let (whole, tail) = rest.split_at((last - first) as usize);
             self.bytes -= whole.len();
-            if !data.is_empty() {
-                self.ranges.insert(start, data);
+            taken.extend(cut_slice(first, whole, window));
+            if !head.is_empty() {
+                self.ranges.insert(start, head.to_vec());
             }
             if !tail.is_empty() {
-                self.ranges.insert(last, tail);
+                self.ranges.insert(last, tail.to_vec());
             }
-            taken.extend(cut(first, whole, window));
         }
         taken
     }
 
-    /// Puts back pieces whose flush failed. Only valid while no newer write happened.
+    /// Puts back pieces whose commit failed, under whatever was written since: only the
+    /// bytes no buffered range covers are taken from them.
     pub fn restore(&mut self, pieces: Vec<Piece>) {
         for piece in pieces {
-            self.write(piece.offset, &piece.data);
+            let covered: Vec<(u64, u64)> = self
+                .ranges
+                .range(..piece.end())
+                .map(|(start, data)| (*start, *start + data.len() as u64))
+                .filter(|&(_, end)| end > piece.offset)
+                .collect();
+            let mut at = piece.offset;
+            let mut gaps = Vec::new();
+            for (start, end) in covered.into_iter().chain([(piece.end(), piece.end())]) {
+                if at < start {
+                    gaps.push((at, start));
+                }
+                at = at.max(end);
+            }
+            for (from, to) in gaps {
+                let bytes =
+                    &piece.data[(from - piece.offset) as usize..(to - piece.offset) as usize];
+                self.write(from, bytes);
+            }
         }
     }
 }
 
-/// Cuts `[start, start + data.len())` at multiples of `window`.
-fn cut(start: u64, mut data: Vec<u8>, window: u64) -> Vec<Piece> {
+/// Cuts `[start, start + data.len())` at multiples of `window`; a range within one window
+/// becomes its piece without a copy.
+fn cut(start: u64, data: Vec<u8>, window: u64) -> Vec<Piece> {
+    let end = start + data.len() as u64;
+    if !data.is_empty() && (start / window + 1) * window >= end {
+        return vec![Piece { offset: start, data: Arc::new(data) }];
+    }
+    cut_slice(start, &data, window)
+}
+
+/// [`cut`], copying each byte once.
+fn cut_slice(start: u64, data: &[u8], window: u64) -> Vec<Piece> {
+    let end = start + data.len() as u64;
     let mut pieces = Vec::new();
     let mut offset = start;
-    while !data.is_empty() {
-        let next_boundary = (offset / window + 1) * window;
-        let len = ((next_boundary - offset) as usize).min(data.len());
-        let rest = data.split_off(len);
-        pieces.push(Piece { offset, data });
-        data = rest;
-        offset += len as u64;
+    while offset < end {
+        let next = ((offset / window + 1) * window).min(end);
+        let bytes = data[(offset - start) as usize..(next - start) as usize].to_vec();
+        pieces.push(Piece { offset, data: Arc::new(bytes) });
+        offset = next;
     }
     pieces
 }
@@ -269,5 +305,23 @@ mod tests {
         assert_eq!(spans, [(40, 8)]);
         dirty.restore(pieces);
         assert_eq!(dirty.bytes(), 40);
+    }
+
+    #[test]
+    fn restored_pieces_go_under_newer_writes() {
+        let mut dirty = DirtyRanges::default();
+        dirty.write(0, &[1; 24]);
+        let pieces = dirty.take_all(8);
+        // Written while the pieces were being stored: they must win.
+        dirty.write(4, &[2; 2]);
+        dirty.write(10, &[3; 8]);
+        dirty.write(30, &[4; 2]);
+        dirty.restore(pieces);
+        let mut model = vec![Some(1u8); 24];
+        model.extend([None; 6]);
+        model.extend([Some(4); 2]);
+        model[4..6].fill(Some(2));
+        model[10..18].fill(Some(3));
+        check(&dirty, &model);
     }
 }

@@ -98,7 +98,7 @@ impl Fs {
             && changes.mode.is_none()
             && changes.uid.is_none()
             && changes.gid.is_none();
-        if times_only && !data.dirty.is_empty() {
+        if times_only && data.has_buffered() {
             // Times only (the kernel writing back the times it keeps, or cp -p setting
             // mtime): buffered writes stay buffered, since committing them here would cut a
             // chunk wherever the writes had got to, and their commit takes this mtime, so it
@@ -135,7 +135,7 @@ impl Fs {
         let attr = self.leases.set_attr_here(ino, changes, queued)?;
         Some(match data.as_mut() {
             Some(data) => {
-                if changes.mtime.is_some() && !data.dirty.is_empty() {
+                if changes.mtime.is_some() && data.has_buffered() {
                     data.dirty_mtime = Some(attr.mtime);
                 }
                 data.with_dirty(attr)

@@ -1,7 +1,7 @@
 //! Open files and their handles: what an open registers with metad, and what the last
 //! release commits and forgets.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +10,8 @@ use tracing::{debug, warn};
 
 use super::Fs;
 use super::read_path::update_atime;
-use crate::dirty::DirtyRanges;
+use crate::chunk_io::Written;
+use crate::dirty::{DirtyRanges, Piece};
 use crate::error::{FsError, FsResult};
 use shardfs_rpc::sync::Lock as _;
 
@@ -35,6 +36,9 @@ pub(super) struct FileData {
     /// Committed layout, fetched on demand and dropped after each commit.
     pub(super) layout: Option<Arc<Layout>>,
     pub(super) dirty: DirtyRanges,
+    /// Buffered writes taken for early write-back, being stored in the background, oldest
+    /// first; committed in that order (see [`Fs::write`]).
+    pub(super) storing: VecDeque<Storing>,
     /// Time of the last buffered write.
     pub(super) dirty_mtime: Option<Timestamp>,
     /// The committed attributes, when known while this mount holds the file's write lease:
@@ -43,10 +47,67 @@ pub(super) struct FileData {
     pub(super) committed: Option<Attr>,
 }
 
+/// Pieces of a file being stored by a background task, to be committed once it is done.
+pub(super) struct Storing {
+    pub(super) pieces: Vec<Piece>,
+    pub(super) task: tokio::task::JoinHandle<FsResult<Written>>,
+}
+
 impl FileData {
+    /// End of the last byte buffered or being stored.
+    pub(super) fn end(&self) -> Option<u64> {
+        let storing = self.storing.iter().flat_map(|s| &s.pieces).map(Piece::end).max();
+        self.dirty.end().max(storing)
+    }
+
+    /// Bytes buffered or being stored.
+    pub(super) fn buffered_bytes(&self) -> usize {
+        self.dirty.bytes() + self.storing_bytes()
+    }
+
+    /// Bytes being stored.
+    pub(super) fn storing_bytes(&self) -> usize {
+        self.storing.iter().flat_map(|s| &s.pieces).map(|p| p.data.len()).sum()
+    }
+
+    /// Whether anything written is not committed yet.
+    pub(super) fn has_buffered(&self) -> bool {
+        !self.dirty.is_empty() || !self.storing.is_empty()
+    }
+
+    /// Whether a byte buffered or being stored lies in `[start, end)`.
+    pub(super) fn overlaps(&self, start: u64, end: u64) -> bool {
+        let storing = self.storing.iter().flat_map(|s| &s.pieces);
+        self.dirty.overlaps(start, end)
+            || storing.into_iter().any(|p| p.offset < end && p.end() > start)
+    }
+
+    /// Copies the bytes buffered or being stored over `buf`, which holds file bytes
+    /// `[offset, offset + len)`: the oldest first, so the newest win.
+    pub(super) fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset + buf.len() as u64;
+        for piece in self.storing.iter().flat_map(|s| &s.pieces) {
+            let (from, to) = (offset.max(piece.offset), end.min(piece.end()));
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                    &piece.data[(from - piece.offset) as usize..(to - piece.offset) as usize],
+                );
+            }
+        }
+        self.dirty.overlay(offset, buf);
+    }
+
+    /// Drops everything written and not committed (the file is gone).
+    pub(super) fn discard(&mut self, window: u64) {
+        self.dirty.take_all(window);
+        for storing in self.storing.drain(..) {
+            storing.task.abort();
+        }
+    }
+
     /// `attr` with what is buffered: the size it reaches and the time it was written.
     pub(super) fn with_dirty(&self, mut attr: Attr) -> Attr {
-        if let Some(end) = self.dirty.end() {
+        if let Some(end) = self.end() {
             attr.size = attr.size.max(end);
         }
         if let Some(mtime) = self.dirty_mtime {

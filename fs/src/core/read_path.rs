@@ -86,7 +86,7 @@ impl Fs {
             // Before the data is returned, so a stat right after the read sees it.
             self.note_read(file.ino, &layout.attr);
         }
-        let file_size = layout.attr.size.max(data.dirty.end().unwrap_or(0));
+        let file_size = layout.attr.size.max(data.end().unwrap_or(0));
         if offset >= file_size {
             return Ok(Vec::new());
         }
@@ -98,9 +98,9 @@ impl Fs {
             u64::MAX => offset == 0,
             end => end == offset,
         };
-        if data.dirty.overlaps(offset, offset + len as u64) {
+        if data.overlaps(offset, offset + len as u64) {
             self.fill(&layout, offset, &mut buf, sequential).await?;
-            data.dirty.overlay(offset, &mut buf);
+            data.overlay(offset, &mut buf);
         } else {
             // Without buffered bytes in the way, other readers need not wait for this one.
             drop(data);

@@ -12,8 +12,9 @@ use shardfs_meta_api::proto::{
 use tracing::{debug, warn};
 
 use super::Fs;
-use super::open_files::{FileData, Handle, OpenFile};
+use super::open_files::{FileData, Handle, OpenFile, Storing};
 use crate::chunk_io::Written;
+use crate::dirty::Piece;
 use crate::error::{FsError, FsResult};
 use crate::setid;
 use crate::write_back::{self};
@@ -58,7 +59,7 @@ impl Fs {
                 };
                 // O_APPEND handles bypass the page cache.
                 self.leases.pages_changed(file.ino);
-                let end = committed.size.max(data.dirty.end().unwrap_or(0));
+                let end = committed.size.max(data.end().unwrap_or(0));
                 data.committed = Some(committed);
                 end
             }
@@ -71,15 +72,56 @@ impl Fs {
         }
         data.dirty.write(offset, bytes);
         data.dirty_mtime = Some(Timestamp::now());
-        if data.dirty.bytes() >= self.options.dirty_flush_bytes {
-            // Early write-back; a failure here leaves the bytes buffered for the next flush,
-            // which reports it.
-            let early = self.write_back_down_to(file, &mut data, self.options.dirty_flush_bytes);
-            if let Err(e) = early.await {
-                warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
+        // Early write-back: whole chunks are stored in the background while later writes
+        // are buffered, and committed in order as they are done; at most the flush threshold
+        // is being stored at once. Random writes, which finish no chunk, are committed here
+        // and now. A failure leaves the bytes buffered for the next flush, which reports it.
+        let flush_bytes = self.options.dirty_flush_bytes;
+        if data.dirty.bytes() >= flush_bytes {
+            self.store_ahead(&mut data);
+        }
+        let early = async {
+            if data.dirty.bytes() >= flush_bytes {
+                self.write_back_down_to(file, &mut data, flush_bytes).await?;
             }
+            self.commit_stored(file, &mut data, flush_bytes).await
+        };
+        if let Err(e) = early.await {
+            warn!(ino = file.ino, "write-back failed, data stays buffered: {e}");
         }
         Ok((bytes.len() as u32, mode_changed))
+    }
+
+    /// Takes the whole chunks buffered and starts storing them in the background.
+    fn store_ahead(&self, data: &mut FileData) {
+        let pieces = data.dirty.take_completed(self.volume.chunk_size);
+        if pieces.is_empty() {
+            return;
+        }
+        let (io, taken) = (self.io.clone(), pieces.clone());
+        let task = tokio::spawn(async move { io.store(&taken).await });
+        data.storing.push_back(Storing { pieces, task });
+    }
+
+    /// Commits what background stores finished, oldest first, and waits for them while more
+    /// than `most` bytes are being stored (with `most` 0, until every one is committed).
+    async fn commit_stored(
+        &self,
+        file: &OpenFile,
+        data: &mut FileData,
+        most: usize,
+    ) -> FsResult<()> {
+        while let Some(oldest) = data.storing.front() {
+            if data.storing_bytes() <= most && !oldest.task.is_finished() {
+                break;
+            }
+            let Storing { pieces, task } = data.storing.pop_front().expect("looked at above");
+            let written = task
+                .await
+                .unwrap_or_else(|e| Err(FsError::MetaProtocol(format!("store task failed: {e}"))));
+            self.commit_pieces(file, data, pieces, written).await?;
+        }
+        Ok(())
     }
 
     /// Commits buffered writes until fewer than `most` bytes stay buffered: the finished
@@ -122,7 +164,7 @@ impl Fs {
     /// can miss them), for a file metad does not track as open here (whose release must
     /// follow the commit), with a single handle left, and within the background budget.
     pub(super) async fn defers_commit(&self, file: &OpenFile) -> Option<usize> {
-        let bytes = file.data.lock().await.dirty.bytes();
+        let bytes = file.data.lock().await.buffered_bytes();
         let last = self.files.locked().get(&file.ino).map(|(_, n)| *n) == Some(1);
         let defer = bytes > 0
             && bytes as u64 <= INLINE_MAX
@@ -145,7 +187,7 @@ impl Fs {
                 Ok(()) => break,
                 Err(FsError::Meta(MetaError::NotFound)) => {
                     // Unlinked here since: nothing can read what it buffered.
-                    data.dirty.take_all(self.volume.chunk_size);
+                    data.discard(self.volume.chunk_size);
                     break;
                 }
                 Err(e) if self.write_back.closing() => {
@@ -165,7 +207,7 @@ impl Fs {
             let data = file.data.lock().await;
             let mut files = self.files.locked();
             let others = file.committing.fetch_sub(1, Ordering::SeqCst) - 1;
-            let forget = data.dirty.is_empty()
+            let forget = !data.has_buffered()
                 && others == 0
                 && files
                     .get(&file.ino)
@@ -192,7 +234,11 @@ impl Fs {
     pub(super) async fn commit_here(&self, file: &OpenFile) -> FsResult<bool> {
         let Some(journal) = &self.journal else { return Ok(false) };
         let mut data = file.data.lock().await;
-        if data.dirty.is_empty() || !self.leases.holds_write(file.ino) {
+        if !data.has_buffered() || !self.leases.holds_write(file.ino) {
+            return Ok(false);
+        }
+        self.commit_stored(file, &mut data, 0).await?;
+        if data.dirty.is_empty() {
             return Ok(false);
         }
         let pieces = data.dirty.take_all(self.volume.chunk_size);
@@ -243,14 +289,16 @@ impl Fs {
         Ok(self.meta.sync().await?)
     }
 
-    /// Stores buffered pieces and commits them. With `everything` false, the last,
-    /// unfinished chunk-sized window of each range stays buffered.
+    /// Stores buffered pieces and commits them, after what is being stored in the
+    /// background. With `everything` false, the last, unfinished chunk-sized window of each
+    /// range stays buffered.
     pub(super) async fn flush_locked(
         &self,
         file: &OpenFile,
         data: &mut FileData,
         everything: bool,
     ) -> FsResult<()> {
+        self.commit_stored(file, data, 0).await?;
         let window = self.volume.chunk_size;
         let pieces = if everything {
             data.dirty.take_all(window)
@@ -258,17 +306,36 @@ impl Fs {
             data.dirty.take_completed(window)
         };
         let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else { return Ok(()) };
-        let end = last.offset + last.data.len() as u64;
-        debug!(ino = file.ino, everything, from = first.offset, end, "committing buffered writes");
+        debug!(
+            ino = file.ino,
+            everything,
+            from = first.offset,
+            end = last.end(),
+            "committing buffered writes"
+        );
+        let written = self.io.store(&pieces).await;
+        self.commit_pieces(file, data, pieces, written).await
+    }
+
+    /// Commits `pieces`, which `written` stored (or failed to). On failure they go back to
+    /// the buffer, under what was written since, and so does what is being stored after
+    /// them, which must not be committed before them.
+    async fn commit_pieces(
+        &self,
+        file: &OpenFile,
+        data: &mut FileData,
+        pieces: Vec<Piece>,
+        written: FsResult<Written>,
+    ) -> FsResult<()> {
         let mtime = data.dirty_mtime.unwrap_or_else(Timestamp::now);
         let epoch = self.leases.epoch();
         // A file with no content yet has just this as its content once it is committed.
         let was_empty =
             self.leases.cached_attr(file.ino).is_some_and(|a| a.size == 0 && a.allocated == 0);
         let committed = async {
+            let mut written = written?;
             let mut attempts = 0;
             loop {
-                let written = self.io.store(&pieces).await?;
                 let content = was_empty.then(|| written.content()).flatten();
                 let Written { stored, inline, extents, .. } = written;
                 match self.meta.commit_write(file.ino, stored, inline, extents, mtime).await {
@@ -276,6 +343,7 @@ impl Fs {
                     // commit: prepare again, which now stores it.
                     Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
                         attempts += 1;
+                        written = self.io.store(&pieces).await?;
                     }
                     result => return result.map(|attr| (attr, content)).map_err(FsError::from),
                 }
@@ -292,13 +360,18 @@ impl Fs {
                 }
                 self.leases.update_attr(epoch, &attr);
                 data.committed = Some(attr.clone());
-                if data.dirty.is_empty() {
+                if !data.has_buffered() {
                     data.dirty_mtime = None;
                 }
                 Ok(())
             }
             Err(e) => {
-                // Nothing is lost: the bytes stay buffered for the next flush.
+                // Nothing is lost: the bytes go back to the buffer for the next flush, the
+                // newest first, each under what is newer.
+                for later in data.storing.drain(..).rev() {
+                    later.task.abort();
+                    data.dirty.restore(later.pieces);
+                }
                 data.dirty.restore(pieces);
                 Err(e)
             }

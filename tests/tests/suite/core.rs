@@ -106,6 +106,47 @@ fn what_is_written_reads_back_after_close() {
     cluster.run(async { tokio::join!(fs.close(), other.close()) });
 }
 
+/// Early write-back stores whole chunks in the background while later writes are buffered:
+/// reads see the newest bytes throughout, a rewrite of a range still being stored wins over
+/// it, and what is committed in the end is the newest content.
+#[test]
+fn writes_over_chunks_being_stored_read_back_newest_first() {
+    let cluster = Cluster::start();
+    let client = cluster.cluster.as_ref().expect("running");
+    let rpc = ClientOptions::with_key(client.key);
+    // Early write-back after two chunks, so several stores are under way at once.
+    let options = FsOptions { rpc, dirty_flush_bytes: 2 * CHUNK as usize, ..FsOptions::default() };
+    let fs = cluster.run(Fs::connect(&client.metad_addr, options)).expect("connect");
+    let mut model = random_bytes(24 * CHUNK as usize, 7);
+    let other = cluster.client();
+    cluster.run(async {
+        let (attr, fh) = fs.create(ROOT_INO, b"file", 0o644, Cred::ROOT).await.unwrap();
+        let content = model.clone();
+        for (i, piece) in content.chunks(64 * 1024).enumerate() {
+            let offset = (i * 64 * 1024) as u64;
+            fs.write(fh, offset, piece, None).await.unwrap();
+            // Every two chunks, go back over a range that is most likely still being stored
+            // and read it and the end back at once.
+            if i % 8 == 7 {
+                let back = offset.saturating_sub(CHUNK + 1000) as usize;
+                let newer = random_bytes(5000, i as u64);
+                model[back..back + 5000].copy_from_slice(&newer);
+                fs.write(fh, back as u64, &newer, None).await.unwrap();
+                let read = fs.read(fh, back as u64, 8000).await.unwrap();
+                assert!(read == model[back..back + 8000], "read at {back} while storing");
+            }
+        }
+        let end = model.len() as u64;
+        assert_eq!(fs.get_attr(attr.ino).await.unwrap().size, end);
+        let all = read_all(&fs, attr.ino).await;
+        assert!(all == model, "content read back before the close differs");
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await.unwrap();
+        assert!(read_all(&other, attr.ino).await == model, "committed content differs");
+        tokio::join!(fs.close(), other.close());
+    });
+}
+
 #[test]
 fn truncate_shortens_and_extends_with_zeros() {
     let cluster = Cluster::start();
