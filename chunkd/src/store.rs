@@ -308,7 +308,7 @@ impl ShardStore {
             }
             let header = ShardHeader::new(shard, encoding, chunk_len, &data, &tree);
             let parts = vec![header.to_bytes().to_vec(), data, tree];
-            Ok(NewRecord { shard, checksum: header.checksum, parts })
+            Ok(NewRecord { header, parts })
         })
         .await?;
         if self.stored_intact(&record).await? {
@@ -319,30 +319,42 @@ impl ShardStore {
 
     /// Whether the volumes already hold `record`, intact. A damaged copy is quarantined
     /// (not reported: the put replaces it).
+    /// A record of an older format (version 1, without a tree) holding the same bytes counts
+    /// as the shard stored, as it did in a store of shard files.
     async fn stored_intact(self: &Arc<Self>, record: &NewRecord) -> Result<bool, ChunkdError> {
-        let shard = record.shard;
-        let stored = self.volumes.index.read_locked().get(&shard).cloned();
-        match stored {
-            Some(location) if location.checksum == record.checksum => {
-                let store = self.clone();
-                blocking(move || {
-                    let found = Found::Volume(location);
-                    let source = found.source().expect("found in a volume");
-                    match record::read(source, shard)
-                        .map_err(|e| io_error("read", &found.path(), e))?
-                    {
-                        ReadOutcome::Valid { .. } => Ok(true),
-                        ReadOutcome::Invalid(error) => {
-                            match store.reject_invalid(shard, &found, error, false) {
-                                ChunkdError::Corrupt(_) => Ok(false),
-                                other => Err(other),
-                            }
-                        }
+        let (new, shard) = (&record.header, record.header.shard);
+        let Some(location) = self.volumes.index.read_locked().get(&shard).cloned() else {
+            return Ok(false);
+        };
+        let stored = &location.header;
+        let same = stored.checksum == new.checksum;
+        let older_format = stored.version < new.version
+            && (stored.encoding, stored.chunk_len) == (new.encoding, new.chunk_len);
+        if !same && !older_format {
+            // The writer refuses it: same id, other content.
+            return Ok(false);
+        }
+        let store = self.clone();
+        let payload = blocking(move || {
+            let found = Found::Volume(location);
+            let source = found.source().expect("found in a volume");
+            match record::read(source, shard).map_err(|e| io_error("read", &found.path(), e))? {
+                ReadOutcome::Valid { payload, .. } => Ok(Some(payload)),
+                ReadOutcome::Invalid(error) => {
+                    match store.reject_invalid(shard, &found, error, false) {
+                        ChunkdError::Corrupt(_) => Ok(None),
+                        other => Err(other),
                     }
-                })
-                .await
+                }
             }
-            _ => Ok(false),
+        })
+        .await?;
+        match payload {
+            Some(payload) if same || payload == record.parts[1] => Ok(true),
+            Some(_) => Err(ChunkdError::Invalid(format!(
+                "shard {shard} is already stored with different content"
+            ))),
+            None => Ok(false),
         }
     }
 
@@ -419,11 +431,16 @@ impl ShardStore {
         with_tree: bool,
     ) -> Result<(Vec<u8>, Vec<u8>), ChunkdError> {
         self.with_record(shard, move |store, source, found| {
-            let header = match record::open(source, shard)
-                .map_err(|e| io_error("read", &found.path(), e))?
-            {
-                Ok(header) => header,
-                Err(error) => return Err(store.reject_invalid(shard, found, error, true)),
+            let header = match found {
+                // Verified when the record was written or read at start-up; the bytes read
+                // are verified by the reader.
+                Found::Volume(location) => location.header.clone(),
+                _ => match record::open(source, shard)
+                    .map_err(|e| io_error("read", &found.path(), e))?
+                {
+                    Ok(header) => header,
+                    Err(error) => return Err(store.reject_invalid(shard, found, error, true)),
+                },
             };
             if header.tree_len() == 0 {
                 return Err(ChunkdError::Invalid(format!(
@@ -619,21 +636,29 @@ impl ShardStore {
                 self.forget_file(*len);
             }
             Found::Volume(location) => {
-                let mut bytes = vec![0u8; location.len as usize];
-                let path = &location.volume.path;
-                location
-                    .volume
-                    .file
-                    .read_exact_at(&mut bytes, location.offset)
-                    .map_err(|e| io_error("read", path, e))?;
-                durable::write_durable(&self.tmp_dir, &target, &[&bytes])
-                    .map_err(|e| io_error("write", &target, e))?;
+                // The record is dropped even if keeping a copy fails: a damaged record must
+                // not stay where reads and puts would take it for the shard.
+                let copied = self.keep_copy(location, &target);
                 let at = location.clone();
                 self.submit_blocking(|reply| Op::Forget { shard, at, reply })?;
+                copied?;
             }
             Found::Missing => {}
         }
         Ok(())
+    }
+
+    /// Writes a damaged record's bytes to `target` in `quarantine/`.
+    fn keep_copy(&self, location: &Location, target: &Path) -> Result<(), ChunkdError> {
+        let mut bytes = vec![0u8; location.len as usize];
+        let path = &location.volume.path;
+        location
+            .volume
+            .file
+            .read_exact_at(&mut bytes, location.offset)
+            .map_err(|e| io_error("read", path, e))?;
+        durable::write_durable(&self.tmp_dir, target, &[&bytes])
+            .map_err(|e| io_error("write", target, e))
     }
 
     /// Drops a removed shard file from the usage counters.
@@ -667,12 +692,12 @@ pub fn inventory(dir: &Path) -> io::Result<Vec<StoredAt>> {
         let file = volume::VolumeFile { number, file: File::open(&path)?, path: path.clone() };
         for record in volume::scan(&volumes_dir, &file, false)?.records {
             let at = StoredAt {
-                shard: record.shard,
+                shard: record.header.shard,
                 path: path.clone(),
                 offset: record.offset,
                 len: record.len,
             };
-            found.insert(record.shard, at);
+            found.insert(at.shard, at);
         }
     }
     let mut files = Vec::new();

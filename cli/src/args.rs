@@ -383,7 +383,7 @@ impl SecretArgs {
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// Memory for cached chunks, e.g. 256MiB.
+    /// Memory for cached chunks, e.g. 64MiB.
     #[arg(long, value_parser = shardfs_rpc::size::parse)]
     pub(crate) cache_size: Option<u64>,
     /// Allow other users to access the mount.

@@ -370,13 +370,16 @@ impl ChunkIo {
                 Some(error) => debug!("retrying {} chunks elsewhere: {error}", pending.len()),
             }
         }
-        let mut cache = self.cache.locked();
+        // Written chunks are not cached: the kernel keeps the pages just written, and a
+        // writer filling the cache would hold a cache's worth of memory for nothing.
         let extents = pieces
             .iter()
             .zip(&hashed)
-            .map(|(piece, (chunk, len, _))| {
-                cache.insert(*chunk, piece.data.clone());
-                Extent { offset: piece.offset, len: *len, chunk: *chunk, chunk_offset: 0 }
+            .map(|(piece, (chunk, len, _))| Extent {
+                offset: piece.offset,
+                len: *len,
+                chunk: *chunk,
+                chunk_offset: 0,
             })
             .collect();
         Ok(Written { stored, found, inline, extents })

@@ -40,7 +40,7 @@ pub struct MountFlags {
     /// `nonempty`: mount even on a directory that holds something, or on a mount point,
     /// hiding what is there.
     pub nonempty: bool,
-    /// `cache_size=256MiB`: memory for cached chunks.
+    /// `cache_size=64MiB`: memory for cached chunks.
     pub cache_size: Option<u64>,
     /// `secret_file=PATH`: the cluster secret.
     pub secret_file: Option<std::path::PathBuf>,

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::index::{Location, VolumeState, Volumes};
 use super::{durable, volume};
+use crate::shard::ShardHeader;
 use shardfs_chunk_api::chunk_id::ShardId;
 use shardfs_chunk_api::proto::ChunkdError;
 use shardfs_rpc::sync::{Lock as _, ReadWrite as _};
@@ -28,15 +29,18 @@ const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// contiguous extents.
 const PREALLOCATE_BYTES: u64 = 64 << 20;
 
-/// A record to append: its bytes in parts (header, payload, tree, or one part when copied
-/// whole from another volume).
+/// A record to append: its header, and its bytes in parts (header, payload, tree, or one
+/// part when copied whole from elsewhere).
 pub struct NewRecord {
-    pub shard: ShardId,
-    pub checksum: [u8; 32],
+    pub header: ShardHeader,
     pub parts: Vec<Vec<u8>>,
 }
 
 impl NewRecord {
+    fn shard(&self) -> ShardId {
+        self.header.shard
+    }
+
     fn len(&self) -> u64 {
         self.parts.iter().map(|part| part.len() as u64).sum()
     }
@@ -194,14 +198,14 @@ impl Writer {
     fn decide(&mut self, plan: &mut Plan, op: Op) -> Answer {
         match op {
             Op::Put { record, reply } => {
-                let result = match plan.current(&self.volumes, record.shard) {
-                    Some(stored) if stored.checksum == record.checksum => Ok(()),
+                let result = match plan.current(&self.volumes, record.shard()) {
+                    Some(stored) if stored.header.checksum == record.header.checksum => Ok(()),
                     // Same id, different bytes: a client disagrees about the chunk's
                     // encoding. Overwriting could break the chunk for readers that rely on
                     // the stored one.
                     Some(_) => Err(ChunkdError::Invalid(format!(
                         "shard {} is already stored with different content",
-                        record.shard
+                        record.shard()
                     ))),
                     None => self.append(plan, record),
                 };
@@ -224,7 +228,7 @@ impl Writer {
             }
             Op::Remove { number, reply } => Answer::Remove(reply, number),
             Op::Move { record, from, reply } => {
-                let current = plan.current(&self.volumes, record.shard);
+                let current = plan.current(&self.volumes, record.shard());
                 let unchanged = match (&current, &from) {
                     (None, None) => true,
                     (Some(current), Some(from)) => current.same_place(from),
@@ -233,7 +237,7 @@ impl Writer {
                 let result = match unchanged {
                     true => {
                         if let Some(from) = &from {
-                            plan.kill(record.shard, from);
+                            plan.kill(record.shard(), from);
                         }
                         self.append(plan, record).map(|()| true)
                     }
@@ -274,8 +278,9 @@ impl Writer {
             _ => self.volumes.states.locked()[&self.active].file.clone(),
         };
         self.reserve(&file, end + len);
-        let location = Location { volume: file, offset: end, len, checksum: record.checksum };
-        plan.changes.insert(record.shard, Some(location.clone()));
+        let shard = record.shard();
+        let location = Location { volume: file, offset: end, len, header: record.header };
+        plan.changes.insert(shard, Some(location.clone()));
         plan.appends.push((location, record.parts));
         Ok(())
     }

@@ -116,7 +116,7 @@ pub async fn compact(
                 record::read_raw(source, shard).map_err(|e| io_error("read", &found.path(), e))?;
             match verified {
                 Ok(header) => {
-                    let record = NewRecord { shard, checksum: header.checksum, parts: vec![bytes] };
+                    let record = NewRecord { header, parts: vec![bytes] };
                     let from = Some(location);
                     store2.submit_blocking(|reply| Op::Move { record, from, reply })?;
                 }

@@ -12,17 +12,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 use super::volume::{self, Record, VolumeFile};
-use crate::shard::ShardFormatError;
+use crate::shard::{ShardFormatError, ShardHeader};
 use shardfs_chunk_api::chunk_id::ShardId;
 use shardfs_rpc::sync::{Lock as _, ReadWrite as _};
 
-/// Where a shard's record is.
+/// Where a shard's record is, and its header (verified when the record was written or
+/// read at start-up), so a ranged read need not read it again.
 #[derive(Clone, Debug)]
 pub struct Location {
     pub volume: Arc<VolumeFile>,
     pub offset: u64,
     pub len: u64,
-    pub checksum: [u8; 32],
+    pub header: ShardHeader,
 }
 
 impl Location {
@@ -30,8 +31,8 @@ impl Location {
         self.volume.number == other.volume.number && self.offset == other.offset
     }
 
-    fn record(&self, shard: ShardId) -> Record {
-        Record { shard, offset: self.offset, len: self.len, checksum: self.checksum }
+    fn record(&self) -> Record {
+        Record { offset: self.offset, len: self.len, header: self.header.clone() }
     }
 }
 
@@ -105,17 +106,18 @@ impl Volumes {
                 indexed_len: if scanned.indexed { scanned.end } else { 0 },
             };
             for record in scanned.records {
+                let shard = record.header.shard;
                 let location = Location {
                     volume: file.clone(),
                     offset: record.offset,
                     len: record.len,
-                    checksum: record.checksum,
+                    header: record.header,
                 };
                 state.live_bytes += record.len;
                 state.live_count += 1;
                 // Volumes and records are read in the order they were written: the later
                 // copy is the one a compaction made, or a put after a deletion.
-                if let Some(older) = index.insert(record.shard, location) {
+                if let Some(older) = index.insert(shard, location) {
                     duplicates.entry(older.volume.number).or_default().push(older.offset);
                     let older_state = if older.volume.number == number {
                         &mut state
@@ -164,7 +166,7 @@ impl Volumes {
             .read_locked()
             .iter()
             .filter(|(_, location)| location.volume.number == number)
-            .map(|(&shard, location)| location.record(shard))
+            .map(|(_, location)| location.record())
             .collect();
         volume::write_idx(&self.dir, &self.tmp_dir, number, data_len, &records)?;
         if let Some(state) = self.states.locked().get_mut(&number) {

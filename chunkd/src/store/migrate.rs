@@ -86,7 +86,7 @@ async fn migrate_one(store: &Arc<ShardStore>, shard: ShardId) -> Result<u64, Chu
             record::read_raw(source, shard).map_err(|e| io_error("read", &found.path(), e))?;
         match verified {
             Ok(header) => {
-                let record = NewRecord { shard, checksum: header.checksum, parts: vec![bytes] };
+                let record = NewRecord { header, parts: vec![bytes] };
                 store.submit_blocking(|reply| Op::Move { record, from: None, reply })?;
                 store.remove_shard_file(shard)?;
             }

@@ -549,3 +549,68 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A version 1 record (no tree) moved in from an old store counts as the shard stored for a
+/// put of the same bytes, as the old store's file did; other bytes are refused.
+#[tokio::test]
+async fn a_version_1_record_takes_a_put_of_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // The version 1 file pinned in `shard::tests::version_1_files_stay_readable`.
+    let chunk = ChunkId([0xab; 32]);
+    let shard = ShardId { chunk, index: 1 };
+    let mut file = Vec::new();
+    file.extend_from_slice(b"SFSHARD\0");
+    file.extend_from_slice(&[1, 0, 2, 1, 1, 0, 0, 0]);
+    file.extend_from_slice(&5u64.to_le_bytes());
+    file.extend_from_slice(&chunk.0);
+    file.extend_from_slice(&3u64.to_le_bytes());
+    file.extend_from_slice(
+        &hex::decode("e86928cfa43f070e37e3f7198134efefd2102b4134fa49899b4eb0fd019475c1").unwrap(),
+    );
+    file.extend_from_slice(&[1, 2, 3]);
+    let path = legacy::shard_path_in(&dir.path().join("shards"), shard);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, &file).unwrap();
+    let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+    migrate(store.clone(), std::future::pending()).await;
+    let encoding = Encoding { k: 2, m: 1 };
+    let put = |data: Vec<u8>| {
+        let store = store.clone();
+        async move {
+            let checksum = *blake3::hash(&data).as_bytes();
+            store.put(shard, encoding, 5, checksum, data, Vec::new()).await
+        }
+    };
+    put(vec![1, 2, 3]).await.unwrap();
+    let result = put(vec![1, 2, 4]).await;
+    assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
+    assert_eq!(store.get(shard).await.unwrap().data, vec![1, 2, 3]);
+    assert_eq!(store.stat().await.unwrap().shard_count, 1);
+}
+
+/// Damage to a header in the part of a volume read at start-up is not taken for the end of
+/// what was written: the records after it are kept. A record of a newer format stops the
+/// start with a clear error instead.
+#[tokio::test]
+async fn a_damaged_header_loses_only_its_own_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+    let shards: Vec<ShardId> =
+        vec![put(&store, "a", 0).await, put(&store, "b", 1).await, put(&store, "c", 2).await];
+    let [_, b, c] = [0, 1, 2].map(|i| stored_at(dir.path(), shards[i]));
+    drop(store);
+    let volumes = dir.path().join(volume::VOLUMES_DIR);
+    fs::remove_file(volumes.join("v00000001.idx")).unwrap();
+    let data = OpenOptions::new().read(true).write(true).open(&b.path).unwrap();
+    data.write_all_at(&[0xee], b.offset + 10).unwrap();
+    let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
+    all_readable(&store, &[shards[0], shards[2]]).await;
+    assert!(matches!(store.get(shards[1]).await, Err(ChunkdError::NotFound(_))));
+    assert_eq!(fs::metadata(&b.path).unwrap().len(), c.offset + c.len, "nothing was cut");
+    drop(store);
+
+    fs::remove_file(volumes.join("v00000001.idx")).unwrap();
+    data.write_all_at(&[9, 0], c.offset + 8).unwrap();
+    let error = ShardStore::open(dir.path()).await.err().unwrap().to_string();
+    assert!(error.contains("format version 9") && error.contains("newer"), "{error}");
+}

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use crate::shard::{HEADER_LEN, ShardFormatError, ShardHeader};
-use shardfs_chunk_api::chunk_id::{ChunkId, ShardId};
+use crate::shard::{FORMAT_VERSION, HEADER_LEN, MAGIC, ShardFormatError, ShardHeader};
+use shardfs_chunk_api::chunk_id::ShardId;
 
 pub const VOLUMES_DIR: &str = "volumes";
 
@@ -34,15 +34,13 @@ pub struct VolumeFile {
     pub path: PathBuf,
 }
 
-/// A record of a volume: where a shard is, and the checksum from its header (which covers
-/// the encoding, the lengths, the payload and the tree, so equal checksums mean equal
-/// records).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A record of a volume: where a shard is, and its header (whose checksum covers the
+/// encoding, the lengths, the payload and the tree, so equal checksums mean equal records).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub shard: ShardId,
     pub offset: u64,
     pub len: u64,
-    pub checksum: [u8; 32],
+    pub header: ShardHeader,
 }
 
 pub fn data_path(dir: &Path, number: u32) -> PathBuf {
@@ -149,32 +147,30 @@ pub fn scan(dir: &Path, volume: &VolumeFile, verify: bool) -> io::Result<Scanned
     };
     let mut damaged = Vec::new();
     let mut at = start;
-    let mut header_bytes = [0u8; HEADER_LEN];
     while at + HEADER_LEN as u64 <= file_len {
-        volume.file.read_exact_at(&mut header_bytes, at)?;
-        let Ok(header) = ShardHeader::parse_any(&header_bytes) else { break };
-        let len = HEADER_LEN as u64 + header.body_len();
-        if file_len - at < len {
-            break;
-        }
-        let verified = match verify {
-            true => {
-                let mut body = vec![0u8; header.body_len() as usize];
-                volume.file.read_exact_at(&mut body, at + HEADER_LEN as u64)?;
-                header.verify_body(&body)
+        match record_at(volume, at, file_len, verify)? {
+            RecordAt::Valid(header, len) => {
+                records.push(Record { offset: at, len, header });
+                at += len;
             }
-            false => Ok(()),
-        };
-        match verified {
-            Ok(()) => records.push(Record {
-                shard: header.shard,
-                offset: at,
-                len,
-                checksum: header.checksum,
-            }),
-            Err(error) => damaged.push((header.shard, at, error)),
+            RecordAt::Damaged(header, len, error) => {
+                damaged.push((header.shard, at, error));
+                at += len;
+            }
+            // A write cut short, or damage: if a whole record follows, it was damage.
+            RecordAt::Unreadable(error) => match next_record(volume, at + 1, file_len)? {
+                Some(next) => {
+                    warn!(
+                        volume = volume.number,
+                        offset = at,
+                        bytes = next - at,
+                        "skipped damaged bytes in a volume ({error})"
+                    );
+                    at = next;
+                }
+                None => break,
+            },
         }
-        at += len;
     }
     let dead = read_del(dir, volume.number)?;
     records.retain(|record| !dead.contains(&record.offset));
@@ -182,11 +178,82 @@ pub fn scan(dir: &Path, volume: &VolumeFile, verify: bool) -> io::Result<Scanned
     Ok(Scanned { records, end: at, file_len, indexed: at == start, damaged })
 }
 
+/// What is at an offset of a volume.
+enum RecordAt {
+    /// A record, verified whole (or not asked to be), and its length.
+    Valid(ShardHeader, u64),
+    /// A record whose header parses but whose body fails verification.
+    Damaged(ShardHeader, u64, ShardFormatError),
+    /// No record: a header that does not parse, or one running past the end of the file.
+    Unreadable(ShardFormatError),
+}
+
+/// Reads what is at `at`. A record of a format newer than this build's is an error: a
+/// newer chunkd wrote it, and nothing must be cut or skipped on its account.
+fn record_at(volume: &VolumeFile, at: u64, file_len: u64, verify: bool) -> io::Result<RecordAt> {
+    let file = &volume.file;
+    let mut header_bytes = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header_bytes, at)?;
+    let header = match ShardHeader::parse_any(&header_bytes) {
+        Ok(header) => header,
+        Err(ShardFormatError::UnsupportedVersion(version)) if version > FORMAT_VERSION => {
+            return Err(io::Error::other(format!(
+                "{} holds a record of format version {version} at offset {at}: a newer \
+                 shardfs-chunkd wrote it (this one reads 1 to {FORMAT_VERSION})",
+                volume.path.display()
+            )));
+        }
+        Err(error) => return Ok(RecordAt::Unreadable(error)),
+    };
+    let len = HEADER_LEN as u64 + header.body_len();
+    if file_len - at < len {
+        let actual = file_len - at - HEADER_LEN as u64;
+        return Ok(RecordAt::Unreadable(ShardFormatError::Truncated {
+            declared: header.body_len(),
+            actual,
+        }));
+    }
+    if !verify {
+        return Ok(RecordAt::Valid(header, len));
+    }
+    let mut body = vec![0u8; header.body_len() as usize];
+    file.read_exact_at(&mut body, at + HEADER_LEN as u64)?;
+    Ok(match header.verify_body(&body) {
+        Ok(()) => RecordAt::Valid(header, len),
+        Err(error) => RecordAt::Damaged(header, len, error),
+    })
+}
+
+/// The offset of the first whole, verified record at or after `from`, if any.
+fn next_record(volume: &VolumeFile, from: u64, file_len: u64) -> io::Result<Option<u64>> {
+    let file = &volume.file;
+    const BLOCK: u64 = 1 << 20;
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut start = from;
+    while start + HEADER_LEN as u64 <= file_len {
+        let len = BLOCK.min(file_len - start) as usize;
+        file.read_exact_at(&mut block[..len], start)?;
+        let hits = block[..len].windows(MAGIC.len()).enumerate().filter(|(_, w)| *w == MAGIC);
+        for (hit, _) in hits {
+            let candidate = start + hit as u64;
+            if candidate + HEADER_LEN as u64 > file_len {
+                break;
+            }
+            if let RecordAt::Valid(..) = record_at(volume, candidate, file_len, true)? {
+                return Ok(Some(candidate));
+            }
+        }
+        // The next block overlaps this one by less than a magic, so none is missed.
+        start += (len - (MAGIC.len() - 1)).max(1) as u64;
+    }
+    Ok(None)
+}
+
 const IDX_MAGIC: [u8; 8] = *b"SFVIDX1\0";
 /// Magic, volume number, reserved, covered length, entry count.
 const IDX_HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
-/// Chunk id, shard index, offset, length, checksum.
-const IDX_ENTRY_LEN: usize = 32 + 1 + 8 + 8 + 32;
+/// Offset, length, and the record's header as the .dat holds it.
+const IDX_ENTRY_LEN: usize = 8 + 8 + HEADER_LEN;
 
 /// Writes volume `number`'s index: `records` are its live records in `[0, covered)`. The
 /// file is replaced atomically, so a crash leaves the old index or the new one.
@@ -204,11 +271,9 @@ pub fn write_idx(
     bytes.extend_from_slice(&covered.to_le_bytes());
     bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
     for record in records {
-        bytes.extend_from_slice(&record.shard.chunk.0);
-        bytes.push(record.shard.index);
         bytes.extend_from_slice(&record.offset.to_le_bytes());
         bytes.extend_from_slice(&record.len.to_le_bytes());
-        bytes.extend_from_slice(&record.checksum);
+        bytes.extend_from_slice(&record.header.to_bytes());
     }
     let checksum = *blake3::hash(&bytes).as_bytes();
     super::durable::write_durable(tmp_dir, &idx_path(dir, number), &[&bytes, &checksum])
@@ -250,15 +315,13 @@ fn parse_idx(bytes: &[u8], number: u32, file_len: u64) -> Option<(Vec<Record>, u
     }
     let mut records = Vec::with_capacity(count);
     for entry in body[IDX_HEADER_LEN..].chunks_exact(IDX_ENTRY_LEN) {
-        let chunk = ChunkId(entry[..32].try_into().ok()?);
-        let shard = ShardId { chunk, index: entry[32] };
-        let offset = u64::from_le_bytes(entry[33..41].try_into().ok()?);
-        let len = u64::from_le_bytes(entry[41..49].try_into().ok()?);
-        let checksum = entry[49..81].try_into().ok()?;
-        if offset.checked_add(len)? > covered {
+        let offset = u64::from_le_bytes(entry[..8].try_into().ok()?);
+        let len = u64::from_le_bytes(entry[8..16].try_into().ok()?);
+        let header = ShardHeader::parse_any(&entry[16..]).ok()?;
+        if offset.checked_add(len)? > covered || len != HEADER_LEN as u64 + header.body_len() {
             return None;
         }
-        records.push(Record { shard, offset, len, checksum });
+        records.push(Record { offset, len, header });
     }
     Some((records, covered))
 }
@@ -317,10 +380,15 @@ pub fn remove(dir: &Path, number: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardfs_chunk_api::chunk_id::ChunkId;
 
     fn record(seed: u8, offset: u64) -> Record {
         let shard = ShardId { chunk: ChunkId([seed; 32]), index: seed % 3 };
-        Record { shard, offset, len: 100 + u64::from(seed), checksum: [seed ^ 0x5a; 32] }
+        let encoding = shardfs_chunk_api::codec::Encoding::new(2, 1).unwrap();
+        let payload = vec![seed; 4 + usize::from(seed)];
+        let chunk_len = 2 * payload.len() as u64;
+        let header = ShardHeader::new(shard, encoding, chunk_len, &payload, &[]);
+        Record { offset, len: (HEADER_LEN + payload.len()) as u64, header }
     }
 
     #[test]
