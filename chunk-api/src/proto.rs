@@ -93,7 +93,7 @@ pub struct ChunkdStat {
     pub capacity_bytes: u64,
     /// Bytes still free on that filesystem.
     pub free_bytes: u64,
-    /// Bytes of shard files this chunkd holds.
+    /// Bytes of live shard records (header, payload, tree) this chunkd holds.
     pub used_bytes: u64,
     pub shard_count: u64,
     /// Shards moved to quarantine since start.
@@ -105,6 +105,20 @@ pub struct ChunkdStat {
     /// The id of the filesystem holding the data directory (statvfs `f_fsid`): chunkds on
     /// one host that share a filesystem count its space once.
     pub filesystem: u64,
+    pub volumes: VolumeStat,
+}
+
+/// A chunkd's volume files and their compaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStat {
+    /// Volume files, and the bytes of records they hold, live or dead.
+    pub count: u64,
+    pub bytes: u64,
+    /// Bytes of dead records (deleted, moved or damaged), reclaimed by compaction.
+    pub dead_bytes: u64,
+    /// Since the chunkd started: volumes compacted, and the bytes that freed.
+    pub compacted: u64,
+    pub reclaimed_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

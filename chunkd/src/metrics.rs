@@ -1,7 +1,8 @@
 //! chunkd's Prometheus metrics: requests by operation, shard bytes in and out, and the
-//! store's disk usage read at each scrape.
+//! store's disk usage and compaction read at each scrape.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use shardfs_rpc::metrics::{Counter, OpMetrics, Registry, Snapshot, Value, counter};
 
@@ -51,6 +52,32 @@ impl ChunkdMetrics {
                     "shardfs_chunkd_quarantined",
                     "Shards quarantined as corrupt",
                     s.quarantined,
+                ),
+                Value::gauge("shardfs_chunkd_volumes", "Volume files", s.volumes.count),
+                Value::gauge(
+                    "shardfs_chunkd_volume_bytes",
+                    "Bytes of records in volume files, live or dead",
+                    s.volumes.bytes,
+                ),
+                Value::gauge(
+                    "shardfs_chunkd_dead_bytes",
+                    "Bytes of dead records, to be reclaimed by compaction",
+                    s.volumes.dead_bytes,
+                ),
+                Value::counter(
+                    "shardfs_chunkd_compacted_volumes",
+                    "Volumes compacted",
+                    s.volumes.compacted,
+                ),
+                Value::counter(
+                    "shardfs_chunkd_compaction_moved_bytes",
+                    "Bytes of live records compaction moved",
+                    store.compaction_progress().bytes_moved.load(Ordering::Relaxed),
+                ),
+                Value::counter(
+                    "shardfs_chunkd_compaction_reclaimed_bytes",
+                    "Bytes compaction freed",
+                    s.volumes.reclaimed_bytes,
                 ),
             ],
             Err(_) => Vec::new(),

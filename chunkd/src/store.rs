@@ -45,7 +45,7 @@ use record::{ReadOutcome, Source};
 use shardfs_chunk_api::chunk_id::ShardId;
 use shardfs_chunk_api::codec::Encoding;
 use shardfs_chunk_api::hash_tree;
-use shardfs_chunk_api::proto::{ChunkdError, ChunkdStat};
+use shardfs_chunk_api::proto::{ChunkdError, ChunkdStat, VolumeStat};
 
 pub use commit::VolumeConfig;
 pub use compact::{CompactionConfig, CompactionProgress};
@@ -550,6 +550,15 @@ impl ShardStore {
                 .map_err(|e| io_error("statvfs", &store.dir, e.into()))?;
             let fragment = fs_stat.fragment_size() as u64;
             let (shard_count, used_bytes) = store.volumes.usage();
+            let (count, bytes, dead_bytes) = store.volumes.files();
+            let compaction = &store.compaction;
+            let volumes = VolumeStat {
+                count,
+                bytes,
+                dead_bytes,
+                compacted: compaction.volumes.load(Ordering::Relaxed),
+                reclaimed_bytes: compaction.bytes_reclaimed.load(Ordering::Relaxed),
+            };
             Ok(ChunkdStat {
                 capacity_bytes: (fs_stat.blocks() as u64).saturating_mul(fragment),
                 free_bytes: (fs_stat.blocks_available() as u64).saturating_mul(fragment),
@@ -560,6 +569,7 @@ impl ShardStore {
                 last_scrub_shards: store.scrub.last().shards,
                 last_scrub_corrupt: store.scrub.last().corrupt,
                 filesystem: fs_stat.filesystem_id() as u64,
+                volumes,
             })
         })
         .await

@@ -1,6 +1,7 @@
 //! `shardfs status`: the chunkds and their state, the catalogue, and the background workers.
 
 use serde::Serialize;
+use shardfs_chunk_api::proto::VolumeStat;
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
 use shardfs_metad::replication::network::{self, ReplicaState, Reply, Request};
@@ -262,6 +263,23 @@ pub fn print(status: &Status) {
             state,
         );
     }
+    let reported = status.chunkds.iter().filter(|c| c.reported).map(|c| c.volumes);
+    let volumes = reported.fold(VolumeStat::default(), |all, v| VolumeStat {
+        count: all.count + v.count,
+        bytes: all.bytes + v.bytes,
+        dead_bytes: all.dead_bytes + v.dead_bytes,
+        compacted: all.compacted + v.compacted,
+        reclaimed_bytes: all.reclaimed_bytes + v.reclaimed_bytes,
+    });
+    println!(
+        "volumes: {} files, {:.2} GiB of records, {:.2} GiB dead; compaction since the chunkds \
+         started: {} volumes, {:.2} GiB freed",
+        volumes.count,
+        gib(volumes.bytes),
+        gib(volumes.dead_bytes),
+        volumes.compacted,
+        gib(volumes.reclaimed_bytes)
+    );
     let cat = &status.catalogue;
     println!(
         "{} chunks, {:.2} GiB of data, {} degraded chunks, {} unhealthy shards",

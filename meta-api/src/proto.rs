@@ -4,6 +4,7 @@
 //! act for a user carry the caller's credentials (`Cred`).
 
 use serde::{Deserialize, Serialize};
+use shardfs_chunk_api::proto::VolumeStat;
 use shardfs_chunk_api::{ChunkId, Encoding};
 
 pub use shardfs_chunk_api::ShardPlace;
@@ -417,6 +418,8 @@ pub struct ChunkdStatus {
     pub reported: bool,
     /// The filesystem its data directory is on, as its host names it (see `ChunkdStat`).
     pub filesystem: u64,
+    /// Its volume files and their compaction, from its last heartbeat.
+    pub volumes: VolumeStat,
 }
 
 /// Counters of metad's background workers since it started.

@@ -219,6 +219,7 @@ impl Members {
                 full: is_full(&m.record),
                 reported: m.last_seen.is_some(),
                 filesystem: m.stat.filesystem,
+                volumes: m.stat.volumes,
             })
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));

@@ -179,6 +179,14 @@ impl Volumes {
         &self.dir
     }
 
+    /// Volume files, the bytes of records in them, and how many of those are dead.
+    pub fn files(&self) -> (u64, u64, u64) {
+        let states = self.states.locked();
+        states.values().fold((0, 0, 0), |(count, bytes, dead), state| {
+            (count + 1, bytes + state.data_len, dead + state.dead_bytes())
+        })
+    }
+
     /// Shards and bytes of live records.
     pub fn usage(&self) -> (u64, u64) {
         let states = self.states.locked();

@@ -80,6 +80,11 @@ fn metrics_of_metad_chunkd_and_mount_parse_and_move_with_work() {
     let bytes_in = "shardfs_chunkd_bytes_in_total";
     assert!(value(&after.1, bytes_in) > value(&before.1, bytes_in));
     assert!(value(&after.1, "shardfs_chunkd_shards") >= 2.0);
+    assert!(value(&after.1, "shardfs_chunkd_volumes") >= 1.0);
+    assert!(
+        value(&after.1, "shardfs_chunkd_volume_bytes")
+            >= value(&after.1, "shardfs_chunkd_used_bytes")
+    );
     assert!(value(&after.1, "shardfs_chunkd_capacity_bytes") > 0.0);
     // The mount: FUSE writes and reads, their bytes, and chunk cache use.
     let writes = r#"shardfs_client_fuse_ops_total{op="write",outcome="ok"}"#;
