@@ -383,9 +383,13 @@ impl SecretArgs {
 
 #[derive(Args)]
 pub(crate) struct ClientArgs {
-    /// Memory for cached chunks, e.g. 64MiB.
+    /// Memory for cached chunks [default: 32MiB].
     #[arg(long, value_parser = shardfs_rpc::size::parse)]
     pub(crate) cache_size: Option<u64>,
+    /// Bytes an open file buffers before its whole chunks are stored in the background (as
+    /// many again may be being stored), at least 1MiB [default: 16MiB].
+    #[arg(long, value_parser = shardfs_fs::options::parse_write_buffer)]
+    pub(crate) write_buffer: Option<u64>,
     /// Allow other users to access the mount.
     #[arg(long)]
     pub(crate) allow_other: bool,
@@ -397,7 +401,8 @@ pub(crate) struct ClientArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<String>,
     /// Mount options as in fstab: ro, noatime, nosuid, nodev, noexec, sync, dirsync,
-    /// allow_other, cache_size=SIZE, secret_file=PATH, tls_ca=PATH, metrics_listen=ADDR,
+    /// allow_other, cache_size=SIZE, write_buffer=SIZE, secret_file=PATH, tls_ca=PATH,
+    /// metrics_listen=ADDR,
     /// remount, … (comma-separated).
     #[arg(short = 'o', long = "options", value_parser = MountFlags::parse)]
     pub(crate) options: Option<MountFlags>,
@@ -409,6 +414,7 @@ impl ClientArgs {
         flags.read_only |= self.read_only;
         flags.allow_other |= self.allow_other;
         flags.cache_size = self.cache_size.or(flags.cache_size);
+        flags.write_buffer = self.write_buffer.or(flags.write_buffer);
         flags.metrics_listen = self.metrics_listen.clone().or(flags.metrics_listen);
         flags
     }
@@ -435,9 +441,17 @@ impl ClientArgs {
     pub(crate) fn fs_options(&self, rpc: ClientOptions) -> FsOptions {
         let defaults = FsOptions::default();
         let cache = self.flags().cache_size.map_or(defaults.chunk_cache_bytes, |c| c as usize);
+        let buffer = self.flags().write_buffer.map_or(defaults.dirty_flush_bytes, |b| b as usize);
         let (atime, dir_atime) = self.flags().atime();
         let batch = self.flags().batches();
-        FsOptions { chunk_cache_bytes: cache, atime, dir_atime, batch, rpc, ..defaults }
+        FsOptions {
+            chunk_cache_bytes: cache,
+            dirty_flush_bytes: buffer,
+            atime,
+            dir_atime,
+            batch,
+            rpc,
+        }
     }
 
     pub(crate) fn mount_options(&self, source: String) -> MountOptions {

@@ -187,6 +187,26 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How often a serving mount hands memory glibc holds freed back to the system.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands freed memory back to the system every [`TRIM_INTERVAL`] for as long as `runtime`
+/// runs. glibc keeps freed chunk and shard buffers in its arenas, where a later phase of work
+/// (reads after writes) may not reuse them, so a mount's resident size would add up the
+/// peaks of its phases (bench: 204 MiB over three rounds of fio, 139 and 142 MiB for writing
+/// and reading alone; docs/performance.md).
+pub(crate) fn release_freed_memory(runtime: &tokio::runtime::Runtime) {
+    runtime.spawn(async {
+        let mut ticks = tokio::time::interval(TRIM_INTERVAL);
+        loop {
+            ticks.tick().await;
+            // SAFETY: malloc_trim only returns free memory to the system; it takes the
+            // allocator's own locks.
+            let _ = shardfs_rpc::sync::blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+}
+
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -46,6 +46,7 @@ pub(crate) fn mount_command(
         return start_in_background(args, log);
     }
     let runtime = runtime()?;
+    crate::release_freed_memory(&runtime);
     let fs = runtime
         .block_on(Fs::connect(metad, client.fs_options(rpc)))
         .with_context(|| format!("cannot reach metad at {metad}"))?;
@@ -95,6 +96,7 @@ pub(crate) fn local_command(
     let settings =
         LocalSettings { metads, ..LocalSettings::new(data, chunkds, encoding, chunk_size) };
     let runtime = runtime()?;
+    crate::release_freed_memory(&runtime);
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;
     let served = runtime
         .block_on(Fs::connect(

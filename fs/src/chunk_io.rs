@@ -485,7 +485,7 @@ async fn put_chunk(
 const PUT_ATTEMPTS: usize = 3;
 
 /// The cache size used when none is configured.
-pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,19 @@ const IGNORED: &[&str] = &[
     "blksize",
 ];
 
+/// Smallest write buffer a mount takes: below it, writes would be stored in pieces smaller
+/// than the chunks they belong to.
+const MIN_WRITE_BUFFER: u64 = 1 << 20;
+
+/// A `write_buffer` size: a size (`16MiB`) of at least 1 MiB.
+pub fn parse_write_buffer(size: &str) -> Result<u64, String> {
+    let bytes = shardfs_rpc::size::parse(size)?;
+    if bytes < MIN_WRITE_BUFFER {
+        return Err(format!("a write buffer of {size} is below the minimum of 1MiB"));
+    }
+    Ok(bytes)
+}
+
 /// What a comma-separated option list asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountFlags {
@@ -40,8 +53,11 @@ pub struct MountFlags {
     /// `nonempty`: mount even on a directory that holds something, or on a mount point,
     /// hiding what is there.
     pub nonempty: bool,
-    /// `cache_size=64MiB`: memory for cached chunks.
+    /// `cache_size=32MiB`: memory for cached chunks.
     pub cache_size: Option<u64>,
+    /// `write_buffer=16MiB`: bytes an open file buffers before its whole chunks are stored
+    /// in the background; as many again may be being stored (see `FsOptions`).
+    pub write_buffer: Option<u64>,
     /// `secret_file=PATH`: the cluster secret.
     pub secret_file: Option<std::path::PathBuf>,
     /// `tls_ca=PATH`: connect over TLS, checking daemons against this CA certificate.
@@ -76,6 +92,9 @@ impl MountFlags {
                 ("metrics_listen", Some(addr)) => flags.metrics_listen = Some(addr.into()),
                 ("cache_size", Some(size)) => {
                     flags.cache_size = Some(shardfs_rpc::size::parse(size)?)
+                }
+                ("write_buffer", Some(size)) => {
+                    flags.write_buffer = Some(parse_write_buffer(size)?)
                 }
                 ("noatime", None) => flags.kernel.push(MountOption::NoAtime),
                 ("atime", None) => flags.kernel.push(MountOption::Atime),
@@ -202,6 +221,9 @@ mod tests {
         assert_eq!(files.tls_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert!(MountFlags::parse("colour=blue").is_err());
         assert!(MountFlags::parse("cache_size=lots").is_err());
+        assert_eq!(MountFlags::parse("write_buffer=32MiB").unwrap().write_buffer, Some(32 << 20));
+        let small = MountFlags::parse("write_buffer=64KiB").unwrap_err();
+        assert!(small.contains("below the minimum of 1MiB"), "{small}");
     }
 
     #[test]
