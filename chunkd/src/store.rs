@@ -412,7 +412,9 @@ impl ShardStore {
     ) -> Result<T, ChunkdError> {
         let found = self.find(shard).await?;
         let store = self.clone();
-        blocking(move || match found.source() {
+        // On this task's own thread: the request's handler (or scrub's loop) waits for
+        // nothing else, and the hop to the blocking pool and back costs two wake-ups.
+        in_place(move || match found.source() {
             Some(source) => work(&store, source, &found),
             None => Err(ChunkdError::NotFound(shard.to_string())),
         })
@@ -771,6 +773,14 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ChunkdError> + Send + 'static,
 ) -> Result<T, ChunkdError> {
     shardfs_rpc::sync::blocking(work).await.map_err(|e| ChunkdError::Io(e.to_string()))?
+}
+
+/// [`blocking`] on the calling task's thread (`shardfs_rpc::sync::blocking_in_place`), for
+/// tasks that do nothing else meanwhile.
+async fn in_place<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ChunkdError> + Send + 'static,
+) -> Result<T, ChunkdError> {
+    shardfs_rpc::sync::blocking_in_place(work).await.map_err(|e| ChunkdError::Io(e.to_string()))?
 }
 
 fn io_error(action: &str, path: &Path, e: io::Error) -> ChunkdError {
