@@ -360,11 +360,7 @@ impl ShardStore {
 
     /// Hands `op` to the writer and waits for its answer, which comes once it is durable.
     async fn submit<T>(&self, op: impl FnOnce(commit::Reply<T>) -> Op) -> Result<T, ChunkdError> {
-        let (reply, answer) = oneshot::channel();
-        let shutting_down = || ChunkdError::Io("chunkd is shutting down".into());
-        let (sender, _) = self.writer.as_ref().ok_or_else(shutting_down)?;
-        sender.send(op(reply)).map_err(|_| shutting_down())?;
-        answer.await.map_err(|_| shutting_down())?
+        self.send(op)?.await.map_err(|_| shutting_down())?
     }
 
     /// [`ShardStore::submit`] from the blocking pool.
@@ -372,11 +368,18 @@ impl ShardStore {
         &self,
         op: impl FnOnce(commit::Reply<T>) -> Op,
     ) -> Result<T, ChunkdError> {
+        self.send(op)?.blocking_recv().map_err(|_| shutting_down())?
+    }
+
+    /// Hands `op` to the writer; its answer comes on the returned receiver.
+    fn send<T>(
+        &self,
+        op: impl FnOnce(commit::Reply<T>) -> Op,
+    ) -> Result<oneshot::Receiver<Result<T, ChunkdError>>, ChunkdError> {
         let (reply, answer) = oneshot::channel();
-        let shutting_down = || ChunkdError::Io("chunkd is shutting down".into());
         let (sender, _) = self.writer.as_ref().ok_or_else(shutting_down)?;
         sender.send(op(reply)).map_err(|_| shutting_down())?;
-        answer.blocking_recv().map_err(|_| shutting_down())?
+        Ok(answer)
     }
 
     /// Finds a shard: in the volumes, else (while there are any) among the shard files.
@@ -660,6 +663,30 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Reads the record `found` and verifies it: an intact one is copied into the volume
+    /// being filled (compaction, migration; unless the shard changed since it was found) and
+    /// `true` returned, a damaged one is quarantined and reported and `false` returned.
+    fn move_into_volume(&self, shard: ShardId, found: &Found) -> Result<bool, ChunkdError> {
+        let source = found.source().ok_or_else(|| ChunkdError::NotFound(shard.to_string()))?;
+        let (bytes, verified) =
+            record::read_raw(source, shard).map_err(|e| io_error("read", &found.path(), e))?;
+        match verified {
+            Ok(header) => {
+                let record = NewRecord { header, parts: vec![bytes] };
+                let from = match found {
+                    Found::Volume(location) => Some(location.clone()),
+                    _ => None,
+                };
+                self.submit_blocking(|reply| Op::Move { record, from, reply })?;
+                Ok(true)
+            }
+            Err(error) => {
+                self.reject_invalid(shard, found, error, true);
+                Ok(false)
+            }
+        }
+    }
+
     /// Writes a damaged record's bytes to `target` in `quarantine/`.
     fn keep_copy(&self, location: &Location, target: &Path) -> Result<(), ChunkdError> {
         let mut bytes = vec![0u8; location.len as usize];
@@ -781,6 +808,10 @@ async fn in_place<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ChunkdError> + Send + 'static,
 ) -> Result<T, ChunkdError> {
     shardfs_rpc::sync::blocking_in_place(work).await.map_err(|e| ChunkdError::Io(e.to_string()))?
+}
+
+fn shutting_down() -> ChunkdError {
+    ChunkdError::Io("chunkd is shutting down".into())
 }
 
 fn io_error(action: &str, path: &Path, e: io::Error) -> ChunkdError {

@@ -265,18 +265,15 @@ impl Writer {
     /// Places `record` at the end of the active volume (starting a new one if it is full).
     fn append(&mut self, plan: &mut Plan, record: NewRecord) -> Result<(), ChunkdError> {
         let len = record.len();
-        let (mut end, file) = self.end_of_active(plan);
+        let mut end = self.end_of_active(plan);
         if end > 0 && end + len > self.config.volume_bytes {
             let sealed = self.active;
             self.start_volume(sealed + 1)
                 .map_err(|e| super::io_error("create", self.volumes.dir(), e))?;
             plan.sealed.push(sealed);
-            (end, _) = self.end_of_active(plan);
+            end = 0;
         }
-        let file = match file {
-            Some(file) if file.number == self.active => file,
-            _ => self.volumes.states.locked()[&self.active].file.clone(),
-        };
+        let file = self.volumes.states.locked()[&self.active].file.clone();
         self.reserve(&file, end + len);
         let shard = record.shard();
         let location = Location { volume: file, offset: end, len, header: record.header };
@@ -286,12 +283,10 @@ impl Writer {
     }
 
     /// Where the next record of the active volume goes, counting the group's appends.
-    fn end_of_active(&self, plan: &Plan) -> (u64, Option<Arc<volume::VolumeFile>>) {
+    fn end_of_active(&self, plan: &Plan) -> u64 {
         match plan.appends.last() {
-            Some((last, _)) if last.volume.number == self.active => {
-                (last.offset + last.len, Some(last.volume.clone()))
-            }
-            _ => (self.volumes.states.locked()[&self.active].data_len, None),
+            Some((last, _)) if last.volume.number == self.active => last.offset + last.len,
+            _ => self.volumes.states.locked()[&self.active].data_len,
         }
     }
 

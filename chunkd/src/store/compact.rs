@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::commit::{NewRecord, Op};
-use super::record;
-use super::{Found, ShardStore, blocking, io_error};
+use super::commit::Op;
+use super::{Found, ShardStore, blocking};
 use shardfs_chunk_api::proto::ChunkdError;
 use shardfs_rpc::sync::{Lock as _, ReadWrite as _};
 
@@ -109,24 +108,8 @@ pub async fn compact(
     for (shard, location) in live {
         moved += location.len;
         let store2 = store.clone();
-        blocking(move || {
-            let found = Found::Volume(location.clone());
-            let source = found.source().expect("found in a volume");
-            let (bytes, verified) =
-                record::read_raw(source, shard).map_err(|e| io_error("read", &found.path(), e))?;
-            match verified {
-                Ok(header) => {
-                    let record = NewRecord { header, parts: vec![bytes] };
-                    let from = Some(location);
-                    store2.submit_blocking(|reply| Op::Move { record, from, reply })?;
-                }
-                Err(error) => {
-                    store2.reject_invalid(shard, &found, error, true);
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        blocking(move || store2.move_into_volume(shard, &Found::Volume(location)).map(drop))
+            .await?;
         let due = Duration::from_secs_f64(moved as f64 / bytes_per_second.max(1) as f64);
         if let Some(ahead) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(ahead).await;

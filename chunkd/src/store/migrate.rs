@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::commit::{NewRecord, Op};
-use super::record;
 use super::{Found, ShardStore, blocking, durable, io_error, legacy, stripe_of};
 use shardfs_chunk_api::chunk_id::ShardId;
 use shardfs_chunk_api::proto::ChunkdError;
@@ -81,18 +79,8 @@ async fn migrate_one(store: &Arc<ShardStore>, shard: ShardId) -> Result<u64, Chu
         };
         let len = file.metadata().map_err(|e| io_error("stat", &path, e))?.len();
         let found = Found::File { path, file, len, _stripe: guard };
-        let source = found.source().expect("a file");
-        let (bytes, verified) =
-            record::read_raw(source, shard).map_err(|e| io_error("read", &found.path(), e))?;
-        match verified {
-            Ok(header) => {
-                let record = NewRecord { header, parts: vec![bytes] };
-                store.submit_blocking(|reply| Op::Move { record, from: None, reply })?;
-                store.remove_shard_file(shard)?;
-            }
-            Err(error) => {
-                store.reject_invalid(shard, &found, error, true);
-            }
+        if store.move_into_volume(shard, &found)? {
+            store.remove_shard_file(shard)?;
         }
         Ok(len)
     })
