@@ -9,7 +9,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use shardfs_chunk_api::{Encoding, codec, hash_tree};
 
 const CHUNK: usize = 4 << 20;
-const ENCODING: Encoding = Encoding { k: 4, m: 2 };
+const K: usize = 4;
+const M: usize = 2;
+const ENCODING: Encoding = Encoding::Rs { k: K as u8, m: M as u8 };
 
 /// Bytes that do not repeat, as written data would not.
 fn chunk() -> Vec<u8> {
@@ -26,7 +28,7 @@ fn chunk() -> Vec<u8> {
 
 fn codec_benches(c: &mut Criterion) {
     let data = chunk();
-    let (k, m) = (ENCODING.k as usize, ENCODING.m as usize);
+    let (k, m) = (K, M);
     let mut group = c.benchmark_group("4 MiB chunk, 4+2");
     group.throughput(Throughput::Bytes(CHUNK as u64));
     group.sample_size(20);

@@ -1,6 +1,6 @@
-//! Reading a chunk back from its shards: any `k` of the `k + m` rebuild it. The code is
-//! systematic, so the data shards alone are the chunk: they are fetched first, all at once,
-//! and parity only for the data shards that could not be had. What is rebuilt is checked
+//! Reading a chunk back from its shards. Every class is systematic, so one copy of a
+//! replicated chunk, or the data shards of a coded one, are the chunk: they are fetched
+//! first, and parity only for the data shards that could not be had. What is rebuilt is checked
 //! against the chunk's BLAKE3 id before anyone sees it. Used by the client's reads and by
 //! metad's repair alike.
 
@@ -53,18 +53,24 @@ pub struct Fetched {
     pub failures: Vec<Failure>,
 }
 
-/// Fetches `k` shards of the chunk from `places`, data shards first, rebuilds the chunk,
-/// and verifies it against its id.
+/// Fetches the shards the chunk needs from `places`: one copy of a replicated chunk (the
+/// next if it fails), the data shards of a coded one, all at once, then the others only if
+/// a data shard could not be had; rebuilds the chunk and verifies it against its id.
 pub async fn fetch(pool: &ChunkClientPool, shape: ChunkShape, places: &[ShardPlace]) -> Fetched {
     let ChunkShape { chunk, len, encoding } = shape;
-    let k = encoding.k as usize;
     let shard_len = encoding.shard_len(len as usize);
     let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
     let mut failures = Vec::new();
-    let (data, parity): (Vec<&ShardPlace>, Vec<&ShardPlace>) =
-        places.iter().partition(|s| (s.index as usize) < k);
-    for wave in [data, parity] {
-        if slots.iter().filter(|s| s.is_some()).count() >= k {
+    let waves: Vec<Vec<&ShardPlace>> = match encoding {
+        Encoding::Replicas { .. } => places.iter().map(|place| vec![place]).collect(),
+        _ => {
+            let (data, parity) =
+                places.iter().partition(|s| encoding.holds_data(codec::position(s.index)));
+            vec![data, parity]
+        }
+    };
+    for wave in waves {
+        if enough(encoding, &slots) {
             break;
         }
         let mut gets = JoinSet::new();
@@ -83,14 +89,15 @@ pub async fn fetch(pool: &ChunkClientPool, shape: ChunkShape, places: &[ShardPla
                 }
             };
             let failure = |bad, reason| Failure { place: place.clone(), bad, reason };
+            let position = codec::position(place.index);
             match result {
                 Ok((got_encoding, got_len, bytes))
                     if got_encoding == encoding
                         && got_len == len
                         && bytes.len() == shard_len
-                        && (place.index as usize) < slots.len() =>
+                        && position < slots.len() =>
                 {
-                    slots[place.index as usize] = Some(bytes);
+                    slots[position] = Some(bytes);
                 }
                 Ok(_) => failures.push(failure(true, "wrong shape".to_string())),
                 Err(e) => {
@@ -123,4 +130,12 @@ pub async fn fetch(pool: &ChunkClientPool, shape: ChunkShape, places: &[ShardPla
         Err(e) => Err(format!("decode task failed: {e}")),
     };
     Fetched { content, failures }
+}
+
+/// Whether `slots` hold the chunk's bytes as they are: one copy, or every data shard.
+fn enough(encoding: Encoding, slots: &[Option<Vec<u8>>]) -> bool {
+    match encoding {
+        Encoding::Replicas { .. } => slots.iter().any(Option::is_some),
+        _ => slots[..encoding.needed()].iter().all(Option::is_some),
+    }
 }

@@ -18,7 +18,7 @@ use blake3::hazmat::{
 };
 
 use crate::chunk_id::ChunkId;
-use crate::codec::Encoding;
+use crate::codec::{self, Encoding};
 
 /// Bytes per segment: a power of two of BLAKE3's 1 KiB chunks. Shard format 2 fixes it.
 pub const SEGMENT_LEN: u64 = 16 * 1024;
@@ -35,10 +35,10 @@ pub fn tree_len(chunk_len: u64) -> u64 {
     if chunk_len <= SEGMENT_LEN { 0 } else { segments(chunk_len) * ENTRY_LEN as u64 }
 }
 
-/// The part of a chunk's `tree` that shard `index` stores: all of it in a data shard,
-/// nothing in a parity shard.
+/// The part of a chunk's `tree` that shard `index` stores: all of it in a shard holding
+/// data (a data shard, a replica), nothing in a parity shard.
 pub fn for_shard(tree: &[u8], index: u8, encoding: Encoding) -> &[u8] {
-    if index < encoding.k { tree } else { &[] }
+    if encoding.holds_data(codec::position(index)) { tree } else { &[] }
 }
 
 /// The id of `chunk` and its tree, in one pass over the bytes.

@@ -189,7 +189,7 @@ mod tests {
                 chunk: shardfs_chunk_api::ChunkId::of(&chunk),
                 index: 0,
             };
-            let encoding = shardfs_chunk_api::Encoding::new(1, 1).unwrap();
+            let encoding = shardfs_chunk_api::Encoding::rs(1, 1).unwrap();
             client.put(shard, encoding, 10, chunk, &[]).await.unwrap();
             stop.send(()).unwrap();
             chunkd.await.unwrap().unwrap();

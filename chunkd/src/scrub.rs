@@ -133,7 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
         let mut reports = store.subscribe_corrupt_reports();
-        let encoding = Encoding::new(2, 1).unwrap();
+        let encoding = Encoding::rs(2, 1).unwrap();
         let mut shards = Vec::new();
         for i in 0..5u8 {
             let chunk = vec![i; 1000];
@@ -164,7 +164,7 @@ mod tests {
     async fn the_rate_limit_holds() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
-        let encoding = Encoding::new(1, 1).unwrap();
+        let encoding = Encoding::rs(1, 1).unwrap();
         for i in 0..4u8 {
             let chunk = vec![i; 50_000];
             let (id, tree) = shardfs_chunk_api::hash_tree::build(&chunk);

@@ -1,38 +1,41 @@
 //! The on-disk shard file format: a fixed header, the shard's bytes and, in data shards,
 //! the chunk's hash tree.
 //!
-//! Every integer is little-endian. Header (96 bytes), the same in versions 1 and 2:
+//! Every integer is little-endian. Header (96 bytes), the same in versions 1 to 3:
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic          b"SFSHARD\0"
-//!      8     2  format version u16: 1 or 2
-//!     10     1  k              data shards of the chunk's encoding
-//!     11     1  m              parity shards of the chunk's encoding
-//!     12     1  index          this shard's index, < k + m
-//!     13     3  reserved       zero
+//!      8     2  format version u16: 1, 2 or 3
+//!     10     1  k              data shards of the chunk's class (1 for replicas)
+//!     11     1  m              other shards of the chunk's class: k + m in all
+//!     12     1  index          this shard's index; its position (index % 32) < k + m
+//!     13     1  kind           version 3: 0 rs, 1 replicas, 2 lrc; before, zero (rs)
+//!     14     1  l              version 3, lrc: local groups (m = l + g); else zero
+//!     15     1  reserved       zero
 //!     16     8  chunk_len      u64, length of the whole chunk
 //!     24    32  chunk id       BLAKE3 of the whole chunk
 //!     56     8  payload_len    u64, = shard_len(chunk_len)
 //!     64    32  checksum       BLAKE3(header bytes 0..64 ‖ payload ‖ tree)
 //!     96     …  payload
-//!      …     …  tree           version 2, data shards (index < k) only:
+//!      …     …  tree           version 2 and later, shards holding data (the data shards,
+//!                              every replica) only:
 //!                              hash_tree::tree_len(chunk_len) bytes
 //! ```
 //!
 //! The checksum covers the header as well as the payload, so a flipped bit anywhere is
 //! caught and a chunkd can scrub one shard without fetching its siblings. The tree (see
 //! `hash_tree`) lets a reader verify a range of a data shard against the chunk id. Version 1
-//! files have no tree and stay readable whole. A file of any other version is reported as
+//! files have no tree and stay readable whole; versions 1 and 2 hold only `rs` shards. A file of any other version is reported as
 //! unsupported rather than corrupt: it was most likely written by a newer build.
 
 use shardfs_chunk_api::chunk_id::{ChunkId, ShardId};
-use shardfs_chunk_api::codec::Encoding;
+use shardfs_chunk_api::codec::{self, Encoding};
 use shardfs_chunk_api::hash_tree;
 
 pub const MAGIC: [u8; 8] = *b"SFSHARD\0";
-/// The format version this build writes. It reads this one and version 1.
-pub const FORMAT_VERSION: u16 = 2;
+/// The format version this build writes. It reads this one and the earlier ones.
+pub const FORMAT_VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 96;
 /// Header bytes covered by the checksum: everything before the checksum field.
 const CHECKSUMMED_LEN: usize = 64;
@@ -47,8 +50,8 @@ pub enum ShardFormatError {
         "shard file format version {0} is not supported (this build reads 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u16),
-    #[error("header declares invalid encoding {k}+{m}")]
-    BadEncoding { k: u8, m: u8 },
+    #[error("header declares no valid storage class (bytes {0:?})")]
+    BadClass([u8; 4]),
     #[error("header declares shard index {index} but the encoding has {total} shards")]
     IndexOutOfRange { index: u8, total: usize },
     #[error("reserved header bytes are not zero")]
@@ -118,10 +121,9 @@ impl ShardHeader {
         let mut bytes = [0u8; CHECKSUMMED_LEN];
         bytes[0..8].copy_from_slice(&MAGIC);
         bytes[8..10].copy_from_slice(&self.version.to_le_bytes());
-        bytes[10] = self.encoding.k;
-        bytes[11] = self.encoding.m;
-        bytes[12] = self.shard.index;
-        // 13..16 reserved, zero.
+        let [kind, k, m, l] = self.encoding.to_parts();
+        (bytes[10], bytes[11], bytes[12], bytes[13], bytes[14]) = (k, m, self.shard.index, kind, l);
+        // 15 reserved, zero.
         bytes[16..24].copy_from_slice(&self.chunk_len.to_le_bytes());
         bytes[24..56].copy_from_slice(&self.shard.chunk.0);
         bytes[56..64].copy_from_slice(&self.payload_len.to_le_bytes());
@@ -159,14 +161,17 @@ impl ShardHeader {
         if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(ShardFormatError::UnsupportedVersion(version));
         }
-        let (k, m, index) = (bytes[10], bytes[11], bytes[12]);
-        let encoding =
-            Encoding { k, m }.validate().map_err(|_| ShardFormatError::BadEncoding { k, m })?;
-        if usize::from(index) >= encoding.total() {
-            return Err(ShardFormatError::IndexOutOfRange { index, total: encoding.total() });
-        }
-        if bytes[13..16] != [0, 0, 0] {
+        let reserved = if version >= 3 { 15 } else { 13 };
+        if bytes[reserved..16].iter().any(|&b| b != 0) {
             return Err(ShardFormatError::ReservedNotZero);
+        }
+        let parts = [bytes[13], bytes[10], bytes[11], bytes[14]];
+        let encoding = Encoding::from_parts(parts)
+            .and_then(Encoding::validate)
+            .map_err(|_| ShardFormatError::BadClass(parts))?;
+        let index = bytes[12];
+        if !valid_index(index, encoding) {
+            return Err(ShardFormatError::IndexOutOfRange { index, total: encoding.total() });
         }
         let chunk_len = read_u64(&bytes[16..24]);
         let mut chunk = [0u8; 32];
@@ -203,9 +208,19 @@ impl ShardHeader {
 }
 
 /// Bytes of hash tree in a file of format `version` holding shard `index` of a chunk of
-/// `chunk_len` bytes: only version 2 data shards have one.
+/// `chunk_len` bytes: only shards holding data have one, from version 2 on.
 pub fn tree_len(version: u16, index: u8, encoding: Encoding, chunk_len: u64) -> u64 {
-    if version >= 2 && index < encoding.k { hash_tree::tree_len(chunk_len) } else { 0 }
+    if version >= 2 && encoding.holds_data(codec::position(index)) {
+        hash_tree::tree_len(chunk_len)
+    } else {
+        0
+    }
+}
+
+/// Whether `index` names a shard of a chunk of `encoding`: in either set of slots, at a
+/// position the class has.
+pub fn valid_index(index: u8, encoding: Encoding) -> bool {
+    usize::from(index) < 2 * codec::MAX_SHARDS && codec::position(index) < encoding.total()
 }
 
 /// The payload length a shard of a `chunk_len`-byte chunk must have; `None` if `chunk_len`
@@ -265,7 +280,7 @@ mod tests {
     fn sample() -> (ShardId, Encoding, Vec<u8>) {
         let chunk = b"hello shard world".to_vec();
         let shard = ShardId { chunk: ChunkId::of(&chunk), index: 5 };
-        let encoding = Encoding::new(4, 2).unwrap();
+        let encoding = Encoding::rs(4, 2).unwrap();
         let payload = shardfs_chunk_api::codec::encode(encoding, &chunk).swap_remove(5);
         (shard, encoding, payload)
     }
@@ -279,7 +294,7 @@ mod tests {
         let tree = &[][..];
         assert_eq!(
             decoded,
-            DecodedShard { version: 2, encoding, chunk_len: 17, payload: &payload, tree }
+            DecodedShard { version: 3, encoding, chunk_len: 17, payload: &payload, tree }
         );
     }
 
@@ -287,7 +302,7 @@ mod tests {
     fn data_shard_with_tree() -> (ShardId, Encoding, u64, Vec<u8>, Vec<u8>) {
         let chunk: Vec<u8> = (0..3 * hash_tree::SEGMENT_LEN + 5).map(|i| (i % 253) as u8).collect();
         let (id, tree) = hash_tree::build(&chunk);
-        let encoding = Encoding::new(2, 1).unwrap();
+        let encoding = Encoding::rs(2, 1).unwrap();
         let payload = shardfs_chunk_api::codec::encode(encoding, &chunk).swap_remove(1);
         (ShardId { chunk: id, index: 1 }, encoding, chunk.len() as u64, payload, tree)
     }
@@ -313,14 +328,67 @@ mod tests {
         assert_eq!(decode_file(&file, parity).unwrap().tree, &[][..]);
     }
 
-    /// A version 2 data shard with its tree, checksum pinned like version 1's below.
+    /// A version 3 data shard with its tree, checksum pinned like version 1's below.
+    #[test]
+    fn version_3_files_stay_readable() {
+        let (shard, encoding, chunk_len, payload, tree) = data_shard_with_tree();
+        let file = encode_file(shard, encoding, chunk_len, &payload, &tree);
+        assert_eq!(&file[8..10], &[3, 0]);
+        assert_eq!(hex::encode(&file[64..96]), V3_CHECKSUM);
+        assert_eq!(hex::encode(blake3::hash(&file).as_bytes()), V3_FILE_HASH);
+    }
+
+    const V3_CHECKSUM: &str = "cc0f01e24c7b4d852fdc1ca254172b278212a33ad228a932060bf6b2dd2ab973";
+    const V3_FILE_HASH: &str = "1dfddf95bc649a81e04b13381c5e6a4eac30d9a3cb2d1595d07d895e176a2e63";
+
+    /// The same shard as version 2 wrote it (the version field and so the checksum differ),
+    /// pinned by the hashes version 2 builds gave, still reads.
     #[test]
     fn version_2_files_stay_readable() {
         let (shard, encoding, chunk_len, payload, tree) = data_shard_with_tree();
-        let file = encode_file(shard, encoding, chunk_len, &payload, &tree);
-        assert_eq!(&file[8..10], &[2, 0]);
+        let mut file = encode_file(shard, encoding, chunk_len, &payload, &tree);
+        file[8..10].copy_from_slice(&[2, 0]);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&file[..64]);
+        hasher.update(&file[HEADER_LEN..]);
+        file[64..96].copy_from_slice(hasher.finalize().as_bytes());
         assert_eq!(hex::encode(&file[64..96]), V2_CHECKSUM);
         assert_eq!(hex::encode(blake3::hash(&file).as_bytes()), V2_FILE_HASH);
+        let decoded = decode_file(&file, shard).unwrap();
+        assert_eq!((decoded.version, decoded.encoding, decoded.tree), (2, encoding, &tree[..]));
+    }
+
+    /// Every class survives the header: replicas carry the tree in every copy, lrc only in
+    /// its data shards; a second-slot index is a shard of the same position.
+    #[test]
+    fn every_class_round_trips_through_the_header() {
+        let chunk: Vec<u8> = (0..40_000).map(|i| (i % 251) as u8).collect();
+        let (id, tree) = hash_tree::build(&chunk);
+        for (class, index, has_tree) in [
+            ("replicas(3)", 2, true),
+            ("lrc(6,2,2)", 5, true),
+            ("lrc(6,2,2)", 7, false),
+            ("rs(4,2)", 33, true),
+            ("rs(4,2)", 36, false),
+        ] {
+            let encoding: Encoding = class.parse().unwrap();
+            let position = codec::position(index);
+            let payload = codec::encode(encoding, &chunk).swap_remove(position);
+            let shard = ShardId { chunk: id, index };
+            let tree = if has_tree { &tree[..] } else { &[][..] };
+            assert_eq!(tree_len(FORMAT_VERSION, index, encoding, 40_000), tree.len() as u64);
+            let file = encode_file(shard, encoding, 40_000, &payload, tree);
+            let decoded = decode_file(&file, shard).unwrap();
+            assert_eq!(
+                (decoded.encoding, decoded.payload, decoded.tree),
+                (encoding, &payload[..], tree)
+            );
+        }
+        let encoding = Encoding::lrc(6, 2, 2).unwrap();
+        for index in [10, 31, 42, 64, 200] {
+            assert!(!valid_index(index, encoding), "{index}");
+        }
+        assert!(valid_index(41, encoding));
     }
 
     const V2_CHECKSUM: &str = "211b53c5e0b8bf928d392f56a282f59296e5fbd26f8b96fce50bea14d50a6f53";
@@ -344,7 +412,7 @@ mod tests {
         file.extend_from_slice(&payload);
         let shard = ShardId { chunk: chunk_id, index: 1 };
         let decoded = decode_file(&file, shard).unwrap();
-        assert_eq!((decoded.version, decoded.encoding), (1, Encoding { k: 2, m: 1 }));
+        assert_eq!((decoded.version, decoded.encoding), (1, Encoding::Rs { k: 2, m: 1 }));
         assert_eq!((decoded.chunk_len, decoded.payload, decoded.tree), (5, &payload[..], &[][..]));
     }
 
@@ -357,9 +425,16 @@ mod tests {
         let other = ShardId { index: 4, ..shard };
         assert!(matches!(decode_file(&file, other), Err(ShardFormatError::WrongShard { .. })));
 
-        let mut v3 = file.clone();
-        v3[8] = 3;
-        assert_eq!(decode_file(&v3, shard), Err(ShardFormatError::UnsupportedVersion(3)));
+        let mut v4 = file.clone();
+        v4[8] = 4;
+        assert_eq!(decode_file(&v4, shard), Err(ShardFormatError::UnsupportedVersion(4)));
+
+        let mut bad_class = file.clone();
+        bad_class[13] = 7;
+        assert_eq!(decode_file(&bad_class, shard), Err(ShardFormatError::BadClass([7, 4, 2, 0])));
+        let mut reserved = file.clone();
+        reserved[15] = 1;
+        assert_eq!(decode_file(&reserved, shard), Err(ShardFormatError::ReservedNotZero));
 
         let mut bad_index = file.clone();
         bad_index[12] = 6;

@@ -294,11 +294,9 @@ impl ShardStore {
         let expected_len = shard::expected_payload_len(encoding, chunk_len);
         if expected_len != Some(data.len() as u64) {
             return Err(ChunkdError::Invalid(format!(
-                "shard {shard} has {} bytes, but shards of a {chunk_len}-byte chunk with \
-                 encoding {}+{} have {}",
+                "shard {shard} has {} bytes, but shards of a {chunk_len}-byte chunk of class \
+                 {encoding} have {}",
                 data.len(),
-                encoding.k,
-                encoding.m,
                 expected_len.map_or("no valid length".into(), |len| len.to_string()),
             )));
         }
@@ -758,10 +756,10 @@ pub fn inventory(dir: &Path) -> io::Result<Vec<StoredAt>> {
 /// Checks the parts of a request that decide where and how a shard is stored.
 fn validate_shard(shard: ShardId, encoding: Encoding) -> Result<Encoding, ChunkdError> {
     let encoding = encoding.validate().map_err(|e| ChunkdError::Invalid(e.to_string()))?;
-    if usize::from(shard.index) >= encoding.total() {
+    if !shard::valid_index(shard.index, encoding) {
         return Err(ChunkdError::Invalid(format!(
-            "shard index {} is out of range for encoding {}+{}",
-            shard.index, encoding.k, encoding.m
+            "shard index {} is out of range for class {encoding}",
+            shard.index
         )));
     }
     Ok(encoding)

@@ -59,7 +59,7 @@ async fn announces_its_port_serves_and_exits_cleanly_on_sigterm() {
     let client = ChunkClient::new(addr, id, ClientOptions::with_key(key));
     let chunk = b"binary test chunk".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
-    let encoding = Encoding::new(1, 1).unwrap();
+    let encoding = Encoding::rs(1, 1).unwrap();
     client.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();
     assert_eq!(client.get(shard).await.unwrap(), (encoding, chunk.len() as u64, chunk));
 

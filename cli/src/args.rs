@@ -246,7 +246,11 @@ pub(crate) enum Commands {
         /// over when one (two) is lost.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
         metads: u8,
-        /// Data shards per chunk (new volume default 4).
+        /// Storage class of new data: replicas(N), rs(K,M) or lrc(K,L,G) (new volume
+        /// default rs(4,2)).
+        #[arg(long, value_name = "CLASS", conflicts_with_all = ["k", "m"])]
+        class: Option<shardfs_chunk_api::Encoding>,
+        /// Data shards per chunk: --k K --m M is --class rs(K,M).
         #[arg(long, requires = "m")]
         k: Option<u8>,
         /// Parity shards per chunk (new volume default 2).

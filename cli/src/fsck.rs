@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use serde::Serialize;
-use shardfs_chunk_api::ShardId;
 use shardfs_chunk_api::client::ChunkClientPool;
+use shardfs_chunk_api::{ShardId, codec};
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{ChunkLocation, FsckReport};
 use shardfs_rpc::ClientOptions;
@@ -24,18 +24,18 @@ pub struct ChunkHealth {
     pub chunk: String,
     /// Shards that read back and verified.
     pub verified: usize,
-    /// Shards needed to read the chunk (k).
-    pub needed: usize,
-    /// Shards the encoding has (k + m).
+    /// Whether the verified shards can rebuild the chunk.
+    pub readable: bool,
+    /// Shards the class has.
     pub total: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct DataReport {
     pub chunks: u64,
-    /// Chunks with at least k but fewer than k + m verified shards.
+    /// Chunks missing verified shards, with enough left to rebuild them.
     pub degraded: Vec<ChunkHealth>,
-    /// Chunks with fewer than k verified shards: their data cannot be read.
+    /// Chunks whose verified shards cannot rebuild them: their data cannot be read.
     pub unreadable: Vec<ChunkHealth>,
 }
 
@@ -109,7 +109,7 @@ async fn verify_chunks(
             let health = health?;
             report.chunks += 1;
             bar.inc(1);
-            if health.verified < health.needed {
+            if !health.readable {
                 report.unreadable.push(health);
             } else if health.verified < health.total {
                 report.degraded.push(health);
@@ -122,23 +122,29 @@ async fn verify_chunks(
 /// Reads every shard of a chunk; each chunkd verifies its shard's checksum on read.
 async fn verify_chunk(pool: &ChunkClientPool, location: &ChunkLocation) -> ChunkHealth {
     let mut reads = JoinSet::new();
+    let encoding = location.encoding;
     for place in &location.shards {
         let client = pool.get(&place.addr, &place.chunkd);
         let shard = ShardId { chunk: location.chunk, index: place.index };
-        let expected = (location.encoding, location.len);
+        let expected = (encoding, location.len);
+        let position = codec::position(place.index);
         reads.spawn(async move {
-            matches!(client.get(shard).await, Ok((encoding, len, _)) if (encoding, len) == expected)
+            let got = client.get(shard).await;
+            (position, matches!(got, Ok((encoding, len, _)) if (encoding, len) == expected))
         });
     }
-    let mut verified = 0;
-    while let Some(ok) = reads.join_next().await {
-        verified += usize::from(ok.unwrap_or(false));
+    let mut good = Vec::new();
+    while let Some(read) = reads.join_next().await {
+        if let Ok((position, true)) = read {
+            good.push(position);
+        }
     }
+    let lost: Vec<usize> = (0..encoding.total()).filter(|p| !good.contains(p)).collect();
     ChunkHealth {
         chunk: location.chunk.to_hex(),
-        verified,
-        needed: location.encoding.k as usize,
-        total: location.encoding.total(),
+        verified: good.len(),
+        readable: encoding.survives(&lost),
+        total: encoding.total(),
     }
 }
 
@@ -155,8 +161,8 @@ pub fn print(report: &Report) {
     if let Some(data) = &report.data {
         for chunk in &data.unreadable {
             println!(
-                "unreadable: chunk {} has {} of the {} shards needed",
-                chunk.chunk, chunk.verified, chunk.needed
+                "unreadable: chunk {} has {} of its {} shards, too few to rebuild it",
+                chunk.chunk, chunk.verified, chunk.total
             );
         }
         for chunk in &data.degraded {

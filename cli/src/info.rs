@@ -29,8 +29,9 @@ pub struct ExtentInfo {
 pub struct ChunkInfo {
     pub chunk: String,
     pub len: u64,
-    /// `RS k+m`, or `inline` for a small chunk kept in metad's database.
-    pub encoding: String,
+    /// Its storage class: `replicas(3)`, `rs(4,2)`, `lrc(6,2,2)`, or `inline` for a small
+    /// chunk kept in metad's database.
+    pub class: String,
     pub shards: Vec<ShardInfo>,
 }
 
@@ -78,10 +79,7 @@ pub async fn fetch(meta: &MetaClient, path: &Path, ino: u64) -> anyhow::Result<F
         chunks.push(ChunkInfo {
             chunk: location.chunk.to_hex(),
             len: location.len,
-            encoding: match location.is_inline() {
-                true => "inline".into(),
-                false => format!("RS {}+{}", location.encoding.k, location.encoding.m),
-            },
+            class: location.encoding.to_string(),
             shards: location
                 .shards
                 .iter()
@@ -116,7 +114,7 @@ pub fn print(info: &FileInfo) {
     }
     println!("chunks:");
     for c in &info.chunks {
-        println!("  {} {} bytes, {}", c.chunk, c.len, c.encoding);
+        println!("  {} {} bytes, {}", c.chunk, c.len, c.class);
         for s in &c.shards {
             let health = if s.healthy { "healthy" } else { "UNHEALTHY" };
             println!("    shard {:>2} on {} ({}) {health}", s.index, s.chunkd, s.addr);

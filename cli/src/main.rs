@@ -179,8 +179,8 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             mount_command(&metad, &mountpoint, log.as_deref(), (&secret, &client), args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Local { mountpoint, data, chunkds, metads, k, m, chunk_size, client } => {
-            let volume = (k, m, chunk_size);
+        Commands::Local { mountpoint, data, chunkds, metads, class, k, m, chunk_size, client } => {
+            let volume = (class, k, m, chunk_size);
             local_command(&mountpoint, &data, (chunkds, metads.into()), volume, &client)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -80,12 +80,13 @@ pub(crate) fn local_command(
     mountpoint: &Path,
     data: &Path,
     (chunkds, metads): (Option<usize>, usize),
-    (k, m, chunk_size): (Option<u8>, Option<u8>, Option<u64>),
+    (class, k, m, chunk_size): (Option<Encoding>, Option<u8>, Option<u8>, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
     mount::check_new_mountpoint(mountpoint, client.flags().nonempty)?;
-    let encoding = match (k, m) {
-        (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
+    let encoding = match (class, k, m) {
+        (Some(class), _, _) => Some(class),
+        (None, Some(k), Some(m)) => Some(Encoding::rs(k, m)?),
         _ => None,
     };
     let needed = encoding.unwrap_or(metad::DEFAULT_ENCODING).total();

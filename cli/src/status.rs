@@ -21,15 +21,15 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct Df {
     pub metad: String,
-    pub k: u8,
-    pub m: u8,
-    /// Usable bytes: the up chunkds' disks, scaled by the encoding's overhead.
+    /// The class new chunks are written in, as `rs(4,2)`.
+    pub class: String,
+    /// Usable bytes: the up chunkds' disks, scaled by the class's overhead.
     pub size_bytes: u64,
     pub free_bytes: u64,
     pub used_bytes: u64,
     /// Bytes of file data stored (each distinct chunk once).
     pub data_bytes: u64,
-    /// The disks' own figures, before the encoding's overhead.
+    /// The disks' own figures, before the class's overhead.
     pub raw_size_bytes: u64,
     pub raw_free_bytes: u64,
     pub inodes: u64,
@@ -42,8 +42,7 @@ pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
     let usable = raw.usable(volume.encoding);
     Ok(Df {
         metad: meta.addr().to_string(),
-        k: volume.encoding.k,
-        m: volume.encoding.m,
+        class: volume.encoding.to_string(),
         size_bytes: usable.capacity_bytes,
         free_bytes: usable.free_bytes,
         used_bytes: usable.capacity_bytes.saturating_sub(usable.free_bytes),
@@ -58,13 +57,13 @@ pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
 pub fn print_df(df: &Df) {
     println!(
         "{:<22} {:<8} {:>10} {:>10} {:>10} {:>5} {:>10} {:>8}",
-        "metad", "encoding", "size GiB", "used GiB", "avail GiB", "use%", "data GiB", "inodes"
+        "metad", "class", "size GiB", "used GiB", "avail GiB", "use%", "data GiB", "inodes"
     );
     let percent = (df.used_bytes * 100).checked_div(df.size_bytes).unwrap_or(0);
     println!(
         "{:<22} {:<8} {:>10.1} {:>10.1} {:>10.1} {:>4}% {:>10.2} {:>8}",
         df.metad,
-        format!("RS {}+{}", df.k, df.m),
+        df.class,
         gib(df.size_bytes),
         gib(df.used_bytes),
         gib(df.free_bytes),

@@ -165,18 +165,26 @@ impl ChunkIo {
         let first = start as u64 / hash_tree::SEGMENT_LEN;
         let from = first * hash_tree::SEGMENT_LEN;
         let to = (end as u64).next_multiple_of(hash_tree::SEGMENT_LEN).min(len);
-        let shard_len = location.encoding.shard_len(len as usize) as u64;
-        let index = from / shard_len;
-        if to > (index + 1) * shard_len {
+        let encoding = location.encoding;
+        let (holders, in_shard) = encoding.holders(from, len);
+        if in_shard + (to - from) > encoding.shard_len(len as usize) as u64 {
             return None;
         }
-        let place = location.shards.iter().find(|s| u64::from(s.index) == index)?;
+        // Of several holders (replicas), one chosen by the chunk, so that readers of
+        // different chunks spread over the copies.
+        let mut candidates: Vec<&ShardPlace> = (location.shards.iter())
+            .filter(|s| holders.contains(&codec::position(s.index)))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let place = candidates.swap_remove(usize::from(chunk.0[0]) % candidates.len());
         let known = self.trees.locked().get(&chunk).cloned();
         let shard = ShardId { chunk, index: place.index };
         let fetched = self
             .pool
             .get(&place.addr, &place.chunkd)
-            .get_range(shard, from - index * shard_len, (to - from) as u32, known.is_none())
+            .get_range(shard, in_shard, (to - from) as u32, known.is_none())
             .await;
         let (data, tree) =
             fetched.inspect_err(|e| debug!(%shard, "ranged read failed: {e}")).ok()?;
@@ -319,10 +327,10 @@ impl ChunkIo {
                         continue;
                     }
                 };
-                // All k+m shards, or (metad writing degraded while chunkds are down) at
-                // least k of them, each index once.
+                // All its shards, or (metad writing degraded while chunkds are down) at
+                // least those holding its data, each index once.
                 let indexes = targets.iter().map(|t| t.index as usize);
-                if targets.len() < encoding.k as usize
+                if targets.len() < encoding.needed()
                     || indexes.clone().any(|i| i >= encoding.total())
                     || indexes.collect::<HashSet<_>>().len() != targets.len()
                 {
@@ -441,7 +449,8 @@ async fn put_chunk(
     let mut shards: Vec<Option<Vec<u8>>> = shards.into_iter().map(Some).collect();
     let mut puts = JoinSet::new();
     for place in places {
-        let Some(shard) = shards.get_mut(place.index as usize).and_then(Option::take) else {
+        let position = codec::position(place.index);
+        let Some(shard) = shards.get_mut(position).and_then(Option::take) else {
             continue;
         };
         let client = pool.get(&place.addr, &place.chunkd);
@@ -499,7 +508,7 @@ mod tests {
     #[test]
     fn content_is_ordered_as_a_layout_and_known_only_for_every_chunk() {
         let (a, b, c) = (ChunkId::of(b"a"), ChunkId::of(b"b"), ChunkId::of(b"c"));
-        let encoding = Encoding { k: 4, m: 2 };
+        let encoding = Encoding::Rs { k: 4, m: 2 };
         let stored = |chunk| StoredChunk { chunk, len: 10, encoding, shards: Vec::new() };
         let mut written = Written {
             stored: vec![stored(b), stored(a)],

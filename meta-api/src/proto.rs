@@ -268,8 +268,8 @@ impl Extent {
     }
 }
 
-/// Where a chunk's content is: in `k + m` shards on chunkds, or, for a chunk kept inline in
-/// metad (encoding `0 + 0`, no shards), in `inline` or to be read with `ReadInline`.
+/// Where a chunk's content is: in the shards of its class on chunkds, or, for a chunk kept
+/// inline in metad (class `Inline`, no shards), in `inline` or to be read with `ReadInline`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkLocation {
     pub chunk: ChunkId,
@@ -283,7 +283,7 @@ pub struct ChunkLocation {
 impl ChunkLocation {
     /// Whether the chunk is kept in metad's database rather than on chunkds.
     pub fn is_inline(&self) -> bool {
-        self.encoding.total() == 0
+        self.encoding.is_inline()
     }
 
     /// What a fetch of its shards needs to know of the chunk.
@@ -330,7 +330,7 @@ pub struct InlineChunk {
 impl InlineChunk {
     /// Where the chunk is, as a layout names it: in metad's database, content included.
     pub fn location(&self) -> ChunkLocation {
-        let (len, encoding) = (self.data.len() as u64, Encoding { k: 0, m: 0 });
+        let (len, encoding) = (self.data.len() as u64, Encoding::Inline);
         ChunkLocation {
             chunk: self.chunk,
             len,
@@ -380,10 +380,11 @@ pub struct StatFs {
 
 impl StatFs {
     /// Capacity as users see it: raw chunkd space scaled by `encoding`'s overhead (`k` of
-    /// every `k + m` bytes hold data).
+    /// every `k + m` bytes hold data, one of every `n` replicas).
     pub fn usable(&self, encoding: Encoding) -> StatFs {
-        let scale =
-            |bytes: u64| (bytes as u128 * encoding.k as u128 / encoding.total() as u128) as u64;
+        let scale = |bytes: u64| {
+            (bytes as u128 * encoding.needed() as u128 / encoding.total().max(1) as u128) as u64
+        };
         StatFs {
             capacity_bytes: scale(self.capacity_bytes),
             free_bytes: scale(self.free_bytes),

@@ -12,7 +12,7 @@ use shardfs_meta_api::proto::{
 use shardfs_metad::store::{ChunkdRecord, Store, VolumeOverrides, VolumeSettings};
 
 const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding { k: 4, m: 2 }, chunk_size: 4 << 20 };
+    VolumeSettings { encoding: Encoding::Rs { k: 4, m: 2 }, chunk_size: 4 << 20 };
 /// Entries already in the directory the operations work in.
 const ENTRIES: usize = 10_000;
 

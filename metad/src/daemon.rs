@@ -22,8 +22,8 @@ use crate::store::{Store, VolumeOverrides, VolumeSettings};
 
 /// Chunk size of a new volume.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
-/// Encoding of a new volume: 4 data + 2 parity shards.
-pub const DEFAULT_ENCODING: Encoding = Encoding { k: 4, m: 2 };
+/// Class of a new volume's chunks: 4 data + 2 parity shards.
+pub const DEFAULT_ENCODING: Encoding = Encoding::Rs { k: 4, m: 2 };
 /// Smallest and largest chunk sizes accepted.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1024;
 
@@ -121,14 +121,12 @@ pub(crate) fn server_over(
         .context("cannot load the chunkd registry")?;
     let encoding = store.settings().encoding;
     if let Some(min) = config.min_shards
-        && !(encoding.k..=encoding.k + encoding.m).contains(&min)
+        && !(encoding.needed()..=encoding.total()).contains(&usize::from(min))
     {
         anyhow::bail!(
-            "--min-shards {min} is outside {}..={} for the volume's {}+{} encoding",
-            encoding.k,
-            encoding.k + encoding.m,
-            encoding.k,
-            encoding.m
+            "--min-shards {min} is outside {}..={} for the volume's class {encoding}",
+            encoding.needed(),
+            encoding.total(),
         );
     }
     let holdings = store.holdings().context("cannot read what sessions held before")?;

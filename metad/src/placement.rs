@@ -26,9 +26,7 @@ pub fn place_new(
     let count = encoding.total().min(usable.len());
     if count < min_shards {
         let why = format!(
-            "{}+{} encoding needs {min_shards} usable chunkds to store a chunk, {} are",
-            encoding.k,
-            encoding.m,
+            "class {encoding} needs {min_shards} usable chunkds to store a chunk, {} are",
             usable.len()
         );
         return Err(if usable.len() + full >= min_shards {
@@ -163,7 +161,7 @@ mod tests {
 
     #[test]
     fn new_chunks_go_degraded_down_to_min_shards_then_fail_by_cause() {
-        let encoding = Encoding { k: 4, m: 2 };
+        let encoding = Encoding::Rs { k: 4, m: 2 };
         let all: Vec<_> = (0..8).map(|i| chunkd(&format!("c{i}"), None)).collect();
         let chunk = ChunkId::of(b"y");
         let width = |n: usize| place_new(&chunk, encoding, 5, &all[..n], 0).map(|p| p.len());

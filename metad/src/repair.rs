@@ -151,7 +151,7 @@ async fn repair_chunk(
     let mut rebuilt = 0;
     for (shard, target) in bad.iter().zip(targets) {
         let id = ShardId { chunk: chunk.chunk, index: shard.index };
-        let data = shards[shard.index as usize].clone();
+        let data = shards[codec::position(shard.index)].clone();
         pool.get(&target.addr, &target.id)
             .put(id, encoding, chunk.len, data, &tree)
             .await

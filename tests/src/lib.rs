@@ -294,6 +294,11 @@ pub struct Cluster {
     _turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
+/// Storage class `rs(k,m)`, as metad's `--class` takes it.
+fn rs(k: u8, m: u8) -> String {
+    format!("rs({k},{m})")
+}
+
 impl Cluster {
     /// Starts metad with encoding `k`+`m` and `n` chunkds, and waits until all are up.
     pub fn start(n: usize, k: u8, m: u8) -> Cluster {
@@ -302,21 +307,27 @@ impl Cluster {
 
     /// [`start`](Self::start) with extra metad arguments.
     pub fn start_with(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, k, m, metad_args, false)
+        Cluster::start_inner(n, &rs(k, m), metad_args, false)
+    }
+
+    /// [`start_with`](Self::start_with) for new data in storage class `class`, as
+    /// `replicas(3)` or `lrc(6,2,2)`.
+    pub fn start_class(n: usize, class: &str, metad_args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, class, metad_args, false)
     }
 
     /// [`start`](Self::start) with TLS on every connection: a CA made for the test, and a
     /// certificate for 127.0.0.1 that metad and every chunkd serve with. Mounts, tools and
     /// [`query`](Self::query) use TLS too.
     pub fn start_tls(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, k, m, metad_args, true)
+        Cluster::start_inner(n, &rs(k, m), metad_args, true)
     }
 
     /// [`start`](Self::start) with a lone metad even when `SHARDFS_TEST_METADS` asks for a
     /// group: for tests of what only a lone metad has (one data directory, whose database
     /// a backup is restored into, or whose disk fills up).
     pub fn start_alone(n: usize, k: u8, m: u8) -> Cluster {
-        Cluster::start_inner_with(n, k, m, &[], false, 0)
+        Cluster::start_inner_with(n, &rs(k, m), &[], false, 0)
     }
 
     /// [`start`](Self::start) with metad as a group of `replicas` replicas, each its own
@@ -334,23 +345,22 @@ impl Cluster {
         metad_args: &[&str],
     ) -> Cluster {
         let turn = GROUP_TURN.locked();
-        let mut cluster = Cluster::start_inner_with(n, k, m, metad_args, false, replicas);
+        let mut cluster = Cluster::start_inner_with(n, &rs(k, m), metad_args, false, replicas);
         cluster._turn = Some(turn);
         cluster
     }
 
     /// A lone metad, or with `SHARDFS_TEST_METADS=N` a group of N replicas (1: a group of
     /// one, on the replicated log): the whole suite can run against a group.
-    fn start_inner(n: usize, k: u8, m: u8, metad_args: &[&str], tls: bool) -> Cluster {
+    fn start_inner(n: usize, class: &str, metad_args: &[&str], tls: bool) -> Cluster {
         let replicas = std::env::var("SHARDFS_TEST_METADS").ok().and_then(|n| n.parse().ok());
         let replicas = replicas.unwrap_or(0);
-        Cluster::start_inner_with(n, k, m, metad_args, tls, replicas)
+        Cluster::start_inner_with(n, class, metad_args, tls, replicas)
     }
 
     fn start_inner_with(
         n: usize,
-        k: u8,
-        m: u8,
+        class: &str,
         metad_args: &[&str],
         tls: bool,
         replicas: usize,
@@ -385,7 +395,7 @@ impl Cluster {
             cluster.tls = Some((ca.clone(), TlsClient::load(&ca).expect("load the test CA")));
         }
         ClusterKey::create(&cluster.secret_file()).expect("create the cluster secret");
-        cluster.start_metad("127.0.0.1:0", &["--k", &k.to_string(), "--m", &m.to_string()]);
+        cluster.start_metad("127.0.0.1:0", &["--class", class]);
         for i in 0..n {
             cluster.start_chunkd(i);
         }
@@ -393,7 +403,7 @@ impl Cluster {
         cluster
     }
 
-    /// The default test cluster: RS 4+2 over 6 chunkds.
+    /// The default test cluster: rs(4,2) over 6 chunkds.
     pub fn standard() -> Cluster {
         Cluster::start(6, 4, 2)
     }
@@ -550,6 +560,20 @@ impl Cluster {
     pub fn stop_chunkd(&mut self, i: usize, signal: nix::sys::signal::Signal) {
         if let Some(chunkd) = self.chunkds[i].take() {
             chunkd.process.stop(signal);
+        }
+    }
+
+    /// Kills the chunkds in `down` (SIGKILL), hands `check` a fresh mount (nothing cached),
+    /// then unmounts and starts them again.
+    pub fn with_chunkds_down(&mut self, down: &[usize], check: impl FnOnce(&Mount)) {
+        for &i in down {
+            self.stop_chunkd(i, nix::sys::signal::Signal::SIGKILL);
+        }
+        let mount = self.mount();
+        check(&mount);
+        mount.unmount();
+        for &i in down {
+            self.start_chunkd(i);
         }
     }
 

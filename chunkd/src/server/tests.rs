@@ -50,7 +50,7 @@ fn options() -> ClientOptions {
 async fn client_and_server_round_trip() {
     let server = start().await;
     let client = Arc::new(ChunkClient::new(&server.addr, &server.id, options()));
-    let encoding = Encoding::new(4, 2).unwrap();
+    let encoding = Encoding::rs(4, 2).unwrap();
     let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let (id, tree) = hash_tree::build(&chunk);
     let shards = codec::encode(encoding, &chunk);
@@ -106,7 +106,7 @@ async fn errors_travel_to_the_client() {
     let client = pool.get(&server.addr, &server.id);
     assert!(Arc::ptr_eq(&client, &pool.get(&server.addr, &server.id)));
 
-    let encoding = Encoding::new(1, 2).unwrap();
+    let encoding = Encoding::rs(1, 2).unwrap();
     let chunk = b"some chunk".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 1 };
     client.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();
@@ -140,7 +140,7 @@ async fn calls_meant_for_another_chunkd_are_refused() {
     let right = pool.get(&server.addr, &server.id);
     let wrong = pool.get(&server.addr, "an-earlier-chunkd");
     assert!(!Arc::ptr_eq(&right, &wrong));
-    let encoding = Encoding::new(1, 1).unwrap();
+    let encoding = Encoding::rs(1, 1).unwrap();
     let chunk = b"kept".to_vec();
     let shard = ShardId { chunk: ChunkId::of(&chunk), index: 0 };
     right.put(shard, encoding, chunk.len() as u64, chunk.clone(), &[]).await.unwrap();

@@ -2,7 +2,7 @@ use super::*;
 use shardfs_chunk_api::chunk_id::ChunkId;
 use shardfs_chunk_api::codec;
 
-const ENCODING: Encoding = Encoding { k: 2, m: 1 };
+const ENCODING: Encoding = Encoding::Rs { k: 2, m: 1 };
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -123,7 +123,7 @@ async fn bad_puts_are_rejected() {
         f.store.put(out_of_range, ENCODING, chunk_len, checksum, data.clone(), Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
 
-    let bad_encoding = Encoding { k: 0, m: 1 };
+    let bad_encoding = Encoding::Rs { k: 0, m: 1 };
     let result =
         f.store.put(shard, bad_encoding, chunk_len, checksum, data.clone(), Vec::new()).await;
     assert!(matches!(result, Err(ChunkdError::Invalid(_))), "{result:?}");
@@ -296,7 +296,7 @@ async fn full_disk_is_no_space() {
     };
     let dir = tempfile::tempdir_in(small).unwrap();
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
-    let encoding = Encoding { k: 1, m: 1 };
+    let encoding = Encoding::Rs { k: 1, m: 1 };
     let chunk = vec![5u8; 8 << 20];
     let (id, tree) = shardfs_chunk_api::hash_tree::build(&chunk);
     let shard = ShardId { chunk: id, index: 0 };
@@ -488,7 +488,7 @@ async fn a_store_of_shard_files_stays_readable_and_moves_into_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let pinned = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/file-per-shard-store");
     copy_tree(&pinned, dir.path());
-    let encoding = Encoding { k: 2, m: 1 };
+    let encoding = Encoding::Rs { k: 2, m: 1 };
     let big: Vec<u8> = (0..3 * 16384 + 5).map(|i| (i % 251) as u8).collect();
     let small = b"a small chunk of the pinned store".to_vec();
     let expected: Vec<(ShardId, Vec<u8>, u64)> = [big, small]
@@ -573,7 +573,7 @@ async fn a_version_1_record_takes_a_put_of_the_same_bytes() {
     fs::write(&path, &file).unwrap();
     let store = Arc::new(ShardStore::open(dir.path()).await.unwrap());
     migrate(store.clone(), std::future::pending()).await;
-    let encoding = Encoding { k: 2, m: 1 };
+    let encoding = Encoding::Rs { k: 2, m: 1 };
     let put = |data: Vec<u8>| {
         let store = store.clone();
         async move {

@@ -384,7 +384,7 @@ mod tests {
 
     fn record(seed: u8, offset: u64) -> Record {
         let shard = ShardId { chunk: ChunkId([seed; 32]), index: seed % 3 };
-        let encoding = shardfs_chunk_api::codec::Encoding::new(2, 1).unwrap();
+        let encoding = shardfs_chunk_api::codec::Encoding::rs(2, 1).unwrap();
         let payload = vec![seed; 4 + usize::from(seed)];
         let chunk_len = 2 * payload.len() as u64;
         let header = ShardHeader::new(shard, encoding, chunk_len, &payload, &[]);

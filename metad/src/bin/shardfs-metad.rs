@@ -49,7 +49,11 @@ struct Args {
     /// logged at start). Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
-    /// Data shards per chunk for new data (default 4 on a new volume).
+    /// Storage class of new data: replicas(N), rs(K,M) or lrc(K,L,G) (default rs(4,2) on
+    /// a new volume).
+    #[arg(long, value_name = "CLASS", conflicts_with_all = ["k", "m"])]
+    class: Option<Encoding>,
+    /// Data shards per chunk for new data: --k K --m M is --class rs(K,M).
     #[arg(long, requires = "m")]
     k: Option<u8>,
     /// Parity shards per chunk for new data (default 2 on a new volume).
@@ -124,8 +128,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let encoding = match (args.k, args.m) {
-        (Some(k), Some(m)) => Some(Encoding::new(k, m)?),
+    let encoding = match (args.class, args.k, args.m) {
+        (Some(class), _, _) => Some(class),
+        (None, Some(k), Some(m)) => Some(Encoding::rs(k, m)?),
         _ => None,
     };
     let config = MetadConfig {

@@ -27,7 +27,7 @@ impl StoreBuilder<Group, LogStore, StateMachine, TempDir> for Replica {
 }
 
 fn settings() -> VolumeSettings {
-    VolumeSettings { encoding: Encoding::new(2, 1).expect("2+1"), chunk_size: 1 << 20 }
+    VolumeSettings { encoding: Encoding::rs(2, 1).expect("2+1"), chunk_size: 1 << 20 }
 }
 
 #[test]

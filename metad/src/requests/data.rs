@@ -124,9 +124,9 @@ fn prepare_write(
 }
 
 /// Shards a new chunk of `encoding` needs placed to be written: `--min-shards` (kept
-/// within k..=k+m), else k+1, so a chunk written degraded still survives the loss of one
-/// more chunkd.
+/// within k..=k+m, k being 1 for replicas), else k+1, so a chunk written degraded still
+/// survives the loss of one more chunkd.
 fn min_shards(configured: Option<u8>, encoding: Encoding) -> usize {
-    let (k, total) = (encoding.k as usize, encoding.total());
+    let (k, total) = (encoding.needed(), encoding.total());
     configured.map_or(k + 1, usize::from).clamp(k, total)
 }

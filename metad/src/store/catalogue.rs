@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
+use shardfs_chunk_api::{ChunkId, ShardId};
 
 use super::Store;
-use super::layout::{chunk_id, chunk_location};
+use super::layout::{chunk_id, chunk_location, class_from_parts, class_parts};
 use super::mutation::{Applied, Mutation};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
@@ -295,15 +295,16 @@ fn damaged_chunks(tx: &Connection, lost: &HashSet<String>) -> Result<Vec<Vec<u8>
 }
 
 fn chunk_status(tx: &Connection, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
-    let Some((len, k, m, refcount)) = tx
-        .prepare_cached("SELECT len, k, m, refcount FROM chunks WHERE id = ?1")
+    let Some((len, refcount, parts)) = tx
+        .prepare_cached("SELECT len, refcount, class, k, m, l FROM chunks WHERE id = ?1")
         .sql()?
-        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, class_parts(r, 2)?)))
         .optional()
         .sql()?
     else {
         return Ok(None);
     };
+    let encoding = class_from_parts(parts)?;
     let shards = tx
         .prepare_cached("SELECT idx, chunkd, healthy FROM shards WHERE chunk = ?1 ORDER BY idx")
         .sql()?
@@ -313,5 +314,5 @@ fn chunk_status(tx: &Connection, chunk: ChunkId) -> Result<Option<ChunkStatus>, 
         .sql()?
         .collect::<Result<Vec<_>, _>>()
         .sql()?;
-    Ok(Some(ChunkStatus { chunk, len, encoding: Encoding { k, m }, refcount, shards }))
+    Ok(Some(ChunkStatus { chunk, len, encoding, refcount, shards }))
 }

@@ -474,25 +474,28 @@ fn fully_redundant(tx: &Connection, chunk: ChunkId) -> Result<bool, MetaError> {
 }
 
 fn record_chunk(tx: &Connection, chunk: &StoredChunk, now: Timestamp) -> Result<(), MetaError> {
-    chunk.encoding.validate().map_err(|e| MetaError::Invalid(e.to_string()))?;
-    // All k+m shards, or (written degraded) at least k of them, in index order.
+    let encoding = chunk.encoding.validate().map_err(|e| MetaError::Invalid(e.to_string()))?;
+    // All its shards, or (written degraded) at least those holding its data, in index
+    // order.
     let indexes: Vec<usize> = chunk.shards.iter().map(|s| s.index as usize).collect();
-    let total = chunk.encoding.total();
-    if indexes.len() < chunk.encoding.k as usize
+    let total = encoding.total();
+    if indexes.len() < encoding.needed()
         || indexes.windows(2).any(|w| w[0] >= w[1])
         || indexes.last().is_some_and(|i| *i >= total)
     {
         return Err(MetaError::Invalid(format!(
             "chunk {} must list at least {} of shards 0..{total} in order",
-            chunk.chunk, chunk.encoding.k
+            chunk.chunk,
+            encoding.needed()
         )));
     }
+    let [class, k, m, l] = encoding.to_parts();
     tx.prepare_cached(
-        "INSERT INTO chunks (id, len, k, m, refcount, created, zero_since)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO chunks (id, len, class, k, m, l, refcount, created, zero_since)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7) ON CONFLICT (id) DO NOTHING",
     )
     .sql()?
-    .execute(params![&chunk.chunk.0[..], chunk.len, chunk.encoding.k, chunk.encoding.m, now.sec])
+    .execute(params![&chunk.chunk.0[..], chunk.len, class, k, m, l, now.sec])
     .sql()?;
     for shard in &chunk.shards {
         let known: bool = tx
@@ -504,13 +507,13 @@ fn record_chunk(tx: &Connection, chunk: &StoredChunk, now: Timestamp) -> Result<
             return Err(MetaError::Invalid(format!("chunkd {} is not registered", shard.chunkd)));
         }
     }
-    let catalogued: (u8, u8) = tx
-        .prepare_cached("SELECT k, m FROM chunks WHERE id = ?1")
+    let catalogued: [u8; 4] = tx
+        .prepare_cached("SELECT class, k, m, l FROM chunks WHERE id = ?1")
         .sql()?
-        .query_row([&chunk.chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([&chunk.chunk.0[..]], |r| class_parts(r, 0))
         .sql()?;
-    if catalogued != (chunk.encoding.k, chunk.encoding.m) {
-        // Stored before under another encoding: its shards are not interchangeable.
+    if catalogued != encoding.to_parts() {
+        // Stored before in another class: its shards are not interchangeable.
         return Ok(());
     }
     // Where the catalogue already has a healthy shard (another writer stored the same
@@ -588,13 +591,14 @@ pub(super) fn chunk_location(
     chunk: ChunkId,
     budget: &mut usize,
 ) -> Result<ChunkLocation, MetaError> {
-    let (len, k, m): (u64, u8, u8) = tx
-        .prepare_cached("SELECT len, k, m FROM chunks WHERE id = ?1")
+    let (len, parts): (u64, [u8; 4]) = tx
+        .prepare_cached("SELECT len, class, k, m, l FROM chunks WHERE id = ?1")
         .sql()?
-        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([&chunk.0[..]], |r| Ok((r.get(0)?, class_parts(r, 1)?)))
         .optional()
         .sql()?
         .ok_or_else(|| MetaError::ChunkGone(chunk.to_hex()))?;
+    let encoding = class_from_parts(parts)?;
     let shards = tx
         .prepare_cached(
             "SELECT s.idx, s.chunkd, COALESCE(d.addr, '') FROM shards s
@@ -608,8 +612,7 @@ pub(super) fn chunk_location(
         .sql()?
         .collect::<Result<Vec<_>, _>>()
         .sql()?;
-    let mut location =
-        ChunkLocation { chunk, len, encoding: Encoding { k, m }, shards, inline: None };
+    let mut location = ChunkLocation { chunk, len, encoding, shards, inline: None };
     if location.is_inline() && len as usize <= *budget {
         location.inline = inline_content(tx, chunk)?;
         *budget -= len as usize;
@@ -636,4 +639,15 @@ pub(super) fn chunk_id(bytes: Vec<u8>) -> rusqlite::Result<ChunkId> {
             rusqlite::types::Type::Blob,
         )
     })
+}
+
+/// The class columns (`class, k, m, l`) of a `chunks` row, from column `first` on.
+pub(super) fn class_parts(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<[u8; 4]> {
+    Ok([row.get(first)?, row.get(first + 1)?, row.get(first + 2)?, row.get(first + 3)?])
+}
+
+/// The class the catalogue records as `parts`.
+pub(super) fn class_from_parts(parts: [u8; 4]) -> Result<Encoding, MetaError> {
+    Encoding::from_parts(parts)
+        .map_err(|e| MetaError::Store(format!("the catalogue holds an invalid class: {e}")))
 }

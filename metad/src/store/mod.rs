@@ -354,29 +354,34 @@ fn stored_volume(tx: &Connection) -> Result<Option<VolumeSettings>, StoreError> 
     let setting = |key: &str| -> Result<Option<String>, rusqlite::Error> {
         tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
     };
-    let (Some(k), Some(m), Some(size)) = (setting("k")?, setting("m")?, setting("chunk_size")?)
-    else {
+    let Some(size) = setting("chunk_size")? else {
         return Ok(None);
     };
-    let parse =
-        |s: &str| s.parse::<u64>().map_err(|_| StoreError::Inconsistent(format!("setting {s:?}")));
-    let encoding = Encoding::new(parse(&k)? as u8, parse(&m)? as u8)
-        .map_err(|e| StoreError::Inconsistent(e.to_string()))?;
-    Ok(Some(VolumeSettings { encoding, chunk_size: parse(&size)? }))
+    let inconsistent = |s: &str| StoreError::Inconsistent(format!("setting {s:?}"));
+    let parse = |s: &str| s.parse::<u8>().map_err(|_| inconsistent(s));
+    // Volumes from before storage classes have `k` and `m` instead of `class`.
+    let encoding = match (setting("class")?, setting("k")?, setting("m")?) {
+        (Some(class), _, _) => class.parse().map_err(|_| inconsistent(&class))?,
+        (None, Some(k), Some(m)) => {
+            Encoding::rs(parse(&k)?, parse(&m)?).map_err(|_| inconsistent(&k))?
+        }
+        _ => return Ok(None),
+    };
+    let chunk_size = size.parse().map_err(|_| inconsistent(&size))?;
+    Ok(Some(VolumeSettings { encoding, chunk_size }))
 }
 
 /// Sets the volume's settings to `volume`, and makes its root directory (at `now`) if it
 /// has none.
 fn put_volume(tx: &Connection, volume: VolumeSettings, now: Timestamp) -> Result<(), MetaError> {
-    for (key, value) in [
-        ("k", volume.encoding.k as u64),
-        ("m", volume.encoding.m as u64),
-        ("chunk_size", volume.chunk_size),
-    ] {
+    tx.execute("DELETE FROM settings WHERE key IN ('k', 'm')", []).sql()?;
+    for (key, value) in
+        [("class", volume.encoding.to_string()), ("chunk_size", volume.chunk_size.to_string())]
+    {
         tx.execute(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value.to_string()],
+            params![key, value],
         )
         .sql()?;
     }

@@ -26,8 +26,10 @@ use shardfs_meta_api::proto::{
 };
 use shardfs_rpc::sync::Lock as _;
 
-/// The encoding of mutations this build writes; [`decode`] reads this one only.
-pub const MUTATION_FORMAT: u8 = 1;
+/// The encoding of mutations this build writes; [`decode`] reads this one only. Format 2
+/// (storage classes) changed how a chunk's class is written; a log holding format 1
+/// entries not yet applied is refused, so stop every replica cleanly before an upgrade.
+pub const MUTATION_FORMAT: u8 = 2;
 
 /// What a new inode looks like.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -172,6 +172,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE ino_ranges ADD COLUMN entry_offset INTEGER;
     "#,
+    // Version 9: storage classes. A chunk's class is `[class, k, m, l]` as
+    // `Encoding::to_parts` packs it (0 rs, 1 replicas, 2 lrc with l local groups), so
+    // `k + m` still counts its shards; chunks from before are all rs.
+    r#"
+    ALTER TABLE chunks ADD COLUMN class INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE chunks ADD COLUMN l INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

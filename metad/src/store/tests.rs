@@ -9,7 +9,7 @@ use shardfs_rpc::sync::Lock as _;
 
 const ROOT: Cred = Cred::ROOT;
 const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
+    VolumeSettings { encoding: Encoding::Rs { k: 2, m: 1 }, chunk_size: 1 << 20 };
 
 pub(super) fn open(dir: &tempfile::TempDir) -> Store {
     let store =
@@ -356,7 +356,7 @@ fn reopen_keeps_everything_and_settings() {
     let store = Store::open(&path, chunk_only, SETTINGS).unwrap();
     assert_eq!(store.settings(), VolumeSettings { chunk_size: 8 << 20, ..SETTINGS });
     drop(store);
-    let encoding = Encoding { k: 4, m: 2 };
+    let encoding = Encoding::Rs { k: 4, m: 2 };
     let encoding_only = VolumeOverrides { encoding: Some(encoding), ..Default::default() };
     let store = Store::open(&path, encoding_only, SETTINGS).unwrap();
     assert_eq!(store.settings(), VolumeSettings { encoding, chunk_size: 8 << 20 });

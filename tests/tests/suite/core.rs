@@ -31,7 +31,7 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let encoding = Encoding::new(2, 1).expect("2+1");
+        let encoding = Encoding::rs(2, 1).expect("2+1");
         let settings = LocalSettings::new(dir.path(), 3, Some(encoding), Some(CHUNK));
         let cluster = runtime.block_on(LocalCluster::start(dir.path(), settings));
         Cluster { runtime, cluster: Some(cluster.expect("local cluster")), _dir: dir }

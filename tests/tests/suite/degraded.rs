@@ -24,16 +24,11 @@ fn any_two_of_six_chunkds_down() {
     let files = populate(&cluster);
     for a in 0..6 {
         for b in a + 1..6 {
-            cluster.stop_chunkd(a, Signal::SIGKILL);
-            cluster.stop_chunkd(b, Signal::SIGKILL);
-            // A fresh mount has nothing cached.
-            let mount = cluster.mount();
-            for (name, expected) in &files {
-                assert_eq!(&sha256(&mount.join(name)), expected, "{name} with {a} and {b} down");
-            }
-            mount.unmount();
-            cluster.start_chunkd(a);
-            cluster.start_chunkd(b);
+            cluster.with_chunkds_down(&[a, b], |mount| {
+                for (name, expected) in &files {
+                    assert_eq!(&sha256(&mount.join(name)), expected, "{name}, {a} and {b} down");
+                }
+            });
         }
     }
 }
@@ -127,7 +122,7 @@ fn writes_below_k_plus_1_shards_fail_with_eio_at_once() {
     // No mount sees a state the writer was told is done.
     assert_eq!(std::fs::metadata(b.join("x")).unwrap().len(), 0);
     let log = cluster.metad_logs();
-    assert!(log.contains("4+2 encoding needs 5 usable chunkds to store a chunk, 4 are"), "{log}");
+    assert!(log.contains("class rs(4,2) needs 5 usable chunkds to store a chunk, 4 are"), "{log}");
     // What was stored before is intact, and the volume takes writes again once they are back.
     for (name, expected) in &files {
         assert_eq!(&sha256(&a.join(name)), expected, "{name}");

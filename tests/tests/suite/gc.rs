@@ -37,7 +37,7 @@ fn unreferenced_chunks_and_orphan_shards_go_after_the_grace_period() {
     cluster
         .query(async |_| {
             let client = ChunkClient::new(&chunkd.addr, &chunkd.id, rpc);
-            let encoding = Encoding::new(2, 1).unwrap();
+            let encoding = Encoding::rs(2, 1).unwrap();
             client.put(orphan, encoding, 2, vec![1], &[]).await
         })
         .unwrap();

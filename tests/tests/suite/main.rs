@@ -8,6 +8,7 @@ mod bad_setup;
 mod batches;
 mod bench;
 mod big_directory;
+mod classes;
 mod commands;
 mod core;
 mod crash;

@@ -55,7 +55,7 @@ fn df_reports_the_volume_as_the_mount_does() {
     let out = out.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let df: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((df["k"].as_u64(), df["m"].as_u64()), (Some(2), Some(1)), "{df}");
+    assert_eq!(df["class"], "rs(2,1)", "{df}");
     assert_eq!(df["chunkds_up"], 3);
     assert!(df["data_bytes"].as_u64().unwrap() >= 3 << 20, "{df}");
     // Usable size is two thirds of the raw size under RS 2+1, as the mount's statfs says.
@@ -69,7 +69,7 @@ fn df_reports_the_volume_as_the_mount_does() {
         stat.blocks() * block
     );
     let text = cluster.command("shardfs").args(["df", &cluster.metad_addr]).output().unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("RS 2+1"));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("rs(2,1)"));
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn info_shows_where_a_files_bytes_are() {
     assert!(chunks.len() >= 2, "{big}");
     let ids: Vec<String> = cluster.chunkds.iter().flatten().map(|c| c.id.clone()).collect();
     for chunk in chunks {
-        assert_eq!(chunk["encoding"], "RS 2+1");
+        assert_eq!(chunk["class"], "rs(2,1)");
         let shards = chunk["shards"].as_array().unwrap();
         let mut on: Vec<&str> = shards.iter().map(|s| s["chunkd"].as_str().unwrap()).collect();
         on.sort();
@@ -108,7 +108,7 @@ fn info_shows_where_a_files_bytes_are() {
         assert!(shards.iter().all(|s| s["healthy"] == true));
     }
     let small = info("small");
-    assert_eq!(small["chunks"][0]["encoding"], "inline", "{small}");
+    assert_eq!(small["chunks"][0]["class"], "inline", "{small}");
     // The secret too is the mount's: neither a flag nor the environment names it.
     let out = std::process::Command::new(shardfs_tests::binary("shardfs"))
         .arg("info")

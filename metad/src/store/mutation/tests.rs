@@ -12,7 +12,7 @@ use shardfs_meta_api::proto::*;
 use shardfs_meta_api::proto::{HeldLock, LockKind};
 
 const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding { k: 2, m: 1 }, chunk_size: 1 << 20 };
+    VolumeSettings { encoding: Encoding::Rs { k: 2, m: 1 }, chunk_size: 1 << 20 };
 const CHUNKDS: [&str; 4] = ["c0", "c1", "c2", "c3"];
 
 /// A step of a random history, picking what it acts on from what the store holds.

@@ -1,0 +1,161 @@
+//! Storage classes: chunks kept as full replicas or in a local reconstruction code, read
+//! back whole and by range, degraded, and checked by fsck.
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use shardfs_chunk_api::Encoding;
+use shardfs_tests::{Cluster, Mount, metrics_endpoint, sample, scrape, sha256, write_random};
+
+/// Writes files of assorted sizes through `mount` and returns (name, sha256) pairs.
+fn populate(cluster: &Cluster, mount: &Mount) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for (i, len) in [0usize, 4095, 1 << 20, (9 << 20) + 12345].into_iter().enumerate() {
+        let name = format!("f{i}");
+        let source = cluster.dir.path().join(&name);
+        write_random(&source, len, i as u64 + 40);
+        std::fs::copy(&source, mount.join(&name)).unwrap();
+        std::fs::File::open(mount.join(&name)).unwrap().sync_all().unwrap();
+        files.push((name, sha256(&source)));
+    }
+    files
+}
+
+fn info(cluster: &Cluster, mount: &Mount, name: &str) -> Value {
+    let out = cluster.command("shardfs").arg("info").arg("--json").arg(mount.join(name)).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every stored chunk of `name` is in `class`, with `shards` shards on distinct chunkds.
+fn assert_class(cluster: &Cluster, mount: &Mount, name: &str, class: &str, shards: usize) {
+    let info = info(cluster, mount, name);
+    let chunks = info["chunks"].as_array().unwrap();
+    assert!(!chunks.is_empty(), "{info}");
+    for chunk in chunks {
+        assert_eq!(chunk["class"], class, "{info}");
+        let mut on: Vec<&str> = chunk["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["chunkd"].as_str().unwrap())
+            .collect();
+        on.sort();
+        on.dedup();
+        assert_eq!(on.len(), shards, "each shard on its own chunkd: {chunk}");
+    }
+}
+
+fn bytes_sent(cluster: &Cluster) -> f64 {
+    (0..cluster.chunkds.len())
+        .map(|i| {
+            let log = cluster.dir.path().join(format!("chunkd-{i}.log"));
+            sample(&scrape(&metrics_endpoint(&log)), "shardfs_chunkd_bytes_out_total").unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn a_replicated_volume_reads_one_copy_and_survives_two_lost_chunkds() {
+    let mut cluster = Cluster::start_class(4, "replicas(3)", &[]);
+    cluster.chunkd_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
+    for i in 0..4 {
+        cluster.stop_chunkd(i, Signal::SIGTERM);
+        cluster.start_chunkd(i);
+    }
+    cluster.wait_chunkds_up();
+    let mount = cluster.mount();
+    let files = populate(&cluster, &mount);
+    assert_class(&cluster, &mount, "f3", "replicas(3)", 3);
+    assert_class(&cluster, &mount, "f2", "replicas(3)", 3);
+    assert_eq!(info(&cluster, &mount, "f1")["chunks"][0]["class"], "inline");
+    mount.unmount();
+
+    // A fresh mount reads each chunk from one copy: about the file's bytes leave the
+    // chunkds, not three times them.
+    let before = bytes_sent(&cluster);
+    let mount = cluster.mount();
+    for (name, expected) in &files {
+        assert_eq!(&sha256(&mount.join(name)), expected, "{name}");
+    }
+    let sent = bytes_sent(&cluster) - before;
+    let data = ((9 << 20) + 12345 + (1 << 20)) as f64;
+    assert!(sent >= data && sent < 1.2 * data, "{sent} bytes sent to read {data}");
+    mount.unmount();
+
+    for (a, b) in [(0, 1), (2, 3)] {
+        cluster.with_chunkds_down(&[a, b], |mount| {
+            // A ranged read first, of a chunk not cached, from whichever copy is left.
+            let mut buf = vec![0u8; 4096];
+            let file = std::fs::File::open(mount.join("f3")).unwrap();
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 5 << 20).unwrap();
+            drop(file);
+            for (name, expected) in &files {
+                assert_eq!(&sha256(&mount.join(name)), expected, "{name}, {a} and {b} down");
+            }
+            let bytes = std::fs::read(mount.join("f3")).unwrap();
+            assert_eq!(buf, bytes[5 << 20..(5 << 20) + 4096]);
+        });
+    }
+    cluster.wait_chunkds_up();
+    assert!(cluster.fsck_clean());
+}
+
+#[test]
+fn an_lrc_volume_survives_two_lost_chunkds_and_fsck_checks_it() {
+    let mut cluster = Cluster::start_class(7, "lrc(4,2,1)", &[]);
+    let mount = cluster.mount();
+    let files = populate(&cluster, &mount);
+    assert_class(&cluster, &mount, "f3", "lrc(4,2,1)", 7);
+    mount.unmount();
+    for (a, b) in [(0, 1), (2, 6), (4, 5)] {
+        cluster.with_chunkds_down(&[a, b], |mount| {
+            for (name, expected) in &files {
+                assert_eq!(&sha256(&mount.join(name)), expected, "{name}, {a} and {b} down");
+            }
+        });
+    }
+    cluster.wait_chunkds_up();
+    assert!(cluster.fsck_clean());
+    // Three chunkds down is more than lrc(4,2,1) promises: fsck finds unreadable exactly
+    // the chunks whose lost shards break the documented rule, the others degraded.
+    let class: Encoding = "lrc(4,2,1)".parse().unwrap();
+    let down: Vec<String> =
+        (0..3).map(|i| cluster.chunkds[i].as_ref().unwrap().id.clone()).collect();
+    let mount = cluster.mount();
+    let (mut expect_unreadable, mut chunks) = (Vec::new(), 0);
+    for name in ["f2", "f3"] {
+        for chunk in info(&cluster, &mount, name)["chunks"].as_array().unwrap() {
+            let lost: Vec<usize> = (chunk["shards"].as_array().unwrap().iter())
+                .filter(|s| down.iter().any(|d| s["chunkd"] == d.as_str()))
+                .map(|s| s["index"].as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(lost.len(), 3, "{chunk}");
+            chunks += 1;
+            if !class.survives(&lost) {
+                expect_unreadable.push(chunk["chunk"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    mount.unmount();
+    for i in 0..3 {
+        cluster.stop_chunkd(i, Signal::SIGKILL);
+    }
+    let out = cluster
+        .command("shardfs")
+        .args(["fsck", &cluster.metad_addr, "--verify-data", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = |key: &str| -> Vec<String> {
+        let mut ids: Vec<String> = (report["data"][key].as_array().unwrap().iter())
+            .map(|c| c["chunk"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    expect_unreadable.sort();
+    assert_eq!(listed("unreadable"), expect_unreadable, "{report}");
+    assert_eq!(listed("degraded").len() + expect_unreadable.len(), chunks, "{report}");
+}
