@@ -12,6 +12,16 @@ use shardfs_fs::options::MountFlags;
 use shardfs_rpc::{ClientOptions, ClusterKey, TlsClient};
 
 #[derive(Subcommand)]
+pub(crate) enum ClassCommands {
+    /// Print the policy PATH states, or that it follows the volume's default.
+    Get { path: PathBuf },
+    /// Set PATH's policy: hot (never moved to the cold class), cold (written straight to
+    /// it), a class (written in and kept in it), or default (the volume's hot class, then
+    /// its cold class after the lifecycle age).
+    Set { path: PathBuf, policy: String },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum ChunkdCommands {
     /// Move every shard off chunkd ID: it takes no new shards, and metad's repair worker
     /// rebuilds its shards on the other chunkds (reads go on meanwhile). Waits, with
@@ -180,6 +190,12 @@ pub(crate) enum Commands {
         #[command(subcommand)]
         command: MetadCommands,
     },
+    /// Show or set the storage class policy of a file or directory (what is made in a
+    /// directory inherits it): hot, cold, or a class as replicas(3), rs(4,2), lrc(6,2,2).
+    Class {
+        #[command(subcommand)]
+        command: ClassCommands,
+    },
     /// Show where a file's bytes are: its extents, their chunks, and each chunk's shards
     /// with the chunkd holding them and their health.
     Info {
@@ -238,24 +254,16 @@ pub(crate) enum Commands {
         /// Where metad and the chunkds keep their data (kept across restarts).
         #[arg(long, default_value = "shardfs-data")]
         data: PathBuf,
-        /// Number of chunk daemons [default: k+m+2, 8 for 4+2, so writes go on at full
-        /// redundancy with one or two of them lost].
+        /// Number of chunk daemons [default: the most shards a class has + 2, 8 for
+        /// rs(4,2), so writes go on at full redundancy with one or two of them lost].
         #[arg(long)]
         chunkds: Option<usize>,
         /// metad replicas: 1 runs metad alone; 3 or 5 run a group of replicas that fails
         /// over when one (two) is lost.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
         metads: u8,
-        /// Storage class of new data: replicas(N), rs(K,M) or lrc(K,L,G) (new volume
-        /// default rs(4,2)).
-        #[arg(long, value_name = "CLASS", conflicts_with_all = ["k", "m"])]
-        class: Option<shardfs_chunk_api::Encoding>,
-        /// Data shards per chunk: --k K --m M is --class rs(K,M).
-        #[arg(long, requires = "m")]
-        k: Option<u8>,
-        /// Parity shards per chunk (new volume default 2).
-        #[arg(long, requires = "k")]
-        m: Option<u8>,
+        #[command(flatten)]
+        classes: shardfs_metad::daemon::ClassArgs,
         /// Chunk size, e.g. 4MiB (new volume default).
         #[arg(long, value_parser = shardfs_rpc::size::parse)]
         chunk_size: Option<u64>,

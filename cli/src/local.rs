@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shardfs_chunk_api::Encoding;
 use shardfs_chunkd::daemon::{ChunkdConfig, run_with_store};
 use shardfs_chunkd::store::ShardStore;
 use shardfs_meta_api::MetaClient;
@@ -16,6 +15,7 @@ use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::Node;
 use shardfs_metad::sessions::SessionLimits;
+use shardfs_metad::store::VolumeOverrides;
 use shardfs_rpc::{ClientOptions, ClusterKey};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,19 +43,13 @@ pub struct LocalSettings {
 
 impl LocalSettings {
     /// `chunkds` chunkds and a metad keeping its database under `data`, with the volume's
-    /// encoding and chunk size (`None`: the volume's, or the defaults), and every worker at
+    /// classes and chunk size (`None`: the volume's, or the defaults), and every worker at
     /// its default pace.
-    pub fn new(
-        data: &Path,
-        chunkds: usize,
-        encoding: Option<Encoding>,
-        chunk_size: Option<u64>,
-    ) -> LocalSettings {
+    pub fn new(data: &Path, chunkds: usize, volume: VolumeOverrides) -> LocalSettings {
         let metad = MetadConfig {
             data: data.join("metad"),
             secret_file: data.join("cluster.key"),
-            encoding,
-            chunk_size,
+            volume,
             down_after: Duration::from_secs(10),
             repair: RepairConfig::default(),
             gc: GcConfig::default(),

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod class;
 mod fsck;
 mod group;
 mod info;
@@ -15,7 +16,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::args::{ChunkdCommands, Cli, Commands};
+use crate::args::{ChunkdCommands, ClassCommands, Cli, Commands};
 use crate::maintenance::{GcReport, ScrubReport, drain, gc, metad_command, report, scrub};
 use crate::mounting::{default_log, local_command, mount_command, mount_helper_args};
 use anyhow::Context;
@@ -46,6 +47,14 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Status { metad, json, secret } => {
             report(&metad, &secret, json, crate::status::fetch, crate::status::print)
+        }
+        Commands::Class { command: ClassCommands::Get { path } } => {
+            println!("{}: {}", path.display(), class::get(&path)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Class { command: ClassCommands::Set { path, policy } } => {
+            class::set(&path, &policy)?;
+            Ok(ExitCode::SUCCESS)
         }
         Commands::Info { path, metad, json, secret } => {
             // The mount holding the file, and what it recorded of its cluster, fill in
@@ -179,8 +188,8 @@ fn run(cli: Cli, args: &[OsString]) -> anyhow::Result<ExitCode> {
             mount_command(&metad, &mountpoint, log.as_deref(), (&secret, &client), args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Local { mountpoint, data, chunkds, metads, class, k, m, chunk_size, client } => {
-            let volume = (class, k, m, chunk_size);
+        Commands::Local { mountpoint, data, chunkds, metads, classes, chunk_size, client } => {
+            let volume = (&classes, chunk_size);
             local_command(&mountpoint, &data, (chunkds, metads.into()), volume, &client)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use shardfs::local::{LocalCluster, LocalSettings};
-use shardfs_chunk_api::Encoding;
 use shardfs_fs::core::Fs;
 use shardfs_fs::mount::{self};
 use shardfs_fs::mount_record::{self, MountRecord};
-use shardfs_metad::daemon::{self as metad};
+use shardfs_metad::daemon::{self as metad, ClassArgs};
+use shardfs_metad::store::VolumeOverrides;
 use shardfs_rpc::ClientOptions;
 
 use crate::args::{ClientArgs, SecretArgs};
@@ -80,22 +80,19 @@ pub(crate) fn local_command(
     mountpoint: &Path,
     data: &Path,
     (chunkds, metads): (Option<usize>, usize),
-    (class, k, m, chunk_size): (Option<Encoding>, Option<u8>, Option<u8>, Option<u64>),
+    (classes, chunk_size): (&ClassArgs, Option<u64>),
     client: &ClientArgs,
 ) -> anyhow::Result<()> {
     mount::check_new_mountpoint(mountpoint, client.flags().nonempty)?;
-    let encoding = match (class, k, m) {
-        (Some(class), _, _) => Some(class),
-        (None, Some(k), Some(m)) => Some(Encoding::rs(k, m)?),
-        _ => None,
-    };
-    let needed = encoding.unwrap_or(metad::DEFAULT_ENCODING).total();
+    let (hot, cold) = classes.classes()?;
+    let hot_cold = [hot.unwrap_or(metad::DEFAULT_HOT), cold.unwrap_or(metad::DEFAULT_COLD)];
+    let needed = hot_cold.iter().map(|class| class.total()).max().unwrap_or(0);
     let chunkds = chunkds.unwrap_or(needed + 2);
     if chunkds < needed {
         bail!("{chunkds} chunkds cannot hold {needed} shards per chunk on distinct daemons");
     }
-    let settings =
-        LocalSettings { metads, ..LocalSettings::new(data, chunkds, encoding, chunk_size) };
+    let volume = VolumeOverrides { hot, cold, chunk_size };
+    let settings = LocalSettings { metads, ..LocalSettings::new(data, chunkds, volume) };
     let runtime = runtime()?;
     crate::release_freed_memory(&runtime);
     let cluster = runtime.block_on(LocalCluster::start(data, settings))?;

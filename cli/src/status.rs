@@ -21,15 +21,16 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct Df {
     pub metad: String,
-    /// The class new chunks are written in, as `rs(4,2)`.
-    pub class: String,
-    /// Usable bytes: the up chunkds' disks, scaled by the class's overhead.
+    /// The class new data is written in, and the one it moves to when cold, as `rs(4,2)`.
+    pub hot_class: String,
+    pub cold_class: String,
+    /// Usable bytes: the up chunkds' disks, scaled by the cold class's overhead.
     pub size_bytes: u64,
     pub free_bytes: u64,
     pub used_bytes: u64,
     /// Bytes of file data stored (each distinct chunk once).
     pub data_bytes: u64,
-    /// The disks' own figures, before the class's overhead.
+    /// The disks' own figures, before any class's overhead.
     pub raw_size_bytes: u64,
     pub raw_free_bytes: u64,
     pub inodes: u64,
@@ -39,10 +40,11 @@ pub struct Df {
 pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
     let volume = meta.volume().await?;
     let raw = meta.stat_fs().await?;
-    let usable = raw.usable(volume.encoding);
+    let usable = raw.usable(volume.cold);
     Ok(Df {
         metad: meta.addr().to_string(),
-        class: volume.encoding.to_string(),
+        hot_class: volume.hot.to_string(),
+        cold_class: volume.cold.to_string(),
         size_bytes: usable.capacity_bytes,
         free_bytes: usable.free_bytes,
         used_bytes: usable.capacity_bytes.saturating_sub(usable.free_bytes),
@@ -63,7 +65,10 @@ pub fn print_df(df: &Df) {
     println!(
         "{:<22} {:<8} {:>10.1} {:>10.1} {:>10.1} {:>4}% {:>10.2} {:>8}",
         df.metad,
-        df.class,
+        match df.hot_class == df.cold_class {
+            true => df.hot_class.clone(),
+            false => format!("{}>{}", df.hot_class, df.cold_class),
+        },
         gib(df.size_bytes),
         gib(df.used_bytes),
         gib(df.free_bytes),

@@ -13,7 +13,7 @@ use shardfs_chunk_api::proto::ChunkdError;
 use shardfs_chunk_api::{ChunkId, ShardId, codec, fetch, hash_tree};
 use shardfs_meta_api::MetaClient;
 use shardfs_meta_api::proto::{
-    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, ShardPlace,
+    ChunkLocation, ChunkPlan, ChunkToWrite, Extent, INLINE_MAX, InlineChunk, Ino, ShardPlace,
     StoredChunk,
 };
 use tokio::sync::OnceCell;
@@ -275,10 +275,10 @@ impl ChunkIo {
         });
     }
 
-    /// Stores `pieces` as chunks: small ones go inline to metad with the commit, the
-    /// already-stored ones are referenced (dedup), the others put on k+m chunkds. Returns
-    /// what to commit.
-    pub async fn store(&self, pieces: &[Piece]) -> FsResult<Written> {
+    /// Stores `pieces` of file `ino` as chunks: small ones go inline to metad with the
+    /// commit, the already-stored ones are referenced (dedup), the others put on chunkds in
+    /// the class metad names for the file. Returns what to commit.
+    pub async fn store(&self, ino: Ino, pieces: &[Piece]) -> FsResult<Written> {
         // The id and the hash tree come from one pass over the bytes, the pieces hashed in
         // parallel off the runtime's threads.
         let mut hashing = JoinSet::new();
@@ -314,7 +314,7 @@ impl ChunkIo {
                 break;
             }
             let chunks = pending.iter().map(|(_, c)| *c).collect();
-            let plans = self.meta.prepare_write(chunks, avoid.clone()).await?;
+            let plans = self.meta.prepare_write(ino, chunks, avoid.clone()).await?;
             if plans.len() != pending.len() {
                 return Err(FsError::MetaProtocol("prepare write answered the wrong count".into()));
             }

@@ -44,7 +44,8 @@ pub trait Barrier: Send + Sync {
 
 /// Whether `request` must follow the changes queued before it: all but the batches
 /// themselves and what cannot depend on them (chunk placement and content, leases given
-/// back, heartbeats, inode numbers).
+/// back, heartbeats, inode numbers). A file whose making is still queued has its chunks
+/// placed in the volume's hot class (see `Store::write_class`).
 fn follows_batches(request: &MetaRequest) -> bool {
     !matches!(
         request,
@@ -571,10 +572,11 @@ impl MetaClient {
     /// Dedup and placement for `chunks`, placing nothing on the chunkds in `avoid`.
     pub async fn prepare_write(
         &self,
+        ino: Ino,
         chunks: Vec<ChunkToWrite>,
         avoid: Vec<String>,
     ) -> Result<Vec<ChunkPlan>> {
-        let request = DataRequest::PrepareWrite { chunks, avoid };
+        let request = DataRequest::PrepareWrite { ino, chunks, avoid };
         call!(self, request, "prepare write", MetaReply::Plans(p) => p)
     }
 

@@ -365,7 +365,10 @@ impl StoredChunk {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
-    pub encoding: Encoding,
+    /// The class new data is written in.
+    pub hot: Encoding,
+    /// The class data is moved to once it has not been written for the lifecycle age.
+    pub cold: Encoding,
     pub chunk_size: u64,
     pub root: Ino,
 }

@@ -128,6 +128,8 @@ pub enum DataRequest {
     },
     /// Asks which chunks must be stored and where (dedup and placement).
     PrepareWrite {
+        /// The file being written: its class policy decides the class of new chunks.
+        ino: Ino,
         chunks: Vec<ChunkToWrite>,
         /// chunkds the client could not reach: placement leaves them out.
         avoid: Vec<String>,

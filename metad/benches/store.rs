@@ -11,15 +11,18 @@ use shardfs_meta_api::proto::{
 };
 use shardfs_metad::store::{ChunkdRecord, Store, VolumeOverrides, VolumeSettings};
 
-const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding::Rs { k: 4, m: 2 }, chunk_size: 4 << 20 };
+const SETTINGS: VolumeSettings = VolumeSettings {
+    hot: Encoding::Rs { k: 4, m: 2 },
+    cold: Encoding::Rs { k: 4, m: 2 },
+    chunk_size: 4 << 20,
+};
 /// Entries already in the directory the operations work in.
 const ENTRIES: usize = 10_000;
 
 fn store(dir: &tempfile::TempDir) -> Store {
     let store = Store::open(&dir.path().join("meta.db"), VolumeOverrides::default(), SETTINGS)
         .expect("opens");
-    for i in 0..SETTINGS.encoding.total() {
+    for i in 0..SETTINGS.hot.total() {
         let record = ChunkdRecord {
             id: format!("c{i}"),
             addr: format!("127.0.0.1:{}", 7100 + i),
@@ -33,10 +36,10 @@ fn store(dir: &tempfile::TempDir) -> Store {
 }
 
 fn stored(chunk: ChunkId, len: u64) -> StoredChunk {
-    let shards = (0..SETTINGS.encoding.total() as u8)
+    let shards = (0..SETTINGS.hot.total() as u8)
         .map(|index| ShardPlace { index, chunkd: format!("c{index}"), addr: String::new() })
         .collect();
-    StoredChunk { chunk, len, encoding: SETTINGS.encoding, shards }
+    StoredChunk { chunk, len, encoding: SETTINGS.hot, shards }
 }
 
 fn store_benches(c: &mut Criterion) {

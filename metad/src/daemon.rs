@@ -22,8 +22,44 @@ use crate::store::{Store, VolumeOverrides, VolumeSettings};
 
 /// Chunk size of a new volume.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
-/// Class of a new volume's chunks: 4 data + 2 parity shards.
-pub const DEFAULT_ENCODING: Encoding = Encoding::Rs { k: 4, m: 2 };
+/// Class of a new volume's new data: three full copies, fast to write, read and repair.
+pub const DEFAULT_HOT: Encoding = Encoding::Replicas { n: 3 };
+/// Class data moves to once cold: 4 data + 2 parity shards, half the hot class's overhead.
+pub const DEFAULT_COLD: Encoding = Encoding::Rs { k: 4, m: 2 };
+
+/// The storage classes of new data, as `shardfs-metad` and `shardfs local` take them.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClassArgs {
+    /// Class new data is written in: replicas(N), rs(K,M) or lrc(K,L,G) (default
+    /// replicas(3) on a new volume).
+    #[arg(long, value_name = "CLASS", conflicts_with_all = ["class", "k", "m"])]
+    pub hot_class: Option<Encoding>,
+    /// Class data moves to once it has not been written for the lifecycle age (default
+    /// rs(4,2) on a new volume).
+    #[arg(long, value_name = "CLASS", conflicts_with_all = ["class", "k", "m"])]
+    pub cold_class: Option<Encoding>,
+    /// One class for all data, hot and cold: nothing moves.
+    #[arg(long, value_name = "CLASS", conflicts_with_all = ["k", "m"])]
+    pub class: Option<Encoding>,
+    /// Data shards per chunk: --k K --m M is --class rs(K,M).
+    #[arg(long, requires = "m")]
+    pub k: Option<u8>,
+    /// Parity shards per chunk, with --k.
+    #[arg(long, requires = "k")]
+    pub m: Option<u8>,
+}
+
+impl ClassArgs {
+    /// The hot and cold classes asked for (`None`: the volume's, or the defaults).
+    pub fn classes(&self) -> anyhow::Result<(Option<Encoding>, Option<Encoding>)> {
+        let one = match (self.class, self.k, self.m) {
+            (Some(class), _, _) => Some(class),
+            (None, Some(k), Some(m)) => Some(Encoding::rs(k, m)?),
+            _ => None,
+        };
+        Ok((one.or(self.hot_class), one.or(self.cold_class)))
+    }
+}
 /// Smallest and largest chunk sizes accepted.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1024;
 
@@ -39,10 +75,8 @@ pub struct MetadConfig {
     pub data: PathBuf,
     /// The cluster secret every connection proves; created (mode 0600) if missing.
     pub secret_file: PathBuf,
-    /// Encoding for chunks written from now on; `None` keeps the volume's.
-    pub encoding: Option<Encoding>,
-    /// Chunk size for data written from now on; `None` keeps the volume's.
-    pub chunk_size: Option<u64>,
+    /// Classes and chunk size for data written from now on; `None` keeps the volume's.
+    pub volume: VolumeOverrides,
     /// A chunkd silent for longer than this is down: it gets no new shards.
     pub down_after: Duration,
     /// Rebuilding of lost and corrupt shards.
@@ -68,8 +102,7 @@ pub struct MetadConfig {
 pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
     let data_lock = lock_data(config)?;
     let path = config.data.join(crate::backup::DATABASE);
-    let overrides = VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
-    let store = Store::open(&path, overrides, DEFAULTS)
+    let store = Store::open(&path, config.volume, DEFAULTS)
         .with_context(|| format!("cannot open metadata database {}", path.display()))?;
     let auth = DaemonAuth { key: load_key(config)?, tls: config.tls };
     let server = server_over(Arc::new(store), config, auth)?;
@@ -78,14 +111,14 @@ pub fn open(config: &MetadConfig) -> anyhow::Result<Arc<MetadServer>> {
 
 /// Settings of a new volume.
 pub const DEFAULTS: VolumeSettings =
-    VolumeSettings { encoding: DEFAULT_ENCODING, chunk_size: DEFAULT_CHUNK_SIZE };
+    VolumeSettings { hot: DEFAULT_HOT, cold: DEFAULT_COLD, chunk_size: DEFAULT_CHUNK_SIZE };
 
 /// Creates `config.data` if missing and takes its lock, after checking the settings given.
 pub(crate) fn lock_data(config: &MetadConfig) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
     let data_lock = crate::backup::lock_data_dir(&config.data)?;
-    if let Some(size) = config.chunk_size
+    if let Some(size) = config.volume.chunk_size
         && !CHUNK_SIZE_RANGE.contains(&size)
     {
         anyhow::bail!(
@@ -119,12 +152,12 @@ pub(crate) fn server_over(
 ) -> anyhow::Result<MetadServer> {
     let members = Members::load(store.clone(), config.down_after)
         .context("cannot load the chunkd registry")?;
-    let encoding = store.settings().encoding;
+    let encoding = store.settings().hot;
     if let Some(min) = config.min_shards
         && !(encoding.needed()..=encoding.total()).contains(&usize::from(min))
     {
         anyhow::bail!(
-            "--min-shards {min} is outside {}..={} for the volume's class {encoding}",
+            "--min-shards {min} is outside {}..={} for the volume's hot class {encoding}",
             encoding.needed(),
             encoding.total(),
         );

@@ -307,27 +307,34 @@ impl Cluster {
 
     /// [`start`](Self::start) with extra metad arguments.
     pub fn start_with(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, &rs(k, m), metad_args, false)
+        Cluster::start_inner(n, &["--class", &rs(k, m)], metad_args, false)
     }
 
-    /// [`start_with`](Self::start_with) for new data in storage class `class`, as
+    /// [`start_with`](Self::start_with) for all data in storage class `class`, as
     /// `replicas(3)` or `lrc(6,2,2)`.
     pub fn start_class(n: usize, class: &str, metad_args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, class, metad_args, false)
+        Cluster::start_inner(n, &["--class", class], metad_args, false)
+    }
+
+    /// [`start_with`](Self::start_with) for new data in class `hot`, moved to `cold` by
+    /// the lifecycle.
+    pub fn start_hot_cold(n: usize, hot: &str, cold: &str, metad_args: &[&str]) -> Cluster {
+        let classes = ["--hot-class", hot, "--cold-class", cold];
+        Cluster::start_inner(n, &classes, metad_args, false)
     }
 
     /// [`start`](Self::start) with TLS on every connection: a CA made for the test, and a
     /// certificate for 127.0.0.1 that metad and every chunkd serve with. Mounts, tools and
     /// [`query`](Self::query) use TLS too.
     pub fn start_tls(n: usize, k: u8, m: u8, metad_args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, &rs(k, m), metad_args, true)
+        Cluster::start_inner(n, &["--class", &rs(k, m)], metad_args, true)
     }
 
     /// [`start`](Self::start) with a lone metad even when `SHARDFS_TEST_METADS` asks for a
     /// group: for tests of what only a lone metad has (one data directory, whose database
     /// a backup is restored into, or whose disk fills up).
     pub fn start_alone(n: usize, k: u8, m: u8) -> Cluster {
-        Cluster::start_inner_with(n, &rs(k, m), &[], false, 0)
+        Cluster::start_inner_with(n, &["--class", &rs(k, m)], &[], false, 0)
     }
 
     /// [`start`](Self::start) with metad as a group of `replicas` replicas, each its own
@@ -345,22 +352,23 @@ impl Cluster {
         metad_args: &[&str],
     ) -> Cluster {
         let turn = GROUP_TURN.locked();
-        let mut cluster = Cluster::start_inner_with(n, &rs(k, m), metad_args, false, replicas);
+        let classes = ["--class", &rs(k, m)];
+        let mut cluster = Cluster::start_inner_with(n, &classes, metad_args, false, replicas);
         cluster._turn = Some(turn);
         cluster
     }
 
     /// A lone metad, or with `SHARDFS_TEST_METADS=N` a group of N replicas (1: a group of
     /// one, on the replicated log): the whole suite can run against a group.
-    fn start_inner(n: usize, class: &str, metad_args: &[&str], tls: bool) -> Cluster {
+    fn start_inner(n: usize, classes: &[&str], metad_args: &[&str], tls: bool) -> Cluster {
         let replicas = std::env::var("SHARDFS_TEST_METADS").ok().and_then(|n| n.parse().ok());
         let replicas = replicas.unwrap_or(0);
-        Cluster::start_inner_with(n, class, metad_args, tls, replicas)
+        Cluster::start_inner_with(n, classes, metad_args, tls, replicas)
     }
 
     fn start_inner_with(
         n: usize,
-        class: &str,
+        classes: &[&str],
         metad_args: &[&str],
         tls: bool,
         replicas: usize,
@@ -395,7 +403,7 @@ impl Cluster {
             cluster.tls = Some((ca.clone(), TlsClient::load(&ca).expect("load the test CA")));
         }
         ClusterKey::create(&cluster.secret_file()).expect("create the cluster secret");
-        cluster.start_metad("127.0.0.1:0", &["--class", class]);
+        cluster.start_metad("127.0.0.1:0", classes);
         for i in 0..n {
             cluster.start_chunkd(i);
         }

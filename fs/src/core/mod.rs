@@ -260,8 +260,9 @@ impl Fs {
         &self.volume
     }
 
-    /// Capacity as users see it: raw chunkd space scaled by the encoding overhead.
+    /// Capacity as users see it: raw chunkd space scaled by the overhead of the class data
+    /// comes to rest in (the cold class).
     pub async fn stat_fs(&self) -> FsResult<StatFs> {
-        Ok(self.meta.stat_fs().await?.usable(self.volume.encoding))
+        Ok(self.meta.stat_fs().await?.usable(self.volume.cold))
     }
 }

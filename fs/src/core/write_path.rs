@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use shardfs_meta_api::MetaClientError;
 use shardfs_meta_api::proto::{
-    Cred, DataRequest, INLINE_MAX, Layout, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
+    Cred, DataRequest, INLINE_MAX, Ino, Layout, MetaError, Queued, SetAttr, SpaceOp, Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -78,7 +78,7 @@ impl Fs {
         // and now. A failure leaves the bytes buffered for the next flush, which reports it.
         let flush_bytes = self.options.dirty_flush_bytes;
         if data.dirty.bytes() >= flush_bytes {
-            self.store_ahead(&mut data);
+            self.store_ahead(file.ino, &mut data);
         }
         let early = async {
             if data.dirty.bytes() >= flush_bytes {
@@ -93,13 +93,13 @@ impl Fs {
     }
 
     /// Takes the whole chunks buffered and starts storing them in the background.
-    fn store_ahead(&self, data: &mut FileData) {
+    fn store_ahead(&self, ino: Ino, data: &mut FileData) {
         let pieces = data.dirty.take_completed(self.volume.chunk_size);
         if pieces.is_empty() {
             return;
         }
         let (io, taken) = (self.io.clone(), pieces.clone());
-        let task = tokio::spawn(async move { io.store(&taken).await });
+        let task = tokio::spawn(async move { io.store(ino, &taken).await });
         data.storing.push_back(Storing { pieces, task });
     }
 
@@ -242,7 +242,7 @@ impl Fs {
             return Ok(false);
         }
         let pieces = data.dirty.take_all(self.volume.chunk_size);
-        let written = match self.io.store(&pieces).await {
+        let written = match self.io.store(file.ino, &pieces).await {
             Ok(written) => written,
             Err(e) => {
                 data.dirty.restore(pieces);
@@ -313,7 +313,7 @@ impl Fs {
             end = last.end(),
             "committing buffered writes"
         );
-        let written = self.io.store(&pieces).await;
+        let written = self.io.store(file.ino, &pieces).await;
         self.commit_pieces(file, data, pieces, written).await
     }
 
@@ -343,7 +343,7 @@ impl Fs {
                     // commit: prepare again, which now stores it.
                     Err(MetaClientError::Meta(MetaError::ChunkGone(_))) if attempts < 3 => {
                         attempts += 1;
-                        written = self.io.store(&pieces).await?;
+                        written = self.io.store(file.ino, &pieces).await?;
                     }
                     result => return result.map(|attr| (attr, content)).map_err(FsError::from),
                 }

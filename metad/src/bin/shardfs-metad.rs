@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use shardfs_chunk_api::Encoding;
-use shardfs_metad::daemon::{self, MetadConfig};
+use shardfs_metad::daemon::{self, ClassArgs, MetadConfig};
 use shardfs_metad::gc::GcConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::{Node, Stopped};
 use shardfs_metad::sessions::{self, SessionLimits};
+use shardfs_metad::store::VolumeOverrides;
 use shardfs_rpc::{DaemonTlsArgs, cli};
 use tokio::net::TcpListener;
 
@@ -49,16 +49,8 @@ struct Args {
     /// logged at start). Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
-    /// Storage class of new data: replicas(N), rs(K,M) or lrc(K,L,G) (default rs(4,2) on
-    /// a new volume).
-    #[arg(long, value_name = "CLASS", conflicts_with_all = ["k", "m"])]
-    class: Option<Encoding>,
-    /// Data shards per chunk for new data: --k K --m M is --class rs(K,M).
-    #[arg(long, requires = "m")]
-    k: Option<u8>,
-    /// Parity shards per chunk for new data (default 2 on a new volume).
-    #[arg(long, requires = "k")]
-    m: Option<u8>,
+    #[command(flatten)]
+    classes: ClassArgs,
     /// Chunk size for new data, e.g. 4MiB (default on a new volume).
     #[arg(long, value_parser = shardfs_rpc::size::parse)]
     chunk_size: Option<u64>,
@@ -128,16 +120,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let encoding = match (args.class, args.k, args.m) {
-        (Some(class), _, _) => Some(class),
-        (None, Some(k), Some(m)) => Some(Encoding::rs(k, m)?),
-        _ => None,
-    };
+    let (hot, cold) = args.classes.classes()?;
     let config = MetadConfig {
         secret_file: args.secret_file.unwrap_or_else(|| args.data.join("cluster.key")),
         data: args.data,
-        encoding,
-        chunk_size: args.chunk_size,
+        volume: VolumeOverrides { hot, cold, chunk_size: args.chunk_size },
         down_after: Duration::from_secs(args.down_after),
         repair: RepairConfig {
             grace: seconds("--repair-grace", args.repair_grace)?,

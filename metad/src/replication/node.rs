@@ -32,7 +32,7 @@ use super::network::{self, Call, Contacts, Refusal, ReplicaState, Reply, Request
 use super::{Group, Replica, ReplicaId};
 use crate::daemon::{self, MetadConfig};
 use crate::server::MetadServer;
-use crate::store::{Mutation, Store, VolumeOverrides};
+use crate::store::{Mutation, Store};
 use shardfs_meta_api::proto::{MetaError, MetaResponse, Timestamp};
 
 /// A replica's id: from its address, so every replica given the same list agrees.
@@ -338,10 +338,8 @@ impl Node {
         self.raft.ensure_linearizable().await.context("not confirmed as the leader")?;
         let (store, config, auth) = (self.store.clone(), self.config.clone(), self.auth);
         let server = blocking(move || -> anyhow::Result<MetadServer> {
-            let overrides =
-                VolumeOverrides { encoding: config.encoding, chunk_size: config.chunk_size };
             let current = store.is_set_up()?.then(|| store.settings());
-            let wanted = overrides.over(current.unwrap_or(daemon::DEFAULTS));
+            let wanted = config.volume.over(current.unwrap_or(daemon::DEFAULTS));
             if current != Some(wanted) {
                 let now = Timestamp::now();
                 store.apply(Mutation::Volume { settings: wanted, now })?;

@@ -27,7 +27,11 @@ impl StoreBuilder<Group, LogStore, StateMachine, TempDir> for Replica {
 }
 
 fn settings() -> VolumeSettings {
-    VolumeSettings { encoding: Encoding::rs(2, 1).expect("2+1"), chunk_size: 1 << 20 }
+    VolumeSettings {
+        hot: Encoding::rs(2, 1).expect("2+1"),
+        cold: Encoding::rs(2, 1).expect("2+1"),
+        chunk_size: 1 << 20,
+    }
 }
 
 #[test]

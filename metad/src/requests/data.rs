@@ -13,7 +13,7 @@ use crate::placement;
 use crate::server::{MetadServer, Outcome};
 use crate::store::View;
 use shardfs_meta_api::proto::{
-    ChunkPlan, ChunkToWrite, DataRequest, MetaError, MetaReply, MetaResponse, SetTime,
+    ChunkPlan, ChunkToWrite, DataRequest, Ino, MetaError, MetaReply, MetaResponse, SetTime,
 };
 use shardfs_rpc::throttle::Throttle;
 
@@ -56,8 +56,8 @@ fn reply(request: DataRequest, server: &MetadServer, caller: Caller) -> MetaResp
     let store = &server.store;
     Ok(match request {
         DataRequest::GetLayout { ino } => MetaReply::Layout(store.layout(ino)?),
-        DataRequest::PrepareWrite { chunks, avoid } => {
-            MetaReply::Plans(prepare_write(server, caller, &chunks, &avoid)?)
+        DataRequest::PrepareWrite { ino, chunks, avoid } => {
+            MetaReply::Plans(prepare_write(server, caller, ino, &chunks, &avoid)?)
         }
         DataRequest::CommitWrite { ino, stored, inline, extents, mtime } => {
             let attr = store.commit_write(ino, &stored, &inline, &extents, mtime)?;
@@ -86,15 +86,16 @@ static DEGRADED_LOG: Throttle = Throttle::new(REPEATED_LOG);
 fn prepare_write(
     server: &MetadServer,
     caller: Caller,
+    ino: Ino,
     chunks: &[ChunkToWrite],
     avoid: &[String],
 ) -> Result<Vec<ChunkPlan>, MetaError> {
+    let encoding = server.store.write_class(ino)?;
     let limit = server.sessions.limits().prepared_chunks;
     server.intents.record(caller.holder, chunks.iter().map(|c| c.chunk), limit)?;
     let members = &server.members;
     let usable: Vec<_> = members.usable().into_iter().filter(|c| !avoid.contains(&c.id)).collect();
     let full = members.full();
-    let encoding = server.store.settings().encoding;
     let min_shards = min_shards(server.min_shards, encoding);
     server.store.prepare_write(chunks, |chunk| {
         match placement::place_new(&chunk.chunk, encoding, min_shards, &usable, full) {

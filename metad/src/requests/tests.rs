@@ -16,7 +16,11 @@ use crate::store::{Store, VolumeOverrides, VolumeSettings};
 use shardfs_meta_api::proto::*;
 
 fn server(dir: &tempfile::TempDir) -> Arc<MetadServer> {
-    let settings = VolumeSettings { encoding: Encoding::Rs { k: 2, m: 1 }, chunk_size: 1 << 20 };
+    let settings = VolumeSettings {
+        hot: Encoding::Rs { k: 2, m: 1 },
+        cold: Encoding::Rs { k: 2, m: 1 },
+        chunk_size: 1 << 20,
+    };
     let path = dir.path().join("meta.db");
     let store = Arc::new(Store::open(&path, VolumeOverrides::default(), settings).unwrap());
     let members = Members::load(store.clone(), Duration::from_secs(60)).unwrap();

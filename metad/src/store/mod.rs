@@ -6,6 +6,7 @@
 
 mod batch;
 mod catalogue;
+mod classes;
 mod fsck;
 mod group_commit;
 mod holdings;
@@ -74,14 +75,18 @@ impl<T> Sql<T> for rusqlite::Result<T> {
 /// Settings given at start-up; `None` keeps what the volume has (or the default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VolumeOverrides {
-    pub encoding: Option<Encoding>,
+    pub hot: Option<Encoding>,
+    pub cold: Option<Encoding>,
     pub chunk_size: Option<u64>,
 }
 
 /// Volume settings fixed or updated at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeSettings {
-    pub encoding: Encoding,
+    /// The class new data is written in.
+    pub hot: Encoding,
+    /// The class data is moved to once it has not been written for the lifecycle age.
+    pub cold: Encoding,
     pub chunk_size: u64,
 }
 
@@ -184,7 +189,8 @@ impl Store {
 
     pub fn volume(&self) -> VolumeInfo {
         let volume = self.settings();
-        VolumeInfo { encoding: volume.encoding, chunk_size: volume.chunk_size, root: ROOT_INO }
+        let (hot, cold, chunk_size) = (volume.hot, volume.cold, volume.chunk_size);
+        VolumeInfo { hot, cold, chunk_size, root: ROOT_INO }
     }
 
     pub fn settings(&self) -> VolumeSettings {
@@ -343,7 +349,8 @@ impl VolumeOverrides {
     /// `base` with these overrides.
     pub fn over(self, base: VolumeSettings) -> VolumeSettings {
         VolumeSettings {
-            encoding: self.encoding.unwrap_or(base.encoding),
+            hot: self.hot.unwrap_or(base.hot),
+            cold: self.cold.unwrap_or(base.cold),
             chunk_size: self.chunk_size.unwrap_or(base.chunk_size),
         }
     }
@@ -359,25 +366,31 @@ fn stored_volume(tx: &Connection) -> Result<Option<VolumeSettings>, StoreError> 
     };
     let inconsistent = |s: &str| StoreError::Inconsistent(format!("setting {s:?}"));
     let parse = |s: &str| s.parse::<u8>().map_err(|_| inconsistent(s));
-    // Volumes from before storage classes have `k` and `m` instead of `class`.
-    let encoding = match (setting("class")?, setting("k")?, setting("m")?) {
-        (Some(class), _, _) => class.parse().map_err(|_| inconsistent(&class))?,
-        (None, Some(k), Some(m)) => {
-            Encoding::rs(parse(&k)?, parse(&m)?).map_err(|_| inconsistent(&k))?
-        }
-        _ => return Ok(None),
+    let class = |s: String| s.parse::<Encoding>().map_err(|_| inconsistent(&s));
+    // Volumes from before storage classes have `k` and `m`: rs(k,m), hot and cold.
+    let (hot, cold) = match (setting("hot_class")?, setting("cold_class")?) {
+        (Some(hot), Some(cold)) => (class(hot)?, class(cold)?),
+        _ => match (setting("k")?, setting("m")?) {
+            (Some(k), Some(m)) => {
+                let rs = Encoding::rs(parse(&k)?, parse(&m)?).map_err(|_| inconsistent(&k))?;
+                (rs, rs)
+            }
+            _ => return Ok(None),
+        },
     };
     let chunk_size = size.parse().map_err(|_| inconsistent(&size))?;
-    Ok(Some(VolumeSettings { encoding, chunk_size }))
+    Ok(Some(VolumeSettings { hot, cold, chunk_size }))
 }
 
 /// Sets the volume's settings to `volume`, and makes its root directory (at `now`) if it
 /// has none.
 fn put_volume(tx: &Connection, volume: VolumeSettings, now: Timestamp) -> Result<(), MetaError> {
     tx.execute("DELETE FROM settings WHERE key IN ('k', 'm')", []).sql()?;
-    for (key, value) in
-        [("class", volume.encoding.to_string()), ("chunk_size", volume.chunk_size.to_string())]
-    {
+    for (key, value) in [
+        ("hot_class", volume.hot.to_string()),
+        ("cold_class", volume.cold.to_string()),
+        ("chunk_size", volume.chunk_size.to_string()),
+    ] {
         tx.execute(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",

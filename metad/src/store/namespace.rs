@@ -9,6 +9,7 @@ use super::xattr::{put_xattr, xattr_value};
 use super::{ATTR_COLUMNS, Store, attr_at, get_attr, holdings, kind_code, layout, set_ctime};
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
+use shardfs_meta_api::class_policy::CLASS_XATTR;
 use shardfs_meta_api::proto::{
     Access, Attr, Cred, DirEntry, FileKind, GENERATION, Ino, MAX_NAME_LEN, Made, MetaError,
     ROOT_INO, RenameMode, SetAttr, Timestamp, Unlinked,
@@ -436,6 +437,12 @@ pub(super) fn create(
     }
     if let (Some(default), true) = (&default_acl, is_dir) {
         put_xattr(tx, ino, acl::DEFAULT, &default.to_bytes())?;
+    }
+    // A directory's class policy goes to what is made in it (symlinks have no xattrs).
+    if new.kind != FileKind::Symlink
+        && let Some(policy) = xattr_value(tx, parent, CLASS_XATTR)?
+    {
+        put_xattr(tx, ino, CLASS_XATTR, &policy)?;
     }
     if is_dir {
         add_links(tx, parent, 1)?;

@@ -8,8 +8,11 @@ use shardfs_meta_api::proto::*;
 use shardfs_rpc::sync::Lock as _;
 
 const ROOT: Cred = Cred::ROOT;
-const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding::Rs { k: 2, m: 1 }, chunk_size: 1 << 20 };
+const SETTINGS: VolumeSettings = VolumeSettings {
+    hot: Encoding::Rs { k: 2, m: 1 },
+    cold: Encoding::Rs { k: 2, m: 1 },
+    chunk_size: 1 << 20,
+};
 
 pub(super) fn open(dir: &tempfile::TempDir) -> Store {
     let store =
@@ -46,7 +49,7 @@ fn stored(chunk: ChunkId, len: u64) -> StoredChunk {
     let shards = (0..3)
         .map(|i| ShardPlace { index: i, chunkd: format!("c{i}"), addr: String::new() })
         .collect();
-    StoredChunk { chunk, len, encoding: SETTINGS.encoding, shards }
+    StoredChunk { chunk, len, encoding: SETTINGS.hot, shards }
 }
 
 fn extent(offset: u64, len: u64, chunk: ChunkId, chunk_offset: u64) -> Extent {
@@ -266,8 +269,7 @@ fn prepare_dedups_only_fully_redundant_chunks() {
     let t = Timestamp::now();
     store.commit_write(f.ino, &[stored(known, 5)], &[], &[extent(0, 5, known, 0)], t).unwrap();
     let fresh = ChunkId::of(b"fresh");
-    let place =
-        |_: &ChunkToWrite| Ok(ChunkPlan::Place { encoding: SETTINGS.encoding, targets: vec![] });
+    let place = |_: &ChunkToWrite| Ok(ChunkPlan::Place { encoding: SETTINGS.hot, targets: vec![] });
     let both = [ChunkToWrite { chunk: known, len: 5 }, ChunkToWrite { chunk: fresh, len: 5 }];
     let plans = store.prepare_write(&both, place).unwrap();
     assert!(matches!(&plans[0], ChunkPlan::Stored(at) if at.chunk == known), "{plans:?}");
@@ -356,10 +358,11 @@ fn reopen_keeps_everything_and_settings() {
     let store = Store::open(&path, chunk_only, SETTINGS).unwrap();
     assert_eq!(store.settings(), VolumeSettings { chunk_size: 8 << 20, ..SETTINGS });
     drop(store);
-    let encoding = Encoding::Rs { k: 4, m: 2 };
-    let encoding_only = VolumeOverrides { encoding: Some(encoding), ..Default::default() };
-    let store = Store::open(&path, encoding_only, SETTINGS).unwrap();
-    assert_eq!(store.settings(), VolumeSettings { encoding, chunk_size: 8 << 20 });
+    let cold = Encoding::Rs { k: 4, m: 2 };
+    let cold_only = VolumeOverrides { cold: Some(cold), ..Default::default() };
+    let store = Store::open(&path, cold_only, SETTINGS).unwrap();
+    let hot = SETTINGS.hot;
+    assert_eq!(store.settings(), VolumeSettings { hot, cold, chunk_size: 8 << 20 });
 }
 
 #[test]

@@ -2,10 +2,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::classes;
 use super::mutation::Mutation;
 use super::{Store, get_attr, set_ctime};
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
+use shardfs_meta_api::class_policy::CLASS_XATTR;
 use shardfs_meta_api::proto::{
     Attr, Cred, FileKind, Ino, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, MetaError, Timestamp,
     XattrMode,
@@ -67,6 +69,9 @@ pub(super) fn set(
     }
     if value.len() > MAX_XATTR_VALUE_LEN {
         return Err(MetaError::TooBig);
+    }
+    if name == CLASS_XATTR {
+        classes::validate_policy(value)?;
     }
     let acl = match name {
         acl::ACCESS | acl::DEFAULT => {

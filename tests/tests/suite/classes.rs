@@ -4,7 +4,7 @@
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use shardfs_chunk_api::Encoding;
-use shardfs_tests::{Cluster, Mount, metrics_endpoint, sample, scrape, sha256, write_random};
+use shardfs_tests::{Cluster, Mount, metrics_endpoint, sample, scrape, sh, sha256, write_random};
 
 /// Writes files of assorted sizes through `mount` and returns (name, sha256) pairs.
 fn populate(cluster: &Cluster, mount: &Mount) -> Vec<(String, String)> {
@@ -158,4 +158,52 @@ fn an_lrc_volume_survives_two_lost_chunkds_and_fsck_checks_it() {
     expect_unreadable.sort();
     assert_eq!(listed("unreadable"), expect_unreadable, "{report}");
     assert_eq!(listed("degraded").len() + expect_unreadable.len(), chunks, "{report}");
+}
+
+#[test]
+fn a_directory_class_goes_to_what_is_made_in_it_and_dedup_spans_classes() {
+    let cluster = Cluster::start_hot_cold(10, "replicas(3)", "rs(4,2)", &[]);
+    let mount = cluster.mount();
+    let class =
+        |args: &[&str]| cluster.command("shardfs").arg("class").args(args).output().unwrap();
+    for dir in ["plain", "archive", "pinned", "lrc"] {
+        std::fs::create_dir(mount.join(dir)).unwrap();
+    }
+    for (dir, policy) in [("archive", "cold"), ("pinned", "hot"), ("lrc", "lrc(6,2,2)")] {
+        let out = class(&["set", mount.join(dir).to_str().unwrap(), policy]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Inherited by a subdirectory made after, and by the files made in it.
+    std::fs::create_dir(mount.join("lrc/sub")).unwrap();
+    let out = class(&["get", mount.join("lrc/sub").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": lrc(6,2,2)\n"), "{out:?}");
+    let out = class(&["get", mount.join("plain").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default"), "{out:?}");
+    for (file, seed) in [("plain/f", 1), ("archive/f", 2), ("pinned/f", 3), ("lrc/sub/f", 4)] {
+        write_random(&mount.join(file), 5 << 20, seed);
+        std::fs::File::open(mount.join(file)).unwrap().sync_all().unwrap();
+    }
+    assert_class(&cluster, &mount, "plain/f", "replicas(3)", 3);
+    assert_class(&cluster, &mount, "archive/f", "rs(4,2)", 6);
+    assert_class(&cluster, &mount, "pinned/f", "replicas(3)", 3);
+    assert_class(&cluster, &mount, "lrc/sub/f", "lrc(6,2,2)", 10);
+    // A chunk stored in any class is not stored again.
+    std::fs::copy(mount.join("plain/f"), mount.join("lrc/copy")).unwrap();
+    std::fs::File::open(mount.join("lrc/copy")).unwrap().sync_all().unwrap();
+    assert_class(&cluster, &mount, "lrc/copy", "replicas(3)", 3);
+    // Bad policies are refused, by the tool and by metad for any other writer.
+    let out = class(&["set", mount.join("plain").to_str().unwrap(), "warm"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a storage class"), "{out:?}");
+    let setfattr = format!(
+        "setfattr -n user.shardfs.class -v 'rs(0,2)' {} 2>&1; echo $?",
+        mount.join("plain").display()
+    );
+    let said = sh(&setfattr);
+    assert!(said.contains("Invalid argument") && !said.ends_with("0\n"), "{said}");
+    // Back to the default.
+    let out = class(&["set", mount.join("pinned").to_str().unwrap(), "default"]);
+    assert!(out.status.success());
+    let out = class(&["get", mount.join("pinned").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("default"), "{out:?}");
 }

@@ -9,6 +9,7 @@ use shardfs_chunk_api::Encoding;
 use shardfs_fs::core::{Fs, FsOptions};
 use shardfs_fs::error::FsError;
 use shardfs_meta_api::proto::{Cred, Ino, MetaError, ROOT_INO, RenameMode, SetAttr};
+use shardfs_metad::store::VolumeOverrides;
 use shardfs_rpc::ClientOptions;
 use shardfs_tests::random_bytes;
 use tempfile::TempDir;
@@ -32,7 +33,9 @@ impl Cluster {
             .build()
             .expect("tokio runtime");
         let encoding = Encoding::rs(2, 1).expect("2+1");
-        let settings = LocalSettings::new(dir.path(), 3, Some(encoding), Some(CHUNK));
+        let volume =
+            VolumeOverrides { hot: Some(encoding), cold: Some(encoding), chunk_size: Some(CHUNK) };
+        let settings = LocalSettings::new(dir.path(), 3, volume);
         let cluster = runtime.block_on(LocalCluster::start(dir.path(), settings));
         Cluster { runtime, cluster: Some(cluster.expect("local cluster")), _dir: dir }
     }

@@ -118,11 +118,11 @@ fn a_session_preparing_writes_it_never_commits_is_refused_past_its_limit() {
     cluster.query(async |_| {
         for batch in 0..10 {
             let chunks = (batch * 100..(batch + 1) * 100).map(chunk).collect();
-            hostile.prepare_write(chunks, Vec::new()).await.unwrap();
+            hostile.prepare_write(ROOT_INO, chunks, Vec::new()).await.unwrap();
         }
         // The same chunks again take no more room; one chunk more is refused, clearly.
-        hostile.prepare_write((0..100).map(chunk).collect(), Vec::new()).await.unwrap();
-        match hostile.prepare_write(vec![chunk(1000)], Vec::new()).await {
+        hostile.prepare_write(ROOT_INO, (0..100).map(chunk).collect(), Vec::new()).await.unwrap();
+        match hostile.prepare_write(ROOT_INO, vec![chunk(1000)], Vec::new()).await {
             Err(MetaClientError::Meta(MetaError::Unavailable(why))) => {
                 assert!(why.contains("1000 chunks prepared and not committed"), "{why}")
             }

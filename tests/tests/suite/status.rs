@@ -55,7 +55,11 @@ fn df_reports_the_volume_as_the_mount_does() {
     let out = out.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let df: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(df["class"], "rs(2,1)", "{df}");
+    assert_eq!(
+        (&df["hot_class"], &df["cold_class"]),
+        (&"rs(2,1)".into(), &"rs(2,1)".into()),
+        "{df}"
+    );
     assert_eq!(df["chunkds_up"], 3);
     assert!(df["data_bytes"].as_u64().unwrap() >= 3 << 20, "{df}");
     // Usable size is two thirds of the raw size under RS 2+1, as the mount's statfs says.

@@ -11,8 +11,11 @@ use crate::store::{ChunkdRecord, LockRow, Store, VolumeOverrides, VolumeSettings
 use shardfs_meta_api::proto::*;
 use shardfs_meta_api::proto::{HeldLock, LockKind};
 
-const SETTINGS: VolumeSettings =
-    VolumeSettings { encoding: Encoding::Rs { k: 2, m: 1 }, chunk_size: 1 << 20 };
+const SETTINGS: VolumeSettings = VolumeSettings {
+    hot: Encoding::Rs { k: 2, m: 1 },
+    cold: Encoding::Rs { k: 2, m: 1 },
+    chunk_size: 1 << 20,
+};
 const CHUNKDS: [&str; 4] = ["c0", "c1", "c2", "c3"];
 
 /// A step of a random history, picking what it acts on from what the store holds.
@@ -320,8 +323,7 @@ fn mutation(store: &Store, step: &Step, now: Timestamp) -> Option<Mutation> {
                         addr: String::new(),
                     })
                     .collect();
-                let stored =
-                    StoredChunk { chunk: id, len: 4096, encoding: SETTINGS.encoding, shards };
+                let stored = StoredChunk { chunk: id, len: 4096, encoding: SETTINGS.hot, shards };
                 (vec![stored], Vec::new())
             };
             let extents = vec![Extent {
