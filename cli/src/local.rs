@@ -11,6 +11,7 @@ use shardfs_chunkd::store::ShardStore;
 use shardfs_meta_api::MetaClient;
 use shardfs_metad::daemon::{self as metad, MetadConfig};
 use shardfs_metad::gc::GcConfig;
+use shardfs_metad::lifecycle::LifecycleConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::Node;
@@ -53,6 +54,7 @@ impl LocalSettings {
             down_after: Duration::from_secs(10),
             repair: RepairConfig::default(),
             gc: GcConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             sessions: SessionLimits::default(),
             // Loopback only: nothing to encrypt against.
             tls: None,
@@ -86,7 +88,7 @@ impl LocalCluster {
             let key = server.key();
             let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind metad")?;
             let metad_addr = listener.local_addr()?.to_string();
-            let workers = (settings.metad.repair, settings.metad.gc);
+            let workers = (settings.metad.repair, settings.metad.gc, settings.metad.lifecycle);
             tasks.spawn(metad::run(listener, server, workers, until_stopped(stopped.clone())));
             (metad_addr, key)
         };

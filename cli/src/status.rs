@@ -3,7 +3,7 @@
 use serde::Serialize;
 use shardfs_chunk_api::proto::VolumeStat;
 use shardfs_meta_api::MetaClient;
-use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, WorkerStatus};
+use shardfs_meta_api::proto::{CatalogueStats, ChunkdStatus, ClassUsage, WorkerStatus};
 use shardfs_metad::replication::network::{self, ReplicaState, Reply, Request};
 use shardfs_rpc::ClientOptions;
 
@@ -35,12 +35,20 @@ pub struct Df {
     pub raw_free_bytes: u64,
     pub inodes: u64,
     pub chunkds_up: usize,
+    /// What each storage class holds, and the raw bytes all shards take per byte of data.
+    pub classes: Vec<ClassUsage>,
+    pub overhead: f64,
+    /// Chunks waiting for the lifecycle to move them (at its last complete scan).
+    pub lifecycle_backlog: u64,
 }
 
 pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
     let volume = meta.volume().await?;
     let raw = meta.stat_fs().await?;
     let usable = raw.usable(volume.cold);
+    let catalogue = meta.catalogue_stats().await?;
+    let (bytes, raw_bytes) = (catalogue.classes.iter())
+        .fold((0, 0), |(b, r), class| (b + class.bytes, r + class.raw_bytes));
     Ok(Df {
         metad: meta.addr().to_string(),
         hot_class: volume.hot.to_string(),
@@ -48,11 +56,14 @@ pub async fn fetch_df(meta: &MetaClient) -> anyhow::Result<Df> {
         size_bytes: usable.capacity_bytes,
         free_bytes: usable.free_bytes,
         used_bytes: usable.capacity_bytes.saturating_sub(usable.free_bytes),
-        data_bytes: meta.catalogue_stats().await?.chunk_bytes,
+        data_bytes: catalogue.chunk_bytes,
         raw_size_bytes: raw.capacity_bytes,
         raw_free_bytes: raw.free_bytes,
         inodes: raw.inodes,
         chunkds_up: meta.chunkds().await?.iter().filter(|c| c.up).count(),
+        classes: catalogue.classes,
+        overhead: if bytes == 0 { 0.0 } else { raw_bytes as f64 / bytes as f64 },
+        lifecycle_backlog: meta.workers().await?.lifecycle_backlog,
     })
 }
 
@@ -81,6 +92,25 @@ pub fn print_df(df: &Df) {
         df.chunkds_up,
         gib(df.raw_size_bytes),
         gib(df.raw_free_bytes)
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>9}",
+        "class", "chunks", "data GiB", "raw GiB", "overhead"
+    );
+    for class in &df.classes {
+        let overhead = class.raw_bytes as f64 / class.bytes.max(1) as f64;
+        println!(
+            "{:<12} {:>10} {:>10.2} {:>10.2} {:>8.2}x",
+            class.class,
+            class.chunks,
+            gib(class.bytes),
+            gib(class.raw_bytes),
+            overhead
+        );
+    }
+    println!(
+        "effective overhead {:.2}x; {} chunks waiting to move to their resting class",
+        df.overhead, df.lifecycle_backlog
     );
 }
 
@@ -301,6 +331,13 @@ pub fn print(status: &Status) {
         w.chunks_collected,
         w.orphans_deleted,
         w.sweeps_aborted
+    );
+    println!(
+        "lifecycle: {} chunks moved ({:.2} GiB), {} moves failed, backlog {}",
+        w.chunks_moved,
+        gib(w.bytes_moved),
+        w.chunks_failed_move,
+        w.lifecycle_backlog
     );
     println!(
         "mounts: {} sessions, {} requests; leases: {} held, {} granted, {} recalled, {} revoked",

@@ -435,6 +435,12 @@ pub struct WorkerStatus {
     pub repair_backlog: u64,
     pub chunks_collected: u64,
     pub orphans_deleted: u64,
+    /// Chunks the lifecycle moved to another class since start, their bytes, moves that
+    /// failed (tried again), and chunks its last complete scan found waiting.
+    pub chunks_moved: u64,
+    pub bytes_moved: u64,
+    pub chunks_failed_move: u64,
+    pub lifecycle_backlog: u64,
     pub sweeps_aborted: u64,
     /// Leases mounts hold now, granted and recalled since start, and revoked (not released
     /// within a session timeout of their recall).
@@ -468,6 +474,19 @@ pub struct ChunkStatus {
     pub shards: Vec<ShardStatus>,
 }
 
+/// What one storage class holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassUsage {
+    /// As `replicas(3)`, `rs(4,2)`, `lrc(6,2,2)` or `inline`.
+    pub class: String,
+    pub chunks: u64,
+    /// Bytes of the chunks themselves.
+    pub bytes: u64,
+    /// Bytes their shards take on chunkds (payloads only; inline chunks count once, in
+    /// metad's database).
+    pub raw_bytes: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogueStats {
     pub chunks: u64,
@@ -476,6 +495,8 @@ pub struct CatalogueStats {
     pub unhealthy_shards: u64,
     /// Chunks short of full redundancy: a shard unhealthy or on a chunkd that is down.
     pub degraded_chunks: u64,
+    /// What each storage class holds.
+    pub classes: Vec<ClassUsage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

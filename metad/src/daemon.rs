@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::gc::{self, GcConfig};
+use crate::lifecycle::{self, LifecycleConfig};
 use crate::members::Members;
 use crate::repair::{self, RepairConfig};
 use crate::server::MetadServer;
@@ -83,6 +84,8 @@ pub struct MetadConfig {
     pub repair: RepairConfig,
     /// Deletion of unreferenced chunks and orphan shards.
     pub gc: GcConfig,
+    /// Moving chunks between storage classes.
+    pub lifecycle: LifecycleConfig,
     /// How long a client session may stay silent before it expires (and its locks and open
     /// files are released), and how much it may hold.
     pub sessions: SessionLimits,
@@ -180,7 +183,7 @@ pub(crate) fn server_over(
 pub async fn run(
     listener: TcpListener,
     server: Arc<MetadServer>,
-    workers: (RepairConfig, GcConfig),
+    workers: (RepairConfig, GcConfig, LifecycleConfig),
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(());
@@ -202,11 +205,12 @@ pub(crate) async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<()>)
 }
 
 /// Runs what metad does besides answering requests, until `stop` completes: repair,
-/// garbage collection, session expiry and housekeeping, and syncing the database. A
+/// garbage collection, the lifecycle, session expiry and housekeeping, and syncing the
+/// database. A
 /// replica's leader runs them while it leads.
 pub(crate) async fn work(
     server: Arc<MetadServer>,
-    (repair, gc): (RepairConfig, GcConfig),
+    (repair, gc, lifecycle): (RepairConfig, GcConfig, LifecycleConfig),
     stop: impl Future<Output = ()>,
 ) {
     let (stopping, stopped) = tokio::sync::watch::channel(());
@@ -226,6 +230,13 @@ pub(crate) async fn work(
         server.intents.clone(),
         gc,
         server.gc.clone(),
+        until_stopped(stopped.clone()),
+    );
+    let moving = lifecycle::run(
+        chunkds(),
+        (server.store.clone(), server.members.clone(), server.intents.clone()),
+        lifecycle,
+        server.lifecycle.clone(),
         until_stopped(stopped.clone()),
     );
     let expiring = {
@@ -250,7 +261,7 @@ pub(crate) async fn work(
         stop.await;
         drop(stopping);
     };
-    tokio::join!(stop, repairing, collecting, expiring);
+    tokio::join!(stop, repairing, collecting, moving, expiring);
 }
 
 /// How often metad makes recent metadata changes durable against power loss when no client

@@ -9,6 +9,7 @@ pub mod gc;
 pub mod grace;
 pub mod intents;
 pub mod leases;
+pub mod lifecycle;
 pub mod locks;
 pub mod members;
 pub mod placement;

@@ -13,13 +13,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::client::ChunkClientPool;
 use shardfs_chunk_api::fetch::{self, ChunkShape};
-use shardfs_chunk_api::{ShardId, ShardPlace, codec, hash_tree};
+use shardfs_chunk_api::{Encoding, ShardId, ShardPlace, codec, hash_tree};
 use tracing::{info, warn};
 
 use crate::members::Members;
 use crate::placement;
 use crate::store::{ChunkdRecord, Store};
-use shardfs_meta_api::proto::{ChunkStatus, MetaError};
+use shardfs_meta_api::proto::{ChunkStatus, MetaError, ShardStatus};
 
 /// Chunks looked at per scan.
 const BATCH: usize = 256;
@@ -109,6 +109,31 @@ pub async fn run(
     }
 }
 
+/// Reads `chunk` from its shards `from` (those of them on chunkds that are up), verified
+/// against its id, and encodes it in class `to`: its shards by position, and its hash tree.
+pub(crate) async fn read_and_encode(
+    pool: &ChunkClientPool,
+    members: &Members,
+    chunk: &ChunkStatus,
+    from: &[&ShardStatus],
+    to: Encoding,
+) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    let places: Vec<ShardPlace> = (from.iter())
+        .filter_map(|shard| {
+            let addr = members.address_if_up(&shard.chunkd)?;
+            Some(ShardPlace { index: shard.index, chunkd: shard.chunkd.clone(), addr })
+        })
+        .collect();
+    let shape = ChunkShape { chunk: chunk.chunk, len: chunk.len, encoding: chunk.encoding };
+    let content = fetch::fetch(pool, shape, &places).await.content?;
+    blocking(move || {
+        let (_, tree) = hash_tree::build(&content);
+        (codec::encode(to, &content), tree)
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 /// Rebuilds the bad shards of one chunk; returns how many were rebuilt.
 async fn repair_chunk(
     store: &Arc<Store>,
@@ -118,26 +143,14 @@ async fn repair_chunk(
     lost: &HashSet<String>,
 ) -> Result<u64, String> {
     let encoding = chunk.encoding;
-    let usable = |s: &&shardfs_meta_api::proto::ShardStatus| s.healthy && !lost.contains(&s.chunkd);
+    let usable = |s: &&ShardStatus| s.healthy && !lost.contains(&s.chunkd);
     let bad: Vec<_> = chunk.shards.iter().filter(|s| !usable(s)).collect();
     if bad.is_empty() {
         return Ok(0);
     }
     // Rebuild the chunk from k good shards, verified against its id.
-    let places: Vec<ShardPlace> = (chunk.shards.iter().filter(usable))
-        .filter_map(|shard| {
-            let addr = members.address_if_up(&shard.chunkd)?;
-            Some(ShardPlace { index: shard.index, chunkd: shard.chunkd.clone(), addr })
-        })
-        .collect();
-    let shape = ChunkShape { chunk: chunk.chunk, len: chunk.len, encoding };
-    let content = fetch::fetch(pool, shape, &places).await.content?;
-    let (shards, tree) = blocking(move || {
-        let (_, tree) = hash_tree::build(&content);
-        (codec::encode(encoding, &content), tree)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let good: Vec<&ShardStatus> = chunk.shards.iter().filter(usable).collect();
+    let (shards, tree) = read_and_encode(pool, members, chunk, &good, encoding).await?;
     // New homes: up, not full, and not already holding a good shard of this chunk.
     let holding: HashSet<&str> =
         chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();

@@ -16,6 +16,7 @@ use crate::gc::GcStats;
 use crate::grace::Grace;
 use crate::intents::Intents;
 use crate::leases::{Bar, Conflict, Leases, Need, Table};
+use crate::lifecycle::LifecycleStats;
 use crate::locks::LockTable;
 use crate::members::Members;
 use crate::repair::RepairStats;
@@ -34,6 +35,7 @@ pub struct MetadServer {
     pub(crate) repair: Arc<RepairStats>,
     pub(crate) intents: Arc<Intents>,
     pub(crate) gc: Arc<GcStats>,
+    pub(crate) lifecycle: Arc<LifecycleStats>,
     pub(crate) sessions: Sessions,
     pub(crate) leases: Leases,
     /// Waits for the mounts whose sessions this server took up (see `crate::grace`).
@@ -107,6 +109,7 @@ impl MetadServer {
             repair: Arc::default(),
             intents: Arc::default(),
             gc: Arc::default(),
+            lifecycle: Arc::default(),
             sessions,
             leases: Leases::default(),
             mount_requests: Default::default(),
@@ -378,6 +381,10 @@ impl MetadServer {
             chunks_failed_repair: get(&repair.chunks_failed),
             repair_backlog: get(&repair.backlog),
             chunks_collected: get(&gc.chunks_deleted),
+            chunks_moved: get(&self.lifecycle.chunks_moved),
+            bytes_moved: get(&self.lifecycle.bytes_moved),
+            chunks_failed_move: get(&self.lifecycle.chunks_failed),
+            lifecycle_backlog: get(&self.lifecycle.backlog),
             orphans_deleted: get(&gc.orphans_deleted),
             sweeps_aborted: get(&gc.sweeps_aborted),
             gc_passes: gc.passes.completed(),
@@ -415,6 +422,26 @@ impl MetadServer {
                 "shardfs_metad_repair_backlog",
                 "Chunks waiting for repair",
                 w.repair_backlog,
+            ),
+            Value::counter(
+                "shardfs_metad_lifecycle_chunks_moved",
+                "Chunks moved to another storage class",
+                w.chunks_moved,
+            ),
+            Value::counter(
+                "shardfs_metad_lifecycle_bytes_moved",
+                "Bytes of chunks moved to another storage class",
+                w.bytes_moved,
+            ),
+            Value::counter(
+                "shardfs_metad_lifecycle_failures",
+                "Chunk moves that failed (tried again later)",
+                w.chunks_failed_move,
+            ),
+            Value::gauge(
+                "shardfs_metad_lifecycle_backlog",
+                "Chunks waiting to move to another storage class",
+                w.lifecycle_backlog,
             ),
             Value::counter(
                 "shardfs_metad_chunks_collected",

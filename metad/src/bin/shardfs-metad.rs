@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use shardfs_metad::daemon::{self, ClassArgs, MetadConfig};
 use shardfs_metad::gc::GcConfig;
+use shardfs_metad::lifecycle::LifecycleConfig;
 use shardfs_metad::repair::RepairConfig;
 use shardfs_metad::replication::group::Timing;
 use shardfs_metad::replication::node::{Node, Stopped};
@@ -66,6 +67,15 @@ struct Args {
     /// Seconds between garbage-collection sweeps.
     #[arg(long, default_value_t = GcConfig::default().interval.as_secs_f64())]
     gc_interval: f64,
+    /// Seconds a file must go unwritten before its chunks move to the cold class.
+    #[arg(long, default_value_t = LifecycleConfig::default().age.as_secs_f64())]
+    lifecycle_age: f64,
+    /// Bytes per second of chunks the lifecycle moves between classes at most, e.g. 32MiB.
+    #[arg(long, value_parser = shardfs_rpc::size::parse, default_value = "32MiB")]
+    lifecycle_rate: u64,
+    /// Seconds between the lifecycle's scans of the catalogue.
+    #[arg(long, default_value_t = LifecycleConfig::default().interval.as_secs_f64())]
+    lifecycle_interval: f64,
     /// Seconds a client session may stay silent (no request, no heartbeat) before it
     /// expires and its locks and open files are released.
     #[arg(long, default_value_t = sessions::DEFAULT_TIMEOUT.as_secs_f64())]
@@ -135,6 +145,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             grace: seconds("--gc-grace", args.gc_grace)?,
             interval: seconds("--gc-interval", args.gc_interval)?,
         },
+        lifecycle: LifecycleConfig {
+            age: seconds("--lifecycle-age", args.lifecycle_age)?,
+            rate: args.lifecycle_rate,
+            interval: seconds("--lifecycle-interval", args.lifecycle_interval)?,
+        },
         sessions: SessionLimits {
             timeout: seconds("--session-timeout", args.session_timeout)?,
             open_files: args.max_open_files_per_session,
@@ -155,7 +170,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         serve_metrics(addr, Arc::new(move || Box::pin(metrics.clone().render_metrics()))).await?;
     }
     let listener = listen(&args.listen).await?;
-    daemon::run(listener, server, (config.repair, config.gc), shutdown_signal()).await;
+    let workers = (config.repair, config.gc, config.lifecycle);
+    daemon::run(listener, server, workers, shutdown_signal()).await;
     tracing::info!("metad stopped");
     Ok(())
 }

@@ -355,7 +355,7 @@ impl Node {
             lost: watch::Sender::new(false),
             reads: ReadBarrier::default(),
         });
-        let work = (self.config.repair, self.config.gc);
+        let work = (self.config.repair, self.config.gc, self.config.lifecycle);
         let stop = {
             let leading = leading.clone();
             async move { leading.lost().await }

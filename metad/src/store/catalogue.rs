@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use rusqlite::{Connection, OptionalExtension, params};
 use shardfs_chunk_api::{ChunkId, ShardId};
 
-use super::Store;
 use super::layout::{chunk_id, chunk_location, class_from_parts, class_parts};
 use super::mutation::{Applied, Mutation};
+use super::{Store, classes};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::{CatalogueStats, ChunkLocation, ChunkStatus, MetaError, ShardStatus};
 
@@ -47,7 +47,8 @@ impl Store {
                 .query_row("SELECT COUNT(*) FROM shards WHERE NOT healthy", [], |r| r.get(0))
                 .sql()?;
             let degraded_chunks = damaged_chunks(tx, down)?.len() as u64;
-            Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards, degraded_chunks })
+            let classes = classes::class_usage(tx)?;
+            Ok(CatalogueStats { chunks, chunk_bytes, unhealthy_shards, degraded_chunks, classes })
         })
     }
 
@@ -294,7 +295,10 @@ fn damaged_chunks(tx: &Connection, lost: &HashSet<String>) -> Result<Vec<Vec<u8>
     Ok(damaged)
 }
 
-fn chunk_status(tx: &Connection, chunk: ChunkId) -> Result<Option<ChunkStatus>, MetaError> {
+pub(super) fn chunk_status(
+    tx: &Connection,
+    chunk: ChunkId,
+) -> Result<Option<ChunkStatus>, MetaError> {
     let Some((len, refcount, parts)) = tx
         .prepare_cached("SELECT len, refcount, class, k, m, l FROM chunks WHERE id = ?1")
         .sql()?

@@ -35,6 +35,7 @@ use shardfs_meta_api::proto::{
 };
 
 pub use batch::Batched;
+pub use classes::Transition;
 pub use group_commit::{Change, Proposer, UNNUMBERED};
 pub use holdings::{Holdings, LockRow};
 pub use mutation::{Applied, Effects, MUTATION_FORMAT, Mutation, NewInode, Outcome};

@@ -9,14 +9,14 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use shardfs_chunk_api::{ChunkId, ShardId};
+use shardfs_chunk_api::{ChunkId, Encoding, ShardId};
 
 use super::fsck;
 use super::group_commit::Change;
 use super::holdings::{self, LockRow};
 use super::open_files::Holder;
 use super::registry::{self, ChunkdRecord};
-use super::{Store, batch, catalogue, layout, namespace, xattr};
+use super::{Store, batch, catalogue, classes, layout, namespace, xattr};
 use crate::store::Sql as _;
 use shardfs_meta_api::proto::FsckReport;
 use shardfs_meta_api::proto::{
@@ -177,6 +177,15 @@ pub enum Mutation {
         index: u8,
         from: String,
         to: String,
+    },
+    /// Moves `chunk` from class `from` to class `to`, whose shards are `shards` (index,
+    /// chunkd), if it is still referenced and still in `from`; its old shards leave the
+    /// catalogue, for the orphan sweep.
+    SwitchClass {
+        chunk: ChunkId,
+        from: Encoding,
+        to: Encoding,
+        shards: Vec<(u8, String)>,
     },
     /// Deletes from the catalogue those of `chunks` still unreferenced.
     RemoveChunks {
@@ -544,6 +553,9 @@ pub(super) fn apply_in(
         }
         M::MoveShard { chunk, index, from, to } => {
             Applied::Changed(catalogue::move_shard(tx, *chunk, *index, from, to)?)
+        }
+        M::SwitchClass { chunk, from, to, shards } => {
+            Applied::Changed(classes::switch_class(tx, *chunk, (*from, *to), shards)?)
         }
         M::RemoveChunks { chunks } => Applied::Removed(catalogue::remove_chunks(tx, chunks)?),
         M::MarkUnhealthy { chunkd, shards } => {

@@ -1,10 +1,13 @@
 //! Storage classes: chunks kept as full replicas or in a local reconstruction code, read
-//! back whole and by range, degraded, and checked by fsck.
+//! back whole and by range, degraded, and checked by fsck; directory policies; and the
+//! lifecycle that moves chunks from the hot class to the cold one, through crashes.
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use shardfs_chunk_api::Encoding;
-use shardfs_tests::{Cluster, Mount, metrics_endpoint, sample, scrape, sh, sha256, write_random};
+use shardfs_tests::{
+    Cluster, Mount, eventually, metrics_endpoint, sample, scrape, sh, sha256, write_random,
+};
 
 /// Writes files of assorted sizes through `mount` and returns (name, sha256) pairs.
 fn populate(cluster: &Cluster, mount: &Mount) -> Vec<(String, String)> {
@@ -206,4 +209,135 @@ fn a_directory_class_goes_to_what_is_made_in_it_and_dedup_spans_classes() {
     assert!(out.status.success());
     let out = class(&["get", mount.join("pinned").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("default"), "{out:?}");
+}
+
+fn df(cluster: &Cluster) -> Value {
+    let out = cluster.command("shardfs").args(["df", "--json", &cluster.metad_addr]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The chunk ids of `name`'s chunks stored on chunkds.
+fn chunks_of(cluster: &Cluster, mount: &Mount, name: &str) -> Vec<String> {
+    let info = info(cluster, mount, name);
+    (info["chunks"].as_array().unwrap().iter())
+        .map(|c| c["chunk"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether every chunk of `name` is in `class`.
+fn all_in(cluster: &Cluster, mount: &Mount, name: &str, class: &str) -> bool {
+    let info = info(cluster, mount, name);
+    info["chunks"].as_array().unwrap().iter().all(|c| c["class"] == class)
+}
+
+/// The shard indexes the chunkds hold of `chunk`.
+fn stored_indexes(cluster: &Cluster, chunk: &str) -> Vec<u8> {
+    let mut indexes: Vec<u8> = (0..cluster.chunkds.len())
+        .filter(|&i| cluster.chunkds[i].is_some())
+        .flat_map(|i| cluster.stored_shards(i))
+        .filter(|at| at.shard.chunk.to_hex() == chunk)
+        .map(|at| at.shard.index)
+        .collect();
+    indexes.sort();
+    indexes
+}
+
+const FAST_LIFECYCLE: [&str; 8] = [
+    "--lifecycle-age",
+    "3",
+    "--lifecycle-interval",
+    "0.5",
+    "--gc-grace",
+    "2",
+    "--gc-interval",
+    "0.5",
+];
+
+#[test]
+fn new_data_is_replicated_then_erasure_coded_and_a_pinned_directory_stays_hot() {
+    let cluster = Cluster::start_hot_cold(6, "replicas(3)", "rs(4,2)", &FAST_LIFECYCLE);
+    let mount = cluster.mount();
+    let source = cluster.dir.path().join("a");
+    write_random(&source, (9 << 20) + 4, 7);
+    std::fs::copy(&source, mount.join("a")).unwrap();
+    std::fs::File::open(mount.join("a")).unwrap().sync_all().unwrap();
+    assert_class(&cluster, &mount, "a", "replicas(3)", 3);
+    assert_eq!(df(&cluster)["overhead"], 3.0);
+
+    eventually("a's chunks moving to rs(4,2)", || all_in(&cluster, &mount, "a", "rs(4,2)"));
+    assert_class(&cluster, &mount, "a", "rs(4,2)", 6);
+    // Every chunk's length is a multiple of 4: 1.5 exactly.
+    let after = df(&cluster);
+    assert_eq!(after["overhead"], 1.5, "{after}");
+    assert_eq!(after["classes"][0]["class"], "rs(4,2)", "{after}");
+    // The old copies are gone after the GC grace; the new shards sit in the second slots.
+    for chunk in chunks_of(&cluster, &mount, "a") {
+        eventually("the old replicas deleted", || {
+            stored_indexes(&cluster, &chunk) == [32, 33, 34, 35, 36, 37]
+        });
+    }
+    let fresh = cluster.mount();
+    assert_eq!(sha256(&fresh.join("a")), sha256(&source));
+
+    // A pinned directory's data stays hot past the age and a few scans.
+    std::fs::create_dir(mount.join("pinned")).unwrap();
+    let out = cluster
+        .command("shardfs")
+        .args(["class", "set"])
+        .arg(mount.join("pinned"))
+        .arg("hot")
+        .output();
+    assert!(out.unwrap().status.success());
+    write_random(&mount.join("pinned/b"), 5 << 20, 8);
+    std::fs::File::open(mount.join("pinned/b")).unwrap().sync_all().unwrap();
+    let moved = || cluster.query(async |meta| meta.workers().await.unwrap().chunks_moved);
+    let before = moved();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_class(&cluster, &mount, "pinned/b", "replicas(3)", 3);
+    assert_eq!(moved(), before);
+    drop((mount, fresh));
+    assert!(cluster.fsck_clean());
+}
+
+#[test]
+fn a_lifecycle_cut_short_by_killed_chunkds_and_metad_loses_nothing() {
+    let mut args = FAST_LIFECYCLE.to_vec();
+    args.extend(["--chunk-size", "1MiB", "--lifecycle-rate", "4MiB"]);
+    let mut cluster = Cluster::start_hot_cold(7, "replicas(3)", "rs(4,2)", &args);
+    let mount = cluster.mount();
+    let source = cluster.dir.path().join("big");
+    write_random(&source, 24 << 20, 9);
+    std::fs::copy(&source, mount.join("big")).unwrap();
+    std::fs::File::open(mount.join("big")).unwrap().sync_all().unwrap();
+    drop(mount);
+    let moved = |cluster: &Cluster| {
+        cluster.query(async |meta| meta.workers().await.map(|w| w.chunks_moved).unwrap_or(0))
+    };
+    // Kill a chunkd, then metad, while the 24 chunks move (4 MiB/s: six seconds of work).
+    eventually("the lifecycle under way", || moved(&cluster) >= 2);
+    cluster.stop_chunkd(3, Signal::SIGKILL);
+    let at_kill = moved(&cluster);
+    assert!(at_kill < 24, "all {at_kill} chunks moved before the kills");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    cluster.restart_metad(Signal::SIGKILL);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    cluster.start_chunkd(3);
+    cluster.wait_chunkds_up();
+    let mount = cluster.mount();
+    eventually("every chunk in rs(4,2)", || all_in(&cluster, &mount, "big", "rs(4,2)"));
+    assert_class(&cluster, &mount, "big", "rs(4,2)", 6);
+    assert_eq!(sha256(&mount.join("big")), sha256(&source));
+    // Each chunk ends in exactly one class: its six shards, nothing of the old copies or of
+    // moves cut short left once the sweep has run.
+    for chunk in chunks_of(&cluster, &mount, "big") {
+        eventually("one class's shards left", || {
+            let indexes = stored_indexes(&cluster, &chunk);
+            indexes.len() == 6
+                && (indexes == [0, 1, 2, 3, 4, 5] || indexes == [32, 33, 34, 35, 36, 37])
+        });
+    }
+    drop(mount);
+    assert!(cluster.fsck_clean());
 }
