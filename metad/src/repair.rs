@@ -134,6 +134,84 @@ pub(crate) async fn read_and_encode(
     .map_err(|e| e.to_string())
 }
 
+/// The `bad` shards of an lrc chunk, by position, rebuilt each from the rest of its local
+/// group, and the chunk's hash tree (for the data shards' puts): `None` unless every bad
+/// shard has its group otherwise among the `good` shards (one lost per group). The group's
+/// shards are each verified by their chunkd against their record's checksum; the rebuilt
+/// bytes cannot be checked against the chunk id without `k` shards, which is the point of
+/// not reading them: reads verify the chunk id as always, and scrub its records.
+async fn rebuild_locally(
+    pool: &ChunkClientPool,
+    members: &Members,
+    chunk: &ChunkStatus,
+    good: &[&ShardStatus],
+    bad: &[&ShardStatus],
+) -> Option<Result<(Vec<Option<Vec<u8>>>, Vec<u8>), String>> {
+    let encoding = chunk.encoding;
+    if !matches!(encoding, Encoding::Lrc { .. }) {
+        return None;
+    }
+    let available: Vec<usize> = good.iter().map(|s| codec::position(s.index)).collect();
+    let mut sources = Vec::new();
+    for shard in bad {
+        let group = encoding.repair_sources(codec::position(shard.index), &available);
+        if group.len() >= encoding.needed() {
+            return None;
+        }
+        sources.extend(group);
+    }
+    sources.sort_unstable();
+    sources.dedup();
+    Some(rebuild_from(pool, members, chunk, good, bad, &sources).await)
+}
+
+/// [`rebuild_locally`] once the `sources` (positions) are chosen.
+async fn rebuild_from(
+    pool: &ChunkClientPool,
+    members: &Members,
+    chunk: &ChunkStatus,
+    good: &[&ShardStatus],
+    bad: &[&ShardStatus],
+    sources: &[usize],
+) -> Result<(Vec<Option<Vec<u8>>>, Vec<u8>), String> {
+    let (encoding, len) = (chunk.encoding, chunk.len);
+    let shard_len = encoding.shard_len(len as usize);
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
+    let mut tree = Vec::new();
+    for shard in good.iter().filter(|s| sources.contains(&codec::position(s.index))) {
+        let addr = members.address_if_up(&shard.chunkd).ok_or("a group member's chunkd is down")?;
+        let client = pool.get(&addr, &shard.chunkd);
+        let id = ShardId { chunk: chunk.chunk, index: shard.index };
+        let (got, got_len, data) = client.get(id).await.map_err(|e| format!("get of {id}: {e}"))?;
+        if (got, got_len, data.len()) != (encoding, len, shard_len) {
+            return Err(format!("shard {id} has the wrong shape"));
+        }
+        // A data shard brings the chunk's tree, which rebuilt data shards are put with.
+        let wants_tree = hash_tree::tree_len(len) > 0 && tree.is_empty();
+        if wants_tree && encoding.holds_data(codec::position(shard.index)) {
+            let (_, got_tree) =
+                client.get_range(id, 0, 1, true).await.map_err(|e| format!("tree of {id}: {e}"))?;
+            if hash_tree::root(&got_tree, len) != Some(chunk.chunk) {
+                return Err(format!("the tree with {id} does not hash to the chunk id"));
+            }
+            tree = got_tree;
+        }
+        slots[codec::position(shard.index)] = Some(data);
+    }
+    let needs_tree = bad.iter().any(|s| encoding.holds_data(codec::position(s.index)));
+    if needs_tree && hash_tree::tree_len(len) > 0 && tree.is_empty() {
+        return Err("no data shard in the group to take the hash tree from".into());
+    }
+    let mut rebuilt: Vec<Option<Vec<u8>>> = vec![None; encoding.total()];
+    for shard in bad {
+        let position = codec::position(shard.index);
+        let data = codec::rebuild(encoding, len as usize, &mut slots, position)
+            .map_err(|e| e.to_string())?;
+        rebuilt[position] = Some(data);
+    }
+    Ok((rebuilt, tree))
+}
+
 /// Rebuilds the bad shards of one chunk; returns how many were rebuilt.
 async fn repair_chunk(
     store: &Arc<Store>,
@@ -148,9 +226,15 @@ async fn repair_chunk(
     if bad.is_empty() {
         return Ok(0);
     }
-    // Rebuild the chunk from k good shards, verified against its id.
     let good: Vec<&ShardStatus> = chunk.shards.iter().filter(usable).collect();
-    let (shards, tree) = read_and_encode(pool, members, chunk, &good, encoding).await?;
+    let (mut shards, tree) = match rebuild_locally(pool, members, chunk, &good, &bad).await {
+        Some(rebuilt) => rebuilt?,
+        // Rebuild the chunk from k good shards, verified against its id.
+        None => {
+            let (shards, tree) = read_and_encode(pool, members, chunk, &good, encoding).await?;
+            (shards.into_iter().map(Some).collect(), tree)
+        }
+    };
     // New homes: up, not full, and not already holding a good shard of this chunk.
     let holding: HashSet<&str> =
         chunk.shards.iter().filter(usable).map(|s| s.chunkd.as_str()).collect();
@@ -164,7 +248,7 @@ async fn repair_chunk(
     let mut rebuilt = 0;
     for (shard, target) in bad.iter().zip(targets) {
         let id = ShardId { chunk: chunk.chunk, index: shard.index };
-        let data = shards[codec::position(shard.index)].clone();
+        let data = shards[codec::position(shard.index)].take().ok_or("shard not rebuilt")?;
         pool.get(&target.addr, &target.id)
             .put(id, encoding, chunk.len, data, &tree)
             .await

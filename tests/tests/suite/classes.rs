@@ -49,8 +49,20 @@ fn assert_class(cluster: &Cluster, mount: &Mount, name: &str, class: &str, shard
     }
 }
 
+/// Restarts every chunkd with a metrics endpoint.
+fn serve_chunkd_metrics(cluster: &mut Cluster) {
+    cluster.chunkd_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
+    for i in 0..cluster.chunkds.len() {
+        cluster.stop_chunkd(i, Signal::SIGTERM);
+        cluster.start_chunkd(i);
+    }
+    cluster.wait_chunkds_up();
+}
+
+/// Shard bytes the chunkds that are up have sent since they started.
 fn bytes_sent(cluster: &Cluster) -> f64 {
     (0..cluster.chunkds.len())
+        .filter(|&i| cluster.chunkds[i].is_some())
         .map(|i| {
             let log = cluster.dir.path().join(format!("chunkd-{i}.log"));
             sample(&scrape(&metrics_endpoint(&log)), "shardfs_chunkd_bytes_out_total").unwrap()
@@ -61,12 +73,7 @@ fn bytes_sent(cluster: &Cluster) -> f64 {
 #[test]
 fn a_replicated_volume_reads_one_copy_and_survives_two_lost_chunkds() {
     let mut cluster = Cluster::start_class(4, "replicas(3)", &[]);
-    cluster.chunkd_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
-    for i in 0..4 {
-        cluster.stop_chunkd(i, Signal::SIGTERM);
-        cluster.start_chunkd(i);
-    }
-    cluster.wait_chunkds_up();
+    serve_chunkd_metrics(&mut cluster);
     let mount = cluster.mount();
     let files = populate(&cluster, &mount);
     assert_class(&cluster, &mount, "f3", "replicas(3)", 3);
@@ -340,4 +347,34 @@ fn a_lifecycle_cut_short_by_killed_chunkds_and_metad_loses_nothing() {
     }
     drop(mount);
     assert!(cluster.fsck_clean());
+}
+
+#[test]
+fn a_lost_lrc_shard_is_rebuilt_from_its_local_group_alone() {
+    let args = ["--repair-grace", "1", "--repair-interval", "0.5"];
+    let mut cluster = Cluster::start_class(8, "lrc(4,2,1)", &args);
+    serve_chunkd_metrics(&mut cluster);
+    let mount = cluster.mount();
+    let source = cluster.dir.path().join("f");
+    write_random(&source, 16 << 20, 11);
+    std::fs::copy(&source, mount.join("f")).unwrap();
+    std::fs::File::open(mount.join("f")).unwrap().sync_all().unwrap();
+    drop(mount);
+    let lost = cluster.stored_shards(0);
+    assert!(!lost.is_empty());
+    let shard_bytes: u64 = lost.iter().map(|at| at.len).sum();
+    cluster.stop_chunkd(0, Signal::SIGKILL);
+    let before = bytes_sent(&cluster);
+    let rebuilt = |cluster: &Cluster| {
+        cluster.query(async |meta| meta.workers().await.unwrap().shards_rebuilt)
+    };
+    eventually("the lost shards rebuilt", || rebuilt(&cluster) >= lost.len() as u64);
+    // Two shards of the group read for each one lost (and an 8 KiB tree for data shards),
+    // where a full decode reads four.
+    let read = bytes_sent(&cluster) - before;
+    assert!(read < 2.5 * shard_bytes as f64, "{read} bytes read to rebuild {shard_bytes}");
+    assert!(read >= 1.9 * shard_bytes as f64, "{read} bytes read to rebuild {shard_bytes}");
+    assert!(cluster.fsck_clean());
+    let mount = cluster.mount();
+    assert_eq!(sha256(&mount.join("f")), sha256(&source));
 }
