@@ -71,13 +71,22 @@ impl Store {
         let volume = self.settings();
         self.scan(|tx| {
             let start = after.map(|c| c.0.to_vec()).unwrap_or_default();
+            // While no file states a policy, chunks in the cold class have nowhere to go:
+            // the scan skips them in SQL.
+            let policies: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM xattrs WHERE name = ?1)")
+                .sql()?
+                .query_row([CLASS_XATTR], |r| r.get(0))
+                .sql()?;
+            let [class, k, m, l] = volume.cold.to_parts();
             let ids: Vec<Vec<u8>> = tx
                 .prepare_cached(
                     "SELECT id FROM chunks WHERE id > ?1 AND k > 0 AND refcount > 0
+                         AND (?3 OR class != ?4 OR k != ?5 OR m != ?6 OR l != ?7)
                      ORDER BY id LIMIT ?2",
                 )
                 .sql()?
-                .query_map(params![start, limit], |r| r.get(0))
+                .query_map(params![start, limit, policies, class, k, m, l], |r| r.get(0))
                 .sql()?
                 .collect::<Result<_, _>>()
                 .sql()?;
