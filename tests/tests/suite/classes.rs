@@ -5,8 +5,10 @@
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use shardfs_chunk_api::Encoding;
+use shardfs_chunkd::shard::{HEADER_LEN, ShardHeader};
 use shardfs_tests::{
-    Cluster, Mount, eventually, metrics_endpoint, sample, scrape, sh, sha256, write_random,
+    Cluster, Mount, StoredAt, eventually, metrics_endpoint, sample, scrape, sh, sha256,
+    write_random,
 };
 
 /// Writes files of assorted sizes through `mount` and returns (name, sha256) pairs.
@@ -376,11 +378,17 @@ fn a_lost_lrc_shard_is_rebuilt_from_its_local_group_alone() {
     eventually("the lost shards rebuilt", || rebuilt(&cluster) >= lost.len() as u64);
     // The two other shards of its group read for each lost data shard or local parity
     // (positions 0 to 5), the four data shards for a lost global parity (position 6): a
-    // full decode would read four for every one. Shards are 1 MiB (4 MiB chunks, k = 4);
-    // the tree a data shard's rebuild takes from its group comes with a 1-byte range.
-    let payload = 1u64 << 20;
-    let reads = |at: &shardfs_tests::StoredAt| if at.shard.index % 32 < 6 { 2 } else { 4 };
-    let expected: u64 = lost.iter().map(|at| reads(at) * payload).sum();
+    // full decode would read four for every one. Every shard of a chunk is as long as the
+    // lost one (as its record's header says); the tree a data shard's rebuild takes from
+    // its group comes with a 1-byte range.
+    let payload = |at: &StoredAt| -> u64 {
+        let mut header = [0u8; HEADER_LEN];
+        let file = std::fs::File::open(&at.path).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, at.offset).unwrap();
+        ShardHeader::parse_any(&header).unwrap().payload_len
+    };
+    let reads = |at: &StoredAt| if at.shard.index % 32 < 6 { 2 } else { 4 };
+    let expected: u64 = lost.iter().map(|at| reads(at) * payload(at)).sum();
     let read = bytes_sent(&cluster) - before;
     let slack = (lost.len() * (8 << 10)) as f64;
     assert!(
