@@ -39,7 +39,9 @@ impl Filesystem for FuseAdapter {
             // lookups of "." and ".." find an inode and a directory's parent by number.
             | InitFlags::FUSE_EXPORT_SUPPORT
             // A symlink's target never changes: the kernel keeps it with the inode.
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // ioctls on directories too: fstrim's FITRIM goes to the mount point.
+            | InitFlags::FUSE_HAS_IOCTL_DIR;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -391,20 +393,38 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    /// No ioctls are supported; ENOTTY is what tools probing a regular file (isatty, FS_IOC_*)
-    /// expect, and answering it here keeps those probes out of the log.
+    /// FITRIM (fstrim) is answered, as ext4 answers it, for root only: there is nothing to
+    /// discard, since chunkds keep shards in volume files whose dead records compaction
+    /// reclaims, so the range comes back with length 0 (nothing trimmed). Any other ioctl is
+    /// ENOTTY, what tools probing a file (isatty, FS_IOC_*) expect; answering it here keeps
+    /// those probes out of the log.
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        /// `_IOWR('X', 121, struct fstrim_range)`.
+        const FITRIM: u32 = 0xc018_5879;
+        match cmd {
+            FITRIM if req.uid() != 0 => reply.error(Errno::EPERM),
+            // struct fstrim_range { u64 start; u64 len; u64 minlen; }: len becomes the
+            // bytes trimmed.
+            FITRIM => match in_data.get(..24) {
+                Some(range) => {
+                    let mut trimmed = range.to_vec();
+                    trimmed[8..16].fill(0);
+                    reply.ioctl(0, &trimmed);
+                }
+                None => reply.error(Errno::EINVAL),
+            },
+            _ => reply.error(Errno::ENOTTY),
+        }
     }
 
     fn getlk(

@@ -106,6 +106,22 @@ fn df_reports_real_capacity() {
     assert!(size.abs_diff(expected) < expected / 100, "size {size}, expected about {expected}");
 }
 
+/// fstrim has nothing to trim, and says so; as on ext4, only root may ask.
+#[test]
+fn fstrim_trims_nothing_and_is_for_root() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    std::fs::write(mount.join("f"), vec![7u8; 1 << 20]).unwrap();
+    let said = sh(&format!("fstrim -v {} 2>&1; echo rc=$?", mount.path.display()));
+    assert!(said.contains("0 B (0 bytes) trimmed") && said.ends_with("rc=0\n"), "{said}");
+    let user = format!(
+        "setpriv --reuid=1000 --regid=1000 --clear-groups fstrim {} 2>&1; echo rc=$?",
+        mount.path.display()
+    );
+    let said = sh(&user);
+    assert!(said.contains("Operation not permitted") && !said.ends_with("rc=0\n"), "{said}");
+}
+
 /// SQLite in rollback-journal mode, with writers on two mounts of one volume: every
 /// transaction reads the row count and inserts it, so a lost update or a torn commit shows
 /// as a missing row or a repeated count. (WAL mode cannot work across hosts: its index is
