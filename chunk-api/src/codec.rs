@@ -237,12 +237,10 @@ impl Encoding {
     /// else every available position (a fetch stops once it has enough).
     pub fn repair_sources(self, lost: usize, available: &[usize]) -> Vec<usize> {
         if let Some(code) = self.lrc_code()
-            && let Some(j) = code.group_of(lost)
+            && let Some(members) = code.group_peers(lost)
+            && members.iter().all(|p| available.contains(p))
         {
-            let members: Vec<usize> = code.group(j).into_iter().filter(|&p| p != lost).collect();
-            if members.iter().all(|p| available.contains(p)) {
-                return members;
-            }
+            return members;
         }
         match self {
             Encoding::Replicas { .. } => available.iter().copied().take(1).collect(),
@@ -370,19 +368,16 @@ pub fn rebuild(
     lost: usize,
 ) -> Result<Vec<u8>, CodecError> {
     if let Some(code) = encoding.lrc_code()
-        && let Some(j) = code.group_of(lost)
-    {
-        let members: Vec<usize> = code.group(j).into_iter().filter(|&p| p != lost).collect();
-        if let Some(sources) =
+        && let Some(members) = code.group_peers(lost)
+        && let Some(sources) =
             members.iter().map(|&p| shards[p].as_deref()).collect::<Option<Vec<&[u8]>>>()
-        {
-            let shard_len = encoding.shard_len(chunk_len);
-            if let Some(bad) = sources.iter().find(|s| s.len() != shard_len) {
-                let got = bad.len();
-                return Err(CodecError::WrongShardLength { got, expected: shard_len });
-            }
-            return Ok(lrc::xor(&sources));
+    {
+        let shard_len = encoding.shard_len(chunk_len);
+        if let Some(bad) = sources.iter().find(|s| s.len() != shard_len) {
+            let got = bad.len();
+            return Err(CodecError::WrongShardLength { got, expected: shard_len });
         }
+        return Ok(lrc::xor(&sources));
     }
     let chunk = decode(encoding, chunk_len, shards)?;
     Ok(encode(encoding, &chunk).swap_remove(lost))

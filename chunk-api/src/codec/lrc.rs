@@ -54,10 +54,13 @@ impl Lrc {
         }
     }
 
-    /// The positions of group `j`: its data shards, then its local parity.
-    pub fn group(self, j: usize) -> Vec<usize> {
+    /// The other positions of `position`'s local group (its data shards, then its local
+    /// parity): what rebuilds it by XOR. `None` for a global parity.
+    pub fn group_peers(self, position: usize) -> Option<Vec<usize>> {
+        let j = self.group_of(position)?;
         let start = j * self.group_len();
-        (start..start + self.group_len()).chain([self.k + j]).collect()
+        let group = (start..start + self.group_len()).chain([self.k + j]);
+        Some(group.filter(|&p| p != position).collect())
     }
 
     /// Row `position` of the generator matrix: shard `position` is `Σ_t row[t] · d_t`.
@@ -109,8 +112,7 @@ impl Lrc {
         // One missing data shard in a group whose other members are all here: the XOR of
         // those, as cheap as a read of the group.
         if let [t] = missing[..] {
-            let members: Vec<usize> =
-                self.group(t / self.group_len()).into_iter().filter(|&p| p != t).collect();
+            let members = self.group_peers(t).expect("a data shard has a group");
             if members.iter().all(|&p| slots[p].is_some()) {
                 let sources: Vec<&[u8]> =
                     members.iter().map(|&p| slots[p].as_deref().expect("present")).collect();
