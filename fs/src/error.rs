@@ -80,6 +80,7 @@ impl From<&FsError> for Errno {
                 MetaError::WouldBlock => Errno::EAGAIN,
                 MetaError::AccessDenied => Errno::EACCES,
                 MetaError::TooManyOpenFiles(_) => Errno::ENFILE,
+                MetaError::Unsupported(_) => Errno::EOPNOTSUPP,
                 MetaError::ChunkGone(_)
                 | MetaError::Store(_)
                 | MetaError::SessionExpired

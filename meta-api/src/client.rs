@@ -8,6 +8,7 @@ use shardfs_chunk_api::{ChunkId, ShardId};
 use shardfs_rpc::{ClientOptions, Hello, Replicas, Service};
 use tracing::{info, warn};
 
+use crate::file_flags::FlagChange;
 use crate::proto::*;
 use shardfs_rpc::sync::Lock as _;
 
@@ -364,6 +365,11 @@ impl MetaClient {
     pub async fn set_attr(&self, ino: Ino, cred: Cred, changes: SetAttr) -> Result<Attr> {
         let request = AttrRequest::SetAttr { ino, cred, changes };
         call!(self, request, "setattr", MetaReply::Attr(a) => a)
+    }
+
+    pub async fn set_flags(&self, ino: Ino, cred: Cred, change: FlagChange) -> Result<Attr> {
+        let request = AttrRequest::SetFlags { ino, cred, change };
+        call!(self, request, "setflags", MetaReply::Attr(a) => a)
     }
 
     pub async fn make_node(

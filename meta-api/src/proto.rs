@@ -3,6 +3,7 @@
 //! Every `MetaRequest` gets one `MetaResponse = Result<MetaReply, MetaError>`. Requests that
 //! act for a user carry the caller's credentials (`Cred`).
 
+use crate::file_flags::FileFlags;
 use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::proto::VolumeStat;
 use shardfs_chunk_api::{ChunkId, Encoding};
@@ -145,6 +146,8 @@ pub struct Attr {
     pub mtime: Timestamp,
     pub ctime: Timestamp,
     pub rdev: u32,
+    /// Attribute flags (`chattr`), project id and extent size hint.
+    pub flags: FileFlags,
 }
 
 /// The generation every inode has (inode numbers are never reused, so one is enough).
@@ -713,6 +716,8 @@ pub enum MetaError {
     /// the same files since, so they are not applied.
     #[error("changes made under leases lost in a metad failover, sent after its grace period")]
     LeasesLost,
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// How long a metad that took over (a new leader, or a restart) waits for the mounts whose

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use shardfs_chunk_api::{ChunkId, ShardId};
 
+use crate::file_flags::FlagChange;
 use crate::proto::{
     Access, ChunkToWrite, Cred, Extent, HeldLock, InlineChunk, Ino, LockKind, MetaRequest,
     RenameMode, SetAttr, SpaceOp, StoredChunk, Timestamp, XattrMode,
@@ -116,6 +117,13 @@ pub enum AttrRequest {
     AccessedAt {
         accesses: Vec<Access>,
         strict: bool,
+    },
+    /// chattr: changes the file's attribute flags, project id or extent size hint
+    /// (`file_flags.rs` has the rules). Answers the attributes.
+    SetFlags {
+        ino: Ino,
+        cred: Cred,
+        change: FlagChange,
     },
 }
 

@@ -77,6 +77,7 @@ mod tests {
             mtime: t,
             ctime: t,
             rdev: 0,
+            flags: Default::default(),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::Error;
 use crate::auth::{ClusterKey, NONCE_LEN, PROOF_LEN, Role, nonce};
 
 /// Version of the frame layout and of every message enum carried in it.
-pub const PROTOCOL_VERSION: u16 = 32;
+pub const PROTOCOL_VERSION: u16 = 33;
 
 const MAGIC: &[u8; 4] = b"SHFS";
 const STATUS_OK: u8 = 0;

@@ -11,6 +11,7 @@
 //! - [`settling`]: the leases answers grant, and settling their recalls.
 //! - [`locks`]: fcntl, OFD and flock locks.
 //! - [`xattrs`]: extended attributes.
+//! - [`flags`]: file attribute flags (chattr).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -29,11 +30,13 @@ use crate::journal::Journal;
 use crate::leases::Leases;
 use crate::metrics::{ClientMetrics, Gauges};
 use crate::write_back::WriteBack;
+pub use flags::OpenIntent;
 use open_files::{Handle, OpenFile};
 use settling::settle_recalls;
 use shardfs_rpc::sync::Lock as _;
 
 mod accesses;
+mod flags;
 mod locks;
 mod names;
 mod open_files;

@@ -118,8 +118,12 @@ impl Fs {
     }
 
     /// Whether a read updates atime: `Some(strict)` to tell metad. With `attr` at hand the
-    /// relatime rule is checked here, saving the round trip when nothing changes.
+    /// relatime rule is checked here, saving the round trip when nothing changes. Never for
+    /// a file flagged `noatime`.
     pub(super) fn atime_update(&self, attr: Option<&Attr>) -> Option<bool> {
+        if attr.is_some_and(|a| a.flags.noatime()) {
+            return None;
+        }
         match self.options.atime {
             AtimePolicy::Never => None,
             AtimePolicy::Always => Some(true),

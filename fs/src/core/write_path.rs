@@ -64,6 +64,15 @@ impl Fs {
                 end
             }
         };
+        // The file's flags as this mount knows them under its write lease (metad checks
+        // again at the commit): nothing written to an immutable file, nothing but appends
+        // to an append-only one, and every write synchronous on a `sync` one.
+        let known = data.committed.clone().or_else(|| self.leases.cached_attr(file.ino));
+        let flags = known.as_ref().map(|attr| attr.flags).unwrap_or_default();
+        let end = known.map_or(0, |attr| attr.size).max(data.end().unwrap_or(0));
+        if flags.immutable() || (flags.append_only() && offset < end) {
+            return Err(MetaError::NotPermitted.into());
+        }
         // Buffered bytes are bounded: past twice the flush threshold (earlier flushes failed)
         // a write must get everything committed first, or fail without buffering more.
         let limit = 2 * self.options.dirty_flush_bytes;
@@ -72,6 +81,11 @@ impl Fs {
         }
         data.dirty.write(offset, bytes);
         data.dirty_mtime = Some(Timestamp::now());
+        if flags.sync() {
+            self.flush_locked(file, &mut data, true).await?;
+            self.meta.sync().await?;
+            return Ok((bytes.len() as u32, mode_changed));
+        }
         // Early write-back: whole chunks are stored in the background while later writes
         // are buffered, and committed in order as they are done; at most the flush threshold
         // is being stored at once. Random writes, which finish no chunk, are committed here

@@ -19,7 +19,9 @@ use super::convert::{
     answer_xattr, cred, file_attr, file_type, fopen_flags, lock_kind, lock_type, name_bytes,
     reply_attr, reply_entry, set_time, with_kept_pages,
 };
+use super::ioctls::{self, Ioctl};
 use super::{FuseAdapter, MAX_WRITE, READDIR_BATCH};
+use crate::core::OpenIntent;
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -250,11 +252,15 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let open_flags = fopen_flags(flags.0);
         let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        let intent = OpenIntent::of(flags.0);
         let leases = self.fs.leases();
         self.spawn(
             "open",
             reply,
-            move |fs| async move { fs.open(ino.0, reading).await },
+            move |fs| async move {
+                fs.check_open(ino.0, intent).await?;
+                fs.open(ino.0, reading).await
+            },
             move |reply, fh| {
                 leases.reply(|ttls| {
                     reply.opened(FileHandle(fh), with_kept_pages(ttls, ino.0, open_flags))
@@ -395,13 +401,14 @@ impl Filesystem for FuseAdapter {
 
     /// FITRIM (fstrim) is answered, as ext4 answers it, for root only: there is nothing to
     /// discard, since chunkds keep shards in volume files whose dead records compaction
-    /// reclaims, so the range comes back with length 0 (nothing trimmed). Any other ioctl is
-    /// ENOTTY, what tools probing a file (isatty, FS_IOC_*) expect; answering it here keeps
-    /// those probes out of the log.
+    /// reclaims, so the range comes back with length 0 (nothing trimmed). The attribute
+    /// flags (chattr, lsattr) are metad's (`core/flags.rs`). Any other ioctl is ENOTTY, what
+    /// tools probing a file (isatty, FS_IOC_*) expect; answering it here keeps those probes
+    /// out of the log.
     fn ioctl(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
@@ -409,21 +416,32 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        /// `_IOWR('X', 121, struct fstrim_range)`.
-        const FITRIM: u32 = 0xc018_5879;
-        match cmd {
-            FITRIM if req.uid() != 0 => reply.error(Errno::EPERM),
-            // struct fstrim_range { u64 start; u64 len; u64 minlen; }: len becomes the
-            // bytes trimmed.
-            FITRIM => match in_data.get(..24) {
-                Some(range) => {
-                    let mut trimmed = range.to_vec();
-                    trimmed[8..16].fill(0);
-                    reply.ioctl(0, &trimmed);
-                }
-                None => reply.error(Errno::EINVAL),
-            },
-            _ => reply.error(Errno::ENOTTY),
+        let ioctl = match ioctls::decode(cmd, in_data) {
+            Ok(ioctl) => ioctl,
+            Err(errno) => return reply.error(errno),
+        };
+        let cred = cred(req, 0);
+        match ioctl {
+            Ioctl::Trim(_) if cred.uid != 0 => reply.error(Errno::EPERM),
+            Ioctl::Trim(range) => reply.ioctl(0, &ioctls::trimmed(&range)),
+            Ioctl::GetFlags | Ioctl::FsGetXattr => {
+                let answer = match ioctl {
+                    Ioctl::GetFlags => ioctls::flags_bytes,
+                    _ => ioctls::fsxattr_bytes,
+                };
+                self.spawn(
+                    "getflags",
+                    reply,
+                    move |fs| async move { fs.get_attr(ino.0).await },
+                    move |reply, attr| reply.ioctl(0, &answer(&attr)),
+                );
+            }
+            Ioctl::SetFlags(change) => self.spawn(
+                "setflags",
+                reply,
+                move |fs| async move { fs.set_flags(ino.0, cred, change).await },
+                |reply, _| reply.ioctl(0, &[]),
+            ),
         }
     }
 

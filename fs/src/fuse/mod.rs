@@ -7,16 +7,18 @@
 //! - [`filesystem`]: the `Filesystem` implementation: one method per kernel request, each a
 //!   call into the core and its reply.
 //! - [`convert`]: kernel types to the core's and back.
+//! - [`ioctls`]: the ioctls answered, decoded.
 
 mod convert;
 mod filesystem;
+mod ioctls;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use fuser::{
     Errno, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -127,5 +129,6 @@ error_reply!(
     ReplyStatfs,
     ReplyXattr,
     ReplyLseek,
-    ReplyLock
+    ReplyLock,
+    ReplyIoctl
 );

@@ -1,7 +1,7 @@
 //! Changes this mount answers itself (see `journal.rs`): in a directory it holds the write
 //! lease on, knows whole and knows to have no default ACL, creates, mkdirs, symlinks,
-//! unlinks and rmdirs of what it holds the write lease on are checked and made here, and
-//! queued for metad with the lease table locked, so the queue's order is the order they
+//! unlinks and rmdirs of what it holds the write lease on are checked and made here (unless
+//! an attribute flag protects the inodes or asks for synchronous changes), and queued for metad with the lease table locked, so the queue's order is the order they
 //! were made in.
 
 use std::sync::Arc;
@@ -32,12 +32,18 @@ fn may_change(dir: &Attr, cred: &Cred) -> bool {
     cred.uid == 0 || (cred.uid == dir.uid && dir.perm & 0o300 == 0o300)
 }
 
+/// Whether this mount may answer changes to an inode with these attributes itself: not
+/// when its flags refuse some (metad knows the rules) or ask for synchronous changes.
+fn unflagged(attr: &Attr) -> bool {
+    !attr.flags.guarded() && !attr.flags.dir_sync()
+}
+
 /// The directory `dir` if this mount may change its names itself.
 fn own_dir<'a>(state: &'a State, dir: Ino, cred: &Cred) -> Option<(&'a Attr, &'a Listing)> {
     let held = state.held.get(&dir)?;
     let (attr, listing) = (held.attr.as_ref()?, held.listing.as_ref()?);
     let own = held.write && held.plain && attr.kind == FileKind::Dir && may_change(attr, cred);
-    own.then_some((attr, listing))
+    (own && unflagged(attr)).then_some((attr, listing))
 }
 
 impl Leases {
@@ -90,6 +96,7 @@ impl Leases {
             mtime: now,
             ctime: now,
             rdev: 0,
+            flags: dir.flags.inherited(new.kind),
         };
         state.mark_changed(&[parent, ino]);
         let dir = state.held.get_mut(&parent).expect("checked above");
@@ -134,7 +141,7 @@ impl Leases {
         }
         let ino = listing.get(name)?.ino;
         let target = state.held.get(&ino).filter(|held| held.write)?;
-        let attr = target.attr.as_ref()?;
+        let attr = target.attr.as_ref().filter(|attr| unflagged(attr))?;
         let removable = match dir {
             true => {
                 attr.kind == FileKind::Dir && target.listing.as_ref().is_some_and(|l| l.is_empty())
@@ -217,7 +224,7 @@ impl Leases {
         let mut state = self.lock();
         let held = state.held.get(&ino).filter(|held| held.write && held.no_acl)?;
         let now = Timestamp::now();
-        let set = change(held.attr.as_ref()?, now)?;
+        let set = change(held.attr.as_ref().filter(|attr| unflagged(attr))?, now)?;
         if !queue(now) {
             return None;
         }
@@ -244,7 +251,8 @@ impl Leases {
         queue: impl FnOnce(Timestamp) -> bool,
     ) -> bool {
         let mut state = self.lock();
-        if !state.held.get(&ino).is_some_and(|held| held.write) {
+        let flagged = |held: &Held| held.attr.as_ref().is_some_and(|attr| !unflagged(attr));
+        if !state.held.get(&ino).is_some_and(|held| held.write && !flagged(held)) {
             return false;
         }
         let now = Timestamp::now();

@@ -1,7 +1,7 @@
-//! Attributes: reading them, chmod/chown/utimes/truncate, and the atime a read updates.
-//! Changes are the `SetAttr`, `Accessed` and `AccessedAt` mutations.
+//! Attributes: reading them, chmod/chown/utimes/truncate, chattr, and the atime a read
+//! updates. Changes are the `SetAttr`, `SetFlags`, `Accessed` and `AccessedAt` mutations.
 
-use super::{Caller, Family, Grant, Leasing, Target, valid_times};
+use super::{Caller, Family, Grant, Leasing, Target, flags, valid_times};
 use crate::access::{WRITE, need, owns};
 use crate::leases::Need;
 use crate::server::{MetadServer, Outcome};
@@ -17,6 +17,11 @@ impl Family for AttrRequest {
                 valid_times(&[changes.atime, changes.mtime])?;
                 set_attr(view, *ino, cred, changes)
             }
+            AttrRequest::SetFlags { ino, cred, change } => {
+                let attr = view.get_attr(*ino)?;
+                let new = attr.flags.changed(attr.kind, *change)?;
+                attr.flags.may_become(&new, attr.uid, cred)
+            }
             AttrRequest::AccessedAt { accesses, .. } => {
                 valid_times(&accesses.iter().map(|a| Some(SetTime::At(a.at))).collect::<Vec<_>>())
             }
@@ -27,7 +32,7 @@ impl Family for AttrRequest {
     fn leasing(&self) -> Leasing<'_> {
         let (needs, grant) = match self {
             AttrRequest::GetAttr { ino } => (vec![(Target::Inode(*ino), Need::Read)], Grant::Read),
-            AttrRequest::SetAttr { ino, .. } => {
+            AttrRequest::SetAttr { ino, .. } | AttrRequest::SetFlags { ino, .. } => {
                 (vec![(Target::Inode(*ino), Need::Write)], Grant::Read)
             }
             // Recalls nothing: other mounts may show an older atime until their lease ends
@@ -48,6 +53,7 @@ fn reply(request: AttrRequest, store: &Store) -> MetaResponse {
     Ok(MetaReply::Attr(match request {
         AttrRequest::GetAttr { ino } => store.get_attr(ino)?,
         AttrRequest::SetAttr { ino, cred: _, changes } => store.set_attr(ino, &changes)?,
+        AttrRequest::SetFlags { ino, cred: _, change } => store.set_flags(ino, change)?,
         AttrRequest::Accessed { ino, strict } => store.accessed(ino, strict)?,
         AttrRequest::AccessedAt { accesses, strict } => {
             store.accessed_at(accesses, strict)?;
@@ -61,6 +67,7 @@ const SETID: u16 = (libc::S_ISUID | libc::S_ISGID) as u16;
 /// chmod, chown, utimes (truncation is left to the kernel: see `access.rs`).
 fn set_attr(view: &dyn View, ino: Ino, cred: &Cred, changes: &SetAttr) -> Result<(), MetaError> {
     let attr = view.get_attr(ino)?;
+    flags::may_set_attr(&attr, changes)?;
     let owner = owns(&attr, cred);
     if let Some(mode) = changes.mode {
         // A non-owner's write makes the kernel clear the set-id bits through a chmod of its

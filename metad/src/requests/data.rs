@@ -2,12 +2,13 @@
 //! content of inline chunks. Changes are the `CommitWrite`, `Allocate` and `CloneRange`
 //! mutations; placement is decided before (`PrepareWrite`), outside any mutation.
 //!
-//! Who may write a file is the kernel's to decide when it opens it (see `access.rs`).
+//! Who may write a file is the kernel's to decide when it opens it (see `access.rs`); what
+//! its immutable and append-only flags refuse is checked here (`flags.rs`).
 
 use shardfs_chunk_api::Encoding;
 use tracing::warn;
 
-use super::{Caller, Family, Grant, Leasing, Target, valid_times};
+use super::{Caller, Family, Grant, Leasing, Target, flags, valid_times};
 use crate::leases::Need::{Read, Write};
 use crate::placement;
 use crate::server::{MetadServer, Outcome};
@@ -18,13 +19,18 @@ use shardfs_meta_api::proto::{
 use shardfs_rpc::throttle::Throttle;
 
 impl Family for DataRequest {
-    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError> {
         match self {
-            DataRequest::CommitWrite { mtime, .. } => valid_times(&[Some(SetTime::At(*mtime))]),
+            DataRequest::CommitWrite { ino, extents, mtime, .. } => {
+                valid_times(&[Some(SetTime::At(*mtime))])?;
+                flags::may_write(view, *ino, extents.iter().map(|e| e.offset))
+            }
+            DataRequest::Allocate { ino, op, .. } => flags::may_allocate(view, *ino, op),
+            DataRequest::CloneRange { dst, dst_offset, .. } => {
+                flags::may_write(view, *dst, std::iter::once(*dst_offset))
+            }
             DataRequest::GetLayout { .. }
             | DataRequest::PrepareWrite { .. }
-            | DataRequest::Allocate { .. }
-            | DataRequest::CloneRange { .. }
             | DataRequest::ReadInline { .. } => Ok(()),
         }
     }

@@ -12,6 +12,7 @@ pub mod attrs;
 pub mod batch;
 pub mod catalogue;
 pub mod data;
+mod flags;
 pub mod locks;
 pub mod members;
 pub mod names;

@@ -2,7 +2,7 @@
 //! Each change is one [`Mutation`](crate::store::Mutation) (`Create`, `Link`, `Unlink`,
 //! `RemoveDir`, `Rename`), made by the store call its answer names.
 
-use super::{Caller, Family, Grant, Leasing, Target};
+use super::{Caller, Family, Grant, Leasing, Target, flags};
 use crate::access::{EXEC, READ, STICKY, WRITE, need, owns};
 use crate::leases::Need::Write;
 use crate::server::{MetadServer, Outcome};
@@ -27,9 +27,14 @@ impl Family for NameRequest {
             },
             NameRequest::MakeNode { parent, cred, .. }
             | NameRequest::MakeDir { parent, cred, .. }
-            | NameRequest::Symlink { parent, cred, .. }
-            | NameRequest::Link { new_parent: parent, cred, .. } => {
-                need(view, *parent, cred, WRITE | EXEC).map(drop)
+            | NameRequest::Symlink { parent, cred, .. } => {
+                need(view, *parent, cred, WRITE | EXEC)?;
+                flags::may_add_name(view, *parent)
+            }
+            NameRequest::Link { ino, new_parent, cred, .. } => {
+                need(view, *new_parent, cred, WRITE | EXEC)?;
+                flags::may_add_name(view, *new_parent)?;
+                flags::changeable(view, *ino).map(drop)
             }
             NameRequest::Unlink { parent, name, cred }
             | NameRequest::RemoveDir { parent, name, cred } => removable(view, *parent, name, cred),
@@ -37,6 +42,7 @@ impl Family for NameRequest {
                 removable(view, *parent, name, cred)?;
                 // Whatever the destination holds is replaced (or swapped), so it is removed.
                 removable(view, *new_parent, new_name, cred)?;
+                flags::may_add_name(view, *new_parent)?;
                 // A directory moving elsewhere has its ".." rewritten: it must be writable.
                 // A directory replaced stays where it is (as Linux's vfs_rename: only an
                 // exchange moves the target).
@@ -130,10 +136,12 @@ fn reply(request: NameRequest, store: &Store) -> MetaResponse {
     })
 }
 
-/// Removing (or replacing) `name` in `parent`: write and search on the directory, and in a
-/// sticky directory only the owner of the entry or of the directory (EPERM otherwise).
+/// Removing (or replacing) `name` in `parent`: write and search on the directory, neither
+/// it nor the entry immutable or append-only, and in a sticky directory only the owner of
+/// the entry or of the directory (EPERM otherwise).
 fn removable(view: &dyn View, parent: Ino, name: &[u8], cred: &Cred) -> Result<(), MetaError> {
     let dir = need(view, parent, cred, WRITE | EXEC)?;
+    flags::may_remove_name(view, parent, name)?;
     if dir.perm & STICKY != 0 && !owns(&dir, cred) {
         // A missing entry is the operation's own error to report.
         if let Ok(victim) = view.lookup(parent, name)

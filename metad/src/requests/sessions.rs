@@ -14,15 +14,19 @@ use shardfs_meta_api::proto::{
 };
 
 impl Family for SessionRequest {
-    /// A session acts for its own client only: there is nobody else's to touch.
-    fn permitted(&self, _: &dyn View) -> Result<(), MetaError> {
+    /// A session acts for its own client only: there is nobody else's to touch. Nobody
+    /// writes an immutable file, so no mount buffers writes to one.
+    fn permitted(&self, view: &dyn View) -> Result<(), MetaError> {
         match self {
+            SessionRequest::WriteLease { ino } => match view.get_attr(*ino)?.flags.immutable() {
+                true => Err(MetaError::NotPermitted),
+                false => Ok(()),
+            },
             SessionRequest::OpenSession { .. }
             | SessionRequest::Heartbeat
             | SessionRequest::CloseSession
             | SessionRequest::OpenFile { .. }
             | SessionRequest::ReleaseFile { .. }
-            | SessionRequest::WriteLease { .. }
             | SessionRequest::ReleaseLease { .. }
             | SessionRequest::ReclaimDone => Ok(()),
             SessionRequest::ReserveInos { count } => match *count {

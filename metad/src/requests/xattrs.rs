@@ -1,7 +1,7 @@
 //! Extended attributes, POSIX ACLs among them. Changes are the `SetXattr` and
 //! `RemoveXattr` mutations.
 
-use super::{Caller, Family, Grant, Leasing, Target};
+use super::{Caller, Family, Grant, Leasing, Target, flags};
 use crate::access::{READ, STICKY, WRITE, need, owns};
 use crate::acl;
 use crate::leases::Need;
@@ -21,10 +21,12 @@ impl Family for XattrRequest {
             // it (killpriv, as the writer); its own check already kept unprivileged users
             // from removing them explicitly.
             XattrRequest::RemoveXattr { ino, name, cred } if name == CAPABILITY => {
+                flags::changeable(view, *ino)?;
                 need(view, *ino, cred, WRITE).map(drop)
             }
             XattrRequest::SetXattr { ino, name, cred, .. }
             | XattrRequest::RemoveXattr { ino, name, cred } => {
+                flags::changeable(view, *ino)?;
                 namespace_rule(view, *ino, name, cred, true)
             }
             XattrRequest::GetXattr { ino, name, cred } => {

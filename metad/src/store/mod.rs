@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use shardfs_chunk_api::Encoding;
+use shardfs_meta_api::file_flags::FileFlags;
 
 use shardfs_meta_api::proto::{
     Attr, FileKind, GENERATION, Ino, MetaError, ROOT_INO, Timestamp, VolumeInfo,
@@ -443,7 +444,8 @@ fn kind_from_code(code: i64) -> rusqlite::Result<FileKind> {
 
 /// Columns of `inodes` read by [`attr_from_row`], in order.
 const ATTR_COLUMNS: &str = "ino, generation, kind, perm, uid, gid, size, allocated, nlink,
-    atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev";
+    atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, flags, projid,
+    extsize";
 
 fn attr_from_row(row: &Row<'_>) -> rusqlite::Result<Attr> {
     attr_at(row, 0)
@@ -468,6 +470,11 @@ fn attr_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Attr> {
         mtime: time(11)?,
         ctime: time(13)?,
         rdev: row.get(at + 15)?,
+        flags: FileFlags {
+            bits: row.get(at + 16)?,
+            projid: row.get(at + 17)?,
+            extsize: row.get(at + 18)?,
+        },
     })
 }
 

@@ -18,6 +18,7 @@ use super::open_files::Holder;
 use super::registry::{self, ChunkdRecord};
 use super::{Store, batch, catalogue, classes, layout, namespace, xattr};
 use crate::store::Sql as _;
+use shardfs_meta_api::file_flags::FileFlags;
 use shardfs_meta_api::proto::FsckReport;
 use shardfs_meta_api::proto::{
     Access, Attr, Cred, Extent, FileKind, InlineChunk, Ino, MAX_SYMLINK_LEN, Made, MetaError,
@@ -121,6 +122,12 @@ pub enum Mutation {
     SetAttr {
         ino: Ino,
         changes: SetAttr,
+        now: Timestamp,
+    },
+    /// chattr: the inode's flags, project id and extent size hint become `flags`.
+    SetFlags {
+        ino: Ino,
+        flags: FileFlags,
         now: Timestamp,
     },
     /// A read's atime update (relatime unless `strict`).
@@ -517,6 +524,9 @@ pub(super) fn apply_in(
         }
         M::Accessed { ino, strict, now } => {
             Applied::Attr(namespace::accessed(tx, *ino, *strict, *now)?)
+        }
+        M::SetFlags { ino, flags, now } => {
+            Applied::Attr(namespace::set_flags(tx, *ino, flags, *now)?)
         }
         M::AccessedAt { accesses, strict } => {
             for access in accesses {

@@ -10,6 +10,7 @@ use super::{ATTR_COLUMNS, Store, attr_at, get_attr, holdings, kind_code, layout,
 use crate::acl::{self, Acl};
 use crate::store::Sql as _;
 use shardfs_meta_api::class_policy::CLASS_XATTR;
+use shardfs_meta_api::file_flags::{FileFlags, FlagChange};
 use shardfs_meta_api::proto::{
     Access, Attr, Cred, DirEntry, FileKind, GENERATION, Ino, MAX_NAME_LEN, Made, MetaError,
     ROOT_INO, RenameMode, SetAttr, Timestamp, Unlinked,
@@ -50,6 +51,13 @@ impl Store {
     pub fn set_attr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr, MetaError> {
         let now = Timestamp::now();
         self.apply(Mutation::SetAttr { ino, changes: changes.clone(), now })?.0.into_attr()
+    }
+
+    /// chattr: the flags `change` makes of `ino`'s (checked by the caller's rules first).
+    pub fn set_flags(&self, ino: Ino, change: FlagChange) -> Result<Attr, MetaError> {
+        let attr = self.get_attr(ino)?;
+        let flags = attr.flags.changed(attr.kind, change)?;
+        self.apply(Mutation::SetFlags { ino, flags, now: Timestamp::now() })?.0.into_attr()
     }
 
     /// Creates a regular file, fifo, socket or device node.
@@ -408,11 +416,13 @@ pub(super) fn create(
     }
     let is_dir = new.kind == FileKind::Dir;
     let size = new.target.as_ref().map_or(0, |t| t.len() as u64);
+    let flags = dir.flags.inherited(new.kind);
     tx.prepare_cached(
         "INSERT INTO inodes (ino, generation, kind, perm, uid, gid, size, allocated, nlink,
              atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, rdev, parent,
-             target)
-         VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?8, ?9, ?8, ?9, ?10, ?11, ?12)",
+             target, flags, projid, extsize)
+         VALUES (?13, ?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?8, ?9, ?8, ?9, ?10, ?11, ?12,
+                 ?14, ?15, ?16)",
     )
     .sql()?
     .execute(params![
@@ -429,6 +439,9 @@ pub(super) fn create(
         if is_dir { Some(parent) } else { None },
         new.target,
         ino,
+        flags.bits,
+        flags.projid,
+        flags.extsize,
     ])
     .sql()?;
     insert_entry(tx, parent, name, ino)?;
@@ -500,20 +513,39 @@ pub(super) fn set_attr(
     get_attr(tx, ino)
 }
 
+/// [`Mutation::SetFlags`]: the flags become `flags`, and the change time `now`.
+pub(super) fn set_flags(
+    tx: &Connection,
+    ino: Ino,
+    flags: &FileFlags,
+    now: Timestamp,
+) -> Result<Attr, MetaError> {
+    get_attr(tx, ino)?;
+    tx.prepare_cached("UPDATE inodes SET flags = ?2, projid = ?3, extsize = ?4 WHERE ino = ?1")
+        .sql()?
+        .execute(params![ino, flags.bits, flags.projid, flags.extsize])
+        .sql()?;
+    set_ctime(tx, ino, now)?;
+    get_attr(tx, ino)
+}
+
+/// An atime update of a read (never on a `noatime` inode).
 pub(super) fn accessed(
     tx: &Connection,
     ino: Ino,
     strict: bool,
     now: Timestamp,
 ) -> Result<Attr, MetaError> {
-    if strict || get_attr(tx, ino)?.atime_due(now) {
+    let attr = get_attr(tx, ino)?;
+    if !attr.flags.noatime() && (strict || attr.atime_due(now)) {
         set_atime(tx, ino, now)?;
     }
     get_attr(tx, ino)
 }
 
 /// [`Mutation::AccessedAt`] of one read: the atime moves forward to the read's time (under
-/// the relatime rule as of then unless `strict`); a file gone since is skipped.
+/// the relatime rule as of then unless `strict`); a file gone since is skipped. The mount
+/// left out reads of files it knew to be `noatime` then; one flagged since was read before.
 pub(super) fn accessed_at(tx: &Connection, access: &Access, strict: bool) -> Result<(), MetaError> {
     let attr = match get_attr(tx, access.ino) {
         Ok(attr) => attr,

@@ -179,6 +179,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE chunks ADD COLUMN class INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE chunks ADD COLUMN l INTEGER NOT NULL DEFAULT 0;
     "#,
+    // Version 10: file attribute flags (`chattr`: `FS_*_FL` bits), project id and extent
+    // size hint (`meta-api/src/file_flags.rs`).
+    r#"
+    ALTER TABLE inodes ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inodes ADD COLUMN projid INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inodes ADD COLUMN extsize INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -2,6 +2,7 @@
 //! driven with syscalls and shell tools. One test binary, one module per area (each area's
 //! module says what it covers), so the suite links metad, chunkd and their dependencies once.
 
+mod attr_flags;
 mod auth;
 mod backup;
 mod bad_setup;

@@ -1,0 +1,95 @@
+//! The ioctls shardfs answers, decoded from what the kernel passes through FUSE.
+//!
+//! The kernel turns `FS_IOC_GETFLAGS`/`SETFLAGS` and `FS_IOC_FSGETXATTR`/`FSSETXATTR` into
+//! these same requests after its own checks (owner, `CAP_LINUX_IMMUTABLE` against the
+//! flags it read first), on a handle it opens for them. Any other ioctl reaches the mount
+//! only with the argument bytes its number declares.
+
+use fuser::Errno;
+use shardfs_meta_api::file_flags::FlagChange;
+use shardfs_meta_api::proto::Attr;
+
+/// `_IOWR('X', 121, struct fstrim_range)`.
+const FITRIM: u32 = 0xc018_5879;
+/// `_IOR('f', 1, long)` and `_IOW('f', 2, long)`; the kernel passes an `unsigned int`.
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+/// `_IOR('X', 31, struct fsxattr)` and `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
+/// `struct fsxattr`: xflags, extsize, nextents, projid, cowextsize, 8 bytes of padding.
+const FSXATTR_LEN: usize = 28;
+
+/// An ioctl this mount answers.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Ioctl {
+    /// FITRIM with its `struct fstrim_range`.
+    Trim(Vec<u8>),
+    GetFlags,
+    FsGetXattr,
+    SetFlags(FlagChange),
+}
+
+/// The ioctl `cmd` with argument bytes `input`: ENOTTY for one shardfs does not know (what
+/// tools probing a file expect), EINVAL for one whose argument is short.
+pub(super) fn decode(cmd: u32, input: &[u8]) -> Result<Ioctl, Errno> {
+    let word = |at: usize| -> Result<u32, Errno> {
+        let bytes = input.get(at..at + 4).ok_or(Errno::EINVAL)?;
+        Ok(u32::from_ne_bytes(bytes.try_into().expect("four bytes")))
+    };
+    Ok(match cmd {
+        FITRIM => Ioctl::Trim(input.get(..24).ok_or(Errno::EINVAL)?.to_vec()),
+        FS_IOC_GETFLAGS => Ioctl::GetFlags,
+        FS_IOC_FSGETXATTR => Ioctl::FsGetXattr,
+        FS_IOC_SETFLAGS => Ioctl::SetFlags(FlagChange::Flags(word(0)?)),
+        FS_IOC_FSSETXATTR => {
+            let (xflags, extsize, projid) = (word(0)?, word(4)?, word(12)?);
+            Ioctl::SetFlags(FlagChange::Fsx { xflags, extsize, projid })
+        }
+        _ => return Err(Errno::ENOTTY),
+    })
+}
+
+/// The answer to FS_IOC_GETFLAGS.
+pub(super) fn flags_bytes(attr: &Attr) -> Vec<u8> {
+    attr.flags.bits.to_ne_bytes().to_vec()
+}
+
+/// The answer to FS_IOC_FSGETXATTR (no extent count: shardfs's extents are not the disk's).
+pub(super) fn fsxattr_bytes(attr: &Attr) -> Vec<u8> {
+    let mut bytes = vec![0; FSXATTR_LEN];
+    let flags = attr.flags;
+    for (at, value) in [(0, flags.xflags(attr.kind)), (4, flags.extsize), (12, flags.projid)] {
+        bytes[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+    bytes
+}
+
+/// A trimmed range: FITRIM answers how much it discarded in the range's length.
+pub(super) fn trimmed(range: &[u8]) -> Vec<u8> {
+    let mut trimmed = range.to_vec();
+    trimmed[8..16].fill(0);
+    trimmed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_the_kernel_passes() {
+        assert_eq!(decode(FS_IOC_GETFLAGS, &[]), Ok(Ioctl::GetFlags));
+        let set = decode(FS_IOC_SETFLAGS, &0x10u32.to_ne_bytes());
+        assert_eq!(set, Ok(Ioctl::SetFlags(FlagChange::Flags(0x10))));
+        assert_eq!(decode(FS_IOC_SETFLAGS, &[1, 2]), Err(Errno::EINVAL));
+        let mut fsx = vec![0u8; FSXATTR_LEN];
+        fsx[0..4].copy_from_slice(&0x800u32.to_ne_bytes());
+        fsx[4..8].copy_from_slice(&65536u32.to_ne_bytes());
+        fsx[12..16].copy_from_slice(&7u32.to_ne_bytes());
+        let change = FlagChange::Fsx { xflags: 0x800, extsize: 65536, projid: 7 };
+        assert_eq!(decode(FS_IOC_FSSETXATTR, &fsx), Ok(Ioctl::SetFlags(change)));
+        assert_eq!(decode(0x5401, &[]), Err(Errno::ENOTTY), "TCGETS");
+        assert_eq!(decode(FITRIM, &[0; 8]), Err(Errno::EINVAL));
+    }
+}
