@@ -38,6 +38,9 @@ pub enum FsError {
     /// changes made after it are lost.
     #[error("changes made on this mount were refused by metad: {0}")]
     Refused(MetaError),
+    /// The mount was shut down (`FS_IOC_SHUTDOWN`): it answers nothing any more.
+    #[error("the mount was shut down")]
+    ShutDown,
 }
 
 impl FsError {
@@ -56,6 +59,7 @@ impl From<MetaClientError> for FsError {
             MetaClientError::Meta(e) => FsError::Meta(e),
             MetaClientError::Rpc(e) => FsError::MetaTransport(e),
             MetaClientError::UnexpectedReply(op) => FsError::MetaProtocol(op.to_string()),
+            MetaClientError::ShutDown => FsError::ShutDown,
         }
     }
 }
@@ -91,7 +95,8 @@ impl From<&FsError> for Errno {
             FsError::MetaTransport(_)
             | FsError::MetaProtocol(_)
             | FsError::ChunkUnreadable { .. }
-            | FsError::ChunkNotStored { .. } => Errno::EIO,
+            | FsError::ChunkNotStored { .. }
+            | FsError::ShutDown => Errno::EIO,
             FsError::NoSpace { .. } => Errno::ENOSPC,
             FsError::Invalid(_) => Errno::EINVAL,
             FsError::Unsupported => Errno::EOPNOTSUPP,

@@ -268,6 +268,8 @@ impl Journal {
                 Ok(answer) => break answer,
                 // The whole request was refused: nothing of it was applied.
                 Err(MetaClientError::Meta(e)) if !transient(&e) => break (0, Some(e)),
+                // Nothing more is sent: the mount was shut down, and its queue dropped.
+                Err(MetaClientError::ShutDown) => return,
                 Err(e) => {
                     warn!(
                         changes = changes.len(),
@@ -290,16 +292,7 @@ impl Journal {
         let mut answered = applied as u64;
         if let Some(e) = refused {
             // The lease table is locked first, as where changes are queued.
-            let dropped = self.leases.reset(|| {
-                let mut state = self.state.locked();
-                let dropped = state.queue.len() as u64;
-                state.queue.clear();
-                state.touched.clear();
-                state.refused.get_or_insert(e.clone());
-                // The session may be a new one, which owns none of them.
-                state.inos.clear();
-                dropped
-            });
+            let dropped = self.leases.reset(|| self.drop_queued(Some(e.clone())));
             self.reserve();
             let change = changes.get(applied).map(|q| describe(&q.request)).unwrap_or_default();
             warn!(
@@ -310,6 +303,30 @@ impl Journal {
             answered += dropped;
         }
         self.answered.send_modify(|n| *n += answered);
+    }
+
+    /// Drops every change waiting (counted as answered by the caller), with the inode
+    /// numbers reserved (the session may be a new one, which owns none of them); a refusal
+    /// is kept for the next flush to report. Answers how many were dropped.
+    fn drop_queued(&self, refused: Option<MetaError>) -> u64 {
+        let mut state = self.state.locked();
+        let dropped = state.queue.len() as u64;
+        state.queue.clear();
+        state.touched.clear();
+        if let Some(e) = refused {
+            state.refused.get_or_insert(e);
+        }
+        state.inos.clear();
+        dropped
+    }
+
+    /// Drops every change waiting, unsent, and what the mount caches under its leases (a
+    /// mount shut down without flushing its log). Batches already on their way may still
+    /// land. Answers how many were dropped.
+    pub fn discard(&self) -> u64 {
+        let dropped = self.leases.reset(|| self.drop_queued(None));
+        self.answered.send_modify(|n| *n += dropped);
+        dropped
     }
 
     /// Waits until `target` changes in all are answered, at most a request's time. Most

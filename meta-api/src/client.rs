@@ -20,6 +20,9 @@ pub enum MetaClientError {
     Meta(#[from] MetaError),
     #[error("metad sent an unexpected reply to {0}")]
     UnexpectedReply(&'static str),
+    /// The client was shut down ([`MetaClient::shut_down`]): nothing more is sent.
+    #[error("this client was shut down")]
+    ShutDown,
 }
 
 pub type Result<T> = std::result::Result<T, MetaClientError>;
@@ -33,6 +36,8 @@ pub struct MetaClient {
     confirmed: Mutex<Option<Instant>>,
     /// What requests wait for before they go (see [`Barrier`]).
     barrier: std::sync::OnceLock<std::sync::Weak<dyn Barrier>>,
+    /// Set by [`MetaClient::shut_down`].
+    shut: std::sync::atomic::AtomicBool,
 }
 
 /// The changes a mount answered itself and has not sent yet (its batches): a request that
@@ -195,6 +200,7 @@ impl MetaClient {
             numbers: Numbers::default(),
             confirmed: Mutex::default(),
             barrier: Default::default(),
+            shut: Default::default(),
         }
     }
 
@@ -229,7 +235,14 @@ impl MetaClient {
             numbers: Numbers::default(),
             confirmed: Mutex::default(),
             barrier: Default::default(),
+            shut: Default::default(),
         }
+    }
+
+    /// Sends nothing more: every request from now on fails with
+    /// [`MetaClientError::ShutDown`] (a mount shut down, `FS_IOC_SHUTDOWN`).
+    pub fn shut_down(&self) {
+        self.shut.store(true, Ordering::SeqCst);
     }
 
     /// Makes requests wait for `barrier` (set once; later calls are ignored).
@@ -331,6 +344,9 @@ impl MetaClient {
         request: MetaRequest,
         timeout: Option<Duration>,
     ) -> Result<MetaReply> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Err(MetaClientError::ShutDown);
+        }
         let seq = ticket.0.1;
         let envelope = Envelope { seq, request };
         let sent = Instant::now();

@@ -908,6 +908,15 @@ pub fn is_mounted(path: &Path) -> bool {
     mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
 }
 
+/// The command prefix that runs what follows as root (`uid` 0) or as user `uid` (its
+/// group the same number, no supplementary groups).
+pub fn as_user(uid: u32) -> String {
+    match uid {
+        0 => String::new(),
+        uid => format!("setpriv --reuid={uid} --regid={uid} --clear-groups "),
+    }
+}
+
 /// Runs a shell command line, panicking with its output if it fails.
 pub fn sh(script: &str) -> String {
     let output = Command::new("bash").arg("-c").arg(script).output().expect("run bash");

@@ -12,9 +12,10 @@
 //! - [`locks`]: fcntl, OFD and flock locks.
 //! - [`xattrs`]: extended attributes.
 //! - [`flags`]: file attribute flags (chattr).
+//! - [`shutdown`]: shutting the mount down (`FS_IOC_SHUTDOWN`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ pub use flags::OpenIntent;
 use open_files::{Handle, OpenFile};
 use settling::settle_recalls;
 use shardfs_rpc::sync::Lock as _;
+pub use shutdown::Flush;
 
 mod accesses;
 mod flags;
@@ -42,6 +44,7 @@ mod names;
 mod open_files;
 mod read_path;
 mod settling;
+mod shutdown;
 mod trust;
 mod write_path;
 mod xattrs;
@@ -134,6 +137,8 @@ pub struct Fs {
     /// Namespace changes answered here, on their way to metad (with `FsOptions::batch`).
     journal: Option<Arc<Journal>>,
     metrics: Arc<ClientMetrics>,
+    /// Set once the mount is shut down (`shutdown.rs`).
+    shut: AtomicBool,
 }
 
 impl Fs {
@@ -170,6 +175,7 @@ impl Fs {
             sending_accesses: tokio::sync::Mutex::new(()),
             leases,
             metrics,
+            shut: AtomicBool::new(false),
         });
         tokio::spawn(settle_recalls(Arc::downgrade(&fs), recalls));
         tokio::spawn(accesses::send_accesses_in_time(Arc::downgrade(&fs)));
@@ -195,6 +201,10 @@ impl Fs {
     /// Ends this mount's metad session, giving back its leases, locks and open files at
     /// once. Bounded: an unreachable metad lets the session expire instead.
     pub async fn close(&self) {
+        // A mount shut down has flushed what it was asked to, and closed its session.
+        if self.is_shut_down() {
+            return;
+        }
         // close(2) leaves a file's last writes to the release that follows it, which the
         // kernel sends in the background; an unmount drops releases still queued. What
         // such files buffered is committed here.

@@ -67,6 +67,16 @@ impl Fs {
     /// Settles the recall of the lease on `ino`: commits what is buffered under a write
     /// lease, drops the cached layout and the kernel's caches, and releases the lease.
     pub(super) async fn settle(&self, ino: Ino) {
+        // A mount shut down commits and releases nothing: its session is closed, and what
+        // it buffered is lost. The kernel's caches still go.
+        if self.is_shut_down() {
+            if let Some(recall) = self.leases.take_recall(ino) {
+                let leases = self.leases.clone();
+                let invalidated = blocking(move || leases.invalidate(ino, &recall));
+                let _ = tokio::time::timeout(INVALIDATE_WAIT, invalidated).await;
+            }
+            return;
+        }
         // What this mount changed under the lease reaches metad before it is given back:
         // until it has, the lease is kept (metad revokes it if this session expires).
         if let Some(journal) = &self.journal

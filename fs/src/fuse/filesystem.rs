@@ -21,7 +21,8 @@ use super::convert::{
 };
 use super::ioctls::{self, Ioctl};
 use super::{FuseAdapter, MAX_WRITE, READDIR_BATCH};
-use crate::core::OpenIntent;
+use crate::core::{Flush, OpenIntent};
+use tracing::warn;
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -402,7 +403,8 @@ impl Filesystem for FuseAdapter {
     /// FITRIM (fstrim) is answered, as ext4 answers it, for root only: there is nothing to
     /// discard, since chunkds keep shards in volume files whose dead records compaction
     /// reclaims, so the range comes back with length 0 (nothing trimmed). The attribute
-    /// flags (chattr, lsattr) are metad's (`core/flags.rs`). Any other ioctl is ENOTTY, what
+    /// flags (chattr, lsattr) are metad's (`core/flags.rs`); a shutdown is root's
+    /// (`core/shutdown.rs`). Any other ioctl is ENOTTY, what
     /// tools probing a file (isatty, FS_IOC_*) expect; answering it here keeps those probes
     /// out of the log.
     fn ioctl(
@@ -442,6 +444,27 @@ impl Filesystem for FuseAdapter {
                 move |fs| async move { fs.set_flags(ino.0, cred, change).await },
                 |reply, _| reply.ioctl(0, &[]),
             ),
+            Ioctl::Shutdown if cred.uid != 0 => reply.error(Errno::EPERM),
+            Ioctl::Shutdown => {
+                // The flag comes back to the caller as it was (the kernel copies the answer
+                // over it, the ioctl being numbered as one that returns it).
+                let (flag, flush) = match ioctls::caller_flag(req.pid(), cmd) {
+                    Ok(flag) => match Flush::from_flag(flag) {
+                        Some(flush) => (flag, flush),
+                        None => return reply.error(Errno::EINVAL),
+                    },
+                    Err(e) => {
+                        warn!("shutdown: cannot read the caller's flag, flushing everything: {e}");
+                        (0, Flush::Everything)
+                    }
+                };
+                self.spawn(
+                    "shutdown",
+                    reply,
+                    move |fs| async move { fs.shut_down(flush).await },
+                    move |reply, ()| reply.ioctl(0, &flag.to_ne_bytes()),
+                );
+            }
         }
     }
 

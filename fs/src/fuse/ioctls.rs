@@ -3,7 +3,12 @@
 //! The kernel turns `FS_IOC_GETFLAGS`/`SETFLAGS` and `FS_IOC_FSGETXATTR`/`FSSETXATTR` into
 //! these same requests after its own checks (owner, `CAP_LINUX_IMMUTABLE` against the
 //! flags it read first), on a handle it opens for them. Any other ioctl reaches the mount
-//! only with the argument bytes its number declares.
+//! only with the argument bytes its number declares: none for `FS_IOC_SHUTDOWN`, which
+//! XFS numbered as if it returned its flag (`_IOR`) though it takes it, so that flag is
+//! read from the calling thread's memory ([`caller_flag`]).
+
+use std::io;
+use std::os::unix::fs::FileExt;
 
 use fuser::Errno;
 use shardfs_meta_api::file_flags::FlagChange;
@@ -18,6 +23,9 @@ const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 
+/// `_IOR('X', 125, __u32)`: `FS_IOC_SHUTDOWN`, also `XFS_IOC_GOINGDOWN`.
+pub(super) const FS_IOC_SHUTDOWN: u32 = 0x8004_587d;
+
 /// `struct fsxattr`: xflags, extsize, nextents, projid, cowextsize, 8 bytes of padding.
 const FSXATTR_LEN: usize = 28;
 
@@ -29,6 +37,7 @@ pub(super) enum Ioctl {
     GetFlags,
     FsGetXattr,
     SetFlags(FlagChange),
+    Shutdown,
 }
 
 /// The ioctl `cmd` with argument bytes `input`: ENOTTY for one shardfs does not know (what
@@ -42,6 +51,7 @@ pub(super) fn decode(cmd: u32, input: &[u8]) -> Result<Ioctl, Errno> {
         FITRIM => Ioctl::Trim(input.get(..24).ok_or(Errno::EINVAL)?.to_vec()),
         FS_IOC_GETFLAGS => Ioctl::GetFlags,
         FS_IOC_FSGETXATTR => Ioctl::FsGetXattr,
+        FS_IOC_SHUTDOWN => Ioctl::Shutdown,
         FS_IOC_SETFLAGS => Ioctl::SetFlags(FlagChange::Flags(word(0)?)),
         FS_IOC_FSSETXATTR => {
             let (xflags, extsize, projid) = (word(0)?, word(4)?, word(12)?);
@@ -66,6 +76,27 @@ pub(super) fn fsxattr_bytes(attr: &Attr) -> Vec<u8> {
     bytes
 }
 
+/// The `u32` that thread `tid`'s ioctl(2) `cmd`, under way, points at: its arguments from
+/// `/proc/<tid>/syscall`, the word from `/proc/<tid>/mem` (the mount runs as root). Fails if
+/// the thread is not in that ioctl.
+pub(super) fn caller_flag(tid: u32, cmd: u32) -> io::Result<u32> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let syscall = std::fs::read_to_string(format!("/proc/{tid}/syscall"))?;
+    let mut fields = syscall.split_whitespace();
+    let number: i64 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(|| bad("syscall"))?;
+    let hex = |field: Option<&str>| {
+        let digits = field.and_then(|f| f.strip_prefix("0x")).ok_or_else(|| bad("argument"))?;
+        u64::from_str_radix(digits, 16).map_err(|_| bad("argument"))
+    };
+    let (_fd, called, pointer) = (hex(fields.next())?, hex(fields.next())?, hex(fields.next())?);
+    if number != libc::SYS_ioctl || called as u32 != cmd {
+        return Err(bad("the caller is not in this ioctl"));
+    }
+    let mut word = [0; 4];
+    std::fs::File::open(format!("/proc/{tid}/mem"))?.read_exact_at(&mut word, pointer)?;
+    Ok(u32::from_ne_bytes(word))
+}
+
 /// A trimmed range: FITRIM answers how much it discarded in the range's length.
 pub(super) fn trimmed(range: &[u8]) -> Vec<u8> {
     let mut trimmed = range.to_vec();
@@ -76,6 +107,14 @@ pub(super) fn trimmed(range: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread not in the ioctl (this one, running) is refused, not read.
+    #[test]
+    fn reads_nothing_from_a_thread_not_in_the_ioctl() {
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        let refused = caller_flag(tid, FS_IOC_SHUTDOWN).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+    }
 
     #[test]
     fn decodes_what_the_kernel_passes() {
@@ -90,6 +129,7 @@ mod tests {
         let change = FlagChange::Fsx { xflags: 0x800, extsize: 65536, projid: 7 };
         assert_eq!(decode(FS_IOC_FSSETXATTR, &fsx), Ok(Ioctl::SetFlags(change)));
         assert_eq!(decode(0x5401, &[]), Err(Errno::ENOTTY), "TCGETS");
+        assert_eq!(decode(FS_IOC_SHUTDOWN, &[]), Ok(Ioctl::Shutdown));
         assert_eq!(decode(FITRIM, &[0; 8]), Err(Errno::EINVAL));
     }
 }

@@ -47,7 +47,8 @@ impl FuseAdapter {
         FuseAdapter { fs, runtime }
     }
 
-    /// Runs `op` and answers with `ok` or the error's errno: right here on the thread that
+    /// Runs `op` and answers with `ok` or the error's errno (EIO once the mount is shut
+    /// down): right here on the thread that
     /// read the request if `op` completes without waiting (a getattr from the lease cache,
     /// a buffered write), else on a task, so nothing that waits holds this thread.
     fn spawn<T, R, F>(
@@ -62,6 +63,10 @@ impl FuseAdapter {
         F: Future<Output = FsResult<T>> + Send + 'static,
     {
         let fs = self.fs.clone();
+        // A mount shut down answers nothing (but the shutdown that finds it so).
+        if fs.is_shut_down() && name != "shutdown" {
+            return reply.error(Errno::EIO);
+        }
         let started = std::time::Instant::now();
         let mut answer = Box::pin(async move {
             let result = op(fs.clone()).await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use shardfs_meta_api::MetaClientError;
 use shardfs_meta_api::file_flags::{self, FlagChange};
 use shardfs_meta_api::proto::{Cred, MetaError, ROOT_INO, SetAttr};
-use shardfs_tests::{Cluster, Mount, sh};
+use shardfs_tests::{Cluster, Mount, as_user, sh};
 
 /// Tries each operation named on the command line on file `path` and prints
 /// `name=ok` or `name=ERRNO` for each, in order.
@@ -57,14 +57,6 @@ for name in ops:
         out.append(name + "=" + errno.errorcode[e.errno])
 print(" ".join(out))
 "#;
-
-/// The command prefix that runs what follows as root (`uid` 0) or as user `uid`.
-fn as_user(uid: u32) -> String {
-    match uid {
-        0 => String::new(),
-        uid => format!("setpriv --reuid={uid} --regid={uid} --clear-groups "),
-    }
-}
 
 /// A file holding `content`, with mode `mode`, owned by user 1000.
 fn user_file(path: &Path, content: &[u8], mode: u32) {

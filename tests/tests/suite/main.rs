@@ -30,5 +30,6 @@ mod posix;
 mod replication;
 mod sessions;
 mod shell_tools;
+mod shutdown;
 mod status;
 mod tls;
