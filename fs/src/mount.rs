@@ -132,7 +132,7 @@ pub fn serve(
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let leases = fs.leases();
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), options.flags.read_only);
     let cannot_mount = || format!("cannot mount at {}", mountpoint.display());
     let (session, mut unmount): (Session<FuseAdapter>, Unmount) =
         match mount_directly(mountpoint, &source, &options.flags) {

@@ -26,6 +26,8 @@ const IGNORED: &[&str] = &[
     "fd",
     "max_read",
     "blksize",
+    // A mount replays no log: metad applies every change it is sent.
+    "norecovery",
 ];
 
 /// Smallest write buffer a mount takes: below it, writes would be stored in pieces smaller
@@ -111,8 +113,9 @@ impl MountFlags {
                     flags.kernel.push(MountOption::CUSTOM(name.into()))
                 }
                 // The kernel's defaults, userspace-only markers, options shardfs always
-                // applies (default_permissions) or chooses itself (fsname, subtype), and the
-                // FUSE kernel options mount(8) copies from /proc/mounts into a remount.
+                // applies (default_permissions) or chooses itself (fsname, subtype), the
+                // FUSE kernel options mount(8) copies from /proc/mounts into a remount, and
+                // norecovery (nothing to recover on a mount).
                 (name, _) if IGNORED.contains(&name) => {}
                 (name, _) if name.starts_with("x-") => {}
                 _ => return Err(format!("unknown mount option {option:?}")),

@@ -147,7 +147,8 @@ impl Fs {
         self.handles.locked().get(&fh).cloned().ok_or(FsError::Invalid("bad file handle"))
     }
 
-    /// Opens `ino`; `reading` if the handle may read (for atime). An inode that is gone
+    /// Opens `ino`; `reading` if the handle is for reading only (which, when the kernel keeps
+    /// the pages, counts as a read for atime). An inode that is gone
     /// (the kernel opened what a cached name pointed to before a rename or unlink took it)
     /// is `Stale`, on which the kernel looks the name up again.
     pub async fn open(&self, ino: Ino, reading: bool) -> FsResult<u64> {

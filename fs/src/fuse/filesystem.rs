@@ -252,7 +252,10 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let open_flags = fopen_flags(flags.0);
-        let reading = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        // An open for reading only counts as a read for atime when the kernel keeps the
+        // file's pages (its reads may never reach the mount); one that may write, for an
+        // fsync say, does not (see `Fs::open`).
+        let reading = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
         let intent = OpenIntent::of(flags.0);
         let leases = self.fs.leases();
         self.spawn(
@@ -400,9 +403,10 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    /// FITRIM (fstrim) is answered, as ext4 answers it, for root only: there is nothing to
-    /// discard, since chunkds keep shards in volume files whose dead records compaction
-    /// reclaims, so the range comes back with length 0 (nothing trimmed). The attribute
+    /// FITRIM (fstrim) is answered, as ext4 answers it, for root only, on a writable mount,
+    /// with the range checked as ext4 checks it: there is nothing to discard, since
+    /// chunkds keep shards in volume files whose dead records compaction reclaims, so the
+    /// range comes back with length 0 (nothing trimmed). The attribute
     /// flags (chattr, lsattr) are metad's (`core/flags.rs`); a shutdown is root's
     /// (`core/shutdown.rs`). Any other ioctl is ENOTTY, what
     /// tools probing a file (isatty, FS_IOC_*) expect; answering it here keeps those probes
@@ -425,7 +429,16 @@ impl Filesystem for FuseAdapter {
         let cred = cred(req, 0);
         match ioctl {
             Ioctl::Trim(_) if cred.uid != 0 => reply.error(Errno::EPERM),
-            Ioctl::Trim(range) => reply.ioctl(0, &ioctls::trimmed(&range)),
+            Ioctl::Trim(_) if self.read_only => reply.error(Errno::EROFS),
+            Ioctl::Trim(range) => self.spawn(
+                "fitrim",
+                reply,
+                |fs| async move { fs.stat_fs().await },
+                move |reply, stat| match ioctls::trimmed(&range, stat.capacity_bytes) {
+                    Ok(trimmed) => reply.ioctl(0, &trimmed),
+                    Err(errno) => reply.error(errno),
+                },
+            ),
             Ioctl::GetFlags | Ioctl::FsGetXattr => {
                 let answer = match ioctl {
                     Ioctl::GetFlags => ioctls::flags_bytes,

@@ -97,12 +97,24 @@ pub(super) fn caller_flag(tid: u32, cmd: u32) -> io::Result<u32> {
     Ok(u32::from_ne_bytes(word))
 }
 
-/// A trimmed range: FITRIM answers how much it discarded in the range's length.
-pub(super) fn trimmed(range: &[u8]) -> Vec<u8> {
+/// The answer to FITRIM on a filesystem of `size` bytes, given its `struct fstrim_range`
+/// (`start`, `len`, `minlen`): the range with `len` the bytes discarded, 0, as shardfs
+/// holds no block device to discard on. The range is checked as ext4 checks it: a start at
+/// or past the end, a length below a block, or a minimum extent longer than the
+/// filesystem is EINVAL.
+pub(super) fn trimmed(range: &[u8], size: u64) -> Result<Vec<u8>, Errno> {
+    let field = |at: usize| u64::from_ne_bytes(range[at..at + 8].try_into().expect("8 bytes"));
+    let (start, len, minlen) = (field(0), field(8), field(16));
+    if start >= size || len < TRIM_BLOCK || minlen > size {
+        return Err(Errno::EINVAL);
+    }
     let mut trimmed = range.to_vec();
     trimmed[8..16].fill(0);
-    trimmed
+    Ok(trimmed)
 }
+
+/// The block size FITRIM ranges are checked against (`st_blksize` of a block filesystem).
+const TRIM_BLOCK: u64 = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -131,5 +143,20 @@ mod tests {
         assert_eq!(decode(0x5401, &[]), Err(Errno::ENOTTY), "TCGETS");
         assert_eq!(decode(FS_IOC_SHUTDOWN, &[]), Ok(Ioctl::Shutdown));
         assert_eq!(decode(FITRIM, &[0; 8]), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn trims_nothing_of_a_range_checked_as_ext4_checks_it() {
+        let range = |start: u64, len: u64, minlen: u64| {
+            [start, len, minlen].iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<u8>>()
+        };
+        let size = 1 << 30;
+        assert_eq!(trimmed(&range(0, u64::MAX, 0), size), Ok(range(0, 0, 0)));
+        assert_eq!(trimmed(&range(4096, 1 << 40, 512), size), Ok(range(4096, 0, 512)));
+        assert_eq!(trimmed(&range(size, 1 << 20, 0), size), Err(Errno::EINVAL), "past the end");
+        assert_eq!(trimmed(&range(u64::MAX, 1 << 20, 0), size), Err(Errno::EINVAL));
+        assert_eq!(trimmed(&range(0, 0, 0), size), Err(Errno::EINVAL), "no length");
+        assert_eq!(trimmed(&range(0, 100, 0), size), Err(Errno::EINVAL), "below a block");
+        assert_eq!(trimmed(&range(0, 1 << 20, size + 1), size), Err(Errno::EINVAL));
     }
 }

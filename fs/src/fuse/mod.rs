@@ -40,11 +40,13 @@ const READDIR_BATCH: u32 = 512;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     runtime: Handle,
+    /// Mounted read-only (`ro`): FITRIM is refused, as on a local disk.
+    read_only: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, runtime: Handle) -> FuseAdapter {
-        FuseAdapter { fs, runtime }
+    pub fn new(fs: Arc<Fs>, runtime: Handle, read_only: bool) -> FuseAdapter {
+        FuseAdapter { fs, runtime, read_only }
     }
 
     /// Runs `op` and answers with `ok` or the error's errno (EIO once the mount is shut

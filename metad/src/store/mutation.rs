@@ -124,12 +124,6 @@ pub enum Mutation {
         changes: SetAttr,
         now: Timestamp,
     },
-    /// chattr: the inode's flags, project id and extent size hint become `flags`.
-    SetFlags {
-        ino: Ino,
-        flags: FileFlags,
-        now: Timestamp,
-    },
     /// A read's atime update (relatime unless `strict`).
     Accessed {
         ino: Ino,
@@ -267,6 +261,13 @@ pub enum Mutation {
     Batch {
         session: Holder,
         changes: Vec<Queued>,
+    },
+    // New variants go last: entries a log holds are decoded by their variant's position.
+    /// chattr: the inode's flags, project id and extent size hint become `flags`.
+    SetFlags {
+        ino: Ino,
+        flags: FileFlags,
+        now: Timestamp,
     },
 }
 

@@ -40,8 +40,16 @@ impl Store {
     /// The inode `name` names in `parent`. "." and ".." are answered too (the kernel asks
     /// for them only to turn an NFS file handle back into an inode): "." is `parent` itself,
     /// whatever its kind, and ".." the directory holding directory `parent`.
+    /// `name` in directory `parent`. "." finds inode `parent` by number, as the kernel
+    /// does to turn a file handle back into an inode: a nameless inode nobody holds open is
+    /// not found (the handle is stale), though it lingers for opens of names looked up
+    /// before it lost its last.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, MetaError> {
-        self.read(|tx| lookup(tx, parent, name))
+        let attr = self.read(|tx| lookup(tx, parent, name))?;
+        if name == b"." && attr.nlink == 0 && !self.open_files.held_open(attr.ino) {
+            return Err(MetaError::NotFound);
+        }
+        Ok(attr)
     }
 
     pub fn get_attr(&self, ino: Ino) -> Result<Attr, MetaError> {

@@ -115,6 +115,11 @@ impl OpenFiles {
     }
 
     /// Whether `ino` is open, or lost its last name too recently to go.
+    /// Whether some session holds `ino` open (lingering aside).
+    pub fn held_open(&self, ino: Ino) -> bool {
+        self.lock().by_ino.contains_key(&ino)
+    }
+
     pub fn is_open(&self, ino: Ino) -> bool {
         let table = self.lock();
         table.by_ino.contains_key(&ino) || table.lingering.contains_key(&ino)

@@ -612,7 +612,7 @@ fn drop_kernel_caches() {
 
 #[test]
 fn file_handles_survive_cache_eviction_and_go_stale_on_delete() {
-    let (_cluster, mount) = setup();
+    let (cluster, mount) = setup();
     fs::create_dir_all(mount.join("d/sub")).unwrap();
     fs::write(mount.join("d/sub/f"), b"by handle").unwrap();
     let mut file = file_handle(&mount.join("d/sub/f"));
@@ -630,13 +630,29 @@ fn file_handles_survive_cache_eviction_and_go_stale_on_delete() {
     let path = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
     assert_eq!(path, mount.join("d/sub"));
     drop(opened);
-    // A deleted file's handle goes stale, once the file has lingered for opens that looked
-    // it up just before it went (see docs/SEMANTICS.md, "Atomic replace").
+    // A deleted file's handle goes stale at once, though the file lingers a moment for
+    // opens of its name looked up just before it went (see docs/SEMANTICS.md, "Atomic
+    // replace"), whether the mount removed it itself (under its lease on a directory it
+    // made) or through metad.
     fs::remove_file(mount.join("d/sub/f")).unwrap();
-    shardfs_tests::eventually("the deleted file's handle to go stale", || {
-        drop_kernel_caches();
-        open_by_handle(&mount.path, &mut file).err() == Some(libc::ESTALE)
-    });
+    drop_kernel_caches();
+    assert_eq!(open_by_handle(&mount.path, &mut file).err(), Some(libc::ESTALE));
+    let other = cluster.mount();
+    fs::write(other.join("d/sub/g"), b"made elsewhere").unwrap();
+    let mut elsewhere = file_handle(&mount.join("d/sub/g"));
+    fs::remove_file(mount.join("d/sub/g")).unwrap();
+    drop_kernel_caches();
+    assert_eq!(open_by_handle(&mount.path, &mut elsewhere).err(), Some(libc::ESTALE));
+    // One still open opens by its handle until its last close.
+    fs::write(mount.join("d/sub/h"), b"open").unwrap();
+    let mut open = file_handle(&mount.join("d/sub/h"));
+    let held = File::open(mount.join("d/sub/h")).unwrap();
+    fs::remove_file(mount.join("d/sub/h")).unwrap();
+    drop_kernel_caches();
+    let mut content = String::new();
+    open_by_handle(&mount.path, &mut open).unwrap().read_to_string(&mut content).unwrap();
+    assert_eq!(content, "open");
+    drop(held);
 }
 
 #[test]
