@@ -265,7 +265,7 @@ fn owners_set_the_unprivileged_flags_and_new_files_inherit_them() {
 fn project_ids_and_extent_size_hints_round_trip_through_fsxattr() {
     let (_cluster, a, b) = two_mounts();
     let file = a.join("d/f");
-    std::fs::write(&file, b"data").unwrap();
+    user_file(&file, b"data", 0o644);
     let script = r#"
 import fcntl, struct, sys
 GET, SET = 0x801c581f, 0x401c5820
@@ -284,9 +284,16 @@ if sys.argv[1] == "set":
 else:
     print(" ".join(map(str, get(sys.argv[2]))))
 "#;
-    let py = |args: &str| sh(&format!("python3 -c '{script}' {args}")).trim().to_string();
-    // EXTSIZE (0x800) with 64 KiB, NODUMP (0x80), project 7.
-    assert_eq!(py(&format!("set {} {} 65536 7", file.display(), 0x800 | 0x80)), "ok");
+    let as_uid = |uid: u32, args: &str| {
+        let line = format!("{}/usr/bin/python3 -c '{script}' {args}", as_user(uid));
+        sh(&line).trim().to_string()
+    };
+    let py = |args: &str| as_uid(0, args);
+    // Another user may not; the owner may: EXTSIZE (0x800) with 64 KiB, NODUMP (0x80),
+    // project 7.
+    let set = format!("set {} {} 65536 7", file.display(), 0x800 | 0x80);
+    assert_eq!(as_uid(1001, &set), "1", "EPERM");
+    assert_eq!(as_uid(1000, &set), "ok");
     let other = b.join("d/f");
     assert_eq!(py(&format!("get {}", other.display())), format!("{} 65536 0 7 0", 0x880));
     assert_eq!(lsattr(&other), shown("d"));
@@ -309,9 +316,10 @@ fn noatime_files_keep_their_access_time() {
     assert!(chattr(&flagged, 0, "+A").0);
     // An atime set explicitly is set all the same; reads after it do not move it.
     sh(&format!("touch -a -d 2001-01-01 {} {}", flagged.display(), plain.display()));
-    for mount in [&a, &b] {
+    // Read by root on one mount, by a user on the other.
+    for (mount, uid) in [(&a, 0), (&b, 1000)] {
         let (f, p) = (mount.join("d/flagged"), mount.join("d/plain"));
-        sh(&format!("cat {} {} > /dev/null", f.display(), p.display()));
+        sh(&format!("{}cat {} {} > /dev/null", as_user(uid), f.display(), p.display()));
     }
     // Seen from a fresh mount, after both mounts sent their atime updates.
     drop((a, b));
@@ -322,21 +330,37 @@ fn noatime_files_keep_their_access_time() {
 }
 
 /// sync: each write is committed and durable when write(2) returns, so a mount killed with
-/// the file still open loses none of it.
+/// the file still open loses none of it; the owner set the flag, and wrote, as a user.
 #[test]
 fn writes_to_a_sync_file_survive_the_mount_being_killed() {
     let cluster = Cluster::start(3, 2, 1);
-    let a = cluster.mount();
+    let a = cluster.mount_with(&["--allow-other"]);
+    sh(&format!("chmod 777 {}", a.path.display()));
     let file = a.join("journal");
-    std::fs::write(&file, b"").unwrap();
-    assert!(chattr(&file, 0, "+S").0);
-    let mut open = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
-    use std::io::Write;
-    for i in 0..20 {
-        open.write_all(format!("record {i}\n").as_bytes()).unwrap();
-    }
+    user_file(&file, b"", 0o644);
+    assert!(chattr(&file, 1000, "+S").0);
+    // Writes 20 records through one descriptor, says so, and keeps it open.
+    let writer = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+for i in range(20):
+    os.write(fd, b"record %d\n" % i)
+print("written", flush=True)
+time.sleep(60)
+"#;
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/python3", "-c"])
+        .args([writer, file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut said).unwrap();
+    assert_eq!(said, "written\n");
     a.crash();
-    drop(open);
+    child.kill().unwrap();
+    child.wait().unwrap();
     let b = cluster.mount();
     let expected: String = (0..20).map(|i| format!("record {i}\n")).collect();
     assert_eq!(std::fs::read_to_string(b.join("journal")).unwrap(), expected);
