@@ -333,7 +333,8 @@ fn noatime_files_keep_their_access_time() {
 /// the file still open loses none of it; the owner set the flag, and wrote, as a user.
 #[test]
 fn writes_to_a_sync_file_survive_the_mount_being_killed() {
-    let cluster = Cluster::start(3, 2, 1);
+    // The killed mount's leases go with its session, soon.
+    let cluster = Cluster::start_with(3, 2, 1, &["--session-timeout", "2"]);
     let a = cluster.mount_with(&["--allow-other"]);
     sh(&format!("chmod 777 {}", a.path.display()));
     let file = a.join("journal");
