@@ -33,6 +33,14 @@ pub use here::NewHere;
 use listing::Listing;
 pub use listing::Named;
 
+/// Whether `layout` is the content of a file with attributes `attr`: the same size, bytes
+/// stored, and change times. (Size and times alone are not enough: two commits of one
+/// buffer carry the same mtime, and a truncation up keeps the size.)
+fn describes(layout: &Layout, attr: &Attr) -> bool {
+    let same = |a: &Attr| (a.size, a.allocated, a.mtime, a.ctime);
+    same(attr) == same(&layout.attr)
+}
+
 /// How long the kernel may cache what a lease covers. Recalls invalidate it sooner.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
@@ -586,8 +594,7 @@ impl Leases {
         let state = self.lock();
         let held = state.held.get(&ino)?;
         let (layout, attr) = (held.layout.as_ref()?, held.attr.as_ref()?);
-        let same = |a: &Attr| (a.size, a.mtime, a.ctime);
-        (same(attr) == same(&layout.attr)).then(|| layout.clone())
+        describes(layout, attr).then(|| layout.clone())
     }
 
     /// Forgets the layout kept for `ino`: it named shards that could not be read.

@@ -12,7 +12,7 @@ use shardfs_meta_api::proto::{
 };
 
 use super::listing::{Listing, Named};
-use super::{Held, Leases, State};
+use super::{Held, Leases, State, describes};
 
 /// An inode to make here: a regular file, a directory or a symlink.
 pub struct NewHere {
@@ -212,9 +212,9 @@ impl Leases {
     /// Changes the attributes of `ino` here to what `change(attributes, now)` makes of them
     /// (`None`: not here), if this mount holds its write lease, knows its attributes and
     /// knows it has no ACL (it made it): `queue(now)` queues the change for metad (false: no
-    /// room left). Answers the attributes as metad will make them; a kept layout stays (the
-    /// content is the same). The kernel checked the caller may make the change
-    /// (`default_permissions`), by the rules metad checks again.
+    /// room left). Answers the attributes as metad will make them; a kept layout that
+    /// described the file stays (the content is the same). The kernel checked the caller may
+    /// make the change (`default_permissions`), by the rules metad checks again.
     fn change_here(
         &self,
         ino: Ino,
@@ -230,10 +230,12 @@ impl Leases {
         }
         state.mark_changed(&[ino]);
         let held = state.held.get_mut(&ino).expect("checked above");
-        held.attr = Some(set.clone());
-        if let Some(layout) = held.layout.as_mut() {
-            *layout = Arc::new(Layout { attr: set.clone(), ..Layout::clone(layout) });
-        }
+        let before = held.attr.replace(set.clone());
+        // A kept layout that described the file before the change describes it after; one
+        // that no longer did (a commit since) must not be made to look current.
+        let current = |layout: &Arc<Layout>| before.as_ref().is_some_and(|a| describes(layout, a));
+        held.layout = (held.layout.take().filter(current))
+            .map(|layout| Arc::new(Layout { attr: set.clone(), ..Layout::clone(&layout) }));
         Some(set)
     }
 
