@@ -27,7 +27,8 @@ impl Fs {
     /// `append` (`Some(writer)` for an O_APPEND handle) writes at the end of the file as this
     /// mount knows it under the write lease: the kernel's idea of the end may predate another
     /// mount's appends. Such handles bypass the page cache, where the kernel would also have
-    /// cleared set-id bits for an unprivileged writer, so that is done here.
+    /// dropped the file's capabilities and cleared set-id bits for an unprivileged writer, so
+    /// that is done here.
     pub async fn write(
         &self,
         fh: u64,
@@ -42,6 +43,7 @@ impl Fs {
         let offset = match append {
             None => offset,
             Some(writer) => {
+                self.drop_capability(file.ino, writer).await?;
                 let committed = match data.committed.take() {
                     Some(attr) => attr,
                     None => self.meta.get_attr(file.ino).await?,

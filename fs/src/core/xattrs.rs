@@ -63,6 +63,26 @@ impl Fs {
         Ok(value?)
     }
 
+    /// Drops `ino`'s file capabilities, if it has any, as the kernel does before a write
+    /// by anyone (root included) on the page cache path, which O_APPEND writes bypass.
+    pub(super) async fn drop_capability(&self, ino: Ino, writer: &Cred) -> FsResult<()> {
+        if self.leases.lacks_capability(ino) {
+            return Ok(());
+        }
+        let epoch = self.leases.epoch();
+        match self.meta.remove_xattr(ino, CAPABILITY_XATTR, writer).await {
+            Err(MetaClientError::Meta(MetaError::NoData)) => {
+                self.leases.lacks_capability_since(epoch, ino);
+                Ok(())
+            }
+            removed => {
+                self.xattr_changed(ino, removed)?;
+                self.leases.forget_kernel_attrs(ino);
+                Ok(())
+            }
+        }
+    }
+
     pub async fn list_xattr(&self, ino: Ino, cred: &Cred) -> FsResult<Vec<Vec<u8>>> {
         Ok(self.meta.list_xattr(ino, cred).await?)
     }

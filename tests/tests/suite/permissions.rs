@@ -142,3 +142,25 @@ fn metad_refuses_hostile_names() {
         assert_eq!(names, [b"file".as_slice()], "nothing else was created");
     });
 }
+
+/// Appending to a file drops its capabilities, whoever writes (root too), as a write through
+/// the page cache does: O_APPEND writes bypass it (xfstests generic/093).
+#[test]
+fn an_append_drops_file_capabilities() {
+    let cluster = Cluster::start(3, 2, 1);
+    let mount = cluster.mount_with(&["--allow-other"]);
+    let m = mount.path.display();
+    sh(&format!("chmod 777 {m}"));
+    // cap_chown+ep, as setcap writes it (revision 2).
+    let cap_chown = "0sAQAAAgEAAAAAAAAAAAAAAAAAAAA=";
+    for (name, writer) in [("root", "".to_string()), ("user", shardfs_tests::as_user(1000))] {
+        let file = format!("{m}/{name}");
+        sh(&format!("touch {file} && chmod 666 {file}"));
+        sh(&format!("setfattr -n security.capability -v {cap_chown} {file}"));
+        assert!(sh(&format!("getfattr -n security.capability {file}")).contains("capability"));
+        sh(&format!("{writer}bash -c 'echo data >> {file}'"));
+        let left = sh(&format!("getfattr -n security.capability {file} 2>&1 || true"));
+        assert!(left.contains("No such attribute"), "{name}: {left}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"data\n");
+    }
+}
