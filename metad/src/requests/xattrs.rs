@@ -20,8 +20,10 @@ impl Family for XattrRequest {
             // The kernel drops a file's capabilities when anyone who may write it changes
             // it (killpriv, as the writer); its own check already kept unprivileged users
             // from removing them explicitly.
+            // So it may on an append-only file, which takes writes at its end (as Linux's
+            // killpriv, which no flag stops), not on an immutable one, which takes none.
             XattrRequest::RemoveXattr { ino, name, cred } if name == CAPABILITY => {
-                flags::changeable(view, *ino)?;
+                flags::may_write(view, *ino, std::iter::empty())?;
                 need(view, *ino, cred, WRITE).map(drop)
             }
             XattrRequest::SetXattr { ino, name, cred, .. }
