@@ -69,10 +69,15 @@ impl Fs {
         // The file's flags as this mount knows them under its write lease (metad checks
         // again at the commit): nothing written to an immutable file, nothing but appends
         // to an append-only one, and every write synchronous on a `sync` one.
-        let known = data.committed.clone().or_else(|| self.leases.cached_attr(file.ino));
-        let flags = known.as_ref().map(|attr| attr.flags).unwrap_or_default();
-        let end = known.map_or(0, |attr| attr.size).max(data.end().unwrap_or(0));
-        if flags.immutable() || (flags.append_only() && offset < end) {
+        let (flags, size) = match &data.committed {
+            Some(attr) => (attr.flags, attr.size),
+            None => self
+                .leases
+                .cached_attr(file.ino)
+                .map_or_else(Default::default, |a| (a.flags, a.size)),
+        };
+        let below_end = || offset < size.max(data.end().unwrap_or(0));
+        if flags.immutable() || (flags.append_only() && below_end()) {
             return Err(MetaError::NotPermitted.into());
         }
         // Buffered bytes are bounded: past twice the flush threshold (earlier flushes failed)

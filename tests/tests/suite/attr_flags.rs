@@ -78,6 +78,11 @@ fn shown(letters: &str) -> String {
     COLUMNS.chars().map(|c| if letters.contains(c) { c } else { '-' }).collect()
 }
 
+/// What [`try_ops`] prints when each of `ops` is refused with EPERM.
+fn all_refused(ops: &[&str]) -> String {
+    ops.iter().map(|op| format!("{op}=EPERM")).collect::<Vec<_>>().join(" ")
+}
+
 /// What lsattr shows of `path`'s flags (its first word).
 fn lsattr(path: &Path) -> String {
     let out = sh(&format!("lsattr -d {}", path.display()));
@@ -123,12 +128,12 @@ fn an_immutable_file_refuses_every_change_by_anyone_on_every_mount_until_cleared
         "touch",
         "setxattr",
     ];
-    let refused: String = changes.iter().map(|op| format!("{op}=EPERM ")).collect();
+    let refused = all_refused(&changes);
     for mount in [&a, &b] {
         let path = mount.join("d/f");
         for uid in [0, 1000] {
             let got = try_ops(&path, uid, &changes);
-            assert_eq!(got, refused.trim_end(), "uid {uid} on {}", mount.path.display());
+            assert_eq!(got, refused, "uid {uid} on {}", mount.path.display());
             assert_eq!(try_ops(&path, uid, &["read"]), "read=ok");
         }
     }
@@ -193,8 +198,7 @@ fn an_append_only_file_grows_at_its_end_only() {
             "utime",
             "setxattr",
         ];
-        let expected: String = refused.iter().map(|op| format!("{op}=EPERM ")).collect();
-        assert_eq!(try_ops(&path, uid, &refused), expected.trim_end(), "uid {uid}");
+        assert_eq!(try_ops(&path, uid, &refused), all_refused(&refused), "uid {uid}");
         assert_eq!(try_ops(&path, uid, &["append", "touch", "read"]), "append=ok touch=ok read=ok");
     }
     // Both appends landed, at the end, whichever mount made them.
