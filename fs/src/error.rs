@@ -38,6 +38,9 @@ pub enum FsError {
     /// changes made after it are lost.
     #[error("changes made on this mount were refused by metad: {0}")]
     Refused(MetaError),
+    /// Writes a flush had to make durable were not, in the time it allows.
+    #[error("not flushed: {0}")]
+    Unflushed(String),
     /// The mount was shut down (`FS_IOC_SHUTDOWN`): it answers nothing any more.
     #[error("the mount was shut down")]
     ShutDown,
@@ -96,6 +99,7 @@ impl From<&FsError> for Errno {
             | FsError::MetaProtocol(_)
             | FsError::ChunkUnreadable { .. }
             | FsError::ChunkNotStored { .. }
+            | FsError::Unflushed(_)
             | FsError::ShutDown => Errno::EIO,
             FsError::NoSpace { .. } => Errno::ENOSPC,
             FsError::Invalid(_) => Errno::EINVAL,

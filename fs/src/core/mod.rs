@@ -208,7 +208,8 @@ impl Fs {
         // close(2) leaves a file's last writes to the release that follows it, which the
         // kernel sends in the background; an unmount drops releases still queued. What
         // such files buffered is committed here.
-        self.commit_open_files("unmounting", true).await;
+        // Failures are logged: an unmount cannot report them.
+        let _ = self.commit_open_files("unmounting", true).await;
         let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
         if let Err(e) = self.flush_journal().await {
             warn!("unmounting: changes answered here not all made at metad: {e}");
@@ -226,10 +227,12 @@ impl Fs {
 
     /// Commits what every open file buffered; `when` says in the log when a commit failed.
     /// (A commit already under way for a file finds nothing left to do, or the other way
-    /// round.) Without `wait`, a file another operation is busy with is left to it.
-    async fn commit_open_files(&self, when: &str, wait: bool) {
+    /// round.) Without `wait`, a file another operation is busy with is left to it. Every
+    /// file is tried; the first failure is returned.
+    async fn commit_open_files(&self, when: &str, wait: bool) -> FsResult<()> {
         let open: Vec<Arc<OpenFile>> =
             self.files.locked().values().map(|(f, _)| f.clone()).collect();
+        let mut committed = Ok(());
         for file in open {
             let mut data = match file.data.try_lock() {
                 Ok(data) => data,
@@ -240,10 +243,17 @@ impl Fs {
                 // Unlinked meanwhile: nothing can read what it buffered.
                 Ok(()) | Err(FsError::Meta(MetaError::NotFound)) => {}
                 Err(e) => {
-                    warn!(ino = file.ino, "{when}: writes an open file buffered not committed: {e}")
+                    warn!(
+                        ino = file.ino,
+                        "{when}: writes an open file buffered not committed: {e}"
+                    );
+                    if committed.is_ok() {
+                        committed = Err(e);
+                    }
                 }
             }
         }
+        committed
     }
 
     /// Waits until the namespace changes answered here so far are answered by metad,

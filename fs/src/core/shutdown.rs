@@ -43,8 +43,9 @@ impl Fs {
     }
 
     /// Shuts the mount down after flushing what `flush` says (see the module). A second
-    /// shutdown does nothing. Fails only if the flush `Everything` asks for failed; the
-    /// mount is shut down all the same.
+    /// shutdown does nothing. Fails only if the flush `Everything` asks for failed (an open
+    /// file's writes not stored, say), with that failure's error; the mount is shut down all
+    /// the same.
     pub async fn shut_down(&self, flush: Flush) -> FsResult<()> {
         if self.shut.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -52,17 +53,17 @@ impl Fs {
         info!(?flush, "shutting the mount down");
         let flushed = match flush {
             Flush::Everything => {
-                self.commit_open_files("shutting down", true).await;
+                let committed = self.commit_open_files("shutting down", true).await;
                 let unfinished = self.write_back.drain(DRAIN_TIMEOUT).await;
                 self.send_accesses(None).await;
                 let synced = async {
                     self.flush_journal().await?;
                     Ok::<_, FsError>(self.meta.sync().await?)
                 };
-                match (synced.await, unfinished) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), 0) => Ok(()),
-                    (Ok(()), n) => Err(FsError::MetaProtocol(format!(
+                match (committed, synced.await, unfinished) {
+                    (Err(e), _, _) | (Ok(()), Err(e), _) => Err(e),
+                    (Ok(()), Ok(()), 0) => Ok(()),
+                    (Ok(()), Ok(()), n) => Err(FsError::Unflushed(format!(
                         "{n} closed files' last writes not committed in time"
                     ))),
                 }

@@ -104,7 +104,8 @@ impl Fs {
         info!("metad changed hands: sending what this mount changed under the old leases");
         // Files closed and still committing included. One busy with another operation (which
         // may itself wait for the grace period to end) is left to it.
-        self.commit_open_files("after a metad takeover", false).await;
+        // A failure is logged; the file's next flush or fsync reports it.
+        let _ = self.commit_open_files("after a metad takeover", false).await;
         if let Err(e) = self.flush_journal_sent().await {
             warn!("changes answered here not sent in the grace period: {e}");
         }

@@ -100,3 +100,32 @@ fn each_shutdown_flag_flushes_what_it_says_and_a_remount_shows_what_was_durable(
     }
     assert!(cluster.fsck_clean());
 }
+
+#[test]
+fn a_full_flush_that_cannot_store_an_open_files_writes_fails_the_shutdown() {
+    let mut cluster = Cluster::start(3, 2, 1);
+    let a = cluster.mount();
+    std::fs::write(a.join("made"), b"").unwrap();
+    // Too big to keep in metad: its chunk needs all three chunkds (k + 1 for 2+1).
+    let mut buffered = std::fs::File::create(a.join("buffered")).unwrap();
+    buffered.write_all(&vec![7u8; 1 << 20]).unwrap();
+    cluster.stop_chunkd(2, nix::sys::signal::Signal::SIGKILL);
+
+    // Flag 0 promised the buffered writes: not stored, the caller hears it. The mount is
+    // down all the same.
+    assert_eq!(shut_down(&a.path, 0, 0), "EIO");
+    let made = a.join("made");
+    eventually("the kernel's caches dropped", || errno_of("stat", &made) == "EIO");
+    assert!(buffered.write_all(b"more").is_err());
+    drop(buffered);
+    a.unmount();
+
+    // What was flushed is there, what could not be is not: no bytes claimed that were never
+    // stored.
+    cluster.start_chunkd(2);
+    cluster.wait_chunkds_up();
+    let b = cluster.mount();
+    assert!(b.join("made").exists());
+    assert_eq!(std::fs::metadata(b.join("buffered")).unwrap().size(), 0);
+    assert!(cluster.fsck_clean());
+}
